@@ -1,0 +1,257 @@
+//! The test app: an HTTP/1.1 + h2c server and TCP echo server that says who
+//! answered and whom it saw, and the clients that talk to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit_testbed::testapp::{HttpSummary, Reply};
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{body::Incoming, service::service_fn, Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(name = "ambit-testapp", about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Serve HTTP (HTTP/1.1 and h2c on the same port) and TCP echo.
+    Serve {
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// HTTP listen address; repeatable.
+        #[arg(long)]
+        http: Vec<SocketAddr>,
+        /// TCP echo listen address; repeatable.
+        #[arg(long)]
+        echo: Vec<SocketAddr>,
+    },
+    /// Send requests one after another on one connection (reconnecting after
+    /// a failure) and print a JSON summary.
+    Http {
+        #[arg(long)]
+        url: Uri,
+        #[arg(long, default_value_t = 1)]
+        requests: usize,
+        /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+    },
+    /// Send a message to a TCP echo server, close the sending side, and print
+    /// what came back.
+    Echo {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        message: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Serve {
+            app,
+            version,
+            http,
+            echo,
+        } => serve(app, version, http, echo).await,
+        Mode::Http {
+            url,
+            requests,
+            http2,
+        } => {
+            let summary = http_client(&url, requests, http2).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Mode::Echo { addr, message } => {
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            stream.write_all(message.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut echoed = String::new();
+            stream.read_to_string(&mut echoed).await?;
+            print!("{echoed}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    app: String,
+    version: String,
+    http: Vec<SocketAddr>,
+    echo: Vec<SocketAddr>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !http.is_empty() || !echo.is_empty(),
+        "give at least one --http or --echo address"
+    );
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in http {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let (app, version) = (app.clone(), version.clone());
+        servers.spawn(serve_http(listener, app, version));
+    }
+    for addr in echo {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        servers.spawn(serve_echo(listener));
+    }
+    eprintln!("{app} {version} serving");
+    match servers.join_next().await {
+        Some(result) => result?,
+        None => Ok(()),
+    }
+}
+
+async fn serve_http(listener: TcpListener, app: String, version: String) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let (app, version) = (app.clone(), version.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let reply = Reply {
+                    app: app.clone(),
+                    version: version.clone(),
+                    peer: peer.to_string(),
+                    protocol: format!("{:?}", req.version()),
+                };
+                async move {
+                    let body = serde_json::to_vec(&reply).unwrap_or_default();
+                    let response = Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)));
+                    Ok::<_, hyper::http::Error>(response?)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn serve_echo(listener: TcpListener) -> anyhow::Result<()> {
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
+                let _ = writer.shutdown().await;
+            }
+        });
+    }
+}
+
+/// One connection's way of sending a request.
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn connect(addr: &str, http2: bool) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let io = TokioIo::new(stream);
+        Ok(if http2 {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(connection);
+            Self::Http2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(connection);
+            Self::Http1(sender)
+        })
+    }
+
+    async fn send(&mut self, request: Request<Empty<Bytes>>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Self::Http1(sender) => sender.send_request(request).await,
+            Self::Http2(sender) => sender.send_request(request).await,
+        }
+    }
+}
+
+async fn http_client(url: &Uri, requests: usize, http2: bool) -> anyhow::Result<HttpSummary> {
+    let authority = url
+        .authority()
+        .context("the URL needs a host and port")?
+        .clone();
+    let addr = match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None => format!("{authority}:80"),
+    };
+    let mut summary = HttpSummary::default();
+    let mut sender: Option<Sender> = None;
+    for _ in 0..requests {
+        summary.requests += 1;
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let connection = match sender.take() {
+                Some(connection) => connection,
+                None => Sender::connect(&addr, http2).await?,
+            };
+            let connection = sender.insert(connection);
+            let request = Request::builder()
+                .uri(url.clone())
+                .header(hyper::header::HOST, authority.as_str())
+                .body(Empty::new())?;
+            let response = connection.send(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no response within {REQUEST_TIMEOUT:?}")));
+        match outcome {
+            Ok((status, body)) => record(&mut summary, status, &body),
+            Err(error) => {
+                sender = None;
+                summary.errors += 1;
+                summary
+                    .first_error
+                    .get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    Ok(summary)
+}
+
+fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
+    *summary.statuses.entry(status).or_default() += 1;
+    let (version, peer) = match serde_json::from_slice::<Reply>(body) {
+        Ok(reply) => {
+            let peer_ip = reply
+                .peer
+                .rsplit_once(':')
+                .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
+            (format!("{}/{}", reply.app, reply.version), Some(peer_ip))
+        }
+        Err(_) => ("unknown".to_string(), None),
+    };
+    *summary.versions.entry(version).or_default() += 1;
+    if let Some(peer) = peer {
+        *summary.peers.entry(peer).or_default() += 1;
+    }
+}

@@ -1,0 +1,16 @@
+//! Ambit's test bed: a small cluster built from network namespaces and
+//! cgroups on one machine, where the real binaries run.
+//!
+//! The end-to-end tests, `cargo xtask demo` and the benchmarks share it.
+//! Everything it creates is named `ambit-<pid>-<n>-…`, lives in namespaces
+//! and cgroups of its own, and is removed when the [`Cluster`] is dropped,
+//! when the process is interrupted, or, after a `kill -9`, by the sweep at
+//! the next start.
+
+mod cluster;
+pub mod host;
+mod process;
+pub mod testapp;
+
+pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
+pub use process::{Binaries, Process};

@@ -1,0 +1,138 @@
+//! Processes the test bed starts, and where their binaries are.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The workspace's built binaries (`target/<profile>/`).
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the build directory from the running executable: a binary in
+    /// `target/<profile>/` or a test in `target/<profile>/deps/`.
+    pub fn locate() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the running executable")?;
+        exe.ancestors()
+            .skip(1)
+            .take(2)
+            .find(|dir| dir.join("ambit-testapp").is_file())
+            .map(|dir| Self {
+                dir: dir.to_path_buf(),
+            })
+            .with_context(|| {
+                format!(
+                    "no ambit-testapp next to {}: build the binaries first with \
+                     `cargo build --workspace --bins` (`cargo xtask test` does)",
+                    exe.display()
+                )
+            })
+    }
+
+    /// Path of the workspace binary `name`, which must exist.
+    pub fn get(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(name);
+        if !path.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --workspace --bins`",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// The BPF object, where `cargo xtask build-ebpf` puts it.
+    pub fn bpf_object(&self) -> anyhow::Result<PathBuf> {
+        let path = self
+            .dir
+            .parent()
+            .map(|target| target.join("bpf").join("ambit.bpf.o"))
+            .filter(|path| path.is_file());
+        path.with_context(|| {
+            format!(
+                "no BPF object beside {}: build it with `cargo xtask build-ebpf`",
+                self.dir.display()
+            )
+        })
+    }
+}
+
+/// A process started by the test bed. Dropping it kills it.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command`, its stdout and stderr going to `log`.
+    pub(crate) fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log file")?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}: {command:?}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process has written so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (SIGTERM for a graceful stop).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid())?);
+        nix::sys::signal::kill(pid, signal).with_context(|| format!("signalling {}", self.name))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails with the process's output if it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}):\n{}", self.name, self.output());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already gone is fine: the cluster's teardown may have killed it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask …`: the project's own commands.
+
+mod demo;
+mod ebpf;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Ambit's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks and mount cgroup v2 and bpffs (idempotent).
+    Setup,
+    /// Build the BPF programs into <target>/bpf/ambit.bpf.o.
+    BuildEbpf,
+    /// Set up, build, and show traffic on a two-node namespace cluster.
+    Demo,
+    /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
+    Test {
+        /// Passed to `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let workspace = Workspace::find()?;
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => ebpf::build(&workspace),
+        Task::Demo => {
+            prepare(&workspace)?;
+            demo::run()
+        }
+        Task::Test { args } => {
+            prepare(&workspace)?;
+            let mut test = workspace.cargo();
+            test.args(["test", "--workspace"]).args(args);
+            run(&mut test)
+        }
+    }
+}
+
+/// What the demo and the tests need before they start: tools, mounts, and
+/// every binary and BPF object built.
+fn prepare(workspace: &Workspace) -> anyhow::Result<()> {
+    ambit_testbed::host::require_root()?;
+    setup::run()?;
+    ebpf::build(workspace)?;
+    run(workspace.cargo().args(["build", "--workspace", "--bins"]))
+}
+
+/// The workspace this xtask belongs to.
+pub struct Workspace {
+    root: PathBuf,
+    target: PathBuf,
+}
+
+impl Workspace {
+    fn find() -> anyhow::Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask lives in a workspace")?
+            .to_path_buf();
+        let metadata = Command::new(cargo_bin())
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(&root)
+            .output()
+            .context("running cargo metadata")?;
+        if !metadata.status.success() {
+            bail!(
+                "cargo metadata failed: {}",
+                String::from_utf8_lossy(&metadata.stderr)
+            );
+        }
+        let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout)?;
+        let target = metadata["target_directory"]
+            .as_str()
+            .context("cargo metadata has no target_directory")?
+            .into();
+        Ok(Self { root, target })
+    }
+
+    /// `cargo` run at the workspace root.
+    fn cargo(&self) -> Command {
+        let mut command = Command::new(cargo_bin());
+        command.current_dir(&self.root);
+        command
+    }
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Runs a command with inherited output; fails when it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask setup`: makes a fresh machine able to build and test Ambit.
+//! Every step checks first, so a second run only checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::run as exec;
+
+/// Debian packages the suite uses, each with a command that shows it is there.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("procps", "sysctl")];
+
+pub fn run() -> anyhow::Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    mounts()
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, command)| !on_path(command))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages present");
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    exec(Command::new("apt-get").arg("update").arg("-q"))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    if installed.is_ok_and(|list| list.lines().any(|line| line.starts_with("rust-src"))) {
+        println!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    println!("setup: installing the nightly toolchain's rust-src");
+    exec(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if output(Command::new("bpf-linker").arg("--version")).is_ok() {
+        println!("setup: bpf-linker present");
+        return Ok(());
+    }
+    // bpf-linker links against the nightly toolchain's own LLVM, so no system
+    // LLVM is needed; the prefix only has to expose it as lib/libLLVM.so.
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let llvm = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so"))
+        })
+        .with_context(|| format!("no libLLVM.so in {}/lib", sysroot.display()))?;
+    let llvm_major = llvm_major(&llvm)?;
+    let prefix = home()?.join(".cache/ambit/llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    println!("setup: building bpf-linker against {}", llvm.display());
+    exec(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}/lib", sysroot.display()),
+            ),
+    )
+}
+
+/// The LLVM major version in a name like `libLLVM.so.22.1-rust-1.97.0-nightly`.
+fn llvm_major(lib: &Path) -> anyhow::Result<u32> {
+    let name = lib.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .split(['.', '-'])
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("no LLVM version in {name}"))
+}
+
+fn mounts() -> anyhow::Result<()> {
+    let cgroup2 = ambit_testbed::host::cgroup2_root()?;
+    println!("setup: cgroup v2 at {}", cgroup2.display());
+    if ambit_testbed::host::ensure_bpffs()? {
+        println!("setup: mounted bpffs at /sys/fs/bpf");
+    } else {
+        println!("setup: bpffs present");
+    }
+    Ok(())
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+}
+
+fn home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+/// Runs a command quietly and returns its stdout; fails when it fails.
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_version_comes_from_the_library_name() {
+        assert_eq!(
+            llvm_major(Path::new("/x/libLLVM.so.22.1-rust-1.97.0-nightly")).unwrap(),
+            22
+        );
+        assert_eq!(
+            llvm_major(Path::new("/x/libLLVM-21-rust-1.90.0-nightly.so")).unwrap(),
+            21
+        );
+        assert!(llvm_major(Path::new("/x/libfoo.so")).is_err());
+    }
+}
