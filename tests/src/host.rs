@@ -115,14 +115,24 @@ pub(crate) fn remove_run(run: &str) -> anyhow::Result<()> {
     let netns_prefix = format!("{run}-");
     for name in list_names(Path::new(NETNS_DIR))? {
         if name.starts_with(&netns_prefix) {
-            self::run("ip", &["netns", "del", &name])?;
+            let deleted = self::run("ip", &["netns", "del", &name]);
+            // Another sweep (a parallel test) may have deleted it first.
+            if Path::new(NETNS_DIR).join(&name).exists() {
+                deleted?;
+            }
         }
     }
     let logs = std::env::temp_dir().join(run);
-    if logs.exists() {
-        fs::remove_dir_all(&logs).with_context(|| format!("removing {}", logs.display()))?;
+    ignore_not_found(fs::remove_dir_all(&logs))
+        .with_context(|| format!("removing {}", logs.display()))
+}
+
+/// Treats "already gone" as done: parallel sweeps remove the same leftovers.
+fn ignore_not_found(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
-    Ok(())
 }
 
 fn list_names(dir: &Path) -> anyhow::Result<Vec<String>> {
@@ -142,7 +152,7 @@ fn remove_cgroup_tree(root: &Path) -> anyhow::Result<()> {
     if !root.exists() {
         return Ok(());
     }
-    fs::write(root.join("cgroup.kill"), "1")
+    ignore_not_found(fs::write(root.join("cgroup.kill"), "1"))
         .with_context(|| format!("killing the processes of cgroup {}", root.display()))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while is_populated(root)? {
@@ -158,19 +168,24 @@ fn remove_cgroup_tree(root: &Path) -> anyhow::Result<()> {
 }
 
 fn is_populated(cgroup: &Path) -> anyhow::Result<bool> {
-    let events = fs::read_to_string(cgroup.join("cgroup.events"))
-        .with_context(|| format!("reading {}/cgroup.events", cgroup.display()))?;
-    Ok(events.lines().any(|line| line == "populated 1"))
+    match fs::read_to_string(cgroup.join("cgroup.events")) {
+        Ok(events) => Ok(events.lines().any(|line| line == "populated 1")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => {
+            Err(error).with_context(|| format!("reading {}/cgroup.events", cgroup.display()))
+        }
+    }
 }
 
 fn remove_dirs_bottom_up(dir: &Path) -> anyhow::Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
+    for name in list_names(dir)? {
+        let path = dir.join(name);
         if path.is_dir() {
             remove_dirs_bottom_up(&path)?;
         }
     }
-    fs::remove_dir(dir).with_context(|| format!("removing cgroup {}", dir.display()))
+    ignore_not_found(fs::remove_dir(dir))
+        .with_context(|| format!("removing cgroup {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ impl Binaries {
             .with_context(|| {
                 format!(
                     "no ambit-testapp next to {}: build the binaries first with \
-                     `cargo build --workspace --bins` (`cargo xtask test` does)",
+                     `cargo build --workspace --bins --examples` (`cargo xtask test` does)",
                     exe.display()
                 )
             })
@@ -40,6 +40,18 @@ impl Binaries {
         if !path.is_file() {
             bail!(
                 "{} is missing: build it with `cargo build --workspace --bins`",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// Path of the workspace example `name` (built by `cargo test`).
+    pub fn example(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("examples").join(name);
+        if !path.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build -p ambit-testbed --examples`",
                 path.display()
             );
         }

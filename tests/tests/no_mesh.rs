@@ -73,3 +73,71 @@ fn teardown_removes_every_namespace_and_process_of_the_run() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// Starts the `cluster` example, which holds a cluster until it is signalled,
+/// and returns it with its run name and the pid of a process in a pod.
+fn hold_cluster() -> anyhow::Result<(std::process::Child, String, u32)> {
+    use std::io::BufRead;
+    let example = ambit_testbed::Binaries::locate()?.example("cluster")?;
+    let mut child = std::process::Command::new(example)
+        .args(["1", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let run = lines.next().expect("a first line")?;
+    let run = run
+        .strip_prefix("run ")
+        .expect("`run NAME` first")
+        .to_string();
+    let pod_line = lines.next().expect("a pod line")?;
+    let pid = pod_line
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the test app's pid");
+    // Keep reading, so the example never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, run, pid))
+}
+
+fn leftovers(run: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with(&format!("{run}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+#[test]
+fn ctrl_c_tears_the_cluster_down() -> anyhow::Result<()> {
+    let (mut child, run, pid) = hold_cluster()?;
+    assert!(!leftovers(&run).is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_eq!(leftovers(&run), Vec::<String>::new());
+    assert!(!is_running(pid), "the pod's process {pid} survived");
+    Ok(())
+}
+
+#[test]
+fn a_killed_run_is_swept_by_the_next_start() -> anyhow::Result<()> {
+    let (mut child, run, pid) = hold_cluster()?;
+    child.kill()?;
+    child.wait()?;
+    let _next = Cluster::builder().node(&[]).build()?;
+    assert_eq!(leftovers(&run), Vec::<String>::new());
+    assert!(!is_running(pid), "the pod's process {pid} survived");
+    Ok(())
+}

@@ -57,7 +57,9 @@ fn prepare(workspace: &Workspace) -> anyhow::Result<()> {
     ambit_testbed::host::require_root()?;
     setup::run()?;
     ebpf::build(workspace)?;
-    run(workspace.cargo().args(["build", "--workspace", "--bins"]))
+    run(workspace
+        .cargo()
+        .args(["build", "--workspace", "--bins", "--examples"]))
 }
 
 /// The workspace this xtask belongs to.
