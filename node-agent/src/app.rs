@@ -1,6 +1,6 @@
 //! Wiring of the agent's parts, started from `main`.
 
-use ambit_admin::{AdminServer, Readiness};
+use ambit_admin::{AdminServer, Readiness, StopSignal};
 use anyhow::Context;
 
 use crate::capture::Capture;
@@ -8,6 +8,7 @@ use crate::Config;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stop = StopSignal::install()?;
     tracing::info!(?config, "starting ambit-node-agent");
     let capture = Capture::attach(&config.bpf_object, &config.capture_cgroup)
         .context("starting traffic capture")?;
@@ -17,12 +18,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin = AdminServer::bind(config.readiness_addr, readiness.clone()).await?;
     readiness.set_ready(true);
     tracing::info!(addr = %admin.local_addr()?, "ready");
-    let stop = ambit_admin::stop_signal();
-    tokio::pin!(stop);
-    tokio::select! {
-        stopped = &mut stop => stopped?,
-        () = admin.serve(std::future::pending()) => {}
-    }
+    admin.serve(stop.received()).await;
+
     drop(capture);
     tracing::info!("traffic capture detached; stopped");
     Ok(())

@@ -30,7 +30,7 @@ pub enum CaptureError {
     #[error("loading the BPF object {path}: {source}")]
     Load {
         path: PathBuf,
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("the BPF object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
     Missing(&'static str),
@@ -93,7 +93,7 @@ impl Capture {
         })?;
         let mut ebpf = Ebpf::load(&bytes).map_err(|source| CaptureError::Load {
             path: object.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let cgroup_dir = File::open(cgroup).map_err(|source| CaptureError::OpenCgroup {
             path: cgroup.to_path_buf(),

@@ -14,7 +14,7 @@ use hyper::{body::Incoming, service::service_fn, Method, Request, Response, Stat
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Readiness path, as Istio's proxies serve it.
 pub const READY_PATH: &str = "/healthz/ready";
@@ -121,19 +121,75 @@ fn respond(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Byte
     response
 }
 
-/// Completes on the first SIGTERM (the kubelet's stop) or SIGINT (Ctrl-C).
-pub async fn stop_signal() -> Result<(), AdminError> {
-    let mut term = signal(SignalKind::terminate()).map_err(|source| AdminError::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|source| AdminError::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+/// The signals that start a graceful stop: SIGTERM (the kubelet's) and
+/// SIGINT (Ctrl-C). Installed at start-up, so one that arrives early is kept.
+pub struct StopSignal {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignal {
+    pub fn install() -> Result<Self, AdminError> {
+        let install = |kind: SignalKind, name| {
+            signal(kind).map_err(|source| AdminError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Completes when the first of them arrives.
+    pub async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received, stopping"),
+            _ = self.int.recv() => tracing::info!("SIGINT received, stopping"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_flag_and_other_paths_are_not_found() {
+        let readiness = Readiness::default();
+        let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), readiness.clone())
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+
+        assert_eq!(
+            get(addr, READY_PATH).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        readiness.set_ready(true);
+        assert_eq!(get(addr, READY_PATH).await, "HTTP/1.1 200 OK");
+        assert_eq!(get(addr, "/elsewhere").await, "HTTP/1.1 404 Not Found");
+
+        stop.send(()).expect("server still running");
+        serving.await.expect("server task");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening after stop"
+        );
+    }
 }

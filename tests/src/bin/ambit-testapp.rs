@@ -137,10 +137,9 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
                 };
                 async move {
                     let body = serde_json::to_vec(&reply).unwrap_or_default();
-                    let response = Response::builder()
+                    Response::builder()
                         .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)));
-                    Ok::<_, hyper::http::Error>(response?)
+                        .body(Full::new(Bytes::from(body)))
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
