@@ -25,6 +25,8 @@ enum Task {
     BuildEbpf,
     /// Set up, build, and show traffic on a two-node namespace cluster.
     Demo,
+    /// Check formatting and clippy, the BPF programs included.
+    Lint,
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
@@ -38,6 +40,18 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::build(&workspace),
+        Task::Lint => {
+            run(workspace.cargo().args(["fmt", "--all", "--check"]))?;
+            run(workspace.cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            ebpf::lint(&workspace)
+        }
         Task::Demo => {
             prepare(&workspace)?;
             demo::run()

@@ -7,11 +7,11 @@
 #![no_std]
 #![no_main]
 
+use ambit_ebpf_common::{Redirect, MAX_REDIRECTS};
 use aya_ebpf::{
     bindings::bpf_sock_addr, helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, macros::map,
     maps::HashMap, programs::SockAddrContext,
 };
-use ambit_ebpf_common::{Redirect, MAX_REDIRECTS};
 
 /// Network-namespace cookie of an enrolled pod -> where its connections go.
 #[map]
@@ -40,7 +40,7 @@ fn redirect(sock_addr: &mut bpf_sock_addr, netns_cookie: u64) {
         return;
     }
     // SAFETY: the value is only read, and copied before the map can change.
-    let Some(target) = (unsafe { REDIRECTS.get(&netns_cookie) }).copied() else {
+    let Some(target) = (unsafe { REDIRECTS.get(netns_cookie) }).copied() else {
         return;
     };
     sock_addr.user_ip4 = target.ip4;
