@@ -1,55 +1,122 @@
-//! Types shared between the BPF programs (`no_std`) and the node agent.
+//! Types and names shared between the BPF programs (`no_std`) and the node
+//! agent.
 //!
-//! Every type is `#[repr(C)]`, has explicit padding and a size assertion, so
-//! both sides agree on the layout byte for byte.
+//! Every map type is `#[repr(C)]`, has explicit padding and a size assertion,
+//! so both sides agree on the layout byte for byte.
 #![no_std]
 
-/// Name of the map from a network-namespace cookie to where that
-/// namespace's outbound TCP connections are sent.
-pub const REDIRECTS_MAP: &str = "REDIRECTS";
-
-/// Name of the cgroup `connect4` program.
+/// Program: cgroup `connect4`, sends enrolled pods' outbound TCP connections
+/// to the agent and records where they were going.
 pub const CONNECT4_PROGRAM: &str = "connect4";
+/// Program: cgroup `sock_ops`, files the recorded destination under the
+/// connection's source port once the kernel has chosen it.
+pub const SOCKOPS_PROGRAM: &str = "record_original_dst";
+/// Program: `sk_lookup`, attached to each enrolled pod's network namespace,
+/// steers inbound TCP connections to the agent's inbound listener.
+pub const INBOUND_LOOKUP_PROGRAM: &str = "inbound_lookup";
 
-/// Most namespaces one node can redirect at once.
-pub const MAX_REDIRECTS: u32 = 4096;
+/// Map: network-namespace cookie of an enrolled pod -> where its outbound
+/// connections go (`Addr4`).
+pub const REDIRECTS_MAP: &str = "REDIRECTS";
+/// Map: socket cookie -> original destination, between connect and the
+/// kernel choosing a source port (`Addr4`).
+pub const CONNECTING_MAP: &str = "CONNECTING";
+/// Map: `ConnectionKey` -> original destination of a redirected connection
+/// (`Addr4`); the agent reads and deletes the entry when it accepts.
+pub const ORIGINAL_DST_MAP: &str = "ORIGINAL_DST";
+/// Map: pod IPv4 address (network order) -> the agent's inbound listener in
+/// that pod's namespace (a sockhash).
+pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
 
-/// Where a redirected connection goes. Address and port are in network
-/// byte order, as the kernel's `bpf_sock_addr` holds them.
+/// Most enrolled pods one node can hold.
+pub const MAX_PODS: u32 = 4096;
+/// Most redirected connections between connect and accept at once.
+pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
+
+/// Socket mark of every socket the agent opens in a pod's namespace: such
+/// sockets are never captured. Checked under `AGENT_MARK_MASK`.
+pub const AGENT_MARK: u32 = 0x539;
+pub const AGENT_MARK_MASK: u32 = 0xfff;
+/// Extra mark bit of the agent's connections to a local app (inbound): the
+/// app's replies carry it too, and a routing rule delivers them locally to the
+/// agent's transparent socket.
+pub const INBOUND_MARK_BIT: u32 = 0x1000;
+
+/// Ports of the agent's own listeners, never steered to the inbound listener:
+/// admin, outbound, inbound, HBONE, metrics, readiness, DNS.
+pub const AGENT_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15053];
+
+/// An IPv4 address and port, both in network byte order as the kernel's
+/// socket structures hold them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Redirect {
-    pub ip4: u32,
+pub struct Addr4 {
+    pub ip: u32,
     pub port: u16,
     pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<Redirect>() == 8);
+const _: () = assert!(core::mem::size_of::<Addr4>() == 8);
 
-impl Redirect {
-    /// Builds a redirect from a host-order address and port.
-    pub const fn new(ip4: [u8; 4], port: u16) -> Self {
+impl Addr4 {
+    /// From an address's octets and a host-order port.
+    pub const fn new(ip: [u8; 4], port: u16) -> Self {
         Self {
-            ip4: u32::from_ne_bytes(ip4),
+            ip: u32::from_ne_bytes(ip),
             port: port.to_be(),
             _pad: 0,
         }
     }
+
+    pub const fn octets(&self) -> [u8; 4] {
+        self.ip.to_ne_bytes()
+    }
+
+    /// The port in host order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
 }
 
-// SAFETY: `Redirect` is `repr(C)`, has no implicit padding and every bit
+/// Identifies a redirected connection as the agent sees it on accept: the
+/// client's namespace and its source port (the address is always loopback).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionKey {
+    pub netns_cookie: u64,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnectionKey>() == 16);
+
+impl ConnectionKey {
+    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+        Self {
+            netns_cookie,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
+// SAFETY: both are `repr(C)`, have no implicit padding, and every bit
 // pattern is a valid value.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for Redirect {}
+unsafe impl aya::Pod for Addr4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnectionKey {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redirect_is_in_network_byte_order() {
-        let r = Redirect::new([10, 244, 1, 2], 15001);
-        assert_eq!(r.ip4.to_ne_bytes(), [10, 244, 1, 2]);
-        assert_eq!(r.port.to_ne_bytes(), 15001u16.to_be_bytes());
+    fn addresses_are_in_network_byte_order() {
+        let addr = Addr4::new([10, 244, 1, 2], 15001);
+        assert_eq!(addr.ip.to_ne_bytes(), [10, 244, 1, 2]);
+        assert_eq!(addr.port.to_ne_bytes(), 15001u16.to_be_bytes());
+        assert_eq!((addr.octets(), addr.port()), ([10, 244, 1, 2], 15001));
     }
 }

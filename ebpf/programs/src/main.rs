@@ -1,50 +1,144 @@
-//! Ambit's BPF programs.
+//! Ambit's BPF programs: traffic capture for enrolled pods.
 //!
-//! `connect4` (cgroup/connect4) sends the outbound TCP connections of
-//! enrolled pods to the node agent: a pod is enrolled when its network
-//! namespace's cookie is a key of `REDIRECTS`, and the value says where its
-//! connections go.
+//! Outbound: `connect4` (cgroup) sends a TCP connect from an enrolled pod's
+//! network namespace to the node agent's listener in that namespace and
+//! records the original destination under the socket's cookie; `sockops`
+//! re-files it under the source port once the kernel has picked one, which is
+//! what the agent sees when it accepts.
+//!
+//! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
+//! namespace) hands new TCP connections to a pod's ports to the agent's
+//! inbound listener.
 #![no_std]
 #![no_main]
 
-use ambit_ebpf_common::{Redirect, MAX_REDIRECTS};
+use ambit_ebpf_common::{
+    Addr4, ConnectionKey, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, MAX_PENDING_CONNECTIONS,
+    MAX_PODS,
+};
 use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, macros::map,
-    maps::HashMap, programs::SockAddrContext,
+    bindings::{bpf_sock_addr, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{HashMap, LruHashMap, SockHash},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
 };
 
-/// Network-namespace cookie of an enrolled pod -> where its connections go.
 #[map]
-static REDIRECTS: HashMap<u64, Redirect> = HashMap::with_max_entries(MAX_REDIRECTS, 0);
+static REDIRECTS: HashMap<u64, Addr4> = HashMap::pinned(MAX_PODS, 0);
 
-/// Lets the connection proceed (the other return value, 0, refuses it).
+#[map]
+static CONNECTING: LruHashMap<u64, Addr4> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
+#[map]
+static ORIGINAL_DST: LruHashMap<ConnectionKey, Addr4> =
+    LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
+#[map]
+static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
+
+/// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
+const AF_INET: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const LOOPBACK_IFINDEX: u32 = 1;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
+/// sk_lookup verdict: carry on (with the assigned socket, if any).
+const SK_PASS: u32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands a valid, writable bpf_sock_addr to connect4.
+    // SAFETY: the kernel hands connect4 a valid, writable bpf_sock_addr whose
+    // `sk` is a full socket.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
-    // SAFETY: bpf_get_netns_cookie accepts the program's context pointer.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    redirect(sock_addr, netns_cookie);
+    let mark = unsafe { (*sock_addr.__bindgen_anon_1.sk).mark };
+    // SAFETY: both helpers accept the program's context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if let Some(original) = redirect(sock_addr, mark, netns_cookie) {
+        let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // A full map only loses the original destination: the agent then
+        // refuses that one connection.
+        let _ = CONNECTING.insert(&socket_cookie, &original, 0);
+    }
     ALLOW
 }
 
-fn redirect(sock_addr: &mut bpf_sock_addr, netns_cookie: u64) {
-    // UDP (DNS, for one) and loopback traffic stay where they are.
-    if sock_addr.type_ != SOCK_STREAM || sock_addr.user_ip4 & LOOPBACK_MASK == LOOPBACK_NET {
-        return;
+/// Rewrites the destination of a connect that is to be captured and returns
+/// the original one.
+fn redirect(sock_addr: &mut bpf_sock_addr, mark: u32, netns_cookie: u64) -> Option<Addr4> {
+    // UDP, loopback and the agent's own sockets stay where they are.
+    if sock_addr.type_ != SOCK_STREAM
+        || sock_addr.user_ip4 & LOOPBACK_MASK == LOOPBACK_NET
+        || mark & AGENT_MARK_MASK == AGENT_MARK
+    {
+        return None;
     }
-    // SAFETY: the value is only read, and copied before the map can change.
-    let Some(target) = (unsafe { REDIRECTS.get(netns_cookie) }).copied() else {
+    // SAFETY: the value is copied out before the map can change.
+    let target = unsafe { REDIRECTS.get(netns_cookie) }.copied()?;
+    let original = Addr4 {
+        ip: sock_addr.user_ip4,
+        // user_port holds the network-order port in its low 16 bits.
+        port: sock_addr.user_port as u16,
+        _pad: 0,
+    };
+    sock_addr.user_ip4 = target.ip;
+    sock_addr.user_port = u32::from(target.port);
+    Some(original)
+}
+
+#[sock_ops]
+pub fn record_original_dst(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        file_original_dst(&ctx);
+    }
+    0
+}
+
+fn file_original_dst(ctx: &SockOpsContext) {
+    // SAFETY: both helpers accept a sock_ops context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(original) = (unsafe { CONNECTING.get(socket_cookie) }).copied() else {
         return;
     };
-    sock_addr.user_ip4 = target.ip4;
-    sock_addr.user_port = u32::from(target.port);
+    let _ = CONNECTING.remove(socket_cookie);
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // local_port is in host byte order.
+    let key = ConnectionKey::new(netns_cookie, ctx.local_port() as u16);
+    let _ = ORIGINAL_DST.insert(&key, &original, 0);
+}
+
+#[sk_lookup]
+pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel hands sk_lookup a valid bpf_sk_lookup.
+    let lookup = unsafe { &*ctx.lookup };
+    // Local traffic (the app calling itself, the agent calling the app) and
+    // the agent's own ports are never steered.
+    if lookup.family != AF_INET
+        || lookup.protocol != IPPROTO_TCP
+        || lookup.ingress_ifindex == LOOPBACK_IFINDEX
+        || is_agent_port(lookup.local_port)
+    {
+        return SK_PASS;
+    }
+    // No listener for this address: the kernel's own lookup decides.
+    let _ = INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0);
+    SK_PASS
+}
+
+fn is_agent_port(port: u32) -> bool {
+    let mut i = 0;
+    while i < AGENT_PORTS.len() {
+        if u32::from(AGENT_PORTS[i]) == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(not(test))]
