@@ -98,7 +98,10 @@ pub struct Invocation {
 impl Invocation {
     /// The pod's IPv4 addresses, from the previous plugin's result.
     pub fn pod_ips(&self) -> Vec<Ipv4Addr> {
-        let ips = self.prev_result.as_ref().and_then(|result| result.get("ips"));
+        let ips = self
+            .prev_result
+            .as_ref()
+            .and_then(|result| result.get("ips"));
         ips.and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -127,7 +130,8 @@ pub fn version_result(cni_version: &str) -> Value {
 /// Reads an invocation from the environment (`env`) and stdin.
 pub fn parse(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invocation, CniError> {
     let invalid_env = |msg: String| CniError::new(code::INVALID_ENVIRONMENT, msg, "");
-    let command_name = env("CNI_COMMAND").ok_or_else(|| invalid_env("CNI_COMMAND is not set".into()))?;
+    let command_name =
+        env("CNI_COMMAND").ok_or_else(|| invalid_env("CNI_COMMAND is not set".into()))?;
     let command = Command::parse(&command_name).ok_or_else(|| {
         invalid_env(format!(
             "CNI_COMMAND {command_name:?} is not one of ADD, DEL, CHECK, VERSION, STATUS, GC"
@@ -135,7 +139,11 @@ pub fn parse(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invoc
     })?;
 
     let config: Value = serde_json::from_slice(stdin).map_err(|error| {
-        CniError::new(code::DECODE_FAILURE, "the network configuration on stdin is not JSON", error.to_string())
+        CniError::new(
+            code::DECODE_FAILURE,
+            "the network configuration on stdin is not JSON",
+            error.to_string(),
+        )
     })?;
     let invalid_config = |msg: String| CniError::new(code::INVALID_CONFIG, msg, "");
     let cni_version = config
@@ -183,14 +191,17 @@ pub fn parse(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invoc
     let (container_id, netns) = if needs_sandbox {
         required("CNI_IFNAME")?;
         let netns = match command {
-            Command::Del => env("CNI_NETNS").filter(|v| !v.is_empty()).map(PathBuf::from),
+            Command::Del => env("CNI_NETNS")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             _ => Some(PathBuf::from(required("CNI_NETNS")?)),
         };
         (required("CNI_CONTAINERID")?, netns)
     } else {
         (String::new(), None)
     };
-    let pod = pod_from_args(&env("CNI_ARGS").unwrap_or_default()).map_err(|msg| versioned(invalid_env(msg)))?;
+    let pod = pod_from_args(&env("CNI_ARGS").unwrap_or_default())
+        .map_err(|msg| versioned(invalid_env(msg)))?;
 
     Ok(Invocation {
         command,

@@ -1,26 +1,116 @@
 //! Wiring of the agent's parts, started from `main`.
 
-use ambit_admin::{AdminServer, Readiness, StopSignal};
+use std::sync::{Arc, Mutex};
+
+use ambit_admin::{AdminServer, AdminState, Readiness, StopSignal};
 use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
-use crate::Config;
+use crate::enrollment::Enrollment;
+use crate::mesh::{self, MeshConfig, MeshHandle, MeshSnapshot};
+use crate::metrics::Metrics;
+use crate::proxy::ProxyInputs;
+use crate::{cni_server, Config};
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = StopSignal::install()?;
     tracing::info!(?config, "starting ambit-node-agent");
-    let capture = Capture::attach(&config.bpf_object, &config.capture_cgroup)
-        .context("starting traffic capture")?;
+
+    let initial = match &config.mesh_config {
+        Some(path) => MeshConfig::load(path)?,
+        None => {
+            tracing::warn!("no --mesh-config: no pod is enrolled");
+            MeshConfig::default()
+        }
+    };
+    let mesh = Arc::new(MeshHandle::new(MeshSnapshot::new(initial)));
+    let (capture, maps) = Capture::attach(
+        &config.bpf_object,
+        &config.capture_cgroup,
+        &config.bpf_pin_dir,
+    )
+    .context("starting traffic capture")?;
     tracing::info!(cgroup = %config.capture_cgroup.display(), "traffic capture attached");
 
-    let readiness = Readiness::default();
-    let admin = AdminServer::bind(config.readiness_addr, readiness.clone()).await?;
-    readiness.set_ready(true);
-    tracing::info!(addr = %admin.local_addr()?, "ready");
-    admin.serve(stop.received()).await;
+    let mut registry = Registry::default();
+    let inputs = Arc::new(ProxyInputs {
+        maps,
+        mesh: mesh.clone(),
+        metrics: Metrics::register(&mut registry),
+        connections: TaskTracker::new(),
+    });
+    let enrollment = Arc::new(Mutex::new(Enrollment::new(
+        capture,
+        inputs.clone(),
+        &config.state_dir,
+    )));
+    lock(&enrollment)
+        .restore()
+        .context("restoring known pods")?;
 
-    drop(capture);
+    let cni = cni_server::bind(&config.cni_socket)
+        .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
+    let cni_task = tokio::spawn(cni_server::serve(cni, enrollment.clone()));
+    let watch_task = config.mesh_config.clone().map(|path| {
+        let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
+        tokio::spawn(mesh::watch(path, move |config| {
+            tracing::info!("mesh config changed");
+            mesh.replace(MeshSnapshot::new(config));
+            lock(&enrollment).reconcile();
+        }))
+    });
+
+    let readiness = Readiness::default();
+    let state = AdminState {
+        readiness: readiness.clone(),
+        registry: Arc::new(registry),
+    };
+    let readiness_server = AdminServer::bind(config.readiness_addr, state.clone()).await?;
+    let metrics_server = AdminServer::bind(config.metrics_addr, state).await?;
+    let (stopped, stopping) = tokio::sync::watch::channel(());
+    let wait = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let admin = [
+        tokio::spawn(readiness_server.serve(wait(stopping.clone()))),
+        tokio::spawn(metrics_server.serve(wait(stopping))),
+    ];
+    readiness.set_ready(true);
+    tracing::info!(enrolled = lock(&enrollment).enrolled_count(), "ready");
+
+    stop.received().await;
+    readiness.set_ready(false);
+    cni_task.abort();
+    if let Some(task) = watch_task {
+        task.abort();
+    }
+    lock(&enrollment).stop_accepting();
+    inputs.connections.close();
+    let open = inputs.connections.len();
+    tracing::info!(open, "draining connections");
+    if tokio::time::timeout(config.drain_timeout, inputs.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = inputs.connections.len(),
+            "drain deadline passed; closing the rest"
+        );
+    }
+    let _ = stopped.send(());
+    for task in admin {
+        let _ = task.await;
+    }
+    drop(enrollment);
     tracing::info!("traffic capture detached; stopped");
     Ok(())
+}
+
+fn lock(enrollment: &Mutex<Enrollment>) -> std::sync::MutexGuard<'_, Enrollment> {
+    enrollment
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

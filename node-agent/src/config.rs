@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -20,9 +21,34 @@ pub struct Args {
     #[arg(long)]
     pub bpf_object: Option<PathBuf>,
 
+    /// Where the BPF maps are pinned (bpffs), so a restarted agent keeps them.
+    #[arg(long, default_value = "/sys/fs/bpf/ambit")]
+    pub bpf_pin_dir: PathBuf,
+
+    /// The Unix socket the CNI plugin hands new pods to.
+    #[arg(long, default_value = ambit_cni::protocol::DEFAULT_AGENT_SOCKET)]
+    pub cni_socket: PathBuf,
+
+    /// Where the agent keeps the pods it knows across restarts.
+    #[arg(long, default_value = "/var/run/ambit")]
+    pub state_dir: PathBuf,
+
+    /// Mesh configuration (JSON: namespaces, pods and their labels,
+    /// services), watched for changes. Without it no pod is enrolled.
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
+
     /// Where the readiness probe is served (Istio's port).
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
+
+    /// Where Prometheus metrics are served (Istio's port).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// On SIGTERM, how long established connections may take to finish.
+    #[arg(long, default_value_t = 30)]
+    pub drain_seconds: u64,
 }
 
 /// The validated configuration the agent runs with.
@@ -30,7 +56,13 @@ pub struct Args {
 pub struct Config {
     pub capture_cgroup: PathBuf,
     pub bpf_object: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub cni_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub mesh_config: Option<PathBuf>,
     pub readiness_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -39,7 +71,13 @@ impl Config {
         Ok(Self {
             bpf_object: capture::locate_object(args.bpf_object.as_deref())?,
             capture_cgroup: args.capture_cgroup,
+            bpf_pin_dir: args.bpf_pin_dir,
+            cni_socket: args.cni_socket,
+            state_dir: args.state_dir,
+            mesh_config: args.mesh_config,
             readiness_addr: args.readiness_addr,
+            metrics_addr: args.metrics_addr,
+            drain_timeout: Duration::from_secs(args.drain_seconds),
         })
     }
 }

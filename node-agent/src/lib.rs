@@ -1,9 +1,14 @@
-//! The node agent: one per node, it captures enrolled pods' traffic with eBPF
-//! and carries it between nodes.
+//! The node agent: one per node. It captures enrolled pods' traffic with
+//! eBPF and proxies it between nodes.
 
 pub mod app;
 pub mod capture;
+mod cni_server;
 mod config;
+pub mod enrollment;
+pub mod mesh;
+pub mod metrics;
 pub mod netns;
+pub mod proxy;
 
 pub use config::{Args, Config};

@@ -102,6 +102,28 @@ impl Place {
         })
     }
 
+    /// A plain HTTP/1.0 GET from this place: the status code and the body.
+    pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = self
+            .in_netns(|| -> std::io::Result<String> {
+                use std::io::Read;
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            })?
+            .with_context(|| format!("GET http://{addr}{path} from {}", self.name))?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("GET http://{addr}{path}: no status in {head:?}"))?;
+        Ok((status, body.to_string()))
+    }
+
     /// Waits until something accepts TCP connections at `addr` as seen from
     /// this place.
     pub fn wait_for_listener(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
@@ -154,6 +176,10 @@ impl Node {
 #[derive(Debug)]
 pub struct Pod {
     pub name: String,
+    /// Its Kubernetes namespace: every test pod is in `default`.
+    pub namespace: String,
+    /// Its Kubernetes UID, unique to the run.
+    pub uid: String,
     pub node: String,
     pub ip: Ipv4Addr,
     place: Place,
@@ -282,6 +308,11 @@ impl Cluster {
     /// This run's name; every namespace of it starts with it.
     pub fn run_name(&self) -> &str {
         &self.run
+    }
+
+    /// A directory of this run's own (logs, sockets, state); removed with it.
+    pub fn work_dir(&self) -> &Path {
+        &self.logs
     }
 
     pub fn binaries(&self) -> &Binaries {
@@ -478,6 +509,8 @@ impl Cluster {
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let pod = Pod {
             name: name.to_string(),
+            namespace: "default".to_string(),
+            uid: format!("{}-{name}", self.run),
             node: node.name.clone(),
             ip: pod_ip,
             place: Place {

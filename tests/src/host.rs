@@ -109,12 +109,20 @@ pub fn sweep_leftovers() -> anyhow::Result<usize> {
 }
 
 /// Removes everything of one run: its processes and cgroups, its network
-/// namespaces (`<run>-*`) and its log directory.
+/// namespaces (`<run>-*`), its pinned BPF maps (`/sys/fs/bpf/<run>-*`) and
+/// its work directory.
 pub(crate) fn remove_run(run: &str) -> anyhow::Result<()> {
     remove_cgroup_tree(&cgroup2_root()?.join(run))?;
-    let netns_prefix = format!("{run}-");
+    let prefix = format!("{run}-");
+    for name in list_names(Path::new(BPFFS))? {
+        if name.starts_with(&prefix) {
+            let pins = Path::new(BPFFS).join(&name);
+            ignore_not_found(fs::remove_dir_all(&pins))
+                .with_context(|| format!("removing {}", pins.display()))?;
+        }
+    }
     for name in list_names(Path::new(NETNS_DIR))? {
-        if name.starts_with(&netns_prefix) {
+        if name.starts_with(&prefix) {
             let deleted = self::run("ip", &["netns", "del", &name]);
             // Another sweep (a parallel test) may have deleted it first.
             if Path::new(NETNS_DIR).join(&name).exists() {

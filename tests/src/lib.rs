@@ -9,6 +9,7 @@
 
 mod cluster;
 pub mod host;
+pub mod mesh;
 mod process;
 pub mod testapp;
 

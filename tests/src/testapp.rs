@@ -90,26 +90,89 @@ pub fn serve(
     Ok(server)
 }
 
-/// Sends `requests` HTTP requests from `from` to `url` with the test app's
-/// client (HTTP/2 with prior knowledge when `http2`).
-pub fn http(
-    cluster: &Cluster,
-    from: &Place,
-    url: &str,
+/// A run of the test app's HTTP client.
+#[derive(Clone, Debug)]
+pub struct HttpLoad {
     requests: usize,
     http2: bool,
-) -> anyhow::Result<HttpSummary> {
-    let mut args = vec![
-        "http".to_string(),
-        format!("--url={url}"),
-        format!("--requests={requests}"),
-    ];
-    if http2 {
-        args.push("--http2".to_string());
+    reconnect: bool,
+    interval: Duration,
+}
+
+impl HttpLoad {
+    /// `requests` HTTP/1.1 requests, one after another on one connection.
+    pub fn new(requests: usize) -> Self {
+        Self {
+            requests,
+            http2: false,
+            reconnect: false,
+            interval: Duration::ZERO,
+        }
     }
-    let output = run_client(cluster, from, &args)?;
-    serde_json::from_str(output.trim())
-        .with_context(|| format!("the HTTP client printed {output:?}"))
+
+    /// HTTP/2 with prior knowledge (h2c).
+    pub fn http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
+    }
+
+    /// A new connection for every request.
+    pub fn reconnect(mut self) -> Self {
+        self.reconnect = true;
+        self
+    }
+
+    /// A pause between requests.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    fn args(&self, url: &str) -> Vec<String> {
+        let mut args = vec![
+            "http".to_string(),
+            format!("--url={url}"),
+            format!("--requests={}", self.requests),
+            format!("--interval-ms={}", self.interval.as_millis()),
+        ];
+        if self.http2 {
+            args.push("--http2".to_string());
+        }
+        if self.reconnect {
+            args.push("--reconnect".to_string());
+        }
+        args
+    }
+
+    /// Runs the client in `from` to completion.
+    pub fn run(&self, cluster: &Cluster, from: &Place, url: &str) -> anyhow::Result<HttpSummary> {
+        parse_summary(&run_client(cluster, from, &self.args(url))?)
+    }
+
+    /// Starts the client in `from` in the background; read its summary with
+    /// [`parse_summary`] on its output once it has exited.
+    pub fn spawn(&self, cluster: &Cluster, from: &Place, url: &str) -> anyhow::Result<Process> {
+        let binary = cluster.binaries().get(BINARY)?;
+        cluster.spawn(from, "http-client", &binary, self.args(url))
+    }
+}
+
+impl std::fmt::Display for HttpLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let protocol = if self.http2 { "HTTP/2" } else { "HTTP/1.1" };
+        let connections = if self.reconnect {
+            "a connection per request"
+        } else {
+            "one connection"
+        };
+        write!(f, "{} {protocol} requests, {connections}", self.requests)
+    }
+}
+
+/// The summary the HTTP client prints as its last line.
+pub fn parse_summary(output: &str) -> anyhow::Result<HttpSummary> {
+    let last = output.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("the HTTP client printed {output:?}"))
 }
 
 /// Sends `message` from `from` to the echo server at `addr`; returns what came back.

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use ambit_testbed::{testapp, Cluster};
+use ambit_testbed::testapp::{self, HttpLoad};
+use ambit_testbed::Cluster;
 
 const REQUESTS: usize = 20;
 
@@ -21,7 +22,9 @@ fn pods_on_different_nodes_exchange_http_and_tcp_echo_both_ways() -> anyhow::Res
 
     for http2 in [false, true] {
         let url = format!("http://{}:8080/", server.ip);
-        let summary = testapp::http(&cluster, client.place(), &url, REQUESTS, http2)?;
+        let summary = HttpLoad::new(REQUESTS)
+            .http2(http2)
+            .run(&cluster, client.place(), &url)?;
         assert_eq!(summary.status(200), REQUESTS, "http2={http2}: {summary:?}");
         assert_eq!(
             summary.versions.get("server/v1"),

@@ -1,19 +1,20 @@
 //! `cargo xtask demo`: a two-node namespace cluster with sample apps and the
-//! node agents, traffic between nodes, a summary, then teardown.
+//! node agents, traffic between nodes through the mesh, a summary, then
+//! teardown.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::testapp::{self, HttpSummary};
-use ambit_testbed::{Cluster, Node, Pod, Process};
+use ambit_testbed::mesh::{self, sample, NodeAgent};
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary};
+use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
 
 const REQUESTS: usize = 20;
-const READINESS_PORT: u16 = 15021;
+const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
 pub fn run() -> anyhow::Result<()> {
     let cluster = Cluster::builder()
-        .node(&["productpage"])
+        .node(&["productpage", "legacy"])
         .node(&["reviews-v1", "reviews-v2"])
         .build()
         .context("building the namespace cluster")?;
@@ -33,106 +34,115 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
-    let _agents = cluster
+    let [productpage, legacy, v1, v2] = ["productpage", "legacy", "reviews-v1", "reviews-v2"]
+        .map(|name| cluster.pod(name).expect("a pod of the demo"));
+    let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&[productpage, v1, v2], vec![reviews]),
+    )?;
+    let agents = cluster
         .nodes()
         .iter()
-        .map(|node| start_agent(&cluster, node))
+        .map(|node| NodeAgent::start(&cluster, node))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for pod in cluster.pods() {
+        let agent = if pod.node == "node-1" {
+            &agents[0]
+        } else {
+            &agents[1]
+        };
+        agent.add_pod(&cluster, pod)?;
+    }
     println!(
-        "\n  ambit-node-agent runs on every node: BPF capture attached to the node's pods cgroup, \
-         ready on :{READINESS_PORT}/healthz/ready.\n  No pod is enrolled yet, so traffic goes pod to pod directly."
+        "\n  ambit-node-agent runs on every node; ambit-cni handed it every pod.\n  \
+         Enrolled (istio.io/dataplane-mode=ambient): productpage, reviews-v1, reviews-v2. Not enrolled: legacy.\n  \
+         Service reviews.default: {REVIEWS_VIP}:9080 -> reviews-v1, reviews-v2."
     );
-
-    let client = cluster.pod("productpage")?;
-    let v1 = cluster.pod("reviews-v1")?;
-    let v2 = cluster.pod("reviews-v2")?;
     let _apps = [
         testapp::serve(&cluster, v1, "reviews", "v1", &[9080], &[9000])?,
         testapp::serve(&cluster, v2, "reviews", "v2", &[9080], &[])?,
     ];
 
-    println!(
-        "\n  Traffic from {} ({}, {}):",
-        client.name, client.ip, client.node
-    );
-    for (server, http2) in [(v1, false), (v2, true)] {
-        let url = format!("http://{}:9080/", server.ip);
-        let summary = testapp::http(&cluster, client.place(), &url, REQUESTS, http2)?;
-        println!("    {}", describe(server, http2, &summary));
+    println!("\n  Traffic:");
+    let vip_url = format!("http://{REVIEWS_VIP}:9080/");
+    let runs = [
+        (
+            productpage,
+            vip_url.as_str(),
+            HttpLoad::new(REQUESTS).reconnect(),
+        ),
+        (
+            productpage,
+            &format!("http://{}:9080/", v2.ip),
+            HttpLoad::new(REQUESTS).http2(true),
+        ),
+        (
+            legacy,
+            &format!("http://{}:9080/", v1.ip),
+            HttpLoad::new(REQUESTS),
+        ),
+    ];
+    for (from, url, load) in runs {
+        let summary = load.run(&cluster, from.place(), url)?;
+        println!("    {}", describe(from, url, &load, &summary));
         ensure!(
             summary.status(200) == REQUESTS,
             "requests failed: {summary:?}"
         );
     }
     let echo_addr = SocketAddr::from((v1.ip, 9000));
-    let echoed = testapp::echo(&cluster, client.place(), echo_addr, "hello over TCP")?;
+    let echoed = testapp::echo(&cluster, productpage.place(), echo_addr, "hello over TCP")?;
     println!(
-        "    -> {} TCP echo {echo_addr}: sent \"hello over TCP\", got back \"{echoed}\"",
-        v1.name
+        "    productpage -> {echo_addr} TCP echo: sent \"hello over TCP\", got back \"{echoed}\""
     );
     ensure!(
         echoed == "hello over TCP",
         "the echo came back as {echoed:?}"
     );
 
+    println!("\n  What the agents counted (istio_tcp_connections_opened_total):");
+    for (agent, node) in agents.iter().zip(cluster.nodes()) {
+        let metrics = agent.metrics(&cluster)?;
+        let count = |reporter| {
+            sample(
+                &metrics,
+                "istio_tcp_connections_opened_total",
+                &[("reporter", reporter)],
+            )
+        };
+        println!(
+            "    {}: {} outbound (reporter=source), {} inbound (reporter=destination)",
+            node.name,
+            count("source"),
+            count("destination")
+        );
+    }
+    println!("    (legacy's own calls bypass node-1's agent: it is not enrolled)");
+
     let run = cluster.run_name().to_string();
+    drop(agents);
     drop(cluster);
     println!("\n  Torn down: every namespace, cgroup and process of {run} is gone.\n");
     Ok(())
 }
 
-fn start_agent(cluster: &Cluster, node: &Node) -> anyhow::Result<Process> {
-    let binary = cluster.binaries().get("ambit-node-agent")?;
-    let bpf_object = cluster.binaries().bpf_object()?;
-    let agent = cluster.spawn(
-        node.place(),
-        "node-agent",
-        &binary,
-        [
-            "--capture-cgroup".as_ref(),
-            node.pods_cgroup().as_os_str(),
-            "--bpf-object".as_ref(),
-            bpf_object.as_os_str(),
-        ],
-    )?;
-    let readiness = SocketAddr::from((node.bridge_ip, READINESS_PORT));
-    node.place()
-        .wait_for_listener(readiness, Duration::from_secs(10))
-        .with_context(|| {
-            format!(
-                "the node agent on {} did not start:\n{}",
-                node.name,
-                agent.output()
-            )
-        })?;
-    let probe = testapp::http(
-        cluster,
-        node.place(),
-        &format!("http://{readiness}/healthz/ready"),
-        1,
-        false,
-    )?;
-    ensure!(
-        probe.status(200) == 1,
-        "the node agent on {} is not ready: {probe:?}",
-        node.name
-    );
-    Ok(agent)
-}
-
-fn describe(server: &Pod, http2: bool, summary: &HttpSummary) -> String {
-    let protocol = if http2 { "HTTP/2 (h2c)" } else { "HTTP/1.1" };
+fn describe(from: &Pod, url: &str, load: &HttpLoad, summary: &HttpSummary) -> String {
+    let protocol = format!("{load}");
     let statuses: Vec<String> = summary
         .statuses
         .iter()
         .map(|(code, n)| format!("{n} x {code}"))
         .collect();
-    let versions: Vec<String> = summary.versions.keys().cloned().collect();
+    let versions: Vec<String> = summary
+        .versions
+        .iter()
+        .map(|(version, n)| format!("{version} {n}"))
+        .collect();
     let peers: Vec<String> = summary.peers.keys().cloned().collect();
     format!(
-        "-> {} {protocol}: {} requests, {}; answered by {}; the server saw the caller as {}",
-        server.name,
-        summary.requests,
+        "{} -> {url} {protocol}: {}; answered by {}; the server saw the caller as {}",
+        from.name,
         statuses.join(", "),
         versions.join(", "),
         peers.join(", ")

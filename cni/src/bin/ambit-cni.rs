@@ -13,7 +13,9 @@ fn main() {
         .read_to_end(&mut stdin)
         .map_err(|error| CniError::new(code::IO_FAILURE, "reading stdin", error.to_string()))
         .and_then(|_| spec::parse(|name| std::env::var(name).ok(), &stdin))
-        .and_then(|invocation| run(&invocation).map_err(|error| error.in_version(&invocation.cni_version)));
+        .and_then(|invocation| {
+            run(&invocation).map_err(|error| error.in_version(&invocation.cni_version))
+        });
     let (printed, status) = match outcome {
         Ok(Some(result)) => (Some(result), 0),
         Ok(None) => (None, 0),
@@ -74,10 +76,20 @@ fn sandbox(invocation: &Invocation) -> Option<PodSandbox> {
 fn ask(invocation: &Invocation, request: &Request) -> Result<(), CniError> {
     match protocol::call(&invocation.agent_socket, request) {
         Ok(Response::Ok { .. }) => Ok(()),
-        Ok(Response::Error { message }) => Err(CniError::new(code::AGENT_REFUSED, "the node agent refused the pod", message)),
-        Err(error @ protocol::ProtocolError::Unreachable { .. }) => {
-            Err(CniError::new(code::TRY_AGAIN_LATER, "the node agent is not reachable", error.to_string()))
-        }
-        Err(error) => Err(CniError::new(code::IO_FAILURE, "talking to the node agent", error.to_string())),
+        Ok(Response::Error { message }) => Err(CniError::new(
+            code::AGENT_REFUSED,
+            "the node agent refused the pod",
+            message,
+        )),
+        Err(error @ protocol::ProtocolError::Unreachable { .. }) => Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the node agent is not reachable",
+            error.to_string(),
+        )),
+        Err(error) => Err(CniError::new(
+            code::IO_FAILURE,
+            "talking to the node agent",
+            error.to_string(),
+        )),
     }
 }

@@ -27,6 +27,10 @@ pub const ORIGINAL_DST_MAP: &str = "ORIGINAL_DST";
 /// Map: pod IPv4 address (network order) -> the agent's inbound listener in
 /// that pod's namespace (a sockhash).
 pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
+/// Map: source address (`Addr4`) of a connection the agent is opening to a
+/// local app -> 1. `inbound_lookup` leaves such connections alone: to it they
+/// look like any other caller, since the agent uses the caller's address.
+pub const AGENT_SOURCES_MAP: &str = "AGENT_SOURCES";
 
 /// Most enrolled pods one node can hold.
 pub const MAX_PODS: u32 = 4096;

@@ -38,12 +38,14 @@ static ORIGINAL_DST: LruHashMap<ConnectionKey, Addr4> =
 #[map]
 static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 
+#[map]
+static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
 /// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
-const LOOPBACK_IFINDEX: u32 = 1;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
@@ -116,13 +118,22 @@ fn file_original_dst(ctx: &SockOpsContext) {
 pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel hands sk_lookup a valid bpf_sk_lookup.
     let lookup = unsafe { &*ctx.lookup };
-    // Local traffic (the app calling itself, the agent calling the app) and
-    // the agent's own ports are never steered.
+    // Never steered: the pod calling itself, the agent's own ports, and the
+    // agent's connections to the app (recorded by their source address).
     if lookup.family != AF_INET
         || lookup.protocol != IPPROTO_TCP
-        || lookup.ingress_ifindex == LOOPBACK_IFINDEX
+        || lookup.remote_ip4 == lookup.local_ip4
         || is_agent_port(lookup.local_port)
     {
+        return SK_PASS;
+    }
+    let source = Addr4 {
+        ip: lookup.remote_ip4,
+        port: lookup.remote_port,
+        _pad: 0,
+    };
+    // SAFETY: only whether the key exists is read.
+    if unsafe { AGENT_SOURCES.get(&source) }.is_some() {
         return SK_PASS;
     }
     // No listener for this address: the kernel's own lookup decides.

@@ -1,6 +1,6 @@
-//! What every Ambit binary serves and does around its real work: the admin
-//! port (readiness for the kubelet's probe), logging set-up, and waiting for
-//! the signal that starts a graceful stop.
+//! What every Ambit binary serves and does around its real work: readiness
+//! for the kubelet's probe and Prometheus metrics, logging set-up, and waiting
+//! for the signal that starts a graceful stop.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,11 +13,14 @@ use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Readiness path, as Istio's proxies serve it.
 pub const READY_PATH: &str = "/healthz/ready";
+/// Prometheus scrape path.
+pub const METRICS_PATH: &str = "/metrics";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -58,21 +61,25 @@ pub fn init_logging() {
         .init();
 }
 
-/// The admin HTTP server, bound and ready to serve.
+/// What the admin endpoints answer from.
+#[derive(Clone)]
+pub struct AdminState {
+    pub readiness: Readiness,
+    pub registry: Arc<Registry>,
+}
+
+/// An admin HTTP listener, bound and ready to serve.
 pub struct AdminServer {
     listener: TcpListener,
-    readiness: Readiness,
+    state: AdminState,
 }
 
 impl AdminServer {
-    pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, AdminError> {
+    pub async fn bind(addr: SocketAddr, state: AdminState) -> Result<Self, AdminError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Self {
-            listener,
-            readiness,
-        })
+        Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -93,11 +100,11 @@ impl AdminServer {
                     }
                 },
             };
-            let readiness = self.readiness.clone();
+            let state = self.state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let readiness = readiness.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &readiness)) }
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &state)) }
                 });
                 if let Err(error) = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -110,13 +117,25 @@ impl AdminServer {
     }
 }
 
-fn respond(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, READY_PATH) if readiness.is_ready() => (StatusCode::OK, "ready\n"),
-        (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
+        (&Method::GET, READY_PATH) if state.readiness.is_ready() => {
+            (StatusCode::OK, "ready\n".into())
+        }
+        (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        (&Method::GET, METRICS_PATH) => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+                Ok(()) => (StatusCode::OK, text),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding metrics failed\n".into(),
+                ),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
 }
@@ -156,19 +175,32 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn get(addr: SocketAddr, path: &str) -> String {
+    /// The status line, and the body.
+    async fn get(addr: SocketAddr, path: &str) -> (String, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
-        response.lines().next().unwrap_or_default().to_string()
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+        (
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        )
     }
 
     #[tokio::test]
     async fn readiness_follows_the_flag_and_other_paths_are_not_found() {
         let readiness = Readiness::default();
-        let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), readiness.clone())
+        let mut registry = Registry::default();
+        let requests = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("demo_requests", "Requests", requests.clone());
+        requests.inc_by(3);
+        let state = AdminState {
+            readiness: readiness.clone(),
+            registry: Arc::new(registry),
+        };
+        let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), state)
             .await
             .expect("bind");
         let addr = server.local_addr().expect("local address");
@@ -178,12 +210,15 @@ mod tests {
         }));
 
         assert_eq!(
-            get(addr, READY_PATH).await,
+            get(addr, READY_PATH).await.0,
             "HTTP/1.1 503 Service Unavailable"
         );
         readiness.set_ready(true);
-        assert_eq!(get(addr, READY_PATH).await, "HTTP/1.1 200 OK");
-        assert_eq!(get(addr, "/elsewhere").await, "HTTP/1.1 404 Not Found");
+        assert_eq!(get(addr, READY_PATH).await.0, "HTTP/1.1 200 OK");
+        assert_eq!(get(addr, "/elsewhere").await.0, "HTTP/1.1 404 Not Found");
+        let (status, metrics) = get(addr, METRICS_PATH).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(metrics.contains("demo_requests_total 3"), "{metrics}");
 
         stop.send(()).expect("server still running");
         serving.await.expect("server task");

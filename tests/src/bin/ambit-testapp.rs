@@ -49,6 +49,12 @@ enum Mode {
         /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
         #[arg(long)]
         http2: bool,
+        /// A new connection for every request.
+        #[arg(long)]
+        reconnect: bool,
+        /// Pause between requests, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// Send a message to a TCP echo server, close the sending side, and print
     /// what came back.
@@ -73,8 +79,14 @@ async fn main() -> anyhow::Result<()> {
             url,
             requests,
             http2,
+            reconnect,
+            interval_ms,
         } => {
-            let summary = http_client(&url, requests, http2).await?;
+            let pacing = Pacing {
+                reconnect,
+                interval: Duration::from_millis(interval_ms),
+            };
+            let summary = http_client(&url, requests, http2, pacing).await?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
@@ -200,7 +212,18 @@ impl Sender {
     }
 }
 
-async fn http_client(url: &Uri, requests: usize, http2: bool) -> anyhow::Result<HttpSummary> {
+/// How the client spaces its requests.
+struct Pacing {
+    reconnect: bool,
+    interval: Duration,
+}
+
+async fn http_client(
+    url: &Uri,
+    requests: usize,
+    http2: bool,
+    pacing: Pacing,
+) -> anyhow::Result<HttpSummary> {
     let authority = url
         .authority()
         .context("the URL needs a host and port")?
@@ -240,6 +263,10 @@ async fn http_client(url: &Uri, requests: usize, http2: bool) -> anyhow::Result<
                     .get_or_insert_with(|| format!("{error:#}"));
             }
         }
+        if pacing.reconnect {
+            sender = None;
+        }
+        tokio::time::sleep(pacing.interval).await;
     }
     Ok(summary)
 }

@@ -1,0 +1,73 @@
+//! The Unix socket the CNI plugin talks to.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ambit_cni::protocol::{Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::enrollment::Enrollment;
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Binds the socket, replacing one a previous agent left (a restarting agent
+/// takes the path over from the one it replaces). Only root may connect.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, enrollment: Arc<Mutex<Enrollment>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(stream, enrollment.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "CNI socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn answer(stream: UnixStream, enrollment: Arc<Mutex<Enrollment>>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut line = String::new();
+    let read = BufReader::new(reader)
+        .take(MAX_REQUEST)
+        .read_line(&mut line)
+        .await;
+    let response = match read.map(|_| serde_json::from_str::<Request>(&line)) {
+        Ok(Ok(request)) => {
+            tracing::info!(?request, "CNI request");
+            let mut enrollment = enrollment
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            enrollment.handle(request)
+        }
+        Ok(Err(error)) => Response::Error {
+            message: format!("malformed request: {error}"),
+        },
+        Err(error) => Response::Error {
+            message: format!("reading the request: {error}"),
+        },
+    };
+    if let Response::Error { message } = &response {
+        tracing::warn!(%message, "CNI request refused");
+    }
+    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    bytes.push(b'\n');
+    let _ = writer.write_all(&bytes).await;
+}

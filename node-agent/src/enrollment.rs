@@ -1,0 +1,243 @@
+//! Which pods the agent captures. Pods arrive from the CNI plugin; the mesh
+//! configuration says which of them are in the mesh; enrollment keeps
+//! capture and listeners in step with both, and remembers the pods across
+//! agent restarts.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
+
+use crate::capture::{Capture, CaptureError, PodCapture};
+use crate::mesh::MeshSnapshot;
+use crate::netns::{self, Netns, NetnsError};
+use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
+
+const STATE_FILE: &str = "pods.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("pod {0} has no IPv4 address in the CNI result")]
+    NoAddress(PodRef),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("preparing routing in the pod's namespace: {0}")]
+    Routing(std::io::Error),
+    #[error("opening the agent's listeners in the pod's namespace: {0}")]
+    Listeners(std::io::Error),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+/// A pod the agent knows, enrolled or not.
+struct KnownPod {
+    sandbox: PodSandbox,
+    enrolled: Option<Enrolled>,
+}
+
+struct Enrolled {
+    capture: PodCapture,
+    /// Stops the pod's accept loops when dropped.
+    _proxy: PodProxy,
+}
+
+pub struct Enrollment {
+    capture: Capture,
+    inputs: Arc<ProxyInputs>,
+    pods: BTreeMap<PodRef, KnownPod>,
+    state_file: PathBuf,
+}
+
+impl Enrollment {
+    pub fn new(capture: Capture, inputs: Arc<ProxyInputs>, state_dir: &Path) -> Self {
+        Self {
+            capture,
+            inputs,
+            pods: BTreeMap::new(),
+            state_file: state_dir.join(STATE_FILE),
+        }
+    }
+
+    /// Re-learns the pods a previous agent knew (those whose namespace still
+    /// exists) and enrolls them as the mesh configuration says.
+    pub fn restore(&mut self) -> anyhow::Result<()> {
+        let sandboxes: Vec<PodSandbox> = match std::fs::read(&self.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error.into()),
+        };
+        for sandbox in sandboxes
+            .into_iter()
+            .filter(|sandbox| sandbox.netns.exists())
+        {
+            self.pods.insert(
+                sandbox.pod.clone(),
+                KnownPod {
+                    sandbox,
+                    enrolled: None,
+                },
+            );
+        }
+        tracing::info!(pods = self.pods.len(), "restored known pods");
+        self.reconcile();
+        self.persist();
+        Ok(())
+    }
+
+    pub fn enrolled_count(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|pod| pod.enrolled.is_some())
+            .count()
+    }
+
+    /// Answers the CNI plugin.
+    pub fn handle(&mut self, request: Request) -> Response {
+        let snapshot = self.inputs.mesh.snapshot();
+        match request {
+            Request::Add(sandbox) => {
+                let pod = sandbox.pod.clone();
+                self.forget(&pod);
+                let mut known = KnownPod {
+                    sandbox,
+                    enrolled: None,
+                };
+                let outcome = self.converge(&mut known, &snapshot);
+                let enrolled = known.enrolled.is_some();
+                if outcome.is_ok() {
+                    // A pod that could not be enrolled is not kept: the
+                    // runtime fails the sandbox and retries with a new one.
+                    self.pods.insert(pod, known);
+                    self.persist();
+                }
+                match outcome {
+                    Ok(()) => Response::Ok { enrolled },
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
+                }
+            }
+            Request::Del { pod, .. } => {
+                self.forget(&pod);
+                self.persist();
+                Response::Ok { enrolled: false }
+            }
+            Request::Check(sandbox) => {
+                let should = snapshot.is_enrolled(&sandbox.pod);
+                match self.pods.get(&sandbox.pod) {
+                    Some(known) if known.enrolled.is_some() == should => {
+                        Response::Ok { enrolled: should }
+                    }
+                    Some(_) => Response::Error {
+                        message: format!(
+                            "pod {} should {}be enrolled but is {}",
+                            sandbox.pod,
+                            if should { "" } else { "not " },
+                            if should { "not" } else { "enrolled" }
+                        ),
+                    },
+                    None => Response::Error {
+                        message: format!("pod {} is unknown to the node agent", sandbox.pod),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Brings every known pod in line with the current mesh configuration.
+    pub fn reconcile(&mut self) {
+        let snapshot = self.inputs.mesh.snapshot();
+        let mut pods = std::mem::take(&mut self.pods);
+        for known in pods.values_mut() {
+            if let Err(error) = self.converge(known, &snapshot) {
+                tracing::error!(pod = %known.sandbox.pod, %error, "enrollment failed");
+            }
+        }
+        self.pods = pods;
+    }
+
+    /// Enrolls or releases one pod as the snapshot says.
+    fn converge(
+        &mut self,
+        known: &mut KnownPod,
+        snapshot: &MeshSnapshot,
+    ) -> Result<(), EnrollError> {
+        let should = snapshot.is_enrolled(&known.sandbox.pod);
+        match (&known.enrolled, should) {
+            (None, true) => {
+                known.enrolled = Some(self.enroll(&known.sandbox)?);
+                tracing::info!(pod = %known.sandbox.pod, "enrolled");
+            }
+            (Some(_), false) => {
+                self.release(known);
+                tracing::info!(pod = %known.sandbox.pod, "released");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn enroll(&mut self, sandbox: &PodSandbox) -> Result<Enrolled, EnrollError> {
+        let ip: Ipv4Addr = *sandbox
+            .ips
+            .first()
+            .ok_or_else(|| EnrollError::NoAddress(sandbox.pod.clone()))?;
+        let netns = Arc::new(Netns::open(&sandbox.netns)?);
+        netns
+            .run(netns::prepare_inbound_routing)?
+            .map_err(EnrollError::Routing)?;
+        let listeners = PodListeners::bind(&netns).map_err(EnrollError::Listeners)?;
+        let capture = self
+            .capture
+            .enroll(&netns, ip, OUTBOUND_LISTENER, &listeners.inbound)?;
+        let context = Arc::new(PodContext {
+            pod: sandbox.pod.clone(),
+            ip,
+            netns,
+        });
+        Ok(Enrolled {
+            capture,
+            _proxy: proxy::start(context, listeners, self.inputs.clone()),
+        })
+    }
+
+    fn release(&mut self, known: &mut KnownPod) {
+        if let Some(enrolled) = known.enrolled.take() {
+            if let Err(error) = self.capture.release(enrolled.capture) {
+                tracing::error!(pod = %known.sandbox.pod, %error, "releasing capture");
+            }
+        }
+    }
+
+    fn forget(&mut self, pod: &PodRef) {
+        if let Some(mut known) = self.pods.remove(pod) {
+            self.release(&mut known);
+        }
+    }
+
+    /// Writes the known pods, atomically, for the next agent.
+    fn persist(&self) {
+        let sandboxes: Vec<&PodSandbox> = self.pods.values().map(|known| &known.sandbox).collect();
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let temporary = self.state_file.with_extension("json.tmp");
+            std::fs::write(&temporary, serde_json::to_vec_pretty(&sandboxes)?)?;
+            std::fs::rename(&temporary, &self.state_file)
+        };
+        if let Err(error) = write() {
+            tracing::error!(file = %self.state_file.display(), %error, "saving known pods");
+        }
+    }
+
+    /// For a stopping agent: closes every pod's listeners (queued connections
+    /// move to a new agent's) but leaves the maps for the next agent.
+    pub fn stop_accepting(&mut self) {
+        for known in self.pods.values_mut() {
+            known.enrolled = None;
+        }
+    }
+}

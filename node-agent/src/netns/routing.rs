@@ -1,0 +1,169 @@
+//! What a pod's namespace needs so the agent can connect to the pod's app
+//! with the client's address as source (a transparent socket), without
+//! iptables:
+//!
+//! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket takes the mark
+//!   of the agent's SYN, so all the app's replies carry `INBOUND_MARK_BIT`;
+//! - a rule `fwmark INBOUND_MARK_BIT lookup INBOUND_TABLE` and, in that table,
+//!   `local 0.0.0.0/0 dev lo`: marked replies are delivered locally, to the
+//!   agent's transparent socket, instead of being routed out to the client;
+//! - `net.ipv4.tcp_migrate_req=1`: when a restarting agent closes its
+//!   listeners, connections queued on them move to the new agent's.
+//!
+//! Unmarked traffic (the app's own, connections made before enrollment) is
+//! untouched. Call these inside the pod's namespace (`Netns::run`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use ambit_ebpf_common::INBOUND_MARK_BIT;
+
+/// Routing table for the agent's inbound replies (any unused number).
+pub const INBOUND_TABLE: u8 = 133;
+/// Rule priority: after `local` (0), before `main` (32766).
+const RULE_PRIORITY: u32 = 32000;
+
+const SYSCTLS: [(&str, &str); 2] = [
+    ("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"),
+    ("/proc/sys/net/ipv4/tcp_migrate_req", "1"),
+];
+
+/// Sets up the current thread's namespace as described above; idempotent.
+pub fn prepare_inbound_routing() -> io::Result<()> {
+    for (path, value) in SYSCTLS {
+        std::fs::write(path, value)
+            .map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))?;
+    }
+    let socket = Netlink::open()?;
+    socket.request(RTM_NEWRULE, &rule_message())?;
+    socket.request(RTM_NEWROUTE, &route_message())
+}
+
+// Netlink constants (linux/netlink.h, linux/rtnetlink.h, linux/fib_rules.h).
+const RTM_NEWROUTE: u16 = 24;
+const RTM_NEWRULE: u16 = 32;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const AF_INET: u8 = 2;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_HOST: u8 = 254;
+const RTN_LOCAL: u8 = 2;
+const RTA_OIF: u16 = 4;
+const FR_ACT_TO_TBL: u8 = 1;
+const FRA_PRIORITY: u16 = 6;
+const FRA_FWMARK: u16 = 10;
+const FRA_FWMASK: u16 = 16;
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// `ip rule add pref 32000 fwmark 0x1000/0x1000 lookup 133`
+fn rule_message() -> Vec<u8> {
+    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+    let mut body = vec![AF_INET, 0, 0, 0, INBOUND_TABLE, 0, 0, FR_ACT_TO_TBL];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_u32_attr(&mut body, FRA_PRIORITY, RULE_PRIORITY);
+    push_u32_attr(&mut body, FRA_FWMARK, INBOUND_MARK_BIT);
+    push_u32_attr(&mut body, FRA_FWMASK, INBOUND_MARK_BIT);
+    body
+}
+
+/// `ip route add local 0.0.0.0/0 dev lo table 133`
+fn route_message() -> Vec<u8> {
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    let mut body = vec![
+        AF_INET,
+        0,
+        0,
+        0,
+        INBOUND_TABLE,
+        RTPROT_STATIC,
+        RT_SCOPE_HOST,
+        RTN_LOCAL,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_u32_attr(&mut body, RTA_OIF, LOOPBACK_IFINDEX);
+    body
+}
+
+fn push_u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
+    // struct rtattr { len: u16, type: u16 } then the value; 8 bytes, aligned.
+    buf.extend_from_slice(&8u16.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&value.to_ne_bytes());
+}
+
+/// A NETLINK_ROUTE socket in the current thread's namespace.
+struct Netlink(OwnedFd);
+
+impl Netlink {
+    fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe {
+            nix::libc::socket(
+                nix::libc::AF_NETLINK,
+                nix::libc::SOCK_RAW | nix::libc::SOCK_CLOEXEC,
+                nix::libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends one create request and waits for its acknowledgement; "already
+    /// exists" counts as done.
+    fn request(&self, kind: u16, body: &[u8]) -> io::Result<()> {
+        const HEADER: usize = 16;
+        let len = u32::try_from(HEADER + body.len()).map_err(io::Error::other)?;
+        let mut message = Vec::with_capacity(HEADER + body.len());
+        message.extend_from_slice(&len.to_ne_bytes());
+        message.extend_from_slice(&kind.to_ne_bytes());
+        message.extend_from_slice(
+            &(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes(),
+        );
+        message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+        message.extend_from_slice(body);
+        // SAFETY: the buffer is valid for its length; the kernel is the
+        // default destination of a netlink socket.
+        let sent = unsafe {
+            nix::libc::send(
+                self.0.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut reply = [0u8; 1024];
+        // SAFETY: the buffer is valid for writes of its length.
+        let received = unsafe {
+            nix::libc::recv(
+                self.0.as_raw_fd(),
+                reply.as_mut_ptr().cast(),
+                reply.len(),
+                0,
+            )
+        };
+        if received < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let reply = &reply[..received as usize];
+        let kind_of_reply = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+        let errno = reply
+            .get(16..20)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        match (kind_of_reply, errno) {
+            (Some(NLMSG_ERROR), Some(0)) => Ok(()),
+            (Some(NLMSG_ERROR), Some(errno)) if -errno == nix::libc::EEXIST => Ok(()),
+            (Some(NLMSG_ERROR), Some(errno)) => Err(io::Error::from_raw_os_error(-errno)),
+            _ => Err(io::Error::other("netlink: unexpected reply")),
+        }
+    }
+}

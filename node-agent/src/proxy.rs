@@ -1,0 +1,182 @@
+//! The agent's L4 proxy. Every enrolled pod gets two listeners inside its
+//! own network namespace: outbound (15001), where `connect4` sends the pod's
+//! connections, and inbound (15006), where `inbound_lookup` steers
+//! connections to the pod. Handlers decide with the mesh snapshot, then do
+//! the socket work.
+
+mod inbound;
+mod outbound;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_cni::protocol::PodRef;
+use socket2::{Domain, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::capture::ConnectionMaps;
+use crate::mesh::MeshHandle;
+use crate::metrics::{Metrics, TcpLabels};
+use crate::netns::Netns;
+
+/// Where `connect4` sends a pod's outbound connections, in its namespace.
+pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);
+/// Inbound listener port (any address: `sk_lookup` picks it by socket).
+pub const INBOUND_PORT: u16 = 15006;
+const LISTEN_BACKLOG: i32 = 4096;
+/// Copy buffer per direction: large enough for bulk transfers to stream.
+const COPY_BUFFER: usize = 256 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection handler reads.
+pub struct ProxyInputs {
+    pub maps: ConnectionMaps,
+    pub mesh: Arc<MeshHandle>,
+    pub metrics: Metrics,
+    /// Every proxied connection, so a stopping agent can drain them.
+    pub connections: TaskTracker,
+}
+
+/// An enrolled pod as the data path sees it.
+pub struct PodContext {
+    pub pod: PodRef,
+    pub ip: Ipv4Addr,
+    pub netns: Arc<Netns>,
+}
+
+/// A pod's two listeners, bound inside its namespace.
+pub struct PodListeners {
+    pub outbound: TcpListener,
+    pub inbound: TcpListener,
+}
+
+impl PodListeners {
+    /// Binds both listeners in the pod's namespace. SO_REUSEPORT lets a
+    /// restarting agent bind beside the old one and take over.
+    pub fn bind(netns: &Netns) -> std::io::Result<Self> {
+        let inbound_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INBOUND_PORT);
+        let (outbound, inbound) = netns.run(|| {
+            std::io::Result::Ok((listener(OUTBOUND_LISTENER)?, listener(inbound_addr)?))
+        })??;
+        Ok(Self {
+            outbound: TcpListener::from_std(outbound.into())?,
+            inbound: TcpListener::from_std(inbound.into())?,
+        })
+    }
+}
+
+fn listener(addr: SocketAddrV4) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// A pod's running accept loops; dropping it stops them (and closes the
+/// listeners), while connections already accepted carry on.
+pub struct PodProxy {
+    accept_loops: [AbortHandle; 2],
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for task in &self.accept_loops {
+            task.abort();
+        }
+    }
+}
+
+/// Starts serving a pod's listeners.
+pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInputs>) -> PodProxy {
+    let tracker = inputs.connections.clone();
+    let outbound = tokio::spawn(accept_loop(listeners.outbound, tracker.clone(), {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone())
+    }));
+    let inbound = tokio::spawn(accept_loop(
+        listeners.inbound,
+        tracker,
+        move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone()),
+    ));
+    PodProxy {
+        accept_loops: [outbound.abort_handle(), inbound.abort_handle()],
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, connections: TaskTracker, handler: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                connections.spawn(handler(stream, peer));
+            }
+            Err(error) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A socket of the agent's inside `netns`, marked so capture never takes it;
+/// with `transparent_source`, it sends from that (foreign) address.
+fn agent_socket(
+    netns: &Netns,
+    mark: u32,
+    transparent_source: Option<Ipv4Addr>,
+) -> std::io::Result<TcpSocket> {
+    let socket = netns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+        socket.set_mark(mark)?;
+        if let Some(source) = transparent_source {
+            socket.set_ip_transparent_v4(true)?;
+            socket.bind(&SocketAddrV4::new(source, 0).into())?;
+        }
+        std::io::Result::Ok(socket)
+    })??;
+    Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+async fn connect(socket: TcpSocket, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Copies both ways until both sides are done (a half-close is passed on),
+/// counting the connection in the metrics.
+async fn splice(
+    inputs: &ProxyInputs,
+    labels: TcpLabels,
+    mut downstream: TcpStream,
+    mut upstream: TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    inputs.metrics.opened(&labels);
+    let copied = tokio::io::copy_bidirectional_with_sizes(
+        &mut downstream,
+        &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await;
+    let (from_caller, to_caller) = *copied.as_ref().unwrap_or(&(0, 0));
+    inputs.metrics.closed(&labels, from_caller, to_caller);
+    if copied.is_err() {
+        // Reset rather than leave either side waiting.
+        let _ = downstream.shutdown().await;
+        let _ = upstream.shutdown().await;
+    }
+    copied
+}

@@ -1,0 +1,300 @@
+//! The mesh on a test cluster: the real node agents, one per node, fed pods
+//! by the real CNI plugin, and the mesh configuration file they watch.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit_node_agent::mesh::{
+    Endpoint, MeshConfig, PodConfig, ServiceConfig, ServicePort, DATAPLANE_MODE_AMBIENT,
+    DATAPLANE_MODE_LABEL,
+};
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+
+use crate::{Cluster, Node, Pod, Process};
+
+const READINESS_PORT: u16 = 15021;
+const METRICS_PORT: u16 = 15020;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Short, so a test that stops an agent does not wait long for the drain.
+const DRAIN_SECONDS: &str = "5";
+
+/// Writes the mesh configuration every agent of the cluster watches.
+pub fn write_config(cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()> {
+    let path = config_path(cluster);
+    // Written beside and renamed, so an agent never reads half a file.
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(config)?)?;
+    std::fs::rename(&temporary, &path).context("writing the mesh config")
+}
+
+/// A mesh config that enrolls exactly `enrolled` (each by its own label) and
+/// knows `services`.
+pub fn enrolling(enrolled: &[&Pod], services: Vec<ServiceConfig>) -> MeshConfig {
+    let label = [(
+        DATAPLANE_MODE_LABEL.to_string(),
+        DATAPLANE_MODE_AMBIENT.to_string(),
+    )];
+    MeshConfig {
+        namespaces: Vec::new(),
+        pods: enrolled
+            .iter()
+            .map(|pod| PodConfig {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                labels: label.clone().into(),
+            })
+            .collect(),
+        services,
+    }
+}
+
+/// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
+pub fn service(
+    name: &str,
+    vip: std::net::Ipv4Addr,
+    port: u16,
+    target_port: u16,
+    pods: &[&Pod],
+) -> ServiceConfig {
+    ServiceConfig {
+        namespace: "default".into(),
+        name: name.into(),
+        vip,
+        ports: vec![ServicePort { port, target_port }],
+        endpoints: pods
+            .iter()
+            .map(|pod| Endpoint {
+                ip: pod.ip,
+                ready: true,
+            })
+            .collect(),
+    }
+}
+
+fn config_path(cluster: &Cluster) -> PathBuf {
+    cluster.work_dir().join("mesh.json")
+}
+
+/// A node's agent, as the test bed runs it.
+pub struct NodeAgent {
+    node: String,
+    process: Process,
+    /// Incremented on every restart: each generation gets its own admin
+    /// ports, as two agent pods would have their own namespaces.
+    generation: u16,
+    dir: PathBuf,
+}
+
+impl NodeAgent {
+    /// Starts `ambit-node-agent` on `node`, capturing its pods' cgroup, and
+    /// waits until it is ready. The mesh config must have been written.
+    pub fn start(cluster: &Cluster, node: &Node) -> anyhow::Result<Self> {
+        let dir = cluster.work_dir().join(&node.name);
+        std::fs::create_dir_all(&dir)?;
+        let process = spawn_agent(cluster, node, &dir, 0)?;
+        Ok(Self {
+            node: node.name.clone(),
+            process,
+            generation: 0,
+            dir,
+        })
+    }
+
+    /// Starts a new agent beside the running one, waits until it is ready,
+    /// then stops the old one with SIGTERM and waits for it to drain.
+    pub fn restart(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let node = cluster.node(&self.node)?;
+        let next = spawn_agent(cluster, node, &self.dir, self.generation + 1)?;
+        let mut old = std::mem::replace(&mut self.process, next);
+        self.generation += 1;
+        stop(&mut old, &self.node)
+    }
+
+    /// Stops the agent with SIGTERM and waits for it to drain and exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        stop(&mut self.process, &self.node)
+    }
+
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// The agent's Prometheus metrics, as scraped from its node.
+    pub fn metrics(&self, cluster: &Cluster) -> anyhow::Result<String> {
+        let node = cluster.node(&self.node)?;
+        let addr = SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, self.generation)));
+        let (status, body) = node.place().http_get(addr, "/metrics")?;
+        if status != 200 {
+            bail!("metrics of the agent on {}: HTTP {status}", self.node);
+        }
+        Ok(body)
+    }
+
+    /// Runs the real `ambit-cni` for `pod` as a container runtime would:
+    /// CNI variables in the environment, the chained configuration with the
+    /// previous plugin's result on stdin.
+    pub fn cni(&self, cluster: &Cluster, command: &str, pod: &Pod) -> anyhow::Result<Output> {
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "ambit-cni",
+            "agentSocket": self.dir.join("cni.sock"),
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [{ "name": "eth0", "sandbox": pod.place().netns_path() }],
+                "ips": [{ "address": format!("{}/24", pod.ip), "interface": 0 }],
+            },
+        });
+        let env = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", format!("{}-sandbox", pod.uid)),
+            ("CNI_NETNS", pod.place().netns_path().display().to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                    pod.namespace, pod.name, pod.uid
+                ),
+            ),
+            ("CNI_PATH", "/opt/cni/bin".to_string()),
+        ];
+        run_cni(cluster, &env, config.to_string().as_bytes())
+    }
+
+    /// `cni` for ADD, which must succeed.
+    pub fn add_pod(&self, cluster: &Cluster, pod: &Pod) -> anyhow::Result<()> {
+        let output = self.cni(cluster, "ADD", pod)?;
+        if !output.status.success() {
+            bail!(
+                "CNI ADD of {} failed: {}{}",
+                pod.name,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ambit-cni` with exactly these CNI variables and this stdin.
+pub fn run_cni(cluster: &Cluster, env: &[(&str, String)], stdin: &[u8]) -> anyhow::Result<Output> {
+    let binary = cluster.binaries().get("ambit-cni")?;
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting ambit-cni")?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
+fn stop(agent: &mut Process, node: &str) -> anyhow::Result<()> {
+    agent.signal(Signal::SIGTERM)?;
+    let status = agent.wait_exit(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!(
+            "the agent on {node} exited with {status}:\n{}",
+            agent.output()
+        );
+    }
+    Ok(())
+}
+
+fn admin_port(base: u16, generation: u16) -> u16 {
+    base + 100 * generation
+}
+
+fn spawn_agent(
+    cluster: &Cluster,
+    node: &Node,
+    dir: &std::path::Path,
+    generation: u16,
+) -> anyhow::Result<Process> {
+    let binary = cluster.binaries().get("ambit-node-agent")?;
+    let bpf_object = cluster.binaries().bpf_object()?;
+    let pins = PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", cluster.run_name(), node.name));
+    let readiness = SocketAddr::from((node.bridge_ip, admin_port(READINESS_PORT, generation)));
+    let args: Vec<std::ffi::OsString> = vec![
+        "--capture-cgroup".into(),
+        node.pods_cgroup().into(),
+        "--bpf-object".into(),
+        bpf_object.into(),
+        "--bpf-pin-dir".into(),
+        pins.into(),
+        "--cni-socket".into(),
+        dir.join("cni.sock").into(),
+        "--state-dir".into(),
+        dir.join("state").into(),
+        "--mesh-config".into(),
+        config_path(cluster).into(),
+        "--readiness-addr".into(),
+        readiness.to_string().into(),
+        "--metrics-addr".into(),
+        SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, generation)))
+            .to_string()
+            .into(),
+        "--drain-seconds".into(),
+        DRAIN_SECONDS.into(),
+    ];
+    let mut agent = cluster.spawn(
+        node.place(),
+        &format!("node-agent-{generation}"),
+        &binary,
+        args,
+    )?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        agent.check_running()?;
+        if let Ok((200, _)) = node.place().http_get(readiness, "/healthz/ready") {
+            return Ok(agent);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent on {} was not ready after {START_TIMEOUT:?}:\n{}",
+                node.name,
+                agent.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of one sample in Prometheus text, found by metric name and a
+/// set of `label="value"` pairs it must carry; 0 when absent.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |total, value| total + value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_summed_over_matching_label_sets() {
+        let metrics = "istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"a\"} 2\n\
+                       istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"b\"} 3\n\
+                       istio_tcp_connections_opened_total{reporter=\"destination\",destination_service=\"a\"} 5\n";
+        let name = "istio_tcp_connections_opened_total";
+        assert_eq!(sample(metrics, name, &[("reporter", "source")]), 5.0);
+        assert_eq!(sample(metrics, name, &[("destination_service", "a")]), 7.0);
+        assert_eq!(sample(metrics, name, &[("reporter", "nobody")]), 0.0);
+        assert_eq!(sample(metrics, "istio_tcp", &[]), 0.0);
+    }
+}
