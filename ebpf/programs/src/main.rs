@@ -64,7 +64,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // A full map only loses the original destination: the agent then
         // refuses that one connection.
-        let _ = CONNECTING.insert(&socket_cookie, &original, 0);
+        let _ = CONNECTING.insert(socket_cookie, original, 0);
     }
     ALLOW
 }
@@ -111,7 +111,7 @@ fn file_original_dst(ctx: &SockOpsContext) {
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // local_port is in host byte order.
     let key = ConnectionKey::new(netns_cookie, ctx.local_port() as u16);
-    let _ = ORIGINAL_DST.insert(&key, &original, 0);
+    let _ = ORIGINAL_DST.insert(key, original, 0);
 }
 
 #[sk_lookup]
@@ -133,7 +133,7 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         _pad: 0,
     };
     // SAFETY: only whether the key exists is read.
-    if unsafe { AGENT_SOURCES.get(&source) }.is_some() {
+    if unsafe { AGENT_SOURCES.get(source) }.is_some() {
         return SK_PASS;
     }
     // No listener for this address: the kernel's own lookup decides.
