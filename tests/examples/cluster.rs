@@ -7,7 +7,8 @@
 //! Every pod runs the test app (HTTP on 8080, TCP echo on 9000). The first
 //! line printed is `run <name>`; the test bed's own tests rely on it.
 
-use ambit_testbed::{testapp, Cluster};
+use ambit_testbed::testapp::Server;
+use ambit_testbed::Cluster;
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
@@ -35,7 +36,12 @@ fn main() -> anyhow::Result<()> {
     let servers = cluster
         .pods()
         .iter()
-        .map(|pod| testapp::serve(&cluster, pod, &pod.name, "v1", &[8080], &[9000]))
+        .map(|pod| {
+            Server::new(&pod.name, "v1")
+                .http(8080)
+                .echo(9000)
+                .start(&cluster, pod)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (pod, server) in cluster.pods().iter().zip(&servers) {
         println!(

@@ -37,6 +37,34 @@ pub struct HttpSummary {
     pub first_error: Option<String>,
 }
 
+/// What `echo-stream` prints: one connection kept open, a line echoed
+/// every interval.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub sent: usize,
+    pub echoed: usize,
+    pub error: Option<String>,
+}
+
+/// What `send` prints: bytes sent then the write side closed, and what the
+/// sink server counted before it answered.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct TransferSummary {
+    pub bytes_sent: u64,
+    pub crc_sent: u32,
+    pub bytes_received_by_server: u64,
+    pub crc_received_by_server: u32,
+}
+
+/// What `echo-many` prints.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConcurrencySummary {
+    pub connections: usize,
+    /// Connections that were all open at once and then echoed correctly.
+    pub completed: usize,
+    pub first_error: Option<String>,
+}
+
 impl HttpSummary {
     /// Number of responses with this status code.
     pub fn status(&self, code: u16) -> usize {
@@ -48,46 +76,72 @@ impl HttpSummary {
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts the test app's server in `pod`: HTTP on `http_ports`, TCP echo on
-/// `echo_ports`, all on every address; returns once all of them accept.
-pub fn serve(
-    cluster: &Cluster,
-    pod: &Pod,
-    app: &str,
-    version: &str,
-    http_ports: &[u16],
-    echo_ports: &[u16],
-) -> anyhow::Result<Process> {
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--app={app}"),
-        format!("--version={version}"),
-    ];
-    args.extend(
-        http_ports
-            .iter()
-            .map(|port| format!("--http=0.0.0.0:{port}")),
-    );
-    args.extend(
-        echo_ports
-            .iter()
-            .map(|port| format!("--echo=0.0.0.0:{port}")),
-    );
-    let binary = cluster.binaries().get(BINARY)?;
-    let mut server = cluster.spawn(pod.place(), &format!("{app}-{version}"), &binary, args)?;
-    for port in http_ports.iter().chain(echo_ports) {
-        let addr = SocketAddr::from((pod.ip, *port));
-        pod.place()
-            .wait_for_listener(addr, START_TIMEOUT)
-            .with_context(|| {
-                server
-                    .check_running()
-                    .err()
-                    .map(|e| format!("{e:#}"))
-                    .unwrap_or_default()
-            })?;
+/// The test app's server, to be started in a pod.
+#[derive(Clone, Debug)]
+pub struct Server {
+    app: String,
+    version: String,
+    /// (flag, port) for every listener.
+    listeners: Vec<(&'static str, u16)>,
+}
+
+impl Server {
+    pub fn new(app: &str, version: &str) -> Self {
+        Self {
+            app: app.into(),
+            version: version.into(),
+            listeners: Vec::new(),
+        }
     }
-    Ok(server)
+
+    /// HTTP/1.1 and h2c on `port`.
+    pub fn http(mut self, port: u16) -> Self {
+        self.listeners.push(("http", port));
+        self
+    }
+
+    /// TCP echo on `port`.
+    pub fn echo(mut self, port: u16) -> Self {
+        self.listeners.push(("echo", port));
+        self
+    }
+
+    /// A sink on `port`: counts and checksums what it receives until the
+    /// client's half-close, then answers.
+    pub fn sink(mut self, port: u16) -> Self {
+        self.listeners.push(("sink", port));
+        self
+    }
+
+    /// Starts it in `pod` and returns once every listener accepts.
+    pub fn start(&self, cluster: &Cluster, pod: &Pod) -> anyhow::Result<Process> {
+        let mut args = vec![
+            "serve".to_string(),
+            format!("--app={}", self.app),
+            format!("--version={}", self.version),
+        ];
+        args.extend(
+            self.listeners
+                .iter()
+                .map(|(flag, port)| format!("--{flag}=0.0.0.0:{port}")),
+        );
+        let binary = cluster.binaries().get(BINARY)?;
+        let label = format!("{}-{}", self.app, self.version);
+        let mut server = cluster.spawn(pod.place(), &label, &binary, args)?;
+        for (_, port) in &self.listeners {
+            let addr = SocketAddr::from((pod.ip, *port));
+            pod.place()
+                .wait_for_listener(addr, START_TIMEOUT)
+                .with_context(|| {
+                    server
+                        .check_running()
+                        .err()
+                        .map(|e| format!("{e:#}"))
+                        .unwrap_or_default()
+                })?;
+        }
+        Ok(server)
+    }
 }
 
 /// A run of the test app's HTTP client.
@@ -146,11 +200,11 @@ impl HttpLoad {
 
     /// Runs the client in `from` to completion.
     pub fn run(&self, cluster: &Cluster, from: &Place, url: &str) -> anyhow::Result<HttpSummary> {
-        parse_summary(&run_client(cluster, from, &self.args(url))?)
+        last_json(&run_client(cluster, from, &self.args(url))?)
     }
 
     /// Starts the client in `from` in the background; read its summary with
-    /// [`parse_summary`] on its output once it has exited.
+    /// [`last_json`] on its output once it has exited.
     pub fn spawn(&self, cluster: &Cluster, from: &Place, url: &str) -> anyhow::Result<Process> {
         let binary = cluster.binaries().get(BINARY)?;
         cluster.spawn(from, "http-client", &binary, self.args(url))
@@ -169,12 +223,6 @@ impl std::fmt::Display for HttpLoad {
     }
 }
 
-/// The summary the HTTP client prints as its last line.
-pub fn parse_summary(output: &str) -> anyhow::Result<HttpSummary> {
-    let last = output.lines().last().unwrap_or_default();
-    serde_json::from_str(last).with_context(|| format!("the HTTP client printed {output:?}"))
-}
-
 /// Sends `message` from `from` to the echo server at `addr`; returns what came back.
 pub fn echo(
     cluster: &Cluster,
@@ -186,11 +234,72 @@ pub fn echo(
         cluster,
         from,
         &[
-            "echo".to_string(),
+            "echo".into(),
             format!("--addr={addr}"),
             format!("--message={message}"),
         ],
     )
+}
+
+/// Starts, in the background, one connection from `from` to the echo server
+/// at `addr` that echoes `lines` lines, one every `interval`; its output
+/// ends with a [`StreamSummary`] (see [`last_json`]).
+pub fn echo_stream(
+    cluster: &Cluster,
+    from: &Place,
+    addr: SocketAddr,
+    lines: usize,
+    interval: Duration,
+) -> anyhow::Result<Process> {
+    let binary = cluster.binaries().get(BINARY)?;
+    let args = [
+        "echo-stream".into(),
+        format!("--addr={addr}"),
+        format!("--lines={lines}"),
+        format!("--interval-ms={}", interval.as_millis()),
+    ];
+    cluster.spawn(from, "echo-stream", &binary, args)
+}
+
+/// Sends `bytes` from `from` to the sink at `addr`, half-closes, and reads
+/// the sink's count and checksum.
+pub fn send(
+    cluster: &Cluster,
+    from: &Place,
+    addr: SocketAddr,
+    bytes: u64,
+) -> anyhow::Result<TransferSummary> {
+    last_json(&run_client(
+        cluster,
+        from,
+        &[
+            "send".into(),
+            format!("--addr={addr}"),
+            format!("--bytes={bytes}"),
+        ],
+    )?)
+}
+
+/// Opens `connections` connections from `from` to the echo server at `addr`
+/// at once, then echoes on each.
+pub fn echo_many(
+    cluster: &Cluster,
+    from: &Place,
+    addr: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<ConcurrencySummary> {
+    let args = [
+        "echo-many".into(),
+        format!("--addr={addr}"),
+        format!("--connections={connections}"),
+    ];
+    last_json(&run_client(cluster, from, &args)?)
+}
+
+/// The JSON summary a client prints as its last line.
+pub fn last_json<T: serde::de::DeserializeOwned>(output: &str) -> anyhow::Result<T> {
+    let last = output.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("the client printed {output:?}"))
 }
 
 fn run_client(cluster: &Cluster, from: &Place, args: &[String]) -> anyhow::Result<String> {

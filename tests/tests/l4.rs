@@ -1,10 +1,11 @@
 //! The L4 data path: enrolled pods' connections pass through both node
 //! agents, captured by eBPF, with nothing changed in the apps.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{self, HttpLoad};
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server, StreamSummary};
 use ambit_testbed::Cluster;
 
 const REQUESTS: usize = 20;
@@ -36,8 +37,12 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
         agent.add_pod(&cluster, pod)?;
     }
     let _apps = [
-        testapp::serve(&cluster, server, "server", "v1", &[8080], &[])?,
-        testapp::serve(&cluster, plain, "plain", "v1", &[8080], &[])?,
+        Server::new("server", "v1")
+            .http(8080)
+            .start(&cluster, server)?,
+        Server::new("plain", "v1")
+            .http(8080)
+            .start(&cluster, plain)?,
     ];
 
     for url in [
@@ -119,5 +124,208 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
     );
     assert_eq!(sample(&agents[0].metrics(&cluster)?, OPENED, &[]), 2.0);
     assert_eq!(sample(&agents[1].metrics(&cluster)?, OPENED, &[]), 2.0);
+    Ok(())
+}
+
+/// Waits until a new connection from `from` to `url` is (or is not) seen by
+/// `agent` as outbound: enrollment changes apply within the config poll.
+fn wait_until_captured(
+    cluster: &Cluster,
+    agent: &NodeAgent,
+    from: &ambit_testbed::Pod,
+    url: &str,
+    captured: bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = sample(&agent.metrics(cluster)?, OPENED, &[("reporter", "source")]);
+        HttpLoad::new(1).run(cluster, from.place(), url)?;
+        let after = sample(&agent.metrics(cluster)?, OPENED, &[("reporter", "source")]);
+        if (after > before) == captured {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} is still {}captured",
+            from.name,
+            if captured { "not " } else { "" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(&cluster, &mesh::enrolling(&[server], vec![]))?;
+    let agents = [
+        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
+        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
+    ];
+    agents[0].add_pod(&cluster, client)?;
+    agents[1].add_pod(&cluster, server)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .echo(9000)
+        .start(&cluster, server)?;
+    let url = format!("http://{}:8080/", server.ip);
+    let echo_addr = SocketAddr::from((server.ip, 9000));
+    let lines = 40;
+
+    // A connection made before the client is enrolled...
+    let mut before = testapp::echo_stream(
+        &cluster,
+        client.place(),
+        echo_addr,
+        lines,
+        Duration::from_millis(100),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    wait_until_captured(&cluster, &agents[0], client, &url, true)?;
+    // ...and one made while it is, which the release below must not break.
+    let mut during = testapp::echo_stream(
+        &cluster,
+        client.place(),
+        echo_addr,
+        lines,
+        Duration::from_millis(100),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    mesh::write_config(&cluster, &mesh::enrolling(&[server], vec![]))?;
+    wait_until_captured(&cluster, &agents[0], client, &url, false)?;
+
+    for stream in [&mut before, &mut during] {
+        stream.wait_exit(Duration::from_secs(30))?;
+        let summary: StreamSummary = testapp::last_json(&stream.output())?;
+        assert_eq!(
+            (summary.echoed, summary.error.as_deref()),
+            (lines, None),
+            "{summary:?}"
+        );
+    }
+    // The agent carried exactly the connections made while enrolled.
+    let metrics = agents[0].metrics(&cluster)?;
+    assert!(
+        sample(&metrics, OPENED, &[("reporter", "source")]) >= 2.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_complete(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    let agents = [
+        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
+        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
+    ];
+    agents[0].add_pod(&cluster, client)?;
+    agents[1].add_pod(&cluster, server)?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .sink(9100)
+        .start(&cluster, server)?;
+
+    // The sink answers only after the client's half-close.
+    let gib = 1 << 30;
+    let transfer = testapp::send(
+        &cluster,
+        client.place(),
+        SocketAddr::from((server.ip, 9100)),
+        gib,
+    )?;
+    assert_eq!(transfer.bytes_sent, gib);
+    assert_eq!(transfer.bytes_received_by_server, gib, "{transfer:?}");
+    assert_eq!(
+        transfer.crc_received_by_server, transfer.crc_sent,
+        "{transfer:?}"
+    );
+
+    let many = testapp::echo_many(
+        &cluster,
+        client.place(),
+        SocketAddr::from((server.ip, 9000)),
+        1000,
+    )?;
+    assert_eq!(
+        (many.completed, many.first_error.as_deref()),
+        (1000, None),
+        "{many:?}"
+    );
+
+    let source = agents[0].metrics(&cluster)?;
+    assert_eq!(
+        sample(&source, OPENED, &[("reporter", "source")]),
+        1001.0,
+        "{source}"
+    );
+    assert!(
+        sample(&source, RECEIVED, &[("reporter", "source")]) >= gib as f64,
+        "{source}"
+    );
+    Ok(())
+}
+
+#[test]
+fn restarting_the_agents_fails_no_connection() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    let mut agents = [
+        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
+        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
+    ];
+    agents[0].add_pod(&cluster, client)?;
+    agents[1].add_pod(&cluster, server)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+
+    let requests = 600;
+    let url = format!("http://{}:8080/", server.ip);
+    let mut load = HttpLoad::new(requests)
+        .reconnect()
+        .interval(Duration::from_millis(5))
+        .spawn(&cluster, client.place(), &url)?;
+    std::thread::sleep(Duration::from_millis(400));
+    agents[0].restart(&cluster)?;
+    agents[1].restart(&cluster)?;
+    load.wait_exit(Duration::from_secs(60))?;
+    let summary: HttpSummary = testapp::last_json(&load.output())?;
+    assert_eq!(
+        summary.status(200),
+        requests,
+        "{summary:?}\n{}\n{}",
+        agents[0].output(),
+        agents[1].output()
+    );
+    // The new agents carry the traffic now.
+    let carried = || -> anyhow::Result<f64> {
+        Ok(sample(
+            &agents[0].metrics(&cluster)?,
+            OPENED,
+            &[("reporter", "source")],
+        ))
+    };
+    let before = carried()?;
+    let summary = HttpLoad::new(5)
+        .reconnect()
+        .run(&cluster, client.place(), &url)?;
+    assert_eq!(summary.status(200), 5, "{summary:?}");
+    assert_eq!(carried()? - before, 5.0);
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use ambit_testbed::testapp::{self, HttpLoad};
+use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::Cluster;
 
 const REQUESTS: usize = 20;
@@ -17,8 +17,13 @@ fn pods_on_different_nodes_exchange_http_and_tcp_echo_both_ways() -> anyhow::Res
     let client = cluster.pod("client")?;
     let server = cluster.pod("server")?;
     assert_ne!(client.node, server.node);
-    let _server_app = testapp::serve(&cluster, server, "server", "v1", &[8080], &[9000])?;
-    let _client_app = testapp::serve(&cluster, client, "client", "v1", &[], &[9000])?;
+    let _server_app = Server::new("server", "v1")
+        .http(8080)
+        .echo(9000)
+        .start(&cluster, server)?;
+    let _client_app = Server::new("client", "v1")
+        .echo(9000)
+        .start(&cluster, client)?;
 
     for http2 in [false, true] {
         let url = format!("http://{}:8080/", server.ip);
@@ -57,7 +62,9 @@ fn teardown_removes_every_namespace_and_process_of_the_run() -> anyhow::Result<(
     let cluster = Cluster::builder().node(&["lonely"]).build()?;
     let run = cluster.run_name().to_string();
     let pod = cluster.pod("lonely")?;
-    let server = testapp::serve(&cluster, pod, "lonely", "v1", &[8080], &[])?;
+    let server = Server::new("lonely", "v1")
+        .http(8080)
+        .start(&cluster, pod)?;
     let pid = server.pid();
     let cgroup = pod.place().cgroup().to_path_buf();
     drop(cluster);

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{self, HttpLoad, HttpSummary};
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
 
@@ -60,8 +60,13 @@ pub fn run() -> anyhow::Result<()> {
          Service reviews.default: {REVIEWS_VIP}:9080 -> reviews-v1, reviews-v2."
     );
     let _apps = [
-        testapp::serve(&cluster, v1, "reviews", "v1", &[9080], &[9000])?,
-        testapp::serve(&cluster, v2, "reviews", "v2", &[9080], &[])?,
+        Server::new("reviews", "v1")
+            .http(9080)
+            .echo(9000)
+            .start(&cluster, v1)?,
+        Server::new("reviews", "v2")
+            .http(9080)
+            .start(&cluster, v2)?,
     ];
 
     println!("\n  Traffic:");

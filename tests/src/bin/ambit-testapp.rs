@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit_testbed::testapp::{HttpSummary, Reply};
+use ambit_testbed::testapp::{
+    ConcurrencySummary, HttpSummary, Reply, StreamSummary, TransferSummary,
+};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +40,10 @@ enum Mode {
         /// TCP echo listen address; repeatable.
         #[arg(long)]
         echo: Vec<SocketAddr>,
+        /// Sink listen address (repeatable): reads until the client closes
+        /// its side, then answers `<bytes> <crc32>`.
+        #[arg(long)]
+        sink: Vec<SocketAddr>,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -64,6 +70,32 @@ enum Mode {
         #[arg(long)]
         message: String,
     },
+    /// Keep one connection to an echo server, send a line every interval and
+    /// check each echo; print a JSON summary.
+    EchoStream {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        lines: usize,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+    /// Send `bytes` of varied data to a sink server, close the sending side,
+    /// and print what the server counted next to what was sent (JSON).
+    Send {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// Open `connections` connections to an echo server, all at once, then
+    /// echo a message on each; print a JSON summary.
+    EchoMany {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+    },
 }
 
 #[tokio::main]
@@ -74,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
             version,
             http,
             echo,
-        } => serve(app, version, http, echo).await,
+            sink,
+        } => serve(app, version, http, echo, sink).await,
         Mode::Http {
             url,
             requests,
@@ -90,6 +123,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
+        Mode::EchoStream {
+            addr,
+            lines,
+            interval_ms,
+        } => print_json(&echo_stream(addr, lines, Duration::from_millis(interval_ms)).await),
+        Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
+        Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Echo { addr, message } => {
             let mut stream = TcpStream::connect(addr)
                 .await
@@ -109,6 +149,7 @@ async fn serve(
     version: String,
     http: Vec<SocketAddr>,
     echo: Vec<SocketAddr>,
+    sink: Vec<SocketAddr>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         !http.is_empty() || !echo.is_empty(),
@@ -127,6 +168,12 @@ async fn serve(
             .await
             .with_context(|| format!("binding {addr}"))?;
         servers.spawn(serve_echo(listener));
+    }
+    for addr in sink {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        servers.spawn(serve_sink(listener));
     }
     eprintln!("{app} {version} serving");
     match servers.join_next().await {
@@ -171,6 +218,148 @@ async fn serve_echo(listener: TcpListener) -> anyhow::Result<()> {
             }
         });
     }
+}
+
+async fn serve_sink(listener: TcpListener) -> anyhow::Result<()> {
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut hasher = crc32fast::Hasher::new();
+            let mut buffer = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buffer[..n]);
+                        total += n as u64;
+                    }
+                    Err(_) => return,
+                }
+            }
+            // Answering after the client's half-close is the point.
+            let answer = format!("{total} {}\n", hasher.finalize());
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+async fn echo_stream(addr: SocketAddr, lines: usize, interval: Duration) -> StreamSummary {
+    let mut summary = StreamSummary::default();
+    let outcome: anyhow::Result<()> = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::new(reader);
+        for n in 0..lines {
+            let line = format!("line {n}\n");
+            writer.write_all(line.as_bytes()).await?;
+            summary.sent += 1;
+            let mut echoed = String::new();
+            tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut echoed)).await??;
+            anyhow::ensure!(echoed == line, "sent {line:?}, got back {echoed:?}");
+            summary.echoed += 1;
+            tokio::time::sleep(interval).await;
+        }
+        Ok(())
+    }
+    .await;
+    summary.error = outcome.err().map(|error| format!("{error:#}"));
+    summary
+}
+
+/// Chunks of this size are sent, each made different by its index.
+const CHUNK: usize = 1 << 20;
+
+async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut chunk = varied_bytes(CHUNK);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut sent = 0u64;
+    let mut index = 0u64;
+    while sent < bytes {
+        chunk[..8].copy_from_slice(&index.to_le_bytes());
+        let len = usize::try_from((bytes - sent).min(CHUNK as u64))?;
+        stream.write_all(&chunk[..len]).await?;
+        hasher.update(&chunk[..len]);
+        sent += len as u64;
+        index += 1;
+    }
+    stream.shutdown().await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let mut fields = answer.split_whitespace();
+    let (Some(count), Some(crc)) = (fields.next(), fields.next()) else {
+        anyhow::bail!("the sink answered {answer:?}");
+    };
+    Ok(TransferSummary {
+        bytes_sent: sent,
+        crc_sent: hasher.finalize(),
+        bytes_received_by_server: count.parse()?,
+        crc_received_by_server: crc.parse()?,
+    })
+}
+
+/// Deterministic bytes that do not repeat within the chunk (xorshift).
+fn varied_bytes(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+async fn echo_many(addr: SocketAddr, connections: usize) -> ConcurrencySummary {
+    let mut summary = ConcurrencySummary {
+        connections,
+        ..ConcurrencySummary::default()
+    };
+    // Every connection is open before any of them is used.
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        connecting.spawn(TcpStream::connect(addr));
+    }
+    let mut echoing = tokio::task::JoinSet::new();
+    for (n, stream) in connecting.join_all().await.into_iter().enumerate() {
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                summary
+                    .first_error
+                    .get_or_insert(format!("connect: {error}"));
+                continue;
+            }
+        };
+        echoing.spawn(async move {
+            let message = format!("connection {n}");
+            stream.write_all(message.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut echoed = String::new();
+            tokio::time::timeout(REQUEST_TIMEOUT, stream.read_to_string(&mut echoed)).await??;
+            anyhow::ensure!(echoed == message, "sent {message:?}, got back {echoed:?}");
+            anyhow::Ok(())
+        });
+    }
+    for echo in echoing.join_all().await {
+        match echo {
+            Ok(()) => summary.completed += 1,
+            Err(error) => {
+                summary.first_error.get_or_insert(format!("{error:#}"));
+            }
+        }
+    }
+    summary
 }
 
 /// One connection's way of sending a request.
