@@ -1,0 +1,138 @@
+//! The real `ambit-cni` binary, run as a container runtime runs it, against
+//! the real agent: spec-conformant errors, and no half-enrolled pod.
+
+use ambit_testbed::mesh::{self, run_cni, sample, NodeAgent};
+use ambit_testbed::testapp::{HttpLoad, Server};
+use ambit_testbed::Cluster;
+use serde_json::Value;
+
+fn stdout_json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn bad_invocations_get_spec_errors() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().node(&[]).build()?;
+    let config =
+        r#"{"cniVersion":"1.0.0","name":"k8s","type":"ambit-cni","prevResult":{"ips":[]}}"#;
+    let sandbox = |command: &str| {
+        vec![
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", "c1".to_string()),
+            ("CNI_NETNS", "/run/netns/nowhere".to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+        ]
+    };
+    let cases: Vec<(Vec<(&str, String)>, &str, u64, &str)> = vec![
+        (vec![], config, 4, "CNI_COMMAND is not set"),
+        (sandbox("FROB"), config, 4, "FROB"),
+        (sandbox("ADD")[..2].to_vec(), config, 4, "CNI_IFNAME"),
+        (sandbox("ADD"), "{\"cniVersion\": ", 6, "not JSON"),
+        (
+            sandbox("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"k8s"}"#,
+            7,
+            "prevResult",
+        ),
+        (sandbox("ADD"), r#"{"cniVersion":"0.1.0"}"#, 1, "0.1.0"),
+    ];
+    for (env, stdin, code, says) in cases {
+        let output = run_cni(&cluster, &env, stdin.as_bytes())?;
+        let error = stdout_json(&output);
+        assert!(!output.status.success(), "{env:?}: succeeded");
+        assert_eq!(error["code"], code, "{env:?} {stdin}: {error}");
+        assert!(
+            error["msg"].as_str().is_some_and(|msg| msg.contains(says)),
+            "{env:?}: {error}"
+        );
+    }
+    let version = run_cni(
+        &cluster,
+        &[("CNI_COMMAND", "VERSION".into())],
+        br#"{"cniVersion":"1.0.0"}"#,
+    )?;
+    assert!(version.status.success());
+    assert!(stdout_json(&version)["supportedVersions"]
+        .to_string()
+        .contains("1.1.0"));
+    Ok(())
+}
+
+#[test]
+fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["app", "squatter"])
+        .node(&["server"])
+        .build()?;
+    let [app, squatter, server] =
+        ["app", "squatter", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(&cluster, &mesh::enrolling(&[app, squatter], vec![]))?;
+    let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
+    let _server = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+    let url = format!("http://{}:8080/", server.ip);
+    let captured = || -> anyhow::Result<f64> {
+        Ok(sample(
+            &agent.metrics(&cluster)?,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")],
+        ))
+    };
+
+    // ADD passes the previous plugin's result through; the pod is enrolled.
+    let add = agent.cni(&cluster, "ADD", app)?;
+    assert!(add.status.success(), "{add:?}");
+    assert_eq!(
+        stdout_json(&add)["ips"][0]["address"],
+        format!("{}/24", app.ip)
+    );
+    assert!(agent.cni(&cluster, "CHECK", app)?.status.success());
+    HttpLoad::new(1).run(&cluster, app.place(), &url)?;
+    assert_eq!(captured()?, 1.0);
+
+    // DEL forgets it: CHECK fails, and its traffic is no longer captured.
+    assert!(agent.cni(&cluster, "DEL", app)?.status.success());
+    let check = agent.cni(&cluster, "CHECK", app)?;
+    assert!(!check.status.success());
+    assert!(
+        stdout_json(&check)["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("unknown")),
+        "{check:?}"
+    );
+    HttpLoad::new(1).run(&cluster, app.place(), &url)?;
+    assert_eq!(captured()?, 1.0);
+
+    // A pod whose port 15001 is taken cannot get the agent's listener: ADD
+    // fails with the reason, and nothing of the pod stays captured.
+    let _squat = Server::new("squatter", "v1")
+        .http(15001)
+        .start(&cluster, squatter)?;
+    let add = agent.cni(&cluster, "ADD", squatter)?;
+    assert!(!add.status.success());
+    let error = stdout_json(&add);
+    assert_eq!(error["code"], 100, "{error}");
+    assert!(
+        error["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("listeners")),
+        "{error}"
+    );
+    assert!(!agent.cni(&cluster, "CHECK", squatter)?.status.success());
+    let summary = HttpLoad::new(1).run(&cluster, squatter.place(), &url)?;
+    assert_eq!(summary.status(200), 1, "{summary:?}");
+    assert_eq!(
+        captured()?,
+        1.0,
+        "the squatter's connection went through the agent"
+    );
+
+    // With the agent gone, ADD asks the runtime to try again later; DEL
+    // still succeeds.
+    agent.stop()?;
+    let add = agent.cni(&cluster, "ADD", app)?;
+    assert_eq!(stdout_json(&add)["code"], 11, "{add:?}");
+    assert!(agent.cni(&cluster, "DEL", app)?.status.success());
+    Ok(())
+}
