@@ -195,9 +195,16 @@ impl Pod {
 #[derive(Default)]
 pub struct ClusterBuilder {
     nodes: Vec<Vec<String>>,
+    binaries: Option<Binaries>,
 }
 
 impl ClusterBuilder {
+    /// Runs these binaries instead of those beside the running executable.
+    pub fn binaries(mut self, binaries: Binaries) -> Self {
+        self.binaries = Some(binaries);
+        self
+    }
+
     /// Adds a node with the named pods.
     pub fn node(mut self, pods: &[&str]) -> Self {
         self.nodes
@@ -222,7 +229,10 @@ impl ClusterBuilder {
         let mut cluster = Cluster {
             cgroup: host::cgroup2_root()?.join(&run),
             logs: std::env::temp_dir().join(&run),
-            binaries: Binaries::locate()?,
+            binaries: match self.binaries {
+                Some(binaries) => binaries,
+                None => Binaries::locate()?,
+            },
             run,
             nodes: Vec::new(),
             pods: Vec::new(),

@@ -34,6 +34,19 @@ impl Binaries {
             })
     }
 
+    /// The binaries in `dir`, e.g. `target/release` for benchmarks.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        if !dir.join("ambit-testapp").is_file() {
+            bail!(
+                "no ambit-testapp in {}: build the binaries first",
+                dir.display()
+            );
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     /// Path of the workspace binary `name`, which must exist.
     pub fn get(&self, name: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);

@@ -48,12 +48,25 @@ pub struct StreamSummary {
 
 /// What `send` prints: bytes sent then the write side closed, and what the
 /// sink server counted before it answered.
-#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 pub struct TransferSummary {
+    /// From connecting to the sink's answer.
+    pub seconds: f64,
     pub bytes_sent: u64,
     pub crc_sent: u32,
     pub bytes_received_by_server: u64,
     pub crc_received_by_server: u32,
+}
+
+/// What `latency` prints: percentiles of request latency, in microseconds.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 /// What `echo-many` prints.
@@ -291,6 +304,26 @@ pub fn echo_many(
     let args = [
         "echo-many".into(),
         format!("--addr={addr}"),
+        format!("--connections={connections}"),
+    ];
+    last_json(&run_client(cluster, from, &args)?)
+}
+
+/// Sends GET `url` from `from` at `rate` requests per second for `seconds`
+/// over `connections` kept-alive connections.
+pub fn latency(
+    cluster: &Cluster,
+    from: &Place,
+    url: &str,
+    rate: u32,
+    seconds: u32,
+    connections: u32,
+) -> anyhow::Result<LatencySummary> {
+    let args = [
+        "latency".into(),
+        format!("--url={url}"),
+        format!("--rate={rate}"),
+        format!("--seconds={seconds}"),
         format!("--connections={connections}"),
     ];
     last_json(&run_client(cluster, from, &args)?)

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: the project's own commands.
 
+mod bench;
 mod demo;
 mod ebpf;
 mod setup;
@@ -27,6 +28,8 @@ enum Task {
     Demo,
     /// Check formatting and clippy, the BPF programs included.
     Lint,
+    /// Measure the data path against no mesh on the namespace cluster (release build; needs root).
+    Bench,
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
@@ -55,6 +58,10 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             prepare(&workspace)?;
             demo::run()
+        }
+        Task::Bench => {
+            prepare(&workspace)?;
+            bench::run(&workspace)
         }
         Task::Test { args } => {
             prepare(&workspace)?;

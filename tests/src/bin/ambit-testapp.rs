@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_testbed::testapp::{
-    ConcurrencySummary, HttpSummary, Reply, StreamSummary, TransferSummary,
+    ConcurrencySummary, HttpSummary, LatencySummary, Reply, StreamSummary, TransferSummary,
 };
 use anyhow::Context;
 use bytes::Bytes;
@@ -18,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest body `/bytes/N` sends.
+const MAX_SIZED_BODY: usize = 16 << 20;
 
 #[derive(Parser)]
 #[command(name = "ambit-testapp", about)]
@@ -88,6 +90,19 @@ enum Mode {
         #[arg(long)]
         bytes: u64,
     },
+    /// Send GET requests at a fixed rate over several kept-alive HTTP/1.1
+    /// connections and print latency percentiles (JSON).
+    Latency {
+        #[arg(long)]
+        url: Uri,
+        /// Requests per second, in total.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u32,
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+    },
     /// Open `connections` connections to an echo server, all at once, then
     /// echo a message on each; print a JSON summary.
     EchoMany {
@@ -130,6 +145,12 @@ async fn main() -> anyhow::Result<()> {
         } => print_json(&echo_stream(addr, lines, Duration::from_millis(interval_ms)).await),
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
+        Mode::Latency {
+            url,
+            rate,
+            seconds,
+            connections,
+        } => print_json(&latency(url, rate, seconds, connections).await?),
         Mode::Echo { addr, message } => {
             let mut stream = TcpStream::connect(addr)
                 .await
@@ -188,18 +209,33 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
         let (app, version) = (app.clone(), version.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let reply = Reply {
-                    app: app.clone(),
-                    version: version.clone(),
-                    peer: peer.to_string(),
-                    protocol: format!("{:?}", req.version()),
+                // `/bytes/N` answers N bytes (for benchmarks); anything else
+                // says who answered and whom it saw.
+                let sized = req
+                    .uri()
+                    .path()
+                    .strip_prefix("/bytes/")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|n| n.min(MAX_SIZED_BODY));
+                let response = match sized {
+                    Some(n) => Response::builder()
+                        .header("content-type", "application/octet-stream")
+                        .body(Full::new(Bytes::from(vec![b'x'; n]))),
+                    None => {
+                        let reply = Reply {
+                            app: app.clone(),
+                            version: version.clone(),
+                            peer: peer.to_string(),
+                            protocol: format!("{:?}", req.version()),
+                        };
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(
+                                serde_json::to_vec(&reply).unwrap_or_default(),
+                            )))
+                    }
                 };
-                async move {
-                    let body = serde_json::to_vec(&reply).unwrap_or_default();
-                    Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)))
-                }
+                async move { response }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -277,6 +313,7 @@ async fn echo_stream(addr: SocketAddr, lines: usize, interval: Duration) -> Stre
 const CHUNK: usize = 1 << 20;
 
 async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
+    let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -300,6 +337,7 @@ async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
         anyhow::bail!("the sink answered {answer:?}");
     };
     Ok(TransferSummary {
+        seconds: started.elapsed().as_secs_f64(),
         bytes_sent: sent,
         crc_sent: hasher.finalize(),
         bytes_received_by_server: count.parse()?,
@@ -318,6 +356,80 @@ fn varied_bytes(len: usize) -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// Each connection sends its share of the requests on a fixed schedule;
+/// a request's latency runs from sending it to the end of its response.
+async fn latency(
+    url: Uri,
+    rate: u32,
+    seconds: u32,
+    connections: u32,
+) -> anyhow::Result<LatencySummary> {
+    anyhow::ensure!(
+        rate > 0 && connections > 0,
+        "--rate and --connections must be above 0"
+    );
+    let authority = url
+        .authority()
+        .context("the URL needs a host and port")?
+        .to_string();
+    let total = u64::from(rate) * u64::from(seconds);
+    let period = Duration::from_secs(1) / rate;
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..connections {
+        let (url, authority) = (url.clone(), authority.clone());
+        workers.spawn(async move {
+            let mut sender = Sender::connect(&authority, false).await?;
+            let mut samples = Vec::new();
+            let mut errors = 0u64;
+            for n in (u64::from(worker)..total).step_by(connections as usize) {
+                tokio::time::sleep_until(start + period * u32::try_from(n)?).await;
+                let request = Request::builder()
+                    .uri(url.clone())
+                    .header(hyper::header::HOST, authority.as_str())
+                    .body(Empty::new())?;
+                let sent = std::time::Instant::now();
+                let outcome = async {
+                    let response = sender.send(request).await?;
+                    let ok = response.status().is_success();
+                    response.into_body().collect().await?;
+                    anyhow::Ok(ok)
+                };
+                match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
+                    Ok(Ok(true)) => samples.push(u64::try_from(sent.elapsed().as_micros())?),
+                    _ => {
+                        errors += 1;
+                        sender = Sender::connect(&authority, false).await?;
+                    }
+                }
+            }
+            anyhow::Ok((samples, errors))
+        });
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for outcome in workers.join_all().await {
+        let (worker_samples, worker_errors) = outcome?;
+        samples.extend(worker_samples);
+        errors += worker_errors;
+    }
+    samples.sort_unstable();
+    let percentile = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(LatencySummary {
+        requests: total,
+        errors,
+        p50_us: percentile(0.50),
+        p90_us: percentile(0.90),
+        p99_us: percentile(0.99),
+        max_us: samples.last().copied().unwrap_or(0),
+    })
 }
 
 async fn echo_many(addr: SocketAddr, connections: usize) -> ConcurrencySummary {
