@@ -6,6 +6,7 @@
 
 mod inbound;
 mod outbound;
+mod splice;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use ambit_cni::protocol::PodRef;
 use socket2::{Domain, Socket, Type};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
@@ -28,8 +28,6 @@ pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOS
 /// Inbound listener port (any address: `sk_lookup` picks it by socket).
 pub const INBOUND_PORT: u16 = 15006;
 const LISTEN_BACKLOG: i32 = 4096;
-/// Copy buffer per direction: large enough for bulk transfers to stream.
-const COPY_BUFFER: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection handler reads.
@@ -156,27 +154,17 @@ async fn connect(socket: TcpSocket, target: SocketAddr) -> std::io::Result<TcpSt
 }
 
 /// Copies both ways until both sides are done (a half-close is passed on),
-/// counting the connection in the metrics.
-async fn splice(
+/// counting the connection in the metrics. Dropping the streams at the end
+/// closes both sides, also after an error.
+async fn relay(
     inputs: &ProxyInputs,
     labels: TcpLabels,
-    mut downstream: TcpStream,
-    mut upstream: TcpStream,
+    downstream: TcpStream,
+    upstream: TcpStream,
 ) -> std::io::Result<(u64, u64)> {
     inputs.metrics.opened(&labels);
-    let copied = tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await;
+    let copied = splice::bidirectional(&downstream, &upstream).await;
     let (from_caller, to_caller) = *copied.as_ref().unwrap_or(&(0, 0));
     inputs.metrics.closed(&labels, from_caller, to_caller);
-    if copied.is_err() {
-        // Reset rather than leave either side waiting.
-        let _ = downstream.shutdown().await;
-        let _ = upstream.shutdown().await;
-    }
     copied
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use super::{agent_socket, connect, splice, PodContext, ProxyInputs};
+use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 
 pub(super) async fn handle(
@@ -57,7 +57,7 @@ pub(super) async fn handle(
         destination_service: "unknown".into(),
         connection_security_policy: SecurityPolicy::None,
     };
-    match splice(&inputs, labels, client, upstream).await {
+    match relay(&inputs, labels, client, upstream).await {
         Ok((received, sent)) => {
             tracing::debug!(target: "access", pod = %pod.pod, %peer, %target, sent, received, "inbound connection closed")
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
-use super::{agent_socket, connect, splice, PodContext, ProxyInputs};
+use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
 use crate::mesh::Route;
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 
@@ -80,7 +80,7 @@ pub(super) async fn handle(
         destination_service: service.unwrap_or_else(|| "unknown".into()),
         connection_security_policy: SecurityPolicy::None,
     };
-    match splice(&inputs, labels, client, upstream).await {
+    match relay(&inputs, labels, client, upstream).await {
         Ok((sent, received)) => {
             tracing::debug!(target: "access", pod = %pod.pod, %target, sent, received, "outbound connection closed")
         }
