@@ -79,6 +79,24 @@ fn config_path(cluster: &Cluster) -> PathBuf {
     cluster.work_dir().join("mesh.json")
 }
 
+/// Starts an agent on every node, in node order, and hands each its node's
+/// pods over CNI, as a kubelet would. The mesh config must have been written.
+pub fn start_agents(cluster: &Cluster) -> anyhow::Result<Vec<NodeAgent>> {
+    let agents = cluster
+        .nodes()
+        .iter()
+        .map(|node| NodeAgent::start(cluster, node))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for pod in cluster.pods() {
+        let agent = agents
+            .iter()
+            .find(|agent| agent.node == pod.node)
+            .context("every pod's node has an agent")?;
+        agent.add_pod(cluster, pod)?;
+    }
+    Ok(agents)
+}
+
 /// A node's agent, as the test bed runs it.
 pub struct NodeAgent {
     node: String,

@@ -79,6 +79,23 @@ pub struct ConcurrencySummary {
 }
 
 impl HttpSummary {
+    /// Checks that all `requests` got 200 from `version` (`app/version`),
+    /// which saw `peer` as the caller.
+    pub fn expect_all(
+        &self,
+        requests: usize,
+        version: &str,
+        peer: std::net::Ipv4Addr,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.status(200) == requests
+                && self.versions.get(version) == Some(&requests)
+                && self.peers.get(&peer.to_string()) == Some(&requests),
+            "expected {requests} x 200 from {version} seeing {peer}, got {self:?}"
+        );
+        Ok(())
+    }
+
     /// Number of responses with this status code.
     pub fn status(&self, code: u16) -> usize {
         self.statuses.get(&code).copied().unwrap_or(0)

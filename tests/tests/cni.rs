@@ -23,7 +23,9 @@ fn bad_invocations_get_spec_errors() -> anyhow::Result<()> {
             ("CNI_IFNAME", "eth0".to_string()),
         ]
     };
-    let cases: Vec<(Vec<(&str, String)>, &str, u64, &str)> = vec![
+    // CNI variables, stdin, the expected error code and a phrase of its message.
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], config, 4, "CNI_COMMAND is not set"),
         (sandbox("FROB"), config, 4, "FROB"),
         (sandbox("ADD")[..2].to_vec(), config, 4, "CNI_IFNAME"),

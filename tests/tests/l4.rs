@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server, StreamSummary};
 use ambit_testbed::Cluster;
+use anyhow::Context;
 
 const REQUESTS: usize = 20;
 const OPENED: &str = "istio_tcp_connections_opened_total";
@@ -24,18 +25,7 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
         ["client", "bystander", "server", "plain"].map(|name| cluster.pod(name).expect("pod"));
     let services = vec![mesh::service("server", VIP, 80, 8080, &[server])];
     mesh::write_config(&cluster, &mesh::enrolling(&[client, server], services))?;
-    let agents = [
-        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
-        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
-    ];
-    for (agent, pod) in [
-        (&agents[0], client),
-        (&agents[0], bystander),
-        (&agents[1], server),
-        (&agents[1], plain),
-    ] {
-        agent.add_pod(&cluster, pod)?;
-    }
+    let agents = mesh::start_agents(&cluster)?;
     let _apps = [
         Server::new("server", "v1")
             .http(8080)
@@ -49,24 +39,11 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
         format!("http://{}:8080/", server.ip),
         format!("http://{VIP}:80/"),
     ] {
-        let summary = HttpLoad::new(REQUESTS).run(&cluster, client.place(), &url)?;
-        assert_eq!(
-            summary.status(200),
-            REQUESTS,
-            "{url}: {summary:?}\n{}",
-            agents[0].output()
-        );
-        assert_eq!(
-            summary.versions.get("server/v1"),
-            Some(&REQUESTS),
-            "{url}: {summary:?}"
-        );
         // The server sees the client pod itself, not an agent.
-        assert_eq!(
-            summary.peers.get(&client.ip.to_string()),
-            Some(&REQUESTS),
-            "{url}: {summary:?}"
-        );
+        HttpLoad::new(REQUESTS)
+            .run(&cluster, client.place(), &url)?
+            .expect_all(REQUESTS, "server/v1", client.ip)
+            .with_context(|| format!("{url}\n{}", agents[0].output()))?;
     }
     let source = agents[0].metrics(&cluster)?;
     let destination = agents[1].metrics(&cluster)?;
@@ -107,21 +84,13 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
     );
 
     // A pod that is not enrolled calling one that is not: no agent sees it.
-    let summary = HttpLoad::new(REQUESTS).run(
-        &cluster,
-        bystander.place(),
-        &format!("http://{}:8080/", plain.ip),
-    )?;
-    assert_eq!(
-        summary.versions.get("plain/v1"),
-        Some(&REQUESTS),
-        "{summary:?}"
-    );
-    assert_eq!(
-        summary.peers.get(&bystander.ip.to_string()),
-        Some(&REQUESTS),
-        "{summary:?}"
-    );
+    HttpLoad::new(REQUESTS)
+        .run(
+            &cluster,
+            bystander.place(),
+            &format!("http://{}:8080/", plain.ip),
+        )?
+        .expect_all(REQUESTS, "plain/v1", bystander.ip)?;
     assert_eq!(sample(&agents[0].metrics(&cluster)?, OPENED, &[]), 2.0);
     assert_eq!(sample(&agents[1].metrics(&cluster)?, OPENED, &[]), 2.0);
     Ok(())
@@ -162,12 +131,7 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
     mesh::write_config(&cluster, &mesh::enrolling(&[server], vec![]))?;
-    let agents = [
-        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
-        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
-    ];
-    agents[0].add_pod(&cluster, client)?;
-    agents[1].add_pod(&cluster, server)?;
+    let agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .echo(9000)
@@ -226,12 +190,7 @@ fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_compl
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
     mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
-    let agents = [
-        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
-        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
-    ];
-    agents[0].add_pod(&cluster, client)?;
-    agents[1].add_pod(&cluster, server)?;
+    let agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .echo(9000)
         .sink(9100)
@@ -285,12 +244,7 @@ fn restarting_the_agents_fails_no_connection() -> anyhow::Result<()> {
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
     mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
-    let mut agents = [
-        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
-        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
-    ];
-    agents[0].add_pod(&cluster, client)?;
-    agents[1].add_pod(&cluster, server)?;
+    let mut agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .start(&cluster, server)?;

@@ -42,12 +42,7 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     let [client, server] =
         ["client", "server"].map(|name| cluster.pod(name).expect("a pod of the bench"));
     mesh::write_config(&cluster, &mesh::enrolling(&[], vec![]))?;
-    let agents = [
-        NodeAgent::start(&cluster, cluster.node("node-1")?)?,
-        NodeAgent::start(&cluster, cluster.node("node-2")?)?,
-    ];
-    agents[0].add_pod(&cluster, client)?;
-    agents[1].add_pod(&cluster, server)?;
+    let agents = mesh::start_agents(&cluster)?;
     let _server = Server::new("server", "v1")
         .http(8080)
         .sink(9100)

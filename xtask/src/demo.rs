@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::mesh::{self, sample, NodeAgent};
+use ambit_testbed::mesh::{self, sample};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
@@ -41,19 +41,7 @@ pub fn run() -> anyhow::Result<()> {
         &cluster,
         &mesh::enrolling(&[productpage, v1, v2], vec![reviews]),
     )?;
-    let agents = cluster
-        .nodes()
-        .iter()
-        .map(|node| NodeAgent::start(&cluster, node))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for pod in cluster.pods() {
-        let agent = if pod.node == "node-1" {
-            &agents[0]
-        } else {
-            &agents[1]
-        };
-        agent.add_pod(&cluster, pod)?;
-    }
+    let agents = mesh::start_agents(&cluster)?;
     println!(
         "\n  ambit-node-agent runs on every node; ambit-cni handed it every pod.\n  \
          Enrolled (istio.io/dataplane-mode=ambient): productpage, reviews-v1, reviews-v2. Not enrolled: legacy.\n  \
