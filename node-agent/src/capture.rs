@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ambit_ebpf_common::{
-    Addr4, ConnectionKey, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, INBOUND_LISTENERS_MAP,
-    INBOUND_LOOKUP_PROGRAM, ORIGINAL_DST_MAP, REDIRECTS_MAP, SOCKOPS_PROGRAM,
+    Addr4, ConnectionKey, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
+    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, ORIGINAL_DST_MAP, REDIRECTS_MAP,
+    SOCKOPS_PROGRAM,
 };
 use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
@@ -143,9 +144,11 @@ impl Capture {
         // These are BPF links (flags must be 0, i.e. `Single`); links to one
         // cgroup always coexist, so a new agent attaches before the old one
         // detaches and no connection goes uncaptured in between.
-        let connect4: &mut CgroupSockAddr = program(&mut ebpf, CONNECT4_PROGRAM)?.try_into()?;
-        connect4.load()?;
-        connect4.attach(open_cgroup()?, CgroupAttachMode::Single)?;
+        for name in [CONNECT4_PROGRAM, CONNECT6_PROGRAM] {
+            let connect: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            connect.load()?;
+            connect.attach(open_cgroup()?, CgroupAttachMode::Single)?;
+        }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS_PROGRAM)?.try_into()?;
         sockops.load()?;
         sockops.attach(open_cgroup()?, CgroupAttachMode::Single)?;

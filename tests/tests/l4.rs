@@ -35,9 +35,12 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
             .start(&cluster, plain)?,
     ];
 
+    // By pod IP, by Service VIP, and from an IPv6 socket to the pod's
+    // IPv4-mapped address (as Java and dual-stack runtimes call IPv4).
     for url in [
         format!("http://{}:8080/", server.ip),
         format!("http://{VIP}:80/"),
+        format!("http://[::ffff:{}]:8080/", server.ip),
     ] {
         // The server sees the client pod itself, not an agent.
         HttpLoad::new(REQUESTS)
@@ -47,14 +50,14 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
     }
     let source = agents[0].metrics(&cluster)?;
     let destination = agents[1].metrics(&cluster)?;
-    // One connection each (the client keeps its connection for all requests).
+    // One connection per URL (the client keeps its connection for all requests).
     assert_eq!(
         sample(
             &source,
             OPENED,
             &[("reporter", "source"), ("destination_service", "unknown")]
         ),
-        1.0,
+        2.0,
         "{source}"
     );
     assert_eq!(
@@ -71,7 +74,7 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
     );
     assert_eq!(
         sample(&destination, OPENED, &[("reporter", "destination")]),
-        2.0,
+        3.0,
         "{destination}"
     );
     assert!(
@@ -91,8 +94,8 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
             &format!("http://{}:8080/", plain.ip),
         )?
         .expect_all(REQUESTS, "plain/v1", bystander.ip)?;
-    assert_eq!(sample(&agents[0].metrics(&cluster)?, OPENED, &[]), 2.0);
-    assert_eq!(sample(&agents[1].metrics(&cluster)?, OPENED, &[]), 2.0);
+    assert_eq!(sample(&agents[0].metrics(&cluster)?, OPENED, &[]), 3.0);
+    assert_eq!(sample(&agents[1].metrics(&cluster)?, OPENED, &[]), 3.0);
     Ok(())
 }
 

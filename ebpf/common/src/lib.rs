@@ -8,6 +8,9 @@
 /// Program: cgroup `connect4`, sends enrolled pods' outbound TCP connections
 /// to the agent and records where they were going.
 pub const CONNECT4_PROGRAM: &str = "connect4";
+/// Program: cgroup `connect6`, the same for IPv6 sockets calling IPv4-mapped
+/// addresses.
+pub const CONNECT6_PROGRAM: &str = "connect6";
 /// Program: cgroup `sock_ops`, files the recorded destination under the
 /// connection's source port once the kernel has chosen it.
 pub const SOCKOPS_PROGRAM: &str = "record_original_dst";

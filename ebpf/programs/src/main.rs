@@ -1,6 +1,7 @@
 //! Ambit's BPF programs: traffic capture for enrolled pods.
 //!
-//! Outbound: `connect4` (cgroup) sends a TCP connect from an enrolled pod's
+//! Outbound: `connect4` and `connect6` (cgroup; the latter for IPv4-mapped
+//! addresses) send a TCP connect from an enrolled pod's
 //! network namespace to the node agent's listener in that namespace and
 //! records the original destination under the socket's cookie; `sockops`
 //! re-files it under the source port once the kernel has picked one, which is
@@ -17,7 +18,7 @@ use ambit_ebpf_common::{
     MAX_PODS,
 };
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, SockHash},
@@ -46,6 +47,9 @@ const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
+/// `::ffff:0:0/96`: the third 32-bit word of an IPv4-mapped IPv6 address,
+/// in network byte order read as a little-endian u32.
+const V4_MAPPED_PREFIX: u32 = 0xffff_0000;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
@@ -54,42 +58,68 @@ const SK_PASS: u32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands connect4 a valid, writable bpf_sock_addr whose
-    // `sk` is a full socket.
+    // SAFETY: the kernel hands connect4 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
-    let mark = unsafe { (*sock_addr.__bindgen_anon_1.sk).mark };
-    // SAFETY: both helpers accept the program's context.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if let Some(original) = redirect(sock_addr, mark, netns_cookie) {
-        let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // A full map only loses the original destination: the agent then
-        // refuses that one connection.
-        let _ = CONNECTING.insert(socket_cookie, original, 0);
+    let mut ip = sock_addr.user_ip4;
+    if capture(&ctx, &mut ip, &mut sock_addr.user_port) {
+        sock_addr.user_ip4 = ip;
     }
     ALLOW
 }
 
-/// Rewrites the destination of a connect that is to be captured and returns
-/// the original one.
-fn redirect(sock_addr: &mut bpf_sock_addr, mark: u32, netns_cookie: u64) -> Option<Addr4> {
+/// IPv6 sockets reach IPv4 services through IPv4-mapped addresses
+/// (`::ffff:a.b.c.d`), as Java and dual-stack runtimes do: those are
+/// captured like connect4's. Native IPv6 destinations are left alone.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands connect6 a valid, writable bpf_sock_addr.
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    let ip6 = sock_addr.user_ip6;
+    if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_PREFIX {
+        return ALLOW;
+    }
+    let mut ip = ip6[3];
+    if capture(&ctx, &mut ip, &mut sock_addr.user_port) {
+        sock_addr.user_ip6[3] = ip;
+    }
+    ALLOW
+}
+
+/// For a TCP connect from an enrolled namespace to an IPv4 address `ip`
+/// (with `port` as `bpf_sock_addr` holds it): rewrites both to the agent's
+/// listener and records the original destination. Returns whether it did.
+fn capture(ctx: &SockAddrContext, ip: &mut u32, port: &mut u32) -> bool {
+    // SAFETY: the kernel hands sock_addr programs a full socket in `sk`.
+    let (sock_type, mark) = unsafe {
+        let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
+        (sk.type_, sk.mark)
+    };
     // UDP, loopback and the agent's own sockets stay where they are.
-    if sock_addr.type_ != SOCK_STREAM
-        || sock_addr.user_ip4 & LOOPBACK_MASK == LOOPBACK_NET
+    if sock_type != SOCK_STREAM
+        || *ip & LOOPBACK_MASK == LOOPBACK_NET
         || mark & AGENT_MARK_MASK == AGENT_MARK
     {
-        return None;
+        return false;
     }
+    // SAFETY: both helpers accept the program's context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out before the map can change.
-    let target = unsafe { REDIRECTS.get(netns_cookie) }.copied()?;
+    let Some(target) = (unsafe { REDIRECTS.get(netns_cookie) }).copied() else {
+        return false;
+    };
     let original = Addr4 {
-        ip: sock_addr.user_ip4,
-        // user_port holds the network-order port in its low 16 bits.
-        port: sock_addr.user_port as u16,
+        ip: *ip,
+        // The network-order port is in the low 16 bits.
+        port: *port as u16,
         _pad: 0,
     };
-    sock_addr.user_ip4 = target.ip;
-    sock_addr.user_port = u32::from(target.port);
-    Some(original)
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A full map only loses the original destination: the agent then
+    // refuses that one connection.
+    let _ = CONNECTING.insert(socket_cookie, original, 0);
+    *ip = target.ip;
+    *port = u32::from(target.port);
+    true
 }
 
 #[sock_ops]
