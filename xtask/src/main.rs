@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             prepare(&workspace)?;
             let mut test = workspace.cargo();
             test.args(["test", "--workspace"]).args(args);
-            run(&mut test)
+            run_tests(&mut test)
         }
     }
 }
@@ -126,6 +126,48 @@ fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
+/// Runs `cargo test`, passing its output through, and ends with one line
+/// that totals every test binary's results.
+fn run_tests(command: &mut Command) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = test_result_counts(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The counts in a line like `test result: ok. 4 passed; 0 failed; …`.
+fn test_result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |label: &str| -> Option<u64> {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .strip_suffix(label)?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
 /// Runs a command with inherited output; fails when it fails.
 fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
@@ -135,4 +177,16 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
         bail!("{command:?} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_result_lines_are_totalled() {
+        let line = "test result: ok. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 6.85s";
+        assert_eq!(test_result_counts(line), Some((4, 1)));
+        assert_eq!(test_result_counts("running 4 tests"), None);
+    }
 }
