@@ -14,9 +14,11 @@ use serde::Serialize;
 use crate::Workspace;
 
 /// Bytes moved for the single-stream throughput figure.
-const TRANSFER_BYTES: u64 = 4 << 30;
+const TRANSFER_BYTES: u64 = 2 << 30;
 const RATE: u32 = 1000;
 const SECONDS: u32 = 10;
+/// Each path is measured this many times, in turns; the report gives medians.
+const ROUNDS: usize = 3;
 const CONNECTIONS: u32 = 8;
 const RESPONSE_BYTES: usize = 1024;
 
@@ -34,24 +36,45 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
+    // Two client/server pairs side by side, one in the mesh and one not, so
+    // the two paths are measured in turns under the same conditions.
     let cluster = Cluster::builder()
         .binaries(binaries)
-        .node(&["client"])
-        .node(&["server"])
+        .node(&["client", "mesh-client"])
+        .node(&["server", "mesh-server"])
         .build()?;
-    let [client, server] =
-        ["client", "server"].map(|name| cluster.pod(name).expect("a pod of the bench"));
-    mesh::write_config(&cluster, &mesh::enrolling(&[], vec![]))?;
+    let [client, server, mesh_client, mesh_server] =
+        ["client", "server", "mesh-client", "mesh-server"]
+            .map(|name| cluster.pod(name).expect("a pod of the bench"));
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&[mesh_client, mesh_server], vec![]),
+    )?;
     let agents = mesh::start_agents(&cluster)?;
-    let _server = Server::new("server", "v1")
-        .http(8080)
-        .sink(9100)
-        .start(&cluster, server)?;
+    let _servers = [
+        Server::new("server", "v1")
+            .http(8080)
+            .sink(9100)
+            .start(&cluster, server)?,
+        Server::new("mesh-server", "v1")
+            .http(8080)
+            .sink(9100)
+            .start(&cluster, mesh_server)?,
+    ];
+    wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
 
-    let mut scenarios = vec![measure(&cluster, "no mesh", client, server)?];
-    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
-    wait_for_capture(&cluster, &agents[0], client, server)?;
-    scenarios.push(measure(&cluster, "agents, plaintext L4", client, server)?);
+    let paths = [
+        ("no mesh", client, server),
+        ("agents, plaintext L4", mesh_client, mesh_server),
+    ];
+    let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        for ((name, from, to), results) in paths.iter().zip(&mut rounds) {
+            println!("bench: round {round}/{ROUNDS}: {name}");
+            results.push(measure(&cluster, name, from, to)?);
+        }
+    }
+    let scenarios: Vec<Scenario> = rounds.into_iter().map(median).collect();
 
     let report = markdown(&scenarios);
     println!("\n{report}");
@@ -63,13 +86,36 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The median of each figure over the rounds.
+fn median(mut rounds: Vec<Scenario>) -> Scenario {
+    fn mid<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> T {
+        let mut values: Vec<T> = values.collect();
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    let throughput = mid(rounds.iter().map(|r| r.throughput_gbit_per_s));
+    let latency = LatencySummary {
+        requests: rounds.iter().map(|r| r.latency.requests).sum(),
+        errors: rounds.iter().map(|r| r.latency.errors).sum(),
+        p50_us: mid(rounds.iter().map(|r| r.latency.p50_us)),
+        p90_us: mid(rounds.iter().map(|r| r.latency.p90_us)),
+        p99_us: mid(rounds.iter().map(|r| r.latency.p99_us)),
+        max_us: rounds.iter().map(|r| r.latency.max_us).max().unwrap_or(0),
+    };
+    let first = rounds.swap_remove(0);
+    Scenario {
+        name: first.name,
+        throughput_gbit_per_s: throughput,
+        latency,
+    }
+}
+
 fn measure(
     cluster: &Cluster,
     name: &'static str,
     client: &Pod,
     server: &Pod,
 ) -> anyhow::Result<Scenario> {
-    println!("bench: {name}: {} GiB in one stream", TRANSFER_BYTES >> 30);
     let transfer = testapp::send(
         cluster,
         client.place(),
@@ -80,7 +126,6 @@ fn measure(
         transfer.crc_received_by_server == transfer.crc_sent,
         "the transfer arrived corrupted: {transfer:?}"
     );
-    println!("bench: {name}: {RATE} requests/s for {SECONDS} s, {RESPONSE_BYTES}-byte responses");
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let latency = testapp::latency(cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
@@ -120,8 +165,8 @@ fn wait_for_capture(
 fn markdown(scenarios: &[Scenario]) -> String {
     let baseline = &scenarios[0];
     let mut table = format!(
-        "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s ({CONNECTIONS} connections, {RESPONSE_BYTES}-byte responses), \
-         pod on node 1 to pod on node 2.\n\n\
+        "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} connections, {RESPONSE_BYTES}-byte \
+         responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns.\n\n\
          | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30

@@ -16,11 +16,10 @@ const BUFFER: usize = 64 * 1024;
 const PIPE_SIZE: usize = 1 << 20;
 
 /// Copies both ways until both sides have finished sending; a side's end
-/// of stream is passed on as a half-close. Returns the bytes moved from `a`
-/// to `b` and from `b` to `a`.
+/// of stream is passed on as a half-close. The first error ends both ways.
+/// Returns the bytes moved from `a` to `b` and from `b` to `a`.
 pub async fn bidirectional(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let (a_to_b, b_to_a) = tokio::join!(one_way(a, b), one_way(b, a));
-    Ok((a_to_b?, b_to_a?))
+    tokio::try_join!(one_way(a, b), one_way(b, a))
 }
 
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
