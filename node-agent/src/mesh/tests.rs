@@ -115,8 +115,15 @@ fn a_service_without_ready_endpoints_is_refused() {
 
 #[test]
 fn bad_files_are_refused_with_the_reason() {
-    let dir = std::env::temp_dir().join(format!("ambit-mesh-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    /// Removed when dropped, also when an assertion fails.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("ambit-mesh-test-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
     let cases = [
         (
             r#"{"namespaces": [{"name": "a", "labels": {}}], "extra": 1}"#,
@@ -137,7 +144,7 @@ fn bad_files_are_refused_with_the_reason() {
         ),
     ];
     for (i, (text, says)) in cases.iter().enumerate() {
-        let path = dir.join(format!("mesh-{i}.json"));
+        let path = dir.0.join(format!("mesh-{i}.json"));
         std::fs::write(&path, text).unwrap();
         let error = MeshConfig::load(&path).unwrap_err().to_string();
         assert!(
@@ -145,5 +152,4 @@ fn bad_files_are_refused_with_the_reason() {
             "{error}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
