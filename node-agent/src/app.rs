@@ -18,6 +18,7 @@ use crate::{cni_server, Config};
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = StopSignal::install()?;
     tracing::info!(?config, "starting ambit-node-agent");
+    raise_open_files_limit();
 
     let initial = match &config.mesh_config {
         Some(path) => MeshConfig::load(path)?,
@@ -107,6 +108,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(enrollment);
     tracing::info!("traffic capture detached; stopped");
     Ok(())
+}
+
+/// Every proxied connection holds four descriptors (two sockets, two pipes
+/// once it carries bulk data): take all the descriptors the system allows.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
+            Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open files limit"),
+    }
 }
 
 fn lock(enrollment: &Mutex<Enrollment>) -> std::sync::MutexGuard<'_, Enrollment> {
