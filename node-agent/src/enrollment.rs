@@ -194,7 +194,6 @@ impl Enrollment {
             .enroll(&netns, ip, OUTBOUND_LISTENER, &listeners.inbound)?;
         let context = Arc::new(PodContext {
             pod: sandbox.pod.clone(),
-            ip,
             netns,
         });
         Ok(Enrolled {

@@ -77,10 +77,6 @@ impl Netns {
         Ok(netns)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The value `bpf_get_netns_cookie` returns inside this namespace.
     pub fn cookie(&self) -> u64 {
         self.cookie

@@ -42,7 +42,6 @@ pub struct ProxyInputs {
 /// An enrolled pod as the data path sees it.
 pub struct PodContext {
     pub pod: PodRef,
-    pub ip: Ipv4Addr,
     pub netns: Arc<Netns>,
 }
 
