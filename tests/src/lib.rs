@@ -14,4 +14,4 @@ mod process;
 pub mod testapp;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
-pub use process::{Binaries, Process};
+pub use process::{Binaries, Process, Usage};

@@ -141,6 +141,11 @@ impl NodeAgent {
         self.process.output()
     }
 
+    /// The agent's CPU time so far and resident memory now.
+    pub fn usage(&self) -> anyhow::Result<crate::Usage> {
+        self.process.usage()
+    }
+
     /// The agent's Prometheus metrics, as scraped from its node.
     pub fn metrics(&self, cluster: &Cluster) -> anyhow::Result<String> {
         let node = cluster.node(&self.node)?;

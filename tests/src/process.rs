@@ -87,6 +87,13 @@ impl Binaries {
     }
 }
 
+/// What a process has used.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
 /// A process started by the test bed. Dropping it kills it.
 pub struct Process {
     name: String,
@@ -114,6 +121,34 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time used so far and resident memory now, from /proc.
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which is in parentheses: utime and
+        // stime are the 12th and 13th of them, in clock ticks.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default()
+            .split(' ')
+            .collect();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields.get(i).context("short /proc stat")?.parse()?)
+        };
+        let per_second =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as f64;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS")?;
+        Ok(Usage {
+            cpu_seconds: (ticks(11)? + ticks(12)?) as f64 / per_second,
+            rss_bytes: rss_kib * 1024,
+        })
     }
 
     /// Everything the process has written so far.

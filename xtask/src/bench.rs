@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, LatencySummary, Server};
-use ambit_testbed::{Binaries, Cluster, Pod};
+use ambit_testbed::{Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
 
@@ -27,6 +27,16 @@ struct Scenario {
     name: &'static str,
     throughput_gbit_per_s: f64,
     latency: LatencySummary,
+    /// The agents' own cost, where they are in the path.
+    agents: Option<AgentCost>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct AgentCost {
+    /// CPU time per 1000 requests of the latency run, per agent (mean).
+    cpu_seconds_per_1000_requests: f64,
+    /// Largest resident memory of an agent after the run.
+    max_rss_mib: f64,
 }
 
 pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
@@ -64,14 +74,19 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
 
     let paths = [
-        ("no mesh", client, server),
-        ("agents, plaintext L4", mesh_client, mesh_server),
+        ("no mesh", client, server, None),
+        (
+            "agents, plaintext L4",
+            mesh_client,
+            mesh_server,
+            Some(agents.as_slice()),
+        ),
     ];
     let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 1..=ROUNDS {
-        for ((name, from, to), results) in paths.iter().zip(&mut rounds) {
+        for ((name, from, to, on_path), results) in paths.iter().zip(&mut rounds) {
             println!("bench: round {round}/{ROUNDS}: {name}");
-            results.push(measure(&cluster, name, from, to)?);
+            results.push(measure(&cluster, name, from, to, *on_path)?);
         }
     }
     let scenarios: Vec<Scenario> = rounds.into_iter().map(median).collect();
@@ -102,11 +117,22 @@ fn median(mut rounds: Vec<Scenario>) -> Scenario {
         p99_us: mid(rounds.iter().map(|r| r.latency.p99_us)),
         max_us: rounds.iter().map(|r| r.latency.max_us).max().unwrap_or(0),
     };
+    let agents = rounds
+        .iter()
+        .map(|r| r.agents)
+        .collect::<Option<Vec<AgentCost>>>()
+        .map(|costs| AgentCost {
+            cpu_seconds_per_1000_requests: mid(costs
+                .iter()
+                .map(|c| c.cpu_seconds_per_1000_requests)),
+            max_rss_mib: costs.iter().map(|c| c.max_rss_mib).fold(0.0, f64::max),
+        });
     let first = rounds.swap_remove(0);
     Scenario {
         name: first.name,
         throughput_gbit_per_s: throughput,
         latency,
+        agents,
     }
 }
 
@@ -115,6 +141,7 @@ fn measure(
     name: &'static str,
     client: &Pod,
     server: &Pod,
+    agents: Option<&[NodeAgent]>,
 ) -> anyhow::Result<Scenario> {
     let transfer = testapp::send(
         cluster,
@@ -127,12 +154,40 @@ fn measure(
         "the transfer arrived corrupted: {transfer:?}"
     );
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
+    let usage = |agents: &[NodeAgent]| {
+        agents
+            .iter()
+            .map(NodeAgent::usage)
+            .collect::<anyhow::Result<Vec<Usage>>>()
+    };
+    let before = agents.map(usage).transpose()?;
     let latency = testapp::latency(cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
+    let agents = match (agents, before) {
+        (Some(agents), Some(before)) => {
+            let after = usage(agents)?;
+            let cpu: f64 = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.cpu_seconds - b.cpu_seconds)
+                .sum();
+            Some(AgentCost {
+                cpu_seconds_per_1000_requests: cpu
+                    / agents.len() as f64
+                    / (latency.requests as f64 / 1000.0),
+                max_rss_mib: after
+                    .iter()
+                    .map(|u| u.rss_bytes as f64 / (1 << 20) as f64)
+                    .fold(0.0, f64::max),
+            })
+        }
+        _ => None,
+    };
     Ok(Scenario {
         name,
         throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
         latency,
+        agents,
     })
 }
 
@@ -167,14 +222,21 @@ fn markdown(scenarios: &[Scenario]) -> String {
     let mut table = format!(
         "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} connections, {RESPONSE_BYTES}-byte \
          responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns.\n\n\
-         | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | agent RSS (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
     for scenario in scenarios {
+        let (cpu, rss) = match scenario.agents {
+            Some(cost) => (
+                format!("{:.4}", cost.cpu_seconds_per_1000_requests),
+                format!("{:.1}", cost.max_rss_mib),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
         let _ = writeln!(
             table,
-            "| {} | {:.2} | {:.0}% | {} | {} | {} | {} |",
+            "| {} | {:.2} | {:.0}% | {} | {} | {} | {} | {cpu} | {rss} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
             100.0 * scenario.throughput_gbit_per_s / baseline.throughput_gbit_per_s,
