@@ -162,7 +162,7 @@ async fn relay(
     upstream: TcpStream,
 ) -> std::io::Result<(u64, u64)> {
     inputs.metrics.opened(&labels);
-    let copied = splice::bidirectional(&downstream, &upstream).await;
+    let copied = splice::bidirectional(downstream, upstream).await;
     let (from_caller, to_caller) = *copied.as_ref().unwrap_or(&(0, 0));
     inputs.metrics.closed(&labels, from_caller, to_caller);
     copied

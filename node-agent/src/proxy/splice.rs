@@ -2,11 +2,16 @@
 //! go through a small user-space buffer, which costs the least latency; once
 //! a direction shows bulk traffic (a read fills the buffer) it switches to
 //! splice(2), where bytes move socket -> pipe -> socket inside the kernel.
+//!
+//! The sockets are driven through `AsyncFd` so that a short read can mark
+//! the socket drained without another read that would only say EAGAIN: one
+//! system call fewer per message and hop.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
 /// User-space buffer per direction; a read that fills it means bulk.
@@ -15,29 +20,40 @@ const BUFFER: usize = 64 * 1024;
 /// `fs.pipe-max-size`). A larger pipe moves more per system call.
 const PIPE_SIZE: usize = 1 << 20;
 
+type Socket = AsyncFd<StdTcpStream>;
+
 /// Copies both ways until both sides have finished sending; a side's end
 /// of stream is passed on as a half-close. The first error ends both ways.
 /// Returns the bytes moved from `a` to `b` and from `b` to `a`.
-pub async fn bidirectional(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+pub async fn bidirectional(a: TcpStream, b: TcpStream) -> io::Result<(u64, u64)> {
+    let (a, b) = (register(a)?, register(b)?);
+    tokio::try_join!(one_way(&a, &b), one_way(&b, &a))
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+fn register(stream: TcpStream) -> io::Result<Socket> {
+    // SAFETY: the `AsyncFd` owns the std stream, whose descriptor stays open
+    // and the same until the `AsyncFd` is dropped.
+    unsafe { AsyncFd::register(stream.into_std()?) }.map_err(io::Error::from)
+}
+
+async fn one_way(from: &Socket, to: &Socket) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buffer = vec![0u8; BUFFER];
     loop {
-        let read = from
-            .async_io(Interest::READABLE, || from.try_read(&mut buffer))
-            .await?;
+        let mut ready = from.readable().await?;
+        let read = match ready.try_io(|socket| socket.get_ref().read(&mut buffer)) {
+            Ok(read) => read?,
+            Err(_would_block) => continue,
+        };
         if read == 0 {
             return end_of_stream(to, total);
         }
-        let mut written = 0;
-        while written < read {
-            written += to
-                .async_io(Interest::WRITABLE, || to.try_write(&buffer[written..read]))
-                .await?;
+        if read < BUFFER {
+            // Drained. Safe against a race: tokio keeps the readiness if an
+            // event arrived after this guard was taken.
+            ready.clear_ready();
         }
+        write_all(to, &buffer[..read]).await?;
         total += read as u64;
         if read == BUFFER {
             break;
@@ -46,29 +62,60 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     drop(buffer);
     let pipe = Pipe::new()?;
     loop {
-        let moved = from
-            .async_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
-            })
-            .await?;
+        let moved = io_when(from, Direction::Read, |fd| {
+            splice(fd, pipe.write.as_raw_fd(), PIPE_SIZE)
+        })
+        .await?;
         if moved == 0 {
             return end_of_stream(to, total);
         }
         let mut left = moved;
         while left > 0 {
-            left -= to
-                .async_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-                })
-                .await?;
+            left -= io_when(to, Direction::Write, |fd| {
+                splice(pipe.read.as_raw_fd(), fd, left)
+            })
+            .await?;
         }
         total += moved as u64;
     }
 }
 
+async fn write_all(to: &Socket, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut ready = to.writable().await?;
+        if let Ok(written) = ready.try_io(|socket| socket.get_ref().write(data)) {
+            data = &data[written?..];
+        }
+    }
+    Ok(())
+}
+
+enum Direction {
+    Read,
+    Write,
+}
+
+/// Runs `f` on the socket's descriptor once it is ready that way, until it
+/// does not say `WouldBlock`.
+async fn io_when(
+    socket: &Socket,
+    direction: Direction,
+    mut f: impl FnMut(RawFd) -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        let mut ready = match direction {
+            Direction::Read => socket.readable().await?,
+            Direction::Write => socket.writable().await?,
+        };
+        if let Ok(result) = ready.try_io(|socket| f(socket.as_raw_fd())) {
+            return result;
+        }
+    }
+}
+
 /// Passes a half-close on.
-fn end_of_stream(to: &TcpStream, total: u64) -> io::Result<u64> {
-    nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write)?;
+fn end_of_stream(to: &Socket, total: u64) -> io::Result<u64> {
+    to.get_ref().shutdown(Shutdown::Write)?;
     Ok(total)
 }
 
