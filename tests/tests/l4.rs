@@ -240,7 +240,7 @@ fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_compl
 }
 
 #[test]
-fn restarting_the_agents_fails_no_connection() -> anyhow::Result<()> {
+fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&["client"])
         .node(&["server"])
@@ -250,6 +250,7 @@ fn restarting_the_agents_fails_no_connection() -> anyhow::Result<()> {
     let mut agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .http(8080)
+        .echo(9000)
         .start(&cluster, server)?;
 
     let requests = 600;
@@ -258,9 +259,26 @@ fn restarting_the_agents_fails_no_connection() -> anyhow::Result<()> {
         .reconnect()
         .interval(Duration::from_millis(5))
         .spawn(&cluster, client.place(), &url)?;
+    // A connection the old agents carry, open across both restarts: they
+    // drain it (up to their deadline) before they exit.
+    let lines = 20;
+    let mut established = testapp::echo_stream(
+        &cluster,
+        client.place(),
+        SocketAddr::from((server.ip, 9000)),
+        lines,
+        Duration::from_millis(100),
+    )?;
     std::thread::sleep(Duration::from_millis(400));
     agents[0].restart(&cluster)?;
     agents[1].restart(&cluster)?;
+    established.wait_exit(Duration::from_secs(30))?;
+    let stream: StreamSummary = testapp::last_json(&established.output())?;
+    assert_eq!(
+        (stream.echoed, stream.error.as_deref()),
+        (lines, None),
+        "{stream:?}"
+    );
     load.wait_exit(Duration::from_secs(60))?;
     let summary: HttpSummary = testapp::last_json(&load.output())?;
     assert_eq!(
