@@ -1,0 +1,301 @@
+//! Kubernetes manifests (multi-document YAML) to typed Istio objects.
+//!
+//! Every document is read on its own: a malformed one yields a [`Problem`]
+//! naming the object and the field path, and the others still come through.
+//! Kinds Ambit does not read (Deployments, ConfigMaps, …) are skipped.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::api::meta::ObjectMeta;
+use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use crate::api::Issue;
+
+/// Kinds read, with the API versions Istio serves for each.
+const KINDS: &[(&str, &str, &[&str])] = &[
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        &["v1", "v1beta1"],
+    ),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        &["v1", "v1beta1"],
+    ),
+];
+
+/// Namespace of an object whose manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Names an object in messages: `AuthorizationPolicy shop/allow-read`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The object is not applied.
+    Error,
+    /// The object is applied; something in it deserves a look.
+    Warning,
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Position of the document in its stream, from 0.
+    pub document: usize,
+    /// The object, when the document got far enough to name one.
+    pub object: Option<ObjectRef>,
+    /// Field path from the object's root (`spec.rules[0].from[0]…`).
+    pub path: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match &self.object {
+            Some(object) => write!(f, "{severity}: {object}")?,
+            None => write!(f, "{severity}: document {}", self.document)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// An object of one of Istio's kinds, as the manifest gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<S> {
+    pub api_version: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+impl<S> Object<S> {
+    pub fn namespace(&self) -> &str {
+        self.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    AuthorizationPolicy(Object<AuthorizationPolicySpec>),
+    PeerAuthentication(Object<PeerAuthenticationSpec>),
+}
+
+/// What a stream of manifests held: the objects that passed, and every
+/// problem found (objects with an error are not among the resources).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub resources: Vec<Resource>,
+    pub problems: Vec<Problem>,
+}
+
+/// Reads every document of a YAML stream.
+pub fn parse_manifests(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    for (document, yaml) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let problem = |object: Option<ObjectRef>, path: &str, message: String| Problem {
+            document,
+            object,
+            path: path.to_string(),
+            message,
+            severity: Severity::Error,
+        };
+        let value = match Value::deserialize(yaml) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(error) => {
+                parsed
+                    .problems
+                    .push(problem(None, "", format!("not valid YAML: {error}")));
+                // The stream cannot be followed past a syntax error.
+                break;
+            }
+        };
+        if let Err(found) = read_document(value, &mut parsed.resources) {
+            let severity_of = |problem: &Problem| problem.severity;
+            let mut found: Vec<Problem> = found
+                .into_iter()
+                .map(|(object, path, message, severity)| Problem {
+                    severity,
+                    ..problem(object, &path, message)
+                })
+                .collect();
+            found.sort_by_key(severity_of);
+            parsed.problems.extend(found);
+        }
+    }
+    parsed
+}
+
+type Found = (Option<ObjectRef>, String, String, Severity);
+
+/// Reads one document into `resources`; returns what was wrong with it.
+fn read_document(value: Value, resources: &mut Vec<Resource>) -> Result<(), Vec<Found>> {
+    let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
+        return Err(vec![(
+            None,
+            String::new(),
+            "apiVersion and kind are required".into(),
+            Severity::Error,
+        )]);
+    };
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let Some((_, _, served)) = KINDS.iter().find(|(g, k, _)| *g == group && *k == kind) else {
+        return Ok(());
+    };
+    let metadata: ObjectMeta = value
+        .get("metadata")
+        .cloned()
+        .map(serde_yaml::from_value)
+        .transpose()
+        .map_err(|error| {
+            vec![(
+                None,
+                "metadata".to_string(),
+                error.to_string(),
+                Severity::Error,
+            )]
+        })?
+        .unwrap_or_default();
+    let object = ObjectRef {
+        kind: kind.clone(),
+        namespace: metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: metadata.name.clone(),
+    };
+    let error = |path: &str, message: String| {
+        (
+            Some(object.clone()),
+            path.to_string(),
+            message,
+            Severity::Error,
+        )
+    };
+    if metadata.name.is_empty() {
+        return Err(vec![error("metadata.name", "is required".into())]);
+    }
+    if !served.contains(&version) {
+        return Err(vec![error(
+            "apiVersion",
+            format!(
+                "{api_version} is not served for {kind} (served: {})",
+                served.join(", ")
+            ),
+        )]);
+    }
+    let spec = value
+        .get("spec")
+        .cloned()
+        .unwrap_or(Value::Mapping(Default::default()));
+    let resource = match kind.as_str() {
+        "AuthorizationPolicy" => {
+            let spec: AuthorizationPolicySpec = typed(spec, &object)?;
+            check(spec.validate(), &object)?;
+            Resource::AuthorizationPolicy(Object {
+                api_version,
+                metadata,
+                spec,
+            })
+        }
+        "PeerAuthentication" => {
+            let spec: PeerAuthenticationSpec = typed(spec, &object)?;
+            check(spec.validate(), &object)?;
+            Resource::PeerAuthentication(Object {
+                api_version,
+                metadata,
+                spec,
+            })
+        }
+        _ => return Ok(()),
+    };
+    resources.push(resource);
+    Ok(())
+}
+
+/// Deserializes a spec, reporting the path of a bad field and every field
+/// the type does not know. Unknown fields are errors: in a policy, a field
+/// Ambit ignored could be the one that was meant to restrict access.
+fn typed<S: DeserializeOwned>(spec: Value, object: &ObjectRef) -> Result<S, Vec<Found>> {
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = serde_ignored::deserialize(
+        serde_path_to_error::Deserializer::new(spec, &mut track),
+        |path| unknown.push(field_path(&path.to_string())),
+    );
+    let found =
+        |path: String, message: String| (Some(object.clone()), path, message, Severity::Error);
+    match parsed {
+        Err(error) => Err(vec![found(
+            field_path(&track.path().to_string()),
+            error.to_string(),
+        )]),
+        Ok(_) if !unknown.is_empty() => Err(unknown
+            .into_iter()
+            .map(|path| found(path, "unknown field".into()))
+            .collect()),
+        Ok(spec) => Ok(spec),
+    }
+}
+
+fn check(issues: Vec<Issue>, object: &ObjectRef) -> Result<(), Vec<Found>> {
+    if issues.is_empty() {
+        return Ok(());
+    }
+    Err(issues
+        .into_iter()
+        .map(|issue| {
+            (
+                Some(object.clone()),
+                issue.path,
+                issue.message,
+                Severity::Error,
+            )
+        })
+        .collect())
+}
+
+/// `spec.` plus a path written `a.0.b` or `a[0].b`, as `spec.a[0].b`.
+fn field_path(inner: &str) -> String {
+    let mut path = String::from("spec");
+    for segment in inner.split('.').filter(|s| !s.is_empty() && *s != "?") {
+        if segment.starts_with('[') || segment.bytes().all(|b| b.is_ascii_digit()) {
+            let index = segment.trim_start_matches('[').trim_end_matches(']');
+            path.push_str(&format!("[{index}]"));
+        } else {
+            path.push('.');
+            path.push_str(segment);
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,11 @@
+//! Istio's API as Ambit reads it: manifests in, typed objects out, with
+//! every problem named by object and field path.
+//!
+//! [`document`] turns YAML manifests into [`document::Resource`]s, accepting
+//! each kind under every version Istio serves and reporting unknown fields;
+//! [`api`] holds the types and their validation. So far: the security kinds
+//! (`AuthorizationPolicy`, `PeerAuthentication`); the networking kinds and
+//! the mesh model come next.
+
+pub mod api;
+pub mod document;
