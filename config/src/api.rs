@@ -4,6 +4,12 @@
 pub mod meta;
 pub mod security;
 
+/// A resource's spec: read from YAML, then checked as Istio checks it.
+pub trait Spec: serde::de::DeserializeOwned {
+    /// Every problem found; empty when the spec is valid.
+    fn validate(&self) -> Vec<Issue>;
+}
+
 /// One problem found in an object: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {

@@ -10,7 +10,7 @@ use serde_yaml::Value;
 
 use crate::api::meta::ObjectMeta;
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
-use crate::api::Issue;
+use crate::api::{Issue, Spec};
 
 /// Kinds read, with the API versions Istio serves for each.
 const KINDS: &[(&str, &str, &[&str])] = &[
@@ -217,27 +217,30 @@ fn read_document(value: Value, resources: &mut Vec<Resource>) -> Result<(), Vec<
         .unwrap_or(Value::Mapping(Default::default()));
     let resource = match kind.as_str() {
         "AuthorizationPolicy" => {
-            let spec: AuthorizationPolicySpec = typed(spec, &object)?;
-            check(spec.validate(), &object)?;
-            Resource::AuthorizationPolicy(Object {
-                api_version,
-                metadata,
-                spec,
-            })
+            Resource::AuthorizationPolicy(read_object(api_version, metadata, spec, &object)?)
         }
         "PeerAuthentication" => {
-            let spec: PeerAuthenticationSpec = typed(spec, &object)?;
-            check(spec.validate(), &object)?;
-            Resource::PeerAuthentication(Object {
-                api_version,
-                metadata,
-                spec,
-            })
+            Resource::PeerAuthentication(read_object(api_version, metadata, spec, &object)?)
         }
         _ => return Ok(()),
     };
     resources.push(resource);
     Ok(())
+}
+
+fn read_object<S: Spec>(
+    api_version: String,
+    metadata: ObjectMeta,
+    spec: Value,
+    object: &ObjectRef,
+) -> Result<Object<S>, Vec<Found>> {
+    let spec: S = typed(spec, object)?;
+    check(spec.validate(), object)?;
+    Ok(Object {
+        api_version,
+        metadata,
+        spec,
+    })
 }
 
 /// Deserializes a spec, reporting the path of a bad field and every field

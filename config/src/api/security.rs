@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{PolicyTargetReference, WorkloadSelector};
-use super::{check_port, Issue};
+use super::{check_port, Issue, Spec};
 
 /// `AuthorizationPolicy.spec`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -115,9 +115,8 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
-impl AuthorizationPolicySpec {
-    /// Istio's checks; an empty list means the policy is valid.
-    pub fn validate(&self) -> Vec<Issue> {
+impl Spec for AuthorizationPolicySpec {
+    fn validate(&self) -> Vec<Issue> {
         let mut issues = Vec::new();
         let targets =
             usize::from(self.target_ref.is_some()) + usize::from(!self.target_refs.is_empty());
@@ -254,8 +253,8 @@ pub enum MtlsMode {
     Strict,
 }
 
-impl PeerAuthenticationSpec {
-    pub fn validate(&self) -> Vec<Issue> {
+impl Spec for PeerAuthenticationSpec {
+    fn validate(&self) -> Vec<Issue> {
         let mut issues = Vec::new();
         if !self.port_level_mtls.is_empty() && self.selector.is_none() {
             issues.push(Issue::new(
