@@ -2,7 +2,9 @@
 //! validation makes. Field names follow the YAML (`camelCase`).
 
 pub mod meta;
+pub mod networking;
 pub mod security;
+pub mod types;
 
 /// A resource's spec: read from YAML, then checked as Istio checks it.
 pub trait Spec: serde::de::DeserializeOwned {

@@ -4,16 +4,29 @@
 //! naming the object and the field path, and the others still come through.
 //! Kinds Ambit does not read (Deployments, ConfigMaps, …) are skipped.
 
+use std::collections::BTreeSet;
+
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::api::meta::ObjectMeta;
+use crate::api::networking::{DestinationRuleSpec, VirtualServiceSpec};
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::api::{Issue, Spec};
 
 /// Kinds read, with the API versions Istio serves for each.
 const KINDS: &[(&str, &str, &[&str])] = &[
+    (
+        "networking.istio.io",
+        "VirtualService",
+        &["v1", "v1beta1", "v1alpha3"],
+    ),
+    (
+        "networking.istio.io",
+        "DestinationRule",
+        &["v1", "v1beta1", "v1alpha3"],
+    ),
     (
         "security.istio.io",
         "AuthorizationPolicy",
@@ -84,6 +97,8 @@ impl std::fmt::Display for Problem {
 /// An object of one of Istio's kinds, as the manifest gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object<S> {
+    /// Position of its document in the stream, from 0.
+    pub document: usize,
     pub api_version: String,
     pub metadata: ObjectMeta,
     pub spec: S,
@@ -96,12 +111,53 @@ impl<S> Object<S> {
             .as_deref()
             .unwrap_or(DEFAULT_NAMESPACE)
     }
+
+    pub fn object_ref(&self, kind: &str) -> ObjectRef {
+        ObjectRef {
+            kind: kind.to_string(),
+            namespace: self.namespace().to_string(),
+            name: self.metadata.name.clone(),
+        }
+    }
+}
+
+/// The fully qualified name of a host as a resource in `namespace` writes
+/// it: a short name (no dot) is a Service of that namespace.
+pub fn qualify_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host == "*" {
+        host.to_string()
+    } else {
+        format!("{host}.{namespace}.svc.cluster.local")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
+    VirtualService(Object<VirtualServiceSpec>),
+    DestinationRule(Object<DestinationRuleSpec>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
     PeerAuthentication(Object<PeerAuthenticationSpec>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::VirtualService(_) => "VirtualService",
+            Self::DestinationRule(_) => "DestinationRule",
+            Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Self::PeerAuthentication(_) => "PeerAuthentication",
+        }
+    }
+
+    /// The object's API version, kind, namespace and name, whatever its kind.
+    pub fn describe(&self) -> (&str, ObjectRef) {
+        match self {
+            Self::VirtualService(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::DestinationRule(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::AuthorizationPolicy(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::PeerAuthentication(o) => (&o.api_version, o.object_ref(self.kind())),
+        }
+    }
 }
 
 /// What a stream of manifests held: the objects that passed, and every
@@ -134,7 +190,7 @@ pub fn parse_manifests(text: &str) -> Parsed {
                 break;
             }
         };
-        if let Err(found) = read_document(value, &mut parsed.resources) {
+        if let Err(found) = read_document(document, value, &mut parsed.resources) {
             let severity_of = |problem: &Problem| problem.severity;
             let mut found: Vec<Problem> = found
                 .into_iter()
@@ -148,12 +204,91 @@ pub fn parse_manifests(text: &str) -> Parsed {
         }
     }
     parsed
+        .problems
+        .extend(check_subset_references(&parsed.resources));
+    parsed
+}
+
+/// Warns about routes to subsets that no DestinationRule defines: traffic
+/// sent there finds no endpoint.
+fn check_subset_references(resources: &[Resource]) -> Vec<Problem> {
+    let mut defined: std::collections::HashMap<String, BTreeSet<&str>> =
+        std::collections::HashMap::new();
+    for resource in resources {
+        if let Resource::DestinationRule(rule) = resource {
+            let names = defined
+                .entry(qualify_host(&rule.spec.host, rule.namespace()))
+                .or_default();
+            names.extend(rule.spec.subsets.iter().map(|subset| subset.name.as_str()));
+        }
+    }
+    let mut problems = Vec::new();
+    for resource in resources {
+        let Resource::VirtualService(service) = resource else {
+            continue;
+        };
+        let spec = &service.spec;
+        let http = spec.http.iter().enumerate().flat_map(|(i, route)| {
+            let to = route
+                .route
+                .iter()
+                .enumerate()
+                .map(move |(j, r)| (format!("spec.http[{i}].route[{j}]"), &r.destination));
+            let mirror = route
+                .mirror
+                .iter()
+                .map(move |d| (format!("spec.http[{i}].mirror"), d));
+            let mirrors = route
+                .mirrors
+                .iter()
+                .enumerate()
+                .map(move |(j, m)| (format!("spec.http[{i}].mirrors[{j}]"), &m.destination));
+            to.chain(mirror).chain(mirrors)
+        });
+        let tcp = spec.tcp.iter().enumerate().flat_map(|(i, route)| {
+            route
+                .route
+                .iter()
+                .enumerate()
+                .map(move |(j, r)| (format!("spec.tcp[{i}].route[{j}]"), &r.destination))
+        });
+        let tls = spec.tls.iter().enumerate().flat_map(|(i, route)| {
+            route
+                .route
+                .iter()
+                .enumerate()
+                .map(move |(j, r)| (format!("spec.tls[{i}].route[{j}]"), &r.destination))
+        });
+        for (at, destination) in http.chain(tcp).chain(tls) {
+            let Some(subset) = &destination.subset else {
+                continue;
+            };
+            let host = qualify_host(&destination.host, service.namespace());
+            if !defined
+                .get(&host)
+                .is_some_and(|names| names.contains(subset.as_str()))
+            {
+                problems.push(Problem {
+                    document: service.document,
+                    object: Some(service.object_ref("VirtualService")),
+                    path: format!("{at}.destination.subset"),
+                    message: format!("subset {subset:?} of {host} is not defined by any DestinationRule: traffic to it fails"),
+                    severity: Severity::Warning,
+                });
+            }
+        }
+    }
+    problems
 }
 
 type Found = (Option<ObjectRef>, String, String, Severity);
 
 /// Reads one document into `resources`; returns what was wrong with it.
-fn read_document(value: Value, resources: &mut Vec<Resource>) -> Result<(), Vec<Found>> {
+fn read_document(
+    document: usize,
+    value: Value,
+    resources: &mut Vec<Resource>,
+) -> Result<(), Vec<Found>> {
     let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);
     let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
         return Err(vec![(
@@ -215,30 +350,38 @@ fn read_document(value: Value, resources: &mut Vec<Resource>) -> Result<(), Vec<
         .get("spec")
         .cloned()
         .unwrap_or(Value::Mapping(Default::default()));
+    let raw = Raw {
+        document,
+        api_version,
+        metadata,
+        spec,
+    };
     let resource = match kind.as_str() {
-        "AuthorizationPolicy" => {
-            Resource::AuthorizationPolicy(read_object(api_version, metadata, spec, &object)?)
-        }
-        "PeerAuthentication" => {
-            Resource::PeerAuthentication(read_object(api_version, metadata, spec, &object)?)
-        }
+        "VirtualService" => Resource::VirtualService(read_object(raw, &object)?),
+        "DestinationRule" => Resource::DestinationRule(read_object(raw, &object)?),
+        "AuthorizationPolicy" => Resource::AuthorizationPolicy(read_object(raw, &object)?),
+        "PeerAuthentication" => Resource::PeerAuthentication(read_object(raw, &object)?),
         _ => return Ok(()),
     };
     resources.push(resource);
     Ok(())
 }
 
-fn read_object<S: Spec>(
+/// A document of a known kind, before its spec is read.
+struct Raw {
+    document: usize,
     api_version: String,
     metadata: ObjectMeta,
     spec: Value,
-    object: &ObjectRef,
-) -> Result<Object<S>, Vec<Found>> {
-    let spec: S = typed(spec, object)?;
+}
+
+fn read_object<S: Spec>(raw: Raw, object: &ObjectRef) -> Result<Object<S>, Vec<Found>> {
+    let spec: S = typed(raw.spec, object)?;
     check(spec.validate(), object)?;
     Ok(Object {
-        api_version,
-        metadata,
+        document: raw.document,
+        api_version: raw.api_version,
+        metadata: raw.metadata,
         spec,
     })
 }

@@ -18,13 +18,9 @@ fn good_objects_parse_under_every_served_version() {
     let names: Vec<String> = parsed
         .resources
         .iter()
-        .map(|resource| match resource {
-            Resource::AuthorizationPolicy(o) => {
-                format!("{} {}/{}", o.api_version, o.namespace(), o.metadata.name)
-            }
-            Resource::PeerAuthentication(o) => {
-                format!("{} {}/{}", o.api_version, o.namespace(), o.metadata.name)
-            }
+        .map(|resource| {
+            let (version, object) = resource.describe();
+            format!("{version} {}/{}", object.namespace, object.name)
         })
         .collect();
     assert_eq!(
