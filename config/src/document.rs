@@ -67,7 +67,9 @@ pub enum Severity {
 /// One problem in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Position of the document in its stream, from 0.
+    /// Which of the sources given to [`parse_sources`] (0 for [`parse_manifests`]).
+    pub source: usize,
+    /// Position of the document in its source, from 0.
     pub document: usize,
     /// The object, when the document got far enough to name one.
     pub object: Option<ObjectRef>,
@@ -97,7 +99,8 @@ impl std::fmt::Display for Problem {
 /// An object of one of Istio's kinds, as the manifest gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object<S> {
-    /// Position of its document in the stream, from 0.
+    /// Which source, and which document of it, the object came from.
+    pub source: usize,
     pub document: usize,
     pub api_version: String,
     pub metadata: ObjectMeta,
@@ -170,9 +173,26 @@ pub struct Parsed {
 
 /// Reads every document of a YAML stream.
 pub fn parse_manifests(text: &str) -> Parsed {
+    parse_sources(&[text])
+}
+
+/// Reads several YAML streams (files) as one configuration: references
+/// between objects are checked across all of them.
+pub fn parse_sources(texts: &[&str]) -> Parsed {
     let mut parsed = Parsed::default();
+    for (source, text) in texts.iter().enumerate() {
+        read_stream(source, text, &mut parsed);
+    }
+    parsed
+        .problems
+        .extend(check_subset_references(&parsed.resources));
+    parsed
+}
+
+fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
     for (document, yaml) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let problem = |object: Option<ObjectRef>, path: &str, message: String| Problem {
+            source,
             document,
             object,
             path: path.to_string(),
@@ -190,7 +210,7 @@ pub fn parse_manifests(text: &str) -> Parsed {
                 break;
             }
         };
-        if let Err(found) = read_document(document, value, &mut parsed.resources) {
+        if let Err(found) = read_document((source, document), value, &mut parsed.resources) {
             let severity_of = |problem: &Problem| problem.severity;
             let mut found: Vec<Problem> = found
                 .into_iter()
@@ -203,10 +223,6 @@ pub fn parse_manifests(text: &str) -> Parsed {
             parsed.problems.extend(found);
         }
     }
-    parsed
-        .problems
-        .extend(check_subset_references(&parsed.resources));
-    parsed
 }
 
 /// Warns about routes to subsets that no DestinationRule defines: traffic
@@ -269,6 +285,7 @@ fn check_subset_references(resources: &[Resource]) -> Vec<Problem> {
                 .is_some_and(|names| names.contains(subset.as_str()))
             {
                 problems.push(Problem {
+                    source: service.source,
                     document: service.document,
                     object: Some(service.object_ref("VirtualService")),
                     path: format!("{at}.destination.subset"),
@@ -285,7 +302,7 @@ type Found = (Option<ObjectRef>, String, String, Severity);
 
 /// Reads one document into `resources`; returns what was wrong with it.
 fn read_document(
-    document: usize,
+    (source, document): (usize, usize),
     value: Value,
     resources: &mut Vec<Resource>,
 ) -> Result<(), Vec<Found>> {
@@ -351,6 +368,7 @@ fn read_document(
         .cloned()
         .unwrap_or(Value::Mapping(Default::default()));
     let raw = Raw {
+        source,
         document,
         api_version,
         metadata,
@@ -369,6 +387,7 @@ fn read_document(
 
 /// A document of a known kind, before its spec is read.
 struct Raw {
+    source: usize,
     document: usize,
     api_version: String,
     metadata: ObjectMeta,
@@ -379,6 +398,7 @@ fn read_object<S: Spec>(raw: Raw, object: &ObjectRef) -> Result<Object<S>, Vec<F
     let spec: S = typed(raw.spec, object)?;
     check(spec.validate(), object)?;
     Ok(Object {
+        source: raw.source,
         document: raw.document,
         api_version: raw.api_version,
         metadata: raw.metadata,

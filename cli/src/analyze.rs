@@ -1,0 +1,97 @@
+//! `ambit analyze`: reads manifests as the proxies would and reports every
+//! problem with its file, object and field path.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ambit_config::document::{parse_sources, Severity};
+use anyhow::Context;
+
+/// Analyzes `inputs`; returns whether no error was found.
+pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
+    let mut names = Vec::new();
+    let mut texts = Vec::new();
+    for input in inputs {
+        for (name, text) in read_input(input)? {
+            names.push(name);
+            texts.push(text);
+        }
+    }
+    let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    for problem in &parsed.problems {
+        println!("{}: {problem}", names[problem.source]);
+    }
+    let errors = parsed
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    let warnings = parsed.problems.len() - errors;
+    println!(
+        "{} Istio objects in {} files: {errors} errors, {warnings} warnings",
+        parsed.resources.len() + rejected_objects(&parsed),
+        names.len()
+    );
+    Ok(errors == 0)
+}
+
+/// Documents that were rejected (each counted once).
+fn rejected_objects(parsed: &ambit_config::document::Parsed) -> usize {
+    let mut rejected: Vec<(usize, usize)> = parsed
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| (p.source, p.document))
+        .collect();
+    rejected.sort_unstable();
+    rejected.dedup();
+    rejected.len()
+}
+
+/// The (name, text) of every manifest an input names.
+fn read_input(input: &str) -> anyhow::Result<Vec<(String, String)>> {
+    if input == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        return Ok(vec![("<stdin>".to_string(), text)]);
+    }
+    let path = Path::new(input);
+    let files = if path.is_dir() {
+        let mut files = Vec::new();
+        collect_manifests(path, &mut files)?;
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Ok((file.display().to_string(), text))
+        })
+        .collect()
+}
+
+/// Manifest files under `dir`, depth first, in name order.
+fn collect_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            collect_manifests(&entry, files)?;
+        } else if entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}

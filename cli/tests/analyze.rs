@@ -1,0 +1,81 @@
+//! `ambit analyze` as a user runs it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn analyze(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit"))
+        .arg("analyze")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ambit runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    child.wait_with_output().expect("ambit finishes")
+}
+
+fn fixtures() -> String {
+    format!("{}/../config/tests/fixtures", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn a_clean_directory_passes() {
+    let output = analyze(&["-f", &fixtures()], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    // Every Bookinfo file and the security policies, references checked
+    // across files (the subsets are defined in another file).
+    assert_eq!(
+        stdout.trim(),
+        "22 Istio objects in 9 files: 0 errors, 0 warnings"
+    );
+}
+
+#[test]
+fn problems_are_listed_with_file_object_and_field_then_summed_up() {
+    let manifest = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 70}
+    - {destination: {host: reviews, subset: v9}, weight: 20}
+"#;
+    let rules = format!("{}/bookinfo/destination-rule-all.yaml", fixtures());
+    let output = analyze(&["-f", "-", "-f", &rules], manifest);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "<stdin>: error: VirtualService default/reviews: spec.http[0].route: weights add up to 90, not 100",
+            "5 Istio objects in 2 files: 1 errors, 0 warnings",
+        ]
+    );
+
+    let fixed = manifest.replace("weight: 20", "weight: 30");
+    let output = analyze(&["-f", "-", "-f", &rules], &fixed);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "warnings alone do not fail: {stdout}"
+    );
+    assert!(stdout.contains("<stdin>: warning: VirtualService default/reviews: spec.http[0].route[1].destination.subset: subset \"v9\""), "{stdout}");
+}
+
+#[test]
+fn an_unreadable_input_is_named() {
+    let output = analyze(&["-f", "/nonexistent/manifests.yaml"], "");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("reading /nonexistent/manifests.yaml"));
+}
