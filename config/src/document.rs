@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::api::meta::ObjectMeta;
-use crate::api::networking::{DestinationRuleSpec, VirtualServiceSpec};
+use crate::api::networking::{
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
+};
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::api::{Issue, Spec};
 
@@ -20,6 +22,16 @@ const KINDS: &[(&str, &str, &[&str])] = &[
     (
         "networking.istio.io",
         "VirtualService",
+        &["v1", "v1beta1", "v1alpha3"],
+    ),
+    (
+        "networking.istio.io",
+        "ServiceEntry",
+        &["v1", "v1beta1", "v1alpha3"],
+    ),
+    (
+        "networking.istio.io",
+        "Gateway",
         &["v1", "v1beta1", "v1alpha3"],
     ),
     (
@@ -138,6 +150,8 @@ pub fn qualify_host(host: &str, namespace: &str) -> String {
 pub enum Resource {
     VirtualService(Object<VirtualServiceSpec>),
     DestinationRule(Object<DestinationRuleSpec>),
+    ServiceEntry(Object<ServiceEntrySpec>),
+    Gateway(Object<GatewaySpec>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
     PeerAuthentication(Object<PeerAuthenticationSpec>),
 }
@@ -147,6 +161,8 @@ impl Resource {
         match self {
             Self::VirtualService(_) => "VirtualService",
             Self::DestinationRule(_) => "DestinationRule",
+            Self::ServiceEntry(_) => "ServiceEntry",
+            Self::Gateway(_) => "Gateway",
             Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Self::PeerAuthentication(_) => "PeerAuthentication",
         }
@@ -157,6 +173,8 @@ impl Resource {
         match self {
             Self::VirtualService(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::DestinationRule(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::ServiceEntry(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::Gateway(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::AuthorizationPolicy(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::PeerAuthentication(o) => (&o.api_version, o.object_ref(self.kind())),
         }
@@ -377,6 +395,8 @@ fn read_document(
     let resource = match kind.as_str() {
         "VirtualService" => Resource::VirtualService(read_object(raw, &object)?),
         "DestinationRule" => Resource::DestinationRule(read_object(raw, &object)?),
+        "ServiceEntry" => Resource::ServiceEntry(read_object(raw, &object)?),
+        "Gateway" => Resource::Gateway(read_object(raw, &object)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(read_object(raw, &object)?),
         "PeerAuthentication" => Resource::PeerAuthentication(read_object(raw, &object)?),
         _ => return Ok(()),

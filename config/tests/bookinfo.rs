@@ -294,3 +294,93 @@ spec:
         );
     }
 }
+
+#[test]
+fn the_gateway_and_service_entries_parse_under_every_version() {
+    for version in VERSIONS {
+        let parsed = parse("gateway.yaml", version);
+        let Resource::Gateway(gateway) = &parsed.resources[4] else {
+            panic!("the gateway follows the four destination rules");
+        };
+        assert_eq!(gateway.spec.selector["istio"], "ingressgateway");
+        assert_eq!(
+            (
+                gateway.spec.servers[0].port.number,
+                gateway.spec.servers[0].hosts.clone()
+            ),
+            (8080, vec!["*".to_string()])
+        );
+        let routes = &virtual_services(&parsed)[0].1.http[0];
+        assert_eq!(routes.matches.len(), 5);
+        assert_eq!(
+            routes.route[0].destination.port.map(|p| p.number),
+            Some(9080)
+        );
+
+        let text = fixture("../egress.yaml").replace(
+            "networking.istio.io/v1\n",
+            &format!("networking.istio.io/{version}\n"),
+        );
+        let parsed = parse_manifests(&text);
+        assert_eq!(parsed.problems, vec![], "{version}");
+        let entries: Vec<(String, usize)> = parsed
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::ServiceEntry(o) => {
+                    Some((o.metadata.name.clone(), o.spec.endpoints.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("payments-api".to_string(), 0),
+                ("legacy-db".to_string(), 1)
+            ]
+        );
+    }
+}
+
+#[test]
+fn service_entry_and_gateway_mistakes_are_named() {
+    let text = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bad-entry}
+spec:
+  hosts: ["*.example.com"]
+  addresses: [not-an-address]
+  resolution: DNS
+  ports:
+  - {number: 443, name: https, protocol: QUIC}
+  - {number: 8443, name: https}
+  workloadSelector: {labels: {app: x}}
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bad-gateway}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: []
+    tls: {mode: SIMPLE}
+"#;
+    let found: Vec<String> = parse_manifests(text)
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "error: ServiceEntry default/bad-entry: spec.addresses[0]: \"not-an-address\" is not an IP address or CIDR block",
+            "error: ServiceEntry default/bad-entry: spec.ports[0].protocol: unknown protocol \"QUIC\" (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP)",
+            "error: ServiceEntry default/bad-entry: spec.ports[1].name: port name \"https\" is used twice",
+            "error: ServiceEntry default/bad-entry: spec: endpoints and workloadSelector are exclusive",
+            "error: Gateway default/bad-gateway: spec.servers[0].hosts: at least one host is required",
+            "error: Gateway default/bad-gateway: spec.servers[0].tls: this mode needs credentialName, or serverCertificate and privateKey",
+        ]
+    );
+}

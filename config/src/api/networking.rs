@@ -906,3 +906,311 @@ fn check_policy_parts(
         }
     }
 }
+
+/// `ServiceEntry.spec`: services outside (or inside) the mesh added to its registry.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    pub location: Option<Location>,
+    pub resolution: Option<Resolution>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    pub workload_selector: Option<EntryWorkloadSelector>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub number: u32,
+    pub protocol: Option<String>,
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+}
+
+/// An endpoint of a ServiceEntry (WorkloadEntry's fields).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntry {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+    pub service_account: Option<String>,
+}
+
+/// ServiceEntry's selector, which names its map `labels`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryWorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Protocols Istio knows for a port (case-insensitive).
+const PROTOCOLS: [&str; 11] = [
+    "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP",
+];
+
+fn check_service_ports<'a>(
+    at: &str,
+    ports: impl Iterator<Item = (&'a str, u32, Option<&'a str>)>,
+    issues: &mut Vec<Issue>,
+) {
+    let mut names = BTreeSet::new();
+    for (i, (name, number, protocol)) in ports.enumerate() {
+        check_port_number(&format!("{at}[{i}].number"), number, issues);
+        if !name.is_empty() && !names.insert(name) {
+            issues.push(Issue::new(
+                format!("{at}[{i}].name"),
+                format!("port name {name:?} is used twice"),
+            ));
+        }
+        if let Some(protocol) = protocol {
+            if !PROTOCOLS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(protocol))
+            {
+                issues.push(Issue::new(
+                    format!("{at}[{i}].protocol"),
+                    format!(
+                        "unknown protocol {protocol:?} (one of {})",
+                        PROTOCOLS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl Spec for ServiceEntrySpec {
+    fn validate(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if self.hosts.is_empty() {
+            issues.push(Issue::new("spec.hosts", "at least one host is required"));
+        }
+        for (i, address) in self.addresses.iter().enumerate() {
+            if super::security::parse_ip_block(address).is_none() {
+                issues.push(Issue::new(
+                    format!("spec.addresses[{i}]"),
+                    format!("{address:?} is not an IP address or CIDR block"),
+                ));
+            }
+        }
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.number, p.protocol.as_deref()));
+        check_service_ports("spec.ports", ports, &mut issues);
+        for (i, port) in self.ports.iter().enumerate() {
+            if let Some(target) = port.target_port {
+                check_port_number(&format!("spec.ports[{i}].targetPort"), target, &mut issues);
+            }
+        }
+        if !self.endpoints.is_empty() && self.workload_selector.is_some() {
+            issues.push(Issue::new(
+                "spec",
+                "endpoints and workloadSelector are exclusive",
+            ));
+        }
+        if self.resolution == Some(Resolution::Static)
+            && self.endpoints.is_empty()
+            && self.workload_selector.is_none()
+        {
+            issues.push(Issue::new(
+                "spec.endpoints",
+                "resolution STATIC needs endpoints or a workloadSelector",
+            ));
+        }
+        if matches!(
+            self.resolution,
+            Some(Resolution::Dns | Resolution::DnsRoundRobin)
+        ) {
+            for (i, host) in self.hosts.iter().enumerate() {
+                if host.starts_with('*') && self.endpoints.is_empty() {
+                    issues.push(Issue::new(
+                        format!("spec.hosts[{i}]"),
+                        "a wildcard host cannot be resolved by DNS without endpoints",
+                    ));
+                }
+            }
+        }
+        for (e, endpoint) in self.endpoints.iter().enumerate() {
+            for (name, port) in &endpoint.ports {
+                check_port_number(
+                    &format!("spec.endpoints[{e}].ports.{name}"),
+                    *port,
+                    &mut issues,
+                );
+            }
+        }
+        issues
+    }
+}
+
+/// `Gateway.spec`: what a gateway proxy listens for.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Server {
+    pub port: ServicePort,
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTlsSettings>,
+    pub name: Option<String>,
+    pub default_endpoint: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsSettings {
+    pub https_redirect: Option<bool>,
+    pub mode: Option<ServerTlsMode>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub credential_names: Vec<String>,
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
+    pub min_protocol_version: Option<TlsProtocol>,
+    pub max_protocol_version: Option<TlsProtocol>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCertificate {
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    Passthrough,
+    Simple,
+    Mutual,
+    AutoPassthrough,
+    IstioMutual,
+    OptionalMutual,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProtocol {
+    #[serde(rename = "TLS_AUTO")]
+    Auto,
+    #[serde(rename = "TLSV1_0")]
+    V1_0,
+    #[serde(rename = "TLSV1_1")]
+    V1_1,
+    #[serde(rename = "TLSV1_2")]
+    V1_2,
+    #[serde(rename = "TLSV1_3")]
+    V1_3,
+}
+
+impl Spec for GatewaySpec {
+    fn validate(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if self.servers.is_empty() {
+            issues.push(Issue::new(
+                "spec.servers",
+                "at least one server is required",
+            ));
+        }
+        let ports = self
+            .servers
+            .iter()
+            .map(|s| ("", s.port.number, s.port.protocol.as_deref()));
+        check_service_ports("spec.servers.port", ports, &mut issues);
+        for (i, server) in self.servers.iter().enumerate() {
+            let at = format!("spec.servers[{i}]");
+            if server.hosts.is_empty() {
+                issues.push(Issue::new(
+                    format!("{at}.hosts"),
+                    "at least one host is required",
+                ));
+            }
+            if let Some(tls) = &server.tls {
+                let needs_certificate = matches!(
+                    tls.mode,
+                    Some(
+                        ServerTlsMode::Simple
+                            | ServerTlsMode::Mutual
+                            | ServerTlsMode::OptionalMutual
+                    )
+                );
+                let has_certificate = tls.credential_name.is_some()
+                    || !tls.credential_names.is_empty()
+                    || !tls.tls_certificates.is_empty()
+                    || (tls.server_certificate.is_some() && tls.private_key.is_some());
+                if needs_certificate && !has_certificate {
+                    issues.push(Issue::new(
+                        format!("{at}.tls"),
+                        "this mode needs credentialName, or serverCertificate and privateKey",
+                    ));
+                }
+                if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version)
+                {
+                    if min != TlsProtocol::Auto
+                        && max != TlsProtocol::Auto
+                        && (min as u8) > (max as u8)
+                    {
+                        issues.push(Issue::new(
+                            format!("{at}.tls"),
+                            "minProtocolVersion is above maxProtocolVersion",
+                        ));
+                    }
+                }
+            }
+        }
+        issues
+    }
+}
