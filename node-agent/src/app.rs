@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use ambit_admin::{AdminServer, AdminState, Readiness, StopSignal};
+use ambit_admin::{AdminServer, AdminState, ConfigDump, Readiness, StopSignal};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
@@ -65,20 +65,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let readiness = Readiness::default();
-    let state = AdminState {
-        readiness: readiness.clone(),
-        registry: Arc::new(registry),
+    let registry = Arc::new(registry);
+    let config_dump: ConfigDump = {
+        let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
+        Arc::new(move || {
+            serde_json::json!({
+                "mesh": mesh.snapshot().config(),
+                "pods": lock(&enrollment).describe(),
+            })
+        })
     };
-    let readiness_server = AdminServer::bind(config.readiness_addr, state.clone()).await?;
-    let metrics_server = AdminServer::bind(config.metrics_addr, state).await?;
-    let (stopped, stopping) = tokio::sync::watch::channel(());
-    let wait = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
-    };
-    let admin = [
-        tokio::spawn(readiness_server.serve(wait(stopping.clone()))),
-        tokio::spawn(metrics_server.serve(wait(stopping))),
+    // Readiness for the kubelet and metrics for Prometheus are reachable
+    // from the network; the config dump only on the admin (loopback) port.
+    let listeners = [
+        (config.admin_addr, Some(registry.clone()), Some(config_dump)),
+        (config.metrics_addr, Some(registry), None),
+        (config.readiness_addr, None, None),
     ];
+    let (stopped, stopping) = tokio::sync::watch::channel(());
+    let mut admin = Vec::new();
+    for (addr, registry, config_dump) in listeners {
+        let state = AdminState {
+            readiness: readiness.clone(),
+            registry,
+            config_dump,
+        };
+        let server = AdminServer::bind(addr, state).await?;
+        let mut stopping = stopping.clone();
+        admin.push(tokio::spawn(server.serve(async move {
+            let _ = stopping.changed().await;
+        })));
+    }
     readiness.set_ready(true);
     tracing::info!(enrolled = lock(&enrollment).enrolled_count(), "ready");
 

@@ -38,6 +38,11 @@ pub struct Args {
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
 
+    /// Where the admin endpoints (config dump, metrics, readiness) are
+    /// served: loopback only, as Istio's proxies do.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
     /// Where the readiness probe is served (Istio's port).
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
@@ -60,6 +65,7 @@ pub struct Config {
     pub cni_socket: PathBuf,
     pub state_dir: PathBuf,
     pub mesh_config: Option<PathBuf>,
+    pub admin_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub drain_timeout: Duration,
@@ -75,6 +81,7 @@ impl Config {
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
             mesh_config: args.mesh_config,
+            admin_addr: args.admin_addr,
             readiness_addr: args.readiness_addr,
             metrics_addr: args.metrics_addr,
             drain_timeout: Duration::from_secs(args.drain_seconds),

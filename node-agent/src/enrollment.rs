@@ -31,6 +31,16 @@ pub enum EnrollError {
     Capture(#[from] CaptureError),
 }
 
+/// A known pod as the config dump shows it.
+#[derive(serde::Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct PodStatus {
+    #[serde(flatten)]
+    pub pod: PodRef,
+    pub ips: Vec<Ipv4Addr>,
+    pub netns: String,
+    pub enrolled: bool,
+}
+
 /// A pod the agent knows, enrolled or not.
 struct KnownPod {
     sandbox: PodSandbox,
@@ -84,6 +94,19 @@ impl Enrollment {
         self.reconcile();
         self.persist();
         Ok(())
+    }
+
+    /// Every known pod and whether it is enrolled, for the config dump.
+    pub fn describe(&self) -> Vec<PodStatus> {
+        self.pods
+            .values()
+            .map(|known| PodStatus {
+                pod: known.sandbox.pod.clone(),
+                ips: known.sandbox.ips.clone(),
+                netns: known.sandbox.netns.display().to_string(),
+                enrolled: known.enrolled.is_some(),
+            })
+            .collect()
     }
 
     pub fn enrolled_count(&self) -> usize {

@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 
 use crate::{Cluster, Node, Pod, Process};
 
+const ADMIN_PORT: u16 = 15000;
 const READINESS_PORT: u16 = 15021;
 const METRICS_PORT: u16 = 15020;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -97,6 +98,15 @@ pub fn start_agents(cluster: &Cluster) -> anyhow::Result<Vec<NodeAgent>> {
     Ok(agents)
 }
 
+/// The agent's HTTP ports a test can reach.
+#[derive(Clone, Copy, Debug)]
+pub enum AgentPort {
+    /// 15000 on the node's loopback: config dump, metrics, readiness.
+    Admin,
+    /// 15020 on the node's address: metrics (and readiness).
+    Metrics,
+}
+
 /// A node's agent, as the test bed runs it.
 pub struct NodeAgent {
     node: String,
@@ -144,6 +154,26 @@ impl NodeAgent {
     /// The agent's CPU time so far and resident memory now.
     pub fn usage(&self) -> anyhow::Result<crate::Usage> {
         self.process.usage()
+    }
+
+    /// GET `path` on the agent's admin port (loopback of its node), or on
+    /// its metrics port (reachable from the network).
+    pub fn get(
+        &self,
+        cluster: &Cluster,
+        port: AgentPort,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let node = cluster.node(&self.node)?;
+        let addr = match port {
+            AgentPort::Admin => {
+                SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, self.generation)))
+            }
+            AgentPort::Metrics => {
+                SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, self.generation)))
+            }
+        };
+        node.place().http_get(addr, path)
     }
 
     /// The agent's Prometheus metrics, as scraped from its node.
@@ -258,6 +288,10 @@ fn spawn_agent(
         dir.join("state").into(),
         "--mesh-config".into(),
         config_path(cluster).into(),
+        "--admin-addr".into(),
+        SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, generation)))
+            .to_string()
+            .into(),
         "--readiness-addr".into(),
         readiness.to_string().into(),
         "--metrics-addr".into(),

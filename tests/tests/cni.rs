@@ -1,7 +1,7 @@
 //! The real `ambit-cni` binary, run as a container runtime runs it, against
 //! the real agent: spec-conformant errors, and no half-enrolled pod.
 
-use ambit_testbed::mesh::{self, run_cni, sample, NodeAgent};
+use ambit_testbed::mesh::{self, run_cni, sample, AgentPort, NodeAgent};
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::Cluster;
 use serde_json::Value;
@@ -92,6 +92,18 @@ fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
     assert!(agent.cni(&cluster, "CHECK", app)?.status.success());
     HttpLoad::new(1).run(&cluster, app.place(), &url)?;
     assert_eq!(captured()?, 1.0);
+    // The admin port's config dump shows the pod; the network-facing
+    // metrics port does not serve it.
+    let (status, dump) = agent.get(&cluster, AgentPort::Admin, "/config_dump")?;
+    let dump: Value = serde_json::from_str(&dump)?;
+    assert_eq!(status, 200);
+    assert_eq!(dump["pods"][0]["name"], "app", "{dump}");
+    assert_eq!(dump["pods"][0]["enrolled"], true, "{dump}");
+    assert_eq!(dump["pods"][0]["ips"][0], app.ip.to_string(), "{dump}");
+    assert_eq!(
+        agent.get(&cluster, AgentPort::Metrics, "/config_dump")?.0,
+        404
+    );
 
     // DEL forgets it: CHECK fails, and its traffic is no longer captured.
     assert!(agent.cni(&cluster, "DEL", app)?.status.success());

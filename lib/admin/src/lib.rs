@@ -21,6 +21,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub const READY_PATH: &str = "/healthz/ready";
 /// Prometheus scrape path.
 pub const METRICS_PATH: &str = "/metrics";
+/// The effective configuration, as Istio's proxies name it.
+pub const CONFIG_DUMP_PATH: &str = "/config_dump";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -61,11 +63,17 @@ pub fn init_logging() {
         .init();
 }
 
-/// What the admin endpoints answer from.
+/// Produces the effective configuration as JSON, on demand.
+pub type ConfigDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What an admin listener answers from. Readiness is always served; metrics
+/// and the config dump only where given, so a listener reachable from the
+/// network can leave the config dump out.
 #[derive(Clone)]
 pub struct AdminState {
     pub readiness: Readiness,
-    pub registry: Arc<Registry>,
+    pub registry: Option<Arc<Registry>>,
+    pub config_dump: Option<ConfigDump>,
 }
 
 /// An admin HTTP listener, bound and ready to serve.
@@ -118,22 +126,34 @@ impl AdminServer {
 }
 
 fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n".to_string());
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, READY_PATH) if state.readiness.is_ready() => {
             (StatusCode::OK, "ready\n".into())
         }
         (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-        (&Method::GET, METRICS_PATH) => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-                Ok(()) => (StatusCode::OK, text),
-                Err(_) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "encoding metrics failed\n".into(),
-                ),
+        (&Method::GET, METRICS_PATH) => match &state.registry {
+            Some(registry) => {
+                let mut text = String::new();
+                match prometheus_client::encoding::text::encode(&mut text, registry) {
+                    Ok(()) => (StatusCode::OK, text),
+                    Err(_) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding metrics failed\n".into(),
+                    ),
+                }
             }
-        }
-        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            None => not_found(),
+        },
+        (&Method::GET, CONFIG_DUMP_PATH) => match &state.config_dump {
+            Some(dump) => {
+                let mut text = serde_json::to_string_pretty(&dump()).unwrap_or_default();
+                text.push('\n');
+                (StatusCode::OK, text)
+            }
+            None => not_found(),
+        },
+        _ => not_found(),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -198,7 +218,8 @@ mod tests {
         requests.inc_by(3);
         let state = AdminState {
             readiness: readiness.clone(),
-            registry: Arc::new(registry),
+            registry: Some(Arc::new(registry)),
+            config_dump: Some(Arc::new(|| serde_json::json!({"pods": ["default/web"]}))),
         };
         let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), state)
             .await
@@ -219,6 +240,35 @@ mod tests {
         let (status, metrics) = get(addr, METRICS_PATH).await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(metrics.contains("demo_requests_total 3"), "{metrics}");
+        let (status, dump) = get(addr, CONFIG_DUMP_PATH).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&dump).ok(),
+            Some(serde_json::json!({"pods": ["default/web"]}))
+        );
+
+        // A listener given no config dump does not serve one.
+        let bare = AdminServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            AdminState {
+                readiness: readiness.clone(),
+                registry: None,
+                config_dump: None,
+            },
+        )
+        .await
+        .expect("bind");
+        let bare_addr = bare.local_addr().expect("local address");
+        tokio::spawn(bare.serve(std::future::pending()));
+        assert_eq!(
+            get(bare_addr, CONFIG_DUMP_PATH).await.0,
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(
+            get(bare_addr, METRICS_PATH).await.0,
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(get(bare_addr, READY_PATH).await.0, "HTTP/1.1 200 OK");
 
         stop.send(()).expect("server still running");
         serving.await.expect("server task");
