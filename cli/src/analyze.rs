@@ -28,7 +28,7 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         .count();
     let warnings = parsed.problems.len() - errors;
     println!(
-        "{} Istio objects in {} files: {errors} errors, {warnings} warnings",
+        "{} objects in {} files: {errors} errors, {warnings} warnings",
         parsed.resources.len() + rejected_objects(&parsed),
         names.len()
     );

@@ -34,7 +34,7 @@ fn a_clean_directory_passes() {
     // across files (the subsets are defined in another file).
     assert_eq!(
         stdout.trim(),
-        "26 Istio objects in 11 files: 0 errors, 0 warnings"
+        "30 objects in 12 files: 0 errors, 0 warnings"
     );
 }
 
@@ -59,7 +59,7 @@ spec:
         lines,
         [
             "<stdin>: error: VirtualService default/reviews: spec.http[0].route: weights add up to 90, not 100",
-            "5 Istio objects in 2 files: 1 errors, 0 warnings",
+            "5 objects in 2 files: 1 errors, 0 warnings",
         ]
     );
 

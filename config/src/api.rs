@@ -1,6 +1,7 @@
 //! Istio's resource types, field for field, with the checks Istio's own
 //! validation makes. Field names follow the YAML (`camelCase`).
 
+pub mod core;
 pub mod meta;
 pub mod networking;
 pub mod security;

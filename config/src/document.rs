@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::api::core::{EndpointSliceBody, NamespaceBody, PodBody, ServiceBody};
 use crate::api::meta::ObjectMeta;
 use crate::api::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
@@ -19,6 +20,10 @@ use crate::api::{Issue, Spec};
 
 /// Kinds read, with the API versions Istio serves for each.
 const KINDS: &[(&str, &str, &[&str])] = &[
+    ("", "Namespace", &["v1"]),
+    ("", "Pod", &["v1"]),
+    ("", "Service", &["v1"]),
+    ("discovery.k8s.io", "EndpointSlice", &["v1"]),
     (
         "networking.istio.io",
         "VirtualService",
@@ -148,6 +153,10 @@ pub fn qualify_host(host: &str, namespace: &str) -> String {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
+    Namespace(Object<NamespaceBody>),
+    Pod(Object<PodBody>),
+    Service(Object<ServiceBody>),
+    EndpointSlice(Object<EndpointSliceBody>),
     VirtualService(Object<VirtualServiceSpec>),
     DestinationRule(Object<DestinationRuleSpec>),
     ServiceEntry(Object<ServiceEntrySpec>),
@@ -159,6 +168,10 @@ pub enum Resource {
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Namespace(_) => "Namespace",
+            Self::Pod(_) => "Pod",
+            Self::Service(_) => "Service",
+            Self::EndpointSlice(_) => "EndpointSlice",
             Self::VirtualService(_) => "VirtualService",
             Self::DestinationRule(_) => "DestinationRule",
             Self::ServiceEntry(_) => "ServiceEntry",
@@ -171,6 +184,10 @@ impl Resource {
     /// The object's API version, kind, namespace and name, whatever its kind.
     pub fn describe(&self) -> (&str, ObjectRef) {
         match self {
+            Self::Namespace(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::Pod(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::Service(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::EndpointSlice(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::VirtualService(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::DestinationRule(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::ServiceEntry(o) => (&o.api_version, o.object_ref(self.kind())),
@@ -381,18 +398,30 @@ fn read_document(
             ),
         )]);
     }
-    let spec = value
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Mapping(Default::default()));
+    // Kubernetes' own kinds are read whole and leniently (their many other
+    // fields do not matter); Istio's kinds by their spec, strictly.
+    let kubernetes_kind = matches!(group, "" | "discovery.k8s.io");
+    let body = if kubernetes_kind {
+        value
+    } else {
+        value
+            .get("spec")
+            .cloned()
+            .unwrap_or(Value::Mapping(Default::default()))
+    };
     let raw = Raw {
         source,
         document,
+        strict: !kubernetes_kind,
         api_version,
         metadata,
-        spec,
+        body,
     };
     let resource = match kind.as_str() {
+        "Namespace" => Resource::Namespace(read_object(raw, &object)?),
+        "Pod" => Resource::Pod(read_object(raw, &object)?),
+        "Service" => Resource::Service(read_object(raw, &object)?),
+        "EndpointSlice" => Resource::EndpointSlice(read_object(raw, &object)?),
         "VirtualService" => Resource::VirtualService(read_object(raw, &object)?),
         "DestinationRule" => Resource::DestinationRule(read_object(raw, &object)?),
         "ServiceEntry" => Resource::ServiceEntry(read_object(raw, &object)?),
@@ -409,13 +438,15 @@ fn read_document(
 struct Raw {
     source: usize,
     document: usize,
+    /// Unknown fields are errors, and paths start at `spec`.
+    strict: bool,
     api_version: String,
     metadata: ObjectMeta,
-    spec: Value,
+    body: Value,
 }
 
 fn read_object<S: Spec>(raw: Raw, object: &ObjectRef) -> Result<Object<S>, Vec<Found>> {
-    let spec: S = typed(raw.spec, object)?;
+    let spec: S = typed(raw.body, object, raw.strict)?;
     check(spec.validate(), object)?;
     Ok(Object {
         source: raw.source,
@@ -426,24 +457,29 @@ fn read_object<S: Spec>(raw: Raw, object: &ObjectRef) -> Result<Object<S>, Vec<F
     })
 }
 
-/// Deserializes a spec, reporting the path of a bad field and every field
-/// the type does not know. Unknown fields are errors: in a policy, a field
-/// Ambit ignored could be the one that was meant to restrict access.
-fn typed<S: DeserializeOwned>(spec: Value, object: &ObjectRef) -> Result<S, Vec<Found>> {
+/// Deserializes a body, reporting the path of a bad field. With `strict`
+/// (Istio's kinds) every field the type does not know is an error too: in a
+/// policy, a field Ambit ignored could be the one meant to restrict access.
+fn typed<S: DeserializeOwned>(
+    spec: Value,
+    object: &ObjectRef,
+    strict: bool,
+) -> Result<S, Vec<Found>> {
+    let root = if strict { "spec" } else { "" };
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let parsed = serde_ignored::deserialize(
         serde_path_to_error::Deserializer::new(spec, &mut track),
-        |path| unknown.push(field_path(&path.to_string())),
+        |path| unknown.push(field_path(root, &path.to_string())),
     );
     let found =
         |path: String, message: String| (Some(object.clone()), path, message, Severity::Error);
     match parsed {
         Err(error) => Err(vec![found(
-            field_path(&track.path().to_string()),
+            field_path(root, &track.path().to_string()),
             error.to_string(),
         )]),
-        Ok(_) if !unknown.is_empty() => Err(unknown
+        Ok(_) if strict && !unknown.is_empty() => Err(unknown
             .into_iter()
             .map(|path| found(path, "unknown field".into()))
             .collect()),
@@ -468,15 +504,17 @@ fn check(issues: Vec<Issue>, object: &ObjectRef) -> Result<(), Vec<Found>> {
         .collect())
 }
 
-/// `spec.` plus a path written `a.0.b` or `a[0].b`, as `spec.a[0].b`.
-fn field_path(inner: &str) -> String {
-    let mut path = String::from("spec");
+/// `root` plus a path written `a.0.b` or `a[0].b`: `spec.a[0].b`.
+fn field_path(root: &str, inner: &str) -> String {
+    let mut path = String::from(root);
     for segment in inner.split('.').filter(|s| !s.is_empty() && *s != "?") {
         if segment.starts_with('[') || segment.bytes().all(|b| b.is_ascii_digit()) {
             let index = segment.trim_start_matches('[').trim_end_matches(']');
             path.push_str(&format!("[{index}]"));
         } else {
-            path.push('.');
+            if !path.is_empty() {
+                path.push('.');
+            }
             path.push_str(segment);
         }
     }

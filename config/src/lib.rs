@@ -4,9 +4,10 @@
 //! [`document`] turns YAML manifests into [`document::Resource`]s, accepting
 //! each kind under every version Istio serves and reporting unknown fields;
 //! [`api`] holds the types and their validation: `networking.istio.io`
-//! VirtualService, DestinationRule, ServiceEntry, Gateway and
-//! `security.istio.io` AuthorizationPolicy, PeerAuthentication. The mesh
-//! model built from them, and its sources, come next.
+//! VirtualService, DestinationRule, ServiceEntry, Gateway,
+//! `security.istio.io` AuthorizationPolicy, PeerAuthentication, and the
+//! Kubernetes kinds the mesh is built from (Namespace, Pod, Service,
+//! EndpointSlice). The mesh model built from them, and its sources, come next.
 
 pub mod api;
 pub mod document;
