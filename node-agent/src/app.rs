@@ -20,10 +20,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting ambit-node-agent");
     raise_open_files_limit();
 
-    let initial = match &config.mesh_config {
-        Some(path) => MeshConfig::load(path)?,
+    let initial = match &config.config_dir {
+        Some(dir) => MeshConfig::load_dir(dir)?,
         None => {
-            tracing::warn!("no --mesh-config: no pod is enrolled");
+            tracing::warn!("no --config-dir: no pod is enrolled");
             MeshConfig::default()
         }
     };
@@ -55,10 +55,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cni = cni_server::bind(&config.cni_socket)
         .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
     let cni_task = tokio::spawn(cni_server::serve(cni, enrollment.clone()));
-    let watch_task = config.mesh_config.clone().map(|path| {
+    let watch_task = config.config_dir.clone().map(|dir| {
         let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
-        tokio::spawn(mesh::watch(path, move |config| {
-            tracing::info!("mesh config changed");
+        tokio::spawn(mesh::watch(dir, move |config| {
+            tracing::info!("config changed");
             mesh.replace(MeshSnapshot::new(config));
             lock(&enrollment).reconcile();
         }))

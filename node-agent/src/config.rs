@@ -33,10 +33,11 @@ pub struct Args {
     #[arg(long, default_value = "/var/run/ambit")]
     pub state_dir: PathBuf,
 
-    /// Mesh configuration (JSON: namespaces, pods and their labels,
-    /// services), watched for changes. Without it no pod is enrolled.
+    /// A directory of Kubernetes manifests (Namespaces, Pods, Services,
+    /// EndpointSlices, Istio's kinds), watched for changes. Without it no
+    /// pod is enrolled.
     #[arg(long)]
-    pub mesh_config: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
 
     /// Where the admin endpoints (config dump, metrics, readiness) are
     /// served: loopback only, as Istio's proxies do.
@@ -64,7 +65,7 @@ pub struct Config {
     pub bpf_pin_dir: PathBuf,
     pub cni_socket: PathBuf,
     pub state_dir: PathBuf,
-    pub mesh_config: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
     pub admin_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -80,7 +81,7 @@ impl Config {
             bpf_pin_dir: args.bpf_pin_dir,
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
-            mesh_config: args.mesh_config,
+            config_dir: args.config_dir,
             admin_addr: args.admin_addr,
             readiness_addr: args.readiness_addr,
             metrics_addr: args.metrics_addr,

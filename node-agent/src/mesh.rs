@@ -1,9 +1,9 @@
 //! What the agent knows of the mesh: which pods are enrolled and which
 //! addresses are Services. Pure decisions over one immutable snapshot.
 //!
-//! Until the configuration model lands this comes from a small JSON file
-//! (`--mesh-config`), watched for changes; the decisions stay the same when
-//! Kubernetes becomes the source.
+//! The snapshot is compiled from Kubernetes manifests (Namespaces, Pods,
+//! Services, EndpointSlices) in a directory (`--config-dir`), watched for
+//! changes; the Kubernetes API becomes another source of the same objects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ambit_cni::protocol::PodRef;
+use ambit_config::api::core::{EndpointSliceBody, IntOrString};
+use ambit_config::document::{parse_sources, Resource, Severity};
 use serde::{Deserialize, Serialize};
 
 /// The label that puts a namespace or a pod in the mesh, as in Istio.
@@ -22,122 +24,204 @@ pub const DATAPLANE_MODE_NONE: &str = "none";
 
 pub type Labels = BTreeMap<String, String>;
 
-/// The file's contents.
+/// The mesh as the agent uses it, compiled from manifests.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct MeshConfig {
-    #[serde(default)]
     pub namespaces: Vec<NamespaceConfig>,
-    #[serde(default)]
     pub pods: Vec<PodConfig>,
-    #[serde(default)]
     pub services: Vec<ServiceConfig>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     pub name: String,
-    #[serde(default)]
     pub labels: Labels,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct PodConfig {
     pub namespace: String,
     pub name: String,
-    #[serde(default)]
     pub labels: Labels,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceConfig {
     pub namespace: String,
     pub name: String,
     pub vip: Ipv4Addr,
     pub ports: Vec<ServicePort>,
-    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
+    /// The Service port's name: EndpointSlices name their ports after it.
+    pub name: Option<String>,
     pub port: u16,
     pub target_port: u16,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub ip: Ipv4Addr,
-    #[serde(default = "ready_by_default")]
     pub ready: bool,
 }
 
-fn ready_by_default() -> bool {
-    true
+impl MeshConfig {
+    /// Compiles the objects the agent uses; Istio's kinds are not used yet.
+    /// A Service is matched to its EndpointSlices by the
+    /// `kubernetes.io/service-name` label; its target port is the slice's port
+    /// of the same name, else a numeric `targetPort`, else the port itself.
+    pub fn from_resources(resources: &[Resource]) -> Self {
+        let mut config = Self::default();
+        let mut slices: HashMap<(String, String), Vec<&EndpointSliceBody>> = HashMap::new();
+        for resource in resources {
+            match resource {
+                Resource::Namespace(ns) => config.namespaces.push(NamespaceConfig {
+                    name: ns.metadata.name.clone(),
+                    labels: ns.metadata.labels.clone(),
+                }),
+                Resource::Pod(pod) => config.pods.push(PodConfig {
+                    namespace: pod.namespace().to_string(),
+                    name: pod.metadata.name.clone(),
+                    labels: pod.metadata.labels.clone(),
+                }),
+                Resource::EndpointSlice(slice) => {
+                    if let Some(service) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
+                        slices
+                            .entry((slice.namespace().to_string(), service.clone()))
+                            .or_default()
+                            .push(&slice.spec);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for resource in resources {
+            let Resource::Service(service) = resource else {
+                continue;
+            };
+            let Some(vip) = service
+                .spec
+                .spec
+                .cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+            else {
+                continue; // headless or IPv6: not routed by VIP
+            };
+            let key = (
+                service.namespace().to_string(),
+                service.metadata.name.clone(),
+            );
+            let slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let ports = service
+                .spec
+                .spec
+                .ports
+                .iter()
+                .filter_map(|port| {
+                    let from_slice = slices
+                        .iter()
+                        .flat_map(|slice| &slice.ports)
+                        .find(|p| p.name == port.name)
+                        .and_then(|p| p.port);
+                    let numeric = match port.target_port {
+                        Some(IntOrString::Int(target)) => Some(target),
+                        _ => None,
+                    };
+                    Some(ServicePort {
+                        name: port.name.clone(),
+                        port: u16::try_from(port.port).ok()?,
+                        target_port: u16::try_from(from_slice.or(numeric).unwrap_or(port.port))
+                            .ok()?,
+                    })
+                })
+                .collect();
+            let endpoints = slices
+                .iter()
+                .filter(|slice| slice.address_type == "IPv4")
+                .flat_map(|slice| &slice.endpoints)
+                .flat_map(|endpoint| {
+                    let ready = endpoint.conditions.is_ready();
+                    endpoint.addresses.iter().filter_map(move |ip| {
+                        Some(Endpoint {
+                            ip: ip.parse().ok()?,
+                            ready,
+                        })
+                    })
+                })
+                .collect();
+            config.services.push(ServiceConfig {
+                namespace: key.0,
+                name: key.1,
+                vip,
+                ports,
+                endpoints,
+            });
+        }
+        config
+    }
+
+    /// Reads every manifest (`.yaml`, `.yml`, `.json`) in `dir`. Problems are
+    /// logged, naming the file, object and field; objects with an error are
+    /// left out and everything else applies.
+    pub fn load_dir(dir: &Path) -> Result<Self, MeshConfigError> {
+        let files = manifest_files(dir)?;
+        let mut texts = Vec::new();
+        for file in &files {
+            texts.push(
+                std::fs::read_to_string(file).map_err(|source| MeshConfigError::Read {
+                    path: file.display().to_string(),
+                    source,
+                })?,
+            );
+        }
+        let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+        for problem in &parsed.problems {
+            let file = files[problem.source].display();
+            match problem.severity {
+                Severity::Error => tracing::error!("{file}: {problem}"),
+                Severity::Warning => tracing::warn!("{file}: {problem}"),
+            }
+        }
+        Ok(Self::from_resources(&parsed.resources))
+    }
 }
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshConfigError {
-    #[error("reading mesh config {path}: {source}")]
+    #[error("reading {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("mesh config {path}: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("mesh config {path}: {message}")]
-    Invalid { path: String, message: String },
 }
 
-impl MeshConfig {
-    pub fn load(path: &Path) -> Result<Self, MeshConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| MeshConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let config: Self =
-            serde_json::from_slice(&text).map_err(|source| MeshConfigError::Parse {
-                path: shown.clone(),
-                source,
-            })?;
-        config
-            .validate()
-            .map_err(|message| MeshConfigError::Invalid {
-                path: shown,
-                message,
-            })?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        let mut vips = HashMap::new();
-        for service in &self.services {
-            let name = format!("service {}/{}", service.namespace, service.name);
-            for port in &service.ports {
-                if port.port == 0 || port.target_port == 0 {
-                    return Err(format!(
-                        "{name}: ports.port and ports.targetPort must be 1-65535"
-                    ));
-                }
-                if let Some(other) = vips.insert((service.vip, port.port), name.clone()) {
-                    return Err(format!(
-                        "{name}: {}:{} is also {other}",
-                        service.vip, port.port
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+/// Manifest files in `dir`, in name order.
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, MeshConfigError> {
+    let read = |source| MeshConfigError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    files.retain(|file| {
+        file.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+    });
+    files.sort();
+    Ok(files)
 }
 
 /// Where an outbound connection goes.
@@ -268,32 +352,39 @@ impl MeshHandle {
     }
 }
 
-/// How often the mesh config file is checked for changes.
+/// How often the config directory is checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Watches the mesh config file and calls `changed` with every new valid
-/// version; an invalid version is reported and the last valid one stays.
-pub async fn watch(path: PathBuf, mut changed: impl FnMut(MeshConfig)) {
-    let mut seen: Option<(SystemTime, u64)> = stamp(&path);
+/// Watches the config directory and calls `changed` with the mesh each time
+/// a file in it is added, changed or removed.
+pub async fn watch(dir: PathBuf, mut changed: impl FnMut(MeshConfig)) {
+    let mut seen = stamp(&dir);
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
-        let now = stamp(&path);
+        let now = stamp(&dir);
         if now == seen {
             continue;
         }
         seen = now;
-        match MeshConfig::load(&path) {
+        match MeshConfig::load_dir(&dir) {
             Ok(config) => changed(config),
             Err(error) => {
-                tracing::error!(%error, "mesh config change ignored; the previous one stays in force")
+                tracing::error!(%error, "config change ignored; the previous config stays in force")
             }
         }
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
+/// Names, sizes and modification times of the manifests in `dir`.
+fn stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    manifest_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|file| {
+            let metadata = std::fs::metadata(&file).ok()?;
+            Some((file, metadata.len(), metadata.modified().ok()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

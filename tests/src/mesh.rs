@@ -23,13 +23,69 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Short, so a test that stops an agent does not wait long for the drain.
 const DRAIN_SECONDS: &str = "5";
 
-/// Writes the mesh configuration every agent of the cluster watches.
+/// Writes `config` as the Kubernetes manifests (Namespaces, Pods, Services,
+/// EndpointSlices) that every agent of the cluster watches.
 pub fn write_config(cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()> {
-    let path = config_path(cluster);
-    // Written beside and renamed, so an agent never reads half a file.
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(config)?)?;
+    let dir = config_dir(cluster);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("mesh.yaml");
+    // Written beside (under a name agents skip) and renamed, so an agent
+    // never reads half a file.
+    let temporary = dir.join("mesh.yaml.tmp");
+    std::fs::write(&temporary, manifests(config)?)?;
     std::fs::rename(&temporary, &path).context("writing the mesh config")
+}
+
+/// The manifests for `config`, one JSON document each (JSON is YAML).
+fn manifests(config: &MeshConfig) -> anyhow::Result<String> {
+    let mut documents = Vec::new();
+    for ns in &config.namespaces {
+        documents.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": ns.name, "labels": ns.labels },
+        }));
+    }
+    for pod in &config.pods {
+        documents.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": pod.name, "namespace": pod.namespace, "labels": pod.labels },
+        }));
+    }
+    for service in &config.services {
+        let metadata = serde_json::json!({ "name": service.name, "namespace": service.namespace });
+        let ports: Vec<_> = service
+            .ports
+            .iter()
+            .map(|p| serde_json::json!({ "name": p.name, "port": p.port, "targetPort": p.target_port }))
+            .collect();
+        documents.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata,
+            "spec": { "clusterIP": service.vip, "ports": ports },
+        }));
+        let endpoints: Vec<_> = service
+            .endpoints
+            .iter()
+            .map(|e| serde_json::json!({ "addresses": [e.ip], "conditions": { "ready": e.ready } }))
+            .collect();
+        let slice_ports: Vec<_> = service
+            .ports
+            .iter()
+            .map(|p| serde_json::json!({ "name": p.name, "port": p.target_port }))
+            .collect();
+        documents.push(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{}-1", service.name), "namespace": service.namespace,
+                "labels": { "kubernetes.io/service-name": service.name },
+            },
+            "addressType": "IPv4", "endpoints": endpoints, "ports": slice_ports,
+        }));
+    }
+    let documents = documents
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(documents.join("\n---\n") + "\n")
 }
 
 /// A mesh config that enrolls exactly `enrolled` (each by its own label) and
@@ -65,7 +121,11 @@ pub fn service(
         namespace: "default".into(),
         name: name.into(),
         vip,
-        ports: vec![ServicePort { port, target_port }],
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port,
+            target_port,
+        }],
         endpoints: pods
             .iter()
             .map(|pod| Endpoint {
@@ -76,8 +136,8 @@ pub fn service(
     }
 }
 
-fn config_path(cluster: &Cluster) -> PathBuf {
-    cluster.work_dir().join("mesh.json")
+fn config_dir(cluster: &Cluster) -> PathBuf {
+    cluster.work_dir().join("config")
 }
 
 /// Starts an agent on every node, in node order, and hands each its node's
@@ -286,8 +346,8 @@ fn spawn_agent(
         dir.join("cni.sock").into(),
         "--state-dir".into(),
         dir.join("state").into(),
-        "--mesh-config".into(),
-        config_path(cluster).into(),
+        "--config-dir".into(),
+        config_dir(cluster).into(),
         "--admin-addr".into(),
         SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, generation)))
             .to_string()

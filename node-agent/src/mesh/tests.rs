@@ -64,6 +64,7 @@ fn reviews(endpoints: Vec<Endpoint>) -> MeshConfig {
             name: "reviews".into(),
             vip: Ipv4Addr::new(10, 96, 0, 10),
             ports: vec![ServicePort {
+                name: Some("http".into()),
                 port: 80,
                 target_port: 9080,
             }],
@@ -114,42 +115,67 @@ fn a_service_without_ready_endpoints_is_refused() {
 }
 
 #[test]
-fn bad_files_are_refused_with_the_reason() {
-    /// Removed when dropped, also when an assertion fails.
-    struct TempDir(std::path::PathBuf);
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = TempDir(std::env::temp_dir().join(format!("ambit-mesh-test-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cases = [
-        (
-            r#"{"namespaces": [{"name": "a", "labels": {}}], "extra": 1}"#,
-            "unknown field `extra`",
-        ),
-        (
-            r#"{"services": [{"namespace": "a", "name": "s", "vip": "10.96.0.1", "ports": [{"port": 0, "targetPort": 80}]}]}"#,
-            "1-65535",
-        ),
-        (
-            r#"{"services": [{"namespace": "a", "name": "s", "vip": "not-an-ip", "ports": []}]}"#,
-            "invalid IPv4 address",
-        ),
-        (
-            r#"{"services": [{"namespace": "a", "name": "s", "vip": "10.96.0.1", "ports": [{"port": 80, "targetPort": 80}]},
-                             {"namespace": "a", "name": "t", "vip": "10.96.0.1", "ports": [{"port": 80, "targetPort": 81}]}]}"#,
-            "10.96.0.1:80 is also service a/s",
-        ),
-    ];
-    for (i, (text, says)) in cases.iter().enumerate() {
-        let path = dir.0.join(format!("mesh-{i}.json"));
-        std::fs::write(&path, text).unwrap();
-        let error = MeshConfig::load(&path).unwrap_err().to_string();
-        assert!(
-            error.contains(says) && error.contains(&path.display().to_string()),
-            "{error}"
+fn manifests_compile_to_enrollment_and_service_routes() {
+    let manifests = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: shop, labels: {istio.io/dataplane-mode: none}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.42
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: admin, port: 9000, targetPort: 9001}
+  - {name: other, port: 7000}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.1.7], conditions: {ready: true}}
+- {addresses: [10.244.2.9], conditions: {ready: false}}
+ports:
+- {name: http, port: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: shop}
+spec: {clusterIP: None, ports: [{port: 80}]}
+"#;
+    let parsed = ambit_config::document::parse_manifests(manifests);
+    assert_eq!(parsed.problems, vec![]);
+    let config = MeshConfig::from_resources(&parsed.resources);
+    let snapshot = MeshSnapshot::new(config.clone());
+    assert!(snapshot.is_enrolled(&pod("shop", "cart-0")));
+    assert!(!snapshot.is_enrolled(&pod("shop", "legacy")));
+
+    assert_eq!(
+        config.services.len(),
+        1,
+        "a headless Service has no VIP to route"
+    );
+    let cart = &config.services[0];
+    let ports: Vec<(u16, u16)> = cart.ports.iter().map(|p| (p.port, p.target_port)).collect();
+    // Named target port from the slice, numeric target port, none (= port).
+    assert_eq!(ports, [(80, 8080), (9000, 9001), (7000, 7000)]);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 42), 80);
+    let ready = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 7), 8080);
+    for _ in 0..3 {
+        assert_eq!(
+            snapshot.route(vip),
+            Route::Service {
+                service: "cart.shop".into(),
+                endpoint: ready
+            },
+            "only the ready endpoint"
         );
     }
 }
