@@ -9,10 +9,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
 use crate::enrollment::Enrollment;
-use crate::mesh::{self, MeshConfig, MeshHandle, MeshSnapshot};
+use crate::mesh::{self, MeshHandle};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
+use ambit_config::model::{MeshConfig, MeshSnapshot};
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -21,7 +22,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let initial = match &config.config_dir {
-        Some(dir) => MeshConfig::load_dir(dir)?,
+        Some(dir) => mesh::load_dir(dir)?,
         None => {
             tracing::warn!("no --config-dir: no pod is enrolled");
             MeshConfig::default()

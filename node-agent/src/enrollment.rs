@@ -11,9 +11,9 @@ use std::sync::Arc;
 use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 
 use crate::capture::{Capture, CaptureError, PodCapture};
-use crate::mesh::MeshSnapshot;
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
+use ambit_config::model::MeshSnapshot;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -148,7 +148,7 @@ impl Enrollment {
                 Response::Ok { enrolled: false }
             }
             Request::Check(sandbox) => {
-                let should = snapshot.is_enrolled(&sandbox.pod);
+                let should = snapshot.is_enrolled(&sandbox.pod.namespace, &sandbox.pod.name);
                 match self.pods.get(&sandbox.pod) {
                     Some(known) if known.enrolled.is_some() == should => {
                         Response::Ok { enrolled: should }
@@ -187,7 +187,7 @@ impl Enrollment {
         known: &mut KnownPod,
         snapshot: &MeshSnapshot,
     ) -> Result<(), EnrollError> {
-        let should = snapshot.is_enrolled(&known.sandbox.pod);
+        let should = snapshot.is_enrolled(&known.sandbox.pod.namespace, &known.sandbox.pod.name);
         match (&known.enrolled, should) {
             (None, true) => {
                 known.enrolled = Some(self.enroll(&known.sandbox)?);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_node_agent::mesh::{
+use ambit_config::model::{
     Endpoint, MeshConfig, PodConfig, ServiceConfig, ServicePort, DATAPLANE_MODE_AMBIENT,
     DATAPLANE_MODE_LABEL,
 };

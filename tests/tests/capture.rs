@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ambit_node_agent::mesh::MeshConfig;
+use ambit_config::model::MeshConfig;
 use ambit_testbed::mesh::{self, NodeAgent};
 use ambit_testbed::Cluster;
 

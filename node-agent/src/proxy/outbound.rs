@@ -7,8 +7,8 @@ use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
 use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
-use crate::mesh::Route;
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use ambit_config::model::Route;
 
 /// Where an accepted outbound connection goes: the original destination,
 /// or for a Service address one of its endpoints.

@@ -1,11 +1,7 @@
 use super::*;
 
-fn pod(namespace: &str, name: &str) -> PodRef {
-    PodRef {
-        namespace: namespace.into(),
-        name: name.into(),
-        uid: format!("{namespace}-{name}"),
-    }
+fn pod(namespace: &'static str, name: &'static str) -> (&'static str, &'static str) {
+    (namespace, name)
 }
 
 fn labels(mode: &str) -> Labels {
@@ -53,7 +49,7 @@ fn enrollment_follows_istios_labels() {
         (pod("unknown-ns", "any"), false),
     ];
     for (pod, enrolled) in cases {
-        assert_eq!(snapshot.is_enrolled(&pod), enrolled, "{pod}");
+        assert_eq!(snapshot.is_enrolled(pod.0, pod.1), enrolled, "{pod:?}");
     }
 }
 
@@ -150,12 +146,12 @@ kind: Service
 metadata: {name: headless, namespace: shop}
 spec: {clusterIP: None, ports: [{port: 80}]}
 "#;
-    let parsed = ambit_config::document::parse_manifests(manifests);
+    let parsed = crate::document::parse_manifests(manifests);
     assert_eq!(parsed.problems, vec![]);
     let config = MeshConfig::from_resources(&parsed.resources);
     let snapshot = MeshSnapshot::new(config.clone());
-    assert!(snapshot.is_enrolled(&pod("shop", "cart-0")));
-    assert!(!snapshot.is_enrolled(&pod("shop", "legacy")));
+    assert!(snapshot.is_enrolled("shop", "cart-0"));
+    assert!(!snapshot.is_enrolled("shop", "legacy"));
 
     assert_eq!(
         config.services.len(),
