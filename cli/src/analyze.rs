@@ -2,9 +2,9 @@
 //! problem with its file, object and field path.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ambit_config::document::{parse_sources, Severity};
+use ambit_config::document::{manifest_files, parse_sources, Severity};
 use anyhow::Context;
 
 /// Analyzes `inputs`; returns whether no error was found.
@@ -59,9 +59,7 @@ fn read_input(input: &str) -> anyhow::Result<Vec<(String, String)>> {
     }
     let path = Path::new(input);
     let files = if path.is_dir() {
-        let mut files = Vec::new();
-        collect_manifests(path, &mut files)?;
-        files
+        manifest_files(path).with_context(|| format!("listing {}", path.display()))?
     } else {
         vec![path.to_path_buf()]
     };
@@ -73,25 +71,4 @@ fn read_input(input: &str) -> anyhow::Result<Vec<(String, String)>> {
             Ok((file.display().to_string(), text))
         })
         .collect()
-}
-
-/// Manifest files under `dir`, depth first, in name order.
-fn collect_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            collect_manifests(&entry, files)?;
-        } else if entry
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        {
-            files.push(entry);
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! Kinds Ambit does not read (Deployments, ConfigMaps, …) are skipped.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -204,6 +205,37 @@ impl Resource {
 pub struct Parsed {
     pub resources: Vec<Resource>,
     pub problems: Vec<Problem>,
+}
+
+/// The manifest files (`.yaml`, `.yml`, `.json`) under `dir`, depth first
+/// in name order. Hidden entries are skipped, among them the `..data`
+/// directories Kubernetes mounts a ConfigMap with (its files are reached
+/// through the top-level links).
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    let mut files = Vec::new();
+    for entry in entries {
+        let hidden = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() {
+            files.extend(manifest_files(&entry)?);
+        } else if entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(entry);
+        }
+    }
+    Ok(files)
 }
 
 /// Reads every document of a YAML stream.

@@ -135,23 +135,21 @@ impl Capture {
                 path: object.to_path_buf(),
                 source: Box::new(source),
             })?;
-        let open_cgroup = || {
-            File::open(cgroup).map_err(|source| CaptureError::OpenCgroup {
-                path: cgroup.to_path_buf(),
-                source,
-            })
-        };
+        let cgroup_dir = File::open(cgroup).map_err(|source| CaptureError::OpenCgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
         // These are BPF links (flags must be 0, i.e. `Single`); links to one
         // cgroup always coexist, so a new agent attaches before the old one
         // detaches and no connection goes uncaptured in between.
         for name in [CONNECT4_PROGRAM, CONNECT6_PROGRAM] {
             let connect: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             connect.load()?;
-            connect.attach(open_cgroup()?, CgroupAttachMode::Single)?;
+            connect.attach(&cgroup_dir, CgroupAttachMode::Single)?;
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS_PROGRAM)?.try_into()?;
         sockops.load()?;
-        sockops.attach(open_cgroup()?, CgroupAttachMode::Single)?;
+        sockops.attach(&cgroup_dir, CgroupAttachMode::Single)?;
         let inbound: &mut SkLookup = program(&mut ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
         inbound.load()?;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use ambit_config::document::{parse_sources, Severity};
+use ambit_config::document::{self, parse_sources, Severity};
 use ambit_config::model::{MeshConfig, MeshSnapshot};
 
 /// Reads every manifest (`.yaml`, `.yml`, `.json`) in `dir`. Problems are
@@ -44,24 +44,11 @@ pub enum MeshConfigError {
     },
 }
 
-/// Manifest files in `dir`, in name order.
 fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, MeshConfigError> {
-    let read = |source| MeshConfigError::Read {
+    document::manifest_files(dir).map_err(|source| MeshConfigError::Read {
         path: dir.display().to_string(),
         source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(read)?;
-    files.retain(|file| {
-        file.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-    });
-    files.sort();
-    Ok(files)
+    })
 }
 
 /// The current snapshot, replaced whole on every change. Readers clone the

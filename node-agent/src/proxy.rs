@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
 use crate::mesh::MeshHandle;
-use crate::metrics::{Metrics, TcpLabels};
+use crate::metrics::{Metrics, Reporter, SecurityPolicy, TcpLabels};
 use crate::netns::Netns;
 
 /// Where `connect4` sends a pod's outbound connections, in its namespace.
@@ -152,18 +152,42 @@ async fn connect(socket: TcpSocket, target: SocketAddr) -> std::io::Result<TcpSt
     Ok(stream)
 }
 
-/// Copies both ways until both sides are done (a half-close is passed on),
-/// counting the connection in the metrics. Dropping the streams at the end
-/// closes both sides, also after an error.
+/// The common end of both handlers: with the upstream connected, copies
+/// both ways until both sides are done (a half-close is passed on), counts
+/// the connection and writes its access-log line. Dropping the streams at
+/// the end closes both sides, also after an error.
 async fn relay(
     inputs: &ProxyInputs,
-    labels: TcpLabels,
-    downstream: TcpStream,
-    upstream: TcpStream,
-) -> std::io::Result<(u64, u64)> {
+    pod: &PodContext,
+    reporter: Reporter,
+    destination_service: String,
+    client: TcpStream,
+    upstream: std::io::Result<TcpStream>,
+    target: SocketAddr,
+) {
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(pod = %pod.pod, ?reporter, %target, %error, "connecting upstream failed");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let labels = TcpLabels {
+        reporter,
+        destination_service,
+        connection_security_policy: SecurityPolicy::None,
+    };
+    let peer = client.peer_addr().ok();
     inputs.metrics.opened(&labels);
-    let copied = splice::bidirectional(downstream, upstream).await;
-    let (from_caller, to_caller) = *copied.as_ref().unwrap_or(&(0, 0));
-    inputs.metrics.closed(&labels, from_caller, to_caller);
-    copied
+    match splice::bidirectional(client, upstream).await {
+        Ok((from_caller, to_caller)) => {
+            inputs.metrics.closed(&labels, from_caller, to_caller);
+            tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, from_caller, to_caller, "connection closed");
+        }
+        Err(error) => {
+            inputs.metrics.closed(&labels, 0, 0);
+            tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, %error, "connection failed");
+        }
+    }
 }

@@ -49,26 +49,15 @@ impl Binaries {
 
     /// Path of the workspace binary `name`, which must exist.
     pub fn get(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join(name);
-        if !path.is_file() {
-            bail!(
-                "{} is missing: build it with `cargo build --workspace --bins`",
-                path.display()
-            );
-        }
-        Ok(path)
+        built(self.dir.join(name), "cargo build --workspace --bins")
     }
 
     /// Path of the workspace example `name` (built by `cargo test`).
     pub fn example(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join("examples").join(name);
-        if !path.is_file() {
-            bail!(
-                "{} is missing: build it with `cargo build -p ambit-testbed --examples`",
-                path.display()
-            );
-        }
-        Ok(path)
+        built(
+            self.dir.join("examples").join(name),
+            "cargo build -p ambit-testbed --examples",
+        )
     }
 
     /// The BPF object, where `cargo xtask build-ebpf` puts it.
@@ -85,6 +74,14 @@ impl Binaries {
             )
         })
     }
+}
+
+/// `path` if it exists, else an error naming the command that builds it.
+fn built(path: PathBuf, build: &str) -> anyhow::Result<PathBuf> {
+    if !path.is_file() {
+        bail!("{} is missing: build it with `{build}`", path.display());
+    }
+    Ok(path)
 }
 
 /// What a process has used.

@@ -9,7 +9,7 @@ use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
 use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use crate::metrics::Reporter;
 
 pub(super) async fn handle(
     client: TcpStream,
@@ -29,7 +29,6 @@ pub(super) async fn handle(
         tracing::warn!(pod = %pod.pod, %peer, "inbound IPv6 connections are not proxied yet");
         return;
     };
-    let _ = client.set_nodelay(true);
     let upstream = async {
         let socket = agent_socket(&pod.netns, AGENT_MARK | INBOUND_MARK_BIT, Some(source))?;
         let SocketAddr::V4(bound) = socket.local_addr()? else {
@@ -44,25 +43,17 @@ pub(super) async fn handle(
             .agent_source(bound)
             .map_err(std::io::Error::other)?;
         connect(socket, target).await
-    };
-    let upstream = match upstream.await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(pod = %pod.pod, %target, %error, "inbound connect to the app failed");
-            return;
-        }
-    };
-    let labels = TcpLabels {
-        reporter: Reporter::Destination,
-        destination_service: "unknown".into(),
-        connection_security_policy: SecurityPolicy::None,
-    };
-    match relay(&inputs, labels, client, upstream).await {
-        Ok((received, sent)) => {
-            tracing::debug!(target: "access", pod = %pod.pod, %peer, %target, sent, received, "inbound connection closed")
-        }
-        Err(error) => {
-            tracing::debug!(target: "access", pod = %pod.pod, %peer, %target, %error, "inbound connection failed")
-        }
     }
+    .await;
+    let service = "unknown".to_string();
+    relay(
+        &inputs,
+        &pod,
+        Reporter::Destination,
+        service,
+        client,
+        upstream,
+        target,
+    )
+    .await;
 }

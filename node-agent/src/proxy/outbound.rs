@@ -7,7 +7,7 @@ use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
 use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use crate::metrics::Reporter;
 use ambit_config::model::Route;
 
 /// Where an accepted outbound connection goes: the original destination,
@@ -63,31 +63,21 @@ pub(super) async fn handle(
         }
     };
     drop(snapshot);
-    let _ = client.set_nodelay(true);
     let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
         Ok(socket) => connect(socket, target.into()).await,
         Err(error) => Err(error),
     };
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(pod = %pod.pod, %target, %error, "outbound connect failed");
-            return;
-        }
-    };
-    let labels = TcpLabels {
-        reporter: Reporter::Source,
-        destination_service: service.unwrap_or_else(|| "unknown".into()),
-        connection_security_policy: SecurityPolicy::None,
-    };
-    match relay(&inputs, labels, client, upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(target: "access", pod = %pod.pod, %target, sent, received, "outbound connection closed")
-        }
-        Err(error) => {
-            tracing::debug!(target: "access", pod = %pod.pod, %target, %error, "outbound connection failed")
-        }
-    }
+    let service = service.unwrap_or_else(|| "unknown".into());
+    relay(
+        &inputs,
+        &pod,
+        Reporter::Source,
+        service,
+        client,
+        upstream,
+        target.into(),
+    )
+    .await;
 }
 
 #[cfg(test)]
