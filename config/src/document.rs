@@ -19,8 +19,8 @@ use crate::api::networking::{
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::api::{Issue, Spec};
 
-/// Kinds read, with the API versions Istio serves for each.
-const KINDS: &[(&str, &str, &[&str])] = &[
+/// Kinds read: (API group, kind, the versions served for it).
+pub const KINDS: &[(&str, &str, &[&str])] = &[
     ("", "Namespace", &["v1"]),
     ("", "Pod", &["v1"]),
     ("", "Service", &["v1"]),

@@ -1,168 +1,251 @@
-//! The mesh as the proxies use it, compiled from Kubernetes objects: which
-//! pods are enrolled and which addresses are Services. Pure decisions over
-//! one immutable snapshot.
+//! The mesh model both proxies read: workloads, services with their
+//! endpoints, Istio's routing and security objects, and the secondary
+//! indexes the data path looks things up by (workload by IP, service by VIP
+//! and port, VirtualServices and DestinationRules by host).
+//!
+//! The model is built from persistent maps: a source applies changes one
+//! object at a time, each updating only the index entries that object
+//! touches, and publishes a snapshot by cloning the model, which shares all
+//! unchanged data and costs next to nothing. Readers keep their snapshot as
+//! long as they like; no lock is held across I/O.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use imbl::{OrdMap, OrdSet};
+use serde::Serialize;
 
-use crate::api::core::{EndpointSliceBody, IntOrString};
-use crate::document::Resource;
+use crate::api::core::{EndpointSliceBody, IntOrString, PodBody, ServiceBody};
+use crate::api::networking::{
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
+};
+use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use crate::document::{qualify_host, Object, ObjectRef, Resource};
+
+mod update;
 
 /// The label that puts a namespace or a pod in the mesh, as in Istio.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
+/// The label naming the waypoint of a namespace or a service, as in Istio.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The annotation limiting which namespaces see a Service, as in Istio.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 pub type Labels = BTreeMap<String, String>;
 
-/// The mesh as the proxies use it, compiled from Kubernetes objects.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct MeshConfig {
-    pub namespaces: Vec<NamespaceConfig>,
-    pub pods: Vec<PodConfig>,
-    pub services: Vec<ServiceConfig>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct NamespaceConfig {
-    pub name: String,
-    pub labels: Labels,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct PodConfig {
+/// Names an object within its kind: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
     pub namespace: String,
     pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn of<S>(object: &Object<S>) -> Self {
+        Self::new(object.namespace(), &object.metadata.name)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
     pub labels: Labels,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// A pod, as routing and policy see it.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceConfig {
-    pub namespace: String,
-    pub name: String,
-    pub vip: Ipv4Addr,
+pub struct Workload {
+    pub uid: Option<String>,
+    pub node: Option<String>,
+    pub service_account: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub host_network: bool,
+}
+
+impl Workload {
+    fn from_pod(object: &Object<PodBody>) -> Self {
+        let status = &object.spec.status;
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .map(|ip| ip.ip.as_str())
+            .chain(status.pod_ip.as_deref())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        let spec = &object.spec.spec;
+        Self {
+            uid: object.metadata.uid.clone(),
+            node: spec.node_name.clone(),
+            service_account: spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: object.metadata.labels.clone(),
+            ips,
+            host_network: spec.host_network,
+        }
+    }
+
+    /// The addresses that are the pod's own: a host-network pod shares its
+    /// node's, which must not resolve to it.
+    fn own_ips(&self) -> &[IpAddr] {
+        if self.host_network {
+            &[]
+        } else {
+            &self.ips
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub labels: Labels,
+    pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
+    /// Namespaces that see the Service (`*`: all); Istio's exportTo annotation.
+    pub export_to: Vec<String>,
+    /// The ports as the Service declares them, resolved again whenever its
+    /// EndpointSlices change.
+    #[serde(skip)]
+    declared_ports: Vec<crate::api::core::ServicePort>,
+    #[serde(skip)]
+    turn: RoundRobin,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// The Service port's name: EndpointSlices name their ports after it.
     pub name: Option<String>,
     pub port: u16,
     pub target_port: u16,
+    pub protocol: String,
+    pub app_protocol: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
 }
 
-impl MeshConfig {
-    /// Compiles the objects the proxies use; Istio's kinds are not used yet.
-    /// A Service is matched to its EndpointSlices by the
-    /// `kubernetes.io/service-name` label; its target port is the slice's port
-    /// of the same name, else a numeric `targetPort`, else the port itself.
-    pub fn from_resources(resources: &[Resource]) -> Self {
-        let mut config = Self::default();
-        let mut slices: HashMap<(String, String), Vec<&EndpointSliceBody>> = HashMap::new();
-        for resource in resources {
-            match resource {
-                Resource::Namespace(ns) => config.namespaces.push(NamespaceConfig {
-                    name: ns.metadata.name.clone(),
-                    labels: ns.metadata.labels.clone(),
-                }),
-                Resource::Pod(pod) => config.pods.push(PodConfig {
-                    namespace: pod.namespace().to_string(),
-                    name: pod.metadata.name.clone(),
-                    labels: pod.metadata.labels.clone(),
-                }),
-                Resource::EndpointSlice(slice) => {
-                    if let Some(service) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
-                        slices
-                            .entry((slice.namespace().to_string(), service.clone()))
-                            .or_default()
-                            .push(&slice.spec);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for resource in resources {
-            let Resource::Service(service) = resource else {
-                continue;
-            };
-            let Some(vip) = service
-                .spec
-                .spec
-                .cluster_ip
-                .as_deref()
-                .and_then(|ip| ip.parse().ok())
-            else {
-                continue; // headless or IPv6: not routed by VIP
-            };
-            let key = (
-                service.namespace().to_string(),
-                service.metadata.name.clone(),
-            );
-            let slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let ports = service
-                .spec
-                .spec
-                .ports
-                .iter()
-                .filter_map(|port| {
-                    let from_slice = slices
-                        .iter()
-                        .flat_map(|slice| &slice.ports)
-                        .find(|p| p.name == port.name)
-                        .and_then(|p| p.port);
-                    let numeric = match port.target_port {
-                        Some(IntOrString::Int(target)) => Some(target),
-                        _ => None,
-                    };
-                    Some(ServicePort {
-                        name: port.name.clone(),
-                        port: u16::try_from(port.port).ok()?,
-                        target_port: u16::try_from(from_slice.or(numeric).unwrap_or(port.port))
-                            .ok()?,
-                    })
-                })
-                .collect();
-            let endpoints = slices
-                .iter()
-                .filter(|slice| slice.address_type == "IPv4")
-                .flat_map(|slice| &slice.endpoints)
-                .flat_map(|endpoint| {
-                    let ready = endpoint.conditions.is_ready();
-                    endpoint.addresses.iter().filter_map(move |ip| {
-                        Some(Endpoint {
-                            ip: ip.parse().ok()?,
-                            ready,
-                        })
-                    })
-                })
-                .collect();
-            config.services.push(ServiceConfig {
-                namespace: key.0,
-                name: key.1,
-                vip,
-                ports,
-                endpoints,
-            });
-        }
-        config
+/// A Service's round-robin position, kept across updates of the Service.
+#[derive(Debug, Clone, Default)]
+struct RoundRobin(Arc<AtomicUsize>);
+
+impl PartialEq for RoundRobin {
+    fn eq(&self, _: &Self) -> bool {
+        true // a position, not part of what the Service is
     }
 }
 
-/// Label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+impl Eq for RoundRobin {}
+
+/// An EndpointSlice as the model keeps it: the Service it belongs to and
+/// its endpoints.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    pub service: Option<String>,
+    pub body: EndpointSliceBody,
+}
+
+/// One of Istio's objects, without what only its source knows (file
+/// position, resource version).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Config<S> {
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub spec: S,
+}
+
+impl<S: Clone> Config<S> {
+    fn of(object: &Object<S>) -> Arc<Self> {
+        Arc::new(Self {
+            labels: object.metadata.labels.clone(),
+            annotations: object.metadata.annotations.clone(),
+            spec: object.spec.clone(),
+        })
+    }
+}
+
+/// An AuthorizationPolicy, or the denial standing in for one that could not
+/// be read: a policy the proxies cannot understand must never widen access.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthorizationPolicy {
+    Valid(Arc<Config<AuthorizationPolicySpec>>),
+    /// Denies every connection to every workload of its namespace until the
+    /// object is fixed (its selector cannot be trusted either).
+    Invalid {
+        problems: Vec<String>,
+    },
+}
+
+/// The mesh: every object the proxies use and the indexes over them. Cheap
+/// to clone; a clone is a consistent snapshot.
+#[derive(Serialize, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mesh {
+    pub namespaces: OrdMap<String, Namespace>,
+    pub workloads: OrdMap<Key, Workload>,
+    pub services: OrdMap<Key, Service>,
+    pub endpoint_slices: OrdMap<Key, EndpointSlice>,
+    pub virtual_services: OrdMap<Key, Arc<Config<VirtualServiceSpec>>>,
+    pub destination_rules: OrdMap<Key, Arc<Config<DestinationRuleSpec>>>,
+    pub service_entries: OrdMap<Key, Arc<Config<ServiceEntrySpec>>>,
+    pub gateways: OrdMap<Key, Arc<Config<GatewaySpec>>>,
+    pub authorization_policies: OrdMap<Key, AuthorizationPolicy>,
+    pub peer_authentications: OrdMap<Key, Arc<Config<PeerAuthenticationSpec>>>,
+    #[serde(skip)]
+    indexes: Indexes,
+}
+
+/// Lookups the data path makes, kept in step with the objects by
+/// [`Mesh::apply`] and [`Mesh::delete`].
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Indexes {
+    workload_by_ip: OrdMap<IpAddr, OrdSet<Key>>,
+    /// (VIP, port) -> Service and its target port.
+    service_by_vip: OrdMap<(IpAddr, u16), OrdSet<(Key, u16)>>,
+    slices_by_service: OrdMap<Key, OrdSet<Key>>,
+    virtual_services_by_host: OrdMap<String, OrdSet<Key>>,
+    destination_rules_by_host: OrdMap<String, OrdSet<Key>>,
+}
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,92 +261,304 @@ pub enum Route {
     NoReadyEndpoint { service: String },
 }
 
-/// An immutable view of the mesh, swapped whole on every change.
-#[derive(Debug, Default)]
-pub struct MeshSnapshot {
-    config: MeshConfig,
-    /// (VIP, port) -> (index into services, target port).
-    service_ports: HashMap<(Ipv4Addr, u16), (usize, u16)>,
-    /// Round-robin position per service.
-    next_endpoint: Vec<AtomicUsize>,
-}
+/// A waypoint: the Gateway (`istio.io/use-waypoint` names it) in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointRef(pub Key);
 
-impl MeshSnapshot {
-    pub fn new(config: MeshConfig) -> Self {
-        let service_ports = config
-            .services
-            .iter()
-            .enumerate()
-            .flat_map(|(index, service)| {
-                service
-                    .ports
-                    .iter()
-                    .map(move |port| ((service.vip, port.port), (index, port.target_port)))
-            })
-            .collect();
-        let next_endpoint = config
-            .services
-            .iter()
-            .map(|_| AtomicUsize::new(0))
-            .collect();
-        Self {
-            config,
-            service_ports,
-            next_endpoint,
+impl Mesh {
+    /// The model of `resources`, as a source applying them one by one builds it.
+    pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> Self {
+        let mut mesh = Self::default();
+        for resource in resources {
+            mesh.apply(resource);
         }
-    }
-
-    pub fn config(&self) -> &MeshConfig {
-        &self.config
+        mesh
     }
 
     /// Istio's rule: a pod labelled `istio.io/dataplane-mode=ambient` is in;
     /// one labelled `none` is out; otherwise its namespace's label decides.
     pub fn is_enrolled(&self, namespace: &str, name: &str) -> bool {
         let pod_mode = self
-            .config
-            .pods
-            .iter()
-            .find(|p| p.namespace == namespace && p.name == name)
-            .and_then(|p| p.labels.get(DATAPLANE_MODE_LABEL));
+            .workloads
+            .get(&Key::new(namespace, name))
+            .and_then(|w| w.labels.get(DATAPLANE_MODE_LABEL));
         match pod_mode.map(String::as_str) {
             Some(DATAPLANE_MODE_AMBIENT) => true,
             Some(DATAPLANE_MODE_NONE) => false,
             _ => self
-                .config
                 .namespaces
-                .iter()
-                .find(|ns| ns.name == namespace)
+                .get(namespace)
                 .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
                 .is_some_and(|mode| mode == DATAPLANE_MODE_AMBIENT),
         }
     }
 
+    /// The pod that owns `ip`. Two pods claiming one address (a stale
+    /// object during a restart) resolve to the first by name.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<(&Key, &Workload)> {
+        let key = self.indexes.workload_by_ip.get(&ip)?.get_min()?;
+        Some((key, self.workloads.get(key)?))
+    }
+
+    /// The Service at `vip:port` and the port its endpoints listen on.
+    pub fn service_by_vip(&self, vip: IpAddr, port: u16) -> Option<(&Key, &Service, u16)> {
+        let (key, target_port) = self.indexes.service_by_vip.get(&(vip, port))?.get_min()?;
+        Some((key, self.services.get(key)?, *target_port))
+    }
+
     /// Where a connection to `destination` goes; spreads a Service's
     /// connections over its ready endpoints in turn.
     pub fn route(&self, destination: SocketAddrV4) -> Route {
-        let Some(&(index, target_port)) = self
-            .service_ports
-            .get(&(*destination.ip(), destination.port()))
+        let Some((key, service, target_port)) =
+            self.service_by_vip(IpAddr::V4(*destination.ip()), destination.port())
         else {
             return Route::Direct(destination);
         };
-        let service = &self.config.services[index];
-        let name = format!("{}.{}", service.name, service.namespace);
+        let name = format!("{}.{}", key.name, key.namespace);
         let ready: Vec<Ipv4Addr> = service
             .endpoints
             .iter()
             .filter(|e| e.ready)
-            .map(|e| e.ip)
+            .filter_map(|e| match e.ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
             .collect();
         if ready.is_empty() {
             return Route::NoReadyEndpoint { service: name };
         }
-        let turn = self.next_endpoint[index].fetch_add(1, Ordering::Relaxed);
+        let turn = service.turn.0.fetch_add(1, Ordering::Relaxed);
         Route::Service {
             service: name,
             endpoint: SocketAddrV4::new(ready[turn % ready.len()], target_port),
         }
+    }
+
+    /// The VirtualServices for `host` (fully qualified) that a workload in
+    /// `from_namespace` sees, by `exportTo`, in name order.
+    pub fn virtual_services_for(
+        &self,
+        host: &str,
+        from_namespace: &str,
+    ) -> Vec<(&Key, &Config<VirtualServiceSpec>)> {
+        visible(
+            &self.indexes.virtual_services_by_host,
+            &self.virtual_services,
+            host,
+            from_namespace,
+            |config| &config.spec.export_to,
+        )
+    }
+
+    /// The DestinationRules for `host` that a workload in `from_namespace` sees.
+    pub fn destination_rules_for(
+        &self,
+        host: &str,
+        from_namespace: &str,
+    ) -> Vec<(&Key, &Config<DestinationRuleSpec>)> {
+        visible(
+            &self.indexes.destination_rules_by_host,
+            &self.destination_rules,
+            host,
+            from_namespace,
+            |config| &config.spec.export_to,
+        )
+    }
+
+    /// Whether a workload in `from_namespace` sees the Service `key`.
+    pub fn service_visible(&self, key: &Key, from_namespace: &str) -> bool {
+        self.services
+            .get(key)
+            .is_some_and(|s| exported_to(&s.export_to, &key.namespace, from_namespace))
+    }
+
+    /// The waypoint serving a Service: its own `istio.io/use-waypoint`
+    /// label, else its namespace's. `none` opts out.
+    pub fn waypoint_for_service(&self, key: &Key) -> Option<WaypointRef> {
+        let service = self.services.get(key)?;
+        waypoint_label(&service.labels, &key.namespace)
+            .unwrap_or_else(|| self.waypoint_for_namespace(&key.namespace))
+    }
+
+    /// The waypoint named by a namespace's `istio.io/use-waypoint` label.
+    pub fn waypoint_for_namespace(&self, namespace: &str) -> Option<WaypointRef> {
+        let labels = &self.namespaces.get(namespace)?.labels;
+        waypoint_label(labels, namespace).flatten()
+    }
+
+    /// How many objects the model holds, by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::from([
+            ("Namespace", self.namespaces.len()),
+            ("Pod", self.workloads.len()),
+            ("Service", self.services.len()),
+            ("EndpointSlice", self.endpoint_slices.len()),
+            ("VirtualService", self.virtual_services.len()),
+            ("DestinationRule", self.destination_rules.len()),
+            ("ServiceEntry", self.service_entries.len()),
+            ("Gateway", self.gateways.len()),
+            ("AuthorizationPolicy", self.authorization_policies.len()),
+            ("PeerAuthentication", self.peer_authentications.len()),
+        ])
+    }
+
+    /// Every object the model holds, named as its source names them.
+    pub fn object_refs(&self) -> Vec<ObjectRef> {
+        fn refs<'a, V: 'a>(
+            kind: &'static str,
+            keys: impl Iterator<Item = (&'a Key, &'a V)> + 'a,
+        ) -> impl Iterator<Item = ObjectRef> + 'a {
+            keys.map(move |(key, _)| ObjectRef {
+                kind: kind.into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            })
+        }
+        let namespaces = self.namespaces.keys().map(|name| ObjectRef {
+            kind: "Namespace".into(),
+            namespace: String::new(),
+            name: name.clone(),
+        });
+        namespaces
+            .chain(refs("Pod", self.workloads.iter()))
+            .chain(refs("Service", self.services.iter()))
+            .chain(refs("EndpointSlice", self.endpoint_slices.iter()))
+            .chain(refs("VirtualService", self.virtual_services.iter()))
+            .chain(refs("DestinationRule", self.destination_rules.iter()))
+            .chain(refs("ServiceEntry", self.service_entries.iter()))
+            .chain(refs("Gateway", self.gateways.iter()))
+            .chain(refs(
+                "AuthorizationPolicy",
+                self.authorization_policies.iter(),
+            ))
+            .chain(refs("PeerAuthentication", self.peer_authentications.iter()))
+            .collect()
+    }
+}
+
+/// `Some(None)` for an explicit `none`, `None` when the label is absent.
+fn waypoint_label(labels: &Labels, namespace: &str) -> Option<Option<WaypointRef>> {
+    let name = labels.get(USE_WAYPOINT_LABEL)?;
+    Some((name != "none").then(|| WaypointRef(Key::new(namespace, name))))
+}
+
+/// Istio's `exportTo`: empty or `*` is everyone, `.` the object's own
+/// namespace, anything else a namespace by name.
+fn exported_to(export_to: &[String], own_namespace: &str, from_namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|to| match to.as_str() {
+            "*" => true,
+            "." => own_namespace == from_namespace,
+            namespace => namespace == from_namespace,
+        })
+}
+
+fn visible<'a, S>(
+    index: &'a OrdMap<String, OrdSet<Key>>,
+    objects: &'a OrdMap<Key, Arc<Config<S>>>,
+    host: &str,
+    from_namespace: &str,
+    export_to: impl Fn(&Config<S>) -> &Vec<String>,
+) -> Vec<(&'a Key, &'a Config<S>)> {
+    let Some(keys) = index.get(host) else {
+        return Vec::new();
+    };
+    keys.iter()
+        .filter_map(|key| Some((key, objects.get(key)?.as_ref())))
+        .filter(|(key, config)| exported_to(export_to(config), &key.namespace, from_namespace))
+        .collect()
+}
+
+/// The fully qualified hosts an object names, relative to its namespace.
+fn qualified_hosts<'a>(
+    hosts: impl IntoIterator<Item = &'a String>,
+    namespace: &str,
+) -> OrdSet<String> {
+    hosts
+        .into_iter()
+        .map(|host| qualify_host(host, namespace))
+        .collect()
+}
+
+impl Service {
+    fn from_object(object: &Object<ServiceBody>) -> Self {
+        let spec = &object.spec.spec;
+        let mut vips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .map(String::as_str)
+            .chain(spec.cluster_ip.as_deref())
+            .filter_map(|ip| ip.parse().ok()) // `None` (headless) has no VIP
+            .collect();
+        vips.sort();
+        vips.dedup();
+        let export_to = object
+            .metadata
+            .annotations
+            .get(EXPORT_TO_ANNOTATION)
+            .map(|list| {
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            labels: object.metadata.labels.clone(),
+            vips,
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+            export_to,
+            declared_ports: spec.ports.clone(),
+            turn: RoundRobin::default(),
+        }
+    }
+
+    /// Fills ports and endpoints from the Service's spec and its slices.
+    /// A target port is the slice's port of the same name, else a numeric
+    /// `targetPort`, else the port itself.
+    fn resolve(&mut self, slices: &[&EndpointSliceBody]) {
+        self.ports = self
+            .declared_ports
+            .iter()
+            .filter_map(|port| {
+                let from_slice = slices
+                    .iter()
+                    .flat_map(|slice| &slice.ports)
+                    .find(|p| p.name == port.name)
+                    .and_then(|p| p.port);
+                let numeric = match port.target_port {
+                    Some(IntOrString::Int(target)) => Some(target),
+                    _ => None,
+                };
+                Some(ServicePort {
+                    name: port.name.clone(),
+                    port: u16::try_from(port.port).ok()?,
+                    target_port: u16::try_from(from_slice.or(numeric).unwrap_or(port.port)).ok()?,
+                    protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    app_protocol: port.app_protocol.clone(),
+                })
+            })
+            .collect();
+        let mut endpoints: Vec<Endpoint> = slices
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            .flat_map(|endpoint| {
+                let conditions = endpoint.conditions;
+                endpoint.addresses.iter().filter_map(move |ip| {
+                    Some(Endpoint {
+                        ip: ip.parse().ok()?,
+                        ready: conditions.is_ready(),
+                        serving: conditions.serving.unwrap_or(conditions.is_ready()),
+                        terminating: conditions.terminating.unwrap_or(false),
+                        node: endpoint.node_name.clone(),
+                    })
+                })
+            })
+            .collect();
+        endpoints.sort_by_key(|e| e.ip);
+        endpoints.dedup_by_key(|e| e.ip);
+        self.endpoints = endpoints;
     }
 }
 

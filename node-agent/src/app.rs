@@ -13,7 +13,7 @@ use crate::mesh::{self, MeshHandle};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
-use ambit_config::model::{MeshConfig, MeshSnapshot};
+use ambit_config::model::Mesh;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -21,14 +21,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting ambit-node-agent");
     raise_open_files_limit();
 
-    let initial = match &config.config_dir {
-        Some(dir) => mesh::load_dir(dir)?,
-        None => {
-            tracing::warn!("no --config-dir: no pod is enrolled");
-            MeshConfig::default()
-        }
-    };
-    let mesh = Arc::new(MeshHandle::new(MeshSnapshot::new(initial)));
+    let mut model = Mesh::default();
+    match &config.config_dir {
+        Some(dir) => mesh::directory::load(dir, &mut model)?,
+        None => tracing::warn!("no --config-dir: no pod is enrolled"),
+    }
+    let mesh = Arc::new(MeshHandle::default());
+    mesh.publish(&model);
     let (capture, maps) = Capture::attach(
         &config.bpf_object,
         &config.capture_cgroup,
@@ -58,9 +57,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cni_task = tokio::spawn(cni_server::serve(cni, enrollment.clone()));
     let watch_task = config.config_dir.clone().map(|dir| {
         let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
-        tokio::spawn(mesh::watch(dir, move |config| {
-            tracing::info!("config changed");
-            mesh.replace(MeshSnapshot::new(config));
+        tokio::spawn(mesh::directory::watch(dir, model, move |model| {
+            tracing::info!(objects = ?model.counts(), "config changed");
+            mesh.publish(model);
             lock(&enrollment).reconcile();
         }))
     });
@@ -71,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
         Arc::new(move || {
             serde_json::json!({
-                "mesh": mesh.snapshot().config(),
+                "mesh": *mesh.snapshot(),
                 "pods": lock(&enrollment).describe(),
             })
         })

@@ -13,7 +13,7 @@ use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 use crate::capture::{Capture, CaptureError, PodCapture};
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
-use ambit_config::model::MeshSnapshot;
+use ambit_config::model::Mesh;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -182,11 +182,7 @@ impl Enrollment {
     }
 
     /// Enrolls or releases one pod as the snapshot says.
-    fn converge(
-        &mut self,
-        known: &mut KnownPod,
-        snapshot: &MeshSnapshot,
-    ) -> Result<(), EnrollError> {
+    fn converge(&mut self, known: &mut KnownPod, snapshot: &Mesh) -> Result<(), EnrollError> {
         let should = snapshot.is_enrolled(&known.sandbox.pod.namespace, &known.sandbox.pod.name);
         match (&known.enrolled, should) {
             (None, true) => {

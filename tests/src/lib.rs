@@ -9,6 +9,7 @@
 
 mod cluster;
 pub mod host;
+mod manifests;
 pub mod mesh;
 mod process;
 pub mod testapp;

@@ -7,13 +7,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_config::model::{
-    Endpoint, MeshConfig, PodConfig, ServiceConfig, ServicePort, DATAPLANE_MODE_AMBIENT,
-    DATAPLANE_MODE_LABEL,
-};
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 
+pub use crate::manifests::{service, MeshConfig, PodConfig, ServiceConfig};
 use crate::{Cluster, Node, Pod, Process};
 
 const ADMIN_PORT: u16 = 15000;
@@ -23,7 +20,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Short, so a test that stops an agent does not wait long for the drain.
 const DRAIN_SECONDS: &str = "5";
 
-/// Writes `config` as the Kubernetes manifests (Namespaces, Pods, Services,
+/// Writes `config` as the Kubernetes manifests (Pods, Services,
 /// EndpointSlices) that every agent of the cluster watches.
 pub fn write_config(cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()> {
     let dir = config_dir(cluster);
@@ -32,108 +29,19 @@ pub fn write_config(cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()
     // Written beside (under a name agents skip) and renamed, so an agent
     // never reads half a file.
     let temporary = dir.join("mesh.yaml.tmp");
-    std::fs::write(&temporary, manifests(config)?)?;
+    std::fs::write(&temporary, config.manifests()?)?;
     std::fs::rename(&temporary, &path).context("writing the mesh config")
 }
 
-/// The manifests for `config`, one JSON document each (JSON is YAML).
-fn manifests(config: &MeshConfig) -> anyhow::Result<String> {
-    let mut documents = Vec::new();
-    for ns in &config.namespaces {
-        documents.push(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": { "name": ns.name, "labels": ns.labels },
-        }));
-    }
-    for pod in &config.pods {
-        documents.push(serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": pod.name, "namespace": pod.namespace, "labels": pod.labels },
-        }));
-    }
-    for service in &config.services {
-        let metadata = serde_json::json!({ "name": service.name, "namespace": service.namespace });
-        let ports: Vec<_> = service
-            .ports
-            .iter()
-            .map(|p| serde_json::json!({ "name": p.name, "port": p.port, "targetPort": p.target_port }))
-            .collect();
-        documents.push(serde_json::json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": metadata,
-            "spec": { "clusterIP": service.vip, "ports": ports },
-        }));
-        let endpoints: Vec<_> = service
-            .endpoints
-            .iter()
-            .map(|e| serde_json::json!({ "addresses": [e.ip], "conditions": { "ready": e.ready } }))
-            .collect();
-        let slice_ports: Vec<_> = service
-            .ports
-            .iter()
-            .map(|p| serde_json::json!({ "name": p.name, "port": p.target_port }))
-            .collect();
-        documents.push(serde_json::json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {
-                "name": format!("{}-1", service.name), "namespace": service.namespace,
-                "labels": { "kubernetes.io/service-name": service.name },
-            },
-            "addressType": "IPv4", "endpoints": endpoints, "ports": slice_ports,
-        }));
-    }
-    let documents = documents
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(documents.join("\n---\n") + "\n")
-}
-
 /// A mesh config that enrolls exactly `enrolled` (each by its own label) and
-/// knows `services`.
-pub fn enrolling(enrolled: &[&Pod], services: Vec<ServiceConfig>) -> MeshConfig {
-    let label = [(
-        DATAPLANE_MODE_LABEL.to_string(),
-        DATAPLANE_MODE_AMBIENT.to_string(),
-    )];
-    MeshConfig {
-        namespaces: Vec::new(),
-        pods: enrolled
-            .iter()
-            .map(|pod| PodConfig {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                labels: label.clone().into(),
-            })
-            .collect(),
-        services,
-    }
-}
-
-/// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
-pub fn service(
-    name: &str,
-    vip: std::net::Ipv4Addr,
-    port: u16,
-    target_port: u16,
-    pods: &[&Pod],
-) -> ServiceConfig {
-    ServiceConfig {
-        namespace: "default".into(),
-        name: name.into(),
-        vip,
-        ports: vec![ServicePort {
-            name: Some("http".into()),
-            port,
-            target_port,
-        }],
-        endpoints: pods
-            .iter()
-            .map(|pod| Endpoint {
-                ip: pod.ip,
-                ready: true,
-            })
-            .collect(),
-    }
+/// knows `services`; every pod of the cluster is in it, as in Kubernetes.
+pub fn enrolling(cluster: &Cluster, enrolled: &[&Pod], services: Vec<ServiceConfig>) -> MeshConfig {
+    let pods = cluster
+        .pods()
+        .iter()
+        .map(|pod| PodConfig::of(pod, enrolled.iter().any(|e| e.uid == pod.uid)))
+        .collect();
+    MeshConfig { pods, services }
 }
 
 fn config_dir(cluster: &Cluster) -> PathBuf {

@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use ambit_config::model::MeshConfig;
 use ambit_testbed::mesh::{self, NodeAgent};
 use ambit_testbed::Cluster;
 
 #[test]
 fn node_agent_reports_ready_and_stops_on_sigterm() -> anyhow::Result<()> {
     let cluster = Cluster::builder().node(&["app"]).build()?;
-    mesh::write_config(&cluster, &MeshConfig::default())?;
+    mesh::write_config(&cluster, &mesh::MeshConfig::default())?;
     let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
     // Prometheus text, empty until a connection is counted.
     assert_eq!(agent.metrics(&cluster)?.trim(), "# EOF");

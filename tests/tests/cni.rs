@@ -68,7 +68,10 @@ fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
         .build()?;
     let [app, squatter, server] =
         ["app", "squatter", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(&cluster, &mesh::enrolling(&[app, squatter], vec![]))?;
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[app, squatter], vec![]),
+    )?;
     let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
     let _server = Server::new("server", "v1")
         .http(8080)

@@ -24,7 +24,10 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
     let [client, bystander, server, plain] =
         ["client", "bystander", "server", "plain"].map(|name| cluster.pod(name).expect("pod"));
     let services = vec![mesh::service("server", VIP, 80, 8080, &[server])];
-    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], services))?;
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], services),
+    )?;
     let agents = mesh::start_agents(&cluster)?;
     let _apps = [
         Server::new("server", "v1")
@@ -133,7 +136,7 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
         .node(&["server"])
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(&cluster, &mesh::enrolling(&[server], vec![]))?;
+    mesh::write_config(&cluster, &mesh::enrolling(&cluster, &[server], vec![]))?;
     let agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .http(8080)
@@ -152,7 +155,10 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
         Duration::from_millis(100),
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
     wait_until_captured(&cluster, &agents[0], client, &url, true)?;
     // ...and one made while it is, which the release below must not break.
     let mut during = testapp::echo_stream(
@@ -163,7 +169,7 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
         Duration::from_millis(100),
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    mesh::write_config(&cluster, &mesh::enrolling(&[server], vec![]))?;
+    mesh::write_config(&cluster, &mesh::enrolling(&cluster, &[server], vec![]))?;
     wait_until_captured(&cluster, &agents[0], client, &url, false)?;
 
     for stream in [&mut before, &mut during] {
@@ -192,7 +198,10 @@ fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_compl
         .node(&["server"])
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
     let agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .echo(9000)
@@ -246,7 +255,10 @@ fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> an
         .node(&["server"])
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(&cluster, &mesh::enrolling(&[client, server], vec![]))?;
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
     let mut agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
         .http(8080)

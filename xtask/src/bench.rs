@@ -58,7 +58,7 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .map(|name| cluster.pod(name).expect("a pod of the bench"));
     mesh::write_config(
         &cluster,
-        &mesh::enrolling(&[mesh_client, mesh_server], vec![]),
+        &mesh::enrolling(&cluster, &[mesh_client, mesh_server], vec![]),
     )?;
     let agents = mesh::start_agents(&cluster)?;
     let _servers = [

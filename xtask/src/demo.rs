@@ -39,7 +39,7 @@ pub fn run() -> anyhow::Result<()> {
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
     mesh::write_config(
         &cluster,
-        &mesh::enrolling(&[productpage, v1, v2], vec![reviews]),
+        &mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]),
     )?;
     let agents = mesh::start_agents(&cluster)?;
     println!(

@@ -1,126 +1,53 @@
 use super::*;
+use crate::document::parse_manifests;
 
-fn pod(namespace: &'static str, name: &'static str) -> (&'static str, &'static str) {
-    (namespace, name)
+fn resources(manifests: &str) -> Vec<Resource> {
+    let parsed = parse_manifests(manifests);
+    assert_eq!(parsed.problems, vec![]);
+    parsed.resources
 }
 
-fn labels(mode: &str) -> Labels {
-    [(DATAPLANE_MODE_LABEL.to_string(), mode.to_string())].into()
+fn mesh(manifests: &str) -> Mesh {
+    Mesh::from_resources(resources(manifests))
+}
+
+fn object(kind: &str, namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
 }
 
 #[test]
 fn enrollment_follows_istios_labels() {
-    let snapshot = MeshSnapshot::new(MeshConfig {
-        namespaces: vec![
-            NamespaceConfig {
-                name: "mesh".into(),
-                labels: labels("ambient"),
-            },
-            NamespaceConfig {
-                name: "plain".into(),
-                labels: Labels::new(),
-            },
-        ],
-        pods: vec![
-            PodConfig {
-                namespace: "mesh".into(),
-                name: "opted-out".into(),
-                labels: labels("none"),
-            },
-            PodConfig {
-                namespace: "plain".into(),
-                name: "opted-in".into(),
-                labels: labels("ambient"),
-            },
-            PodConfig {
-                namespace: "mesh".into(),
-                name: "other-label".into(),
-                labels: labels("sidecar"),
-            },
-        ],
-        services: vec![],
-    });
+    let mesh = mesh(
+        r#"
+{apiVersion: v1, kind: Namespace, metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}}
+---
+{apiVersion: v1, kind: Namespace, metadata: {name: plain}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: opted-out, namespace: mesh, labels: {istio.io/dataplane-mode: none}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: opted-in, namespace: plain, labels: {istio.io/dataplane-mode: ambient}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: other-label, namespace: mesh, labels: {istio.io/dataplane-mode: sidecar}}}
+"#,
+    );
     let cases = [
-        (pod("mesh", "any"), true),
-        (pod("mesh", "opted-out"), false),
-        (pod("mesh", "other-label"), true),
-        (pod("plain", "any"), false),
-        (pod("plain", "opted-in"), true),
-        (pod("unknown-ns", "any"), false),
+        (("mesh", "any"), true),
+        (("mesh", "opted-out"), false),
+        (("mesh", "other-label"), true),
+        (("plain", "any"), false),
+        (("plain", "opted-in"), true),
+        (("unknown-ns", "any"), false),
     ];
     for (pod, enrolled) in cases {
-        assert_eq!(snapshot.is_enrolled(pod.0, pod.1), enrolled, "{pod:?}");
+        assert_eq!(mesh.is_enrolled(pod.0, pod.1), enrolled, "{pod:?}");
     }
 }
 
-fn reviews(endpoints: Vec<Endpoint>) -> MeshConfig {
-    MeshConfig {
-        services: vec![ServiceConfig {
-            namespace: "default".into(),
-            name: "reviews".into(),
-            vip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: 9080,
-            }],
-            endpoints,
-        }],
-        ..MeshConfig::default()
-    }
-}
-
-#[test]
-fn a_service_port_goes_round_robin_over_ready_endpoints() {
-    let endpoint = |last, ready| Endpoint {
-        ip: Ipv4Addr::new(10, 244, 2, last),
-        ready,
-    };
-    let snapshot = MeshSnapshot::new(reviews(vec![
-        endpoint(2, true),
-        endpoint(3, false),
-        endpoint(4, true),
-    ]));
-    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-    let picked: Vec<Route> = (0..4).map(|_| snapshot.route(vip)).collect();
-    let to = |last| Route::Service {
-        service: "reviews.default".into(),
-        endpoint: SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, last), 9080),
-    };
-    assert_eq!(picked, vec![to(2), to(4), to(2), to(4)]);
-
-    let other_port = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 81);
-    assert_eq!(snapshot.route(other_port), Route::Direct(other_port));
-    let pod_ip = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 9080);
-    assert_eq!(snapshot.route(pod_ip), Route::Direct(pod_ip));
-}
-
-#[test]
-fn a_service_without_ready_endpoints_is_refused() {
-    let snapshot = MeshSnapshot::new(reviews(vec![Endpoint {
-        ip: Ipv4Addr::new(10, 244, 2, 2),
-        ready: false,
-    }]));
-    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-    assert_eq!(
-        snapshot.route(vip),
-        Route::NoReadyEndpoint {
-            service: "reviews.default".into()
-        }
-    );
-}
-
-#[test]
-fn manifests_compile_to_enrollment_and_service_routes() {
-    let manifests = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: legacy, namespace: shop, labels: {istio.io/dataplane-mode: none}}
----
+const CART: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: cart, namespace: shop}
@@ -138,6 +65,7 @@ addressType: IPv4
 endpoints:
 - {addresses: [10.244.1.7], conditions: {ready: true}}
 - {addresses: [10.244.2.9], conditions: {ready: false}}
+- {addresses: [10.244.2.8]}
 ports:
 - {name: http, port: 8080}
 ---
@@ -146,32 +74,279 @@ kind: Service
 metadata: {name: headless, namespace: shop}
 spec: {clusterIP: None, ports: [{port: 80}]}
 "#;
-    let parsed = crate::document::parse_manifests(manifests);
-    assert_eq!(parsed.problems, vec![]);
-    let config = MeshConfig::from_resources(&parsed.resources);
-    let snapshot = MeshSnapshot::new(config.clone());
-    assert!(snapshot.is_enrolled("shop", "cart-0"));
-    assert!(!snapshot.is_enrolled("shop", "legacy"));
 
+fn at(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
+}
+
+#[test]
+fn a_service_port_goes_round_robin_over_ready_endpoints() {
+    let mesh = mesh(CART);
+    let to = |ip: SocketAddrV4| Route::Service {
+        service: "cart.shop".into(),
+        endpoint: ip,
+    };
+    let picked: Vec<Route> = (0..4).map(|_| mesh.route(at(10, 96, 0, 42, 80))).collect();
+    // A named target port comes from the slice; absent conditions are ready.
+    let (first, second) = (at(10, 244, 1, 7, 8080), at(10, 244, 2, 8, 8080));
+    assert_eq!(picked, [to(first), to(second), to(first), to(second)]);
+    // A numeric target port, and none (the port itself).
     assert_eq!(
-        config.services.len(),
-        1,
-        "a headless Service has no VIP to route"
+        mesh.route(at(10, 96, 0, 42, 9000)),
+        to(at(10, 244, 1, 7, 9001))
     );
-    let cart = &config.services[0];
-    let ports: Vec<(u16, u16)> = cart.ports.iter().map(|p| (p.port, p.target_port)).collect();
-    // Named target port from the slice, numeric target port, none (= port).
-    assert_eq!(ports, [(80, 8080), (9000, 9001), (7000, 7000)]);
-    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 42), 80);
-    let ready = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 7), 8080);
-    for _ in 0..3 {
+    assert_eq!(
+        mesh.route(at(10, 96, 0, 42, 7000)),
+        to(at(10, 244, 2, 8, 7000))
+    );
+
+    let other_port = at(10, 96, 0, 42, 81);
+    assert_eq!(mesh.route(other_port), Route::Direct(other_port));
+    let pod_ip = at(10, 244, 1, 7, 8080);
+    assert_eq!(mesh.route(pod_ip), Route::Direct(pod_ip));
+    assert_eq!(
+        mesh.services.len(),
+        2,
+        "the headless Service is known, with no VIP to route"
+    );
+}
+
+#[test]
+fn a_service_without_ready_endpoints_is_refused() {
+    let mut mesh = mesh(CART);
+    mesh.delete(&object("EndpointSlice", "shop", "cart-1"));
+    assert_eq!(
+        mesh.route(at(10, 96, 0, 42, 80)),
+        Route::NoReadyEndpoint {
+            service: "cart.shop".into()
+        }
+    );
+}
+
+#[test]
+fn indexes_follow_each_change() {
+    let mut mesh = mesh(CART);
+    let snapshot = mesh.clone();
+    // The slice moves to another Service: cart loses its endpoints.
+    mesh.apply(
+        resources(
+            r#"
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, addressType: IPv4,
+ metadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: other}},
+ endpoints: [{addresses: [10.244.1.7]}]}
+"#,
+        )
+        .remove(0),
+    );
+    assert!(mesh.services[&Key::new("shop", "cart")]
+        .endpoints
+        .is_empty());
+    // The Service changes its VIP: the old address no longer routes.
+    mesh.apply(
+        resources(
+            "{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop},
+              spec: {clusterIP: 10.96.0.43, ports: [{port: 80}]}}",
+        )
+        .remove(0),
+    );
+    assert!(mesh
+        .service_by_vip("10.96.0.42".parse().unwrap(), 80)
+        .is_none());
+    assert!(mesh
+        .service_by_vip("10.96.0.43".parse().unwrap(), 80)
+        .is_some());
+    // The snapshot taken before is untouched.
+    assert_eq!(
+        snapshot.services[&Key::new("shop", "cart")].endpoints.len(),
+        3
+    );
+    assert!(snapshot
+        .service_by_vip("10.96.0.42".parse().unwrap(), 80)
+        .is_some());
+
+    // A pod's IP changes, then the pod goes.
+    let pod = |ip: &str| {
+        resources(&format!(
+            "{{apiVersion: v1, kind: Pod, metadata: {{name: web, namespace: shop}},
+               spec: {{nodeName: node-1, serviceAccountName: web}}, status: {{podIP: {ip}}}}}"
+        ))
+        .remove(0)
+    };
+    mesh.apply(pod("10.244.1.5"));
+    mesh.apply(pod("10.244.1.6"));
+    assert!(mesh.workload_by_ip("10.244.1.5".parse().unwrap()).is_none());
+    let (key, workload) = mesh.workload_by_ip("10.244.1.6".parse().unwrap()).unwrap();
+    assert_eq!(
+        (key.to_string(), workload.service_account.as_str()),
+        ("shop/web".into(), "web")
+    );
+    assert!(mesh.delete(&object("Pod", "shop", "web")));
+    assert!(mesh.workload_by_ip("10.244.1.6".parse().unwrap()).is_none());
+}
+
+/// After any sequence of changes, the model (objects and indexes) is the
+/// one built from scratch from the objects that remain.
+#[test]
+fn incremental_changes_equal_a_rebuild() {
+    let variants = |i: u32| -> Vec<Resource> {
+        let service = i % 3;
+        let ip = 10 + i % 4;
+        let port = 80 + i % 2;
+        resources(&format!(
+            r#"
+{{apiVersion: v1, kind: Pod, metadata: {{name: p{i}, namespace: ns{service}, labels: {{app: a{service}}}}},
+  status: {{podIP: 10.244.0.{ip}}}}}
+---
+{{apiVersion: v1, kind: Service, metadata: {{name: s{service}, namespace: ns{service}}},
+  spec: {{clusterIP: 10.96.0.{ip}, ports: [{{name: http, port: {port}, targetPort: http}}]}}}}
+---
+{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, addressType: IPv4,
+  metadata: {{name: e{i}, namespace: ns{service}, labels: {{kubernetes.io/service-name: s{}}}}},
+  endpoints: [{{addresses: [10.244.0.{ip}], conditions: {{ready: {}}}}}], ports: [{{name: http, port: 90{i}}}]}}
+---
+{{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {{name: v{service}, namespace: ns{service}}},
+  spec: {{hosts: [s{}, other.example.com], http: [{{route: [{{destination: {{host: s{service}}}}}]}}]}}}}
+"#,
+            (i / 3) % 3,
+            i.is_multiple_of(2),
+            i % 4
+        ))
+    };
+    let mut mesh = Mesh::default();
+    let mut held: BTreeMap<ObjectRef, Resource> = BTreeMap::new();
+    // A fixed pseudo-random walk: applies, re-applies with other values, deletes.
+    let mut state = 7u32;
+    for step in 0..400 {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let pick = (state >> 8) % 12;
+        let all = variants(pick);
+        let resource = all[(state >> 4) as usize % all.len()].clone();
+        let name = resource.describe().1;
+        if step % 5 == 4 {
+            assert_eq!(mesh.delete(&name), held.remove(&name).is_some(), "{name}");
+        } else {
+            mesh.apply(resource.clone());
+            held.insert(name, resource);
+        }
         assert_eq!(
-            snapshot.route(vip),
-            Route::Service {
-                service: "cart.shop".into(),
-                endpoint: ready
-            },
-            "only the ready endpoint"
+            mesh,
+            Mesh::from_resources(held.values().cloned()),
+            "step {step}"
         );
     }
+}
+
+#[test]
+fn a_relist_removes_what_is_gone_and_keeps_the_rest() {
+    let mut mesh = mesh(CART);
+    let all = resources(CART);
+    let kept: Vec<Resource> = all
+        .into_iter()
+        .filter(|r| r.describe().1.name != "headless")
+        .collect();
+    mesh.replace(&["Service"], kept.clone(), vec![]);
+    assert_eq!(mesh, Mesh::from_resources(kept));
+}
+
+#[test]
+fn routing_objects_are_found_by_their_fully_qualified_host_as_exported() {
+    let mesh = mesh(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-private, namespace: team}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  exportTo: [default, team]
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#,
+    );
+    let host = "reviews.default.svc.cluster.local";
+    let names = |found: Vec<(&Key, &Config<VirtualServiceSpec>)>| -> Vec<String> {
+        found.iter().map(|(key, _)| key.to_string()).collect()
+    };
+    assert_eq!(
+        names(mesh.virtual_services_for(host, "default")),
+        ["default/reviews"]
+    );
+    assert_eq!(
+        names(mesh.virtual_services_for(host, "team")),
+        ["default/reviews", "team/reviews-private"]
+    );
+    assert!(mesh.virtual_services_for("reviews", "default").is_empty());
+    assert_eq!(mesh.destination_rules_for(host, "team").len(), 1);
+    assert!(mesh.destination_rules_for(host, "elsewhere").is_empty());
+}
+
+#[test]
+fn an_unreadable_authorization_policy_denies_and_other_kinds_keep_their_last_good_version() {
+    let mut mesh = mesh(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+"#,
+    );
+    let before = mesh.clone();
+    mesh.reject(
+        &object("VirtualService", "default", "reviews"),
+        vec!["bad".into()],
+    );
+    assert_eq!(mesh, before);
+    let policy = object("AuthorizationPolicy", "default", "allow-some");
+    mesh.reject(&policy, vec!["spec.rules[0].from: unknown field".into()]);
+    assert_eq!(
+        mesh.authorization_policies[&Key::new("default", "allow-some")],
+        AuthorizationPolicy::Invalid {
+            problems: vec!["spec.rules[0].from: unknown field".into()]
+        }
+    );
+    // A relist that still holds it unread keeps the denial.
+    mesh.replace(
+        &["AuthorizationPolicy"],
+        vec![],
+        vec![(policy, vec!["again".into()])],
+    );
+    assert_eq!(mesh.authorization_policies.len(), 1);
+}
+
+#[test]
+fn waypoints_come_from_the_service_or_its_namespace() {
+    let mesh = mesh(
+        r#"
+{apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {istio.io/use-waypoint: shop-waypoint}}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.1}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: pay, namespace: shop, labels: {istio.io/use-waypoint: pay-waypoint}}, spec: {clusterIP: 10.96.0.2}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: raw, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.3}}
+"#,
+    );
+    let waypoint = |service| mesh.waypoint_for_service(&Key::new("shop", service));
+    assert_eq!(
+        waypoint("cart"),
+        Some(WaypointRef(Key::new("shop", "shop-waypoint")))
+    );
+    assert_eq!(
+        waypoint("pay"),
+        Some(WaypointRef(Key::new("shop", "pay-waypoint")))
+    );
+    assert_eq!(waypoint("raw"), None);
 }

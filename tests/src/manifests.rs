@@ -1,0 +1,120 @@
+//! The mesh a test describes (pods with their enrollment, Services with
+//! their endpoints), written as the Kubernetes objects a cluster would hold.
+
+use std::net::Ipv4Addr;
+
+use ambit_config::model::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
+use serde_json::{json, Value};
+
+use crate::Pod;
+
+#[derive(Debug, Clone, Default)]
+pub struct MeshConfig {
+    pub pods: Vec<PodConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub enrolled: bool,
+}
+
+impl PodConfig {
+    pub fn of(pod: &Pod, enrolled: bool) -> Self {
+        Self {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            node: pod.node.clone(),
+            ip: pod.ip,
+            enrolled,
+        }
+    }
+}
+
+/// A Service in `default` with one port and its endpoints (all ready).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+/// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
+pub fn service(
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    target_port: u16,
+    pods: &[&Pod],
+) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        vip,
+        port,
+        target_port,
+        endpoints: pods.iter().map(|pod| pod.ip).collect(),
+    }
+}
+
+impl MeshConfig {
+    /// The objects, as the API server would return them.
+    pub fn objects(&self) -> Vec<Value> {
+        let mut objects = Vec::new();
+        for pod in &self.pods {
+            let labels = if pod.enrolled {
+                json!({ DATAPLANE_MODE_LABEL: DATAPLANE_MODE_AMBIENT })
+            } else {
+                json!({})
+            };
+            objects.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": labels },
+                "spec": { "nodeName": pod.node, "serviceAccountName": "default" },
+                "status": { "phase": "Running", "podIP": pod.ip, "podIPs": [{ "ip": pod.ip }] },
+            }));
+        }
+        for service in &self.services {
+            objects.push(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": service.name, "namespace": "default" },
+                "spec": {
+                    "clusterIP": service.vip, "clusterIPs": [service.vip],
+                    "ports": [{ "name": "http", "port": service.port, "targetPort": service.target_port, "protocol": "TCP" }],
+                },
+            }));
+            let endpoints: Vec<Value> = service
+                .endpoints
+                .iter()
+                .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
+                .collect();
+            objects.push(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{}-1", service.name), "namespace": "default",
+                    "labels": { "kubernetes.io/service-name": service.name },
+                },
+                "addressType": "IPv4", "endpoints": endpoints,
+                "ports": [{ "name": "http", "port": service.target_port, "protocol": "TCP" }],
+            }));
+        }
+        objects
+    }
+
+    /// The objects as one multi-document manifest (JSON is YAML).
+    pub fn manifests(&self) -> serde_json::Result<String> {
+        let documents = self
+            .objects()
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(documents.join("\n---\n") + "\n")
+    }
+}
