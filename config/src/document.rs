@@ -256,6 +256,37 @@ pub fn parse_sources(texts: &[&str]) -> Parsed {
     parsed
 }
 
+/// Reads one object, as an API server returns it (any serializable form,
+/// e.g. JSON). `Ok(None)` for a kind Ambit does not read; problems name the
+/// object and field.
+pub fn parse_object(object: &impl serde::Serialize) -> Result<Option<Resource>, Vec<Problem>> {
+    let value = serde_yaml::to_value(object).map_err(|error| {
+        vec![Problem {
+            source: 0,
+            document: 0,
+            object: None,
+            path: String::new(),
+            message: format!("not a readable object: {error}"),
+            severity: Severity::Error,
+        }]
+    })?;
+    let mut resources = Vec::new();
+    read_document((0, 0), value, &mut resources).map_err(|found| {
+        found
+            .into_iter()
+            .map(|(object, path, message, severity)| Problem {
+                source: 0,
+                document: 0,
+                object,
+                path,
+                message,
+                severity,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    Ok(resources.pop())
+}
+
 fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
     for (document, yaml) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let problem = |object: Option<ObjectRef>, path: &str, message: String| Problem {

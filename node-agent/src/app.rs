@@ -13,7 +13,6 @@ use crate::mesh::{self, MeshHandle};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
-use ambit_config::model::Mesh;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -21,13 +20,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting ambit-node-agent");
     raise_open_files_limit();
 
-    let mut model = Mesh::default();
-    match &config.config_dir {
-        Some(dir) => mesh::directory::load(dir, &mut model)?,
-        None => tracing::warn!("no --config-dir: no pod is enrolled"),
-    }
     let mesh = Arc::new(MeshHandle::default());
-    mesh.publish(&model);
+    let source_task = mesh::start(&config.source, mesh.clone())
+        .await
+        .context("reading the mesh configuration")?;
     let (capture, maps) = Capture::attach(
         &config.bpf_object,
         &config.capture_cgroup,
@@ -55,14 +51,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cni = cni_server::bind(&config.cni_socket)
         .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
     let cni_task = tokio::spawn(cni_server::serve(cni, enrollment.clone()));
-    let watch_task = config.config_dir.clone().map(|dir| {
-        let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
-        tokio::spawn(mesh::directory::watch(dir, model, move |model| {
-            tracing::info!(objects = ?model.counts(), "config changed");
-            mesh.publish(model);
-            lock(&enrollment).reconcile();
-        }))
-    });
+    let reconcile_task = {
+        let (mut changes, enrollment) = (mesh.subscribe(), enrollment.clone());
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                lock(&enrollment).reconcile();
+            }
+        })
+    };
 
     let readiness = Readiness::default();
     let registry = Arc::new(registry);
@@ -102,9 +98,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stop.received().await;
     readiness.set_ready(false);
     cni_task.abort();
-    if let Some(task) = watch_task {
-        task.abort();
-    }
+    source_task.abort();
+    reconcile_task.abort();
     lock(&enrollment).stop_accepting();
     inputs.connections.close();
     let open = inputs.connections.len();

@@ -33,11 +33,19 @@ pub struct Args {
     #[arg(long, default_value = "/var/run/ambit")]
     pub state_dir: PathBuf,
 
-    /// A directory of Kubernetes manifests (Namespaces, Pods, Services,
-    /// EndpointSlices, Istio's kinds), watched for changes. Without it no
-    /// pod is enrolled.
-    #[arg(long)]
+    /// Standalone mode: a directory of Kubernetes manifests (Namespaces,
+    /// Pods, Services, EndpointSlices, Istio's kinds), watched for changes.
+    #[arg(long, conflicts_with = "kubeconfig")]
     pub config_dir: Option<PathBuf>,
+
+    /// Kubernetes mode with this kubeconfig; without it and without
+    /// --config-dir, the in-cluster service account is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The node this agent runs on (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 
     /// Where the admin endpoints (config dump, metrics, readiness) are
     /// served: loopback only, as Istio's proxies do.
@@ -65,7 +73,7 @@ pub struct Config {
     pub bpf_pin_dir: PathBuf,
     pub cni_socket: PathBuf,
     pub state_dir: PathBuf,
-    pub config_dir: Option<PathBuf>,
+    pub source: Source,
     pub admin_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -81,11 +89,48 @@ impl Config {
             bpf_pin_dir: args.bpf_pin_dir,
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
-            config_dir: args.config_dir,
+            source: Source::from_args(args.config_dir, args.kubeconfig, args.node_name)?,
             admin_addr: args.admin_addr,
             readiness_addr: args.readiness_addr,
             metrics_addr: args.metrics_addr,
             drain_timeout: Duration::from_secs(args.drain_seconds),
+        })
+    }
+}
+
+/// Where the mesh configuration comes from.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// A directory of manifests (standalone mode).
+    Directory(PathBuf),
+    /// The Kubernetes API, through a kubeconfig or, without one, the
+    /// in-cluster service account.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        node_name: Option<String>,
+    },
+}
+
+impl Source {
+    fn from_args(
+        config_dir: Option<PathBuf>,
+        kubeconfig: Option<PathBuf>,
+        node_name: Option<String>,
+    ) -> anyhow::Result<Self> {
+        if let Some(dir) = config_dir {
+            return Ok(Self::Directory(dir));
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        if kubeconfig.is_none() && !in_cluster {
+            bail!(
+                "no configuration source: give --config-dir DIR (standalone) or --kubeconfig FILE, \
+                 or run in a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)"
+            );
+        }
+        Ok(Self::Kubernetes {
+            kubeconfig,
+            node_name,
         })
     }
 }

@@ -1,32 +1,86 @@
 //! Where the agent's mesh comes from, and how the data path reads it. A
 //! source (a directory of manifests, or the Kubernetes API) applies changes
 //! to the shared model (`ambit_config::model::Mesh`) and publishes a
-//! snapshot; readers take the current snapshot without holding a lock.
+//! snapshot; readers take the current snapshot without holding a lock
+//! across I/O, and whoever must act on a change subscribes.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ambit_config::model::Mesh;
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::config::Source;
 
 pub mod directory;
+pub mod kubernetes;
 
 /// The current snapshot, replaced whole after every batch of changes.
-/// Readers clone the `Arc` and never hold the lock across I/O.
-#[derive(Debug, Default)]
-pub struct MeshHandle(RwLock<Arc<Mesh>>);
+#[derive(Debug)]
+pub struct MeshHandle(tokio::sync::watch::Sender<Arc<Mesh>>);
+
+impl Default for MeshHandle {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(Arc::default()))
+    }
+}
 
 impl MeshHandle {
     pub fn snapshot(&self) -> Arc<Mesh> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.0.borrow().clone()
     }
 
     /// Publishes `mesh` (a clone: the model's maps are shared, not copied).
     pub fn publish(&self, mesh: &Mesh) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(mesh.clone());
+        tracing::info!(objects = ?mesh.counts(), "mesh updated");
+        self.0.send_replace(Arc::new(mesh.clone()));
+    }
+
+    /// Wakes on each published change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Mesh>> {
+        self.0.subscribe()
+    }
+}
+
+/// How long the first full list from the API server may take.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads the whole mesh from `source` into `handle`, then returns the task
+/// that keeps it current.
+pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<JoinHandle<()>> {
+    match source {
+        Source::Directory(dir) => {
+            let mut model = Mesh::default();
+            directory::load(dir, &mut model)?;
+            handle.publish(&model);
+            Ok(tokio::spawn(directory::watch(
+                dir.clone(),
+                model,
+                move |model| handle.publish(model),
+            )))
+        }
+        Source::Kubernetes { kubeconfig, .. } => {
+            let client = kubernetes::connect(kubeconfig.as_deref()).await?;
+            let (synced, initial) = tokio::sync::oneshot::channel();
+            let follower = handle.clone();
+            let task = tokio::spawn(kubernetes::watch(
+                client,
+                Mesh::default(),
+                move |model| follower.publish(model),
+                synced,
+            ));
+            let initial = tokio::time::timeout(SYNC_TIMEOUT, initial)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the first list from the Kubernetes API server did not finish within {}s",
+                        SYNC_TIMEOUT.as_secs()
+                    )
+                })?
+                .context("the Kubernetes watch ended before its first list")?;
+            handle.publish(&initial);
+            Ok(task)
+        }
     }
 }

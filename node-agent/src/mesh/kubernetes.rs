@@ -1,0 +1,233 @@
+//! The Kubernetes source: one kube-rs watcher per kind the model reads.
+//! Objects are read by the same code as manifests (`ambit_config::document`),
+//! so both sources build the same model. A watcher's relist (after a 410 or
+//! a restart) replaces that kind's objects in place: unchanged objects keep
+//! their index entries.
+//!
+//! Pods of every node are watched: routing and policy need peers' IPs,
+//! labels and service accounts. The model keeps only those fields (see
+//! `ambit_config::api::core::PodBody`), so other pods cost little beyond
+//! what the API server sends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use ambit_config::document::{parse_object, ObjectRef, Problem, Resource, Severity, KINDS};
+use ambit_config::model::Mesh;
+use anyhow::Context;
+use futures_util::{FutureExt, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+
+/// How long the agent waits for the API server at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for the API server named by `kubeconfig`, or for the cluster
+/// the agent runs in; fails, naming the server, when it does not answer.
+pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster().context("reading the in-cluster service account")?,
+    };
+    let url = config.cluster_url.clone();
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(version)) => {
+            tracing::info!(%url, version = %version.git_version, "connected to the Kubernetes API server");
+            Ok(client)
+        }
+        Ok(Err(error)) => Err(error)
+            .with_context(|| format!("the Kubernetes API server at {url} is not reachable")),
+        Err(_) => anyhow::bail!(
+            "the Kubernetes API server at {url} did not answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// Watches every kind, keeps `mesh` in step, and calls `changed` after
+/// each batch of changes; `synced` fires once every kind was listed.
+pub async fn watch(
+    client: kube::Client,
+    mut mesh: Mesh,
+    mut changed: impl FnMut(&Mesh),
+    synced: tokio::sync::oneshot::Sender<Mesh>,
+) {
+    let streams = KINDS.iter().map(|(group, kind, versions)| {
+        let version = versions[0];
+        let resource = ApiResource {
+            group: group.to_string(),
+            version: version.to_string(),
+            api_version: if group.is_empty() {
+                version.to_string()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.to_string(),
+            plural: plural(kind),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (resource.clone(), event))
+            .boxed()
+    });
+    let mut events = futures_util::stream::select_all(streams);
+    let mut relists: BTreeMap<String, Relist> = BTreeMap::new();
+    let mut unsynced: BTreeSet<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
+    let mut synced = Some(synced);
+    while let Some((resource, event)) = events.next().await {
+        let mut batch = vec![(resource, event)];
+        // Apply everything already waiting before publishing once.
+        while let Some(Some(next)) = events.next().now_or_never() {
+            batch.push(next);
+        }
+        for (resource, event) in batch {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!(kind = %resource.kind, %error, "watch failed; retrying");
+                    continue;
+                }
+            };
+            match event {
+                Event::Init => {
+                    relists.insert(resource.kind.clone(), Relist::default());
+                }
+                Event::InitApply(object) => {
+                    let relist = relists.entry(resource.kind.clone()).or_default();
+                    match read(&resource, object) {
+                        Read::Object(resource) => relist.resources.push(*resource),
+                        Read::Rejected(object, problems) => {
+                            relist.rejected.push((object, problems))
+                        }
+                        Read::Skipped => {}
+                    }
+                }
+                Event::InitDone => {
+                    let relist = relists.remove(&resource.kind).unwrap_or_default();
+                    mesh.replace(&[&resource.kind], relist.resources, relist.rejected);
+                    unsynced.remove(resource.kind.as_str());
+                }
+                Event::Apply(object) => match read(&resource, object) {
+                    Read::Object(resource) => mesh.apply(*resource),
+                    Read::Rejected(object, problems) => mesh.reject(&object, problems),
+                    Read::Skipped => {}
+                },
+                Event::Delete(object) => {
+                    let object = ObjectRef {
+                        kind: resource.kind.clone(),
+                        namespace: object.metadata.namespace.unwrap_or_default(),
+                        name: object.metadata.name.unwrap_or_default(),
+                    };
+                    mesh.delete(&object);
+                }
+            }
+        }
+        if unsynced.is_empty() {
+            match synced.take() {
+                Some(synced) => {
+                    let _ = synced.send(mesh.clone());
+                }
+                None => changed(&mesh),
+            }
+        }
+    }
+}
+
+/// One kind's objects while a (re)list is in progress.
+#[derive(Default)]
+struct Relist {
+    resources: Vec<Resource>,
+    rejected: Vec<(ObjectRef, Vec<String>)>,
+}
+
+enum Read {
+    Object(Box<Resource>),
+    Rejected(ObjectRef, Vec<String>),
+    Skipped,
+}
+
+/// Reads an object as the manifests' reader does; problems are logged.
+fn read(resource: &ApiResource, object: DynamicObject) -> Read {
+    let mut value = match serde_json::to_value(&object) {
+        Ok(value) => value,
+        Err(error) => {
+            tracing::error!(kind = %resource.kind, %error, "unreadable object");
+            return Read::Skipped;
+        }
+    };
+    // List items of built-in kinds come without their type.
+    value["apiVersion"] = resource.api_version.clone().into();
+    value["kind"] = resource.kind.clone().into();
+    match parse_object(&value) {
+        Ok(Some(resource)) => Read::Object(Box::new(resource)),
+        Ok(None) => Read::Skipped,
+        Err(problems) => {
+            log(&problems);
+            let object = problems.iter().find_map(|p| p.object.clone());
+            let errors: Vec<String> = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect();
+            match object {
+                Some(object) if !errors.is_empty() => Read::Rejected(object, errors),
+                _ => Read::Skipped,
+            }
+        }
+    }
+}
+
+fn log(problems: &[Problem]) {
+    for problem in problems {
+        match problem.severity {
+            Severity::Error => tracing::error!("{problem}"),
+            Severity::Warning => tracing::warn!("{problem}"),
+        }
+    }
+}
+
+/// The resource name the API serves a kind under.
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        // policy -> policies, gateway -> gateways
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{lower}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plurals_are_the_served_resource_names() {
+        let plurals: Vec<String> = super::KINDS
+            .iter()
+            .map(|(_, kind, _)| super::plural(kind))
+            .collect();
+        assert_eq!(
+            plurals,
+            [
+                "namespaces",
+                "pods",
+                "services",
+                "endpointslices",
+                "virtualservices",
+                "serviceentries",
+                "gateways",
+                "destinationrules",
+                "authorizationpolicies",
+                "peerauthentications"
+            ]
+        );
+    }
+}

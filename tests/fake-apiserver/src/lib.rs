@@ -1,0 +1,246 @@
+//! A Kubernetes API server for tests, faithful to what kube-rs's watcher
+//! relies on: list (with label and field selectors and paging with
+//! `continue`) and watch (from a resource version, compact JSON-lines
+//! events, bookmarks, timeouts, an in-stream 410 Expired once history is
+//! compacted), create, update, merge patch and delete, and Status objects
+//! for 404, 409, 403 and 410.
+//!
+//! It serves Namespaces, Pods, Services, EndpointSlices and Istio's kinds,
+//! in process (as a tower `Service`, for `kube::Client::new`) or over HTTP
+//! on a listener of the caller's choosing, with a generated kubeconfig, so
+//! the real binaries can run against it. Fault hooks drop watch streams,
+//! force 410s and delay responses.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+mod api;
+mod resources;
+mod selector;
+mod store;
+
+pub use resources::{ResourceType, RESOURCE_TYPES};
+pub use selector::Selector;
+use store::Store;
+pub use store::{Change, EventType, Refusal};
+
+/// Response bodies: whole for most requests, a stream for watches.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// How many changes are kept for watches to resume from.
+const DEFAULT_HISTORY: usize = 10_000;
+/// How often an idle watch that asked for bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct FakeApiServer {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Arc<Change>>,
+    faults: Faults,
+    /// When set, requests must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
+}
+
+#[derive(Default)]
+struct Faults {
+    delay: Mutex<Duration>,
+    /// Bumped to end every open watch stream.
+    drop_watches: tokio::sync::watch::Sender<u64>,
+    forbidden: Mutex<BTreeSet<&'static str>>,
+}
+
+impl Default for FakeApiServer {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl FakeApiServer {
+    /// A server with no objects; with a `token`, unauthenticated requests
+    /// get 401.
+    pub fn new(token: Option<String>) -> Self {
+        Self {
+            store: Mutex::new(Store::new(DEFAULT_HISTORY)),
+            changes: broadcast::channel(65_536).0,
+            faults: Faults::default(),
+            token,
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates an object (as `kubectl create` would).
+    pub fn create(&self, object: Value) -> Result<Value, Refusal> {
+        self.commit(|store| store.create(object))
+    }
+
+    /// Replaces an object (as `kubectl replace` would).
+    pub fn update(&self, object: Value) -> Result<Value, Refusal> {
+        self.commit(|store| store.update(object))
+    }
+
+    /// Creates or replaces an object, whatever its current version.
+    pub fn apply(&self, mut object: Value) -> Result<Value, Refusal> {
+        if let Some(metadata) = object["metadata"].as_object_mut() {
+            metadata.remove("resourceVersion");
+        }
+        match self.create(object.clone()) {
+            Err(refusal) if refusal.code == 409 => self.update(object),
+            result => result,
+        }
+    }
+
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, Refusal> {
+        let resource = RESOURCE_TYPES
+            .iter()
+            .find(|t| t.kind == kind)
+            .ok_or_else(|| Refusal::new(400, "BadRequest", format!("unknown kind {kind}")))?;
+        self.commit(|store| store.delete(resource, namespace, name))
+    }
+
+    /// Every object of `kind`, as stored.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        let store = self.store();
+        RESOURCE_TYPES
+            .iter()
+            .filter(|t| t.kind == kind)
+            .flat_map(|t| store.list(t, None).cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Applies a change under the store's lock and tells the watches, so
+    /// they see changes in revision order.
+    fn commit(
+        &self,
+        change: impl FnOnce(&mut Store) -> Result<Arc<Change>, Refusal>,
+    ) -> Result<Value, Refusal> {
+        let mut store = self.store();
+        let change = change(&mut store)?;
+        let _ = self.changes.send(change.clone());
+        Ok(change.object.clone())
+    }
+
+    /// Fault: ends every open watch stream (clients resume from their last
+    /// resource version).
+    pub fn drop_watches(&self) {
+        self.faults.drop_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Fault: forgets all history and ends every open watch, so each
+    /// watcher's resume gets 410 Expired and must list again.
+    pub fn expire_watches(&self) {
+        self.store().compact();
+        self.drop_watches();
+    }
+
+    /// Fault: delays every response by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.faults.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
+    /// Fault: answers 403 Forbidden for a resource type (by plural, `pods`).
+    pub fn forbid(&self, plural: &'static str) {
+        self.faults
+            .forbidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plural);
+    }
+
+    /// A kubeconfig for a client of this server at `url` (`http://ip:port`).
+    pub fn kubeconfig(&self, url: &str) -> String {
+        let user = match &self.token {
+            Some(token) => format!("{{token: {token}}}"),
+            None => "{}".into(),
+        };
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\n\
+             users: [{{name: fake, user: {user}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n\
+             current-context: fake\n"
+        )
+    }
+
+    /// Serves HTTP/1.1 on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.call_http(request).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(%error, "fake API server connection ended");
+                }
+            });
+        }
+    }
+
+    /// The in-process client side: a tower `Service` for `kube::Client::new`.
+    pub fn service(self: &Arc<Self>) -> InProcess {
+        InProcess(self.clone())
+    }
+
+    async fn call_http<B: http_body::Body>(
+        &self,
+        request: http::Request<B>,
+    ) -> http::Response<Body> {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        match body.collect().await {
+            Ok(body) => {
+                self.handle(http::Request::from_parts(parts, body.to_bytes()))
+                    .await
+            }
+            Err(_) => api::status_response(&Refusal::new(400, "BadRequest", "unreadable body")),
+        }
+    }
+}
+
+/// The server as a tower `Service`, for an in-process `kube::Client`.
+#[derive(Clone)]
+pub struct InProcess(Arc<FakeApiServer>);
+
+impl<B> tower_service::Service<http::Request<B>> for InProcess
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move { Ok(server.call_http(request).await) })
+    }
+}
