@@ -7,6 +7,7 @@
 //! when the process is interrupted, or, after a `kill -9`, by the sweep at
 //! the next start.
 
+pub mod apiserver;
 mod cluster;
 pub mod host;
 mod manifests;

@@ -51,10 +51,15 @@ fn config_dir(cluster: &Cluster) -> PathBuf {
 /// Starts an agent on every node, in node order, and hands each its node's
 /// pods over CNI, as a kubelet would. The mesh config must have been written.
 pub fn start_agents(cluster: &Cluster) -> anyhow::Result<Vec<NodeAgent>> {
+    start_agents_from(cluster, &Source::Directory)
+}
+
+/// [`start_agents`], the agents reading the mesh from `source`.
+pub fn start_agents_from(cluster: &Cluster, source: &Source) -> anyhow::Result<Vec<NodeAgent>> {
     let agents = cluster
         .nodes()
         .iter()
-        .map(|node| NodeAgent::start(cluster, node))
+        .map(|node| NodeAgent::start_from(cluster, node, source.clone()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for pod in cluster.pods() {
         let agent = agents
@@ -83,20 +88,36 @@ pub struct NodeAgent {
     /// ports, as two agent pods would have their own namespaces.
     generation: u16,
     dir: PathBuf,
+    source: Source,
+}
+
+/// Where agents read the mesh from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The cluster's manifest directory ([`write_config`]).
+    Directory,
+    /// A Kubernetes API server, through this kubeconfig.
+    Kubeconfig(PathBuf),
 }
 
 impl NodeAgent {
     /// Starts `ambit-node-agent` on `node`, capturing its pods' cgroup, and
     /// waits until it is ready. The mesh config must have been written.
     pub fn start(cluster: &Cluster, node: &Node) -> anyhow::Result<Self> {
+        Self::start_from(cluster, node, Source::Directory)
+    }
+
+    /// Starts an agent that reads the mesh from `source`.
+    pub fn start_from(cluster: &Cluster, node: &Node, source: Source) -> anyhow::Result<Self> {
         let dir = cluster.work_dir().join(&node.name);
         std::fs::create_dir_all(&dir)?;
-        let process = spawn_agent(cluster, node, &dir, 0)?;
+        let process = spawn_agent(cluster, node, &dir, &source, 0)?;
         Ok(Self {
             node: node.name.clone(),
             process,
             generation: 0,
             dir,
+            source,
         })
     }
 
@@ -104,7 +125,7 @@ impl NodeAgent {
     /// then stops the old one with SIGTERM and waits for it to drain.
     pub fn restart(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
         let node = cluster.node(&self.node)?;
-        let next = spawn_agent(cluster, node, &self.dir, self.generation + 1)?;
+        let next = spawn_agent(cluster, node, &self.dir, &self.source, self.generation + 1)?;
         let mut old = std::mem::replace(&mut self.process, next);
         self.generation += 1;
         stop(&mut old, &self.node)
@@ -237,12 +258,17 @@ fn spawn_agent(
     cluster: &Cluster,
     node: &Node,
     dir: &std::path::Path,
+    source: &Source,
     generation: u16,
 ) -> anyhow::Result<Process> {
     let binary = cluster.binaries().get("ambit-node-agent")?;
     let bpf_object = cluster.binaries().bpf_object()?;
     let pins = PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", cluster.run_name(), node.name));
     let readiness = SocketAddr::from((node.bridge_ip, admin_port(READINESS_PORT, generation)));
+    let [source_flag, source_value]: [std::ffi::OsString; 2] = match source {
+        Source::Directory => ["--config-dir".into(), config_dir(cluster).into()],
+        Source::Kubeconfig(path) => ["--kubeconfig".into(), path.into()],
+    };
     let args: Vec<std::ffi::OsString> = vec![
         "--capture-cgroup".into(),
         node.pods_cgroup().into(),
@@ -254,8 +280,8 @@ fn spawn_agent(
         dir.join("cni.sock").into(),
         "--state-dir".into(),
         dir.join("state").into(),
-        "--config-dir".into(),
-        config_dir(cluster).into(),
+        source_flag,
+        source_value,
         "--admin-addr".into(),
         SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, generation)))
             .to_string()

@@ -1,0 +1,108 @@
+//! The node agents in Kubernetes mode: they read the mesh from an API
+//! server (the fake one, over HTTP on the cluster's underlay), follow its
+//! changes, and refuse to start without a reachable source.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ambit_testbed::apiserver::ApiServer;
+use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
+use ambit_testbed::testapp::{HttpLoad, Server};
+use ambit_testbed::Cluster;
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+#[test]
+fn agents_follow_the_kubernetes_api() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let api = ApiServer::start(&cluster)?;
+    let services = vec![mesh::service("server", VIP, 80, 8080, &[server])];
+    api.apply(&mesh::enrolling(
+        &cluster,
+        &[client, server],
+        services.clone(),
+    ))?;
+    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    let agents = mesh::start_agents_from(&cluster, &source)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+
+    // By Service VIP: only the agents know it, from the API server.
+    let url = format!("http://{VIP}:80/");
+    HttpLoad::new(5)
+        .run(&cluster, client.place(), &url)?
+        .expect_all(5, "server/v1", client.ip)?;
+    let opened = |agent: &NodeAgent| -> anyhow::Result<f64> {
+        Ok(sample(
+            &agent.metrics(&cluster)?,
+            OPENED,
+            &[("reporter", "source")],
+        ))
+    };
+    assert_eq!(opened(&agents[0])?, 1.0, "through the client's agent");
+
+    // The client is released through the API: new connections bypass the agent.
+    api.apply(&mesh::enrolling(&cluster, &[server], services))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let direct = format!("http://{}:8080/", server.ip);
+    loop {
+        let before = opened(&agents[0])?;
+        HttpLoad::new(1)
+            .run(&cluster, client.place(), &direct)?
+            .expect_all(1, "server/v1", client.ip)?;
+        if opened(&agents[0])? == before {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the release through the API server never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_agent_without_a_reachable_source_says_so() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().node(&["app"]).build()?;
+    let node = cluster.node("node-1")?;
+    let agent = cluster.binaries().get("ambit-node-agent")?;
+    let kubeconfig = cluster.work_dir().join("unreachable-kubeconfig");
+    // Nothing listens there.
+    std::fs::write(
+        &kubeconfig,
+        ambit_fake_apiserver::FakeApiServer::default()
+            .kubeconfig(&format!("http://{}:1", node.underlay_ip)),
+    )?;
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--kubeconfig", kubeconfig.to_str().unwrap_or_default()],
+            "is not reachable",
+        ),
+        (
+            &[],
+            "no configuration source: give --config-dir DIR (standalone) or --kubeconfig FILE",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec![
+            "--capture-cgroup",
+            node.pods_cgroup().to_str().unwrap_or_default(),
+        ];
+        all.extend_from_slice(args);
+        let output = cluster.run(node.place(), &agent, &all, Duration::from_secs(30))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: wanted {expected:?} in:\n{stderr}"
+        );
+    }
+    Ok(())
+}
