@@ -68,9 +68,28 @@ pub struct ObjectRef {
     pub name: String,
 }
 
+impl ObjectRef {
+    /// A namespaced object without a namespace is in `default`; a
+    /// cluster-scoped one (a Namespace) has none.
+    pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        let namespace = match kind {
+            "Namespace" => "",
+            _ => namespace.unwrap_or(DEFAULT_NAMESPACE),
+        };
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        match self.namespace.as_str() {
+            "" => write!(f, "{} {}", self.kind, self.name),
+            namespace => write!(f, "{} {namespace}/{}", self.kind, self.name),
+        }
     }
 }
 
@@ -134,11 +153,11 @@ impl<S> Object<S> {
     }
 
     pub fn object_ref(&self, kind: &str) -> ObjectRef {
-        ObjectRef {
-            kind: kind.to_string(),
-            namespace: self.namespace().to_string(),
-            name: self.metadata.name.clone(),
-        }
+        ObjectRef::new(
+            kind,
+            self.metadata.namespace.as_deref(),
+            &self.metadata.name,
+        )
     }
 }
 
@@ -261,64 +280,66 @@ pub fn parse_sources(texts: &[&str]) -> Parsed {
 /// object and field.
 pub fn parse_object(object: &impl serde::Serialize) -> Result<Option<Resource>, Vec<Problem>> {
     let value = serde_yaml::to_value(object).map_err(|error| {
-        vec![Problem {
-            source: 0,
-            document: 0,
-            object: None,
-            path: String::new(),
-            message: format!("not a readable object: {error}"),
-            severity: Severity::Error,
-        }]
+        let message = format!("not a readable object: {error}");
+        problems(
+            (0, 0),
+            vec![(None, String::new(), message, Severity::Error)],
+        )
     })?;
     let mut resources = Vec::new();
-    read_document((0, 0), value, &mut resources).map_err(|found| {
-        found
-            .into_iter()
-            .map(|(object, path, message, severity)| Problem {
-                source: 0,
-                document: 0,
-                object,
-                path,
-                message,
-                severity,
-            })
-            .collect::<Vec<_>>()
-    })?;
+    read_document((0, 0), value, &mut resources).map_err(|found| problems((0, 0), found))?;
     Ok(resources.pop())
+}
+
+/// The objects that could not be read, each with its errors
+/// (`path: message`): a source holds them, but the model cannot use them.
+pub fn rejections(problems: &[Problem]) -> Vec<(ObjectRef, Vec<String>)> {
+    let mut rejected: std::collections::BTreeMap<ObjectRef, Vec<String>> = Default::default();
+    for problem in problems {
+        if let (Severity::Error, Some(object)) = (problem.severity, &problem.object) {
+            rejected
+                .entry(object.clone())
+                .or_default()
+                .push(format!("{}: {}", problem.path, problem.message));
+        }
+    }
+    rejected.into_iter().collect()
+}
+
+/// The problems found in one document, errors first.
+fn problems((source, document): (usize, usize), found: Vec<Found>) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = found
+        .into_iter()
+        .map(|(object, path, message, severity)| Problem {
+            source,
+            document,
+            object,
+            path,
+            message,
+            severity,
+        })
+        .collect();
+    problems.sort_by_key(|problem| problem.severity);
+    problems
 }
 
 fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
     for (document, yaml) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let problem = |object: Option<ObjectRef>, path: &str, message: String| Problem {
-            source,
-            document,
-            object,
-            path: path.to_string(),
-            message,
-            severity: Severity::Error,
-        };
         let value = match Value::deserialize(yaml) {
             Ok(Value::Null) => continue,
             Ok(value) => value,
             Err(error) => {
+                let message = format!("not valid YAML: {error}");
+                let found = (None, String::new(), message, Severity::Error);
                 parsed
                     .problems
-                    .push(problem(None, "", format!("not valid YAML: {error}")));
+                    .extend(problems((source, document), vec![found]));
                 // The stream cannot be followed past a syntax error.
                 break;
             }
         };
         if let Err(found) = read_document((source, document), value, &mut parsed.resources) {
-            let severity_of = |problem: &Problem| problem.severity;
-            let mut found: Vec<Problem> = found
-                .into_iter()
-                .map(|(object, path, message, severity)| Problem {
-                    severity,
-                    ..problem(object, &path, message)
-                })
-                .collect();
-            found.sort_by_key(severity_of);
-            parsed.problems.extend(found);
+            parsed.problems.extend(problems((source, document), found));
         }
     }
 }
@@ -433,14 +454,7 @@ fn read_document(
             )]
         })?
         .unwrap_or_default();
-    let object = ObjectRef {
-        kind: kind.clone(),
-        namespace: metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-        name: metadata.name.clone(),
-    };
+    let object = ObjectRef::new(&kind, metadata.namespace.as_deref(), &metadata.name);
     let error = |path: &str, message: String| {
         (
             Some(object.clone()),

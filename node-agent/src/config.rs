@@ -43,10 +43,6 @@ pub struct Args {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// The node this agent runs on (the downward API's spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-
     /// Where the admin endpoints (config dump, metrics, readiness) are
     /// served: loopback only, as Istio's proxies do.
     #[arg(long, default_value = "127.0.0.1:15000")]
@@ -89,7 +85,7 @@ impl Config {
             bpf_pin_dir: args.bpf_pin_dir,
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
-            source: Source::from_args(args.config_dir, args.kubeconfig, args.node_name)?,
+            source: Source::from_args(args.config_dir, args.kubeconfig)?,
             admin_addr: args.admin_addr,
             readiness_addr: args.readiness_addr,
             metrics_addr: args.metrics_addr,
@@ -106,18 +102,11 @@ pub enum Source {
     Directory(PathBuf),
     /// The Kubernetes API, through a kubeconfig or, without one, the
     /// in-cluster service account.
-    Kubernetes {
-        kubeconfig: Option<PathBuf>,
-        node_name: Option<String>,
-    },
+    Kubernetes { kubeconfig: Option<PathBuf> },
 }
 
 impl Source {
-    fn from_args(
-        config_dir: Option<PathBuf>,
-        kubeconfig: Option<PathBuf>,
-        node_name: Option<String>,
-    ) -> anyhow::Result<Self> {
+    fn from_args(config_dir: Option<PathBuf>, kubeconfig: Option<PathBuf>) -> anyhow::Result<Self> {
         if let Some(dir) = config_dir {
             return Ok(Self::Directory(dir));
         }
@@ -128,10 +117,7 @@ impl Source {
                  or run in a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)"
             );
         }
-        Ok(Self::Kubernetes {
-            kubeconfig,
-            node_name,
-        })
+        Ok(Self::Kubernetes { kubeconfig })
     }
 }
 

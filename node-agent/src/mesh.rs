@@ -33,7 +33,7 @@ impl MeshHandle {
 
     /// Publishes `mesh` (a clone: the model's maps are shared, not copied).
     pub fn publish(&self, mesh: &Mesh) {
-        tracing::info!(objects = ?mesh.counts(), "mesh updated");
+        tracing::debug!(objects = ?mesh.counts(), "mesh updated");
         self.0.send_replace(Arc::new(mesh.clone()));
     }
 
@@ -60,7 +60,7 @@ pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<J
                 move |model| handle.publish(model),
             )))
         }
-        Source::Kubernetes { kubeconfig, .. } => {
+        Source::Kubernetes { kubeconfig } => {
             let client = kubernetes::connect(kubeconfig.as_deref()).await?;
             let (synced, initial) = tokio::sync::oneshot::channel();
             let follower = handle.clone();

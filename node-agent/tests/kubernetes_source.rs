@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambit_config::document::parse_object;
+use ambit_config::document::{parse_object, rejections};
 use ambit_config::model::Mesh;
 use ambit_fake_apiserver::FakeApiServer;
 use ambit_node_agent::mesh::{directory, kubernetes};
@@ -23,11 +23,9 @@ fn expected(server: &FakeApiServer) -> Mesh {
                 Ok(Some(resource)) => mesh.apply(resource),
                 Ok(None) => {}
                 Err(problems) => {
-                    let object = problems.iter().find_map(|p| p.object.clone());
-                    let messages = problems
-                        .iter()
-                        .map(|p| format!("{}: {}", p.path, p.message));
-                    mesh.reject(&object.expect("names its object"), messages.collect());
+                    for (object, errors) in rejections(&problems) {
+                        mesh.reject(&object, errors);
+                    }
                 }
             }
         }

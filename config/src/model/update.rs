@@ -55,30 +55,26 @@ impl Mesh {
                 let config = Config::of(&object);
                 let hosts = qualified_hosts(&config.spec.hosts, &key.namespace);
                 let old = self.virtual_services.insert(key.clone(), config);
-                let index = &mut self.indexes.virtual_services_by_host;
-                if let Some(old) = old {
-                    for host in qualified_hosts(&old.spec.hosts, &key.namespace) {
-                        remove(index, &host, &key);
-                    }
-                }
-                for host in hosts {
-                    add(index, host, key.clone());
-                }
+                let old = old.map(|old| qualified_hosts(&old.spec.hosts, &key.namespace));
+                reindex(
+                    &mut self.indexes.virtual_services_by_host,
+                    &key,
+                    old,
+                    Some(hosts),
+                );
             }
             Resource::DestinationRule(object) => {
                 let key = Key::of(&object);
                 let config = Config::of(&object);
                 let host = qualified_hosts([&config.spec.host], &key.namespace);
                 let old = self.destination_rules.insert(key.clone(), config);
-                let index = &mut self.indexes.destination_rules_by_host;
-                if let Some(old) = old {
-                    for host in qualified_hosts([&old.spec.host], &key.namespace) {
-                        remove(index, &host, &key);
-                    }
-                }
-                for host in host {
-                    add(index, host, key.clone());
-                }
+                let old = old.map(|old| qualified_hosts([&old.spec.host], &key.namespace));
+                reindex(
+                    &mut self.indexes.destination_rules_by_host,
+                    &key,
+                    old,
+                    Some(host),
+                );
             }
             Resource::ServiceEntry(object) => {
                 self.service_entries
@@ -127,18 +123,26 @@ impl Mesh {
                 let Some(old) = self.virtual_services.remove(&key) else {
                     return false;
                 };
-                for host in qualified_hosts(&old.spec.hosts, &key.namespace) {
-                    remove(&mut self.indexes.virtual_services_by_host, &host, &key);
-                }
+                let old = qualified_hosts(&old.spec.hosts, &key.namespace);
+                reindex(
+                    &mut self.indexes.virtual_services_by_host,
+                    &key,
+                    Some(old),
+                    None,
+                );
                 true
             }
             "DestinationRule" => {
                 let Some(old) = self.destination_rules.remove(&key) else {
                     return false;
                 };
-                for host in qualified_hosts([&old.spec.host], &key.namespace) {
-                    remove(&mut self.indexes.destination_rules_by_host, &host, &key);
-                }
+                let old = qualified_hosts([&old.spec.host], &key.namespace);
+                reindex(
+                    &mut self.indexes.destination_rules_by_host,
+                    &key,
+                    Some(old),
+                    None,
+                );
                 true
             }
             "ServiceEntry" => self.service_entries.remove(&key).is_some(),
@@ -174,8 +178,8 @@ impl Mesh {
     ) {
         let held: BTreeSet<ObjectRef> = resources
             .iter()
-            .map(|r| model_ref(&r.describe().1))
-            .chain(rejected.iter().map(|(object, _)| model_ref(object)))
+            .map(|r| r.describe().1)
+            .chain(rejected.iter().map(|(object, _)| object.clone()))
             .collect();
         for object in self.object_refs() {
             if kinds.contains(&object.kind.as_str()) && !held.contains(&object) {
@@ -272,13 +276,19 @@ impl Mesh {
     }
 }
 
-/// An object's name as the model keys it: a Namespace has no namespace.
-fn model_ref(object: &ObjectRef) -> ObjectRef {
-    let mut object = object.clone();
-    if object.kind == "Namespace" {
-        object.namespace.clear();
+/// Moves `key` from the index entries of its old hosts to its new ones.
+fn reindex(
+    index: &mut OrdMap<String, OrdSet<Key>>,
+    key: &Key,
+    old: Option<OrdSet<String>>,
+    new: Option<OrdSet<String>>,
+) {
+    for host in old.into_iter().flatten() {
+        remove(index, &host, key);
     }
-    object
+    for host in new.into_iter().flatten() {
+        add(index, host, key.clone());
+    }
 }
 
 fn add<K: Ord + Clone, V: Ord + Clone>(index: &mut OrdMap<K, OrdSet<V>>, key: K, value: V) {

@@ -2,11 +2,10 @@
 //! (`--config-dir`), read again whenever a file in it is added, changed or
 //! removed. A removed file or document removes its objects.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ambit_config::document::{self, parse_sources, ObjectRef, Severity, KINDS};
+use ambit_config::document::{self, parse_sources, rejections, Severity, KINDS};
 use ambit_config::model::Mesh;
 
 /// Reads every manifest (`.yaml`, `.yml`, `.json`) in `dir` into `mesh`.
@@ -23,22 +22,16 @@ pub fn load(dir: &Path, mesh: &mut Mesh) -> Result<(), ReadError> {
         })?);
     }
     let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut rejected: BTreeMap<ObjectRef, Vec<String>> = BTreeMap::new();
     for problem in &parsed.problems {
         let file = files[problem.source].display();
         match problem.severity {
             Severity::Error => tracing::error!("{file}: {problem}"),
             Severity::Warning => tracing::warn!("{file}: {problem}"),
         }
-        if let (Severity::Error, Some(object)) = (problem.severity, &problem.object) {
-            rejected
-                .entry(object.clone())
-                .or_default()
-                .push(format!("{}: {}", problem.path, problem.message));
-        }
     }
     let kinds: Vec<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
-    mesh.replace(&kinds, parsed.resources, rejected.into_iter().collect());
+    let rejected = rejections(&parsed.problems);
+    mesh.replace(&kinds, parsed.resources, rejected);
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use ambit_config::document::{parse_object, ObjectRef, Problem, Resource, Severity, KINDS};
+use ambit_config::document::{
+    parse_object, rejections, ObjectRef, Problem, Resource, Severity, KINDS,
+};
 use ambit_config::model::Mesh;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
@@ -123,11 +125,11 @@ pub async fn watch(
                     Read::Skipped => {}
                 },
                 Event::Delete(object) => {
-                    let object = ObjectRef {
-                        kind: resource.kind.clone(),
-                        namespace: object.metadata.namespace.unwrap_or_default(),
-                        name: object.metadata.name.unwrap_or_default(),
-                    };
+                    let object = ObjectRef::new(
+                        &resource.kind,
+                        object.metadata.namespace.as_deref(),
+                        &object.metadata.name.unwrap_or_default(),
+                    );
                     mesh.delete(&object);
                 }
             }
@@ -173,15 +175,9 @@ fn read(resource: &ApiResource, object: DynamicObject) -> Read {
         Ok(None) => Read::Skipped,
         Err(problems) => {
             log(&problems);
-            let object = problems.iter().find_map(|p| p.object.clone());
-            let errors: Vec<String> = problems
-                .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .map(|p| format!("{}: {}", p.path, p.message))
-                .collect();
-            match object {
-                Some(object) if !errors.is_empty() => Read::Rejected(object, errors),
-                _ => Read::Skipped,
+            match rejections(&problems).pop() {
+                Some((object, errors)) => Read::Rejected(object, errors),
+                None => Read::Skipped,
             }
         }
     }
