@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
 use crate::enrollment::Enrollment;
-use crate::mesh::{self, MeshHandle};
+use ambit_mesh_source::MeshHandle;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
@@ -21,7 +21,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let mesh = Arc::new(MeshHandle::default());
-    let source_task = mesh::start(&config.source, mesh.clone())
+    let source_task = ambit_mesh_source::start(&config.source, mesh.clone())
         .await
         .context("reading the mesh configuration")?;
     let (capture, maps) = Capture::attach(

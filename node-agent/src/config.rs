@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_mesh_source::{Source, SourceArgs};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
@@ -33,15 +34,8 @@ pub struct Args {
     #[arg(long, default_value = "/var/run/ambit")]
     pub state_dir: PathBuf,
 
-    /// Standalone mode: a directory of Kubernetes manifests (Namespaces,
-    /// Pods, Services, EndpointSlices, Istio's kinds), watched for changes.
-    #[arg(long, conflicts_with = "kubeconfig")]
-    pub config_dir: Option<PathBuf>,
-
-    /// Kubernetes mode with this kubeconfig; without it and without
-    /// --config-dir, the in-cluster service account is used.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// Where the admin endpoints (config dump, metrics, readiness) are
     /// served: loopback only, as Istio's proxies do.
@@ -85,39 +79,12 @@ impl Config {
             bpf_pin_dir: args.bpf_pin_dir,
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
-            source: Source::from_args(args.config_dir, args.kubeconfig)?,
+            source: Source::from_args(args.source)?,
             admin_addr: args.admin_addr,
             readiness_addr: args.readiness_addr,
             metrics_addr: args.metrics_addr,
             drain_timeout: Duration::from_secs(args.drain_seconds),
         })
-    }
-}
-
-/// Where the mesh configuration comes from.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum Source {
-    /// A directory of manifests (standalone mode).
-    Directory(PathBuf),
-    /// The Kubernetes API, through a kubeconfig or, without one, the
-    /// in-cluster service account.
-    Kubernetes { kubeconfig: Option<PathBuf> },
-}
-
-impl Source {
-    fn from_args(config_dir: Option<PathBuf>, kubeconfig: Option<PathBuf>) -> anyhow::Result<Self> {
-        if let Some(dir) = config_dir {
-            return Ok(Self::Directory(dir));
-        }
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        if kubeconfig.is_none() && !in_cluster {
-            bail!(
-                "no configuration source: give --config-dir DIR (standalone) or --kubeconfig FILE, \
-                 or run in a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)"
-            );
-        }
-        Ok(Self::Kubernetes { kubeconfig })
     }
 }
 

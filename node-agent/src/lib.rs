@@ -6,7 +6,6 @@ pub mod capture;
 mod cni_server;
 mod config;
 pub mod enrollment;
-pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

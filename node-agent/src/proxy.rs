@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use crate::mesh::MeshHandle;
+use ambit_mesh_source::MeshHandle;
 use crate::metrics::{Metrics, Reporter, SecurityPolicy, TcpLabels};
 use crate::netns::Netns;
 

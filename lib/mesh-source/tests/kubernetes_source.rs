@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ambit_config::document::{parse_object, rejections};
 use ambit_config::model::Mesh;
 use ambit_fake_apiserver::FakeApiServer;
-use ambit_node_agent::mesh::{directory, kubernetes};
+use ambit_mesh_source::{directory, kubernetes};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

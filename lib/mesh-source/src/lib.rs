@@ -1,20 +1,65 @@
-//! Where the agent's mesh comes from, and how the data path reads it. A
+//! Where a proxy's mesh comes from, and how its data path reads it. A
 //! source (a directory of manifests, or the Kubernetes API) applies changes
 //! to the shared model (`ambit_config::model::Mesh`) and publishes a
 //! snapshot; readers take the current snapshot without holding a lock
 //! across I/O, and whoever must act on a change subscribes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_config::model::Mesh;
-use anyhow::Context;
+use anyhow::{bail, Context};
+use serde::Serialize;
 use tokio::task::JoinHandle;
-
-use crate::config::Source;
 
 pub mod directory;
 pub mod kubernetes;
+
+/// The flags that choose the source, the same for every Ambit proxy.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Standalone mode: a directory of Kubernetes manifests (Namespaces,
+    /// Pods, Services, EndpointSlices, Istio's kinds), watched for changes.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Kubernetes mode with this kubeconfig; without it and without
+    /// --config-dir, the in-cluster service account is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Where the mesh configuration comes from.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// A directory of manifests (standalone mode).
+    Directory(PathBuf),
+    /// The Kubernetes API, through a kubeconfig or, without one, the
+    /// in-cluster service account.
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
+
+impl Source {
+    /// The source the flags name; in a Kubernetes pod with neither flag,
+    /// the in-cluster API server.
+    pub fn from_args(args: SourceArgs) -> anyhow::Result<Self> {
+        if let Some(dir) = args.config_dir {
+            return Ok(Self::Directory(dir));
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        if args.kubeconfig.is_none() && !in_cluster {
+            bail!(
+                "no configuration source: give --config-dir DIR (standalone) or --kubeconfig FILE, \
+                 or run in a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)"
+            );
+        }
+        Ok(Self::Kubernetes {
+            kubeconfig: args.kubeconfig,
+        })
+    }
+}
 
 /// The current snapshot, replaced whole after every batch of changes.
 #[derive(Debug)]
