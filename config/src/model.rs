@@ -386,6 +386,16 @@ impl Mesh {
         waypoint_label(labels, namespace).flatten()
     }
 
+    /// The Services whose traffic goes through `waypoint`.
+    pub fn services_bound_to(&self, waypoint: &WaypointRef) -> Vec<&Key> {
+        let namespace = &waypoint.0.namespace;
+        self.services
+            .keys()
+            .filter(|key| &key.namespace == namespace)
+            .filter(|key| self.waypoint_for_service(key).as_ref() == Some(waypoint))
+            .collect()
+    }
+
     /// How many objects the model holds, by kind.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         BTreeMap::from([

@@ -2,17 +2,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use ambit_admin::{AdminServer, AdminState, ConfigDump, Readiness, StopSignal};
+use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
 use crate::enrollment::Enrollment;
-use ambit_mesh_source::MeshHandle;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
+use ambit_mesh_source::MeshHandle;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -71,27 +71,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
         })
     };
-    // Readiness for the kubelet and metrics for Prometheus are reachable
-    // from the network; the config dump only on the admin (loopback) port.
-    let listeners = [
-        (config.admin_addr, Some(registry.clone()), Some(config_dump)),
-        (config.metrics_addr, Some(registry), None),
-        (config.readiness_addr, None, None),
-    ];
-    let (stopped, stopping) = tokio::sync::watch::channel(());
-    let mut admin = Vec::new();
-    for (addr, registry, config_dump) in listeners {
-        let state = AdminState {
-            readiness: readiness.clone(),
-            registry,
-            config_dump,
-        };
-        let server = AdminServer::bind(addr, state).await?;
-        let mut stopping = stopping.clone();
-        admin.push(tokio::spawn(server.serve(async move {
-            let _ = stopping.changed().await;
-        })));
-    }
+    let admin =
+        AdminEndpoints::start(config.admin, readiness.clone(), registry, config_dump).await?;
     readiness.set_ready(true);
     tracing::info!(enrolled = lock(&enrollment).enrolled_count(), "ready");
 
@@ -113,10 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "drain deadline passed; closing the rest"
         );
     }
-    let _ = stopped.send(());
-    for task in admin {
-        let _ = task.await;
-    }
+    admin.stop().await;
     drop(enrollment);
     tracing::info!("traffic capture detached; stopped");
     Ok(())

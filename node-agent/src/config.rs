@@ -1,7 +1,7 @@
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_admin::AdminAddrs;
 use ambit_mesh_source::{Source, SourceArgs};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -37,18 +37,8 @@ pub struct Args {
     #[command(flatten)]
     pub source: SourceArgs,
 
-    /// Where the admin endpoints (config dump, metrics, readiness) are
-    /// served: loopback only, as Istio's proxies do.
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-
-    /// Where the readiness probe is served (Istio's port).
-    #[arg(long, default_value = "0.0.0.0:15021")]
-    pub readiness_addr: SocketAddr,
-
-    /// Where Prometheus metrics are served (Istio's port).
-    #[arg(long, default_value = "0.0.0.0:15020")]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub admin: AdminAddrs,
 
     /// On SIGTERM, how long established connections may take to finish.
     #[arg(long, default_value_t = 30)]
@@ -64,9 +54,7 @@ pub struct Config {
     pub cni_socket: PathBuf,
     pub state_dir: PathBuf,
     pub source: Source,
-    pub admin_addr: SocketAddr,
-    pub readiness_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
+    pub admin: AdminAddrs,
     pub drain_timeout: Duration,
 }
 
@@ -80,9 +68,7 @@ impl Config {
             cni_socket: args.cni_socket,
             state_dir: args.state_dir,
             source: Source::from_args(args.source)?,
-            admin_addr: args.admin_addr,
-            readiness_addr: args.readiness_addr,
-            metrics_addr: args.metrics_addr,
+            admin: args.admin,
             drain_timeout: Duration::from_secs(args.drain_seconds),
         })
     }

@@ -19,9 +19,9 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use ambit_mesh_source::MeshHandle;
 use crate::metrics::{Metrics, Reporter, SecurityPolicy, TcpLabels};
 use crate::netns::Netns;
+use ambit_mesh_source::MeshHandle;
 
 /// Where `connect4` sends a pod's outbound connections, in its namespace.
 pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);

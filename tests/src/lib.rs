@@ -14,6 +14,7 @@ mod manifests;
 pub mod mesh;
 mod process;
 pub mod testapp;
+pub mod waypoint;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
 pub use process::{Binaries, Process, Usage};

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use ambit_config::model::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
+use ambit_config::model::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL};
 use serde_json::{json, Value};
 
 use crate::Pod;
@@ -45,6 +45,8 @@ pub struct ServiceConfig {
     pub port: u16,
     pub target_port: u16,
     pub endpoints: Vec<Ipv4Addr>,
+    /// The waypoint it is bound to (`istio.io/use-waypoint`), if any.
+    pub waypoint: Option<String>,
 }
 
 /// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
@@ -61,6 +63,7 @@ pub fn service(
         port,
         target_port,
         endpoints: pods.iter().map(|pod| pod.ip).collect(),
+        waypoint: None,
     }
 }
 
@@ -82,9 +85,13 @@ impl MeshConfig {
             }));
         }
         for service in &self.services {
+            let labels = match &service.waypoint {
+                Some(waypoint) => json!({ USE_WAYPOINT_LABEL: waypoint }),
+                None => json!({}),
+            };
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Service",
-                "metadata": { "name": service.name, "namespace": "default" },
+                "metadata": { "name": service.name, "namespace": "default", "labels": labels },
                 "spec": {
                     "clusterIP": service.vip, "clusterIPs": [service.vip],
                     "ports": [{ "name": "http", "port": service.port, "targetPort": service.target_port, "protocol": "TCP" }],

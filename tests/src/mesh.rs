@@ -100,6 +100,16 @@ pub enum Source {
     Kubeconfig(PathBuf),
 }
 
+impl Source {
+    /// The flags that give a proxy this source.
+    pub fn flags(&self, cluster: &Cluster) -> [std::ffi::OsString; 2] {
+        match self {
+            Source::Directory => ["--config-dir".into(), config_dir(cluster).into()],
+            Source::Kubeconfig(path) => ["--kubeconfig".into(), path.into()],
+        }
+    }
+}
+
 impl NodeAgent {
     /// Starts `ambit-node-agent` on `node`, capturing its pods' cgroup, and
     /// waits until it is ready. The mesh config must have been written.
@@ -265,10 +275,7 @@ fn spawn_agent(
     let bpf_object = cluster.binaries().bpf_object()?;
     let pins = PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", cluster.run_name(), node.name));
     let readiness = SocketAddr::from((node.bridge_ip, admin_port(READINESS_PORT, generation)));
-    let [source_flag, source_value]: [std::ffi::OsString; 2] = match source {
-        Source::Directory => ["--config-dir".into(), config_dir(cluster).into()],
-        Source::Kubeconfig(path) => ["--kubeconfig".into(), path.into()],
-    };
+    let [source_flag, source_value] = source.flags(cluster);
     let args: Vec<std::ffi::OsString> = vec![
         "--capture-cgroup".into(),
         node.pods_cgroup().into(),
@@ -301,17 +308,32 @@ fn spawn_agent(
         &binary,
         args,
     )?;
+    wait_ready(
+        &mut agent,
+        node.place(),
+        readiness,
+        &format!("the agent on {}", node.name),
+    )?;
+    Ok(agent)
+}
+
+/// Waits until `process` answers its readiness probe at `addr` from `place`.
+pub(crate) fn wait_ready(
+    process: &mut Process,
+    place: &crate::Place,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        agent.check_running()?;
-        if let Ok((200, _)) = node.place().http_get(readiness, "/healthz/ready") {
-            return Ok(agent);
+        process.check_running()?;
+        if let Ok((200, _)) = place.http_get(addr, "/healthz/ready") {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "the agent on {} was not ready after {START_TIMEOUT:?}:\n{}",
-                node.name,
-                agent.output()
+                "{what} was not ready after {START_TIMEOUT:?}:\n{}",
+                process.output()
             );
         }
         std::thread::sleep(Duration::from_millis(20));

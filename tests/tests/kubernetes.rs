@@ -1,6 +1,6 @@
 //! The node agents in Kubernetes mode: they read the mesh from an API
 //! server (the fake one, over HTTP on the cluster's underlay), follow its
-//! changes, and refuse to start without a reachable source.
+//! changes; both proxies refuse to start without a reachable source.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -69,10 +69,9 @@ fn agents_follow_the_kubernetes_api() -> anyhow::Result<()> {
 }
 
 #[test]
-fn an_agent_without_a_reachable_source_says_so() -> anyhow::Result<()> {
+fn proxies_without_a_reachable_source_say_so() -> anyhow::Result<()> {
     let cluster = Cluster::builder().node(&["app"]).build()?;
     let node = cluster.node("node-1")?;
-    let agent = cluster.binaries().get("ambit-node-agent")?;
     let kubeconfig = cluster.work_dir().join("unreachable-kubeconfig");
     // Nothing listens there.
     std::fs::write(
@@ -80,6 +79,11 @@ fn an_agent_without_a_reachable_source_says_so() -> anyhow::Result<()> {
         ambit_fake_apiserver::FakeApiServer::default()
             .kubeconfig(&format!("http://{}:1", node.underlay_ip)),
     )?;
+    let cgroup = node.pods_cgroup().display().to_string();
+    let proxies: [(&str, &[&str]); 2] = [
+        ("ambit-node-agent", &["--capture-cgroup", &cgroup]),
+        ("ambit-waypoint", &["--namespace", "default"]),
+    ];
     let cases: [(&[&str], &str); 2] = [
         (
             &["--kubeconfig", kubeconfig.to_str().unwrap_or_default()],
@@ -90,19 +94,21 @@ fn an_agent_without_a_reachable_source_says_so() -> anyhow::Result<()> {
             "no configuration source: give --config-dir DIR (standalone) or --kubeconfig FILE",
         ),
     ];
-    for (args, expected) in cases {
-        let mut all = vec![
-            "--capture-cgroup",
-            node.pods_cgroup().to_str().unwrap_or_default(),
-        ];
-        all.extend_from_slice(args);
-        let output = cluster.run(node.place(), &agent, &all, Duration::from_secs(30))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} started:\n{stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{args:?}: wanted {expected:?} in:\n{stderr}"
-        );
+    for (proxy, own_args) in proxies {
+        let binary = cluster.binaries().get(proxy)?;
+        for (args, expected) in cases {
+            let all = [own_args, args].concat();
+            let output = cluster.run(node.place(), &binary, &all, Duration::from_secs(30))?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                !output.status.success(),
+                "{proxy} {args:?} started:\n{stderr}"
+            );
+            assert!(
+                stderr.contains(expected),
+                "{proxy} {args:?}: wanted {expected:?} in:\n{stderr}"
+            );
+        }
     }
     Ok(())
 }

@@ -349,4 +349,8 @@ fn waypoints_come_from_the_service_or_its_namespace() {
         Some(WaypointRef(Key::new("shop", "pay-waypoint")))
     );
     assert_eq!(waypoint("raw"), None);
+    let bound = |name| mesh.services_bound_to(&WaypointRef(Key::new("shop", name)));
+    assert_eq!(bound("shop-waypoint"), [&Key::new("shop", "cart")]);
+    assert_eq!(bound("pay-waypoint"), [&Key::new("shop", "pay")]);
+    assert!(bound("elsewhere").is_empty());
 }

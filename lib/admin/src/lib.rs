@@ -160,6 +160,70 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
     response
 }
 
+/// Where a proxy serves its admin endpoints, on Istio's ports.
+#[derive(clap::Args, Debug, Clone, Copy, serde::Serialize)]
+pub struct AdminAddrs {
+    /// Where the admin endpoints (config dump, metrics, readiness) are
+    /// served: loopback only, as Istio's proxies do.
+    #[arg(long = "admin-addr", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// Where the readiness probe is served (Istio's port).
+    #[arg(long = "readiness-addr", default_value = "0.0.0.0:15021")]
+    pub readiness: SocketAddr,
+
+    /// Where Prometheus metrics are served (Istio's port).
+    #[arg(long = "metrics-addr", default_value = "0.0.0.0:15020")]
+    pub metrics: SocketAddr,
+}
+
+/// A proxy's three admin listeners, serving until [`AdminEndpoints::stop`].
+pub struct AdminEndpoints {
+    stop: tokio::sync::watch::Sender<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AdminEndpoints {
+    /// Binds and serves all three. Readiness for the kubelet and metrics
+    /// for Prometheus are reachable from the network; the config dump only
+    /// on the admin (loopback) address.
+    pub async fn start(
+        addrs: AdminAddrs,
+        readiness: Readiness,
+        registry: Arc<Registry>,
+        config_dump: ConfigDump,
+    ) -> Result<Self, AdminError> {
+        let listeners = [
+            (addrs.admin, Some(registry.clone()), Some(config_dump)),
+            (addrs.metrics, Some(registry), None),
+            (addrs.readiness, None, None),
+        ];
+        let (stop, stopping) = tokio::sync::watch::channel(());
+        let mut tasks = Vec::new();
+        for (addr, registry, config_dump) in listeners {
+            let state = AdminState {
+                readiness: readiness.clone(),
+                registry,
+                config_dump,
+            };
+            let server = AdminServer::bind(addr, state).await?;
+            let mut stopping = stopping.clone();
+            tasks.push(tokio::spawn(server.serve(async move {
+                let _ = stopping.changed().await;
+            })));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    /// Closes the listeners.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
 /// The signals that start a graceful stop: SIGTERM (the kubelet's) and
 /// SIGINT (Ctrl-C). Installed at start-up, so one that arrives early is kept.
 pub struct StopSignal {

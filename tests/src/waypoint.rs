@@ -1,0 +1,74 @@
+//! A waypoint on the test cluster: the real `ambit-waypoint` in a pod of
+//! its own, as its Deployment would run it.
+
+use std::net::SocketAddr;
+
+use anyhow::bail;
+use nix::sys::signal::Signal;
+
+use crate::mesh::{wait_ready, Source};
+use crate::{Cluster, Place, Pod, Process};
+
+pub struct Waypoint {
+    process: Process,
+    place: Place,
+}
+
+impl Waypoint {
+    /// Starts the waypoint `name` for `pod`'s namespace, in `pod`, reading
+    /// the mesh from `source`, and waits until it is ready.
+    pub fn start(
+        cluster: &Cluster,
+        pod: &Pod,
+        name: &str,
+        source: &Source,
+    ) -> anyhow::Result<Self> {
+        let binary = cluster.binaries().get("ambit-waypoint")?;
+        let readiness = SocketAddr::from((pod.ip, 15021));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--name".into(),
+            name.into(),
+            "--namespace".into(),
+            pod.namespace.clone().into(),
+            "--readiness-addr".into(),
+            readiness.to_string().into(),
+            "--metrics-addr".into(),
+            SocketAddr::from((pod.ip, 15020)).to_string().into(),
+        ];
+        args.extend(source.flags(cluster));
+        let mut process = cluster.spawn(pod.place(), &format!("waypoint-{name}"), &binary, args)?;
+        wait_ready(
+            &mut process,
+            pod.place(),
+            readiness,
+            &format!("the waypoint {name}"),
+        )?;
+        Ok(Self {
+            process,
+            place: pod.place().clone(),
+        })
+    }
+
+    /// The effective configuration, from the admin port on the pod's loopback.
+    pub fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+        let (status, body) = self.place.http_get(admin, "/config_dump")?;
+        if status != 200 {
+            bail!("config dump of the waypoint: HTTP {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Stops the waypoint with SIGTERM; it must exit cleanly.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.process.signal(Signal::SIGTERM)?;
+        let status = self.process.wait_exit(std::time::Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "the waypoint exited with {status}:\n{}",
+                self.process.output()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+use ambit_admin::AdminAddrs;
+use ambit_config::model::{Key, WaypointRef};
+use ambit_mesh_source::{Source, SourceArgs};
+use anyhow::bail;
+use serde::Serialize;
+
+/// Command-line flags, as typed.
+#[derive(clap::Parser, Debug)]
+#[command(name = "ambit-waypoint", version, about)]
+pub struct Args {
+    /// The waypoint's name: the value of `istio.io/use-waypoint` on the
+    /// Services (or namespace) it serves.
+    #[arg(long, env = "WAYPOINT_NAME", default_value = "waypoint")]
+    pub name: String,
+
+    /// The namespace the waypoint serves and runs in.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub admin: AdminAddrs,
+}
+
+/// The validated configuration the waypoint runs with.
+#[derive(Serialize, Debug, Clone)]
+pub struct Config {
+    pub waypoint: Key,
+    pub source: Source,
+    pub admin: AdminAddrs,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        for (flag, value) in [("--name", &args.name), ("--namespace", &args.namespace)] {
+            if !is_dns_label(value) {
+                bail!("{flag} {value:?}: not a Kubernetes name (lower-case letters, digits and '-', at most 63)");
+            }
+        }
+        Ok(Self {
+            waypoint: Key::new(args.namespace, args.name),
+            source: Source::from_args(args.source)?,
+            admin: args.admin,
+        })
+    }
+
+    pub fn waypoint(&self) -> WaypointRef {
+        WaypointRef(self.waypoint.clone())
+    }
+}
+
+/// RFC 1123 label, as Kubernetes names namespaces and Services.
+fn is_dns_label(value: &str) -> bool {
+    (1..=63).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn names_that_kubernetes_would_refuse_are_refused_by_flag() {
+        for (flags, expected) in [
+            (["--namespace", "Shop"], "--namespace \"Shop\""),
+            (["--name", "-wp"], "--name \"-wp\""),
+        ] {
+            let mut args = vec![
+                "ambit-waypoint",
+                "--config-dir",
+                "/tmp",
+                "--namespace",
+                "shop",
+            ];
+            args.extend(flags);
+            let error = Config::from_args(Args::parse_from(args)).unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let ok = Args::parse_from([
+            "ambit-waypoint",
+            "--config-dir",
+            "/tmp",
+            "--namespace",
+            "shop",
+        ]);
+        assert_eq!(
+            Config::from_args(ok).unwrap().waypoint,
+            Key::new("shop", "waypoint")
+        );
+    }
+}
