@@ -269,9 +269,15 @@ pub fn parse_sources(texts: &[&str]) -> Parsed {
     for (source, text) in texts.iter().enumerate() {
         read_stream(source, text, &mut parsed);
     }
+    parsed.problems.extend(check_references(&parsed.resources));
     parsed
-        .problems
-        .extend(check_subset_references(&parsed.resources));
+}
+
+/// Reads one YAML stream of a configuration kept in several: references to
+/// other streams' objects are left to [`check_references`].
+pub fn parse_stream(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    read_stream(0, text, &mut parsed);
     parsed
 }
 
@@ -344,9 +350,9 @@ fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
     }
 }
 
-/// Warns about routes to subsets that no DestinationRule defines: traffic
-/// sent there finds no endpoint.
-fn check_subset_references(resources: &[Resource]) -> Vec<Problem> {
+/// Checks references between objects: warns about routes to subsets that
+/// no DestinationRule defines, as traffic sent there finds no endpoint.
+pub fn check_references(resources: &[Resource]) -> Vec<Problem> {
     let mut defined: std::collections::HashMap<String, BTreeSet<&str>> =
         std::collections::HashMap::new();
     for resource in resources {

@@ -1,38 +1,47 @@
 //! The standalone source: a directory of Kubernetes manifests
-//! (`--config-dir`), read again whenever a file in it is added, changed or
-//! removed. A removed file or document removes its objects.
+//! (`--config-dir`), applied again whenever a file in it is added, changed
+//! or removed. A removed file or document removes its objects.
+//!
+//! Changes are noticed through inotify, so they apply within milliseconds,
+//! and only the files that changed are parsed again.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ambit_config::document::{self, parse_sources, rejections, Severity, KINDS};
+use ambit_config::document::{
+    self, check_references, parse_stream, rejections, Parsed, Problem, Severity, KINDS,
+};
 use ambit_config::model::Mesh;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
 
-/// Reads every manifest (`.yaml`, `.yml`, `.json`) in `dir` into `mesh`.
-/// Problems are logged, naming the file, object and field; an object with
-/// an error is rejected on its own (see [`Mesh::reject`]) and everything
-/// else applies.
-pub fn load(dir: &Path, mesh: &mut Mesh) -> Result<(), ReadError> {
-    let files = manifest_files(dir)?;
-    let mut texts = Vec::new();
-    for file in &files {
-        texts.push(std::fs::read_to_string(file).map_err(|source| ReadError {
-            path: file.display().to_string(),
-            source,
-        })?);
-    }
-    let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    for problem in &parsed.problems {
-        let file = files[problem.source].display();
-        match problem.severity {
-            Severity::Error => tracing::error!("{file}: {problem}"),
-            Severity::Warning => tracing::warn!("{file}: {problem}"),
-        }
-    }
-    let kinds: Vec<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
-    let rejected = rejections(&parsed.problems);
-    mesh.replace(&kinds, parsed.resources, rejected);
-    Ok(())
+/// A manifest directory and what was last read from each of its files.
+#[derive(Debug)]
+pub struct Directory {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, File>,
+    /// Warnings across files already logged, so each is logged once.
+    warned: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct File {
+    stamp: Stamp,
+    parsed: Arc<Parsed>,
+}
+
+/// What tells a file's content changed without reading it: a rewrite in
+/// place changes its size or time, a rename over it (editors, ConfigMap
+/// updates) its inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,35 +51,132 @@ pub struct ReadError {
     source: std::io::Error,
 }
 
-fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
-    document::manifest_files(dir).map_err(|source| ReadError {
-        path: dir.display().to_string(),
-        source,
-    })
+impl ReadError {
+    fn new(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self {
+            path: path.display().to_string(),
+            source,
+        }
+    }
 }
 
-/// How often the directory is checked for changes.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Watches `dir` and calls `changed` with the model each time a file in it
-/// is added, changed or removed.
-pub async fn watch(dir: PathBuf, mut mesh: Mesh, mut changed: impl FnMut(&Mesh)) {
-    let mut seen = stamp(&dir);
-    loop {
-        tokio::time::sleep(POLL_INTERVAL).await;
-        let now = stamp(&dir);
-        if now == seen {
-            continue;
+impl Directory {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            files: BTreeMap::new(),
+            warned: BTreeSet::new(),
         }
-        seen = now;
+    }
+
+    /// Reads the manifests (`.yaml`, `.yml`, `.json`) added or changed since
+    /// the last call and, when anything changed, applies the whole directory
+    /// to `mesh`; returns whether it did. Problems are logged, naming the
+    /// file, object and field; an object with an error is rejected on its
+    /// own (see [`Mesh::reject`]) and everything else applies. A file that
+    /// cannot be read fails the call and changes nothing.
+    pub fn load(&mut self, mesh: &mut Mesh) -> Result<bool, ReadError> {
+        let paths = document::manifest_files(&self.dir).map_err(ReadError::new(&self.dir))?;
+        let mut changed = paths.len() != self.files.len();
+        let mut files = BTreeMap::new();
+        for path in paths {
+            let metadata = std::fs::metadata(&path).map_err(ReadError::new(&path))?;
+            let stamp = Stamp {
+                len: metadata.len(),
+                modified: metadata.modified().ok(),
+                inode: metadata.ino(),
+            };
+            let file = match self.files.get(&path) {
+                Some(file) if file.stamp == stamp => file.clone(),
+                _ => {
+                    changed = true;
+                    let text = std::fs::read_to_string(&path).map_err(ReadError::new(&path))?;
+                    let parsed = parse_stream(&text);
+                    for problem in &parsed.problems {
+                        log(Some(&path), problem);
+                    }
+                    File {
+                        stamp,
+                        parsed: Arc::new(parsed),
+                    }
+                }
+            };
+            files.insert(path, file);
+        }
+        if !changed {
+            return Ok(false);
+        }
+        self.files = files;
+        let parsed = self.files.values().map(|file| &file.parsed);
+        let resources: Vec<_> = parsed
+            .clone()
+            .flat_map(|p| p.resources.iter().cloned())
+            .collect();
+        let problems: Vec<Problem> = parsed.flat_map(|p| p.problems.iter().cloned()).collect();
+        let across = check_references(&resources);
+        let warned = across.iter().map(ToString::to_string).collect();
+        for problem in &across {
+            if !self.warned.contains(&problem.to_string()) {
+                log(None, problem);
+            }
+        }
+        self.warned = warned;
+        let kinds: Vec<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
+        mesh.replace(&kinds, resources, rejections(&problems));
+        Ok(true)
+    }
+}
+
+fn log(file: Option<&Path>, problem: &Problem) {
+    let file = file
+        .map(|f| format!("{}: ", f.display()))
+        .unwrap_or_default();
+    match problem.severity {
+        Severity::Error => tracing::error!("{file}{problem}"),
+        Severity::Warning => tracing::warn!("{file}{problem}"),
+    }
+}
+
+/// How long changes may keep coming before the directory is read: an
+/// editor's or `kubectl cp`'s burst of events is applied once.
+const SETTLE: Duration = Duration::from_millis(5);
+/// How often the directory is read anyway, in case an event was lost (a
+/// full inotify queue, a file system that sends none).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Watches the directory and calls `changed` with the model each time a
+/// file in it is added, changed or removed. `events` must have been set up
+/// before the directory was first read, so no change falls in between.
+pub async fn watch(
+    mut directory: Directory,
+    mut events: Option<Events>,
+    mut mesh: Mesh,
+    mut changed: impl FnMut(&Mesh),
+) {
+    loop {
+        match &mut events {
+            Some(events) => {
+                tokio::select! {
+                    () = events.next() => {}
+                    () = tokio::time::sleep(RESCAN_INTERVAL) => {}
+                }
+                tokio::time::sleep(SETTLE).await;
+                events.discard_pending();
+                // Before reading: a file written into a new subdirectory
+                // meanwhile is either read now or reported later.
+                events.watch_tree(&directory.dir);
+            }
+            None => tokio::time::sleep(RESCAN_INTERVAL).await,
+        }
         // Read into a copy: a directory that cannot be read leaves the
         // mesh in force untouched.
         let mut next = mesh.clone();
-        match load(&dir, &mut next) {
-            Ok(()) => {
+        match directory.load(&mut next) {
+            Ok(true) => {
                 mesh = next;
                 changed(&mesh);
             }
+            Ok(false) => {}
             Err(error) => {
                 tracing::error!(%error, "config change ignored; the previous config stays in force")
             }
@@ -78,14 +184,111 @@ pub async fn watch(dir: PathBuf, mut mesh: Mesh, mut changed: impl FnMut(&Mesh))
     }
 }
 
-/// Names, sizes and modification times of the manifests in `dir`.
-fn stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    manifest_files(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|file| {
-            let metadata = std::fs::metadata(&file).ok()?;
-            Some((file, metadata.len(), metadata.modified().ok()))
+/// inotify on the directory and its subdirectories.
+pub struct Events {
+    inotify: AsyncFd<InotifyFd>,
+    watched: BTreeSet<PathBuf>,
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Events {
+    /// Events of `dir` and its subdirectories from now on; `None`, logged,
+    /// where inotify is not available (the directory is then read every
+    /// few seconds).
+    pub fn watching(dir: &Path) -> Option<Self> {
+        match Self::new() {
+            Ok(mut events) => {
+                events.watch_tree(dir);
+                Some(events)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "inotify unavailable; the config directory is read every {RESCAN_INTERVAL:?}");
+                None
+            }
+        }
+    }
+
+    fn new() -> std::io::Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // SAFETY: the `AsyncFd` owns the inotify instance, whose descriptor
+        // stays open and the same until the `AsyncFd` is dropped.
+        let inotify =
+            unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(std::io::Error::from)?;
+        Ok(Self {
+            inotify,
+            watched: BTreeSet::new(),
         })
-        .collect()
+    }
+
+    fn instance(&self) -> &Inotify {
+        &self.inotify.get_ref().0
+    }
+
+    /// Watches `dir` and every visible directory under it not yet watched.
+    fn watch_tree(&mut self, dir: &Path) {
+        let flags = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE_SELF;
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            if !self.watched.contains(&dir) {
+                match self.instance().add_watch(&dir, flags) {
+                    Ok(_) => {
+                        self.watched.insert(dir.clone());
+                    }
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot watch for changes")
+                    }
+                }
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            pending.extend(entries.flatten().map(|e| e.path()).filter(|path| {
+                path.is_dir()
+                    && path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| !n.starts_with('.'))
+            }));
+        }
+        // A directory that went away loses its watch with it.
+        self.watched.retain(|dir| dir.is_dir());
+    }
+
+    /// Completes when an event is waiting.
+    async fn next(&mut self) {
+        loop {
+            let Ok(mut guard) = self.inotify.readable().await else {
+                return std::future::pending().await;
+            };
+            if !guard
+                .get_inner()
+                .0
+                .read_events()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                return;
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Drops the events that came in meanwhile: one read covers them all.
+    fn discard_pending(&mut self) {
+        while matches!(self.instance().read_events(), Ok(events) if !events.is_empty()) {}
+    }
 }

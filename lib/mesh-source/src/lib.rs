@@ -96,11 +96,14 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<JoinHandle<()>> {
     match source {
         Source::Directory(dir) => {
+            let events = directory::Events::watching(dir);
+            let mut directory = directory::Directory::new(dir.clone());
             let mut model = Mesh::default();
-            directory::load(dir, &mut model)?;
+            directory.load(&mut model)?;
             handle.publish(&model);
             Ok(tokio::spawn(directory::watch(
-                dir.clone(),
+                directory,
+                events,
                 model,
                 move |model| handle.publish(model),
             )))

@@ -206,7 +206,9 @@ async fn both_sources_build_the_same_model() {
     let manifests: Vec<String> = objects.iter().map(Value::to_string).collect();
     std::fs::write(dir.join("mesh.yaml"), manifests.join("\n---\n")).unwrap();
     let mut from_directory = Mesh::default();
-    directory::load(&dir, &mut from_directory).unwrap();
+    directory::Directory::new(dir.clone())
+        .load(&mut from_directory)
+        .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     let from_kubernetes = watch(&server).await.lock().unwrap().clone();

@@ -1,0 +1,115 @@
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+//! The manifest directory source follows files being added, rewritten in
+//! place, replaced by a rename, added in a new subdirectory and removed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_config::model::{Key, Mesh};
+use ambit_mesh_source::{MeshHandle, Source};
+
+fn service(name: &str, vip: &str, team: &str) -> String {
+    format!(
+        "{{apiVersion: v1, kind: Service, metadata: {{name: {name}, namespace: shop, labels: {{team: {team}}}}}, \
+         spec: {{clusterIP: {vip}, ports: [{{port: 80}}]}}}}\n"
+    )
+}
+
+/// Waits until the published model passes `check`.
+async fn until(handle: &MeshHandle, what: &str, check: impl Fn(&Mesh) -> bool) {
+    let mut changes = handle.subscribe();
+    let wait = async {
+        while !check(&changes.borrow_and_update()) {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "never saw: {what}; the model holds {:?}",
+                handle.snapshot().counts()
+            )
+        });
+}
+
+fn team(mesh: &Mesh, name: &str) -> Option<String> {
+    let service = mesh.services.get(&Key::new("shop", name))?;
+    service.labels.get("team").cloned()
+}
+
+fn replace(dir: &Path, file: &str, text: &str) {
+    let temporary = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, dir.join(file)).unwrap();
+}
+
+#[tokio::test]
+async fn the_directory_source_follows_every_kind_of_file_change() {
+    let dir = std::env::temp_dir().join(format!("ambit-directory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cart.yaml"), service("cart", "10.96.0.1", "red")).unwrap();
+    let handle = Arc::new(MeshHandle::default());
+    let task = ambit_mesh_source::start(&Source::Directory(dir.clone()), handle.clone())
+        .await
+        .unwrap();
+    assert_eq!(team(&handle.snapshot(), "cart").as_deref(), Some("red"));
+
+    std::fs::write(dir.join("pay.yaml"), service("pay", "10.96.0.2", "blue")).unwrap();
+    until(&handle, "a new file", |m| {
+        team(m, "pay").as_deref() == Some("blue")
+    })
+    .await;
+
+    std::fs::write(dir.join("cart.yaml"), service("cart", "10.96.0.1", "green")).unwrap();
+    until(&handle, "a file rewritten in place", |m| {
+        team(m, "cart").as_deref() == Some("green")
+    })
+    .await;
+
+    replace(&dir, "cart.yaml", &service("cart", "10.96.0.1", "gold"));
+    until(&handle, "a file renamed over", |m| {
+        team(m, "cart").as_deref() == Some("gold")
+    })
+    .await;
+
+    std::fs::create_dir_all(dir.join("more")).unwrap();
+    std::fs::write(
+        dir.join("more/ship.yaml"),
+        service("ship", "10.96.0.3", "grey"),
+    )
+    .unwrap();
+    until(&handle, "a file in a new subdirectory", |m| {
+        team(m, "ship").as_deref() == Some("grey")
+    })
+    .await;
+
+    std::fs::remove_file(dir.join("pay.yaml")).unwrap();
+    until(&handle, "a removed file", |m| team(m, "pay").is_none()).await;
+    let vip = "10.96.0.2".parse().unwrap();
+    assert!(
+        handle.snapshot().service_by_vip(vip, 80).is_none(),
+        "its VIP is gone with it"
+    );
+
+    // A document that cannot be read is rejected alone; the rest of its file applies.
+    let broken = "{apiVersion: v1, kind: Service, metadata: {name: bad, namespace: shop}, spec: {ports: [{port: 99999}]}}\n";
+    std::fs::write(
+        dir.join("more/ship.yaml"),
+        format!("{broken}---\n{}", service("ship", "10.96.0.3", "black")),
+    )
+    .unwrap();
+    until(&handle, "the good half of a file", |m| {
+        team(m, "ship").as_deref() == Some("black")
+    })
+    .await;
+    assert!(!handle
+        .snapshot()
+        .services
+        .contains_key(&Key::new("shop", "bad")));
+
+    task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
