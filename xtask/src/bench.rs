@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: the data path's cost, measured on the namespace
-//! cluster with release builds, next to the same traffic with no mesh.
-//! Figures are reported, not asserted.
+//! `cargo xtask bench`: the mesh model at scale (memory, change propagation;
+//! `lib/mesh-source/benches/scale.rs`), then the data path's cost, measured
+//! on the namespace cluster with release builds, next to the same traffic
+//! with no mesh. Figures are reported, not asserted.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -40,6 +41,21 @@ struct AgentCost {
 }
 
 pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
+    let dir = workspace.target.join("bench");
+    crate::run(
+        workspace
+            .cargo()
+            .args([
+                "bench",
+                "-p",
+                "ambit-mesh-source",
+                "--bench",
+                "scale",
+                "--",
+                "--save",
+            ])
+            .arg(&dir),
+    )?;
     crate::run(
         workspace
             .cargo()
@@ -93,7 +109,6 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
 
     let report = markdown(&scenarios);
     println!("\n{report}");
-    let dir = workspace.target.join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("l4.json"), serde_json::to_vec_pretty(&scenarios)?)?;
     std::fs::write(dir.join("l4.md"), report)?;

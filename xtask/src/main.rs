@@ -28,7 +28,7 @@ enum Task {
     Demo,
     /// Check formatting and clippy, the BPF programs included.
     Lint,
-    /// Measure the data path against no mesh on the namespace cluster (release build; needs root).
+    /// Measure the mesh model at scale, and the data path against no mesh on the namespace cluster (release build; needs root).
     Bench,
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
