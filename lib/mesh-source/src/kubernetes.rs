@@ -56,12 +56,18 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
 }
 
 /// Watches every kind, keeps `mesh` in step, and calls `changed` after
-/// each batch of changes; `synced` fires once every kind was listed.
+/// each batch of changes. `synced` gets the model once every kind was
+/// listed, or the reason it cannot be: the API server refuses to list a
+/// kind (403), so policies could be missed.
+///
+/// A kind the API server does not serve (404: Istio's CRDs are not
+/// installed) counts as listed and empty; its watcher keeps trying, and
+/// its objects apply once the CRD is installed.
 pub async fn watch(
     client: kube::Client,
     mut mesh: Mesh,
     mut changed: impl FnMut(&Mesh),
-    synced: tokio::sync::oneshot::Sender<Mesh>,
+    synced: tokio::sync::oneshot::Sender<anyhow::Result<Mesh>>,
 ) {
     let streams = KINDS.iter().map(|(group, kind, versions)| {
         let version = versions[0];
@@ -86,6 +92,7 @@ pub async fn watch(
     let mut relists: BTreeMap<String, Relist> = BTreeMap::new();
     let mut unsynced: BTreeSet<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
     let mut synced = Some(synced);
+    let mut absent: BTreeSet<String> = BTreeSet::new();
     while let Some((resource, event)) = events.next().await {
         let mut batch = vec![(resource, event)];
         // Apply everything already waiting before publishing once.
@@ -96,12 +103,41 @@ pub async fn watch(
             let event = match event {
                 Ok(event) => event,
                 Err(error) => {
-                    tracing::warn!(kind = %resource.kind, %error, "watch failed; retrying");
+                    let served = format!("{}.{}", resource.plural, resource.group);
+                    match list_refused(&error) {
+                        Some(404) if absent.insert(resource.kind.clone()) => {
+                            tracing::warn!(
+                                resource = served.trim_end_matches('.'),
+                                "not served by the API server (is its CRD installed?): \
+                                 none apply until it is"
+                            );
+                            mesh.replace(&[&resource.kind], Vec::new(), Vec::new());
+                            unsynced.remove(resource.kind.as_str());
+                        }
+                        Some(404) => tracing::debug!(%error, "still not served"),
+                        Some(403) if synced.is_some() => {
+                            if let Some(synced) = synced.take() {
+                                let _ = synced.send(Err(anyhow::anyhow!(
+                                    "the Kubernetes API server refuses to list {} (403 Forbidden): \
+                                     give this proxy's service account the ambit-mesh-reader \
+                                     ClusterRole (deploy/node-agent.yaml): {error}",
+                                    served.trim_end_matches('.')
+                                )));
+                            }
+                            return;
+                        }
+                        _ => {
+                            tracing::warn!(kind = %resource.kind, %error, "watch failed; retrying")
+                        }
+                    }
                     continue;
                 }
             };
             match event {
                 Event::Init => {
+                    if absent.remove(&resource.kind) {
+                        tracing::info!(kind = %resource.kind, "now served by the API server");
+                    }
                     relists.insert(resource.kind.clone(), Relist::default());
                 }
                 Event::InitApply(object) => {
@@ -137,11 +173,19 @@ pub async fn watch(
         if unsynced.is_empty() {
             match synced.take() {
                 Some(synced) => {
-                    let _ = synced.send(mesh.clone());
+                    let _ = synced.send(Ok(mesh.clone()));
                 }
                 None => changed(&mesh),
             }
         }
+    }
+}
+
+/// The HTTP status the API server refused a list with.
+fn list_refused(error: &watcher::Error) -> Option<u16> {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
     }
 }
 

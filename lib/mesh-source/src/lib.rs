@@ -126,7 +126,7 @@ pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<J
                         SYNC_TIMEOUT.as_secs()
                     )
                 })?
-                .context("the Kubernetes watch ended before its first list")?;
+                .context("the Kubernetes watch ended before its first list")??;
             handle.publish(&initial);
             Ok(task)
         }

@@ -35,6 +35,11 @@ fn expected(server: &FakeApiServer) -> Mesh {
 
 /// Starts the watch; the returned cell holds the latest published model.
 async fn watch(server: &Arc<FakeApiServer>) -> Arc<Mutex<Mesh>> {
+    first_list(server).await.unwrap()
+}
+
+/// Starts the watch and waits for its first full list, or its refusal.
+async fn first_list(server: &Arc<FakeApiServer>) -> anyhow::Result<Arc<Mutex<Mesh>>> {
     let client = kube::Client::new(server.service(), "default");
     let latest = Arc::new(Mutex::new(Mesh::default()));
     let (synced, initial) = tokio::sync::oneshot::channel();
@@ -48,9 +53,9 @@ async fn watch(server: &Arc<FakeApiServer>) -> Arc<Mutex<Mesh>> {
     let initial = tokio::time::timeout(Duration::from_secs(20), initial)
         .await
         .expect("the first list finishes")
-        .expect("the watch runs");
+        .expect("the watch runs")?;
     *latest.lock().unwrap() = initial;
-    latest
+    Ok(latest)
 }
 
 /// Waits until the watched model equals the server's state.
@@ -226,4 +231,31 @@ async fn both_sources_build_the_same_model() {
         from_kubernetes.authorization_policies.len() == 3,
         "the invalid AuthorizationPolicy is held as a denial by both"
     );
+}
+
+#[tokio::test]
+async fn a_kind_the_server_does_not_serve_is_empty_until_its_crd_is_installed() {
+    let server = Arc::new(FakeApiServer::default());
+    server.uninstall("virtualservices");
+    server.create(object(2, 0, 0)).unwrap();
+    let latest = watch(&server).await;
+    let counts = latest.lock().unwrap().counts();
+    assert_eq!((counts["Service"], counts["VirtualService"]), (1, 0));
+
+    server.install("virtualservices");
+    server.create(object(4, 0, 0)).unwrap();
+    converges(&server, &latest).await;
+    assert_eq!(latest.lock().unwrap().counts()["VirtualService"], 1);
+}
+
+#[tokio::test]
+async fn a_kind_the_proxy_may_not_list_stops_its_start_naming_the_kind() {
+    let server = Arc::new(FakeApiServer::default());
+    server.forbid("authorizationpolicies");
+    let error = format!("{:#}", first_list(&server).await.unwrap_err());
+    assert!(
+        error.contains("refuses to list authorizationpolicies.security.istio.io (403 Forbidden)"),
+        "{error}"
+    );
+    assert!(error.contains("ambit-mesh-reader"), "{error}");
 }

@@ -45,13 +45,17 @@ impl FakeApiServer {
                 &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-ambit-fake"}),
             ));
         }
-        let target = parse_path(path).ok_or_else(|| {
+        let not_found = || {
             Refusal::new(
                 404,
                 "NotFound",
                 format!("the server could not find the requested resource ({path})"),
             )
-        })?;
+        };
+        let target = parse_path(path).ok_or_else(not_found)?;
+        if self.faults.uninstalled().contains(target.resource.plural) {
+            return Err(not_found());
+        }
         let forbidden = self
             .faults
             .forbidden

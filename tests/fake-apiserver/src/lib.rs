@@ -53,6 +53,14 @@ struct Faults {
     /// Bumped to end every open watch stream.
     drop_watches: tokio::sync::watch::Sender<u64>,
     forbidden: Mutex<BTreeSet<&'static str>>,
+    /// Resource types served as if their CRD were not installed.
+    uninstalled: Mutex<BTreeSet<&'static str>>,
+}
+
+impl Faults {
+    fn uninstalled(&self) -> std::sync::MutexGuard<'_, BTreeSet<&'static str>> {
+        self.uninstalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Default for FakeApiServer {
@@ -155,6 +163,17 @@ impl FakeApiServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plural);
+    }
+
+    /// Fault: answers 404 for a resource type (by plural), as a cluster
+    /// without its CRD does, until [`FakeApiServer::install`].
+    pub fn uninstall(&self, plural: &'static str) {
+        self.faults.uninstalled().insert(plural);
+    }
+
+    /// Serves a resource type again after [`FakeApiServer::uninstall`].
+    pub fn install(&self, plural: &'static str) {
+        self.faults.uninstalled().remove(plural);
     }
 
     /// A kubeconfig for a client of this server at `url` (`http://ip:port`).
