@@ -352,10 +352,12 @@ fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
 
 /// Checks references between objects: warns about routes to subsets that
 /// no DestinationRule defines, as traffic sent there finds no endpoint.
-pub fn check_references(resources: &[Resource]) -> Vec<Problem> {
+pub fn check_references<'a>(
+    resources: impl IntoIterator<Item = &'a Resource> + Clone,
+) -> Vec<Problem> {
     let mut defined: std::collections::HashMap<String, BTreeSet<&str>> =
         std::collections::HashMap::new();
-    for resource in resources {
+    for resource in resources.clone() {
         if let Resource::DestinationRule(rule) = resource {
             let names = defined
                 .entry(qualify_host(&rule.spec.host, rule.namespace()))

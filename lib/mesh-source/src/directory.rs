@@ -13,17 +13,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ambit_config::document::{
-    self, check_references, parse_stream, rejections, Parsed, Problem, Severity, KINDS,
+    self, check_references, parse_stream, rejections, ObjectRef, Problem, Resource, Severity,
 };
 use ambit_config::model::Mesh;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
-/// A manifest directory and what was last read from each of its files.
+/// A manifest directory, what was last read from each of its files, and
+/// what the model was last given, so a change applies only what differs.
 #[derive(Debug)]
 pub struct Directory {
     dir: PathBuf,
     files: BTreeMap<PathBuf, File>,
+    /// Each object as the last file that defines it has it.
+    applied: BTreeMap<ObjectRef, Applied>,
     /// Warnings across files already logged, so each is logged once.
     warned: BTreeSet<String>,
 }
@@ -31,7 +34,25 @@ pub struct Directory {
 #[derive(Debug, Clone)]
 struct File {
     stamp: Stamp,
-    parsed: Arc<Parsed>,
+    resources: Vec<Arc<Resource>>,
+    rejected: Vec<(ObjectRef, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+enum Applied {
+    Object(Arc<Resource>),
+    Rejected(Vec<String>),
+}
+
+impl PartialEq for Applied {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // Objects of files that did not change are the same allocation.
+            (Self::Object(a), Self::Object(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Self::Rejected(a), Self::Rejected(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// What tells a file's content changed without reading it: a rewrite in
@@ -65,6 +86,7 @@ impl Directory {
         Self {
             dir,
             files: BTreeMap::new(),
+            applied: BTreeMap::new(),
             warned: BTreeSet::new(),
         }
     }
@@ -97,7 +119,8 @@ impl Directory {
                     }
                     File {
                         stamp,
-                        parsed: Arc::new(parsed),
+                        rejected: rejections(&parsed.problems),
+                        resources: parsed.resources.into_iter().map(Arc::new).collect(),
                     }
                 }
             };
@@ -107,13 +130,42 @@ impl Directory {
             return Ok(false);
         }
         self.files = files;
-        let parsed = self.files.values().map(|file| &file.parsed);
-        let resources: Vec<_> = parsed
-            .clone()
-            .flat_map(|p| p.resources.iter().cloned())
-            .collect();
-        let problems: Vec<Problem> = parsed.flat_map(|p| p.problems.iter().cloned()).collect();
-        let across = check_references(&resources);
+        let mut applied = BTreeMap::new();
+        for file in self.files.values() {
+            for resource in &file.resources {
+                applied.insert(resource.describe().1, Applied::Object(resource.clone()));
+            }
+            for (object, problems) in &file.rejected {
+                applied.insert(object.clone(), Applied::Rejected(problems.clone()));
+            }
+        }
+        self.warn_across(&applied);
+        for object in self.applied.keys() {
+            if !applied.contains_key(object) {
+                mesh.delete(object);
+            }
+        }
+        for (object, now) in &applied {
+            if self.applied.get(object) == Some(now) {
+                continue;
+            }
+            match now {
+                Applied::Object(resource) => mesh.apply(Resource::clone(resource)),
+                Applied::Rejected(problems) => mesh.reject(object, problems.clone()),
+            }
+        }
+        self.applied = applied;
+        Ok(true)
+    }
+
+    /// Logs the problems between objects of different files (routes to
+    /// subsets no DestinationRule defines) that were not logged already.
+    fn warn_across(&mut self, applied: &BTreeMap<ObjectRef, Applied>) {
+        let resources = applied.values().filter_map(|now| match now {
+            Applied::Object(resource) => Some(&**resource),
+            Applied::Rejected(_) => None,
+        });
+        let across = check_references(resources);
         let warned = across.iter().map(ToString::to_string).collect();
         for problem in &across {
             if !self.warned.contains(&problem.to_string()) {
@@ -121,9 +173,6 @@ impl Directory {
             }
         }
         self.warned = warned;
-        let kinds: Vec<&str> = KINDS.iter().map(|(_, kind, _)| *kind).collect();
-        mesh.replace(&kinds, resources, rejections(&problems));
-        Ok(true)
     }
 }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 //! The manifest directory source follows files being added, rewritten in
-//! place, replaced by a rename, added in a new subdirectory and removed.
+//! place, replaced by a rename, added in a new subdirectory and removed,
+//! with an object defined twice and a document that cannot be read.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +84,18 @@ async fn the_directory_source_follows_every_kind_of_file_change() {
     .unwrap();
     until(&handle, "a file in a new subdirectory", |m| {
         team(m, "ship").as_deref() == Some("grey")
+    })
+    .await;
+
+    // One object in two files: the later file (by name) wins while it has it.
+    std::fs::write(dir.join("dup.yaml"), service("cart", "10.96.0.1", "plum")).unwrap();
+    until(&handle, "the later of two definitions", |m| {
+        team(m, "cart").as_deref() == Some("plum")
+    })
+    .await;
+    std::fs::remove_file(dir.join("dup.yaml")).unwrap();
+    until(&handle, "the remaining definition", |m| {
+        team(m, "cart").as_deref() == Some("gold")
     })
     .await;
 
