@@ -161,10 +161,11 @@ async fn through_kubernetes(objects: &[Value], work_dir: &Path) -> anyhow::Resul
         kubeconfig: Some(kubeconfig),
     };
     let run = measure(&source, |trial, pod| {
+        let made = Instant::now();
         server
             .apply(pod)
-            .map(|_| ())
-            .map_err(|refusal| anyhow::anyhow!("trial {trial}: {}", refusal.message))
+            .map_err(|refusal| anyhow::anyhow!("trial {trial}: {}", refusal.message))?;
+        Ok(made)
     })
     .await;
     serving.abort();
@@ -209,12 +210,12 @@ fn file_of(object: &Value) -> usize {
 }
 
 /// Writes beside and renames, as editors and ConfigMap mounts do, so the
-/// source never reads half a file.
+/// source never reads half a file; returns when the writing began.
 fn write_manifest<'a>(
     dir: &Path,
     index: usize,
     objects: impl Iterator<Item = &'a Value>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Instant> {
     let mut text = String::new();
     for object in objects {
         text += "---\n";
@@ -223,15 +224,18 @@ fn write_manifest<'a>(
     }
     let path = dir.join(format!("{index:02}.yaml"));
     let temporary = dir.join(format!(".{index:02}.yaml.tmp"));
+    let made = Instant::now();
     std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, &path).context("writing a manifest")
+    std::fs::rename(&temporary, &path).context("writing a manifest")?;
+    Ok(made)
 }
 
 /// Starts `source`, then changes one pod's labels per trial with `change`
-/// and times how long the new labels take to show in the snapshot.
+/// (which returns when it made the change) and times how long the new
+/// labels take to show in the snapshot.
 async fn measure(
     source: &Source,
-    mut change: impl FnMut(usize, Value) -> anyhow::Result<()>,
+    mut change: impl FnMut(usize, Value) -> anyhow::Result<Instant>,
 ) -> anyhow::Result<Run> {
     let handle = Arc::new(MeshHandle::default());
     let start = Instant::now();
@@ -258,8 +262,7 @@ async fn measure(
                 == Some(&version)
         };
         changes.borrow_and_update();
-        let start = Instant::now();
-        change(trial, object)?;
+        let start = change(trial, object)?;
         while !seen(&changes.borrow_and_update()) {
             tokio::time::timeout(GIVE_UP, changes.changed())
                 .await

@@ -233,6 +233,14 @@ pub async fn watch(
     }
 }
 
+/// Whether an event about `name` can change what is read: hidden files
+/// (an editor's or a writer's temporary file) cannot, except the `..data`
+/// link a ConfigMap mount swaps to publish an update.
+fn relevant(name: Option<&std::ffi::OsStr>) -> bool {
+    name.and_then(|n| n.to_str())
+        .is_none_or(|n| !n.starts_with('.') || n == "..data")
+}
+
 /// inotify on the directory and its subdirectories.
 pub struct Events {
     inotify: AsyncFd<InotifyFd>,
@@ -323,14 +331,12 @@ impl Events {
             let Ok(mut guard) = self.inotify.readable().await else {
                 return std::future::pending().await;
             };
-            if !guard
-                .get_inner()
-                .0
-                .read_events()
-                .unwrap_or_default()
-                .is_empty()
-            {
+            let events = guard.get_inner().0.read_events().unwrap_or_default();
+            if events.iter().any(|event| relevant(event.name.as_deref())) {
                 return;
+            }
+            if !events.is_empty() {
+                continue;
             }
             guard.clear_ready();
         }
