@@ -69,17 +69,11 @@ mod tests {
     #[test]
     fn names_that_kubernetes_would_refuse_are_refused_by_flag() {
         for (flags, expected) in [
-            (["--namespace", "Shop"], "--namespace \"Shop\""),
-            (["--name", "-wp"], "--name \"-wp\""),
+            (&["--namespace", "Shop"][..], "--namespace \"Shop\""),
+            (&["--namespace", "shop", "--name=-wp"], "--name \"-wp\""),
         ] {
-            let mut args = vec![
-                "ambit-waypoint",
-                "--config-dir",
-                "/tmp",
-                "--namespace",
-                "shop",
-            ];
-            args.extend(flags);
+            let mut args = vec!["ambit-waypoint", "--config-dir", "/tmp"];
+            args.extend_from_slice(flags);
             let error = Config::from_args(Args::parse_from(args)).unwrap_err();
             assert!(error.to_string().contains(expected), "{error}");
         }

@@ -34,8 +34,8 @@ pub struct Directory {
 #[derive(Debug, Clone)]
 struct File {
     stamp: Stamp,
-    resources: Vec<Arc<Resource>>,
-    rejected: Vec<(ObjectRef, Vec<String>)>,
+    /// What the file defines; within a file, the last definition wins.
+    objects: Arc<BTreeMap<ObjectRef, Applied>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,9 +99,16 @@ impl Directory {
     /// cannot be read fails the call and changes nothing.
     pub fn load(&mut self, mesh: &mut Mesh) -> Result<bool, ReadError> {
         let paths = document::manifest_files(&self.dir).map_err(ReadError::new(&self.dir))?;
-        let mut changed = paths.len() != self.files.len();
         let mut files = BTreeMap::new();
-        for path in paths {
+        // Files added, changed or removed since the last read.
+        let listed: BTreeSet<&PathBuf> = paths.iter().collect();
+        let mut changed: BTreeSet<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !listed.contains(path))
+            .cloned()
+            .collect();
+        for path in paths.iter().cloned() {
             let metadata = std::fs::metadata(&path).map_err(ReadError::new(&path))?;
             let stamp = Stamp {
                 len: metadata.len(),
@@ -111,57 +118,57 @@ impl Directory {
             let file = match self.files.get(&path) {
                 Some(file) if file.stamp == stamp => file.clone(),
                 _ => {
-                    changed = true;
                     let text = std::fs::read_to_string(&path).map_err(ReadError::new(&path))?;
-                    let parsed = parse_stream(&text);
-                    for problem in &parsed.problems {
-                        log(Some(&path), problem);
-                    }
+                    changed.insert(path.clone());
                     File {
                         stamp,
-                        rejected: rejections(&parsed.problems),
-                        resources: parsed.resources.into_iter().map(Arc::new).collect(),
+                        objects: Arc::new(read_file(&path, &text)),
                     }
                 }
             };
             files.insert(path, file);
         }
-        if !changed {
+        if changed.is_empty() {
             return Ok(false);
         }
-        self.files = files;
-        let mut applied = BTreeMap::new();
-        for file in self.files.values() {
-            for resource in &file.resources {
-                applied.insert(resource.describe().1, Applied::Object(resource.clone()));
-            }
-            for (object, problems) in &file.rejected {
-                applied.insert(object.clone(), Applied::Rejected(problems.clone()));
-            }
-        }
-        self.warn_across(&applied);
-        for object in self.applied.keys() {
-            if !applied.contains_key(object) {
-                mesh.delete(object);
-            }
-        }
-        for (object, now) in &applied {
-            if self.applied.get(object) == Some(now) {
+        let old_files = std::mem::replace(&mut self.files, files);
+        // Only objects of the changed files can differ; each goes to what
+        // the last file (by path) that defines it says.
+        let affected: BTreeSet<&ObjectRef> = changed
+            .iter()
+            .flat_map(|path| [old_files.get(path), self.files.get(path)])
+            .flatten()
+            .flat_map(|file| file.objects.keys())
+            .collect();
+        for object in affected {
+            let now = self
+                .files
+                .values()
+                .rev()
+                .find_map(|file| file.objects.get(object));
+            if self.applied.get(object) == now {
                 continue;
             }
             match now {
-                Applied::Object(resource) => mesh.apply(Resource::clone(resource)),
-                Applied::Rejected(problems) => mesh.reject(object, problems.clone()),
+                Some(Applied::Object(resource)) => mesh.apply(Resource::clone(resource)),
+                Some(Applied::Rejected(problems)) => mesh.reject(object, problems.clone()),
+                None => {
+                    mesh.delete(object);
+                }
             }
+            match now {
+                Some(now) => self.applied.insert(object.clone(), now.clone()),
+                None => self.applied.remove(object),
+            };
         }
-        self.applied = applied;
+        self.warn_across();
         Ok(true)
     }
 
     /// Logs the problems between objects of different files (routes to
     /// subsets no DestinationRule defines) that were not logged already.
-    fn warn_across(&mut self, applied: &BTreeMap<ObjectRef, Applied>) {
-        let resources = applied.values().filter_map(|now| match now {
+    fn warn_across(&mut self) {
+        let resources = self.applied.values().filter_map(|now| match now {
             Applied::Object(resource) => Some(&**resource),
             Applied::Rejected(_) => None,
         });
@@ -174,6 +181,22 @@ impl Directory {
         }
         self.warned = warned;
     }
+}
+
+/// The objects one file defines, its problems logged with its name.
+fn read_file(path: &Path, text: &str) -> BTreeMap<ObjectRef, Applied> {
+    let parsed = parse_stream(text);
+    for problem in &parsed.problems {
+        log(Some(path), problem);
+    }
+    let mut objects = BTreeMap::new();
+    for resource in parsed.resources {
+        objects.insert(resource.describe().1, Applied::Object(Arc::new(resource)));
+    }
+    for (object, problems) in rejections(&parsed.problems) {
+        objects.insert(object, Applied::Rejected(problems));
+    }
+    objects
 }
 
 fn log(file: Option<&Path>, problem: &Problem) {
