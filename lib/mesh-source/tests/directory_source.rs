@@ -126,3 +126,62 @@ async fn the_directory_source_follows_every_kind_of_file_change() {
     task.abort();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One of a few objects in one of a few versions; version 2 of the
+/// AuthorizationPolicy cannot be read and must be kept as a denial.
+fn document(object: u8, version: u8) -> String {
+    let labels = format!("{{v: \"{version}\"}}");
+    match object % 3 {
+        0 => service(&format!("s{object}"), &format!("10.96.1.{}", version + 1), &version.to_string()),
+        1 => format!(
+            "{{apiVersion: v1, kind: Pod, metadata: {{name: p{object}, namespace: shop, labels: {labels}}}, \
+             status: {{podIP: 10.244.0.{}}}}}\n",
+            version + 2
+        ),
+        _ if version == 2 => format!(
+            "{{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {{name: a{object}, namespace: shop}}, \
+             spec: {{action: ALLOW, rules: [{{to: [{{operation: {{ports: [\"http\"]}}}}]}}]}}}}\n"
+        ),
+        _ => format!(
+            "{{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {{name: a{object}, namespace: shop, labels: {labels}}}, \
+             spec: {{action: DENY, rules: [{{}}]}}}}\n"
+        ),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// After any sequence of file writes and removals, the model kept up to
+    /// date change by change equals the model read from scratch.
+    #[test]
+    fn following_changes_gives_the_model_of_a_fresh_read(
+        steps in proptest::collection::vec(
+            (0..3u8, proptest::option::of(proptest::collection::vec((0..6u8, 0..3u8), 0..4))),
+            1..25,
+        )
+    ) {
+        let dir = std::env::temp_dir().join(format!("ambit-directory-prop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut followed = ambit_mesh_source::directory::Directory::new(dir.clone());
+        let mut mesh = Mesh::default();
+        for (file, content) in steps {
+            let path = dir.join(format!("f{file}.yaml"));
+            match content {
+                Some(documents) => {
+                    let text: Vec<String> = documents.iter().map(|(o, v)| document(*o, *v)).collect();
+                    replace(&dir, &format!("f{file}.yaml"), &text.join("---\n"));
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            followed.load(&mut mesh).unwrap();
+            let mut fresh = Mesh::default();
+            ambit_mesh_source::directory::Directory::new(dir.clone()).load(&mut fresh).unwrap();
+            proptest::prop_assert_eq!(&mesh, &fresh);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
