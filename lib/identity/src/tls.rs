@@ -1,0 +1,276 @@
+//! Mutual TLS between Ambit's proxies, as HBONE needs it: TLS 1.3 only,
+//! ALPN `h2`, a certificate required on both sides, chains checked against
+//! the trust bundle, and peers known by their SPIFFE ID. The client also
+//! checks that the server is the identity it expected for the destination.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::TrustAnchor;
+use webpki::{EndEntityCert, KeyUsage};
+
+use crate::certificate::{identity_of, WorkloadCertificate};
+use crate::spiffe::Identity;
+
+/// HBONE is HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the trust bundle: {0}")]
+    Bundle(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The roots a proxy trusts, all for one trust domain. During a root
+/// rotation it holds the old and the new root.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    trust_domain: String,
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl TrustBundle {
+    pub fn from_pem(trust_domain: &str, pem: &str) -> Result<Self, TlsError> {
+        let roots = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| TlsError::Bundle(error.to_string()))?;
+        if roots.is_empty() {
+            return Err(TlsError::Bundle("no certificate in it".into()));
+        }
+        let anchors = roots
+            .iter()
+            .map(|root| {
+                webpki::anchor_from_trusted_cert(root)
+                    .map(|anchor| anchor.to_owned())
+                    .map_err(|error| TlsError::Bundle(error.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            trust_domain: trust_domain.into(),
+            anchors,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server side of HBONE: requires and verifies the client's certificate.
+pub fn server_config(
+    certificate: &WorkloadCertificate,
+    bundle: &TrustBundle,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = SpiffeVerifier::new(bundle, None, provider.clone());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(certificate.chain(), certificate.key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection is verified in full: no resumed sessions.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(config)
+}
+
+/// The client side of HBONE to a server that must be `server`.
+pub fn client_config(
+    certificate: &WorkloadCertificate,
+    bundle: &TrustBundle,
+    server: &Identity,
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = SpiffeVerifier::new(bundle, Some(server.clone()), provider.clone());
+    let key = certificate.certified_key(&provider)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// The identity the peer proved in a finished handshake.
+pub fn peer_identity(connection: &rustls::CommonState) -> Option<Identity> {
+    identity_of(connection.peer_certificates()?.first()?).ok()
+}
+
+/// Checks a peer's chain against the bundle and its SPIFFE ID against the
+/// trust domain (and, for a server, against the identity expected).
+#[derive(Debug)]
+struct SpiffeVerifier {
+    trust_domain: String,
+    anchors: Vec<TrustAnchor<'static>>,
+    expected: Option<Identity>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeVerifier {
+    fn new(
+        bundle: &TrustBundle,
+        expected: Option<Identity>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        Self {
+            trust_domain: bundle.trust_domain.clone(),
+            anchors: bundle.anchors.clone(),
+            expected,
+            provider,
+        }
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<Identity, rustls::Error> {
+        let cert = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+        let identity = identity_of(end_entity).map_err(|error| refused(error.to_string()))?;
+        if identity.trust_domain != self.trust_domain {
+            return Err(refused(format!(
+                "the peer {identity} is not in the trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(identity)
+    }
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let identity = self.verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
+        match &self.expected {
+            Some(expected) if *expected != identity => Err(refused(format!(
+                "the server is {identity}, not the expected {expected}"
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for SpiffeVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verify(end_entity, intermediates, now, KeyUsage::client_auth())?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(self, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(self, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(self)
+    }
+}
+
+/// Why a peer's otherwise valid certificate is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+fn refused(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(Refused(reason)),
+    )))
+}
+
+fn pki_error(error: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as E;
+    let kind = match error {
+        webpki::Error::CertExpired { .. } => E::Expired,
+        webpki::Error::CertNotValidYet { .. } => E::NotValidYet,
+        webpki::Error::UnknownIssuer => E::UnknownIssuer,
+        webpki::Error::InvalidSignatureForPublicKey => E::BadSignature,
+        other => E::Other(rustls::OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(kind)
+}

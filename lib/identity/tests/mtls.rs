@@ -1,0 +1,242 @@
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+//! Real TLS handshakes between the configurations the proxies use: who is
+//! accepted, who is refused, and which identity each side sees.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ambit_identity::ca::{CaError, DEFAULT_TTL};
+use ambit_identity::certificate::CertificateError;
+use ambit_identity::tls::{client_config, peer_identity, server_config};
+use ambit_identity::{
+    certificate_request, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
+};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const DOMAIN: &str = "cluster.local";
+
+fn workload(ca: &CertificateAuthority, namespace: &str, account: &str) -> WorkloadCertificate {
+    let identity = Identity::new(ca.trust_domain(), namespace, account);
+    let (key, csr) = certificate_request(&identity).unwrap();
+    let pem = ca.issue(&csr, &identity, DEFAULT_TTL).unwrap();
+    WorkloadCertificate::new(&identity, &key, &pem).unwrap()
+}
+
+fn bundle(cas: &[&CertificateAuthority]) -> TrustBundle {
+    let pem: String = cas.iter().map(|ca| ca.root_pem()).collect();
+    TrustBundle::from_pem(DOMAIN, &pem).unwrap()
+}
+
+/// What each side saw: the peer's identity, or why the handshake failed.
+type Seen = Result<Option<Identity>, String>;
+
+async fn handshake(client: ClientConfig, server: ServerConfig) -> (Seen, Seen) {
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let connector = TlsConnector::from(Arc::new(client));
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let (client, server) = tokio::join!(connector.connect(name, near), acceptor.accept(far));
+    let client = client
+        .map(|stream| peer_identity(stream.get_ref().1))
+        .map_err(|error| error.to_string());
+    let server = server
+        .map(|stream| peer_identity(stream.get_ref().1))
+        .map_err(|error| error.to_string());
+    (client, server)
+}
+
+fn failed(seen: &Seen, reason: &str) -> bool {
+    matches!(seen, Err(error) if error.contains(reason))
+}
+
+#[tokio::test]
+async fn peers_of_one_ca_see_each_others_identity() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let (cart, pay) = (workload(&ca, "shop", "cart"), workload(&ca, "shop", "pay"));
+    let (client, server) = handshake(
+        client_config(&cart, &trust, &pay.identity).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert_eq!(client, Ok(Some(pay.identity.clone())));
+    assert_eq!(server, Ok(Some(cart.identity.clone())));
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_the_expected_identity_is_refused() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let (cart, pay) = (workload(&ca, "shop", "cart"), workload(&ca, "shop", "pay"));
+    let expected = Identity::new(DOMAIN, "shop", "ledger");
+    let (client, _) = handshake(
+        client_config(&cart, &trust, &expected).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert!(
+        failed(&client, "is spiffe://cluster.local/ns/shop/sa/pay, not the expected spiffe://cluster.local/ns/shop/sa/ledger"),
+        "{client:?}"
+    );
+}
+
+#[tokio::test]
+async fn certificates_of_another_ca_are_refused_both_ways() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let stranger = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let (cart, pay) = (workload(&ca, "shop", "cart"), workload(&ca, "shop", "pay"));
+    let impostor = workload(&stranger, "shop", "pay");
+
+    let (client, _) = handshake(
+        client_config(&cart, &trust, &pay.identity).unwrap(),
+        server_config(&impostor, &bundle(&[&stranger, &ca])).unwrap(),
+    )
+    .await;
+    // Both roots bear the same name: the chain fails on its signature.
+    assert!(failed(&client, "invalid peer certificate"), "{client:?}");
+
+    let (_, server) = handshake(
+        client_config(&impostor, &bundle(&[&stranger, &ca]), &pay.identity).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert!(failed(&server, "invalid peer certificate"), "{server:?}");
+}
+
+#[tokio::test]
+async fn a_trusted_root_of_another_trust_domain_does_not_make_its_identities_ours() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let foreign = CertificateAuthority::generate("evil.example").unwrap();
+    let trust = bundle(&[&ca, &foreign]);
+    let pay = workload(&ca, "shop", "pay");
+    let intruder = workload(&foreign, "shop", "cart");
+    let (_, server) = handshake(
+        client_config(&intruder, &trust, &pay.identity).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert!(
+        failed(
+            &server,
+            "spiffe://evil.example/ns/shop/sa/cart is not in the trust domain cluster.local"
+        ),
+        "{server:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let pay = workload(&ca, "shop", "pay");
+    let identity = Identity::new(DOMAIN, "shop", "cart");
+    let (key, csr) = certificate_request(&identity).unwrap();
+    let hour = Duration::from_secs(3600);
+    let now = SystemTime::now();
+    let pem = ca
+        .issue_valid_between(&csr, &identity, now - 2 * hour, now - hour)
+        .unwrap();
+    let expired = WorkloadCertificate::new(&identity, &key, &pem).unwrap();
+    let (_, server) = handshake(
+        client_config(&expired, &trust, &pay.identity).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert!(failed(&server, "Expired"), "{server:?}");
+}
+
+/// A client that offers no certificate.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::client::ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let (cart, pay) = (workload(&ca, "shop", "cart"), workload(&ca, "shop", "pay"));
+    let mut anonymous = client_config(&cart, &trust, &pay.identity).unwrap();
+    anonymous.client_auth_cert_resolver = Arc::new(NoCertificate);
+    let (_, server) = handshake(anonymous, server_config(&pay, &trust).unwrap()).await;
+    assert!(failed(&server, "peer sent no certificates"), "{server:?}");
+}
+
+#[tokio::test]
+async fn during_a_root_rotation_both_roots_are_trusted() {
+    let old = CertificateAuthority::generate(DOMAIN).unwrap();
+    let new = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&old, &new]);
+    let (cart, pay) = (
+        workload(&old, "shop", "cart"),
+        workload(&new, "shop", "pay"),
+    );
+    let (client, server) = handshake(
+        client_config(&cart, &trust, &pay.identity).unwrap(),
+        server_config(&pay, &trust).unwrap(),
+    )
+    .await;
+    assert_eq!(client, Ok(Some(pay.identity.clone())));
+    assert_eq!(server, Ok(Some(cart.identity.clone())));
+}
+
+#[test]
+fn the_ca_keeps_its_root_and_certifies_only_its_trust_domain() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let reloaded = CertificateAuthority::from_pem(ca.root_pem(), &ca.key_pem(), DOMAIN).unwrap();
+    assert_eq!(reloaded.root_pem(), ca.root_pem());
+    let other = CertificateAuthority::generate(DOMAIN).unwrap();
+    assert!(matches!(
+        CertificateAuthority::from_pem(ca.root_pem(), &other.key_pem(), DOMAIN),
+        Err(CaError::KeyMismatch)
+    ));
+
+    let foreign = Identity::new("evil.example", "shop", "cart");
+    let (_, csr) = certificate_request(&foreign).unwrap();
+    let error = reloaded.issue(&csr, &foreign, DEFAULT_TTL).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the CA of trust domain cluster.local cannot certify spiffe://evil.example/ns/shop/sa/cart"
+    );
+
+    // The CA names the identity it decided, whatever the request asked for,
+    // and the certificate must be for the key that asked.
+    let asked = Identity::new(DOMAIN, "kube-system", "admin");
+    let granted = Identity::new(DOMAIN, "shop", "cart");
+    let (key, csr) = certificate_request(&asked).unwrap();
+    let pem = reloaded.issue(&csr, &granted, DEFAULT_TTL).unwrap();
+    let certificate = WorkloadCertificate::new(&granted, &key, &pem).unwrap();
+    assert_eq!(certificate.identity, granted);
+    let life = certificate
+        .not_after
+        .duration_since(certificate.not_before)
+        .unwrap();
+    assert!(
+        life >= DEFAULT_TTL && life <= DEFAULT_TTL + Duration::from_secs(600),
+        "{life:?}"
+    );
+    let (other_key, _) = certificate_request(&granted).unwrap();
+    assert!(matches!(
+        WorkloadCertificate::new(&granted, &other_key, &pem),
+        Err(CertificateError::KeyMismatch)
+    ));
+    assert!(matches!(
+        WorkloadCertificate::new(&asked, &key, &pem),
+        Err(CertificateError::WrongIdentity { .. })
+    ));
+}
