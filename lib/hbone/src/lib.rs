@@ -1,0 +1,23 @@
+//! HBONE, as Istio ambient defines it: each proxied TCP connection is one
+//! HTTP/2 `CONNECT` stream to port 15008, its `:authority` the target
+//! `ip:port`, a `Forwarded` header naming the original source; many streams
+//! share one mutual-TLS connection. The server answers 200 once the target
+//! is connected, 401 when policy denies, 503 when the target fails.
+//!
+//! This crate is the HTTP/2 part over any established (TLS) connection;
+//! the TLS and identities come from `ambit-identity`.
+
+pub mod client;
+pub mod server;
+mod stream;
+
+pub use stream::TunnelStream;
+
+/// Istio's HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+
+/// Flow-control windows sized for bulk transfers between nodes: a stream
+/// may have 4 MiB in flight, a connection 16 MiB across its streams.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_FRAME: u32 = 1 << 20;

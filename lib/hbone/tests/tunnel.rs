@@ -1,0 +1,187 @@
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+//! HBONE over real mutual TLS on loopback: many streams share one
+//! connection, each carries its bytes both ways with half-close, the server
+//! learns the target, the original source and the peer's identity, and
+//! refusals reach the client as 401 and 503.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use ambit_hbone::client::{Connection, HboneError};
+use ambit_hbone::server::{serve, ConnectRequest, Refusal};
+use ambit_identity::ca::DEFAULT_TTL;
+use ambit_identity::tls::{client_config, peer_identity, server_config};
+use ambit_identity::{
+    certificate_request, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
+};
+use http::StatusCode;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn workload(ca: &CertificateAuthority, account: &str) -> WorkloadCertificate {
+    let identity = Identity::new(ca.trust_domain(), "shop", account);
+    let (key, csr) = certificate_request(&identity).unwrap();
+    let pem = ca.issue(&csr, &identity, DEFAULT_TTL).unwrap();
+    WorkloadCertificate::new(&identity, &key, &pem).unwrap()
+}
+
+/// Echoes every connection back until its client half-closes.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                tokio::io::copy(&mut read, &mut write).await.unwrap();
+                write.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// What the HBONE server saw: each stream's request with its peer, and
+/// how many TLS connections it accepted.
+#[derive(Default)]
+struct Seen {
+    streams: Mutex<Vec<(Option<Identity>, ConnectRequest)>>,
+    connections: Mutex<usize>,
+}
+
+/// An HBONE server that opens any target on loopback except port 1, which
+/// policy "denies".
+async fn hbone_server(
+    certificate: WorkloadCertificate,
+    trust: &TrustBundle,
+    seen: Arc<Seen>,
+) -> SocketAddr {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&certificate, trust).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            *seen.connections.lock().unwrap() += 1;
+            let peer = peer_identity(tls.get_ref().1);
+            let seen = seen.clone();
+            tokio::spawn(serve(tls, move |request: ConnectRequest| {
+                seen.streams
+                    .lock()
+                    .unwrap()
+                    .push((peer.clone(), request.clone()));
+                async move {
+                    if request.target.port() == 1 {
+                        return Err(Refusal::Denied);
+                    }
+                    TcpStream::connect(request.target)
+                        .await
+                        .map_err(|_| Refusal::Unreachable)
+                }
+            }));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let trust = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
+    let (cart, pay) = (workload(&ca, "cart"), workload(&ca, "pay"));
+    let seen = Arc::new(Seen::default());
+    let echo = echo_server().await;
+    let hbone = hbone_server(pay, &trust, seen.clone()).await;
+
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        client_config(
+            &cart,
+            &trust,
+            &Identity::new("cluster.local", "shop", "pay"),
+        )
+        .unwrap(),
+    ));
+    let tcp = TcpStream::connect(hbone).await.unwrap();
+    let tls = connector
+        .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
+        .await
+        .unwrap();
+    let connection = Connection::handshake(tls).await.unwrap();
+    let source: IpAddr = "10.244.0.7".parse().unwrap();
+
+    // Three streams at once, each a MiB with its own pattern.
+    let transfers = (0..3u8).map(|n| {
+        let connection = connection.clone();
+        async move {
+            let stream = connection.open(echo, source).await.unwrap();
+            let (mut read, mut write) = tokio::io::split(stream);
+            let sent: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 ^ n).collect();
+            let writing = {
+                let sent = sent.clone();
+                async move {
+                    write.write_all(&sent).await.unwrap();
+                    write.shutdown().await.unwrap();
+                }
+            };
+            let mut received = Vec::new();
+            let reading = read.read_to_end(&mut received);
+            let ((), read) = tokio::join!(writing, reading);
+            read.unwrap();
+            assert!(
+                received == sent,
+                "stream {n}: {} bytes back of {}",
+                received.len(),
+                sent.len()
+            );
+        }
+    });
+    futures_util::future::join_all(transfers).await;
+
+    assert_eq!(
+        *seen.connections.lock().unwrap(),
+        1,
+        "one TLS connection for all streams"
+    );
+    let streams = seen.streams.lock().unwrap().clone();
+    assert_eq!(streams.len(), 3);
+    for (peer, request) in streams {
+        assert_eq!(
+            peer,
+            Some(cart.identity.clone()),
+            "the server knows the caller"
+        );
+        assert_eq!(
+            request,
+            ConnectRequest {
+                target: echo,
+                source: Some(source)
+            }
+        );
+    }
+
+    // Refusals come back as their status codes.
+    let denied = connection
+        .open("127.0.0.1:1".parse().unwrap(), source)
+        .await;
+    assert!(
+        matches!(denied, Err(HboneError::Refused(StatusCode::UNAUTHORIZED))),
+        "{denied:?}"
+    );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = connection.open(closed, source).await;
+    assert!(
+        matches!(
+            unreachable,
+            Err(HboneError::Refused(StatusCode::SERVICE_UNAVAILABLE))
+        ),
+        "{unreachable:?}"
+    );
+}
