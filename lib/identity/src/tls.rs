@@ -21,6 +21,8 @@ use crate::spiffe::Identity;
 
 /// HBONE is HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
+/// The CA answers HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -76,15 +78,30 @@ pub fn server_config(
 ) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let verifier = SpiffeVerifier::new(bundle, None, provider.clone());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(certificate.chain(), certificate.key())?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // Every connection is verified in full: no resumed sessions.
+    Ok(verified_fully(config, ALPN_H2))
+}
+
+/// A server whose callers have no certificate yet: the CA's.
+pub fn server_config_for_anonymous_clients(
+    certificate: &WorkloadCertificate,
+) -> Result<ServerConfig, TlsError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certificate.chain(), certificate.key())?;
+    Ok(verified_fully(config, ALPN_HTTP1))
+}
+
+/// Every connection is verified in full: no resumed sessions.
+fn verified_fully(mut config: ServerConfig, alpn: &[u8]) -> ServerConfig {
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(config)
+    config
 }
 
 /// The client side of HBONE to a server that must be `server`.
@@ -94,16 +111,38 @@ pub fn client_config(
     server: &Identity,
 ) -> Result<ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = SpiffeVerifier::new(bundle, Some(server.clone()), provider.clone());
     let key = certificate.certified_key(&provider)?;
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let config = client_builder(bundle, server, provider)?
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    Ok(resuming_nothing(config, ALPN_H2))
+}
+
+/// A client with no certificate of its own, to a server that must be
+/// `server`: a proxy asking the CA for its first certificates.
+pub fn client_config_without_certificate(
+    bundle: &TrustBundle,
+    server: &Identity,
+) -> Result<ClientConfig, TlsError> {
+    let config = client_builder(bundle, server, provider())?.with_no_client_auth();
+    Ok(resuming_nothing(config, ALPN_HTTP1))
+}
+
+fn client_builder(
+    bundle: &TrustBundle,
+    server: &Identity,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    let verifier = SpiffeVerifier::new(bundle, Some(server.clone()), provider.clone());
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .with_custom_certificate_verifier(Arc::new(verifier)))
+}
+
+fn resuming_nothing(mut config: ClientConfig, alpn: &[u8]) -> ClientConfig {
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(config)
+    config
 }
 
 /// The identity the peer proved in a finished handshake.

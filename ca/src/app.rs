@@ -1,0 +1,160 @@
+//! Wiring of the CA's parts, started from `main`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
+use ambit_identity::{certificate_request, tls, Identity, WorkloadCertificate};
+use ambit_mesh_source::MeshHandle;
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+
+use crate::api::{Issuer, NodeTokens, CERTIFICATE_PATH};
+use crate::{root, Config};
+
+/// Requests are small: a CSR and an identity.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The CA's own serving certificate is issued at each start.
+const SERVING_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Runs the CA until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stop = StopSignal::install()?;
+    let running = start(config).await?;
+    stop.received().await;
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A started CA.
+pub struct Running {
+    pub addr: SocketAddr,
+    server: JoinHandle<()>,
+    source: JoinHandle<()>,
+    admin: AdminEndpoints,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.server.abort();
+        self.source.abort();
+        self.admin.stop().await;
+    }
+}
+
+/// Loads (or creates) the root, reads the mesh and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    tracing::info!(?config, "starting ambit-ca");
+    let ca = root::load_or_create(&config.root_dir, &config.trust_domain)?;
+    let nodes = NodeTokens::read(&config.node_tokens)?;
+    let mesh = Arc::new(MeshHandle::default());
+    let source = ambit_mesh_source::start(&config.source, mesh.clone())
+        .await
+        .context("reading the mesh configuration")?;
+
+    // The CA proves itself to agents with a certificate of its own root.
+    let identity: Identity = config.identity.parse()?;
+    let (key, csr) = certificate_request(&identity)?;
+    let chain = ca.issue(&csr, &identity, SERVING_CERT_TTL)?;
+    let serving = WorkloadCertificate::new(&identity, &key, &chain)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        tls::server_config_for_anonymous_clients(&serving)?,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let config_dump: ConfigDump = {
+        let (trust_domain, root) = (config.trust_domain.clone(), ca.root_pem().to_string());
+        Arc::new(move || serde_json::json!({ "trustDomain": trust_domain, "root": root }))
+    };
+    let issuer = Arc::new(Issuer {
+        ca,
+        nodes,
+        mesh,
+        ttl: config.workload_cert_ttl,
+    });
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, issuer) = (acceptor.clone(), issuer.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let issuer = issuer.clone();
+                    async move { Ok::<_, Infallible>(respond(&issuer, request).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+                if let Err(error) = served {
+                    tracing::debug!(%peer, %error, "CA connection ended with an error");
+                }
+            });
+        }
+    });
+    let readiness = Readiness::default();
+    let admin = AdminEndpoints::start(
+        config.admin,
+        readiness.clone(),
+        Arc::new(Registry::default()),
+        config_dump,
+    )
+    .await?;
+    readiness.set_ready(true);
+    tracing::info!(%addr, identity = %config.identity, "ready");
+    Ok(Running {
+        addr,
+        server,
+        source,
+        admin,
+    })
+}
+
+async fn respond(issuer: &Issuer, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if request.method() != Method::POST
+        || request.uri().path() != CERTIFICATE_PATH
+    {
+        (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "not found" }),
+        )
+    } else {
+        let bearer = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_string);
+        match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => issuer.answer(bearer.as_deref(), &body.to_bytes()),
+            Err(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "error": format!("requests are at most {MAX_REQUEST_BYTES} bytes") }),
+            ),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,134 @@
+//! What a node agent uses to obtain certificates: a key made here, a
+//! signing request to the CA over TLS (the CA proving its own identity),
+//! the bootstrap token as the credential.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_identity::{certificate_request, tls, Identity, TrustBundle, WorkloadCertificate};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::api::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
+
+/// How long one request to the CA may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaClientError {
+    #[error("the CA at {addr} refused: HTTP {status}: {message}")]
+    Refused {
+        addr: SocketAddr,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("the CA at {addr} did not answer within {REQUEST_TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+    #[error("asking the CA at {addr}: {message}")]
+    Failed { addr: SocketAddr, message: String },
+}
+
+pub struct CaClient {
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    token: String,
+}
+
+/// A certificate and the roots it came with.
+pub struct Certified {
+    pub certificate: WorkloadCertificate,
+    pub trust_bundle_pem: String,
+}
+
+impl CaClient {
+    /// A client of the CA at `addr`, which must prove it is `ca_identity`
+    /// under `bundle`.
+    pub fn new(
+        addr: SocketAddr,
+        bundle: &TrustBundle,
+        ca_identity: &Identity,
+        token: String,
+    ) -> Result<Self, tls::TlsError> {
+        let config = tls::client_config_without_certificate(bundle, ca_identity)?;
+        Ok(Self {
+            addr,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            token,
+        })
+    }
+
+    /// A new key, certified as `identity`.
+    pub async fn certify(&self, identity: &Identity) -> Result<Certified, CaClientError> {
+        let addr = self.addr;
+        tokio::time::timeout(REQUEST_TIMEOUT, self.ask(identity))
+            .await
+            .map_err(|_| CaClientError::Timeout { addr })?
+    }
+
+    async fn ask(&self, identity: &Identity) -> Result<Certified, CaClientError> {
+        let addr = self.addr;
+        let failed = |message: String| CaClientError::Failed { addr, message };
+        let (key, csr) = certificate_request(identity).map_err(|e| failed(e.to_string()))?;
+        let body = serde_json::to_vec(&CertificateRequest {
+            identity: identity.to_string(),
+            csr,
+        })
+        .map_err(|e| failed(e.to_string()))?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let tls = self
+            .connector
+            .connect(addr.ip().into(), tcp)
+            .await
+            .map_err(|e| failed(format!("TLS: {e}")))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(CERTIFICATE_PATH)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| failed(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| value["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(CaClientError::Refused {
+                addr,
+                status,
+                message,
+            });
+        }
+        let answer: CertificateResponse =
+            serde_json::from_slice(&body).map_err(|e| failed(format!("unreadable answer: {e}")))?;
+        let certificate = WorkloadCertificate::new(identity, &key, &answer.certificate_chain)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Certified {
+            certificate,
+            trust_bundle_pem: answer.trust_bundle,
+        })
+    }
+}

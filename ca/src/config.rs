@@ -1,0 +1,81 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambit_admin::AdminAddrs;
+use ambit_identity::spiffe::DEFAULT_TRUST_DOMAIN;
+use ambit_identity::Identity;
+use ambit_mesh_source::{Source, SourceArgs};
+use anyhow::bail;
+use serde::Serialize;
+
+/// Command-line flags, as typed.
+#[derive(clap::Parser, Debug)]
+#[command(name = "ambit-ca", version, about)]
+pub struct Args {
+    /// The trust domain of every identity the CA certifies.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// The namespace the CA runs in; its own identity is
+    /// spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ambit-ca.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ambit-system")]
+    pub namespace: String,
+
+    /// Where the root is kept (`ca-cert.pem`, `ca-key.pem`), created on first start.
+    #[arg(long, default_value = "/var/lib/ambit-ca")]
+    pub root_dir: PathBuf,
+
+    /// Node agents' bootstrap tokens: lines of `NODE TOKEN`.
+    #[arg(long)]
+    pub node_tokens: PathBuf,
+
+    /// Where certificate requests are served (istiod's CA port).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+
+    /// Lifetime of workload certificates, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub workload_cert_ttl_seconds: u64,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub admin: AdminAddrs,
+}
+
+/// The validated configuration the CA runs with.
+#[derive(Serialize, Debug, Clone)]
+pub struct Config {
+    pub trust_domain: String,
+    pub identity: String,
+    pub root_dir: PathBuf,
+    pub node_tokens: PathBuf,
+    pub listen: SocketAddr,
+    pub workload_cert_ttl: Duration,
+    pub source: Source,
+    pub admin: AdminAddrs,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        if !(60..=366 * 24 * 3600).contains(&args.workload_cert_ttl_seconds) {
+            bail!(
+                "--workload-cert-ttl-seconds {}: between 60 (a minute) and 31622400 (a year)",
+                args.workload_cert_ttl_seconds
+            );
+        }
+        let identity = Identity::new(args.trust_domain.as_str(), args.namespace, "ambit-ca");
+        Ok(Self {
+            trust_domain: args.trust_domain,
+            identity: identity.to_string(),
+            root_dir: args.root_dir,
+            node_tokens: args.node_tokens,
+            listen: args.listen,
+            workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_seconds),
+            source: Source::from_args(args.source)?,
+            admin: args.admin,
+        })
+    }
+}

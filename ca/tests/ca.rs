@@ -1,0 +1,120 @@
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+//! The CA in process, over real TLS on loopback: node agents get
+//! certificates for the service accounts of their own node's pods and are
+//! refused others, unknown callers are refused, the root survives a restart.
+
+use std::path::Path;
+
+use ambit_ca::client::{CaClient, CaClientError};
+use ambit_ca::{app, Args, Config};
+use ambit_identity::{Identity, TrustBundle};
+use clap::Parser;
+use hyper::StatusCode;
+
+const NODE_1_TOKEN: &str = "node-1-secret-0123456789";
+const NODE_2_TOKEN: &str = "node-2-secret-9876543210";
+
+fn config(dir: &Path) -> Config {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let args = Args::parse_from([
+        "ambit-ca",
+        "--listen=127.0.0.1:0",
+        "--admin-addr=127.0.0.1:0",
+        "--readiness-addr=127.0.0.1:0",
+        "--metrics-addr=127.0.0.1:0",
+        &format!("--root-dir={}", path("root")),
+        &format!("--node-tokens={}", path("tokens")),
+        &format!("--config-dir={}", path("mesh")),
+    ]);
+    Config::from_args(args).unwrap()
+}
+
+fn client(running: &app::Running, dir: &Path, token: &str) -> CaClient {
+    let root = std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap();
+    let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
+    let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
+    CaClient::new(running.addr, &bundle, &ca, token.into()).unwrap()
+}
+
+#[tokio::test]
+async fn agents_get_the_identities_of_their_nodes_pods_only() {
+    let dir = std::env::temp_dir().join(format!("ambit-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("mesh")).unwrap();
+    std::fs::write(
+        dir.join("tokens"),
+        format!("# node agents\nnode-1 {NODE_1_TOKEN}\nnode-2 {NODE_2_TOKEN}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mesh/pods.yaml"),
+        "{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop}, spec: {nodeName: node-1, serviceAccountName: cart}}\n---\n\
+         {apiVersion: v1, kind: Pod, metadata: {name: pay-1, namespace: shop}, spec: {nodeName: node-2, serviceAccountName: pay}}\n",
+    )
+    .unwrap();
+    let running = app::start(config(&dir)).await.unwrap();
+    let (cart, pay) = (
+        Identity::new("cluster.local", "shop", "cart"),
+        Identity::new("cluster.local", "shop", "pay"),
+    );
+
+    let node_1 = client(&running, &dir, NODE_1_TOKEN);
+    let certified = node_1.certify(&cart).await.unwrap();
+    assert_eq!(certified.certificate.identity, cart);
+    let root = std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap();
+    assert_eq!(certified.trust_bundle_pem, root);
+
+    match node_1.certify(&pay).await {
+        Err(CaClientError::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert_eq!(
+                message,
+                "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay"
+            );
+        }
+        other => panic!(
+            "node-1 got pay's identity: {:?}",
+            other.map(|c| c.certificate)
+        ),
+    }
+    let node_2 = client(&running, &dir, NODE_2_TOKEN);
+    assert_eq!(
+        node_2.certify(&pay).await.unwrap().certificate.identity,
+        pay
+    );
+
+    let stranger = client(&running, &dir, "a-token-nobody-was-given");
+    match stranger.certify(&cart).await {
+        Err(CaClientError::Refused { status, .. }) => assert_eq!(status, StatusCode::UNAUTHORIZED),
+        other => panic!(
+            "an unknown caller got a certificate: {:?}",
+            other.map(|c| c.certificate)
+        ),
+    }
+
+    // A CA that is not the expected identity is not trusted with the key's request.
+    let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
+    let impostor = Identity::new("cluster.local", "shop", "ambit-ca");
+    let wary = CaClient::new(running.addr, &bundle, &impostor, NODE_1_TOKEN.into()).unwrap();
+    assert!(matches!(
+        wary.certify(&cart).await,
+        Err(CaClientError::Failed { .. })
+    ));
+
+    // The root is kept: a restarted CA certifies under the same root.
+    running.stop().await;
+    let restarted = app::start(config(&dir)).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap(),
+        root
+    );
+    let again = client(&restarted, &dir, NODE_1_TOKEN)
+        .certify(&cart)
+        .await
+        .unwrap();
+    assert_eq!(again.trust_bundle_pem, root);
+    restarted.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
