@@ -7,7 +7,12 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
+use ambit_ca::client::CaClient;
+use ambit_identity::TrustBundle;
+
 use crate::capture::Capture;
+use crate::certificates::Certificates;
+use crate::config::CaConfig;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
@@ -39,10 +44,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: Metrics::register(&mut registry),
         connections: TaskTracker::new(),
     });
+    let certificates = match &config.ca {
+        Some(ca) => Some(start_certificates(ca)?),
+        None => {
+            tracing::warn!("no --ca-addr: this agent holds no workload identities");
+            None
+        }
+    };
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
         capture,
         inputs.clone(),
         &config.state_dir,
+        certificates.clone(),
     )));
     lock(&enrollment)
         .restore()
@@ -63,11 +76,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {
-        let (mesh, enrollment) = (mesh.clone(), enrollment.clone());
+        let (mesh, enrollment, certificates) =
+            (mesh.clone(), enrollment.clone(), certificates.clone());
         Arc::new(move || {
             serde_json::json!({
                 "mesh": *mesh.snapshot(),
                 "pods": lock(&enrollment).describe(),
+                "certificates": certificates.as_ref().map(|c| c.describe()),
             })
         })
     };
@@ -98,6 +113,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(enrollment);
     tracing::info!("traffic capture detached; stopped");
     Ok(())
+}
+
+/// The client of the CA and the task that keeps this node's certificates.
+fn start_certificates(ca: &CaConfig) -> anyhow::Result<Arc<Certificates>> {
+    let bundle = TrustBundle::from_pem(&ca.trust_domain, &ca.root_pem)?;
+    let identity = ca.identity.parse()?;
+    let client = CaClient::new(ca.addr, &bundle, &identity, ca.token.clone())?;
+    let certificates = Arc::new(Certificates::new(client, ca.trust_domain.clone()));
+    tokio::spawn(certificates.clone().run());
+    Ok(certificates)
 }
 
 /// Every proxied connection holds four descriptors (two sockets, two pipes

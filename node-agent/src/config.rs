@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,9 +41,80 @@ pub struct Args {
     #[command(flatten)]
     pub admin: AdminAddrs,
 
+    #[command(flatten)]
+    pub ca: CaArgs,
+
     /// On SIGTERM, how long established connections may take to finish.
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
+}
+
+/// How the agent reaches the CA that certifies its workloads.
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    /// The CA (`ambit-ca`). Without it the agent holds no workload
+    /// identities, and traffic between agents is not encrypted.
+    #[arg(long, requires_all = ["ca_root", "ca_token_file"])]
+    pub ca_addr: Option<SocketAddr>,
+
+    /// The roots (PEM) the CA's own certificate is checked against.
+    #[arg(long)]
+    pub ca_root: Option<PathBuf>,
+
+    /// This node's bootstrap token for the CA.
+    #[arg(long)]
+    pub ca_token_file: Option<PathBuf>,
+
+    /// The namespace the CA runs in: it must prove
+    /// spiffe://TRUST_DOMAIN/ns/CA_NAMESPACE/sa/ambit-ca.
+    #[arg(long, default_value = "ambit-system")]
+    pub ca_namespace: String,
+
+    /// The trust domain of the mesh's identities.
+    #[arg(long, default_value = ambit_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+}
+
+/// The CA, as the agent uses it.
+#[derive(Serialize, Debug, Clone)]
+pub struct CaConfig {
+    pub addr: SocketAddr,
+    pub identity: String,
+    pub trust_domain: String,
+    #[serde(skip)]
+    pub root_pem: String,
+    #[serde(skip)]
+    pub token: String,
+}
+
+impl CaConfig {
+    fn from_args(args: CaArgs) -> anyhow::Result<Option<Self>> {
+        let (Some(addr), Some(root), Some(token)) =
+            (args.ca_addr, args.ca_root, args.ca_token_file)
+        else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &Path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{flag} {}: cannot read it", path.display()))
+        };
+        let root_pem = read("--ca-root", &root)?;
+        ambit_identity::TrustBundle::from_pem(&args.trust_domain, &root_pem)
+            .with_context(|| format!("--ca-root {}", root.display()))?;
+        let token = read("--ca-token-file", &token)?.trim().to_string();
+        let identity = ambit_identity::Identity::new(
+            args.trust_domain.as_str(),
+            args.ca_namespace,
+            "ambit-ca",
+        );
+        Ok(Some(Self {
+            addr,
+            identity: identity.to_string(),
+            trust_domain: args.trust_domain,
+            root_pem,
+            token,
+        }))
+    }
 }
 
 /// The validated configuration the agent runs with.
@@ -55,6 +127,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub source: Source,
     pub admin: AdminAddrs,
+    pub ca: Option<CaConfig>,
     pub drain_timeout: Duration,
 }
 
@@ -69,6 +142,7 @@ impl Config {
             state_dir: args.state_dir,
             source: Source::from_args(args.source)?,
             admin: args.admin,
+            ca: CaConfig::from_args(args.ca)?,
             drain_timeout: Duration::from_secs(args.drain_seconds),
         })
     }

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 
 use crate::capture::{Capture, CaptureError, PodCapture};
+use crate::certificates::Certificates;
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
-use ambit_config::model::Mesh;
+use ambit_config::model::{Key, Mesh};
+use ambit_identity::Identity;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -58,16 +60,49 @@ pub struct Enrollment {
     inputs: Arc<ProxyInputs>,
     pods: BTreeMap<PodRef, KnownPod>,
     state_file: PathBuf,
+    /// Told which identities the enrolled pods need, when there is a CA.
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl Enrollment {
-    pub fn new(capture: Capture, inputs: Arc<ProxyInputs>, state_dir: &Path) -> Self {
+    pub fn new(
+        capture: Capture,
+        inputs: Arc<ProxyInputs>,
+        state_dir: &Path,
+        certificates: Option<Arc<Certificates>>,
+    ) -> Self {
         Self {
             capture,
             inputs,
             pods: BTreeMap::new(),
             state_file: state_dir.join(STATE_FILE),
+            certificates,
         }
+    }
+
+    /// Tells the certificate keeper which identities the enrolled pods run as.
+    fn want_identities(&self) {
+        let Some(certificates) = &self.certificates else {
+            return;
+        };
+        let snapshot = self.inputs.mesh.snapshot();
+        let wanted = self
+            .pods
+            .values()
+            .filter(|known| known.enrolled.is_some())
+            .filter_map(|known| {
+                let pod = &known.sandbox.pod;
+                let workload = snapshot
+                    .workloads
+                    .get(&Key::new(&pod.namespace, &pod.name))?;
+                Some(Identity::new(
+                    certificates.trust_domain(),
+                    pod.namespace.as_str(),
+                    workload.service_account.as_str(),
+                ))
+            })
+            .collect();
+        certificates.want(wanted);
     }
 
     /// Re-learns the pods a previous agent knew (those whose namespace still
@@ -134,6 +169,7 @@ impl Enrollment {
                     // runtime fails the sandbox and retries with a new one.
                     self.pods.insert(pod, known);
                     self.persist();
+                    self.want_identities();
                 }
                 match outcome {
                     Ok(()) => Response::Ok { enrolled },
@@ -145,6 +181,7 @@ impl Enrollment {
             Request::Del { pod, .. } => {
                 self.forget(&pod);
                 self.persist();
+                self.want_identities();
                 Response::Ok { enrolled: false }
             }
             Request::Check(sandbox) => {
@@ -179,6 +216,7 @@ impl Enrollment {
             }
         }
         self.pods = pods;
+        self.want_identities();
     }
 
     /// Enrolls or releases one pod as the snapshot says.

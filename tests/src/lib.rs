@@ -8,6 +8,7 @@
 //! the next start.
 
 pub mod apiserver;
+pub mod ca;
 mod cluster;
 pub mod host;
 mod manifests;

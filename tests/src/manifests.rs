@@ -80,7 +80,7 @@ impl MeshConfig {
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": { "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": labels },
-                "spec": { "nodeName": pod.node, "serviceAccountName": "default" },
+                "spec": { "nodeName": pod.node, "serviceAccountName": pod.name },
                 "status": { "phase": "Running", "podIP": pod.ip, "podIPs": [{ "ip": pod.ip }] },
             }));
         }

@@ -44,7 +44,7 @@ pub fn enrolling(cluster: &Cluster, enrolled: &[&Pod], services: Vec<ServiceConf
     MeshConfig { pods, services }
 }
 
-fn config_dir(cluster: &Cluster) -> PathBuf {
+pub(crate) fn config_dir(cluster: &Cluster) -> PathBuf {
     cluster.work_dir().join("config")
 }
 
@@ -56,10 +56,25 @@ pub fn start_agents(cluster: &Cluster) -> anyhow::Result<Vec<NodeAgent>> {
 
 /// [`start_agents`], the agents reading the mesh from `source`.
 pub fn start_agents_from(cluster: &Cluster, source: &Source) -> anyhow::Result<Vec<NodeAgent>> {
+    start_agents_with(cluster, source, None)
+}
+
+/// [`start_agents_from`], the agents holding workload identities from `ca`.
+pub fn start_agents_with(
+    cluster: &Cluster,
+    source: &Source,
+    ca: Option<&crate::ca::TestCa>,
+) -> anyhow::Result<Vec<NodeAgent>> {
     let agents = cluster
         .nodes()
         .iter()
-        .map(|node| NodeAgent::start_from(cluster, node, source.clone()))
+        .map(|node| {
+            let extra = match ca {
+                Some(ca) => ca.agent_args(node)?,
+                None => Vec::new(),
+            };
+            NodeAgent::start_with(cluster, node, source.clone(), extra)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for pod in cluster.pods() {
         let agent = agents
@@ -89,6 +104,8 @@ pub struct NodeAgent {
     generation: u16,
     dir: PathBuf,
     source: Source,
+    /// Further flags, e.g. access to a CA.
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 /// Where agents read the mesh from.
@@ -119,15 +136,26 @@ impl NodeAgent {
 
     /// Starts an agent that reads the mesh from `source`.
     pub fn start_from(cluster: &Cluster, node: &Node, source: Source) -> anyhow::Result<Self> {
+        Self::start_with(cluster, node, source, Vec::new())
+    }
+
+    /// Starts an agent with further flags.
+    pub fn start_with(
+        cluster: &Cluster,
+        node: &Node,
+        source: Source,
+        extra_args: Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<Self> {
         let dir = cluster.work_dir().join(&node.name);
         std::fs::create_dir_all(&dir)?;
-        let process = spawn_agent(cluster, node, &dir, &source, 0)?;
+        let process = spawn_agent(cluster, node, &dir, &source, &extra_args, 0)?;
         Ok(Self {
             node: node.name.clone(),
             process,
             generation: 0,
             dir,
             source,
+            extra_args,
         })
     }
 
@@ -135,7 +163,14 @@ impl NodeAgent {
     /// then stops the old one with SIGTERM and waits for it to drain.
     pub fn restart(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
         let node = cluster.node(&self.node)?;
-        let next = spawn_agent(cluster, node, &self.dir, &self.source, self.generation + 1)?;
+        let next = spawn_agent(
+            cluster,
+            node,
+            &self.dir,
+            &self.source,
+            &self.extra_args,
+            self.generation + 1,
+        )?;
         let mut old = std::mem::replace(&mut self.process, next);
         self.generation += 1;
         stop(&mut old, &self.node)
@@ -269,6 +304,7 @@ fn spawn_agent(
     node: &Node,
     dir: &std::path::Path,
     source: &Source,
+    extra_args: &[std::ffi::OsString],
     generation: u16,
 ) -> anyhow::Result<Process> {
     let binary = cluster.binaries().get("ambit-node-agent")?;
@@ -276,7 +312,7 @@ fn spawn_agent(
     let pins = PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", cluster.run_name(), node.name));
     let readiness = SocketAddr::from((node.bridge_ip, admin_port(READINESS_PORT, generation)));
     let [source_flag, source_value] = source.flags(cluster);
-    let args: Vec<std::ffi::OsString> = vec![
+    let args: Vec<std::ffi::OsString> = [
         "--capture-cgroup".into(),
         node.pods_cgroup().into(),
         "--bpf-object".into(),
@@ -301,7 +337,10 @@ fn spawn_agent(
             .into(),
         "--drain-seconds".into(),
         DRAIN_SECONDS.into(),
-    ];
+    ]
+    .into_iter()
+    .chain(extra_args.iter().cloned())
+    .collect();
     let mut agent = cluster.spawn(
         node.place(),
         &format!("node-agent-{generation}"),

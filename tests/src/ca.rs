@@ -1,0 +1,95 @@
+//! The CA on the test cluster: the real `ambit-ca` on node-1's underlay
+//! address (a control-plane endpoint every node reaches), its root in the
+//! run's work directory, one bootstrap token per node. It reads the same
+//! mesh manifests as the agents, to know which pods run where.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::mesh::{config_dir, wait_ready};
+use crate::{Cluster, Node, Process};
+
+const PORT: u16 = 15012;
+
+pub struct TestCa {
+    process: Process,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    run: String,
+}
+
+impl TestCa {
+    /// Starts the CA, issuing workload certificates valid `ttl_seconds`.
+    /// The mesh config must have been written.
+    pub fn start(cluster: &Cluster, ttl_seconds: u64) -> anyhow::Result<Self> {
+        let node = cluster.node("node-1")?;
+        let dir = cluster.work_dir().join("ca");
+        std::fs::create_dir_all(&dir)?;
+        let run = cluster.run_name().to_string();
+        let tokens: String = cluster
+            .nodes()
+            .iter()
+            .map(|node| format!("{} {}\n", node.name, token(&run, &node.name)))
+            .collect();
+        std::fs::write(dir.join("tokens"), tokens)?;
+        let addr = SocketAddr::from((node.underlay_ip, PORT));
+        let readiness = SocketAddr::from((node.underlay_ip, 15021));
+        let args: Vec<OsString> = vec![
+            format!("--listen={addr}").into(),
+            format!("--readiness-addr={readiness}").into(),
+            format!(
+                "--metrics-addr={}",
+                SocketAddr::from((node.underlay_ip, 15020))
+            )
+            .into(),
+            "--admin-addr=127.0.0.1:15900".into(),
+            "--root-dir".into(),
+            dir.join("root").into(),
+            "--node-tokens".into(),
+            dir.join("tokens").into(),
+            "--config-dir".into(),
+            config_dir(cluster).into(),
+            format!("--workload-cert-ttl-seconds={ttl_seconds}").into(),
+        ];
+        let binary = cluster.binaries().get("ambit-ca")?;
+        let mut process = cluster.spawn(node.place(), "ca", &binary, args)?;
+        wait_ready(&mut process, node.place(), readiness, "the CA")?;
+        Ok(Self {
+            process,
+            addr,
+            dir,
+            run,
+        })
+    }
+
+    /// The flags that give `node`'s agent access to the CA.
+    pub fn agent_args(&self, node: &Node) -> anyhow::Result<Vec<OsString>> {
+        let token_file = self.dir.join(format!("token-{}", node.name));
+        std::fs::write(&token_file, self.token(&node.name))?;
+        Ok(vec![
+            format!("--ca-addr={}", self.addr).into(),
+            "--ca-root".into(),
+            self.root_pem_file().into(),
+            "--ca-token-file".into(),
+            token_file.into(),
+        ])
+    }
+
+    /// `node`'s bootstrap token.
+    pub fn token(&self, node: &str) -> String {
+        token(&self.run, node)
+    }
+
+    pub fn root_pem_file(&self) -> PathBuf {
+        self.dir.join("root").join("ca-cert.pem")
+    }
+
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+}
+
+fn token(run: &str, node: &str) -> String {
+    format!("{run}-{node}-bootstrap-token")
+}

@@ -1,0 +1,117 @@
+//! Workload identities on the cluster: each node agent obtains, from the
+//! real `ambit-ca`, certificates for the service accounts of its own
+//! enrolled pods and renews them before they expire; the CA refuses an
+//! agent asking for an identity with no pod on its node, and logs why.
+
+use std::time::{Duration, Instant};
+
+use ambit_ca::client::{CaClient, CaClientError};
+use ambit_identity::{Identity, TrustBundle};
+use ambit_testbed::ca::TestCa;
+use ambit_testbed::mesh::{self, AgentPort, NodeAgent, Source};
+use ambit_testbed::Cluster;
+
+/// Short, so renewals happen within the test.
+const TTL_SECONDS: u64 = 60;
+
+/// The agent's certificates as its config dump shows them: identity and expiry.
+fn certificates(agent: &NodeAgent, cluster: &Cluster) -> anyhow::Result<Vec<(String, u64)>> {
+    let (status, body) = agent.get(cluster, AgentPort::Admin, "/config_dump")?;
+    anyhow::ensure!(status == 200, "config dump: HTTP {status}");
+    let dump: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(dump["certificates"]
+        .as_array()
+        .map(|held| {
+            held.iter()
+                .map(|c| {
+                    (
+                        c["identity"].as_str().unwrap_or_default().to_string(),
+                        c["notAfter"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn wait_for(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !check()? {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "bystander"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
+    let ca = TestCa::start(&cluster, TTL_SECONDS)?;
+    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
+    let id = |sa: &str| format!("spiffe://cluster.local/ns/default/sa/{sa}");
+
+    // Each agent holds exactly its enrolled pods' identities (not the
+    // bystander's: it is not enrolled).
+    for (agent, expected) in agents.iter().zip([id("client"), id("server")]) {
+        wait_for(
+            &format!("a certificate for {expected}"),
+            Duration::from_secs(20),
+            || {
+                let held = certificates(agent, &cluster)?;
+                Ok(held.len() == 1 && held[0].0 == expected)
+            },
+        )?;
+    }
+
+    // Renewed before expiry: a later certificate replaces the first.
+    let first = certificates(&agents[0], &cluster)?[0].1;
+    wait_for("a renewal", Duration::from_secs(TTL_SECONDS), || {
+        Ok(certificates(&agents[0], &cluster)?[0].1 > first)
+    })?;
+
+    // node-1's credential does not buy the server's identity, which runs on node-2.
+    let node = cluster.node("node-1")?;
+    let bundle = TrustBundle::from_pem(
+        "cluster.local",
+        &std::fs::read_to_string(ca.root_pem_file())?,
+    )?;
+    let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
+    let asked = Identity::new("cluster.local", "default", "server");
+    let refusal = node.place().in_netns(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = CaClient::new(ca.addr, &bundle, &ca_identity, ca.token("node-1"))?;
+        anyhow::Ok(runtime.block_on(client.certify(&asked)).err())
+    })??;
+    match refusal {
+        Some(CaClientError::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(status.as_u16(), 403);
+            assert_eq!(
+                message,
+                format!("no pod on node node-1 runs as {}", id("server"))
+            );
+        }
+        other => panic!("node-1 was given the server's identity: {other:?}"),
+    }
+    let log = ca.output();
+    assert!(
+        log.contains("refused a certificate: no pod on node node-1 runs as spiffe://cluster.local/ns/default/sa/server"),
+        "the CA's log:\n{log}"
+    );
+    Ok(())
+}
