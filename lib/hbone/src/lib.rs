@@ -8,6 +8,7 @@
 //! the TLS and identities come from `ambit-identity`.
 
 pub mod client;
+pub mod pool;
 pub mod server;
 mod stream;
 

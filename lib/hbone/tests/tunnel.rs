@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use ambit_hbone::client::{Connection, HboneError};
+use ambit_hbone::pool::Pool;
 use ambit_hbone::server::{serve, ConnectRequest, Refusal};
 use ambit_identity::ca::DEFAULT_TTL;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
@@ -184,4 +185,80 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
         ),
         "{unreachable:?}"
     );
+}
+
+/// A TLS server that hangs up right after the handshake, like a peer agent
+/// that went away.
+async fn vanishing_server(certificate: WorkloadCertificate, trust: &TrustBundle) -> SocketAddr {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&certificate, trust).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            drop(acceptor.accept(tcp).await);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_pool_reuses_its_connection_and_replaces_one_that_went_away() {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let trust = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
+    let cart = workload(&ca, "cart");
+    let seen = Arc::new(Seen::default());
+    let echo = echo_server().await;
+    let hbone = hbone_server(workload(&ca, "pay"), &trust, seen.clone()).await;
+    let gone = vanishing_server(workload(&ca, "pay"), &trust).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        client_config(
+            &cart,
+            &trust,
+            &Identity::new("cluster.local", "shop", "pay"),
+        )
+        .unwrap(),
+    ));
+    let dial = |addr: SocketAddr| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let tls = connector
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .unwrap();
+            Connection::handshake(tls).await
+        }
+    };
+    let source: IpAddr = "10.244.0.7".parse().unwrap();
+    let round_trip = |mut stream: ambit_hbone::TunnelStream| async move {
+        stream.write_all(b"ping").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping");
+    };
+
+    let pool: Pool<&str> = Pool::default();
+    // The first connection for "pay" hangs up: its stream fails...
+    assert!(pool
+        .open(&"pay", echo, source, || dial(gone))
+        .await
+        .is_err());
+    // ...and the next stream for "pay" gets a new connection, then reuses it.
+    for _ in 0..5 {
+        let stream = pool
+            .open(&"pay", echo, source, || dial(hbone))
+            .await
+            .unwrap();
+        round_trip(stream).await;
+    }
+    assert_eq!(
+        *seen.connections.lock().unwrap(),
+        1,
+        "five streams, one connection"
+    );
+    assert_eq!(seen.streams.lock().unwrap().len(), 5);
+    assert_eq!(pool.len(), 1);
 }
