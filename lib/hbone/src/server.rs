@@ -1,6 +1,6 @@
 //! The receiving side of HBONE, on a connection whose peer is already
-//! authenticated: each CONNECT stream is checked and opened by the caller
-//! (`open`), answered, then carried both ways until both sides end.
+//! authenticated: each CONNECT stream is read, then decided, answered and
+//! carried by the caller.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -40,13 +40,34 @@ impl Refusal {
     }
 }
 
-/// Serves one connection until the peer closes it.
-pub async fn serve<S, U, F, Fut>(io: S, open: F) -> Result<(), h2::Error>
+/// A CONNECT stream waiting for its answer.
+pub struct Responder {
+    respond: SendResponse<Bytes>,
+    body: RecvStream,
+}
+
+impl Responder {
+    /// Answers 200: the target is connected; bytes may flow.
+    pub fn accept(mut self) -> Result<TunnelStream, h2::Error> {
+        let send = self.respond.send_response(Response::new(()), false)?;
+        Ok(TunnelStream::new(send, self.body))
+    }
+
+    /// Answers with the refusal's status and ends the stream.
+    pub fn refuse(mut self, refusal: Refusal) {
+        answer(&mut self.respond, refusal.status());
+    }
+}
+
+/// Serves one connection until the peer closes it: each CONNECT stream is
+/// read and handed, in a task of its own, to `handle`, which answers it
+/// through the [`Responder`] and carries its bytes. Malformed requests are
+/// answered 400 here.
+pub async fn serve<S, F, Fut>(io: S, handle: F) -> Result<(), h2::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(ConnectRequest) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<U, Refusal>> + Send + 'static,
+    F: Fn(ConnectRequest, Responder) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let mut connection = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -55,40 +76,22 @@ where
         .handshake(io)
         .await?;
     while let Some(accepted) = connection.accept().await {
-        let (request, respond) = accepted?;
-        tokio::spawn(carry(request, respond, open.clone()));
+        let (request, mut respond) = accepted?;
+        match connect_request(&request) {
+            Ok(connect) => {
+                let responder = Responder {
+                    respond,
+                    body: request.into_body(),
+                };
+                tokio::spawn(handle(connect, responder));
+            }
+            Err(reason) => {
+                tracing::debug!(%reason, "HBONE request refused");
+                answer(&mut respond, StatusCode::BAD_REQUEST);
+            }
+        }
     }
     Ok(())
-}
-
-async fn carry<U, F, Fut>(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, open: F)
-where
-    U: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(ConnectRequest) -> Fut,
-    Fut: Future<Output = Result<U, Refusal>>,
-{
-    let connect = match connect_request(&request) {
-        Ok(connect) => connect,
-        Err(reason) => {
-            tracing::debug!(%reason, "HBONE request refused");
-            answer(&mut respond, StatusCode::BAD_REQUEST);
-            return;
-        }
-    };
-    let mut upstream = match open(connect).await {
-        Ok(upstream) => upstream,
-        Err(refusal) => {
-            answer(&mut respond, refusal.status());
-            return;
-        }
-    };
-    let Ok(send) = respond.send_response(Response::new(()), false) else {
-        return;
-    };
-    let mut tunnel = TunnelStream::new(send, request.into_body());
-    if let Err(error) = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
-        tracing::debug!(%error, "HBONE stream ended with an error");
-    }
 }
 
 fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode) {

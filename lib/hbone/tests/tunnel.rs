@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use ambit_hbone::client::{Connection, HboneError};
 use ambit_hbone::pool::Pool;
-use ambit_hbone::server::{serve, ConnectRequest, Refusal};
+use ambit_hbone::server::{serve, ConnectRequest, Refusal, Responder};
 use ambit_identity::ca::DEFAULT_TTL;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
 use ambit_identity::{
@@ -70,20 +70,27 @@ async fn hbone_server(
             *seen.connections.lock().unwrap() += 1;
             let peer = peer_identity(tls.get_ref().1);
             let seen = seen.clone();
-            tokio::spawn(serve(tls, move |request: ConnectRequest| {
-                seen.streams
-                    .lock()
-                    .unwrap()
-                    .push((peer.clone(), request.clone()));
-                async move {
-                    if request.target.port() == 1 {
-                        return Err(Refusal::Denied);
+            tokio::spawn(serve(
+                tls,
+                move |request: ConnectRequest, responder: Responder| {
+                    seen.streams
+                        .lock()
+                        .unwrap()
+                        .push((peer.clone(), request.clone()));
+                    async move {
+                        if request.target.port() == 1 {
+                            return responder.refuse(Refusal::Denied);
+                        }
+                        let Ok(mut upstream) = TcpStream::connect(request.target).await else {
+                            return responder.refuse(Refusal::Unreachable);
+                        };
+                        let mut tunnel = responder.accept().unwrap();
+                        tokio::io::copy_bidirectional(&mut tunnel, &mut upstream)
+                            .await
+                            .unwrap();
                     }
-                    TcpStream::connect(request.target)
-                        .await
-                        .map_err(|_| Refusal::Unreachable)
-                }
-            }));
+                },
+            ));
         }
     });
     addr
