@@ -15,6 +15,7 @@ use crate::certificates::Certificates;
 use crate::config::CaConfig;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
+use crate::proxy::hbone::MeshTls;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
 use ambit_mesh_source::MeshHandle;
@@ -38,19 +39,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(cgroup = %config.capture_cgroup.display(), "traffic capture attached");
 
     let mut registry = Registry::default();
+    let certificates = match &config.ca {
+        Some(ca) => Some(start_certificates(ca)?),
+        None => {
+            tracing::warn!("no --ca-addr: this agent holds no workload identities; traffic between agents is not encrypted");
+            None
+        }
+    };
+    let mesh_tls = match (&config.ca, &certificates) {
+        (Some(ca), Some(certificates)) => Some(MeshTls::new(
+            certificates.clone(),
+            TrustBundle::from_pem(&ca.trust_domain, &ca.root_pem)?,
+        )),
+        _ => None,
+    };
     let inputs = Arc::new(ProxyInputs {
         maps,
         mesh: mesh.clone(),
         metrics: Metrics::register(&mut registry),
         connections: TaskTracker::new(),
+        mesh_tls,
     });
-    let certificates = match &config.ca {
-        Some(ca) => Some(start_certificates(ca)?),
-        None => {
-            tracing::warn!("no --ca-addr: this agent holds no workload identities");
-            None
-        }
-    };
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
         capture,
         inputs.clone(),

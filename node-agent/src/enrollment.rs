@@ -245,7 +245,8 @@ impl Enrollment {
         netns
             .run(netns::prepare_inbound_routing)?
             .map_err(EnrollError::Routing)?;
-        let listeners = PodListeners::bind(&netns).map_err(EnrollError::Listeners)?;
+        let listeners = PodListeners::bind(&netns, self.inputs.mesh_tls.is_some())
+            .map_err(EnrollError::Listeners)?;
         let capture = self
             .capture
             .enroll(&netns, ip, OUTBOUND_LISTENER, &listeners.inbound)?;

@@ -28,14 +28,17 @@ impl EncodeLabelValue for Reporter {
 /// Istio's `connection_security_policy`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum SecurityPolicy {
-    /// Plain TCP between the agents (until mTLS lands).
+    /// Plain TCP: no CA, or a peer outside the mesh.
     None,
+    /// HBONE between agents, both sides authenticated.
+    MutualTls,
 }
 
 impl EncodeLabelValue for SecurityPolicy {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(match self {
             Self::None => "none",
+            Self::MutualTls => "mutual_tls",
         })
     }
 }

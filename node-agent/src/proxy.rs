@@ -4,6 +4,7 @@
 //! connections to the pod. Handlers decide with the mesh snapshot, then do
 //! the socket work.
 
+pub mod hbone;
 mod inbound;
 mod outbound;
 mod splice;
@@ -19,7 +20,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use crate::metrics::{Metrics, Reporter, SecurityPolicy, TcpLabels};
+use crate::metrics::{Metrics, Reporter, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
 
@@ -37,6 +38,8 @@ pub struct ProxyInputs {
     pub metrics: Metrics,
     /// Every proxied connection, so a stopping agent can drain them.
     pub connections: TaskTracker,
+    /// With a CA: the identities and connections for HBONE between agents.
+    pub mesh_tls: Option<hbone::MeshTls>,
 }
 
 /// An enrolled pod as the data path sees it.
@@ -45,23 +48,35 @@ pub struct PodContext {
     pub netns: Arc<Netns>,
 }
 
-/// A pod's two listeners, bound inside its namespace.
+/// A pod's listeners, bound inside its namespace.
 pub struct PodListeners {
     pub outbound: TcpListener,
     pub inbound: TcpListener,
+    /// HBONE from other agents, when the agent holds identities.
+    pub hbone: Option<TcpListener>,
 }
 
 impl PodListeners {
-    /// Binds both listeners in the pod's namespace. SO_REUSEPORT lets a
+    /// Binds the listeners in the pod's namespace. SO_REUSEPORT lets a
     /// restarting agent bind beside the old one and take over.
-    pub fn bind(netns: &Netns) -> std::io::Result<Self> {
-        let inbound_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INBOUND_PORT);
-        let (outbound, inbound) = netns.run(|| {
-            std::io::Result::Ok((listener(OUTBOUND_LISTENER)?, listener(inbound_addr)?))
+    pub fn bind(netns: &Netns, with_hbone: bool) -> std::io::Result<Self> {
+        let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        let (outbound, inbound, hbone) = netns.run(|| {
+            let hbone = match with_hbone {
+                true => Some(listener(any(ambit_hbone::HBONE_PORT))?),
+                false => None,
+            };
+            std::io::Result::Ok((
+                listener(OUTBOUND_LISTENER)?,
+                listener(any(INBOUND_PORT))?,
+                hbone,
+            ))
         })??;
+        let tokio = |socket: Socket| TcpListener::from_std(socket.into());
         Ok(Self {
-            outbound: TcpListener::from_std(outbound.into())?,
-            inbound: TcpListener::from_std(inbound.into())?,
+            outbound: tokio(outbound)?,
+            inbound: tokio(inbound)?,
+            hbone: hbone.map(tokio).transpose()?,
         })
     }
 }
@@ -78,7 +93,7 @@ fn listener(addr: SocketAddrV4) -> std::io::Result<Socket> {
 /// A pod's running accept loops; dropping it stops them (and closes the
 /// listeners), while connections already accepted carry on.
 pub struct PodProxy {
-    accept_loops: [AbortHandle; 2],
+    accept_loops: Vec<AbortHandle>,
 }
 
 impl Drop for PodProxy {
@@ -96,14 +111,18 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         let (pod, inputs) = (pod.clone(), inputs.clone());
         move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone())
     }));
-    let inbound = tokio::spawn(accept_loop(
-        listeners.inbound,
-        tracker,
-        move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone()),
-    ));
-    PodProxy {
-        accept_loops: [outbound.abort_handle(), inbound.abort_handle()],
+    let inbound = tokio::spawn(accept_loop(listeners.inbound, tracker.clone(), {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone())
+    }));
+    let mut accept_loops = vec![outbound.abort_handle(), inbound.abort_handle()];
+    if let Some(listener) = listeners.hbone {
+        let hbone = tokio::spawn(accept_loop(listener, tracker, move |stream, peer| {
+            hbone::serve(stream, peer, pod.clone(), inputs.clone())
+        }));
+        accept_loops.push(hbone.abort_handle());
     }
+    PodProxy { accept_loops }
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, connections: TaskTracker, handler: F)
@@ -152,35 +171,36 @@ async fn connect(socket: TcpSocket, target: SocketAddr) -> std::io::Result<TcpSt
     Ok(stream)
 }
 
-/// The common end of both handlers: with the upstream connected, copies
-/// both ways until both sides are done (a half-close is passed on), counts
-/// the connection and writes its access-log line. Dropping the streams at
-/// the end closes both sides, also after an error.
+/// The upstream, or `None` after logging why there is none.
+fn connected<U>(
+    pod: &PodContext,
+    reporter: Reporter,
+    target: SocketAddr,
+    upstream: std::io::Result<U>,
+) -> Option<U> {
+    match upstream {
+        Ok(upstream) => Some(upstream),
+        Err(error) => {
+            tracing::warn!(pod = %pod.pod, ?reporter, %target, %error, "connecting upstream failed");
+            None
+        }
+    }
+}
+
+/// The common end of every handler: with the upstream connected, `carry`
+/// copies both ways until both sides are done (a half-close is passed on);
+/// the connection is counted and gets its access-log line.
 async fn relay(
     inputs: &ProxyInputs,
     pod: &PodContext,
-    reporter: Reporter,
-    destination_service: String,
-    client: TcpStream,
-    upstream: std::io::Result<TcpStream>,
+    labels: TcpLabels,
+    peer: Option<SocketAddr>,
     target: SocketAddr,
+    carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
 ) {
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(pod = %pod.pod, ?reporter, %target, %error, "connecting upstream failed");
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    let labels = TcpLabels {
-        reporter,
-        destination_service,
-        connection_security_policy: SecurityPolicy::None,
-    };
-    let peer = client.peer_addr().ok();
+    let reporter = labels.reporter;
     inputs.metrics.opened(&labels);
-    match splice::bidirectional(client, upstream).await {
+    match carry.await {
         Ok((from_caller, to_caller)) => {
             inputs.metrics.closed(&labels, from_caller, to_caller);
             tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, from_caller, to_caller, "connection closed");
@@ -190,4 +210,10 @@ async fn relay(
             tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, %error, "connection failed");
         }
     }
+}
+
+/// Plain TCP both ways, spliced in the kernel where it pays.
+async fn carry_plain(client: TcpStream, upstream: TcpStream) -> std::io::Result<(u64, u64)> {
+    let _ = client.set_nodelay(true);
+    splice::bidirectional(client, upstream).await
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use ambit_ca::client::{CaClient, CaClientError};
 use ambit_identity::{Identity, TrustBundle};
 use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, AgentPort, NodeAgent, Source};
+use ambit_testbed::mesh::{self, sample, AgentPort, NodeAgent, Source};
+use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::Cluster;
 
 /// Short, so renewals happen within the test.
@@ -113,5 +114,63 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
         log.contains("refused a certificate: no pod on node node-1 runs as spiffe://cluster.local/ns/default/sa/server"),
         "the CA's log:\n{log}"
     );
+    Ok(())
+}
+
+#[test]
+fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "outsider"])
+        .node(&["server"])
+        .build()?;
+    let [client, outsider, server] =
+        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
+    let ca = TestCa::start(&cluster, 3600)?;
+    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
+    for (agent, sa) in agents.iter().zip(["client", "server"]) {
+        wait_for(
+            &format!("{sa}'s certificate"),
+            Duration::from_secs(20),
+            || Ok(!certificates(agent, &cluster)?.is_empty()),
+        )?;
+    }
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+
+    // The server still sees the client's own address.
+    let url = format!("http://{}:8080/", server.ip);
+    HttpLoad::new(5)
+        .run(&cluster, client.place(), &url)?
+        .expect_all(5, "server/v1", client.ip)?;
+    let mtls = |agent: &NodeAgent, reporter: &str| -> anyhow::Result<f64> {
+        Ok(sample(
+            &agent.metrics(&cluster)?,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", reporter),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ))
+    };
+    assert!(
+        mtls(&agents[0], "source")? >= 1.0,
+        "the client's agent sent over mTLS"
+    );
+    assert!(
+        mtls(&agents[1], "destination")? >= 1.0,
+        "the server's agent received over mTLS"
+    );
+
+    // A pod outside the mesh still reaches the server in plain TCP (PERMISSIVE by default).
+    let before = mtls(&agents[1], "destination")?;
+    HttpLoad::new(1)
+        .run(&cluster, outsider.place(), &url)?
+        .expect_all(1, "server/v1", outsider.ip)?;
+    assert_eq!(mtls(&agents[1], "destination")?, before);
     Ok(())
 }

@@ -17,6 +17,8 @@ pub enum HboneError {
     Refused(StatusCode),
     #[error("HBONE: {0}")]
     Request(#[from] http::Error),
+    #[error("HBONE: connecting the peer: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// An HTTP/2 connection to a peer, shared by many streams.

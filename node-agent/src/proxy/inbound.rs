@@ -2,14 +2,14 @@
 //! `inbound_lookup`. The agent connects to the app from the caller's own
 //! address, so the app sees who really called.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
-use crate::metrics::Reporter;
+use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
+use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 
 pub(super) async fn handle(
     client: TcpStream,
@@ -29,31 +29,45 @@ pub(super) async fn handle(
         tracing::warn!(pod = %pod.pod, %peer, "inbound IPv6 connections are not proxied yet");
         return;
     };
-    let upstream = async {
-        let socket = agent_socket(&pod.netns, AGENT_MARK | INBOUND_MARK_BIT, Some(source))?;
-        let SocketAddr::V4(bound) = socket.local_addr()? else {
-            return Err(std::io::Error::other(
-                "an IPv4 socket bound to an IPv6 address",
-            ));
-        };
-        // Until the app has accepted, inbound capture must not take this
-        // connection for another caller's.
-        let _own = inputs
-            .maps
-            .agent_source(bound)
-            .map_err(std::io::Error::other)?;
-        connect(socket, target).await
-    }
-    .await;
-    let service = "unknown".to_string();
+    let upstream = connect_app(&inputs, &pod, source, target).await;
+    let Some(upstream) = connected(&pod, Reporter::Destination, target, upstream) else {
+        return;
+    };
+    let labels = TcpLabels {
+        reporter: Reporter::Destination,
+        destination_service: "unknown".into(),
+        connection_security_policy: SecurityPolicy::None,
+    };
+    let peer = Some(peer);
     relay(
         &inputs,
         &pod,
-        Reporter::Destination,
-        service,
-        client,
-        upstream,
+        labels,
+        peer,
         target,
+        carry_plain(client, upstream),
     )
     .await;
+}
+
+/// Connects to the app at `target` from the caller's own address `source`.
+pub(super) async fn connect_app(
+    inputs: &ProxyInputs,
+    pod: &PodContext,
+    source: Ipv4Addr,
+    target: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = agent_socket(&pod.netns, AGENT_MARK | INBOUND_MARK_BIT, Some(source))?;
+    let SocketAddr::V4(bound) = socket.local_addr()? else {
+        return Err(std::io::Error::other(
+            "an IPv4 socket bound to an IPv6 address",
+        ));
+    };
+    // Until the app has accepted, inbound capture must not take this
+    // connection for another caller's.
+    let _own = inputs
+        .maps
+        .agent_source(bound)
+        .map_err(std::io::Error::other)?;
+    connect(socket, target).await
 }

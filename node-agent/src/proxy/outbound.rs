@@ -1,13 +1,13 @@
 //! Outbound: a connection from an enrolled pod, redirected by `connect4`.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
-use super::{agent_socket, connect, relay, PodContext, ProxyInputs};
-use crate::metrics::Reporter;
+use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
+use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 use ambit_config::model::Route;
 
 /// Where an accepted outbound connection goes: the original destination,
@@ -62,20 +62,60 @@ pub(super) async fn handle(
             return;
         }
     };
+    let service = service.unwrap_or_else(|| "unknown".into());
+    let client_ip = peer.ip();
+    // To a pod of the mesh, over HBONE when the agent holds identities.
+    let tunnel = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
+        let destination = mesh_tls.identity_at(&snapshot, IpAddr::V4(*target.ip()))?;
+        let source = mesh_tls.identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
+        Some((mesh_tls, source, destination))
+    });
     drop(snapshot);
+    let target = SocketAddr::V4(target);
+    if let Some((mesh_tls, source, destination)) = tunnel {
+        let upstream = match source {
+            Some(source) => {
+                mesh_tls
+                    .open(&pod, &source, &destination, client_ip, target)
+                    .await
+            }
+            None => Err(std::io::Error::other("the pod's identity is unknown")),
+        };
+        let Some(mut upstream) = connected(&pod, Reporter::Source, target, upstream) else {
+            return;
+        };
+        let labels = TcpLabels {
+            reporter: Reporter::Source,
+            destination_service: service,
+            connection_security_policy: SecurityPolicy::MutualTls,
+        };
+        let carry = async move {
+            let mut client = client;
+            let _ = client.set_nodelay(true);
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        };
+        relay(&inputs, &pod, labels, Some(peer), target, carry).await;
+        return;
+    }
     let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
-        Ok(socket) => connect(socket, target.into()).await,
+        Ok(socket) => connect(socket, target).await,
         Err(error) => Err(error),
     };
-    let service = service.unwrap_or_else(|| "unknown".into());
+    let Some(upstream) = connected(&pod, Reporter::Source, target, upstream) else {
+        return;
+    };
+    let labels = TcpLabels {
+        reporter: Reporter::Source,
+        destination_service: service,
+        connection_security_policy: SecurityPolicy::None,
+    };
     relay(
         &inputs,
         &pod,
-        Reporter::Source,
-        service,
-        client,
-        upstream,
-        target.into(),
+        labels,
+        Some(peer),
+        target,
+        carry_plain(client, upstream),
     )
     .await;
 }

@@ -1,0 +1,186 @@
+//! Between agents over HBONE, once the agent holds workload identities:
+//! an outbound connection to a pod of the mesh becomes a CONNECT stream,
+//! in mutual TLS as the calling pod's identity, to port 15008 of the
+//! destination pod, whose identity is checked; the destination pod's 15008
+//! listener terminates it and connects to the app from the caller's
+//! address. Plain TCP remains for peers outside the mesh.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_config::model::{Key, Mesh};
+use ambit_ebpf_common::AGENT_MARK;
+use ambit_hbone::client::Connection;
+use ambit_hbone::pool::Pool;
+use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
+use ambit_hbone::TunnelStream;
+use ambit_identity::tls::{client_config, peer_identity, server_config};
+use ambit_identity::{Identity, TrustBundle};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::inbound::connect_app;
+use super::{agent_socket, connect, connected, relay, PodContext, ProxyInputs};
+use crate::certificates::Certificates;
+use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+
+/// Connections are pooled per calling pod (its address), destination
+/// identity and destination address: a pooled connection was dialled from
+/// its caller's namespace.
+type PoolKey = (IpAddr, Identity, IpAddr);
+
+pub struct MeshTls {
+    certificates: Arc<Certificates>,
+    bundle: TrustBundle,
+    pool: Pool<PoolKey>,
+}
+
+impl MeshTls {
+    pub fn new(certificates: Arc<Certificates>, bundle: TrustBundle) -> Self {
+        Self {
+            certificates,
+            bundle,
+            pool: Pool::default(),
+        }
+    }
+
+    /// The identity the pod `namespace/name` runs as.
+    pub(super) fn identity_of(&self, mesh: &Mesh, namespace: &str, name: &str) -> Option<Identity> {
+        let workload = mesh.workloads.get(&Key::new(namespace, name))?;
+        Some(Identity::new(
+            self.certificates.trust_domain(),
+            namespace,
+            workload.service_account.as_str(),
+        ))
+    }
+
+    /// The identity of the enrolled pod at `ip`, if there is one: only
+    /// such a pod has an agent answering HBONE.
+    pub(super) fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
+        let (key, workload) = mesh.workload_by_ip(ip)?;
+        if workload.host_network || !mesh.is_enrolled(&key.namespace, &key.name) {
+            return None;
+        }
+        self.identity_of(mesh, &key.namespace, &key.name)
+    }
+
+    /// A stream to `target`, the pod `destination`, for `pod`'s client at
+    /// `source`, on a pooled connection or a new one.
+    pub(super) async fn open(
+        &self,
+        pod: &PodContext,
+        source_identity: &Identity,
+        destination: &Identity,
+        source: IpAddr,
+        target: SocketAddr,
+    ) -> std::io::Result<TunnelStream> {
+        let certificate = self.certificates.get(source_identity).ok_or_else(|| {
+            std::io::Error::other(format!("no certificate yet for {source_identity}"))
+        })?;
+        let dial = || async {
+            let peer = SocketAddr::new(target.ip(), ambit_hbone::HBONE_PORT);
+            let socket = agent_socket(&pod.netns, AGENT_MARK, None)?;
+            let tcp = connect(socket, peer).await?;
+            let config = client_config(&certificate, &self.bundle, destination)
+                .map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+                .await?;
+            Connection::handshake(tls).await
+        };
+        let key = (source, destination.clone(), target.ip());
+        self.pool
+            .open(&key, target, source, dial)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// Serves one connection on a pod's 15008 listener: mutual TLS as the pod's
+/// identity, then each CONNECT stream to the pod is carried to its app.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pod: Arc<PodContext>,
+    inputs: Arc<ProxyInputs>,
+) {
+    let Some(mesh_tls) = &inputs.mesh_tls else {
+        return;
+    };
+    let snapshot = inputs.mesh.snapshot();
+    let identity = mesh_tls.identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
+    let pod_ips: Vec<IpAddr> = snapshot
+        .workloads
+        .get(&Key::new(&pod.pod.namespace, &pod.pod.name))
+        .map(|workload| workload.ips.clone())
+        .unwrap_or_default();
+    drop(snapshot);
+    let Some(certificate) = identity.and_then(|identity| mesh_tls.certificates.get(&identity))
+    else {
+        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod yet");
+        return;
+    };
+    let config = match server_config(&certificate, &mesh_tls.bundle) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(pod = %pod.pod, %error, "TLS configuration");
+            return;
+        }
+    };
+    let tls = match tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        .accept(stream)
+        .await
+    {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
+            return;
+        }
+    };
+    let caller = peer_identity(tls.get_ref().1);
+    let served = ambit_hbone::server::serve(tls, move |request, responder| {
+        let (pod, inputs, pod_ips, caller) =
+            (pod.clone(), inputs.clone(), pod_ips.clone(), caller.clone());
+        async move { carry(request, responder, peer, caller, &pod_ips, &pod, &inputs).await }
+    })
+    .await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+    }
+}
+
+/// One CONNECT stream to the pod: connected to the app from the caller's
+/// address (the peer agent dials from the calling pod's own address).
+async fn carry(
+    request: ConnectRequest,
+    responder: Responder,
+    peer: SocketAddr,
+    caller: Option<Identity>,
+    pod_ips: &[IpAddr],
+    pod: &PodContext,
+    inputs: &ProxyInputs,
+) {
+    let target = request.target;
+    let IpAddr::V4(source) = peer.ip() else {
+        return responder.refuse(Refusal::Unreachable);
+    };
+    if !pod_ips.contains(&target.ip()) {
+        tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
+        return responder.refuse(Refusal::Denied);
+    }
+    let upstream = connect_app(inputs, pod, source, target).await;
+    let Some(mut upstream) = connected(pod, Reporter::Destination, target, upstream) else {
+        return responder.refuse(Refusal::Unreachable);
+    };
+    let Ok(mut tunnel) = responder.accept() else {
+        return;
+    };
+    tracing::debug!(pod = %pod.pod, caller = ?caller.as_ref().map(ToString::to_string), %target, "HBONE stream accepted");
+    let labels = TcpLabels {
+        reporter: Reporter::Destination,
+        destination_service: "unknown".into(),
+        connection_security_policy: SecurityPolicy::MutualTls,
+    };
+    let carry = async move { tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await };
+    relay(inputs, pod, labels, Some(peer), target, carry).await;
+}
