@@ -407,6 +407,16 @@ impl Cluster {
         }
     }
 
+    /// Starts capturing every frame on the underlay, between the nodes.
+    pub fn sniff_underlay(&self) -> anyhow::Result<crate::sniff::Sniffer> {
+        let underlay = Place {
+            name: "underlay".into(),
+            netns: self.netns_name("underlay"),
+            cgroup: PathBuf::new(),
+        };
+        crate::sniff::Sniffer::start(&underlay)
+    }
+
     fn netns_name(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.run)
     }

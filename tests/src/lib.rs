@@ -14,6 +14,7 @@ pub mod host;
 mod manifests;
 pub mod mesh;
 mod process;
+pub mod sniff;
 pub mod testapp;
 pub mod waypoint;
 

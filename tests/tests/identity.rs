@@ -9,8 +9,12 @@ use ambit_ca::client::{CaClient, CaClientError};
 use ambit_identity::{Identity, TrustBundle};
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, AgentPort, NodeAgent, Source};
+use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::Cluster;
+
+/// What the test app's JSON answer says, in the clear.
+const MARKER: &[u8] = br#""app":"server""#;
 
 /// Short, so renewals happen within the test.
 const TTL_SECONDS: u64 = 60;
@@ -142,11 +146,22 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
         .http(8080)
         .start(&cluster, server)?;
 
-    // The server still sees the client's own address.
+    // The server still sees the client's own address, and nothing of the
+    // exchange crosses the underlay in the clear.
     let url = format!("http://{}:8080/", server.ip);
+    let sniffer = cluster.sniff_underlay()?;
     HttpLoad::new(5)
         .run(&cluster, client.place(), &url)?
         .expect_all(5, "server/v1", client.ip)?;
+    let between_agents = sniffer.stop()?;
+    assert!(
+        between_agents.len() > 5 * 100,
+        "the capture saw the traffic"
+    );
+    assert!(
+        !contains(&between_agents, MARKER),
+        "the app's bytes crossed the underlay in the clear"
+    );
     let mtls = |agent: &NodeAgent, reporter: &str| -> anyhow::Result<f64> {
         Ok(sample(
             &agent.metrics(&cluster)?,
@@ -167,10 +182,16 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
     );
 
     // A pod outside the mesh still reaches the server in plain TCP (PERMISSIVE by default).
+    // The capture would have seen them: plain TCP shows.
     let before = mtls(&agents[1], "destination")?;
+    let sniffer = cluster.sniff_underlay()?;
     HttpLoad::new(1)
         .run(&cluster, outsider.place(), &url)?
         .expect_all(1, "server/v1", outsider.ip)?;
+    assert!(
+        contains(&sniffer.stop()?, MARKER),
+        "plain TCP is visible on the underlay"
+    );
     assert_eq!(mtls(&agents[1], "destination")?, before);
     Ok(())
 }
