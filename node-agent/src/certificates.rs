@@ -26,6 +26,8 @@ pub struct Certificates {
     trust_domain: String,
     state: Mutex<State>,
     wake: Notify,
+    /// Told each time a certificate is obtained.
+    issued: Notify,
 }
 
 #[derive(Default)]
@@ -57,6 +59,7 @@ impl Certificates {
             trust_domain,
             state: Mutex::default(),
             wake: Notify::new(),
+            issued: Notify::new(),
         }
     }
 
@@ -78,6 +81,27 @@ impl Certificates {
     pub fn get(&self, identity: &Identity) -> Option<Arc<WorkloadCertificate>> {
         let held = self.lock().held.get(identity)?.certificate.clone();
         (held.not_after > SystemTime::now()).then_some(held)
+    }
+
+    /// The certificate for `identity`, waiting up to `within` for it: a
+    /// pod's first connections may come before its first certificate.
+    pub async fn obtain(
+        &self,
+        identity: &Identity,
+        within: Duration,
+    ) -> Option<Arc<WorkloadCertificate>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let issued = self.issued.notified();
+            tokio::pin!(issued);
+            issued.as_mut().enable();
+            if let Some(certificate) = self.get(identity) {
+                return Some(certificate);
+            }
+            if tokio::time::timeout_at(deadline, issued).await.is_err() {
+                return None;
+            }
+        }
     }
 
     pub fn describe(&self) -> Vec<HeldStatus> {
@@ -214,6 +238,54 @@ mod tests {
         for _ in 0..100 {
             assert!((-1.0..=1.0).contains(&jitter()));
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_waits_for_its_pods_first_certificate() {
+        let ca = ambit_identity::CertificateAuthority::generate("cluster.local").unwrap();
+        let bundle = ambit_identity::TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
+        let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
+        let client = CaClient::new(
+            ([127, 0, 0, 1], 9).into(),
+            &bundle,
+            &ca_identity,
+            "t".into(),
+        )
+        .unwrap();
+        let certificates = Arc::new(Certificates::new(client, "cluster.local".into()));
+        let identity = Identity::new("cluster.local", "shop", "cart");
+        assert!(certificates
+            .obtain(&identity, Duration::from_millis(50))
+            .await
+            .is_none());
+
+        let waiting = tokio::spawn({
+            let (certificates, identity) = (certificates.clone(), identity.clone());
+            async move {
+                certificates
+                    .obtain(&identity, Duration::from_secs(10))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (key, csr) = ambit_identity::certificate_request(&identity).unwrap();
+        let pem = ca
+            .issue(&csr, &identity, Duration::from_secs(3600))
+            .unwrap();
+        let certificate = Arc::new(WorkloadCertificate::new(&identity, &key, &pem).unwrap());
+        certificates.lock().held.insert(
+            identity.clone(),
+            Held {
+                certificate,
+                renew_at: SystemTime::now() + Duration::from_secs(1800),
+            },
+        );
+        certificates.issued.notify_waiters();
+        let obtained = waiting
+            .await
+            .unwrap()
+            .expect("the certificate, once issued");
+        assert_eq!(obtained.identity, identity);
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 /// its caller's namespace.
 type PoolKey = (IpAddr, Identity, IpAddr);
 
+/// How long a connection waits for its pod's first certificate.
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct MeshTls {
     certificates: Arc<Certificates>,
     bundle: TrustBundle,
@@ -74,9 +77,13 @@ impl MeshTls {
         source: IpAddr,
         target: SocketAddr,
     ) -> std::io::Result<TunnelStream> {
-        let certificate = self.certificates.get(source_identity).ok_or_else(|| {
-            std::io::Error::other(format!("no certificate yet for {source_identity}"))
-        })?;
+        let certificate = self
+            .certificates
+            .obtain(source_identity, CERTIFICATE_WAIT)
+            .await
+            .ok_or_else(|| {
+                std::io::Error::other(format!("no certificate for {source_identity}"))
+            })?;
         let dial = || async {
             let peer = SocketAddr::new(target.ip(), ambit_hbone::HBONE_PORT);
             let socket = agent_socket(&pod.netns, AGENT_MARK, None)?;
