@@ -52,6 +52,21 @@ struct Seen {
     connections: Mutex<usize>,
 }
 
+/// A loopback listener and the mTLS acceptor for `certificate`.
+async fn tls_listener(
+    certificate: &WorkloadCertificate,
+    trust: &TrustBundle,
+) -> (tokio_rustls::TlsAcceptor, TcpListener, SocketAddr) {
+    let config = server_config(certificate, trust).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        listener,
+        addr,
+    )
+}
+
 /// An HBONE server that opens any target on loopback except port 1, which
 /// policy "denies".
 async fn hbone_server(
@@ -59,10 +74,7 @@ async fn hbone_server(
     trust: &TrustBundle,
     seen: Arc<Seen>,
 ) -> SocketAddr {
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&certificate, trust).unwrap()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (acceptor, listener, addr) = tls_listener(&certificate, trust).await;
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -197,10 +209,7 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
 /// A TLS server that hangs up right after the handshake, like a peer agent
 /// that went away.
 async fn vanishing_server(certificate: WorkloadCertificate, trust: &TrustBundle) -> SocketAddr {
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&certificate, trust).unwrap()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (acceptor, listener, addr) = tls_listener(&certificate, trust).await;
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
