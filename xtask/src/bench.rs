@@ -6,6 +6,7 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, LatencySummary, Server};
 use ambit_testbed::{Binaries, Cluster, Pod, Usage};
@@ -62,32 +63,62 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
-    // Two client/server pairs side by side, one in the mesh and one not, so
-    // the two paths are measured in turns under the same conditions.
+    // Three client/server pairs side by side: no mesh, agents in plain TCP
+    // (nodes 1 and 2), agents with identities from a CA, in mTLS over HBONE
+    // (nodes 3 and 4), so the paths are measured in turns under the same
+    // conditions.
     let cluster = Cluster::builder()
         .binaries(binaries)
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
+        .node(&["tls-client"])
+        .node(&["tls-server"])
         .build()?;
-    let [client, server, mesh_client, mesh_server] =
-        ["client", "server", "mesh-client", "mesh-server"]
-            .map(|name| cluster.pod(name).expect("a pod of the bench"));
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server] = [
+        "client",
+        "server",
+        "mesh-client",
+        "mesh-server",
+        "tls-client",
+        "tls-server",
+    ]
+    .map(|name| cluster.pod(name).expect("a pod of the bench"));
     mesh::write_config(
         &cluster,
-        &mesh::enrolling(&cluster, &[mesh_client, mesh_server], vec![]),
+        &mesh::enrolling(
+            &cluster,
+            &[mesh_client, mesh_server, tls_client, tls_server],
+            vec![],
+        ),
     )?;
-    let agents = mesh::start_agents(&cluster)?;
-    let _servers = [
-        Server::new("server", "v1")
-            .http(8080)
-            .sink(9100)
-            .start(&cluster, server)?,
-        Server::new("mesh-server", "v1")
-            .http(8080)
-            .sink(9100)
-            .start(&cluster, mesh_server)?,
-    ];
+    let ca = TestCa::start(&cluster, 24 * 3600)?;
+    let agents = cluster
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let identities = match index {
+                0 | 1 => Vec::new(),
+                _ => ca.agent_args(node)?,
+            };
+            NodeAgent::start_with(&cluster, node, mesh::Source::Directory, identities)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for pod in cluster.pods() {
+        let node = cluster.nodes().iter().position(|n| n.name == pod.node);
+        agents[node.context("every pod's node has an agent")?].add_pod(&cluster, pod)?;
+    }
+    let _servers = [server, mesh_server, tls_server]
+        .map(|pod| {
+            Server::new(&pod.name, "v1")
+                .http(8080)
+                .sink(9100)
+                .start(&cluster, pod)
+        })
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
     wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
+    wait_for_capture(&cluster, &agents[2], tls_client, tls_server)?;
 
     let paths = [
         ("no mesh", client, server, None),
@@ -95,7 +126,13 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             "agents, plaintext L4",
             mesh_client,
             mesh_server,
-            Some(agents.as_slice()),
+            Some(&agents[0..2]),
+        ),
+        (
+            "agents, mTLS over HBONE",
+            tls_client,
+            tls_server,
+            Some(&agents[2..4]),
         ),
     ];
     let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
