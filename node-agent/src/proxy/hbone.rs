@@ -29,6 +29,10 @@ use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 /// its caller's namespace.
 type PoolKey = (IpAddr, Identity, IpAddr);
 
+/// Copy buffers between a tunnel and a socket: large, so bulk transfers
+/// make few, full HTTP/2 frames and TLS records.
+pub(super) const TUNNEL_BUFFER: usize = 256 * 1024;
+
 /// How long a connection waits for its pod's first certificate.
 const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -127,6 +131,8 @@ pub(super) async fn serve(
         tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod yet");
         return;
     };
+    // Small frames (an HTTP request, its answer) leave at once.
+    let _ = stream.set_nodelay(true);
     let config = match server_config(&certificate, &mesh_tls.bundle) {
         Ok(config) => config,
         Err(error) => {
@@ -188,6 +194,14 @@ async fn carry(
         destination_service: "unknown".into(),
         connection_security_policy: SecurityPolicy::MutualTls,
     };
-    let carry = async move { tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await };
+    let carry = async move {
+        tokio::io::copy_bidirectional_with_sizes(
+            &mut tunnel,
+            &mut upstream,
+            TUNNEL_BUFFER,
+            TUNNEL_BUFFER,
+        )
+        .await
+    };
     relay(inputs, pod, labels, Some(peer), target, carry).await;
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
+use super::hbone::TUNNEL_BUFFER;
 use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 use ambit_config::model::Route;
@@ -92,7 +93,13 @@ pub(super) async fn handle(
         let carry = async move {
             let mut client = client;
             let _ = client.set_nodelay(true);
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                TUNNEL_BUFFER,
+                TUNNEL_BUFFER,
+            )
+            .await
         };
         relay(&inputs, &pod, labels, Some(peer), target, carry).await;
         return;
