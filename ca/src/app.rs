@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
-use ambit_identity::{certificate_request, tls, Identity, WorkloadCertificate};
+use ambit_identity::{certificate_request, tls, WorkloadCertificate};
 use ambit_mesh_source::MeshHandle;
 use anyhow::Context;
 use bytes::Bytes;
@@ -61,10 +61,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("reading the mesh configuration")?;
 
     // The CA proves itself to agents with a certificate of its own root.
-    let identity: Identity = config.identity.parse()?;
-    let (key, csr) = certificate_request(&identity)?;
-    let chain = ca.issue(&csr, &identity, SERVING_CERT_TTL)?;
-    let serving = WorkloadCertificate::new(&identity, &key, &chain)?;
+    let identity = &config.identity;
+    let (key, csr) = certificate_request(identity)?;
+    let chain = ca.issue(&csr, identity, SERVING_CERT_TTL)?;
+    let serving = WorkloadCertificate::new(identity, &key, &chain)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
         tls::server_config_for_anonymous_clients(&serving)?,
     ));

@@ -49,7 +49,7 @@ pub struct Args {
 #[derive(Serialize, Debug, Clone)]
 pub struct Config {
     pub trust_domain: String,
-    pub identity: String,
+    pub identity: Identity,
     pub root_dir: PathBuf,
     pub node_tokens: PathBuf,
     pub listen: SocketAddr,
@@ -69,7 +69,7 @@ impl Config {
         let identity = Identity::new(args.trust_domain.as_str(), args.namespace, "ambit-ca");
         Ok(Self {
             trust_domain: args.trust_domain,
-            identity: identity.to_string(),
+            identity,
             root_dir: args.root_dir,
             node_tokens: args.node_tokens,
             listen: args.listen,

@@ -8,7 +8,6 @@ use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use ambit_ca::client::CaClient;
-use ambit_identity::TrustBundle;
 
 use crate::capture::Capture;
 use crate::certificates::Certificates;
@@ -39,19 +38,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(cgroup = %config.capture_cgroup.display(), "traffic capture attached");
 
     let mut registry = Registry::default();
-    let certificates = match &config.ca {
-        Some(ca) => Some(start_certificates(ca)?),
+    let mesh_tls = match &config.ca {
+        Some(ca) => Some(start_mesh_tls(ca)?),
         None => {
             tracing::warn!("no --ca-addr: this agent holds no workload identities; traffic between agents is not encrypted");
             None
         }
-    };
-    let mesh_tls = match (&config.ca, &certificates) {
-        (Some(ca), Some(certificates)) => Some(MeshTls::new(
-            certificates.clone(),
-            TrustBundle::from_pem(&ca.trust_domain, &ca.root_pem)?,
-        )),
-        _ => None,
     };
     let inputs = Arc::new(ProxyInputs {
         maps,
@@ -64,7 +56,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture,
         inputs.clone(),
         &config.state_dir,
-        certificates.clone(),
     )));
     lock(&enrollment)
         .restore()
@@ -85,13 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {
-        let (mesh, enrollment, certificates) =
-            (mesh.clone(), enrollment.clone(), certificates.clone());
+        let (mesh, enrollment, inputs) = (mesh.clone(), enrollment.clone(), inputs.clone());
         Arc::new(move || {
             serde_json::json!({
                 "mesh": *mesh.snapshot(),
                 "pods": lock(&enrollment).describe(),
-                "certificates": certificates.as_ref().map(|c| c.describe()),
+                "certificates": inputs.mesh_tls.as_ref().map(|m| m.certificates().describe()),
             })
         })
     };
@@ -124,14 +114,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client of the CA and the task that keeps this node's certificates.
-fn start_certificates(ca: &CaConfig) -> anyhow::Result<Arc<Certificates>> {
-    let bundle = TrustBundle::from_pem(&ca.trust_domain, &ca.root_pem)?;
-    let identity = ca.identity.parse()?;
-    let client = CaClient::new(ca.addr, &bundle, &identity, ca.token.clone())?;
+/// The client of the CA, the task that keeps this node's certificates,
+/// and what HBONE between agents needs of them.
+fn start_mesh_tls(ca: &CaConfig) -> anyhow::Result<MeshTls> {
+    let client = CaClient::new(ca.addr, &ca.bundle, &ca.identity, ca.token.clone())?;
     let certificates = Arc::new(Certificates::new(client, ca.trust_domain.clone()));
     tokio::spawn(certificates.clone().run());
-    Ok(certificates)
+    Ok(MeshTls::new(certificates, ca.bundle.clone()))
 }
 
 /// Every proxied connection holds four descriptors (two sockets, two pipes

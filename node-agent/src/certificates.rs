@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ambit_ca::client::CaClient;
+use ambit_config::model::{Key, Mesh};
 use ambit_identity::{Identity, WorkloadCertificate};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -63,8 +64,14 @@ impl Certificates {
         }
     }
 
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+    /// The identity the pod `namespace/name` runs as: its service account.
+    pub fn identity_of(&self, mesh: &Mesh, namespace: &str, name: &str) -> Option<Identity> {
+        let workload = mesh.workloads.get(&Key::new(namespace, name))?;
+        Some(Identity::new(
+            self.trust_domain.as_str(),
+            namespace,
+            workload.service_account.as_str(),
+        ))
     }
 
     /// The identities needed now. Certificates no longer needed are dropped.

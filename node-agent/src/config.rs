@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_admin::AdminAddrs;
+use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_source::{Source, SourceArgs};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -79,10 +80,11 @@ pub struct CaArgs {
 #[derive(Serialize, Debug, Clone)]
 pub struct CaConfig {
     pub addr: SocketAddr,
-    pub identity: String,
+    pub identity: Identity,
     pub trust_domain: String,
+    /// The roots of `--ca-root`, which also verify peer agents.
     #[serde(skip)]
-    pub root_pem: String,
+    pub bundle: TrustBundle,
     #[serde(skip)]
     pub token: String,
 }
@@ -98,20 +100,15 @@ impl CaConfig {
             std::fs::read_to_string(path)
                 .with_context(|| format!("{flag} {}: cannot read it", path.display()))
         };
-        let root_pem = read("--ca-root", &root)?;
-        ambit_identity::TrustBundle::from_pem(&args.trust_domain, &root_pem)
+        let bundle = TrustBundle::from_pem(&args.trust_domain, &read("--ca-root", &root)?)
             .with_context(|| format!("--ca-root {}", root.display()))?;
         let token = read("--ca-token-file", &token)?.trim().to_string();
-        let identity = ambit_identity::Identity::new(
-            args.trust_domain.as_str(),
-            args.ca_namespace,
-            "ambit-ca",
-        );
+        let identity = Identity::new(args.trust_domain.as_str(), args.ca_namespace, "ambit-ca");
         Ok(Some(Self {
             addr,
-            identity: identity.to_string(),
+            identity,
             trust_domain: args.trust_domain,
-            root_pem,
+            bundle,
             token,
         }))
     }

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 
 use crate::capture::{Capture, CaptureError, PodCapture};
-use crate::certificates::Certificates;
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
-use ambit_config::model::{Key, Mesh};
-use ambit_identity::Identity;
+use ambit_config::model::Mesh;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -60,31 +58,24 @@ pub struct Enrollment {
     inputs: Arc<ProxyInputs>,
     pods: BTreeMap<PodRef, KnownPod>,
     state_file: PathBuf,
-    /// Told which identities the enrolled pods need, when there is a CA.
-    certificates: Option<Arc<Certificates>>,
 }
 
 impl Enrollment {
-    pub fn new(
-        capture: Capture,
-        inputs: Arc<ProxyInputs>,
-        state_dir: &Path,
-        certificates: Option<Arc<Certificates>>,
-    ) -> Self {
+    pub fn new(capture: Capture, inputs: Arc<ProxyInputs>, state_dir: &Path) -> Self {
         Self {
             capture,
             inputs,
             pods: BTreeMap::new(),
             state_file: state_dir.join(STATE_FILE),
-            certificates,
         }
     }
 
     /// Tells the certificate keeper which identities the enrolled pods run as.
     fn want_identities(&self) {
-        let Some(certificates) = &self.certificates else {
+        let Some(mesh_tls) = &self.inputs.mesh_tls else {
             return;
         };
+        let certificates = mesh_tls.certificates();
         let snapshot = self.inputs.mesh.snapshot();
         let wanted = self
             .pods
@@ -92,14 +83,7 @@ impl Enrollment {
             .filter(|known| known.enrolled.is_some())
             .filter_map(|known| {
                 let pod = &known.sandbox.pod;
-                let workload = snapshot
-                    .workloads
-                    .get(&Key::new(&pod.namespace, &pod.name))?;
-                Some(Identity::new(
-                    certificates.trust_domain(),
-                    pod.namespace.as_str(),
-                    workload.service_account.as_str(),
-                ))
+                certificates.identity_of(&snapshot, &pod.namespace, &pod.name)
             })
             .collect();
         certificates.want(wanted);

@@ -45,6 +45,12 @@ impl fmt::Display for Identity {
     }
 }
 
+impl serde::Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for Identity {
     type Err = NotAnIdentity;
 

@@ -17,6 +17,7 @@ use ambit_hbone::TunnelStream;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
 use ambit_identity::{Identity, TrustBundle};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::inbound::connect_app;
@@ -31,7 +32,7 @@ type PoolKey = (IpAddr, Identity, IpAddr);
 
 /// Copy buffers between a tunnel and a socket: large, so bulk transfers
 /// make few, full HTTP/2 frames and TLS records.
-pub(super) const TUNNEL_BUFFER: usize = 256 * 1024;
+const TUNNEL_BUFFER: usize = 256 * 1024;
 
 /// How long a connection waits for its pod's first certificate.
 const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -51,14 +52,8 @@ impl MeshTls {
         }
     }
 
-    /// The identity the pod `namespace/name` runs as.
-    pub(super) fn identity_of(&self, mesh: &Mesh, namespace: &str, name: &str) -> Option<Identity> {
-        let workload = mesh.workloads.get(&Key::new(namespace, name))?;
-        Some(Identity::new(
-            self.certificates.trust_domain(),
-            namespace,
-            workload.service_account.as_str(),
-        ))
+    pub fn certificates(&self) -> &Certificates {
+        &self.certificates
     }
 
     /// The identity of the enrolled pod at `ip`, if there is one: only
@@ -68,7 +63,8 @@ impl MeshTls {
         if workload.host_network || !mesh.is_enrolled(&key.namespace, &key.name) {
             return None;
         }
-        self.identity_of(mesh, &key.namespace, &key.name)
+        self.certificates
+            .identity_of(mesh, &key.namespace, &key.name)
     }
 
     /// A stream to `target`, the pod `destination`, for `pod`'s client at
@@ -118,17 +114,29 @@ pub(super) async fn serve(
     let Some(mesh_tls) = &inputs.mesh_tls else {
         return;
     };
-    let snapshot = inputs.mesh.snapshot();
-    let identity = mesh_tls.identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
-    let pod_ips: Vec<IpAddr> = snapshot
-        .workloads
-        .get(&Key::new(&pod.pod.namespace, &pod.pod.name))
-        .map(|workload| workload.ips.clone())
-        .unwrap_or_default();
-    drop(snapshot);
-    let Some(certificate) = identity.and_then(|identity| mesh_tls.certificates.get(&identity))
-    else {
-        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod yet");
+    let (identity, pod_ips) = {
+        let snapshot = inputs.mesh.snapshot();
+        let (namespace, name) = (&pod.pod.namespace, &pod.pod.name);
+        let ips = snapshot
+            .workloads
+            .get(&Key::new(namespace, name))
+            .map(|w| w.ips.clone());
+        let identity = mesh_tls
+            .certificates
+            .identity_of(&snapshot, namespace, name);
+        (identity, ips.unwrap_or_default())
+    };
+    let certificate = match identity {
+        Some(identity) => {
+            mesh_tls
+                .certificates
+                .obtain(&identity, CERTIFICATE_WAIT)
+                .await
+        }
+        None => None,
+    };
+    let Some(certificate) = certificate else {
+        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod");
         return;
     };
     // Small frames (an HTTP request, its answer) leave at once.
@@ -194,14 +202,16 @@ async fn carry(
         destination_service: "unknown".into(),
         connection_security_policy: SecurityPolicy::MutualTls,
     };
-    let carry = async move {
-        tokio::io::copy_bidirectional_with_sizes(
-            &mut tunnel,
-            &mut upstream,
-            TUNNEL_BUFFER,
-            TUNNEL_BUFFER,
-        )
-        .await
-    };
+    let carry = async move { carry_tunnel(&mut tunnel, &mut upstream).await };
     relay(inputs, pod, labels, Some(peer), target, carry).await;
+}
+
+/// Copies between a tunnel and a socket until both sides are done: bytes
+/// from `caller`, then bytes to it.
+pub(super) async fn carry_tunnel<A, B>(caller: &mut A, other: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(caller, other, TUNNEL_BUFFER, TUNNEL_BUFFER).await
 }

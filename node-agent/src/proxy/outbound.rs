@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
-use super::hbone::TUNNEL_BUFFER;
+use super::hbone::carry_tunnel;
 use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
 use ambit_config::model::Route;
@@ -68,7 +68,10 @@ pub(super) async fn handle(
     // To a pod of the mesh, over HBONE when the agent holds identities.
     let tunnel = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
         let destination = mesh_tls.identity_at(&snapshot, IpAddr::V4(*target.ip()))?;
-        let source = mesh_tls.identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
+        let source =
+            mesh_tls
+                .certificates()
+                .identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
         Some((mesh_tls, source, destination))
     });
     drop(snapshot);
@@ -93,13 +96,7 @@ pub(super) async fn handle(
         let carry = async move {
             let mut client = client;
             let _ = client.set_nodelay(true);
-            tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut upstream,
-                TUNNEL_BUFFER,
-                TUNNEL_BUFFER,
-            )
-            .await
+            carry_tunnel(&mut client, &mut upstream).await
         };
         relay(&inputs, &pod, labels, Some(peer), target, carry).await;
         return;

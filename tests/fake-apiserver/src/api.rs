@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::resources::{parse_path, Target};
 use crate::selector::Selector;
 use crate::store::{Change, EventType, Refusal};
-use crate::{Body, FakeApiServer, BOOKMARK_INTERVAL};
+use crate::{types, Body, FakeApiServer, BOOKMARK_INTERVAL};
 
 impl FakeApiServer {
     /// Answers one request.
@@ -53,16 +53,10 @@ impl FakeApiServer {
             )
         };
         let target = parse_path(path).ok_or_else(not_found)?;
-        if self.faults.uninstalled().contains(target.resource.plural) {
+        if types(&self.faults.uninstalled).contains(target.resource.plural) {
             return Err(not_found());
         }
-        let forbidden = self
-            .faults
-            .forbidden
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(target.resource.plural);
-        if forbidden {
+        if types(&self.faults.forbidden).contains(target.resource.plural) {
             return Err(Refusal::new(
                 403,
                 "Forbidden",

@@ -57,10 +57,11 @@ struct Faults {
     uninstalled: Mutex<BTreeSet<&'static str>>,
 }
 
-impl Faults {
-    fn uninstalled(&self) -> std::sync::MutexGuard<'_, BTreeSet<&'static str>> {
-        self.uninstalled.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// One of the sets of resource types a fault applies to.
+fn types<'a>(
+    set: &'a Mutex<BTreeSet<&'static str>>,
+) -> std::sync::MutexGuard<'a, BTreeSet<&'static str>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for FakeApiServer {
@@ -158,22 +159,18 @@ impl FakeApiServer {
 
     /// Fault: answers 403 Forbidden for a resource type (by plural, `pods`).
     pub fn forbid(&self, plural: &'static str) {
-        self.faults
-            .forbidden
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(plural);
+        types(&self.faults.forbidden).insert(plural);
     }
 
     /// Fault: answers 404 for a resource type (by plural), as a cluster
     /// without its CRD does, until [`FakeApiServer::install`].
     pub fn uninstall(&self, plural: &'static str) {
-        self.faults.uninstalled().insert(plural);
+        types(&self.faults.uninstalled).insert(plural);
     }
 
     /// Serves a resource type again after [`FakeApiServer::uninstall`].
     pub fn install(&self, plural: &'static str) {
-        self.faults.uninstalled().remove(plural);
+        types(&self.faults.uninstalled).remove(plural);
     }
 
     /// A kubeconfig for a client of this server at `url` (`http://ip:port`).
