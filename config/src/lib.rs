@@ -12,3 +12,4 @@
 pub mod api;
 pub mod document;
 pub mod model;
+pub mod policy;
