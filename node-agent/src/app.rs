@@ -14,6 +14,7 @@ use crate::certificates::Certificates;
 use crate::config::CaConfig;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
+use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::hbone::MeshTls;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
@@ -51,6 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: Metrics::register(&mut registry),
         connections: TaskTracker::new(),
         mesh_tls,
+        policy: PolicySettings {
+            root_namespace: config.root_namespace.clone(),
+            node_ips: node_addresses().context("reading the node's addresses")?,
+        },
     });
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
         capture,

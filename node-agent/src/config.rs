@@ -45,6 +45,11 @@ pub struct Args {
     #[command(flatten)]
     pub ca: CaArgs,
 
+    /// The mesh's root namespace: its PeerAuthentication and
+    /// AuthorizationPolicies apply to every workload (Istio's `rootNamespace`).
+    #[arg(long, default_value = ambit_config::policy::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     /// On SIGTERM, how long established connections may take to finish.
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
@@ -125,6 +130,7 @@ pub struct Config {
     pub source: Source,
     pub admin: AdminAddrs,
     pub ca: Option<CaConfig>,
+    pub root_namespace: String,
     pub drain_timeout: Duration,
 }
 
@@ -140,6 +146,7 @@ impl Config {
             source: Source::from_args(args.source)?,
             admin: args.admin,
             ca: CaConfig::from_args(args.ca)?,
+            root_namespace: args.root_namespace,
             drain_timeout: Duration::from_secs(args.drain_seconds),
         })
     }

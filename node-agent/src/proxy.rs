@@ -4,6 +4,7 @@
 //! connections to the pod. Handlers decide with the mesh snapshot, then do
 //! the socket work.
 
+pub mod admission;
 pub mod hbone;
 mod inbound;
 mod outbound;
@@ -11,7 +12,7 @@ mod splice;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambit_cni::protocol::PodRef;
 use socket2::{Domain, Socket, Type};
@@ -20,7 +21,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use crate::metrics::{Metrics, Reporter, TcpLabels};
+use crate::metrics::{Metrics, ResponseFlags, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
 
@@ -40,6 +41,8 @@ pub struct ProxyInputs {
     pub connections: TaskTracker,
     /// With a CA: the identities and connections for HBONE between agents.
     pub mesh_tls: Option<hbone::MeshTls>,
+    /// What inbound policy needs beyond the mesh.
+    pub policy: admission::PolicySettings,
 }
 
 /// An enrolled pod as the data path sees it.
@@ -171,44 +174,81 @@ async fn connect(socket: TcpSocket, target: SocketAddr) -> std::io::Result<TcpSt
     Ok(stream)
 }
 
-/// The upstream, or `None` after logging why there is none.
-fn connected<U>(
-    pod: &PodContext,
-    reporter: Reporter,
+/// One connection as telemetry sees it: counted under its labels, and one
+/// access-log line when it ends.
+struct Report<'a> {
+    inputs: &'a ProxyInputs,
+    pod: &'a PodContext,
+    labels: TcpLabels,
+    peer: SocketAddr,
     target: SocketAddr,
-    upstream: std::io::Result<U>,
-) -> Option<U> {
-    match upstream {
-        Ok(upstream) => Some(upstream),
-        Err(error) => {
-            tracing::warn!(pod = %pod.pod, ?reporter, %target, %error, "connecting upstream failed");
-            None
-        }
-    }
+    started: Instant,
 }
 
-/// The common end of every handler: with the upstream connected, `carry`
-/// copies both ways until both sides are done (a half-close is passed on);
-/// the connection is counted and gets its access-log line.
-async fn relay(
-    inputs: &ProxyInputs,
-    pod: &PodContext,
-    labels: TcpLabels,
-    peer: Option<SocketAddr>,
-    target: SocketAddr,
-    carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-) {
-    let reporter = labels.reporter;
-    inputs.metrics.opened(&labels);
-    match carry.await {
-        Ok((from_caller, to_caller)) => {
-            inputs.metrics.closed(&labels, from_caller, to_caller);
-            tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, from_caller, to_caller, "connection closed");
+impl<'a> Report<'a> {
+    fn new(
+        inputs: &'a ProxyInputs,
+        pod: &'a PodContext,
+        labels: TcpLabels,
+        peer: SocketAddr,
+        target: SocketAddr,
+    ) -> Self {
+        Self {
+            inputs,
+            pod,
+            labels,
+            peer,
+            target,
+            started: Instant::now(),
         }
-        Err(error) => {
-            inputs.metrics.closed(&labels, 0, 0);
-            tracing::debug!(target: "access", pod = %pod.pod, ?reporter, ?peer, %target, %error, "connection failed");
-        }
+    }
+
+    /// The connection ends before carrying anything, for `reason`.
+    fn refused(mut self, flags: ResponseFlags, reason: &dyn std::fmt::Display) {
+        self.labels.response_flags = flags;
+        self.inputs.metrics.refused(&self.labels);
+        self.log(0, 0, Some(reason));
+    }
+
+    /// With the upstream connected, `carry` copies both ways until both
+    /// sides are done (a half-close is passed on).
+    async fn relay(self, carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>) {
+        self.inputs.metrics.opened(&self.labels);
+        let (from_caller, to_caller, error) = match carry.await {
+            Ok((from_caller, to_caller)) => (from_caller, to_caller, None),
+            Err(error) => (0, 0, Some(error)),
+        };
+        self.inputs
+            .metrics
+            .closed(&self.labels, from_caller, to_caller);
+        self.log(
+            from_caller,
+            to_caller,
+            error.as_ref().map(|e| e as &dyn std::fmt::Display),
+        );
+    }
+
+    fn log(&self, from_caller: u64, to_caller: u64, error: Option<&dyn std::fmt::Display>) {
+        let l = &self.labels;
+        let workload = |namespace: &str, name: &str| format!("{namespace}/{name}");
+        tracing::info!(
+            target: "access",
+            pod = %self.pod.pod,
+            reporter = ?l.reporter,
+            src.addr = %self.peer,
+            src.workload = workload(&l.source_workload_namespace, &l.source_workload),
+            src.identity = l.source_principal,
+            dst.addr = %self.target,
+            dst.workload = workload(&l.destination_workload_namespace, &l.destination_workload),
+            dst.identity = l.destination_principal,
+            dst.service = l.destination_service,
+            security = ?l.connection_security_policy,
+            bytes_sent = to_caller,
+            bytes_recv = from_caller,
+            duration_ms = self.started.elapsed().as_millis(),
+            error = error.map(tracing::field::display),
+            "connection complete"
+        );
     }
 }
 

@@ -184,7 +184,9 @@ fn rule_matches(rule: &Rule, caller: &Caller<'_>, l7: Unenforceable) -> bool {
     let any = |empty: bool, found: bool| empty || found;
     any(
         rule.from.is_empty(),
-        rule.from.iter().any(|f| source_matches(&f.source, caller, l7)),
+        rule.from
+            .iter()
+            .any(|f| source_matches(&f.source, caller, l7)),
     ) && any(
         rule.to.is_empty(),
         rule.to
@@ -233,9 +235,7 @@ fn condition_matches(condition: &Condition, caller: &Caller<'_>, l7: Unenforceab
     let (values, not_values) = (&condition.values, &condition.not_values);
     match condition.key.as_str() {
         "source.ip" => field(values, not_values, |b| block_contains(b, caller.ip)),
-        "source.principal" => field(values, not_values, |p| {
-            string_matches(p, caller.principal)
-        }),
+        "source.principal" => field(values, not_values, |p| string_matches(p, caller.principal)),
         "source.namespace" => field(values, not_values, |n| {
             string_matches(n, caller.namespace())
         }),

@@ -37,7 +37,10 @@ fn peer_authentication(namespace: &str, name: &str, body: &str) -> String {
 
 #[test]
 fn peer_authentication_default_is_permissive() {
-    assert_eq!(mode(&Mesh::default(), "shop", "cart", 80), PeerMode::Permissive);
+    assert_eq!(
+        mode(&Mesh::default(), "shop", "cart", 80),
+        PeerMode::Permissive
+    );
 }
 
 #[test]
@@ -143,7 +146,11 @@ fn allow_policies_admit_only_what_they_match() {
         (caller(Some(CLIENT), [10, 244, 1, 2], 9090), false),
         // another principal
         (
-            caller(Some("cluster.local/ns/shop/sa/other"), [10, 244, 1, 2], 8080),
+            caller(
+                Some("cluster.local/ns/shop/sa/other"),
+                [10, 244, 1, 2],
+                8080,
+            ),
             false,
         ),
         // plaintext: no principal at all
@@ -152,8 +159,14 @@ fn allow_policies_admit_only_what_they_match() {
         (caller(None, [10, 244, 3, 4], 1), true),
         (caller(None, [10, 244, 3, 7], 1), false),
         // by namespace prefix, derived from the principal
-        (caller(Some("cluster.local/ns/ops-tools/sa/x"), [1, 1, 1, 1], 1), true),
-        (caller(Some("cluster.local/ns/dev/sa/x"), [1, 1, 1, 1], 1), false),
+        (
+            caller(Some("cluster.local/ns/ops-tools/sa/x"), [1, 1, 1, 1], 1),
+            true,
+        ),
+        (
+            caller(Some("cluster.local/ns/dev/sa/x"), [1, 1, 1, 1], 1),
+            false,
+        ),
     ];
     for (caller, allowed) in cases {
         let verdict = verdict(&mesh, "cart", &caller);
@@ -243,7 +256,12 @@ fn audit_records_matches_without_deciding() {
     let plaintext = authorize(&mesh, ROOT, target, &caller(None, [10, 0, 0, 1], 80));
     assert_eq!(plaintext.verdict, Verdict::Allow);
     assert_eq!(plaintext.audited, vec![Key::new("shop", "watch-plaintext")]);
-    let mtls = authorize(&mesh, ROOT, target, &caller(Some(CLIENT), [10, 0, 0, 1], 80));
+    let mtls = authorize(
+        &mesh,
+        ROOT,
+        target,
+        &caller(Some(CLIENT), [10, 0, 0, 1], 80),
+    );
     assert_eq!(mtls.audited, vec![]);
 }
 
@@ -344,7 +362,10 @@ fn an_unreadable_policy_denies_its_namespace() {
         namespace: "shop".into(),
         name: "broken".into(),
     };
-    mesh.reject(&broken, vec!["spec.rules[0].from[0].source.ipBlocks[0]: not an IP".into()]);
+    mesh.reject(
+        &broken,
+        vec!["spec.rules[0].from[0].source.ipBlocks[0]: not an IP".into()],
+    );
     let anyone = caller(Some(CLIENT), [10, 0, 0, 1], 80);
     assert_eq!(
         verdict(&mesh, "cart", &anyone),

@@ -35,13 +35,20 @@ impl Identity {
     }
 }
 
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
+impl Identity {
+    /// The identity as Istio's policies name principals: the SPIFFE ID
+    /// without its scheme, `TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
             self.trust_domain, self.namespace, self.service_account
         )
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}", self.principal())
     }
 }
 

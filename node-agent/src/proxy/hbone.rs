@@ -20,10 +20,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::admission::admit;
 use super::inbound::connect_app;
-use super::{agent_socket, connect, connected, relay, PodContext, ProxyInputs};
+use super::{agent_socket, connect, PodContext, ProxyInputs, Report};
 use crate::certificates::Certificates;
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
 /// Connections are pooled per calling pod (its address), destination
 /// identity and destination address: a pooled connection was dialled from
@@ -126,16 +127,16 @@ pub(super) async fn serve(
             .identity_of(&snapshot, namespace, name);
         (identity, ips.unwrap_or_default())
     };
-    let certificate = match identity {
+    let certificate = match &identity {
         Some(identity) => {
             mesh_tls
                 .certificates
-                .obtain(&identity, CERTIFICATE_WAIT)
+                .obtain(identity, CERTIFICATE_WAIT)
                 .await
         }
         None => None,
     };
-    let Some(certificate) = certificate else {
+    let (Some(certificate), Some(identity)) = (certificate, identity) else {
         tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod");
         return;
     };
@@ -160,9 +161,22 @@ pub(super) async fn serve(
     };
     let caller = peer_identity(tls.get_ref().1);
     let served = ambit_hbone::server::serve(tls, move |request, responder| {
-        let (pod, inputs, pod_ips, caller) =
-            (pod.clone(), inputs.clone(), pod_ips.clone(), caller.clone());
-        async move { carry(request, responder, peer, caller, &pod_ips, &pod, &inputs).await }
+        let (pod, inputs, pod_ips, caller, identity) = (
+            pod.clone(),
+            inputs.clone(),
+            pod_ips.clone(),
+            caller.clone(),
+            identity.clone(),
+        );
+        async move {
+            let stream = Stream {
+                peer,
+                caller,
+                own_identity: &identity,
+                pod_ips: &pod_ips,
+            };
+            carry(request, responder, stream, &pod, &inputs).await
+        }
     })
     .await;
     if let Err(error) = served {
@@ -170,40 +184,82 @@ pub(super) async fn serve(
     }
 }
 
-/// One CONNECT stream to the pod: connected to the app from the caller's
-/// address (the peer agent dials from the calling pod's own address).
+/// What the TLS connection tells of each stream it carries.
+struct Stream<'a> {
+    peer: SocketAddr,
+    caller: Option<Identity>,
+    own_identity: &'a Identity,
+    pod_ips: &'a [IpAddr],
+}
+
+/// One CONNECT stream to the pod: admitted by policy, then connected to the
+/// app from the caller's address (the peer agent dials from the calling
+/// pod's own address).
 async fn carry(
     request: ConnectRequest,
     responder: Responder,
-    peer: SocketAddr,
-    caller: Option<Identity>,
-    pod_ips: &[IpAddr],
+    stream: Stream<'_>,
     pod: &PodContext,
     inputs: &ProxyInputs,
 ) {
+    let Stream {
+        peer,
+        caller,
+        own_identity,
+        pod_ips,
+    } = stream;
     let target = request.target;
-    let IpAddr::V4(source) = peer.ip() else {
+    let (IpAddr::V4(source), Some(caller)) = (peer.ip(), caller) else {
         return responder.refuse(Refusal::Unreachable);
     };
     if !pod_ips.contains(&target.ip()) {
         tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
         return responder.refuse(Refusal::Denied);
     }
-    let upstream = connect_app(inputs, pod, source, target).await;
-    let Some(mut upstream) = connected(pod, Reporter::Destination, target, upstream) else {
-        return responder.refuse(Refusal::Unreachable);
+    let (labels, admitted) = {
+        let mesh = inputs.mesh.snapshot();
+        let own_key = Key::new(&pod.pod.namespace, &pod.pod.name);
+        let labels = TcpLabels::new(
+            Reporter::Destination,
+            Party {
+                workload: mesh.workload_by_ip(peer.ip()),
+                principal: Some(&caller),
+            },
+            Party {
+                workload: mesh.workloads.get_key_value(&own_key),
+                principal: Some(own_identity),
+            },
+            None,
+            SecurityPolicy::MutualTls,
+        );
+        let admitted = admit(
+            &inputs.policy,
+            &mesh,
+            &pod.pod,
+            peer.ip(),
+            Some(&caller),
+            target,
+        );
+        (labels, admitted)
+    };
+    let report = Report::new(inputs, pod, labels, peer, target);
+    if let Err(reason) = admitted {
+        responder.refuse(Refusal::Denied);
+        return report.refused(ResponseFlags::Denied, &reason);
+    }
+    let mut upstream = match connect_app(inputs, pod, source, target).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            responder.refuse(Refusal::Unreachable);
+            return report.refused(ResponseFlags::ConnectFailed, &error);
+        }
     };
     let Ok(mut tunnel) = responder.accept() else {
         return;
     };
-    tracing::debug!(pod = %pod.pod, caller = ?caller.as_ref().map(ToString::to_string), %target, "HBONE stream accepted");
-    let labels = TcpLabels {
-        reporter: Reporter::Destination,
-        destination_service: "unknown".into(),
-        connection_security_policy: SecurityPolicy::MutualTls,
-    };
-    let carry = async move { carry_tunnel(&mut tunnel, &mut upstream).await };
-    relay(inputs, pod, labels, Some(peer), target, carry).await;
+    report
+        .relay(async move { carry_tunnel(&mut tunnel, &mut upstream).await })
+        .await;
 }
 
 /// Copies between a tunnel and a socket until both sides are done: bytes

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use ambit_config::model::Key;
+
+use super::admission::admit;
+use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
+use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
 pub(super) async fn handle(
     client: TcpStream,
@@ -29,25 +32,38 @@ pub(super) async fn handle(
         tracing::warn!(pod = %pod.pod, %peer, "inbound IPv6 connections are not proxied yet");
         return;
     };
-    let upstream = connect_app(&inputs, &pod, source, target).await;
-    let Some(upstream) = connected(&pod, Reporter::Destination, target, upstream) else {
-        return;
+    let (labels, admitted) = {
+        let mesh = inputs.mesh.snapshot();
+        let caller = Party {
+            workload: mesh.workload_by_ip(peer.ip()),
+            principal: None,
+        };
+        let own = Party {
+            workload: mesh
+                .workloads
+                .get_key_value(&Key::new(&pod.pod.namespace, &pod.pod.name)),
+            principal: None,
+        };
+        let labels = TcpLabels::new(
+            Reporter::Destination,
+            caller,
+            own,
+            None,
+            SecurityPolicy::None,
+        );
+        let admitted = admit(&inputs.policy, &mesh, &pod.pod, peer.ip(), None, target);
+        (labels, admitted)
     };
-    let labels = TcpLabels {
-        reporter: Reporter::Destination,
-        destination_service: "unknown".into(),
-        connection_security_policy: SecurityPolicy::None,
-    };
-    let peer = Some(peer);
-    relay(
-        &inputs,
-        &pod,
-        labels,
-        peer,
-        target,
-        carry_plain(client, upstream),
-    )
-    .await;
+    let report = Report::new(&inputs, &pod, labels, peer, target);
+    if let Err(reason) = admitted {
+        // A reset, so the caller learns at once rather than at its first read.
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        return report.refused(ResponseFlags::Denied, &reason);
+    }
+    match connect_app(&inputs, &pod, source, target).await {
+        Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
+        Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
+    }
 }
 
 /// Connects to the app at `target` from the caller's own address `source`.

@@ -7,9 +7,9 @@ use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
 use super::hbone::carry_tunnel;
-use super::{agent_socket, carry_plain, connect, connected, relay, PodContext, ProxyInputs};
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
-use ambit_config::model::Route;
+use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
+use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use ambit_config::model::{Key, Route};
 
 /// Where an accepted outbound connection goes: the original destination,
 /// or for a Service address one of its endpoints.
@@ -63,20 +63,42 @@ pub(super) async fn handle(
             return;
         }
     };
-    let service = service.unwrap_or_else(|| "unknown".into());
     let client_ip = peer.ip();
+    let target_ip = IpAddr::V4(*target.ip());
     // To a pod of the mesh, over HBONE when the agent holds identities.
-    let tunnel = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
-        let destination = mesh_tls.identity_at(&snapshot, IpAddr::V4(*target.ip()))?;
+    let identities = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
+        let destination = mesh_tls.identity_at(&snapshot, target_ip)?;
         let source =
             mesh_tls
                 .certificates()
                 .identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
         Some((mesh_tls, source, destination))
     });
+    let own = snapshot
+        .workloads
+        .get_key_value(&Key::new(&pod.pod.namespace, &pod.pod.name));
+    let labels = TcpLabels::new(
+        Reporter::Source,
+        Party {
+            workload: own,
+            principal: identities
+                .as_ref()
+                .and_then(|(_, source, _)| source.as_ref()),
+        },
+        Party {
+            workload: snapshot.workload_by_ip(target_ip),
+            principal: identities.as_ref().map(|(_, _, destination)| destination),
+        },
+        service.as_deref(),
+        match identities {
+            Some(_) => SecurityPolicy::MutualTls,
+            None => SecurityPolicy::None,
+        },
+    );
     drop(snapshot);
     let target = SocketAddr::V4(target);
-    if let Some((mesh_tls, source, destination)) = tunnel {
+    let report = Report::new(&inputs, &pod, labels, peer, target);
+    if let Some((mesh_tls, source, destination)) = identities {
         let upstream = match source {
             Some(source) => {
                 mesh_tls
@@ -85,43 +107,25 @@ pub(super) async fn handle(
             }
             None => Err(std::io::Error::other("the pod's identity is unknown")),
         };
-        let Some(mut upstream) = connected(&pod, Reporter::Source, target, upstream) else {
-            return;
-        };
-        let labels = TcpLabels {
-            reporter: Reporter::Source,
-            destination_service: service,
-            connection_security_policy: SecurityPolicy::MutualTls,
+        let mut upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(error) => return report.refused(ResponseFlags::ConnectFailed, &error),
         };
         let carry = async move {
             let mut client = client;
             let _ = client.set_nodelay(true);
             carry_tunnel(&mut client, &mut upstream).await
         };
-        relay(&inputs, &pod, labels, Some(peer), target, carry).await;
-        return;
+        return report.relay(carry).await;
     }
     let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
         Ok(socket) => connect(socket, target).await,
         Err(error) => Err(error),
     };
-    let Some(upstream) = connected(&pod, Reporter::Source, target, upstream) else {
-        return;
-    };
-    let labels = TcpLabels {
-        reporter: Reporter::Source,
-        destination_service: service,
-        connection_security_policy: SecurityPolicy::None,
-    };
-    relay(
-        &inputs,
-        &pod,
-        labels,
-        Some(peer),
-        target,
-        carry_plain(client, upstream),
-    )
-    .await;
+    match upstream {
+        Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
+        Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! Whether an enrolled pod takes an inbound connection: PeerAuthentication
+//! decides whether plaintext may reach the port, AuthorizationPolicy who may
+//! connect at all. Read from the snapshot of each connection, so a policy
+//! change applies to the next connection without a restart.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ambit_cni::protocol::PodRef;
+use ambit_config::model::{Key, Labels, Mesh};
+use ambit_config::policy::{authorize, mtls_mode, Caller, PeerMode, Target, Verdict};
+use ambit_identity::Identity;
+
+/// What inbound policy needs beyond the mesh.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The namespace whose policies apply to the whole mesh.
+    pub root_namespace: String,
+    /// The node's own addresses: the kubelet's health probes come from
+    /// them, and pass whatever the policies say, as in Istio's ambient mode.
+    pub node_ips: Vec<IpAddr>,
+}
+
+/// `Ok` to carry the connection, or the reason it is refused.
+pub(super) fn admit(
+    settings: &PolicySettings,
+    mesh: &Mesh,
+    pod: &PodRef,
+    source: IpAddr,
+    authenticated: Option<&Identity>,
+    target: SocketAddr,
+) -> Result<(), String> {
+    let no_labels = Labels::new();
+    let labels = mesh
+        .workloads
+        .get(&Key::new(&pod.namespace, &pod.name))
+        .map_or(&no_labels, |workload| &workload.labels);
+    let workload = Target {
+        namespace: &pod.namespace,
+        labels,
+    };
+    let root = &settings.root_namespace;
+    if authenticated.is_none() {
+        if settings.node_ips.contains(&source) {
+            return Ok(());
+        }
+        if mtls_mode(mesh, root, workload, target.port()) == PeerMode::Strict {
+            return Err("plaintext refused: PeerAuthentication is STRICT on this port".into());
+        }
+    }
+    let principal = authenticated.map(Identity::principal);
+    let caller = Caller {
+        ip: source,
+        principal: principal.as_deref(),
+        destination_ip: target.ip(),
+        destination_port: target.port(),
+    };
+    let decision = authorize(mesh, root, workload, &caller);
+    if !decision.audited.is_empty() {
+        let policies: Vec<String> = decision.audited.iter().map(Key::to_string).collect();
+        tracing::info!(target: "audit", %pod, %source, ?principal, %target, ?policies, "AUDIT policies matched");
+    }
+    match decision.verdict {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny(denial) => Err(denial.to_string()),
+    }
+}
+
+/// The addresses of the agent's own network namespace: the node's.
+pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let addresses = nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)?;
+    let mut ips: Vec<IpAddr> = addresses
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            let v4 = address.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()));
+            v4.or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
+}
