@@ -20,3 +20,20 @@ pub mod waypoint;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
 pub use process::{Binaries, Process, Usage};
+
+/// Polls `check` every 200 ms until it holds; fails naming `what` after `within`.
+pub fn wait_for(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    while !check()? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -12,6 +12,8 @@ use crate::Pod;
 pub struct MeshConfig {
     pub pods: Vec<PodConfig>,
     pub services: Vec<ServiceConfig>,
+    /// Istio objects as written (PeerAuthentication, AuthorizationPolicy…).
+    pub istio: Vec<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,11 +74,11 @@ impl MeshConfig {
     pub fn objects(&self) -> Vec<Value> {
         let mut objects = Vec::new();
         for pod in &self.pods {
-            let labels = if pod.enrolled {
-                json!({ DATAPLANE_MODE_LABEL: DATAPLANE_MODE_AMBIENT })
-            } else {
-                json!({})
-            };
+            // Each pod is its own app, as policies and metrics name it.
+            let mut labels = json!({ "app": pod.name });
+            if pod.enrolled {
+                labels[DATAPLANE_MODE_LABEL] = json!(DATAPLANE_MODE_AMBIENT);
+            }
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": { "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": labels },
@@ -112,6 +114,7 @@ impl MeshConfig {
                 "ports": [{ "name": "http", "port": service.target_port, "protocol": "TCP" }],
             }));
         }
+        objects.extend(self.istio.iter().cloned());
         objects
     }
 

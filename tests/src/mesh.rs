@@ -41,7 +41,11 @@ pub fn enrolling(cluster: &Cluster, enrolled: &[&Pod], services: Vec<ServiceConf
         .iter()
         .map(|pod| PodConfig::of(pod, enrolled.iter().any(|e| e.uid == pod.uid)))
         .collect();
-    MeshConfig { pods, services }
+    MeshConfig {
+        pods,
+        services,
+        istio: vec![],
+    }
 }
 
 pub(crate) fn config_dir(cluster: &Cluster) -> PathBuf {
@@ -211,6 +215,30 @@ impl NodeAgent {
     }
 
     /// The agent's Prometheus metrics, as scraped from its node.
+    /// The certificates the agent holds, as its config dump shows them:
+    /// identity and expiry (Unix seconds).
+    pub fn certificates(&self, cluster: &Cluster) -> anyhow::Result<Vec<(String, u64)>> {
+        let (status, body) = self.get(cluster, AgentPort::Admin, "/config_dump")?;
+        anyhow::ensure!(status == 200, "config dump: HTTP {status}");
+        let dump: serde_json::Value = serde_json::from_str(&body)?;
+        let held = dump["certificates"].as_array().cloned().unwrap_or_default();
+        Ok(held
+            .iter()
+            .map(|c| {
+                let identity = c["identity"].as_str().unwrap_or_default().to_string();
+                (identity, c["notAfter"].as_u64().unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// Waits until the agent holds `count` certificates.
+    pub fn wait_for_certificates(&self, cluster: &Cluster, count: usize) -> anyhow::Result<()> {
+        let what = format!("{count} certificates on {}", self.node);
+        crate::wait_for(&what, Duration::from_secs(20), || {
+            Ok(self.certificates(cluster)?.len() == count)
+        })
+    }
+
     pub fn metrics(&self, cluster: &Cluster) -> anyhow::Result<String> {
         let node = cluster.node(&self.node)?;
         let addr = SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, self.generation)));

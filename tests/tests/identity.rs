@@ -3,7 +3,7 @@
 //! enrolled pods and renews them before they expire; the CA refuses an
 //! agent asking for an identity with no pod on its node, and logs why.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ambit_ca::client::{CaClient, CaClientError};
 use ambit_identity::{Identity, TrustBundle};
@@ -11,46 +11,13 @@ use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, AgentPort, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{HttpLoad, Server};
-use ambit_testbed::Cluster;
+use ambit_testbed::{wait_for, Cluster};
 
 /// What the test app's JSON answer says, in the clear.
 const MARKER: &[u8] = br#""app":"server""#;
 
 /// Short, so renewals happen within the test.
 const TTL_SECONDS: u64 = 60;
-
-/// The agent's certificates as its config dump shows them: identity and expiry.
-fn certificates(agent: &NodeAgent, cluster: &Cluster) -> anyhow::Result<Vec<(String, u64)>> {
-    let (status, body) = agent.get(cluster, AgentPort::Admin, "/config_dump")?;
-    anyhow::ensure!(status == 200, "config dump: HTTP {status}");
-    let dump: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(dump["certificates"]
-        .as_array()
-        .map(|held| {
-            held.iter()
-                .map(|c| {
-                    (
-                        c["identity"].as_str().unwrap_or_default().to_string(),
-                        c["notAfter"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn wait_for(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while !check()? {
-        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
 
 #[test]
 fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Result<()> {
@@ -74,16 +41,16 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
             &format!("a certificate for {expected}"),
             Duration::from_secs(20),
             || {
-                let held = certificates(agent, &cluster)?;
+                let held = agent.certificates(&cluster)?;
                 Ok(held.len() == 1 && held[0].0 == expected)
             },
         )?;
     }
 
     // Renewed before expiry: a later certificate replaces the first.
-    let first = certificates(&agents[0], &cluster)?[0].1;
+    let first = agents[0].certificates(&cluster)?[0].1;
     wait_for("a renewal", Duration::from_secs(TTL_SECONDS), || {
-        Ok(certificates(&agents[0], &cluster)?[0].1 > first)
+        Ok(agents[0].certificates(&cluster)?[0].1 > first)
     })?;
 
     // node-1's credential does not buy the server's identity, which runs on node-2.
@@ -135,12 +102,8 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
     )?;
     let ca = TestCa::start(&cluster, 3600)?;
     let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
-    for (agent, sa) in agents.iter().zip(["client", "server"]) {
-        wait_for(
-            &format!("{sa}'s certificate"),
-            Duration::from_secs(20),
-            || Ok(!certificates(agent, &cluster)?.is_empty()),
-        )?;
+    for agent in &agents {
+        agent.wait_for_certificates(&cluster, 1)?;
     }
     let _app = Server::new("server", "v1")
         .http(8080)

@@ -53,13 +53,15 @@ impl Readiness {
 }
 
 /// Sets up `tracing` for a binary: level from `RUST_LOG` (default `info`),
-/// plain text on stderr.
+/// plain text on stderr (coloured only on a terminal).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, never in a collected log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -26,10 +26,10 @@ use super::{agent_socket, connect, PodContext, ProxyInputs, Report};
 use crate::certificates::Certificates;
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
-/// Connections are pooled per calling pod (its address), destination
-/// identity and destination address: a pooled connection was dialled from
-/// its caller's namespace.
-type PoolKey = (IpAddr, Identity, IpAddr);
+/// Connections are pooled per calling pod (its identity and address),
+/// destination identity and destination address: a connection is dialled
+/// from its caller's namespace and speaks for that pod alone.
+type PoolKey = (Identity, IpAddr, Identity, IpAddr);
 
 /// Copy buffers between a tunnel and a socket: large, so bulk transfers
 /// make few, full HTTP/2 frames and TLS records.
@@ -96,7 +96,12 @@ impl MeshTls {
                 .await?;
             Connection::handshake(tls).await
         };
-        let key = (source, destination.clone(), target.ip());
+        let key = (
+            source_identity.clone(),
+            source,
+            destination.clone(),
+            target.ip(),
+        );
         self.pool
             .open(&key, target, source, dial)
             .await

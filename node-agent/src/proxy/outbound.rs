@@ -63,7 +63,6 @@ pub(super) async fn handle(
             return;
         }
     };
-    let client_ip = peer.ip();
     let target_ip = IpAddr::V4(*target.ip());
     // To a pod of the mesh, over HBONE when the agent holds identities.
     let identities = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
@@ -77,6 +76,9 @@ pub(super) async fn handle(
     let own = snapshot
         .workloads
         .get_key_value(&Key::new(&pod.pod.namespace, &pod.pod.name));
+    // The pod's own address: the accepted connection shows only loopback,
+    // where `connect4` sent it.
+    let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
     let labels = TcpLabels::new(
         Reporter::Source,
         Party {
@@ -97,15 +99,18 @@ pub(super) async fn handle(
     );
     drop(snapshot);
     let target = SocketAddr::V4(target);
-    let report = Report::new(&inputs, &pod, labels, peer, target);
+    let caller = SocketAddr::new(pod_ip.unwrap_or(peer.ip()), peer.port());
+    let report = Report::new(&inputs, &pod, labels, caller, target);
     if let Some((mesh_tls, source, destination)) = identities {
-        let upstream = match source {
-            Some(source) => {
+        let upstream = match (source, pod_ip) {
+            (Some(source), Some(pod_ip)) => {
                 mesh_tls
-                    .open(&pod, &source, &destination, client_ip, target)
+                    .open(&pod, &source, &destination, pod_ip, target)
                     .await
             }
-            None => Err(std::io::Error::other("the pod's identity is unknown")),
+            _ => Err(std::io::Error::other(
+                "the pod's identity or address is unknown",
+            )),
         };
         let mut upstream = match upstream {
             Ok(upstream) => upstream,

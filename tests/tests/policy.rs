@@ -1,0 +1,399 @@
+//! Security policy at the receiving agent, on the cluster with the real
+//! CA and agents: PeerAuthentication decides whether plaintext reaches a
+//! pod, AuthorizationPolicy who may connect at all, and changes apply to
+//! the next connection without a restart. The TCP metrics and access log
+//! name both sides, with the identity each proved.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit_testbed::ca::TestCa;
+use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent, Source};
+use ambit_testbed::testapp::{echo, Server};
+use ambit_testbed::{wait_for, Cluster, Pod};
+use serde_json::{json, Value};
+
+/// How long a policy change may take to reach the agents.
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+fn principal(service_account: &str) -> String {
+    format!("cluster.local/ns/default/sa/{service_account}")
+}
+
+fn peer_authentication(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": { "name": name, "namespace": namespace }, "spec": spec,
+    })
+}
+
+/// An AuthorizationPolicy on the server pod.
+fn authorization_policy(name: &str, action: &str, rules: Value) -> Value {
+    json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "selector": { "matchLabels": { "app": "server" } }, "action": action, "rules": rules },
+    })
+}
+
+/// A cluster with a CA and agents whose enrolled pods all hold certificates.
+fn secured_mesh(
+    cluster: &Cluster,
+    config: &MeshConfig,
+    certificates: [usize; 2],
+) -> anyhow::Result<(TestCa, Vec<NodeAgent>)> {
+    mesh::write_config(cluster, config)?;
+    let ca = TestCa::start(cluster, 3600)?;
+    let agents = mesh::start_agents_with(cluster, &Source::Directory, Some(&ca))?;
+    for (agent, count) in agents.iter().zip(certificates) {
+        agent.wait_for_certificates(cluster, count)?;
+    }
+    Ok((ca, agents))
+}
+
+/// Whether `from` gets `message` echoed by the server at `addr`.
+fn echoes(cluster: &Cluster, from: &Pod, addr: SocketAddr) -> bool {
+    let message = format!("hello from {}", from.name);
+    echo(cluster, from.place(), addr, &message).is_ok_and(|echoed| echoed == message)
+}
+
+/// Waits until every (pod, port) reaches the server exactly when expected.
+fn expect_reach(
+    cluster: &Cluster,
+    server: &Pod,
+    what: &str,
+    cases: &[(&Pod, u16, bool)],
+) -> anyhow::Result<()> {
+    let mut last = Vec::new();
+    let result = wait_for(what, PROPAGATION, || {
+        last = cases
+            .iter()
+            .map(|(from, port, _)| {
+                let reached = echoes(cluster, from, SocketAddr::new(server.ip.into(), *port));
+                (from.name.clone(), *port, reached)
+            })
+            .collect();
+        Ok(last
+            .iter()
+            .zip(cases)
+            .all(|((_, _, reached), (_, _, expected))| reached == expected))
+    });
+    result.map_err(|error| anyhow::anyhow!("{error}; last seen (pod, port, reached): {last:?}"))
+}
+
+#[test]
+fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "outsider"])
+        .node(&["server"])
+        .build()?;
+    let [client, outsider, server] =
+        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents) = secured_mesh(&cluster, &config, [1, 1])?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .echo(9000)
+        .start(&cluster, server)?;
+    let probe = SocketAddr::new(server.ip.into(), 8080);
+    let node = cluster.node(&server.node)?;
+
+    // PERMISSIVE by default: plaintext from outside the mesh is accepted,
+    // and reported as plaintext.
+    expect_reach(
+        &cluster,
+        server,
+        "PERMISSIVE",
+        &[(outsider, 9000, true), (client, 9000, true)],
+    )?;
+    let plaintext = sample(
+        &agents[1].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "outsider"),
+            ("connection_security_policy", "none"),
+            ("response_flags", "-"),
+        ],
+    );
+    assert!(plaintext >= 1.0, "plaintext reported: {plaintext}");
+
+    // STRICT for the namespace: plaintext is refused, mTLS still passes,
+    // and so do health probes from the node's own address.
+    config.istio = vec![peer_authentication(
+        "default",
+        "strict",
+        json!({ "mtls": { "mode": "STRICT" } }),
+    )];
+    mesh::write_config(&cluster, &config)?;
+    expect_reach(
+        &cluster,
+        server,
+        "STRICT",
+        &[(outsider, 9000, false), (client, 9000, true)],
+    )?;
+    assert!(
+        outsider.place().http_get(probe, "/").is_err(),
+        "plaintext HTTP from outside the mesh passed STRICT"
+    );
+    let (status, _) = node.place().http_get(probe, "/healthz")?;
+    assert_eq!(status, 200, "a health probe from the node under STRICT");
+    let refused = sample(
+        &agents[1].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "outsider"),
+            ("response_flags", "DENY"),
+        ],
+    );
+    assert!(refused >= 1.0, "refusals reported: {refused}");
+
+    // A workload's port-level exception beats the namespace's mode.
+    config.istio.push(peer_authentication(
+        "default",
+        "server-echo-open",
+        json!({
+            "selector": { "matchLabels": { "app": "server" } },
+            "portLevelMtls": { "9000": { "mode": "PERMISSIVE" } },
+        }),
+    ));
+    mesh::write_config(&cluster, &config)?;
+    expect_reach(
+        &cluster,
+        server,
+        "port-level PERMISSIVE",
+        &[(outsider, 9000, true)],
+    )?;
+    assert!(outsider.place().http_get(probe, "/").is_err());
+
+    // Mesh-wide STRICT from the root namespace, the namespace's own policy gone.
+    config.istio = vec![peer_authentication(
+        "istio-system",
+        "default",
+        json!({ "mtls": { "mode": "STRICT" } }),
+    )];
+    mesh::write_config(&cluster, &config)?;
+    expect_reach(
+        &cluster,
+        server,
+        "mesh-wide STRICT",
+        &[(outsider, 9000, false), (client, 9000, true)],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_port(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "other", "outsider"])
+        .node(&["server"])
+        .build()?;
+    let [client, other, outsider, server] =
+        ["client", "other", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let mut config = mesh::enrolling(&cluster, &[client, other, server], vec![]);
+    let (_ca, agents) = secured_mesh(&cluster, &config, [2, 1])?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .echo(9001)
+        .start(&cluster, server)?;
+    let mut apply = |what: &str, policies: Vec<Value>, cases: &[(&Pod, u16, bool)]| {
+        config.istio = policies;
+        mesh::write_config(&cluster, &config)?;
+        expect_reach(&cluster, server, what, cases)
+    };
+
+    apply(
+        "no policy",
+        vec![],
+        &[
+            (client, 9000, true),
+            (other, 9000, true),
+            (outsider, 9000, true),
+        ],
+    )?;
+    apply(
+        "ALLOW by principal",
+        vec![authorization_policy(
+            "client-only",
+            "ALLOW",
+            json!([{ "from": [{ "source": { "principals": [principal("client")] } }] }]),
+        )],
+        &[
+            (client, 9000, true),
+            (other, 9000, false),
+            (outsider, 9000, false),
+        ],
+    )?;
+    apply(
+        "ALLOW by namespace and port",
+        vec![authorization_policy(
+            "default-ns-9000",
+            "ALLOW",
+            json!([{
+                "from": [{ "source": { "namespaces": ["default"] } }],
+                "to": [{ "operation": { "ports": ["9000"] } }],
+            }]),
+        )],
+        &[
+            (client, 9000, true),
+            (client, 9001, false),
+            (other, 9000, true),
+            // plaintext proves no namespace
+            (outsider, 9000, false),
+        ],
+    )?;
+    apply(
+        "DENY by principal over ALLOW all",
+        vec![
+            authorization_policy("all", "ALLOW", json!([{}])),
+            authorization_policy(
+                "not-other",
+                "DENY",
+                json!([{ "from": [{ "source": { "principals": [principal("other")] } }] }]),
+            ),
+        ],
+        &[
+            (client, 9000, true),
+            (other, 9000, false),
+            (outsider, 9000, true),
+        ],
+    )?;
+    apply(
+        "ALLOW by ip block",
+        vec![authorization_policy(
+            "by-address",
+            "ALLOW",
+            json!([{ "from": [{ "source": {
+                "ipBlocks": [format!("{}/24", outsider.ip)],
+                "notIpBlocks": [other.ip.to_string()],
+            } }] }]),
+        )],
+        &[
+            (client, 9000, true),
+            (other, 9000, false),
+            (outsider, 9000, true),
+        ],
+    )?;
+    apply(
+        "DENY by port",
+        vec![authorization_policy(
+            "no-9001",
+            "DENY",
+            json!([{ "to": [{ "operation": { "ports": ["9001"] } }] }]),
+        )],
+        &[(client, 9000, true), (client, 9001, false)],
+    )?;
+
+    // Denials are counted and logged with who asked and which policy said no.
+    let denied = sample(
+        &agents[1].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/other",
+            ),
+            ("response_flags", "DENY"),
+        ],
+    );
+    assert!(denied >= 1.0, "denials of other reported: {denied}");
+    let log = agents[1].output();
+    assert!(
+        log.lines().any(|line| line
+            .contains("src.identity=spiffe://cluster.local/ns/default/sa/other")
+            && line.contains("denied by AuthorizationPolicy default/not-other")),
+        "the access log names the caller and the policy:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents) = secured_mesh(&cluster, &config, [1, 1])?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .start(&cluster, server)?;
+    let addr = SocketAddr::new(server.ip.into(), 9000);
+    const CONNECTIONS: usize = 3;
+    let message = "x".repeat(1000);
+    for _ in 0..CONNECTIONS {
+        assert_eq!(echo(&cluster, client.place(), addr, &message)?, message);
+    }
+
+    let labels = |reporter| {
+        [
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("source_workload_namespace", "default"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+            ("source_app", "client"),
+            ("destination_workload", "server"),
+            ("destination_workload_namespace", "default"),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/server",
+            ),
+            ("destination_app", "server"),
+            ("destination_service", "unknown"),
+            ("connection_security_policy", "mutual_tls"),
+            ("response_flags", "-"),
+        ]
+    };
+    let bytes = (CONNECTIONS * message.len()) as f64;
+    for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        let labels = labels(reporter);
+        // Closed once both sides are done, shortly after the client has its echo.
+        wait_for(
+            &format!("{reporter}: {CONNECTIONS} closed connections"),
+            Duration::from_secs(5),
+            || {
+                let metrics = agent.metrics(&cluster)?;
+                Ok(
+                    sample(&metrics, "istio_tcp_connections_closed_total", &labels)
+                        == CONNECTIONS as f64,
+                )
+            },
+        )?;
+        let metrics = agent.metrics(&cluster)?;
+        let value = |name| sample(&metrics, name, &labels);
+        assert_eq!(
+            value("istio_tcp_connections_opened_total"),
+            CONNECTIONS as f64,
+            "{reporter}:\n{metrics}"
+        );
+        assert_eq!(value("istio_tcp_received_bytes_total"), bytes, "{reporter}");
+        assert_eq!(value("istio_tcp_sent_bytes_total"), bytes, "{reporter}");
+    }
+
+    let log = agents[1].output();
+    let lines = log
+        .lines()
+        .filter(|line| {
+            line.contains("connection complete")
+                && line.contains("src.identity=spiffe://cluster.local/ns/default/sa/client")
+                && line.contains("dst.identity=spiffe://cluster.local/ns/default/sa/server")
+                && line.contains(&format!("src.addr={}:", client.ip))
+                && line.contains("bytes_recv=1000")
+                && line.contains("bytes_sent=1000")
+        })
+        .count();
+    assert_eq!(
+        lines, CONNECTIONS,
+        "one access-log line per connection:\n{log}"
+    );
+    Ok(())
+}
