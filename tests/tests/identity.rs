@@ -8,7 +8,7 @@ use std::time::Duration;
 use ambit_ca::client::{CaClient, CaClientError};
 use ambit_identity::{Identity, TrustBundle};
 use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, sample, AgentPort, NodeAgent, Source};
+use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::{wait_for, Cluster};
