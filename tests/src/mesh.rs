@@ -422,9 +422,44 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .fold(0.0, |total, value| total + value)
 }
 
+/// Every sample of the metric `name` in Prometheus text: its labels, in
+/// order, and its value.
+pub fn samples(metrics: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (mut labels_text, value) = rest.rsplit_once("} ")?;
+            let mut labels = Vec::new();
+            while let Some((key, after)) = labels_text.split_once("=\"") {
+                let (value, after) = after.split_once('"')?;
+                labels.push((key.to_string(), value.to_string()));
+                labels_text = after.strip_prefix(',').unwrap_or(after);
+            }
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_read_with_their_labels() {
+        let metrics = "# TYPE istio_tcp_connections_opened counter\n\
+                       istio_tcp_connections_opened_total{reporter=\"source\",source_principal=\"spiffe://td/ns/a/sa/b\"} 2\n\
+                       istio_tcp_connections_closed_total{reporter=\"source\"} 1\n";
+        let read = samples(metrics, "istio_tcp_connections_opened_total");
+        let labels = vec![
+            ("reporter".to_string(), "source".to_string()),
+            (
+                "source_principal".to_string(),
+                "spiffe://td/ns/a/sa/b".to_string(),
+            ),
+        ];
+        assert_eq!(read, vec![(labels, 2.0)]);
+    }
 
     #[test]
     fn samples_are_summed_over_matching_label_sets() {

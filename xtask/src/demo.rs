@@ -4,7 +4,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::mesh::{self, sample};
+use ambit_testbed::ca::TestCa;
+use ambit_testbed::mesh::{self, samples, NodeAgent, Source};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
@@ -37,16 +38,28 @@ pub fn run() -> anyhow::Result<()> {
     let [productpage, legacy, v1, v2] = ["productpage", "legacy", "reviews-v1", "reviews-v2"]
         .map(|name| cluster.pod(name).expect("a pod of the demo"));
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]),
-    )?;
-    let agents = mesh::start_agents(&cluster)?;
+    let config = mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]);
+    mesh::write_config(&cluster, &config)?;
+    let ca = TestCa::start(&cluster, 3600)?;
+    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
+    // productpage on node-1; both reviews on node-2 (legacy is not enrolled).
+    for (agent, identities) in agents.iter().zip([1, 2]) {
+        agent.wait_for_certificates(&cluster, identities)?;
+    }
     println!(
-        "\n  ambit-node-agent runs on every node; ambit-cni handed it every pod.\n  \
+        "\n  ambit-ca issues workload identities; ambit-node-agent runs on every node, and\n  \
+         ambit-cni handed it every pod.\n  \
          Enrolled (istio.io/dataplane-mode=ambient): productpage, reviews-v1, reviews-v2. Not enrolled: legacy.\n  \
          Service reviews.default: {REVIEWS_VIP}:9080 -> reviews-v1, reviews-v2."
     );
+    for (agent, node) in agents.iter().zip(cluster.nodes()) {
+        let held: Vec<String> = agent
+            .certificates(&cluster)?
+            .into_iter()
+            .map(|(identity, _)| identity)
+            .collect();
+        println!("  {} holds certificates for {}", node.name, held.join(", "));
+    }
     let _apps = [
         Server::new("reviews", "v1")
             .http(9080)
@@ -94,27 +107,54 @@ pub fn run() -> anyhow::Result<()> {
         "the echo came back as {echoed:?}"
     );
 
-    println!("\n  What the agents counted (istio_tcp_connections_opened_total):");
-    for (agent, node) in agents.iter().zip(cluster.nodes()) {
-        let metrics = agent.metrics(&cluster)?;
-        let count = |reporter| {
-            sample(
-                &metrics,
-                "istio_tcp_connections_opened_total",
-                &[("reporter", reporter)],
-            )
-        };
-        println!(
-            "    {}: {} outbound (reporter=source), {} inbound (reporter=destination)",
-            node.name,
-            count("source"),
-            count("destination")
-        );
+    println!(
+        "\n  What each side saw (istio_tcp_connections_opened_total by reporter, \
+         the caller and callee with their identities):"
+    );
+    print_connections(&agents, &cluster)?;
+    println!("    (legacy's own calls bypass node-1's agent: it is not enrolled; they arrive in plaintext)");
+
+    // Only productpage may call: an L4 AuthorizationPolicy, applied live.
+    let mut config = config;
+    config.istio = vec![serde_json::json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": { "name": "productpage-only", "namespace": "default" },
+        "spec": { "action": "ALLOW", "rules": [{ "from": [{ "source": {
+            "principals": ["cluster.local/ns/default/sa/productpage"] } }] }] },
+    })];
+    mesh::write_config(&cluster, &config)?;
+    println!(
+        "\n  AuthorizationPolicy default/productpage-only: ALLOW from principal \
+         cluster.local/ns/default/sa/productpage"
+    );
+    let legacy_url = format!("http://{}:9080/", v1.ip);
+    let mut refused = HttpSummary::default();
+    for _ in 0..50 {
+        refused = HttpLoad::new(1).run(&cluster, legacy.place(), &legacy_url)?;
+        if refused.errors == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    println!("    (legacy's own calls bypass node-1's agent: it is not enrolled)");
+    ensure!(refused.errors == 1, "legacy was not refused: {refused:?}");
+    println!("    legacy -> {legacy_url}: refused, no answer");
+    let load = HttpLoad::new(REQUESTS).reconnect();
+    let allowed = load.run(&cluster, productpage.place(), &vip_url)?;
+    println!("    {}", describe(productpage, &vip_url, &load, &allowed));
+    ensure!(
+        allowed.status(200) == REQUESTS,
+        "productpage was refused: {allowed:?}"
+    );
+    let log = agents[1].output();
+    let denial = log
+        .lines()
+        .find(|line| line.contains("no ALLOW AuthorizationPolicy matched"))
+        .context("the denial is in node-2's access log")?;
+    println!("    node-2's access log: {}", denial.trim());
 
     let run = cluster.run_name().to_string();
     drop(agents);
+    drop(ca);
     drop(cluster);
     println!("\n  Torn down: every namespace, cgroup and process of {run} is gone.\n");
     Ok(())
@@ -140,4 +180,31 @@ fn describe(from: &Pod, url: &str, load: &HttpLoad, summary: &HttpSummary) -> St
         versions.join(", "),
         peers.join(", ")
     )
+}
+
+/// Each agent's connections, one line per reporter, caller and callee.
+fn print_connections(agents: &[NodeAgent], cluster: &Cluster) -> anyhow::Result<()> {
+    for (agent, node) in agents.iter().zip(cluster.nodes()) {
+        let metrics = agent.metrics(cluster)?;
+        for (labels, count) in samples(&metrics, "istio_tcp_connections_opened_total") {
+            let label = |name: &str| {
+                labels
+                    .iter()
+                    .find(|(key, _)| key == name)
+                    .map_or("?", |(_, value)| value.as_str())
+            };
+            println!(
+                "    {} ({}): {} [{}] -> {} [{}] via service {}, {}: {count}",
+                node.name,
+                label("reporter"),
+                label("source_workload"),
+                label("source_principal"),
+                label("destination_workload"),
+                label("destination_principal"),
+                label("destination_service"),
+                label("connection_security_policy"),
+            );
+        }
+    }
+    Ok(())
 }
