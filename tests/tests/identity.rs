@@ -10,7 +10,7 @@ use ambit_identity::{Identity, TrustBundle};
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
-use ambit_testbed::testapp::{HttpLoad, Server};
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{wait_for, Cluster};
 
 /// What the test app's JSON answer says, in the clear.
@@ -156,5 +156,58 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
         "plain TCP is visible on the underlay"
     );
     assert_eq!(mtls(&agents[1], "destination")?, before);
+    Ok(())
+}
+
+#[test]
+fn continuous_traffic_across_certificate_renewals_never_fails() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], vec![]),
+    )?;
+    let ca = TestCa::start(&cluster, TTL_SECONDS)?;
+    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
+    for agent in &agents {
+        agent.wait_for_certificates(&cluster, 1)?;
+    }
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+
+    // A new connection every 100 ms for over 120 s: three renewals or more
+    // on each side (each at about half of a certificate's remaining life).
+    let requests = 1200;
+    let url = format!("http://{}:8080/", server.ip);
+    let mut load = HttpLoad::new(requests)
+        .reconnect()
+        .interval(Duration::from_millis(100))
+        .spawn(&cluster, client.place(), &url)?;
+    let mut expiries: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); 2];
+    while load.check_running().is_ok() {
+        for (agent, seen) in agents.iter().zip(&mut expiries) {
+            seen.extend(
+                agent
+                    .certificates(&cluster)?
+                    .iter()
+                    .map(|(_, expiry)| expiry),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    load.wait_exit(Duration::from_secs(10))?;
+    let summary: HttpSummary = testapp::last_json(&load.output())?;
+    summary.expect_all(requests, "server/v1", client.ip)?;
+    for (seen, node) in expiries.iter().zip(["node-1", "node-2"]) {
+        assert!(
+            seen.len() >= 4,
+            "{node} renewed only {} times: {seen:?}",
+            seen.len() - 1
+        );
+    }
     Ok(())
 }

@@ -12,11 +12,16 @@ use std::sync::Mutex;
 use crate::client::{Connection, HboneError};
 use crate::TunnelStream;
 
-pub struct Pool<K> {
-    connections: Mutex<HashMap<K, Connection>>,
+/// A pool of connections by key. Each remembers the credential `C` it was
+/// made with (for the node agent, the certificate's expiry): once the
+/// caller holds a newer one, the next stream gets a new connection, so a
+/// renewed certificate is in use at once; streams on the old connection
+/// finish undisturbed.
+pub struct Pool<K, C = ()> {
+    connections: Mutex<HashMap<K, (Connection, C)>>,
 }
 
-impl<K> Default for Pool<K> {
+impl<K, C> Default for Pool<K, C> {
     fn default() -> Self {
         Self {
             connections: Mutex::new(HashMap::new()),
@@ -24,13 +29,15 @@ impl<K> Default for Pool<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Pool<K> {
+impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
     /// A stream to `target` for `source`, on the pooled connection for
-    /// `key`, or on a new one from `connect` when there is none or it has
-    /// gone away.
+    /// `key` made with `credential`, or on a new one from `connect` when
+    /// there is none, it has gone away, or it was made with another
+    /// credential.
     pub async fn open<F, Fut>(
         &self,
         key: &K,
+        credential: &C,
         target: SocketAddr,
         source: IpAddr,
         connect: F,
@@ -39,7 +46,11 @@ impl<K: Hash + Eq + Clone> Pool<K> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
-        let pooled = self.lock().get(key).cloned();
+        let pooled = self
+            .lock()
+            .get(key)
+            .filter(|(_, made_with)| made_with == credential)
+            .map(|(connection, _)| connection.clone());
         if let Some(connection) = pooled {
             match connection.open(target, source).await {
                 // The peer answered: the connection works, whatever it said.
@@ -52,7 +63,8 @@ impl<K: Hash + Eq + Clone> Pool<K> {
             }
         }
         let connection = connect().await?;
-        self.lock().insert(key.clone(), connection.clone());
+        self.lock()
+            .insert(key.clone(), (connection.clone(), credential.clone()));
         connection.open(target, source).await
     }
 
@@ -65,7 +77,7 @@ impl<K: Hash + Eq + Clone> Pool<K> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Connection, C)>> {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

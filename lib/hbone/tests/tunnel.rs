@@ -220,7 +220,7 @@ async fn vanishing_server(certificate: WorkloadCertificate, trust: &TrustBundle)
 }
 
 #[tokio::test]
-async fn a_pool_reuses_its_connection_and_replaces_one_that_went_away() {
+async fn a_pool_reuses_its_connection_and_replaces_one_gone_or_made_with_an_old_credential() {
     let ca = CertificateAuthority::generate("cluster.local").unwrap();
     let trust = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
     let cart = workload(&ca, "cart");
@@ -256,16 +256,16 @@ async fn a_pool_reuses_its_connection_and_replaces_one_that_went_away() {
         assert_eq!(back, b"ping");
     };
 
-    let pool: Pool<&str> = Pool::default();
+    let pool: Pool<&str, u32> = Pool::default();
     // The first connection for "pay" hangs up: its stream fails...
     assert!(pool
-        .open(&"pay", echo, source, || dial(gone))
+        .open(&"pay", &1, echo, source, || dial(gone))
         .await
         .is_err());
     // ...and the next stream for "pay" gets a new connection, then reuses it.
     for _ in 0..5 {
         let stream = pool
-            .open(&"pay", echo, source, || dial(hbone))
+            .open(&"pay", &1, echo, source, || dial(hbone))
             .await
             .unwrap();
         round_trip(stream).await;
@@ -276,5 +276,16 @@ async fn a_pool_reuses_its_connection_and_replaces_one_that_went_away() {
         "five streams, one connection"
     );
     assert_eq!(seen.streams.lock().unwrap().len(), 5);
+    assert_eq!(pool.len(), 1);
+    // A renewed credential: the next stream gets a connection of its own,
+    // which replaces the old one in the pool.
+    for _ in 0..2 {
+        let stream = pool
+            .open(&"pay", &2, echo, source, || dial(hbone))
+            .await
+            .unwrap();
+        round_trip(stream).await;
+    }
+    assert_eq!(*seen.connections.lock().unwrap(), 2);
     assert_eq!(pool.len(), 1);
 }

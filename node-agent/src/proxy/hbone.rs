@@ -41,7 +41,8 @@ const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct MeshTls {
     certificates: Arc<Certificates>,
     bundle: TrustBundle,
-    pool: Pool<PoolKey>,
+    /// Tagged with the expiry of the certificate each connection proved.
+    pool: Pool<PoolKey, std::time::SystemTime>,
 }
 
 impl MeshTls {
@@ -103,7 +104,7 @@ impl MeshTls {
             target.ip(),
         );
         self.pool
-            .open(&key, target, source, dial)
+            .open(&key, &certificate.not_after, target, source, dial)
             .await
             .map_err(std::io::Error::other)
     }
