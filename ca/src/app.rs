@@ -16,8 +16,12 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::api::{Issuer, NodeTokens, CERTIFICATE_PATH};
+use crate::api::{Issuer, CERTIFICATE_PATH};
+use crate::authenticate::{Authenticator, NodeTokens};
+use crate::config::{Credentials, RootStore};
 use crate::{root, Config};
+use ambit_mesh_source::kubernetes::connect;
+use ambit_mesh_source::Source;
 
 /// Requests are small: a CSR and an identity.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -53,8 +57,28 @@ impl Running {
 /// Loads (or creates) the root, reads the mesh and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(?config, "starting ambit-ca");
-    let ca = root::load_or_create(&config.root_dir, &config.trust_domain)?;
-    let nodes = NodeTokens::read(&config.node_tokens)?;
+    let client = match &config.source {
+        Source::Kubernetes { kubeconfig } => Some(connect(kubeconfig.as_deref()).await?),
+        Source::Directory(_) => None,
+    };
+    let (ca, authenticator) = match (&config.root, &config.credentials, client) {
+        (RootStore::Directory(dir), Credentials::NodeTokens(tokens), _) => (
+            root::load_or_create(dir, &config.trust_domain)?,
+            Authenticator::NodeTokens(NodeTokens::read(tokens)?),
+        ),
+        (
+            RootStore::Secret { namespace, name },
+            Credentials::ServiceAccountTokens {
+                namespace: agents_namespace,
+                service_account,
+            },
+            Some(client),
+        ) => (
+            root::load_or_create_in_secret(&client, namespace, name, &config.trust_domain).await?,
+            Authenticator::token_review(client, agents_namespace, service_account),
+        ),
+        _ => anyhow::bail!("the root store and the agents' credentials belong to different modes"),
+    };
     let mesh = Arc::new(MeshHandle::default());
     let source = ambit_mesh_source::start(&config.source, mesh.clone())
         .await
@@ -79,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let issuer = Arc::new(Issuer {
         ca,
-        nodes,
+        authenticator,
         mesh,
         ttl: config.workload_cert_ttl,
     });
@@ -147,7 +171,7 @@ async fn respond(issuer: &Issuer, request: Request<Incoming>) -> Response<Full<B
             .collect()
             .await
         {
-            Ok(body) => issuer.answer(bearer.as_deref(), &body.to_bytes()),
+            Ok(body) => issuer.answer(bearer.as_deref(), &body.to_bytes()).await,
             Err(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 serde_json::json!({ "error": format!("requests are at most {MAX_REQUEST_BYTES} bytes") }),

@@ -22,13 +22,24 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ambit-system")]
     pub namespace: String,
 
-    /// Where the root is kept (`ca-cert.pem`, `ca-key.pem`), created on first start.
+    /// Standalone: where the root is kept (`ca-cert.pem`, `ca-key.pem`),
+    /// created on first start.
     #[arg(long, default_value = "/var/lib/ambit-ca")]
     pub root_dir: PathBuf,
 
-    /// Node agents' bootstrap tokens: lines of `NODE TOKEN`.
+    /// In Kubernetes: the Secret in NAMESPACE the root is kept in, created
+    /// on first start.
+    #[arg(long, default_value = "ambit-ca-root")]
+    pub root_secret: String,
+
+    /// Standalone: node agents' bootstrap tokens, lines of `NODE TOKEN`.
     #[arg(long)]
-    pub node_tokens: PathBuf,
+    pub node_tokens: Option<PathBuf>,
+
+    /// In Kubernetes: the service account (in NAMESPACE) whose pod-bound
+    /// tokens node agents present; TokenReview checks them.
+    #[arg(long, default_value = "ambit-node-agent")]
+    pub node_agent_service_account: String,
 
     /// Where certificate requests are served (istiod's CA port).
     #[arg(long, default_value = "0.0.0.0:15012")]
@@ -50,8 +61,8 @@ pub struct Args {
 pub struct Config {
     pub trust_domain: String,
     pub identity: Identity,
-    pub root_dir: PathBuf,
-    pub node_tokens: PathBuf,
+    pub root: RootStore,
+    pub credentials: Credentials,
     pub listen: SocketAddr,
     pub workload_cert_ttl: Duration,
     pub source: Source,
@@ -66,16 +77,60 @@ impl Config {
                 args.workload_cert_ttl_seconds
             );
         }
+        let source = Source::from_args(args.source)?;
+        let (root, credentials) = match (&source, args.node_tokens) {
+            (Source::Directory(_), Some(tokens)) => (
+                RootStore::Directory(args.root_dir),
+                Credentials::NodeTokens(tokens),
+            ),
+            (Source::Directory(_), None) => bail!(
+                "standalone (--config-dir), node agents authenticate with bootstrap tokens: give --node-tokens FILE"
+            ),
+            (Source::Kubernetes { .. }, None) => (
+                RootStore::Secret {
+                    namespace: args.namespace.clone(),
+                    name: args.root_secret,
+                },
+                Credentials::ServiceAccountTokens {
+                    namespace: args.namespace.clone(),
+                    service_account: args.node_agent_service_account,
+                },
+            ),
+            (Source::Kubernetes { .. }, Some(_)) => bail!(
+                "--node-tokens is for standalone mode: in Kubernetes, node agents authenticate with their service account tokens"
+            ),
+        };
         let identity = Identity::new(args.trust_domain.as_str(), args.namespace, "ambit-ca");
         Ok(Self {
             trust_domain: args.trust_domain,
             identity,
-            root_dir: args.root_dir,
-            node_tokens: args.node_tokens,
+            root,
+            credentials,
             listen: args.listen,
             workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_seconds),
-            source: Source::from_args(args.source)?,
+            source,
             admin: args.admin,
         })
     }
+}
+
+/// Where the root is kept.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub enum RootStore {
+    Directory(PathBuf),
+    Secret { namespace: String, name: String },
+}
+
+/// How node agents prove which node they speak for.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub enum Credentials {
+    /// A file of per-node bootstrap tokens.
+    NodeTokens(PathBuf),
+    /// Pod-bound tokens of this service account, checked by TokenReview.
+    ServiceAccountTokens {
+        namespace: String,
+        service_account: String,
+    },
 }

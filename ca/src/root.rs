@@ -1,6 +1,7 @@
-//! Where the CA's root lives in standalone mode: a directory with Istio's
-//! plug-in CA file names (`ca-cert.pem`, `ca-key.pem`), created on first
-//! start. The key file is readable by its owner only.
+//! Where the CA's root lives: in Kubernetes a Secret, standalone a
+//! directory, both with Istio's plug-in CA names (`ca-cert.pem`,
+//! `ca-key.pem`), and created on first start. The key file is readable by
+//! its owner only.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,6 +9,9 @@ use std::path::Path;
 
 use ambit_identity::CertificateAuthority;
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, ObjectMeta, PostParams};
 
 pub const CERT_FILE: &str = "ca-cert.pem";
 pub const KEY_FILE: &str = "ca-key.pem";
@@ -49,4 +53,75 @@ fn write(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The root kept in the Secret `namespace/name`, or a new one stored there
+/// when there is none. Two CAs starting at once agree: the one whose
+/// create loses (409) loads the winner's.
+pub async fn load_or_create_in_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    trust_domain: &str,
+) -> anyhow::Result<CertificateAuthority> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let at = format!("the Secret {namespace}/{name}");
+    if let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading {at}"))?
+    {
+        tracing::info!(secret = %format!("{namespace}/{name}"), "CA root loaded");
+        return from_secret(&secret, trust_domain)
+            .with_context(|| format!("loading the CA root from {at}"));
+    }
+    let ca = CertificateAuthority::generate(trust_domain)?;
+    let data = [
+        (CERT_FILE, ca.root_pem().to_string()),
+        (KEY_FILE, ca.key_pem()),
+    ]
+    .into_iter()
+    .map(|(key, pem)| (key.to_string(), ByteString(pem.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %format!("{namespace}/{name}"), "CA root created");
+            Ok(ca)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let secret = secrets
+                .get(name)
+                .await
+                .with_context(|| format!("reading {at}"))?;
+            from_secret(&secret, trust_domain)
+                .with_context(|| format!("loading the CA root from {at}"))
+        }
+        Err(error) => Err(error).with_context(|| format!("creating {at}")),
+    }
+}
+
+fn from_secret(secret: &Secret, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
+    let field = |key: &str| {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .with_context(|| format!("it has no {key}"))?;
+        String::from_utf8(bytes.0.clone()).with_context(|| format!("{key} is not PEM text"))
+    };
+    Ok(CertificateAuthority::from_pem(
+        &field(CERT_FILE)?,
+        &field(KEY_FILE)?,
+        trust_domain,
+    )?)
 }

@@ -118,3 +118,126 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
     restarted.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A certificate refusal's status, or a panic naming what was issued instead.
+fn refusal(result: Result<ambit_ca::client::Certified, CaClientError>) -> (StatusCode, String) {
+    match result {
+        Err(CaClientError::Refused {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.certificate)),
+    }
+}
+
+#[tokio::test]
+async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
+    use ambit_fake_apiserver::{FakeApiServer, ServiceAccountToken};
+    use std::sync::Arc;
+
+    let dir = std::env::temp_dir().join(format!("ambit-ca-kube-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = Arc::new(FakeApiServer::default());
+    for (name, namespace, node, sa) in [
+        ("cart-1", "shop", "node-1", "cart"),
+        ("pay-1", "shop", "node-2", "pay"),
+        ("agent-1", "ambit-system", "node-1", "ambit-node-agent"),
+    ] {
+        api.create(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": { "nodeName": node, "serviceAccountName": sa },
+        }))
+        .unwrap();
+    }
+    let token = |sa: &str, audience: &str| ServiceAccountToken {
+        namespace: "ambit-system".into(),
+        service_account: sa.into(),
+        pod: "agent-1".into(),
+        node: "node-1".into(),
+        audiences: vec![audience.into()],
+    };
+    api.add_service_account_token("agent-token", token("ambit-node-agent", "ambit-ca"));
+    api.add_service_account_token("other-sa-token", token("default", "ambit-ca"));
+    api.add_service_account_token(
+        "api-server-token",
+        token("ambit-node-agent", "https://kubernetes.default.svc"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api.clone().serve(listener));
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig(&url)).unwrap();
+    let config = || {
+        Config::from_args(Args::parse_from([
+            "ambit-ca",
+            "--listen=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+            "--readiness-addr=127.0.0.1:0",
+            "--metrics-addr=127.0.0.1:0",
+            "--namespace=ambit-system",
+            &format!("--kubeconfig={}", kubeconfig.display()),
+        ]))
+        .unwrap()
+    };
+
+    let running = app::start(config()).await.unwrap();
+    // The root was created in its Secret.
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(api.objects("Secret")[0].clone()).unwrap();
+    assert_eq!(secret.metadata.name.as_deref(), Some("ambit-ca-root"));
+    let pem = |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    let root = pem("ca-cert.pem");
+    assert!(pem("ca-key.pem").contains("PRIVATE KEY"));
+    let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
+    let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
+    let client = |addr, token: &str| CaClient::new(addr, &bundle, &ca, token.to_string()).unwrap();
+    let (cart, pay) = (
+        Identity::new("cluster.local", "shop", "cart"),
+        Identity::new("cluster.local", "shop", "pay"),
+    );
+
+    // The agent on node-1 gets node-1's identities, not node-2's.
+    let agent = client(running.addr, "agent-token");
+    assert_eq!(
+        agent.certify(&cart).await.unwrap().certificate.identity,
+        cart
+    );
+    assert_eq!(
+        refusal(agent.certify(&pay).await),
+        (
+            StatusCode::FORBIDDEN,
+            "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay".into()
+        )
+    );
+    // Another service account's token, a token for the API server's
+    // audience, and a token the API server never issued are all refused.
+    let (status, message) = refusal(client(running.addr, "other-sa-token").certify(&cart).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        message.contains(
+            "system:serviceaccount:ambit-system:default is not the node agent's service account"
+        ),
+        "{message}"
+    );
+    for token in ["api-server-token", "forged-token"] {
+        let (status, message) = refusal(client(running.addr, token).certify(&cart).await);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+        assert!(
+            message.contains("does not accept the token"),
+            "{token}: {message}"
+        );
+    }
+
+    // A restarted CA keeps the root from its Secret.
+    running.stop().await;
+    let restarted = app::start(config()).await.unwrap();
+    let again = client(restarted.addr, "agent-token")
+        .certify(&cart)
+        .await
+        .unwrap();
+    assert_eq!(again.trust_bundle_pem, root);
+    assert_eq!(api.objects("Secret").len(), 1);
+    restarted.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

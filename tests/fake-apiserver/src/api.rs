@@ -15,6 +15,9 @@ use crate::selector::Selector;
 use crate::store::{Change, EventType, Refusal};
 use crate::{types, Body, FakeApiServer, BOOKMARK_INTERVAL};
 
+/// Where TokenReviews are created.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
 impl FakeApiServer {
     /// Answers one request.
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Body> {
@@ -44,6 +47,23 @@ impl FakeApiServer {
                 StatusCode::OK,
                 &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-ambit-fake"}),
             ));
+        }
+        if path == TOKEN_REVIEWS && request.method() == Method::POST {
+            let review: Value = serde_json::from_slice(request.body()).map_err(|e| {
+                Refusal::new(400, "BadRequest", format!("TokenReview is not JSON: {e}"))
+            })?;
+            let token = review["spec"]["token"].as_str().unwrap_or_default();
+            let audiences: Vec<String> = review["spec"]["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut answer = review.clone();
+            answer["status"] = self.review(token, &audiences);
+            return Ok(json_response(StatusCode::CREATED, &answer));
         }
         let not_found = || {
             Refusal::new(

@@ -5,13 +5,14 @@
 //! compacted), create, update, merge patch and delete, and Status objects
 //! for 404, 409, 403 and 410.
 //!
-//! It serves Namespaces, Pods, Services, EndpointSlices and Istio's kinds,
-//! in process (as a tower `Service`, for `kube::Client::new`) or over HTTP
-//! on a listener of the caller's choosing, with a generated kubeconfig, so
-//! the real binaries can run against it. Fault hooks drop watch streams,
+//! It serves Namespaces, Pods, Services, Secrets, EndpointSlices and
+//! Istio's kinds, and TokenReview for the service account tokens a test
+//! registers, in process (as a tower `Service`, for `kube::Client::new`) or
+//! over HTTP on a listener of the caller's choosing, with a generated
+//! kubeconfig, so the real binaries can run against it. Fault hooks drop watch streams,
 //! force 410s and delay responses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,6 +46,18 @@ pub struct FakeApiServer {
     faults: Faults,
     /// When set, requests must carry `Authorization: Bearer <token>`.
     token: Option<String>,
+    /// Service account tokens TokenReview knows, with who they speak for.
+    service_account_tokens: Mutex<BTreeMap<String, ServiceAccountToken>>,
+}
+
+/// A projected service account token, bound to a pod on a node.
+#[derive(Debug, Clone)]
+pub struct ServiceAccountToken {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub node: String,
+    pub audiences: Vec<String>,
 }
 
 #[derive(Default)]
@@ -79,6 +92,7 @@ impl FakeApiServer {
             changes: broadcast::channel(65_536).0,
             faults: Faults::default(),
             token,
+            service_account_tokens: Mutex::default(),
         }
     }
 
@@ -166,6 +180,43 @@ impl FakeApiServer {
     /// without its CRD does, until [`FakeApiServer::install`].
     pub fn uninstall(&self, plural: &'static str) {
         types(&self.faults.uninstalled).insert(plural);
+    }
+
+    /// Makes TokenReview vouch for `token` as `holder`'s, as the API server
+    /// does for the projected tokens it issued.
+    pub fn add_service_account_token(&self, token: &str, holder: ServiceAccountToken) {
+        self.service_account_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_string(), holder);
+    }
+
+    /// The answer to a TokenReview of `token` for `audiences`, as the API
+    /// server's `status`: the user with its pod and node binding, or not
+    /// authenticated.
+    fn review(&self, token: &str, audiences: &[String]) -> Value {
+        let tokens = self
+            .service_account_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let holder = tokens.get(token).filter(|holder| {
+            audiences.is_empty() || audiences.iter().any(|a| holder.audiences.contains(a))
+        });
+        match holder {
+            Some(holder) => serde_json::json!({
+                "authenticated": true,
+                "audiences": audiences,
+                "user": {
+                    "username": format!("system:serviceaccount:{}:{}", holder.namespace, holder.service_account),
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", holder.namespace), "system:authenticated"],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": [holder.pod],
+                        "authentication.kubernetes.io/node-name": [holder.node],
+                    },
+                },
+            }),
+            None => serde_json::json!({ "authenticated": false, "error": "invalid bearer token" }),
+        }
     }
 
     /// Serves a resource type again after [`FakeApiServer::uninstall`].

@@ -18,6 +18,7 @@ pub const RESOURCE_TYPES: &[ResourceType] = &[
     core("namespaces", "Namespace", false),
     core("pods", "Pod", true),
     core("services", "Service", true),
+    core("secrets", "Secret", true),
     ResourceType {
         group: "discovery.k8s.io",
         versions: &["v1"],
