@@ -73,10 +73,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 service_account,
             },
             Some(client),
-        ) => (
-            root::load_or_create_in_secret(&client, namespace, name, &config.trust_domain).await?,
-            Authenticator::token_review(client, agents_namespace, service_account),
-        ),
+        ) => {
+            let ca = root::load_or_create_in_secret(&client, namespace, name, &config.trust_domain)
+                .await?;
+            root::publish_root_cert(&client, namespace, &ca).await?;
+            let authenticator =
+                Authenticator::token_review(client, agents_namespace, service_account);
+            (ca, authenticator)
+        }
         _ => anyhow::bail!("the root store and the agents' credentials belong to different modes"),
     };
     let mesh = Arc::new(MeshHandle::default());

@@ -1,8 +1,11 @@
 //! What a node agent uses to obtain certificates: a key made here, a
 //! signing request to the CA over TLS (the CA proving its own identity),
-//! the bootstrap token as the credential.
+//! a token as the credential: a bootstrap token, or the agent's projected
+//! service account token, read again for every request since the kubelet
+//! rotates it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +37,38 @@ pub enum CaClientError {
 pub struct CaClient {
     addr: SocketAddr,
     connector: tokio_rustls::TlsConnector,
-    token: String,
+    credential: Credential,
+}
+
+/// The token an agent presents to the CA.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Token(String),
+    /// A file holding the token, read at every request.
+    TokenFile(PathBuf),
+}
+
+impl From<String> for Credential {
+    fn from(token: String) -> Self {
+        Self::Token(token)
+    }
+}
+
+impl Credential {
+    /// The token to present now.
+    pub fn current(&self) -> std::io::Result<String> {
+        match self {
+            Self::Token(token) => Ok(token.clone()),
+            Self::TokenFile(path) => std::fs::read_to_string(path)
+                .map(|token| token.trim().to_string())
+                .map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("reading the token {}: {error}", path.display()),
+                    )
+                }),
+        }
+    }
 }
 
 /// A certificate and the roots it came with.
@@ -50,13 +84,13 @@ impl CaClient {
         addr: SocketAddr,
         bundle: &TrustBundle,
         ca_identity: &Identity,
-        token: String,
+        credential: impl Into<Credential>,
     ) -> Result<Self, tls::TlsError> {
         let config = tls::client_config_without_certificate(bundle, ca_identity)?;
         Ok(Self {
             addr,
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            token,
+            credential: credential.into(),
         })
     }
 
@@ -71,6 +105,10 @@ impl CaClient {
     async fn ask(&self, identity: &Identity) -> Result<Certified, CaClientError> {
         let addr = self.addr;
         let failed = |message: String| CaClientError::Failed { addr, message };
+        let token = self
+            .credential
+            .current()
+            .map_err(|e| failed(e.to_string()))?;
         let (key, csr) = certificate_request(identity).map_err(|e| failed(e.to_string()))?;
         let body = serde_json::to_vec(&CertificateRequest {
             identity: identity.to_string(),
@@ -93,10 +131,7 @@ impl CaClient {
             .method(Method::POST)
             .uri(CERTIFICATE_PATH)
             .header(hyper::header::HOST, addr.to_string())
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| failed(e.to_string()))?;

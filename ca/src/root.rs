@@ -9,9 +9,9 @@ use std::path::Path;
 
 use ambit_identity::CertificateAuthority;
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 pub const CERT_FILE: &str = "ca-cert.pem";
 pub const KEY_FILE: &str = "ca-key.pem";
@@ -124,4 +124,47 @@ fn from_secret(secret: &Secret, trust_domain: &str) -> anyhow::Result<Certificat
         &field(KEY_FILE)?,
         trust_domain,
     )?)
+}
+
+/// The ConfigMap (in the CA's namespace) where agents find the root
+/// certificate to check the CA and each other with; the key stays in the
+/// Secret. Istio's `istio-ca-root-cert`, under Ambit's name.
+pub const ROOT_CERT_CONFIG_MAP: &str = "ambit-ca-root-cert";
+/// Its key, as in Istio.
+pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+
+/// Publishes the root certificate (public) in [`ROOT_CERT_CONFIG_MAP`].
+pub async fn publish_root_cert(
+    client: &kube::Client,
+    namespace: &str,
+    ca: &CertificateAuthority,
+) -> anyhow::Result<()> {
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let data =
+        std::collections::BTreeMap::from([(ROOT_CERT_KEY.to_string(), ca.root_pem().to_string())]);
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ROOT_CERT_CONFIG_MAP.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(data.clone()),
+        ..ConfigMap::default()
+    };
+    let at = format!("the ConfigMap {namespace}/{ROOT_CERT_CONFIG_MAP}");
+    match config_maps
+        .create(&PostParams::default(), &config_map)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let patch = Patch::Merge(serde_json::json!({ "data": data }));
+            config_maps
+                .patch(ROOT_CERT_CONFIG_MAP, &PatchParams::default(), &patch)
+                .await
+                .map(drop)
+                .with_context(|| format!("updating {at}"))
+        }
+        Err(error) => Err(error).with_context(|| format!("creating {at}")),
+    }
 }

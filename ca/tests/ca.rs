@@ -33,7 +33,7 @@ fn client(running: &app::Running, dir: &Path, token: &str) -> CaClient {
     let root = std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap();
     let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
     let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
-    CaClient::new(running.addr, &bundle, &ca, token.into()).unwrap()
+    CaClient::new(running.addr, &bundle, &ca, token.to_string()).unwrap()
 }
 
 #[tokio::test]
@@ -97,7 +97,7 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
     // A CA that is not the expected identity is not trusted with the key's request.
     let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
     let impostor = Identity::new("cluster.local", "shop", "ambit-ca");
-    let wary = CaClient::new(running.addr, &bundle, &impostor, NODE_1_TOKEN.into()).unwrap();
+    let wary = CaClient::new(running.addr, &bundle, &impostor, NODE_1_TOKEN.to_string()).unwrap();
     assert!(matches!(
         wary.certify(&cart).await,
         Err(CaClientError::Failed { .. })
@@ -189,6 +189,13 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     let pem = |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
     let root = pem("ca-cert.pem");
     assert!(pem("ca-key.pem").contains("PRIVATE KEY"));
+    // The root certificate, and only it, is published for the agents.
+    let published = &api.objects("ConfigMap")[0];
+    assert_eq!(published["metadata"]["name"], "ambit-ca-root-cert");
+    assert_eq!(
+        published["data"],
+        serde_json::json!({ "root-cert.pem": root })
+    );
     let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
     let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
     let client = |addr, token: &str| CaClient::new(addr, &bundle, &ca, token.to_string()).unwrap();
@@ -238,6 +245,7 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
         .unwrap();
     assert_eq!(again.trust_bundle_pem, root);
     assert_eq!(api.objects("Secret").len(), 1);
+    assert_eq!(api.objects("ConfigMap").len(), 1);
     restarted.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

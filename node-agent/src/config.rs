@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_admin::AdminAddrs;
+use ambit_ca::client::Credential;
 use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_source::{Source, SourceArgs};
 use anyhow::{bail, Context};
@@ -67,7 +68,9 @@ pub struct CaArgs {
     #[arg(long)]
     pub ca_root: Option<PathBuf>,
 
-    /// This node's bootstrap token for the CA.
+    /// The token the agent presents to the CA, read at every request: this
+    /// node's bootstrap token (standalone), or in Kubernetes the agent's
+    /// projected service account token for the audience `ambit-ca`.
     #[arg(long)]
     pub ca_token_file: Option<PathBuf>,
 
@@ -91,7 +94,7 @@ pub struct CaConfig {
     #[serde(skip)]
     pub bundle: TrustBundle,
     #[serde(skip)]
-    pub token: String,
+    pub credential: Credential,
 }
 
 impl CaConfig {
@@ -107,14 +110,16 @@ impl CaConfig {
         };
         let bundle = TrustBundle::from_pem(&args.trust_domain, &read("--ca-root", &root)?)
             .with_context(|| format!("--ca-root {}", root.display()))?;
-        let token = read("--ca-token-file", &token)?.trim().to_string();
+        // Read now too, so a wrong path fails the start rather than each renewal.
+        read("--ca-token-file", &token)?;
+        let credential = Credential::TokenFile(token);
         let identity = Identity::new(args.trust_domain.as_str(), args.ca_namespace, "ambit-ca");
         Ok(Some(Self {
             addr,
             identity,
             trust_domain: args.trust_domain,
             bundle,
-            token,
+            credential,
         }))
     }
 }

@@ -5,9 +5,9 @@
 //! compacted), create, update, merge patch and delete, and Status objects
 //! for 404, 409, 403 and 410.
 //!
-//! It serves Namespaces, Pods, Services, Secrets, EndpointSlices and
-//! Istio's kinds, and TokenReview for the service account tokens a test
-//! registers, in process (as a tower `Service`, for `kube::Client::new`) or
+//! It serves Namespaces, Pods, Services, Secrets, ConfigMaps,
+//! EndpointSlices and Istio's kinds, and TokenReview for the service
+//! account tokens a test registers, in process (as a tower `Service`, for `kube::Client::new`) or
 //! over HTTP on a listener of the caller's choosing, with a generated
 //! kubeconfig, so the real binaries can run against it. Fault hooks drop watch streams,
 //! force 410s and delay responses.

@@ -19,6 +19,7 @@ pub const RESOURCE_TYPES: &[ResourceType] = &[
     core("pods", "Pod", true),
     core("services", "Service", true),
     core("secrets", "Secret", true),
+    core("configmaps", "ConfigMap", true),
     ResourceType {
         group: "discovery.k8s.io",
         versions: &["v1"],
