@@ -256,7 +256,7 @@ mod tests {
             ([127, 0, 0, 1], 9).into(),
             &bundle,
             &ca_identity,
-            "t".into(),
+            "t".to_string(),
         )
         .unwrap();
         let certificates = Arc::new(Certificates::new(client, "cluster.local".into()));
