@@ -4,7 +4,6 @@
 //! service account token, read again for every request since the kubelet
 //! rotates it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,18 +23,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum CaClientError {
     #[error("the CA at {addr} refused: HTTP {status}: {message}")]
     Refused {
-        addr: SocketAddr,
+        addr: String,
         status: StatusCode,
         message: String,
     },
     #[error("the CA at {addr} did not answer within {REQUEST_TIMEOUT:?}")]
-    Timeout { addr: SocketAddr },
+    Timeout { addr: String },
     #[error("asking the CA at {addr}: {message}")]
-    Failed { addr: SocketAddr, message: String },
+    Failed { addr: String, message: String },
 }
 
 pub struct CaClient {
-    addr: SocketAddr,
+    /// `host:port`, resolved at each request (a Service name in Kubernetes).
+    addr: String,
     connector: tokio_rustls::TlsConnector,
     credential: Credential,
 }
@@ -78,17 +78,17 @@ pub struct Certified {
 }
 
 impl CaClient {
-    /// A client of the CA at `addr`, which must prove it is `ca_identity`
+    /// A client of the CA at `addr` (`host:port`), which must prove it is `ca_identity`
     /// under `bundle`.
     pub fn new(
-        addr: SocketAddr,
+        addr: impl ToString,
         bundle: &TrustBundle,
         ca_identity: &Identity,
         credential: impl Into<Credential>,
     ) -> Result<Self, tls::TlsError> {
         let config = tls::client_config_without_certificate(bundle, ca_identity)?;
         Ok(Self {
-            addr,
+            addr: addr.to_string(),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             credential: credential.into(),
         })
@@ -96,15 +96,19 @@ impl CaClient {
 
     /// A new key, certified as `identity`.
     pub async fn certify(&self, identity: &Identity) -> Result<Certified, CaClientError> {
-        let addr = self.addr;
         tokio::time::timeout(REQUEST_TIMEOUT, self.ask(identity))
             .await
-            .map_err(|_| CaClientError::Timeout { addr })?
+            .map_err(|_| CaClientError::Timeout {
+                addr: self.addr.clone(),
+            })?
     }
 
     async fn ask(&self, identity: &Identity) -> Result<Certified, CaClientError> {
-        let addr = self.addr;
-        let failed = |message: String| CaClientError::Failed { addr, message };
+        let addr = &self.addr;
+        let failed = |message: String| CaClientError::Failed {
+            addr: addr.clone(),
+            message,
+        };
         let token = self
             .credential
             .current()
@@ -115,12 +119,14 @@ impl CaClient {
             csr,
         })
         .map_err(|e| failed(e.to_string()))?;
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr.as_str())
             .await
             .map_err(|e| failed(e.to_string()))?;
+        // The CA is verified by its SPIFFE identity, whatever name found it.
+        let peer = tcp.peer_addr().map_err(|e| failed(e.to_string()))?;
         let tls = self
             .connector
-            .connect(addr.ip().into(), tcp)
+            .connect(peer.ip().into(), tcp)
             .await
             .map_err(|e| failed(format!("TLS: {e}")))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -130,7 +136,7 @@ impl CaClient {
         let request = Request::builder()
             .method(Method::POST)
             .uri(CERTIFICATE_PATH)
-            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::HOST, addr.as_str())
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -152,7 +158,7 @@ impl CaClient {
                 .and_then(|value| value["error"].as_str().map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(CaClientError::Refused {
-                addr,
+                addr: addr.clone(),
                 status,
                 message,
             });

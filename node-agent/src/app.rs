@@ -122,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// The client of the CA, the task that keeps this node's certificates,
 /// and what HBONE between agents needs of them.
 fn start_mesh_tls(ca: &CaConfig) -> anyhow::Result<MeshTls> {
-    let client = CaClient::new(ca.addr, &ca.bundle, &ca.identity, ca.credential.clone())?;
+    let client = CaClient::new(&ca.addr, &ca.bundle, &ca.identity, ca.credential.clone())?;
     let certificates = Arc::new(Certificates::new(client, ca.trust_domain.clone()));
     tokio::spawn(certificates.clone().run());
     Ok(MeshTls::new(certificates, ca.bundle.clone()))

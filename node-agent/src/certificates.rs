@@ -252,13 +252,7 @@ mod tests {
         let ca = ambit_identity::CertificateAuthority::generate("cluster.local").unwrap();
         let bundle = ambit_identity::TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
         let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
-        let client = CaClient::new(
-            ([127, 0, 0, 1], 9).into(),
-            &bundle,
-            &ca_identity,
-            "t".to_string(),
-        )
-        .unwrap();
+        let client = CaClient::new("127.0.0.1:9", &bundle, &ca_identity, "t".to_string()).unwrap();
         let certificates = Arc::new(Certificates::new(client, "cluster.local".into()));
         let identity = Identity::new("cluster.local", "shop", "cart");
         assert!(certificates

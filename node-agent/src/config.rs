@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,10 +58,11 @@ pub struct Args {
 /// How the agent reaches the CA that certifies its workloads.
 #[derive(clap::Args, Debug)]
 pub struct CaArgs {
-    /// The CA (`ambit-ca`). Without it the agent holds no workload
-    /// identities, and traffic between agents is not encrypted.
+    /// The CA (`ambit-ca`), as `host:port` (in Kubernetes its Service,
+    /// `ambit-ca.ambit-system.svc:15012`). Without it the agent holds no
+    /// workload identities, and traffic between agents is not encrypted.
     #[arg(long, requires_all = ["ca_root", "ca_token_file"])]
-    pub ca_addr: Option<SocketAddr>,
+    pub ca_addr: Option<String>,
 
     /// The roots (PEM) the CA's own certificate is checked against.
     #[arg(long)]
@@ -87,7 +87,7 @@ pub struct CaArgs {
 /// The CA, as the agent uses it.
 #[derive(Serialize, Debug, Clone)]
 pub struct CaConfig {
-    pub addr: SocketAddr,
+    pub addr: String,
     pub identity: Identity,
     pub trust_domain: String,
     /// The roots of `--ca-root`, which also verify peer agents.
@@ -104,6 +104,10 @@ impl CaConfig {
         else {
             return Ok(None);
         };
+        let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            bail!("--ca-addr {addr}: expected HOST:PORT, such as ambit-ca.ambit-system.svc:15012");
+        }
         let read = |flag: &str, path: &Path| {
             std::fs::read_to_string(path)
                 .with_context(|| format!("{flag} {}: cannot read it", path.display()))
