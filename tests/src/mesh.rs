@@ -90,6 +90,29 @@ pub fn start_agents_with(
     Ok(agents)
 }
 
+/// Writes `config`, starts a CA whose certificates live `ttl_seconds`, and
+/// agents holding identities from it; returns once every agent holds a
+/// certificate for each service account of its node's enrolled pods.
+pub fn start_secured(
+    cluster: &Cluster,
+    config: &MeshConfig,
+    ttl_seconds: u64,
+) -> anyhow::Result<(crate::ca::TestCa, Vec<NodeAgent>)> {
+    write_config(cluster, config)?;
+    let ca = crate::ca::TestCa::start(cluster, ttl_seconds)?;
+    let agents = start_agents_with(cluster, &Source::Directory, Some(&ca))?;
+    for agent in &agents {
+        // Test pods run as their own service account: one identity each.
+        let identities = config
+            .pods
+            .iter()
+            .filter(|pod| pod.enrolled && pod.node == agent.node)
+            .count();
+        agent.wait_for_certificates(cluster, identities)?;
+    }
+    Ok((ca, agents))
+}
+
 /// The agent's HTTP ports a test can reach.
 #[derive(Clone, Copy, Debug)]
 pub enum AgentPort {

@@ -96,15 +96,8 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
         .build()?;
     let [client, outsider, server] =
         ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[client, server], vec![]),
-    )?;
-    let ca = TestCa::start(&cluster, 3600)?;
-    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
-    for agent in &agents {
-        agent.wait_for_certificates(&cluster, 1)?;
-    }
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .start(&cluster, server)?;
@@ -166,15 +159,8 @@ fn continuous_traffic_across_certificate_renewals_never_fails() -> anyhow::Resul
         .node(&["server"])
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[client, server], vec![]),
-    )?;
-    let ca = TestCa::start(&cluster, TTL_SECONDS)?;
-    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
-    for agent in &agents {
-        agent.wait_for_certificates(&cluster, 1)?;
-    }
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, TTL_SECONDS)?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .start(&cluster, server)?;

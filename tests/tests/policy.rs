@@ -9,8 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent, Source};
+use ambit_testbed::mesh::{self, sample};
 use ambit_testbed::testapp::{echo, Server};
 use ambit_testbed::{wait_for, Cluster, Pod};
 use serde_json::{json, Value};
@@ -36,21 +35,6 @@ fn authorization_policy(name: &str, action: &str, rules: Value) -> Value {
         "metadata": { "name": name, "namespace": "default" },
         "spec": { "selector": { "matchLabels": { "app": "server" } }, "action": action, "rules": rules },
     })
-}
-
-/// A cluster with a CA and agents whose enrolled pods all hold certificates.
-fn secured_mesh(
-    cluster: &Cluster,
-    config: &MeshConfig,
-    certificates: [usize; 2],
-) -> anyhow::Result<(TestCa, Vec<NodeAgent>)> {
-    mesh::write_config(cluster, config)?;
-    let ca = TestCa::start(cluster, 3600)?;
-    let agents = mesh::start_agents_with(cluster, &Source::Directory, Some(&ca))?;
-    for (agent, count) in agents.iter().zip(certificates) {
-        agent.wait_for_certificates(cluster, count)?;
-    }
-    Ok((ca, agents))
 }
 
 /// Whether `from` gets `message` echoed by the server at `addr`.
@@ -92,7 +76,7 @@ fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Resu
     let [client, outsider, server] =
         ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
     let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
-    let (_ca, agents) = secured_mesh(&cluster, &config, [1, 1])?;
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .echo(9000)
@@ -195,7 +179,7 @@ fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_por
     let [client, other, outsider, server] =
         ["client", "other", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
     let mut config = mesh::enrolling(&cluster, &[client, other, server], vec![]);
-    let (_ca, agents) = secured_mesh(&cluster, &config, [2, 1])?;
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
         .echo(9000)
         .echo(9001)
@@ -320,7 +304,7 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
-    let (_ca, agents) = secured_mesh(&cluster, &config, [1, 1])?;
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
         .echo(9000)
         .start(&cluster, server)?;

@@ -4,8 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, samples, NodeAgent, Source};
+use ambit_testbed::mesh::{self, samples, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
@@ -39,13 +38,7 @@ pub fn run() -> anyhow::Result<()> {
         .map(|name| cluster.pod(name).expect("a pod of the demo"));
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
     let config = mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]);
-    mesh::write_config(&cluster, &config)?;
-    let ca = TestCa::start(&cluster, 3600)?;
-    let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
-    // productpage on node-1; both reviews on node-2 (legacy is not enrolled).
-    for (agent, identities) in agents.iter().zip([1, 2]) {
-        agent.wait_for_certificates(&cluster, identities)?;
-    }
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     println!(
         "\n  ambit-ca issues workload identities; ambit-node-agent runs on every node, and\n  \
          ambit-cni handed it every pod.\n  \
