@@ -5,8 +5,9 @@
 //! listener terminates it and connects to the app from the caller's
 //! address. Plain TCP remains for peers outside the mesh.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ambit_config::model::{Key, Mesh};
 use ambit_ebpf_common::AGENT_MARK;
@@ -15,8 +16,9 @@ use ambit_hbone::pool::Pool;
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::TunnelStream;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
-use ambit_identity::{Identity, TrustBundle};
+use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -43,6 +45,9 @@ pub struct MeshTls {
     bundle: TrustBundle,
     /// Tagged with the expiry of the certificate each connection proved.
     pool: Pool<PoolKey, std::time::SystemTime>,
+    /// The 15008 listeners' TLS configuration per identity, made once per
+    /// certificate rather than once per connection.
+    server_configs: Mutex<HashMap<Identity, (std::time::SystemTime, Arc<ServerConfig>)>>,
 }
 
 impl MeshTls {
@@ -51,7 +56,32 @@ impl MeshTls {
             certificates,
             bundle,
             pool: Pool::default(),
+            server_configs: Mutex::default(),
         }
+    }
+
+    /// The server configuration proving `certificate`, made on first use.
+    fn server_config(
+        &self,
+        certificate: &WorkloadCertificate,
+    ) -> Result<Arc<ServerConfig>, ambit_identity::tls::TlsError> {
+        let mut configs = self
+            .server_configs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((made_for, config)) = configs.get(&certificate.identity) {
+            if *made_for == certificate.not_after {
+                return Ok(config.clone());
+            }
+        }
+        let config = Arc::new(server_config(certificate, &self.bundle)?);
+        // Rare (a new certificate): forget identities no longer held.
+        configs.retain(|identity, _| self.certificates.get(identity).is_some());
+        configs.insert(
+            certificate.identity.clone(),
+            (certificate.not_after, config.clone()),
+        );
+        Ok(config)
     }
 
     pub fn certificates(&self) -> &Certificates {
@@ -148,17 +178,14 @@ pub(super) async fn serve(
     };
     // Small frames (an HTTP request, its answer) leave at once.
     let _ = stream.set_nodelay(true);
-    let config = match server_config(&certificate, &mesh_tls.bundle) {
+    let config = match mesh_tls.server_config(&certificate) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!(pod = %pod.pod, %error, "TLS configuration");
             return;
         }
     };
-    let tls = match tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        .accept(stream)
-        .await
-    {
+    let tls = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
         Ok(tls) => tls,
         Err(error) => {
             tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
