@@ -3,15 +3,21 @@
 //! enrolled pods and renews them before they expire; the CA refuses an
 //! agent asking for an identity with no pod on its node, and logs why.
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use ambit_ca::client::{CaClient, CaClientError};
-use ambit_identity::{Identity, TrustBundle};
+use ambit_hbone::client::Connection;
+use ambit_identity::{
+    certificate_request, tls, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
+};
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
-use ambit_testbed::{wait_for, Cluster};
+use ambit_testbed::{wait_for, Cluster, Pod};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the test app's JSON answer says, in the clear.
 const MARKER: &[u8] = br#""app":"server""#;
@@ -195,5 +201,126 @@ fn continuous_traffic_across_certificate_renewals_never_fails() -> anyhow::Resul
             seen.len() - 1
         );
     }
+    Ok(())
+}
+
+/// One HBONE stream to `target` from `from`'s namespace, in mutual TLS as
+/// `certificate` (none: no client certificate at all); whether the echo
+/// came back.
+fn tunnel_from(
+    from: &Pod,
+    certificate: Option<&WorkloadCertificate>,
+    bundle: &TrustBundle,
+    server: &Identity,
+    target: SocketAddr,
+) -> anyhow::Result<bool> {
+    let config = match certificate {
+        Some(certificate) => tls::client_config(certificate, bundle, server)?,
+        None => {
+            let mut config = tls::client_config_without_certificate(bundle, server)?;
+            config.alpn_protocols = vec![tls::ALPN_H2.to_vec()];
+            config
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let source = IpAddr::V4(from.ip);
+    from.place().in_netns(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let attempt = async {
+                let hbone = SocketAddr::new(target.ip(), ambit_hbone::HBONE_PORT);
+                let tcp = tokio::net::TcpStream::connect(hbone).await?;
+                let name = ServerName::IpAddress(hbone.ip().into());
+                let tls = connector.connect(name, tcp).await?;
+                let connection = Connection::handshake(tls).await?;
+                let mut stream = connection.open(target, source).await?;
+                stream.write_all(b"ping").await?;
+                stream.shutdown().await?;
+                let mut back = Vec::new();
+                stream.read_to_end(&mut back).await?;
+                anyhow::Ok(back == b"ping")
+            };
+            let within = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+            anyhow::Ok(matches!(within, Ok(Ok(true))))
+        })
+    })?
+}
+
+#[test]
+fn the_hbone_listener_refuses_certificates_it_must_not_trust() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "outsider"])
+        .node(&["server"])
+        .build()?;
+    let [client, outsider, server] =
+        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .start(&cluster, server)?;
+
+    // The test's own certificates, signed with the mesh's real root key,
+    // with another root, or for another trust domain.
+    let root = std::fs::read_to_string(ca.root_pem_file())?;
+    let key = std::fs::read_to_string(ca.root_pem_file().with_file_name("ca-key.pem"))?;
+    let mesh_ca = CertificateAuthority::from_pem(&root, &key, "cluster.local")?;
+    let bundle = TrustBundle::from_pem("cluster.local", &root)?;
+    let issue = |ca: &CertificateAuthority, valid: Option<(SystemTime, SystemTime)>| {
+        let identity = Identity::new(ca.trust_domain(), "default", "client");
+        let (key, csr) = certificate_request(&identity)?;
+        let chain = match valid {
+            Some((from, until)) => ca.issue_valid_between(&csr, &identity, from, until)?,
+            None => ca.issue(&csr, &identity, Duration::from_secs(3600))?,
+        };
+        anyhow::Ok(WorkloadCertificate::new(&identity, &key, &chain)?)
+    };
+    let hour = Duration::from_secs(3600);
+    let now = SystemTime::now();
+    let cases = [
+        ("the mesh's CA", Some(issue(&mesh_ca, None)?), true),
+        (
+            "another CA",
+            Some(issue(
+                &CertificateAuthority::generate("cluster.local")?,
+                None,
+            )?),
+            false,
+        ),
+        (
+            "another trust domain, same root",
+            Some(issue(
+                &CertificateAuthority::from_pem(&root, &key, "elsewhere.example")?,
+                None,
+            )?),
+            false,
+        ),
+        (
+            "expired",
+            Some(issue(&mesh_ca, Some((now - 2 * hour, now - hour)))?),
+            false,
+        ),
+        ("no certificate", None, false),
+    ];
+    let server_identity = Identity::new("cluster.local", "default", "server");
+    let target = SocketAddr::new(server.ip.into(), 9000);
+    for (what, certificate, accepted) in &cases {
+        let echoed = tunnel_from(
+            outsider,
+            certificate.as_ref(),
+            &bundle,
+            &server_identity,
+            target,
+        )?;
+        assert_eq!(echoed, *accepted, "a client with {what}");
+    }
+    let log = agents[1].output();
+    let refusals = log.matches("HBONE handshake refused").count();
+    assert!(
+        refusals >= 4,
+        "the server's agent logs each refusal:\n{log}"
+    );
     Ok(())
 }
