@@ -178,6 +178,9 @@ mod tests {
             parse_path("/apis/security.istio.io/v1alpha3/peerauthentications"),
             None
         );
-        assert_eq!(parse_path("/api/v1/namespaces/default/configmaps"), None);
+        assert_eq!(
+            parse_path("/api/v1/namespaces/default/persistentvolumeclaims"),
+            None
+        );
     }
 }
