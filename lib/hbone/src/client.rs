@@ -2,6 +2,8 @@
 //! carrying a CONNECT stream per proxied TCP connection.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -25,6 +27,8 @@ pub enum HboneError {
 #[derive(Clone)]
 pub struct Connection {
     sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ends: the peer went away or it failed.
+    closed: Arc<AtomicBool>,
 }
 
 impl Connection {
@@ -40,12 +44,20 @@ impl Connection {
             .max_frame_size(MAX_FRAME)
             .handshake(io)
             .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HBONE connection ended with an error");
             }
+            ended.store(true, Ordering::Release);
         });
-        Ok(Self { sender })
+        Ok(Self { sender, closed })
+    }
+
+    /// Whether the connection has ended; no stream can be opened on it.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Opens a stream to `target` on behalf of the client at `source`;

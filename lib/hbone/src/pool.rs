@@ -1,7 +1,8 @@
 //! HBONE connections reused across streams: one per key (for the node
 //! agent, the source identity, the destination identity and the
 //! destination address), so many proxied TCP connections share one mutual
-//! TLS handshake. A connection that has gone away is replaced on next use.
+//! TLS handshake. A connection that has gone away is replaced on next use,
+//! and dropped from the pool when any new connection is made.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,8 +64,12 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
             }
         }
         let connection = connect().await?;
-        self.lock()
-            .insert(key.clone(), (connection.clone(), credential.clone()));
+        {
+            let mut pooled = self.lock();
+            // Connections to peers that went away (a deleted pod) go with them.
+            pooled.retain(|_, (connection, _)| !connection.is_closed());
+            pooled.insert(key.clone(), (connection.clone(), credential.clone()));
+        }
         connection.open(target, source).await
     }
 

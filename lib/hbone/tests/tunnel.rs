@@ -288,4 +288,16 @@ async fn a_pool_reuses_its_connection_and_replaces_one_gone_or_made_with_an_old_
     }
     assert_eq!(*seen.connections.lock().unwrap(), 2);
     assert_eq!(pool.len(), 1);
+    // A peer that hangs up under another key: once a new connection is
+    // made, the pool no longer holds the dead one.
+    assert!(pool
+        .open(&"gone", &1, echo, source, || dial(gone))
+        .await
+        .is_err());
+    let stream = pool
+        .open(&"other", &1, echo, source, || dial(hbone))
+        .await
+        .unwrap();
+    round_trip(stream).await;
+    assert_eq!(pool.len(), 2, "pay and other; not the dead one");
 }
