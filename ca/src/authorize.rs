@@ -2,7 +2,7 @@
 //! accounts with a pod on its node (node authorization), in the CA's trust
 //! domain. A compromised node cannot obtain identities it does not run.
 
-use ambit_config::model::{Key, Mesh};
+use ambit_config::model::{in_namespace, Mesh};
 use ambit_identity::Identity;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,15 +30,11 @@ pub fn authorize(
         });
     }
     let namespace = &identity.namespace;
-    let runs_here = mesh
-        .workloads
-        .range(Key::new(namespace.as_str(), "")..)
-        .take_while(|(key, _)| &key.namespace == namespace)
-        .any(|(_, workload)| {
-            workload.service_account == identity.service_account
-                && workload.node.as_deref() == Some(node)
-                && !workload.host_network
-        });
+    let runs_here = in_namespace(&mesh.workloads, namespace).any(|(_, workload)| {
+        workload.service_account == identity.service_account
+            && workload.node.as_deref() == Some(node)
+            && !workload.host_network
+    });
     if runs_here {
         Ok(())
     } else {

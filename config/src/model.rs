@@ -388,10 +388,8 @@ impl Mesh {
 
     /// The Services whose traffic goes through `waypoint`.
     pub fn services_bound_to(&self, waypoint: &WaypointRef) -> Vec<&Key> {
-        let namespace = &waypoint.0.namespace;
-        self.services
-            .keys()
-            .filter(|key| &key.namespace == namespace)
+        in_namespace(&self.services, &waypoint.0.namespace)
+            .map(|(key, _)| key)
             .filter(|key| self.waypoint_for_service(key).as_ref() == Some(waypoint))
             .collect()
     }
@@ -444,6 +442,17 @@ impl Mesh {
             .chain(refs("PeerAuthentication", self.peer_authentications.iter()))
             .collect()
     }
+}
+
+/// The objects of one namespace, by name: keys sort by namespace first, so
+/// this is a range of the map, not a scan.
+pub fn in_namespace<'a, 'n, V>(
+    objects: &'a OrdMap<Key, V>,
+    namespace: &'n str,
+) -> impl Iterator<Item = (&'a Key, &'a V)> + use<'a, 'n, V> {
+    objects
+        .range(Key::new(namespace, "")..)
+        .take_while(move |(key, _)| key.namespace == namespace)
 }
 
 /// `Some(None)` for an explicit `none`, `None` when the label is absent.

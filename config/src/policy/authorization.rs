@@ -22,7 +22,7 @@ use super::{selects, Target};
 use crate::api::security::{
     parse_ip_block, Action, AuthorizationPolicySpec, Condition, Operation, Rule, Source,
 };
-use crate::model::{AuthorizationPolicy, Key, Mesh};
+use crate::model::{in_namespace, AuthorizationPolicy, Key, Mesh};
 
 /// What the receiving agent knows about a connection.
 #[derive(Debug, Clone, Copy)]
@@ -141,13 +141,10 @@ fn applicable<'a>(
     root_namespace: &'a str,
     target: Target<'a>,
 ) -> impl Iterator<Item = (&'a Key, &'a AuthorizationPolicy)> + 'a {
-    let in_namespace = move |namespace: &'a str| {
-        mesh.authorization_policies
-            .range(Key::new(namespace, "")..)
-            .take_while(move |(key, _)| key.namespace == namespace)
-    };
-    let own = (target.namespace != root_namespace).then(|| in_namespace(target.namespace));
-    in_namespace(root_namespace).chain(own.into_iter().flatten())
+    let policies = &mesh.authorization_policies;
+    let own =
+        (target.namespace != root_namespace).then(|| in_namespace(policies, target.namespace));
+    in_namespace(policies, root_namespace).chain(own.into_iter().flatten())
 }
 
 /// Whether a valid policy is the agent's to apply to `target`.

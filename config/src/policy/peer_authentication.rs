@@ -7,13 +7,11 @@
 //! Two policies on one level: the first by name wins (Istio takes the
 //! oldest; names make it deterministic without timestamps).
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use super::{selects, Target};
 use crate::api::security::{MtlsMode, PeerAuthenticationSpec};
-use crate::model::{Config, Key, Mesh};
+use crate::model::{in_namespace, Mesh};
 
 /// The mode in effect on a port.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +67,5 @@ fn policies_in<'a>(
     mesh: &'a Mesh,
     namespace: &'a str,
 ) -> impl Iterator<Item = &'a PeerAuthenticationSpec> + 'a {
-    mesh.peer_authentications
-        .range(Key::new(namespace, "")..)
-        .take_while(move |(key, _)| key.namespace == namespace)
-        .map(|(_, config): (_, &Arc<Config<PeerAuthenticationSpec>>)| &config.spec)
+    in_namespace(&mesh.peer_authentications, namespace).map(|(_, config)| &config.spec)
 }
