@@ -234,10 +234,7 @@ impl Enrollment {
         let capture = self
             .capture
             .enroll(&netns, ip, OUTBOUND_LISTENER, &listeners.inbound)?;
-        let context = Arc::new(PodContext {
-            pod: sandbox.pod.clone(),
-            netns,
-        });
+        let context = Arc::new(PodContext::new(sandbox.pod.clone(), netns));
         Ok(Enrolled {
             capture,
             _proxy: proxy::start(context, listeners, self.inputs.clone()),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_cni::protocol::PodRef;
+use ambit_config::model::{Key, Mesh, Workload};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
@@ -48,7 +49,21 @@ pub struct ProxyInputs {
 /// An enrolled pod as the data path sees it.
 pub struct PodContext {
     pub pod: PodRef,
+    /// The pod's key in the mesh model, made once rather than per connection.
+    pub key: Key,
     pub netns: Arc<Netns>,
+}
+
+impl PodContext {
+    pub fn new(pod: PodRef, netns: Arc<Netns>) -> Self {
+        let key = Key::new(&pod.namespace, &pod.name);
+        Self { pod, key, netns }
+    }
+
+    /// The pod as the mesh knows it, if it does yet.
+    fn workload<'m>(&self, mesh: &'m Mesh) -> Option<(&'m Key, &'m Workload)> {
+        mesh.workloads.get_key_value(&self.key)
+    }
 }
 
 /// A pod's listeners, bound inside its namespace.

@@ -6,9 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ambit_cni::protocol::PodRef;
-use ambit_config::model::{Key, Labels, Mesh};
+use ambit_config::model::{Key, Labels, Mesh, Workload};
 use ambit_config::policy::{authorize, mtls_mode, Caller, PeerMode, Target, Verdict};
-use ambit_identity::Identity;
 
 /// What inbound policy needs beyond the mesh.
 #[derive(Debug, Clone)]
@@ -20,26 +19,25 @@ pub struct PolicySettings {
     pub node_ips: Vec<IpAddr>,
 }
 
-/// `Ok` to carry the connection, or the reason it is refused.
+/// `Ok` to carry the connection, or the reason it is refused. `principal`
+/// is the caller's proven identity as policies write it
+/// (`Identity::principal`), `None` for plaintext.
 pub(super) fn admit(
     settings: &PolicySettings,
     mesh: &Mesh,
-    pod: &PodRef,
+    pod: (&PodRef, Option<&Workload>),
     source: IpAddr,
-    authenticated: Option<&Identity>,
+    principal: Option<&str>,
     target: SocketAddr,
 ) -> Result<(), String> {
-    let no_labels = Labels::new();
-    let labels = mesh
-        .workloads
-        .get(&Key::new(&pod.namespace, &pod.name))
-        .map_or(&no_labels, |workload| &workload.labels);
+    static NO_LABELS: Labels = Labels::new();
+    let (pod, own) = pod;
     let workload = Target {
         namespace: &pod.namespace,
-        labels,
+        labels: own.map_or(&NO_LABELS, |workload| &workload.labels),
     };
     let root = &settings.root_namespace;
-    if authenticated.is_none() {
+    if principal.is_none() {
         if settings.node_ips.contains(&source) {
             return Ok(());
         }
@@ -47,10 +45,9 @@ pub(super) fn admit(
             return Err("plaintext refused: PeerAuthentication is STRICT on this port".into());
         }
     }
-    let principal = authenticated.map(Identity::principal);
     let caller = Caller {
         ip: source,
-        principal: principal.as_deref(),
+        principal,
         destination_ip: target.ip(),
         destination_port: target.port(),
     };

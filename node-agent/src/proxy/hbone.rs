@@ -6,10 +6,10 @@
 //! address. Plain TCP remains for peers outside the mesh.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use ambit_config::model::{Key, Mesh};
+use ambit_config::model::Mesh;
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
@@ -153,14 +153,11 @@ pub(super) async fn serve(
     };
     let (identity, pod_ips) = {
         let snapshot = inputs.mesh.snapshot();
-        let (namespace, name) = (&pod.pod.namespace, &pod.pod.name);
-        let ips = snapshot
-            .workloads
-            .get(&Key::new(namespace, name))
-            .map(|w| w.ips.clone());
-        let identity = mesh_tls
-            .certificates
-            .identity_of(&snapshot, namespace, name);
+        let ips = pod.workload(&snapshot).map(|(_, w)| w.ips.clone());
+        let identity =
+            mesh_tls
+                .certificates
+                .identity_of(&snapshot, &pod.key.namespace, &pod.key.name);
         (identity, ips.unwrap_or_default())
     };
     let certificate = match &identity {
@@ -192,24 +189,22 @@ pub(super) async fn serve(
             return;
         }
     };
-    let caller = peer_identity(tls.get_ref().1);
+    // What every stream of the connection shares, read once.
+    let (Some(caller), IpAddr::V4(source)) = (peer_identity(tls.get_ref().1), peer.ip()) else {
+        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no workload identity, or not IPv4");
+        return;
+    };
+    let peer_facts = Arc::new(TlsPeer {
+        addr: peer,
+        source,
+        principal: caller.principal(),
+        caller,
+        own_identity: identity,
+        pod_ips,
+    });
     let served = ambit_hbone::server::serve(tls, move |request, responder| {
-        let (pod, inputs, pod_ips, caller, identity) = (
-            pod.clone(),
-            inputs.clone(),
-            pod_ips.clone(),
-            caller.clone(),
-            identity.clone(),
-        );
-        async move {
-            let stream = Stream {
-                peer,
-                caller,
-                own_identity: &identity,
-                pod_ips: &pod_ips,
-            };
-            carry(request, responder, stream, &pod, &inputs).await
-        }
+        let (pod, inputs, peer) = (pod.clone(), inputs.clone(), peer_facts.clone());
+        async move { carry(request, responder, &peer, &pod, &inputs).await }
     })
     .await;
     if let Err(error) = served {
@@ -218,49 +213,43 @@ pub(super) async fn serve(
 }
 
 /// What the TLS connection tells of each stream it carries.
-struct Stream<'a> {
-    peer: SocketAddr,
-    caller: Option<Identity>,
-    own_identity: &'a Identity,
-    pod_ips: &'a [IpAddr],
+struct TlsPeer {
+    addr: SocketAddr,
+    /// The calling pod's address: the peer agent dials from it.
+    source: Ipv4Addr,
+    caller: Identity,
+    /// The caller's identity as policies name it.
+    principal: String,
+    own_identity: Identity,
+    pod_ips: Vec<IpAddr>,
 }
 
 /// One CONNECT stream to the pod: admitted by policy, then connected to the
-/// app from the caller's address (the peer agent dials from the calling
-/// pod's own address).
+/// app from the caller's address.
 async fn carry(
     request: ConnectRequest,
     responder: Responder,
-    stream: Stream<'_>,
+    peer: &TlsPeer,
     pod: &PodContext,
     inputs: &ProxyInputs,
 ) {
-    let Stream {
-        peer,
-        caller,
-        own_identity,
-        pod_ips,
-    } = stream;
     let target = request.target;
-    let (IpAddr::V4(source), Some(caller)) = (peer.ip(), caller) else {
-        return responder.refuse(Refusal::Unreachable);
-    };
-    if !pod_ips.contains(&target.ip()) {
+    if !peer.pod_ips.contains(&target.ip()) {
         tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
         return responder.refuse(Refusal::Denied);
     }
     let (labels, admitted) = {
         let mesh = inputs.mesh.snapshot();
-        let own_key = Key::new(&pod.pod.namespace, &pod.pod.name);
+        let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
             Reporter::Destination,
             Party {
-                workload: mesh.workload_by_ip(peer.ip()),
-                principal: Some(&caller),
+                workload: mesh.workload_by_ip(peer.addr.ip()),
+                principal: Some(&peer.caller),
             },
             Party {
-                workload: mesh.workloads.get_key_value(&own_key),
-                principal: Some(own_identity),
+                workload: own,
+                principal: Some(&peer.own_identity),
             },
             None,
             SecurityPolicy::MutualTls,
@@ -268,19 +257,19 @@ async fn carry(
         let admitted = admit(
             &inputs.policy,
             &mesh,
-            &pod.pod,
-            peer.ip(),
-            Some(&caller),
+            (&pod.pod, own.map(|(_, workload)| workload)),
+            peer.addr.ip(),
+            Some(&peer.principal),
             target,
         );
         (labels, admitted)
     };
-    let report = Report::new(inputs, pod, labels, peer, target);
+    let report = Report::new(inputs, pod, labels, peer.addr, target);
     if let Err(reason) = admitted {
         responder.refuse(Refusal::Denied);
         return report.refused(ResponseFlags::Denied, &reason);
     }
-    let mut upstream = match connect_app(inputs, pod, source, target).await {
+    let mut upstream = match connect_app(inputs, pod, peer.source, target).await {
         Ok(upstream) => upstream,
         Err(error) => {
             responder.refuse(Refusal::Unreachable);

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use ambit_config::model::Key;
-
 use super::admission::admit;
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
@@ -38,20 +36,26 @@ pub(super) async fn handle(
             workload: mesh.workload_by_ip(peer.ip()),
             principal: None,
         };
-        let own = Party {
-            workload: mesh
-                .workloads
-                .get_key_value(&Key::new(&pod.pod.namespace, &pod.pod.name)),
-            principal: None,
-        };
+        let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
             Reporter::Destination,
             caller,
-            own,
+            Party {
+                workload: own,
+                principal: None,
+            },
             None,
             SecurityPolicy::None,
         );
-        let admitted = admit(&inputs.policy, &mesh, &pod.pod, peer.ip(), None, target);
+        let own = own.map(|(_, workload)| workload);
+        let admitted = admit(
+            &inputs.policy,
+            &mesh,
+            (&pod.pod, own),
+            peer.ip(),
+            None,
+            target,
+        );
         (labels, admitted)
     };
     let report = Report::new(&inputs, &pod, labels, peer, target);

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use super::hbone::carry_tunnel;
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
-use ambit_config::model::{Key, Route};
+use ambit_config::model::Route;
 
 /// Where an accepted outbound connection goes: the original destination,
 /// or for a Service address one of its endpoints.
@@ -70,12 +70,10 @@ pub(super) async fn handle(
         let source =
             mesh_tls
                 .certificates()
-                .identity_of(&snapshot, &pod.pod.namespace, &pod.pod.name);
+                .identity_of(&snapshot, &pod.key.namespace, &pod.key.name);
         Some((mesh_tls, source, destination))
     });
-    let own = snapshot
-        .workloads
-        .get_key_value(&Key::new(&pod.pod.namespace, &pod.pod.name));
+    let own = pod.workload(&snapshot);
     // The pod's own address: the accepted connection shows only loopback,
     // where `connect4` sent it.
     let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
