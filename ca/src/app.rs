@@ -18,10 +18,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::{Issuer, CERTIFICATE_PATH};
 use crate::authenticate::{Authenticator, NodeTokens};
-use crate::config::{Credentials, RootStore};
+use crate::config::Mode;
 use crate::{root, Config};
 use ambit_mesh_source::kubernetes::connect;
-use ambit_mesh_source::Source;
 
 /// Requests are small: a CSR and an identity.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -57,31 +56,33 @@ impl Running {
 /// Loads (or creates) the root, reads the mesh and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(?config, "starting ambit-ca");
-    let client = match &config.source {
-        Source::Kubernetes { kubeconfig } => Some(connect(kubeconfig.as_deref()).await?),
-        Source::Directory(_) => None,
-    };
-    let (ca, authenticator) = match (&config.root, &config.credentials, client) {
-        (RootStore::Directory(dir), Credentials::NodeTokens(tokens), _) => (
-            root::load_or_create(dir, &config.trust_domain)?,
-            Authenticator::NodeTokens(NodeTokens::read(tokens)?),
+    let (ca, authenticator) = match &config.mode {
+        Mode::Standalone {
+            root_dir,
+            node_tokens,
+        } => (
+            root::load_or_create(root_dir, &config.trust_domain)?,
+            Authenticator::NodeTokens(NodeTokens::read(node_tokens)?),
         ),
-        (
-            RootStore::Secret { namespace, name },
-            Credentials::ServiceAccountTokens {
-                namespace: agents_namespace,
-                service_account,
-            },
-            Some(client),
-        ) => {
-            let ca = root::load_or_create_in_secret(&client, namespace, name, &config.trust_domain)
-                .await?;
+        Mode::Kubernetes {
+            kubeconfig,
+            root_secret,
+            node_agent_service_account,
+        } => {
+            let client = connect(kubeconfig.as_deref()).await?;
+            let namespace = &config.identity.namespace;
+            let ca = root::load_or_create_in_secret(
+                &client,
+                namespace,
+                root_secret,
+                &config.trust_domain,
+            )
+            .await?;
             root::publish_root_cert(&client, namespace, &ca).await?;
             let authenticator =
-                Authenticator::token_review(client, agents_namespace, service_account);
+                Authenticator::token_review(client, namespace, node_agent_service_account);
             (ca, authenticator)
         }
-        _ => anyhow::bail!("the root store and the agents' credentials belong to different modes"),
     };
     let mesh = Arc::new(MeshHandle::default());
     let source = ambit_mesh_source::start(&config.source, mesh.clone())

@@ -23,6 +23,8 @@ pub enum Authenticator {
     NodeTokens(NodeTokens),
     TokenReview {
         client: kube::Client,
+        /// The node agents' namespace, where their pods are.
+        namespace: String,
         /// `system:serviceaccount:NAMESPACE:NAME` of the node agents.
         agent_username: String,
     },
@@ -32,6 +34,7 @@ impl Authenticator {
     pub fn token_review(client: kube::Client, namespace: &str, service_account: &str) -> Self {
         Self::TokenReview {
             client,
+            namespace: namespace.to_string(),
             agent_username: format!("system:serviceaccount:{namespace}:{service_account}"),
         }
     }
@@ -45,6 +48,7 @@ impl Authenticator {
                 .ok_or_else(|| "unknown bootstrap token".to_string()),
             Self::TokenReview {
                 client,
+                namespace,
                 agent_username,
             } => {
                 let user = review(client, bearer).await?;
@@ -54,7 +58,7 @@ impl Authenticator {
                         user.username.as_deref().unwrap_or("an unnamed user")
                     ));
                 }
-                node_of_user(&user, agent_username, mesh)
+                node_of_user(&user, namespace, mesh)
             }
         }
     }
@@ -87,8 +91,8 @@ async fn review(client: &kube::Client, token: &str) -> Result<UserInfo, String> 
 }
 
 /// The node a pod-bound token's user is on: named by the token, or else
-/// the node of the pod it is bound to.
-fn node_of_user(user: &UserInfo, agent_username: &str, mesh: &Mesh) -> Result<String, String> {
+/// the node of the pod (in `namespace`) it is bound to.
+fn node_of_user(user: &UserInfo, namespace: &str, mesh: &Mesh) -> Result<String, String> {
     let extra = |key: &str| {
         user.extra
             .as_ref()
@@ -98,7 +102,6 @@ fn node_of_user(user: &UserInfo, agent_username: &str, mesh: &Mesh) -> Result<St
     if let Some(node) = extra(NODE_NAME_EXTRA) {
         return Ok(node);
     }
-    let namespace = agent_username.split(':').nth(2).unwrap_or_default();
     extra(POD_NAME_EXTRA)
         .and_then(|pod| mesh.workloads.get(&Key::new(namespace, pod))?.node.clone())
         .ok_or_else(|| "the token is not bound to a pod on a known node".to_string())

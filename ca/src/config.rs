@@ -61,8 +61,7 @@ pub struct Args {
 pub struct Config {
     pub trust_domain: String,
     pub identity: Identity,
-    pub root: RootStore,
-    pub credentials: Credentials,
+    pub mode: Mode,
     pub listen: SocketAddr,
     pub workload_cert_ttl: Duration,
     pub source: Source,
@@ -78,24 +77,19 @@ impl Config {
             );
         }
         let source = Source::from_args(args.source)?;
-        let (root, credentials) = match (&source, args.node_tokens) {
-            (Source::Directory(_), Some(tokens)) => (
-                RootStore::Directory(args.root_dir),
-                Credentials::NodeTokens(tokens),
-            ),
+        let mode = match (&source, args.node_tokens) {
+            (Source::Directory(_), Some(node_tokens)) => Mode::Standalone {
+                root_dir: args.root_dir,
+                node_tokens,
+            },
             (Source::Directory(_), None) => bail!(
                 "standalone (--config-dir), node agents authenticate with bootstrap tokens: give --node-tokens FILE"
             ),
-            (Source::Kubernetes { .. }, None) => (
-                RootStore::Secret {
-                    namespace: args.namespace.clone(),
-                    name: args.root_secret,
-                },
-                Credentials::ServiceAccountTokens {
-                    namespace: args.namespace.clone(),
-                    service_account: args.node_agent_service_account,
-                },
-            ),
+            (Source::Kubernetes { kubeconfig }, None) => Mode::Kubernetes {
+                kubeconfig: kubeconfig.clone(),
+                root_secret: args.root_secret,
+                node_agent_service_account: args.node_agent_service_account,
+            },
             (Source::Kubernetes { .. }, Some(_)) => bail!(
                 "--node-tokens is for standalone mode: in Kubernetes, node agents authenticate with their service account tokens"
             ),
@@ -104,8 +98,7 @@ impl Config {
         Ok(Self {
             trust_domain: args.trust_domain,
             identity,
-            root,
-            credentials,
+            mode,
             listen: args.listen,
             workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_seconds),
             source,
@@ -114,23 +107,22 @@ impl Config {
     }
 }
 
-/// Where the root is kept.
+/// Where the root is kept and how node agents prove their node; both follow
+/// from where the CA runs. Secret and service account are in the CA's own
+/// namespace.
 #[derive(Serialize, Debug, Clone)]
 #[serde(rename_all = "camelCase")]
-pub enum RootStore {
-    Directory(PathBuf),
-    Secret { namespace: String, name: String },
-}
-
-/// How node agents prove which node they speak for.
-#[derive(Serialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub enum Credentials {
-    /// A file of per-node bootstrap tokens.
-    NodeTokens(PathBuf),
-    /// Pod-bound tokens of this service account, checked by TokenReview.
-    ServiceAccountTokens {
-        namespace: String,
-        service_account: String,
+pub enum Mode {
+    /// A root directory, and a file of per-node bootstrap tokens.
+    Standalone {
+        root_dir: PathBuf,
+        node_tokens: PathBuf,
+    },
+    /// A root Secret, and pod-bound tokens of the node agents' service
+    /// account, checked by TokenReview.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        root_secret: String,
+        node_agent_service_account: String,
     },
 }

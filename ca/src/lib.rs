@@ -13,4 +13,4 @@ pub mod client;
 mod config;
 pub mod root;
 
-pub use config::{Args, Config, Credentials, RootStore};
+pub use config::{Args, Config, Mode};
