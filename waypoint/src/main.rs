@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    ambit_admin::limit_heap_retention();
     ambit_admin::init_logging();
     let config = ambit_waypoint::Config::from_args(ambit_waypoint::Args::parse())?;
     tokio::runtime::Builder::new_multi_thread()

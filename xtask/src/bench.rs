@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the mesh model at scale (memory, change propagation;
 //! `lib/mesh-source/benches/scale.rs`), then the data path's cost, measured
 //! on the namespace cluster with release builds, next to the same traffic
-//! with no mesh. Figures are reported, not asserted.
+//! with no mesh, and an agent's memory with many enrolled pods. Figures are
+//! reported, not asserted.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ const SECONDS: u32 = 10;
 const ROUNDS: usize = 3;
 const CONNECTIONS: u32 = 8;
 const RESPONSE_BYTES: usize = 1024;
+/// Pods on one agent for the memory figure.
+const ENROLLED_PODS: usize = 100;
 
 #[derive(Serialize)]
 struct Scenario {
@@ -63,12 +66,27 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
+    let scenarios = data_path(&binaries)?;
+    let memory = memory_with_enrolled_pods(&binaries)?;
+
+    let report = format!("{}\n{}", markdown(&scenarios), memory.markdown());
+    println!("\n{report}");
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({ "paths": scenarios, "memory": memory });
+    std::fs::write(dir.join("l4.json"), serde_json::to_vec_pretty(&json)?)?;
+    std::fs::write(dir.join("l4.md"), report)?;
+    println!("Saved to {}/l4.json and l4.md", dir.display());
+    Ok(())
+}
+
+/// Each path's throughput, latency and agent cost, medians of the rounds.
+fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
     // Three client/server pairs side by side: no mesh, agents in plain TCP
     // (nodes 1 and 2), agents with identities from a CA, in mTLS over HBONE
     // (nodes 3 and 4), so the paths are measured in turns under the same
     // conditions.
     let cluster = Cluster::builder()
-        .binaries(binaries)
+        .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
         .node(&["tls-client"])
@@ -142,15 +160,74 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             results.push(measure(&cluster, name, from, to, *on_path)?);
         }
     }
-    let scenarios: Vec<Scenario> = rounds.into_iter().map(median).collect();
+    Ok(rounds.into_iter().map(median).collect())
+}
 
-    let report = markdown(&scenarios);
-    println!("\n{report}");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("l4.json"), serde_json::to_vec_pretty(&scenarios)?)?;
-    std::fs::write(dir.join("l4.md"), report)?;
-    println!("Saved to {}/l4.json and l4.md", dir.display());
-    Ok(())
+/// An agent's resident memory with many enrolled pods, each its own
+/// service account (so a certificate each), idle and after traffic.
+#[derive(Serialize)]
+struct MemoryWithPods {
+    enrolled_pods: usize,
+    idle_mib: f64,
+    after_traffic_mib: f64,
+}
+
+impl MemoryWithPods {
+    fn markdown(&self) -> String {
+        format!(
+            "| agent with {} enrolled pods, mTLS | resident memory (MiB) |\n|---|---:|\n\
+             | idle, every certificate held | {:.1} |\n\
+             | after {RATE} req/s for {SECONDS} s and a {} GiB transfer | {:.1} |\n",
+            self.enrolled_pods,
+            self.idle_mib,
+            TRANSFER_BYTES >> 30,
+            self.after_traffic_mib
+        )
+    }
+}
+
+fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPods> {
+    println!("bench: an agent with {ENROLLED_PODS} enrolled pods");
+    let names: Vec<String> = (0..ENROLLED_PODS).map(|i| format!("pod-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cluster = Cluster::builder()
+        .binaries(binaries.clone())
+        .node(&names)
+        .node(&["server"])
+        .build()?;
+    let pods: Vec<&Pod> = cluster.pods().iter().collect();
+    let (_ca, agents) = mesh::start_secured(
+        &cluster,
+        &mesh::enrolling(&cluster, &pods, vec![]),
+        24 * 3600,
+    )?;
+    let (client, server) = (cluster.pod("pod-0")?, cluster.pod("server")?);
+    let _server = Server::new("server", "v1")
+        .http(8080)
+        .sink(9100)
+        .start(&cluster, server)?;
+    let mib = |agent: &NodeAgent| -> anyhow::Result<f64> {
+        Ok(agent.usage()?.rss_bytes as f64 / (1 << 20) as f64)
+    };
+    let idle_mib = mib(&agents[0])?;
+    let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
+    let latency = testapp::latency(&cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
+    ensure!(latency.errors == 0, "requests failed: {latency:?}");
+    let transfer = testapp::send(
+        &cluster,
+        client.place(),
+        SocketAddr::from((server.ip, 9100)),
+        TRANSFER_BYTES,
+    )?;
+    ensure!(
+        transfer.crc_received_by_server == transfer.crc_sent,
+        "the transfer arrived corrupted: {transfer:?}"
+    );
+    Ok(MemoryWithPods {
+        enrolled_pods: ENROLLED_PODS,
+        idle_mib,
+        after_traffic_mib: mib(&agents[0])?,
+    })
 }
 
 /// The median of each figure over the rounds.
