@@ -18,7 +18,7 @@ use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::hbone::MeshTls;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
-use ambit_mesh_source::MeshHandle;
+use ambit_mesh_source::{MeshHandle, SourceThread};
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -27,7 +27,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let mesh = Arc::new(MeshHandle::default());
-    let source_task = ambit_mesh_source::start(&config.source, mesh.clone())
+    let source = SourceThread::start(&config.source, mesh.clone())
         .await
         .context("reading the mesh configuration")?;
     let (capture, maps) = Capture::attach(
@@ -98,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stop.received().await;
     readiness.set_ready(false);
     cni_task.abort();
-    source_task.abort();
+    drop(source);
     reconcile_task.abort();
     lock(&enrollment).stop_accepting();
     inputs.connections.close();

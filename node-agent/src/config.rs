@@ -53,6 +53,12 @@ pub struct Args {
     /// On SIGTERM, how long established connections may take to finish.
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
+
+    /// Threads that carry traffic; by default a quarter of the CPUs the
+    /// agent may use, at least one. One thread runs everything on a single
+    /// event loop, with no hand-offs between threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 /// How the agent reaches the CA that certifies its workloads.
@@ -141,6 +147,7 @@ pub struct Config {
     pub ca: Option<CaConfig>,
     pub root_namespace: String,
     pub drain_timeout: Duration,
+    pub worker_threads: usize,
 }
 
 impl Config {
@@ -157,8 +164,31 @@ impl Config {
             ca: CaConfig::from_args(args.ca)?,
             root_namespace: args.root_namespace,
             drain_timeout: Duration::from_secs(args.drain_seconds),
+            worker_threads: args
+                .worker_threads
+                .map_or_else(default_worker_threads, usize::from),
         })
     }
+}
+
+/// The runtime the agent runs on: a single-threaded one for one worker (on
+/// few cores, moving each connection's work between threads costs more than
+/// it gains), else one of that many threads.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
+fn default_worker_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / 4).max(1)
 }
 
 fn check_cgroup2_dir(path: &Path) -> anyhow::Result<()> {
@@ -184,5 +214,16 @@ mod tests {
         let error = format!("{:#}", Config::from_args(args).unwrap_err());
         assert!(error.contains("--capture-cgroup /tmp"), "{error}");
         assert!(error.contains("not a cgroup v2 directory"), "{error}");
+    }
+
+    #[test]
+    fn worker_threads_choose_the_runtime_and_zero_is_refused() {
+        let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), tokio::runtime::RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(3), tokio::runtime::RuntimeFlavor::MultiThread);
+        let error = Args::try_parse_from(["ambit-node-agent", "--worker-threads", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--worker-threads"), "{error}");
     }
 }

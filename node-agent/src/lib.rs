@@ -11,4 +11,4 @@ pub mod metrics;
 pub mod netns;
 pub mod proxy;
 
-pub use config::{Args, Config};
+pub use config::{runtime, Args, Config};

@@ -132,3 +132,43 @@ pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<J
         }
     }
 }
+
+/// A source kept current on a thread of its own, so that reading and
+/// compiling the configuration (seconds for a large cluster's first list)
+/// never holds up the threads that carry traffic. Dropping it stops the
+/// source.
+pub struct SourceThread {
+    runtime: Option<tokio::runtime::Runtime>,
+    task: JoinHandle<()>,
+}
+
+impl SourceThread {
+    /// Reads the whole mesh from `source` into `handle` on the new thread,
+    /// then keeps it current there.
+    pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ambit-mesh-source")
+            .enable_all()
+            .build()
+            .context("starting the mesh source's thread")?;
+        let source = source.clone();
+        let task = runtime
+            .spawn(async move { start(&source, handle).await })
+            .await??;
+        Ok(Self {
+            runtime: Some(runtime),
+            task,
+        })
+    }
+}
+
+impl Drop for SourceThread {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime would block, which an async caller may not.
+            runtime.shutdown_background();
+        }
+    }
+}
