@@ -6,9 +6,16 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+/// Bytes read from a socket at once: small to start, so an idle connection
+/// holds little; doubled while reads fill it, up to the largest size.
+const FIRST_READ: usize = 16 * 1024;
+const LARGEST_READ: usize = 256 * 1024;
 
 pub struct TunnelStream {
     send: SendStream<Bytes>,
@@ -33,6 +40,77 @@ impl TunnelStream {
             pending: Bytes::new(),
         }
     }
+}
+
+impl TunnelStream {
+    /// Copies both ways between the tunnel and `socket` until both sides
+    /// are done, passing each side's end on as a half-close. Data read from
+    /// the socket goes to HTTP/2 as it was read, and data from HTTP/2 to the
+    /// socket, without another copy. Returns the bytes moved from the
+    /// socket into the tunnel, and from the tunnel to the socket.
+    pub async fn relay(self, socket: &mut TcpStream) -> io::Result<(u64, u64)> {
+        let Self {
+            send,
+            recv,
+            pending,
+        } = self;
+        let (from_socket, to_socket) = socket.split();
+        tokio::try_join!(
+            socket_to_tunnel(from_socket, send),
+            tunnel_to_socket(pending, recv, to_socket)
+        )
+    }
+}
+
+async fn socket_to_tunnel(
+    mut socket: ReadHalf<'_>,
+    mut send: SendStream<Bytes>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut read_size = FIRST_READ;
+    let mut buffer = BytesMut::new();
+    loop {
+        buffer.reserve(read_size);
+        let read = socket.read_buf(&mut buffer).await?;
+        if read == 0 {
+            send.send_data(Bytes::new(), true).map_err(io_error)?;
+            return Ok(total);
+        }
+        if read >= read_size {
+            read_size = (read_size * 2).min(LARGEST_READ);
+        }
+        total += read as u64;
+        let mut data = buffer.split().freeze();
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(granted) => granted.map_err(io_error)?,
+                None => return Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            let piece = data.split_to(granted.min(data.len()));
+            send.send_data(piece, false).map_err(io_error)?;
+        }
+    }
+}
+
+async fn tunnel_to_socket(
+    pending: Bytes,
+    mut recv: RecvStream,
+    mut socket: WriteHalf<'_>,
+) -> io::Result<u64> {
+    let mut total = pending.len() as u64;
+    socket.write_all(&pending).await?;
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(io_error)?;
+        socket.write_all(&data).await?;
+        total += data.len() as u64;
+        // The window reopens once the data has left for the socket.
+        recv.flow_control()
+            .release_capacity(data.len())
+            .map_err(io_error)?;
+    }
+    socket.shutdown().await?;
+    Ok(total)
 }
 
 fn io_error(error: h2::Error) -> io::Error {

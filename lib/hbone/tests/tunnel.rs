@@ -96,10 +96,10 @@ async fn hbone_server(
                         let Ok(mut upstream) = TcpStream::connect(request.target).await else {
                             return responder.refuse(Refusal::Unreachable);
                         };
-                        let mut tunnel = responder.accept().unwrap();
-                        tokio::io::copy_bidirectional(&mut tunnel, &mut upstream)
-                            .await
-                            .unwrap();
+                        let tunnel = responder.accept().unwrap();
+                        // The echo returns every byte: as many each way.
+                        let (to_tunnel, to_upstream) = tunnel.relay(&mut upstream).await.unwrap();
+                        assert_eq!(to_tunnel, to_upstream);
                     }
                 },
             ));

@@ -19,7 +19,6 @@ use ambit_identity::tls::{client_config, peer_identity, server_config};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::admission::admit;
@@ -32,10 +31,6 @@ use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 /// destination identity and destination address: a connection is dialled
 /// from its caller's namespace and speaks for that pod alone.
 type PoolKey = (Identity, IpAddr, Identity, IpAddr);
-
-/// Copy buffers between a tunnel and a socket: large, so bulk transfers
-/// make few, full HTTP/2 frames and TLS records.
-const TUNNEL_BUFFER: usize = 256 * 1024;
 
 /// How long a connection waits for its pod's first certificate.
 const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -276,20 +271,14 @@ async fn carry(
             return report.refused(ResponseFlags::ConnectFailed, &error);
         }
     };
-    let Ok(mut tunnel) = responder.accept() else {
+    let Ok(tunnel) = responder.accept() else {
         return;
     };
     report
-        .relay(async move { carry_tunnel(&mut tunnel, &mut upstream).await })
+        .relay(async move {
+            // From the caller (through the tunnel) to the app, and back.
+            let (to_caller, from_caller) = tunnel.relay(&mut upstream).await?;
+            Ok((from_caller, to_caller))
+        })
         .await;
-}
-
-/// Copies between a tunnel and a socket until both sides are done: bytes
-/// from `caller`, then bytes to it.
-pub(super) async fn carry_tunnel<A, B>(caller: &mut A, other: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(caller, other, TUNNEL_BUFFER, TUNNEL_BUFFER).await
 }

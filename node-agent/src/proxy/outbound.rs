@@ -6,7 +6,6 @@ use std::sync::Arc;
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
-use super::hbone::carry_tunnel;
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 use ambit_config::model::Route;
@@ -110,14 +109,14 @@ pub(super) async fn handle(
                 "the pod's identity or address is unknown",
             )),
         };
-        let mut upstream = match upstream {
-            Ok(upstream) => upstream,
+        let tunnel = match upstream {
+            Ok(tunnel) => tunnel,
             Err(error) => return report.refused(ResponseFlags::ConnectFailed, &error),
         };
         let carry = async move {
             let mut client = client;
             let _ = client.set_nodelay(true);
-            carry_tunnel(&mut client, &mut upstream).await
+            tunnel.relay(&mut client).await
         };
         return report.relay(carry).await;
     }
