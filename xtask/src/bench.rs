@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{self, HttpLoad, LatencySummary, Server};
+use ambit_testbed::testapp::{self, HttpLoad, LatencySummary, Server, TransferSummary};
 use ambit_testbed::{Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
@@ -213,16 +213,7 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let latency = testapp::latency(&cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
-    let transfer = testapp::send(
-        &cluster,
-        client.place(),
-        SocketAddr::from((server.ip, 9100)),
-        TRANSFER_BYTES,
-    )?;
-    ensure!(
-        transfer.crc_received_by_server == transfer.crc_sent,
-        "the transfer arrived corrupted: {transfer:?}"
-    );
+    transfer_intact(&cluster, client, server)?;
     Ok(MemoryWithPods {
         enrolled_pods: ENROLLED_PODS,
         idle_mib,
@@ -272,16 +263,7 @@ fn measure(
     server: &Pod,
     agents: Option<&[NodeAgent]>,
 ) -> anyhow::Result<Scenario> {
-    let transfer = testapp::send(
-        cluster,
-        client.place(),
-        SocketAddr::from((server.ip, 9100)),
-        TRANSFER_BYTES,
-    )?;
-    ensure!(
-        transfer.crc_received_by_server == transfer.crc_sent,
-        "the transfer arrived corrupted: {transfer:?}"
-    );
+    let transfer = transfer_intact(cluster, client, server)?;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let usage = |agents: &[NodeAgent]| {
         agents
@@ -318,6 +300,26 @@ fn measure(
         latency,
         agents,
     })
+}
+
+/// Sends the single-stream transfer to the server's sink and checks that
+/// it arrived intact.
+fn transfer_intact(
+    cluster: &Cluster,
+    client: &Pod,
+    server: &Pod,
+) -> anyhow::Result<TransferSummary> {
+    let transfer = testapp::send(
+        cluster,
+        client.place(),
+        SocketAddr::from((server.ip, 9100)),
+        TRANSFER_BYTES,
+    )?;
+    ensure!(
+        transfer.crc_received_by_server == transfer.crc_sent,
+        "the transfer arrived corrupted: {transfer:?}"
+    );
+    Ok(transfer)
 }
 
 /// Waits until the agents carry the client's new connections.
