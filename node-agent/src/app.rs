@@ -125,7 +125,9 @@ fn start_mesh_tls(ca: &CaConfig) -> anyhow::Result<MeshTls> {
     let client = CaClient::new(&ca.addr, &ca.bundle, &ca.identity, ca.credential.clone())?;
     let certificates = Arc::new(Certificates::new(client, ca.trust_domain.clone()));
     tokio::spawn(certificates.clone().run());
-    Ok(MeshTls::new(certificates, ca.bundle.clone()))
+    let mesh_tls = MeshTls::new(certificates, ca.bundle.clone());
+    tokio::spawn(mesh_tls.release_idle_connections());
+    Ok(mesh_tls)
 }
 
 /// Every proxied connection holds four descriptors (two sockets, two pipes

@@ -2,7 +2,7 @@
 //! carrying a CONNECT stream per proxied TCP connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +29,17 @@ pub struct Connection {
     sender: h2::client::SendRequest<Bytes>,
     /// Set when the connection's task ends: the peer went away or it failed.
     closed: Arc<AtomicBool>,
+    /// Streams opened on it and not yet dropped.
+    streams: Arc<AtomicUsize>,
+}
+
+/// Held by a stream for as long as it lives: counts it on its connection.
+pub(crate) struct StreamCount(Arc<AtomicUsize>);
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Connection {
@@ -52,12 +63,21 @@ impl Connection {
             }
             ended.store(true, Ordering::Release);
         });
-        Ok(Self { sender, closed })
+        Ok(Self {
+            sender,
+            closed,
+            streams: Arc::default(),
+        })
     }
 
     /// Whether the connection has ended; no stream can be opened on it.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether any stream opened on it is still in use.
+    pub fn has_streams(&self) -> bool {
+        self.streams.load(Ordering::Acquire) > 0
     }
 
     /// Opens a stream to `target` on behalf of the client at `source`;
@@ -77,11 +97,13 @@ impl Connection {
             .uri(target.to_string())
             .header("forwarded", format!("for={source}"))
             .body(())?;
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        let count = StreamCount(self.streams.clone());
         let (response, send) = sender.send_request(request, false)?;
         let response = response.await?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused(response.status()));
         }
-        Ok(TunnelStream::new(send, response.into_body()))
+        Ok(TunnelStream::new(send, response.into_body()).counted(count))
     }
 }

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::client::{Connection, HboneError};
 use crate::TunnelStream;
@@ -19,7 +20,14 @@ use crate::TunnelStream;
 /// renewed certificate is in use at once; streams on the old connection
 /// finish undisturbed.
 pub struct Pool<K, C = ()> {
-    connections: Mutex<HashMap<K, (Connection, C)>>,
+    connections: Mutex<HashMap<K, Pooled<C>>>,
+}
+
+struct Pooled<C> {
+    connection: Connection,
+    made_with: C,
+    /// When a stream was last opened on it.
+    last_opened: Instant,
 }
 
 impl<K, C> Default for Pool<K, C> {
@@ -49,9 +57,12 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
     {
         let pooled = self
             .lock()
-            .get(key)
-            .filter(|(_, made_with)| made_with == credential)
-            .map(|(connection, _)| connection.clone());
+            .get_mut(key)
+            .filter(|pooled| pooled.made_with == *credential)
+            .map(|pooled| {
+                pooled.last_opened = Instant::now();
+                pooled.connection.clone()
+            });
         if let Some(connection) = pooled {
             match connection.open(target, source).await {
                 // The peer answered: the connection works, whatever it said.
@@ -67,10 +78,27 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         {
             let mut pooled = self.lock();
             // Connections to peers that went away (a deleted pod) go with them.
-            pooled.retain(|_, (connection, _)| !connection.is_closed());
-            pooled.insert(key.clone(), (connection.clone(), credential.clone()));
+            pooled.retain(|_, pooled| !pooled.connection.is_closed());
+            pooled.insert(
+                key.clone(),
+                Pooled {
+                    connection: connection.clone(),
+                    made_with: credential.clone(),
+                    last_opened: Instant::now(),
+                },
+            );
         }
         connection.open(target, source).await
+    }
+
+    /// Lets go of connections that carry no stream and have opened none for
+    /// `idle`, and of those that have ended. A connection closes once the
+    /// pool lets go of it and its last stream ends.
+    pub fn release_idle(&self, idle: Duration) {
+        self.lock().retain(|_, pooled| {
+            !pooled.connection.is_closed()
+                && (pooled.connection.has_streams() || pooled.last_opened.elapsed() < idle)
+        });
     }
 
     /// How many connections are pooled.
@@ -82,7 +110,7 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Connection, C)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Pooled<C>>> {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

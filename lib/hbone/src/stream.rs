@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::client::StreamCount;
+
 /// Bytes read from a socket at once: small to start, so an idle connection
 /// holds little; doubled while reads fill it, up to the largest size.
 const FIRST_READ: usize = 16 * 1024;
@@ -22,6 +24,8 @@ pub struct TunnelStream {
     recv: RecvStream,
     /// Received, not yet read.
     pending: Bytes,
+    /// On the client side, counts the stream on its pooled connection.
+    _count: Option<StreamCount>,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -38,6 +42,14 @@ impl TunnelStream {
             send,
             recv,
             pending: Bytes::new(),
+            _count: None,
+        }
+    }
+
+    pub(crate) fn counted(self, count: StreamCount) -> Self {
+        Self {
+            _count: Some(count),
+            ..self
         }
     }
 }
@@ -53,6 +65,7 @@ impl TunnelStream {
             send,
             recv,
             pending,
+            _count,
         } = self;
         let (from_socket, to_socket) = socket.split();
         tokio::try_join!(

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ambit_hbone::client::{Connection, HboneError};
 use ambit_hbone::pool::Pool;
@@ -220,7 +221,8 @@ async fn vanishing_server(certificate: WorkloadCertificate, trust: &TrustBundle)
 }
 
 #[tokio::test]
-async fn a_pool_reuses_its_connection_and_replaces_one_gone_or_made_with_an_old_credential() {
+async fn a_pool_reuses_its_connection_replaces_one_gone_or_made_with_an_old_credential_and_lets_idle_ones_go(
+) {
     let ca = CertificateAuthority::generate("cluster.local").unwrap();
     let trust = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
     let cart = workload(&ca, "cart");
@@ -300,4 +302,28 @@ async fn a_pool_reuses_its_connection_and_replaces_one_gone_or_made_with_an_old_
         .unwrap();
     round_trip(stream).await;
     assert_eq!(pool.len(), 2, "pay and other; not the dead one");
+
+    // Idle connections are let go; one with a stream in use is kept.
+    let held = pool
+        .open(&"pay", &2, echo, source, || dial(hbone))
+        .await
+        .unwrap();
+    pool.release_idle(Duration::from_secs(3600));
+    assert_eq!(pool.len(), 2, "both opened a stream just now");
+    pool.release_idle(Duration::ZERO);
+    assert_eq!(pool.len(), 1, "\"other\" is idle; \"pay\" carries a stream");
+    round_trip(held).await;
+    pool.release_idle(Duration::ZERO);
+    assert!(pool.is_empty());
+    let connections = *seen.connections.lock().unwrap();
+    let stream = pool
+        .open(&"pay", &2, echo, source, || dial(hbone))
+        .await
+        .unwrap();
+    round_trip(stream).await;
+    assert_eq!(
+        *seen.connections.lock().unwrap(),
+        connections + 1,
+        "a stream after the release gets a new connection"
+    );
 }

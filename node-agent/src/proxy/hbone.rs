@@ -32,6 +32,11 @@ use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 /// from its caller's namespace and speaks for that pod alone.
 type PoolKey = (Identity, IpAddr, Identity, IpAddr);
 
+/// A pooled connection to another agent that carries no stream and has
+/// opened none for this long is closed, so a node does not keep a TLS
+/// connection to every pod its pods ever called.
+const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How long a connection waits for its pod's first certificate.
 const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -39,7 +44,7 @@ pub struct MeshTls {
     certificates: Arc<Certificates>,
     bundle: TrustBundle,
     /// Tagged with the expiry of the certificate each connection proved.
-    pool: Pool<PoolKey, std::time::SystemTime>,
+    pool: Arc<Pool<PoolKey, std::time::SystemTime>>,
     /// The 15008 listeners' TLS configuration per identity, made once per
     /// certificate rather than once per connection.
     server_configs: Mutex<HashMap<Identity, (std::time::SystemTime, Arc<ServerConfig>)>>,
@@ -50,7 +55,7 @@ impl MeshTls {
         Self {
             certificates,
             bundle,
-            pool: Pool::default(),
+            pool: Arc::default(),
             server_configs: Mutex::default(),
         }
     }
@@ -81,6 +86,19 @@ impl MeshTls {
 
     pub fn certificates(&self) -> &Certificates {
         &self.certificates
+    }
+
+    /// The task that closes idle pooled connections, checking every tenth
+    /// of the idle time.
+    pub fn release_idle_connections(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let pool = self.pool.clone();
+        async move {
+            let mut ticks = tokio::time::interval(IDLE_CONNECTION / 10);
+            loop {
+                ticks.tick().await;
+                pool.release_idle(IDLE_CONNECTION);
+            }
+        }
     }
 
     /// The identity of the enrolled pod at `ip`, if there is one: only
