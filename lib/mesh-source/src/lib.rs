@@ -153,9 +153,19 @@ impl SourceThread {
             .build()
             .context("starting the mesh source's thread")?;
         let source = source.clone();
-        let task = runtime
+        let started = runtime
             .spawn(async move { start(&source, handle).await })
-            .await??;
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|started| started);
+        let task = match started {
+            Ok(task) => task,
+            Err(error) => {
+                // Dropping a runtime would block, which an async caller may not.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         Ok(Self {
             runtime: Some(runtime),
             task,
@@ -167,7 +177,6 @@ impl Drop for SourceThread {
     fn drop(&mut self) {
         self.task.abort();
         if let Some(runtime) = self.runtime.take() {
-            // Dropping a runtime would block, which an async caller may not.
             runtime.shutdown_background();
         }
     }
