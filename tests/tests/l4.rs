@@ -11,6 +11,7 @@ use anyhow::Context;
 
 const REQUESTS: usize = 20;
 const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
 const RECEIVED: &str = "istio_tcp_received_bytes_total";
 const SENT: &str = "istio_tcp_sent_bytes_total";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -99,6 +100,55 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
         .expect_all(REQUESTS, "plain/v1", bystander.ip)?;
     assert_eq!(sample(&agents[0].metrics(&cluster)?, OPENED, &[]), 3.0);
     assert_eq!(sample(&agents[1].metrics(&cluster)?, OPENED, &[]), 3.0);
+    Ok(())
+}
+
+#[test]
+fn a_service_without_a_ready_endpoint_is_refused_and_counted() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server"])
+        .build()?;
+    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let services = vec![mesh::service("empty", VIP, 80, 8080, &[])];
+    mesh::write_config(
+        &cluster,
+        &mesh::enrolling(&cluster, &[client, server], services),
+    )?;
+    let agents = mesh::start_agents(&cluster)?;
+
+    // The agent accepts the redirected connection, finds no endpoint, and
+    // closes it before anything is carried. Until capture is in place the
+    // VIP has no route, and the agent sees nothing.
+    let url = format!("http://{VIP}:80/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let summary = loop {
+        let summary = HttpLoad::new(1).run(&cluster, client.place(), &url)?;
+        let unrouted = summary
+            .first_error
+            .as_deref()
+            .is_some_and(|error| error.contains("unreachable"));
+        if !unrouted || Instant::now() > deadline {
+            break summary;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((summary.requests, summary.errors), (1, 1), "{summary:?}");
+    let source = agents[0].metrics(&cluster)?;
+    let refused = [
+        ("reporter", "source"),
+        ("destination_service", "empty.default"),
+        ("response_flags", "CONNECT"),
+    ];
+    assert_eq!(sample(&source, OPENED, &refused), 1.0, "{source}");
+    assert_eq!(sample(&source, CLOSED, &refused), 1.0, "{source}");
+    assert!(
+        agents[0]
+            .output()
+            .contains("service empty.default has no ready endpoint"),
+        "{}",
+        agents[0].output()
+    );
     Ok(())
 }
 
@@ -193,16 +243,40 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
 #[test]
 fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_complete(
 ) -> anyhow::Result<()> {
+    bulk_half_close_and_a_thousand_connections(Security::Plaintext)
+}
+
+#[test]
+fn over_mutual_tls_a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_streams_complete(
+) -> anyhow::Result<()> {
+    bulk_half_close_and_a_thousand_connections(Security::MutualTls)
+}
+
+enum Security {
+    /// Agents without identities: plain TCP between them.
+    Plaintext,
+    /// Agents with identities from a CA: HBONE, its streams sharing a
+    /// connection.
+    MutualTls,
+}
+
+fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&["client"])
         .node(&["server"])
         .build()?;
     let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[client, server], vec![]),
-    )?;
-    let agents = mesh::start_agents(&cluster)?;
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents, label) = match security {
+        Security::Plaintext => {
+            mesh::write_config(&cluster, &config)?;
+            (None, mesh::start_agents(&cluster)?, "none")
+        }
+        Security::MutualTls => {
+            let (ca, agents) = mesh::start_secured(&cluster, &config, 24 * 3600)?;
+            (Some(ca), agents, "mutual_tls")
+        }
+    };
     let _app = Server::new("server", "v1")
         .echo(9000)
         .sink(9100)
@@ -236,15 +310,12 @@ fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_compl
     );
 
     let source = agents[0].metrics(&cluster)?;
-    assert_eq!(
-        sample(&source, OPENED, &[("reporter", "source")]),
-        1001.0,
-        "{source}"
-    );
-    assert!(
-        sample(&source, RECEIVED, &[("reporter", "source")]) >= gib as f64,
-        "{source}"
-    );
+    let labels = [
+        ("reporter", "source"),
+        ("connection_security_policy", label),
+    ];
+    assert_eq!(sample(&source, OPENED, &labels), 1001.0, "{source}");
+    assert!(sample(&source, RECEIVED, &labels) >= gib as f64, "{source}");
     Ok(())
 }
 

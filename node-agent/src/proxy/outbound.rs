@@ -20,6 +20,8 @@ enum Decision {
     },
     Refuse {
         reason: String,
+        /// The Service the connection was for, when known.
+        service: Option<String>,
     },
 }
 
@@ -27,6 +29,7 @@ fn decide(original: Option<SocketAddrV4>, route: impl FnOnce(SocketAddrV4) -> Ro
     let Some(original) = original else {
         return Decision::Refuse {
             reason: "its original destination is unknown".into(),
+            service: None,
         };
     };
     match route(original) {
@@ -40,6 +43,7 @@ fn decide(original: Option<SocketAddrV4>, route: impl FnOnce(SocketAddrV4) -> Ro
         },
         Route::NoReadyEndpoint { service } => Decision::Refuse {
             reason: format!("service {service} has no ready endpoint"),
+            service: Some(service),
         },
     }
 }
@@ -54,12 +58,28 @@ pub(super) async fn handle(
         .maps
         .take_original_dst(pod.netns.cookie(), peer.port());
     let snapshot = inputs.mesh.snapshot();
+    let own = pod.workload(&snapshot);
     let (target, service) = match decide(original, |dst| snapshot.route(dst)) {
         Decision::Forward { target, service } => (target, service),
-        Decision::Refuse { reason } => {
+        Decision::Refuse { reason, service } => {
+            let labels = TcpLabels::new(
+                Reporter::Source,
+                Party {
+                    workload: own,
+                    principal: None,
+                },
+                Party {
+                    workload: None,
+                    principal: None,
+                },
+                service.as_deref(),
+                SecurityPolicy::None,
+            );
+            drop(snapshot);
+            let target = original.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::V4);
             // Dropping the client closes it: the caller sees a reset/EOF.
-            tracing::warn!(pod = %pod.pod, ?original, "outbound connection refused: {reason}");
-            return;
+            return Report::new(&inputs, &pod, labels, peer, target)
+                .refused(ResponseFlags::ConnectFailed, &reason);
         }
     };
     let target_ip = IpAddr::V4(*target.ip());
@@ -72,7 +92,6 @@ pub(super) async fn handle(
                 .identity_of(&snapshot, &pod.key.namespace, &pod.key.name);
         Some((mesh_tls, source, destination))
     });
-    let own = pod.workload(&snapshot);
     // The pod's own address: the accepted connection shows only loopback,
     // where `connect4` sent it.
     let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
@@ -166,9 +185,11 @@ mod tests {
         let no_endpoint = decide(Some(addr(200, 80)), |_| Route::NoReadyEndpoint {
             service: "web.default".into(),
         });
-        assert!(
-            matches!(no_endpoint, Decision::Refuse { reason } if reason.contains("web.default"))
-        );
+        assert!(matches!(
+            no_endpoint,
+            Decision::Refuse { reason, service: Some(service) }
+                if reason.contains("web.default") && service == "web.default"
+        ));
         assert!(matches!(
             decide(None, Route::Direct),
             Decision::Refuse { .. }
