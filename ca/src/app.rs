@@ -56,13 +56,15 @@ impl Running {
 /// Loads (or creates) the root, reads the mesh and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(?config, "starting ambit-ca");
-    let (ca, authenticator) = match &config.mode {
+    let mesh = Arc::new(MeshHandle::default());
+    let (ca, authenticator, source) = match &config.mode {
         Mode::Standalone {
             root_dir,
             node_tokens,
         } => (
             root::load_or_create(root_dir, &config.trust_domain)?,
             Authenticator::NodeTokens(NodeTokens::read(node_tokens)?),
+            ambit_mesh_source::start(&config.source, mesh.clone()).await,
         ),
         Mode::Kubernetes {
             kubeconfig,
@@ -79,15 +81,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )
             .await?;
             root::publish_root_cert(&client, namespace, &ca).await?;
+            // The mesh is read with the same client.
+            let source = ambit_mesh_source::start_with_client(client.clone(), mesh.clone()).await;
             let authenticator =
                 Authenticator::token_review(client, namespace, node_agent_service_account);
-            (ca, authenticator)
+            (ca, authenticator, source)
         }
     };
-    let mesh = Arc::new(MeshHandle::default());
-    let source = ambit_mesh_source::start(&config.source, mesh.clone())
-        .await
-        .context("reading the mesh configuration")?;
+    let source = source.context("reading the mesh configuration")?;
 
     // The CA proves itself to agents with a certificate of its own root.
     let identity = &config.identity;

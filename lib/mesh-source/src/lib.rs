@@ -110,27 +110,36 @@ pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<J
         }
         Source::Kubernetes { kubeconfig } => {
             let client = kubernetes::connect(kubeconfig.as_deref()).await?;
-            let (synced, initial) = tokio::sync::oneshot::channel();
-            let follower = handle.clone();
-            let task = tokio::spawn(kubernetes::watch(
-                client,
-                Mesh::default(),
-                move |model| follower.publish(model),
-                synced,
-            ));
-            let initial = tokio::time::timeout(SYNC_TIMEOUT, initial)
-                .await
-                .with_context(|| {
-                    format!(
-                        "the first list from the Kubernetes API server did not finish within {}s",
-                        SYNC_TIMEOUT.as_secs()
-                    )
-                })?
-                .context("the Kubernetes watch ended before its first list")??;
-            handle.publish(&initial);
-            Ok(task)
+            start_with_client(client, handle).await
         }
     }
+}
+
+/// Like [`start`] from the Kubernetes API, with a client the caller
+/// already holds (and uses for other resources).
+pub async fn start_with_client(
+    client: kube::Client,
+    handle: Arc<MeshHandle>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (synced, initial) = tokio::sync::oneshot::channel();
+    let follower = handle.clone();
+    let task = tokio::spawn(kubernetes::watch(
+        client,
+        Mesh::default(),
+        move |model| follower.publish(model),
+        synced,
+    ));
+    let initial = tokio::time::timeout(SYNC_TIMEOUT, initial)
+        .await
+        .with_context(|| {
+            format!(
+                "the first list from the Kubernetes API server did not finish within {}s",
+                SYNC_TIMEOUT.as_secs()
+            )
+        })?
+        .context("the Kubernetes watch ended before its first list")??;
+    handle.publish(&initial);
+    Ok(task)
 }
 
 /// A source kept current on a thread of its own, so that reading and
