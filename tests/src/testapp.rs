@@ -326,23 +326,38 @@ pub fn echo_many(
     last_json(&run_client(cluster, from, &args)?)
 }
 
-/// Sends GET `url` from `from` at `rate` requests per second for `seconds`
-/// over `connections` kept-alive connections.
+/// How the latency client uses connections.
+#[derive(Clone, Copy, Debug)]
+pub enum Connections {
+    /// This many connections, opened first and kept alive.
+    KeptAlive(u32),
+    /// A new connection for each request, its setup timed with it; at most
+    /// this many at once.
+    PerRequest(u32),
+}
+
+/// Sends GET `url` from `from` at `rate` requests per second for `seconds`.
 pub fn latency(
     cluster: &Cluster,
     from: &Place,
     url: &str,
     rate: u32,
     seconds: u32,
-    connections: u32,
+    connections: Connections,
 ) -> anyhow::Result<LatencySummary> {
-    let args = [
+    let mut args = vec![
         "latency".into(),
         format!("--url={url}"),
         format!("--rate={rate}"),
         format!("--seconds={seconds}"),
-        format!("--connections={connections}"),
     ];
+    match connections {
+        Connections::KeptAlive(count) => args.push(format!("--connections={count}")),
+        Connections::PerRequest(count) => args.extend([
+            format!("--connections={count}"),
+            "--new-connection-per-request".into(),
+        ]),
+    }
     last_json(&run_client(cluster, from, &args)?)
 }
 

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{self, HttpLoad, LatencySummary, Server, TransferSummary};
+use ambit_testbed::testapp::{
+    self, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
+};
 use ambit_testbed::{Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
@@ -23,6 +25,8 @@ const SECONDS: u32 = 10;
 /// Each path is measured this many times, in turns; the report gives medians.
 const ROUNDS: usize = 3;
 const CONNECTIONS: u32 = 8;
+/// Requests per second when each opens a new connection.
+const NEW_CONNECTION_RATE: u32 = 500;
 const RESPONSE_BYTES: usize = 1024;
 /// Pods on one agent for the memory figure.
 const ENROLLED_PODS: usize = 100;
@@ -31,6 +35,15 @@ const ENROLLED_PODS: usize = 100;
 struct Scenario {
     name: &'static str,
     throughput_gbit_per_s: f64,
+    /// Requests on kept-alive connections.
+    kept_alive: Timed,
+    /// A new connection per request: its setup is in the latency.
+    new_connections: Timed,
+}
+
+/// One latency run.
+#[derive(Serialize)]
+struct Timed {
     latency: LatencySummary,
     /// The agents' own cost, where they are in the path.
     agents: Option<AgentCost>,
@@ -38,7 +51,7 @@ struct Scenario {
 
 #[derive(Serialize, Clone, Copy)]
 struct AgentCost {
-    /// CPU time per 1000 requests of the latency run, per agent (mean).
+    /// CPU time per 1000 requests of the run, per agent (mean).
     cpu_seconds_per_1000_requests: f64,
     /// Largest resident memory of an agent after the run.
     max_rss_mib: f64,
@@ -211,7 +224,14 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
     };
     let idle_mib = mib(&agents[0])?;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
-    let latency = testapp::latency(&cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
+    let latency = testapp::latency(
+        &cluster,
+        client.place(),
+        &url,
+        RATE,
+        SECONDS,
+        Connections::KeptAlive(CONNECTIONS),
+    )?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
     transfer_intact(&cluster, client, server)?;
     Ok(MemoryWithPods {
@@ -222,23 +242,25 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
 }
 
 /// The median of each figure over the rounds.
-fn median(mut rounds: Vec<Scenario>) -> Scenario {
-    fn mid<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> T {
-        let mut values: Vec<T> = values.collect();
-        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        values[values.len() / 2]
+fn median(rounds: Vec<Scenario>) -> Scenario {
+    Scenario {
+        name: rounds[0].name,
+        throughput_gbit_per_s: mid(rounds.iter().map(|r| r.throughput_gbit_per_s)),
+        kept_alive: median_timed(rounds.iter().map(|r| &r.kept_alive)),
+        new_connections: median_timed(rounds.iter().map(|r| &r.new_connections)),
     }
-    let throughput = mid(rounds.iter().map(|r| r.throughput_gbit_per_s));
+}
+
+fn median_timed<'a>(runs: impl Iterator<Item = &'a Timed> + Clone) -> Timed {
     let latency = LatencySummary {
-        requests: rounds.iter().map(|r| r.latency.requests).sum(),
-        errors: rounds.iter().map(|r| r.latency.errors).sum(),
-        p50_us: mid(rounds.iter().map(|r| r.latency.p50_us)),
-        p90_us: mid(rounds.iter().map(|r| r.latency.p90_us)),
-        p99_us: mid(rounds.iter().map(|r| r.latency.p99_us)),
-        max_us: rounds.iter().map(|r| r.latency.max_us).max().unwrap_or(0),
+        requests: runs.clone().map(|r| r.latency.requests).sum(),
+        errors: runs.clone().map(|r| r.latency.errors).sum(),
+        p50_us: mid(runs.clone().map(|r| r.latency.p50_us)),
+        p90_us: mid(runs.clone().map(|r| r.latency.p90_us)),
+        p99_us: mid(runs.clone().map(|r| r.latency.p99_us)),
+        max_us: runs.clone().map(|r| r.latency.max_us).max().unwrap_or(0),
     };
-    let agents = rounds
-        .iter()
+    let agents = runs
         .map(|r| r.agents)
         .collect::<Option<Vec<AgentCost>>>()
         .map(|costs| AgentCost {
@@ -247,13 +269,13 @@ fn median(mut rounds: Vec<Scenario>) -> Scenario {
                 .map(|c| c.cpu_seconds_per_1000_requests)),
             max_rss_mib: costs.iter().map(|c| c.max_rss_mib).fold(0.0, f64::max),
         });
-    let first = rounds.swap_remove(0);
-    Scenario {
-        name: first.name,
-        throughput_gbit_per_s: throughput,
-        latency,
-        agents,
-    }
+    Timed { latency, agents }
+}
+
+fn mid<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.collect();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
 }
 
 fn measure(
@@ -265,6 +287,24 @@ fn measure(
 ) -> anyhow::Result<Scenario> {
     let transfer = transfer_intact(cluster, client, server)?;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
+    let timed = |rate, connections| timed(cluster, client, &url, rate, connections, agents);
+    Ok(Scenario {
+        name,
+        throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
+        kept_alive: timed(RATE, Connections::KeptAlive(CONNECTIONS))?,
+        new_connections: timed(NEW_CONNECTION_RATE, Connections::PerRequest(CONNECTIONS))?,
+    })
+}
+
+/// A latency run, with the agents' CPU time during it.
+fn timed(
+    cluster: &Cluster,
+    client: &Pod,
+    url: &str,
+    rate: u32,
+    connections: Connections,
+    agents: Option<&[NodeAgent]>,
+) -> anyhow::Result<Timed> {
     let usage = |agents: &[NodeAgent]| {
         agents
             .iter()
@@ -272,7 +312,7 @@ fn measure(
             .collect::<anyhow::Result<Vec<Usage>>>()
     };
     let before = agents.map(usage).transpose()?;
-    let latency = testapp::latency(cluster, client.place(), &url, RATE, SECONDS, CONNECTIONS)?;
+    let latency = testapp::latency(cluster, client.place(), url, rate, SECONDS, connections)?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
     let agents = match (agents, before) {
         (Some(agents), Some(before)) => {
@@ -294,12 +334,7 @@ fn measure(
         }
         _ => None,
     };
-    Ok(Scenario {
-        name,
-        throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
-        latency,
-        agents,
-    })
+    Ok(Timed { latency, agents })
 }
 
 /// Sends the single-stream transfer to the server's sink and checks that
@@ -351,31 +386,61 @@ fn wait_for_capture(
 fn markdown(scenarios: &[Scenario]) -> String {
     let baseline = &scenarios[0];
     let mut table = format!(
-        "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} connections, {RESPONSE_BYTES}-byte \
-         responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns.\n\n\
+        "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} kept-alive connections, \
+         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns.\n\n\
          | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | agent RSS (MiB) |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
     for scenario in scenarios {
-        let (cpu, rss) = match scenario.agents {
-            Some(cost) => (
-                format!("{:.4}", cost.cpu_seconds_per_1000_requests),
-                format!("{:.1}", cost.max_rss_mib),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
+        let (cpu, rss) = cost(&scenario.kept_alive);
         let _ = writeln!(
             table,
-            "| {} | {:.2} | {:.0}% | {} | {} | {} | {} | {cpu} | {rss} |",
+            "| {} | {:.2} | {:.0}% | {} | {cpu} | {rss} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
             100.0 * scenario.throughput_gbit_per_s / baseline.throughput_gbit_per_s,
-            scenario.latency.p50_us,
-            scenario.latency.p90_us,
-            scenario.latency.p99_us,
-            scenario.latency.p99_us as i64 - baseline.latency.p99_us as i64,
+            percentiles(&scenario.kept_alive, &baseline.kept_alive),
+        );
+    }
+    let _ = write!(
+        table,
+        "\nA new connection per request (its setup timed with it), {NEW_CONNECTION_RATE} req/s for {SECONDS} s, \
+         at most {CONNECTIONS} at once.\n\n\
+         | path | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 connections |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    );
+    for scenario in scenarios {
+        let (cpu, _) = cost(&scenario.new_connections);
+        let _ = writeln!(
+            table,
+            "| {} | {} | {cpu} |",
+            scenario.name,
+            percentiles(&scenario.new_connections, &baseline.new_connections),
         );
     }
     table
+}
+
+/// p50, p90, p99 and the p99 added to the baseline's, as table cells.
+fn percentiles(run: &Timed, baseline: &Timed) -> String {
+    let latency = &run.latency;
+    format!(
+        "{} | {} | {} | {}",
+        latency.p50_us,
+        latency.p90_us,
+        latency.p99_us,
+        latency.p99_us as i64 - baseline.latency.p99_us as i64
+    )
+}
+
+/// The agents' CPU per 1000 requests and largest memory, as table cells.
+fn cost(run: &Timed) -> (String, String) {
+    match run.agents {
+        Some(cost) => (
+            format!("{:.4}", cost.cpu_seconds_per_1000_requests),
+            format!("{:.1}", cost.max_rss_mib),
+        ),
+        None => ("-".to_string(), "-".to_string()),
+    }
 }

@@ -100,8 +100,13 @@ enum Mode {
         rate: u32,
         #[arg(long)]
         seconds: u32,
+        /// Requests in flight at most, each on a connection of its own.
         #[arg(long, default_value_t = 8)]
         connections: u32,
+        /// Open a new connection for every request (and close it after), so
+        /// the latency includes the connection's setup.
+        #[arg(long)]
+        new_connection_per_request: bool,
     },
     /// Open `connections` connections to an echo server, all at once, then
     /// echo a message on each; print a JSON summary.
@@ -150,7 +155,10 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
             connections,
-        } => print_json(&latency(url, rate, seconds, connections).await?),
+            new_connection_per_request,
+        } => {
+            print_json(&latency(url, rate, seconds, connections, new_connection_per_request).await?)
+        }
         Mode::Echo { addr, message } => {
             let mut stream = TcpStream::connect(addr)
                 .await
@@ -365,6 +373,7 @@ async fn latency(
     rate: u32,
     seconds: u32,
     connections: u32,
+    new_connection_per_request: bool,
 ) -> anyhow::Result<LatencySummary> {
     anyhow::ensure!(
         rate > 0 && connections > 0,
@@ -381,7 +390,11 @@ async fn latency(
     for worker in 0..connections {
         let (url, authority) = (url.clone(), authority.clone());
         workers.spawn(async move {
-            let mut sender = Sender::connect(&authority, false).await?;
+            // Kept-alive connections are opened before the clock starts.
+            let mut sender = match new_connection_per_request {
+                true => None,
+                false => Some(Sender::connect(&authority, false).await?),
+            };
             let mut samples = Vec::new();
             let mut errors = 0u64;
             for n in (u64::from(worker)..total).step_by(connections as usize) {
@@ -392,6 +405,11 @@ async fn latency(
                     .body(Empty::new())?;
                 let sent = std::time::Instant::now();
                 let outcome = async {
+                    if new_connection_per_request || sender.is_none() {
+                        // Replacing the sender closes the old connection.
+                        sender = Some(Sender::connect(&authority, false).await?);
+                    }
+                    let sender = sender.as_mut().context("a connection")?;
                     let response = sender.send(request).await?;
                     let ok = response.status().is_success();
                     response.into_body().collect().await?;
@@ -401,7 +419,7 @@ async fn latency(
                     Ok(Ok(true)) => samples.push(u64::try_from(sent.elapsed().as_micros())?),
                     _ => {
                         errors += 1;
-                        sender = Sender::connect(&authority, false).await?;
+                        sender = None;
                     }
                 }
             }
