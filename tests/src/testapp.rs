@@ -351,12 +351,13 @@ pub fn latency(
         format!("--rate={rate}"),
         format!("--seconds={seconds}"),
     ];
-    match connections {
-        Connections::KeptAlive(count) => args.push(format!("--connections={count}")),
-        Connections::PerRequest(count) => args.extend([
-            format!("--connections={count}"),
-            "--new-connection-per-request".into(),
-        ]),
+    let (count, per_request) = match connections {
+        Connections::KeptAlive(count) => (count, false),
+        Connections::PerRequest(count) => (count, true),
+    };
+    args.push(format!("--connections={count}"));
+    if per_request {
+        args.push("--new-connection-per-request".into());
     }
     last_json(&run_client(cluster, from, &args)?)
 }

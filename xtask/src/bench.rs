@@ -219,9 +219,7 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
         .http(8080)
         .sink(9100)
         .start(&cluster, server)?;
-    let mib = |agent: &NodeAgent| -> anyhow::Result<f64> {
-        Ok(agent.usage()?.rss_bytes as f64 / (1 << 20) as f64)
-    };
+    let mib = |agent: &NodeAgent| agent.usage().map(|usage| mib(&usage));
     let idle_mib = mib(&agents[0])?;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let latency = testapp::latency(
@@ -326,15 +324,17 @@ fn timed(
                 cpu_seconds_per_1000_requests: cpu
                     / agents.len() as f64
                     / (latency.requests as f64 / 1000.0),
-                max_rss_mib: after
-                    .iter()
-                    .map(|u| u.rss_bytes as f64 / (1 << 20) as f64)
-                    .fold(0.0, f64::max),
+                max_rss_mib: after.iter().map(mib).fold(0.0, f64::max),
             })
         }
         _ => None,
     };
     Ok(Timed { latency, agents })
+}
+
+/// A process's resident memory in MiB.
+fn mib(usage: &Usage) -> f64 {
+    usage.rss_bytes as f64 / (1 << 20) as f64
 }
 
 /// Sends the single-stream transfer to the server's sink and checks that

@@ -52,9 +52,7 @@ impl TunnelStream {
             ..self
         }
     }
-}
 
-impl TunnelStream {
     /// Copies both ways between the tunnel and `socket` until both sides
     /// are done, passing each side's end on as a half-close. Data read from
     /// the socket goes to HTTP/2 as it was read, and data from HTTP/2 to the
