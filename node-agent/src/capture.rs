@@ -5,15 +5,14 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
     INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
-    REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_STATES_MAP,
-    RELAY_VERDICT_PROGRAM, SOCKOPS_PROGRAM, RelayState,
+    REDIRECTS_MAP, RELAYED_MAP, RELAY_PEERS_MAP, RELAY_VERDICT_PROGRAM, SOCKOPS_PROGRAM,
 };
-use aya::maps::{HashMap, MapData, RingBuf, SockHash};
+use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SkSkb, SockOps};
 use aya::{Ebpf, EbpfLoader};
@@ -110,11 +109,6 @@ pub struct ConnectionMaps {
 pub struct RelayMaps {
     peers: Mutex<SockHash<MapData, u64>>,
     members: Mutex<SockHash<MapData, u64>>,
-    states: Mutex<HashMap<MapData, u64, RelayState>>,
-    /// Taken by [`RelayMaps::dispatch_handovers`].
-    handovers: Mutex<Option<RingBuf<MapData>>>,
-    /// Relayed sockets' cookies -> who waits for their handover.
-    handover_waiters: Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Notify>>>,
     /// Pairs the maps still have room for: a full table sends connections
     /// to the user-space relay rather than failing them.
     room: tokio::sync::Semaphore,
@@ -186,9 +180,6 @@ impl Capture {
             relay: RelayMaps {
                 peers: Mutex::new(take_map(&mut ebpf, RELAY_PEERS_MAP)?),
                 members: Mutex::new(relay_members),
-                states: Mutex::new(take_map(&mut ebpf, RELAY_STATES_MAP)?),
-                handovers: Mutex::new(Some(take_map(&mut ebpf, RELAY_HANDOVERS_MAP)?)),
-                handover_waiters: Mutex::default(),
                 room: tokio::sync::Semaphore::new(MAX_RELAYED_SOCKETS as usize / 2),
             },
         };
@@ -295,17 +286,6 @@ impl RelayMaps {
     ) -> Result<(), PairError> {
         let (a, b) = (a.as_fd(), b.as_fd());
         {
-            let mut states = lock(&self.states);
-            let filed = states
-                .insert(a_cookie, RelayState::default(), 0)
-                .and_then(|()| states.insert(b_cookie, RelayState::default(), 0));
-            if let Err(error) = filed {
-                drop(states);
-                self.forget([a_cookie, b_cookie]);
-                return Err(PairError::NotJoined(os_error(error)));
-            }
-        }
-        {
             let mut peers = lock(&self.peers);
             let filed = peers
                 .insert(a_cookie, b, 0)
@@ -314,8 +294,6 @@ impl RelayMaps {
                 for cookie in [a_cookie, b_cookie] {
                     let _ = peers.remove(&cookie);
                 }
-                drop(peers);
-                self.forget([a_cookie, b_cookie]);
                 return Err(PairError::NotJoined(os_error(error)));
             }
         }
@@ -327,63 +305,11 @@ impl RelayMaps {
             for cookie in [a_cookie, b_cookie] {
                 let _ = peers.remove(&cookie);
             }
-            drop(peers);
-            self.forget([a_cookie, b_cookie]);
             return Err(PairError::NotJoined(os_error(error)));
         }
         members
             .insert(a_cookie, a, 0)
             .map_err(|error| PairError::Halfway(os_error(error)))
-    }
-}
-
-impl RelayMaps {
-    /// Notified when the relayed socket `cookie` reaches its kernel budget
-    /// and its further bytes wait for the agent. Ask before pairing.
-    pub fn handover_signal(&self, cookie: u64) -> Arc<tokio::sync::Notify> {
-        lock(&self.handover_waiters)
-            .entry(cookie)
-            .or_default()
-            .clone()
-    }
-
-    /// What the kernel did with a relayed socket's bytes so far.
-    pub fn state(&self, cookie: u64) -> std::io::Result<RelayState> {
-        lock(&self.states).get(&cookie, 0).map_err(os_error)
-    }
-
-    /// Drops what was kept for relayed sockets that are done.
-    pub fn forget(&self, cookies: [u64; 2]) {
-        let mut waiters = lock(&self.handover_waiters);
-        let mut states = lock(&self.states);
-        for cookie in cookies {
-            waiters.remove(&cookie);
-            let _ = states.remove(&cookie);
-        }
-    }
-
-    /// Wakes the waiters of handed-over sockets, for as long as the agent
-    /// runs. A second call returns at once.
-    pub async fn dispatch_handovers(&self) -> std::io::Result<()> {
-        let Some(ring) = lock(&self.handovers).take() else {
-            return Ok(());
-        };
-        // SAFETY: the `AsyncFd` owns the ring buffer, whose descriptor stays
-        // open and the same until the `AsyncFd` is dropped.
-        let mut ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }?;
-        loop {
-            let mut ready = ring.readable_mut().await?;
-            let ring = ready.get_inner_mut();
-            while let Some(item) = ring.next() {
-                let Ok(cookie) = <[u8; 8]>::try_from(&*item).map(u64::from_ne_bytes) else {
-                    continue;
-                };
-                if let Some(waiter) = lock(&self.handover_waiters).get(&cookie) {
-                    waiter.notify_one();
-                }
-            }
-            ready.clear_ready();
-        }
     }
 }
 

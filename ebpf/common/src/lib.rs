@@ -44,11 +44,6 @@ pub const RELAY_PEERS_MAP: &str = "RELAY_PEERS";
 /// attached here, so a socket is relayed in the kernel while it is a member;
 /// a pair joins only once both peers are filed in `RELAY_PEERS_MAP`.
 pub const RELAYED_MAP: &str = "RELAYED";
-/// Map: socket cookie -> `RelayState` of a relayed socket.
-pub const RELAY_STATES_MAP: &str = "RELAY_STATES";
-/// Ring buffer: cookies (u64) of relayed sockets that reached
-/// `RELAY_BUDGET`; from then on their bytes wait for the agent to copy them.
-pub const RELAY_HANDOVERS_MAP: &str = "RELAY_HANDOVERS";
 
 /// Most enrolled pods one node can hold.
 pub const MAX_PODS: u32 = 4096;
@@ -57,12 +52,6 @@ pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
 /// Most sockets relayed in the kernel at once (two per connection); the
 /// agent relays further connections in user space.
 pub const MAX_RELAYED_SOCKETS: u32 = 65536;
-/// Bytes a socket may forward in the kernel before it is handed to the
-/// agent. The kernel's redirect has no back-pressure (the bytes wait in the
-/// peer's queue, however slow its reader), so this bounds what one socket
-/// can hold there; it is about what TCP itself buffers per connection. Bulk
-/// transfers move on to the agent's relay, which has back-pressure.
-pub const RELAY_BUDGET: u64 = 4 << 20;
 
 /// Socket mark of every socket the agent opens in a pod's namespace: such
 /// sockets are never captured. Checked under `AGENT_MARK_MASK`.
@@ -109,19 +98,6 @@ impl Addr4 {
     }
 }
 
-/// What the relay verdict keeps per socket.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RelayState {
-    /// Bytes forwarded in the kernel.
-    pub forwarded: u64,
-    /// 1 once handed over to the agent: later bytes stay with the socket.
-    pub handed_over: u32,
-    pub _pad: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<RelayState>() == 16);
-
 /// Identifies a redirected connection as the agent sees it on accept: the
 /// client's namespace and its source port (the address is always loopback).
 #[repr(C)]
@@ -151,8 +127,6 @@ impl ConnectionKey {
 unsafe impl aya::Pod for Addr4 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ConnectionKey {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for RelayState {}
 
 #[cfg(test)]
 mod tests {

@@ -19,13 +19,13 @@
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, MAX_PENDING_CONNECTIONS,
-    MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET, RelayState,
+    MAX_PODS, MAX_RELAYED_SOCKETS,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops, stream_verdict},
-    maps::{HashMap, LruHashMap, RingBuf, SockHash},
+    maps::{HashMap, LruHashMap, SockHash},
     programs::{SkBuffContext, SkLookupContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
@@ -52,12 +52,6 @@ static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKE
 
 #[map]
 static RELAYED: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
-
-#[map]
-static RELAY_STATES: HashMap<u64, RelayState> = HashMap::with_max_entries(MAX_RELAYED_SOCKETS, 0);
-
-#[map]
-static RELAY_HANDOVERS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
@@ -201,29 +195,10 @@ pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
     }
     // SAFETY: the helper accepts an sk_skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // The agent files a state before the socket joins; without one (never
-    // expected) the bytes stay with the socket.
-    let Some(state) = RELAY_STATES.get_ptr_mut(cookie) else {
-        return SK_PASS;
-    };
-    // SAFETY: a map value, valid for this program run; runs for one socket
-    // do not overlap (the kernel holds the socket's lock).
-    let state = unsafe { &mut *state };
-    if state.handed_over != 0 {
-        // Left in the socket's own queue, for the agent to copy.
-        return SK_PASS;
-    }
-    let len = u64::from(ctx.len());
-    if state.forwarded + len > RELAY_BUDGET && RELAY_HANDOVERS.output::<u64>(cookie, 0).is_ok() {
-        state.handed_over = 1;
-        return SK_PASS;
-    }
     // Egress redirect: out of the peer, as if the agent had written it.
     // Without a peer (never expected: pairs join only once both peers are
     // filed) SK_PASS keeps the bytes on this socket rather than dropping them.
-    if RELAY_PEERS.redirect_skb(&ctx, cookie, 0) == i64::from(SK_PASS) {
-        state.forwarded += len;
-    }
+    let _ = RELAY_PEERS.redirect_skb(&ctx, cookie, 0);
     SK_PASS
 }
 
