@@ -3,18 +3,18 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
-    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
-    REDIRECTS_MAP, RELAYED_MAP, RELAY_PEERS_MAP, RELAY_VERDICT_PROGRAM, SOCKOPS_PROGRAM,
+    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, ORIGINAL_DST_MAP, REDIRECTS_MAP,
+    SOCKOPS_PROGRAM,
 };
 use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SkSkb, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::netns::Netns;
@@ -101,23 +101,6 @@ pub struct Capture {
 pub struct ConnectionMaps {
     original_dst: Mutex<HashMap<MapData, ConnectionKey, Addr4>>,
     agent_sources: Mutex<HashMap<MapData, Addr4, u8>>,
-    pub relay: RelayMaps,
-}
-
-/// The in-kernel relay's maps: `relay_verdict` runs on every member socket
-/// and sends what it receives out of the socket filed as its peer.
-pub struct RelayMaps {
-    peers: Mutex<SockHash<MapData, u64>>,
-    members: Mutex<SockHash<MapData, u64>>,
-    /// Pairs the maps still have room for: a full table sends connections
-    /// to the user-space relay rather than failing them.
-    room: tokio::sync::Semaphore,
-}
-
-/// Room for one relayed pair in [`RelayMaps`], held while it is relayed.
-/// Closing a socket takes it out of the maps.
-pub struct RelaySlot<'a> {
-    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// What capture holds for one enrolled pod.
@@ -169,19 +152,10 @@ impl Capture {
         sockops.attach(&cgroup_dir, CgroupAttachMode::Single)?;
         let inbound: &mut SkLookup = program(&mut ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
         inbound.load()?;
-        let relay_members: SockHash<MapData, u64> = take_map(&mut ebpf, RELAYED_MAP)?;
-        let verdict: &mut SkSkb = program(&mut ebpf, RELAY_VERDICT_PROGRAM)?.try_into()?;
-        verdict.load()?;
-        verdict.attach(relay_members.fd())?;
 
         let connection_maps = ConnectionMaps {
             original_dst: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST_MAP)?),
             agent_sources: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES_MAP)?),
-            relay: RelayMaps {
-                peers: Mutex::new(take_map(&mut ebpf, RELAY_PEERS_MAP)?),
-                members: Mutex::new(relay_members),
-                room: tokio::sync::Semaphore::new(MAX_RELAYED_SOCKETS as usize / 2),
-            },
         };
         let capture = Self {
             redirects: take_map(&mut ebpf, REDIRECTS_MAP)?,
@@ -262,73 +236,6 @@ impl ConnectionMaps {
         let key = Addr4::new(source.ip().octets(), source.port());
         lock(&self.agent_sources).insert(key, 1, 0)?;
         Ok(AgentSource { maps: self, key })
-    }
-}
-
-impl RelayMaps {
-    /// Room for one more pair, unless the maps are full.
-    pub fn reserve(&self) -> Option<RelaySlot<'_>> {
-        let _permit = self.room.try_acquire().ok()?;
-        Some(RelaySlot { _permit })
-    }
-
-    /// Pairs two connected TCP sockets, identified by their cookies: from
-    /// then on the kernel sends what either receives out of the other,
-    /// including what is already queued once the socket is next woken.
-    /// Both are filed as peers before either becomes a member, so a member's
-    /// bytes always have somewhere to go. Only established sockets can join:
-    /// one whose peer has already ended cannot.
-    pub fn pair(
-        &self,
-        _slot: &RelaySlot<'_>,
-        (a, a_cookie): (impl AsFd, u64),
-        (b, b_cookie): (impl AsFd, u64),
-    ) -> Result<(), PairError> {
-        let (a, b) = (a.as_fd(), b.as_fd());
-        {
-            let mut peers = lock(&self.peers);
-            let filed = peers
-                .insert(a_cookie, b, 0)
-                .and_then(|()| peers.insert(b_cookie, a, 0));
-            if let Err(error) = filed {
-                for cookie in [a_cookie, b_cookie] {
-                    let _ = peers.remove(&cookie);
-                }
-                return Err(PairError::NotJoined(os_error(error)));
-            }
-        }
-        let mut members = lock(&self.members);
-        // The upstream first: it is the one a server may close at once.
-        if let Err(error) = members.insert(b_cookie, b, 0) {
-            drop(members);
-            let mut peers = lock(&self.peers);
-            for cookie in [a_cookie, b_cookie] {
-                let _ = peers.remove(&cookie);
-            }
-            return Err(PairError::NotJoined(os_error(error)));
-        }
-        members
-            .insert(a_cookie, a, 0)
-            .map_err(|error| PairError::Halfway(os_error(error)))
-    }
-}
-
-/// Why [`RelayMaps::pair`] failed.
-#[derive(Debug)]
-pub enum PairError {
-    /// Neither socket joined and nothing was forwarded: the pair can be
-    /// relayed in user space instead.
-    NotJoined(std::io::Error),
-    /// One socket joined and may have forwarded bytes: the connection
-    /// cannot be carried on in order and must be aborted.
-    Halfway(std::io::Error),
-}
-
-/// The system's own error where there is one: it names what went wrong.
-fn os_error(error: aya::maps::MapError) -> std::io::Error {
-    match error {
-        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error,
-        other => std::io::Error::other(other),
     }
 }
 

@@ -17,9 +17,6 @@ pub const SOCKOPS_PROGRAM: &str = "record_original_dst";
 /// Program: `sk_lookup`, attached to each enrolled pod's network namespace,
 /// steers inbound TCP connections to the agent's inbound listener.
 pub const INBOUND_LOOKUP_PROGRAM: &str = "inbound_lookup";
-/// Program: `sk_skb` stream verdict on every socket in `RELAYED_MAP`, sends
-/// the bytes each receives straight out of its peer socket.
-pub const RELAY_VERDICT_PROGRAM: &str = "relay_verdict";
 
 /// Map: network-namespace cookie of an enrolled pod -> where its outbound
 /// connections go (`Addr4`).
@@ -37,21 +34,11 @@ pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
 /// local app -> 1. `inbound_lookup` leaves such connections alone: to it they
 /// look like any other caller, since the agent uses the caller's address.
 pub const AGENT_SOURCES_MAP: &str = "AGENT_SOURCES";
-/// Map: socket cookie -> that socket's peer in a relay pair (a sockhash):
-/// where `relay_verdict` sends what the socket receives.
-pub const RELAY_PEERS_MAP: &str = "RELAY_PEERS";
-/// Map: socket cookie -> the socket itself (a sockhash). `relay_verdict` is
-/// attached here, so a socket is relayed in the kernel while it is a member;
-/// a pair joins only once both peers are filed in `RELAY_PEERS_MAP`.
-pub const RELAYED_MAP: &str = "RELAYED";
 
 /// Most enrolled pods one node can hold.
 pub const MAX_PODS: u32 = 4096;
 /// Most redirected connections between connect and accept at once.
 pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
-/// Most sockets relayed in the kernel at once (two per connection); the
-/// agent relays further connections in user space.
-pub const MAX_RELAYED_SOCKETS: u32 = 65536;
 
 /// Socket mark of every socket the agent opens in a pod's namespace: such
 /// sockets are never captured. Checked under `AGENT_MARK_MASK`.

@@ -10,23 +10,19 @@
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
 //! inbound listener.
-//!
-//! Relay: `relay_verdict` (sk_skb stream verdict) forwards what a plain
-//! TCP connection's socket receives out of its peer socket, inside the
-//! kernel, once the agent has paired the two.
 #![no_std]
 #![no_main]
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, MAX_PENDING_CONNECTIONS,
-    MAX_PODS, MAX_RELAYED_SOCKETS,
+    MAX_PODS,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops, stream_verdict},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, SockHash},
-    programs::{SkBuffContext, SkLookupContext, SockAddrContext, SockOpsContext},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 
@@ -46,13 +42,6 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 #[map]
 static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
-// Not pinned: relayed sockets belong to the agent process that holds them.
-#[map]
-static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
-
-#[map]
-static RELAYED: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
-
 /// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
@@ -64,11 +53,8 @@ const V4_MAPPED_PREFIX: u32 = 0xffff_0000;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
-/// sk_lookup and sk_skb verdict: carry on (with the assigned socket or the
-/// redirect, if any).
+/// sk_lookup verdict: carry on (with the assigned socket, if any).
 const SK_PASS: u32 = 1;
-/// sk_skb verdict: free the buffer.
-const SK_DROP: u32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -182,23 +168,6 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     }
     // No listener for this address: the kernel's own lookup decides.
     let _ = INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0);
-    SK_PASS
-}
-
-#[stream_verdict]
-pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
-    // A bare FIN, already handled by TCP: the agent passes the half-close
-    // on itself. Redirected, it would fail the peer with EPIPE (the kernel
-    // takes sending nothing for a broken pipe).
-    if ctx.len() == 0 {
-        return SK_DROP;
-    }
-    // SAFETY: the helper accepts an sk_skb context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Egress redirect: out of the peer, as if the agent had written it.
-    // Without a peer (never expected: pairs join only once both peers are
-    // filed) SK_PASS keeps the bytes on this socket rather than dropping them.
-    let _ = RELAY_PEERS.redirect_skb(&ctx, cookie, 0);
     SK_PASS
 }
 

@@ -144,11 +144,7 @@ pub(super) async fn handle(
         Err(error) => Err(error),
     };
     match upstream {
-        Ok(upstream) => {
-            report
-                .relay(carry_plain(client, upstream, &inputs.maps.relay))
-                .await
-        }
+        Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
     }
 }
