@@ -4,15 +4,18 @@
 //! share one mutual-TLS connection. The server answers 200 once the target
 //! is connected, 401 when policy denies, 503 when the target fails.
 //!
-//! This crate is the HTTP/2 part over any established (TLS) connection;
-//! the TLS and identities come from `ambit-identity`.
+//! This crate is the HTTP/2 part over any established (TLS) connection,
+//! and [`ReadBuffered`], the socket under that TLS; the TLS and identities
+//! come from `ambit-identity`.
 
 pub mod client;
 pub mod pool;
 pub mod server;
 mod stream;
+mod transport;
 
 pub use stream::TunnelStream;
+pub use transport::ReadBuffered;
 
 /// Istio's HBONE port.
 pub const HBONE_PORT: u16 = 15008;
