@@ -1,6 +1,8 @@
 //! Network namespaces of pods, seen from the agent: it opens sockets inside
 //! them, and the BPF programs know a pod by its namespace's cookie.
 
+mod connections;
+mod netlink;
 mod routing;
 
 use std::fs::File;
@@ -11,6 +13,7 @@ use std::sync::OnceLock;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
+pub use connections::holds_tcp_connection;
 pub use routing::prepare_inbound_routing;
 
 #[derive(Debug, thiserror::Error)]

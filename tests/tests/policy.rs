@@ -6,12 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use ambit_testbed::mesh::{self, sample};
 use ambit_testbed::testapp::{echo, Server};
-use ambit_testbed::{wait_for, Cluster, Pod};
+use ambit_testbed::{wait_for, Cluster, Place, Pod};
 use serde_json::{json, Value};
 
 /// How long a policy change may take to reach the agents.
@@ -35,6 +38,50 @@ fn authorization_policy(name: &str, action: &str, rules: Value) -> Value {
         "metadata": { "name": name, "namespace": "default" },
         "spec": { "selector": { "matchLabels": { "app": "server" } }, "action": action, "rules": rules },
     })
+}
+
+/// A NAT rule on a node: what `from` sends to `to` leaves the node from the
+/// node's own address. Removed when dropped.
+struct Masquerade<'a>(&'a Place);
+
+const MASQUERADE_TABLE: &str = "ambit_test_masquerade";
+
+impl<'a> Masquerade<'a> {
+    fn on(node: &'a Place, from: &Pod, to: &Pod) -> anyhow::Result<Self> {
+        let rules = format!(
+            "table ip {MASQUERADE_TABLE} {{\n\
+             chain postrouting {{\n\
+             type nat hook postrouting priority srcnat;\n\
+             ip saddr {} ip daddr {} masquerade\n\
+             }}\n\
+             }}\n",
+            from.ip, to.ip
+        );
+        nft(node, &["-f", "-"], Some(&rules))?;
+        Ok(Self(node))
+    }
+}
+
+impl Drop for Masquerade<'_> {
+    fn drop(&mut self) {
+        let _ = nft(self.0, &["delete", "table", "ip", MASQUERADE_TABLE], None);
+    }
+}
+
+/// Runs `nft` in `place`'s network namespace, `input` on its standard input.
+fn nft(place: &Place, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
+    let mut child = place
+        .command("nft")?
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (Debian package nftables; `cargo xtask setup` installs it)")?;
+    let mut stdin = child.stdin.take().context("nft's standard input")?;
+    stdin.write_all(input.unwrap_or_default().as_bytes())?;
+    drop(stdin);
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "nft {args:?} failed: {status}");
+    Ok(())
 }
 
 /// Whether `from` gets `message` echoed by the server at `addr`.
@@ -124,6 +171,33 @@ fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Resu
     );
     let (status, _) = node.place().http_get(probe, "/healthz")?;
     assert_eq!(status, 200, "a health probe from the node under STRICT");
+
+    // Plaintext the node only forwards, masqueraded to the node's own
+    // address (as a NodePort's can be), is no probe: STRICT refuses it.
+    let masqueraded = Masquerade::on(node.place(), outsider, server)?;
+    expect_reach(
+        &cluster,
+        server,
+        "STRICT, masqueraded",
+        &[(outsider, 9000, false)],
+    )?;
+    let (status, _) = node.place().http_get(probe, "/healthz")?;
+    assert_eq!(status, 200, "a health probe beside masqueraded traffic");
+    let from_node_address = sample(
+        &agents[1].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "unknown"),
+            ("response_flags", "DENY"),
+        ],
+    );
+    assert!(
+        from_node_address >= 1.0,
+        "refusals of the node's address reported: {from_node_address}"
+    );
+    drop(masqueraded);
+
     let refused = sample(
         &agents[1].metrics(&cluster)?,
         "istio_tcp_connections_opened_total",

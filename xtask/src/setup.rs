@@ -9,7 +9,11 @@ use anyhow::{bail, Context};
 use crate::run as exec;
 
 /// Debian packages the suite uses, each with a command that shows it is there.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("procps", "sysctl")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("procps", "sysctl"),
+    ("nftables", "nft"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;

@@ -14,9 +14,10 @@
 //! untouched. Call these inside the pod's namespace (`Netns::run`).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ambit_ebpf_common::INBOUND_MARK_BIT;
+
+use super::netlink::{Netlink, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 
 /// Routing table for the agent's inbound replies (any unused number).
 pub const INBOUND_TABLE: u8 = 133;
@@ -34,19 +35,27 @@ pub fn prepare_inbound_routing() -> io::Result<()> {
         std::fs::write(path, value)
             .map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))?;
     }
-    let socket = Netlink::open()?;
-    socket.request(RTM_NEWRULE, &rule_message())?;
-    socket.request(RTM_NEWROUTE, &route_message())
+    let socket = Netlink::open(nix::libc::NETLINK_ROUTE)?;
+    create(&socket, RTM_NEWRULE, &rule_message())?;
+    create(&socket, RTM_NEWROUTE, &route_message())
 }
 
-// Netlink constants (linux/netlink.h, linux/rtnetlink.h, linux/fib_rules.h).
+/// Sends one create request and waits for its acknowledgement; "already
+/// exists" counts as done.
+fn create(socket: &Netlink, kind: u16, body: &[u8]) -> io::Result<()> {
+    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let reply = socket.request(kind, flags, body)?;
+    match (reply.kind, reply.error) {
+        (NLMSG_ERROR, Some(0)) => Ok(()),
+        (NLMSG_ERROR, Some(errno)) if -errno == nix::libc::EEXIST => Ok(()),
+        (NLMSG_ERROR, Some(errno)) => Err(io::Error::from_raw_os_error(-errno)),
+        _ => Err(io::Error::other("netlink: unexpected reply")),
+    }
+}
+
+// Netlink constants (linux/rtnetlink.h, linux/fib_rules.h).
 const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWRULE: u16 = 32;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
 const AF_INET: u8 = 2;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_HOST: u8 = 254;
@@ -92,78 +101,4 @@ fn push_u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
     buf.extend_from_slice(&8u16.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(&value.to_ne_bytes());
-}
-
-/// A NETLINK_ROUTE socket in the current thread's namespace.
-struct Netlink(OwnedFd);
-
-impl Netlink {
-    fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe {
-            nix::libc::socket(
-                nix::libc::AF_NETLINK,
-                nix::libc::SOCK_RAW | nix::libc::SOCK_CLOEXEC,
-                nix::libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Sends one create request and waits for its acknowledgement; "already
-    /// exists" counts as done.
-    fn request(&self, kind: u16, body: &[u8]) -> io::Result<()> {
-        const HEADER: usize = 16;
-        let len = u32::try_from(HEADER + body.len()).map_err(io::Error::other)?;
-        let mut message = Vec::with_capacity(HEADER + body.len());
-        message.extend_from_slice(&len.to_ne_bytes());
-        message.extend_from_slice(&kind.to_ne_bytes());
-        message.extend_from_slice(
-            &(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes(),
-        );
-        message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-        message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-        message.extend_from_slice(body);
-        // SAFETY: the buffer is valid for its length; the kernel is the
-        // default destination of a netlink socket.
-        let sent = unsafe {
-            nix::libc::send(
-                self.0.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut reply = [0u8; 1024];
-        // SAFETY: the buffer is valid for writes of its length.
-        let received = unsafe {
-            nix::libc::recv(
-                self.0.as_raw_fd(),
-                reply.as_mut_ptr().cast(),
-                reply.len(),
-                0,
-            )
-        };
-        if received < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let reply = &reply[..received as usize];
-        let kind_of_reply = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-        let errno = reply
-            .get(16..20)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-        match (kind_of_reply, errno) {
-            (Some(NLMSG_ERROR), Some(0)) => Ok(()),
-            (Some(NLMSG_ERROR), Some(errno)) if -errno == nix::libc::EEXIST => Ok(()),
-            (Some(NLMSG_ERROR), Some(errno)) => Err(io::Error::from_raw_os_error(-errno)),
-            _ => Err(io::Error::other("netlink: unexpected reply")),
-        }
-    }
 }

@@ -21,7 +21,7 @@ use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
-use super::admission::admit;
+use super::admission::{admit, Proof};
 use super::inbound::connect_app;
 use super::{agent_socket, connect, PodContext, ProxyInputs, Report};
 use crate::certificates::Certificates;
@@ -283,7 +283,7 @@ async fn carry(
             &mesh,
             (&pod.pod, own.map(|(_, workload)| workload)),
             peer.addr.ip(),
-            Some(&peer.principal),
+            Proof::Principal(&peer.principal),
             target,
         );
         (labels, admitted)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use super::admission::admit;
+use super::admission::{admit, opened_by_node, Proof};
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
@@ -48,12 +48,16 @@ pub(super) async fn handle(
             SecurityPolicy::None,
         );
         let own = own.map(|(_, workload)| workload);
+        let proof = match opened_by_node(&inputs.policy, peer, target) {
+            true => Proof::Node,
+            false => Proof::Plaintext,
+        };
         let admitted = admit(
             &inputs.policy,
             &mesh,
             (&pod.pod, own),
             peer.ip(),
-            None,
+            proof,
             target,
         );
         (labels, admitted)
