@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use ambit_testbed::mesh::{self, sample};
+use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{echo, Server};
 use ambit_testbed::{wait_for, Cluster, Place, Pod};
 use serde_json::{json, Value};
@@ -82,6 +82,19 @@ fn nft(place: &Place, args: &[&str], input: Option<&str>) -> anyhow::Result<()> 
     let status = child.wait()?;
     anyhow::ensure!(status.success(), "nft {args:?} failed: {status}");
     Ok(())
+}
+
+/// Connections from `source_workload` that `agent` refused by policy.
+fn refusals(cluster: &Cluster, agent: &NodeAgent, source_workload: &str) -> anyhow::Result<f64> {
+    Ok(sample(
+        &agent.metrics(cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", source_workload),
+            ("response_flags", "DENY"),
+        ],
+    ))
 }
 
 /// Whether `from` gets `message` echoed by the server at `addr`.
@@ -183,30 +196,14 @@ fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Resu
     )?;
     let (status, _) = node.place().http_get(probe, "/healthz")?;
     assert_eq!(status, 200, "a health probe beside masqueraded traffic");
-    let from_node_address = sample(
-        &agents[1].metrics(&cluster)?,
-        "istio_tcp_connections_opened_total",
-        &[
-            ("reporter", "destination"),
-            ("source_workload", "unknown"),
-            ("response_flags", "DENY"),
-        ],
-    );
+    let from_node_address = refusals(&cluster, &agents[1], "unknown")?;
     assert!(
         from_node_address >= 1.0,
         "refusals of the node's address reported: {from_node_address}"
     );
     drop(masqueraded);
 
-    let refused = sample(
-        &agents[1].metrics(&cluster)?,
-        "istio_tcp_connections_opened_total",
-        &[
-            ("reporter", "destination"),
-            ("source_workload", "outsider"),
-            ("response_flags", "DENY"),
-        ],
-    );
+    let refused = refusals(&cluster, &agents[1], "outsider")?;
     assert!(refused >= 1.0, "refusals reported: {refused}");
 
     // A workload's port-level exception beats the namespace's mode.
