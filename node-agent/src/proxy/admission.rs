@@ -15,7 +15,7 @@ pub struct PolicySettings {
     /// The namespace whose policies apply to the whole mesh.
     pub root_namespace: String,
     /// The node's own addresses: the kubelet's health probes come from
-    /// them (see [`opened_by_node`]).
+    /// them (see `inbound::opened_by_node`).
     pub node_ips: Vec<IpAddr>,
 }
 
@@ -24,36 +24,12 @@ pub(super) enum Proof<'a> {
     /// Mutual TLS: the caller's identity as policies write it
     /// (`Identity::principal`).
     Principal(&'a str),
-    /// Plaintext that the node itself opened ([`opened_by_node`]), as the
-    /// kubelet's health probes are: it passes whatever the policies say, as
-    /// in Istio's ambient mode.
+    /// Plaintext that the node itself opened (`inbound::opened_by_node`),
+    /// as the kubelet's health probes are: it passes whatever the policies
+    /// say, as in Istio's ambient mode.
     Node,
     /// Any other plaintext.
     Plaintext,
-}
-
-/// Whether the node itself opened the plaintext connection from `peer` to
-/// `target`: `peer` is one of the node's addresses, and a socket of the
-/// node's is at that end. Traffic the node only forwards can carry its
-/// address too (a NodePort's, masqueraded) but has no socket there: such
-/// traffic meets the policies like any other caller's. Istio likewise
-/// exempts only what host processes open. A failed lookup counts as "not
-/// the node", so policy applies.
-pub(super) fn opened_by_node(
-    settings: &PolicySettings,
-    peer: SocketAddr,
-    target: SocketAddr,
-) -> bool {
-    if !settings.node_ips.contains(&peer.ip()) {
-        return false;
-    }
-    let (SocketAddr::V4(peer), SocketAddr::V4(target)) = (peer, target) else {
-        return false;
-    };
-    crate::netns::holds_tcp_connection(peer, target).unwrap_or_else(|error| {
-        tracing::warn!(%peer, %target, %error, "could not tell whether the node opened a connection; policy applies to it");
-        false
-    })
 }
 
 /// `Ok` to carry the connection, or the reason it is refused.

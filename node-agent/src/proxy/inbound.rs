@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
 use tokio::net::TcpStream;
 
-use super::admission::{admit, opened_by_node, Proof};
+use super::admission::{admit, PolicySettings, Proof};
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
@@ -72,6 +72,26 @@ pub(super) async fn handle(
         Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
     }
+}
+
+/// Whether the node itself opened the plaintext connection from `peer` to
+/// `target`: `peer` is one of the node's addresses, and a socket of the
+/// node's is at that end. Traffic the node only forwards can carry its
+/// address too (a NodePort's, masqueraded) but has no socket there: such
+/// traffic meets the policies like any other caller's. Istio likewise
+/// exempts only what host processes open. A failed lookup counts as "not
+/// the node", so policy applies.
+fn opened_by_node(settings: &PolicySettings, peer: SocketAddr, target: SocketAddr) -> bool {
+    if !settings.node_ips.contains(&peer.ip()) {
+        return false;
+    }
+    let (SocketAddr::V4(peer), SocketAddr::V4(target)) = (peer, target) else {
+        return false;
+    };
+    crate::netns::holds_tcp_connection(peer, target).unwrap_or_else(|error| {
+        tracing::warn!(%peer, %target, %error, "could not tell whether the node opened a connection; policy applies to it");
+        false
+    })
 }
 
 /// Connects to the app at `target` from the caller's own address `source`.
