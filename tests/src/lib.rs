@@ -19,7 +19,7 @@ pub mod testapp;
 pub mod waypoint;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
-pub use process::{Binaries, Process, Usage};
+pub use process::{machine_busy_seconds, Binaries, Process, Usage};
 
 /// Polls `check` every 200 ms until it holds; fails naming `what` after `within`.
 pub fn wait_for(

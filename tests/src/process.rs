@@ -91,6 +91,31 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
+/// CPU time the whole machine has spent busy so far, all CPUs and the
+/// kernel's own work (interrupts, softirqs, kernel threads) included: what
+/// `/proc/stat` counts as neither idle nor waiting for I/O.
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest
+    // time is already counted in user.
+    let busy: u64 = ticks.iter().take(8).sum::<u64>()
+        - ticks.get(3).context("short cpu line in /proc/stat")?
+        - ticks.get(4).context("short cpu line in /proc/stat")?;
+    Ok(busy as f64 / clock_ticks_per_second()?)
+}
+
+fn clock_ticks_per_second() -> anyhow::Result<f64> {
+    Ok(nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as f64)
+}
+
 /// A process started by the test bed. Dropping it kills it.
 pub struct Process {
     name: String,
@@ -134,8 +159,7 @@ impl Process {
         let ticks = |i: usize| -> anyhow::Result<u64> {
             Ok(fields.get(i).context("short /proc stat")?.parse()?)
         };
-        let per_second =
-            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as f64;
+        let per_second = clock_ticks_per_second()?;
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let rss_kib: u64 = status
             .lines()

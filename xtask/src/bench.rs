@@ -12,7 +12,7 @@ use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{
     self, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
 };
-use ambit_testbed::{Binaries, Cluster, Pod, Usage};
+use ambit_testbed::{machine_busy_seconds, Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
 
@@ -45,6 +45,10 @@ struct Scenario {
 #[derive(Serialize)]
 struct Timed {
     latency: LatencySummary,
+    /// The whole machine's busy CPU time per 1000 requests of the run:
+    /// client, server, agents and the kernel's work for them (softirqs,
+    /// kernel threads), which the agents' own CPU time does not show.
+    machine_cpu_seconds_per_1000_requests: f64,
     /// The agents' own cost, where they are in the path.
     agents: Option<AgentCost>,
 }
@@ -259,6 +263,7 @@ fn median_timed<'a>(runs: impl Iterator<Item = &'a Timed> + Clone) -> Timed {
         max_us: runs.clone().map(|r| r.latency.max_us).max().unwrap_or(0),
     };
     let agents = runs
+        .clone()
         .map(|r| r.agents)
         .collect::<Option<Vec<AgentCost>>>()
         .map(|costs| AgentCost {
@@ -267,7 +272,13 @@ fn median_timed<'a>(runs: impl Iterator<Item = &'a Timed> + Clone) -> Timed {
                 .map(|c| c.cpu_seconds_per_1000_requests)),
             max_rss_mib: costs.iter().map(|c| c.max_rss_mib).fold(0.0, f64::max),
         });
-    Timed { latency, agents }
+    Timed {
+        latency,
+        machine_cpu_seconds_per_1000_requests: mid(runs
+            .clone()
+            .map(|r| r.machine_cpu_seconds_per_1000_requests)),
+        agents,
+    }
 }
 
 fn mid<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> T {
@@ -310,7 +321,10 @@ fn timed(
             .collect::<anyhow::Result<Vec<Usage>>>()
     };
     let before = agents.map(usage).transpose()?;
+    let busy_before = machine_busy_seconds()?;
     let latency = testapp::latency(cluster, client.place(), url, rate, SECONDS, connections)?;
+    let machine_cpu_seconds_per_1000_requests =
+        (machine_busy_seconds()? - busy_before) / (latency.requests as f64 / 1000.0);
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
     let agents = match (agents, before) {
         (Some(agents), Some(before)) => {
@@ -329,7 +343,11 @@ fn timed(
         }
         _ => None,
     };
-    Ok(Timed { latency, agents })
+    Ok(Timed {
+        latency,
+        machine_cpu_seconds_per_1000_requests,
+        agents,
+    })
 }
 
 /// A process's resident memory in MiB.
@@ -387,36 +405,42 @@ fn markdown(scenarios: &[Scenario]) -> String {
     let baseline = &scenarios[0];
     let mut table = format!(
         "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} kept-alive connections, \
-         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns.\n\n\
-         | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | agent RSS (MiB) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns. \
+         Machine CPU is the whole machine's busy time (client, server, agents, and the kernel's work for them, \
+         which the agents' own CPU time does not show).\n\n\
+         | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
     for scenario in scenarios {
         let (cpu, rss) = cost(&scenario.kept_alive);
         let _ = writeln!(
             table,
-            "| {} | {:.2} | {:.0}% | {} | {cpu} | {rss} |",
+            "| {} | {:.2} | {:.0}% | {} | {cpu} | {:.4} | {rss} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
             100.0 * scenario.throughput_gbit_per_s / baseline.throughput_gbit_per_s,
             percentiles(&scenario.kept_alive, &baseline.kept_alive),
+            scenario.kept_alive.machine_cpu_seconds_per_1000_requests,
         );
     }
     let _ = write!(
         table,
         "\nA new connection per request (its setup timed with it), {NEW_CONNECTION_RATE} req/s for {SECONDS} s, \
          at most {CONNECTIONS} at once.\n\n\
-         | path | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 connections |\n\
-         |---|---:|---:|---:|---:|---:|\n"
+         | path | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 connections | machine CPU s / 1000 connections |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n"
     );
     for scenario in scenarios {
         let (cpu, _) = cost(&scenario.new_connections);
         let _ = writeln!(
             table,
-            "| {} | {} | {cpu} |",
+            "| {} | {} | {cpu} | {:.4} |",
             scenario.name,
             percentiles(&scenario.new_connections, &baseline.new_connections),
+            scenario
+                .new_connections
+                .machine_cpu_seconds_per_1000_requests,
         );
     }
     table
