@@ -57,6 +57,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_ips: node_addresses().context("reading the node's addresses")?,
         },
     });
+    tokio::spawn({
+        let inputs = inputs.clone();
+        async move {
+            if let Err(error) = inputs.maps.relay.dispatch_handovers().await {
+                // Bulk connections would never be taken back: better to stop.
+                tracing::error!(%error, "reading the in-kernel relay's handovers failed");
+                std::process::abort();
+            }
+        }
+    });
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
         capture,
         inputs.clone(),

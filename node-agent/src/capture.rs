@@ -2,20 +2,23 @@
 //! connections are made, and keeps their maps in step with enrollment.
 
 use std::fs::File;
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ambit_ebpf_common::{
-    Addr4, ConnectionKey, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
-    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, ORIGINAL_DST_MAP, REDIRECTS_MAP,
+    Addr4, ConnectionKey, RelayState, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
+    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
+    REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_RELEASES_MAP,
+    RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM, RELEASE_PENDING,
     SOCKOPS_PROGRAM,
 };
-use aya::maps::{HashMap, MapData, SockHash};
+use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Iter, SkLookup, SkSkb, SockOps};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::netns::Netns;
 
@@ -57,6 +60,10 @@ pub enum CaptureError {
     },
     #[error("BPF map: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("the kernel's BTF, which the relay's iterator needs: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("attaching the relay's iterator: {0}")]
+    Iterator(std::io::Error),
 }
 
 /// Finds the BPF object: `explicit` when given, else `bpf/ambit.bpf.o` in a
@@ -101,6 +108,33 @@ pub struct Capture {
 pub struct ConnectionMaps {
     original_dst: Mutex<HashMap<MapData, ConnectionKey, Addr4>>,
     agent_sources: Mutex<HashMap<MapData, Addr4, u8>>,
+    pub relay: RelayMaps,
+}
+
+/// The in-kernel relay's maps: `relay_verdict` runs on every member socket
+/// and sends what it receives out of the socket filed as its peer.
+pub struct RelayMaps {
+    peers: Mutex<SockHash<MapData, u64>>,
+    members: Mutex<SockHash<MapData, u64>>,
+    states: Mutex<HashMap<MapData, u64, RelayState>>,
+    /// Taken by [`RelayMaps::dispatch_handovers`].
+    handovers: Mutex<Option<RingBuf<MapData>>>,
+    /// Sockets to take out of `members` -> `relay_release`'s result.
+    releases: Mutex<HashMap<MapData, u64, i64>>,
+    /// `relay_release`, attached: each iterator made from it runs it once
+    /// over the TCP sockets of the namespace it is made in.
+    release_link: OwnedFd,
+    /// Relayed sockets' cookies -> who waits for their handover.
+    handover_waiters: Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Notify>>>,
+    /// Pairs the maps still have room for: a full table sends connections
+    /// to the user-space relay rather than failing them.
+    room: tokio::sync::Semaphore,
+}
+
+/// Room for one relayed pair in [`RelayMaps`], held while it is relayed.
+/// Closing a socket takes it out of the maps.
+pub struct RelaySlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// What capture holds for one enrolled pod.
@@ -152,10 +186,27 @@ impl Capture {
         sockops.attach(&cgroup_dir, CgroupAttachMode::Single)?;
         let inbound: &mut SkLookup = program(&mut ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
         inbound.load()?;
+        let relay_members: SockHash<MapData, u64> = take_map(&mut ebpf, RELAYED_MAP)?;
+        let verdict: &mut SkSkb = program(&mut ebpf, RELAY_VERDICT_PROGRAM)?.try_into()?;
+        verdict.load()?;
+        verdict.attach(relay_members.fd())?;
+        let release: &mut Iter = program(&mut ebpf, RELAY_RELEASE_PROGRAM)?.try_into()?;
+        release.load("tcp", &Btf::from_sys_fs()?)?;
+        let release_link = iterator_link(release.fd()?.as_fd()).map_err(CaptureError::Iterator)?;
 
         let connection_maps = ConnectionMaps {
             original_dst: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST_MAP)?),
             agent_sources: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES_MAP)?),
+            relay: RelayMaps {
+                peers: Mutex::new(take_map(&mut ebpf, RELAY_PEERS_MAP)?),
+                members: Mutex::new(relay_members),
+                states: Mutex::new(take_map(&mut ebpf, RELAY_STATES_MAP)?),
+                handovers: Mutex::new(Some(take_map(&mut ebpf, RELAY_HANDOVERS_MAP)?)),
+                handover_waiters: Mutex::default(),
+                releases: Mutex::new(take_map(&mut ebpf, RELAY_RELEASES_MAP)?),
+                release_link,
+                room: tokio::sync::Semaphore::new(MAX_RELAYED_SOCKETS as usize / 2),
+            },
         };
         let capture = Self {
             redirects: take_map(&mut ebpf, REDIRECTS_MAP)?,
@@ -236,6 +287,213 @@ impl ConnectionMaps {
         let key = Addr4::new(source.ip().octets(), source.port());
         lock(&self.agent_sources).insert(key, 1, 0)?;
         Ok(AgentSource { maps: self, key })
+    }
+}
+
+impl RelayMaps {
+    /// Room for one more pair, unless the maps are full.
+    pub fn reserve(&self) -> Option<RelaySlot<'_>> {
+        let _permit = self.room.try_acquire().ok()?;
+        Some(RelaySlot { _permit })
+    }
+
+    /// Pairs two connected TCP sockets, identified by their cookies: from
+    /// then on the kernel sends what either receives out of the other,
+    /// including what is already queued once the socket is next woken.
+    /// Both are filed as peers before either becomes a member, so a member's
+    /// bytes always have somewhere to go. Only established sockets can join:
+    /// one whose peer has already ended cannot.
+    pub fn pair(
+        &self,
+        _slot: &RelaySlot<'_>,
+        (a, a_cookie): (impl AsFd, u64),
+        (b, b_cookie): (impl AsFd, u64),
+    ) -> Result<(), PairError> {
+        let (a, b) = (a.as_fd(), b.as_fd());
+        {
+            let mut states = lock(&self.states);
+            let filed = states
+                .insert(a_cookie, RelayState::default(), 0)
+                .and_then(|()| states.insert(b_cookie, RelayState::default(), 0));
+            if let Err(error) = filed {
+                drop(states);
+                self.forget([a_cookie, b_cookie]);
+                return Err(PairError::NotJoined(os_error(error)));
+            }
+        }
+        {
+            let mut peers = lock(&self.peers);
+            let filed = peers
+                .insert(a_cookie, b, 0)
+                .and_then(|()| peers.insert(b_cookie, a, 0));
+            if let Err(error) = filed {
+                for cookie in [a_cookie, b_cookie] {
+                    let _ = peers.remove(&cookie);
+                }
+                drop(peers);
+                self.forget([a_cookie, b_cookie]);
+                return Err(PairError::NotJoined(os_error(error)));
+            }
+        }
+        let mut members = lock(&self.members);
+        // The upstream first: it is the one a server may close at once.
+        if let Err(error) = members.insert(b_cookie, b, 0) {
+            drop(members);
+            let mut peers = lock(&self.peers);
+            for cookie in [a_cookie, b_cookie] {
+                let _ = peers.remove(&cookie);
+            }
+            drop(peers);
+            self.forget([a_cookie, b_cookie]);
+            return Err(PairError::NotJoined(os_error(error)));
+        }
+        members
+            .insert(a_cookie, a, 0)
+            .map_err(|error| PairError::Halfway(os_error(error)))
+    }
+}
+
+impl RelayMaps {
+    /// Notified when the relayed socket `cookie` reaches its kernel budget
+    /// and the agent should take the pair back. Ask before pairing.
+    pub fn handover_signal(&self, cookie: u64) -> Arc<tokio::sync::Notify> {
+        lock(&self.handover_waiters)
+            .entry(cookie)
+            .or_default()
+            .clone()
+    }
+
+    /// Stops relaying what `cookie`'s peer receives into `cookie`: from now
+    /// on the peer's bytes stay with the peer, for the agent to read.
+    pub fn unpeer(&self, peer_of: u64) -> std::io::Result<()> {
+        lock(&self.peers).remove(&peer_of).map_err(os_error)
+    }
+
+    /// Takes the relayed socket `cookie`, which lives in `netns`, out of
+    /// the relay without losing anything it received: `relay_release`
+    /// removes it under the socket's lock. Its peer must no longer send
+    /// into it (see [`RelayMaps::unpeer`]) and what it did send must have
+    /// been written.
+    pub fn release(&self, cookie: u64, netns: &crate::netns::Netns) -> std::io::Result<()> {
+        let mut releases = lock(&self.releases);
+        releases
+            .insert(cookie, RELEASE_PENDING, 0)
+            .map_err(os_error)?;
+        let ran = netns
+            .run(|| run_iterator(self.release_link.as_fd()))
+            .map_err(std::io::Error::other)
+            .and_then(|ran| ran);
+        let result = releases.get(&cookie, 0).map_err(os_error);
+        let _ = releases.remove(&cookie);
+        ran?;
+        match result? {
+            0 => Ok(()),
+            RELEASE_PENDING => Err(std::io::Error::other(
+                "the relay's iterator did not find the socket in its namespace",
+            )),
+            errno => Err(std::io::Error::from_raw_os_error(-errno as i32)),
+        }
+    }
+
+    /// What the kernel did with a relayed socket's bytes so far.
+    pub fn state(&self, cookie: u64) -> std::io::Result<RelayState> {
+        lock(&self.states).get(&cookie, 0).map_err(os_error)
+    }
+
+    /// Drops what was kept for relayed sockets that are done.
+    pub fn forget(&self, cookies: [u64; 2]) {
+        let mut waiters = lock(&self.handover_waiters);
+        let mut states = lock(&self.states);
+        for cookie in cookies {
+            waiters.remove(&cookie);
+            let _ = states.remove(&cookie);
+        }
+    }
+
+    /// Wakes the waiters of sockets past their budget, for as long as the agent
+    /// runs. A second call returns at once.
+    pub async fn dispatch_handovers(&self) -> std::io::Result<()> {
+        let Some(ring) = lock(&self.handovers).take() else {
+            return Ok(());
+        };
+        // SAFETY: the `AsyncFd` owns the ring buffer, whose descriptor stays
+        // open and the same until the `AsyncFd` is dropped.
+        let mut ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }?;
+        loop {
+            let mut ready = ring.readable_mut().await?;
+            let ring = ready.get_inner_mut();
+            while let Some(item) = ring.next() {
+                let Ok(cookie) = <[u8; 8]>::try_from(&*item).map(u64::from_ne_bytes) else {
+                    continue;
+                };
+                if let Some(waiter) = lock(&self.handover_waiters).get(&cookie) {
+                    waiter.notify_one();
+                }
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
+/// A link for the TCP iterator program `program` (BPF_LINK_CREATE).
+fn iterator_link(program: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: nix::libc::c_long = 28;
+    const BPF_TRACE_ITER: u32 = 28;
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
+    // then no iterator parameters.
+    let mut attr = [0u32; 16];
+    attr[0] = program.as_raw_fd() as u32;
+    attr[2] = BPF_TRACE_ITER;
+    bpf(BPF_LINK_CREATE, &mut attr)
+}
+
+/// Runs the iterator behind `link` once, over the TCP sockets of the
+/// current thread's namespace (BPF_ITER_CREATE, then reading it through).
+fn run_iterator(link: BorrowedFd<'_>) -> std::io::Result<()> {
+    const BPF_ITER_CREATE: nix::libc::c_long = 33;
+    let mut attr = [0u32; 16];
+    attr[0] = link.as_raw_fd() as u32;
+    let iterator = bpf(BPF_ITER_CREATE, &mut attr)?;
+    let mut output = Vec::new();
+    File::from(iterator).read_to_end(&mut output)?;
+    Ok(())
+}
+
+/// The bpf(2) system call for commands that return a new descriptor.
+fn bpf(command: nix::libc::c_long, attr: &mut [u32; 16]) -> std::io::Result<OwnedFd> {
+    // SAFETY: `attr` is a zeroed, large enough `union bpf_attr` for the
+    // command, and outlives the call.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            command,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the command returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Why [`RelayMaps::pair`] failed.
+#[derive(Debug)]
+pub enum PairError {
+    /// Neither socket joined and nothing was forwarded: the pair can be
+    /// relayed in user space instead.
+    NotJoined(std::io::Error),
+    /// One socket joined and may have forwarded bytes: the connection
+    /// cannot be carried on in order and must be aborted.
+    Halfway(std::io::Error),
+}
+
+/// The system's own error where there is one: it names what went wrong.
+fn os_error(error: aya::maps::MapError) -> std::io::Error {
+    match error {
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error,
+        other => std::io::Error::other(other),
     }
 }
 

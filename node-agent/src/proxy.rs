@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod hbone;
 mod inbound;
+mod kernel_relay;
 mod outbound;
 mod splice;
 
@@ -21,7 +22,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::ConnectionMaps;
+use crate::capture::{ConnectionMaps, RelayMaps};
 use crate::metrics::{Metrics, ResponseFlags, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
@@ -267,8 +268,17 @@ impl<'a> Report<'a> {
     }
 }
 
-/// Plain TCP both ways, spliced in the kernel where it pays.
-async fn carry_plain(client: TcpStream, upstream: TcpStream) -> std::io::Result<(u64, u64)> {
+/// Plain TCP both ways: forwarded inside the kernel while the relay maps
+/// have room, else copied (and spliced where it pays) by the agent.
+async fn carry_plain(
+    client: TcpStream,
+    upstream: TcpStream,
+    relay: &RelayMaps,
+    netns: &Netns,
+) -> std::io::Result<(u64, u64)> {
     let _ = client.set_nodelay(true);
-    splice::bidirectional(client, upstream).await
+    match relay.reserve() {
+        Some(slot) => kernel_relay::bidirectional(client, upstream, relay, slot, netns).await,
+        None => splice::bidirectional(client, upstream).await,
+    }
 }

@@ -17,6 +17,9 @@ pub const SOCKOPS_PROGRAM: &str = "record_original_dst";
 /// Program: `sk_lookup`, attached to each enrolled pod's network namespace,
 /// steers inbound TCP connections to the agent's inbound listener.
 pub const INBOUND_LOOKUP_PROGRAM: &str = "inbound_lookup";
+/// Program: `sk_skb` stream verdict on every socket in `RELAYED_MAP`, sends
+/// the bytes each receives straight out of its peer socket.
+pub const RELAY_VERDICT_PROGRAM: &str = "relay_verdict";
 
 /// Map: network-namespace cookie of an enrolled pod -> where its outbound
 /// connections go (`Addr4`).
@@ -34,11 +37,44 @@ pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
 /// local app -> 1. `inbound_lookup` leaves such connections alone: to it they
 /// look like any other caller, since the agent uses the caller's address.
 pub const AGENT_SOURCES_MAP: &str = "AGENT_SOURCES";
+/// Map: socket cookie -> that socket's peer in a relay pair (a sockhash):
+/// where `relay_verdict` sends what the socket receives.
+pub const RELAY_PEERS_MAP: &str = "RELAY_PEERS";
+/// Map: socket cookie -> the socket itself (a sockhash). `relay_verdict` is
+/// attached here, so a socket is relayed in the kernel while it is a member;
+/// a pair joins only once both peers are filed in `RELAY_PEERS_MAP`.
+pub const RELAYED_MAP: &str = "RELAYED";
+/// Map: socket cookie -> `RelayState` of a relayed socket.
+pub const RELAY_STATES_MAP: &str = "RELAY_STATES";
+/// Ring buffer: cookies (u64) of relayed sockets that reached
+/// `RELAY_BUDGET`; the kernel keeps forwarding their bytes until the agent
+/// takes the socket back (`RELAY_RELEASE_PROGRAM`).
+pub const RELAY_HANDOVERS_MAP: &str = "RELAY_HANDOVERS";
+/// Program: a TCP iterator (`iter/tcp`) that takes the sockets filed in
+/// `RELAY_RELEASES_MAP` out of `RELAYED_MAP`. The kernel runs it for each
+/// socket with the socket's lock held, so no verdict can run on the socket
+/// while it leaves: nothing it received is lost. (A delete from user space
+/// can race a verdict, which then drops the bytes it was given.)
+pub const RELAY_RELEASE_PROGRAM: &str = "relay_release";
+/// Map: socket cookie -> `RELEASE_PENDING` until `relay_release` has run
+/// for the socket, then the delete's result (0, or a negative errno).
+pub const RELAY_RELEASES_MAP: &str = "RELAY_RELEASES";
+/// See `RELAY_RELEASES_MAP`.
+pub const RELEASE_PENDING: i64 = i64::MAX;
 
 /// Most enrolled pods one node can hold.
 pub const MAX_PODS: u32 = 4096;
 /// Most redirected connections between connect and accept at once.
 pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
+/// Most sockets relayed in the kernel at once (two per connection); the
+/// agent relays further connections in user space.
+pub const MAX_RELAYED_SOCKETS: u32 = 65536;
+/// Bytes a socket forwards in the kernel before the agent is told to take
+/// the pair back. The kernel's redirect has no back-pressure (the bytes wait
+/// in the peer's queue, however slow its reader), so bulk transfers move on
+/// to the agent's splice relay, which has; small exchanges stay in the
+/// kernel, where they cost no wakeup of the agent.
+pub const RELAY_BUDGET: u64 = 4 << 20;
 
 /// Socket mark of every socket the agent opens in a pod's namespace: such
 /// sockets are never captured. Checked under `AGENT_MARK_MASK`.
@@ -85,6 +121,19 @@ impl Addr4 {
     }
 }
 
+/// What the relay verdict keeps per socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayState {
+    /// Bytes forwarded in the kernel.
+    pub forwarded: u64,
+    /// 1 once the budget was reached and the agent told.
+    pub notified: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<RelayState>() == 16);
+
 /// Identifies a redirected connection as the agent sees it on accept: the
 /// client's namespace and its source port (the address is always loopback).
 #[repr(C)]
@@ -114,6 +163,8 @@ impl ConnectionKey {
 unsafe impl aya::Pod for Addr4 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ConnectionKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RelayState {}
 
 #[cfg(test)]
 mod tests {

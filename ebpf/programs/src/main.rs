@@ -10,19 +10,23 @@
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
 //! inbound listener.
+//!
+//! Relay: `relay_verdict` (sk_skb stream verdict) forwards what a plain
+//! TCP connection's socket receives out of its peer socket, inside the
+//! kernel, once the agent has paired the two.
 #![no_std]
 #![no_main]
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, MAX_PENDING_CONNECTIONS,
-    MAX_PODS,
+    MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET, RELEASE_PENDING, RelayState,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
-    maps::{HashMap, LruHashMap, SockHash},
-    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops, stream_verdict},
+    maps::{HashMap, LruHashMap, RingBuf, SockHash},
+    programs::{SkBuffContext, SkLookupContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 
@@ -42,6 +46,19 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 #[map]
 static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
+// Not pinned: relayed sockets belong to the agent process that holds them.
+#[map]
+static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
+
+#[map]
+static RELAYED: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
+
+#[map]
+static RELAY_STATES: HashMap<u64, RelayState> = HashMap::with_max_entries(MAX_RELAYED_SOCKETS, 0);
+
+#[map]
+static RELAY_HANDOVERS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
@@ -53,8 +70,11 @@ const V4_MAPPED_PREFIX: u32 = 0xffff_0000;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
-/// sk_lookup verdict: carry on (with the assigned socket, if any).
+/// sk_lookup and sk_skb verdict: carry on (with the assigned socket or the
+/// redirect, if any).
 const SK_PASS: u32 = 1;
+/// sk_skb verdict: free the buffer.
+const SK_DROP: u32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -169,6 +189,85 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     // No listener for this address: the kernel's own lookup decides.
     let _ = INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0);
     SK_PASS
+}
+
+#[stream_verdict]
+pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
+    // A bare FIN, already handled by TCP: the agent passes the half-close
+    // on itself. Redirected, it would fail the peer with EPIPE (the kernel
+    // takes sending nothing for a broken pipe).
+    if ctx.len() == 0 {
+        return SK_DROP;
+    }
+    // SAFETY: the helper accepts an sk_skb context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The agent files a state before the socket joins; without one (never
+    // expected) the bytes stay with the socket.
+    let Some(state) = RELAY_STATES.get_ptr_mut(cookie) else {
+        return SK_PASS;
+    };
+    // SAFETY: a map value, valid for this program run; runs for one socket
+    // do not overlap (the kernel holds the socket's lock).
+    let state = unsafe { &mut *state };
+    let len = u64::from(ctx.len());
+    // Past the budget the agent is told, once, and takes the socket back;
+    // meanwhile the bytes keep going (never left with the socket, where
+    // they would be lost when it leaves the relay).
+    if state.notified == 0
+        && state.forwarded + len > RELAY_BUDGET
+        && RELAY_HANDOVERS.output::<u64>(cookie, 0).is_ok()
+    {
+        state.notified = 1;
+    }
+    // Egress redirect: out of the peer, as if the agent had written it.
+    // Without a peer (the agent took it away when it took the pair back)
+    // SK_PASS keeps the bytes on this socket, where the agent reads them.
+    if RELAY_PEERS.redirect_skb(&ctx, cookie, 0) == i64::from(SK_PASS) {
+        state.forwarded += len;
+    }
+    SK_PASS
+}
+
+#[map]
+static RELAY_RELEASES: HashMap<u64, i64> = HashMap::with_max_entries(MAX_RELAYED_SOCKETS, 0);
+
+/// `struct bpf_iter__tcp`, the context of a TCP iterator.
+#[repr(C)]
+pub struct IterTcpContext {
+    meta: *mut core::ffi::c_void,
+    sk_common: *mut core::ffi::c_void,
+    uid: u32,
+}
+
+/// See `RELAY_RELEASE_PROGRAM`. aya-ebpf has no macro for iterators: the
+/// section name is the kernel's.
+#[no_mangle]
+#[link_section = "iter/tcp"]
+pub fn relay_release(ctx: *mut IterTcpContext) -> i32 {
+    // SAFETY: the kernel passes a valid context; the socket may be null
+    // (the end of the iteration).
+    let sk = unsafe { (*ctx).sk_common };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: a socket pointer the verifier has typed.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let Some(pending) = RELAY_RELEASES.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    // SAFETY: a map value, valid for this program run.
+    let pending = unsafe { &mut *pending };
+    if *pending != RELEASE_PENDING {
+        return 0;
+    }
+    // SAFETY: the map and the key outlive the call.
+    *pending = unsafe {
+        bpf_map_delete_elem(
+            &RELAYED as *const _ as *mut core::ffi::c_void,
+            &cookie as *const u64 as *const core::ffi::c_void,
+        )
+    };
+    0
 }
 
 fn is_agent_port(port: u32) -> bool {

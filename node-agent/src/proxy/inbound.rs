@@ -69,7 +69,16 @@ pub(super) async fn handle(
         return report.refused(ResponseFlags::Denied, &reason);
     }
     match connect_app(&inputs, &pod, source, target).await {
-        Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
+        Ok(upstream) => {
+            report
+                .relay(carry_plain(
+                    client,
+                    upstream,
+                    &inputs.maps.relay,
+                    &pod.netns,
+                ))
+                .await
+        }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
     }
 }

@@ -144,7 +144,16 @@ pub(super) async fn handle(
         Err(error) => Err(error),
     };
     match upstream {
-        Ok(upstream) => report.relay(carry_plain(client, upstream)).await,
+        Ok(upstream) => {
+            report
+                .relay(carry_plain(
+                    client,
+                    upstream,
+                    &inputs.maps.relay,
+                    &pod.netns,
+                ))
+                .await
+        }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
     }
 }

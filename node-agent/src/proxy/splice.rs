@@ -7,6 +7,7 @@
 //! the socket drained without another read that would only say EAGAIN: one
 //! system call fewer per message and hop.
 
+use std::borrow::Borrow;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -22,7 +23,8 @@ const BUFFER: usize = 16 * 1024;
 /// `fs.pipe-max-size`). A larger pipe moves more per system call.
 const PIPE_SIZE: usize = 1 << 20;
 
-type Socket = AsyncFd<StdTcpStream>;
+/// A socket in tokio's reactor, owned (`StdTcpStream`) or borrowed.
+type Socket<S> = AsyncFd<S>;
 
 /// Copies both ways until both sides have finished sending; a side's end
 /// of stream is passed on as a half-close. The first error ends both ways.
@@ -32,18 +34,22 @@ pub async fn bidirectional(a: TcpStream, b: TcpStream) -> io::Result<(u64, u64)>
     tokio::try_join!(one_way(&a, &b), one_way(&b, &a))
 }
 
-fn register(stream: TcpStream) -> io::Result<Socket> {
+fn register(stream: TcpStream) -> io::Result<Socket<StdTcpStream>> {
     // SAFETY: the `AsyncFd` owns the std stream, whose descriptor stays open
     // and the same until the `AsyncFd` is dropped.
     unsafe { AsyncFd::register(stream.into_std()?) }.map_err(io::Error::from)
 }
 
-async fn one_way(from: &Socket, to: &Socket) -> io::Result<u64> {
+/// Copies from `from` to `to` until `from` ends, then half-closes `to`.
+pub async fn one_way<S: AsRawFd + Borrow<StdTcpStream>>(
+    from: &Socket<S>,
+    to: &Socket<S>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buffer = vec![0u8; BUFFER];
     loop {
         let mut ready = from.readable().await?;
-        let read = match ready.try_io(|socket| socket.get_ref().read(&mut buffer)) {
+        let read = match ready.try_io(|socket| socket.get_ref().borrow().read(&mut buffer)) {
             Ok(read) => read?,
             Err(_would_block) => continue,
         };
@@ -82,10 +88,13 @@ async fn one_way(from: &Socket, to: &Socket) -> io::Result<u64> {
     }
 }
 
-async fn write_all(to: &Socket, mut data: &[u8]) -> io::Result<()> {
+async fn write_all<S: AsRawFd + Borrow<StdTcpStream>>(
+    to: &Socket<S>,
+    mut data: &[u8],
+) -> io::Result<()> {
     while !data.is_empty() {
         let mut ready = to.writable().await?;
-        if let Ok(written) = ready.try_io(|socket| socket.get_ref().write(data)) {
+        if let Ok(written) = ready.try_io(|socket| socket.get_ref().borrow().write(data)) {
             data = &data[written?..];
         }
     }
@@ -100,7 +109,7 @@ enum Direction {
 /// Runs `f` on the socket's descriptor once it is ready that way, until it
 /// does not say `WouldBlock`.
 async fn io_when(
-    socket: &Socket,
+    socket: &Socket<impl AsRawFd>,
     direction: Direction,
     mut f: impl FnMut(RawFd) -> io::Result<usize>,
 ) -> io::Result<usize> {
@@ -116,8 +125,8 @@ async fn io_when(
 }
 
 /// Passes a half-close on.
-fn end_of_stream(to: &Socket, total: u64) -> io::Result<u64> {
-    to.get_ref().shutdown(Shutdown::Write)?;
+fn end_of_stream<S: AsRawFd + Borrow<StdTcpStream>>(to: &Socket<S>, total: u64) -> io::Result<u64> {
+    to.get_ref().borrow().shutdown(Shutdown::Write)?;
     Ok(total)
 }
 
