@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::{ConnectionMaps, RelayMaps};
+use crate::capture::ConnectionMaps;
 use crate::metrics::{Metrics, ResponseFlags, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
@@ -273,12 +273,13 @@ impl<'a> Report<'a> {
 async fn carry_plain(
     client: TcpStream,
     upstream: TcpStream,
-    relay: &RelayMaps,
-    netns: &Netns,
+    inputs: &ProxyInputs,
+    pod: &PodContext,
 ) -> std::io::Result<(u64, u64)> {
     let _ = client.set_nodelay(true);
+    let relay = &inputs.maps.relay;
     match relay.reserve() {
-        Some(slot) => kernel_relay::bidirectional(client, upstream, relay, slot, netns).await,
+        Some(slot) => kernel_relay::bidirectional(client, upstream, relay, slot, &pod.netns).await,
         None => splice::bidirectional(client, upstream).await,
     }
 }

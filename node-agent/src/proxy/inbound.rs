@@ -71,12 +71,7 @@ pub(super) async fn handle(
     match connect_app(&inputs, &pod, source, target).await {
         Ok(upstream) => {
             report
-                .relay(carry_plain(
-                    client,
-                    upstream,
-                    &inputs.maps.relay,
-                    &pod.netns,
-                ))
+                .relay(carry_plain(client, upstream, &inputs, &pod))
                 .await
         }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),

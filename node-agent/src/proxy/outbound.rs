@@ -146,12 +146,7 @@ pub(super) async fn handle(
     match upstream {
         Ok(upstream) => {
             report
-                .relay(carry_plain(
-                    client,
-                    upstream,
-                    &inputs.maps.relay,
-                    &pod.netns,
-                ))
+                .relay(carry_plain(client, upstream, &inputs, &pod))
                 .await
         }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
