@@ -233,7 +233,7 @@ static RELAY_RELEASES: HashMap<u64, i64> = HashMap::with_max_entries(MAX_RELAYED
 
 /// `struct bpf_iter__tcp`, the context of a TCP iterator.
 #[repr(C)]
-pub struct IterTcpContext {
+struct IterTcpContext {
     meta: *mut core::ffi::c_void,
     sk_common: *mut core::ffi::c_void,
     uid: u32,
@@ -243,7 +243,7 @@ pub struct IterTcpContext {
 /// section name is the kernel's.
 #[no_mangle]
 #[link_section = "iter/tcp"]
-pub fn relay_release(ctx: *mut IterTcpContext) -> i32 {
+fn relay_release(ctx: *mut IterTcpContext) -> i32 {
     // SAFETY: the kernel passes a valid context; the socket may be null
     // (the end of the iteration).
     let sk = unsafe { (*ctx).sk_common };
