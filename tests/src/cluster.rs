@@ -315,6 +315,12 @@ impl Cluster {
         ClusterBuilder::default()
     }
 
+    /// Two nodes with the named pods: most tests call from one node to the
+    /// other.
+    pub fn two_nodes(first: &[&str], second: &[&str]) -> anyhow::Result<Cluster> {
+        Self::builder().node(first).node(second).build()
+    }
+
     /// This run's name; every namespace of it starts with it.
     pub fn run_name(&self) -> &str {
         &self.run
@@ -350,6 +356,15 @@ impl Cluster {
             .iter()
             .find(|pod| pod.name == name)
             .with_context(|| format!("no pod {name} in the cluster"))
+    }
+
+    /// The pods named `names`, in that order.
+    pub fn pods_named<const N: usize>(&self, names: [&str; N]) -> anyhow::Result<[&Pod; N]> {
+        let pods = names
+            .iter()
+            .map(|name| self.pod(name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(pods.try_into().expect("one pod per name"))
     }
 
     /// Starts a long-running process in `place`; it is killed when the

@@ -62,12 +62,8 @@ fn bad_invocations_get_spec_errors() -> anyhow::Result<()> {
 
 #[test]
 fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["app", "squatter"])
-        .node(&["server"])
-        .build()?;
-    let [app, squatter, server] =
-        ["app", "squatter", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["app", "squatter"], &["server"])?;
+    let [app, squatter, server] = cluster.pods_named(["app", "squatter", "server"])?;
     mesh::write_config(
         &cluster,
         &mesh::enrolling(&cluster, &[app, squatter], vec![]),

@@ -27,11 +27,8 @@ const TTL_SECONDS: u64 = 60;
 
 #[test]
 fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "bystander"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client", "bystander"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     mesh::write_config(
         &cluster,
         &mesh::enrolling(&cluster, &[client, server], vec![]),
@@ -96,12 +93,8 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
 
 #[test]
 fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "outsider"])
-        .node(&["server"])
-        .build()?;
-    let [client, outsider, server] =
-        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client", "outsider"], &["server"])?;
+    let [client, outsider, server] = cluster.pods_named(["client", "outsider", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
@@ -160,11 +153,8 @@ fn traffic_between_enrolled_pods_goes_through_mutual_tls() -> anyhow::Result<()>
 
 #[test]
 fn continuous_traffic_across_certificate_renewals_never_fails() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (_ca, agents) = mesh::start_secured(&cluster, &config, TTL_SECONDS)?;
     let _app = Server::new("server", "v1")
@@ -250,12 +240,8 @@ fn tunnel_from(
 
 #[test]
 fn the_hbone_listener_refuses_certificates_it_must_not_trust() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "outsider"])
-        .node(&["server"])
-        .build()?;
-    let [client, outsider, server] =
-        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client", "outsider"], &["server"])?;
+    let [client, outsider, server] = cluster.pods_named(["client", "outsider", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")

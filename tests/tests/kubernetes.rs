@@ -15,11 +15,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
 #[test]
 fn agents_follow_the_kubernetes_api() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     let api = ApiServer::start(&cluster)?;
     let services = vec![mesh::service("server", VIP, 80, 8080, &[server])];
     api.apply(&mesh::enrolling(

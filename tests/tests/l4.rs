@@ -18,12 +18,9 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 #[test]
 fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "bystander"])
-        .node(&["server", "plain"])
-        .build()?;
+    let cluster = Cluster::two_nodes(&["client", "bystander"], &["server", "plain"])?;
     let [client, bystander, server, plain] =
-        ["client", "bystander", "server", "plain"].map(|name| cluster.pod(name).expect("pod"));
+        cluster.pods_named(["client", "bystander", "server", "plain"])?;
     let services = vec![mesh::service("server", VIP, 80, 8080, &[server])];
     mesh::write_config(
         &cluster,
@@ -105,11 +102,8 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
 
 #[test]
 fn a_service_without_a_ready_endpoint_is_refused_and_counted() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     let services = vec![mesh::service("empty", VIP, 80, 8080, &[])];
     mesh::write_config(
         &cluster,
@@ -181,11 +175,8 @@ fn wait_until_captured(
 
 #[test]
 fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     mesh::write_config(&cluster, &mesh::enrolling(&cluster, &[server], vec![]))?;
     let agents = mesh::start_agents(&cluster)?;
     let _app = Server::new("server", "v1")
@@ -261,11 +252,8 @@ enum Security {
 }
 
 fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (_ca, agents, label) = match security {
         Security::Plaintext => {
@@ -321,11 +309,8 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
 
 #[test]
 fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     mesh::write_config(
         &cluster,
         &mesh::enrolling(&cluster, &[client, server], vec![]),

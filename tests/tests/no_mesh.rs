@@ -10,10 +10,7 @@ const REQUESTS: usize = 20;
 
 #[test]
 fn pods_on_different_nodes_exchange_http_and_tcp_echo_both_ways() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
     let client = cluster.pod("client")?;
     let server = cluster.pod("server")?;
     assert_ne!(client.node, server.node);

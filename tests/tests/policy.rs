@@ -129,12 +129,8 @@ fn expect_reach(
 
 #[test]
 fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "outsider"])
-        .node(&["server"])
-        .build()?;
-    let [client, outsider, server] =
-        ["client", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client", "outsider"], &["server"])?;
+    let [client, outsider, server] = cluster.pods_named(["client", "outsider", "server"])?;
     let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
@@ -243,12 +239,9 @@ fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Resu
 #[test]
 fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_port(
 ) -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "other", "outsider"])
-        .node(&["server"])
-        .build()?;
+    let cluster = Cluster::two_nodes(&["client", "other", "outsider"], &["server"])?;
     let [client, other, outsider, server] =
-        ["client", "other", "outsider", "server"].map(|name| cluster.pod(name).expect("pod"));
+        cluster.pods_named(["client", "other", "outsider", "server"])?;
     let mut config = mesh::enrolling(&cluster, &[client, other, server], vec![]);
     let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")
@@ -369,11 +362,8 @@ fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_por
 
 #[test]
 fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server"])
-        .build()?;
-    let [client, server] = ["client", "server"].map(|name| cluster.pod(name).expect("pod"));
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
     let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let _app = Server::new("server", "v1")

@@ -15,8 +15,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 #[test]
 fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
     let cluster = Cluster::builder().node(&["waypoint", "reviews"]).build()?;
-    let [waypoint_pod, reviews] =
-        ["waypoint", "reviews"].map(|name| cluster.pod(name).expect("pod"));
+    let [waypoint_pod, reviews] = cluster.pods_named(["waypoint", "reviews"])?;
     let config = |bound: bool| MeshConfig {
         services: vec![mesh::ServiceConfig {
             waypoint: bound.then(|| "waypoint".to_string()),

@@ -109,15 +109,15 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
         .node(&["tls-client"])
         .node(&["tls-server"])
         .build()?;
-    let [client, server, mesh_client, mesh_server, tls_client, tls_server] = [
-        "client",
-        "server",
-        "mesh-client",
-        "mesh-server",
-        "tls-client",
-        "tls-server",
-    ]
-    .map(|name| cluster.pod(name).expect("a pod of the bench"));
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server] =
+        cluster.pods_named([
+            "client",
+            "server",
+            "mesh-client",
+            "mesh-server",
+            "tls-client",
+            "tls-server",
+        ])?;
     mesh::write_config(
         &cluster,
         &mesh::enrolling(

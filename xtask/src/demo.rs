@@ -34,8 +34,8 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
-    let [productpage, legacy, v1, v2] = ["productpage", "legacy", "reviews-v1", "reviews-v2"]
-        .map(|name| cluster.pod(name).expect("a pod of the demo"));
+    let [productpage, legacy, v1, v2] =
+        cluster.pods_named(["productpage", "legacy", "reviews-v1", "reviews-v2"])?;
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
     let config = mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]);
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
