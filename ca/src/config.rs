@@ -22,13 +22,15 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ambit-system")]
     pub namespace: String,
 
-    /// Standalone: where the root is kept (`ca-cert.pem`, `ca-key.pem`),
-    /// created on first start.
+    /// Standalone: where the root is kept, in Istio's plug-in CA files
+    /// (`ca-cert.pem`, `ca-key.pem`, for an intermediate also
+    /// `root-cert.pem` and `cert-chain.pem`), created on first start.
     #[arg(long, default_value = "/var/lib/ambit-ca")]
     pub root_dir: PathBuf,
 
-    /// In Kubernetes: the Secret in NAMESPACE the root is kept in, created
-    /// on first start.
+    /// In Kubernetes: the Secret in NAMESPACE the root is kept in (the
+    /// same keys as the files; Istio's `cacerts` can be named here),
+    /// created on first start.
     #[arg(long, default_value = "ambit-ca-root")]
     pub root_secret: String,
 

@@ -1,12 +1,15 @@
 //! Where the CA's root lives: in Kubernetes a Secret, standalone a
 //! directory, both with Istio's plug-in CA names (`ca-cert.pem`,
-//! `ca-key.pem`), and created on first start. The key file is readable by
-//! its owner only.
+//! `ca-key.pem`, and for an intermediate `root-cert.pem` and
+//! `cert-chain.pem`), so Istio's `cacerts` or `istio-ca-secret` can be used
+//! as it is. A root is created on first start when there is none. The key
+//! file is readable by its owner only.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use ambit_identity::ca::CaFiles;
 use ambit_identity::CertificateAuthority;
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -15,16 +18,25 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 pub const CERT_FILE: &str = "ca-cert.pem";
 pub const KEY_FILE: &str = "ca-key.pem";
+/// Present when `ca-cert.pem` is an intermediate.
+pub const ROOT_FILE: &str = "root-cert.pem";
+pub const CHAIN_FILE: &str = "cert-chain.pem";
 
 /// The root kept in `dir`, or a new one written there when there is none.
 pub fn load_or_create(dir: &Path, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
     let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     match (cert.exists(), key.exists()) {
         (true, true) => {
-            let read = |path: &Path| {
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            let read = |name: &str| {
+                let path = dir.join(name);
+                match std::fs::read_to_string(&path) {
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    read => read
+                        .map(Some)
+                        .with_context(|| format!("reading {}", path.display())),
+                }
             };
-            let ca = CertificateAuthority::from_pem(&read(&cert)?, &read(&key)?, trust_domain)
+            let ca = load(trust_domain, read)
                 .with_context(|| format!("loading the CA root from {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), "CA root loaded");
             Ok(ca)
@@ -111,19 +123,33 @@ pub async fn load_or_create_in_secret(
 }
 
 fn from_secret(secret: &Secret, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
-    let field = |key: &str| {
-        let bytes = secret
+    load(trust_domain, |key| {
+        secret
             .data
             .as_ref()
             .and_then(|data| data.get(key))
-            .with_context(|| format!("it has no {key}"))?;
-        String::from_utf8(bytes.0.clone()).with_context(|| format!("{key} is not PEM text"))
+            .map(|bytes| {
+                String::from_utf8(bytes.0.clone()).with_context(|| format!("{key} is not PEM text"))
+            })
+            .transpose()
+    })
+}
+
+/// The CA from its files, each read by name (`None`: there is no such file).
+fn load(
+    trust_domain: &str,
+    read: impl Fn(&str) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<CertificateAuthority> {
+    let required = |name: &str| read(name)?.with_context(|| format!("there is no {name}"));
+    let (cert, key) = (required(CERT_FILE)?, required(KEY_FILE)?);
+    let (root, chain) = (read(ROOT_FILE)?, read(CHAIN_FILE)?);
+    let files = CaFiles {
+        cert: &cert,
+        key: &key,
+        root: root.as_deref(),
+        chain: chain.as_deref(),
     };
-    Ok(CertificateAuthority::from_pem(
-        &field(CERT_FILE)?,
-        &field(KEY_FILE)?,
-        trust_domain,
-    )?)
+    Ok(CertificateAuthority::from_files(files, trust_domain)?)
 }
 
 /// The ConfigMap (in the CA's namespace) where agents find the root

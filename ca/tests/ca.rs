@@ -29,16 +29,22 @@ fn config(dir: &Path) -> Config {
     Config::from_args(args).unwrap()
 }
 
-fn client(running: &app::Running, dir: &Path, token: &str) -> CaClient {
-    let root = std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap();
+/// A client that trusts the root in `root_file` (under the CA's root dir).
+fn client_trusting(running: &app::Running, dir: &Path, root_file: &str, token: &str) -> CaClient {
+    let root = std::fs::read_to_string(dir.join("root").join(root_file)).unwrap();
     let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
     let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
     CaClient::new(running.addr, &bundle, &ca, token.to_string()).unwrap()
 }
 
-#[tokio::test]
-async fn agents_get_the_identities_of_their_nodes_pods_only() {
-    let dir = std::env::temp_dir().join(format!("ambit-ca-{}", std::process::id()));
+fn client(running: &app::Running, dir: &Path, token: &str) -> CaClient {
+    client_trusting(running, dir, "ca-cert.pem", token)
+}
+
+/// A fresh directory for a standalone CA: two nodes' tokens, and a mesh with
+/// `cart` on node-1 and `pay` on node-2.
+fn standalone_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ambit-ca-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("mesh")).unwrap();
     std::fs::write(
@@ -52,6 +58,12 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
          {apiVersion: v1, kind: Pod, metadata: {name: pay-1, namespace: shop}, spec: {nodeName: node-2, serviceAccountName: pay}}\n",
     )
     .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn agents_get_the_identities_of_their_nodes_pods_only() {
+    let dir = standalone_dir("own");
     let running = app::start(config(&dir)).await.unwrap();
     let (cart, pay) = (
         Identity::new("cluster.local", "shop", "cart"),
@@ -116,6 +128,44 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
         .unwrap();
     assert_eq!(again.trust_bundle_pem, root);
     restarted.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_istio_cacerts_intermediate_is_used_as_it_is_and_its_root_is_the_one_trusted() {
+    let dir = standalone_dir("istio");
+    // Istio's plug-in CA layout, shared with the identity crate's tests.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lib/identity/tests/istio-ca");
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    for name in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::copy(fixtures.join(name), dir.join("root").join(name)).unwrap();
+    }
+    let running = app::start(config(&dir)).await.unwrap();
+    // Trusting the root alone, the agent accepts the CA's own certificate
+    // (so it came with the intermediate) and is told to trust that root.
+    let certified = client_trusting(&running, &dir, "root-cert.pem", NODE_1_TOKEN)
+        .certify(&Identity::new("cluster.local", "shop", "cart"))
+        .await
+        .unwrap();
+    let root = std::fs::read_to_string(fixtures.join("root-cert.pem")).unwrap();
+    assert_eq!(certified.trust_bundle_pem, root);
+    running.stop().await;
+
+    // A chain that leads elsewhere stops the CA, saying why.
+    std::fs::copy(fixtures.join("ec-cert.pem"), dir.join("root/root-cert.pem")).unwrap();
+    let error = app::start(config(&dir)).await.err().unwrap();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("loading the CA root from")
+            && error
+                .contains("are not trusted by its root: invalid peer certificate: UnknownIssuer"),
+        "{error}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -2,6 +2,13 @@
 //! where it is kept) that certifies workload keys as SPIFFE identities of
 //! its trust domain. Who may ask for which identity is decided by the
 //! caller (`ambit-ca`), before [`CertificateAuthority::issue`].
+//!
+//! The root is kept in Istio's plug-in CA files, so a mesh that moves from
+//! Istio keeps its trust root and its agents can talk to ztunnels: the
+//! signing certificate and key (`ca-cert.pem`, `ca-key.pem`, the key in the
+//! PKCS #1 or SEC1 form Istio and OpenSSL write), and when it is an
+//! intermediate, the root (`root-cert.pem`) and the chain up to it
+//! (`cert-chain.pem`), which goes out with every leaf.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,9 +16,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
+use crate::certificate::certificate_request;
 use crate::spiffe::Identity;
+use crate::tls::TrustBundle;
 
 /// Istio's default workload certificate lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -26,13 +37,36 @@ pub enum CaError {
     Signing(#[from] rcgen::Error),
     #[error("the CA key does not belong to the CA certificate")]
     KeyMismatch,
+    #[error("the CA key is not a PKCS #8, PKCS #1 (RSA) or SEC1 (EC) private key in PEM")]
+    UnreadableKey,
+    #[error("a certificate chain is given without the root it leads to")]
+    ChainWithoutRoot,
+    #[error("the certificates this CA would issue are not trusted by its root: {0}")]
+    Untrusted(String),
     #[error("the CA of trust domain {ours} cannot certify {identity}")]
     ForeignTrustDomain { ours: String, identity: Identity },
 }
 
+/// The CA's files, by their names in Istio's `cacerts` Secret.
+#[derive(Debug, Clone, Copy)]
+pub struct CaFiles<'a> {
+    /// `ca-cert.pem`: the certificate the CA signs with.
+    pub cert: &'a str,
+    /// `ca-key.pem`: its key.
+    pub key: &'a str,
+    /// `root-cert.pem`: the root peers trust, when `cert` is not that root.
+    pub root: Option<&'a str>,
+    /// `cert-chain.pem`: `cert` and what links it to `root`. Without it,
+    /// `cert` alone is taken to be issued by `root`.
+    pub chain: Option<&'a str>,
+}
+
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
+    /// The root(s) peers trust.
     root_pem: String,
+    /// Sent after each leaf: empty when the CA signs with the root itself.
+    chain_pem: String,
     trust_domain: String,
 }
 
@@ -58,28 +92,69 @@ impl CertificateAuthority {
         Ok(Self {
             issuer: Issuer::new(params, key),
             root_pem,
+            chain_pem: String::new(),
             trust_domain: trust_domain.into(),
         })
     }
 
-    /// The root kept from before (a Kubernetes Secret, or files).
+    /// A root kept from before, which signs itself.
     pub fn from_pem(root_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, CaError> {
-        let key = KeyPair::from_pem(key_pem)?;
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(root_pem.as_bytes())
+        Self::from_files(
+            CaFiles {
+                cert: root_pem,
+                key: key_pem,
+                root: None,
+                chain: None,
+            },
+            trust_domain,
+        )
+    }
+
+    /// The CA kept in Istio's plug-in CA files (a Kubernetes Secret, or a
+    /// directory). Refused unless a leaf it issues verifies against the root.
+    pub fn from_files(files: CaFiles<'_>, trust_domain: &str) -> Result<Self, CaError> {
+        let key = signing_key(files.key)?;
+        let cert = CertificateDer::from_pem_slice(files.cert.as_bytes())
             .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
-        let root: rustls_pki_types::CertificateDer = der;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&root)
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
             .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
         if !crate::certificate::is_for_key(&parsed, &key) {
             return Err(CaError::KeyMismatch);
         }
-        Ok(Self {
-            issuer: Issuer::from_ca_cert_pem(root_pem, key)?,
+        let (root_pem, chain_pem) = match (files.root, files.chain) {
+            (None, None) => (files.cert, ""),
+            (None, Some(_)) => return Err(CaError::ChainWithoutRoot),
+            (Some(root), chain) => (root, chain.unwrap_or(files.cert)),
+        };
+        let ca = Self {
+            issuer: Issuer::from_ca_cert_pem(files.cert, key)?,
             root_pem: root_pem.into(),
+            chain_pem: with_final_newline(chain_pem),
             trust_domain: trust_domain.into(),
-        })
+        };
+        ca.check_trusted()?;
+        Ok(ca)
     }
 
+    /// Issues a throwaway leaf and checks it as a peer would, so that a
+    /// wrong root, a broken chain or an expired CA certificate stops the CA
+    /// at start rather than failing every handshake later.
+    fn check_trusted(&self) -> Result<(), CaError> {
+        let untrusted = |error: &dyn std::fmt::Display| CaError::Untrusted(error.to_string());
+        let probe = Identity::new(&self.trust_domain, "ambit-ca", "self-check");
+        let (_, csr) = certificate_request(&probe).map_err(|error| untrusted(&error))?;
+        let chain = self.issue(&csr, &probe, Duration::from_secs(60))?;
+        let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| untrusted(&error))?;
+        TrustBundle::from_pem(&self.trust_domain, &self.root_pem)
+            .map_err(|error| untrusted(&error))?
+            .verify_chain(&chain)
+            .map_err(|error| untrusted(&error))?;
+        Ok(())
+    }
+
+    /// The root(s) peers trust (`root-cert.pem`).
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }
@@ -137,8 +212,73 @@ impl CertificateAuthority {
         params.not_before = at(not_before);
         params.not_after = at(not_after);
         let leaf = params.signed_by(&request.public_key, &self.issuer)?;
-        Ok(leaf.pem())
+        Ok(leaf.pem() + &self.chain_pem)
     }
+}
+
+fn with_final_newline(pem: &str) -> String {
+    match pem {
+        "" => String::new(),
+        pem if pem.ends_with('\n') => pem.into(),
+        pem => format!("{pem}\n"),
+    }
+}
+
+/// The CA's key from PKCS #8, or from the PKCS #1 (RSA) and SEC1 (EC) forms
+/// Istio and OpenSSL write, which are rewrapped as PKCS #8 for the signer.
+fn signing_key(pem: &str) -> Result<KeyPair, CaError> {
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| CaError::UnreadableKey)?;
+    let candidates = match &key {
+        PrivateKeyDer::Pkcs8(key) => vec![key.secret_pkcs8_der().to_vec()],
+        PrivateKeyDer::Pkcs1(key) => vec![pkcs8(RSA_ALGORITHM, key.secret_pkcs1_der())],
+        // SEC1 may leave the curve out: try each one the signer knows.
+        PrivateKeyDer::Sec1(key) => [EC_P256_ALGORITHM, EC_P384_ALGORITHM]
+            .iter()
+            .map(|algorithm| pkcs8(algorithm, key.secret_sec1_der()))
+            .collect(),
+        _ => vec![],
+    };
+    candidates
+        .into_iter()
+        .find_map(|der| KeyPair::try_from(der).ok())
+        .ok_or(CaError::UnreadableKey)
+}
+
+/// DER AlgorithmIdentifier contents: rsaEncryption with NULL parameters.
+const RSA_ALGORITHM: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+/// id-ecPublicKey on prime256v1.
+const EC_P256_ALGORITHM: &[u8] = &[
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+    0x03, 0x01, 0x07,
+];
+/// id-ecPublicKey on secp384r1.
+const EC_P384_ALGORITHM: &[u8] = &[
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22,
+];
+
+/// PKCS #8 PrivateKeyInfo (RFC 5208): version 0, the algorithm, the key.
+fn pkcs8(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+    let version = [0x02, 0x01, 0x00];
+    let body = [&version[..], &der(0x30, algorithm), &der(0x04, key)].concat();
+    der(0x30, &body)
+}
+
+/// One DER element: tag, definite length, contents.
+fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let length = contents.len().to_be_bytes();
+    let significant = &length[length.iter().take_while(|&&byte| byte == 0).count()..];
+    let mut out = vec![tag];
+    match contents.len() {
+        short @ 0..=0x7f => out.push(short as u8),
+        _ => {
+            out.push(0x80 | significant.len() as u8);
+            out.extend_from_slice(significant);
+        }
+    }
+    out.extend_from_slice(contents);
+    out
 }
 
 fn at(time: SystemTime) -> OffsetDateTime {

@@ -65,6 +65,20 @@ impl TrustBundle {
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
+
+    /// Checks a chain (leaf first) as a handshake checks a peer's, now:
+    /// anchored in this bundle, in its trust domain. The identity it names.
+    pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<Identity, rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        SpiffeVerifier::new(self, None, provider()).verify(
+            leaf,
+            intermediates,
+            UnixTime::now(),
+            KeyUsage::client_auth(),
+        )
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -2,10 +2,11 @@
 //! Real TLS handshakes between the configurations the proxies use: who is
 //! accepted, who is refused, and which identity each side sees.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ambit_identity::ca::{CaError, DEFAULT_TTL};
+use ambit_identity::ca::{CaError, CaFiles, DEFAULT_TTL};
 use ambit_identity::certificate::CertificateError;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
 use ambit_identity::{
@@ -51,18 +52,101 @@ fn failed(seen: &Seen, reason: &str) -> bool {
     matches!(seen, Err(error) if error.contains(reason))
 }
 
-#[tokio::test]
-async fn peers_of_one_ca_see_each_others_identity() {
-    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
-    let trust = bundle(&[&ca]);
-    let (cart, pay) = (workload(&ca, "shop", "cart"), workload(&ca, "shop", "pay"));
+/// Two workloads of `ca` shake hands, each trusting only `trust`, and each
+/// sees the other's identity.
+async fn assert_peers_see_each_other(ca: &CertificateAuthority, trust: &TrustBundle) {
+    let (cart, pay) = (workload(ca, "shop", "cart"), workload(ca, "shop", "pay"));
     let (client, server) = handshake(
-        client_config(&cart, &trust, &pay.identity).unwrap(),
-        server_config(&pay, &trust).unwrap(),
+        client_config(&cart, trust, &pay.identity).unwrap(),
+        server_config(&pay, trust).unwrap(),
     )
     .await;
     assert_eq!(client, Ok(Some(pay.identity.clone())));
     assert_eq!(server, Ok(Some(cart.identity.clone())));
+}
+
+#[tokio::test]
+async fn peers_of_one_ca_see_each_others_identity() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    assert_peers_see_each_other(&ca, &bundle(&[&ca])).await;
+}
+
+/// One of the Istio-shaped CA files in `tests/istio-ca` (see its README).
+fn istio_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/istio-ca")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+#[tokio::test]
+async fn an_istio_plugged_in_intermediate_ca_issues_chains_that_peers_trusting_the_root_accept() {
+    let (cert, key, root, chain) = (
+        istio_file("ca-cert.pem"),
+        istio_file("ca-key.pem"),
+        istio_file("root-cert.pem"),
+        istio_file("cert-chain.pem"),
+    );
+    // Peers (ztunnels among them) trust the root alone, so every leaf must
+    // carry the intermediate: from cert-chain.pem, or ca-cert.pem without it.
+    for chain in [Some(chain.as_str()), None] {
+        let files = CaFiles {
+            cert: &cert,
+            key: &key,
+            root: Some(&root),
+            chain,
+        };
+        let ca = CertificateAuthority::from_files(files, DOMAIN).unwrap();
+        assert_eq!(ca.root_pem(), root);
+        assert_peers_see_each_other(&ca, &TrustBundle::from_pem(DOMAIN, &root).unwrap()).await;
+    }
+}
+
+#[tokio::test]
+async fn istio_self_signed_roots_sign_with_their_pkcs1_rsa_and_sec1_ec_keys() {
+    for (cert, key) in [
+        ("root-cert.pem", "root-key.pem"),
+        ("ec-cert.pem", "ec-key.pem"),
+    ] {
+        let cert = istio_file(cert);
+        let ca = CertificateAuthority::from_pem(&cert, &istio_file(key), DOMAIN).unwrap();
+        assert_peers_see_each_other(&ca, &TrustBundle::from_pem(DOMAIN, &cert).unwrap()).await;
+    }
+}
+
+#[test]
+fn ca_files_that_do_not_fit_together_are_refused_with_the_reason() {
+    let (cert, key) = (istio_file("ca-cert.pem"), istio_file("ca-key.pem"));
+    let (other_root, chain) = (istio_file("ec-cert.pem"), istio_file("cert-chain.pem"));
+    let intermediate = CaFiles {
+        cert: &cert,
+        key: &key,
+        root: None,
+        chain: None,
+    };
+    let under_another_root = CaFiles {
+        root: Some(&other_root),
+        ..intermediate
+    };
+    let Err(error) = CertificateAuthority::from_files(under_another_root, DOMAIN) else {
+        panic!("a CA under a root that did not sign it was accepted");
+    };
+    assert!(
+        matches!(&error, CaError::Untrusted(reason) if reason.contains("UnknownIssuer")),
+        "{error}"
+    );
+    let without_root = CaFiles {
+        chain: Some(&chain),
+        ..intermediate
+    };
+    assert!(matches!(
+        CertificateAuthority::from_files(without_root, DOMAIN),
+        Err(CaError::ChainWithoutRoot)
+    ));
+    let unreadable = CertificateAuthority::from_pem(&cert, &cert, DOMAIN);
+    assert!(matches!(unreadable, Err(CaError::UnreadableKey)));
+    let mismatched = CertificateAuthority::from_pem(&cert, &istio_file("root-key.pem"), DOMAIN);
+    assert!(matches!(mismatched, Err(CaError::KeyMismatch)));
 }
 
 #[tokio::test]
