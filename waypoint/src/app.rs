@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
-use ambit_mesh_source::MeshHandle;
+use ambit_mesh_source::{MeshHandle, SourceThread};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
@@ -15,7 +15,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = StopSignal::install()?;
     tracing::info!(?config, "starting ambit-waypoint");
     let mesh = Arc::new(MeshHandle::default());
-    let source_task = ambit_mesh_source::start(&config.source, mesh.clone())
+    // On a thread of its own: re-reading a large mesh must not stall traffic.
+    let source = SourceThread::start(&config.source, mesh.clone())
         .await
         .context("reading the mesh configuration")?;
 
@@ -44,7 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     stop.received().await;
     readiness.set_ready(false);
-    source_task.abort();
+    drop(source);
     admin.stop().await;
     tracing::info!("stopped");
     Ok(())
