@@ -34,9 +34,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.bpf_object,
         &config.capture_cgroup,
         &config.bpf_pin_dir,
+        config.kernel_relay,
     )
     .context("starting traffic capture")?;
-    tracing::info!(cgroup = %config.capture_cgroup.display(), "traffic capture attached");
+    tracing::info!(
+        cgroup = %config.capture_cgroup.display(),
+        kernel_relay = config.kernel_relay,
+        "traffic capture attached"
+    );
 
     let mut registry = Registry::default();
     let mesh_tls = match &config.ca {

@@ -149,10 +149,12 @@ impl Capture {
     /// when a previous agent left them), and attaches the outbound programs
     /// to the cgroup v2 directory `cgroup`: from then on, connections made by
     /// processes in that cgroup tree pass through them.
+    /// Without `kernel_relay`, every connection is relayed in user space.
     pub fn attach(
         object: &Path,
         cgroup: &Path,
         pin_dir: &Path,
+        kernel_relay: bool,
     ) -> Result<(Self, ConnectionMaps), CaptureError> {
         let bytes = std::fs::read(object).map_err(|source| CaptureError::ReadObject {
             path: object.to_path_buf(),
@@ -205,7 +207,11 @@ impl Capture {
                 handover_waiters: Mutex::default(),
                 releases: Mutex::new(take_map(&mut ebpf, RELAY_RELEASES_MAP)?),
                 release_link,
-                room: tokio::sync::Semaphore::new(MAX_RELAYED_SOCKETS as usize / 2),
+                room: tokio::sync::Semaphore::new(if kernel_relay {
+                    MAX_RELAYED_SOCKETS as usize / 2
+                } else {
+                    0
+                }),
             },
         };
         let capture = Self {

@@ -59,6 +59,12 @@ pub struct Args {
     /// event loop, with no hand-offs between threads.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
+
+    /// Relay plain TCP between the two sockets of a connection inside the
+    /// kernel (sockmap), so the agent is not woken per message. With
+    /// `false` the agent moves the bytes itself (splice).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub kernel_relay: bool,
 }
 
 /// How the agent reaches the CA that certifies its workloads.
@@ -148,6 +154,7 @@ pub struct Config {
     pub root_namespace: String,
     pub drain_timeout: Duration,
     pub worker_threads: usize,
+    pub kernel_relay: bool,
 }
 
 impl Config {
@@ -167,6 +174,7 @@ impl Config {
             worker_threads: args
                 .worker_threads
                 .map_or_else(default_worker_threads, usize::from),
+            kernel_relay: args.kernel_relay,
         })
     }
 }
@@ -225,5 +233,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--worker-threads"), "{error}");
+    }
+
+    #[test]
+    fn the_kernel_relay_is_on_unless_turned_off() {
+        let relay = |extra: &[&str]| {
+            let args = ["ambit-node-agent", "--capture-cgroup", "/tmp"];
+            Args::try_parse_from(args.iter().chain(extra)).map(|args| args.kernel_relay)
+        };
+        assert!(relay(&[]).unwrap());
+        assert!(!relay(&["--kernel-relay=false"]).unwrap());
+        let error = relay(&["--kernel-relay=maybe"]).unwrap_err().to_string();
+        assert!(error.contains("--kernel-relay"), "{error}");
     }
 }

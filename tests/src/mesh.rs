@@ -69,16 +69,22 @@ pub fn start_agents_with(
     source: &Source,
     ca: Option<&crate::ca::TestCa>,
 ) -> anyhow::Result<Vec<NodeAgent>> {
+    start_agents_with_args(cluster, source, |node| match ca {
+        Some(ca) => ca.agent_args(node),
+        None => Ok(Vec::new()),
+    })
+}
+
+/// [`start_agents_from`], each agent also given `args(its node)`.
+pub fn start_agents_with_args(
+    cluster: &Cluster,
+    source: &Source,
+    args: impl Fn(&Node) -> anyhow::Result<Vec<std::ffi::OsString>>,
+) -> anyhow::Result<Vec<NodeAgent>> {
     let agents = cluster
         .nodes()
         .iter()
-        .map(|node| {
-            let extra = match ca {
-                Some(ca) => ca.agent_args(node)?,
-                None => Vec::new(),
-            };
-            NodeAgent::start_with(cluster, node, source.clone(), extra)
-        })
+        .map(|node| NodeAgent::start_with(cluster, node, source.clone(), args(node)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for pod in cluster.pods() {
         let agent = agents

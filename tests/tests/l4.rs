@@ -238,14 +238,24 @@ fn a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_compl
 }
 
 #[test]
+fn relayed_in_user_space_a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_connections_complete(
+) -> anyhow::Result<()> {
+    bulk_half_close_and_a_thousand_connections(Security::PlaintextInUserSpace)
+}
+
+#[test]
 fn over_mutual_tls_a_gibibyte_arrives_intact_after_a_half_close_and_a_thousand_streams_complete(
 ) -> anyhow::Result<()> {
     bulk_half_close_and_a_thousand_connections(Security::MutualTls)
 }
 
 enum Security {
-    /// Agents without identities: plain TCP between them.
+    /// Agents without identities: plain TCP between them, relayed in the
+    /// kernel.
     Plaintext,
+    /// The same, the agents moving the bytes themselves
+    /// (`--kernel-relay=false`).
+    PlaintextInUserSpace,
     /// Agents with identities from a CA: HBONE, its streams sharing a
     /// connection.
     MutualTls,
@@ -259,6 +269,13 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
         Security::Plaintext => {
             mesh::write_config(&cluster, &config)?;
             (None, mesh::start_agents(&cluster)?, "none")
+        }
+        Security::PlaintextInUserSpace => {
+            mesh::write_config(&cluster, &config)?;
+            let agents = mesh::start_agents_with_args(&cluster, &mesh::Source::Directory, |_| {
+                Ok(vec!["--kernel-relay=false".into()])
+            })?;
+            (None, agents, "none")
         }
         Security::MutualTls => {
             let (ca, agents) = mesh::start_secured(&cluster, &config, 24 * 3600)?;

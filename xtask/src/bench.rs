@@ -98,18 +98,21 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
 
 /// Each path's throughput, latency and agent cost, medians of the rounds.
 fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
-    // Three client/server pairs side by side: no mesh, agents in plain TCP
-    // (nodes 1 and 2), agents with identities from a CA, in mTLS over HBONE
-    // (nodes 3 and 4), so the paths are measured in turns under the same
-    // conditions.
+    // Four client/server pairs side by side: no mesh, agents in plain TCP
+    // relayed in the kernel (nodes 1 and 2), agents with identities from a
+    // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
+    // move the bytes themselves (nodes 5 and 6), so the paths are measured
+    // in turns under the same conditions.
     let cluster = Cluster::builder()
         .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
         .node(&["tls-client"])
         .node(&["tls-server"])
+        .node(&["splice-client"])
+        .node(&["splice-server"])
         .build()?;
-    let [client, server, mesh_client, mesh_server, tls_client, tls_server] =
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server] =
         cluster.pods_named([
             "client",
             "server",
@@ -117,12 +120,21 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
             "mesh-server",
             "tls-client",
             "tls-server",
+            "splice-client",
+            "splice-server",
         ])?;
     mesh::write_config(
         &cluster,
         &mesh::enrolling(
             &cluster,
-            &[mesh_client, mesh_server, tls_client, tls_server],
+            &[
+                mesh_client,
+                mesh_server,
+                tls_client,
+                tls_server,
+                splice_client,
+                splice_server,
+            ],
             vec![],
         ),
     )?;
@@ -132,18 +144,19 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
         .iter()
         .enumerate()
         .map(|(index, node)| {
-            let identities = match index {
+            let args = match index {
                 0 | 1 => Vec::new(),
-                _ => ca.agent_args(node)?,
+                2 | 3 => ca.agent_args(node)?,
+                _ => vec!["--kernel-relay=false".into()],
             };
-            NodeAgent::start_with(&cluster, node, mesh::Source::Directory, identities)
+            NodeAgent::start_with(&cluster, node, mesh::Source::Directory, args)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for pod in cluster.pods() {
         let node = cluster.nodes().iter().position(|n| n.name == pod.node);
         agents[node.context("every pod's node has an agent")?].add_pod(&cluster, pod)?;
     }
-    let _servers = [server, mesh_server, tls_server]
+    let _servers = [server, mesh_server, tls_server, splice_server]
         .map(|pod| {
             Server::new(&pod.name, "v1")
                 .http(8080)
@@ -154,6 +167,7 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
     wait_for_capture(&cluster, &agents[2], tls_client, tls_server)?;
+    wait_for_capture(&cluster, &agents[4], splice_client, splice_server)?;
 
     let paths = [
         ("no mesh", client, server, None),
@@ -162,6 +176,12 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
             mesh_client,
             mesh_server,
             Some(&agents[0..2]),
+        ),
+        (
+            "agents, plaintext L4, relayed in user space",
+            splice_client,
+            splice_server,
+            Some(&agents[4..6]),
         ),
         (
             "agents, mTLS over HBONE",
