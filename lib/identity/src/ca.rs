@@ -54,7 +54,8 @@ pub struct CaFiles<'a> {
     pub cert: &'a str,
     /// `ca-key.pem`: its key.
     pub key: &'a str,
-    /// `root-cert.pem`: the root peers trust, when `cert` is not that root.
+    /// `root-cert.pem`: the root peers trust, when `cert` is not that root
+    /// (absent or empty otherwise).
     pub root: Option<&'a str>,
     /// `cert-chain.pem`: `cert` and what links it to `root`. Without it,
     /// `cert` alone is taken to be issued by `root`.
@@ -112,7 +113,7 @@ impl CertificateAuthority {
 
     /// The CA kept in Istio's plug-in CA files (a Kubernetes Secret, or a
     /// directory). Refused unless a leaf it issues verifies against the root.
-    pub fn from_files(files: CaFiles<'_>, trust_domain: &str) -> Result<Self, CaError> {
+    pub fn from_files<'a>(files: CaFiles<'a>, trust_domain: &str) -> Result<Self, CaError> {
         let key = signing_key(files.key)?;
         let cert = CertificateDer::from_pem_slice(files.cert.as_bytes())
             .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
@@ -121,7 +122,9 @@ impl CertificateAuthority {
         if !crate::certificate::is_for_key(&parsed, &key) {
             return Err(CaError::KeyMismatch);
         }
-        let (root_pem, chain_pem) = match (files.root, files.chain) {
+        // Istio's own `istio-ca-secret` holds these keys empty.
+        let given = |pem: Option<&'a str>| pem.filter(|pem| !pem.trim().is_empty());
+        let (root_pem, chain_pem) = match (given(files.root), given(files.chain)) {
             (None, None) => (files.cert, ""),
             (None, Some(_)) => return Err(CaError::ChainWithoutRoot),
             (Some(root), chain) => (root, chain.unwrap_or(files.cert)),
