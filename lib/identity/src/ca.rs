@@ -132,7 +132,7 @@ impl CertificateAuthority {
         let ca = Self {
             issuer: Issuer::from_ca_cert_pem(files.cert, key)?,
             root_pem: root_pem.into(),
-            chain_pem: with_final_newline(chain_pem),
+            chain_pem: chain_pem.into(),
             trust_domain: trust_domain.into(),
         };
         ca.check_trusted()?;
@@ -216,14 +216,6 @@ impl CertificateAuthority {
         params.not_after = at(not_after);
         let leaf = params.signed_by(&request.public_key, &self.issuer)?;
         Ok(leaf.pem() + &self.chain_pem)
-    }
-}
-
-fn with_final_newline(pem: &str) -> String {
-    match pem {
-        "" => String::new(),
-        pem if pem.ends_with('\n') => pem.into(),
-        pem => format!("{pem}\n"),
     }
 }
 

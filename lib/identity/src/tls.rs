@@ -68,7 +68,10 @@ impl TrustBundle {
 
     /// Checks a chain (leaf first) as a handshake checks a peer's, now:
     /// anchored in this bundle, in its trust domain. The identity it names.
-    pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<Identity, rustls::Error> {
+    pub(crate) fn verify_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Identity, rustls::Error> {
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
