@@ -1,6 +1,8 @@
 //! Traffic capture: loads Ambit's BPF programs, attaches them where pods'
 //! connections are made, and keeps their maps in step with enrollment.
 
+mod btf;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -13,12 +15,12 @@ use ambit_ebpf_common::{
     INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
     REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_RELEASES_MAP,
     RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM, RELEASE_PENDING,
-    SOCKOPS_PROGRAM,
+    SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, Iter, SkLookup, SkSkb, SockOps};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 use crate::netns::Netns;
 
@@ -26,6 +28,8 @@ use crate::netns::Netns;
 pub const OBJECT_NAME: &str = "ambit.bpf.o";
 /// Where a packaged agent finds the object.
 const INSTALLED_DIR: &str = "/usr/lib/ambit";
+/// The running kernel's own types.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -60,8 +64,12 @@ pub enum CaptureError {
     },
     #[error("BPF map: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("reading the kernel's BTF {KERNEL_BTF}, which the relay needs: {0}")]
+    ReadBtf(std::io::Error),
     #[error("the kernel's BTF, which the relay's iterator needs: {0}")]
     Btf(#[from] aya::BtfError),
+    #[error("the kernel's BTF {KERNEL_BTF}: {0}")]
+    KernelField(#[from] btf::BtfError),
     #[error("attaching the relay's iterator: {0}")]
     Iterator(std::io::Error),
 }
@@ -164,8 +172,11 @@ impl Capture {
             path: pin_dir.to_path_buf(),
             source,
         })?;
+        let kernel_btf = std::fs::read(KERNEL_BTF).map_err(CaptureError::ReadBtf)?;
+        let bytes_acked_offset = btf::field_offset(&kernel_btf, "tcp_sock", "bytes_acked", 8)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(TCP_BYTES_ACKED_OFFSET_GLOBAL, &bytes_acked_offset, true)
             .load(&bytes)
             .map_err(|source| CaptureError::Load {
                 path: object.to_path_buf(),
@@ -193,7 +204,7 @@ impl Capture {
         verdict.load()?;
         verdict.attach(relay_members.fd())?;
         let release: &mut Iter = program(&mut ebpf, RELAY_RELEASE_PROGRAM)?.try_into()?;
-        release.load("tcp", &Btf::from_sys_fs()?)?;
+        release.load("tcp", &Btf::parse(&kernel_btf, Endianness::default())?)?;
         let release_link = iterator_link(release.fd()?.as_fd()).map_err(CaptureError::Iterator)?;
 
         let connection_maps = ConnectionMaps {
@@ -303,9 +314,10 @@ impl RelayMaps {
         Some(RelaySlot { _permit })
     }
 
-    /// Pairs two connected TCP sockets, identified by their cookies: from
-    /// then on the kernel sends what either receives out of the other,
-    /// including what is already queued once the socket is next woken.
+    /// Pairs two connected TCP sockets, identified by their cookies, to
+    /// which `written_before` bytes have been written so far: from then on
+    /// the kernel sends what either receives out of the other, including
+    /// what is already queued once the socket is next woken.
     /// Both are filed as peers before either becomes a member, so a member's
     /// bytes always have somewhere to go. Only established sockets can join:
     /// one whose peer has already ended cannot.
@@ -314,13 +326,18 @@ impl RelayMaps {
         _slot: &RelaySlot<'_>,
         (a, a_cookie): (impl AsFd, u64),
         (b, b_cookie): (impl AsFd, u64),
+        written_before: [u64; 2],
     ) -> Result<(), PairError> {
         let (a, b) = (a.as_fd(), b.as_fd());
         {
+            let state = |peer_written_before| RelayState {
+                peer_written_before,
+                ..RelayState::default()
+            };
             let mut states = lock(&self.states);
             let filed = states
-                .insert(a_cookie, RelayState::default(), 0)
-                .and_then(|()| states.insert(b_cookie, RelayState::default(), 0));
+                .insert(a_cookie, state(written_before[1]), 0)
+                .and_then(|()| states.insert(b_cookie, state(written_before[0]), 0));
             if let Err(error) = filed {
                 drop(states);
                 self.forget([a_cookie, b_cookie]);

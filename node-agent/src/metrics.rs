@@ -170,6 +170,29 @@ impl TcpLabels {
     }
 }
 
+/// Which relay carries a plain TCP connection's bytes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Relay {
+    /// Paired in the kernel (`relay_verdict`); it may be taken back later.
+    Kernel,
+    /// Copied by the agent: the kernel relay is off or its maps are full.
+    UserSpace,
+}
+
+impl EncodeLabelValue for Relay {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Kernel => "kernel",
+            Self::UserSpace => "user_space",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabels {
+    relay: Relay,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     opened: Family<TcpLabels, Counter>,
@@ -178,6 +201,8 @@ pub struct Metrics {
     sent: Family<TcpLabels, Counter>,
     /// Bytes from the caller to the callee.
     received: Family<TcpLabels, Counter>,
+    relayed: Family<RelayLabels, Counter>,
+    taken_back: Counter,
 }
 
 impl Metrics {
@@ -203,7 +228,26 @@ impl Metrics {
             "Bytes received from the caller during the connection",
             metrics.received.clone(),
         );
+        registry.register(
+            "ambit_relayed_connections",
+            "Plain TCP connections by the relay that started carrying them",
+            metrics.relayed.clone(),
+        );
+        registry.register(
+            "ambit_relay_takebacks",
+            "Connections the agent took back from the kernel relay: bulk \
+             transfers and readers that fell behind",
+            metrics.taken_back.clone(),
+        );
         metrics
+    }
+
+    pub fn relayed(&self, relay: Relay) {
+        self.relayed.get_or_create(&RelayLabels { relay }).inc();
+    }
+
+    pub fn taken_back(&self) {
+        self.taken_back.inc();
     }
 
     pub fn opened(&self, labels: &TcpLabels) {

@@ -23,7 +23,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use crate::metrics::{Metrics, ResponseFlags, TcpLabels};
+use crate::metrics::{Metrics, Relay, ResponseFlags, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
 
@@ -278,8 +278,14 @@ async fn carry_plain(
 ) -> std::io::Result<(u64, u64)> {
     let _ = client.set_nodelay(true);
     let relay = &inputs.maps.relay;
+    let metrics = &inputs.metrics;
     match relay.reserve() {
-        Some(slot) => kernel_relay::bidirectional(client, upstream, relay, slot, &pod.netns).await,
-        None => splice::bidirectional(client, upstream).await,
+        Some(slot) => {
+            kernel_relay::bidirectional(client, upstream, relay, slot, &pod.netns, metrics).await
+        }
+        None => {
+            metrics.relayed(Relay::UserSpace);
+            splice::bidirectional(client, upstream).await
+        }
     }
 }

@@ -58,6 +58,13 @@ pub fn start_agents(cluster: &Cluster) -> anyhow::Result<Vec<NodeAgent>> {
     start_agents_from(cluster, &Source::Directory)
 }
 
+/// Writes a mesh in which `enrolled` are enrolled, with no services, and
+/// starts the agents, without identities.
+pub fn start_enrolling(cluster: &Cluster, enrolled: &[&Pod]) -> anyhow::Result<Vec<NodeAgent>> {
+    write_config(cluster, &enrolling(cluster, enrolled, vec![]))?;
+    start_agents(cluster)
+}
+
 /// [`start_agents`], the agents reading the mesh from `source`.
 pub fn start_agents_from(cluster: &Cluster, source: &Source) -> anyhow::Result<Vec<NodeAgent>> {
     start_agents_with(cluster, source, None)

@@ -113,6 +113,7 @@ pub struct Server {
     version: String,
     /// (flag, port) for every listener.
     listeners: Vec<(&'static str, u16)>,
+    sink_stall: Duration,
 }
 
 impl Server {
@@ -121,6 +122,7 @@ impl Server {
             app: app.into(),
             version: version.into(),
             listeners: Vec::new(),
+            sink_stall: Duration::ZERO,
         }
     }
 
@@ -143,12 +145,19 @@ impl Server {
         self
     }
 
+    /// Sinks wait `stall` after accepting before they read.
+    pub fn stall_sinks(mut self, stall: Duration) -> Self {
+        self.sink_stall = stall;
+        self
+    }
+
     /// Starts it in `pod` and returns once every listener accepts.
     pub fn start(&self, cluster: &Cluster, pod: &Pod) -> anyhow::Result<Process> {
         let mut args = vec![
             "serve".to_string(),
             format!("--app={}", self.app),
             format!("--version={}", self.version),
+            format!("--sink-stall-ms={}", self.sink_stall.as_millis()),
         ];
         args.extend(
             self.listeners

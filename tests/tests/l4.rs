@@ -14,6 +14,8 @@ const OPENED: &str = "istio_tcp_connections_opened_total";
 const CLOSED: &str = "istio_tcp_connections_closed_total";
 const RECEIVED: &str = "istio_tcp_received_bytes_total";
 const SENT: &str = "istio_tcp_sent_bytes_total";
+const RELAYED: &str = "ambit_relayed_connections_total";
+const TAKEBACKS: &str = "ambit_relay_takebacks_total";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 #[test]
@@ -289,18 +291,7 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
 
     // The sink answers only after the client's half-close.
     let gib = 1 << 30;
-    let transfer = testapp::send(
-        &cluster,
-        client.place(),
-        SocketAddr::from((server.ip, 9100)),
-        gib,
-    )?;
-    assert_eq!(transfer.bytes_sent, gib);
-    assert_eq!(transfer.bytes_received_by_server, gib, "{transfer:?}");
-    assert_eq!(
-        transfer.crc_received_by_server, transfer.crc_sent,
-        "{transfer:?}"
-    );
+    send_intact(&cluster, client, server, gib)?;
 
     let many = testapp::echo_many(
         &cluster,
@@ -321,6 +312,76 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
     ];
     assert_eq!(sample(&source, OPENED, &labels), 1001.0, "{source}");
     assert!(sample(&source, RECEIVED, &labels) >= gib as f64, "{source}");
+    // Plain connections are each carried by one relay. One whose client
+    // has already sent its FIN when the agent pairs it cannot join the
+    // kernel's (as in a burst of short connections) and is copied instead.
+    let relayed = |relay| sample(&source, RELAYED, &[("relay", relay)]);
+    let (kernel, user_space) = (relayed("kernel"), relayed("user_space"));
+    match security {
+        Security::Plaintext => {
+            assert!(kernel >= 1.0 && kernel + user_space == 1001.0, "{source}")
+        }
+        Security::PlaintextInUserSpace => assert_eq!((kernel, user_space), (0.0, 1001.0)),
+        Security::MutualTls => assert_eq!((kernel, user_space), (0.0, 0.0)),
+    }
+    Ok(())
+}
+
+/// The kernel relay's redirect has no back-pressure, so the agent takes a
+/// connection back once too much of what it forwarded is not yet delivered,
+/// and only then: a long exchange whose reader keeps up stays in the kernel.
+#[test]
+fn the_kernel_relay_keeps_exchanges_that_keep_up_and_hands_a_stalled_reader_to_the_agent(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let agents = mesh::start_enrolling(&cluster, &[client, server])?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .sink(9100)
+        .stall_sinks(Duration::from_secs(2))
+        .start(&cluster, server)?;
+
+    // 16 MiB of responses on one kept-alive connection, four times the
+    // relay's budget, each read before the next request.
+    let requests = 256;
+    let url = format!("http://{}:8080/bytes/65536", server.ip);
+    let summary = HttpLoad::new(requests).run(&cluster, client.place(), &url)?;
+    assert_eq!(summary.status(200), requests, "{summary:?}");
+    for agent in &agents {
+        let metrics = agent.metrics(&cluster)?;
+        assert_eq!(
+            sample(&metrics, RELAYED, &[("relay", "kernel")]),
+            1.0,
+            "{metrics}"
+        );
+        assert_eq!(sample(&metrics, TAKEBACKS, &[]), 0.0, "{metrics}");
+    }
+
+    // The sink reads nothing for two seconds: what the kernel forwards
+    // piles up in front of it, until the server's agent takes over.
+    send_intact(&cluster, client, server, 64 << 20)?;
+    let destination = agents[1].metrics(&cluster)?;
+    assert_eq!(sample(&destination, TAKEBACKS, &[]), 1.0, "{destination}");
+    Ok(())
+}
+
+/// Sends `bytes` from `client` to the sink on port 9100 of `server` and
+/// checks that the sink received them all, unchanged.
+fn send_intact(
+    cluster: &Cluster,
+    client: &ambit_testbed::Pod,
+    server: &ambit_testbed::Pod,
+    bytes: u64,
+) -> anyhow::Result<()> {
+    let sink = SocketAddr::from((server.ip, 9100));
+    let transfer = testapp::send(cluster, client.place(), sink, bytes)?;
+    anyhow::ensure!(
+        transfer.bytes_sent == bytes
+            && transfer.bytes_received_by_server == bytes
+            && transfer.crc_received_by_server == transfer.crc_sent,
+        "{bytes} bytes sent, but {transfer:?}"
+    );
     Ok(())
 }
 
@@ -328,11 +389,7 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
 fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client"], &["server"])?;
     let [client, server] = cluster.pods_named(["client", "server"])?;
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[client, server], vec![]),
-    )?;
-    let mut agents = mesh::start_agents(&cluster)?;
+    let mut agents = mesh::start_enrolling(&cluster, &[client, server])?;
     let _app = Server::new("server", "v1")
         .http(8080)
         .echo(9000)

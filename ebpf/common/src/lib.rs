@@ -69,12 +69,18 @@ pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
 /// Most sockets relayed in the kernel at once (two per connection); the
 /// agent relays further connections in user space.
 pub const MAX_RELAYED_SOCKETS: u32 = 65536;
-/// Bytes a socket forwards in the kernel before the agent is told to take
-/// the pair back. The kernel's redirect has no back-pressure (the bytes wait
-/// in the peer's queue, however slow its reader), so bulk transfers move on
-/// to the agent's splice relay, which has; small exchanges stay in the
-/// kernel, where they cost no wakeup of the agent.
+/// Bytes a socket may have forwarded in the kernel that its peer has not
+/// yet delivered (had acknowledged by the far end) before the agent is told
+/// to take the pair back. The kernel's redirect has no back-pressure (the
+/// bytes wait in the peer's queue, however slow its reader), so bulk
+/// transfers and stalled readers move on to the agent's splice relay, which
+/// has; exchanges that keep up, however long-lived, stay in the kernel,
+/// where they cost no wakeup of the agent.
 pub const RELAY_BUDGET: u64 = 4 << 20;
+/// Global (u32) of the relay verdict: the byte offset of `bytes_acked` in
+/// the kernel's `struct tcp_sock`, which the agent reads from the kernel's
+/// BTF (it differs between kernel builds).
+pub const TCP_BYTES_ACKED_OFFSET_GLOBAL: &str = "TCP_BYTES_ACKED_OFFSET";
 
 /// Socket mark of every socket the agent opens in a pod's namespace: such
 /// sockets are never captured. Checked under `AGENT_MARK_MASK`.
@@ -127,12 +133,16 @@ impl Addr4 {
 pub struct RelayState {
     /// Bytes forwarded in the kernel.
     pub forwarded: u64,
+    /// Bytes the peer socket had been given to send when the pair joined:
+    /// from then on it sends only what this socket forwards, so what it has
+    /// not delivered is this plus `forwarded` less its `bytes_acked`.
+    pub peer_written_before: u64,
     /// 1 once the budget was reached and the agent told.
     pub notified: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<RelayState>() == 16);
+const _: () = assert!(core::mem::size_of::<RelayState>() == 24);
 
 /// Identifies a redirected connection as the agent sees it on accept: the
 /// client's namespace and its source port (the address is always loopback).

@@ -17,13 +17,20 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+use core::ptr::{addr_of, addr_of_mut};
+
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, RelayState, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS,
     MAX_PENDING_CONNECTIONS, MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET, RELEASE_PENDING,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem, bpf_map_lookup_elem,
+        bpf_sk_release,
+        generated::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock},
+    },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops, stream_verdict},
     maps::{HashMap, LruHashMap, RingBuf, SockHash},
     programs::{SkBuffContext, SkLookupContext, SockAddrContext, SockOpsContext},
@@ -212,9 +219,13 @@ pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
     let len = u64::from(ctx.len());
     // Past the budget the agent is told, once, and takes the socket back;
     // meanwhile the bytes keep going (never left with the socket, where
-    // they would be lost when it leaves the relay).
+    // they would be lost when it leaves the relay). The peer's delivery is
+    // only looked up once the budget could be reached at all.
     if state.notified == 0
         && state.forwarded + len > RELAY_BUDGET
+        && (state.peer_written_before + state.forwarded + len)
+            .saturating_sub(peer_delivered(cookie))
+            > RELAY_BUDGET
         && RELAY_HANDOVERS.output::<u64>(cookie, 0).is_ok()
     {
         state.notified = 1;
@@ -228,14 +239,58 @@ pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
     SK_PASS
 }
 
+/// See `TCP_BYTES_ACKED_OFFSET_GLOBAL`; set by the agent at load.
+#[no_mangle]
+static TCP_BYTES_ACKED_OFFSET: u32 = 0;
+
+/// Bytes the far end has acknowledged on the peer of the relayed socket
+/// `cookie` (its `tcp_sock.bytes_acked`); 0 when they cannot be read, which
+/// counts everything forwarded as undelivered.
+fn peer_delivered(cookie: u64) -> u64 {
+    // SAFETY: a sockhash lookup from a program returns the socket with a
+    // reference taken, or null.
+    let peer = unsafe {
+        bpf_map_lookup_elem(
+            addr_of!(RELAY_PEERS) as *mut c_void,
+            addr_of!(cookie) as *const c_void,
+        )
+    };
+    if peer.is_null() {
+        return 0;
+    }
+    // SAFETY: `peer` is the socket the lookup returned; the helper returns
+    // null unless it is a TCP socket.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(peer) };
+    let mut acked: u64 = 0;
+    if !tcp.is_null() {
+        // SAFETY: a read-only constant the agent set at load.
+        let offset = unsafe { core::ptr::read_volatile(&TCP_BYTES_ACKED_OFFSET) };
+        // SAFETY: the helper checks the kernel address and writes at most 8
+        // bytes to `acked`, which outlives the call.
+        let read = unsafe {
+            bpf_probe_read_kernel(
+                addr_of_mut!(acked) as *mut c_void,
+                8,
+                (tcp as *const u8).wrapping_add(offset as usize) as *const c_void,
+            )
+        };
+        if read != 0 {
+            acked = 0;
+        }
+    }
+    // SAFETY: the lookup's reference, released once.
+    unsafe { bpf_sk_release(peer) };
+    acked
+}
+
 #[map]
 static RELAY_RELEASES: HashMap<u64, i64> = HashMap::with_max_entries(MAX_RELAYED_SOCKETS, 0);
 
 /// `struct bpf_iter__tcp`, the context of a TCP iterator.
 #[repr(C)]
 struct IterTcpContext {
-    meta: *mut core::ffi::c_void,
-    sk_common: *mut core::ffi::c_void,
+    meta: *mut c_void,
+    sk_common: *mut c_void,
     uid: u32,
 }
 
@@ -263,8 +318,8 @@ fn relay_release(ctx: *mut IterTcpContext) -> i32 {
     // SAFETY: the map and the key outlive the call.
     *pending = unsafe {
         bpf_map_delete_elem(
-            &RELAYED as *const _ as *mut core::ffi::c_void,
-            &cookie as *const u64 as *const core::ffi::c_void,
+            &RELAYED as *const _ as *mut c_void,
+            &cookie as *const u64 as *const c_void,
         )
     };
     0

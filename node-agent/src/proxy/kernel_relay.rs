@@ -6,8 +6,9 @@
 //! before it has been written to the other socket, and takes the byte counts
 //! from the kernel's own TCP counters.
 //!
-//! The kernel's redirect has no back-pressure, so a socket that forwards
-//! more than `RELAY_BUDGET` (bulk) is taken back by the agent, which then
+//! The kernel's redirect has no back-pressure, so once more than
+//! `RELAY_BUDGET` of what a socket forwarded is not yet delivered by its peer
+//! (bulk, or a reader that fell behind) the agent takes the pair back, then
 //! splices that way and copies the other (see `Direction::take_back`).
 
 use std::io::{self, Read, Write};
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 
 use super::splice;
 use crate::capture::{PairError, RelayMaps, RelaySlot};
+use crate::metrics::{Metrics, Relay};
 use crate::netns::Netns;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -41,6 +43,7 @@ pub async fn bidirectional(
     maps: &RelayMaps,
     slot: RelaySlot<'_>,
     netns: &Netns,
+    metrics: &Metrics,
 ) -> io::Result<(u64, u64)> {
     // Out of tokio's reactor: its registration would wake the agent for every
     // message the kernel forwards.
@@ -52,11 +55,17 @@ pub async fn bidirectional(
     // Nothing writes to either socket before the pair joins: their output
     // counts start here.
     let written_before = [written(&sockets[0])?, written(&sockets[1])?];
-    let paired = maps.pair(&slot, (&sockets[0], cookies[0]), (&sockets[1], cookies[1]));
+    let paired = maps.pair(
+        &slot,
+        (&sockets[0], cookies[0]),
+        (&sockets[1], cookies[1]),
+        written_before,
+    );
     match paired {
-        Ok(()) => {}
+        Ok(()) => metrics.relayed(Relay::Kernel),
         Err(PairError::NotJoined(reason)) => {
             tracing::debug!(%reason, "relaying a connection in user space");
+            metrics.relayed(Relay::UserSpace);
             drop(slot);
             let [a, b] = sockets.map(TcpStream::from_std);
             return splice::bidirectional(a?, b?).await;
@@ -83,6 +92,7 @@ pub async fn bidirectional(
         taken_back: &taken_back,
         maps,
         netns,
+        metrics,
         registered: &registered,
         sockets: &sockets,
         index: from,
@@ -153,6 +163,7 @@ struct Direction<'a> {
     taken_back: &'a AtomicBool,
     maps: &'a RelayMaps,
     netns: &'a Netns,
+    metrics: &'a Metrics,
     registered: &'a tokio::sync::OnceCell<Registered>,
     sockets: &'a [StdTcpStream; 2],
     index: usize,
@@ -214,6 +225,7 @@ impl Direction<'_> {
     ///    queued for it, and `relay_release` takes it out under its lock;
     /// 3. once `to` has written all `from` forwarded, the agent splices.
     async fn take_back(&self) -> io::Result<()> {
+        self.metrics.taken_back();
         self.maps.unpeer(self.peer_cookie)?;
         tcp_info(self.to)?;
         self.other_switched.notify_one();

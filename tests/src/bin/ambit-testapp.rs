@@ -46,6 +46,10 @@ enum Mode {
         /// its side, then answers `<bytes> <crc32>`.
         #[arg(long)]
         sink: Vec<SocketAddr>,
+        /// Sinks wait this long after accepting before they read, like a
+        /// reader that falls behind.
+        #[arg(long, default_value_t = 0)]
+        sink_stall_ms: u64,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -127,7 +131,14 @@ async fn main() -> anyhow::Result<()> {
             http,
             echo,
             sink,
-        } => serve(app, version, http, echo, sink).await,
+            sink_stall_ms,
+        } => {
+            let sinks = Sinks {
+                addrs: sink,
+                stall: Duration::from_millis(sink_stall_ms),
+            };
+            serve(app, version, http, echo, sinks).await
+        }
         Mode::Http {
             url,
             requests,
@@ -178,7 +189,7 @@ async fn serve(
     version: String,
     http: Vec<SocketAddr>,
     echo: Vec<SocketAddr>,
-    sink: Vec<SocketAddr>,
+    sinks: Sinks,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         !http.is_empty() || !echo.is_empty(),
@@ -198,11 +209,11 @@ async fn serve(
             .with_context(|| format!("binding {addr}"))?;
         servers.spawn(serve_echo(listener));
     }
-    for addr in sink {
+    for addr in sinks.addrs {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        servers.spawn(serve_sink(listener));
+        servers.spawn(serve_sink(listener, sinks.stall));
     }
     eprintln!("{app} {version} serving");
     match servers.join_next().await {
@@ -264,10 +275,17 @@ async fn serve_echo(listener: TcpListener) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_sink(listener: TcpListener) -> anyhow::Result<()> {
+/// Sink listeners, and how long each waits before reading.
+struct Sinks {
+    addrs: Vec<SocketAddr>,
+    stall: Duration,
+}
+
+async fn serve_sink(listener: TcpListener, stall: Duration) -> anyhow::Result<()> {
     loop {
         let (mut stream, _) = listener.accept().await?;
         tokio::spawn(async move {
+            tokio::time::sleep(stall).await;
             let mut hasher = crc32fast::Hasher::new();
             let mut buffer = vec![0u8; 256 * 1024];
             let mut total = 0u64;
