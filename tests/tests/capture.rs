@@ -12,8 +12,14 @@ fn node_agent_reports_ready_and_stops_on_sigterm() -> anyhow::Result<()> {
     let cluster = Cluster::builder().node(&["app"]).build()?;
     mesh::write_config(&cluster, &mesh::MeshConfig::default())?;
     let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
-    // Prometheus text, empty until a connection is counted.
-    assert_eq!(agent.metrics(&cluster)?.trim(), "# EOF");
+    // Prometheus text: no connection counted yet, the relay's counter at 0.
+    let metrics = agent.metrics(&cluster)?;
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    assert!(!metrics.contains("istio_tcp_"), "{metrics}");
+    assert!(
+        metrics.contains("\nambit_relay_takebacks_total 0\n"),
+        "{metrics}"
+    );
 
     agent.stop()?;
     let output = agent.output();
