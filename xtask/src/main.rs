@@ -118,6 +118,16 @@ impl Workspace {
     fn cargo(&self) -> Command {
         let mut command = Command::new(cargo_bin());
         command.current_dir(&self.root);
+        // `cargo xtask` runs this binary with its own package's variables
+        // set. Passed on, they differ from what the `cargo xtask` build saw,
+        // so build scripts that watch them (ring's watches
+        // CARGO_MANIFEST_DIR) rerun, and each build undoes the other's.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_MANIFEST_") || name.starts_with("CARGO_PKG_") {
+                command.env_remove(name.as_ref());
+            }
+        }
         command
     }
 }
