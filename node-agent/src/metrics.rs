@@ -175,7 +175,8 @@ impl TcpLabels {
 pub enum Relay {
     /// Paired in the kernel (`relay_verdict`); it may be taken back later.
     Kernel,
-    /// Copied by the agent: the kernel relay is off or its maps are full.
+    /// Copied by the agent: the kernel relay is off, its maps are full, or
+    /// a socket could not join (its peer had already ended).
     UserSpace,
 }
 
