@@ -139,23 +139,14 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
         ),
     )?;
     let ca = TestCa::start(&cluster, 24 * 3600)?;
-    let agents = cluster
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(index, node)| {
-            let args = match index {
-                0 | 1 => Vec::new(),
-                2 | 3 => ca.agent_args(node)?,
-                _ => vec!["--kernel-relay=false".into()],
-            };
-            NodeAgent::start_with(&cluster, node, mesh::Source::Directory, args)
+    let agents = mesh::start_agents_with_args(&cluster, &mesh::Source::Directory, |node| {
+        let index = cluster.nodes().iter().position(|n| n.name == node.name);
+        Ok(match index.context("a node of the cluster")? {
+            0 | 1 => Vec::new(),
+            2 | 3 => ca.agent_args(node)?,
+            _ => vec!["--kernel-relay=false".into()],
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for pod in cluster.pods() {
-        let node = cluster.nodes().iter().position(|n| n.name == pod.node);
-        agents[node.context("every pod's node has an agent")?].add_pod(&cluster, pod)?;
-    }
+    })?;
     let _servers = [server, mesh_server, tls_server, splice_server]
         .map(|pod| {
             Server::new(&pod.name, "v1")
