@@ -20,6 +20,7 @@ use crate::Workspace;
 
 /// Bytes moved for the single-stream throughput figure.
 const TRANSFER_BYTES: u64 = 2 << 30;
+const GIB: f64 = (1u64 << 30) as f64;
 const RATE: u32 = 1000;
 const SECONDS: u32 = 10;
 /// Each path is measured this many times, in turns; the report gives medians.
@@ -35,6 +36,10 @@ const ENROLLED_PODS: usize = 100;
 struct Scenario {
     name: &'static str,
     throughput_gbit_per_s: f64,
+    /// The whole machine's busy CPU time per GiB of the single stream: what
+    /// the path costs per byte, steadier than the throughput, which also
+    /// depends on how the scheduler overlaps the stages on few cores.
+    transfer_machine_cpu_seconds_per_gib: f64,
     /// Requests on kept-alive connections.
     kept_alive: Timed,
     /// A new connection per request: its setup is in the latency.
@@ -259,6 +264,9 @@ fn median(rounds: Vec<Scenario>) -> Scenario {
     Scenario {
         name: rounds[0].name,
         throughput_gbit_per_s: mid(rounds.iter().map(|r| r.throughput_gbit_per_s)),
+        transfer_machine_cpu_seconds_per_gib: mid(rounds
+            .iter()
+            .map(|r| r.transfer_machine_cpu_seconds_per_gib)),
         kept_alive: median_timed(rounds.iter().map(|r| &r.kept_alive)),
         new_connections: median_timed(rounds.iter().map(|r| &r.new_connections)),
     }
@@ -305,12 +313,15 @@ fn measure(
     server: &Pod,
     agents: Option<&[NodeAgent]>,
 ) -> anyhow::Result<Scenario> {
+    let busy_before = machine_busy_seconds()?;
     let transfer = transfer_intact(cluster, client, server)?;
+    let transfer_cpu = machine_busy_seconds()? - busy_before;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let timed = |rate, connections| timed(cluster, client, &url, rate, connections, agents);
     Ok(Scenario {
         name,
         throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
+        transfer_machine_cpu_seconds_per_gib: transfer_cpu / (transfer.bytes_sent as f64 / GIB),
         kept_alive: timed(RATE, Connections::KeptAlive(CONNECTIONS))?,
         new_connections: timed(NEW_CONNECTION_RATE, Connections::PerRequest(CONNECTIONS))?,
     })
@@ -419,18 +430,19 @@ fn markdown(scenarios: &[Scenario]) -> String {
          {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns. \
          Machine CPU is the whole machine's busy time (client, server, agents, and the kernel's work for them, \
          which the agents' own CPU time does not show).\n\n\
-         | path | throughput (Gbit/s) | % of no mesh | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | path | throughput (Gbit/s) | % of no mesh | machine CPU s / GiB | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
     for scenario in scenarios {
         let (cpu, rss) = cost(&scenario.kept_alive);
         let _ = writeln!(
             table,
-            "| {} | {:.2} | {:.0}% | {} | {cpu} | {:.4} | {rss} |",
+            "| {} | {:.2} | {:.0}% | {:.2} | {} | {cpu} | {:.4} | {rss} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
             100.0 * scenario.throughput_gbit_per_s / baseline.throughput_gbit_per_s,
+            scenario.transfer_machine_cpu_seconds_per_gib,
             percentiles(&scenario.kept_alive, &baseline.kept_alive),
             scenario.kept_alive.machine_cpu_seconds_per_1000_requests,
         );
