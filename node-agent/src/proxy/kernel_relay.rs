@@ -29,8 +29,19 @@ use crate::netns::Netns;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// First and last pause while the kernel still holds bytes that precede a
-/// half-close or the agent's own copying.
+/// half-close or the agent's own copying; each pause is a quarter longer than
+/// the one before, so a take-back waits at most a quarter longer than the
+/// kernel needs.
 const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+/// Send buffer asked for both relayed sockets when they join (the kernel
+/// doubles it for its bookkeeping): the redirect retries a full send buffer
+/// only at the next timer tick (4 ms at HZ=250), so with a buffer still small
+/// from autotuning, bulk forwarded in the kernel ran at about 2 Gbit/s and
+/// left megabytes queued that a take-back had to wait out (20-80 ms, against
+/// 3-13 ms with this buffer). It only bounds what may queue: twice the
+/// autotuning ceiling (tcp_wmem's default maximum), for the bulk that
+/// the agent takes back.
+const RELAY_SEND_BUFFER: libc::c_int = 4 << 20;
 /// The agent's copy buffer for the quiet way of a pair taken back.
 const QUIET_BUFFER: usize = 64 * 1024;
 
@@ -73,6 +84,7 @@ pub async fn bidirectional(
         Err(PairError::Halfway(error)) => return Err(error),
     }
     for socket in &sockets {
+        set_relay_send_buffer(socket);
         forward_queued(socket)?;
     }
     // Registered with tokio only once the agent takes the pair back.
@@ -207,7 +219,7 @@ impl Direction<'_> {
                 return Err(error);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(DRAIN_PAUSE.1);
+            pause = longer(pause);
         }
     }
 
@@ -291,9 +303,22 @@ async fn wait_until_written(socket: &StdTcpStream, before: u64, target: u64) -> 
             return Err(error);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(DRAIN_PAUSE.1);
+        pause = longer(pause);
     }
     Ok(())
+}
+
+fn longer(pause: Duration) -> Duration {
+    (pause * 5 / 4).min(DRAIN_PAUSE.1)
+}
+
+/// Sets `RELAY_SEND_BUFFER` with SO_SNDBUFFORCE, which the agent's
+/// CAP_NET_ADMIN allows past `net.core.wmem_max` (208 KiB by default). A
+/// refusal only costs speed: the socket keeps its autotuned buffer.
+fn set_relay_send_buffer(socket: &StdTcpStream) {
+    if let Err(error) = set_socket_option(socket, libc::SO_SNDBUFFORCE, RELAY_SEND_BUFFER) {
+        tracing::debug!(%error, "keeping a relayed socket's autotuned send buffer");
+    }
 }
 
 /// Data bytes a socket has received, once its peer has ended: the kernel's
@@ -339,14 +364,22 @@ fn tcp_info(socket: &StdTcpStream) -> io::Result<libc::tcp_info> {
 /// Bytes that arrived before the socket joined wait in its queue until the
 /// kernel next signals it readable; setting SO_RCVLOWAT signals it now.
 fn forward_queued(socket: &StdTcpStream) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_socket_option(socket, libc::SO_RCVLOWAT, 1)
+}
+
+/// Sets a `SOL_SOCKET` option whose value is an int.
+fn set_socket_option(
+    socket: &StdTcpStream,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the option value is one int that outlives the call.
     let result = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&one as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
