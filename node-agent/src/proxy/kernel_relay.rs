@@ -38,9 +38,9 @@ const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(1), Duration::f
 /// only at the next timer tick (4 ms at HZ=250), so with a buffer still small
 /// from autotuning, bulk forwarded in the kernel ran at about 2 Gbit/s and
 /// left megabytes queued that a take-back had to wait out (20-80 ms, against
-/// 3-13 ms with this buffer). It only bounds what may queue: twice the
-/// autotuning ceiling (tcp_wmem's default maximum), for the bulk that
-/// the agent takes back.
+/// mostly 3-13 ms with this buffer). It only bounds what may queue: twice the
+/// autotuning ceiling (tcp_wmem's default maximum), reached only by bulk,
+/// which the agent takes back.
 const RELAY_SEND_BUFFER: libc::c_int = 4 << 20;
 /// The agent's copy buffer for the quiet way of a pair taken back.
 const QUIET_BUFFER: usize = 64 * 1024;
