@@ -50,8 +50,13 @@ struct KnownPod {
 struct Enrolled {
     capture: PodCapture,
     /// Stops the pod's accept loops when dropped.
-    _proxy: PodProxy,
+    proxy: PodProxy,
 }
+
+/// How long a released pod's listeners stay open after its capture is
+/// gone: a connection steered to them just before may still wait in their
+/// queue, and closing them would reset it. Nothing new reaches them.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Enrollment {
     capture: Capture,
@@ -237,7 +242,7 @@ impl Enrollment {
         let context = Arc::new(PodContext::new(sandbox.pod.clone(), netns));
         Ok(Enrolled {
             capture,
-            _proxy: proxy::start(context, listeners, self.inputs.clone()),
+            proxy: proxy::start(context, listeners, self.inputs.clone()),
         })
     }
 
@@ -246,6 +251,7 @@ impl Enrollment {
             if let Err(error) = self.capture.release(enrolled.capture) {
                 tracing::error!(pod = %known.sandbox.pod, %error, "releasing capture");
             }
+            enrolled.proxy.close_after(RELEASE_GRACE);
         }
     }
 

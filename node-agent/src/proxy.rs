@@ -115,6 +115,16 @@ pub struct PodProxy {
     accept_loops: Vec<AbortHandle>,
 }
 
+impl PodProxy {
+    /// Keeps accepting for `grace`, then stops.
+    pub fn close_after(self, grace: Duration) {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            drop(self);
+        });
+    }
+}
+
 impl Drop for PodProxy {
     fn drop(&mut self) {
         for task in &self.accept_loops {

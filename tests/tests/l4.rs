@@ -188,6 +188,13 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
     let url = format!("http://{}:8080/", server.ip);
     let echo_addr = SocketAddr::from((server.ip, 9000));
     let lines = 40;
+    // New connections all along, across both changes: none may fail, not
+    // even one steered to the agent just before the release.
+    let requests = 1000;
+    let mut load = HttpLoad::new(requests)
+        .reconnect()
+        .interval(Duration::from_millis(5))
+        .spawn(&cluster, client.place(), &url)?;
 
     // A connection made before the client is enrolled...
     let mut before = testapp::echo_stream(
@@ -214,6 +221,9 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
     std::thread::sleep(Duration::from_millis(300));
     mesh::write_config(&cluster, &mesh::enrolling(&cluster, &[server], vec![]))?;
     wait_until_captured(&cluster, &agents[0], client, &url, false)?;
+    load.wait_exit(Duration::from_secs(60))?;
+    let summary: HttpSummary = testapp::last_json(&load.output())?;
+    assert_eq!(summary.status(200), requests, "{summary:?}");
 
     for stream in [&mut before, &mut during] {
         stream.wait_exit(Duration::from_secs(30))?;
