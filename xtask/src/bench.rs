@@ -313,9 +313,7 @@ fn measure(
     server: &Pod,
     agents: Option<&[NodeAgent]>,
 ) -> anyhow::Result<Scenario> {
-    let busy_before = machine_busy_seconds()?;
-    let transfer = transfer_intact(cluster, client, server)?;
-    let transfer_cpu = machine_busy_seconds()? - busy_before;
+    let (transfer, transfer_cpu) = with_machine_cpu(|| transfer_intact(cluster, client, server))?;
     let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
     let timed = |rate, connections| timed(cluster, client, &url, rate, connections, agents);
     Ok(Scenario {
@@ -343,10 +341,10 @@ fn timed(
             .collect::<anyhow::Result<Vec<Usage>>>()
     };
     let before = agents.map(usage).transpose()?;
-    let busy_before = machine_busy_seconds()?;
-    let latency = testapp::latency(cluster, client.place(), url, rate, SECONDS, connections)?;
-    let machine_cpu_seconds_per_1000_requests =
-        (machine_busy_seconds()? - busy_before) / (latency.requests as f64 / 1000.0);
+    let (latency, machine_cpu) = with_machine_cpu(|| {
+        testapp::latency(cluster, client.place(), url, rate, SECONDS, connections)
+    })?;
+    let machine_cpu_seconds_per_1000_requests = machine_cpu / (latency.requests as f64 / 1000.0);
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
     let agents = match (agents, before) {
         (Some(agents), Some(before)) => {
@@ -370,6 +368,13 @@ fn timed(
         machine_cpu_seconds_per_1000_requests,
         agents,
     })
+}
+
+/// What `run` returns, with the whole machine's busy CPU seconds meanwhile.
+fn with_machine_cpu<T>(run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let before = machine_busy_seconds()?;
+    let result = run()?;
+    Ok((result, machine_busy_seconds()? - before))
 }
 
 /// A process's resident memory in MiB.
