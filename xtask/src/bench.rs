@@ -24,13 +24,31 @@ const GIB: f64 = (1u64 << 30) as f64;
 const RATE: u32 = 1000;
 const SECONDS: u32 = 10;
 /// Each path is measured this many times, in turns; the report gives medians.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const CONNECTIONS: u32 = 8;
 /// Requests per second when each opens a new connection.
 const NEW_CONNECTION_RATE: u32 = 500;
 const RESPONSE_BYTES: usize = 1024;
 /// Pods on one agent for the memory figure.
 const ENROLLED_PODS: usize = 100;
+
+/// A path's figures: medians of its rounds, beside each round's own.
+#[derive(Serialize)]
+struct PathReport {
+    median: Scenario,
+    /// Against no mesh in the same round (the machine's speed drifts
+    /// between rounds, so a path is compared with the baseline measured
+    /// just before it), the median over the rounds.
+    against_no_mesh: AgainstNoMesh,
+    rounds: Vec<Scenario>,
+}
+
+#[derive(Serialize)]
+struct AgainstNoMesh {
+    throughput_percent: f64,
+    kept_alive_p99_added_us: i64,
+    new_connections_p99_added_us: i64,
+}
 
 #[derive(Serialize)]
 struct Scenario {
@@ -88,13 +106,13 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
-    let scenarios = data_path(&binaries)?;
+    let paths = data_path(&binaries)?;
     let memory = memory_with_enrolled_pods(&binaries)?;
 
-    let report = format!("{}\n{}", markdown(&scenarios), memory.markdown());
+    let report = format!("{}\n{}", markdown(&paths), memory.markdown());
     println!("\n{report}");
     std::fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({ "paths": scenarios, "memory": memory });
+    let json = serde_json::json!({ "paths": paths, "memory": memory });
     std::fs::write(dir.join("l4.json"), serde_json::to_vec_pretty(&json)?)?;
     std::fs::write(dir.join("l4.md"), report)?;
     println!("Saved to {}/l4.json and l4.md", dir.display());
@@ -102,7 +120,7 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
 }
 
 /// Each path's throughput, latency and agent cost, medians of the rounds.
-fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
+fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
     // Four client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
     // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
@@ -187,13 +205,47 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<Scenario>> {
         ),
     ];
     let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
-        for ((name, from, to, on_path), results) in paths.iter().zip(&mut rounds) {
-            println!("bench: round {round}/{ROUNDS}: {name}");
-            results.push(measure(&cluster, name, from, to, *on_path)?);
+    for round in 0..ROUNDS {
+        // No mesh first, the baseline of the round; the other paths take
+        // turns at going first, so that none always follows the same one.
+        let mut order: Vec<usize> = (1..paths.len()).collect();
+        order.rotate_left(round % (paths.len() - 1));
+        for index in std::iter::once(0).chain(order) {
+            let (name, from, to, on_path) = paths[index];
+            println!("bench: round {}/{ROUNDS}: {name}", round + 1);
+            rounds[index].push(measure(&cluster, name, from, to, on_path)?);
         }
     }
-    Ok(rounds.into_iter().map(median).collect())
+    let against: Vec<AgainstNoMesh> = rounds
+        .iter()
+        .map(|path| against_no_mesh(path, &rounds[0]))
+        .collect();
+    Ok(rounds
+        .into_iter()
+        .zip(against)
+        .map(|(rounds, against_no_mesh)| PathReport {
+            median: median(&rounds),
+            against_no_mesh,
+            rounds,
+        })
+        .collect())
+}
+
+/// Each round's figures against no mesh's in the same round, the median
+/// over the rounds.
+fn against_no_mesh(path: &[Scenario], baseline: &[Scenario]) -> AgainstNoMesh {
+    let pairs = || path.iter().zip(baseline);
+    let p99_added = |timed: fn(&Scenario) -> &Timed| {
+        mid(pairs().map(|(run, base)| {
+            timed(run).latency.p99_us as i64 - timed(base).latency.p99_us as i64
+        }))
+    };
+    AgainstNoMesh {
+        throughput_percent: mid(pairs()
+            .map(|(run, base)| 100.0 * run.throughput_gbit_per_s / base.throughput_gbit_per_s)),
+        kept_alive_p99_added_us: p99_added(|s| &s.kept_alive),
+        new_connections_p99_added_us: p99_added(|s| &s.new_connections),
+    }
 }
 
 /// An agent's resident memory with many enrolled pods, each its own
@@ -260,7 +312,7 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
 }
 
 /// The median of each figure over the rounds.
-fn median(rounds: Vec<Scenario>) -> Scenario {
+fn median(rounds: &[Scenario]) -> Scenario {
     Scenario {
         name: rounds[0].name,
         throughput_gbit_per_s: mid(rounds.iter().map(|r| r.throughput_gbit_per_s)),
@@ -428,27 +480,31 @@ fn wait_for_capture(
     .context("bench")
 }
 
-fn markdown(scenarios: &[Scenario]) -> String {
-    let baseline = &scenarios[0];
+fn markdown(paths: &[PathReport]) -> String {
     let mut table = format!(
         "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} kept-alive connections, \
-         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; medians of {ROUNDS} rounds taken in turns. \
+         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; {ROUNDS} rounds taken in turns. Figures are \
+         medians over the rounds; % of no mesh and p99 added compare each round with no mesh in the same round. \
          Machine CPU is the whole machine's busy time (client, server, agents, and the kernel's work for them, \
          which the agents' own CPU time does not show).\n\n\
          | path | throughput (Gbit/s) | % of no mesh | machine CPU s / GiB | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
-    for scenario in scenarios {
+    for path in paths {
+        let scenario = &path.median;
         let (cpu, rss) = cost(&scenario.kept_alive);
         let _ = writeln!(
             table,
             "| {} | {:.2} | {:.0}% | {:.2} | {} | {cpu} | {:.4} | {rss} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
-            100.0 * scenario.throughput_gbit_per_s / baseline.throughput_gbit_per_s,
+            path.against_no_mesh.throughput_percent,
             scenario.transfer_machine_cpu_seconds_per_gib,
-            percentiles(&scenario.kept_alive, &baseline.kept_alive),
+            percentiles(
+                &scenario.kept_alive,
+                path.against_no_mesh.kept_alive_p99_added_us
+            ),
             scenario.kept_alive.machine_cpu_seconds_per_1000_requests,
         );
     }
@@ -459,13 +515,17 @@ fn markdown(scenarios: &[Scenario]) -> String {
          | path | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 connections | machine CPU s / 1000 connections |\n\
          |---|---:|---:|---:|---:|---:|---:|\n"
     );
-    for scenario in scenarios {
+    for path in paths {
+        let scenario = &path.median;
         let (cpu, _) = cost(&scenario.new_connections);
         let _ = writeln!(
             table,
             "| {} | {} | {cpu} | {:.4} |",
             scenario.name,
-            percentiles(&scenario.new_connections, &baseline.new_connections),
+            percentiles(
+                &scenario.new_connections,
+                path.against_no_mesh.new_connections_p99_added_us
+            ),
             scenario
                 .new_connections
                 .machine_cpu_seconds_per_1000_requests,
@@ -474,15 +534,12 @@ fn markdown(scenarios: &[Scenario]) -> String {
     table
 }
 
-/// p50, p90, p99 and the p99 added to the baseline's, as table cells.
-fn percentiles(run: &Timed, baseline: &Timed) -> String {
+/// p50, p90, p99 and the p99 added to no mesh's, as table cells.
+fn percentiles(run: &Timed, p99_added_us: i64) -> String {
     let latency = &run.latency;
     format!(
-        "{} | {} | {} | {}",
-        latency.p50_us,
-        latency.p90_us,
-        latency.p99_us,
-        latency.p99_us as i64 - baseline.latency.p99_us as i64
+        "{} | {} | {} | {p99_added_us}",
+        latency.p50_us, latency.p90_us, latency.p99_us,
     )
 }
 
