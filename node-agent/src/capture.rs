@@ -116,7 +116,7 @@ pub struct Capture {
 pub struct ConnectionMaps {
     original_dst: Mutex<HashMap<MapData, ConnectionKey, Addr4>>,
     agent_sources: Mutex<HashMap<MapData, Addr4, u8>>,
-    pub relay: RelayMaps,
+    pub relay: Arc<RelayMaps>,
 }
 
 /// The in-kernel relay's maps: `relay_verdict` runs on every member socket
@@ -210,7 +210,7 @@ impl Capture {
         let connection_maps = ConnectionMaps {
             original_dst: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST_MAP)?),
             agent_sources: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES_MAP)?),
-            relay: RelayMaps {
+            relay: Arc::new(RelayMaps {
                 peers: Mutex::new(take_map(&mut ebpf, RELAY_PEERS_MAP)?),
                 members: Mutex::new(relay_members),
                 states: Mutex::new(take_map(&mut ebpf, RELAY_STATES_MAP)?),
@@ -223,7 +223,7 @@ impl Capture {
                 } else {
                     0
                 }),
-            },
+            }),
         };
         let capture = Self {
             redirects: take_map(&mut ebpf, REDIRECTS_MAP)?,
@@ -397,7 +397,19 @@ impl RelayMaps {
     /// removes it under the socket's lock. Its peer must no longer send
     /// into it (see [`RelayMaps::unpeer`]) and what it did send must have
     /// been written.
-    pub fn release(&self, cookie: u64, netns: &crate::netns::Netns) -> std::io::Result<()> {
+    ///
+    /// Runs on a blocking thread: the iterator walks the kernel's whole
+    /// table of TCP connections (2-6 ms at 256 Ki buckets here; the table
+    /// grows with the node's memory), which would hold up every connection
+    /// a runtime thread carries.
+    pub async fn release(self: &Arc<Self>, cookie: u64, netns: &Arc<Netns>) -> std::io::Result<()> {
+        let (maps, netns) = (Arc::clone(self), Arc::clone(netns));
+        tokio::task::spawn_blocking(move || maps.release_now(cookie, &netns))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    fn release_now(&self, cookie: u64, netns: &Netns) -> std::io::Result<()> {
         let mut releases = lock(&self.releases);
         releases
             .insert(cookie, RELEASE_PENDING, 0)

@@ -14,6 +14,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::libc;
@@ -51,9 +52,9 @@ const QUIET_BUFFER: usize = 64 * 1024;
 pub async fn bidirectional(
     a: TcpStream,
     b: TcpStream,
-    maps: &RelayMaps,
+    maps: &Arc<RelayMaps>,
     slot: RelaySlot<'_>,
-    netns: &Netns,
+    netns: &Arc<Netns>,
     metrics: &Metrics,
 ) -> io::Result<(u64, u64)> {
     // Out of tokio's reactor: its registration would wake the agent for every
@@ -173,8 +174,8 @@ struct Direction<'a> {
     switched: &'a tokio::sync::Notify,
     other_switched: &'a tokio::sync::Notify,
     taken_back: &'a AtomicBool,
-    maps: &'a RelayMaps,
-    netns: &'a Netns,
+    maps: &'a Arc<RelayMaps>,
+    netns: &'a Arc<Netns>,
     metrics: &'a Metrics,
     registered: &'a tokio::sync::OnceCell<Registered>,
     sockets: &'a [StdTcpStream; 2],
@@ -243,7 +244,7 @@ impl Direction<'_> {
         self.other_switched.notify_one();
         let quiet_forwarded = self.maps.state(self.peer_cookie)?.forwarded;
         wait_until_written(self.from, self.from_written_before, quiet_forwarded).await?;
-        self.maps.release(self.cookie, self.netns)?;
+        self.maps.release(self.cookie, self.netns).await?;
         let forwarded = self.maps.state(self.cookie)?.forwarded;
         wait_until_written(self.to, self.written_before, forwarded).await?;
         let registered = self.registered().await?;
