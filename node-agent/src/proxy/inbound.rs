@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
+use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::admission::{admit, PolicySettings, Proof};
-use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
+use super::{agent_socket, carry_plain, connect, without_pacing, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
 pub(super) async fn handle(
@@ -106,6 +107,7 @@ pub(super) async fn connect_app(
     target: SocketAddr,
 ) -> std::io::Result<TcpStream> {
     let socket = agent_socket(&pod.netns, AGENT_MARK | INBOUND_MARK_BIT, Some(source))?;
+    without_pacing(SockRef::from(&socket));
     let SocketAddr::V4(bound) = socket.local_addr()? else {
         return Err(std::io::Error::other(
             "an IPv4 socket bound to an IPv6 address",
