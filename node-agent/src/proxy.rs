@@ -117,7 +117,7 @@ fn listener(addr: SocketAddrV4) -> std::io::Result<Socket> {
 /// which never leave the host: reno, which every kernel has. The node's
 /// default may pace: BBR does, with TCP's own timers wherever the device
 /// has no fq qdisc, as loopback never has. On a leg with no network, pacing
-/// only costs CPU (5-10% of the throughput through the agents here).
+/// only costs CPU (6-10% of the throughput through the agents here).
 const LOCAL_LEG_CONGESTION_CONTROL: &[u8] = b"reno";
 
 /// Sets [`LOCAL_LEG_CONGESTION_CONTROL`]; a refusal keeps the node's
