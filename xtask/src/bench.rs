@@ -119,7 +119,8 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each path's throughput, latency and agent cost, medians of the rounds.
+/// Each path's throughput, latency and agent cost, round by round, as
+/// medians, and against no mesh.
 fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
     // Four client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
@@ -223,10 +224,10 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
     Ok(rounds
         .into_iter()
         .zip(against)
-        .map(|(rounds, against_no_mesh)| PathReport {
-            median: median(&rounds),
+        .map(|(path_rounds, against_no_mesh)| PathReport {
+            median: median(&path_rounds),
             against_no_mesh,
-            rounds,
+            rounds: path_rounds,
         })
         .collect())
 }
