@@ -519,8 +519,9 @@ pub enum PairError {
     /// Neither socket joined and nothing was forwarded: the pair can be
     /// relayed in user space instead.
     NotJoined(std::io::Error),
-    /// One socket joined and may have forwarded bytes: the connection
-    /// cannot be carried on in order and must be aborted.
+    /// The second socket (`a`) could not join after the first (`b`) had:
+    /// its peer's FIN may arrive in between. `b` may have forwarded bytes
+    /// into `a`, so the pair must be taken back the careful way.
     Halfway(std::io::Error),
 }
 

@@ -82,7 +82,14 @@ pub async fn bidirectional(
             let [a, b] = sockets.map(TcpStream::from_std);
             return splice::bidirectional(a?, b?).await;
         }
-        Err(PairError::Halfway(error)) => return Err(error),
+        Err(PairError::Halfway(reason)) => {
+            // `b` joined and may have forwarded into `a` already, so the
+            // pair cannot start over in user space; it is taken straight
+            // back, in order, as a pair past its budget is.
+            tracing::debug!(%reason, "taking back a pair only half joined");
+            metrics.relayed(Relay::Kernel);
+            handovers[1].notify_one();
+        }
     }
     for socket in &sockets {
         set_relay_send_buffer(socket);
