@@ -9,6 +9,7 @@ pub mod hbone;
 mod inbound;
 mod kernel_relay;
 mod outbound;
+mod source_ports;
 mod splice;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -53,12 +54,19 @@ pub struct PodContext {
     /// The pod's key in the mesh model, made once rather than per connection.
     pub key: Key,
     pub netns: Arc<Netns>,
+    /// For the agent's connections to the pod's apps.
+    source_ports: source_ports::SourcePorts,
 }
 
 impl PodContext {
     pub fn new(pod: PodRef, netns: Arc<Netns>) -> Self {
         let key = Key::new(&pod.namespace, &pod.name);
-        Self { pod, key, netns }
+        Self {
+            pod,
+            key,
+            netns,
+            source_ports: Default::default(),
+        }
     }
 
     /// The pod as the mesh knows it, if it does yet.
@@ -193,18 +201,19 @@ where
 }
 
 /// A socket of the agent's inside `netns`, marked so capture never takes it;
-/// with `transparent_source`, it sends from that (foreign) address.
+/// with `transparent_source`, it sends from that (foreign) address, from
+/// one of the ports.
 fn agent_socket(
     netns: &Netns,
     mark: u32,
-    transparent_source: Option<Ipv4Addr>,
+    transparent_source: Option<(Ipv4Addr, &source_ports::SourcePorts)>,
 ) -> std::io::Result<TcpSocket> {
     let socket = netns.run(|| {
         let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
         socket.set_mark(mark)?;
-        if let Some(source) = transparent_source {
+        if let Some((source, ports)) = transparent_source {
             socket.set_ip_transparent_v4(true)?;
-            socket.bind(&SocketAddrV4::new(source, 0).into())?;
+            ports.bind(&socket, source)?;
         }
         std::io::Result::Ok(socket)
     })??;

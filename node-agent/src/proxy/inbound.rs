@@ -106,7 +106,11 @@ pub(super) async fn connect_app(
     source: Ipv4Addr,
     target: SocketAddr,
 ) -> std::io::Result<TcpStream> {
-    let socket = agent_socket(&pod.netns, AGENT_MARK | INBOUND_MARK_BIT, Some(source))?;
+    let socket = agent_socket(
+        &pod.netns,
+        AGENT_MARK | INBOUND_MARK_BIT,
+        Some((source, &pod.source_ports)),
+    )?;
     without_pacing(SockRef::from(&socket));
     let SocketAddr::V4(bound) = socket.local_addr()? else {
         return Err(std::io::Error::other(
