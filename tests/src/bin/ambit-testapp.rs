@@ -15,7 +15,7 @@ use hyper::{body::Incoming, service::service_fn, Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest body `/bytes/N` sends.
@@ -197,22 +197,16 @@ async fn serve(
     );
     let mut servers = tokio::task::JoinSet::new();
     for addr in http {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = listen(addr)?;
         let (app, version) = (app.clone(), version.clone());
         servers.spawn(serve_http(listener, app, version));
     }
     for addr in echo {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = listen(addr)?;
         servers.spawn(serve_echo(listener));
     }
     for addr in sinks.addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = listen(addr)?;
         servers.spawn(serve_sink(listener, sinks.stall));
     }
     eprintln!("{app} {version} serving");
@@ -220,6 +214,22 @@ async fn serve(
         Some(result) => result?,
         None => Ok(()),
     }
+}
+
+/// A listener whose accept queue holds as many connections as Linux allows
+/// by default (`net.core.somaxconn`), as Go's servers ask: a burst of new
+/// connections then waits for the app rather than losing SYNs to a full
+/// queue, which TCP retries only after one, three, seven seconds.
+fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(4096)?)
 }
 
 async fn serve_http(listener: TcpListener, app: String, version: String) -> anyhow::Result<()> {
