@@ -572,8 +572,46 @@ impl Cluster {
     }
 }
 
+/// Warnings and errors shown per log when a test fails.
+const LOG_LINES_ON_FAILURE: usize = 20;
+
+impl Cluster {
+    /// The last warnings and errors of each process's log, for a failed
+    /// test's output: the logs go with the cluster.
+    fn print_log_warnings(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.logs) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(log) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+                .collect();
+            if warnings.is_empty() {
+                continue;
+            }
+            let shown = &warnings[warnings.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+            eprintln!(
+                "--- {}: the last {} of {} warnings and errors",
+                entry.file_name().to_string_lossy(),
+                shown.len(),
+                warnings.len()
+            );
+            for line in shown {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_warnings();
+        }
         live_runs().remove(&self.run);
         if let Err(error) = host::remove_run(&self.run) {
             eprintln!("tearing down {}: {error:#}", self.run);
