@@ -37,7 +37,8 @@ pub struct SourcePorts {
     /// runtime has applied the pod's sysctls. `None` if it could not be
     /// read; the kernel then picks.
     range: OnceLock<Option<EphemeralPorts>>,
-    /// The next port to try, as an offset into the range.
+    /// Ports handed out so far (from a start of its own): the next port's
+    /// place in its half of the range.
     next: AtomicU32,
 }
 
@@ -62,7 +63,7 @@ impl SourcePorts {
         let range = self.range.get_or_init(|| {
             EphemeralPorts::read()
                 .inspect_err(|error| {
-                    tracing::warn!(%error, "the pod's ephemeral port range; the kernel picks source ports")
+                    tracing::warn!(%error, "cannot read the pod's ephemeral port range; the kernel picks source ports")
                 })
                 .ok()
         });
