@@ -201,8 +201,8 @@ where
 }
 
 /// A socket of the agent's inside `netns`, marked so capture never takes it;
-/// with `transparent_source`, it sends from that (foreign) address, from
-/// one of the ports.
+/// with `transparent_source`, it sends from that (foreign) address and a
+/// port the pod's [`source_ports::SourcePorts`] pick.
 fn agent_socket(
     netns: &Netns,
     mark: u32,
