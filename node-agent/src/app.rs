@@ -130,7 +130,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     admin.stop().await;
     drop(enrollment);
-    tracing::info!("traffic capture detached; stopped");
+    // Capture stays (pinned): until the next agent takes it over, the
+    // enrolled pods' new connections fail rather than bypass the mesh.
+    tracing::info!("stopped; capture stays in place for the next agent");
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use ambit_ebpf_common::{
     SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
-use aya::programs::sk_lookup::SkLookupLinkId;
+use aya::programs::links::{FdLink, LinkError};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, Iter, SkLookup, SkSkb, SockOps};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
@@ -30,6 +30,12 @@ pub const OBJECT_NAME: &str = "ambit.bpf.o";
 const INSTALLED_DIR: &str = "/usr/lib/ambit";
 /// The running kernel's own types.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Under the pin directory: the capture programs' links. Pinned, they
+/// outlive the agent, so an enrolled pod's connections keep meeting the
+/// agent's (then missing) listeners and fail, rather than bypass the mesh
+/// while no agent runs; the next agent's links replace them. Removing the
+/// pin directory (uninstalling) is what detaches them.
+const LINKS_DIR: &str = "links";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -72,6 +78,15 @@ pub enum CaptureError {
     KernelField(#[from] btf::BtfError),
     #[error("attaching the relay's iterator: {0}")]
     Iterator(std::io::Error),
+    #[error("BPF link: {0}")]
+    Link(#[from] LinkError),
+    #[error("pinning a BPF link: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("pinning a BPF link at {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Finds the BPF object: `explicit` when given, else `bpf/ambit.bpf.o` in a
@@ -104,10 +119,12 @@ pub fn locate_object(explicit: Option<&Path>) -> Result<PathBuf, CaptureError> {
         })
 }
 
-/// The loaded programs and the maps enrollment changes. Dropping it detaches
-/// the programs; the maps stay pinned, so a restarted agent finds them.
+/// The loaded programs and the maps enrollment changes. The capture
+/// programs' links and the maps stay pinned when it is dropped, so capture
+/// goes on, failing closed, until a restarted agent takes it over.
 pub struct Capture {
     ebpf: Ebpf,
+    links_dir: PathBuf,
     redirects: HashMap<MapData, u64, Addr4>,
     inbound_listeners: SockHash<MapData, u32>,
 }
@@ -149,7 +166,8 @@ pub struct RelaySlot<'a> {
 pub struct PodCapture {
     netns_cookie: u64,
     ip: Ipv4Addr,
-    inbound_link: SkLookupLinkId,
+    /// Where the link of `inbound_lookup` to its namespace is pinned.
+    inbound_link: PathBuf,
 }
 
 impl Capture {
@@ -168,8 +186,9 @@ impl Capture {
             path: object.to_path_buf(),
             source,
         })?;
-        std::fs::create_dir_all(pin_dir).map_err(|source| CaptureError::PinDir {
-            path: pin_dir.to_path_buf(),
+        let links_dir = pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links_dir).map_err(|source| CaptureError::PinDir {
+            path: links_dir.clone(),
             source,
         })?;
         let kernel_btf = std::fs::read(KERNEL_BTF).map_err(CaptureError::ReadBtf)?;
@@ -192,11 +211,16 @@ impl Capture {
         for name in [CONNECT4_PROGRAM, CONNECT6_PROGRAM] {
             let connect: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             connect.load()?;
-            connect.attach(&cgroup_dir, CgroupAttachMode::Single)?;
+            let link = connect.attach(&cgroup_dir, CgroupAttachMode::Single)?;
+            pin_link(connect.take_link(link)?.try_into()?, &links_dir.join(name))?;
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS_PROGRAM)?.try_into()?;
         sockops.load()?;
-        sockops.attach(&cgroup_dir, CgroupAttachMode::Single)?;
+        let link = sockops.attach(&cgroup_dir, CgroupAttachMode::Single)?;
+        pin_link(
+            sockops.take_link(link)?.try_into()?,
+            &links_dir.join(SOCKOPS_PROGRAM),
+        )?;
         let inbound: &mut SkLookup = program(&mut ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
         inbound.load()?;
         let relay_members: SockHash<MapData, u64> = take_map(&mut ebpf, RELAYED_MAP)?;
@@ -226,6 +250,7 @@ impl Capture {
             }),
         };
         let capture = Self {
+            links_dir,
             redirects: take_map(&mut ebpf, REDIRECTS_MAP)?,
             inbound_listeners: take_map(&mut ebpf, INBOUND_LISTENERS_MAP)?,
             ebpf,
@@ -246,15 +271,20 @@ impl Capture {
         let ip_key = u32::from_ne_bytes(ip.octets());
         self.inbound_listeners
             .insert(ip_key, inbound_listener.as_raw_fd(), 0)?;
+        let inbound_link = self
+            .links_dir
+            .join(format!("{INBOUND_LOOKUP_PROGRAM}-{}", netns.cookie()));
         let inbound: &mut SkLookup = program(&mut self.ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
-        let inbound_link = match inbound.attach(netns.as_fd()) {
-            Ok(link) => link,
-            Err(error) => {
-                // Never leave a pod half captured.
-                let _ = self.inbound_listeners.remove(&ip_key);
-                return Err(error.into());
-            }
-        };
+        let attached = inbound
+            .attach(netns.as_fd())
+            .and_then(|link| inbound.take_link(link))
+            .map_err(CaptureError::from)
+            .and_then(|link| pin_link(link.into(), &inbound_link));
+        if let Err(error) = attached {
+            // Never leave a pod half captured.
+            let _ = self.inbound_listeners.remove(&ip_key);
+            return Err(error);
+        }
         let pod = PodCapture {
             netns_cookie: netns.cookie(),
             ip,
@@ -270,15 +300,24 @@ impl Capture {
 
     /// Stops capturing a pod's new connections; established ones go on.
     pub fn release(&mut self, pod: PodCapture) -> Result<(), CaptureError> {
-        // Map entries go first so that nothing is steered to a listener that
-        // is about to close.
-        ignore_missing(self.redirects.remove(&pod.netns_cookie))?;
+        // The inbound program goes first: without the listener's entry it
+        // would refuse the pod's connections rather than leave them be.
+        // (Connections steered just before wait in the listener's queue,
+        // which stays open a while.)
+        match std::fs::remove_file(&pod.inbound_link) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CaptureError::PinLink {
+                    path: pod.inbound_link,
+                    source: error,
+                })
+            }
+            _ => {}
+        }
         ignore_missing(
             self.inbound_listeners
                 .remove(&u32::from_ne_bytes(pod.ip.octets())),
         )?;
-        let inbound: &mut SkLookup = program(&mut self.ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
-        inbound.detach(pod.inbound_link)?;
+        ignore_missing(self.redirects.remove(&pod.netns_cookie))?;
         Ok(())
     }
 }
@@ -468,6 +507,27 @@ impl RelayMaps {
             ready.clear_ready();
         }
     }
+}
+
+/// Pins `link` at `path`, in place of the link a previous agent pinned
+/// there: the new one is attached before the old one goes (pinned beside,
+/// then renamed over it), so capture never lapses. From then on only the
+/// pin holds the link.
+fn pin_link(link: FdLink, path: &Path) -> Result<(), CaptureError> {
+    // bpffs refuses names with a dot.
+    let mut beside = path.as_os_str().to_owned();
+    beside.push("-new");
+    let beside = PathBuf::from(beside);
+    let pin_error = |source| CaptureError::PinLink {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(&beside) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(pin_error(error)),
+        _ => {}
+    }
+    let _pinned = link.pin(&beside)?;
+    std::fs::rename(&beside, path).map_err(pin_error)
 }
 
 /// A link for the TCP iterator program `program` (BPF_LINK_CREATE).

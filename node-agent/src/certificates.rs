@@ -145,17 +145,7 @@ impl Certificates {
                         let renew_at =
                             renewal_time(SystemTime::now(), certificate.not_after, jitter());
                         tracing::info!(%identity, ?renew_at, "workload certificate obtained");
-                        let mut state = self.lock();
-                        if state.wanted.contains(&identity) {
-                            let certificate = Arc::new(certificate);
-                            state.held.insert(
-                                identity,
-                                Held {
-                                    certificate,
-                                    renew_at,
-                                },
-                            );
-                        }
+                        self.hold(identity, certificate, renew_at);
                     }
                     Err(error) => {
                         tracing::warn!(%identity, %error, "workload certificate request failed; retrying in {backoff:?}");
@@ -178,6 +168,24 @@ impl Certificates {
                 () = self.wake.notified() => {}
             }
         }
+    }
+
+    /// Keeps `certificate` for `identity`, if it is still wanted, and wakes
+    /// the connections waiting for it.
+    fn hold(&self, identity: Identity, certificate: WorkloadCertificate, renew_at: SystemTime) {
+        let mut state = self.lock();
+        if state.wanted.contains(&identity) {
+            let certificate = Arc::new(certificate);
+            state.held.insert(
+                identity,
+                Held {
+                    certificate,
+                    renew_at,
+                },
+            );
+        }
+        drop(state);
+        self.issued.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -273,15 +281,13 @@ mod tests {
         let pem = ca
             .issue(&csr, &identity, Duration::from_secs(3600))
             .unwrap();
-        let certificate = Arc::new(WorkloadCertificate::new(&identity, &key, &pem).unwrap());
-        certificates.lock().held.insert(
+        let certificate = WorkloadCertificate::new(&identity, &key, &pem).unwrap();
+        certificates.want([identity.clone()].into());
+        certificates.hold(
             identity.clone(),
-            Held {
-                certificate,
-                renew_at: SystemTime::now() + Duration::from_secs(1800),
-            },
+            certificate,
+            SystemTime::now() + Duration::from_secs(1800),
         );
-        certificates.issued.notify_waiters();
         let obtained = waiting
             .await
             .unwrap()

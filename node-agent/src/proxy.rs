@@ -30,8 +30,10 @@ use ambit_mesh_source::MeshHandle;
 
 /// Where `connect4` sends a pod's outbound connections, in its namespace.
 pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);
-/// Inbound listener port (any address: `sk_lookup` picks it by socket).
-pub const INBOUND_PORT: u16 = 15006;
+/// Inbound listener, on loopback: `sk_lookup` hands it connections to the
+/// pod's address by socket, whatever it is bound to, and nothing else from
+/// outside the pod reaches it (a caller dialling the pod's 15006 is refused).
+pub const INBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15006);
 const LISTEN_BACKLOG: i32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,15 +89,15 @@ impl PodListeners {
     /// Binds the listeners in the pod's namespace. SO_REUSEPORT lets a
     /// restarting agent bind beside the old one and take over.
     pub fn bind(netns: &Netns, with_hbone: bool) -> std::io::Result<Self> {
-        let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        let hbone_any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT);
         let (outbound, inbound, hbone) = netns.run(|| {
             let hbone = match with_hbone {
-                true => Some(listener(any(ambit_hbone::HBONE_PORT))?),
+                true => Some(listener(hbone_any, false)?),
                 false => None,
             };
             std::io::Result::Ok((
-                listener(OUTBOUND_LISTENER)?,
-                listener(any(INBOUND_PORT))?,
+                listener(OUTBOUND_LISTENER, true)?,
+                listener(INBOUND_LISTENER, false)?,
                 hbone,
             ))
         })??;
@@ -108,12 +110,14 @@ impl PodListeners {
     }
 }
 
-fn listener(addr: SocketAddrV4) -> std::io::Result<Socket> {
+/// A listening socket at `addr`; `local_leg` when its connections come from
+/// the pod's own apps (see [`without_pacing`]).
+fn listener(addr: SocketAddrV4, local_leg: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    if addr.ip().is_loopback() {
+    if local_leg {
         // Accepted connections take the listener's congestion control.
         without_pacing(SockRef::from(&socket));
     }
@@ -341,15 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn connections_accepted_on_loopback_do_not_pace_and_others_keep_the_default() {
+    fn connections_of_local_legs_do_not_pace_and_others_keep_the_default() {
         let default = congestion_control(SockRef::from(
             &Socket::new(Domain::IPV4, Type::STREAM, None).unwrap(),
         ));
-        for (ip, expected) in [
-            (Ipv4Addr::LOCALHOST, "reno"),
-            (Ipv4Addr::UNSPECIFIED, default.as_str()),
-        ] {
-            let listening = listener(SocketAddrV4::new(ip, 0)).unwrap();
+        for (local_leg, expected) in [(true, "reno"), (false, default.as_str())] {
+            let listening = listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), local_leg).unwrap();
             let port = listening.local_addr().unwrap().as_socket().unwrap().port();
             let _client =
                 std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
@@ -358,7 +359,7 @@ mod tests {
             assert_eq!(
                 congestion_control(SockRef::from(&accepted)),
                 expected,
-                "listener on {ip}"
+                "local leg: {local_leg}"
             );
         }
     }

@@ -7,10 +7,15 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ambit_identity::{
+    certificate_request, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
+};
+
 use crate::mesh::{config_dir, wait_ready};
 use crate::{Cluster, Node, Process};
 
 const PORT: u16 = 15012;
+const TRUST_DOMAIN: &str = "cluster.local";
 
 pub struct TestCa {
     process: Process,
@@ -83,6 +88,29 @@ impl TestCa {
 
     pub fn root_pem_file(&self) -> PathBuf {
         self.dir.join("root").join("ca-cert.pem")
+    }
+
+    /// What agents trust: the CA's root.
+    pub fn bundle(&self) -> anyhow::Result<TrustBundle> {
+        let root = std::fs::read_to_string(self.root_pem_file())?;
+        Ok(TrustBundle::from_pem(TRUST_DOMAIN, &root)?)
+    }
+
+    /// The CA's own signing authority, from its root files: what the test
+    /// signs with to act as a workload the mesh trusts.
+    pub fn authority(&self) -> anyhow::Result<CertificateAuthority> {
+        let root = std::fs::read_to_string(self.root_pem_file())?;
+        let key = std::fs::read_to_string(self.root_pem_file().with_file_name("ca-key.pem"))?;
+        Ok(CertificateAuthority::from_pem(&root, &key, TRUST_DOMAIN)?)
+    }
+
+    /// A certificate for `identity`, valid an hour, signed by the mesh's root.
+    pub fn certify(&self, identity: &Identity) -> anyhow::Result<WorkloadCertificate> {
+        let (key, csr) = certificate_request(identity)?;
+        let chain =
+            self.authority()?
+                .issue(&csr, identity, std::time::Duration::from_secs(3600))?;
+        Ok(WorkloadCertificate::new(identity, &key, &chain)?)
     }
 
     pub fn output(&self) -> String {

@@ -10,6 +10,7 @@
 pub mod apiserver;
 pub mod ca;
 mod cluster;
+pub mod hbone;
 pub mod host;
 mod manifests;
 pub mod mesh;

@@ -202,6 +202,26 @@ impl NodeAgent {
     /// Starts a new agent beside the running one, waits until it is ready,
     /// then stops the old one with SIGTERM and waits for it to drain.
     pub fn restart(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let mut old = self.start_next(cluster)?;
+        stop(&mut old, &self.node)
+    }
+
+    /// Kills the agent outright (SIGKILL), as a crash or the OOM killer would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.signal(Signal::SIGKILL)?;
+        self.process.wait_exit(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Starts a new agent after [`NodeAgent::kill`], as Kubernetes restarts
+    /// a crashed pod, and waits until it is ready.
+    pub fn start_again(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        self.start_next(cluster).map(drop)
+    }
+
+    /// Starts the next generation of the agent and waits until it is ready;
+    /// returns the previous one's process.
+    fn start_next(&mut self, cluster: &Cluster) -> anyhow::Result<Process> {
         let node = cluster.node(&self.node)?;
         let next = spawn_agent(
             cluster,
@@ -211,9 +231,8 @@ impl NodeAgent {
             &self.extra_args,
             self.generation + 1,
         )?;
-        let mut old = std::mem::replace(&mut self.process, next);
         self.generation += 1;
-        stop(&mut old, &self.node)
+        Ok(std::mem::replace(&mut self.process, next))
     }
 
     /// Stops the agent with SIGTERM and waits for it to drain and exit.

@@ -89,6 +89,8 @@ fn built(path: PathBuf, build: &str) -> anyhow::Result<PathBuf> {
 pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// File descriptors open now.
+    pub open_files: usize,
 }
 
 /// CPU time the whole machine has spent busy so far, all CPUs and the
@@ -145,7 +147,7 @@ impl Process {
         self.child.id()
     }
 
-    /// CPU time used so far and resident memory now, from /proc.
+    /// CPU time used so far, resident memory and open files now, from /proc.
     pub fn usage(&self) -> anyhow::Result<Usage> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
         // Fields after the command name, which is in parentheses: utime and
@@ -166,9 +168,11 @@ impl Process {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|value| value.split_whitespace().next()?.parse().ok())
             .context("no VmRSS")?;
+        let open_files = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count();
         Ok(Usage {
             cpu_seconds: (ticks(11)? + ticks(12)?) as f64 / per_second,
             rss_bytes: rss_kib * 1024,
+            open_files,
         })
     }
 

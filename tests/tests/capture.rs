@@ -25,7 +25,7 @@ fn node_agent_reports_ready_and_stops_on_sigterm() -> anyhow::Result<()> {
     let output = agent.output();
     assert!(output.contains("traffic capture attached"), "{output}");
     assert!(
-        output.contains("traffic capture detached; stopped"),
+        output.contains("stopped; capture stays in place for the next agent"),
         "{output}"
     );
     Ok(())

@@ -3,21 +3,17 @@
 //! enrolled pods and renews them before they expire; the CA refuses an
 //! agent asking for an identity with no pod on its node, and logs why.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use ambit_ca::client::{CaClient, CaClientError};
-use ambit_hbone::client::Connection;
-use ambit_identity::{
-    certificate_request, tls, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
-};
+use ambit_identity::{certificate_request, CertificateAuthority, Identity, WorkloadCertificate};
 use ambit_testbed::ca::TestCa;
+use ambit_testbed::hbone::tunnel_from;
 use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
-use ambit_testbed::{wait_for, Cluster, Pod};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ambit_testbed::{wait_for, Cluster};
 
 /// What the test app's JSON answer says, in the clear.
 const MARKER: &[u8] = br#""app":"server""#;
@@ -58,10 +54,7 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
 
     // node-1's credential does not buy the server's identity, which runs on node-2.
     let node = cluster.node("node-1")?;
-    let bundle = TrustBundle::from_pem(
-        "cluster.local",
-        &std::fs::read_to_string(ca.root_pem_file())?,
-    )?;
+    let bundle = ca.bundle()?;
     let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
     let asked = Identity::new("cluster.local", "default", "server");
     let refusal = node.place().in_netns(|| {
@@ -194,50 +187,6 @@ fn continuous_traffic_across_certificate_renewals_never_fails() -> anyhow::Resul
     Ok(())
 }
 
-/// One HBONE stream to `target` from `from`'s namespace, in mutual TLS as
-/// `certificate` (none: no client certificate at all); whether the echo
-/// came back.
-fn tunnel_from(
-    from: &Pod,
-    certificate: Option<&WorkloadCertificate>,
-    bundle: &TrustBundle,
-    server: &Identity,
-    target: SocketAddr,
-) -> anyhow::Result<bool> {
-    let config = match certificate {
-        Some(certificate) => tls::client_config(certificate, bundle, server)?,
-        None => {
-            let mut config = tls::client_config_without_certificate(bundle, server)?;
-            config.alpn_protocols = vec![tls::ALPN_H2.to_vec()];
-            config
-        }
-    };
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let source = IpAddr::V4(from.ip);
-    from.place().in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let attempt = async {
-                let hbone = SocketAddr::new(target.ip(), ambit_hbone::HBONE_PORT);
-                let tcp = tokio::net::TcpStream::connect(hbone).await?;
-                let name = ServerName::IpAddress(hbone.ip().into());
-                let tls = connector.connect(name, tcp).await?;
-                let connection = Connection::handshake(tls).await?;
-                let mut stream = connection.open(target, source).await?;
-                stream.write_all(b"ping").await?;
-                stream.shutdown().await?;
-                let mut back = Vec::new();
-                stream.read_to_end(&mut back).await?;
-                anyhow::Ok(back == b"ping")
-            };
-            let within = tokio::time::timeout(Duration::from_secs(5), attempt).await;
-            anyhow::Ok(matches!(within, Ok(Ok(true))))
-        })
-    })?
-}
-
 #[test]
 fn the_hbone_listener_refuses_certificates_it_must_not_trust() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client", "outsider"], &["server"])?;
@@ -252,8 +201,8 @@ fn the_hbone_listener_refuses_certificates_it_must_not_trust() -> anyhow::Result
     // with another root, or for another trust domain.
     let root = std::fs::read_to_string(ca.root_pem_file())?;
     let key = std::fs::read_to_string(ca.root_pem_file().with_file_name("ca-key.pem"))?;
-    let mesh_ca = CertificateAuthority::from_pem(&root, &key, "cluster.local")?;
-    let bundle = TrustBundle::from_pem("cluster.local", &root)?;
+    let mesh_ca = ca.authority()?;
+    let bundle = ca.bundle()?;
     let issue = |ca: &CertificateAuthority, valid: Option<(SystemTime, SystemTime)>| {
         let identity = Identity::new(ca.trust_domain(), "default", "client");
         let (key, csr) = certificate_request(&identity)?;

@@ -9,7 +9,7 @@
 //!
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
-//! inbound listener.
+//! inbound listener, and refuses them while the agent has none.
 //!
 //! Relay: `relay_verdict` (sk_skb stream verdict) forwards what a plain
 //! TCP connection's socket receives out of its peer socket, inside the
@@ -80,7 +80,7 @@ const LOOPBACK_MASK: u32 = 0x0000_00ff;
 /// sk_lookup and sk_skb verdict: carry on (with the assigned socket or the
 /// redirect, if any).
 const SK_PASS: u32 = 1;
-/// sk_skb verdict: free the buffer.
+/// sk_skb verdict: free the buffer; sk_lookup: refuse the connection.
 const SK_DROP: u32 = 0;
 
 #[cgroup_sock_addr(connect4)]
@@ -193,9 +193,15 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     if unsafe { AGENT_SOURCES.get(source) }.is_some() {
         return SK_PASS;
     }
-    // No listener for this address: the kernel's own lookup decides.
-    let _ = INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0);
-    SK_PASS
+    // This program is attached only to enrolled pods' namespaces, and
+    // outlives the agent (its link is pinned): with no listener of the
+    // agent's for the address, the connection is refused, never handed to
+    // the app around the mesh's policy. (Another program's choice of a
+    // socket, as during an agent's restart, still wins over this refusal.)
+    match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0) {
+        Ok(()) => SK_PASS,
+        Err(_) => SK_DROP,
+    }
 }
 
 #[stream_verdict]

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use ambit_cni::protocol::PodRef;
 use ambit_config::model::{Key, Labels, Mesh, Workload};
 use ambit_config::policy::{authorize, mtls_mode, Caller, PeerMode, Target, Verdict};
+use ambit_ebpf_common::AGENT_PORTS;
 
 /// What inbound policy needs beyond the mesh.
 #[derive(Debug, Clone)]
@@ -42,6 +43,14 @@ pub(super) fn admit(
     target: SocketAddr,
 ) -> Result<(), String> {
     static NO_LABELS: Labels = Labels::new();
+    // Inside the pod these ports are the agent's own listeners: carrying a
+    // connection there would connect the agent to itself, again and again.
+    if AGENT_PORTS.contains(&target.port()) {
+        return Err(format!(
+            "port {} is the mesh agent's own, never a destination inside a pod",
+            target.port()
+        ));
+    }
     let (pod, own) = pod;
     let workload = Target {
         namespace: &pod.namespace,
@@ -88,4 +97,39 @@ pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
     ips.sort();
     ips.dedup();
     Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn the_agents_own_ports_are_refused_whoever_calls() {
+        let settings = PolicySettings {
+            root_namespace: "istio-system".into(),
+            node_ips: vec![],
+        };
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "server".into(),
+            uid: "1".into(),
+        };
+        let pod_ip = Ipv4Addr::new(10, 244, 2, 2);
+        let caller = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2));
+        let mesh = Mesh::default();
+        let ports = AGENT_PORTS.iter().map(|&port| (port, false));
+        for (port, admitted) in ports.chain([(8080, true), (15007, true)]) {
+            let target = SocketAddr::from((pod_ip, port));
+            for proof in [
+                Proof::Node,
+                Proof::Plaintext,
+                Proof::Principal("cluster.local/ns/default/sa/client"),
+            ] {
+                let outcome = admit(&settings, &mesh, (&pod, None), caller, proof, target);
+                assert_eq!(outcome.is_ok(), admitted, "port {port}: {outcome:?}");
+            }
+        }
+    }
 }

@@ -1,0 +1,181 @@
+//! What hostile pods and careless operators must never achieve: switch the
+//! mesh off, or take the node's other traffic down with them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit_identity::Identity;
+use ambit_testbed::hbone::tunnel_from;
+use ambit_testbed::mesh::{self, NodeAgent};
+use ambit_testbed::sniff::contains;
+use ambit_testbed::testapp::{self, HttpLoad, Server};
+use ambit_testbed::{Cluster, Place, Pod};
+use serde_json::json;
+
+/// The ports of the agent's listeners (admin, outbound, inbound, HBONE,
+/// metrics, readiness, DNS), as Istio's ztunnel uses them.
+const AGENT_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15053];
+
+/// Whether an echo of `message` to `addr` from `from` came back whole.
+fn echoed(cluster: &Cluster, from: &Place, addr: SocketAddr, message: &str) -> bool {
+    matches!(testapp::echo(cluster, from, addr, message), Ok(back) if back.trim() == message)
+}
+
+fn open_files(agent: &NodeAgent) -> anyhow::Result<usize> {
+    Ok(agent.usage()?.open_files)
+}
+
+#[test]
+fn the_agents_own_ports_are_never_a_destination_inside_a_pod() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client", "attacker"], &["server"])?;
+    let [client, attacker, server] = cluster.pods_named(["client", "attacker", "server"])?;
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .echo(9000)
+        .start(&cluster, server)?;
+    let server_agent = &agents[1];
+    let before = open_files(server_agent)?;
+
+    // The attacker holds a certificate the mesh trusts, as any enrolled pod
+    // of another node does.
+    let attacker_certificate =
+        ca.certify(&Identity::new("cluster.local", "default", "attacker"))?;
+    let bundle = ca.bundle()?;
+    let server_identity = Identity::new("cluster.local", "default", "server");
+    let tunnel = |port: u16| {
+        tunnel_from(
+            attacker,
+            Some(&attacker_certificate),
+            &bundle,
+            &server_identity,
+            SocketAddr::new(server.ip.into(), port),
+        )
+    };
+    assert!(tunnel(9000)?, "an HBONE stream to the app is carried");
+    for port in AGENT_PORTS {
+        let target = SocketAddr::new(server.ip.into(), port);
+        // In plaintext from outside the mesh, through the client's agent,
+        // and over HBONE straight to the server's agent.
+        for (from, how) in [(attacker, "plaintext"), (client, "through its agent")] {
+            assert!(
+                !echoed(&cluster, from.place(), target, "loop"),
+                "{} reached {target} {how}",
+                from.name
+            );
+        }
+        assert!(!tunnel(port)?, "an HBONE stream reached {target}");
+    }
+    // The pod itself, on loopback, to the agent's listeners in its namespace.
+    for port in [15001, 15006] {
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            !echoed(&cluster, server.place(), target, "loop"),
+            "the server pod reached {target}"
+        );
+    }
+
+    // Nothing was left open, and the pods' own traffic still flows.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = open_files(server_agent)?;
+    assert!(
+        after <= before + 16,
+        "the server's agent went from {before} to {after} open files"
+    );
+    HttpLoad::new(20)
+        .run(
+            &cluster,
+            client.place(),
+            &format!("http://{}:8080/", server.ip),
+        )?
+        .expect_all(20, "server/v1", client.ip)?;
+    let log = server_agent.output();
+    assert!(
+        log.contains("is the mesh agent's own, never a destination inside a pod"),
+        "the server's agent says why it refused:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client", "outsider"], &["server", "bystander"])?;
+    let [client, outsider, server, bystander] =
+        cluster.pods_named(["client", "outsider", "server", "bystander"])?;
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    config.istio = vec![json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": { "name": "strict", "namespace": "default" },
+        "spec": { "mtls": { "mode": "STRICT" } },
+    })];
+    let (_ca, mut agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _apps = [
+        Server::new("server", "v1")
+            .echo(9000)
+            .start(&cluster, server)?,
+        Server::new("bystander", "v1")
+            .echo(9000)
+            .start(&cluster, bystander)?,
+    ];
+    // What the enrolled pods say must never cross the underlay in the clear.
+    let secret = "words-only-the-mesh-may-carry";
+    let expect = |when: &str, cases: [(&Pod, &Pod, bool); 4]| {
+        for (from, to, reached) in cases {
+            let message = match from.name == "outsider" && to.name == "bystander" {
+                true => "outside-the-mesh",
+                false => secret,
+            };
+            let addr = SocketAddr::new(to.ip.into(), 9000);
+            assert_eq!(
+                echoed(&cluster, from.place(), addr, message),
+                reached,
+                "{when}: {} to {}",
+                from.name,
+                to.name
+            );
+        }
+    };
+    expect(
+        "both agents running",
+        [
+            (client, server, true),
+            (client, bystander, true),
+            (outsider, server, false),
+            (outsider, bystander, true),
+        ],
+    );
+
+    for agent in &mut agents {
+        agent.kill()?;
+    }
+    let sniffer = cluster.sniff_underlay()?;
+    expect(
+        "both agents killed",
+        [
+            (client, server, false),
+            (client, bystander, false),
+            (outsider, server, false),
+            (outsider, bystander, true),
+        ],
+    );
+    assert!(
+        !contains(&sniffer.stop()?, secret.as_bytes()),
+        "an enrolled pod's bytes crossed the underlay in the clear while its agent was dead"
+    );
+
+    // Agents started again serve at once (ready means serving).
+    for agent in &mut agents {
+        agent.start_again(&cluster)?;
+    }
+    expect(
+        "both agents started again",
+        [
+            (client, server, true),
+            (client, bystander, true),
+            (outsider, server, false),
+            (outsider, bystander, true),
+        ],
+    );
+    Ok(())
+}
