@@ -36,6 +36,8 @@ pub struct CertificateResponse {
 /// Everything the CA answers from.
 pub struct Issuer {
     pub ca: CertificateAuthority,
+    /// What the CA itself proves to agents: never issued to one.
+    pub own_identity: Identity,
     pub authenticator: Authenticator,
     pub mesh: Arc<MeshHandle>,
     pub ttl: Duration,
@@ -69,7 +71,7 @@ impl Issuer {
             Ok(identity) => identity,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        if let Err(denied) = authorize(&mesh, self.ca.trust_domain(), &node, &identity) {
+        if let Err(denied) = authorize(&mesh, &self.own_identity, &node, &identity) {
             tracing::warn!(%node, %identity, "refused a certificate: {denied}");
             return error(StatusCode::FORBIDDEN, denied.to_string());
         }

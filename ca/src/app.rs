@@ -108,6 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::new(move || serde_json::json!({ "trustDomain": trust_domain, "root": root }))
     };
     let issuer = Arc::new(Issuer {
+        own_identity: config.identity.clone(),
         ca,
         authenticator,
         mesh,

@@ -88,12 +88,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (mut changes, enrollment) = (mesh.subscribe(), enrollment.clone());
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                lock(&enrollment).reconcile();
+                let enrollment = enrollment.clone();
+                let _ = tokio::task::spawn_blocking(move || lock(&enrollment).reconcile()).await;
             }
         })
     };
 
     let readiness = Readiness::default();
+    tokio::spawn(watchdog(readiness.clone(), enrollment.clone()));
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {
         let (mesh, enrollment, inputs) = (mesh.clone(), enrollment.clone(), inputs.clone());
@@ -158,6 +160,24 @@ fn raise_open_files_limit() {
         },
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "could not read the open files limit"),
+    }
+}
+
+/// Beats the liveness heartbeat while the runtime, the blocking pool and
+/// enrollment all make progress: a wedged agent (a pod's namespace that
+/// never opens, a lock never released) then fails its liveness probe and
+/// is restarted, rather than hold up every pod of the node.
+async fn watchdog(readiness: Readiness, enrollment: Arc<Mutex<Enrollment>>) {
+    let mut ticks = tokio::time::interval(ambit_admin::LIVENESS_WINDOW / 5);
+    loop {
+        ticks.tick().await;
+        let enrollment = enrollment.clone();
+        if tokio::task::spawn_blocking(move || drop(lock(&enrollment)))
+            .await
+            .is_ok()
+        {
+            readiness.beat();
+        }
     }
 }
 

@@ -52,10 +52,17 @@ async fn answer(stream: UnixStream, enrollment: Arc<Mutex<Enrollment>>) {
     let response = match read.map(|_| serde_json::from_str::<Request>(&line)) {
         Ok(Ok(request)) => {
             tracing::info!(?request, "CNI request");
-            let mut enrollment = enrollment
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            enrollment.handle(request)
+            // Namespaces, sockets and the state file: off the runtime's
+            // threads, which carry every connection of the node.
+            let handled = tokio::task::spawn_blocking(move || {
+                let mut enrollment = enrollment
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                enrollment.handle(request)
+            });
+            handled.await.unwrap_or_else(|error| Response::Error {
+                message: format!("handling the request failed: {error}"),
+            })
         }
         Ok(Err(error)) => Response::Error {
             message: format!("malformed request: {error}"),

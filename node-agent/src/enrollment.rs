@@ -144,33 +144,24 @@ impl Enrollment {
     pub fn handle(&mut self, request: Request) -> Response {
         let snapshot = self.inputs.mesh.snapshot();
         match request {
-            Request::Add(sandbox) => {
-                let pod = sandbox.pod.clone();
-                self.forget(&pod);
-                let mut known = KnownPod {
-                    sandbox,
-                    enrolled: None,
-                };
-                let outcome = self.converge(&mut known, &snapshot);
-                let enrolled = known.enrolled.is_some();
-                if outcome.is_ok() {
-                    // A pod that could not be enrolled is not kept: the
-                    // runtime fails the sandbox and retries with a new one.
-                    self.pods.insert(pod, known);
+            Request::Add(sandbox) => match self.add(sandbox, &snapshot) {
+                Ok(enrolled) => Response::Ok { enrolled },
+                Err(error) => Response::Error {
+                    message: error.to_string(),
+                },
+            },
+            Request::Del { pod, container_id } => {
+                // A late DEL of a sandbox the pod no longer has leaves the
+                // current one alone.
+                let current = self
+                    .pods
+                    .get(&pod)
+                    .is_some_and(|known| known.sandbox.container_id == container_id);
+                if current {
+                    self.forget(&pod);
                     self.persist();
                     self.want_identities();
                 }
-                match outcome {
-                    Ok(()) => Response::Ok { enrolled },
-                    Err(error) => Response::Error {
-                        message: error.to_string(),
-                    },
-                }
-            }
-            Request::Del { pod, .. } => {
-                self.forget(&pod);
-                self.persist();
-                self.want_identities();
                 Response::Ok { enrolled: false }
             }
             Request::Check(sandbox) => {
@@ -193,6 +184,43 @@ impl Enrollment {
                 }
             }
         }
+    }
+
+    /// Takes `sandbox` as its pod's, enrolled if the mesh says so; returns
+    /// whether it is. The pod's previous sandbox is let go only once the new
+    /// one is in place: a failed ADD leaves an enrolled pod enrolled. (A
+    /// pod that could not be enrolled is not kept: the runtime fails the
+    /// sandbox and retries with a new one.)
+    fn add(&mut self, sandbox: PodSandbox, snapshot: &Mesh) -> Result<bool, EnrollError> {
+        let pod = sandbox.pod.clone();
+        if let Some(mut known) = self.pods.remove(&pod) {
+            if known.sandbox == sandbox {
+                // The same ADD again, as a runtime retries one: what the pod
+                // holds stays.
+                let outcome = self.converge(&mut known, snapshot);
+                let enrolled = known.enrolled.is_some();
+                self.pods.insert(pod, known);
+                return outcome.map(|()| enrolled);
+            }
+            if known.sandbox.netns == sandbox.netns {
+                // Capture of one namespace cannot be held twice.
+                self.release(&mut known);
+                self.persist();
+            } else {
+                self.pods.insert(pod.clone(), known);
+            }
+        }
+        let mut known = KnownPod {
+            sandbox,
+            enrolled: None,
+        };
+        self.converge(&mut known, snapshot)?;
+        let enrolled = known.enrolled.is_some();
+        self.forget(&pod);
+        self.pods.insert(pod, known);
+        self.persist();
+        self.want_identities();
+        Ok(enrolled)
     }
 
     /// Brings every known pod in line with the current mesh configuration.

@@ -7,6 +7,7 @@ mod routing;
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -29,6 +30,10 @@ pub enum NetnsError {
     Cookie { path: PathBuf, source: nix::Error },
     #[error("the agent's own network namespace: {0}")]
     Own(std::io::Error),
+    #[error("{path} is not a network namespace")]
+    NotNetns { path: PathBuf },
+    #[error("{path} is the node's own network namespace, not a pod's")]
+    Node { path: PathBuf },
 }
 
 impl From<NetnsError> for std::io::Error {
@@ -59,13 +64,30 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Opens the namespace at `path` (`/proc/PID/ns/net`, `/var/run/netns/NAME`).
+    /// Opens a pod's namespace at `path` (`/proc/PID/ns/net`,
+    /// `/var/run/netns/NAME`): a network namespace, and not the agent's own
+    /// (the node's). The open never blocks, whatever `path` is (a FIFO
+    /// would block a plain open until a writer came).
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
-        own_netns()?;
-        let file = File::open(path).map_err(|source| NetnsError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let own = own_netns()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| NetnsError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if !is_network_namespace(&file) {
+            return Err(NetnsError::NotNetns {
+                path: path.to_path_buf(),
+            });
+        }
+        if same_file(&file, own) {
+            return Err(NetnsError::Node {
+                path: path.to_path_buf(),
+            });
+        }
         let mut netns = Self {
             path: path.to_path_buf(),
             file,
@@ -110,6 +132,25 @@ impl Netns {
     }
 }
 
+/// Whether `file` is a namespace's file, and of a network namespace.
+fn is_network_namespace(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: NS_GET_NSTYPE takes no argument; on any other kind of file
+    // the kernel answers ENOTTY.
+    let kind = unsafe { nix::libc::ioctl(file.as_raw_fd(), nix::libc::NS_GET_NSTYPE) };
+    kind == nix::libc::CLONE_NEWNET
+}
+
+/// Whether two open files are one (a namespace's file is its inode).
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        // Unknown counts as the same: the node's namespace is refused.
+        _ => true,
+    }
+}
+
 fn cookie_of_current() -> Result<u64, nix::Error> {
     let socket = socket(
         AddressFamily::Inet,
@@ -141,17 +182,57 @@ fn getsockopt_u64(fd: &impl AsFd, option: nix::libc::c_int) -> Result<u64, nix::
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_own_namespace_has_a_stable_nonzero_cookie() {
-        let first = Netns::open(Path::new("/proc/self/ns/net")).expect("own netns");
-        let again = Netns::open(Path::new("/proc/self/ns/net")).expect("own netns");
-        assert_ne!(first.cookie(), 0);
-        assert_eq!(first.cookie(), again.cookie());
+    /// Runs `f` with the path of a new network namespace, which lives as
+    /// long as `f` runs (a thread of its own holds it).
+    fn with_new_namespace(f: impl FnOnce(&Path)) {
+        let (ready, path) = std::sync::mpsc::channel();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("a new network namespace (root)");
+            let tid = nix::unistd::gettid();
+            ready
+                .send(PathBuf::from(format!("/proc/self/task/{tid}/ns/net")))
+                .unwrap();
+            let _ = finished.recv();
+        });
+        f(&path.recv().unwrap());
+        drop(done);
+        holder.join().unwrap();
     }
 
     #[test]
-    fn a_missing_namespace_is_named_in_the_error() {
-        let error = Netns::open(Path::new("/run/netns/does-not-exist")).unwrap_err();
-        assert!(error.to_string().contains("/run/netns/does-not-exist"));
+    fn a_pods_namespace_has_a_stable_nonzero_cookie_of_its_own() {
+        let own = cookie_of_current().unwrap();
+        with_new_namespace(|path| {
+            let first = Netns::open(path).expect("the new namespace");
+            let again = Netns::open(path).expect("the new namespace");
+            assert_ne!(first.cookie(), 0);
+            assert_ne!(first.cookie(), own);
+            assert_eq!(first.cookie(), again.cookie());
+        });
+    }
+
+    #[test]
+    fn only_a_network_namespace_of_another_than_the_node_opens() {
+        let dir = std::env::temp_dir().join(format!("ambit-netns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let regular = dir.join("regular");
+        std::fs::write(&regular, b"").unwrap();
+        let cases = [
+            ("/proc/self/ns/net", "the node's own network namespace"),
+            ("/proc/self/ns/mnt", "is not a network namespace"),
+            (fifo.to_str().unwrap(), "is not a network namespace"),
+            (regular.to_str().unwrap(), "is not a network namespace"),
+            ("/dev/zero", "is not a network namespace"),
+            ("/run/netns/does-not-exist", "/run/netns/does-not-exist"),
+        ];
+        for (path, says) in cases {
+            let error = Netns::open(Path::new(path)).unwrap_err().to_string();
+            assert!(error.contains(says), "{path}: {error}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

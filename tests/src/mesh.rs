@@ -308,6 +308,20 @@ impl NodeAgent {
     /// CNI variables in the environment, the chained configuration with the
     /// previous plugin's result on stdin.
     pub fn cni(&self, cluster: &Cluster, command: &str, pod: &Pod) -> anyhow::Result<Output> {
+        let sandbox = format!("{}-sandbox", pod.uid);
+        self.cni_for_sandbox(cluster, command, pod, &pod.place().netns_path(), &sandbox)
+    }
+
+    /// [`NodeAgent::cni`] with the sandbox's namespace file and container
+    /// ID as given, as a broken or hostile runtime might give them.
+    pub fn cni_for_sandbox(
+        &self,
+        cluster: &Cluster,
+        command: &str,
+        pod: &Pod,
+        netns: &std::path::Path,
+        container_id: &str,
+    ) -> anyhow::Result<Output> {
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "k8s-pod-network",
@@ -315,14 +329,14 @@ impl NodeAgent {
             "agentSocket": self.dir.join("cni.sock"),
             "prevResult": {
                 "cniVersion": "1.0.0",
-                "interfaces": [{ "name": "eth0", "sandbox": pod.place().netns_path() }],
+                "interfaces": [{ "name": "eth0", "sandbox": netns }],
                 "ips": [{ "address": format!("{}/24", pod.ip), "interface": 0 }],
             },
         });
         let env = [
             ("CNI_COMMAND", command.to_string()),
-            ("CNI_CONTAINERID", format!("{}-sandbox", pod.uid)),
-            ("CNI_NETNS", pod.place().netns_path().display().to_string()),
+            ("CNI_CONTAINERID", container_id.to_string()),
+            ("CNI_NETNS", netns.display().to_string()),
             ("CNI_IFNAME", "eth0".to_string()),
             (
                 "CNI_ARGS",

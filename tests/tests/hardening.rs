@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ambit_identity::Identity;
 use ambit_testbed::hbone::tunnel_from;
-use ambit_testbed::mesh::{self, NodeAgent};
+use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{Cluster, Place, Pod};
@@ -176,6 +176,88 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
             (outsider, server, false),
             (outsider, bystander, true),
         ],
+    );
+    Ok(())
+}
+
+/// The CNI plugin's answer: its JSON on stdout.
+fn cni_answer(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_default()
+}
+
+#[test]
+fn a_bad_cni_call_never_releases_a_pod_nor_stalls_the_agent() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["app"], &["server"])?;
+    let [app, server] = cluster.pods_named(["app", "server"])?;
+    let node = cluster.node("node-1")?;
+    let agents = mesh::start_enrolling(&cluster, &[app])?;
+    let agent = &agents[0];
+    let _server = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+    let url = format!("http://{}:8080/", server.ip);
+    let captured = || -> anyhow::Result<f64> {
+        Ok(sample(
+            &agent.metrics(&cluster)?,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")],
+        ))
+    };
+    let fifo = cluster.work_dir().join("not-a-namespace");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
+    let sandbox = format!("{}-sandbox", app.uid);
+
+    // A new sandbox for the enrolled pod whose namespace is a FIFO, or the
+    // node's own namespace: each ADD is refused at once with the reason.
+    for (netns, says) in [
+        (fifo.clone(), "is not a network namespace"),
+        (
+            node.place().netns_path(),
+            "the node's own network namespace",
+        ),
+    ] {
+        let add = agent.cni_for_sandbox(&cluster, "ADD", app, &netns, "second-sandbox")?;
+        let answer = cni_answer(&add);
+        assert!(!add.status.success(), "ADD with {}", netns.display());
+        assert!(
+            answer["details"].as_str().is_some_and(|d| d.contains(says)),
+            "ADD with {}: {answer}",
+            netns.display()
+        );
+    }
+    // Nothing of the agent's listens in the node's namespace.
+    let listening = node
+        .place()
+        .in_netns(|| std::net::TcpStream::connect(("127.0.0.1", 15001)).is_ok())?;
+    assert!(
+        !listening,
+        "the agent opened a pod's listener in the node's namespace"
+    );
+
+    // A late DEL of a sandbox the pod no longer has changes nothing either.
+    let del = agent.cni_for_sandbox(
+        &cluster,
+        "DEL",
+        app,
+        &app.place().netns_path(),
+        "an-old-sandbox",
+    )?;
+    assert!(del.status.success(), "{del:?}");
+
+    // The pod is still enrolled, and the agent still serves it.
+    let check =
+        agent.cni_for_sandbox(&cluster, "CHECK", app, &app.place().netns_path(), &sandbox)?;
+    assert!(check.status.success(), "CHECK: {}", cni_answer(&check));
+    HttpLoad::new(1)
+        .run(&cluster, app.place(), &url)?
+        .expect_all(1, "server/v1", app.ip)?;
+    assert_eq!(
+        captured()?,
+        1.0,
+        "the pod's connection went through the agent"
     );
     Ok(())
 }

@@ -25,10 +25,20 @@ const TTL_SECONDS: u64 = 60;
 fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client", "bystander"], &["server"])?;
     let [client, server] = cluster.pods_named(["client", "server"])?;
-    mesh::write_config(
-        &cluster,
-        &mesh::enrolling(&cluster, &[client, server], vec![]),
-    )?;
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    // The CA's own pod, and a neighbour outside the mesh, both on node-1.
+    for (name, service_account, ip) in [
+        ("ambit-ca-1", "ambit-ca", "10.244.1.200"),
+        ("ca-tool-1", "ca-tool", "10.244.1.201"),
+    ] {
+        config.istio.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": "ambit-system" },
+            "spec": { "nodeName": "node-1", "serviceAccountName": service_account },
+            "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] },
+        }));
+    }
+    mesh::write_config(&cluster, &config)?;
     let ca = TestCa::start(&cluster, TTL_SECONDS)?;
     let agents = mesh::start_agents_with(&cluster, &Source::Directory, Some(&ca))?;
     let id = |sa: &str| format!("spiffe://cluster.local/ns/default/sa/{sa}");
@@ -52,29 +62,45 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
         Ok(agents[0].certificates(&cluster)?[0].1 > first)
     })?;
 
-    // node-1's credential does not buy the server's identity, which runs on node-2.
+    // node-1's credential does not buy the server's identity, which runs
+    // on node-2, nor the identities of pods beside the CA on node-1: the
+    // CA's own, which agents trust the CA by, and a neighbour's outside the
+    // mesh.
     let node = cluster.node("node-1")?;
     let bundle = ca.bundle()?;
     let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
-    let asked = Identity::new("cluster.local", "default", "server");
-    let refusal = node.place().in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let client = CaClient::new(ca.addr, &bundle, &ca_identity, ca.token("node-1"))?;
-        anyhow::Ok(runtime.block_on(client.certify(&asked)).err())
-    })??;
-    match refusal {
-        Some(CaClientError::Refused {
-            status, message, ..
-        }) => {
-            assert_eq!(status.as_u16(), 403);
-            assert_eq!(
-                message,
-                format!("no pod on node node-1 runs as {}", id("server"))
-            );
+    let neighbour = "spiffe://cluster.local/ns/ambit-system/sa/ca-tool";
+    for (asked, why) in [
+        (
+            id("server"),
+            format!("no pod on node node-1 runs as {}", id("server")),
+        ),
+        (
+            ca_identity.to_string(),
+            format!("{ca_identity} is the CA's own identity"),
+        ),
+        (
+            neighbour.to_string(),
+            format!("no pod on node node-1 runs as {neighbour}"),
+        ),
+    ] {
+        let asked: Identity = asked.parse()?;
+        let refusal = node.place().in_netns(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = CaClient::new(ca.addr, &bundle, &ca_identity, ca.token("node-1"))?;
+            anyhow::Ok(runtime.block_on(client.certify(&asked)).err())
+        })??;
+        match refusal {
+            Some(CaClientError::Refused {
+                status, message, ..
+            }) => {
+                assert_eq!(status.as_u16(), 403, "{asked}");
+                assert_eq!(message, why);
+            }
+            other => panic!("node-1 was given {asked}: {other:?}"),
         }
-        other => panic!("node-1 was given the server's identity: {other:?}"),
     }
     let log = ca.output();
     assert!(

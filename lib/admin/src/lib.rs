@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +19,11 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Readiness path, as Istio's proxies serve it.
 pub const READY_PATH: &str = "/healthz/ready";
+/// Liveness path: fails once a process's watchdog stops beating.
+pub const LIVE_PATH: &str = "/healthz/live";
+/// How long a watched process may go without a heartbeat and still count
+/// as live.
+pub const LIVENESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Prometheus scrape path.
 pub const METRICS_PATH: &str = "/metrics";
 /// The effective configuration, as Istio's proxies name it.
@@ -38,17 +43,53 @@ pub enum AdminError {
     },
 }
 
-/// Whether the process is ready for traffic; cloned into whoever decides.
+/// Whether the process is ready for traffic, and live; cloned into whoever
+/// decides.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<Health>);
+
+#[derive(Debug)]
+struct Health {
+    ready: AtomicBool,
+    started: std::time::Instant,
+    /// Milliseconds from `started` to the last heartbeat; 0 while no
+    /// watchdog beats (the process then counts as live while it answers).
+    last_beat: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            last_beat: AtomicU64::new(0),
+        }
+    }
+}
 
 impl Readiness {
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.0.ready.store(ready, Ordering::Release);
     }
 
+    /// Ready, and live: a wedged process takes no traffic.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.ready.load(Ordering::Acquire) && self.is_live()
+    }
+
+    /// A watchdog's heartbeat: what it watches made progress just now.
+    /// From the first one on, the process is live only while they keep
+    /// coming, at most [`LIVENESS_WINDOW`] apart.
+    pub fn beat(&self) {
+        let since_start = self.0.started.elapsed().as_millis();
+        let millis = u64::try_from(since_start).unwrap_or(u64::MAX).max(1);
+        self.0.last_beat.store(millis, Ordering::Release);
+    }
+
+    pub fn is_live(&self) -> bool {
+        let last = self.0.last_beat.load(Ordering::Acquire);
+        let since_start = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last == 0 || since_start.saturating_sub(last) <= LIVENESS_WINDOW.as_millis() as u64
     }
 }
 
@@ -154,6 +195,8 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
             (StatusCode::OK, "ready\n".into())
         }
         (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        (&Method::GET, LIVE_PATH) if state.readiness.is_live() => (StatusCode::OK, "live\n".into()),
+        (&Method::GET, LIVE_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "wedged\n".into()),
         (&Method::GET, METRICS_PATH) => match &state.registry {
             Some(registry) => {
                 let mut text = String::new();
@@ -355,6 +398,20 @@ mod tests {
             "HTTP/1.1 404 Not Found"
         );
         assert_eq!(get(bare_addr, READY_PATH).await.0, "HTTP/1.1 200 OK");
+
+        // Live while nothing watches; with a watchdog, while it beats.
+        assert_eq!(get(addr, LIVE_PATH).await.0, "HTTP/1.1 200 OK");
+        readiness.beat();
+        assert_eq!(get(addr, LIVE_PATH).await.0, "HTTP/1.1 200 OK");
+        let long_ago = std::time::Instant::now() - LIVENESS_WINDOW * 2;
+        let wedged = Readiness(Arc::new(Health {
+            ready: AtomicBool::new(true),
+            started: long_ago,
+            last_beat: AtomicU64::new(1),
+        }));
+        assert!(!wedged.is_live() && !wedged.is_ready());
+        wedged.beat();
+        assert!(wedged.is_live() && wedged.is_ready());
 
         stop.send(()).expect("server still running");
         serving.await.expect("server task");
