@@ -1,14 +1,19 @@
 //! Kubernetes manifests (multi-document YAML) to typed Istio objects.
 //!
 //! Every document is read on its own: a malformed one yields a [`Problem`]
-//! naming the object and the field path, and the others still come through.
-//! Kinds Ambit does not read (Deployments, ConfigMaps, …) are skipped.
+//! naming the object and the field path, and the others still come through,
+//! the documents after a broken one included. A document that cannot be
+//! read at all is still named where its text allows, so the object it
+//! meant is rejected (a policy then denies) rather than forgotten. Kinds
+//! Ambit does not read (Deployments, ConfigMaps, …) are skipped; Istio's
+//! other kinds, and near misses of the kinds it reads (a typo in `kind` or
+//! the API group), are reported, and a near miss of a security kind is
+//! rejected as that kind.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::api::core::{EndpointSliceBody, NamespaceBody, PodBody, ServiceBody};
@@ -59,6 +64,16 @@ pub const KINDS: &[(&str, &str, &[&str])] = &[
 
 /// Namespace of an object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Largest document read: the API server stores no object over 1.5 MiB.
+pub const MAX_DOCUMENT_BYTES: usize = 3 << 19;
+/// Deepest nesting of flow collections (`{`, `[`) read. Real manifests
+/// nest a handful deep; a parser's cost can grow with the square of it.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Kinds whose objects decide who may connect: one that cannot be read
+/// must not let through what it was meant to stop.
+const SECURITY_KINDS: &[&str] = &["AuthorizationPolicy", "PeerAuthentication"];
 
 /// Names an object in messages: `AuthorizationPolicy shop/allow-read`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -330,24 +345,135 @@ fn problems((source, document): (usize, usize), found: Vec<Found>) -> Vec<Proble
 }
 
 fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
-    for (document, yaml) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match Value::deserialize(yaml) {
+    for (document, yaml) in documents(text).enumerate() {
+        let value = within_budget(yaml).and_then(|()| {
+            serde_yaml::from_str::<Value>(yaml).map_err(|error| format!("not valid YAML: {error}"))
+        });
+        let found = match value {
             Ok(Value::Null) => continue,
-            Ok(value) => value,
-            Err(error) => {
-                let message = format!("not valid YAML: {error}");
-                let found = (None, String::new(), message, Severity::Error);
-                parsed
-                    .problems
-                    .extend(problems((source, document), vec![found]));
-                // The stream cannot be followed past a syntax error.
-                break;
-            }
+            Ok(value) => match read_document((source, document), value, &mut parsed.resources) {
+                Ok(()) => continue,
+                Err(found) => found,
+            },
+            // Named from its text where it can be, so the object it meant
+            // is rejected rather than silently gone.
+            Err(message) => vec![(named_in_text(yaml), String::new(), message, Severity::Error)],
         };
-        if let Err(found) = read_document((source, document), value, &mut parsed.resources) {
-            parsed.problems.extend(problems((source, document), found));
+        parsed.problems.extend(problems((source, document), found));
+    }
+}
+
+/// The documents of a YAML stream, split at its `---` lines. Each is parsed
+/// on its own, so one that is broken does not hide the ones after it (a
+/// YAML parser cannot resynchronise past a syntax error; a line that
+/// starts with `---` cannot be inside any scalar, so this split is exact).
+/// Text before a leading `---` is a document only if it holds anything.
+fn documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let separator = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if separator {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts.push(text.len());
+    let first_is_blank = starts.len() > 2
+        && text[..starts[1]]
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+    let chunks: Vec<&str> = starts
+        .windows(2)
+        .map(|bounds| &text[bounds[0]..bounds[1]])
+        .collect();
+    chunks
+        .into_iter()
+        .skip(usize::from(first_is_blank))
+        .map(|chunk| chunk.strip_prefix("---").unwrap_or(chunk))
+}
+
+/// Refuses, before any parsing, a document too large or nested too deep to
+/// parse cheaply.
+fn within_budget(yaml: &str) -> Result<(), String> {
+    if yaml.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "a document of {} bytes is over the {MAX_DOCUMENT_BYTES} read",
+            yaml.len()
+        ));
+    }
+    if flow_depth(yaml) > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "collections are nested over {MAX_FLOW_DEPTH} deep"
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of `{` and `[` outside quoted scalars and comments
+/// (an upper bound: a plain scalar may hold a bracket too).
+fn flow_depth(yaml: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote = None;
+    let mut previous = '\n';
+    let mut chars = yaml.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') if !previous.is_alphanumeric() => quote = Some(c),
+            (None, '#') if previous.is_whitespace() => {
+                // A comment runs to the end of its line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                previous = '\n';
+                continue;
+            }
+            (None, '{' | '[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, '}' | ']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    deepest
+}
+
+/// The object a document that YAML cannot read was meant to be, from its
+/// top-level `kind:` and its `metadata:`'s `name:` and `namespace:` lines;
+/// only for the kinds Ambit reads.
+fn named_in_text(yaml: &str) -> Option<ObjectRef> {
+    let (mut kind, mut name, mut namespace) = (None, None, None);
+    let mut in_metadata = false;
+    let value = |line: &str, key: &str| {
+        let rest = line.trim_start().strip_prefix(key)?.strip_prefix(':')?;
+        let value = rest.split(" #").next()?.trim().trim_matches(['"', '\'']);
+        (!value.is_empty()).then(|| value.to_string())
+    };
+    for line in yaml.lines() {
+        let top_level = !line.starts_with([' ', '\t']);
+        if top_level {
+            in_metadata = line.trim_end() == "metadata:";
+            kind = kind.or_else(|| value(line, "kind"));
+        } else if in_metadata {
+            name = name.or_else(|| value(line, "name"));
+            namespace = namespace.or_else(|| value(line, "namespace"));
         }
     }
+    let kind = kind?;
+    KINDS.iter().any(|(_, known, _)| *known == kind).then(|| {
+        ObjectRef::new(&kind, namespace.as_deref(), name.as_deref().unwrap_or_default())
+    })
 }
 
 /// Checks references between objects: warns about routes to subsets that
@@ -434,9 +560,16 @@ fn read_document(
     resources: &mut Vec<Resource>,
 ) -> Result<(), Vec<Found>> {
     let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);
+    // The name and namespace as far as they can be read, to name the
+    // object even when the rest of it is broken.
+    let named = |kind: &str| {
+        let field = |key: &str| value.get("metadata")?.get(key)?.as_str();
+        ObjectRef::new(kind, field("namespace"), field("name").unwrap_or_default())
+    };
     let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
+        let known = text("kind").filter(|kind| KINDS.iter().any(|(_, k, _)| k == kind));
         return Err(vec![(
-            None,
+            known.map(|kind| named(&kind)),
             String::new(),
             "apiVersion and kind are required".into(),
             Severity::Error,
@@ -446,7 +579,7 @@ fn read_document(
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
     let Some((_, _, served)) = KINDS.iter().find(|(g, k, _)| *g == group && *k == kind) else {
-        return Ok(());
+        return unread_kind(&api_version, group, &kind, named);
     };
     let metadata: ObjectMeta = value
         .get("metadata")
@@ -455,7 +588,7 @@ fn read_document(
         .transpose()
         .map_err(|error| {
             vec![(
-                None,
+                Some(named(&kind)),
                 "metadata".to_string(),
                 error.to_string(),
                 Severity::Error,
@@ -517,6 +650,64 @@ fn read_document(
     };
     resources.push(resource);
     Ok(())
+}
+
+/// What becomes of a document of a kind Ambit does not read: nothing for
+/// other projects' kinds (a Deployment), a warning for Istio's other kinds,
+/// and for a near miss of a kind Ambit reads (a typo in `kind` or in the
+/// API group) a warning, or for a security kind an error that rejects the
+/// object as that kind: a mistyped policy must not silently stop applying.
+fn unread_kind(
+    api_version: &str,
+    group: &str,
+    kind: &str,
+    named: impl Fn(&str) -> ObjectRef,
+) -> Result<(), Vec<Found>> {
+    let meant = KINDS.iter().find(|(known_group, known_kind, _)| {
+        let close = |a: &str, b: &str| edit_distance(a, b) <= (b.len() / 6).max(1);
+        (kind == *known_kind || close(kind, known_kind))
+            && (group == *known_group || close(group, known_group))
+    });
+    let found = match meant {
+        Some((known_group, known_kind, _)) if SECURITY_KINDS.contains(known_kind) => (
+            Some(named(known_kind)),
+            "kind".to_string(),
+            format!(
+                "{api_version} {kind} is not a kind Ambit reads; taken for a {known_group} {known_kind} that cannot be read, which fails closed"
+            ),
+            Severity::Error,
+        ),
+        Some((known_group, known_kind, _)) => (
+            Some(named(kind)),
+            "kind".to_string(),
+            format!("{api_version} {kind} is not a kind Ambit reads; did you mean {known_group} {known_kind}?"),
+            Severity::Warning,
+        ),
+        None if group.ends_with("istio.io") => (
+            Some(named(kind)),
+            "kind".to_string(),
+            format!("{api_version} {kind} is not a kind Ambit reads; it has no effect"),
+            Severity::Warning,
+        ),
+        None => return Ok(()),
+    };
+    Err(vec![found])
+}
+
+/// Levenshtein distance between two short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// A document of a known kind, before its spec is read.

@@ -135,6 +135,10 @@ metadata: {name: not-ours}
 fn documents_without_identity_or_valid_yaml_are_reported() {
     assert_eq!(
         problems("kind: AuthorizationPolicy\n"),
+        ["error: AuthorizationPolicy default/: apiVersion and kind are required"]
+    );
+    assert_eq!(
+        problems("metadata: {name: x}\n"),
         ["error: document 0: apiVersion and kind are required"]
     );
     assert_eq!(
@@ -153,4 +157,97 @@ fn documents_without_identity_or_valid_yaml_are_reported() {
     assert!(
         matches!(&parsed.resources[0], Resource::AuthorizationPolicy(o) if o.spec.rules.is_empty() && o.namespace() == "default")
     );
+}
+
+/// What `rejections` makes of a stream: the objects that stand rejected.
+fn rejected(text: &str) -> Vec<String> {
+    rejections(&parse_manifests(text).problems)
+        .into_iter()
+        .map(|(object, _)| object.to_string())
+        .collect()
+}
+
+#[test]
+fn a_broken_document_is_named_from_its_text_and_the_ones_after_it_still_read() {
+    let good = |name: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: shop\nspec: {{action: DENY, rules: [{{}}]}}\n")
+    };
+    let broken = [
+        // A tab where YAML allows only spaces.
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: tabbed\n  namespace: shop\nspec:\n\taction: DENY\n",
+        // A key given twice.
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: twice\n  namespace: shop\nspec: {action: DENY}\nspec: {action: ALLOW}\n",
+        // Metadata of the wrong shape.
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: shaped, namespace: shop, labels: [a]}\nspec: {action: DENY}\n",
+        // An integer out of any range, in a document before the policy.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big}\nspec: {ports: [{port: 99999999999999999999999}]}\n",
+    ];
+    for broken in broken {
+        let text = format!("{}---\n{broken}---\n{}", good("before"), good("after"));
+        let parsed = parse_manifests(&text);
+        let read: Vec<String> = parsed
+            .resources
+            .iter()
+            .map(|resource| resource.describe().1.to_string())
+            .collect();
+        assert_eq!(
+            read,
+            ["AuthorizationPolicy shop/before", "AuthorizationPolicy shop/after"],
+            "{broken}: {:?}",
+            parsed.problems
+        );
+        assert_eq!(parsed.problems.len(), 1, "{broken}: {:?}", parsed.problems);
+        assert_eq!(parsed.problems[0].document, 1, "{broken}");
+    }
+    assert_eq!(rejected(&format!("{}---\n{}", good("a"), broken_policy())), ["AuthorizationPolicy shop/tabbed"]);
+}
+
+fn broken_policy() -> &'static str {
+    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: tabbed\n  namespace: shop\nspec:\n\taction: DENY\n"
+}
+
+#[test]
+fn a_mistyped_kind_or_group_is_reported_and_a_mistyped_policy_fails_closed() {
+    let object = |api_version: &str, kind: &str| {
+        format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: shop}}\nspec: {{}}\n")
+    };
+    let cases = [
+        (object("securty.istio.io/v1", "AuthorizationPolicy"), "error: AuthorizationPolicy shop/x: kind: securty.istio.io/v1 AuthorizationPolicy is not a kind Ambit reads; taken for a security.istio.io AuthorizationPolicy that cannot be read, which fails closed"),
+        (object("security.istio.io/v1", "AuthorisationPolicy"), "error: AuthorizationPolicy shop/x: kind: security.istio.io/v1 AuthorisationPolicy is not a kind Ambit reads; taken for a security.istio.io AuthorizationPolicy that cannot be read, which fails closed"),
+        (object("security.istio.io/v1", "PeerAuthentications"), "error: PeerAuthentication shop/x: kind: security.istio.io/v1 PeerAuthentications is not a kind Ambit reads; taken for a security.istio.io PeerAuthentication that cannot be read, which fails closed"),
+        (object("networking.istio.io/v1", "VirtualServices"), "warning: VirtualServices shop/x: kind: networking.istio.io/v1 VirtualServices is not a kind Ambit reads; did you mean networking.istio.io VirtualService?"),
+        (object("networking.istio.io/v1", "Sidecar"), "warning: Sidecar shop/x: kind: networking.istio.io/v1 Sidecar is not a kind Ambit reads; it has no effect"),
+    ];
+    for (text, says) in &cases {
+        assert_eq!(problems(text), [*says]);
+    }
+    assert_eq!(rejected(&cases[0].0), ["AuthorizationPolicy shop/x"]);
+    assert_eq!(rejected(&cases[2].0), ["PeerAuthentication shop/x"]);
+    assert!(rejected(&cases[3].0).is_empty());
+    // Other projects' kinds are none of Ambit's business.
+    assert!(problems(&object("apps/v1", "Deployment")).is_empty());
+}
+
+#[test]
+fn documents_over_budget_are_refused_before_parsing() {
+    let deep = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: deep}}\nspec: {}{}\n", "{a: ".repeat(300_000), "}".repeat(300_000));
+    let found = problems(&deep);
+    assert_eq!(found.len(), 1);
+    assert!(found[0].contains("nested over 64 deep"), "{found:?}");
+    let large = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: large}}\n# {}\n", "x".repeat(MAX_DOCUMENT_BYTES));
+    assert!(problems(&large)[0].contains("over the 1572864 read"));
+    // Brackets inside quotes and comments do not count, nor do balanced ones.
+    let text = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fine\n  labels: {{a: \"{}\", b: '{}'}} # {}\n  annotations: {{c: \"{}\"}}\n",
+        "{".repeat(100), "[".repeat(100), "[".repeat(100), "[]".repeat(100)
+    );
+    assert_eq!(problems(&text), Vec::<String>::new());
+}
+
+#[test]
+fn a_stream_splits_at_its_separator_lines_only() {
+    let text = "# a comment\n---\na: 1\n--- {b: 2}\nc: \"---\"\n  ---x\n---\n";
+    let split: Vec<&str> = documents(text).collect();
+    assert_eq!(split, ["\na: 1\n", " {b: 2}\nc: \"---\"\n  ---x\n", "\n"]);
+    assert_eq!(documents("a: 1\n").collect::<Vec<_>>(), ["a: 1\n"]);
 }

@@ -294,7 +294,7 @@ spec:
 }
 
 #[test]
-fn an_unreadable_authorization_policy_denies_and_other_kinds_keep_their_last_good_version() {
+fn an_unreadable_policy_fails_closed_and_other_kinds_keep_their_last_good_version() {
     let mut mesh = mesh(
         r#"
 apiVersion: networking.istio.io/v1
@@ -324,6 +324,31 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
         vec![(policy, vec!["again".into()])],
     );
     assert_eq!(mesh.authorization_policies.len(), 1);
+
+    // A PeerAuthentication never read stands as STRICT for its namespace;
+    // one read before keeps its last good version.
+    let labels = Default::default();
+    let mode = |mesh: &Mesh| {
+        let target = crate::policy::Target {
+            namespace: "default",
+            labels: &labels,
+        };
+        crate::policy::mtls_mode(mesh, "istio-system", target, 8080)
+    };
+    assert_eq!(mode(&mesh), crate::policy::PeerMode::Permissive);
+    let unread = object("PeerAuthentication", "default", "strict");
+    mesh.reject(&unread, vec!["spec.mtls.mode: unknown variant".into()]);
+    assert_eq!(mode(&mesh), crate::policy::PeerMode::Strict);
+    mesh.delete(&unread);
+    assert_eq!(mode(&mesh), crate::policy::PeerMode::Permissive);
+    let mut mesh = mesh.clone();
+    for resource in resources(
+        "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: strict, namespace: default}, spec: {mtls: {mode: PERMISSIVE}}}",
+    ) {
+        mesh.apply(resource);
+    }
+    mesh.reject(&unread, vec!["bad".into()]);
+    assert_eq!(mode(&mesh), crate::policy::PeerMode::Permissive);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! of its Service) are touched.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
@@ -10,6 +11,7 @@ use super::{
     qualified_hosts, AuthorizationPolicy, Config, EndpointSlice, Key, Mesh, Namespace, Service,
     Workload, SERVICE_NAME_LABEL,
 };
+use crate::api::security::{MtlsMode, MutualTls, PeerAuthenticationSpec};
 use crate::document::{ObjectRef, Resource};
 
 impl Mesh {
@@ -155,13 +157,34 @@ impl Mesh {
 
     /// Records that the source holds `object` but it could not be read. An
     /// AuthorizationPolicy becomes a denial for its namespace (fail closed);
-    /// any other kind keeps its last good version, if the model had one.
+    /// any other kind keeps its last good version, if the model had one, and
+    /// a PeerAuthentication with none stands as STRICT for its namespace
+    /// (its selector cannot be trusted either).
     pub fn reject(&mut self, object: &ObjectRef, problems: Vec<String>) {
-        if object.kind == "AuthorizationPolicy" {
-            self.authorization_policies.insert(
-                Key::new(&object.namespace, &object.name),
-                AuthorizationPolicy::Invalid { problems },
-            );
+        let key = Key::new(&object.namespace, &object.name);
+        match object.kind.as_str() {
+            "AuthorizationPolicy" => {
+                self.authorization_policies
+                    .insert(key, AuthorizationPolicy::Invalid { problems });
+            }
+            "PeerAuthentication" if !self.peer_authentications.contains_key(&key) => {
+                let strict = PeerAuthenticationSpec {
+                    selector: None,
+                    mtls: Some(MutualTls {
+                        mode: MtlsMode::Strict,
+                    }),
+                    port_level_mtls: Default::default(),
+                };
+                self.peer_authentications.insert(
+                    key,
+                    Arc::new(Config {
+                        labels: Default::default(),
+                        annotations: Default::default(),
+                        spec: strict,
+                    }),
+                );
+            }
+            _ => {}
         }
     }
 
