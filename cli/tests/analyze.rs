@@ -79,3 +79,28 @@ fn an_unreadable_input_is_named() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("reading /nonexistent/manifests.yaml"));
 }
+
+#[test]
+fn a_mistyped_kind_or_group_is_not_passed_in_silence() {
+    let manifest = r#"apiVersion: security.istio.io/v1
+kind: AuthorisationPolicy
+metadata: {name: deny-all, namespace: shop}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: securty.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+"#;
+    let output = analyze(&["-f", "-"], manifest);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("<stdin>: error: AuthorizationPolicy shop/deny-all: kind: security.istio.io/v1 AuthorisationPolicy is not a kind Ambit reads"), "{stdout}");
+    assert!(stdout.contains("<stdin>: error: PeerAuthentication shop/strict: kind: securty.istio.io/v1 PeerAuthentication is not a kind Ambit reads"), "{stdout}");
+    assert!(stdout.contains("<stdin>: warning: Sidecar shop/default: kind: networking.istio.io/v1 Sidecar is not a kind Ambit reads; it has no effect"), "{stdout}");
+    assert!(stdout.ends_with("2 errors, 1 warnings\n"), "{stdout}");
+}

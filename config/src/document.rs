@@ -244,8 +244,22 @@ pub struct Parsed {
 /// The manifest files (`.yaml`, `.yml`, `.json`) under `dir`, depth first
 /// in name order. Hidden entries are skipped, among them the `..data`
 /// directories Kubernetes mounts a ConfigMap with (its files are reached
-/// through the top-level links).
+/// through the top-level links). A directory reached a second time (a
+/// symbolic link loop) is not entered again.
 pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut seen = BTreeSet::new();
+    manifest_files_within(dir, &mut seen)
+}
+
+fn manifest_files_within(
+    dir: &Path,
+    seen: &mut BTreeSet<(u64, u64)>,
+) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(dir)?;
+    if !seen.insert((metadata.dev(), metadata.ino())) {
+        return Ok(Vec::new());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -260,7 +274,7 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             continue;
         }
         if entry.is_dir() {
-            files.extend(manifest_files(&entry)?);
+            files.extend(manifest_files_within(&entry, seen)?);
         } else if entry
             .extension()
             .and_then(|e| e.to_str())
@@ -405,9 +419,7 @@ fn within_budget(yaml: &str) -> Result<(), String> {
         ));
     }
     if flow_depth(yaml) > MAX_FLOW_DEPTH {
-        return Err(format!(
-            "collections are nested over {MAX_FLOW_DEPTH} deep"
-        ));
+        return Err(format!("collections are nested over {MAX_FLOW_DEPTH} deep"));
     }
     Ok(())
 }
@@ -472,7 +484,11 @@ fn named_in_text(yaml: &str) -> Option<ObjectRef> {
     }
     let kind = kind?;
     KINDS.iter().any(|(_, known, _)| *known == kind).then(|| {
-        ObjectRef::new(&kind, namespace.as_deref(), name.as_deref().unwrap_or_default())
+        ObjectRef::new(
+            &kind,
+            namespace.as_deref(),
+            name.as_deref().unwrap_or_default(),
+        )
     })
 }
 

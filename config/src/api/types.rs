@@ -105,10 +105,31 @@ impl StringMatch {
     }
 }
 
+/// Longest regular expression read, in bytes: longer ones are refused
+/// before they are compiled (Istio's routes carry a few dozen).
+pub const MAX_REGEX_LEN: usize = 1024;
+/// The most memory one compiled regular expression may take: a pattern
+/// like `(a{100}){100}` is short but compiles to megabytes, and time.
+pub const MAX_REGEX_SIZE: usize = 256 << 10;
+
 /// Checks a regular expression in RE2 syntax (which Rust's `regex` speaks:
-/// no look-around, no back-references).
+/// no look-around, no back-references), within [`MAX_REGEX_LEN`] and
+/// [`MAX_REGEX_SIZE`].
 pub(crate) fn check_regex(path: &str, regex: &str, issues: &mut Vec<Issue>) {
-    if let Err(error) = regex::Regex::new(regex) {
+    if regex.len() > MAX_REGEX_LEN {
+        issues.push(Issue::new(
+            path,
+            format!(
+                "a regular expression of {} bytes is over the {MAX_REGEX_LEN} read",
+                regex.len()
+            ),
+        ));
+        return;
+    }
+    let compiled = regex::RegexBuilder::new(regex)
+        .size_limit(MAX_REGEX_SIZE)
+        .build();
+    if let Err(error) = compiled {
         let reason = error
             .to_string()
             .lines()

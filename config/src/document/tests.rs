@@ -192,14 +192,20 @@ fn a_broken_document_is_named_from_its_text_and_the_ones_after_it_still_read() {
             .collect();
         assert_eq!(
             read,
-            ["AuthorizationPolicy shop/before", "AuthorizationPolicy shop/after"],
+            [
+                "AuthorizationPolicy shop/before",
+                "AuthorizationPolicy shop/after"
+            ],
             "{broken}: {:?}",
             parsed.problems
         );
         assert_eq!(parsed.problems.len(), 1, "{broken}: {:?}", parsed.problems);
         assert_eq!(parsed.problems[0].document, 1, "{broken}");
     }
-    assert_eq!(rejected(&format!("{}---\n{}", good("a"), broken_policy())), ["AuthorizationPolicy shop/tabbed"]);
+    assert_eq!(
+        rejected(&format!("{}---\n{}", good("a"), broken_policy())),
+        ["AuthorizationPolicy shop/tabbed"]
+    );
 }
 
 fn broken_policy() -> &'static str {
@@ -230,11 +236,18 @@ fn a_mistyped_kind_or_group_is_reported_and_a_mistyped_policy_fails_closed() {
 
 #[test]
 fn documents_over_budget_are_refused_before_parsing() {
-    let deep = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: deep}}\nspec: {}{}\n", "{a: ".repeat(300_000), "}".repeat(300_000));
+    let deep = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: deep}}\nspec: {}{}\n",
+        "{a: ".repeat(300_000),
+        "}".repeat(300_000)
+    );
     let found = problems(&deep);
     assert_eq!(found.len(), 1);
     assert!(found[0].contains("nested over 64 deep"), "{found:?}");
-    let large = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: large}}\n# {}\n", "x".repeat(MAX_DOCUMENT_BYTES));
+    let large = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: large}}\n# {}\n",
+        "x".repeat(MAX_DOCUMENT_BYTES)
+    );
     assert!(problems(&large)[0].contains("over the 1572864 read"));
     // Brackets inside quotes and comments do not count, nor do balanced ones.
     let text = format!(
@@ -250,4 +263,26 @@ fn a_stream_splits_at_its_separator_lines_only() {
     let split: Vec<&str> = documents(text).collect();
     assert_eq!(split, ["\na: 1\n", " {b: 2}\nc: \"---\"\n  ---x\n", "\n"]);
     assert_eq!(documents("a: 1\n").collect::<Vec<_>>(), ["a: 1\n"]);
+}
+
+#[test]
+fn oversized_regular_expressions_are_refused_cheaply() {
+    let route = |regex: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: shop}}\nspec: {{hosts: [r], http: [{{match: [{{uri: {{regex: '{regex}'}}}}], route: [{{destination: {{host: r}}}}]}}]}}\n")
+    };
+    let long = "a".repeat(2000);
+    assert!(problems(&route(&long))[0]
+        .contains("a regular expression of 2000 bytes is over the 1024 read"));
+    // Short, but megabytes once compiled: two hundred of them still parse at once.
+    let text: Vec<String> = (0..200).map(|_| route("(a{1000}){1000}")).collect();
+    let found = problems(&text.join("---\n"));
+    assert_eq!(found.len(), 200);
+    assert!(
+        found[0].contains("invalid RE2 regular expression"),
+        "{found:?}"
+    );
+    assert_eq!(
+        problems(&route("^/api/v[0-9]{1,3}/.*")),
+        Vec::<String>::new()
+    );
 }

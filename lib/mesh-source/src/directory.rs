@@ -3,20 +3,26 @@
 //! or removed. A removed file or document removes its objects.
 //!
 //! Changes are noticed through inotify, so they apply within milliseconds,
-//! and only the files that changed are parsed again.
+//! and only the files that changed are parsed again. What is read never
+//! loses what was in force by accident: a file still open for writing is
+//! read once it is closed; a file that cannot be read (not a regular file,
+//! too large, not UTF-8) keeps the objects it held, and so does a file
+//! with a document that cannot be read, until it reads whole again; each
+//! such file is reported on its own while the others apply.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ambit_config::document::{
     self, check_references, parse_stream, rejections, ObjectRef, Problem, Resource, Severity,
 };
 use ambit_config::model::Mesh;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 
 /// A manifest directory, what was last read from each of its files, and
@@ -29,6 +35,26 @@ pub struct Directory {
     applied: BTreeMap<ObjectRef, Applied>,
     /// Warnings across files already logged, so each is logged once.
     warned: BTreeSet<String>,
+    /// Files that cannot be read now, and why (logged when it changes).
+    unreadable: BTreeMap<PathBuf, String>,
+    /// Files open for writing (created or changed, not yet closed), since
+    /// when: read once closed, or after [`WRITE_PATIENCE`].
+    writing: BTreeMap<PathBuf, Instant>,
+}
+
+/// The most a manifest file may hold.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// How long a file may stay open for writing before it is read anyway (a
+/// writer that keeps it open).
+const WRITE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What inotify said of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    pub path: PathBuf,
+    /// `Some(true)` once it is created or written to, `Some(false)` once it
+    /// is closed after writing, renamed or removed; `None` otherwise.
+    pub writing: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +114,39 @@ impl Directory {
             files: BTreeMap::new(),
             applied: BTreeMap::new(),
             warned: BTreeSet::new(),
+            unreadable: BTreeMap::new(),
+            writing: BTreeMap::new(),
+        }
+    }
+
+    /// Takes note of an event: whether the file is being written.
+    pub fn note(&mut self, event: FileEvent) {
+        match event.writing {
+            Some(true) => {
+                self.writing.entry(event.path).or_insert_with(Instant::now);
+            }
+            Some(false) => {
+                self.writing.remove(&event.path);
+            }
+            None => {}
+        }
+    }
+
+    fn being_written(&self, path: &Path) -> bool {
+        self.writing
+            .get(path)
+            .is_some_and(|since| since.elapsed() < WRITE_PATIENCE)
+    }
+
+    /// Logs why `path` cannot be read, when the reason is new.
+    fn cannot_read(&mut self, path: &Path, reason: String, keeps: bool) {
+        if self.unreadable.get(path) != Some(&reason) {
+            let kept = match keeps {
+                true => "; the objects it held stay in force",
+                false => "",
+            };
+            tracing::error!(file = %path.display(), "cannot read the file: {reason}{kept}");
+            self.unreadable.insert(path.to_path_buf(), reason);
         }
     }
 
@@ -95,8 +154,10 @@ impl Directory {
     /// the last call and, when anything changed, applies the whole directory
     /// to `mesh`; returns whether it did. Problems are logged, naming the
     /// file, object and field; an object with an error is rejected on its
-    /// own (see [`Mesh::reject`]) and everything else applies. A file that
-    /// cannot be read fails the call and changes nothing.
+    /// own (see [`Mesh::reject`]) and everything else applies. A file being
+    /// written or that cannot be read keeps what it held (see the module's
+    /// documentation). A directory that cannot be listed fails the call and
+    /// changes nothing.
     pub fn load(&mut self, mesh: &mut Mesh) -> Result<bool, ReadError> {
         let paths = document::manifest_files(&self.dir).map_err(ReadError::new(&self.dir))?;
         let mut files = BTreeMap::new();
@@ -108,25 +169,30 @@ impl Directory {
             .filter(|path| !listed.contains(path))
             .cloned()
             .collect();
+        self.unreadable.retain(|path, _| listed.contains(path));
         for path in paths.iter().cloned() {
-            let metadata = std::fs::metadata(&path).map_err(ReadError::new(&path))?;
-            let stamp = Stamp {
-                len: metadata.len(),
-                modified: metadata.modified().ok(),
-                inode: metadata.ino(),
-            };
-            let file = match self.files.get(&path) {
-                Some(file) if file.stamp == stamp => file.clone(),
-                _ => {
-                    let text = std::fs::read_to_string(&path).map_err(ReadError::new(&path))?;
-                    changed.insert(path.clone());
-                    File {
-                        stamp,
-                        objects: Arc::new(read_file(&path, &text)),
+            let previous = self.files.get(&path).cloned();
+            if self.being_written(&path) {
+                files.extend(previous.map(|file| (path, file)));
+                continue;
+            }
+            let read = read_manifest(&path).map(|(stamp, text)| match &previous {
+                Some(file) if file.stamp == stamp => (file.clone(), false),
+                _ => (read_file(&path, stamp, &text, previous.as_ref()), true),
+            });
+            match read {
+                Ok((file, read_anew)) => {
+                    self.unreadable.remove(&path);
+                    if read_anew {
+                        changed.insert(path.clone());
                     }
+                    files.insert(path, file);
                 }
-            };
-            files.insert(path, file);
+                Err(reason) => {
+                    self.cannot_read(&path, reason, previous.is_some());
+                    files.extend(previous.map(|file| (path, file)));
+                }
+            }
         }
         if changed.is_empty() {
             return Ok(false);
@@ -183,8 +249,45 @@ impl Directory {
     }
 }
 
-/// The objects one file defines, its problems logged with its name.
-fn read_file(path: &Path, text: &str) -> BTreeMap<ObjectRef, Applied> {
+/// A manifest file's stamp and text, if it is a regular file (a FIFO or a
+/// device is refused without blocking), of at most [`MAX_FILE_BYTES`], in
+/// UTF-8; else why not.
+fn read_manifest(path: &Path) -> Result<(Stamp, String), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| error.to_string())?;
+    let metadata = file.metadata().map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, over the {MAX_FILE_BYTES} read",
+            metadata.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("grew over the {MAX_FILE_BYTES} bytes read"));
+    }
+    let text = String::from_utf8(bytes).map_err(|error| format!("not UTF-8: {error}"))?;
+    let stamp = Stamp {
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+        inode: metadata.ino(),
+    };
+    Ok((stamp, text))
+}
+
+/// What one file defines, its problems logged with its name. Where a
+/// document could not be read even to name its object, the objects the
+/// file held before (`previous`) that it no longer defines stay.
+fn read_file(path: &Path, stamp: Stamp, text: &str, previous: Option<&File>) -> File {
     let parsed = parse_stream(text);
     for problem in &parsed.problems {
         log(Some(path), problem);
@@ -196,7 +299,22 @@ fn read_file(path: &Path, text: &str) -> BTreeMap<ObjectRef, Applied> {
     for (object, problems) in rejections(&parsed.problems) {
         objects.insert(object, Applied::Rejected(problems));
     }
-    objects
+    let unnamed = parsed
+        .problems
+        .iter()
+        .any(|problem| problem.severity == Severity::Error && problem.object.is_none());
+    if let (true, Some(previous)) = (unnamed, previous) {
+        tracing::warn!(file = %path.display(), "a document cannot be read; the objects the file held stay in force until it reads whole");
+        for (object, applied) in previous.objects.iter() {
+            objects
+                .entry(object.clone())
+                .or_insert_with(|| applied.clone());
+        }
+    }
+    File {
+        stamp,
+        objects: Arc::new(objects),
+    }
 }
 
 fn log(file: Option<&Path>, problem: &Problem) {
@@ -228,12 +346,15 @@ pub async fn watch(
     loop {
         match &mut events {
             Some(events) => {
-                tokio::select! {
-                    () = events.next() => {}
-                    () = tokio::time::sleep(RESCAN_INTERVAL) => {}
-                }
+                let mut noted = tokio::select! {
+                    noted = events.next() => noted,
+                    () = tokio::time::sleep(RESCAN_INTERVAL) => Vec::new(),
+                };
                 tokio::time::sleep(SETTLE).await;
-                events.discard_pending();
+                noted.extend(events.pending());
+                for event in noted {
+                    directory.note(event);
+                }
                 // Before reading: a file written into a new subdirectory
                 // meanwhile is either read now or reported later.
                 events.watch_tree(&directory.dir);
@@ -267,7 +388,8 @@ fn relevant(name: Option<&std::ffi::OsStr>) -> bool {
 /// inotify on the directory and its subdirectories.
 pub struct Events {
     inotify: AsyncFd<InotifyFd>,
-    watched: BTreeSet<PathBuf>,
+    /// Each watched directory by its watch.
+    watched: BTreeMap<WatchDescriptor, PathBuf>,
 }
 
 struct InotifyFd(Inotify);
@@ -303,7 +425,7 @@ impl Events {
             unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(std::io::Error::from)?;
         Ok(Self {
             inotify,
-            watched: BTreeSet::new(),
+            watched: BTreeMap::new(),
         })
     }
 
@@ -322,11 +444,19 @@ impl Events {
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_DELETE_SELF;
         let mut pending = vec![dir.to_path_buf()];
+        // Each directory once, however many links lead to it.
+        let mut seen = BTreeSet::new();
         while let Some(dir) = pending.pop() {
-            if !self.watched.contains(&dir) {
+            let Ok(metadata) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            if !seen.insert((metadata.dev(), metadata.ino())) {
+                continue;
+            }
+            if !self.watched.values().any(|watched| *watched == dir) {
                 match self.instance().add_watch(&dir, flags) {
-                    Ok(_) => {
-                        self.watched.insert(dir.clone());
+                    Ok(watch) => {
+                        self.watched.insert(watch, dir.clone());
                     }
                     Err(error) => {
                         tracing::warn!(dir = %dir.display(), %error, "cannot watch for changes")
@@ -345,18 +475,18 @@ impl Events {
             }));
         }
         // A directory that went away loses its watch with it.
-        self.watched.retain(|dir| dir.is_dir());
+        self.watched.retain(|_, dir| dir.is_dir());
     }
 
-    /// Completes when an event is waiting.
-    async fn next(&mut self) {
+    /// Completes with the events waiting, once one of them is relevant.
+    async fn next(&mut self) -> Vec<FileEvent> {
         loop {
             let Ok(mut guard) = self.inotify.readable().await else {
                 return std::future::pending().await;
             };
             let events = guard.get_inner().0.read_events().unwrap_or_default();
             if events.iter().any(|event| relevant(event.name.as_deref())) {
-                return;
+                return self.file_events(events);
             }
             if !events.is_empty() {
                 continue;
@@ -365,8 +495,40 @@ impl Events {
         }
     }
 
-    /// Drops the events that came in meanwhile: one read covers them all.
-    fn discard_pending(&mut self) {
-        while matches!(self.instance().read_events(), Ok(events) if !events.is_empty()) {}
+    /// The events that came in meanwhile: one read covers them all.
+    fn pending(&mut self) -> Vec<FileEvent> {
+        let mut noted = Vec::new();
+        while let Ok(events) = self.instance().read_events() {
+            if events.is_empty() {
+                break;
+            }
+            noted.extend(self.file_events(events));
+        }
+        noted
+    }
+
+    fn file_events(&self, events: Vec<InotifyEvent>) -> Vec<FileEvent> {
+        events
+            .into_iter()
+            .filter(|event| !event.mask.contains(AddWatchFlags::IN_ISDIR))
+            .filter_map(|event| {
+                let path = self.watched.get(&event.wd)?.join(event.name?);
+                let mask = event.mask;
+                let writing =
+                    if mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY) {
+                        Some(true)
+                    } else if mask.intersects(
+                        AddWatchFlags::IN_CLOSE_WRITE
+                            | AddWatchFlags::IN_MOVED_TO
+                            | AddWatchFlags::IN_MOVED_FROM
+                            | AddWatchFlags::IN_DELETE,
+                    ) {
+                        Some(false)
+                    } else {
+                        None
+                    };
+                Some(FileEvent { path, writing })
+            })
+            .collect()
     }
 }

@@ -185,3 +185,104 @@ proptest::proptest! {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[tokio::test]
+async fn bad_files_are_reported_alone_and_what_was_in_force_stays() {
+    let dir = std::env::temp_dir().join(format!("ambit-directory-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("cart.yaml"), service("cart", "10.96.0.1", "red")).unwrap();
+    std::fs::write(dir.join("pay.yaml"), service("pay", "10.96.0.2", "red")).unwrap();
+    // Hazards beside them: a FIFO, links in a loop (of files, and of a
+    // directory to its parent), an endless device, bytes that are not UTF-8.
+    nix::unistd::mkfifo(&dir.join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("b.yaml", dir.join("a.yaml")).unwrap();
+    std::os::unix::fs::symlink("a.yaml", dir.join("b.yaml")).unwrap();
+    std::os::unix::fs::symlink("..", dir.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+    std::fs::write(dir.join("latin1.yaml"), b"kind: Service # caf\xe9\n").unwrap();
+
+    let handle = Arc::new(MeshHandle::default());
+    let task = tokio::time::timeout(
+        Duration::from_secs(10),
+        ambit_mesh_source::start(&Source::Directory(dir.clone()), handle.clone()),
+    )
+    .await
+    .expect("the source starts despite the bad files")
+    .unwrap();
+    assert_eq!(team(&handle.snapshot(), "cart").as_deref(), Some("red"));
+    assert_eq!(team(&handle.snapshot(), "pay").as_deref(), Some("red"));
+
+    // A file that becomes unreadable, or gains a document that cannot be
+    // read even to name it, keeps what it held; the other files apply.
+    std::fs::write(dir.join("cart.yaml"), b"\xff\xfe not text\n").unwrap();
+    std::fs::write(
+        dir.join("pay.yaml"),
+        format!(
+            "{}---\nkind: [unclosed\n",
+            service("other", "10.96.0.3", "blue")
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("ship.yaml"), service("ship", "10.96.0.4", "green")).unwrap();
+    until(&handle, "the good file", |m| {
+        team(m, "ship").as_deref() == Some("green")
+    })
+    .await;
+    let mesh = handle.snapshot();
+    assert_eq!(
+        team(&mesh, "cart").as_deref(),
+        Some("red"),
+        "kept from the unreadable file"
+    );
+    assert_eq!(
+        team(&mesh, "pay").as_deref(),
+        Some("red"),
+        "kept by the broken file"
+    );
+    assert_eq!(
+        team(&mesh, "other").as_deref(),
+        Some("blue"),
+        "read from the broken file"
+    );
+
+    // Fixed, each reads whole again: what it no longer defines goes.
+    std::fs::write(dir.join("cart.yaml"), service("cart", "10.96.0.1", "gold")).unwrap();
+    std::fs::write(dir.join("pay.yaml"), service("other", "10.96.0.3", "blue")).unwrap();
+    until(&handle, "the fixed files", |m| {
+        team(m, "cart").as_deref() == Some("gold") && team(m, "pay").is_none()
+    })
+    .await;
+
+    // A file being written (open, half of it there) is read once closed.
+    let mut writer = std::fs::File::create(dir.join("cart.yaml")).unwrap();
+    let text = service("cart", "10.96.0.1", "plum");
+    use std::io::Write;
+    writer
+        .write_all(&text.as_bytes()[..text.len() / 2])
+        .unwrap();
+    writer.flush().unwrap();
+    std::fs::write(dir.join("ship.yaml"), service("ship", "10.96.0.4", "black")).unwrap();
+    until(&handle, "a change beside the half-written file", |m| {
+        team(m, "ship").as_deref() == Some("black")
+    })
+    .await;
+    // A rescan meanwhile must not read it either.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        team(&handle.snapshot(), "cart").as_deref(),
+        Some("gold"),
+        "half a file was applied"
+    );
+    writer
+        .write_all(&text.as_bytes()[text.len() / 2..])
+        .unwrap();
+    drop(writer);
+    until(&handle, "the file once closed", |m| {
+        team(m, "cart").as_deref() == Some("plum")
+    })
+    .await;
+
+    task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
