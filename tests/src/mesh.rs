@@ -48,7 +48,8 @@ pub fn enrolling(cluster: &Cluster, enrolled: &[&Pod], services: Vec<ServiceConf
     }
 }
 
-pub(crate) fn config_dir(cluster: &Cluster) -> PathBuf {
+/// The directory every agent (and the CA) reads the mesh from.
+pub fn config_dir(cluster: &Cluster) -> PathBuf {
     cluster.work_dir().join("config")
 }
 

@@ -261,3 +261,54 @@ fn a_bad_cni_call_never_releases_a_pod_nor_stalls_the_agent() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_deny_stays_in_force_while_its_file_is_half_written_or_mistyped() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let _agents = mesh::start_enrolling(&cluster, &[client, server])?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .start(&cluster, server)?;
+    let addr = SocketAddr::new(server.ip.into(), 9000);
+    let policy = |kind: &str, action: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata:\n  name: no-echo\n  namespace: default\n\
+             spec:\n  selector:\n    matchLabels: {{app: server}}\n  action: {action}\n  rules:\n  - to:\n    - operation:\n        ports: [\"9000\"]\n"
+        )
+    };
+    let file = mesh::config_dir(&cluster).join("policy.yaml");
+    let reaches = || echoed(&cluster, client.place(), addr, "hello");
+    let settle = || std::thread::sleep(Duration::from_millis(500));
+
+    std::fs::write(&file, policy("AuthorizationPolicy", "DENY"))?;
+    ambit_testbed::wait_for("the DENY", Duration::from_secs(10), || Ok(!reaches()))?;
+
+    // Rewritten in place to an ALLOW of everything else: while half of it
+    // is written (the file still open), the DENY holds.
+    let mut writer = std::fs::File::create(&file)?;
+    let next = policy("AuthorizationPolicy", "ALLOW");
+    use std::io::Write;
+    writer.write_all(&next.as_bytes()[..next.len() / 2])?;
+    writer.flush()?;
+    settle();
+    assert!(
+        !reaches(),
+        "the DENY lapsed while its file was half written"
+    );
+    drop(writer);
+
+    // A typo in the kind: still no echo (the policy fails closed).
+    std::fs::write(&file, policy("AuthorisationPolicy", "DENY"))?;
+    settle();
+    assert!(!reaches(), "a mistyped DENY let the echo through");
+
+    // Only a policy that allows it, or none, lets it through.
+    std::fs::remove_file(&file)?;
+    ambit_testbed::wait_for(
+        "the echo once the policy is gone",
+        Duration::from_secs(10),
+        || Ok(reaches()),
+    )?;
+    Ok(())
+}
