@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ambit_admin::accept::{at_most, Acceptor};
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_identity::{certificate_request, tls, WorkloadCertificate};
 use ambit_mesh_source::MeshHandle;
@@ -21,6 +22,16 @@ use crate::authenticate::{Authenticator, NodeTokens};
 use crate::config::Mode;
 use crate::{root, Config};
 use ambit_mesh_source::kubernetes::connect;
+
+/// Connections the CA holds at once: every agent of a large cluster
+/// renewing together, with room; past it they wait in the kernel's queue.
+const MAX_CONNECTIONS: usize = 2048;
+/// How long a client may take over its TLS handshake, and over the
+/// headers of each request.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a connection to the CA stays open: a request takes
+/// milliseconds, and an agent asks again with a new connection.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Requests are small: a CSR and an identity.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -114,17 +125,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mesh,
         ttl: config.workload_cert_ttl,
     });
+    let readiness = Readiness::default();
+    let mut listener =
+        Acceptor::new(listener, "CA", MAX_CONNECTIONS).reporting_to(readiness.clone());
     let server = tokio::spawn(async move {
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, issuer) = (acceptor.clone(), issuer.clone());
+            let accepted = listener.accept().await;
+            let (acceptor, issuer, peer) = (acceptor.clone(), issuer.clone(), accepted.peer);
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(error) => {
+                let handshake = acceptor.accept(accepted.stream);
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not completed in time");
                         return;
                     }
                 };
@@ -133,15 +150,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     async move { Ok::<_, Infallible>(respond(&issuer, request).await) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-                if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "CA connection ended with an error");
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service);
+                match at_most(CONNECTION_LIFETIME, served).await {
+                    Some(Err(error)) => {
+                        tracing::debug!(%peer, %error, "CA connection ended with an error")
+                    }
+                    Some(Ok(())) | None => {}
                 }
+                drop(accepted.permit);
             });
         }
     });
-    let readiness = Readiness::default();
     let admin = AdminEndpoints::start(
         config.admin,
         readiness.clone(),

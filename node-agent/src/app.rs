@@ -51,6 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let readiness = Readiness::default();
     let inputs = Arc::new(ProxyInputs {
         maps,
         mesh: mesh.clone(),
@@ -61,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             root_namespace: config.root_namespace.clone(),
             node_ips: node_addresses().context("reading the node's addresses")?,
         },
+        readiness: readiness.clone(),
     });
     tokio::spawn({
         let inputs = inputs.clone();
@@ -94,7 +96,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let readiness = Readiness::default();
     tokio::spawn(watchdog(readiness.clone(), enrollment.clone()));
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {

@@ -6,12 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use ambit_cni::protocol::{Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use ambit_admin::accept::AcceptFailures;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::enrollment::Enrollment;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// How long the plugin may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds the socket, replacing one a previous agent left (a restarting agent
 /// takes the path over from the one it replaces). Only root may connect.
@@ -29,15 +32,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, enrollment: Arc<Mutex<Enrollment>>) {
+    let mut failures = AcceptFailures::new("CNI");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                failures.recovered();
                 tokio::spawn(answer(stream, enrollment.clone()));
             }
-            Err(error) => {
-                tracing::warn!(%error, "CNI socket accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            Err(error) => failures.failed(&error).await,
         }
     }
 }
@@ -45,10 +47,15 @@ pub async fn serve(listener: UnixListener, enrollment: Arc<Mutex<Enrollment>>) {
 async fn answer(stream: UnixStream, enrollment: Arc<Mutex<Enrollment>>) {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
-    let read = BufReader::new(reader)
-        .take(MAX_REQUEST)
-        .read_line(&mut line)
-        .await;
+    let mut reader = BufReader::new(reader).take(MAX_REQUEST);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request line within the time allowed",
+            ))
+        });
     let response = match read.map(|_| serde_json::from_str::<Request>(&line)) {
         Ok(Ok(request)) => {
             tracing::info!(?request, "CNI request");

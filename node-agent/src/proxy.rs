@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use ambit_cni::protocol::PodRef;
 use ambit_config::model::{Key, Mesh, Workload};
 use socket2::{Domain, SockRef, Socket, Type};
+use ambit_admin::accept::Acceptor;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
@@ -36,6 +37,15 @@ pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOS
 pub const INBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15006);
 const LISTEN_BACKLOG: i32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one of a pod's plaintext listeners (its own outbound ones,
+/// its callers' inbound ones) holds at once: far more than an app makes,
+/// while bounding what one pod, or its callers, can take of the agent's
+/// descriptors (two to four a connection).
+const MAX_POD_CONNECTIONS: usize = 16384;
+/// Mutual-TLS connections from other agents a pod's 15008 listener holds at
+/// once; each carries up to `MAX_CONCURRENT_STREAMS` streams, and ztunnel
+/// and Ambit open one per source pod and 100 streams.
+const MAX_POD_HBONE_CONNECTIONS: usize = 1024;
 
 /// What every connection handler reads.
 pub struct ProxyInputs {
@@ -48,6 +58,8 @@ pub struct ProxyInputs {
     pub mesh_tls: Option<hbone::MeshTls>,
     /// What inbound policy needs beyond the mesh.
     pub policy: admission::PolicySettings,
+    /// Told when a listener cannot accept.
+    pub readiness: ambit_admin::Readiness,
 }
 
 /// An enrolled pod as the data path sees it.
@@ -167,17 +179,23 @@ impl Drop for PodProxy {
 /// Starts serving a pod's listeners.
 pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInputs>) -> PodProxy {
     let tracker = inputs.connections.clone();
-    let outbound = tokio::spawn(accept_loop(listeners.outbound, tracker.clone(), {
+    let acceptor = |listener, what, max_open| {
+        Acceptor::new(listener, what, max_open).reporting_to(inputs.readiness.clone())
+    };
+    let outbound = acceptor(listeners.outbound, "pod outbound", MAX_POD_CONNECTIONS);
+    let outbound = tokio::spawn(accept_loop(outbound, tracker.clone(), {
         let (pod, inputs) = (pod.clone(), inputs.clone());
         move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone())
     }));
-    let inbound = tokio::spawn(accept_loop(listeners.inbound, tracker.clone(), {
+    let inbound = acceptor(listeners.inbound, "pod inbound", MAX_POD_CONNECTIONS);
+    let inbound = tokio::spawn(accept_loop(inbound, tracker.clone(), {
         let (pod, inputs) = (pod.clone(), inputs.clone());
         move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone())
     }));
     let mut accept_loops = vec![outbound.abort_handle(), inbound.abort_handle()];
     if let Some(listener) = listeners.hbone {
-        let hbone = tokio::spawn(accept_loop(listener, tracker, move |stream, peer| {
+        let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS);
+        let hbone = tokio::spawn(accept_loop(hbone, tracker, move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())
         }));
         accept_loops.push(hbone.abort_handle());
@@ -185,22 +203,19 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     PodProxy { accept_loops }
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, connections: TaskTracker, handler: F)
+async fn accept_loop<F, Fut>(mut acceptor: Acceptor, connections: TaskTracker, handler: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                connections.spawn(handler(stream, peer));
-            }
-            Err(error) => {
-                // Out of descriptors or similar: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let accepted = acceptor.accept().await;
+        let handled = handler(accepted.stream, accepted.peer);
+        let permit = accepted.permit;
+        connections.spawn(async move {
+            handled.await;
+            drop(permit);
+        });
     }
 }
 

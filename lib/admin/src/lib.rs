@@ -11,12 +11,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+pub mod accept;
+
+use accept::Acceptor;
+
+/// Connections one admin listener holds at once: probes and scrapes are
+/// few; an idle crowd must not take the node's descriptors.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// The longest an admin connection stays open, keep-alive included.
+const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a request's headers may take to arrive, and an idle
+/// connection to send the next.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Readiness path, as Istio's proxies serve it.
 pub const READY_PATH: &str = "/healthz/ready";
 /// Liveness path: fails once a process's watchdog stops beating.
@@ -55,6 +66,8 @@ struct Health {
     /// Milliseconds from `started` to the last heartbeat; 0 while no
     /// watchdog beats (the process then counts as live while it answers).
     last_beat: AtomicU64,
+    /// Listeners whose accepting fails now.
+    not_accepting: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Health {
@@ -63,6 +76,7 @@ impl Default for Health {
             ready: AtomicBool::new(false),
             started: std::time::Instant::now(),
             last_beat: AtomicU64::new(0),
+            not_accepting: Default::default(),
         }
     }
 }
@@ -72,9 +86,20 @@ impl Readiness {
         self.0.ready.store(ready, Ordering::Release);
     }
 
-    /// Ready, and live: a wedged process takes no traffic.
+    /// Ready, live, and accepting: a wedged process, or one out of
+    /// descriptors, takes no traffic.
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire) && self.is_live()
+        self.0.ready.load(Ordering::Acquire)
+            && self.is_live()
+            && self.0.not_accepting.load(Ordering::Acquire) == 0
+    }
+
+    /// A listener's accepting failed (`false`), or works again (`true`).
+    pub fn accepting(&self, works: bool) {
+        match works {
+            true => self.0.not_accepting.fetch_sub(1, Ordering::AcqRel),
+            false => self.0.not_accepting.fetch_add(1, Ordering::AcqRel),
+        };
     }
 
     /// A watchdog's heartbeat: what it watches made progress just now.
@@ -160,16 +185,12 @@ impl AdminServer {
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut acceptor = Acceptor::new(self.listener, "admin", MAX_ADMIN_CONNECTIONS)
+            .reporting_to(self.state.readiness.clone());
         loop {
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
                 _ = &mut shutdown => return,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "admin accept failed");
-                        continue;
-                    }
-                },
+                accepted = acceptor.accept() => accepted,
             };
             let state = self.state.clone();
             tokio::spawn(async move {
@@ -177,12 +198,19 @@ impl AdminServer {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(respond(&req, &state)) }
                 });
-                if let Err(error) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%error, "admin connection ended with an error");
+                // HTTP/1 alone, as probes and Prometheus speak it: its
+                // header timeout also closes a connection that sends nothing.
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(accepted.stream), service);
+                match accept::at_most(ADMIN_CONNECTION_LIFETIME, served).await {
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "admin connection ended with an error")
+                    }
+                    Some(Ok(())) | None => {}
                 }
+                drop(accepted.permit);
             });
         }
     }
@@ -408,6 +436,7 @@ mod tests {
             ready: AtomicBool::new(true),
             started: long_ago,
             last_beat: AtomicU64::new(1),
+            not_accepting: Default::default(),
         }));
         assert!(!wedged.is_live() && !wedged.is_ready());
         wedged.beat();

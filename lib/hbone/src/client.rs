@@ -21,7 +21,17 @@ pub enum HboneError {
     Request(#[from] http::Error),
     #[error("HBONE: connecting the peer: {0}")]
     Io(#[from] std::io::Error),
+    #[error("HBONE: the peer did not answer the stream within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("HBONE: a new connection has no room for a stream (its peer allows none)")]
+    NoRoom,
+    #[error("HBONE: connecting the peer failed just now: {0}")]
+    DialFailed(String),
 }
+
+/// How long a stream may take to open: the peer answers once it has
+/// connected the target, and a TCP connect gives up within about this.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An HTTP/2 connection to a peer, shared by many streams.
 #[derive(Clone)]
@@ -33,8 +43,9 @@ pub struct Connection {
     streams: Arc<AtomicUsize>,
 }
 
-/// Held by a stream for as long as it lives: counts it on its connection.
-pub(crate) struct StreamCount(Arc<AtomicUsize>);
+/// Held by a stream for as long as it lives (and from its reservation on):
+/// counts it on its connection.
+pub struct StreamCount(Arc<AtomicUsize>);
 
 impl Drop for StreamCount {
     fn drop(&mut self) {
@@ -80,14 +91,44 @@ impl Connection {
         self.streams.load(Ordering::Acquire) > 0
     }
 
+    /// Whether both are the same connection.
+    pub fn same_as(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.streams, &other.streams)
+    }
+
+    /// A place for one more stream, if fewer than the peer allows (and
+    /// than `cap`) are open or reserved.
+    pub fn reserve(&self, cap: usize) -> Option<StreamCount> {
+        let limit = self.sender.current_max_send_streams().min(cap);
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| StreamCount(self.streams.clone()))
+    }
+
     /// Opens a stream to `target` on behalf of the client at `source`;
-    /// returns once the peer has connected the target.
+    /// returns once the peer has connected the target. Beyond the peer's
+    /// stream limit it waits for a stream to end (see [`Connection::reserve`]
+    /// to avoid that).
     pub async fn open(
         &self,
         target: SocketAddr,
         source: IpAddr,
     ) -> Result<TunnelStream, HboneError> {
-        let mut sender = self.sender.clone().ready().await?;
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        let place = StreamCount(self.streams.clone());
+        self.open_reserved(place, target, source).await
+    }
+
+    /// [`Connection::open`] in a place reserved before; within [`OPEN_TIMEOUT`].
+    pub async fn open_reserved(
+        &self,
+        place: StreamCount,
+        target: SocketAddr,
+        source: IpAddr,
+    ) -> Result<TunnelStream, HboneError> {
         let source = match source {
             IpAddr::V4(ip) => ip.to_string(),
             IpAddr::V6(ip) => format!("\"[{ip}]\""),
@@ -97,13 +138,17 @@ impl Connection {
             .uri(target.to_string())
             .header("forwarded", format!("for={source}"))
             .body(())?;
-        self.streams.fetch_add(1, Ordering::AcqRel);
-        let count = StreamCount(self.streams.clone());
-        let (response, send) = sender.send_request(request, false)?;
-        let response = response.await?;
-        if response.status() != StatusCode::OK {
-            return Err(HboneError::Refused(response.status()));
-        }
-        Ok(TunnelStream::new(send, response.into_body()).counted(count))
+        let opened = async {
+            let mut sender = self.sender.clone().ready().await?;
+            let (response, send) = sender.send_request(request, false)?;
+            let response = response.await?;
+            if response.status() != StatusCode::OK {
+                return Err(HboneError::Refused(response.status()));
+            }
+            Ok(TunnelStream::new(send, response.into_body()).counted(place))
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, opened)
+            .await
+            .map_err(|_| HboneError::Timeout(OPEN_TIMEOUT))?
     }
 }

@@ -1,18 +1,27 @@
-//! HBONE connections reused across streams: one per key (for the node
-//! agent, the source identity, the destination identity and the
-//! destination address), so many proxied TCP connections share one mutual
-//! TLS handshake. A connection that has gone away is replaced on next use,
-//! and dropped from the pool when any new connection is made.
+//! HBONE connections reused across streams, by key (for the node agent,
+//! the source identity, the destination identity and the destination
+//! address), so many proxied TCP connections share one mutual TLS
+//! handshake. A connection carries at most as many streams as its peer
+//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`: 100 for Ambit and Envoy, 200
+//! for ztunnel) and [`MAX_STREAMS_PER_CONNECTION`]: past that the key gets
+//! a further connection, rather than a stream that waits for one to end. A
+//! connection that has gone away is replaced on next use, and dropped from
+//! the pool when any new connection is made.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::client::{Connection, HboneError};
+use crate::client::{Connection, HboneError, StreamCount};
 use crate::TunnelStream;
+
+/// The most streams the pool opens on one connection, whatever its peer
+/// allows: past it, a connection of its own spreads the load, as ztunnel
+/// does at 100.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// A pool of connections by key. Each remembers the credential `C` it was
 /// made with (for the node agent, the certificate's expiry): once the
@@ -20,8 +29,12 @@ use crate::TunnelStream;
 /// renewed certificate is in use at once; streams on the old connection
 /// finish undisturbed.
 pub struct Pool<K, C = ()> {
-    connections: Mutex<HashMap<K, Pooled<C>>>,
+    connections: Mutex<HashMap<K, Vec<Pooled<C>>>>,
+    gates: Mutex<HashMap<K, Arc<DialGate>>>,
 }
+
+/// Held while a connection for a key is made; holds the last dial's failure.
+type DialGate = tokio::sync::Mutex<Option<(Instant, String)>>;
 
 struct Pooled<C> {
     connection: Connection,
@@ -34,6 +47,7 @@ impl<K, C> Default for Pool<K, C> {
     fn default() -> Self {
         Self {
             connections: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -55,62 +69,117 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
-        let pooled = self
-            .lock()
-            .get_mut(key)
-            .filter(|pooled| pooled.made_with == *credential)
-            .map(|pooled| {
-                pooled.last_opened = Instant::now();
-                pooled.connection.clone()
-            });
-        if let Some(connection) = pooled {
-            match connection.open(target, source).await {
+        if let Some((connection, place)) = self.reserve(key, credential) {
+            match connection.open_reserved(place, target, source).await {
                 // The peer answered: the connection works, whatever it said.
                 Ok(stream) => return Ok(stream),
                 Err(refused @ HboneError::Refused(_)) => return Err(refused),
                 Err(error) => {
                     tracing::debug!(%error, "pooled HBONE connection gone; connecting again");
-                    self.lock().remove(key);
+                    if let Some(pooled) = self.lock().get_mut(key) {
+                        pooled.retain(|pooled| !pooled.connection.same_as(&connection));
+                    }
                 }
             }
         }
-        let connection = connect().await?;
+        // One dial at a time per key: those who wait then take a place on
+        // the connection it made, or its failure, rather than each dialling.
+        let asked = Instant::now();
+        let gate = self.gate(key);
+        let mut last_failure = gate.lock().await;
+        if let Some((failed_at, error)) = &*last_failure {
+            if *failed_at >= asked {
+                return Err(HboneError::DialFailed(error.clone()));
+            }
+        }
+        if let Some((connection, place)) = self.reserve(key, credential) {
+            drop(last_failure);
+            return connection.open_reserved(place, target, source).await;
+        }
+        let connection = match connect().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                *last_failure = Some((Instant::now(), error.to_string()));
+                return Err(error);
+            }
+        };
+        *last_failure = None;
+        let place = connection.reserve(MAX_STREAMS_PER_CONNECTION);
         {
             let mut pooled = self.lock();
-            // Connections to peers that went away (a deleted pod) go with them.
-            pooled.retain(|_, pooled| !pooled.connection.is_closed());
-            pooled.insert(
-                key.clone(),
-                Pooled {
-                    connection: connection.clone(),
-                    made_with: credential.clone(),
-                    last_opened: Instant::now(),
-                },
-            );
+            // Connections to peers that went away (a deleted pod) go with
+            // them, and those made with an older credential.
+            for connections in pooled.values_mut() {
+                connections.retain(|pooled| !pooled.connection.is_closed());
+            }
+            let connections = pooled.entry(key.clone()).or_default();
+            connections.retain(|pooled| pooled.made_with == *credential);
+            connections.push(Pooled {
+                connection: connection.clone(),
+                made_with: credential.clone(),
+                last_opened: Instant::now(),
+            });
+            pooled.retain(|_, connections| !connections.is_empty());
         }
-        connection.open(target, source).await
+        drop(last_failure);
+        match place {
+            Some(place) => connection.open_reserved(place, target, source).await,
+            None => Err(HboneError::NoRoom),
+        }
+    }
+
+    /// A place on a pooled connection for `key` made with `credential` that
+    /// has room, taken at once so that concurrent openers do not all pick
+    /// the same one.
+    fn reserve(&self, key: &K, credential: &C) -> Option<(Connection, StreamCount)> {
+        let mut pooled = self.lock();
+        pooled.get_mut(key)?.iter_mut().find_map(|pooled| {
+            if pooled.made_with != *credential || pooled.connection.is_closed() {
+                return None;
+            }
+            let place = pooled.connection.reserve(MAX_STREAMS_PER_CONNECTION)?;
+            pooled.last_opened = Instant::now();
+            Some((pooled.connection.clone(), place))
+        })
+    }
+
+    /// The dial gate of `key`: held while a connection for it is made.
+    fn gate(&self, key: &K) -> Arc<DialGate> {
+        let mut gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Gates nobody waits at go, once in a while.
+        if gates.len() > 64 {
+            gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        gates.entry(key.clone()).or_default().clone()
     }
 
     /// Lets go of connections that carry no stream and have opened none for
     /// `idle`, and of those that have ended. A connection closes once the
     /// pool lets go of it and its last stream ends.
     pub fn release_idle(&self, idle: Duration) {
-        self.lock().retain(|_, pooled| {
-            !pooled.connection.is_closed()
-                && (pooled.connection.has_streams() || pooled.last_opened.elapsed() < idle)
-        });
+        let mut pooled = self.lock();
+        for connections in pooled.values_mut() {
+            connections.retain(|pooled| {
+                !pooled.connection.is_closed()
+                    && (pooled.connection.has_streams() || pooled.last_opened.elapsed() < idle)
+            });
+        }
+        pooled.retain(|_, connections| !connections.is_empty());
     }
 
     /// How many connections are pooled.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Pooled<C>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Pooled<C>>>> {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -13,6 +13,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
+/// Streams one connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`),
+/// as ztunnel's and Envoy's HBONE clients expect of a peer: a client with
+/// more opens another connection. Without it, one connection could hold
+/// any number of the pod's upstream sockets.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Largest header block a CONNECT request may carry (its own are a few
+/// hundred bytes; h2's default would take 16 MiB).
+const MAX_HEADER_LIST: u32 = 64 << 10;
+/// How long a client may take to send HTTP/2's preface and settings.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a CONNECT stream asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
@@ -69,12 +80,17 @@ where
     F: Fn(ConnectRequest, Responder) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .handshake(io)
-        .await?;
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake(io);
+    let Ok(handshake) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
+        return Err(h2::Error::from(h2::Reason::SETTINGS_TIMEOUT));
+    };
+    let mut connection = handshake?;
     while let Some(accepted) = connection.accept().await {
         let (request, mut respond) = accepted?;
         match connect_request(&request) {

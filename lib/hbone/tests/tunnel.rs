@@ -327,3 +327,54 @@ async fn a_pool_reuses_its_connection_replaces_one_gone_or_made_with_an_old_cred
         "a stream after the release gets a new connection"
     );
 }
+
+#[tokio::test]
+async fn past_its_peers_stream_limit_the_pool_opens_another_connection() {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let trust = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
+    let seen = Arc::new(Seen::default());
+    let echo = echo_server().await;
+    let hbone = hbone_server(workload(&ca, "pay"), &trust, seen.clone()).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        client_config(
+            &workload(&ca, "cart"),
+            &trust,
+            &Identity::new("cluster.local", "shop", "pay"),
+        )
+        .unwrap(),
+    ));
+    let dial = || {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(hbone).await.unwrap();
+            let tls = connector
+                .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
+                .await
+                .unwrap();
+            Connection::handshake(tls).await
+        }
+    };
+    let source: IpAddr = "10.244.0.7".parse().unwrap();
+    let pool: Pool<&str, ()> = Pool::default();
+    // The server allows 100 streams a connection: 250 held open at once
+    // need three connections, and none of them waits.
+    let opened = futures_util::future::join_all(
+        (0..250).map(|_| pool.open(&"pay", &(), echo, source, dial)),
+    );
+    let streams: Vec<_> = tokio::time::timeout(Duration::from_secs(20), opened)
+        .await
+        .expect("every stream opens without waiting for another to end")
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streams.len(), 250);
+    assert_eq!(*seen.connections.lock().unwrap(), 3);
+    assert_eq!(pool.len(), 3);
+    for mut stream in streams {
+        stream.write_all(b"ping").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping");
+    }
+}

@@ -202,13 +202,15 @@ pub(super) async fn serve(
             return;
         }
     };
-    let accepted = tokio_rustls::TlsAcceptor::from(config)
-        .accept(ReadBuffered::new(stream))
-        .await;
-    let mut tls = match accepted {
-        Ok(tls) => tls,
-        Err(error) => {
+    let accepted = tokio_rustls::TlsAcceptor::from(config).accept(ReadBuffered::new(stream));
+    let mut tls = match tokio::time::timeout(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
             tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(pod = %pod.pod, %peer, "HBONE handshake not completed in time");
             return;
         }
     };
