@@ -153,11 +153,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HANDSHAKE_TIMEOUT)
                     .serve_connection(TokioIo::new(tls), service);
-                match at_most(CONNECTION_LIFETIME, served).await {
-                    Some(Err(error)) => {
-                        tracing::debug!(%peer, %error, "CA connection ended with an error")
-                    }
-                    Some(Ok(())) | None => {}
+                if let Some(Err(error)) = at_most(CONNECTION_LIFETIME, served).await {
+                    tracing::debug!(%peer, %error, "CA connection ended with an error");
                 }
                 drop(accepted.permit);
             });

@@ -4,9 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use ambit_admin::accept::AcceptFailures;
 use ambit_cni::protocol::{Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use ambit_admin::accept::AcceptFailures;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::enrollment::Enrollment;

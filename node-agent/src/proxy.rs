@@ -16,10 +16,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ambit_admin::accept::Acceptor;
 use ambit_cni::protocol::PodRef;
 use ambit_config::model::{Key, Mesh, Workload};
 use socket2::{Domain, SockRef, Socket, Type};
-use ambit_admin::accept::Acceptor;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;

@@ -163,7 +163,10 @@ mod tests {
         let first = acceptor.accept().await;
         let _second = acceptor.accept().await;
         let third = tokio::time::timeout(Duration::from_millis(200), acceptor.accept()).await;
-        assert!(third.is_err(), "a third connection was accepted past the limit of two");
+        assert!(
+            third.is_err(),
+            "a third connection was accepted past the limit of two"
+        );
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(5), acceptor.accept()).await;
         assert!(third.is_ok(), "a place freed is taken by the one queued");

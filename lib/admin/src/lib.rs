@@ -204,11 +204,8 @@ impl AdminServer {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(accepted.stream), service);
-                match accept::at_most(ADMIN_CONNECTION_LIFETIME, served).await {
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "admin connection ended with an error")
-                    }
-                    Some(Ok(())) | None => {}
+                if let Some(Err(error)) = accept::at_most(ADMIN_CONNECTION_LIFETIME, served).await {
+                    tracing::debug!(%error, "admin connection ended with an error");
                 }
                 drop(accepted.permit);
             });

@@ -203,7 +203,8 @@ pub(super) async fn serve(
         }
     };
     let accepted = tokio_rustls::TlsAcceptor::from(config).accept(ReadBuffered::new(stream));
-    let mut tls = match tokio::time::timeout(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await {
+    let mut tls = match tokio::time::timeout(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
