@@ -305,6 +305,16 @@ impl NodeAgent {
         Ok(body)
     }
 
+    /// Connections the agent opened for its pods (`reporter="source"`):
+    /// those it captured.
+    pub fn opened_as_source(&self, cluster: &Cluster) -> anyhow::Result<f64> {
+        Ok(sample(
+            &self.metrics(cluster)?,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")],
+        ))
+    }
+
     /// Runs the real `ambit-cni` for `pod` as a container runtime would:
     /// CNI variables in the environment, the chained configuration with the
     /// previous plugin's result on stdin.

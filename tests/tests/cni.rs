@@ -1,7 +1,7 @@
 //! The real `ambit-cni` binary, run as a container runtime runs it, against
 //! the real agent: spec-conformant errors, and no half-enrolled pod.
 
-use ambit_testbed::mesh::{self, run_cni, sample, AgentPort, NodeAgent};
+use ambit_testbed::mesh::{self, run_cni, AgentPort, NodeAgent};
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::Cluster;
 use serde_json::Value;
@@ -73,13 +73,7 @@ fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
         .http(8080)
         .start(&cluster, server)?;
     let url = format!("http://{}:8080/", server.ip);
-    let captured = || -> anyhow::Result<f64> {
-        Ok(sample(
-            &agent.metrics(&cluster)?,
-            "istio_tcp_connections_opened_total",
-            &[("reporter", "source")],
-        ))
-    };
+    let captured = || agent.opened_as_source(&cluster);
 
     // ADD passes the previous plugin's result through; the pod is enrolled.
     let add = agent.cni(&cluster, "ADD", app)?;

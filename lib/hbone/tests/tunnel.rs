@@ -109,6 +109,19 @@ async fn hbone_server(
     addr
 }
 
+/// A new HBONE connection to `addr` through `connector`.
+async fn dial(
+    connector: tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> Result<Connection, HboneError> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    Connection::handshake(tls).await
+}
+
 #[tokio::test]
 async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
     let ca = CertificateAuthority::generate("cluster.local").unwrap();
@@ -238,17 +251,7 @@ async fn a_pool_reuses_its_connection_replaces_one_gone_or_made_with_an_old_cred
         )
         .unwrap(),
     ));
-    let dial = |addr: SocketAddr| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let tls = connector
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await
-                .unwrap();
-            Connection::handshake(tls).await
-        }
-    };
+    let dial = |addr: SocketAddr| dial(connector.clone(), addr);
     let source: IpAddr = "10.244.0.7".parse().unwrap();
     let round_trip = |mut stream: ambit_hbone::TunnelStream| async move {
         stream.write_all(b"ping").await.unwrap();
@@ -343,17 +346,7 @@ async fn past_its_peers_stream_limit_the_pool_opens_another_connection() {
         )
         .unwrap(),
     ));
-    let dial = || {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(hbone).await.unwrap();
-            let tls = connector
-                .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
-                .await
-                .unwrap();
-            Connection::handshake(tls).await
-        }
-    };
+    let dial = || dial(connector.clone(), hbone);
     let source: IpAddr = "10.244.0.7".parse().unwrap();
     let pool: Pool<&str, ()> = Pool::default();
     // The server allows 100 streams a connection: 250 held open at once
