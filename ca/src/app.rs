@@ -25,7 +25,9 @@ use ambit_mesh_source::kubernetes::connect;
 
 /// Connections the CA holds at once: every agent of a large cluster
 /// renewing together, with room; past it they wait in the kernel's queue.
+/// Each node's agent asks from its node's address, a few requests at once.
 const MAX_CONNECTIONS: usize = 2048;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// How long a client may take over its TLS handshake, and over the
 /// headers of each request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -126,8 +128,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ttl: config.workload_cert_ttl,
     });
     let readiness = Readiness::default();
-    let mut listener =
-        Acceptor::new(listener, "CA", MAX_CONNECTIONS).reporting_to(readiness.clone());
+    let mut listener = Acceptor::new(listener, "CA", MAX_CONNECTIONS)
+        .per_source(MAX_CONNECTIONS_PER_SOURCE)
+        .reporting_to(readiness.clone());
     let server = tokio::spawn(async move {
         loop {
             let accepted = listener.accept().await;
@@ -156,7 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 if let Some(Err(error)) = at_most(CONNECTION_LIFETIME, served).await {
                     tracing::debug!(%peer, %error, "CA connection ended with an error");
                 }
-                drop(accepted.permit);
+                drop(accepted.place);
             });
         }
     });

@@ -43,9 +43,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// descriptors (two to four a connection).
 const MAX_POD_CONNECTIONS: usize = 16384;
 /// Mutual-TLS connections from other agents a pod's 15008 listener holds at
-/// once; each carries up to `MAX_CONCURRENT_STREAMS` streams, and ztunnel
-/// and Ambit open one per source pod and 100 streams.
-const MAX_POD_HBONE_CONNECTIONS: usize = 1024;
+/// once, and from any one source pod: ztunnel and Ambit open one per source
+/// pod and 100 streams (`MAX_CONCURRENT_STREAMS`), so 256 carry 25,600
+/// streams from one pod, while a hostile pod's idle or half-open
+/// connections (each closed after the handshake timeout) never take the
+/// places of the others.
+const MAX_POD_HBONE_CONNECTIONS: usize = 4096;
+const MAX_POD_HBONE_CONNECTIONS_PER_SOURCE: usize = 256;
 
 /// What every connection handler reads.
 pub struct ProxyInputs {
@@ -194,7 +198,8 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     }));
     let mut accept_loops = vec![outbound.abort_handle(), inbound.abort_handle()];
     if let Some(listener) = listeners.hbone {
-        let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS);
+        let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
+            .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE);
         let hbone = tokio::spawn(accept_loop(hbone, tracker, move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())
         }));
@@ -211,10 +216,10 @@ where
     loop {
         let accepted = acceptor.accept().await;
         let handled = handler(accepted.stream, accepted.peer);
-        let permit = accepted.permit;
+        let place = accepted.place;
         connections.spawn(async move {
             handled.await;
-            drop(permit);
+            drop(place);
         });
     }
 }

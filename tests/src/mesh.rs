@@ -134,6 +134,8 @@ pub enum AgentPort {
     Admin,
     /// 15020 on the node's address: metrics (and readiness).
     Metrics,
+    /// 15021 on the node's address: readiness, for the kubelet's probe.
+    Readiness,
 }
 
 /// A node's agent, as the test bed runs it.
@@ -259,15 +261,25 @@ impl NodeAgent {
         path: &str,
     ) -> anyhow::Result<(u16, String)> {
         let node = cluster.node(&self.node)?;
-        let addr = match port {
+        node.place().http_get(self.addr(cluster, port)?, path)
+    }
+
+    /// Where the agent serves `port`.
+    pub fn addr(&self, cluster: &Cluster, port: AgentPort) -> anyhow::Result<SocketAddr> {
+        let node = cluster.node(&self.node)?;
+        let on_node = |base| SocketAddr::from((node.bridge_ip, admin_port(base, self.generation)));
+        Ok(match port {
             AgentPort::Admin => {
                 SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, self.generation)))
             }
-            AgentPort::Metrics => {
-                SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, self.generation)))
-            }
-        };
-        node.place().http_get(addr, path)
+            AgentPort::Metrics => on_node(METRICS_PORT),
+            AgentPort::Readiness => on_node(READINESS_PORT),
+        })
+    }
+
+    /// Lowers (or raises) how many files the running agent may open.
+    pub fn limit_open_files(&self, limit: u64) -> anyhow::Result<()> {
+        self.process.limit_open_files(limit)
     }
 
     /// The agent's Prometheus metrics, as scraped from its node.
@@ -296,9 +308,7 @@ impl NodeAgent {
     }
 
     pub fn metrics(&self, cluster: &Cluster) -> anyhow::Result<String> {
-        let node = cluster.node(&self.node)?;
-        let addr = SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, self.generation)));
-        let (status, body) = node.place().http_get(addr, "/metrics")?;
+        let (status, body) = self.get(cluster, AgentPort::Metrics, "/metrics")?;
         if status != 200 {
             bail!("metrics of the agent on {}: HTTP {status}", self.node);
         }

@@ -176,6 +176,40 @@ impl Process {
         })
     }
 
+    /// Sets how many files the process may open (its soft limit; at most
+    /// its hard limit, which stays).
+    pub fn limit_open_files(&self, limit: u64) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.pid())?;
+        let mut current = nix::libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a read of the limit into `current`, which outlives the call.
+        let read = unsafe {
+            nix::libc::prlimit(
+                pid,
+                nix::libc::RLIMIT_NOFILE,
+                std::ptr::null(),
+                &mut current,
+            )
+        };
+        let wanted = nix::libc::rlimit {
+            rlim_cur: limit.min(current.rlim_max),
+            rlim_max: current.rlim_max,
+        };
+        // SAFETY: `wanted` is a valid rlimit and outlives the call; the old
+        // limit is not asked for.
+        let written = read == 0
+            && unsafe {
+                nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, &wanted, std::ptr::null_mut())
+            } == 0;
+        if !written {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("limiting the open files of {}", self.name));
+        }
+        Ok(())
+    }
+
     /// Everything the process has written so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

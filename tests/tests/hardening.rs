@@ -1,12 +1,12 @@
 //! What hostile pods and careless operators must never achieve: switch the
 //! mesh off, or take the node's other traffic down with them.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use ambit_identity::Identity;
 use ambit_testbed::hbone::tunnel_from;
-use ambit_testbed::mesh::{self, NodeAgent};
+use ambit_testbed::mesh::{self, AgentPort, NodeAgent};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{Cluster, Place, Pod};
@@ -293,5 +293,118 @@ fn a_deny_stays_in_force_while_its_file_is_half_written_or_mistyped() -> anyhow:
         Duration::from_secs(10),
         || Ok(reaches()),
     )?;
+    Ok(())
+}
+
+/// Opens `count` TCP connections to `addr` from `pod`'s namespace and
+/// sends nothing; the ones that connected.
+fn idle_connections(pod: &Pod, addr: SocketAddr, count: usize) -> anyhow::Result<Vec<TcpStream>> {
+    pod.place().in_netns(|| {
+        (0..count)
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+            .collect()
+    })
+}
+
+/// Whether the far end has closed `stream` (read at once: an end, or a reset).
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    use std::io::Read;
+    let _ = stream.set_nonblocking(true);
+    match stream.read(&mut [0u8; 64]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn idle_connections_and_an_agent_out_of_descriptors_never_stall_the_node() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server", "attacker"])?;
+    let [client, server, attacker] = cluster.pods_named(["client", "server", "attacker"])?;
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .echo(9000)
+        .start(&cluster, server)?;
+    let agent = &agents[1];
+    let url = format!("http://{}:8080/", server.ip);
+    let served = |requests: usize| -> anyhow::Result<()> {
+        HttpLoad::new(requests)
+            .run(&cluster, client.place(), &url)?
+            .expect_all(requests, "server/v1", client.ip)
+    };
+    served(1)?;
+    let before = open_files(agent)?;
+
+    // One pod opens idle connections, sending nothing: to the server's
+    // HBONE port, and to its node agent's metrics and readiness ports.
+    let mut idle = idle_connections(attacker, SocketAddr::new(server.ip.into(), 15008), 1000)?;
+    for port in [AgentPort::Metrics, AgentPort::Readiness] {
+        idle.extend(idle_connections(
+            attacker,
+            agent.addr(&cluster, port)?,
+            200,
+        )?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Everyone else still gets through, and the agent holds only a bounded
+    // share of them.
+    served(20)?;
+    assert_eq!(
+        agent
+            .get(&cluster, AgentPort::Readiness, "/healthz/ready")?
+            .0,
+        200
+    );
+    agent.metrics(&cluster)?;
+    let during = open_files(agent)?;
+    assert!(
+        during <= before + 256 + 2 * 16 + 64,
+        "the agent went from {before} to {during} open files"
+    );
+    // None of them stays open for long.
+    ambit_testbed::wait_for(
+        "the idle connections closed",
+        Duration::from_secs(30),
+        || Ok(idle.iter_mut().all(closed_by_peer)),
+    )?;
+    drop(idle);
+
+    // The agent runs out of descriptors: plaintext connections to the
+    // server's echo take two each. It pauses instead of spinning, says so
+    // once per listener, and reports not ready until it can accept again.
+    let limit = open_files(agent)? as u64 + 40;
+    agent.limit_open_files(limit)?;
+    let cpu = agent.usage()?.cpu_seconds;
+    let held = idle_connections(attacker, SocketAddr::new(server.ip.into(), 9000), 100)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = agent.usage()?.cpu_seconds - cpu;
+    assert!(
+        spent < 0.5,
+        "the agent spent {spent} s of CPU in 3 s out of descriptors"
+    );
+    let ready = agent.get(&cluster, AgentPort::Readiness, "/healthz/ready");
+    assert!(
+        !matches!(ready, Ok((200, _))),
+        "ready while out of descriptors: {ready:?}"
+    );
+    let log = agent.output();
+    let complaints = log.matches("accepting connections fails").count();
+    assert!(
+        (1..=4).contains(&complaints),
+        "{complaints} complaints:\n{log}"
+    );
+
+    drop(held);
+    agent.limit_open_files(u64::MAX)?;
+    ambit_testbed::wait_for("ready again", Duration::from_secs(10), || {
+        Ok(matches!(
+            agent.get(&cluster, AgentPort::Readiness, "/healthz/ready"),
+            Ok((200, _))
+        ))
+    })?;
+    served(5)?;
+    assert!(agent.output().contains("accepting connections works again"));
     Ok(())
 }

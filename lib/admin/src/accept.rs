@@ -1,19 +1,22 @@
 //! How every listener of Ambit's accepts. At most so many of its
 //! connections are open at once: past that, newcomers wait in the kernel's
-//! queue. When accepting fails (out of descriptors, EMFILE or ENFILE; out
+//! queue. Where a listener limits each source address too, a source past
+//! its share has its new connections closed at once, so one caller cannot
+//! take every place. When accepting fails (out of descriptors, EMFILE or ENFILE; out
 //! of memory) it pauses, a little longer each time up to a second, rather
 //! than spin; it logs the first failure of a burst and, once accepting
 //! works again, how many there were; and meanwhile the process reports not
 //! ready.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::Readiness;
+use crate::{Readiness, ACCEPT_QUIET};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
@@ -22,6 +25,9 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 pub struct Acceptor {
     listener: TcpListener,
     open: Arc<Semaphore>,
+    /// With a limit per source: the most a source may have open, and how
+    /// many each has.
+    per_source: Option<(usize, Arc<OpenBySource>)>,
     failures: AcceptFailures,
 }
 
@@ -30,17 +36,53 @@ pub struct Acceptor {
 pub struct AcceptFailures {
     what: &'static str,
     readiness: Option<Readiness>,
-    /// Failures in the burst going on, and the next pause.
+    /// Failures in the burst going on, the last of them, and the next pause.
+    /// A burst ends with a success [`ACCEPT_QUIET`] after its last failure:
+    /// out of descriptors, accepts fail and succeed by turns.
     failures: u64,
+    last_failure: Option<tokio::time::Instant>,
     pause: Duration,
 }
 
-/// An accepted connection, counted against its listener's limit until
-/// `permit` is dropped.
+/// An accepted connection, counted against its listener's limits until
+/// `place` is dropped.
 pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    pub permit: OwnedSemaphorePermit,
+    pub place: Place,
+}
+
+/// How many connections each source address has open.
+type OpenBySource = Mutex<HashMap<IpAddr, usize>>;
+
+/// What a connection holds of its listener's limits.
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    _source: Option<SourceShare>,
+}
+
+/// One connection of a source's share.
+struct SourceShare {
+    open: Arc<OpenBySource>,
+    source: IpAddr,
+}
+
+impl Drop for SourceShare {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Acceptor {
@@ -50,8 +92,32 @@ impl Acceptor {
         Self {
             listener,
             open: Arc::new(Semaphore::new(max_open)),
+            per_source: None,
             failures: AcceptFailures::new(what),
         }
+    }
+
+    /// At most `max_open` connections from any one source address.
+    pub fn per_source(mut self, max_open: usize) -> Self {
+        self.per_source = Some((max_open, Arc::default()));
+        self
+    }
+
+    /// A place in `peer`'s share, unless it has used it up.
+    fn share(&self, peer: IpAddr) -> Result<Option<SourceShare>, ()> {
+        let Some((max_open, open)) = &self.per_source else {
+            return Ok(None);
+        };
+        let mut counts = lock(open);
+        let count = counts.entry(peer).or_default();
+        if *count >= *max_open {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(SourceShare {
+            open: open.clone(),
+            source: peer,
+        }))
     }
 
     /// While accepting fails, `readiness` says not ready.
@@ -76,10 +142,18 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.failures.recovered();
+                    let Ok(source) = self.share(peer.ip()) else {
+                        // Past its share: closed at once.
+                        tracing::debug!(listener = self.failures.what, %peer, "a source over its share of connections refused");
+                        continue;
+                    };
                     return Accepted {
                         stream,
                         peer,
-                        permit,
+                        place: Place {
+                            _permit: permit,
+                            _source: source,
+                        },
                     };
                 }
                 Err(error) => self.failures.failed(&error).await,
@@ -94,6 +168,7 @@ impl AcceptFailures {
             what,
             readiness: None,
             failures: 0,
+            last_failure: None,
             pause: FIRST_PAUSE,
         }
     }
@@ -106,29 +181,30 @@ impl AcceptFailures {
         }
         if self.failures == 0 {
             tracing::error!(listener = self.what, %error, "accepting connections fails; pausing between attempts until it works again");
-            if let Some(readiness) = &self.readiness {
-                readiness.accepting(false);
-            }
+        }
+        if let Some(readiness) = &self.readiness {
+            readiness.accept_failed();
         }
         self.failures += 1;
+        self.last_failure = Some(tokio::time::Instant::now());
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
     }
 
     /// An accept succeeded.
     pub fn recovered(&mut self) {
-        if self.failures > 0 {
+        self.pause = FIRST_PAUSE;
+        let quiet = self
+            .last_failure
+            .is_none_or(|last| last.elapsed() >= ACCEPT_QUIET);
+        if self.failures > 0 && quiet {
             tracing::warn!(
                 listener = self.what,
                 failures = self.failures,
                 "accepting connections works again"
             );
-            if let Some(readiness) = &self.readiness {
-                readiness.accepting(true);
-            }
+            self.failures = 0;
         }
-        self.failures = 0;
-        self.pause = FIRST_PAUSE;
     }
 }
 
@@ -173,6 +249,29 @@ mod tests {
         drop(clients);
     }
 
+    #[tokio::test]
+    async fn a_source_past_its_share_is_closed_and_others_still_get_in() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut acceptor = Acceptor::new(listener, "test", 8).per_source(2);
+        let mut greedy = connect_many(addr, 3).await;
+        let held = [acceptor.accept().await, acceptor.accept().await];
+        // The third is closed by the agent, not held.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let _other = other.connect(addr).await.unwrap();
+        let next = acceptor.accept().await;
+        assert_eq!(next.peer.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut greedy[2], &mut byte).await;
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the third of one source was closed"
+        );
+        drop(held);
+        drop(next);
+    }
+
     async fn connect_many(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
         let mut clients = Vec::new();
         for _ in 0..count {
@@ -196,8 +295,12 @@ mod tests {
         assert!(!readiness.is_ready());
         // 5 + 10 + ... + 640 ms: paused, not spinning.
         assert!(started.elapsed() >= Duration::from_millis(1275));
+        // A success by the way does not end the burst; one after a quiet
+        // second does.
         failures.recovered();
-        assert!(readiness.is_ready());
-        assert_eq!((failures.failures, failures.pause), (0, FIRST_PAUSE));
+        assert_eq!((failures.failures, failures.pause), (8, FIRST_PAUSE));
+        tokio::time::sleep(ACCEPT_QUIET).await;
+        failures.recovered();
+        assert_eq!(failures.failures, 0);
     }
 }

@@ -20,9 +20,11 @@ pub mod accept;
 
 use accept::Acceptor;
 
-/// Connections one admin listener holds at once: probes and scrapes are
-/// few; an idle crowd must not take the node's descriptors.
+/// Connections one admin listener holds at once, and from any one source:
+/// probes and scrapes are few; an idle crowd must not take the node's
+/// descriptors, nor one caller the kubelet's place.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+const MAX_ADMIN_CONNECTIONS_PER_SOURCE: usize = 16;
 /// The longest an admin connection stays open, keep-alive included.
 const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a request's headers may take to arrive, and an idle
@@ -66,9 +68,13 @@ struct Health {
     /// Milliseconds from `started` to the last heartbeat; 0 while no
     /// watchdog beats (the process then counts as live while it answers).
     last_beat: AtomicU64,
-    /// Listeners whose accepting fails now.
-    not_accepting: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `started` to the last failed accept of any
+    /// listener; 0 for none.
+    last_accept_failure: AtomicU64,
 }
+
+/// How long after an accept failed the process stays not ready.
+pub const ACCEPT_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Default for Health {
     fn default() -> Self {
@@ -76,8 +82,22 @@ impl Default for Health {
             ready: AtomicBool::new(false),
             started: std::time::Instant::now(),
             last_beat: AtomicU64::new(0),
-            not_accepting: Default::default(),
+            last_accept_failure: AtomicU64::new(0),
         }
+    }
+}
+
+impl Health {
+    /// Milliseconds since `started`, at least 1 (0 stands for never).
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether `at` (as [`Health::now`] gave it) is more than `window` ago.
+    fn longer_ago(&self, at: u64, window: std::time::Duration) -> bool {
+        at == 0 || self.now().saturating_sub(at) > window.as_millis() as u64
     }
 }
 
@@ -86,35 +106,33 @@ impl Readiness {
         self.0.ready.store(ready, Ordering::Release);
     }
 
-    /// Ready, live, and accepting: a wedged process, or one out of
-    /// descriptors, takes no traffic.
+    /// Ready, live, and accepting: a wedged process, or one whose
+    /// listeners failed to accept within [`ACCEPT_QUIET`] (out of
+    /// descriptors), takes no traffic.
     pub fn is_ready(&self) -> bool {
+        let last_failure = self.0.last_accept_failure.load(Ordering::Acquire);
         self.0.ready.load(Ordering::Acquire)
             && self.is_live()
-            && self.0.not_accepting.load(Ordering::Acquire) == 0
+            && self.0.longer_ago(last_failure, ACCEPT_QUIET)
     }
 
-    /// A listener's accepting failed (`false`), or works again (`true`).
-    pub fn accepting(&self, works: bool) {
-        match works {
-            true => self.0.not_accepting.fetch_sub(1, Ordering::AcqRel),
-            false => self.0.not_accepting.fetch_add(1, Ordering::AcqRel),
-        };
+    /// A listener failed to accept just now.
+    pub fn accept_failed(&self) {
+        self.0
+            .last_accept_failure
+            .store(self.0.now(), Ordering::Release);
     }
 
     /// A watchdog's heartbeat: what it watches made progress just now.
     /// From the first one on, the process is live only while they keep
     /// coming, at most [`LIVENESS_WINDOW`] apart.
     pub fn beat(&self) {
-        let since_start = self.0.started.elapsed().as_millis();
-        let millis = u64::try_from(since_start).unwrap_or(u64::MAX).max(1);
-        self.0.last_beat.store(millis, Ordering::Release);
+        self.0.last_beat.store(self.0.now(), Ordering::Release);
     }
 
     pub fn is_live(&self) -> bool {
         let last = self.0.last_beat.load(Ordering::Acquire);
-        let since_start = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last == 0 || since_start.saturating_sub(last) <= LIVENESS_WINDOW.as_millis() as u64
+        last == 0 || !self.0.longer_ago(last, LIVENESS_WINDOW)
     }
 }
 
@@ -186,6 +204,7 @@ impl AdminServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut acceptor = Acceptor::new(self.listener, "admin", MAX_ADMIN_CONNECTIONS)
+            .per_source(MAX_ADMIN_CONNECTIONS_PER_SOURCE)
             .reporting_to(self.state.readiness.clone());
         loop {
             let accepted = tokio::select! {
@@ -207,7 +226,7 @@ impl AdminServer {
                 if let Some(Err(error)) = accept::at_most(ADMIN_CONNECTION_LIFETIME, served).await {
                     tracing::debug!(%error, "admin connection ended with an error");
                 }
-                drop(accepted.permit);
+                drop(accepted.place);
             });
         }
     }
@@ -433,7 +452,7 @@ mod tests {
             ready: AtomicBool::new(true),
             started: long_ago,
             last_beat: AtomicU64::new(1),
-            not_accepting: Default::default(),
+            last_accept_failure: AtomicU64::new(0),
         }));
         assert!(!wedged.is_live() && !wedged.is_ready());
         wedged.beat();
