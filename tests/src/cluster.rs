@@ -102,6 +102,21 @@ impl Place {
         })
     }
 
+    /// Opens `count` TCP connections to `addr` from this place and sends
+    /// nothing: the ones that connected, as a careless or hostile client
+    /// holds them.
+    pub fn idle_connections(
+        &self,
+        addr: SocketAddr,
+        count: usize,
+    ) -> anyhow::Result<Vec<TcpStream>> {
+        self.in_netns(|| {
+            (0..count)
+                .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+                .collect()
+        })
+    }
+
     /// A plain HTTP/1.0 GET from this place: the status code and the body.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         let response = self

@@ -296,16 +296,6 @@ fn a_deny_stays_in_force_while_its_file_is_half_written_or_mistyped() -> anyhow:
     Ok(())
 }
 
-/// Opens `count` TCP connections to `addr` from `pod`'s namespace and
-/// sends nothing; the ones that connected.
-fn idle_connections(pod: &Pod, addr: SocketAddr, count: usize) -> anyhow::Result<Vec<TcpStream>> {
-    pod.place().in_netns(|| {
-        (0..count)
-            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
-            .collect()
-    })
-}
-
 /// Whether the far end has closed `stream` (read at once: an end, or a reset).
 fn closed_by_peer(stream: &mut TcpStream) -> bool {
     use std::io::Read;
@@ -339,13 +329,10 @@ fn idle_connections_and_an_agent_out_of_descriptors_never_stall_the_node() -> an
 
     // One pod opens idle connections, sending nothing: to the server's
     // HBONE port, and to its node agent's metrics and readiness ports.
-    let mut idle = idle_connections(attacker, SocketAddr::new(server.ip.into(), 15008), 1000)?;
+    let attack = attacker.place();
+    let mut idle = attack.idle_connections(SocketAddr::new(server.ip.into(), 15008), 1000)?;
     for port in [AgentPort::Metrics, AgentPort::Readiness] {
-        idle.extend(idle_connections(
-            attacker,
-            agent.addr(&cluster, port)?,
-            200,
-        )?);
+        idle.extend(attack.idle_connections(agent.addr(&cluster, port)?, 200)?);
     }
     std::thread::sleep(Duration::from_secs(1));
     // Everyone else still gets through, and the agent holds only a bounded
@@ -377,7 +364,7 @@ fn idle_connections_and_an_agent_out_of_descriptors_never_stall_the_node() -> an
     let limit = open_files(agent)? as u64 + 40;
     agent.limit_open_files(limit)?;
     let cpu = agent.usage()?.cpu_seconds;
-    let held = idle_connections(attacker, SocketAddr::new(server.ip.into(), 9000), 100)?;
+    let held = attack.idle_connections(SocketAddr::new(server.ip.into(), 9000), 100)?;
     std::thread::sleep(Duration::from_secs(3));
     let spent = agent.usage()?.cpu_seconds - cpu;
     assert!(

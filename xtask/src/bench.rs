@@ -431,7 +431,7 @@ fn with_machine_cpu<T>(run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Resul
 }
 
 /// A process's resident memory in MiB.
-fn mib(usage: &Usage) -> f64 {
+pub(crate) fn mib(usage: &Usage) -> f64 {
     usage.rss_bytes as f64 / (1 << 20) as f64
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod setup;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +31,12 @@ enum Task {
     Lint,
     /// Measure the mesh model at scale, and the data path against no mesh on the namespace cluster (release build; needs root).
     Bench,
+    /// Connection churn through both agents with attacks beside it; reports whether the agents stay flat (release build; needs root).
+    Soak {
+        /// How long the churn lasts.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
@@ -62,6 +69,10 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => {
             prepare(&workspace)?;
             bench::run(&workspace)
+        }
+        Task::Soak { minutes } => {
+            prepare(&workspace)?;
+            soak::run(&workspace, minutes)
         }
         Task::Test { args } => {
             prepare(&workspace)?;
