@@ -25,6 +25,9 @@ use crate::Workspace;
 /// The agents' own ports, never a destination inside a pod.
 const AGENT_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15053];
 const CHURN_INTERVAL: Duration = Duration::from_millis(10);
+/// Connections a churning client makes before the next takes over (each
+/// client's run is bounded; the soak runs clients until its time is up).
+const CHURN_BATCH: usize = 2000;
 /// Idle connections the attacker holds to the server's HBONE port and to
 /// each of its agent's metrics and readiness ports, renewed this often.
 const IDLE_HBONE: usize = 300;
@@ -55,8 +58,7 @@ pub fn run(workspace: &Workspace, minutes: u64) -> anyhow::Result<()> {
         .http(8080)
         .start(&cluster, server)?;
     let duration = Duration::from_secs(minutes * 60);
-    let requests = (duration.as_millis() / CHURN_INTERVAL.as_millis()) as usize;
-    println!("soak: {requests} connections over {minutes} min, attacks beside them");
+    println!("soak: a connection every {CHURN_INTERVAL:?} for {minutes} min, attacks beside them");
 
     let url = format!("http://{}:8080/", server.ip);
     // Warm: pools, certificates and the allocator's first arenas.
@@ -65,10 +67,6 @@ pub fn run(workspace: &Workspace, minutes: u64) -> anyhow::Result<()> {
         .run(&cluster, client.place(), &url)?
         .expect_all(100, "server/v1", client.ip)?;
     let start = usages(&agents)?;
-    let mut churn = HttpLoad::new(requests)
-        .reconnect()
-        .interval(CHURN_INTERVAL)
-        .spawn(&cluster, client.place(), &url)?;
 
     let certificate = ca.certify(&Identity::new("cluster.local", "default", "attacker"))?;
     let bundle = ca.bundle()?;
@@ -112,15 +110,21 @@ pub fn run(workspace: &Workspace, minutes: u64) -> anyhow::Result<()> {
             }
             Ok(())
         });
-        let waited = churn.wait_exit(duration + Duration::from_secs(120));
+        let churned = churn(&cluster, client.place(), &url, duration);
         stop.store(true, Ordering::Release);
         let attacked = attacking
             .join()
             .map_err(|_| anyhow::anyhow!("the attacking thread panicked"));
-        waited.and(attacked)
+        attacked.and_then(|attacked| attacked.and(churned))
     });
-    attack_result??;
-    let summary: HttpSummary = testapp::last_json(&churn.output())?;
+    let batches = attack_result?;
+    let summary = HttpSummary {
+        requests: batches.iter().map(|batch| batch.requests).sum(),
+        statuses: [(200, batches.iter().map(|batch| batch.status(200)).sum())].into(),
+        errors: batches.iter().map(|batch| batch.errors).sum(),
+        first_error: batches.iter().find_map(|batch| batch.first_error.clone()),
+        ..HttpSummary::default()
+    };
     // The idle connections are gone; give the agents their timeouts.
     std::thread::sleep(Duration::from_secs(15));
     let end = usages(&agents)?;
@@ -130,7 +134,9 @@ pub fn run(workspace: &Workspace, minutes: u64) -> anyhow::Result<()> {
     let dir = workspace.target.join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("soak.md"), &report)?;
-    summary.expect_all(requests, "server/v1", client.ip)?;
+    for batch in &batches {
+        batch.expect_all(CHURN_BATCH, "server/v1", client.ip)?;
+    }
     ensure!(
         breaches.load(Ordering::Relaxed) == 0,
         "an attack reached an agent's own port"
@@ -150,6 +156,26 @@ pub fn run(workspace: &Workspace, minutes: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// New connections from `from` to `url`, one every [`CHURN_INTERVAL`],
+/// client after client, until `duration` is over; each client's summary.
+fn churn(
+    cluster: &Cluster,
+    from: &ambit_testbed::Place,
+    url: &str,
+    duration: Duration,
+) -> anyhow::Result<Vec<HttpSummary>> {
+    let deadline = Instant::now() + duration;
+    let mut batches = Vec::new();
+    while Instant::now() < deadline {
+        let batch = HttpLoad::new(CHURN_BATCH)
+            .reconnect()
+            .interval(CHURN_INTERVAL)
+            .run(cluster, from, url)?;
+        batches.push(batch);
+    }
+    Ok(batches)
 }
 
 fn usages(agents: &[NodeAgent]) -> anyhow::Result<Vec<Usage>> {
