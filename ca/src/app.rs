@@ -137,13 +137,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let (acceptor, issuer, peer) = (acceptor.clone(), issuer.clone(), accepted.peer);
             tokio::spawn(async move {
                 let handshake = acceptor.accept(accepted.stream);
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => {
+                let tls = match at_most(HANDSHAKE_TIMEOUT, handshake).await {
+                    Some(Ok(tls)) => tls,
+                    Some(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
                     }
-                    Err(_) => {
+                    None => {
                         tracing::debug!(%peer, "TLS handshake not completed in time");
                         return;
                     }

@@ -304,15 +304,7 @@ impl Capture {
         // would refuse the pod's connections rather than leave them be.
         // (Connections steered just before wait in the listener's queue,
         // which stays open a while.)
-        match std::fs::remove_file(&pod.inbound_link) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CaptureError::PinLink {
-                    path: pod.inbound_link,
-                    source: error,
-                })
-            }
-            _ => {}
-        }
+        unpin(&pod.inbound_link)?;
         ignore_missing(
             self.inbound_listeners
                 .remove(&u32::from_ne_bytes(pod.ip.octets())),
@@ -518,16 +510,26 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), CaptureError> {
     let mut beside = path.as_os_str().to_owned();
     beside.push("-new");
     let beside = PathBuf::from(beside);
-    let pin_error = |source| CaptureError::PinLink {
+    unpin(&beside)?;
+    let _pinned = link.pin(&beside)?;
+    std::fs::rename(&beside, path).map_err(|source| CaptureError::PinLink {
         path: path.to_path_buf(),
         source,
-    };
-    match std::fs::remove_file(&beside) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(pin_error(error)),
-        _ => {}
+    })
+}
+
+/// Removes the pin at `path`, if there is one: its link detaches unless
+/// something else holds it.
+fn unpin(path: &Path) -> Result<(), CaptureError> {
+    match std::fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(CaptureError::PinLink {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        _ => Ok(()),
     }
-    let _pinned = link.pin(&beside)?;
-    std::fs::rename(&beside, path).map_err(pin_error)
 }
 
 /// A link for the TCP iterator program `program` (BPF_LINK_CREATE).

@@ -176,16 +176,15 @@ impl Directory {
                 files.extend(previous.map(|file| (path, file)));
                 continue;
             }
-            let read = read_manifest(&path).map(|(stamp, text)| match &previous {
-                Some(file) if file.stamp == stamp => (file.clone(), false),
-                _ => (read_file(&path, stamp, &text, previous.as_ref()), true),
-            });
-            match read {
-                Ok((file, read_anew)) => {
+            match read_manifest(&path, previous.as_ref().map(|file| &file.stamp)) {
+                Ok(None) => {
                     self.unreadable.remove(&path);
-                    if read_anew {
-                        changed.insert(path.clone());
-                    }
+                    files.extend(previous.map(|file| (path, file)));
+                }
+                Ok(Some((stamp, text))) => {
+                    self.unreadable.remove(&path);
+                    changed.insert(path.clone());
+                    let file = read_file(&path, stamp, &text, previous.as_ref());
                     files.insert(path, file);
                 }
                 Err(reason) => {
@@ -251,8 +250,9 @@ impl Directory {
 
 /// A manifest file's stamp and text, if it is a regular file (a FIFO or a
 /// device is refused without blocking), of at most [`MAX_FILE_BYTES`], in
-/// UTF-8; else why not.
-fn read_manifest(path: &Path) -> Result<(Stamp, String), String> {
+/// UTF-8; else why not. `None` when its stamp is still `known`: an
+/// unchanged file is not read again.
+fn read_manifest(path: &Path, known: Option<&Stamp>) -> Result<Option<(Stamp, String)>, String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
@@ -261,6 +261,14 @@ fn read_manifest(path: &Path) -> Result<(Stamp, String), String> {
     let metadata = file.metadata().map_err(|error| error.to_string())?;
     if !metadata.is_file() {
         return Err("not a regular file".into());
+    }
+    let stamp = Stamp {
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+        inode: metadata.ino(),
+    };
+    if known == Some(&stamp) {
+        return Ok(None);
     }
     if metadata.len() > MAX_FILE_BYTES {
         return Err(format!(
@@ -276,12 +284,7 @@ fn read_manifest(path: &Path) -> Result<(Stamp, String), String> {
         return Err(format!("grew over the {MAX_FILE_BYTES} bytes read"));
     }
     let text = String::from_utf8(bytes).map_err(|error| format!("not UTF-8: {error}"))?;
-    let stamp = Stamp {
-        len: metadata.len(),
-        modified: metadata.modified().ok(),
-        inode: metadata.ino(),
-    };
-    Ok((stamp, text))
+    Ok(Some((stamp, text)))
 }
 
 /// What one file defines, its problems logged with its name. Where a

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use ambit_admin::accept::at_most;
 use ambit_config::model::Mesh;
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_hbone::client::Connection;
@@ -203,14 +204,13 @@ pub(super) async fn serve(
         }
     };
     let accepted = tokio_rustls::TlsAcceptor::from(config).accept(ReadBuffered::new(stream));
-    let mut tls = match tokio::time::timeout(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
+    let mut tls = match at_most(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(error)) => {
             tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
             return;
         }
-        Err(_) => {
+        None => {
             tracing::debug!(pod = %pod.pod, %peer, "HBONE handshake not completed in time");
             return;
         }
