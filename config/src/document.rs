@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::api::core::{EndpointSliceBody, NamespaceBody, PodBody, ServiceBody};
 use crate::api::meta::ObjectMeta;
@@ -67,9 +67,12 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Largest document read: the API server stores no object over 1.5 MiB.
 pub const MAX_DOCUMENT_BYTES: usize = 3 << 19;
-/// Deepest nesting of flow collections (`{`, `[`) read. Real manifests
-/// nest a handful deep; a parser's cost can grow with the square of it.
-pub const MAX_FLOW_DEPTH: usize = 64;
+/// Deepest nesting of collections read. Real manifests nest a dozen deep;
+/// a hostile document nests deep to make parsing slow.
+pub const MAX_DEPTH: usize = 64;
+/// Most nodes that aliases (`*name`) may repeat in one document: real
+/// manifests rarely use them, and a few nested ones expand exponentially.
+pub const MAX_ALIAS_EVENTS: usize = 100_000;
 
 /// Kinds whose objects decide who may connect: one that cannot be read
 /// must not let through what it was meant to stop.
@@ -310,19 +313,11 @@ pub fn parse_stream(text: &str) -> Parsed {
     parsed
 }
 
-/// Reads one object, as an API server returns it (any serializable form,
-/// e.g. JSON). `Ok(None)` for a kind Ambit does not read; problems name the
-/// object and field.
-pub fn parse_object(object: &impl serde::Serialize) -> Result<Option<Resource>, Vec<Problem>> {
-    let value = serde_yaml::to_value(object).map_err(|error| {
-        let message = format!("not a readable object: {error}");
-        problems(
-            (0, 0),
-            vec![(None, String::new(), message, Severity::Error)],
-        )
-    })?;
+/// Reads one object as an API server returns it (JSON). `Ok(None)` for a
+/// kind Ambit does not read; problems name the object and field.
+pub fn parse_object(object: Value) -> Result<Option<Resource>, Vec<Problem>> {
     let mut resources = Vec::new();
-    read_document((0, 0), value, &mut resources).map_err(|found| problems((0, 0), found))?;
+    read_document((0, 0), object, &mut resources).map_err(|found| problems((0, 0), found))?;
     Ok(resources.pop())
 }
 
@@ -360,9 +355,7 @@ fn problems((source, document): (usize, usize), found: Vec<Found>) -> Vec<Proble
 
 fn read_stream(source: usize, text: &str, parsed: &mut Parsed) {
     for (document, yaml) in documents(text).enumerate() {
-        let value = within_budget(yaml).and_then(|()| {
-            serde_yaml::from_str::<Value>(yaml).map_err(|error| format!("not valid YAML: {error}"))
-        });
+        let value = read_yaml(yaml);
         let found = match value {
             Ok(Value::Null) => continue,
             Ok(value) => match read_document((source, document), value, &mut parsed.resources) {
@@ -409,56 +402,44 @@ fn documents(text: &str) -> impl Iterator<Item = &str> {
         .map(|chunk| chunk.strip_prefix("---").unwrap_or(chunk))
 }
 
-/// Refuses, before any parsing, a document too large or nested too deep to
-/// parse cheaply.
-fn within_budget(yaml: &str) -> Result<(), String> {
+/// Reads one YAML document as a tree, within budgets that keep a hostile
+/// document cheap: the API server's object size, and nesting, node count
+/// and alias expansion well past any real manifest's. YAML 1.2's core
+/// schema, as Istio's tools read it: `yes` and `on` are strings.
+fn read_yaml(yaml: &str) -> Result<Value, String> {
     if yaml.len() > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "a document of {} bytes is over the {MAX_DOCUMENT_BYTES} read",
             yaml.len()
         ));
     }
-    if flow_depth(yaml) > MAX_FLOW_DEPTH {
-        return Err(format!("collections are nested over {MAX_FLOW_DEPTH} deep"));
-    }
-    Ok(())
-}
-
-/// The deepest nesting of `{` and `[` outside quoted scalars and comments
-/// (an upper bound: a plain scalar may hold a bracket too).
-fn flow_depth(yaml: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut quote = None;
-    let mut previous = '\n';
-    let mut chars = yaml.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some('"'), '\\') => {
-                chars.next();
-            }
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') if !previous.is_alphanumeric() => quote = Some(c),
-            (None, '#') if previous.is_whitespace() => {
-                // A comment runs to the end of its line.
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                previous = '\n';
-                continue;
-            }
-            (None, '{' | '[') => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            (None, '}' | ']') => depth = depth.saturating_sub(1),
-            _ => {}
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_EVENTS,
+        },
+        strict_booleans: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_str_with_options(yaml, options).map_err(|error| {
+        // The cause, under the wrappers that only add where it happened.
+        let mut cause = &error;
+        while let serde_saphyr::Error::AliasError { error, .. } = cause {
+            cause = error;
         }
-        previous = c;
-    }
-    deepest
+        match cause {
+            serde_saphyr::Error::Budget { .. }
+            | serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+            | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => {
+                format!("too costly to read: {error}")
+            }
+            _ => format!("not valid YAML: {error}"),
+        }
+    })
 }
 
 /// The object a document that YAML cannot read was meant to be, from its
@@ -600,7 +581,7 @@ fn read_document(
     let metadata: ObjectMeta = value
         .get("metadata")
         .cloned()
-        .map(serde_yaml::from_value)
+        .map(serde_json::from_value)
         .transpose()
         .map_err(|error| {
             vec![(
@@ -641,7 +622,7 @@ fn read_document(
         value
             .get("spec")
             .cloned()
-            .unwrap_or(Value::Mapping(Default::default()))
+            .unwrap_or(Value::Object(Default::default()))
     };
     let raw = Raw {
         source,

@@ -6,17 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 use clap::Parser;
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 fn documents(file: &str) -> Vec<Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|document| Value::deserialize(document).unwrap())
-        .collect()
+    serde_saphyr::from_multiple(&text).unwrap()
 }
 
 /// The pod template of the workload of `kind` in `file`.
@@ -31,12 +28,12 @@ fn pod_spec(file: &str, kind: &str) -> Value {
 /// The arguments of `container`, as its binary would be run.
 fn args(spec: &Value, container: &str, binary: &str) -> Vec<String> {
     let container = spec["containers"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == container)
         .unwrap();
-    let args = container["args"].as_sequence().unwrap();
+    let args = container["args"].as_array().unwrap();
     std::iter::once(binary.to_string())
         .chain(args.iter().map(|a| a.as_str().unwrap().to_string()))
         .collect()
@@ -51,7 +48,7 @@ fn the_node_agents_arguments_and_shared_names_match_the_code() {
         parsed.ca.ca_addr.as_deref(),
         Some("ambit-ca.ambit-system.svc:15012")
     );
-    let volumes = spec["volumes"].as_sequence().unwrap();
+    let volumes = spec["volumes"].as_array().unwrap();
     let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap().clone();
     assert_eq!(
         volume("ca-root")["configMap"]["name"],
@@ -92,7 +89,7 @@ fn the_waypoint_template_arguments_match_the_code() {
     let container = spec["containers"][0]["name"].as_str().unwrap().to_string();
     let mut args = args(&spec, &container, "ambit-waypoint");
     // The namespace comes from the downward API, as POD_NAMESPACE.
-    let env = spec["containers"][0]["env"].as_sequence().unwrap();
+    let env = spec["containers"][0]["env"].as_array().unwrap();
     let namespace = env.iter().find(|e| e["name"] == "POD_NAMESPACE").unwrap();
     assert_eq!(
         namespace["valueFrom"]["fieldRef"]["fieldPath"],

@@ -235,7 +235,7 @@ fn a_mistyped_kind_or_group_is_reported_and_a_mistyped_policy_fails_closed() {
 }
 
 #[test]
-fn documents_over_budget_are_refused_before_parsing() {
+fn documents_over_budget_are_refused_cheaply() {
     let deep = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: deep}}\nspec: {}{}\n",
         "{a: ".repeat(300_000),
@@ -243,7 +243,29 @@ fn documents_over_budget_are_refused_before_parsing() {
     );
     let found = problems(&deep);
     assert_eq!(found.len(), 1);
-    assert!(found[0].contains("nested over 64 deep"), "{found:?}");
+    assert!(found[0].contains("too costly to read"), "{found:?}");
+    let block = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: block}}\nspec:\n{}",
+        (0..100)
+            .map(|depth| format!("{}a{depth}:\n", " ".repeat(depth + 1)))
+            .collect::<String>()
+    );
+    assert!(problems(&block)[0].contains("too costly to read"));
+    // Nine nested aliases would repeat a billion nodes.
+    let mut laughs =
+        String::from("apiVersion: v1\nkind: Pod\nmetadata: {name: laughs}\nx0: &x0 [lol]\n");
+    for level in 1..10 {
+        let previous = format!("*x{}", level - 1);
+        laughs += &format!(
+            "x{level}: &x{level} [{}]\n",
+            [previous.as_str(); 10].join(", ")
+        );
+    }
+    assert!(
+        problems(&laughs)[0].contains("too costly to read"),
+        "{:?}",
+        problems(&laughs)
+    );
     let large = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: large}}\n# {}\n",
         "x".repeat(MAX_DOCUMENT_BYTES)
@@ -285,4 +307,28 @@ fn oversized_regular_expressions_are_refused_cheaply() {
         problems(&route("^/api/v[0-9]{1,3}/.*")),
         Vec::<String>::new()
     );
+}
+
+#[test]
+fn yaml_is_read_by_the_core_schema_of_yaml_1_2() {
+    let text = "# only a comment\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: &labels\n    enabled: yes\n    mode: on\n    version: \"1.10\"\n  annotations: *labels\n";
+    let parsed = parse_manifests(text);
+    assert_eq!(parsed.problems, vec![]);
+    let [Resource::Pod(pod)] = parsed.resources.as_slice() else {
+        panic!("one Pod: {:?}", parsed.resources);
+    };
+    let labels: Vec<(&str, &str)> = pod
+        .metadata
+        .labels
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [("enabled", "yes"), ("mode", "on"), ("version", "1.10")]
+    );
+    assert_eq!(pod.metadata.annotations, pod.metadata.labels);
+    // Duplicate keys are an error, not a silent choice of one.
+    let duplicate = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  name: q\n";
+    assert!(problems(duplicate)[0].contains("not valid YAML"));
 }

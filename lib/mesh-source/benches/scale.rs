@@ -127,7 +127,7 @@ fn model_memory(objects: &[Value]) -> anyhow::Result<usize> {
     let before = ALLOCATED.load(Ordering::Relaxed);
     let mut mesh = Mesh::default();
     for object in objects {
-        match parse_object(object) {
+        match parse_object(object.clone()) {
             Ok(Some(resource)) => mesh.apply(resource),
             other => bail!("bench object unreadable: {other:?}"),
         }

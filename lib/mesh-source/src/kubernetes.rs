@@ -214,7 +214,7 @@ fn read(resource: &ApiResource, object: DynamicObject) -> Read {
     // List items of built-in kinds come without their type.
     value["apiVersion"] = resource.api_version.clone().into();
     value["kind"] = resource.kind.clone().into();
-    match parse_object(&value) {
+    match parse_object(value) {
         Ok(Some(resource)) => Read::Object(Box::new(resource)),
         Ok(None) => Read::Skipped,
         Err(problems) => {

@@ -19,7 +19,7 @@ fn expected(server: &FakeApiServer) -> Mesh {
     let mut mesh = Mesh::default();
     for (_, kind, _) in ambit_config::document::KINDS {
         for object in server.objects(kind) {
-            match parse_object(&object) {
+            match parse_object(object) {
                 Ok(Some(resource)) => mesh.apply(resource),
                 Ok(None) => {}
                 Err(problems) => {
