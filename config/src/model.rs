@@ -216,6 +216,21 @@ pub enum AuthorizationPolicy {
     },
 }
 
+/// A PeerAuthentication, or the STRICT mode standing in for one that could
+/// not be read and was never read before: it may have been the policy
+/// meant to require mutual TLS.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerAuthentication {
+    Valid(Arc<Config<PeerAuthenticationSpec>>),
+    /// Makes every workload of its namespace STRICT, over any other policy
+    /// there (its selector cannot be trusted either); in the root
+    /// namespace, the mesh-wide mode.
+    Invalid {
+        problems: Vec<String>,
+    },
+}
+
 /// The mesh: every object the proxies use and the indexes over them. Cheap
 /// to clone; a clone is a consistent snapshot.
 #[derive(Serialize, Debug, Clone, Default, PartialEq)]
@@ -230,7 +245,7 @@ pub struct Mesh {
     pub service_entries: OrdMap<Key, Arc<Config<ServiceEntrySpec>>>,
     pub gateways: OrdMap<Key, Arc<Config<GatewaySpec>>>,
     pub authorization_policies: OrdMap<Key, AuthorizationPolicy>,
-    pub peer_authentications: OrdMap<Key, Arc<Config<PeerAuthenticationSpec>>>,
+    pub peer_authentications: OrdMap<Key, PeerAuthentication>,
     #[serde(skip)]
     indexes: Indexes,
 }

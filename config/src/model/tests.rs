@@ -352,6 +352,43 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 }
 
 #[test]
+fn an_unreadable_peer_authentication_makes_its_namespace_strict_over_its_neighbours() {
+    use crate::policy::{mtls_mode, PeerMode, Target};
+    let mut mesh = mesh(
+        r#"
+{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a-permissive, namespace: shop}, spec: {mtls: {mode: PERMISSIVE}}}
+---
+{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a-cart, namespace: shop}, spec: {selector: {matchLabels: {app: cart}}, mtls: {mode: DISABLE}}}
+---
+{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: legacy, namespace: legacy}, spec: {mtls: {mode: PERMISSIVE}}}
+"#,
+    );
+    let labels = [("app".to_string(), "cart".to_string())].into();
+    let mode = |mesh: &Mesh, namespace| {
+        let target = Target {
+            namespace,
+            labels: &labels,
+        };
+        mtls_mode(mesh, "istio-system", target, 8080)
+    };
+    assert_eq!(mode(&mesh, "shop"), PeerMode::Disable);
+    mesh.reject(
+        &object("PeerAuthentication", "shop", "z-broken"),
+        vec!["bad".into()],
+    );
+    assert_eq!(mode(&mesh, "shop"), PeerMode::Strict);
+    assert_eq!(mode(&mesh, "other"), PeerMode::Permissive);
+    // One in the root namespace stands for a mesh-wide STRICT: a namespace's
+    // own policy still decides for it.
+    mesh.reject(
+        &object("PeerAuthentication", "istio-system", "mesh"),
+        vec!["bad".into()],
+    );
+    assert_eq!(mode(&mesh, "other"), PeerMode::Strict);
+    assert_eq!(mode(&mesh, "legacy"), PeerMode::Permissive);
+}
+
+#[test]
 fn waypoints_come_from_the_service_or_its_namespace() {
     let mesh = mesh(
         r#"

@@ -3,15 +3,13 @@
 //! of its Service) are touched.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
 use super::{
-    qualified_hosts, AuthorizationPolicy, Config, EndpointSlice, Key, Mesh, Namespace, Service,
-    Workload, SERVICE_NAME_LABEL,
+    qualified_hosts, AuthorizationPolicy, Config, EndpointSlice, Key, Mesh, Namespace,
+    PeerAuthentication, Service, Workload, SERVICE_NAME_LABEL,
 };
-use crate::api::security::{MtlsMode, MutualTls, PeerAuthenticationSpec};
 use crate::document::{ObjectRef, Resource};
 
 impl Mesh {
@@ -92,8 +90,10 @@ impl Mesh {
                 );
             }
             Resource::PeerAuthentication(object) => {
-                self.peer_authentications
-                    .insert(Key::of(&object), Config::of(&object));
+                self.peer_authentications.insert(
+                    Key::of(&object),
+                    PeerAuthentication::Valid(Config::of(&object)),
+                );
             }
         }
     }
@@ -158,8 +158,7 @@ impl Mesh {
     /// Records that the source holds `object` but it could not be read. An
     /// AuthorizationPolicy becomes a denial for its namespace (fail closed);
     /// any other kind keeps its last good version, if the model had one, and
-    /// a PeerAuthentication with none stands as STRICT for its namespace
-    /// (its selector cannot be trusted either).
+    /// a PeerAuthentication with none makes its namespace STRICT.
     pub fn reject(&mut self, object: &ObjectRef, problems: Vec<String>) {
         let key = Key::new(&object.namespace, &object.name);
         match object.kind.as_str() {
@@ -167,22 +166,12 @@ impl Mesh {
                 self.authorization_policies
                     .insert(key, AuthorizationPolicy::Invalid { problems });
             }
-            "PeerAuthentication" if !self.peer_authentications.contains_key(&key) => {
-                let strict = PeerAuthenticationSpec {
-                    selector: None,
-                    mtls: Some(MutualTls {
-                        mode: MtlsMode::Strict,
-                    }),
-                    port_level_mtls: Default::default(),
-                };
-                self.peer_authentications.insert(
-                    key,
-                    Arc::new(Config {
-                        labels: Default::default(),
-                        annotations: Default::default(),
-                        spec: strict,
-                    }),
-                );
+            "PeerAuthentication" => {
+                let last_good = self.peer_authentications.get(&key);
+                if !matches!(last_good, Some(PeerAuthentication::Valid(_))) {
+                    self.peer_authentications
+                        .insert(key, PeerAuthentication::Invalid { problems });
+                }
             }
             _ => {}
         }
