@@ -1,37 +1,16 @@
-//! The CA's one request: certify a key as a workload identity. JSON over
-//! HTTPS, the caller authenticated by its bearer token. Deciding the answer
-//! is kept apart from the HTTP server ([`Issuer::answer`]).
+//! The CA's answer to its one request (`ambit_mesh_tls::ca_protocol`),
+//! decided apart from the HTTP server ([`Issuer::answer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_identity::{CertificateAuthority, Identity};
 use ambit_mesh_source::MeshHandle;
+use ambit_mesh_tls::ca_protocol::{CertificateRequest, CertificateResponse};
 use hyper::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use crate::authenticate::Authenticator;
 use crate::authorize::authorize;
-
-pub const CERTIFICATE_PATH: &str = "/v1/certificate";
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CertificateRequest {
-    /// The SPIFFE ID asked for.
-    pub identity: String,
-    /// A PKCS#10 request for the caller's own key, PEM.
-    pub csr: String,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateResponse {
-    /// The leaf first, PEM.
-    pub certificate_chain: String,
-    /// The roots to verify peers with, PEM.
-    pub trust_bundle: String,
-}
 
 /// Everything the CA answers from.
 pub struct Issuer {

@@ -8,6 +8,7 @@ use ambit_admin::accept::{at_most, Acceptor};
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_identity::{certificate_request, tls, WorkloadCertificate};
 use ambit_mesh_source::MeshHandle;
+use ambit_mesh_tls::ca_protocol::CERTIFICATE_PATH;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::api::{Issuer, CERTIFICATE_PATH};
+use crate::api::Issuer;
 use crate::authenticate::{Authenticator, NodeTokens};
 use crate::config::Mode;
 use crate::{root, Config};

@@ -9,7 +9,6 @@ pub mod api;
 pub mod app;
 pub mod authenticate;
 pub mod authorize;
-pub mod client;
 mod config;
 pub mod root;
 

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use ambit_ca::client::{CaClient, CaClientError};
 use ambit_ca::{app, Args, Config};
 use ambit_identity::{Identity, TrustBundle};
+use ambit_mesh_tls::ca_client::{CaClient, CaClientError};
 use clap::Parser;
 use hyper::StatusCode;
 
@@ -170,7 +170,9 @@ async fn an_istio_cacerts_intermediate_is_used_as_it_is_and_its_root_is_the_one_
 }
 
 /// A certificate refusal's status, or a panic naming what was issued instead.
-fn refusal(result: Result<ambit_ca::client::Certified, CaClientError>) -> (StatusCode, String) {
+fn refusal(
+    result: Result<ambit_mesh_tls::ca_client::Certified, CaClientError>,
+) -> (StatusCode, String) {
     match result {
         Err(CaClientError::Refused {
             status, message, ..

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ambit_ca::api::CertificateRequest;
+use ambit_mesh_tls::ca_protocol::CertificateRequest;
 use ambit_identity::{CertificateAuthority, Identity};
 use libfuzzer_sys::fuzz_target;
 

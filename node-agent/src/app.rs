@@ -7,18 +7,18 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
-use ambit_ca::client::CaClient;
+use ambit_mesh_tls::ca_client::CaClient;
 
 use crate::capture::Capture;
-use crate::certificates::Certificates;
 use crate::config::CaConfig;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::admission::{node_addresses, PolicySettings};
-use crate::proxy::hbone::MeshTls;
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
 use ambit_mesh_source::{MeshHandle, SourceThread};
+use ambit_mesh_tls::certificates::Certificates;
+use ambit_mesh_tls::hbone::MeshTls;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {

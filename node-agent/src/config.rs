@@ -2,9 +2,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_admin::AdminAddrs;
-use ambit_ca::client::Credential;
 use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_source::{Source, SourceArgs};
+use ambit_mesh_tls::ca_client::Credential;
 use anyhow::{bail, Context};
 use serde::Serialize;
 

@@ -3,7 +3,6 @@
 
 pub mod app;
 pub mod capture;
-pub mod certificates;
 mod cni_server;
 mod config;
 pub mod enrollment;

@@ -59,7 +59,7 @@ pub struct ProxyInputs {
     /// Every proxied connection, so a stopping agent can drain them.
     pub connections: TaskTracker,
     /// With a CA: the identities and connections for HBONE between agents.
-    pub mesh_tls: Option<hbone::MeshTls>,
+    pub mesh_tls: Option<ambit_mesh_tls::hbone::MeshTls>,
     /// What inbound policy needs beyond the mesh.
     pub policy: admission::PolicySettings,
     /// Told when a listener cannot accept.

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use ambit_ca::client::{CaClient, CaClientError};
 use ambit_identity::{certificate_request, CertificateAuthority, Identity, WorkloadCertificate};
+use ambit_mesh_tls::ca_client::{CaClient, CaClientError};
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::hbone::tunnel_from;
 use ambit_testbed::mesh::{self, sample, NodeAgent, Source};

@@ -5,160 +5,53 @@
 //! listener terminates it and connects to the app from the caller's
 //! address. Plain TCP remains for peers outside the mesh.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use ambit_admin::accept::at_most;
 use ambit_config::model::Mesh;
 use ambit_ebpf_common::AGENT_MARK;
-use ambit_hbone::client::Connection;
-use ambit_hbone::pool::Pool;
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
-use ambit_hbone::{ReadBuffered, TunnelStream};
-use ambit_identity::tls::{client_config, peer_identity, server_config};
-use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
-use rustls::pki_types::ServerName;
-use rustls::ServerConfig;
+use ambit_hbone::TunnelStream;
+use ambit_identity::tls::peer_identity;
+use ambit_identity::Identity;
+use ambit_mesh_tls::hbone::{MeshTls, Party};
 use tokio::net::TcpStream;
 
 use super::admission::{admit, Proof};
 use super::inbound::connect_app;
 use super::{agent_socket, connect, PodContext, ProxyInputs, Report};
-use crate::certificates::Certificates;
-use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
-/// Connections are pooled per calling pod (its identity and address),
-/// destination identity and destination address: a connection is dialled
-/// from its caller's namespace and speaks for that pod alone.
-type PoolKey = (Identity, IpAddr, Identity, IpAddr);
-
-/// A pooled connection to another agent that carries no stream and has
-/// opened none for this long is closed, so a node does not keep a TLS
-/// connection to every pod its pods ever called.
-const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// How long a connection waits for its pod's first certificate.
-const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Encrypted bytes rustls may hold for the socket (its default is 64 KiB):
-/// in bulk, each write then carries sixteen records rather than four.
-const TLS_WRITE_BUFFER: usize = 256 * 1024;
-
-pub struct MeshTls {
-    certificates: Arc<Certificates>,
-    bundle: TrustBundle,
-    /// Tagged with the expiry of the certificate each connection proved.
-    pool: Arc<Pool<PoolKey, std::time::SystemTime>>,
-    /// The 15008 listeners' TLS configuration per identity, made once per
-    /// certificate rather than once per connection.
-    server_configs: Mutex<HashMap<Identity, (std::time::SystemTime, Arc<ServerConfig>)>>,
+/// The identity of the enrolled pod at `ip`, if there is one: only such a
+/// pod has an agent answering HBONE.
+pub(super) fn identity_at(mesh_tls: &MeshTls, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
+    let (key, workload) = mesh.workload_by_ip(ip)?;
+    if workload.host_network || !mesh.is_enrolled(&key.namespace, &key.name) {
+        return None;
+    }
+    mesh_tls
+        .certificates()
+        .identity_of(mesh, &key.namespace, &key.name)
 }
 
-impl MeshTls {
-    pub fn new(certificates: Arc<Certificates>, bundle: TrustBundle) -> Self {
-        Self {
-            certificates,
-            bundle,
-            pool: Arc::default(),
-            server_configs: Mutex::default(),
-        }
-    }
-
-    /// The server configuration proving `certificate`, made on first use.
-    fn server_config(
-        &self,
-        certificate: &WorkloadCertificate,
-    ) -> Result<Arc<ServerConfig>, ambit_identity::tls::TlsError> {
-        let mut configs = self
-            .server_configs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((made_for, config)) = configs.get(&certificate.identity) {
-            if *made_for == certificate.not_after {
-                return Ok(config.clone());
-            }
-        }
-        let config = Arc::new(server_config(certificate, &self.bundle)?);
-        // Rare (a new certificate): forget identities no longer held.
-        configs.retain(|identity, _| self.certificates.get(identity).is_some());
-        configs.insert(
-            certificate.identity.clone(),
-            (certificate.not_after, config.clone()),
-        );
-        Ok(config)
-    }
-
-    pub fn certificates(&self) -> &Certificates {
-        &self.certificates
-    }
-
-    /// The task that closes idle pooled connections, checking every tenth
-    /// of the idle time.
-    pub fn release_idle_connections(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let pool = self.pool.clone();
-        async move {
-            let mut ticks = tokio::time::interval(IDLE_CONNECTION / 10);
-            loop {
-                ticks.tick().await;
-                pool.release_idle(IDLE_CONNECTION);
-            }
-        }
-    }
-
-    /// The identity of the enrolled pod at `ip`, if there is one: only
-    /// such a pod has an agent answering HBONE.
-    pub(super) fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
-        let (key, workload) = mesh.workload_by_ip(ip)?;
-        if workload.host_network || !mesh.is_enrolled(&key.namespace, &key.name) {
-            return None;
-        }
-        self.certificates
-            .identity_of(mesh, &key.namespace, &key.name)
-    }
-
-    /// A stream to `target`, the pod `destination`, for `pod`'s client at
-    /// `source`, on a pooled connection or a new one.
-    pub(super) async fn open(
-        &self,
-        pod: &PodContext,
-        source_identity: &Identity,
-        destination: &Identity,
-        source: IpAddr,
-        target: SocketAddr,
-    ) -> std::io::Result<TunnelStream> {
-        let certificate = self
-            .certificates
-            .obtain(source_identity, CERTIFICATE_WAIT)
-            .await
-            .ok_or_else(|| {
-                std::io::Error::other(format!("no certificate for {source_identity}"))
-            })?;
-        let dial = || async {
-            let peer = SocketAddr::new(target.ip(), ambit_hbone::HBONE_PORT);
-            let socket = agent_socket(&pod.netns, AGENT_MARK, None)?;
-            let tcp = connect(socket, peer).await?;
-            let config = client_config(&certificate, &self.bundle, destination)
-                .map_err(std::io::Error::other)?;
-            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(
-                    ServerName::IpAddress(peer.ip().into()),
-                    ReadBuffered::new(tcp),
-                )
-                .await?;
-            tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
-            Connection::handshake(tls).await
-        };
-        let key = (
-            source_identity.clone(),
-            source,
-            destination.clone(),
-            target.ip(),
-        );
-        self.pool
-            .open(&key, &certificate.not_after, target, source, dial)
-            .await
-            .map_err(std::io::Error::other)
-    }
+/// A stream to `target`, the pod `destination`, for `pod`'s client at
+/// `source`, dialled from the pod's namespace.
+pub(super) async fn open(
+    mesh_tls: &MeshTls,
+    pod: &PodContext,
+    caller: Party<'_>,
+    destination: &Identity,
+    target: SocketAddr,
+) -> std::io::Result<TunnelStream> {
+    let peer = Party {
+        identity: destination,
+        ip: target.ip(),
+    };
+    mesh_tls
+        .open(caller, peer, target, |address| async move {
+            connect(agent_socket(&pod.netns, AGENT_MARK, None)?, address).await
+        })
+        .await
 }
 
 /// Serves one connection on a pod's 15008 listener: mutual TLS as the pod's
@@ -177,45 +70,24 @@ pub(super) async fn serve(
         let ips = pod.workload(&snapshot).map(|(_, w)| w.ips.clone());
         let identity =
             mesh_tls
-                .certificates
+                .certificates()
                 .identity_of(&snapshot, &pod.key.namespace, &pod.key.name);
         (identity, ips.unwrap_or_default())
     };
-    let certificate = match &identity {
-        Some(identity) => {
-            mesh_tls
-                .certificates
-                .obtain(identity, CERTIFICATE_WAIT)
-                .await
-        }
-        None => None,
-    };
-    let (Some(certificate), Some(identity)) = (certificate, identity) else {
-        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no certificate for the pod");
+    let Some(identity) = identity else {
+        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: the pod's identity is unknown");
         return;
     };
-    // Small frames (an HTTP request, its answer) leave at once.
-    let _ = stream.set_nodelay(true);
-    let config = match mesh_tls.server_config(&certificate) {
-        Ok(config) => config,
+    let tls = match mesh_tls
+        .accept(&identity, stream, ambit_hbone::server::HANDSHAKE_TIMEOUT)
+        .await
+    {
+        Ok(tls) => tls,
         Err(error) => {
-            tracing::error!(pod = %pod.pod, %error, "TLS configuration");
+            tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE connection refused");
             return;
         }
     };
-    let accepted = tokio_rustls::TlsAcceptor::from(config).accept(ReadBuffered::new(stream));
-    let mut tls = match at_most(ambit_hbone::server::HANDSHAKE_TIMEOUT, accepted).await {
-        Some(Ok(tls)) => tls,
-        Some(Err(error)) => {
-            tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
-            return;
-        }
-        None => {
-            tracing::debug!(pod = %pod.pod, %peer, "HBONE handshake not completed in time");
-            return;
-        }
-    };
-    tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
     // What every stream of the connection shares, read once.
     let (Some(caller), IpAddr::V4(source)) = (peer_identity(tls.get_ref().1), peer.ip()) else {
         tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no workload identity, or not IPv4");
@@ -270,11 +142,11 @@ async fn carry(
         let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
             Reporter::Destination,
-            Party {
+            metrics::Party {
                 workload: mesh.workload_by_ip(peer.addr.ip()),
                 principal: Some(&peer.caller),
             },
-            Party {
+            metrics::Party {
                 workload: own,
                 principal: Some(&peer.own_identity),
             },

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use ambit_ebpf_common::AGENT_MARK;
 use tokio::net::TcpStream;
 
+use ambit_mesh_tls::hbone::Party;
+
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
-use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 use ambit_config::model::Route;
 
 /// Where an accepted outbound connection goes: the original destination,
@@ -64,11 +66,11 @@ pub(super) async fn handle(
         Decision::Refuse { reason, service } => {
             let labels = TcpLabels::new(
                 Reporter::Source,
-                Party {
+                metrics::Party {
                     workload: own,
                     principal: None,
                 },
-                Party {
+                metrics::Party {
                     workload: None,
                     principal: None,
                 },
@@ -85,7 +87,7 @@ pub(super) async fn handle(
     let target_ip = IpAddr::V4(*target.ip());
     // To a pod of the mesh, over HBONE when the agent holds identities.
     let identities = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
-        let destination = mesh_tls.identity_at(&snapshot, target_ip)?;
+        let destination = super::hbone::identity_at(mesh_tls, &snapshot, target_ip)?;
         let source =
             mesh_tls
                 .certificates()
@@ -97,13 +99,13 @@ pub(super) async fn handle(
     let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
     let labels = TcpLabels::new(
         Reporter::Source,
-        Party {
+        metrics::Party {
             workload: own,
             principal: identities
                 .as_ref()
                 .and_then(|(_, source, _)| source.as_ref()),
         },
-        Party {
+        metrics::Party {
             workload: snapshot.workload_by_ip(target_ip),
             principal: identities.as_ref().map(|(_, _, destination)| destination),
         },
@@ -120,9 +122,11 @@ pub(super) async fn handle(
     if let Some((mesh_tls, source, destination)) = identities {
         let upstream = match (source, pod_ip) {
             (Some(source), Some(pod_ip)) => {
-                mesh_tls
-                    .open(&pod, &source, &destination, pod_ip, target)
-                    .await
+                let caller = Party {
+                    identity: &source,
+                    ip: pod_ip,
+                };
+                super::hbone::open(mesh_tls, &pod, caller, &destination, target).await
             }
             _ => Err(std::io::Error::other(
                 "the pod's identity or address is unknown",

@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ambit_ca::client::CaClient;
+use crate::ca_client::CaClient;
 use ambit_config::model::{Key, Mesh};
 use ambit_identity::{Identity, WorkloadCertificate};
 use serde::Serialize;

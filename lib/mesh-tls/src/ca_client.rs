@@ -1,4 +1,4 @@
-//! What a node agent uses to obtain certificates: a key made here, a
+//! What a proxy uses to obtain certificates: a key made here, a
 //! signing request to the CA over TLS (the CA proving its own identity),
 //! a token as the credential: a bootstrap token, or the agent's projected
 //! service account token, read again for every request since the kubelet
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::api::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
+use crate::ca_protocol::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
 
 /// How long one request to the CA may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
