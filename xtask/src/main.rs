@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod layering;
 mod setup;
 mod soak;
 
@@ -27,7 +28,7 @@ enum Task {
     BuildEbpf,
     /// Set up, build, and show traffic on a two-node namespace cluster.
     Demo,
-    /// Check formatting and clippy, the BPF programs included.
+    /// Check formatting, clippy and the crates' dependency rules, the BPF programs included.
     Lint,
     /// Measure the mesh model at scale, and the data path against no mesh on the namespace cluster (release build; needs root).
     Bench,
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
+            layering::check(&workspace)?;
             ebpf::lint(&workspace)
         }
         Task::Demo => {

@@ -449,7 +449,7 @@ impl HttpMatchRequest {
         ];
         for (field, map) in maps {
             for (key, matched) in map {
-                matched.validate(&format!("{at}.{field}.{key}"), issues);
+                matched.validate_or_presence(&format!("{at}.{field}.{key}"), issues);
             }
         }
         if let Some(port) = self.port {

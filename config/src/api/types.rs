@@ -89,11 +89,23 @@ pub struct StringMatch {
 
 impl StringMatch {
     pub(crate) fn validate(&self, path: &str, issues: &mut Vec<Issue>) {
+        if self.is_presence() {
+            issues.push(Issue::new(
+                path,
+                "set exactly one of exact, prefix and regex",
+            ));
+        }
+        self.validate_or_presence(path, issues);
+    }
+
+    /// As a header or query parameter match, where an empty match asks
+    /// only that the header or parameter be present.
+    pub(crate) fn validate_or_presence(&self, path: &str, issues: &mut Vec<Issue>) {
         let set = [&self.exact, &self.prefix, &self.regex]
             .iter()
             .filter(|v| v.is_some())
             .count();
-        if set != 1 {
+        if set > 1 {
             issues.push(Issue::new(
                 path,
                 "set exactly one of exact, prefix and regex",
@@ -102,6 +114,12 @@ impl StringMatch {
         if let Some(regex) = &self.regex {
             check_regex(&format!("{path}.regex"), regex, issues);
         }
+    }
+
+    /// An empty match: in `headers`, `withoutHeaders` and `queryParams`, that
+    /// the header or parameter is present.
+    pub fn is_presence(&self) -> bool {
+        self.exact.is_none() && self.prefix.is_none() && self.regex.is_none()
     }
 }
 

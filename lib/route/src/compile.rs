@@ -1,0 +1,605 @@
+//! The model compiled into what a waypoint decides each request by: per
+//! Service address it serves, the protocol, the routes of the
+//! VirtualServices for the host in order, and for each destination the
+//! endpoints of its subset and the load balancer its DestinationRule sets.
+//! Done off the request path, again whenever the model changes; nothing on
+//! the request path reads an Istio spec or compiles a regex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_config::api::networking::{
+    Destination, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings, SimpleLb,
+    TrafficPolicy,
+};
+use ambit_config::document::qualify_host;
+use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
+use http::HeaderName;
+use serde::Serialize;
+
+use crate::lb::LoadBalancer;
+use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
+
+/// The gateway name that stands for the mesh's own traffic in a
+/// VirtualService's `gateways`.
+const MESH_GATEWAY: &str = "mesh";
+/// The domain of Services' host names.
+const SERVICE_DOMAIN: &str = "svc.cluster.local";
+
+/// Everything a waypoint routes by.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTables {
+    /// By the address agents send to the waypoint (the `:authority` of
+    /// their CONNECT): a Service VIP and port.
+    #[serde(serialize_with = "by_address")]
+    pub ports: HashMap<SocketAddr, Arc<PortTable>>,
+    /// What could not be compiled, by object: those objects are left out.
+    pub problems: BTreeMap<String, String>,
+}
+
+fn by_address<S: serde::Serializer>(
+    ports: &HashMap<SocketAddr, Arc<PortTable>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let sorted: BTreeMap<String, &PortTable> = ports
+        .iter()
+        .map(|(address, table)| (address.to_string(), table.as_ref()))
+        .collect();
+    serializer.collect_map(sorted)
+}
+
+/// How a Service port's traffic is read, by Istio's rules: its
+/// `appProtocol`, else the prefix of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2, upstream in HTTP/1.1.
+    Http,
+    /// HTTP/2 (gRPC included) upstream too.
+    Http2,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn of(port: &ServicePort) -> Self {
+        let declared = port.app_protocol.as_deref().or_else(|| {
+            let name = port.name.as_deref()?;
+            Some(name.split_once('-').map_or(name, |(prefix, _)| prefix))
+        });
+        match declared.map(str::to_ascii_lowercase).as_deref() {
+            Some("http") => Self::Http,
+            Some("http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c") => Self::Http2,
+            _ => Self::Tcp,
+        }
+    }
+
+    pub fn is_http(self) -> bool {
+        self != Self::Tcp
+    }
+}
+
+/// One Service port the waypoint serves.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTable {
+    pub service: Key,
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// For HTTP, in order: the first that matches decides. A request that
+    /// none matches is answered 404.
+    pub http: Vec<HttpRoute>,
+    /// For TCP: the first whose port matches (all do by default).
+    pub tcp: Vec<TcpRoute>,
+}
+
+impl PortTable {
+    /// The route for a request: the first with a match that holds.
+    pub fn route(
+        &self,
+        request: &http::request::Parts,
+        scheme: &str,
+        caller: Caller<'_>,
+    ) -> Option<&HttpRoute> {
+        let arrival = Arrival {
+            port: self.port,
+            scheme,
+        };
+        self.http.iter().find(|route| {
+            route.matches.is_empty()
+                || route
+                    .matches
+                    .iter()
+                    .any(|matched| matched.matches(request, arrival, caller))
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Alternatives; empty matches every request.
+    pub matches: Vec<RequestMatch>,
+    pub destinations: Vec<WeightedBackend>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub destinations: Vec<WeightedBackend>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedBackend {
+    pub weight: u32,
+    pub backend: Arc<Backend>,
+}
+
+/// Where a route sends: a Service port, or the part of it a subset names.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    pub service: Key,
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Ready endpoints (of the subset), at the port they listen on.
+    pub endpoints: Vec<SocketAddr>,
+    pub load_balancer: LoadBalancer,
+}
+
+impl Backend {
+    /// The name Envoy and Istio give this destination's cluster:
+    /// `outbound|PORT|SUBSET|HOST`.
+    pub fn cluster_name(&self) -> String {
+        format!(
+            "outbound|{}|{}|{}",
+            self.port,
+            self.subset.as_deref().unwrap_or_default(),
+            self.host
+        )
+    }
+}
+
+/// The tables for the Services bound to `waypoint`.
+pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
+    let mut tables = RouteTables::default();
+    let mut compiler = Compiler {
+        mesh,
+        namespace: &waypoint.0.namespace,
+        backends: HashMap::new(),
+    };
+    for key in mesh.services_bound_to(waypoint) {
+        let Some(service) = mesh.services.get(key) else {
+            continue;
+        };
+        let host = qualify_host(&key.name, &key.namespace);
+        let virtual_services = compiler.virtual_services(&host, &mut tables.problems);
+        for port in &service.ports {
+            let table = Arc::new(compiler.port_table(key, &host, port, &virtual_services));
+            for vip in &service.vips {
+                tables
+                    .ports
+                    .insert(SocketAddr::new(*vip, port.port), table.clone());
+            }
+        }
+    }
+    tables
+}
+
+/// A VirtualService's routes as they apply to the mesh, before ports are
+/// known.
+struct Routes<'a> {
+    namespace: &'a str,
+    /// Name, matches (empty: all), destinations.
+    http: Vec<(Option<String>, Vec<RequestMatch>, Weighted<'a>)>,
+    /// Port (none: all), destinations.
+    tcp: Vec<(Option<u16>, Weighted<'a>)>,
+}
+
+/// Destinations with their weights.
+type Weighted<'a> = Vec<(u32, &'a Destination)>;
+
+struct Compiler<'a> {
+    mesh: &'a Mesh,
+    /// The waypoint's namespace: what it sees by `exportTo`.
+    namespace: &'a str,
+    /// One backend per (destination host, subset, port), shared by routes.
+    backends: HashMap<(String, Option<String>, u16), Arc<Backend>>,
+}
+
+impl<'a> Compiler<'a> {
+    /// The VirtualServices for `host` that apply to mesh traffic, in name
+    /// order, each compiled or, when it cannot be, left out with its
+    /// problem recorded.
+    fn virtual_services(
+        &self,
+        host: &str,
+        problems: &mut BTreeMap<String, String>,
+    ) -> Vec<Routes<'a>> {
+        let mut compiled = Vec::new();
+        for (key, config) in self.mesh.virtual_services_for(host, self.namespace) {
+            let spec = &config.spec;
+            if !applies_to_mesh(&spec.gateways) {
+                continue;
+            }
+            match routes(&key.namespace, spec) {
+                Ok(routes) => compiled.push(routes),
+                Err(problem) => {
+                    problems.insert(format!("VirtualService {key}"), problem);
+                }
+            }
+        }
+        compiled
+    }
+
+    fn port_table(
+        &mut self,
+        service: &Key,
+        host: &str,
+        port: &ServicePort,
+        virtual_services: &[Routes<'a>],
+    ) -> PortTable {
+        let protocol = Protocol::of(port);
+        let mut table = PortTable {
+            service: service.clone(),
+            host: host.to_string(),
+            port: port.port,
+            protocol,
+            http: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for routes in virtual_services {
+            if protocol.is_http() {
+                for (name, all, destinations) in &routes.http {
+                    let matches: Vec<RequestMatch> = all
+                        .iter()
+                        .filter(|matched| matched.port.is_none_or(|p| p == port.port))
+                        .cloned()
+                        .collect();
+                    // Every alternative was for another port.
+                    if matches.is_empty() && !all.is_empty() {
+                        continue;
+                    }
+                    table.http.push(HttpRoute {
+                        name: name.clone(),
+                        matches,
+                        destinations: self.weighted(routes.namespace, host, port, destinations),
+                    });
+                }
+            } else {
+                for (route_port, destinations) in &routes.tcp {
+                    if route_port.is_some_and(|p| p != port.port) {
+                        continue;
+                    }
+                    table.tcp.push(TcpRoute {
+                        port: *route_port,
+                        destinations: self.weighted(routes.namespace, host, port, destinations),
+                    });
+                }
+            }
+        }
+        // Without a route of its own, a port goes to the Service itself.
+        let unrouted = if protocol.is_http() {
+            table.http.is_empty()
+        } else {
+            table.tcp.is_empty()
+        };
+        if unrouted {
+            let itself = Destination {
+                host: host.to_string(),
+                subset: None,
+                port: None,
+            };
+            let destinations = self.weighted(self.namespace, host, port, &[(1, &itself)]);
+            if protocol.is_http() {
+                table.http.push(HttpRoute {
+                    name: None,
+                    matches: Vec::new(),
+                    destinations,
+                });
+            } else {
+                table.tcp.push(TcpRoute {
+                    port: None,
+                    destinations,
+                });
+            }
+        }
+        table
+    }
+
+    fn weighted(
+        &mut self,
+        namespace: &str,
+        arrived_host: &str,
+        arrived: &ServicePort,
+        destinations: &[(u32, &Destination)],
+    ) -> Vec<WeightedBackend> {
+        destinations
+            .iter()
+            .map(|(weight, destination)| WeightedBackend {
+                weight: *weight,
+                backend: self.backend(namespace, arrived_host, arrived, destination),
+            })
+            .collect()
+    }
+
+    /// The backend a destination names, written in `namespace`, for a
+    /// request that arrived at `arrived` of `arrived_host`.
+    fn backend(
+        &mut self,
+        namespace: &str,
+        arrived_host: &str,
+        arrived: &ServicePort,
+        destination: &Destination,
+    ) -> Arc<Backend> {
+        let host = qualify_host(&destination.host, namespace);
+        let service = service_key(&host).and_then(|key| {
+            let service = self.mesh.services.get(&key)?;
+            self.mesh
+                .service_visible(&key, self.namespace)
+                .then_some((key, service))
+        });
+        // The port: as written, else the one the request came to when the
+        // destination is that Service, else the Service's only one.
+        let port = destination
+            .port
+            .as_ref()
+            .and_then(|p| u16::try_from(p.number).ok())
+            .or_else(|| (host == arrived_host).then_some(arrived.port))
+            .or_else(|| match service.as_ref().map(|(_, s)| s.ports.as_slice()) {
+                Some([only]) => Some(only.port),
+                _ => None,
+            })
+            .unwrap_or(arrived.port);
+        let cache_key = (host.clone(), destination.subset.clone(), port);
+        if let Some(backend) = self.backends.get(&cache_key) {
+            return backend.clone();
+        }
+        let rule = self
+            .mesh
+            .destination_rules_for(&host, self.namespace)
+            .into_iter()
+            .next()
+            .map(|(_, config)| &config.spec);
+        let backend = Arc::new(match service {
+            Some((key, service)) => {
+                let service_port = service.ports.iter().find(|p| p.port == port);
+                let subset = destination.subset.as_deref();
+                Backend {
+                    endpoints: match service_port {
+                        Some(service_port) => self.endpoints(service, service_port, rule, subset),
+                        None => Vec::new(),
+                    },
+                    protocol: service_port.map_or(Protocol::Tcp, Protocol::of),
+                    load_balancer: rule.map_or_else(LoadBalancer::default, |rule| {
+                        LoadBalancer::from_settings(load_balancer(rule, subset, port))
+                    }),
+                    service: key,
+                    host,
+                    subset: destination.subset.clone(),
+                    port,
+                }
+            }
+            // A host that is no Service the waypoint sees: no endpoint.
+            None => Backend {
+                service: Key::new("", ""),
+                host,
+                subset: destination.subset.clone(),
+                port,
+                protocol: Protocol::Tcp,
+                endpoints: Vec::new(),
+                load_balancer: LoadBalancer::default(),
+            },
+        });
+        self.backends.insert(cache_key, backend.clone());
+        backend
+    }
+
+    /// The ready endpoints of `service` at `port`, only those of the pods
+    /// the subset's labels select; none for a subset no rule defines.
+    fn endpoints(
+        &self,
+        service: &Service,
+        port: &ServicePort,
+        rule: Option<&DestinationRuleSpec>,
+        subset: Option<&str>,
+    ) -> Vec<SocketAddr> {
+        let labels = match subset {
+            None => None,
+            Some(name) => match rule.and_then(|r| r.subsets.iter().find(|s| s.name == name)) {
+                Some(subset) => Some(&subset.labels),
+                None => return Vec::new(),
+            },
+        };
+        service
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.ready)
+            .filter(|endpoint| {
+                labels.is_none_or(|wanted| {
+                    self.mesh
+                        .workload_by_ip(endpoint.ip)
+                        .is_some_and(|(_, workload)| {
+                            wanted
+                                .iter()
+                                .all(|(key, value)| workload.labels.get(key) == Some(value))
+                        })
+                })
+            })
+            .map(|endpoint| SocketAddr::new(endpoint.ip, port.target_port))
+            .collect()
+    }
+}
+
+/// `gateways` as written on a VirtualService or a match: none means the
+/// mesh; otherwise `mesh` must be among them.
+fn applies_to_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
+}
+
+/// The Service a fully qualified host names: `NAME.NAMESPACE.svc.cluster.local`.
+fn service_key(host: &str) -> Option<Key> {
+    let rest = host.strip_suffix(SERVICE_DOMAIN)?.strip_suffix('.')?;
+    let (name, namespace) = rest.split_once('.')?;
+    (!namespace.contains('.')).then(|| Key::new(namespace, name))
+}
+
+/// A VirtualService's mesh routes, or why it cannot be used.
+fn routes<'a>(
+    namespace: &'a str,
+    spec: &'a ambit_config::api::networking::VirtualServiceSpec,
+) -> Result<Routes<'a>, String> {
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        let unsupported = [
+            ("redirect", route.redirect.is_some()),
+            ("directResponse", route.direct_response.is_some()),
+            ("delegate", route.delegate.is_some()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(format!("{at}.{field}: not supported by the waypoint yet"));
+        }
+        let mut matches = Vec::new();
+        for (m, matched) in route.matches.iter().enumerate() {
+            if !applies_to_mesh(&matched.gateways) {
+                continue;
+            }
+            matches.push(request_match(matched).map_err(|e| format!("{at}.match[{m}]: {e}"))?);
+        }
+        // Every alternative was for gateways only.
+        if !route.matches.is_empty() && matches.is_empty() {
+            continue;
+        }
+        let destinations = weights(route.route.iter().map(|r| (r.weight, &r.destination)));
+        http.push((route.name.clone(), matches, destinations));
+    }
+    let mut tcp = Vec::new();
+    for route in &spec.tcp {
+        let destinations = weights(route.route.iter().map(|r| (r.weight, &r.destination)));
+        let mesh_matches: Vec<_> = route
+            .matches
+            .iter()
+            .filter(|m| applies_to_mesh(&m.gateways))
+            .collect();
+        if route.matches.is_empty() {
+            tcp.push((None, destinations));
+            continue;
+        }
+        for matched in mesh_matches {
+            let port = matched.port.and_then(|p| u16::try_from(p).ok());
+            tcp.push((port, destinations.clone()));
+        }
+    }
+    Ok(Routes {
+        namespace,
+        http,
+        tcp,
+    })
+}
+
+/// Weights as Istio reads them: a lone destination takes everything; when
+/// none is weighted they share equally.
+fn weights<'a>(destinations: impl Iterator<Item = (Option<i32>, &'a Destination)>) -> Weighted<'a> {
+    let destinations: Vec<_> = destinations.collect();
+    let unweighted = destinations.iter().all(|(weight, _)| weight.is_none());
+    destinations
+        .into_iter()
+        .map(|(weight, destination)| {
+            let weight = match weight {
+                _ if unweighted => 1,
+                Some(weight) => u32::try_from(weight).unwrap_or(0),
+                None => 0,
+            };
+            (weight, destination)
+        })
+        .collect()
+}
+
+fn request_match(matched: &HttpMatchRequest) -> Result<RequestMatch, regex::Error> {
+    let compile = |m: &Option<ambit_config::api::types::StringMatch>| {
+        m.as_ref().map(Matcher::compile).transpose()
+    };
+    let headers = |map: &BTreeMap<String, ambit_config::api::types::StringMatch>| {
+        map.iter()
+            .filter_map(|(name, m)| {
+                // A name HTTP cannot carry matches no request.
+                let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?;
+                Some(Matcher::compile(m).map(|m| (name, m)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(RequestMatch {
+        name: matched.name.clone(),
+        uri: compile(&matched.uri)?,
+        ignore_uri_case: matched.ignore_uri_case,
+        scheme: compile(&matched.scheme)?,
+        method: compile(&matched.method)?,
+        authority: compile(&matched.authority)?,
+        headers: headers(&matched.headers)?,
+        without_headers: headers(&matched.without_headers)?,
+        query_params: matched
+            .query_params
+            .iter()
+            .map(|(name, m)| Matcher::compile(m).map(|m| (name.clone(), m)))
+            .collect::<Result<_, _>>()?,
+        port: matched.port.and_then(|p| u16::try_from(p).ok()),
+        source_labels: matched.source_labels.clone(),
+        source_namespace: matched.source_namespace.clone(),
+    })
+}
+
+/// The load balancer for `port` of a subset: Istio merges the subset's
+/// traffic policy over the rule's, and a port's settings over either.
+fn load_balancer<'r>(
+    rule: &'r DestinationRuleSpec,
+    subset: Option<&str>,
+    port: u16,
+) -> Option<&'r LoadBalancerSettings> {
+    let for_port = |policy: &'r TrafficPolicy| {
+        policy
+            .port_level_settings
+            .iter()
+            .find(|settings| {
+                settings
+                    .port
+                    .as_ref()
+                    .is_some_and(|p| p.number == u32::from(port))
+            })
+            .and_then(|settings| settings.load_balancer.as_ref())
+            .or(policy.load_balancer.as_ref())
+    };
+    let subset_policy = subset
+        .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
+        .and_then(|s| s.traffic_policy.as_deref());
+    subset_policy
+        .and_then(for_port)
+        .or_else(|| rule.traffic_policy.as_deref().and_then(for_port))
+}
+
+impl LoadBalancer {
+    fn from_settings(settings: Option<&LoadBalancerSettings>) -> Self {
+        match settings.and_then(|s| s.simple) {
+            Some(SimpleLb::RoundRobin) => Self::RoundRobin,
+            Some(SimpleLb::Random) => Self::Random,
+            Some(SimpleLb::Passthrough) => Self::Passthrough,
+            // Istio's default, and what LEAST_CONN was renamed to.
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None => {
+                Self::LeastRequest
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

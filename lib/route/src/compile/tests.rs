@@ -1,0 +1,233 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use ambit_config::document::parse_manifests;
+use ambit_config::model::{Key, Labels};
+use http::Request;
+
+use super::*;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+/// Bookinfo's reviews (three versions) and ratings in `bookinfo`, bound to
+/// the waypoint `waypoint`, with Istio's subsets, and `extra` on top.
+fn tables(extra: &str) -> RouteTables {
+    let pod = |name: &str, app: &str, version: &str, ip: &str| {
+        format!(
+            "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: bookinfo, labels: {{app: {app}, version: {version}}}}}, \
+              spec: {{nodeName: node-0}}, status: {{podIP: {ip}}}}}\n---\n"
+        )
+    };
+    let manifests = [
+        "{apiVersion: v1, kind: Namespace, metadata: {name: bookinfo, labels: {istio.io/use-waypoint: waypoint}}}\n---\n".to_string(),
+        "{apiVersion: v1, kind: Namespace, metadata: {name: other}}\n---\n".to_string(),
+        pod("reviews-v1", "reviews", "v1", "10.244.0.11"),
+        pod("reviews-v2", "reviews", "v2", "10.244.0.12"),
+        pod("reviews-v3", "reviews", "v3", "10.244.0.13"),
+        pod("ratings-v1", "ratings", "v1", "10.244.0.21"),
+        "{apiVersion: v1, kind: Service, metadata: {name: reviews, namespace: bookinfo}, \
+          spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 9080, targetPort: 9080}, {name: tcp-admin, port: 7000}]}}\n---\n".to_string(),
+        "{apiVersion: v1, kind: Service, metadata: {name: ratings, namespace: bookinfo}, \
+          spec: {clusterIP: 10.96.0.21, ports: [{name: http, port: 9080}]}}\n---\n".to_string(),
+        "{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: reviews-1, namespace: bookinfo, labels: {kubernetes.io/service-name: reviews}}, addressType: IPv4, \
+          endpoints: [{addresses: [10.244.0.11]}, {addresses: [10.244.0.12]}, {addresses: [10.244.0.13]}], ports: [{name: http, port: 9080}]}\n---\n".to_string(),
+        "{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: ratings-1, namespace: bookinfo, labels: {kubernetes.io/service-name: ratings}}, addressType: IPv4, \
+          endpoints: [{addresses: [10.244.0.21]}], ports: [{name: http, port: 9080}]}\n---\n".to_string(),
+        "{apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {name: reviews, namespace: bookinfo}, \
+          spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, {name: v3, labels: {version: v3}, \
+          trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}]}}\n---\n".to_string(),
+        extra.to_string(),
+    ]
+    .concat();
+    let parsed = parse_manifests(&manifests);
+    let errors = parsed
+        .problems
+        .iter()
+        .filter(|p| p.severity == ambit_config::document::Severity::Error);
+    assert_eq!(errors.count(), 0, "{:?}", parsed.problems);
+    let mesh = Mesh::from_resources(parsed.resources);
+    compile(&mesh, &WaypointRef(Key::new("bookinfo", "waypoint")))
+}
+
+fn reviews(extra: &str) -> Arc<PortTable> {
+    tables(extra).ports[&SocketAddr::from((VIP, 9080))].clone()
+}
+
+fn virtual_service(http: &str) -> String {
+    format!(
+        "{{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {{name: reviews, namespace: bookinfo}}, \
+          spec: {{hosts: [reviews], http: {http}}}}}\n"
+    )
+}
+
+/// The subset (or `-`) of the first destination the request is routed to,
+/// or `404` when no route matches.
+fn subset(table: &PortTable, request: Request<()>, caller: Caller<'_>) -> String {
+    let (parts, ()) = request.into_parts();
+    match table.route(&parts, "http", caller) {
+        Some(route) => route.destinations[0]
+            .backend
+            .subset
+            .clone()
+            .unwrap_or_else(|| "-".into()),
+        None => "404".into(),
+    }
+}
+
+/// A request to reviews written `[METHOD] PATH [name:value]…`.
+fn request_of(text: &str) -> Request<()> {
+    let mut words = text.split(' ').peekable();
+    let method = match words.peek() {
+        Some(word) if !word.starts_with('/') => words.next().unwrap_or_default(),
+        _ => "GET",
+    };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(words.next().unwrap_or("/"))
+        .header("host", "reviews:9080");
+    for header in words {
+        let (name, value) = header.split_once(':').unwrap();
+        request = request.header(name, value);
+    }
+    request.body(()).unwrap()
+}
+
+#[test]
+fn without_a_virtual_service_a_port_goes_to_its_service() {
+    let tables = tables("");
+    let table = &tables.ports[&SocketAddr::from((VIP, 9080))];
+    assert_eq!(table.protocol, Protocol::Http);
+    let route = table
+        .route(&request_of("/").into_parts().0, "http", Caller::default())
+        .unwrap();
+    let backend = &route.destinations[0].backend;
+    assert_eq!(
+        backend.cluster_name(),
+        "outbound|9080||reviews.bookinfo.svc.cluster.local"
+    );
+    assert_eq!(backend.endpoints.len(), 3);
+    assert_eq!(backend.load_balancer, LoadBalancer::LeastRequest);
+    let admin = &tables.ports[&SocketAddr::from((VIP, 7000))];
+    assert_eq!(admin.protocol, Protocol::Tcp);
+    assert_eq!(admin.tcp[0].destinations[0].backend.port, 7000);
+    // Ratings has no waypoint label of its own but its namespace's: bound too.
+    assert!(tables
+        .ports
+        .contains_key(&SocketAddr::from(([10, 96, 0, 21], 9080))));
+}
+
+#[test]
+fn subsets_select_their_pods_and_carry_their_load_balancer() {
+    let table = reviews(&virtual_service(
+        "[{route: [{destination: {host: reviews, subset: v2}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]}]",
+    ));
+    let destinations = &table.http[0].destinations;
+    let endpoints: Vec<_> = destinations
+        .iter()
+        .map(|d| {
+            (
+                d.weight,
+                d.backend.endpoints.clone(),
+                d.backend.load_balancer,
+            )
+        })
+        .collect();
+    let at = |ip: [u8; 4]| vec![SocketAddr::from((ip, 9080))];
+    assert_eq!(
+        endpoints,
+        [
+            (50, at([10, 244, 0, 12]), LoadBalancer::LeastRequest),
+            (50, at([10, 244, 0, 13]), LoadBalancer::RoundRobin),
+        ]
+    );
+    // A subset no rule defines has no endpoint (503 on use).
+    let table = reviews(&virtual_service(
+        "[{route: [{destination: {host: reviews, subset: v9}}]}]",
+    ));
+    assert!(table.http[0].destinations[0].backend.endpoints.is_empty());
+}
+
+#[test]
+fn each_match_field_decides_as_istio_says() {
+    let labels: Labels = [("app".to_string(), "productpage".to_string())].into();
+    let productpage = Caller {
+        namespace: Some("bookinfo"),
+        labels: Some(&labels),
+    };
+    let stranger = Caller {
+        namespace: Some("other"),
+        labels: None,
+    };
+    let (s, p) = (stranger, productpage);
+    // (match, request as `[METHOD] PATH [header:value]…`, caller, subset)
+    #[rustfmt::skip]
+    let cases = [
+        ("{uri: {exact: /reviews/0}}", "/reviews/0?x=1", s, "v1"),
+        ("{uri: {exact: /reviews/0}}", "/reviews/01", s, "v2"),
+        ("{uri: {prefix: /rev}}", "/reviews/1", s, "v1"),
+        ("{uri: {regex: '/reviews/[0-9]+'}}", "/reviews/12", s, "v1"),
+        ("{uri: {regex: '/reviews/[0-9]+'}}", "/reviews/12/x", s, "v2"),
+        ("{uri: {prefix: /REV}, ignoreUriCase: true}", "/reviews", s, "v1"),
+        ("{uri: {prefix: /REV}}", "/reviews", s, "v2"),
+        ("{method: {exact: POST}}", "POST /", s, "v1"),
+        ("{method: {exact: POST}}", "/", s, "v2"),
+        ("{scheme: {exact: http}}", "/", s, "v1"),
+        ("{scheme: {exact: https}}", "/", s, "v2"),
+        ("{authority: {prefix: 'reviews:'}}", "/", s, "v1"),
+        ("{authority: {exact: ratings}}", "/", s, "v2"),
+        ("{headers: {end-user: {exact: jason}}}", "/ end-user:jason", s, "v1"),
+        ("{headers: {End-User: {exact: jason}}}", "/ end-user:json", s, "v2"),
+        ("{headers: {x-canary: {}}}", "/ x-canary:any", s, "v1"),
+        ("{headers: {x-canary: {}}}", "/", s, "v2"),
+        ("{withoutHeaders: {x-canary: {}}}", "/", s, "v1"),
+        ("{withoutHeaders: {x-canary: {exact: 'no'}}}", "/ x-canary:no", s, "v2"),
+        ("{queryParams: {v: {exact: '3'}}}", "/?a=1&v=3", s, "v1"),
+        ("{queryParams: {v: {regex: '[0-9]'}}}", "/?v=33", s, "v2"),
+        ("{port: 9080}", "/", s, "v1"),
+        ("{port: 9081}", "/", s, "v2"),
+        ("{sourceLabels: {app: productpage}}", "/", p, "v1"),
+        ("{sourceLabels: {app: productpage}}", "/", s, "v2"),
+        ("{sourceNamespace: bookinfo}", "/", p, "v1"),
+        ("{sourceNamespace: bookinfo}", "/", s, "v2"),
+        ("{gateways: [mesh], uri: {prefix: /}}", "/", s, "v1"),
+        ("{gateways: [ingress], uri: {prefix: /}}", "/", s, "v2"),
+        ("{uri: {prefix: /r}, headers: {u: {exact: j}}}", "/r u:j", s, "v1"),
+        ("{uri: {prefix: /r}, headers: {u: {exact: j}}}", "/r", s, "v2"),
+    ];
+    for (matched, request, caller, expected) in cases {
+        let table = reviews(&virtual_service(&format!(
+            "[{{match: [{matched}], route: [{{destination: {{host: reviews, subset: v1}}}}]}}, \
+              {{route: [{{destination: {{host: reviews, subset: v2}}}}]}}]"
+        )));
+        let routed = subset(&table, request_of(request), caller);
+        assert_eq!(routed, expected, "{matched} {request}");
+    }
+    // Alternatives: either match will do; no route at all: 404.
+    let table = reviews(&virtual_service(
+        "[{match: [{uri: {exact: /a}}, {uri: {exact: /b}}], route: [{destination: {host: reviews, subset: v1}}]}]",
+    ));
+    assert_eq!(subset(&table, request_of("/b"), stranger), "v1");
+    assert_eq!(subset(&table, request_of("/c"), stranger), "404");
+}
+
+#[test]
+fn a_virtual_service_that_cannot_be_used_is_left_out_alone() {
+    let tables = tables(&format!(
+        "{}---\n{}",
+        virtual_service("[{redirect: {uri: /elsewhere}}]"),
+        "{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {name: ratings, namespace: bookinfo}, \
+          spec: {hosts: [ratings], http: [{route: [{destination: {host: reviews, subset: v3}}]}]}}\n"
+    ));
+    assert_eq!(
+        tables.problems.keys().collect::<Vec<_>>(),
+        ["VirtualService bookinfo/reviews"]
+    );
+    // Reviews falls back to its Service; ratings' own route applies.
+    let reviews = &tables.ports[&SocketAddr::from((VIP, 9080))];
+    assert_eq!(reviews.http[0].destinations[0].backend.subset, None);
+    let ratings = &tables.ports[&SocketAddr::new(IpAddr::from([10, 96, 0, 21]), 9080)];
+    assert_eq!(
+        ratings.http[0].destinations[0].backend.subset.as_deref(),
+        Some("v3")
+    );
+    assert_eq!(ratings.http[0].destinations[0].backend.port, 9080);
+}

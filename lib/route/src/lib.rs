@@ -1,0 +1,12 @@
+//! The waypoint's decisions, free of I/O: the mesh model compiled into
+//! route tables ([`compile`]), a request matched to a route
+//! ([`matching`]), and an endpoint chosen ([`lb`]). No tokio, hyper, h2 or
+//! sockets here (`cargo xtask lint` checks it): everything is decided from
+//! values passed in and tested without a network.
+
+pub mod compile;
+pub mod lb;
+pub mod matching;
+
+pub use compile::{compile, Backend, HttpRoute, PortTable, Protocol, RouteTables};
+pub use matching::{Arrival, Caller};
