@@ -7,18 +7,13 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
-use ambit_mesh_tls::ca_client::CaClient;
-
 use crate::capture::Capture;
-use crate::config::CaConfig;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
 use ambit_mesh_source::{MeshHandle, SourceThread};
-use ambit_mesh_tls::certificates::Certificates;
-use ambit_mesh_tls::hbone::MeshTls;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -45,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let mesh_tls = match &config.ca {
-        Some(ca) => Some(start_mesh_tls(ca)?),
+        Some(ca) => Some(ca.start()?),
         None => {
             tracing::warn!("no --ca-addr: this agent holds no workload identities; traffic between agents is not encrypted");
             None
@@ -137,17 +132,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // enrolled pods' new connections fail rather than bypass the mesh.
     tracing::info!("stopped; capture stays in place for the next agent");
     Ok(())
-}
-
-/// The client of the CA, the task that keeps this node's certificates,
-/// and what HBONE between agents needs of them.
-fn start_mesh_tls(ca: &CaConfig) -> anyhow::Result<MeshTls> {
-    let client = CaClient::new(&ca.addr, &ca.bundle, &ca.identity, ca.credential.clone())?;
-    let certificates = Arc::new(Certificates::new(client, ca.trust_domain.clone()));
-    tokio::spawn(certificates.clone().run());
-    let mesh_tls = MeshTls::new(certificates, ca.bundle.clone());
-    tokio::spawn(mesh_tls.release_idle_connections());
-    Ok(mesh_tls)
 }
 
 /// Every proxied connection holds four descriptors (two sockets, two pipes

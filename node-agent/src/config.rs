@@ -2,9 +2,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_admin::AdminAddrs;
-use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_source::{Source, SourceArgs};
-use ambit_mesh_tls::ca_client::Credential;
+use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
@@ -65,79 +64,6 @@ pub struct Args {
     /// `false` the agent moves the bytes itself (splice).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub kernel_relay: bool,
-}
-
-/// How the agent reaches the CA that certifies its workloads.
-#[derive(clap::Args, Debug)]
-pub struct CaArgs {
-    /// The CA (`ambit-ca`), as `host:port` (in Kubernetes its Service,
-    /// `ambit-ca.ambit-system.svc:15012`). Without it the agent holds no
-    /// workload identities, and traffic between agents is not encrypted.
-    #[arg(long, requires_all = ["ca_root", "ca_token_file"])]
-    pub ca_addr: Option<String>,
-
-    /// The roots (PEM) the CA's own certificate is checked against.
-    #[arg(long)]
-    pub ca_root: Option<PathBuf>,
-
-    /// The token the agent presents to the CA, read at every request: this
-    /// node's bootstrap token (standalone), or in Kubernetes the agent's
-    /// projected service account token for the audience `ambit-ca`.
-    #[arg(long)]
-    pub ca_token_file: Option<PathBuf>,
-
-    /// The namespace the CA runs in: it must prove
-    /// spiffe://TRUST_DOMAIN/ns/CA_NAMESPACE/sa/ambit-ca.
-    #[arg(long, default_value = "ambit-system")]
-    pub ca_namespace: String,
-
-    /// The trust domain of the mesh's identities.
-    #[arg(long, default_value = ambit_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-}
-
-/// The CA, as the agent uses it.
-#[derive(Serialize, Debug, Clone)]
-pub struct CaConfig {
-    pub addr: String,
-    pub identity: Identity,
-    pub trust_domain: String,
-    /// The roots of `--ca-root`, which also verify peer agents.
-    #[serde(skip)]
-    pub bundle: TrustBundle,
-    #[serde(skip)]
-    pub credential: Credential,
-}
-
-impl CaConfig {
-    fn from_args(args: CaArgs) -> anyhow::Result<Option<Self>> {
-        let (Some(addr), Some(root), Some(token)) =
-            (args.ca_addr, args.ca_root, args.ca_token_file)
-        else {
-            return Ok(None);
-        };
-        let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
-        if !matches!(port, Some(Ok(_))) {
-            bail!("--ca-addr {addr}: expected HOST:PORT, such as ambit-ca.ambit-system.svc:15012");
-        }
-        let read = |flag: &str, path: &Path| {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("{flag} {}: cannot read it", path.display()))
-        };
-        let bundle = TrustBundle::from_pem(&args.trust_domain, &read("--ca-root", &root)?)
-            .with_context(|| format!("--ca-root {}", root.display()))?;
-        // Read now too, so a wrong path fails the start rather than each renewal.
-        read("--ca-token-file", &token)?;
-        let credential = Credential::TokenFile(token);
-        let identity = Identity::new(args.trust_domain.as_str(), args.ca_namespace, "ambit-ca");
-        Ok(Some(Self {
-            addr,
-            identity,
-            trust_domain: args.trust_domain,
-            bundle,
-            credential,
-        }))
-    }
 }
 
 /// The validated configuration the agent runs with.

@@ -7,4 +7,5 @@
 pub mod ca_client;
 pub mod ca_protocol;
 pub mod certificates;
+pub mod config;
 pub mod hbone;
