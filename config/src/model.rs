@@ -10,8 +10,7 @@
 //! long as they like; no lock is held across I/O.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
@@ -30,8 +29,10 @@ mod update;
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
-/// The label naming the waypoint of a namespace or a service, as in Istio.
+/// The label naming the waypoint of a namespace, a service or a pod, as in Istio.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The label naming the namespace of that waypoint when it is another.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 /// The annotation limiting which namespaces see a Service, as in Istio.
 pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 /// Label that ties an EndpointSlice to its Service.
@@ -138,8 +139,6 @@ pub struct Service {
     /// EndpointSlices change.
     #[serde(skip)]
     declared_ports: Vec<crate::api::core::ServicePort>,
-    #[serde(skip)]
-    turn: RoundRobin,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -162,18 +161,6 @@ pub struct Endpoint {
     pub terminating: bool,
     pub node: Option<String>,
 }
-
-/// A Service's round-robin position, kept across updates of the Service.
-#[derive(Debug, Clone, Default)]
-struct RoundRobin(Arc<AtomicUsize>);
-
-impl PartialEq for RoundRobin {
-    fn eq(&self, _: &Self) -> bool {
-        true // a position, not part of what the Service is
-    }
-}
-
-impl Eq for RoundRobin {}
 
 /// An EndpointSlice as the model keeps it: the Service it belongs to and
 /// its endpoints.
@@ -262,20 +249,6 @@ struct Indexes {
     destination_rules_by_host: OrdMap<String, OrdSet<Key>>,
 }
 
-/// Where an outbound connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Not a Service address: to the destination itself.
-    Direct(SocketAddrV4),
-    /// A Service port: to one of its ready endpoints.
-    Service {
-        service: String,
-        endpoint: SocketAddrV4,
-    },
-    /// A Service port with no ready endpoint: refused.
-    NoReadyEndpoint { service: String },
-}
-
 /// A waypoint: the Gateway (`istio.io/use-waypoint` names it) in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaypointRef(pub Key);
@@ -319,34 +292,6 @@ impl Mesh {
     pub fn service_by_vip(&self, vip: IpAddr, port: u16) -> Option<(&Key, &Service, u16)> {
         let (key, target_port) = self.indexes.service_by_vip.get(&(vip, port))?.get_min()?;
         Some((key, self.services.get(key)?, *target_port))
-    }
-
-    /// Where a connection to `destination` goes; spreads a Service's
-    /// connections over its ready endpoints in turn.
-    pub fn route(&self, destination: SocketAddrV4) -> Route {
-        let Some((key, service, target_port)) =
-            self.service_by_vip(IpAddr::V4(*destination.ip()), destination.port())
-        else {
-            return Route::Direct(destination);
-        };
-        let name = format!("{}.{}", key.name, key.namespace);
-        let ready: Vec<Ipv4Addr> = service
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter_map(|e| match e.ip {
-                IpAddr::V4(ip) => Some(ip),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        if ready.is_empty() {
-            return Route::NoReadyEndpoint { service: name };
-        }
-        let turn = service.turn.0.fetch_add(1, Ordering::Relaxed);
-        Route::Service {
-            service: name,
-            endpoint: SocketAddrV4::new(ready[turn % ready.len()], target_port),
-        }
     }
 
     /// The VirtualServices for `host` (fully qualified) that a workload in
@@ -401,10 +346,17 @@ impl Mesh {
         waypoint_label(labels, namespace).flatten()
     }
 
+    /// The waypoint a pod is reached through when addressed by its own
+    /// IP: only its own `istio.io/use-waypoint` label says so.
+    pub fn waypoint_for_workload(&self, key: &Key) -> Option<WaypointRef> {
+        let workload = self.workloads.get(key)?;
+        waypoint_label(&workload.labels, &key.namespace).flatten()
+    }
+
     /// The Services whose traffic goes through `waypoint`.
     pub fn services_bound_to(&self, waypoint: &WaypointRef) -> Vec<&Key> {
-        in_namespace(&self.services, &waypoint.0.namespace)
-            .map(|(key, _)| key)
+        self.services
+            .keys()
             .filter(|key| self.waypoint_for_service(key).as_ref() == Some(waypoint))
             .collect()
     }
@@ -471,8 +423,13 @@ pub fn in_namespace<'a, 'n, V>(
 }
 
 /// `Some(None)` for an explicit `none`, `None` when the label is absent.
+/// The waypoint is in `namespace` unless `istio.io/use-waypoint-namespace`
+/// names another.
 fn waypoint_label(labels: &Labels, namespace: &str) -> Option<Option<WaypointRef>> {
     let name = labels.get(USE_WAYPOINT_LABEL)?;
+    let namespace = labels
+        .get(USE_WAYPOINT_NAMESPACE_LABEL)
+        .map_or(namespace, String::as_str);
     Some((name != "none").then(|| WaypointRef(Key::new(namespace, name))))
 }
 
@@ -515,6 +472,17 @@ fn qualified_hosts<'a>(
 }
 
 impl Service {
+    /// The addresses of its ready IPv4 endpoints, in address order.
+    pub fn ready_ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| match e.ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+    }
+
     fn from_object(object: &Object<ServiceBody>) -> Self {
         let spec = &object.spec.spec;
         let mut vips: Vec<IpAddr> = spec
@@ -544,7 +512,6 @@ impl Service {
             endpoints: Vec::new(),
             export_to,
             declared_ports: spec.ports.clone(),
-            turn: RoundRobin::default(),
         }
     }
 

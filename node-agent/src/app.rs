@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_ips: node_addresses().context("reading the node's addresses")?,
         },
         readiness: readiness.clone(),
+        turns: Default::default(),
     });
     tokio::spawn({
         let inputs = inputs.clone();

@@ -8,7 +8,7 @@ pub mod admission;
 pub mod hbone;
 mod inbound;
 mod kernel_relay;
-mod outbound;
+pub mod outbound;
 mod source_ports;
 mod splice;
 
@@ -64,6 +64,8 @@ pub struct ProxyInputs {
     pub policy: admission::PolicySettings,
     /// Told when a listener cannot accept.
     pub readiness: ambit_admin::Readiness,
+    /// Round-robin positions of the Services pods connect to.
+    pub turns: outbound::Turns,
 }
 
 /// An enrolled pod as the data path sees it.

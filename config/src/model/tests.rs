@@ -75,52 +75,35 @@ metadata: {name: headless, namespace: shop}
 spec: {clusterIP: None, ports: [{port: 80}]}
 "#;
 
-fn at(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
-}
-
 #[test]
-fn a_service_port_goes_round_robin_over_ready_endpoints() {
-    let mesh = mesh(CART);
-    let to = |ip: SocketAddrV4| Route::Service {
-        service: "cart.shop".into(),
-        endpoint: ip,
+fn a_service_port_resolves_to_its_target_port_and_ready_endpoints() {
+    let mut mesh = mesh(CART);
+    let vip = IpAddr::from([10, 96, 0, 42]);
+    let resolve = |mesh: &Mesh, port| {
+        let (key, service, target) = mesh.service_by_vip(vip, port)?;
+        let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+        Some((key.to_string(), ready, target))
     };
-    let picked: Vec<Route> = (0..4).map(|_| mesh.route(at(10, 96, 0, 42, 80))).collect();
     // A named target port comes from the slice; absent conditions are ready.
-    let (first, second) = (at(10, 244, 1, 7, 8080), at(10, 244, 2, 8, 8080));
-    assert_eq!(picked, [to(first), to(second), to(first), to(second)]);
+    let ready = vec![Ipv4Addr::new(10, 244, 1, 7), Ipv4Addr::new(10, 244, 2, 8)];
+    assert_eq!(
+        resolve(&mesh, 80),
+        Some(("shop/cart".into(), ready.clone(), 8080))
+    );
     // A numeric target port, and none (the port itself).
-    assert_eq!(
-        mesh.route(at(10, 96, 0, 42, 9000)),
-        to(at(10, 244, 1, 7, 9001))
-    );
-    assert_eq!(
-        mesh.route(at(10, 96, 0, 42, 7000)),
-        to(at(10, 244, 2, 8, 7000))
-    );
-
-    let other_port = at(10, 96, 0, 42, 81);
-    assert_eq!(mesh.route(other_port), Route::Direct(other_port));
-    let pod_ip = at(10, 244, 1, 7, 8080);
-    assert_eq!(mesh.route(pod_ip), Route::Direct(pod_ip));
+    assert_eq!(resolve(&mesh, 9000).map(|r| r.2), Some(9001));
+    assert_eq!(resolve(&mesh, 7000).map(|r| r.2), Some(7000));
+    assert_eq!(resolve(&mesh, 81), None);
+    assert!(mesh
+        .service_by_vip(IpAddr::from([10, 244, 1, 7]), 8080)
+        .is_none());
     assert_eq!(
         mesh.services.len(),
         2,
         "the headless Service is known, with no VIP to route"
     );
-}
-
-#[test]
-fn a_service_without_ready_endpoints_is_refused() {
-    let mut mesh = mesh(CART);
     mesh.delete(&object("EndpointSlice", "shop", "cart-1"));
-    assert_eq!(
-        mesh.route(at(10, 96, 0, 42, 80)),
-        Route::NoReadyEndpoint {
-            service: "cart.shop".into()
-        }
-    );
+    assert_eq!(resolve(&mesh, 80).map(|r| r.1), Some(vec![]));
 }
 
 #[test]

@@ -33,11 +33,8 @@ impl Mesh {
             }
             Resource::Service(object) => {
                 let key = Key::of(&object);
-                let mut service = Service::from_object(&object);
+                let service = Service::from_object(&object);
                 let old = self.services.get(&key).cloned();
-                if let Some(old) = &old {
-                    service.turn = old.turn.clone();
-                }
                 self.store_service(key, old, service);
             }
             Resource::EndpointSlice(object) => {

@@ -64,6 +64,10 @@ impl Certificates {
         }
     }
 
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// The identity the pod `namespace/name` runs as: its service account.
     pub fn identity_of(&self, mesh: &Mesh, namespace: &str, name: &str) -> Option<Identity> {
         let workload = mesh.workloads.get(&Key::new(namespace, name))?;

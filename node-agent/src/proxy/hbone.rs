@@ -8,51 +8,15 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use ambit_config::model::Mesh;
-use ambit_ebpf_common::AGENT_MARK;
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
-use ambit_hbone::TunnelStream;
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
-use ambit_mesh_tls::hbone::{MeshTls, Party};
 use tokio::net::TcpStream;
 
 use super::admission::{admit, Proof};
 use super::inbound::connect_app;
-use super::{agent_socket, connect, PodContext, ProxyInputs, Report};
+use super::{PodContext, ProxyInputs, Report};
 use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
-
-/// The identity of the enrolled pod at `ip`, if there is one: only such a
-/// pod has an agent answering HBONE.
-pub(super) fn identity_at(mesh_tls: &MeshTls, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
-    let (key, workload) = mesh.workload_by_ip(ip)?;
-    if workload.host_network || !mesh.is_enrolled(&key.namespace, &key.name) {
-        return None;
-    }
-    mesh_tls
-        .certificates()
-        .identity_of(mesh, &key.namespace, &key.name)
-}
-
-/// A stream to `target`, the pod `destination`, for `pod`'s client at
-/// `source`, dialled from the pod's namespace.
-pub(super) async fn open(
-    mesh_tls: &MeshTls,
-    pod: &PodContext,
-    caller: Party<'_>,
-    destination: &Identity,
-    target: SocketAddr,
-) -> std::io::Result<TunnelStream> {
-    let peer = Party {
-        identity: destination,
-        ip: target.ip(),
-    };
-    mesh_tls
-        .open(caller, peer, target, |address| async move {
-            connect(agent_socket(&pod.netns, AGENT_MARK, None)?, address).await
-        })
-        .await
-}
 
 /// Serves one connection on a pod's 15008 listener: mutual TLS as the pod's
 /// identity, then each CONNECT stream to the pod is carried to its app.

@@ -1,52 +1,177 @@
 //! Outbound: a connection from an enrolled pod, redirected by `connect4`.
+//! Where it goes is one pure decision ([`plan`], like ztunnel's
+//! `build_request`); the handler then does the socket work.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 
+use ambit_config::model::{Key, Mesh, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
-use tokio::net::TcpStream;
-
+use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::Party;
+use tokio::net::TcpStream;
 
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
-use ambit_config::model::Route;
 
-/// Where an accepted outbound connection goes: the original destination,
-/// or for a Service address one of its endpoints.
-#[derive(Debug, PartialEq, Eq)]
-enum Decision {
-    Forward {
+/// Where an outbound connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// Plain TCP to the target: a destination outside the mesh, or the
+    /// agent holds no identities.
+    Direct {
         target: SocketAddrV4,
-        service: Option<String>,
+    },
+    /// HBONE to the agent of the destination pod, which serves `target`.
+    Hbone {
+        target: SocketAddrV4,
+        peer: Identity,
+    },
+    /// HBONE to a waypoint pod's own 15008, asking for `target` (the
+    /// address the caller dialled: a Service's VIP and port, or a pod's),
+    /// as ztunnel does.
+    Waypoint {
+        waypoint: Ipv4Addr,
+        peer: Identity,
+        target: SocketAddrV4,
     },
     Refuse {
         reason: String,
-        /// The Service the connection was for, when known.
-        service: Option<String>,
     },
 }
 
-fn decide(original: Option<SocketAddrV4>, route: impl FnOnce(SocketAddrV4) -> Route) -> Decision {
-    let Some(original) = original else {
-        return Decision::Refuse {
-            reason: "its original destination is unknown".into(),
-            service: None,
-        };
+/// A plan and the Service it serves (`name.namespace`), for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Planned {
+    pub plan: Plan,
+    pub service: Option<String>,
+}
+
+/// Per Service, how many connections the agent has spread over its
+/// endpoints: round robin, kept outside the model.
+#[derive(Default)]
+pub struct Turns(Mutex<HashMap<Key, usize>>);
+
+impl Turns {
+    /// This Service's turn, counting it.
+    fn next(&self, service: &Key) -> usize {
+        let mut turns = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget Services gone from the mesh now and then, not per call.
+        if turns.len() > 4096 {
+            turns.clear();
+        }
+        let turn = turns.entry(service.clone()).or_default();
+        *turn = turn.wrapping_add(1);
+        *turn - 1
+    }
+}
+
+/// Where the connection of the pod `caller` to `original` goes.
+/// `trust_domain` is the agent's when it holds identities; `turn` gives a
+/// Service's next round-robin position.
+pub(super) fn plan(
+    mesh: &Mesh,
+    trust_domain: Option<&str>,
+    caller: &Key,
+    original: Option<SocketAddrV4>,
+    turn: &mut dyn FnMut(&Key) -> usize,
+) -> Planned {
+    let refuse = |reason: String, service: Option<String>| Planned {
+        plan: Plan::Refuse { reason },
+        service,
     };
-    match route(original) {
-        Route::Direct(target) => Decision::Forward {
-            target,
-            service: None,
-        },
-        Route::Service { service, endpoint } => Decision::Forward {
-            target: endpoint,
-            service: Some(service),
-        },
-        Route::NoReadyEndpoint { service } => Decision::Refuse {
-            reason: format!("service {service} has no ready endpoint"),
-            service: Some(service),
-        },
+    let Some(original) = original else {
+        return refuse("its original destination is unknown".into(), None);
+    };
+    let identity = |ip: Ipv4Addr| -> Option<Identity> {
+        let (key, workload) = mesh.workload_by_ip(IpAddr::V4(ip))?;
+        Some(Identity::new(
+            trust_domain?,
+            &key.namespace,
+            &workload.service_account,
+        ))
+    };
+    // Through a waypoint: to one of its pods, asking for the address the
+    // caller dialled. Without identities there is no way to it: refused,
+    // never sent around it.
+    let through = |waypoint: WaypointRef, turn: &mut dyn FnMut(&Key) -> usize| {
+        let Some(service) = mesh.services.get(&waypoint.0) else {
+            return Err(format!("its waypoint {} does not exist", waypoint.0));
+        };
+        if trust_domain.is_none() {
+            return Err(format!(
+                "its waypoint {} is reached over HBONE, and this agent holds no identities",
+                waypoint.0
+            ));
+        }
+        let pods: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+        if pods.is_empty() {
+            return Err(format!("its waypoint {} has no ready endpoint", waypoint.0));
+        }
+        let pod = pods[turn(&waypoint.0) % pods.len()];
+        let peer = identity(pod).ok_or_else(|| format!("the waypoint pod {pod} is unknown"))?;
+        Ok(Plan::Waypoint {
+            waypoint: pod,
+            peer,
+            target: original,
+        })
+    };
+    // A waypoint's own upstream traffic is never sent back to a waypoint.
+    let is_waypoint = |waypoint: &WaypointRef| {
+        let own = mesh.workloads.get(caller).map(|w| w.ips.as_slice());
+        let pods = mesh.services.get(&waypoint.0);
+        pods.zip(own).is_some_and(|(pods, own)| {
+            pods.endpoints
+                .iter()
+                .any(|endpoint| own.contains(&endpoint.ip))
+        })
+    };
+    let service = mesh.service_by_vip(IpAddr::V4(*original.ip()), original.port());
+    let name = service.map(|(key, _, _)| format!("{}.{}", key.name, key.namespace));
+    // A Service's waypoint, else for a pod's own address the pod's.
+    let bound = match service {
+        Some((key, _, _)) => mesh.waypoint_for_service(key),
+        None => mesh
+            .workload_by_ip(IpAddr::V4(*original.ip()))
+            .and_then(|(key, _)| mesh.waypoint_for_workload(key)),
+    };
+    if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
+        return match through(waypoint, turn) {
+            Ok(plan) => Planned {
+                plan,
+                service: name,
+            },
+            Err(reason) => refuse(reason, name),
+        };
+    }
+    let target = match service {
+        Some((key, service, target_port)) => {
+            let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+            if ready.is_empty() {
+                let reason = format!(
+                    "service {} has no ready endpoint",
+                    name.as_deref().unwrap_or_default()
+                );
+                return refuse(reason, name);
+            }
+            SocketAddrV4::new(ready[turn(key) % ready.len()], target_port)
+        }
+        None => original,
+    };
+    // To a pod of the mesh, over HBONE when the agent holds identities.
+    let in_mesh = mesh
+        .workload_by_ip(IpAddr::V4(*target.ip()))
+        .is_some_and(|(key, workload)| {
+            !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name)
+        });
+    let plan = match identity(*target.ip()) {
+        Some(peer) if in_mesh => Plan::Hbone { target, peer },
+        _ => Plan::Direct { target },
+    };
+    Planned {
+        plan,
+        service: name,
     }
 }
 
@@ -61,19 +186,36 @@ pub(super) async fn handle(
         .take_original_dst(pod.netns.cookie(), peer.port());
     let snapshot = inputs.mesh.snapshot();
     let own = pod.workload(&snapshot);
-    let (target, service) = match decide(original, |dst| snapshot.route(dst)) {
-        Decision::Forward { target, service } => (target, service),
-        Decision::Refuse { reason, service } => {
+    let mesh_tls = inputs.mesh_tls.as_ref();
+    let trust_domain = mesh_tls.map(|m| m.certificates().trust_domain());
+    let Planned { plan, service } = plan(&snapshot, trust_domain, &pod.key, original, &mut |key| {
+        inputs.turns.next(key)
+    });
+    let source = mesh_tls.and_then(|m| {
+        m.certificates()
+            .identity_of(&snapshot, &pod.key.namespace, &pod.key.name)
+    });
+    // Where the bytes go, and who must answer there.
+    let (connect_to, target, peer_identity) = match &plan {
+        Plan::Direct { target } => (*target, *target, None),
+        Plan::Hbone { target, peer } => (*target, *target, Some(peer)),
+        Plan::Waypoint {
+            waypoint,
+            peer,
+            target,
+        } => (
+            SocketAddrV4::new(*waypoint, ambit_hbone::HBONE_PORT),
+            *target,
+            Some(peer),
+        ),
+        Plan::Refuse { reason } => {
             let labels = TcpLabels::new(
                 Reporter::Source,
                 metrics::Party {
                     workload: own,
                     principal: None,
                 },
-                metrics::Party {
-                    workload: None,
-                    principal: None,
-                },
+                metrics::Party::default(),
                 service.as_deref(),
                 SecurityPolicy::None,
             );
@@ -81,19 +223,9 @@ pub(super) async fn handle(
             let target = original.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::V4);
             // Dropping the client closes it: the caller sees a reset/EOF.
             return Report::new(&inputs, &pod, labels, peer, target)
-                .refused(ResponseFlags::ConnectFailed, &reason);
+                .refused(ResponseFlags::ConnectFailed, reason);
         }
     };
-    let target_ip = IpAddr::V4(*target.ip());
-    // To a pod of the mesh, over HBONE when the agent holds identities.
-    let identities = inputs.mesh_tls.as_ref().and_then(|mesh_tls| {
-        let destination = super::hbone::identity_at(mesh_tls, &snapshot, target_ip)?;
-        let source =
-            mesh_tls
-                .certificates()
-                .identity_of(&snapshot, &pod.key.namespace, &pod.key.name);
-        Some((mesh_tls, source, destination))
-    });
     // The pod's own address: the accepted connection shows only loopback,
     // where `connect4` sent it.
     let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
@@ -101,32 +233,38 @@ pub(super) async fn handle(
         Reporter::Source,
         metrics::Party {
             workload: own,
-            principal: identities
-                .as_ref()
-                .and_then(|(_, source, _)| source.as_ref()),
+            principal: source.as_ref().filter(|_| peer_identity.is_some()),
         },
         metrics::Party {
-            workload: snapshot.workload_by_ip(target_ip),
-            principal: identities.as_ref().map(|(_, _, destination)| destination),
+            workload: snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
+            principal: peer_identity,
         },
         service.as_deref(),
-        match identities {
+        match peer_identity {
             Some(_) => SecurityPolicy::MutualTls,
             None => SecurityPolicy::None,
         },
     );
     drop(snapshot);
-    let target = SocketAddr::V4(target);
     let caller = SocketAddr::new(pod_ip.unwrap_or(peer.ip()), peer.port());
-    let report = Report::new(&inputs, &pod, labels, caller, target);
-    if let Some((mesh_tls, source, destination)) = identities {
-        let upstream = match (source, pod_ip) {
+    let report = Report::new(&inputs, &pod, labels, caller, SocketAddr::V4(connect_to));
+    if let (Some(mesh_tls), Some(destination)) = (mesh_tls, peer_identity) {
+        let upstream = match (&source, pod_ip) {
             (Some(source), Some(pod_ip)) => {
                 let caller = Party {
-                    identity: &source,
+                    identity: source,
                     ip: pod_ip,
                 };
-                super::hbone::open(mesh_tls, &pod, caller, &destination, target).await
+                let peer = Party {
+                    identity: destination,
+                    ip: IpAddr::V4(*connect_to.ip()),
+                };
+                let netns = &pod.netns;
+                mesh_tls
+                    .open(caller, peer, SocketAddr::V4(target), |address| async move {
+                        connect(agent_socket(netns, AGENT_MARK, None)?, address).await
+                    })
+                    .await
             }
             _ => Err(std::io::Error::other(
                 "the pod's identity or address is unknown",
@@ -144,7 +282,7 @@ pub(super) async fn handle(
         return report.relay(carry).await;
     }
     let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
-        Ok(socket) => connect(socket, target).await,
+        Ok(socket) => connect(socket, SocketAddr::V4(target)).await,
         Err(error) => Err(error),
     };
     match upstream {
@@ -158,49 +296,4 @@ pub(super) async fn handle(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    fn addr(last: u8, port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, last), port)
-    }
-
-    #[test]
-    fn decisions() {
-        let direct = decide(Some(addr(2, 80)), Route::Direct);
-        assert_eq!(
-            direct,
-            Decision::Forward {
-                target: addr(2, 80),
-                service: None
-            }
-        );
-
-        let to_service = decide(Some(addr(200, 80)), |_| Route::Service {
-            service: "web.default".into(),
-            endpoint: addr(3, 8080),
-        });
-        assert_eq!(
-            to_service,
-            Decision::Forward {
-                target: addr(3, 8080),
-                service: Some("web.default".into())
-            }
-        );
-
-        let no_endpoint = decide(Some(addr(200, 80)), |_| Route::NoReadyEndpoint {
-            service: "web.default".into(),
-        });
-        assert!(matches!(
-            no_endpoint,
-            Decision::Refuse { reason, service: Some(service) }
-                if reason.contains("web.default") && service == "web.default"
-        ));
-        assert!(matches!(
-            decide(None, Route::Direct),
-            Decision::Refuse { .. }
-        ));
-    }
-}
+mod tests;

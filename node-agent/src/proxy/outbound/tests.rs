@@ -1,0 +1,153 @@
+use ambit_config::document::parse_manifests;
+
+use super::*;
+
+const TRUST_DOMAIN: &str = "cluster.local";
+
+/// `shop` is in the mesh with its waypoint `waypoint`; `pay` opts out of
+/// it; `books` uses the waypoint of `shop`; `plain` is outside the mesh.
+const MESH: &str = r#"
+{apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}}
+---
+{apiVersion: v1, kind: Namespace, metadata: {name: books, labels: {istio.io/dataplane-mode: ambient}}}
+---
+{apiVersion: v1, kind: Namespace, metadata: {name: plain}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: client, namespace: shop}, spec: {serviceAccountName: client}, status: {podIP: 10.244.0.2}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.1.7}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: cart-2, namespace: shop}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.2.8}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: waypoint-1, namespace: shop, labels: {istio.io/dataplane-mode: none}}, spec: {serviceAccountName: waypoint}, status: {podIP: 10.244.1.9}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: pinned, namespace: books, labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: shop}}, spec: {serviceAccountName: pinned}, status: {podIP: 10.244.2.5}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: web, namespace: plain}, status: {podIP: 10.244.3.3}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, ports: [{name: http, port: 80, targetPort: 8080}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: pay, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.43, ports: [{port: 80, targetPort: 8080}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: empty, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.44, ports: [{port: 80}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: catalog, namespace: books, labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: shop}}, spec: {clusterIP: 10.96.0.45, ports: [{port: 80}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: gone, namespace: books, labels: {istio.io/use-waypoint: nowhere}}, spec: {clusterIP: 10.96.0.46, ports: [{port: 80}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: waypoint, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.10, ports: [{name: mesh, port: 15008}]}}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.7]}, {addresses: [10.244.2.8]}], ports: [{name: http, port: 8080}]}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: pay-1, namespace: shop, labels: {kubernetes.io/service-name: pay}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.7]}]}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-1, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.9]}], ports: [{name: mesh, port: 15008}]}
+"#;
+
+fn mesh() -> Mesh {
+    let parsed = parse_manifests(MESH);
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    Mesh::from_resources(parsed.resources)
+}
+
+fn at(address: &str) -> SocketAddrV4 {
+    address.parse().unwrap()
+}
+
+fn id(namespace: &str, service_account: &str) -> Identity {
+    Identity::new(TRUST_DOMAIN, namespace, service_account)
+}
+
+fn hbone(target: &str, namespace: &str, service_account: &str) -> Plan {
+    Plan::Hbone {
+        target: at(target),
+        peer: id(namespace, service_account),
+    }
+}
+
+fn waypoint(target: &str) -> Plan {
+    Plan::Waypoint {
+        waypoint: Ipv4Addr::new(10, 244, 1, 9),
+        peer: id("shop", "waypoint"),
+        target: at(target),
+    }
+}
+
+fn refused(reason: &str) -> Plan {
+    Plan::Refuse {
+        reason: reason.into(),
+    }
+}
+
+/// (caller, trust domain, original destination, turn) -> plan, service
+type Case<'a> = (
+    &'a Key,
+    Option<&'a str>,
+    Option<&'a str>,
+    usize,
+    Plan,
+    Option<&'a str>,
+);
+
+#[test]
+fn plans() {
+    let mesh = mesh();
+    let client = Key::new("shop", "client");
+    let waypoint_pod = Key::new("shop", "waypoint-1");
+    let td = Some(TRUST_DOMAIN);
+    #[rustfmt::skip]
+    let cases: Vec<Case<'_>> = vec![
+        (&client, td, None, 0, refused("its original destination is unknown"), None),
+        // Pods: outside the mesh plain, in the mesh over HBONE.
+        (&client, td, Some("10.244.3.3:80"), 0, Plan::Direct { target: at("10.244.3.3:80") }, None),
+        (&client, td, Some("192.0.2.1:443"), 0, Plan::Direct { target: at("192.0.2.1:443") }, None),
+        (&client, td, Some("10.244.1.7:8080"), 0, hbone("10.244.1.7:8080", "shop", "cart"), None),
+        (&client, None, Some("10.244.1.7:8080"), 0, Plan::Direct { target: at("10.244.1.7:8080") }, None),
+        // A Service: one of its endpoints in turn, at the target port.
+        (&client, td, Some("10.96.0.43:80"), 0, hbone("10.244.1.7:8080", "shop", "cart"), Some("pay.shop")),
+        (&client, None, Some("10.96.0.43:80"), 0, Plan::Direct { target: at("10.244.1.7:8080") }, Some("pay.shop")),
+        (&client, td, Some("10.96.0.44:80"), 0, refused("service empty.shop has no ready endpoint"), Some("empty.shop")),
+        (&client, td, Some("10.96.0.43:81"), 0, Plan::Direct { target: at("10.96.0.43:81") }, None),
+        // Bound to a waypoint: its namespace's, or one in another namespace.
+        (&client, td, Some("10.96.0.42:80"), 0, waypoint("10.96.0.42:80"), Some("cart.shop")),
+        (&client, td, Some("10.96.0.45:80"), 0, waypoint("10.96.0.45:80"), Some("catalog.books")),
+        (&client, None, Some("10.96.0.42:80"), 0, refused("its waypoint shop/waypoint is reached over HBONE, and this agent holds no identities"), Some("cart.shop")),
+        (&client, td, Some("10.96.0.46:80"), 0, refused("its waypoint books/nowhere does not exist"), Some("gone.books")),
+        // A pod labelled for a waypoint, addressed by its IP.
+        (&client, td, Some("10.244.2.5:9000"), 0, waypoint("10.244.2.5:9000"), None),
+        // The waypoint's own traffic goes to the endpoints, never back to it.
+        (&waypoint_pod, td, Some("10.96.0.42:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("cart.shop")),
+        (&waypoint_pod, td, Some("10.244.2.5:9000"), 0, hbone("10.244.2.5:9000", "books", "pinned"), None),
+    ];
+    for (caller, trust_domain, original, turn, expected, service) in cases {
+        let planned = plan(&mesh, trust_domain, caller, original.map(at), &mut |_| turn);
+        let expected = Planned {
+            plan: expected,
+            service: service.map(str::to_string),
+        };
+        assert_eq!(planned, expected, "{caller} to {original:?}");
+    }
+}
+
+#[test]
+fn a_services_connections_take_its_endpoints_in_turn() {
+    let mesh = mesh();
+    let turns = Turns::default();
+    let waypoint_pod = Key::new("shop", "waypoint-1");
+    let targets: Vec<Plan> = (0..4)
+        .map(|_| {
+            let original = Some(at("10.96.0.42:80"));
+            plan(&mesh, None, &waypoint_pod, original, &mut |k| turns.next(k)).plan
+        })
+        .collect();
+    let direct = |target| Plan::Direct { target: at(target) };
+    assert_eq!(
+        targets,
+        [
+            direct("10.244.1.7:8080"),
+            direct("10.244.2.8:8080"),
+            direct("10.244.1.7:8080"),
+            direct("10.244.2.8:8080")
+        ]
+    );
+}
