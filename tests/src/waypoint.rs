@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use anyhow::bail;
 use nix::sys::signal::Signal;
 
+use crate::ca::TestCa;
 use crate::mesh::{wait_ready, Source};
 use crate::{Cluster, Place, Pod, Process};
 
@@ -16,12 +17,14 @@ pub struct Waypoint {
 
 impl Waypoint {
     /// Starts the waypoint `name` for `pod`'s namespace, in `pod`, reading
-    /// the mesh from `source`, and waits until it is ready.
+    /// the mesh from `source`, with its identity from `ca` (it carries
+    /// traffic only with one), and waits until it is ready.
     pub fn start(
         cluster: &Cluster,
         pod: &Pod,
         name: &str,
         source: &Source,
+        ca: Option<&TestCa>,
     ) -> anyhow::Result<Self> {
         let binary = cluster.binaries().get("ambit-waypoint")?;
         let readiness = SocketAddr::from((pod.ip, 15021));
@@ -36,6 +39,10 @@ impl Waypoint {
             SocketAddr::from((pod.ip, 15020)).to_string().into(),
         ];
         args.extend(source.flags(cluster));
+        if let Some(ca) = ca {
+            // Standalone, the CA knows the waypoint by its node's token.
+            args.extend(ca.agent_args(cluster.node(&pod.node)?)?);
+        }
         let mut process = cluster.spawn(pod.place(), &format!("waypoint-{name}"), &binary, args)?;
         wait_ready(
             &mut process,
@@ -57,6 +64,10 @@ impl Waypoint {
             bail!("config dump of the waypoint: HTTP {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    pub fn output(&self) -> String {
+        self.process.output()
     }
 
     /// Stops the waypoint with SIGTERM; it must exit cleanly.

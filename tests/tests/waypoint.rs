@@ -1,13 +1,17 @@
-//! The waypoint reads the mesh from either source and shows, on its admin
-//! port, the Services bound to it and the policy that applies to them.
+//! The waypoint: it reads the mesh from either source and shows, on its
+//! admin port, the Services bound to it and the policy that applies to
+//! them; the agents send those Services' traffic through it, and it routes
+//! each request by the user's VirtualServices and DestinationRules.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::mesh::{self, MeshConfig, Source};
+use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::Cluster;
+use anyhow::Context;
 use serde_json::json;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
@@ -34,7 +38,7 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
             Source::Kubeconfig(_) => api.apply(&config(bound)),
         };
         publish(true)?;
-        let waypoint = Waypoint::start(&cluster, waypoint_pod, "waypoint", &source)?;
+        let waypoint = Waypoint::start(&cluster, waypoint_pod, "waypoint", &source, None)?;
         let dump = waypoint.config_dump()?;
         assert_eq!(dump["waypoint"], "default/waypoint", "{source:?}");
         assert_eq!(
@@ -64,6 +68,134 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         waypoint.stop()?;
+    }
+    Ok(())
+}
+
+const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 32);
+
+/// Bookinfo's reviews subsets, each pod its own version (test pods are
+/// labelled `app: <pod name>`).
+fn reviews_rules(virtual_service: Option<serde_json::Value>) -> Vec<serde_json::Value> {
+    let subset =
+        |name: &str| json!({ "name": name, "labels": { "app": format!("reviews-{name}") } });
+    let rule = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "host": "reviews", "subsets": [subset("v1"), subset("v2")] },
+    });
+    let routes = virtual_service.map(|http| {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "reviews", "namespace": "default" },
+            "spec": { "hosts": ["reviews"], "http": http },
+        })
+    });
+    std::iter::once(rule).chain(routes).collect()
+}
+
+/// A route of `(subset, weight)` destinations.
+fn split(weights: &[(&str, u32)]) -> serde_json::Value {
+    let destinations: Vec<_> = weights
+        .iter()
+        .map(|(subset, weight)| json!({ "destination": { "host": "reviews", "subset": subset }, "weight": weight }))
+        .collect();
+    json!([{ "route": destinations }])
+}
+
+#[test]
+fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_service(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "waypoint"])
+        .node(&["reviews-v1", "reviews-v2"])
+        .build()?;
+    let [client, waypoint_pod, v1, v2] =
+        cluster.pods_named(["client", "waypoint", "reviews-v1", "reviews-v2"])?;
+    let config = |routes: Option<serde_json::Value>| MeshConfig {
+        istio: reviews_rules(routes),
+        ..mesh::enrolling(
+            &cluster,
+            &[client, v1, v2],
+            vec![
+                mesh::ServiceConfig {
+                    waypoint: Some("waypoint".to_string()),
+                    ..mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2])
+                },
+                mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+            ],
+        )
+    };
+    let (ca, agents) = mesh::start_secured(&cluster, &config(None), 3600)?;
+    let waypoint = Waypoint::start(
+        &cluster,
+        waypoint_pod,
+        "waypoint",
+        &Source::Directory,
+        Some(&ca),
+    )?;
+    let _servers = [
+        Server::new("reviews", "v1")
+            .http(9080)
+            .start(&cluster, v1)?,
+        Server::new("reviews", "v2")
+            .http(9080)
+            .start(&cluster, v2)?,
+    ];
+    let url = format!("http://{REVIEWS_VIP}:9080/reviews/0");
+    let run = |requests| {
+        HttpLoad::new(requests)
+            .run(&cluster, client.place(), &url)
+            .with_context(|| {
+                format!(
+                    "waypoint:\n{}\nagent:\n{}",
+                    waypoint.output(),
+                    agents[0].output()
+                )
+            })
+    };
+
+    // No VirtualService: the Service's own endpoints, through the waypoint
+    // (the apps see the waypoint as their caller).
+    let summary = run(40)?;
+    let waypoint_ip = waypoint_pod.ip.to_string();
+    anyhow::ensure!(
+        summary.status(200) == 40
+            && summary.peers.get(&waypoint_ip) == Some(&40)
+            && summary.versions.len() == 2,
+        "both versions answer the waypoint: {summary:?}\n{}",
+        waypoint.output()
+    );
+
+    // All to v2; then Bookinfo's 80/20 shift, each applied without a restart.
+    mesh::write_config(&cluster, &config(Some(split(&[("v2", 100)]))))?;
+    wait_for(
+        || Ok(run(10)?.versions.get("reviews/v2") == Some(&10)),
+        "all to v2",
+    )?;
+    run(200)?.expect_all(200, "reviews/v2", waypoint_pod.ip)?;
+
+    mesh::write_config(&cluster, &config(Some(split(&[("v1", 80), ("v2", 20)]))))?;
+    wait_for(
+        || Ok(run(20)?.versions.contains_key("reviews/v1")),
+        "the 80/20 shift",
+    )?;
+    let summary = run(2000)?;
+    let v1_share = summary.versions.get("reviews/v1").copied().unwrap_or(0) as f64 / 2000.0;
+    anyhow::ensure!(
+        summary.status(200) == 2000 && (0.77..=0.83).contains(&v1_share),
+        "80/20 within 3 points: {summary:?}"
+    );
+    waypoint.stop()
+}
+
+/// Polls `done` until it holds, for up to ten seconds.
+fn wait_for(mut done: impl FnMut() -> anyhow::Result<bool>, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done()? {
+        anyhow::ensure!(Instant::now() < deadline, "{what} never applied");
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }

@@ -3,11 +3,15 @@
 use std::sync::Arc;
 
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
+use ambit_identity::Identity;
 use ambit_mesh_source::{MeshHandle, SourceThread};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
 use crate::bindings::bindings;
+use crate::front::hbone::{self, Shared};
+use crate::http::upstream::Upstream;
+use crate::tables::Tables;
 use crate::Config;
 
 /// Runs the waypoint until SIGTERM or SIGINT.
@@ -21,13 +25,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("reading the mesh configuration")?;
 
     let waypoint = config.waypoint();
+    let tables = Arc::new(Tables::default());
+    let compiling = tokio::spawn(tables.clone().keep_current(mesh.clone(), waypoint.clone()));
     let config_dump: ConfigDump = {
-        let mesh = mesh.clone();
+        let (mesh, tables) = (mesh.clone(), tables.clone());
         Arc::new(move || {
             let snapshot = mesh.snapshot();
             serde_json::json!({
                 "waypoint": waypoint.0,
                 "services": bindings(&snapshot, &waypoint),
+                "routes": tables.current().map(|current| current.tables.clone()),
                 "mesh": *snapshot,
             })
         })
@@ -40,11 +47,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config_dump,
     )
     .await?;
+
+    // Agents reach the waypoint only over HBONE in mutual TLS: without a
+    // CA it serves its admin endpoints and carries nothing.
+    let serving = match &config.ca {
+        Some(ca) => {
+            let mesh_tls = Arc::new(ca.start()?);
+            let identity = Identity::new(
+                ca.trust_domain.as_str(),
+                &config.waypoint.namespace,
+                &config.service_account,
+            );
+            mesh_tls.certificates().want([identity.clone()].into());
+            let upstream = Arc::new(Upstream::new(
+                mesh_tls.clone(),
+                identity.clone(),
+                ca.trust_domain.clone(),
+            ));
+            let listener = tokio::net::TcpListener::bind(config.hbone)
+                .await
+                .with_context(|| format!("binding HBONE on {}", config.hbone))?;
+            let shared = Arc::new(Shared {
+                mesh_tls,
+                identity,
+                tables: tables.clone(),
+                upstream,
+            });
+            Some(tokio::spawn(hbone::serve(
+                listener,
+                shared,
+                readiness.clone(),
+            )))
+        }
+        None => {
+            tracing::warn!("no CA (--ca-addr): the waypoint carries no traffic");
+            None
+        }
+    };
     readiness.set_ready(true);
     tracing::info!(waypoint = %config.waypoint, "ready");
 
     stop.received().await;
     readiness.set_ready(false);
+    if let Some(serving) = serving {
+        serving.abort();
+    }
+    compiling.abort();
     drop(source);
     admin.stop().await;
     tracing::info!("stopped");

@@ -1,6 +1,9 @@
+use std::net::SocketAddr;
+
 use ambit_admin::AdminAddrs;
 use ambit_config::model::{Key, WaypointRef};
 use ambit_mesh_source::{Source, SourceArgs};
+use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::bail;
 use serde::Serialize;
 
@@ -17,6 +20,18 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
 
+    /// The service account the waypoint runs as: its identity in the mesh.
+    /// By default the waypoint's name, as Istio names it.
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Where HBONE from the node agents is accepted.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub ca: CaArgs,
+
     #[command(flatten)]
     pub source: SourceArgs,
 
@@ -28,19 +43,32 @@ pub struct Args {
 #[derive(Serialize, Debug, Clone)]
 pub struct Config {
     pub waypoint: Key,
+    pub service_account: String,
+    pub hbone: SocketAddr,
+    /// Without a CA the waypoint carries no traffic: agents reach it only
+    /// over HBONE in mutual TLS.
+    pub ca: Option<CaConfig>,
     pub source: Source,
     pub admin: AdminAddrs,
 }
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
-        for (flag, value) in [("--name", &args.name), ("--namespace", &args.namespace)] {
+        let service_account = args.service_account.unwrap_or_else(|| args.name.clone());
+        for (flag, value) in [
+            ("--name", &args.name),
+            ("--namespace", &args.namespace),
+            ("--service-account", &service_account),
+        ] {
             if !is_dns_label(value) {
                 bail!("{flag} {value:?}: not a Kubernetes name (lower-case letters, digits and '-', at most 63)");
             }
         }
         Ok(Self {
             waypoint: Key::new(args.namespace, args.name),
+            service_account,
+            hbone: args.hbone_addr,
+            ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,
         })

@@ -47,8 +47,14 @@ pub(super) async fn serve(
         .await
     {
         Ok(tls) => tls,
+        // A peer that never finishes its handshake is not worth a warning
+        // each (a hostile pod can open many).
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::debug!(pod = %pod.pod, %peer, %error, "HBONE handshake not completed");
+            return;
+        }
         Err(error) => {
-            tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE connection refused");
+            tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
             return;
         }
     };

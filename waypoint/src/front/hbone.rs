@@ -1,0 +1,164 @@
+//! HBONE from the node agents on 15008: mutual TLS as the waypoint's own
+//! identity. Each CONNECT stream names the address its caller dialled (a
+//! Service VIP and port); that port's table says whether the stream is
+//! HTTP, routed per request, or TCP, carried whole to one endpoint.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_admin::accept::Acceptor;
+use ambit_admin::Readiness;
+use ambit_config::model::{Key, Mesh};
+use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
+use ambit_identity::tls::peer_identity;
+use ambit_identity::Identity;
+use ambit_mesh_tls::hbone::MeshTls;
+use ambit_route::lb::pick_weighted;
+use ambit_route::Protocol;
+use tokio::net::TcpListener;
+
+use crate::http::service::StreamContext;
+use crate::http::upstream::Upstream;
+use crate::tables::Tables;
+
+/// Connections from agents held at once, and from any one source pod (an
+/// agent opens one per calling pod, 100 streams each).
+const MAX_CONNECTIONS: usize = 4096;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+
+/// What every connection reads.
+pub struct Shared {
+    pub mesh_tls: Arc<MeshTls>,
+    pub identity: Identity,
+    pub tables: Arc<Tables>,
+    pub upstream: Arc<Upstream>,
+}
+
+/// Accepts and serves connections until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, readiness: Readiness) {
+    let mut acceptor = Acceptor::new(listener, "waypoint HBONE", MAX_CONNECTIONS)
+        .per_source(MAX_CONNECTIONS_PER_SOURCE)
+        .reporting_to(readiness);
+    loop {
+        let accepted = acceptor.accept().await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _place = accepted.place;
+            connection(accepted.stream, accepted.peer, shared).await;
+        });
+    }
+}
+
+async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let local_ip = match stream.local_addr() {
+        Ok(local) => local.ip(),
+        Err(_) => return,
+    };
+    let tls = match shared
+        .mesh_tls
+        .accept(
+            &shared.identity,
+            stream,
+            ambit_hbone::server::HANDSHAKE_TIMEOUT,
+        )
+        .await
+    {
+        Ok(tls) => tls,
+        // A peer that never finishes its handshake is not worth a warning
+        // each (a hostile pod can open many).
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::debug!(%peer, %error, "HBONE handshake not completed");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%peer, %error, "HBONE handshake refused");
+            return;
+        }
+    };
+    let Some(caller) = peer_identity(tls.get_ref().1) else {
+        tracing::warn!(%peer, "HBONE connection without a workload identity refused");
+        return;
+    };
+    let caller = Arc::new(caller);
+    let served = ambit_hbone::server::serve(tls, move |request, responder| {
+        let (shared, caller) = (shared.clone(), caller.clone());
+        async move { carry(request, responder, peer, local_ip, &caller, &shared).await }
+    })
+    .await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+    }
+}
+
+/// One CONNECT stream: to the table of the port it names.
+async fn carry(
+    request: ConnectRequest,
+    responder: Responder,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+    caller: &Identity,
+    shared: &Shared,
+) {
+    let Some(current) = shared.tables.current() else {
+        return responder.refuse(Refusal::Unreachable);
+    };
+    let Some(table) = current.tables.ports.get(&request.target).cloned() else {
+        tracing::warn!(target = %request.target, %caller, "HBONE stream for an address this waypoint does not serve");
+        return responder.refuse(Refusal::Unreachable);
+    };
+    let source = calling_pod(&current.mesh, request.source.unwrap_or(peer.ip()), caller);
+    let context = Arc::new(StreamContext {
+        table,
+        mesh: current.mesh.clone(),
+        source,
+        local_ip,
+        upstream: shared.upstream.clone(),
+    });
+    if context.table.protocol == Protocol::Tcp {
+        return carry_tcp(responder, &context).await;
+    }
+    let Ok(stream) = responder.accept() else {
+        return;
+    };
+    crate::http::serve(stream, context).await;
+}
+
+/// The pod the stream is from: the one at its source address, when it runs
+/// as the identity the caller proved (else its labels cannot be trusted
+/// for `sourceLabels`).
+fn calling_pod(mesh: &Mesh, source: IpAddr, caller: &Identity) -> Option<Key> {
+    let (key, workload) = mesh.workload_by_ip(source)?;
+    (key.namespace == caller.namespace && workload.service_account == caller.service_account)
+        .then(|| key.clone())
+}
+
+/// A TCP port: the stream to one endpoint of its route, bytes both ways.
+async fn carry_tcp(responder: Responder, context: &StreamContext) {
+    let route = context.table.tcp.first();
+    let backend = route.and_then(|route| {
+        let chosen = pick_weighted(
+            route.destinations.iter().map(|d| d.weight),
+            fastrand::u64(..),
+        )?;
+        Some(route.destinations[chosen].backend.clone())
+    });
+    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|b| context.upstream.pick(b))
+    else {
+        return responder.refuse(Refusal::Unreachable);
+    };
+    let mut upstream = match context
+        .upstream
+        .stream(&context.mesh, context.local_ip, endpoint)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(%endpoint, %error, "TCP upstream unreachable");
+            return responder.refuse(Refusal::Unreachable);
+        }
+    };
+    let Ok(mut stream) = responder.accept() else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+}

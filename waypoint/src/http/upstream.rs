@@ -1,0 +1,225 @@
+//! Requests to endpoints: over HBONE to the endpoint's agent when it is in
+//! the mesh (as the waypoint's own identity), in plain TCP when it is not.
+//! HTTP/1.1 connections are kept alive per endpoint and reused once their
+//! last answer is read; HTTP/2 shares one connection per endpoint. This
+//! layer also keeps what load balancing counts: turns and requests in
+//! flight.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use ambit_config::model::Mesh;
+use ambit_identity::Identity;
+use ambit_mesh_tls::hbone::{MeshTls, Party};
+use ambit_route::lb::Draw;
+use ambit_route::{Backend, Protocol};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies as the waypoint passes them on: streamed, never buffered whole.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+pub struct Upstream {
+    mesh_tls: Arc<MeshTls>,
+    /// The waypoint's own identity, which upstream agents see.
+    identity: Identity,
+    trust_domain: String,
+    http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// Requests in flight per endpoint, for least request.
+    active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// Choices made per backend, for round robin.
+    turns: Mutex<HashMap<String, usize>>,
+}
+
+/// Counts a request in flight to its endpoint until dropped.
+pub struct InFlight {
+    active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut active = lock(&self.active);
+        if let Some(count) = active.get_mut(&self.endpoint) {
+            *count -= 1;
+            if *count == 0 {
+                active.remove(&self.endpoint);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Upstream {
+    pub fn new(mesh_tls: Arc<MeshTls>, identity: Identity, trust_domain: String) -> Self {
+        Self {
+            mesh_tls,
+            identity,
+            trust_domain,
+            http1: Mutex::default(),
+            http2: Mutex::default(),
+            active: Arc::default(),
+            turns: Mutex::default(),
+        }
+    }
+
+    /// The endpoint of `backend` its load balancer picks now, counted in
+    /// flight until the guard is dropped.
+    pub fn pick(&self, backend: &Backend) -> Option<(SocketAddr, InFlight)> {
+        let turn = {
+            let mut turns = lock(&self.turns);
+            let turn = turns.entry(backend.cluster_name()).or_default();
+            *turn = turn.wrapping_add(1);
+            *turn - 1
+        };
+        let draw = Draw {
+            turn,
+            random: [fastrand::u64(..), fastrand::u64(..)],
+        };
+        let mut active = lock(&self.active);
+        let index = backend
+            .load_balancer
+            .pick(backend.endpoints.len(), draw, |i| {
+                active.get(&backend.endpoints[i]).copied().unwrap_or(0)
+            })?;
+        let endpoint = backend.endpoints[index];
+        *active.entry(endpoint).or_default() += 1;
+        Some((
+            endpoint,
+            InFlight {
+                active: self.active.clone(),
+                endpoint,
+            },
+        ))
+    }
+
+    /// Sends `request` to `endpoint`, from the waypoint at `from`.
+    pub async fn send(
+        &self,
+        mesh: &Mesh,
+        from: IpAddr,
+        endpoint: SocketAddr,
+        protocol: Protocol,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        if protocol == Protocol::Http2 {
+            let mut sender = match self.shared_http2(endpoint) {
+                Some(sender) => sender,
+                None => {
+                    let io = self.stream(mesh, from, endpoint).await?;
+                    let (sender, connection) =
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                    tokio::spawn(connection);
+                    lock(&self.http2).insert(endpoint, sender.clone());
+                    sender
+                }
+            };
+            sender.ready().await?;
+            return Ok(sender.send_request(request).await?);
+        }
+        let mut sender = match self.idle_http1(endpoint) {
+            Some(sender) => sender,
+            None => {
+                let io = self.stream(mesh, from, endpoint).await?;
+                let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+                tokio::spawn(connection.with_upgrades());
+                sender
+            }
+        };
+        let response = sender.send_request(request);
+        // Kept for the next request once this one's answer is read.
+        let response = response.await?;
+        let mut idle = lock(&self.http1);
+        let idle = idle.entry(endpoint).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(sender);
+        }
+        Ok(response)
+    }
+
+    fn shared_http2(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<Body>> {
+        let mut shared = lock(&self.http2);
+        match shared.get(&endpoint) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                shared.remove(&endpoint);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A kept connection to `endpoint` that can take a request now.
+    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut idle = lock(&self.http1);
+        let senders = idle.get_mut(&endpoint)?;
+        senders.retain(|sender| !sender.is_closed());
+        let ready = senders.iter().position(http1::SendRequest::is_ready)?;
+        Some(senders.swap_remove(ready))
+    }
+
+    /// A byte stream to `endpoint`: an HBONE stream to its agent when it is
+    /// a pod of the mesh, else a TCP connection.
+    pub async fn stream(
+        &self,
+        mesh: &Mesh,
+        from: IpAddr,
+        endpoint: SocketAddr,
+    ) -> std::io::Result<Box<dyn Stream>> {
+        let Some(peer) = self.identity_at(mesh, endpoint.ip()) else {
+            let tcp = tokio::net::TcpStream::connect(endpoint).await?;
+            let _ = tcp.set_nodelay(true);
+            return Ok(Box::new(tcp));
+        };
+        let caller = Party {
+            identity: &self.identity,
+            ip: from,
+        };
+        let peer = Party {
+            identity: &peer,
+            ip: endpoint.ip(),
+        };
+        let tunnel = self
+            .mesh_tls
+            .open(caller, peer, endpoint, |address| async move {
+                let tcp = tokio::net::TcpStream::connect(address).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp)
+            })
+            .await?;
+        Ok(Box::new(tunnel))
+    }
+
+    /// The identity of the pod at `ip` when it is in the mesh, whose agent
+    /// then answers HBONE for it.
+    fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
+        let (key, workload) = mesh.workload_by_ip(ip)?;
+        let in_mesh = !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name);
+        in_mesh.then(|| {
+            Identity::new(
+                self.trust_domain.as_str(),
+                &key.namespace,
+                &workload.service_account,
+            )
+        })
+    }
+}
+
+/// What an upstream connection runs over.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
