@@ -286,20 +286,21 @@ impl<'a> Report<'a> {
     /// The connection ends before carrying anything, for `reason`.
     fn refused(mut self, flags: ResponseFlags, reason: &dyn std::fmt::Display) {
         self.labels.response_flags = flags;
-        self.inputs.metrics.refused(&self.labels);
+        self.inputs.metrics.tcp.refused(&self.labels);
         self.log(0, 0, Some(reason));
     }
 
     /// With the upstream connected, `carry` copies both ways until both
     /// sides are done (a half-close is passed on).
     async fn relay(self, carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>) {
-        self.inputs.metrics.opened(&self.labels);
+        self.inputs.metrics.tcp.opened(&self.labels);
         let (from_caller, to_caller, error) = match carry.await {
             Ok((from_caller, to_caller)) => (from_caller, to_caller, None),
             Err(error) => (0, 0, Some(error)),
         };
         self.inputs
             .metrics
+            .tcp
             .closed(&self.labels, from_caller, to_caller);
         self.log(
             from_caller,
@@ -316,11 +317,11 @@ impl<'a> Report<'a> {
             pod = %self.pod.pod,
             reporter = ?l.reporter,
             src.addr = %self.peer,
-            src.workload = %workload(&l.source_workload_namespace, &l.source_workload),
-            src.identity = %l.source_principal,
+            src.workload = %workload(&l.parties.source_workload_namespace, &l.parties.source_workload),
+            src.identity = %l.parties.source_principal,
             dst.addr = %self.target,
-            dst.workload = %workload(&l.destination_workload_namespace, &l.destination_workload),
-            dst.identity = %l.destination_principal,
+            dst.workload = %workload(&l.parties.destination_workload_namespace, &l.parties.destination_workload),
+            dst.identity = %l.parties.destination_principal,
             dst.service = %l.destination_service,
             security = ?l.connection_security_policy,
             bytes_sent = to_caller,

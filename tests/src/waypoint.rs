@@ -13,6 +13,7 @@ use crate::{Cluster, Place, Pod, Process};
 pub struct Waypoint {
     process: Process,
     place: Place,
+    metrics: SocketAddr,
 }
 
 impl Waypoint {
@@ -53,6 +54,7 @@ impl Waypoint {
         Ok(Self {
             process,
             place: pod.place().clone(),
+            metrics: SocketAddr::from((pod.ip, 15020)),
         })
     }
 
@@ -64,6 +66,15 @@ impl Waypoint {
             bail!("config dump of the waypoint: HTTP {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Its Prometheus metrics, from its 15020 as Prometheus scrapes them.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = self.place.http_get(self.metrics, "/metrics")?;
+        if status != 200 {
+            bail!("metrics of the waypoint: HTTP {status}: {body}");
+        }
+        Ok(body)
     }
 
     pub fn output(&self) -> String {

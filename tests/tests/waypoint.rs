@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ambit_testbed::apiserver::ApiServer;
-use ambit_testbed::mesh::{self, MeshConfig, Source};
+use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::Cluster;
@@ -174,7 +174,48 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
         || Ok(run(10)?.versions.get("reviews/v2") == Some(&10)),
         "all to v2",
     )?;
+    // Istio's request metrics, exact, with Istio's labels.
+    let requests = |labels: &[(&str, &str)]| -> anyhow::Result<f64> {
+        let mut all = vec![
+            ("reporter", "waypoint"),
+            ("source_workload", "client"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+            ("destination_service", "reviews.default.svc.cluster.local"),
+            ("destination_service_name", "reviews"),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        all.extend_from_slice(labels);
+        Ok(sample(&waypoint.metrics()?, "istio_requests_total", &all))
+    };
+    let to_v2 = [
+        ("destination_workload", "reviews-v2"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/reviews-v2",
+        ),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let to_v1 = [("destination_workload", "reviews-v1")];
+    let before = (requests(&to_v2)?, requests(&to_v1)?);
     run(200)?.expect_all(200, "reviews/v2", waypoint_pod.ip)?;
+    let after = (requests(&to_v2)?, requests(&to_v1)?);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (200.0, 0.0));
+
+    // A route that matches no request: 404, flagged NR, counted.
+    let only_ratings = json!([{
+        "match": [{ "uri": { "prefix": "/ratings" } }],
+        "route": [{ "destination": { "host": "reviews", "subset": "v1" } }],
+    }]);
+    mesh::write_config(&cluster, &config(Some(only_ratings)))?;
+    wait_for(|| Ok(run(1)?.status(404) == 1), "a route for /ratings only")?;
+    let no_route = [("response_code", "404"), ("response_flags", "NR")];
+    let before = requests(&no_route)?;
+    assert_eq!(run(30)?.status(404), 30);
+    assert_eq!(requests(&no_route)? - before, 30.0);
 
     mesh::write_config(&cluster, &config(Some(split(&[("v1", 80), ("v2", 20)]))))?;
     wait_for(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_identity::Identity;
 use ambit_mesh_source::{MeshHandle, SourceThread};
+use ambit_telemetry::http::HttpMetrics;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
@@ -40,10 +41,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
     let readiness = Readiness::default();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(HttpMetrics::register(&mut registry));
     let admin = AdminEndpoints::start(
         config.admin,
         readiness.clone(),
-        Arc::new(Registry::default()),
+        Arc::new(registry),
         config_dump,
     )
     .await?;
@@ -72,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 identity,
                 tables: tables.clone(),
                 upstream,
+                metrics,
             });
             Some(tokio::spawn(hbone::serve(
                 listener,

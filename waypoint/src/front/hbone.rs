@@ -15,6 +15,7 @@ use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::lb::pick_weighted;
 use ambit_route::Protocol;
+use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
 
 use crate::http::service::StreamContext;
@@ -32,6 +33,7 @@ pub struct Shared {
     pub identity: Identity,
     pub tables: Arc<Tables>,
     pub upstream: Arc<Upstream>,
+    pub metrics: Arc<HttpMetrics>,
 }
 
 /// Accepts and serves connections until the task is dropped.
@@ -96,7 +98,7 @@ async fn carry(
     responder: Responder,
     peer: SocketAddr,
     local_ip: IpAddr,
-    caller: &Identity,
+    caller: &Arc<Identity>,
     shared: &Shared,
 ) {
     let Some(current) = shared.tables.current() else {
@@ -110,9 +112,11 @@ async fn carry(
     let context = Arc::new(StreamContext {
         table,
         mesh: current.mesh.clone(),
+        caller: caller.clone(),
         source,
         local_ip,
         upstream: shared.upstream.clone(),
+        metrics: shared.metrics.clone(),
     });
     if context.table.protocol == Protocol::Tcp {
         return carry_tcp(responder, &context).await;

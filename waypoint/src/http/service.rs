@@ -1,14 +1,21 @@
-//! One HTTP request through the waypoint: route, pick, forward. Local
-//! answers are Envoy's: 404 when no route matches (`NR`), 503 when the
-//! destination has no endpoint (`UH`) or cannot be reached (`UF`).
+//! One HTTP request through the waypoint: route, pick, forward, record.
+//! Local answers are Envoy's: 404 when no route matches (`NR`), 503 when
+//! the destination has no endpoint (`UH`) or cannot be reached (`UF`).
+//! Each request is counted in Istio's metrics and logged once its answer
+//! has been sent.
 
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ambit_config::model::{Key, Mesh};
+use ambit_identity::Identity;
 use ambit_route::lb::pick_weighted;
 use ambit_route::{Caller, PortTable, Protocol};
+use ambit_telemetry::http::{HttpMetrics, RequestLabels, ServiceName};
+use ambit_telemetry::labels::{Party, Reporter};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -21,11 +28,84 @@ use super::upstream::{Body, BoxError, Upstream};
 pub struct StreamContext {
     pub table: Arc<PortTable>,
     pub mesh: Arc<Mesh>,
+    /// The identity the calling agent proved for its pod.
+    pub caller: Arc<Identity>,
     /// The calling pod, when its address and identity agree.
     pub source: Option<Key>,
     /// The waypoint's own address, which upstream connections come from.
     pub local_ip: IpAddr,
     pub upstream: Arc<Upstream>,
+    pub metrics: Arc<HttpMetrics>,
+}
+
+/// One request on its way: what its metrics and its log line need, recorded
+/// when dropped, which is when its answer has been passed on.
+struct Exchange {
+    context: Arc<StreamContext>,
+    started: Instant,
+    method: http::Method,
+    path: String,
+    grpc: bool,
+    status: StatusCode,
+    flags: &'static str,
+    upstream: Option<SocketAddr>,
+    request_bytes: Arc<AtomicU64>,
+    response_bytes: AtomicU64,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let context = &self.context;
+        let mesh = &context.mesh;
+        let source = context
+            .source
+            .as_ref()
+            .and_then(|key| mesh.workloads.get_key_value(key));
+        let destination_ip = self.upstream.map(|endpoint| endpoint.ip());
+        let destination = destination_ip.and_then(|ip| mesh.workload_by_ip(ip));
+        let destination_identity =
+            destination_ip.and_then(|ip| context.upstream.identity_at(mesh, ip));
+        let table = &context.table;
+        let mut labels = RequestLabels::new(
+            Reporter::Waypoint,
+            Party {
+                workload: source,
+                principal: Some(&context.caller),
+            },
+            Party {
+                workload: destination,
+                principal: destination_identity.as_ref(),
+            },
+            Some(ServiceName {
+                host: &table.host,
+                name: &table.service.name,
+                namespace: &table.service.namespace,
+            }),
+            self.grpc,
+        );
+        labels.response_code = self.status.as_u16().to_string();
+        labels.response_flags = self.flags.to_string();
+        let request = ambit_telemetry::http::Request {
+            duration: self.started.elapsed(),
+            request_bytes: self.request_bytes.load(Ordering::Relaxed),
+            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+        };
+        context.metrics.record(&labels, request);
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            flags = self.flags,
+            host = %table.host,
+            upstream = ?self.upstream,
+            source = %context.caller,
+            duration_ms = request.duration.as_secs_f64() * 1000.0,
+            request_bytes = request.request_bytes,
+            response_bytes = request.response_bytes,
+            "request"
+        );
+    }
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -42,10 +122,43 @@ pub async fn handle(
     request: Request<Incoming>,
     context: Arc<StreamContext>,
 ) -> Result<Response<Body>, Infallible> {
-    Ok(match forward(request, &context).await {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    let mut exchange = Exchange {
+        context: context.clone(),
+        started: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        grpc,
+        status: StatusCode::OK,
+        flags: "-",
+        upstream: None,
+        request_bytes: Arc::default(),
+        response_bytes: AtomicU64::new(0),
+    };
+    let response = match forward(request, &context, &mut exchange).await {
         Ok(response) => response,
-        Err((status, flag, message)) => local(status, flag, message),
-    })
+        Err((status, flag, message)) => {
+            exchange.flags = flag;
+            local(status, message)
+        }
+    };
+    exchange.status = response.status();
+    // Counted and recorded as the answer's body passes.
+    let (parts, body) = response.into_parts();
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                exchange
+                    .response_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .boxed();
+    Ok(Response::from_parts(parts, body))
 }
 
 type Refusal = (StatusCode, &'static str, String);
@@ -53,6 +166,7 @@ type Refusal = (StatusCode, &'static str, String);
 async fn forward(
     request: Request<Incoming>,
     context: &StreamContext,
+    exchange: &mut Exchange,
 ) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = request.into_parts();
     let workload = context
@@ -83,9 +197,20 @@ async fn forward(
         "UH",
         "no healthy upstream".to_string(),
     ))?;
+    exchange.upstream = Some(endpoint);
     let http2 = backend.protocol == Protocol::Http2;
     prepare(&mut parts, http2);
-    let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let counted = exchange.request_bytes.clone();
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .map_err(BoxError::from)
+        .boxed();
+    let request = Request::from_parts(parts, body);
     let response = context
         .upstream
         .send(
@@ -181,9 +306,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An answer the waypoint makes itself, with Envoy's response flag.
-fn local(status: StatusCode, flag: &'static str, message: String) -> Response<Body> {
-    tracing::debug!(%status, flag, %message, "answered locally");
+/// An answer the waypoint makes itself.
+fn local(status: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(message))
             .map_err(|never| match never {})

@@ -206,7 +206,7 @@ impl Upstream {
 
     /// The identity of the pod at `ip` when it is in the mesh, whose agent
     /// then answers HBONE for it.
-    fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
+    pub fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
         let (key, workload) = mesh.workload_by_ip(ip)?;
         let in_mesh = !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name);
         in_mesh.then(|| {

@@ -1,0 +1,195 @@
+//! The labels Istio puts on its metrics, so its dashboards and Kiali work
+//! on Ambit's unchanged: who reports, the two parties, the security policy.
+
+use std::fmt::Write;
+
+use ambit_config::model::{Key, Workload};
+use ambit_identity::Identity;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+/// Which side of a connection reports it, as Istio labels it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    /// The caller's agent (outbound).
+    Source,
+    /// The callee's agent (inbound).
+    Destination,
+    /// A waypoint, for the requests it routes (Istio's value for them).
+    Waypoint,
+}
+
+impl EncodeLabelValue for Reporter {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+            Self::Waypoint => "waypoint",
+        })
+    }
+}
+
+/// Istio's `connection_security_policy`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum SecurityPolicy {
+    /// Plain TCP: no CA, or a peer outside the mesh.
+    None,
+    /// HBONE between agents, both sides authenticated.
+    MutualTls,
+}
+
+impl EncodeLabelValue for SecurityPolicy {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::None => "none",
+            Self::MutualTls => "mutual_tls",
+        })
+    }
+}
+
+/// One end of a connection: the pod, when the mesh knows it, and the
+/// identity it proved, when it proved one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Party<'a> {
+    pub workload: Option<(&'a Key, &'a Workload)>,
+    pub principal: Option<&'a Identity>,
+}
+
+/// The labels of both ends, in every family: workload, namespace,
+/// principal, app and version of the source, then of the destination.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Parties {
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+}
+
+impl Parties {
+    pub fn new(source: Party<'_>, destination: Party<'_>) -> Self {
+        let PartyLabels(
+            [source_workload, source_workload_namespace, source_principal, source_app, source_version],
+        ) = PartyLabels::of(source);
+        let PartyLabels(
+            [destination_workload, destination_workload_namespace, destination_principal, destination_app, destination_version],
+        ) = PartyLabels::of(destination);
+        Self {
+            source_workload,
+            source_workload_namespace,
+            source_principal,
+            source_app,
+            source_version,
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal,
+            destination_app,
+            destination_version,
+        }
+    }
+}
+
+/// A party's labels: workload, namespace, principal, app, version.
+struct PartyLabels([String; 5]);
+
+impl PartyLabels {
+    fn of(party: Party<'_>) -> Self {
+        let unknown = || UNKNOWN.to_string();
+        let principal = party.principal.map_or_else(unknown, ToString::to_string);
+        let Some((key, workload)) = party.workload else {
+            return Self([unknown(), unknown(), principal, unknown(), unknown()]);
+        };
+        let label = |names: [&str; 2]| {
+            names
+                .iter()
+                .find_map(|name| workload.labels.get(*name).cloned())
+                .unwrap_or_else(unknown)
+        };
+        Self([
+            workload_name(key, workload),
+            key.namespace.clone(),
+            principal,
+            label(["app", "app.kubernetes.io/name"]),
+            label(["version", "app.kubernetes.io/version"]),
+        ])
+    }
+}
+
+pub const UNKNOWN: &str = "unknown";
+
+/// The workload a pod belongs to, as Istio names it: a Deployment's pod
+/// `NAME-HASH-SUFFIX` (`pod-template-hash=HASH`) belongs to `NAME`;
+/// another pod is its own workload.
+fn workload_name(key: &Key, workload: &Workload) -> String {
+    workload
+        .labels
+        .get("pod-template-hash")
+        .and_then(|hash| {
+            let (owner, _suffix) = key.name.rsplit_once('-')?;
+            owner.strip_suffix(hash.as_str())?.strip_suffix('-')
+        })
+        .unwrap_or(&key.name)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, labels: &[(&str, &str)]) -> (Key, Workload) {
+        let workload = Workload {
+            uid: None,
+            node: None,
+            service_account: "default".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ips: vec![],
+            host_network: false,
+        };
+        (Key::new("shop", name), workload)
+    }
+
+    #[test]
+    fn parties_are_labelled_as_istio_labels_them() {
+        let (key, workload) = pod(
+            "reviews-v2-7d8f9c6b5-x2k4q",
+            &[
+                ("pod-template-hash", "7d8f9c6b5"),
+                ("app", "reviews"),
+                ("version", "v2"),
+            ],
+        );
+        let identity = Identity::new("cluster.local", "shop", "reviews");
+        let party = Party {
+            workload: Some((&key, &workload)),
+            principal: Some(&identity),
+        };
+        let PartyLabels(labels) = PartyLabels::of(party);
+        assert_eq!(
+            labels,
+            [
+                "reviews-v2",
+                "shop",
+                "spiffe://cluster.local/ns/shop/sa/reviews",
+                "reviews",
+                "v2"
+            ]
+        );
+        // A bare pod is its own workload; plaintext has no principal.
+        let (key, workload) = pod("debug", &[("app.kubernetes.io/name", "toolbox")]);
+        let bare = Party {
+            workload: Some((&key, &workload)),
+            principal: None,
+        };
+        let PartyLabels(labels) = PartyLabels::of(bare);
+        assert_eq!(labels, ["debug", "shop", "unknown", "toolbox", "unknown"]);
+        let PartyLabels(labels) = PartyLabels::of(Party::default());
+        assert_eq!(labels, ["unknown"; 5]);
+    }
+}
