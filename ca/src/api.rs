@@ -35,8 +35,8 @@ impl Issuer {
             return error(StatusCode::UNAUTHORIZED, "no bearer token".into());
         };
         let mesh = self.mesh.snapshot();
-        let node = match self.authenticator.node_of(bearer, &mesh).await {
-            Ok(node) => node,
+        let requester = match self.authenticator.requester(bearer, &mesh).await {
+            Ok(requester) => requester,
             Err(reason) => {
                 tracing::warn!("refused a certificate request: {reason}");
                 return error(StatusCode::UNAUTHORIZED, reason);
@@ -50,13 +50,13 @@ impl Issuer {
             Ok(identity) => identity,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        if let Err(denied) = authorize(&mesh, &self.own_identity, &node, &identity) {
-            tracing::warn!(%node, %identity, "refused a certificate: {denied}");
+        if let Err(denied) = authorize(&mesh, &self.own_identity, &requester, &identity) {
+            tracing::warn!(%requester, %identity, "refused a certificate: {denied}");
             return error(StatusCode::FORBIDDEN, denied.to_string());
         }
         match self.ca.issue(&request.csr, &identity, self.ttl) {
             Ok(chain) => {
-                tracing::info!(%node, %identity, ttl = ?self.ttl, "issued a certificate");
+                tracing::info!(%requester, %identity, ttl = ?self.ttl, "issued a certificate");
                 let response = CertificateResponse {
                     certificate_chain: chain,
                     trust_bundle: self.ca.root_pem().to_string(),

@@ -1,7 +1,8 @@
-//! Who is asking: the node an agent's credential speaks for. Standalone,
-//! a per-node bootstrap token; in Kubernetes, the agent's projected service
-//! account token, checked by the API server (TokenReview), which must be
-//! the node agent's service account and bound to a pod on a node.
+//! Who is asking: the node an agent's credential speaks for, or the pod
+//! of a workload that proxies for itself (a waypoint). Standalone, a
+//! per-node bootstrap token; in Kubernetes, a projected service account
+//! token checked by the API server (TokenReview): the node agent's service
+//! account bound to a pod on a node, or any other bound to its own pod.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +19,25 @@ pub const TOKEN_AUDIENCE: &str = "ambit-ca";
 /// Extra fields of a pod-bound service account token's user.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+/// Who asks for certificates, and so which identities it may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// A node agent: the identities of its node's pods.
+    Node(String),
+    /// A workload that proxies for itself (a waypoint), with the token of
+    /// its own pod: its own identity only.
+    Workload { pod: Key, service_account: String },
+}
+
+impl std::fmt::Display for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(node) => write!(f, "the agent of node {node}"),
+            Self::Workload { pod, .. } => write!(f, "the pod {pod}"),
+        }
+    }
+}
 
 pub enum Authenticator {
     NodeTokens(NodeTokens),
@@ -39,12 +59,12 @@ impl Authenticator {
         }
     }
 
-    /// The node `bearer` speaks for, or why it is not accepted.
-    pub async fn node_of(&self, bearer: &str, mesh: &Mesh) -> Result<String, String> {
+    /// Who `bearer` speaks for, or why it is not accepted.
+    pub async fn requester(&self, bearer: &str, mesh: &Mesh) -> Result<Requester, String> {
         match self {
             Self::NodeTokens(tokens) => tokens
                 .node_of(bearer)
-                .map(str::to_string)
+                .map(|node| Requester::Node(node.to_string()))
                 .ok_or_else(|| "unknown bootstrap token".to_string()),
             Self::TokenReview {
                 client,
@@ -52,16 +72,38 @@ impl Authenticator {
                 agent_username,
             } => {
                 let user = review(client, bearer).await?;
-                if user.username.as_deref() != Some(agent_username) {
-                    return Err(format!(
-                        "{} is not the node agent's service account ({agent_username})",
-                        user.username.as_deref().unwrap_or("an unnamed user")
-                    ));
+                if user.username.as_deref() == Some(agent_username) {
+                    return node_of_user(&user, namespace, mesh).map(Requester::Node);
                 }
-                node_of_user(&user, namespace, mesh)
+                workload_of_user(&user).ok_or_else(|| {
+                    format!(
+                        "{} is neither the node agent's service account ({agent_username}) nor bound to a pod",
+                        user.username.as_deref().unwrap_or("an unnamed user")
+                    )
+                })
             }
         }
     }
+}
+
+/// The pod a pod-bound service account token speaks for, and its account.
+fn workload_of_user(user: &UserInfo) -> Option<Requester> {
+    let username = user.username.as_deref()?;
+    let (namespace, service_account) = username
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')?;
+    let pod = extra(user, POD_NAME_EXTRA)?;
+    Some(Requester::Workload {
+        pod: Key::new(namespace, pod),
+        service_account: service_account.to_string(),
+    })
+}
+
+fn extra(user: &UserInfo, key: &str) -> Option<String> {
+    user.extra
+        .as_ref()
+        .and_then(|extra| extra.get(key))
+        .and_then(|values| values.first().cloned())
 }
 
 /// What the API server says of `token`.
@@ -93,16 +135,10 @@ async fn review(client: &kube::Client, token: &str) -> Result<UserInfo, String> 
 /// The node a pod-bound token's user is on: named by the token, or else
 /// the node of the pod (in `namespace`) it is bound to.
 fn node_of_user(user: &UserInfo, namespace: &str, mesh: &Mesh) -> Result<String, String> {
-    let extra = |key: &str| {
-        user.extra
-            .as_ref()
-            .and_then(|extra| extra.get(key))
-            .and_then(|values| values.first().cloned())
-    };
-    if let Some(node) = extra(NODE_NAME_EXTRA) {
+    if let Some(node) = extra(user, NODE_NAME_EXTRA) {
         return Ok(node);
     }
-    extra(POD_NAME_EXTRA)
+    extra(user, POD_NAME_EXTRA)
         .and_then(|pod| mesh.workloads.get(&Key::new(namespace, pod))?.node.clone())
         .ok_or_else(|| "the token is not bound to a pod on a known node".to_string())
 }

@@ -7,6 +7,8 @@
 use ambit_config::model::{in_namespace, Mesh};
 use ambit_identity::Identity;
 
+use crate::authenticate::Requester;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("{identity} is not in the trust domain {trust_domain}")]
@@ -18,14 +20,16 @@ pub enum Denied {
     NoPodOnNode { node: String, identity: String },
     #[error("{identity} is the CA's own identity")]
     CaIdentity { identity: String },
+    #[error("{requester} may hold only its own identity, not {identity}")]
+    NotOwnIdentity { requester: String, identity: String },
 }
 
-/// Whether the agent of `node` may hold `identity`, asked of the CA that
-/// runs as `own`.
+/// Whether `requester` may hold `identity`, asked of the CA that runs as
+/// `own`.
 pub fn authorize(
     mesh: &Mesh,
     own: &Identity,
-    node: &str,
+    requester: &Requester,
     identity: &Identity,
 ) -> Result<(), Denied> {
     if identity.trust_domain != own.trust_domain {
@@ -39,6 +43,28 @@ pub fn authorize(
             identity: identity.to_string(),
         });
     }
+    let node = match requester {
+        Requester::Node(node) => node,
+        Requester::Workload {
+            pod,
+            service_account,
+        } => {
+            // A pod of the mesh model, running as that account, asking for
+            // that account's identity.
+            let own_pod = mesh.workloads.get(pod).is_some_and(|workload| {
+                workload.service_account == *service_account && !workload.host_network
+            });
+            let its_own =
+                identity.namespace == pod.namespace && identity.service_account == *service_account;
+            return match own_pod && its_own {
+                true => Ok(()),
+                false => Err(Denied::NotOwnIdentity {
+                    requester: requester.to_string(),
+                    identity: identity.to_string(),
+                }),
+            };
+        }
+    };
     let namespace = &identity.namespace;
     // In the CA's own namespace only pods of the mesh count: the CA's
     // neighbours (the CA itself under another name, its tooling) are not
@@ -64,6 +90,7 @@ pub fn authorize(
 mod tests {
     use super::*;
     use ambit_config::document::parse_manifests;
+    use ambit_config::model::Key;
 
     #[test]
     fn an_agent_gets_only_the_identities_of_its_own_nodes_pods() {
@@ -86,7 +113,9 @@ mod tests {
         let mesh = Mesh::from_resources(parsed.resources);
         let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa);
         let own = id("ambit-system", "ambit-ca");
-        let may = |node: &str, identity: &Identity| authorize(&mesh, &own, node, identity);
+        let may = |node: &str, identity: &Identity| {
+            authorize(&mesh, &own, &Requester::Node(node.into()), identity)
+        };
         assert_eq!(may("node-1", &id("shop", "cart")), Ok(()));
         assert_eq!(may("node-2", &id("shop", "pay")), Ok(()));
         assert_eq!(
@@ -113,5 +142,31 @@ mod tests {
             Err(Denied::NoPodOnNode { .. })
         ));
         assert_eq!(may("node-1", &id("ambit-system", "meshed")), Ok(()));
+
+        // A pod's own token: that pod's identity, nothing else.
+        let pod = |namespace: &str, name: &str, service_account: &str| Requester::Workload {
+            pod: Key::new(namespace, name),
+            service_account: service_account.into(),
+        };
+        let asks = |requester: Requester, identity: &Identity| {
+            authorize(&mesh, &own, &requester, identity)
+        };
+        assert_eq!(
+            asks(pod("shop", "cart-1", "cart"), &id("shop", "cart")),
+            Ok(())
+        );
+        assert_eq!(
+            asks(pod("shop", "cart-1", "cart"), &id("shop", "pay")).unwrap_err().to_string(),
+            "the pod shop/cart-1 may hold only its own identity, not spiffe://cluster.local/ns/shop/sa/pay"
+        );
+        assert!(
+            asks(pod("shop", "cart-1", "pay"), &id("shop", "pay")).is_err(),
+            "not its account"
+        );
+        assert!(
+            asks(pod("shop", "gone-1", "cart"), &id("shop", "cart")).is_err(),
+            "no such pod"
+        );
+        assert!(asks(pod("ambit-system", "ambit-ca-1", "ambit-ca"), &own).is_err());
     }
 }

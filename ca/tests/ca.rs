@@ -194,6 +194,7 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
         ("cart-1", "shop", "node-1", "cart"),
         ("pay-1", "shop", "node-2", "pay"),
         ("agent-1", "ambit-system", "node-1", "ambit-node-agent"),
+        ("waypoint-1", "shop", "node-2", "waypoint"),
     ] {
         api.create(serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -211,6 +212,16 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     };
     api.add_service_account_token("agent-token", token("ambit-node-agent", "ambit-ca"));
     api.add_service_account_token("other-sa-token", token("default", "ambit-ca"));
+    api.add_service_account_token(
+        "waypoint-token",
+        ServiceAccountToken {
+            namespace: "shop".into(),
+            service_account: "waypoint".into(),
+            pod: "waypoint-1".into(),
+            node: "node-2".into(),
+            audiences: vec!["ambit-ca".into()],
+        },
+    );
     api.add_service_account_token(
         "api-server-token",
         token("ambit-node-agent", "https://kubernetes.default.svc"),
@@ -269,14 +280,27 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
             "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay".into()
         )
     );
-    // Another service account's token, a token for the API server's
-    // audience, and a token the API server never issued are all refused.
+    // A waypoint's own pod-bound token: its own identity, nothing else.
+    let waypoint = client(running.addr, "waypoint-token");
+    let own = Identity::new("cluster.local", "shop", "waypoint");
+    assert_eq!(
+        waypoint.certify(&own).await.unwrap().certificate.identity,
+        own
+    );
+    assert_eq!(
+        refusal(waypoint.certify(&cart).await),
+        (
+            StatusCode::FORBIDDEN,
+            "the pod shop/waypoint-1 may hold only its own identity, not spiffe://cluster.local/ns/shop/sa/cart".into()
+        )
+    );
+    // Another service account's token on the agent's pod, a token for the
+    // API server's audience, and a token the API server never issued are
+    // all refused.
     let (status, message) = refusal(client(running.addr, "other-sa-token").certify(&cart).await);
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
-        message.contains(
-            "system:serviceaccount:ambit-system:default is not the node agent's service account"
-        ),
+        message.contains("the pod ambit-system/agent-1 may hold only its own identity"),
         "{message}"
     );
     for token in ["api-server-token", "forged-token"] {
