@@ -18,6 +18,7 @@ use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
 use http::HeaderName;
 use serde::Serialize;
 
+use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
 use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
 
@@ -375,15 +376,17 @@ impl<'a> Compiler<'a> {
             Some((key, service)) => {
                 let service_port = service.ports.iter().find(|p| p.port == port);
                 let subset = destination.subset.as_deref();
+                let endpoints = match service_port {
+                    Some(service_port) => self.endpoints(service, service_port, rule, subset),
+                    None => Vec::new(),
+                };
                 Backend {
-                    endpoints: match service_port {
-                        Some(service_port) => self.endpoints(service, service_port, rule, subset),
-                        None => Vec::new(),
-                    },
                     protocol: service_port.map_or(Protocol::Tcp, Protocol::of),
-                    load_balancer: rule.map_or_else(LoadBalancer::default, |rule| {
-                        LoadBalancer::from_settings(load_balancer(rule, subset, port))
-                    }),
+                    load_balancer: LoadBalancer::from_settings(
+                        rule.and_then(|rule| load_balancer(rule, subset, port)),
+                        &endpoints,
+                    ),
+                    endpoints,
                     service: key,
                     host,
                     subset: destination.subset.clone(),
@@ -588,7 +591,13 @@ fn load_balancer<'r>(
 }
 
 impl LoadBalancer {
-    fn from_settings(settings: Option<&LoadBalancerSettings>) -> Self {
+    fn from_settings(settings: Option<&LoadBalancerSettings>, endpoints: &[SocketAddr]) -> Self {
+        let hashed = settings
+            .and_then(|s| s.consistent_hash.as_ref())
+            .and_then(|hash| ConsistentHash::new(hash, endpoints));
+        if let Some(hashed) = hashed {
+            return Self::ConsistentHash(Arc::new(hashed));
+        }
         match settings.and_then(|s| s.simple) {
             Some(SimpleLb::RoundRobin) => Self::RoundRobin,
             Some(SimpleLb::Random) => Self::Random,

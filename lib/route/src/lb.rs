@@ -2,10 +2,14 @@
 //! layer keeps and passes in (a turn counter, requests in flight, random
 //! draws): the same inputs always give the same choice.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-/// A DestinationRule's `loadBalancer.simple`, as the waypoint applies it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+use crate::hash::ConsistentHash;
+
+/// A DestinationRule's `loadBalancer`, as the waypoint applies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LoadBalancer {
     RoundRobin,
@@ -17,6 +21,8 @@ pub enum LoadBalancer {
     /// To the address the caller asked for: behind a waypoint that is the
     /// Service, whose endpoints the waypoint then picks at random.
     Passthrough,
+    /// By the request's key; at random for a request without one.
+    ConsistentHash(Arc<ConsistentHash>),
 }
 
 /// What one choice is made from.
@@ -26,12 +32,14 @@ pub struct Draw {
     pub turn: usize,
     /// Two independent random numbers.
     pub random: [u64; 2],
+    /// The request's key, for consistent hashing.
+    pub hash: Option<u64>,
 }
 
 impl LoadBalancer {
     /// The endpoint to use among `count`, `active(i)` being the requests in
     /// flight to endpoint `i`; `None` when there is none.
-    pub fn pick(self, count: usize, draw: Draw, active: impl Fn(usize) -> usize) -> Option<usize> {
+    pub fn pick(&self, count: usize, draw: Draw, active: impl Fn(usize) -> usize) -> Option<usize> {
         if count == 0 {
             return None;
         }
@@ -39,6 +47,10 @@ impl LoadBalancer {
         Some(match self {
             Self::RoundRobin => draw.turn % count,
             Self::Random | Self::Passthrough => random(draw.random[0]),
+            Self::ConsistentHash(policy) => match draw.hash {
+                Some(key) => policy.lookup(key).filter(|i| *i < count)?,
+                None => random(draw.random[0]),
+            },
             Self::LeastRequest => {
                 let (a, b) = (random(draw.random[0]), random(draw.random[1]));
                 if active(b) < active(a) {
@@ -77,6 +89,7 @@ mod tests {
         Draw {
             turn,
             random: [a, b],
+            hash: None,
         }
     }
 

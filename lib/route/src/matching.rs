@@ -202,10 +202,14 @@ fn header_matches(request: &Parts, name: &HeaderName, matcher: &Matcher) -> bool
 /// Query parameters match by exact value or regex (Istio has no prefix for
 /// them) on the first occurrence, as Envoy does; values are not decoded.
 fn query_matches(request: &Parts, name: &str, matcher: &Matcher) -> bool {
-    let query = request.uri.query().unwrap_or_default();
-    let value = query.split('&').find_map(|pair| {
+    query_parameter(request, name).is_some_and(|value| matcher.matches(value))
+}
+
+/// The first value of the query parameter `name`, as written.
+pub fn query_parameter<'a>(request: &'a Parts, name: &str) -> Option<&'a str> {
+    let query = request.uri.query()?;
+    query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then_some(value)
-    });
-    value.is_some_and(|value| matcher.matches(value))
+    })
 }

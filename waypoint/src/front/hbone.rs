@@ -13,6 +13,7 @@ use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
+use ambit_route::hash::hash;
 use ambit_route::lb::pick_weighted;
 use ambit_route::Protocol;
 use ambit_telemetry::http::HttpMetrics;
@@ -108,12 +109,14 @@ async fn carry(
         tracing::warn!(target = %request.target, %caller, "HBONE stream for an address this waypoint does not serve");
         return responder.refuse(Refusal::Unreachable);
     };
-    let source = calling_pod(&current.mesh, request.source.unwrap_or(peer.ip()), caller);
+    let source_ip = request.source.unwrap_or(peer.ip());
+    let source = calling_pod(&current.mesh, source_ip, caller);
     let context = Arc::new(StreamContext {
         table,
         mesh: current.mesh.clone(),
         caller: caller.clone(),
         source,
+        source_ip: Some(source_ip),
         local_ip,
         upstream: shared.upstream.clone(),
         metrics: shared.metrics.clone(),
@@ -146,8 +149,12 @@ async fn carry_tcp(responder: Responder, context: &StreamContext) {
         )?;
         Some(route.destinations[chosen].backend.clone())
     });
-    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|b| context.upstream.pick(b))
-    else {
+    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|b| {
+        context.upstream.pick(
+            b,
+            context.source_ip.map(|ip| hash(ip.to_string().as_bytes())),
+        )
+    }) else {
         return responder.refuse(Refusal::Unreachable);
     };
     let mut upstream = match context

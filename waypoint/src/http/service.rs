@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use ambit_config::model::{Key, Mesh};
 use ambit_identity::Identity;
-use ambit_route::lb::pick_weighted;
+use ambit_route::hash::RequestKey;
+use ambit_route::lb::{pick_weighted, LoadBalancer};
 use ambit_route::{Caller, PortTable, Protocol};
 use ambit_telemetry::http::{HttpMetrics, RequestLabels, ServiceName};
 use ambit_telemetry::labels::{Party, Reporter};
@@ -32,6 +33,8 @@ pub struct StreamContext {
     pub caller: Arc<Identity>,
     /// The calling pod, when its address and identity agree.
     pub source: Option<Key>,
+    /// The caller's address, as its agent forwarded it.
+    pub source_ip: Option<IpAddr>,
     /// The waypoint's own address, which upstream connections come from.
     pub local_ip: IpAddr,
     pub upstream: Arc<Upstream>,
@@ -192,7 +195,21 @@ async fn forward(
         "no weighted destination".to_string(),
     ))?;
     let backend = &route.destinations[chosen].backend;
-    let (endpoint, in_flight) = context.upstream.pick(backend).ok_or((
+    // Consistent hashing: the request's key, or a cookie to give it one.
+    let (hash, new_cookie) = match &backend.load_balancer {
+        LoadBalancer::ConsistentHash(policy) => {
+            match policy.key_of(&parts, context.source_ip, fastrand::u64(..)) {
+                RequestKey::Hash(hash) => (Some(hash), None),
+                RequestKey::NewCookie(value) => (
+                    Some(ambit_route::hash::hash(value.as_bytes())),
+                    policy.set_cookie(&value),
+                ),
+                RequestKey::None => (None, None),
+            }
+        }
+        _ => (None, None),
+    };
+    let (endpoint, in_flight) = context.upstream.pick(backend, hash).ok_or((
         StatusCode::SERVICE_UNAVAILABLE,
         "UH",
         "no healthy upstream".to_string(),
@@ -231,6 +248,9 @@ async fn forward(
         })?;
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     // The endpoint counts as busy until its answer has been passed on.
     let body = body
         .map_err(BoxError::from)

@@ -77,9 +77,9 @@ impl Upstream {
         }
     }
 
-    /// The endpoint of `backend` its load balancer picks now, counted in
-    /// flight until the guard is dropped.
-    pub fn pick(&self, backend: &Backend) -> Option<(SocketAddr, InFlight)> {
+    /// The endpoint of `backend` its load balancer picks now (by `hash`
+    /// for consistent hashing), counted in flight until the guard is dropped.
+    pub fn pick(&self, backend: &Backend, hash: Option<u64>) -> Option<(SocketAddr, InFlight)> {
         let turn = {
             let mut turns = lock(&self.turns);
             let turn = turns.entry(backend.cluster_name()).or_default();
@@ -89,6 +89,7 @@ impl Upstream {
         let draw = Draw {
             turn,
             random: [fastrand::u64(..), fastrand::u64(..)],
+            hash,
         };
         let mut active = lock(&self.active);
         let index = backend

@@ -127,7 +127,7 @@ fn subsets_select_their_pods_and_carry_their_load_balancer() {
             (
                 d.weight,
                 d.backend.endpoints.clone(),
-                d.backend.load_balancer,
+                d.backend.load_balancer.clone(),
             )
         })
         .collect();
