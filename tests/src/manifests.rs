@@ -24,6 +24,8 @@ pub struct PodConfig {
     pub node: String,
     pub ip: Ipv4Addr,
     pub enrolled: bool,
+    /// Labels beside the default `app: <pod name>` (which they may replace).
+    pub labels: Vec<(String, String)>,
 }
 
 impl PodConfig {
@@ -35,6 +37,7 @@ impl PodConfig {
             node: pod.node.clone(),
             ip: pod.ip,
             enrolled,
+            labels: Vec::new(),
         }
     }
 }
@@ -76,6 +79,9 @@ impl MeshConfig {
         for pod in &self.pods {
             // Each pod is its own app, as policies and metrics name it.
             let mut labels = json!({ "app": pod.name });
+            for (key, value) in &pod.labels {
+                labels[key] = json!(value);
+            }
             if pod.enrolled {
                 labels[DATAPLANE_MODE_LABEL] = json!(DATAPLANE_MODE_AMBIENT);
             }

@@ -190,6 +190,7 @@ pub struct HttpLoad {
     http2: bool,
     reconnect: bool,
     interval: Duration,
+    headers: Vec<(String, String)>,
 }
 
 impl HttpLoad {
@@ -200,7 +201,14 @@ impl HttpLoad {
             http2: false,
             reconnect: false,
             interval: Duration::ZERO,
+            headers: Vec::new(),
         }
+    }
+
+    /// A header every request carries.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 
     /// HTTP/2 with prior knowledge (h2c).
@@ -234,6 +242,11 @@ impl HttpLoad {
         if self.reconnect {
             args.push("--reconnect".to_string());
         }
+        args.extend(
+            self.headers
+                .iter()
+                .map(|(name, value)| format!("--header={name}:{value}")),
+        );
         args
     }
 

@@ -58,6 +58,19 @@ impl Waypoint {
         })
     }
 
+    /// Writes `config`, starts the CA and the agents (as
+    /// [`crate::mesh::start_secured`]), then the waypoint `waypoint` in
+    /// `pod` with its identity from that CA.
+    pub fn start_secured(
+        cluster: &Cluster,
+        config: &crate::mesh::MeshConfig,
+        pod: &Pod,
+    ) -> anyhow::Result<(TestCa, Vec<crate::mesh::NodeAgent>, Self)> {
+        let (ca, agents) = crate::mesh::start_secured(cluster, config, 3600)?;
+        let waypoint = Self::start(cluster, pod, "waypoint", &Source::Directory, Some(&ca))?;
+        Ok((ca, agents, waypoint))
+    }
+
     /// The effective configuration, from the admin port on the pod's loopback.
     pub fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
         let admin = SocketAddr::from(([127, 0, 0, 1], 15000));

@@ -127,14 +127,7 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
             ],
         )
     };
-    let (ca, agents) = mesh::start_secured(&cluster, &config(None), 3600)?;
-    let waypoint = Waypoint::start(
-        &cluster,
-        waypoint_pod,
-        "waypoint",
-        &Source::Directory,
-        Some(&ca),
-    )?;
+    let (_ca, agents, waypoint) = Waypoint::start_secured(&cluster, &config(None), waypoint_pod)?;
     let _servers = [
         Server::new("reviews", "v1")
             .http(9080)
@@ -239,4 +232,147 @@ fn wait_for(mut done: impl FnMut() -> anyhow::Result<bool>, what: &str) -> anyho
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+const BOOKINFO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
+
+/// The documents of one of Istio's Bookinfo manifests, as the samples ship
+/// them (kept with the config crate's tests).
+fn bookinfo(file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/tests/fixtures/bookinfo")
+        .join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(serde_saphyr::from_multiple(&text)?)
+}
+
+/// The (subset, weight) destinations of the first route of the table for
+/// `address`, as the waypoint's config dump shows them compiled.
+fn first_route(waypoint: &Waypoint, address: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let dump = waypoint.config_dump()?;
+    let destinations = dump["routes"]["ports"][address]["http"][0]["destinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(destinations
+        .iter()
+        .map(|d| {
+            let subset = d["backend"]["subset"].as_str().unwrap_or("-").to_string();
+            (subset, d["weight"].as_u64().unwrap_or(0))
+        })
+        .collect())
+}
+
+#[test]
+fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["productpage", "waypoint"])
+        .node(&["reviews-v1", "reviews-v2", "reviews-v3"])
+        .build()?;
+    let [productpage, waypoint_pod, v1, v2, v3] = cluster.pods_named([
+        "productpage",
+        "waypoint",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ])?;
+    let reviews = [v1, v2, v3];
+    let config = |istio: Vec<serde_json::Value>| {
+        let mut config = MeshConfig {
+            istio,
+            ..mesh::enrolling(
+                &cluster,
+                &[productpage, v1, v2, v3],
+                vec![
+                    mesh::ServiceConfig {
+                        waypoint: Some("waypoint".to_string()),
+                        ..mesh::service("reviews", BOOKINFO_VIP, 9080, 9080, &reviews)
+                    },
+                    mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+                ],
+            )
+        };
+        // Bookinfo's labels: subsets select by version.
+        for pod in config.pods.iter_mut() {
+            if let Some(version) = pod.name.strip_prefix("reviews-") {
+                pod.labels = vec![
+                    ("app".into(), "reviews".into()),
+                    ("version".into(), version.into()),
+                ];
+            }
+        }
+        config
+    };
+    let rules = bookinfo("destination-rule-all.yaml")?;
+    let (_ca, _agents, waypoint) =
+        Waypoint::start_secured(&cluster, &config(rules.clone()), waypoint_pod)?;
+    let _servers = reviews
+        .iter()
+        .map(|pod| {
+            let version = pod.name.trim_start_matches("reviews-");
+            Server::new("reviews", version)
+                .http(9080)
+                .start(&cluster, pod)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let url = format!("http://{BOOKINFO_VIP}:9080/reviews/0");
+    let address = format!("{BOOKINFO_VIP}:9080");
+    // Applies a task's manifest beside the rules, and waits until the
+    // waypoint's first route is `expected`.
+    let apply = |routes: Vec<serde_json::Value>, expected: &[(&str, u64)]| -> anyhow::Result<()> {
+        mesh::write_config(&cluster, &config([rules.clone(), routes].concat()))?;
+        let expected: Vec<(String, u64)> =
+            expected.iter().map(|(s, w)| (s.to_string(), *w)).collect();
+        wait_for(
+            || Ok(first_route(&waypoint, &address)? == expected),
+            "the task's routes",
+        )
+    };
+    let share = |summary: &ambit_testbed::testapp::HttpSummary, version: &str| {
+        summary.versions.get(version).copied().unwrap_or(0) as f64 / summary.requests as f64
+    };
+
+    // Request routing: everything to v1.
+    apply(bookinfo("routing-all-v1.yaml")?, &[("v1", 1)])?;
+    HttpLoad::new(200)
+        .run(&cluster, productpage.place(), &url)?
+        .expect_all(200, "reviews/v1", waypoint_pod.ip)?;
+
+    // The signed-in user jason sees v2, everyone else v1.
+    apply(bookinfo("reviews-v2-for-jason.yaml")?, &[("v2", 1)])?;
+    HttpLoad::new(200)
+        .header("end-user", "jason")
+        .run(&cluster, productpage.place(), &url)?
+        .expect_all(200, "reviews/v2", waypoint_pod.ip)?;
+    HttpLoad::new(200)
+        .header("end-user", "someone")
+        .run(&cluster, productpage.place(), &url)?
+        .expect_all(200, "reviews/v1", waypoint_pod.ip)?;
+
+    // Traffic shifting: 50/50 to v3, 90/10 and 80/20 to v2, each within
+    // three points over 2,000 requests.
+    let eighty_twenty = {
+        let mut shift = bookinfo("reviews-90-10.yaml")?;
+        shift[0]["spec"]["http"][0]["route"][0]["weight"] = json!(80);
+        shift[0]["spec"]["http"][0]["route"][1]["weight"] = json!(20);
+        shift
+    };
+    let shifts = [
+        (bookinfo("reviews-50-v3.yaml")?, [("v1", 50), ("v3", 50)]),
+        (bookinfo("reviews-90-10.yaml")?, [("v1", 90), ("v2", 10)]),
+        (eighty_twenty, [("v1", 80), ("v2", 20)]),
+    ];
+    for (routes, weights) in shifts {
+        apply(routes, &weights)?;
+        let summary = HttpLoad::new(2000).run(&cluster, productpage.place(), &url)?;
+        anyhow::ensure!(summary.status(200) == 2000, "{summary:?}");
+        for (subset, weight) in weights {
+            let observed = share(&summary, &format!("reviews/{subset}"));
+            anyhow::ensure!(
+                (observed - weight as f64 / 100.0).abs() <= 0.03,
+                "{subset} took {observed:.3} of the requests for a weight of {weight}: {summary:?}"
+            );
+        }
+    }
+    waypoint.stop()
 }

@@ -67,6 +67,9 @@ enum Mode {
         /// Pause between requests, in milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// A header every request carries, `NAME:VALUE` (repeatable).
+        #[arg(long = "header", value_parser = header_arg)]
+        headers: Vec<(String, String)>,
     },
     /// Send a message to a TCP echo server, close the sending side, and print
     /// what came back.
@@ -145,12 +148,13 @@ async fn main() -> anyhow::Result<()> {
             http2,
             reconnect,
             interval_ms,
+            headers,
         } => {
             let pacing = Pacing {
                 reconnect,
                 interval: Duration::from_millis(interval_ms),
             };
-            let summary = http_client(&url, requests, http2, pacing).await?;
+            let summary = http_client(&url, requests, http2, pacing, &headers).await?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
@@ -565,11 +569,20 @@ struct Pacing {
     interval: Duration,
 }
 
+/// `NAME:VALUE`.
+fn header_arg(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:VALUE"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
+}
+
 async fn http_client(
     url: &Uri,
     requests: usize,
     http2: bool,
     pacing: Pacing,
+    headers: &[(String, String)],
 ) -> anyhow::Result<HttpSummary> {
     let authority = url
         .authority()
@@ -589,10 +602,13 @@ async fn http_client(
                 None => Sender::connect(&addr, http2).await?,
             };
             let connection = sender.insert(connection);
-            let request = Request::builder()
+            let mut request = Request::builder()
                 .uri(url.clone())
-                .header(hyper::header::HOST, authority.as_str())
-                .body(Empty::new())?;
+                .header(hyper::header::HOST, authority.as_str());
+            for (name, value) in headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let request = request.body(Empty::new())?;
             let response = connection.send(request).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();
