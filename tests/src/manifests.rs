@@ -52,6 +52,8 @@ pub struct ServiceConfig {
     pub endpoints: Vec<Ipv4Addr>,
     /// The waypoint it is bound to (`istio.io/use-waypoint`), if any.
     pub waypoint: Option<String>,
+    /// The port's name, which tells Istio its protocol (`http`, `grpc`, `tcp`…).
+    pub port_name: String,
 }
 
 /// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
@@ -69,6 +71,7 @@ pub fn service(
         target_port,
         endpoints: pods.iter().map(|pod| pod.ip).collect(),
         waypoint: None,
+        port_name: "http".into(),
     }
 }
 
@@ -102,7 +105,7 @@ impl MeshConfig {
                 "metadata": { "name": service.name, "namespace": "default", "labels": labels },
                 "spec": {
                     "clusterIP": service.vip, "clusterIPs": [service.vip],
-                    "ports": [{ "name": "http", "port": service.port, "targetPort": service.target_port, "protocol": "TCP" }],
+                    "ports": [{ "name": service.port_name, "port": service.port, "targetPort": service.target_port, "protocol": "TCP" }],
                 },
             }));
             let endpoints: Vec<Value> = service
@@ -117,7 +120,7 @@ impl MeshConfig {
                     "labels": { "kubernetes.io/service-name": service.name },
                 },
                 "addressType": "IPv4", "endpoints": endpoints,
-                "ports": [{ "name": "http", "port": service.target_port, "protocol": "TCP" }],
+                "ports": [{ "name": service.port_name, "port": service.target_port, "protocol": "TCP" }],
             }));
         }
         objects.extend(self.istio.iter().cloned());

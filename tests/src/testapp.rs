@@ -275,6 +275,42 @@ impl std::fmt::Display for HttpLoad {
     }
 }
 
+/// POSTs `bytes` bytes from `from` to the test app's `/upload` at `url`,
+/// in HTTP/1.1 or h2c; returns what was sent and what the server counted.
+pub fn upload(
+    cluster: &Cluster,
+    from: &Place,
+    url: &str,
+    bytes: u64,
+    http2: bool,
+) -> anyhow::Result<TransferSummary> {
+    let mut args = vec![
+        "upload".to_string(),
+        format!("--url={url}"),
+        format!("--bytes={bytes}"),
+    ];
+    if http2 {
+        args.push("--http2".into());
+    }
+    last_json(&run_client(cluster, from, &args)?)
+}
+
+/// One gRPC-like h2c request from `from` to the test app's `/trailers` at
+/// `url`: `{status, body, trailers}`.
+pub fn trailers(
+    cluster: &Cluster,
+    from: &Place,
+    url: &str,
+    echo: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let args = [
+        "trailers".to_string(),
+        format!("--url={url}"),
+        format!("--echo={echo}"),
+    ];
+    last_json(&run_client(cluster, from, &args)?)
+}
+
 /// Sends `message` from `from` to the echo server at `addr`; returns what came back.
 pub fn echo(
     cluster: &Cluster,

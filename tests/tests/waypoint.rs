@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
-use ambit_testbed::testapp::{HttpLoad, Server};
+use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::Cluster;
 use anyhow::Context;
@@ -74,6 +74,7 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
 
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 32);
+const GRPC_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 34);
 
 /// Bookinfo's reviews subsets, each pod its own version (test pods are
 /// labelled `app: <pod name>`).
@@ -123,6 +124,12 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
                     waypoint: Some("waypoint".to_string()),
                     ..mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2])
                 },
+                // A gRPC port: HTTP/2 to the endpoint too.
+                mesh::ServiceConfig {
+                    waypoint: Some("waypoint".to_string()),
+                    port_name: "grpc".into(),
+                    ..mesh::service("ratings", GRPC_VIP, 9090, 9090, &[v1])
+                },
                 mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
             ],
         )
@@ -131,6 +138,7 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
     let _servers = [
         Server::new("reviews", "v1")
             .http(9080)
+            .http(9090)
             .start(&cluster, v1)?,
         Server::new("reviews", "v2")
             .http(9080)
@@ -159,6 +167,32 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
             && summary.versions.len() == 2,
         "both versions answer the waypoint: {summary:?}\n{}",
         waypoint.output()
+    );
+
+    // HTTP/2 from the client; a gibibyte uploaded in one streamed body; a
+    // gRPC-style answer whose status is in its trailers.
+    let summary = HttpLoad::new(20)
+        .http2(true)
+        .run(&cluster, client.place(), &url)?;
+    anyhow::ensure!(
+        summary.status(200) == 20,
+        "h2c through the waypoint: {summary:?}"
+    );
+    let upload_url = format!("http://{REVIEWS_VIP}:9080/upload");
+    let uploaded = testapp::upload(&cluster, client.place(), &upload_url, 1 << 30, false)?;
+    assert_eq!(
+        (
+            uploaded.bytes_received_by_server,
+            uploaded.crc_received_by_server
+        ),
+        (uploaded.bytes_sent, uploaded.crc_sent),
+        "a gibibyte arrives intact"
+    );
+    let grpc_url = format!("http://{GRPC_VIP}:9090/trailers");
+    let answer = testapp::trailers(&cluster, client.place(), &grpc_url, "hello")?;
+    assert_eq!(
+        answer,
+        json!({ "status": 200, "body": "ok", "trailers": { "grpc-status": "0", "grpc-message": "hello" } })
     );
 
     // All to v2; then Bookinfo's 80/20 shift, each applied without a restart.

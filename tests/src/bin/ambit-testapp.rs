@@ -10,7 +10,11 @@ use ambit_testbed::testapp::{
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty, Full};
+use std::convert::Infallible;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{body::Incoming, service::service_fn, Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -70,6 +74,25 @@ enum Mode {
         /// A header every request carries, `NAME:VALUE` (repeatable).
         #[arg(long = "header", value_parser = header_arg)]
         headers: Vec<(String, String)>,
+    },
+    /// POST `bytes` bytes to `/upload` in one streamed body and print a
+    /// JSON [`TransferSummary`] with what the server counted.
+    Upload {
+        #[arg(long)]
+        url: Uri,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        http2: bool,
+    },
+    /// One gRPC-like request to `/trailers` over h2c; print the status,
+    /// body and trailers as JSON.
+    Trailers {
+        #[arg(long)]
+        url: Uri,
+        /// Sent as `x-echo`, answered as `grpc-message`.
+        #[arg(long)]
+        echo: String,
     },
     /// Send a message to a TCP echo server, close the sending side, and print
     /// what came back.
@@ -165,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
         } => print_json(&echo_stream(addr, lines, Duration::from_millis(interval_ms)).await),
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
+        Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
+        Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
         Mode::Latency {
             url,
             rate,
@@ -242,39 +267,85 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
         let (app, version) = (app.clone(), version.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                // `/bytes/N` answers N bytes (for benchmarks); anything else
-                // says who answered and whom it saw.
-                let sized = req
-                    .uri()
-                    .path()
-                    .strip_prefix("/bytes/")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map(|n| n.min(MAX_SIZED_BODY));
-                let response = match sized {
-                    Some(n) => Response::builder()
-                        .header("content-type", "application/octet-stream")
-                        .body(Full::new(Bytes::from(vec![b'x'; n]))),
-                    None => {
-                        let reply = Reply {
-                            app: app.clone(),
-                            version: version.clone(),
-                            peer: peer.to_string(),
-                            protocol: format!("{:?}", req.version()),
-                        };
-                        Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(
-                                serde_json::to_vec(&reply).unwrap_or_default(),
-                            )))
-                    }
-                };
-                async move { response }
+                let (app, version) = (app.clone(), version.clone());
+                async move { Ok::<_, Infallible>(answer(req, &app, &version, peer).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+type AnswerBody = BoxBody<Bytes, Infallible>;
+
+/// `/bytes/N` answers N bytes (for benchmarks); `POST /upload` reads the
+/// body and answers `<bytes> <crc32>`; `/trailers` answers as a gRPC
+/// server does, its status in trailers (`grpc-status: 0`, and `x-echo` as
+/// `grpc-message`); anything else says who answered and whom it saw.
+async fn answer(
+    req: Request<Incoming>,
+    app: &str,
+    version: &str,
+    peer: SocketAddr,
+) -> Response<AnswerBody> {
+    let full = |content_type: &'static str, body: Vec<u8>| {
+        Response::builder()
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)).boxed())
+            .unwrap_or_default()
+    };
+    let path = req.uri().path().to_string();
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return full(
+            "application/octet-stream",
+            vec![b'x'; n.min(MAX_SIZED_BODY)],
+        );
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut hasher = crc32fast::Hasher::new();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref() {
+                hasher.update(data);
+                total += data.len() as u64;
+            }
+        }
+        return full(
+            "text/plain",
+            format!("{total} {}\n", hasher.finalize()).into_bytes(),
+        );
+    }
+    if path == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+        if let Some(echo) = req.headers().get("x-echo") {
+            trailers.insert("grpc-message", echo.clone());
+        }
+        let frames = [
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"ok"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            .unwrap_or_default();
+    }
+    let reply = Reply {
+        app: app.to_string(),
+        version: version.to_string(),
+        peer: peer.to_string(),
+        protocol: format!("{:?}", req.version()),
+    };
+    full(
+        "application/json",
+        serde_json::to_vec(&reply).unwrap_or_default(),
+    )
 }
 
 async fn serve_echo(listener: TcpListener) -> anyhow::Result<()> {
@@ -383,6 +454,104 @@ async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
         bytes_received_by_server: count.parse()?,
         crc_received_by_server: crc.parse()?,
     })
+}
+
+async fn upload(url: &Uri, bytes: u64, http2: bool) -> anyhow::Result<TransferSummary> {
+    let started = std::time::Instant::now();
+    let authority = url
+        .authority()
+        .context("the URL needs a host and port")?
+        .clone();
+    let stream = TcpStream::connect(authority.as_str()).await?;
+    let io = TokioIo::new(stream);
+    let (sent_crc, sent) = (
+        std::sync::Arc::new(std::sync::Mutex::new(crc32fast::Hasher::new())),
+        bytes,
+    );
+    // Chunks made different by their index, hashed as they go.
+    let hasher = sent_crc.clone();
+    let chunks = futures_util::stream::unfold(0u64, move |offset| {
+        let hasher = hasher.clone();
+        async move {
+            if offset >= sent {
+                return None;
+            }
+            let mut chunk = varied_bytes(CHUNK);
+            chunk[..8].copy_from_slice(&(offset / CHUNK as u64).to_le_bytes());
+            let len = usize::try_from((sent - offset).min(CHUNK as u64)).ok()?;
+            chunk.truncate(len);
+            hasher.lock().ok()?.update(&chunk);
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
+                offset + len as u64,
+            ))
+        }
+    });
+    let request = Request::post(url.clone())
+        .header(hyper::header::HOST, authority.as_str())
+        .body(StreamBody::new(Box::pin(chunks)))?;
+    let response = if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    };
+    let status = response.status();
+    let answer = response.into_body().collect().await?.to_bytes();
+    let answer = String::from_utf8_lossy(&answer);
+    let mut fields = answer.split_whitespace();
+    let (Some(count), Some(crc)) = (fields.next(), fields.next()) else {
+        anyhow::bail!("the server answered {status}: {answer:?}");
+    };
+    let crc_sent = sent_crc
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone()
+        .finalize();
+    Ok(TransferSummary {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes_sent: bytes,
+        crc_sent,
+        bytes_received_by_server: count.parse()?,
+        crc_received_by_server: crc.parse()?,
+    })
+}
+
+async fn trailers(url: &Uri, echo: &str) -> anyhow::Result<serde_json::Value> {
+    let authority = url
+        .authority()
+        .context("the URL needs a host and port")?
+        .clone();
+    let stream = TcpStream::connect(authority.as_str()).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::post(url.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-echo", echo)
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let collected = response.into_body().collect().await?;
+    let trailers: serde_json::Map<String, serde_json::Value> = collected
+        .trailers()
+        .map(|trailers| {
+            trailers
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.to_string(), serde_json::Value::String(value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    Ok(serde_json::json!({ "status": status, "body": body, "trailers": trailers }))
 }
 
 /// Deterministic bytes that do not repeat within the chunk (xorshift).
