@@ -311,6 +311,22 @@ pub fn trailers(
     last_json(&run_client(cluster, from, &args)?)
 }
 
+/// A WebSocket from `from` to the test app's `/ws` at `url`, `messages`
+/// messages echoed: `{status, accepted, echoed}`.
+pub fn websocket(
+    cluster: &Cluster,
+    from: &Place,
+    url: &str,
+    messages: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let args = [
+        "websocket".to_string(),
+        format!("--url={url}"),
+        format!("--messages={messages}"),
+    ];
+    last_json(&run_client(cluster, from, &args)?)
+}
+
 /// Sends `message` from `from` to the echo server at `addr`; returns what came back.
 pub fn echo(
     cluster: &Cluster,

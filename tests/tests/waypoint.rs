@@ -170,7 +170,7 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
     );
 
     // HTTP/2 from the client; a gibibyte uploaded in one streamed body; a
-    // gRPC-style answer whose status is in its trailers.
+    // gRPC-style answer whose status is in its trailers; a WebSocket.
     let summary = HttpLoad::new(20)
         .http2(true)
         .run(&cluster, client.place(), &url)?;
@@ -193,6 +193,14 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
     assert_eq!(
         answer,
         json!({ "status": 200, "body": "ok", "trailers": { "grpc-status": "0", "grpc-message": "hello" } })
+    );
+
+    let ws_url = format!("http://{REVIEWS_VIP}:9080/ws");
+    let socket = testapp::websocket(&cluster, client.place(), &ws_url, 10)?;
+    assert_eq!(
+        socket,
+        json!({ "status": 101, "accepted": true, "echoed": 10 }),
+        "a WebSocket echo through the waypoint"
     );
 
     // All to v2; then Bookinfo's 80/20 shift, each applied without a restart.

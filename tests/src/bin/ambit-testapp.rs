@@ -94,6 +94,14 @@ enum Mode {
         #[arg(long)]
         echo: String,
     },
+    /// A WebSocket to `/ws`: `messages` messages echoed, then a close;
+    /// print `{status, accepted, echoed}`.
+    Websocket {
+        #[arg(long)]
+        url: Uri,
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+    },
     /// Send a message to a TCP echo server, close the sending side, and print
     /// what came back.
     Echo {
@@ -190,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
         Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
+        Mode::Websocket { url, messages } => print_json(&websocket(&url, messages).await?),
         Mode::Latency {
             url,
             rate,
@@ -271,7 +280,7 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
                 async move { Ok::<_, Infallible>(answer(req, &app, &version, peer).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -279,7 +288,8 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
 
 type AnswerBody = BoxBody<Bytes, Infallible>;
 
-/// `/bytes/N` answers N bytes (for benchmarks); `POST /upload` reads the
+/// `/bytes/N` answers N bytes (for benchmarks); `/ws` is a WebSocket echo;
+/// `POST /upload` reads the
 /// body and answers `<bytes> <crc32>`; `/trailers` answers as a gRPC
 /// server does, its status in trailers (`grpc-status: 0`, and `x-echo` as
 /// `grpc-message`); anything else says who answered and whom it saw.
@@ -320,6 +330,9 @@ async fn answer(
             "text/plain",
             format!("{total} {}\n", hasher.finalize()).into_bytes(),
         );
+    }
+    if path == "/ws" {
+        return websocket_echo(req);
     }
     if path == "/trailers" {
         let mut trailers = hyper::HeaderMap::new();
@@ -454,6 +467,149 @@ async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
         bytes_received_by_server: count.parse()?,
         crc_received_by_server: crc.parse()?,
     })
+}
+
+/// RFC 6455's GUID, appended to the client's key for the accept value.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &[key, WEBSOCKET_GUID.as_bytes()].concat(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// Accepts a WebSocket upgrade, then echoes every message until a close.
+fn websocket_echo(mut req: Request<Incoming>) -> Response<AnswerBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from_static(b"not a WebSocket handshake")).boxed())
+            .unwrap_or_default();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        while let Ok((opcode, payload)) = read_frame(&mut io).await {
+            // Echoed unmasked, as a server sends; a close is answered and ends it.
+            if write_frame(&mut io, opcode, &payload, None).await.is_err() || opcode == 8 {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-accept", websocket_accept(key.as_bytes()))
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap_or_default()
+}
+
+/// One WebSocket frame: its opcode and unmasked payload.
+async fn read_frame(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await?;
+    let masked = head[1] & 0x80 != 0;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(io.read_u16().await?),
+        127 => io.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    if masked {
+        io.read_exact(&mut mask).await?;
+    }
+    let mut payload = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(0)];
+    io.read_exact(&mut payload).await?;
+    if masked {
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+    }
+    Ok((head[0] & 0x0f, payload))
+}
+
+/// Writes a final frame; a client masks with `mask`.
+async fn write_frame(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> std::io::Result<()> {
+    let mut frame = vec![0x80 | opcode];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(mask) => {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        None => frame.extend_from_slice(payload),
+    }
+    io.write_all(&frame).await
+}
+
+/// Opens a WebSocket to `url`, sends `messages` text messages and checks
+/// each echo, then closes: `{status, accepted, echoed}`.
+async fn websocket(url: &Uri, messages: usize) -> anyhow::Result<serde_json::Value> {
+    let authority = url
+        .authority()
+        .context("the URL needs a host and port")?
+        .clone();
+    let mut stream = TcpStream::connect(authority.as_str()).await?;
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let handshake = format!(
+        "GET {} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        url.path()
+    );
+    stream.write_all(handshake.as_bytes()).await?;
+    // The answer's head, byte by byte, so nothing after it is read.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+        anyhow::ensure!(head.len() < 16 << 10, "no end to the answer's head");
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    let accepted = head.contains(&format!(
+        "sec-websocket-accept: {}",
+        websocket_accept(key.as_bytes()).to_ascii_lowercase()
+    ));
+    let mut echoed = 0;
+    if status == 101 {
+        for n in 0..messages {
+            let message = format!("message {n}");
+            write_frame(&mut stream, 1, message.as_bytes(), Some([1, 2, 3, 4])).await?;
+            let (opcode, payload) =
+                tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await??;
+            anyhow::ensure!(
+                opcode == 1 && payload == message.as_bytes(),
+                "sent {message:?}, got {payload:?}"
+            );
+            echoed += 1;
+        }
+        write_frame(&mut stream, 8, &[], Some([1, 2, 3, 4])).await?;
+        let (opcode, _) = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await??;
+        anyhow::ensure!(opcode == 8, "the close was not answered");
+    }
+    Ok(serde_json::json!({ "status": status, "accepted": accepted, "echoed": echoed }))
 }
 
 async fn upload(url: &Uri, bytes: u64, http2: bool) -> anyhow::Result<TransferSummary> {

@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use super::upstream::{Body, BoxError, Upstream};
 
@@ -171,6 +172,11 @@ async fn forward(
     context: &StreamContext,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, Refusal> {
+    let mut request = request;
+    // An HTTP/1.1 upgrade (WebSocket): passed on, then both upgraded
+    // connections are joined.
+    let upgrade = upgrade_asked(request.headers())
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
     let workload = context
         .source
@@ -217,6 +223,12 @@ async fn forward(
     exchange.upstream = Some(endpoint);
     let http2 = backend.protocol == Protocol::Http2;
     prepare(&mut parts, http2);
+    if let (Some((protocol, _)), false) = (&upgrade, http2) {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let counted = exchange.request_bytes.clone();
     let body = body
         .map_frame(move |frame| {
@@ -246,8 +258,28 @@ async fn forward(
                 format!("upstream connect error or disconnect/reset before headers: {error}"),
             )
         })?;
+    let mut response = response;
+    let switched = match upgrade {
+        Some((protocol, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client.await, upstream.await) {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+            Some(protocol)
+        }
+        _ => None,
+    };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = switched {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         parts.headers.append(header::SET_COOKIE, cookie);
     }
@@ -303,6 +335,20 @@ fn prepare(parts: &mut http::request::Parts, http2: bool) {
             parts.headers.insert(header::HOST, host);
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` with `Upgrade: PROTOCOL`).
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
