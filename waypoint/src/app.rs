@@ -62,11 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 &config.service_account,
             );
             mesh_tls.certificates().want([identity.clone()].into());
-            let upstream = Arc::new(Upstream::new(
-                mesh_tls.clone(),
-                identity.clone(),
-                ca.trust_domain.clone(),
-            ));
+            let upstream = Arc::new(Upstream::new(mesh_tls.clone(), identity.clone()));
             let listener = tokio::net::TcpListener::bind(config.hbone)
                 .await
                 .with_context(|| format!("binding HBONE on {}", config.hbone))?;

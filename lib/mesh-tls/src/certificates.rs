@@ -8,14 +8,28 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::ca_client::CaClient;
-use ambit_config::model::{Key, Mesh};
+use ambit_config::model::{Key, Mesh, Workload};
 use ambit_identity::{Identity, WorkloadCertificate};
 use serde::Serialize;
 use tokio::sync::Notify;
+
+/// The identity a pod runs as: its service account in its namespace.
+pub fn workload_identity(trust_domain: &str, key: &Key, workload: &Workload) -> Identity {
+    Identity::new(trust_domain, &key.namespace, &workload.service_account)
+}
+
+/// The identity of the pod of the mesh at `ip`: only an enrolled pod with
+/// an address of its own has an agent answering HBONE for it.
+pub fn meshed_identity_at(trust_domain: &str, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
+    let (key, workload) = mesh.workload_by_ip(ip)?;
+    let meshed = !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name);
+    meshed.then(|| workload_identity(trust_domain, key, workload))
+}
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -70,12 +84,8 @@ impl Certificates {
 
     /// The identity the pod `namespace/name` runs as: its service account.
     pub fn identity_of(&self, mesh: &Mesh, namespace: &str, name: &str) -> Option<Identity> {
-        let workload = mesh.workloads.get(&Key::new(namespace, name))?;
-        Some(Identity::new(
-            self.trust_domain.as_str(),
-            namespace,
-            workload.service_account.as_str(),
-        ))
+        let (key, workload) = mesh.workloads.get_key_value(&Key::new(namespace, name))?;
+        Some(workload_identity(&self.trust_domain, key, workload))
     }
 
     /// The identities needed now. Certificates no longer needed are dropped.

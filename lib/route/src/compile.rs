@@ -147,6 +147,9 @@ pub struct WeightedBackend {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Backend {
+    /// The name Envoy and Istio give this destination's cluster:
+    /// `outbound|PORT|SUBSET|HOST`.
+    pub cluster: String,
     pub service: Key,
     pub host: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,19 +159,6 @@ pub struct Backend {
     /// Ready endpoints (of the subset), at the port they listen on.
     pub endpoints: Vec<SocketAddr>,
     pub load_balancer: LoadBalancer,
-}
-
-impl Backend {
-    /// The name Envoy and Istio give this destination's cluster:
-    /// `outbound|PORT|SUBSET|HOST`.
-    pub fn cluster_name(&self) -> String {
-        format!(
-            "outbound|{}|{}|{}",
-            self.port,
-            self.subset.as_deref().unwrap_or_default(),
-            self.host
-        )
-    }
 }
 
 /// The tables for the Services bound to `waypoint`.
@@ -381,6 +371,7 @@ impl<'a> Compiler<'a> {
                     None => Vec::new(),
                 };
                 Backend {
+                    cluster: cluster_name(port, destination.subset.as_deref(), &host),
                     protocol: service_port.map_or(Protocol::Tcp, Protocol::of),
                     load_balancer: LoadBalancer::from_settings(
                         rule.and_then(|rule| load_balancer(rule, subset, port)),
@@ -395,6 +386,7 @@ impl<'a> Compiler<'a> {
             }
             // A host that is no Service the waypoint sees: no endpoint.
             None => Backend {
+                cluster: cluster_name(port, destination.subset.as_deref(), &host),
                 service: Key::new("", ""),
                 host,
                 subset: destination.subset.clone(),
@@ -442,6 +434,11 @@ impl<'a> Compiler<'a> {
             .map(|endpoint| SocketAddr::new(endpoint.ip, port.target_port))
             .collect()
     }
+}
+
+/// `outbound|PORT|SUBSET|HOST`, as Envoy's clusters are named.
+fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
 }
 
 /// `gateways` as written on a VirtualService or a match: none means the

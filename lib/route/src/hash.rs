@@ -115,12 +115,21 @@ impl ConsistentHash {
                     (None, None) => None,
                 }
             }
-            HashKey::SourceIp => source.map(|ip| hash(ip.to_string().as_bytes())),
+            HashKey::SourceIp => self.connection_key(source),
             HashKey::QueryParameter(name) => {
                 query_parameter(request, name).map(|value| hash(value.as_bytes()))
             }
         };
         found.map_or(RequestKey::None, RequestKey::Hash)
+    }
+
+    /// The key of a connection from `source`, which carries no header,
+    /// cookie or query: only `useSourceIp` gives one.
+    pub fn connection_key(&self, source: Option<IpAddr>) -> Option<u64> {
+        match self.key {
+            HashKey::SourceIp => source.map(|ip| hash(ip.to_string().as_bytes())),
+            _ => None,
+        }
     }
 
     /// The endpoint a key hash falls on.

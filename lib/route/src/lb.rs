@@ -37,6 +37,15 @@ pub struct Draw {
 }
 
 impl LoadBalancer {
+    /// The consistent-hash key of a TCP connection from `source`, if this
+    /// balancer hashes by it.
+    pub fn connection_key(&self, source: Option<std::net::IpAddr>) -> Option<u64> {
+        match self {
+            Self::ConsistentHash(policy) => policy.connection_key(source),
+            _ => None,
+        }
+    }
+
     /// The endpoint to use among `count`, `active(i)` being the requests in
     /// flight to endpoint `i`; `None` when there is none.
     pub fn pick(&self, count: usize, draw: Draw, active: impl Fn(usize) -> usize) -> Option<usize> {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use ambit_config::model::{Key, Mesh, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_identity::Identity;
+use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::Party;
 use tokio::net::TcpStream;
 
@@ -86,11 +87,7 @@ pub(super) fn plan(
     };
     let identity = |ip: Ipv4Addr| -> Option<Identity> {
         let (key, workload) = mesh.workload_by_ip(IpAddr::V4(ip))?;
-        Some(Identity::new(
-            trust_domain?,
-            &key.namespace,
-            &workload.service_account,
-        ))
+        Some(workload_identity(trust_domain?, key, workload))
     };
     // Through a waypoint: to one of its pods, asking for the address the
     // caller dialled. Without identities there is no way to it: refused,
@@ -160,14 +157,11 @@ pub(super) fn plan(
         None => original,
     };
     // To a pod of the mesh, over HBONE when the agent holds identities.
-    let in_mesh = mesh
-        .workload_by_ip(IpAddr::V4(*target.ip()))
-        .is_some_and(|(key, workload)| {
-            !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name)
-        });
-    let plan = match identity(*target.ip()) {
-        Some(peer) if in_mesh => Plan::Hbone { target, peer },
-        _ => Plan::Direct { target },
+    let peer = trust_domain
+        .and_then(|trust_domain| meshed_identity_at(trust_domain, mesh, IpAddr::V4(*target.ip())));
+    let plan = match peer {
+        Some(peer) => Plan::Hbone { target, peer },
+        None => Plan::Direct { target },
     };
     Planned {
         plan,

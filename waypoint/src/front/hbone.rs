@@ -13,7 +13,6 @@ use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
-use ambit_route::hash::hash;
 use ambit_route::lb::pick_weighted;
 use ambit_route::Protocol;
 use ambit_telemetry::http::HttpMetrics;
@@ -149,11 +148,9 @@ async fn carry_tcp(responder: Responder, context: &StreamContext) {
         )?;
         Some(route.destinations[chosen].backend.clone())
     });
-    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|b| {
-        context.upstream.pick(
-            b,
-            context.source_ip.map(|ip| hash(ip.to_string().as_bytes())),
-        )
+    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|backend| {
+        let key = backend.load_balancer.connection_key(context.source_ip);
+        context.upstream.pick(backend, key)
     }) else {
         return responder.refuse(Refusal::Unreachable);
     };

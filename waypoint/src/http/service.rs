@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use ambit_config::model::{Key, Mesh};
 use ambit_identity::Identity;
+use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
 use ambit_route::{Caller, PortTable, Protocol};
@@ -24,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::upstream::{Body, BoxError, Upstream};
+use super::upstream::{Body, BoxError, InFlight, Upstream};
 
 /// What every request of one stream shares.
 pub struct StreamContext {
@@ -53,8 +54,11 @@ struct Exchange {
     status: StatusCode,
     flags: &'static str,
     upstream: Option<SocketAddr>,
+    /// Counts the request against its endpoint (least request) until the
+    /// answer has been passed on.
+    in_flight: Option<InFlight>,
     request_bytes: Arc<AtomicU64>,
-    response_bytes: AtomicU64,
+    response_bytes: u64,
 }
 
 impl Drop for Exchange {
@@ -67,8 +71,8 @@ impl Drop for Exchange {
             .and_then(|key| mesh.workloads.get_key_value(key));
         let destination_ip = self.upstream.map(|endpoint| endpoint.ip());
         let destination = destination_ip.and_then(|ip| mesh.workload_by_ip(ip));
-        let destination_identity =
-            destination_ip.and_then(|ip| context.upstream.identity_at(mesh, ip));
+        let destination_identity = destination_ip
+            .and_then(|ip| meshed_identity_at(&context.upstream.identity().trust_domain, mesh, ip));
         let table = &context.table;
         let mut labels = RequestLabels::new(
             Reporter::Waypoint,
@@ -92,7 +96,7 @@ impl Drop for Exchange {
         let request = ambit_telemetry::http::Request {
             duration: self.started.elapsed(),
             request_bytes: self.request_bytes.load(Ordering::Relaxed),
-            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+            response_bytes: self.response_bytes,
         };
         context.metrics.record(&labels, request);
         tracing::info!(
@@ -139,8 +143,9 @@ pub async fn handle(
         status: StatusCode::OK,
         flags: "-",
         upstream: None,
+        in_flight: None,
         request_bytes: Arc::default(),
-        response_bytes: AtomicU64::new(0),
+        response_bytes: 0,
     };
     let response = match forward(request, &context, &mut exchange).await {
         Ok(response) => response,
@@ -154,10 +159,10 @@ pub async fn handle(
     let (parts, body) = response.into_parts();
     let body = body
         .map_frame(move |frame| {
+            // The whole exchange moves into the body, recorded when it drops.
+            let exchange = &mut exchange;
             if let Some(data) = frame.data_ref() {
-                exchange
-                    .response_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                exchange.response_bytes += data.len() as u64;
             }
             frame
         })
@@ -221,6 +226,7 @@ async fn forward(
         "no healthy upstream".to_string(),
     ))?;
     exchange.upstream = Some(endpoint);
+    exchange.in_flight = Some(in_flight);
     let http2 = backend.protocol == Protocol::Http2;
     prepare(&mut parts, http2);
     if let (Some((protocol, _)), false) = (&upgrade, http2) {
@@ -283,15 +289,10 @@ async fn forward(
     if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         parts.headers.append(header::SET_COOKIE, cookie);
     }
-    // The endpoint counts as busy until its answer has been passed on.
-    let body = body
-        .map_err(BoxError::from)
-        .map_frame(move |frame| {
-            let _ = &in_flight;
-            frame
-        })
-        .boxed();
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
 }
 
 /// The request as the upstream connection carries it: HTTP/1.1 in origin

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ambit_config::model::Mesh;
 use ambit_identity::Identity;
+use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
 use ambit_route::{Backend, Protocol};
@@ -33,7 +34,6 @@ pub struct Upstream {
     mesh_tls: Arc<MeshTls>,
     /// The waypoint's own identity, which upstream agents see.
     identity: Identity,
-    trust_domain: String,
     http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
     http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
     /// Requests in flight per endpoint, for least request.
@@ -65,11 +65,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Upstream {
-    pub fn new(mesh_tls: Arc<MeshTls>, identity: Identity, trust_domain: String) -> Self {
+    pub fn new(mesh_tls: Arc<MeshTls>, identity: Identity) -> Self {
         Self {
             mesh_tls,
             identity,
-            trust_domain,
             http1: Mutex::default(),
             http2: Mutex::default(),
             active: Arc::default(),
@@ -77,12 +76,21 @@ impl Upstream {
         }
     }
 
+    /// The waypoint's own identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     /// The endpoint of `backend` its load balancer picks now (by `hash`
     /// for consistent hashing), counted in flight until the guard is dropped.
     pub fn pick(&self, backend: &Backend, hash: Option<u64>) -> Option<(SocketAddr, InFlight)> {
         let turn = {
             let mut turns = lock(&self.turns);
-            let turn = turns.entry(backend.cluster_name()).or_default();
+            // Looked up by the name compiled in; a key is made once per backend.
+            let turn = match turns.get_mut(&backend.cluster) {
+                Some(turn) => turn,
+                None => turns.entry(backend.cluster.clone()).or_default(),
+            };
             *turn = turn.wrapping_add(1);
             *turn - 1
         };
@@ -181,7 +189,8 @@ impl Upstream {
         from: IpAddr,
         endpoint: SocketAddr,
     ) -> std::io::Result<Box<dyn Stream>> {
-        let Some(peer) = self.identity_at(mesh, endpoint.ip()) else {
+        let Some(peer) = meshed_identity_at(&self.identity.trust_domain, mesh, endpoint.ip())
+        else {
             let tcp = tokio::net::TcpStream::connect(endpoint).await?;
             let _ = tcp.set_nodelay(true);
             return Ok(Box::new(tcp));
@@ -203,20 +212,6 @@ impl Upstream {
             })
             .await?;
         Ok(Box::new(tunnel))
-    }
-
-    /// The identity of the pod at `ip` when it is in the mesh, whose agent
-    /// then answers HBONE for it.
-    pub fn identity_at(&self, mesh: &Mesh, ip: IpAddr) -> Option<Identity> {
-        let (key, workload) = mesh.workload_by_ip(ip)?;
-        let in_mesh = !workload.host_network && mesh.is_enrolled(&key.namespace, &key.name);
-        in_mesh.then(|| {
-            Identity::new(
-                self.trust_domain.as_str(),
-                &key.namespace,
-                &workload.service_account,
-            )
-        })
     }
 }
 

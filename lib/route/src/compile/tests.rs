@@ -101,7 +101,7 @@ fn without_a_virtual_service_a_port_goes_to_its_service() {
         .unwrap();
     let backend = &route.destinations[0].backend;
     assert_eq!(
-        backend.cluster_name(),
+        backend.cluster,
         "outbound|9080||reviews.bookinfo.svc.cluster.local"
     );
     assert_eq!(backend.endpoints.len(), 3);
