@@ -7,7 +7,7 @@ mod layering;
 mod setup;
 mod soak;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -104,7 +104,12 @@ pub struct Workspace {
 
 impl Workspace {
     fn find() -> anyhow::Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        // `cargo run` says where xtask is at run time; the path compiled in
+        // is where it was built, which a shared target directory may have
+        // reused from another checkout.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+        let root = manifest_dir
             .parent()
             .context("xtask lives in a workspace")?
             .to_path_buf();
