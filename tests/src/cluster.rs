@@ -12,7 +12,7 @@
 //! `<cgroup2>/<run>/<node>/pods/<pod>` what runs in a pod, so a program
 //! attached to `<node>/pods` sees exactly that node's pods.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -191,7 +191,7 @@ impl Node {
 #[derive(Debug)]
 pub struct Pod {
     pub name: String,
-    /// Its Kubernetes namespace: every test pod is in `default`.
+    /// Its Kubernetes namespace: `default` unless the builder said otherwise.
     pub namespace: String,
     /// Its Kubernetes UID, unique to the run.
     pub uid: String,
@@ -211,6 +211,8 @@ impl Pod {
 pub struct ClusterBuilder {
     nodes: Vec<Vec<String>>,
     binaries: Option<Binaries>,
+    /// Pods in a Kubernetes namespace other than `default`, by name.
+    namespaces: BTreeMap<String, String>,
 }
 
 impl ClusterBuilder {
@@ -224,6 +226,12 @@ impl ClusterBuilder {
     pub fn node(mut self, pods: &[&str]) -> Self {
         self.nodes
             .push(pods.iter().map(|pod| pod.to_string()).collect());
+        self
+    }
+
+    /// Puts the pod `pod` in the Kubernetes namespace `namespace`.
+    pub fn namespace(mut self, pod: &str, namespace: &str) -> Self {
+        self.namespaces.insert(pod.into(), namespace.into());
         self
     }
 
@@ -258,7 +266,8 @@ impl ClusterBuilder {
             let index = u8::try_from(i + 1)?;
             cluster.add_node(index)?;
             for (slot, pod) in pods.iter().enumerate() {
-                cluster.add_pod(index, u8::try_from(slot)?, pod)?;
+                let namespace = self.namespaces.get(pod).map_or("default", String::as_str);
+                cluster.add_pod(index, u8::try_from(slot)?, pod, namespace)?;
             }
         }
         cluster.route_between_nodes()?;
@@ -284,6 +293,12 @@ impl ClusterBuilder {
                 "pod name {pod:?}: use 1 to 40 of a-z, 0-9 and '-', not starting with \"node-\""
             );
             ensure!(seen.insert(pod), "pod name {pod:?} is used twice");
+        }
+        for pod in self.namespaces.keys() {
+            ensure!(
+                seen.contains(pod),
+                "a namespace is given for {pod:?}, which no node has"
+            );
         }
         ensure!(
             self.nodes.iter().all(|pods| pods.len() <= 250),
@@ -398,7 +413,20 @@ impl Cluster {
         let mut command = place.command(program)?;
         command.args(args);
         let name = format!("{}/{label}", place.name);
-        let log = self.logs.join(format!("{}-{label}.log", place.name));
+        // A log of its own, also when the same program runs twice at once.
+        let log = (0..)
+            .map(|n| match n {
+                0 => self.logs.join(format!("{}-{label}.log", place.name)),
+                n => self.logs.join(format!("{}-{label}-{n}.log", place.name)),
+            })
+            .find(|path| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .is_ok()
+            })
+            .context("a log file")?;
         Process::spawn(&name, command, &log)
     }
 
@@ -520,7 +548,13 @@ impl Cluster {
         Ok(())
     }
 
-    fn add_pod(&mut self, node_index: u8, slot: u8, name: &str) -> anyhow::Result<()> {
+    fn add_pod(
+        &mut self,
+        node_index: u8,
+        slot: u8,
+        name: &str,
+        namespace: &str,
+    ) -> anyhow::Result<()> {
         let node = &self.nodes[usize::from(node_index - 1)];
         let netns = self.netns_name(name);
         let pod_ip = node.pod_ip(slot);
@@ -559,7 +593,7 @@ impl Cluster {
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let pod = Pod {
             name: name.to_string(),
-            namespace: "default".to_string(),
+            namespace: namespace.to_string(),
             uid: format!("{}-{name}", self.run),
             node: node.name.clone(),
             ip: pod_ip,

@@ -54,6 +54,8 @@ pub struct ServiceConfig {
     pub waypoint: Option<String>,
     /// The port's name, which tells Istio its protocol (`http`, `grpc`, `tcp`…).
     pub port_name: String,
+    /// Further ports, as (name, port, target port).
+    pub more_ports: Vec<(String, u16, u16)>,
 }
 
 /// A Service in `default` at `vip:port` whose endpoints are `pods` at `target_port`.
@@ -72,10 +74,26 @@ pub fn service(
         endpoints: pods.iter().map(|pod| pod.ip).collect(),
         waypoint: None,
         port_name: "http".into(),
+        more_ports: Vec::new(),
     }
 }
 
 impl MeshConfig {
+    /// Labels the pods named `<app>-<version>` as Bookinfo does, `app` and
+    /// `version`, so that subsets select by version.
+    pub fn versioned(mut self, app: &str) -> Self {
+        let prefix = format!("{app}-");
+        for pod in self.pods.iter_mut() {
+            if let Some(version) = pod.name.strip_prefix(&prefix) {
+                pod.labels = vec![
+                    ("app".into(), app.into()),
+                    ("version".into(), version.into()),
+                ];
+            }
+        }
+        self
+    }
+
     /// The objects, as the API server would return them.
     pub fn objects(&self) -> Vec<Value> {
         let mut objects = Vec::new();
@@ -100,12 +118,24 @@ impl MeshConfig {
                 Some(waypoint) => json!({ USE_WAYPOINT_LABEL: waypoint }),
                 None => json!({}),
             };
+            let ports: Vec<(&String, u16, u16)> =
+                std::iter::once((&service.port_name, service.port, service.target_port))
+                    .chain(service.more_ports.iter().map(|(n, p, t)| (n, *p, *t)))
+                    .collect();
+            let service_ports: Vec<Value> = ports
+                .iter()
+                .map(|(name, port, target)| json!({ "name": name, "port": port, "targetPort": target, "protocol": "TCP" }))
+                .collect();
+            let endpoint_ports: Vec<Value> = ports
+                .iter()
+                .map(|(name, _, target)| json!({ "name": name, "port": target, "protocol": "TCP" }))
+                .collect();
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": { "name": service.name, "namespace": "default", "labels": labels },
                 "spec": {
                     "clusterIP": service.vip, "clusterIPs": [service.vip],
-                    "ports": [{ "name": service.port_name, "port": service.port, "targetPort": service.target_port, "protocol": "TCP" }],
+                    "ports": service_ports,
                 },
             }));
             let endpoints: Vec<Value> = service
@@ -120,7 +150,7 @@ impl MeshConfig {
                     "labels": { "kubernetes.io/service-name": service.name },
                 },
                 "addressType": "IPv4", "endpoints": endpoints,
-                "ports": [{ "name": service.port_name, "port": service.target_port, "protocol": "TCP" }],
+                "ports": endpoint_ports,
             }));
         }
         objects.extend(self.istio.iter().cloned());

@@ -114,6 +114,7 @@ pub struct Server {
     /// (flag, port) for every listener.
     listeners: Vec<(&'static str, u16)>,
     sink_stall: Duration,
+    answer_delay: Duration,
 }
 
 impl Server {
@@ -123,6 +124,7 @@ impl Server {
             version: version.into(),
             listeners: Vec::new(),
             sink_stall: Duration::ZERO,
+            answer_delay: Duration::ZERO,
         }
     }
 
@@ -151,6 +153,12 @@ impl Server {
         self
     }
 
+    /// Every HTTP answer waits `delay` first, like a slow replica.
+    pub fn answer_delay(mut self, delay: Duration) -> Self {
+        self.answer_delay = delay;
+        self
+    }
+
     /// Starts it in `pod` and returns once every listener accepts.
     pub fn start(&self, cluster: &Cluster, pod: &Pod) -> anyhow::Result<Process> {
         let mut args = vec![
@@ -158,6 +166,7 @@ impl Server {
             format!("--app={}", self.app),
             format!("--version={}", self.version),
             format!("--sink-stall-ms={}", self.sink_stall.as_millis()),
+            format!("--answer-delay-ms={}", self.answer_delay.as_millis()),
         ];
         args.extend(
             self.listeners
@@ -191,6 +200,8 @@ pub struct HttpLoad {
     reconnect: bool,
     interval: Duration,
     headers: Vec<(String, String)>,
+    method: String,
+    cookies: bool,
 }
 
 impl HttpLoad {
@@ -202,12 +213,26 @@ impl HttpLoad {
             reconnect: false,
             interval: Duration::ZERO,
             headers: Vec::new(),
+            method: "GET".into(),
+            cookies: false,
         }
     }
 
     /// A header every request carries.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The method of every request (GET unless said).
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// Cookies that answers set are sent with the later requests.
+    pub fn cookies(mut self) -> Self {
+        self.cookies = true;
         self
     }
 
@@ -235,12 +260,16 @@ impl HttpLoad {
             format!("--url={url}"),
             format!("--requests={}", self.requests),
             format!("--interval-ms={}", self.interval.as_millis()),
+            format!("--method={}", self.method),
         ];
         if self.http2 {
             args.push("--http2".to_string());
         }
         if self.reconnect {
             args.push("--reconnect".to_string());
+        }
+        if self.cookies {
+            args.push("--cookies".to_string());
         }
         args.extend(
             self.headers
@@ -311,16 +340,31 @@ pub fn trailers(
     last_json(&run_client(cluster, from, &args)?)
 }
 
-/// A WebSocket from `from` to the test app's `/ws` at `url`, `messages`
-/// messages echoed: `{status, accepted, echoed}`.
-pub fn websocket(
+/// A conversation of messages, each echoed before the next is sent.
+#[derive(Clone, Copy, Debug)]
+pub enum Messages {
+    /// A gRPC-like bidirectional stream to the test app's `/stream`, over
+    /// h2c: `{status, echoed, trailers}`.
+    GrpcStream,
+    /// A WebSocket to the test app's `/ws`: `{status, accepted, echoed}`.
+    WebSocket,
+}
+
+/// `messages` messages from `from` over `url`, each echoed before the
+/// next is sent; the client's summary.
+pub fn exchange_messages(
     cluster: &Cluster,
     from: &Place,
+    kind: Messages,
     url: &str,
     messages: usize,
 ) -> anyhow::Result<serde_json::Value> {
+    let mode = match kind {
+        Messages::GrpcStream => "stream",
+        Messages::WebSocket => "websocket",
+    };
     let args = [
-        "websocket".to_string(),
+        mode.to_string(),
         format!("--url={url}"),
         format!("--messages={messages}"),
     ];

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
-use ambit_testbed::testapp::{self, HttpLoad, Server};
+use ambit_testbed::testapp::{self, HttpLoad, Messages, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::Cluster;
 use anyhow::Context;
@@ -170,7 +170,8 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
     );
 
     // HTTP/2 from the client; a gibibyte uploaded in one streamed body; a
-    // gRPC-style answer whose status is in its trailers; a WebSocket.
+    // gRPC-style answer whose status is in its trailers, unary and
+    // streaming; a WebSocket.
     let summary = HttpLoad::new(20)
         .http2(true)
         .run(&cluster, client.place(), &url)?;
@@ -195,8 +196,24 @@ fn a_bound_services_requests_are_routed_through_the_waypoint_by_its_virtual_serv
         json!({ "status": 200, "body": "ok", "trailers": { "grpc-status": "0", "grpc-message": "hello" } })
     );
 
+    // A bidirectional stream: each message goes out only once the one
+    // before came back, so the waypoint must pass each on as it arrives.
+    let stream_url = format!("http://{GRPC_VIP}:9090/stream");
+    let streamed = testapp::exchange_messages(
+        &cluster,
+        client.place(),
+        Messages::GrpcStream,
+        &stream_url,
+        20,
+    )?;
+    assert_eq!(
+        streamed,
+        json!({ "status": 200, "echoed": 20, "trailers": { "grpc-status": "0" } })
+    );
+
     let ws_url = format!("http://{REVIEWS_VIP}:9080/ws");
-    let socket = testapp::websocket(&cluster, client.place(), &ws_url, 10)?;
+    let socket =
+        testapp::exchange_messages(&cluster, client.place(), Messages::WebSocket, &ws_url, 10)?;
     assert_eq!(
         socket,
         json!({ "status": 101, "accepted": true, "echoed": 10 }),
@@ -320,7 +337,7 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
     ])?;
     let reviews = [v1, v2, v3];
     let config = |istio: Vec<serde_json::Value>| {
-        let mut config = MeshConfig {
+        let config = MeshConfig {
             istio,
             ..mesh::enrolling(
                 &cluster,
@@ -334,16 +351,7 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
                 ],
             )
         };
-        // Bookinfo's labels: subsets select by version.
-        for pod in config.pods.iter_mut() {
-            if let Some(version) = pod.name.strip_prefix("reviews-") {
-                pod.labels = vec![
-                    ("app".into(), "reviews".into()),
-                    ("version".into(), version.into()),
-                ];
-            }
-        }
-        config
+        config.versioned("reviews")
     };
     let rules = bookinfo("destination-rule-all.yaml")?;
     let (_ca, _agents, waypoint) =

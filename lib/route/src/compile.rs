@@ -103,18 +103,47 @@ impl PortTable {
         request: &http::request::Parts,
         scheme: &str,
         caller: Caller<'_>,
-    ) -> Option<&HttpRoute> {
+    ) -> Option<Routed<'_>> {
         let arrival = Arrival {
             port: self.port,
             scheme,
         };
-        self.http.iter().find(|route| {
-            route.matches.is_empty()
-                || route
-                    .matches
-                    .iter()
-                    .any(|matched| matched.matches(request, arrival, caller))
+        self.http.iter().find_map(|route| {
+            if route.matches.is_empty() {
+                return Some(Routed {
+                    route,
+                    matched: None,
+                });
+            }
+            let matched = route
+                .matches
+                .iter()
+                .find(|matched| matched.matches(request, arrival, caller))?;
+            Some(Routed {
+                route,
+                matched: Some(matched),
+            })
         })
+    }
+}
+
+/// The route a request took, and which of its matches held.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    pub route: &'a HttpRoute,
+    pub matched: Option<&'a RequestMatch>,
+}
+
+impl Routed<'_> {
+    /// The name Istio gives the route it hands Envoy (and access logs
+    /// show): the route's name and the match's, joined by a dot, or
+    /// whichever of them is given.
+    pub fn name(&self) -> Option<String> {
+        let matched = self.matched.and_then(|m| m.name.as_deref());
+        match (self.route.name.as_deref(), matched) {
+            (Some(route), Some(matched)) => Some(format!("{route}.{matched}")),
+            (route, matched) => route.or(matched).map(str::to_string),
+        }
     }
 }
 

@@ -9,5 +9,5 @@ pub mod hash;
 pub mod lb;
 pub mod matching;
 
-pub use compile::{compile, Backend, HttpRoute, PortTable, Protocol, RouteTables};
+pub use compile::{compile, Backend, HttpRoute, PortTable, Protocol, RouteTables, Routed};
 pub use matching::{Arrival, Caller};

@@ -2,6 +2,7 @@
 //! answered and whom it saw, and the clients that talk to it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_testbed::testapp::{
@@ -54,6 +55,9 @@ enum Mode {
         /// reader that falls behind.
         #[arg(long, default_value_t = 0)]
         sink_stall_ms: u64,
+        /// Every HTTP answer waits this long first, like a slow replica.
+        #[arg(long, default_value_t = 0)]
+        answer_delay_ms: u64,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -71,9 +75,15 @@ enum Mode {
         /// Pause between requests, in milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
-        /// A header every request carries, `NAME:VALUE` (repeatable).
+        /// A header every request carries, `NAME:VALUE` (repeatable); a
+        /// `host` given here replaces the URL's.
         #[arg(long = "header", value_parser = header_arg)]
         headers: Vec<(String, String)>,
+        #[arg(long, default_value = "GET")]
+        method: hyper::Method,
+        /// Keep the cookies answers set, and send them with later requests.
+        #[arg(long)]
+        cookies: bool,
     },
     /// POST `bytes` bytes to `/upload` in one streamed body and print a
     /// JSON [`TransferSummary`] with what the server counted.
@@ -93,6 +103,16 @@ enum Mode {
         /// Sent as `x-echo`, answered as `grpc-message`.
         #[arg(long)]
         echo: String,
+    },
+    /// A gRPC-like bidirectional stream to `/stream` over h2c: each of
+    /// `messages` messages is sent only once the one before has come back,
+    /// so nothing on the way may hold a message back; print
+    /// `{status, echoed, trailers}` as JSON.
+    Stream {
+        #[arg(long)]
+        url: Uri,
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
     },
     /// A WebSocket to `/ws`: `messages` messages echoed, then a close;
     /// print `{status, accepted, echoed}`.
@@ -166,12 +186,18 @@ async fn main() -> anyhow::Result<()> {
             echo,
             sink,
             sink_stall_ms,
+            answer_delay_ms,
         } => {
             let sinks = Sinks {
                 addrs: sink,
                 stall: Duration::from_millis(sink_stall_ms),
             };
-            serve(app, version, http, echo, sinks).await
+            let server = Arc::new(HttpServer {
+                app,
+                version,
+                delay: Duration::from_millis(answer_delay_ms),
+            });
+            serve(server, http, echo, sinks).await
         }
         Mode::Http {
             url,
@@ -180,12 +206,19 @@ async fn main() -> anyhow::Result<()> {
             reconnect,
             interval_ms,
             headers,
+            method,
+            cookies,
         } => {
             let pacing = Pacing {
                 reconnect,
                 interval: Duration::from_millis(interval_ms),
             };
-            let summary = http_client(&url, requests, http2, pacing, &headers).await?;
+            let request = RequestShape {
+                method,
+                headers,
+                cookies,
+            };
+            let summary = http_client(&url, requests, http2, pacing, &request).await?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
@@ -198,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
         Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
+        Mode::Stream { url, messages } => print_json(&stream(&url, messages).await?),
         Mode::Websocket { url, messages } => print_json(&websocket(&url, messages).await?),
         Mode::Latency {
             url,
@@ -222,9 +256,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(
+/// Who answers HTTP, and how slowly.
+struct HttpServer {
     app: String,
     version: String,
+    delay: Duration,
+}
+
+async fn serve(
+    server: Arc<HttpServer>,
     http: Vec<SocketAddr>,
     echo: Vec<SocketAddr>,
     sinks: Sinks,
@@ -236,8 +276,7 @@ async fn serve(
     let mut servers = tokio::task::JoinSet::new();
     for addr in http {
         let listener = listen(addr)?;
-        let (app, version) = (app.clone(), version.clone());
-        servers.spawn(serve_http(listener, app, version));
+        servers.spawn(serve_http(listener, server.clone()));
     }
     for addr in echo {
         let listener = listen(addr)?;
@@ -247,7 +286,7 @@ async fn serve(
         let listener = listen(addr)?;
         servers.spawn(serve_sink(listener, sinks.stall));
     }
-    eprintln!("{app} {version} serving");
+    eprintln!("{} {} serving", server.app, server.version);
     match servers.join_next().await {
         Some(result) => result?,
         None => Ok(()),
@@ -270,14 +309,17 @@ fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(socket.listen(4096)?)
 }
 
-async fn serve_http(listener: TcpListener, app: String, version: String) -> anyhow::Result<()> {
+async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
-        let (app, version) = (app.clone(), version.clone());
+        let server = server.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (app, version) = (app.clone(), version.clone());
-                async move { Ok::<_, Infallible>(answer(req, &app, &version, peer).await) }
+                let server = server.clone();
+                async move {
+                    tokio::time::sleep(server.delay).await;
+                    Ok::<_, Infallible>(answer(req, &server.app, &server.version, peer).await)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -288,7 +330,8 @@ async fn serve_http(listener: TcpListener, app: String, version: String) -> anyh
 
 type AnswerBody = BoxBody<Bytes, Infallible>;
 
-/// `/bytes/N` answers N bytes (for benchmarks); `/ws` is a WebSocket echo;
+/// `/bytes/N` answers N bytes (for benchmarks); `/ws` is a WebSocket echo; `/stream` echoes
+/// each message of its body as it arrives, then ends as gRPC does;
 /// `POST /upload` reads the
 /// body and answers `<bytes> <crc32>`; `/trailers` answers as a gRPC
 /// server does, its status in trailers (`grpc-status: 0`, and `x-echo` as
@@ -314,6 +357,9 @@ async fn answer(
             "application/octet-stream",
             vec![b'x'; n.min(MAX_SIZED_BODY)],
         );
+    }
+    if path == "/stream" {
+        return stream_echo(req.into_body());
     }
     if path == "/upload" {
         let mut body = req.into_body();
@@ -359,6 +405,32 @@ async fn answer(
         "application/json",
         serde_json::to_vec(&reply).unwrap_or_default(),
     )
+}
+
+/// Each data frame of `body` echoed as it arrives; then `grpc-status: 0`
+/// in trailers, as a gRPC server ends a stream.
+fn stream_echo(body: Incoming) -> Response<AnswerBody> {
+    let frames = futures_util::stream::unfold(Some(body), |body| async move {
+        let mut body = body?;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => return Some((Ok(Frame::data(data)), Some(body))),
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => return None,
+                None => {
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    return Some((Ok::<_, Infallible>(Frame::trailers(trailers)), None));
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(frames).boxed())
+        .unwrap_or_default()
 }
 
 async fn serve_echo(listener: TcpListener) -> anyhow::Result<()> {
@@ -677,15 +749,23 @@ async fn upload(url: &Uri, bytes: u64, http2: bool) -> anyhow::Result<TransferSu
     })
 }
 
-async fn trailers(url: &Uri, echo: &str) -> anyhow::Result<serde_json::Value> {
-    let authority = url
-        .authority()
-        .context("the URL needs a host and port")?
-        .clone();
+/// An h2c connection (HTTP/2 with prior knowledge) to `url`'s authority.
+async fn h2c<B>(url: &Uri) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let authority = url.authority().context("the URL needs a host and port")?;
     let stream = TcpStream::connect(authority.as_str()).await?;
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn trailers(url: &Uri, echo: &str) -> anyhow::Result<serde_json::Value> {
+    let mut sender = h2c(url).await?;
     let request = Request::post(url.clone())
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -708,6 +788,66 @@ async fn trailers(url: &Uri, echo: &str) -> anyhow::Result<serde_json::Value> {
         .unwrap_or_default();
     let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
     Ok(serde_json::json!({ "status": status, "body": body, "trailers": trailers }))
+}
+
+async fn stream(url: &Uri, messages: usize) -> anyhow::Result<serde_json::Value> {
+    let mut sender = h2c(url).await?;
+    let (outgoing, receiver) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body = Box::pin(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move {
+            let message = receiver.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(message)), receiver))
+        },
+    ));
+    let request = Request::post(url.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(body))?;
+    let response = sender.send_request(request);
+    let mut echoed = 0;
+    let mut outgoing = Some(outgoing);
+    let first = format!("message {echoed}");
+    if let Some(outgoing) = &outgoing {
+        outgoing.send(Bytes::from(first)).await?;
+    }
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, response).await??;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut trailers = serde_json::Map::new();
+    while let Some(frame) = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+        .await
+        .context("a message did not come back in time")?
+    {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            received.extend_from_slice(data);
+            // A message is whole once all its bytes are back.
+            let expected = format!("message {echoed}");
+            if received.len() >= expected.len() {
+                anyhow::ensure!(
+                    received == expected.as_bytes(),
+                    "sent {expected:?}, got back {:?}",
+                    String::from_utf8_lossy(&received)
+                );
+                received.clear();
+                echoed += 1;
+                match (&outgoing, echoed < messages) {
+                    (Some(sender), true) => sender.send(format!("message {echoed}").into()).await?,
+                    // Ends the request: the server then ends the stream.
+                    _ => outgoing = None,
+                }
+            }
+        }
+        if let Some(frame_trailers) = frame.trailers_ref() {
+            for (name, value) in frame_trailers {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                trailers.insert(name.to_string(), serde_json::Value::String(value));
+            }
+        }
+    }
+    Ok(serde_json::json!({ "status": status, "echoed": echoed, "trailers": trailers }))
 }
 
 /// Deterministic bytes that do not repeat within the chunk (xorshift).
@@ -894,6 +1034,14 @@ struct Pacing {
     interval: Duration,
 }
 
+/// What each request of the HTTP client looks like besides its URL.
+struct RequestShape {
+    method: hyper::Method,
+    headers: Vec<(String, String)>,
+    /// Whether cookies set by answers are sent back.
+    cookies: bool,
+}
+
 /// `NAME:VALUE`.
 fn header_arg(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
@@ -907,7 +1055,7 @@ async fn http_client(
     requests: usize,
     http2: bool,
     pacing: Pacing,
-    headers: &[(String, String)],
+    shape: &RequestShape,
 ) -> anyhow::Result<HttpSummary> {
     let authority = url
         .authority()
@@ -919,6 +1067,8 @@ async fn http_client(
     };
     let mut summary = HttpSummary::default();
     let mut sender: Option<Sender> = None;
+    // `name=value` of each cookie kept.
+    let mut jar: Vec<String> = Vec::new();
     for _ in 0..requests {
         summary.requests += 1;
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -927,14 +1077,38 @@ async fn http_client(
                 None => Sender::connect(&addr, http2).await?,
             };
             let connection = sender.insert(connection);
-            let mut request = Request::builder()
-                .uri(url.clone())
-                .header(hyper::header::HOST, authority.as_str());
-            for (name, value) in headers {
+            let host_given = shape
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("host"));
+            // HTTP/1.1 in origin form, as browsers and curl send it, so
+            // that the Host header names the authority; HTTP/2 takes it
+            // from the URL.
+            let uri = match http2 {
+                true => url.clone(),
+                false => url.path_and_query().map_or("/", |p| p.as_str()).parse()?,
+            };
+            let mut request = Request::builder().method(shape.method.clone()).uri(uri);
+            if !host_given {
+                request = request.header(hyper::header::HOST, authority.as_str());
+            }
+            for (name, value) in &shape.headers {
                 request = request.header(name.as_str(), value.as_str());
+            }
+            if !jar.is_empty() {
+                request = request.header(hyper::header::COOKIE, jar.join("; "));
             }
             let request = request.body(Empty::new())?;
             let response = connection.send(request).await?;
+            if shape.cookies {
+                for set in response.headers().get_all(hyper::header::SET_COOKIE) {
+                    let set = set.to_str().unwrap_or_default();
+                    let pair = set.split(';').next().unwrap_or_default().trim();
+                    let name = pair.split('=').next().unwrap_or_default();
+                    jar.retain(|kept| kept.split('=').next() != Some(name));
+                    jar.push(pair.to_string());
+                }
+            }
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();
             anyhow::Ok((status, body))

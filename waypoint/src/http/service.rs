@@ -54,6 +54,8 @@ struct Exchange {
     status: StatusCode,
     flags: &'static str,
     upstream: Option<SocketAddr>,
+    /// The route's name as Istio gives it to Envoy, when it has one.
+    route_name: Option<String>,
     /// Counts the request against its endpoint (least request) until the
     /// answer has been passed on.
     in_flight: Option<InFlight>,
@@ -107,6 +109,7 @@ impl Drop for Exchange {
             flags = self.flags,
             host = %table.host,
             upstream = ?self.upstream,
+            route = self.route_name.as_deref().unwrap_or("-"),
             source = %context.caller,
             duration_ms = request.duration.as_secs_f64() * 1000.0,
             request_bytes = request.request_bytes,
@@ -143,6 +146,7 @@ pub async fn handle(
         status: StatusCode::OK,
         flags: "-",
         upstream: None,
+        route_name: None,
         in_flight: None,
         request_bytes: Arc::default(),
         response_bytes: 0,
@@ -191,11 +195,13 @@ async fn forward(
         namespace: workload.map(|(key, _)| key.namespace.as_str()),
         labels: workload.map(|(_, workload)| &workload.labels),
     };
-    let route = context.table.route(&parts, "http", caller).ok_or((
+    let routed = context.table.route(&parts, "http", caller).ok_or((
         StatusCode::NOT_FOUND,
         "NR",
         "no route".to_string(),
     ))?;
+    exchange.route_name = routed.name();
+    let route = routed.route;
     let chosen = pick_weighted(
         route.destinations.iter().map(|d| d.weight),
         fastrand::u64(..),

@@ -64,7 +64,7 @@ fn virtual_service(http: &str) -> String {
 fn subset(table: &PortTable, request: Request<()>, caller: Caller<'_>) -> String {
     let (parts, ()) = request.into_parts();
     match table.route(&parts, "http", caller) {
-        Some(route) => route.destinations[0]
+        Some(routed) => routed.route.destinations[0]
             .backend
             .subset
             .clone()
@@ -99,7 +99,7 @@ fn without_a_virtual_service_a_port_goes_to_its_service() {
     let route = table
         .route(&request_of("/").into_parts().0, "http", Caller::default())
         .unwrap();
-    let backend = &route.destinations[0].backend;
+    let backend = &route.route.destinations[0].backend;
     assert_eq!(
         backend.cluster,
         "outbound|9080||reviews.bookinfo.svc.cluster.local"
@@ -207,6 +207,26 @@ fn each_match_field_decides_as_istio_says() {
     ));
     assert_eq!(subset(&table, request_of("/b"), stranger), "v1");
     assert_eq!(subset(&table, request_of("/c"), stranger), "404");
+}
+
+#[test]
+fn a_route_is_named_as_istio_names_it_for_envoy() {
+    let table = reviews(&virtual_service(
+        "[{name: canary, match: [{name: jason, headers: {end-user: {exact: jason}}}, {uri: {prefix: /c}}], \
+           route: [{destination: {host: reviews, subset: v2}}]}, \
+          {match: [{name: api, uri: {prefix: /api}}], route: [{destination: {host: reviews, subset: v3}}]}, \
+          {route: [{destination: {host: reviews, subset: v1}}]}]",
+    ));
+    let name = |request: &str| {
+        let (parts, ()) = request_of(request).into_parts();
+        table
+            .route(&parts, "http", Caller::default())
+            .and_then(|routed| routed.name())
+    };
+    assert_eq!(name("/ end-user:jason").as_deref(), Some("canary.jason"));
+    assert_eq!(name("/c").as_deref(), Some("canary"));
+    assert_eq!(name("/api").as_deref(), Some("api"));
+    assert_eq!(name("/"), None);
 }
 
 #[test]
