@@ -67,6 +67,10 @@ pub struct LatencySummary {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// From the first request sent to the last answer: at a rate above
+    /// what the path can carry, requests over it are the saturation rate.
+    #[serde(default)]
+    pub elapsed_us: u64,
 }
 
 /// What `echo-many` prints.

@@ -94,6 +94,11 @@ impl Waypoint {
         self.process.output()
     }
 
+    /// Its CPU time so far and resident memory now.
+    pub fn usage(&self) -> anyhow::Result<crate::Usage> {
+        self.process.usage()
+    }
+
     /// Stops the waypoint with SIGTERM; it must exit cleanly.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.process.signal(Signal::SIGTERM)?;

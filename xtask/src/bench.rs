@@ -5,13 +5,14 @@
 //! reported, not asserted.
 
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{
     self, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
 };
+use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{machine_busy_seconds, Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
@@ -31,6 +32,14 @@ const NEW_CONNECTION_RATE: u32 = 500;
 const RESPONSE_BYTES: usize = 1024;
 /// Pods on one agent for the memory figure.
 const ENROLLED_PODS: usize = 100;
+/// Requests per second asked for the saturation figure: more than any
+/// path here carries, so the connections send back to back.
+const SATURATING_RATE: u32 = 40_000;
+const SATURATION_SECONDS: u32 = 1;
+/// The Services bound to the waypoint: HTTP to the server, and its sink.
+const WAYPOINT_HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const WAYPOINT_SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 51);
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 52);
 
 /// A path's figures: medians of its rounds, beside each round's own.
 #[derive(Serialize)]
@@ -46,6 +55,7 @@ struct PathReport {
 #[derive(Serialize)]
 struct AgainstNoMesh {
     throughput_percent: f64,
+    kept_alive_p50_added_us: i64,
     kept_alive_p99_added_us: i64,
     new_connections_p99_added_us: i64,
 }
@@ -62,6 +72,8 @@ struct Scenario {
     kept_alive: Timed,
     /// A new connection per request: its setup is in the latency.
     new_connections: Timed,
+    /// Requests per second over kept-alive connections, sent back to back.
+    saturation_requests_per_s: f64,
 }
 
 /// One latency run.
@@ -74,14 +86,41 @@ struct Timed {
     machine_cpu_seconds_per_1000_requests: f64,
     /// The agents' own cost, where they are in the path.
     agents: Option<AgentCost>,
+    /// The waypoint's own cost, where it is in the path.
+    waypoint: Option<AgentCost>,
 }
 
+/// A proxy's cost: the agents' (each) or the waypoint's.
 #[derive(Serialize, Clone, Copy)]
 struct AgentCost {
-    /// CPU time per 1000 requests of the run, per agent (mean).
+    /// CPU time per 1000 requests of the run, per process (mean).
     cpu_seconds_per_1000_requests: f64,
-    /// Largest resident memory of an agent after the run.
+    /// Largest resident memory of a process after the run.
     max_rss_mib: f64,
+}
+
+/// Where a path's traffic goes: the server's HTTP port and its sink, by
+/// pod address or by a Service's.
+#[derive(Clone, Copy)]
+struct Target {
+    http: SocketAddr,
+    sink: SocketAddr,
+}
+
+impl Target {
+    fn pod(server: &Pod) -> Self {
+        Self {
+            http: SocketAddr::from((server.ip, 8080)),
+            sink: SocketAddr::from((server.ip, 9100)),
+        }
+    }
+}
+
+/// The proxies a path goes through, whose cost is measured.
+#[derive(Clone, Copy)]
+struct OnPath<'a> {
+    agents: Option<&'a [NodeAgent]>,
+    waypoint: Option<&'a Waypoint>,
 }
 
 pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
@@ -113,30 +152,32 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     println!("\n{report}");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({ "paths": paths, "memory": memory });
-    std::fs::write(dir.join("l4.json"), serde_json::to_vec_pretty(&json)?)?;
-    std::fs::write(dir.join("l4.md"), report)?;
-    println!("Saved to {}/l4.json and l4.md", dir.display());
+    std::fs::write(dir.join("data-path.json"), serde_json::to_vec_pretty(&json)?)?;
+    std::fs::write(dir.join("data-path.md"), report)?;
+    println!("Saved to {}/data-path.json and data-path.md", dir.display());
     Ok(())
 }
 
-/// Each path's throughput, latency and agent cost, round by round, as
+/// Each path's throughput, latency and proxy cost, round by round, as
 /// medians, and against no mesh.
 fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
     // Four client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
     // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
     // move the bytes themselves (nodes 5 and 6), so the paths are measured
-    // in turns under the same conditions.
+    // in turns under the same conditions. The waypoint path is the mTLS
+    // pair again, addressed by a Service bound to the waypoint on node 3:
+    // client, agent, waypoint, agent, server.
     let cluster = Cluster::builder()
         .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
-        .node(&["tls-client"])
+        .node(&["tls-client", "waypoint"])
         .node(&["tls-server"])
         .node(&["splice-client"])
         .node(&["splice-server"])
         .build()?;
-    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server] =
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod] =
         cluster.pods_named([
             "client",
             "server",
@@ -146,7 +187,13 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
             "tls-server",
             "splice-client",
             "splice-server",
+            "waypoint",
         ])?;
+    let bound = |name: &str, vip, port, port_name: &str| mesh::ServiceConfig {
+        waypoint: Some("waypoint".into()),
+        port_name: port_name.into(),
+        ..mesh::service(name, vip, port, port, &[tls_server])
+    };
     mesh::write_config(
         &cluster,
         &mesh::enrolling(
@@ -159,7 +206,11 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
                 splice_client,
                 splice_server,
             ],
-            vec![],
+            vec![
+                bound("bench-http", WAYPOINT_HTTP_VIP, 8080, "http"),
+                bound("bench-sink", WAYPOINT_SINK_VIP, 9100, "tcp"),
+                mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+            ],
         ),
     )?;
     let ca = TestCa::start(&cluster, 24 * 3600)?;
@@ -171,6 +222,13 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
             _ => vec!["--kernel-relay=false".into()],
         })
     })?;
+    let waypoint = Waypoint::start(
+        &cluster,
+        waypoint_pod,
+        "waypoint",
+        &mesh::Source::Directory,
+        Some(&ca),
+    )?;
     let _servers = [server, mesh_server, tls_server, splice_server]
         .map(|pod| {
             Server::new(&pod.name, "v1")
@@ -183,26 +241,61 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
     wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
     wait_for_capture(&cluster, &agents[2], tls_client, tls_server)?;
     wait_for_capture(&cluster, &agents[4], splice_client, splice_server)?;
+    let through_waypoint = Target {
+        http: SocketAddr::from((WAYPOINT_HTTP_VIP, 8080)),
+        sink: SocketAddr::from((WAYPOINT_SINK_VIP, 9100)),
+    };
+    let answered = HttpLoad::new(20).run(
+        &cluster,
+        tls_client.place(),
+        &format!("http://{}/", through_waypoint.http),
+    )?;
+    ensure!(
+        answered.status(200) == 20 && answered.peers.contains_key(&waypoint_pod.ip.to_string()),
+        "the waypoint path does not carry requests: {answered:?}\n{}",
+        waypoint.output()
+    );
 
+    let agents_only = |agents| OnPath {
+        agents: Some(agents),
+        waypoint: None,
+    };
     let paths = [
-        ("no mesh", client, server, None),
+        (
+            "no mesh",
+            client,
+            Target::pod(server),
+            OnPath {
+                agents: None,
+                waypoint: None,
+            },
+        ),
         (
             "agents, plaintext L4",
             mesh_client,
-            mesh_server,
-            Some(&agents[0..2]),
+            Target::pod(mesh_server),
+            agents_only(&agents[0..2]),
         ),
         (
             "agents, plaintext L4, relayed in user space",
             splice_client,
-            splice_server,
-            Some(&agents[4..6]),
+            Target::pod(splice_server),
+            agents_only(&agents[4..6]),
         ),
         (
             "agents, mTLS over HBONE",
             tls_client,
-            tls_server,
-            Some(&agents[2..4]),
+            Target::pod(tls_server),
+            agents_only(&agents[2..4]),
+        ),
+        (
+            "agents and waypoint, mTLS over HBONE, HTTP routed",
+            tls_client,
+            through_waypoint,
+            OnPath {
+                agents: Some(&agents[2..4]),
+                waypoint: Some(&waypoint),
+            },
         ),
     ];
     let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
@@ -212,9 +305,9 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
         let mut order: Vec<usize> = (1..paths.len()).collect();
         order.rotate_left(round % (paths.len() - 1));
         for index in std::iter::once(0).chain(order) {
-            let (name, from, to, on_path) = paths[index];
+            let (name, from, target, on_path) = paths[index];
             println!("bench: round {}/{ROUNDS}: {name}", round + 1);
-            rounds[index].push(measure(&cluster, name, from, to, on_path)?);
+            rounds[index].push(measure(&cluster, name, from, target, on_path)?);
         }
     }
     let against: Vec<AgainstNoMesh> = rounds
@@ -236,16 +329,15 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
 /// over the rounds.
 fn against_no_mesh(path: &[Scenario], baseline: &[Scenario]) -> AgainstNoMesh {
     let pairs = || path.iter().zip(baseline);
-    let p99_added = |timed: fn(&Scenario) -> &Timed| {
-        mid(pairs().map(|(run, base)| {
-            timed(run).latency.p99_us as i64 - timed(base).latency.p99_us as i64
-        }))
+    let added = |figure: fn(&Scenario) -> u64| {
+        mid(pairs().map(|(run, base)| figure(run) as i64 - figure(base) as i64))
     };
     AgainstNoMesh {
         throughput_percent: mid(pairs()
             .map(|(run, base)| 100.0 * run.throughput_gbit_per_s / base.throughput_gbit_per_s)),
-        kept_alive_p99_added_us: p99_added(|s| &s.kept_alive),
-        new_connections_p99_added_us: p99_added(|s| &s.new_connections),
+        kept_alive_p50_added_us: added(|s| s.kept_alive.latency.p50_us),
+        kept_alive_p99_added_us: added(|s| s.kept_alive.latency.p99_us),
+        new_connections_p99_added_us: added(|s| s.new_connections.latency.p99_us),
     }
 }
 
@@ -304,7 +396,7 @@ fn memory_with_enrolled_pods(binaries: &Binaries) -> anyhow::Result<MemoryWithPo
         Connections::KeptAlive(CONNECTIONS),
     )?;
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
-    transfer_intact(&cluster, client, server)?;
+    transfer_intact(&cluster, client, Target::pod(server).sink)?;
     Ok(MemoryWithPods {
         enrolled_pods: ENROLLED_PODS,
         idle_mib,
@@ -322,6 +414,7 @@ fn median(rounds: &[Scenario]) -> Scenario {
             .map(|r| r.transfer_machine_cpu_seconds_per_gib)),
         kept_alive: median_timed(rounds.iter().map(|r| &r.kept_alive)),
         new_connections: median_timed(rounds.iter().map(|r| &r.new_connections)),
+        saturation_requests_per_s: mid(rounds.iter().map(|r| r.saturation_requests_per_s)),
     }
 }
 
@@ -333,24 +426,25 @@ fn median_timed<'a>(runs: impl Iterator<Item = &'a Timed> + Clone) -> Timed {
         p90_us: mid(runs.clone().map(|r| r.latency.p90_us)),
         p99_us: mid(runs.clone().map(|r| r.latency.p99_us)),
         max_us: runs.clone().map(|r| r.latency.max_us).max().unwrap_or(0),
+        elapsed_us: mid(runs.clone().map(|r| r.latency.elapsed_us)),
     };
-    let agents = runs
-        .clone()
-        .map(|r| r.agents)
-        .collect::<Option<Vec<AgentCost>>>()
-        .map(|costs| AgentCost {
-            cpu_seconds_per_1000_requests: mid(costs
-                .iter()
-                .map(|c| c.cpu_seconds_per_1000_requests)),
-            max_rss_mib: costs.iter().map(|c| c.max_rss_mib).fold(0.0, f64::max),
-        });
     Timed {
         latency,
         machine_cpu_seconds_per_1000_requests: mid(runs
             .clone()
             .map(|r| r.machine_cpu_seconds_per_1000_requests)),
-        agents,
+        agents: median_cost(runs.clone().map(|r| r.agents)),
+        waypoint: median_cost(runs.map(|r| r.waypoint)),
     }
+}
+
+/// The median CPU and the largest memory over the runs.
+fn median_cost(costs: impl Iterator<Item = Option<AgentCost>>) -> Option<AgentCost> {
+    let costs = costs.collect::<Option<Vec<AgentCost>>>()?;
+    Some(AgentCost {
+        cpu_seconds_per_1000_requests: mid(costs.iter().map(|c| c.cpu_seconds_per_1000_requests)),
+        max_rss_mib: costs.iter().map(|c| c.max_rss_mib).fold(0.0, f64::max),
+    })
 }
 
 fn mid<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> T {
@@ -363,63 +457,84 @@ fn measure(
     cluster: &Cluster,
     name: &'static str,
     client: &Pod,
-    server: &Pod,
-    agents: Option<&[NodeAgent]>,
+    target: Target,
+    on_path: OnPath,
 ) -> anyhow::Result<Scenario> {
-    let (transfer, transfer_cpu) = with_machine_cpu(|| transfer_intact(cluster, client, server))?;
-    let url = format!("http://{}:8080/bytes/{RESPONSE_BYTES}", server.ip);
-    let timed = |rate, connections| timed(cluster, client, &url, rate, connections, agents);
+    let (transfer, transfer_cpu) =
+        with_machine_cpu(|| transfer_intact(cluster, client, target.sink))?;
+    let url = format!("http://{}/bytes/{RESPONSE_BYTES}", target.http);
+    let timed = |rate, connections, seconds| {
+        timed(cluster, client, &url, (rate, seconds), connections, on_path)
+    };
+    let saturated = timed(
+        SATURATING_RATE,
+        Connections::KeptAlive(CONNECTIONS),
+        SATURATION_SECONDS,
+    )?;
     Ok(Scenario {
         name,
         throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
         transfer_machine_cpu_seconds_per_gib: transfer_cpu / (transfer.bytes_sent as f64 / GIB),
-        kept_alive: timed(RATE, Connections::KeptAlive(CONNECTIONS))?,
-        new_connections: timed(NEW_CONNECTION_RATE, Connections::PerRequest(CONNECTIONS))?,
+        kept_alive: timed(RATE, Connections::KeptAlive(CONNECTIONS), SECONDS)?,
+        new_connections: timed(
+            NEW_CONNECTION_RATE,
+            Connections::PerRequest(CONNECTIONS),
+            SECONDS,
+        )?,
+        saturation_requests_per_s: saturated.latency.requests as f64
+            / (saturated.latency.elapsed_us as f64 / 1e6),
     })
 }
 
-/// A latency run, with the agents' CPU time during it.
+/// A latency run at `(rate, seconds)`, with the proxies' CPU time during it.
 fn timed(
     cluster: &Cluster,
     client: &Pod,
     url: &str,
-    rate: u32,
+    (rate, seconds): (u32, u32),
     connections: Connections,
-    agents: Option<&[NodeAgent]>,
+    on_path: OnPath,
 ) -> anyhow::Result<Timed> {
-    let usage = |agents: &[NodeAgent]| {
+    let agent_usage = |agents: &[NodeAgent]| {
         agents
             .iter()
             .map(NodeAgent::usage)
             .collect::<anyhow::Result<Vec<Usage>>>()
     };
-    let before = agents.map(usage).transpose()?;
+    let waypoint_usage = |waypoint: &Waypoint| waypoint.usage().map(|usage| vec![usage]);
+    let agents_before = on_path.agents.map(agent_usage).transpose()?;
+    let waypoint_before = on_path.waypoint.map(waypoint_usage).transpose()?;
     let (latency, machine_cpu) = with_machine_cpu(|| {
-        testapp::latency(cluster, client.place(), url, rate, SECONDS, connections)
+        testapp::latency(cluster, client.place(), url, rate, seconds, connections)
     })?;
     let machine_cpu_seconds_per_1000_requests = machine_cpu / (latency.requests as f64 / 1000.0);
     ensure!(latency.errors == 0, "requests failed: {latency:?}");
-    let agents = match (agents, before) {
-        (Some(agents), Some(before)) => {
-            let after = usage(agents)?;
-            let cpu: f64 = after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| a.cpu_seconds - b.cpu_seconds)
-                .sum();
-            Some(AgentCost {
-                cpu_seconds_per_1000_requests: cpu
-                    / agents.len() as f64
-                    / (latency.requests as f64 / 1000.0),
-                max_rss_mib: after.iter().map(mib).fold(0.0, f64::max),
-            })
+    let cost = |before: &[Usage], after: &[Usage]| {
+        let cpu: f64 = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.cpu_seconds - b.cpu_seconds)
+            .sum();
+        AgentCost {
+            cpu_seconds_per_1000_requests: cpu
+                / after.len() as f64
+                / (latency.requests as f64 / 1000.0),
+            max_rss_mib: after.iter().map(mib).fold(0.0, f64::max),
         }
+    };
+    let agents = match (on_path.agents, agents_before) {
+        (Some(agents), Some(before)) => Some(cost(&before, &agent_usage(agents)?)),
+        _ => None,
+    };
+    let waypoint = match (on_path.waypoint, waypoint_before) {
+        (Some(waypoint), Some(before)) => Some(cost(&before, &waypoint_usage(waypoint)?)),
         _ => None,
     };
     Ok(Timed {
         latency,
         machine_cpu_seconds_per_1000_requests,
         agents,
+        waypoint,
     })
 }
 
@@ -440,14 +555,9 @@ pub(crate) fn mib(usage: &Usage) -> f64 {
 fn transfer_intact(
     cluster: &Cluster,
     client: &Pod,
-    server: &Pod,
+    sink: SocketAddr,
 ) -> anyhow::Result<TransferSummary> {
-    let transfer = testapp::send(
-        cluster,
-        client.place(),
-        SocketAddr::from((server.ip, 9100)),
-        TRANSFER_BYTES,
-    )?;
+    let transfer = testapp::send(cluster, client.place(), sink, TRANSFER_BYTES)?;
     ensure!(
         transfer.crc_received_by_server == transfer.crc_sent,
         "the transfer arrived corrupted: {transfer:?}"
@@ -488,16 +598,17 @@ fn markdown(paths: &[PathReport]) -> String {
          medians over the rounds; % of no mesh and p99 added compare each round with no mesh in the same round. \
          Machine CPU is the whole machine's busy time (client, server, agents, and the kernel's work for them, \
          which the agents' own CPU time does not show).\n\n\
-         | path | throughput (Gbit/s) | % of no mesh | machine CPU s / GiB | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | path | throughput (Gbit/s) | % of no mesh | machine CPU s / GiB | p50 (µs) | p90 (µs) | p99 (µs) | p99 added (µs) | agent CPU s / 1000 req | machine CPU s / 1000 req | agent RSS (MiB) | waypoint CPU s / 1000 req | waypoint RSS (MiB) | saturation (req/s) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         TRANSFER_BYTES >> 30
     );
     for path in paths {
         let scenario = &path.median;
-        let (cpu, rss) = cost(&scenario.kept_alive);
+        let (cpu, rss) = cost(scenario.kept_alive.agents);
+        let (waypoint_cpu, waypoint_rss) = cost(scenario.kept_alive.waypoint);
         let _ = writeln!(
             table,
-            "| {} | {:.2} | {:.0}% | {:.2} | {} | {cpu} | {:.4} | {rss} |",
+            "| {} | {:.2} | {:.0}% | {:.2} | {} | {cpu} | {:.4} | {rss} | {waypoint_cpu} | {waypoint_rss} | {:.0} |",
             scenario.name,
             scenario.throughput_gbit_per_s,
             path.against_no_mesh.throughput_percent,
@@ -507,6 +618,21 @@ fn markdown(paths: &[PathReport]) -> String {
                 path.against_no_mesh.kept_alive_p99_added_us
             ),
             scenario.kept_alive.machine_cpu_seconds_per_1000_requests,
+            scenario.saturation_requests_per_s,
+        );
+    }
+    if let [.., l4, waypoint] = paths {
+        let over_l4 = against_no_mesh(&waypoint.rounds, &l4.rounds);
+        let (cpu, rss) = cost(waypoint.median.kept_alive.waypoint);
+        let _ = write!(
+            table,
+            "\nThe waypoint path against the mTLS L4 path, round by round (goals in brackets): \
+             p50 added {} µs, p99 added {} µs (≤ 1000), waypoint CPU {cpu} s per 1000 requests (≤ 0.05), \
+             waypoint RSS {rss} MiB (≤ 20); saturation {:.0} req/s against {:.0} over L4 alone.\n",
+            over_l4.kept_alive_p50_added_us,
+            over_l4.kept_alive_p99_added_us,
+            waypoint.median.saturation_requests_per_s,
+            l4.median.saturation_requests_per_s,
         );
     }
     let _ = write!(
@@ -518,7 +644,7 @@ fn markdown(paths: &[PathReport]) -> String {
     );
     for path in paths {
         let scenario = &path.median;
-        let (cpu, _) = cost(&scenario.new_connections);
+        let (cpu, _) = cost(scenario.new_connections.agents);
         let _ = writeln!(
             table,
             "| {} | {} | {cpu} | {:.4} |",
@@ -544,9 +670,9 @@ fn percentiles(run: &Timed, p99_added_us: i64) -> String {
     )
 }
 
-/// The agents' CPU per 1000 requests and largest memory, as table cells.
-fn cost(run: &Timed) -> (String, String) {
-    match run.agents {
+/// A proxy's CPU per 1000 requests and largest memory, as table cells.
+fn cost(cost: Option<AgentCost>) -> (String, String) {
+    match cost {
         Some(cost) => (
             format!("{:.4}", cost.cpu_seconds_per_1000_requests),
             format!("{:.1}", cost.max_rss_mib),

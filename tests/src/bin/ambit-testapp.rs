@@ -925,7 +925,9 @@ async fn latency(
     }
     let mut samples = Vec::new();
     let mut errors = 0;
-    for outcome in workers.join_all().await {
+    let outcomes = workers.join_all().await;
+    let elapsed = start.elapsed();
+    for outcome in outcomes {
         let (worker_samples, worker_errors) = outcome?;
         samples.extend(worker_samples);
         errors += worker_errors;
@@ -944,6 +946,7 @@ async fn latency(
         p90_us: percentile(0.90),
         p99_us: percentile(0.99),
         max_us: samples.last().copied().unwrap_or(0),
+        elapsed_us: u64::try_from(elapsed.as_micros())?,
     })
 }
 
