@@ -4,7 +4,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use ambit_config::document::{manifest_files, parse_sources, Severity};
+use ambit_config::document::{
+    manifest_files, parse_sources, ObjectRef, Problem, Resource, Severity,
+};
 use anyhow::Context;
 
 /// Analyzes `inputs`; returns whether no error was found.
@@ -18,7 +20,8 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         }
     }
     let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    for problem in &parsed.problems {
+    let refused = left_out_by_the_waypoint(&parsed.resources);
+    for problem in parsed.problems.iter().chain(&refused) {
         println!("{}: {problem}", names[problem.source]);
     }
     let errors = parsed
@@ -26,13 +29,43 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         .iter()
         .filter(|p| p.severity == Severity::Error)
         .count();
-    let warnings = parsed.problems.len() - errors;
+    let warnings = parsed.problems.len() - errors + refused.len();
     println!(
         "{} objects in {} files: {errors} errors, {warnings} warnings",
         parsed.resources.len() + rejected_objects(&parsed),
         names.len()
     );
     Ok(errors == 0)
+}
+
+/// Valid VirtualServices that the waypoint leaves out, for a field it
+/// cannot apply yet: a warning, since Istio would apply them.
+fn left_out_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
+    resources
+        .iter()
+        .filter_map(|resource| match resource {
+            Resource::VirtualService(object) => Some(object),
+            _ => None,
+        })
+        .filter_map(|object| {
+            let field = ambit_route::unsupported_field(&object.spec)?;
+            Some(Problem {
+                source: object.source,
+                document: object.document,
+                object: Some(ObjectRef::new(
+                    "VirtualService",
+                    Some(object.namespace()),
+                    &object.metadata.name,
+                )),
+                path: field,
+                message: format!(
+                    "{}: it leaves this VirtualService out",
+                    ambit_route::NOT_SUPPORTED
+                ),
+                severity: Severity::Warning,
+            })
+        })
+        .collect()
 }
 
 /// Documents that were rejected (each counted once).

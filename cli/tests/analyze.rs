@@ -74,6 +74,29 @@ spec:
 }
 
 #[test]
+fn a_virtual_service_the_waypoint_cannot_apply_yet_is_a_warning() {
+    let manifest = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: moved, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+  - redirect: {uri: /elsewhere}
+"#;
+    let output = analyze(&["-f", "-"], manifest);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "<stdin>: warning: VirtualService default/moved: spec.http[1].redirect: not supported by the waypoint yet: it leaves this VirtualService out",
+            "1 objects in 1 files: 0 errors, 1 warnings",
+        ]
+    );
+}
+
+#[test]
 fn an_unreadable_input_is_named() {
     let output = analyze(&["-f", "/nonexistent/manifests.yaml"], "");
     assert_eq!(output.status.code(), Some(2));

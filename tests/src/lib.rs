@@ -8,6 +8,7 @@
 //! the next start.
 
 pub mod apiserver;
+pub mod bookinfo;
 pub mod ca;
 mod cluster;
 pub mod hbone;

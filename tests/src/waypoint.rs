@@ -7,7 +7,7 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use crate::ca::TestCa;
-use crate::mesh::{wait_ready, Source};
+use crate::mesh::{wait_ready, MeshConfig, Source};
 use crate::{Cluster, Place, Pod, Process};
 
 pub struct Waypoint {
@@ -63,7 +63,7 @@ impl Waypoint {
     /// `pod` with its identity from that CA.
     pub fn start_secured(
         cluster: &Cluster,
-        config: &crate::mesh::MeshConfig,
+        config: &MeshConfig,
         pod: &Pod,
     ) -> anyhow::Result<(TestCa, Vec<crate::mesh::NodeAgent>, Self)> {
         let (ca, agents) = crate::mesh::start_secured(cluster, config, 3600)?;
@@ -79,6 +79,21 @@ impl Waypoint {
             bail!("config dump of the waypoint: HTTP {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Writes `config` for the mesh and waits until the waypoint's config
+    /// dump shows a change.
+    pub fn apply(&self, cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()> {
+        let before = self.config_dump()?;
+        crate::mesh::write_config(cluster, config)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.config_dump()? == before {
+            if std::time::Instant::now() > deadline {
+                bail!("the waypoint never took the new config:\n{}", self.output());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// Its Prometheus metrics, from its 15020 as Prometheus scrapes them.

@@ -3,7 +3,7 @@
 //! DestinationRule, asserted by which version of reviews answered.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, MeshConfig, NodeAgent};
@@ -102,18 +102,8 @@ impl Bed {
     /// Applies these Istio objects; waits until the waypoint's config dump
     /// shows them.
     fn apply_objects(&self, istio: Vec<Value>) -> anyhow::Result<()> {
-        let before = self.waypoint.config_dump()?;
-        mesh::write_config(&self.cluster, &Self::config(&self.cluster, istio)?)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.waypoint.config_dump()? == before {
-            ensure!(
-                Instant::now() < deadline,
-                "the waypoint never compiled the new routes:\n{}",
-                self.waypoint.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        self.waypoint
+            .apply(&self.cluster, &Self::config(&self.cluster, istio)?)
     }
 
     /// A run of `load` from the pod `from` to reviews' `port` and `path`.

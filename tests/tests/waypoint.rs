@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ambit_testbed::apiserver::ApiServer;
+use ambit_testbed::bookinfo;
 use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
 use ambit_testbed::testapp::{self, HttpLoad, Messages, Server};
 use ambit_testbed::waypoint::Waypoint;
@@ -295,16 +296,6 @@ fn wait_for(mut done: impl FnMut() -> anyhow::Result<bool>, what: &str) -> anyho
 
 const BOOKINFO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
 
-/// The documents of one of Istio's Bookinfo manifests, as the samples ship
-/// them (kept with the config crate's tests).
-fn bookinfo(file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../config/tests/fixtures/bookinfo")
-        .join(file);
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    Ok(serde_saphyr::from_multiple(&text)?)
-}
-
 /// The (subset, weight) destinations of the first route of the table for
 /// `address`, as the waypoint's config dump shows them compiled.
 fn first_route(waypoint: &Waypoint, address: &str) -> anyhow::Result<Vec<(String, u64)>> {
@@ -353,7 +344,7 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
         };
         config.versioned("reviews")
     };
-    let rules = bookinfo("destination-rule-all.yaml")?;
+    let rules = bookinfo::manifest("destination-rule-all.yaml")?;
     let (_ca, _agents, waypoint) =
         Waypoint::start_secured(&cluster, &config(rules.clone()), waypoint_pod)?;
     let _servers = reviews
@@ -383,13 +374,16 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
     };
 
     // Request routing: everything to v1.
-    apply(bookinfo("routing-all-v1.yaml")?, &[("v1", 1)])?;
+    apply(bookinfo::manifest("routing-all-v1.yaml")?, &[("v1", 1)])?;
     HttpLoad::new(200)
         .run(&cluster, productpage.place(), &url)?
         .expect_all(200, "reviews/v1", waypoint_pod.ip)?;
 
     // The signed-in user jason sees v2, everyone else v1.
-    apply(bookinfo("reviews-v2-for-jason.yaml")?, &[("v2", 1)])?;
+    apply(
+        bookinfo::manifest("reviews-v2-for-jason.yaml")?,
+        &[("v2", 1)],
+    )?;
     HttpLoad::new(200)
         .header("end-user", "jason")
         .run(&cluster, productpage.place(), &url)?
@@ -402,14 +396,20 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
     // Traffic shifting: 50/50 to v3, 90/10 and 80/20 to v2, each within
     // three points over 2,000 requests.
     let eighty_twenty = {
-        let mut shift = bookinfo("reviews-90-10.yaml")?;
+        let mut shift = bookinfo::manifest("reviews-90-10.yaml")?;
         shift[0]["spec"]["http"][0]["route"][0]["weight"] = json!(80);
         shift[0]["spec"]["http"][0]["route"][1]["weight"] = json!(20);
         shift
     };
     let shifts = [
-        (bookinfo("reviews-50-v3.yaml")?, [("v1", 50), ("v3", 50)]),
-        (bookinfo("reviews-90-10.yaml")?, [("v1", 90), ("v2", 10)]),
+        (
+            bookinfo::manifest("reviews-50-v3.yaml")?,
+            [("v1", 50), ("v3", 50)],
+        ),
+        (
+            bookinfo::manifest("reviews-90-10.yaml")?,
+            [("v1", 90), ("v2", 10)],
+        ),
         (eighty_twenty, [("v1", 80), ("v2", 20)]),
     ];
     for (routes, weights) in shifts {

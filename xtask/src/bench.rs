@@ -152,7 +152,10 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
     println!("\n{report}");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({ "paths": paths, "memory": memory });
-    std::fs::write(dir.join("data-path.json"), serde_json::to_vec_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("data-path.json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
     std::fs::write(dir.join("data-path.md"), report)?;
     println!("Saved to {}/data-path.json and data-path.md", dir.display());
     Ok(())

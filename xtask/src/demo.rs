@@ -1,21 +1,25 @@
 //! `cargo xtask demo`: a two-node namespace cluster with sample apps and the
 //! node agents, traffic between nodes through the mesh, a summary, then
-//! teardown.
+//! Istio's Bookinfo routing through a waypoint, then teardown.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::mesh::{self, samples, NodeAgent};
+use ambit_testbed::bookinfo;
+use ambit_testbed::ca::TestCa;
+use ambit_testbed::mesh::{self, samples, MeshConfig, NodeAgent, Source};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
+use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
 
 const REQUESTS: usize = 20;
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 
 pub fn run() -> anyhow::Result<()> {
     let cluster = Cluster::builder()
-        .node(&["productpage", "legacy"])
-        .node(&["reviews-v1", "reviews-v2"])
+        .node(&["productpage", "legacy", "waypoint"])
+        .node(&["reviews-v1", "reviews-v2", "reviews-v3"])
         .build()
         .context("building the namespace cluster")?;
     println!("\nAmbit demo: a 2-node cluster built from network namespaces\n");
@@ -34,10 +38,15 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
-    let [productpage, legacy, v1, v2] =
-        cluster.pods_named(["productpage", "legacy", "reviews-v1", "reviews-v2"])?;
+    let [productpage, legacy, v1, v2, v3] = cluster.pods_named([
+        "productpage",
+        "legacy",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ])?;
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
-    let config = mesh::enrolling(&cluster, &[productpage, v1, v2], vec![reviews]);
+    let config = mesh::enrolling(&cluster, &[productpage, v1, v2, v3], vec![reviews]);
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     println!(
         "\n  ambit-ca issues workload identities; ambit-node-agent runs on every node, and\n  \
@@ -61,6 +70,9 @@ pub fn run() -> anyhow::Result<()> {
         Server::new("reviews", "v2")
             .http(9080)
             .start(&cluster, v2)?,
+        Server::new("reviews", "v3")
+            .http(9080)
+            .start(&cluster, v3)?,
     ];
 
     println!("\n  Traffic:");
@@ -145,12 +157,106 @@ pub fn run() -> anyhow::Result<()> {
         .context("the denial is in node-2's access log")?;
     println!("    node-2's access log: {}", denial.trim());
 
+    bookinfo_through_a_waypoint(&cluster, &ca, config)?;
+
     let run = cluster.run_name().to_string();
     drop(agents);
     drop(ca);
     drop(cluster);
     println!("\n  Torn down: every namespace, cgroup and process of {run} is gone.\n");
     Ok(())
+}
+
+/// Binds reviews (v1, v2, v3) to a waypoint and applies Istio's Bookinfo
+/// routing manifests one after another, printing who answered.
+fn bookinfo_through_a_waypoint(
+    cluster: &Cluster,
+    ca: &TestCa,
+    config: MeshConfig,
+) -> anyhow::Result<()> {
+    let [productpage, waypoint_pod, v1, v2, v3] = cluster.pods_named([
+        "productpage",
+        "waypoint",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ])?;
+    let mut config = MeshConfig {
+        services: vec![
+            mesh::ServiceConfig {
+                waypoint: Some("waypoint".into()),
+                ..mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2, v3])
+            },
+            mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+        ],
+        istio: bookinfo::manifest("destination-rule-all.yaml")?,
+        ..config
+    }
+    .versioned("reviews");
+    let rules = config.istio.clone();
+    mesh::write_config(cluster, &config)?;
+    let waypoint = Waypoint::start(
+        cluster,
+        waypoint_pod,
+        "waypoint",
+        &Source::Directory,
+        Some(ca),
+    )?;
+    println!(
+        "\n  Waypoint default/waypoint on node-1; reviews (v1, v2, v3) bound to it by istio.io/use-waypoint.\n  \
+         Istio's Bookinfo manifests, unchanged (destination-rule-all.yaml, then each task's routes):"
+    );
+    let url = format!("http://{REVIEWS_VIP}:9080/");
+    let jason = || HttpLoad::new(100).header("end-user", "jason");
+    let tasks = [
+        (
+            "routing-all-v1.yaml",
+            vec![("everyone", HttpLoad::new(100))],
+        ),
+        (
+            "reviews-v2-for-jason.yaml",
+            vec![
+                ("end-user: jason", jason()),
+                ("anyone else", HttpLoad::new(100)),
+            ],
+        ),
+        ("reviews-50-v3.yaml", vec![("everyone", HttpLoad::new(400))]),
+    ];
+    for (file, loads) in tasks {
+        config.istio = [rules.clone(), bookinfo::manifest(file)?].concat();
+        waypoint.apply(cluster, &config)?;
+        println!("    {file}");
+        for (who, load) in loads {
+            let summary = load.run(cluster, productpage.place(), &url)?;
+            ensure!(
+                summary.status(200) == summary.requests,
+                "requests failed: {summary:?}\n{}",
+                waypoint.output()
+            );
+            let versions: Vec<String> = summary
+                .versions
+                .iter()
+                .map(|(version, n)| format!("{version} {n}"))
+                .collect();
+            println!("      {who}: {}", versions.join(", "));
+        }
+    }
+    println!("    istio_requests_total on the waypoint (reporter=waypoint), by version and code:");
+    for (labels, count) in samples(&waypoint.metrics()?, "istio_requests_total") {
+        let label = |name: &str| {
+            labels
+                .iter()
+                .find(|(key, _)| key == name)
+                .map_or("?", |(_, value)| value.as_str())
+        };
+        println!(
+            "      {} -> {} {}: {count}",
+            label("source_workload"),
+            label("destination_workload"),
+            label("response_code"),
+        );
+    }
+    waypoint.stop()
 }
 
 fn describe(from: &Pod, url: &str, load: &HttpLoad, summary: &HttpSummary) -> String {

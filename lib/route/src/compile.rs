@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ambit_config::api::networking::{
     Destination, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings, SimpleLb,
-    TrafficPolicy,
+    TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -483,22 +483,34 @@ fn service_key(host: &str) -> Option<Key> {
     (!namespace.contains('.')).then(|| Key::new(namespace, name))
 }
 
-/// A VirtualService's mesh routes, or why it cannot be used.
-fn routes<'a>(
-    namespace: &'a str,
-    spec: &'a ambit_config::api::networking::VirtualServiceSpec,
-) -> Result<Routes<'a>, String> {
-    let mut http = Vec::new();
-    for (i, route) in spec.http.iter().enumerate() {
-        let at = format!("spec.http[{i}]");
-        let unsupported = [
+/// Why the waypoint leaves out a VirtualService that uses a field it
+/// cannot apply yet.
+pub const NOT_SUPPORTED: &str = "not supported by the waypoint yet";
+
+/// The first field of a VirtualService that the waypoint cannot apply yet,
+/// as its path (`spec.http[0].redirect`): the waypoint then leaves the
+/// whole VirtualService out rather than route around what it asks.
+pub fn unsupported_field(spec: &VirtualServiceSpec) -> Option<String> {
+    spec.http.iter().enumerate().find_map(|(i, route)| {
+        [
             ("redirect", route.redirect.is_some()),
             ("directResponse", route.direct_response.is_some()),
             ("delegate", route.delegate.is_some()),
-        ];
-        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(format!("{at}.{field}: not supported by the waypoint yet"));
-        }
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(field, _)| format!("spec.http[{i}].{field}"))
+    })
+}
+
+/// A VirtualService's mesh routes, or why it cannot be used.
+fn routes<'a>(namespace: &'a str, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, String> {
+    if let Some(field) = unsupported_field(spec) {
+        return Err(format!("{field}: {NOT_SUPPORTED}"));
+    }
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
         let mut matches = Vec::new();
         for (m, matched) in route.matches.iter().enumerate() {
             if !applies_to_mesh(&matched.gateways) {

@@ -9,5 +9,8 @@ pub mod hash;
 pub mod lb;
 pub mod matching;
 
-pub use compile::{compile, Backend, HttpRoute, PortTable, Protocol, RouteTables, Routed};
+pub use compile::{
+    compile, unsupported_field, Backend, HttpRoute, PortTable, Protocol, RouteTables, Routed,
+    NOT_SUPPORTED,
+};
 pub use matching::{Arrival, Caller};
