@@ -243,12 +243,7 @@ fn bookinfo_through_a_waypoint(
     }
     println!("    istio_requests_total on the waypoint (reporter=waypoint), by version and code:");
     for (labels, count) in samples(&waypoint.metrics()?, "istio_requests_total") {
-        let label = |name: &str| {
-            labels
-                .iter()
-                .find(|(key, _)| key == name)
-                .map_or("?", |(_, value)| value.as_str())
-        };
+        let label = |name| label(&labels, name);
         println!(
             "      {} -> {} {}: {count}",
             label("source_workload"),
@@ -286,12 +281,7 @@ fn print_connections(agents: &[NodeAgent], cluster: &Cluster) -> anyhow::Result<
     for (agent, node) in agents.iter().zip(cluster.nodes()) {
         let metrics = agent.metrics(cluster)?;
         for (labels, count) in samples(&metrics, "istio_tcp_connections_opened_total") {
-            let label = |name: &str| {
-                labels
-                    .iter()
-                    .find(|(key, _)| key == name)
-                    .map_or("?", |(_, value)| value.as_str())
-            };
+            let label = |name| label(&labels, name);
             println!(
                 "    {} ({}): {} [{}] -> {} [{}] via service {}, {}: {count}",
                 node.name,
@@ -306,4 +296,12 @@ fn print_connections(agents: &[NodeAgent], cluster: &Cluster) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// The value of the label `name` of a sample, or `?`.
+fn label<'a>(labels: &'a [(String, String)], name: &str) -> &'a str {
+    labels
+        .iter()
+        .find(|(key, _)| key == name)
+        .map_or("?", |(_, value)| value.as_str())
 }

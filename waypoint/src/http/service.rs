@@ -347,25 +347,26 @@ fn prepare(parts: &mut http::request::Parts, http2: bool) {
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection:
 /// upgrade` with `Upgrade: PROTOCOL`).
 fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asked = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asked
+    connection_tokens(headers)
+        .any(|token| token.eq_ignore_ascii_case("upgrade"))
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// The options the `Connection` headers list.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
