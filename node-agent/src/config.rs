@@ -105,21 +105,6 @@ impl Config {
     }
 }
 
-/// The runtime the agent runs on: a single-threaded one for one worker (on
-/// few cores, moving each connection's work between threads costs more than
-/// it gains), else one of that many threads.
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        threads => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-    };
-    builder.enable_all().build()
-}
-
 fn default_worker_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     (cpus / 4).max(1)
@@ -151,10 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_choose_the_runtime_and_zero_is_refused() {
-        let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
-        assert_eq!(flavor(1), tokio::runtime::RuntimeFlavor::CurrentThread);
-        assert_eq!(flavor(3), tokio::runtime::RuntimeFlavor::MultiThread);
+    fn zero_worker_threads_are_refused() {
         let error = Args::try_parse_from(["ambit-node-agent", "--worker-threads", "0"])
             .unwrap_err()
             .to_string();

@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod netns;
 pub mod proxy;
 
-pub use config::{runtime, Args, Config};
+pub use config::{Args, Config};

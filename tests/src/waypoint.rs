@@ -38,6 +38,10 @@ impl Waypoint {
             readiness.to_string().into(),
             "--metrics-addr".into(),
             SocketAddr::from((pod.ip, 15020)).to_string().into(),
+            // One thread, as the agents have on a machine of few cores,
+            // which every process of the cluster shares.
+            "--worker-threads".into(),
+            "1".into(),
         ];
         args.extend(source.flags(cluster));
         if let Some(ca) = ca {

@@ -29,6 +29,12 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
 
+    /// Threads that carry traffic; by default one per CPU the waypoint may
+    /// use (its pod's CPU limit), as Envoy's concurrency. One thread runs
+    /// everything on a single event loop, with no hand-offs between threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     #[command(flatten)]
     pub ca: CaArgs,
 
@@ -45,6 +51,7 @@ pub struct Config {
     pub waypoint: Key,
     pub service_account: String,
     pub hbone: SocketAddr,
+    pub worker_threads: usize,
     /// Without a CA the waypoint carries no traffic: agents reach it only
     /// over HBONE in mutual TLS.
     pub ca: Option<CaConfig>,
@@ -68,6 +75,10 @@ impl Config {
             waypoint: Key::new(args.namespace, args.name),
             service_account,
             hbone: args.hbone_addr,
+            worker_threads: args.worker_threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            ),
             ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,

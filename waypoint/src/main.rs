@@ -4,8 +4,5 @@ fn main() -> anyhow::Result<()> {
     ambit_admin::limit_heap_retention();
     ambit_admin::init_logging();
     let config = ambit_waypoint::Config::from_args(ambit_waypoint::Args::parse())?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(ambit_waypoint::app::run(config))
+    ambit_admin::runtime(config.worker_threads)?.block_on(ambit_waypoint::app::run(config))
 }

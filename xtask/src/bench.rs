@@ -24,8 +24,6 @@ const TRANSFER_BYTES: u64 = 2 << 30;
 const GIB: f64 = (1u64 << 30) as f64;
 const RATE: u32 = 1000;
 const SECONDS: u32 = 10;
-/// Each path is measured this many times, in turns; the report gives medians.
-const ROUNDS: usize = 5;
 const CONNECTIONS: u32 = 8;
 /// Requests per second when each opens a new connection.
 const NEW_CONNECTION_RATE: u32 = 500;
@@ -123,7 +121,7 @@ struct OnPath<'a> {
     waypoint: Option<&'a Waypoint>,
 }
 
-pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
+pub fn run(workspace: &Workspace, rounds: usize) -> anyhow::Result<()> {
     let dir = workspace.target.join("bench");
     crate::run(
         workspace
@@ -145,10 +143,10 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
-    let paths = data_path(&binaries)?;
+    let paths = data_path(&binaries, rounds)?;
     let memory = memory_with_enrolled_pods(&binaries)?;
 
-    let report = format!("{}\n{}", markdown(&paths), memory.markdown());
+    let report = format!("{}\n{}", markdown(&paths, rounds), memory.markdown());
     println!("\n{report}");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({ "paths": paths, "memory": memory });
@@ -163,7 +161,7 @@ pub fn run(workspace: &Workspace) -> anyhow::Result<()> {
 
 /// Each path's throughput, latency and proxy cost, round by round, as
 /// medians, and against no mesh.
-fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
+fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathReport>> {
     // Four client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
     // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
@@ -301,23 +299,23 @@ fn data_path(binaries: &Binaries) -> anyhow::Result<Vec<PathReport>> {
             },
         ),
     ];
-    let mut rounds: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
+    let mut measured: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
         // No mesh first, the baseline of the round; the other paths take
         // turns at going first, so that none always follows the same one.
         let mut order: Vec<usize> = (1..paths.len()).collect();
         order.rotate_left(round % (paths.len() - 1));
         for index in std::iter::once(0).chain(order) {
             let (name, from, target, on_path) = paths[index];
-            println!("bench: round {}/{ROUNDS}: {name}", round + 1);
-            rounds[index].push(measure(&cluster, name, from, target, on_path)?);
+            println!("bench: round {}/{rounds}: {name}", round + 1);
+            measured[index].push(measure(&cluster, name, from, target, on_path)?);
         }
     }
-    let against: Vec<AgainstNoMesh> = rounds
+    let against: Vec<AgainstNoMesh> = measured
         .iter()
-        .map(|path| against_no_mesh(path, &rounds[0]))
+        .map(|path| against_no_mesh(path, &measured[0]))
         .collect();
-    Ok(rounds
+    Ok(measured
         .into_iter()
         .zip(against)
         .map(|(path_rounds, against_no_mesh)| PathReport {
@@ -594,10 +592,10 @@ fn wait_for_capture(
     .context("bench")
 }
 
-fn markdown(paths: &[PathReport]) -> String {
+fn markdown(paths: &[PathReport], rounds: usize) -> String {
     let mut table = format!(
         "Single stream ({} GiB) and HTTP/1.1 at {RATE} req/s for {SECONDS} s ({CONNECTIONS} kept-alive connections, \
-         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; {ROUNDS} rounds taken in turns. Figures are \
+         {RESPONSE_BYTES}-byte responses), pod on node 1 to pod on node 2; {rounds} rounds taken in turns. Figures are \
          medians over the rounds; % of no mesh and p99 added compare each round with no mesh in the same round. \
          Machine CPU is the whole machine's busy time (client, server, agents, and the kernel's work for them, \
          which the agents' own CPU time does not show).\n\n\

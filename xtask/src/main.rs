@@ -31,7 +31,11 @@ enum Task {
     /// Check formatting, clippy and the crates' dependency rules, the BPF programs included.
     Lint,
     /// Measure the mesh model at scale, and the data path against no mesh on the namespace cluster (release build; needs root).
-    Bench,
+    Bench {
+        /// Times each path is measured, in turns; the report gives medians.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: u16,
+    },
     /// Connection churn through both agents with attacks beside it; reports whether the agents stay flat (release build; needs root).
     Soak {
         /// How long the churn lasts.
@@ -68,9 +72,9 @@ fn main() -> anyhow::Result<()> {
             prepare(&workspace)?;
             demo::run()
         }
-        Task::Bench => {
+        Task::Bench { rounds } => {
             prepare(&workspace)?;
-            bench::run(&workspace)
+            bench::run(&workspace, rounds.into())
         }
         Task::Soak { minutes } => {
             prepare(&workspace)?;

@@ -149,6 +149,21 @@ pub fn init_logging() {
         .init();
 }
 
+/// The runtime a proxy runs on: a single-threaded one for one worker (on
+/// few cores, moving each connection's work between threads costs more than
+/// it gains), else one of that many threads.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 /// Makes glibc's malloc give memory back after a burst. By default it raises
 /// its mmap threshold to the size of the largest block freed so far, so the
 /// megabyte buffers of one bulk transfer stay resident for the life of a
@@ -380,6 +395,13 @@ mod tests {
             head.lines().next().unwrap_or_default().to_string(),
             body.to_string(),
         )
+    }
+
+    #[test]
+    fn one_worker_runs_on_a_single_threaded_runtime() {
+        let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), tokio::runtime::RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(3), tokio::runtime::RuntimeFlavor::MultiThread);
     }
 
     #[tokio::test]

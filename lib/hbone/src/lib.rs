@@ -5,7 +5,7 @@
 //! is connected, 401 when policy denies, 503 when the target fails.
 //!
 //! This crate is the HTTP/2 part over any established (TLS) connection,
-//! and [`ReadBuffered`], the socket under that TLS; the TLS and identities
+//! and [`Buffered`], the socket under that TLS; the TLS and identities
 //! come from `ambit-identity`.
 
 pub mod client;
@@ -15,7 +15,7 @@ mod stream;
 mod transport;
 
 pub use stream::TunnelStream;
-pub use transport::ReadBuffered;
+pub use transport::Buffered;
 
 /// Istio's HBONE port.
 pub const HBONE_PORT: u16 = 15008;

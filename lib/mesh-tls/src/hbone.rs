@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{ReadBuffered, TunnelStream};
+use ambit_hbone::{Buffered, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
@@ -36,7 +36,7 @@ pub const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 const TLS_WRITE_BUFFER: usize = 256 * 1024;
 
 /// A TLS connection accepted on a 15008 listener.
-pub type Accepted = TlsStream<ReadBuffered<TcpStream>>;
+pub type Accepted = TlsStream<Buffered<TcpStream>>;
 
 /// One end of an HBONE connection: a workload's identity and address.
 #[derive(Debug, Clone, Copy)]
@@ -109,12 +109,11 @@ impl MeshTls {
             let config = client_config(&certificate, &self.bundle, peer.identity)
                 .map_err(std::io::Error::other)?;
             let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(
-                    ServerName::IpAddress(peer.ip.into()),
-                    ReadBuffered::new(tcp),
-                )
+                .connect(ServerName::IpAddress(peer.ip.into()), Buffered::new(tcp))
                 .await?;
-            tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
+            let (socket, session) = tls.get_mut();
+            session.set_buffer_limit(Some(TLS_WRITE_BUFFER));
+            socket.hold_flushes();
             Connection::handshake(tls).await
         };
         let key = (
@@ -147,7 +146,7 @@ impl MeshTls {
         let config = self
             .server_config(&certificate)
             .map_err(std::io::Error::other)?;
-        let accepted = tokio_rustls::TlsAcceptor::from(config).accept(ReadBuffered::new(stream));
+        let accepted = tokio_rustls::TlsAcceptor::from(config).accept(Buffered::new(stream));
         let mut tls = tokio::time::timeout(timeout, accepted)
             .await
             .map_err(|_| {
@@ -156,7 +155,10 @@ impl MeshTls {
                     format!("TLS handshake not completed in {timeout:?}"),
                 )
             })??;
-        tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
+        let (socket, session) = tls.get_mut();
+        session.set_buffer_limit(Some(TLS_WRITE_BUFFER));
+        // Only HTTP/2 writes from here on.
+        socket.hold_flushes();
         Ok(tls)
     }
 

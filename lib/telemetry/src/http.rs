@@ -110,16 +110,34 @@ impl HttpMetrics {
         metrics
     }
 
-    pub fn record(&self, labels: &RequestLabels, request: Request) {
-        self.requests.get_or_create(labels).inc();
+    /// The four series of one label set. Looking them up hashes every
+    /// label, so whoever records many requests with the same labels keeps
+    /// them: they share their values with the families.
+    pub fn series(&self, labels: &RequestLabels) -> Series {
+        Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// One label set's series in the four families.
+#[derive(Clone)]
+pub struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Series {
+    pub fn record(&self, request: Request) {
+        self.requests.inc();
         self.duration
-            .get_or_create(labels)
             .observe(request.duration.as_secs_f64() * 1000.0);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(request.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(request.response_bytes as f64);
+        self.request_bytes.observe(request.request_bytes as f64);
+        self.response_bytes.observe(request.response_bytes as f64);
     }
 }

@@ -4,7 +4,7 @@
 //! HTTP, routed per request, or TCP, carried whole to one endpoint.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ambit_admin::accept::Acceptor;
 use ambit_admin::Readiness;
@@ -119,6 +119,7 @@ async fn carry(
         local_ip,
         upstream: shared.upstream.clone(),
         metrics: shared.metrics.clone(),
+        series: Mutex::default(),
     });
     if context.table.protocol == Protocol::Tcp {
         return carry_tcp(responder, &context).await;

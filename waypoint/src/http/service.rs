@@ -4,10 +4,11 @@
 //! Each request is counted in Istio's metrics and logged once its answer
 //! has been sent.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ambit_config::model::{Key, Mesh};
@@ -16,7 +17,7 @@ use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
 use ambit_route::{Caller, PortTable, Protocol};
-use ambit_telemetry::http::{HttpMetrics, RequestLabels, ServiceName};
+use ambit_telemetry::http::{HttpMetrics, RequestLabels, Series, ServiceName};
 use ambit_telemetry::labels::{Party, Reporter};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -41,6 +42,8 @@ pub struct StreamContext {
     pub local_ip: IpAddr,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
+    /// The metric series this stream's requests were counted in.
+    pub series: Mutex<HashMap<SeriesKey, Series>>,
 }
 
 /// One request on its way: what its metrics and its log line need, recorded
@@ -63,8 +66,24 @@ struct Exchange {
     response_bytes: u64,
 }
 
-impl Drop for Exchange {
-    fn drop(&mut self) {
+/// What tells one request's metric series from another's on the same
+/// stream: the endpoint, the answer's code and flags, and the protocol.
+pub type SeriesKey = (Option<SocketAddr>, StatusCode, &'static str, bool);
+
+impl Exchange {
+    /// The series this request is counted in: looked up once per stream
+    /// and key, since building and hashing Istio's labels costs more than
+    /// the rest of recording.
+    fn series(&self) -> Series {
+        let key = (self.upstream, self.status, self.flags, self.grpc);
+        let context = &self.context;
+        let mut kept = context.series.lock().unwrap_or_else(|p| p.into_inner());
+        kept.entry(key)
+            .or_insert_with(|| context.metrics.series(&self.labels()))
+            .clone()
+    }
+
+    fn labels(&self) -> RequestLabels {
         let context = &self.context;
         let mesh = &context.mesh;
         let source = context
@@ -95,19 +114,26 @@ impl Drop for Exchange {
         );
         labels.response_code = self.status.as_u16().to_string();
         labels.response_flags = self.flags.to_string();
+        labels
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
         let request = ambit_telemetry::http::Request {
             duration: self.started.elapsed(),
             request_bytes: self.request_bytes.load(Ordering::Relaxed),
             response_bytes: self.response_bytes,
         };
-        context.metrics.record(&labels, request);
+        self.series().record(request);
+        let context = &self.context;
         tracing::info!(
             target: "access",
             method = %self.method,
             path = %self.path,
             status = self.status.as_u16(),
             flags = self.flags,
-            host = %table.host,
+            host = %context.table.host,
             upstream = ?self.upstream,
             route = self.route_name.as_deref().unwrap_or("-"),
             source = %context.caller,
