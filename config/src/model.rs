@@ -177,6 +177,9 @@ pub struct EndpointSlice {
 pub struct Config<S> {
     pub labels: Labels,
     pub annotations: Labels,
+    /// `metadata.creationTimestamp`; none in a manifest directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
     pub spec: S,
 }
 
@@ -185,6 +188,7 @@ impl<S: Clone> Config<S> {
         Arc::new(Self {
             labels: object.metadata.labels.clone(),
             annotations: object.metadata.annotations.clone(),
+            created: object.metadata.creation_timestamp.clone(),
             spec: object.spec.clone(),
         })
     }

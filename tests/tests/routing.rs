@@ -464,6 +464,26 @@ fn a_virtual_service_in_error_is_refused_alone() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_wildcard_host_routes_the_services_under_it_until_one_names_the_host() -> anyhow::Result<()> {
+    let bed = Bed::start()?;
+    let to = |subset: &str| json!([{ "route": [{ "destination": { "host": "reviews", "subset": subset } }] }]);
+    let mut wildcard = virtual_service("everything-here", to("v2"));
+    wildcard["spec"]["hosts"] = json!(["*.default.svc.cluster.local"]);
+    bed.apply_objects(vec![destination_rule(json!({})), wildcard.clone()])?;
+    assert_eq!(bed.version(five(), "/")?, "v2");
+    // The VirtualService that names reviews wins over the wildcard.
+    bed.apply_objects(vec![
+        destination_rule(json!({})),
+        wildcard,
+        virtual_service("reviews", to("v1")),
+    ])?;
+    assert_eq!(bed.version(five(), "/")?, "v1");
+    let dump = bed.waypoint.config_dump()?;
+    assert_eq!(dump["services"][0]["virtualService"], "default/reviews");
+    Ok(())
+}
+
+#[test]
 fn round_robin_takes_the_endpoints_in_turn() -> anyhow::Result<()> {
     let bed = Bed::start()?;
     bed.apply(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } }), None)?;

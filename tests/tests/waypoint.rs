@@ -47,7 +47,7 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
             json!([{
                 "service": "default/reviews",
                 "host": "reviews.default.svc.cluster.local",
-                "virtualServices": [],
+                "virtualService": null,
                 "destinationRules": [],
             }]),
             "{source:?}"

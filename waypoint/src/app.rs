@@ -9,7 +9,6 @@ use ambit_telemetry::http::HttpMetrics;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
-use crate::bindings::bindings;
 use crate::front::hbone::{self, Shared};
 use crate::http::upstream::Upstream;
 use crate::tables::Tables;
@@ -34,7 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let snapshot = mesh.snapshot();
             serde_json::json!({
                 "waypoint": waypoint.0,
-                "services": bindings(&snapshot, &waypoint),
+                "services": ambit_route::bindings(&snapshot, &waypoint),
                 "routes": tables.current().map(|current| current.tables.clone()),
                 "mesh": *snapshot,
             })

@@ -5,7 +5,6 @@
 //! TCP ([`http`]).
 
 pub mod app;
-pub mod bindings;
 mod config;
 pub mod front;
 pub mod http;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Object metadata. Other metadata fields (timestamps, managed fields, …)
-/// are accepted and ignored: they never change behaviour.
+/// Object metadata. Other metadata fields (managed fields, …) are accepted
+/// and ignored: they never change behaviour.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -21,6 +21,10 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(default)]
     pub uid: Option<String>,
+    /// When the API server created the object (RFC 3339, UTC): Istio lets
+    /// the oldest of several VirtualServices for one host win.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 /// `selector` of Istio's policies: the workloads (by pod labels) it applies to.

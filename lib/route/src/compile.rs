@@ -87,6 +87,9 @@ impl Protocol {
 pub struct PortTable {
     pub service: Key,
     pub host: String,
+    /// The VirtualService whose routes these are; none: the Service itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_service: Option<Key>,
     pub port: u16,
     pub protocol: Protocol,
     /// For HTTP, in order: the first that matches decides. A request that
@@ -203,9 +206,9 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
             continue;
         };
         let host = qualify_host(&key.name, &key.namespace);
-        let virtual_services = compiler.virtual_services(&host, &mut tables.problems);
+        let chosen = compiler.virtual_service(&host, &mut tables.problems);
         for port in &service.ports {
-            let table = Arc::new(compiler.port_table(key, &host, port, &virtual_services));
+            let table = Arc::new(compiler.port_table(key, &host, port, chosen.as_ref()));
             for vip in &service.vips {
                 tables
                     .ports
@@ -216,9 +219,61 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
     tables
 }
 
+/// A Service bound to a waypoint, with what routes it there: as the
+/// waypoint's config dump shows it.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub service: Key,
+    pub host: String,
+    /// The VirtualService in force for the host (see [`compile`]).
+    pub virtual_service: Option<Key>,
+    /// The DestinationRules for the host the waypoint sees.
+    pub destination_rules: Vec<Key>,
+}
+
+/// The Services bound to `waypoint`, in name order.
+pub fn bindings(mesh: &Mesh, waypoint: &WaypointRef) -> Vec<Binding> {
+    let compiler = Compiler {
+        mesh,
+        namespace: &waypoint.0.namespace,
+        backends: HashMap::new(),
+    };
+    mesh.services_bound_to(waypoint)
+        .into_iter()
+        .map(|service| {
+            let host = qualify_host(&service.name, &service.namespace);
+            let chosen = compiler.virtual_service(&host, &mut BTreeMap::new());
+            Binding {
+                service: service.clone(),
+                virtual_service: chosen.map(|routes| routes.key.clone()),
+                destination_rules: mesh
+                    .destination_rules_for(&host, compiler.namespace)
+                    .into_iter()
+                    .map(|(key, _)| key.clone())
+                    .collect(),
+                host,
+            }
+        })
+        .collect()
+}
+
+/// The names a VirtualService may give `host` by, most specific first:
+/// the host itself, then wildcards over ever shorter suffixes
+/// (`*.ns.svc.cluster.local`, …, `*`), as Envoy matches domains.
+fn host_patterns(host: &str) -> impl Iterator<Item = String> + '_ {
+    let suffixes = host
+        .match_indices('.')
+        .map(move |(dot, _)| format!("*{}", &host[dot..]));
+    std::iter::once(host.to_string())
+        .chain(suffixes)
+        .chain(std::iter::once("*".to_string()))
+}
+
 /// A VirtualService's routes as they apply to the mesh, before ports are
 /// known.
 struct Routes<'a> {
+    key: &'a Key,
     namespace: &'a str,
     /// Name, matches (empty: all), destinations.
     http: Vec<(Option<String>, Vec<RequestMatch>, Weighted<'a>)>,
@@ -238,28 +293,56 @@ struct Compiler<'a> {
 }
 
 impl<'a> Compiler<'a> {
-    /// The VirtualServices for `host` that apply to mesh traffic, in name
-    /// order, each compiled or, when it cannot be, left out with its
-    /// problem recorded.
-    fn virtual_services(
+    /// The VirtualService that routes `host` for the mesh, compiled. As
+    /// Istio picks it for mesh traffic: one per host, the most specific
+    /// host name first (exact, then the longest wildcard), among equals the
+    /// oldest (then by name and namespace). Istio does not merge
+    /// VirtualServices for the mesh: the others naming the host as
+    /// specifically are reported (Istio's IST0109) and not used for it; one
+    /// that cannot be compiled is reported and left out, the next applies.
+    fn virtual_service(
         &self,
         host: &str,
         problems: &mut BTreeMap<String, String>,
-    ) -> Vec<Routes<'a>> {
-        let mut compiled = Vec::new();
-        for (key, config) in self.mesh.virtual_services_for(host, self.namespace) {
-            let spec = &config.spec;
-            if !applies_to_mesh(&spec.gateways) {
-                continue;
-            }
-            match routes(&key.namespace, spec) {
-                Ok(routes) => compiled.push(routes),
-                Err(problem) => {
-                    problems.insert(format!("VirtualService {key}"), problem);
+    ) -> Option<Routes<'a>> {
+        for pattern in host_patterns(host) {
+            let mut found: Vec<(&'a Key, &'a VirtualServiceSpec, Option<&'a str>)> = self
+                .mesh
+                .virtual_services_for(&pattern, self.namespace)
+                .into_iter()
+                .filter(|(_, config)| applies_to_mesh(&config.spec.gateways))
+                .map(|(key, config)| (key, &config.spec, config.created.as_deref()))
+                .collect();
+            // Oldest first; a manifest directory has no creation times.
+            found.sort_by_key(|(key, _, created)| {
+                (created.is_none(), *created, &key.name, &key.namespace)
+            });
+            let mut chosen: Option<Routes<'a>> = None;
+            for (key, spec, _) in found {
+                if let Some(routes) = &chosen {
+                    problems.insert(
+                        format!("VirtualService {key}"),
+                        format!(
+                            "host {pattern} is routed by VirtualService {} (older, or first by name): \
+                             for the mesh Istio uses one VirtualService per host (IST0109), so this one \
+                             does not apply to {host}; merge them",
+                            routes.key
+                        ),
+                    );
+                    continue;
+                }
+                match routes(key, spec) {
+                    Ok(routes) => chosen = Some(routes),
+                    Err(problem) => {
+                        problems.insert(format!("VirtualService {key}"), problem);
+                    }
                 }
             }
+            if chosen.is_some() {
+                return chosen;
+            }
         }
-        compiled
+        None
     }
 
     fn port_table(
@@ -267,18 +350,19 @@ impl<'a> Compiler<'a> {
         service: &Key,
         host: &str,
         port: &ServicePort,
-        virtual_services: &[Routes<'a>],
+        virtual_service: Option<&Routes<'a>>,
     ) -> PortTable {
         let protocol = Protocol::of(port);
         let mut table = PortTable {
             service: service.clone(),
             host: host.to_string(),
+            virtual_service: virtual_service.map(|routes| routes.key.clone()),
             port: port.port,
             protocol,
             http: Vec::new(),
             tcp: Vec::new(),
         };
-        for routes in virtual_services {
+        if let Some(routes) = virtual_service {
             if protocol.is_http() {
                 for (name, all, destinations) in &routes.http {
                     let matches: Vec<RequestMatch> = all
@@ -504,7 +588,7 @@ pub fn unsupported_field(spec: &VirtualServiceSpec) -> Option<String> {
 }
 
 /// A VirtualService's mesh routes, or why it cannot be used.
-fn routes<'a>(namespace: &'a str, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, String> {
+fn routes<'a>(key: &'a Key, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, String> {
     if let Some(field) = unsupported_field(spec) {
         return Err(format!("{field}: {NOT_SUPPORTED}"));
     }
@@ -543,7 +627,8 @@ fn routes<'a>(namespace: &'a str, spec: &'a VirtualServiceSpec) -> Result<Routes
         }
     }
     Ok(Routes {
-        namespace,
+        key,
+        namespace: &key.namespace,
         http,
         tcp,
     })

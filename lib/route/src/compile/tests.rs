@@ -8,9 +8,18 @@ use super::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
+/// The tables of the waypoint `bookinfo/waypoint` over [`mesh`].
+fn tables(extra: &str) -> RouteTables {
+    compile(&mesh(extra), &waypoint())
+}
+
+fn waypoint() -> WaypointRef {
+    WaypointRef(Key::new("bookinfo", "waypoint"))
+}
+
 /// Bookinfo's reviews (three versions) and ratings in `bookinfo`, bound to
 /// the waypoint `waypoint`, with Istio's subsets, and `extra` on top.
-fn tables(extra: &str) -> RouteTables {
+fn mesh(extra: &str) -> Mesh {
     let pod = |name: &str, app: &str, version: &str, ip: &str| {
         format!(
             "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: bookinfo, labels: {{app: {app}, version: {version}}}}}, \
@@ -44,8 +53,7 @@ fn tables(extra: &str) -> RouteTables {
         .iter()
         .filter(|p| p.severity == ambit_config::document::Severity::Error);
     assert_eq!(errors.count(), 0, "{:?}", parsed.problems);
-    let mesh = Mesh::from_resources(parsed.resources);
-    compile(&mesh, &WaypointRef(Key::new("bookinfo", "waypoint")))
+    Mesh::from_resources(parsed.resources)
 }
 
 fn reviews(extra: &str) -> Arc<PortTable> {
@@ -250,4 +258,125 @@ fn a_virtual_service_that_cannot_be_used_is_left_out_alone() {
         Some("v3")
     );
     assert_eq!(ratings.http[0].destinations[0].backend.port, 9080);
+}
+
+/// A VirtualService `name` in `namespace` for `hosts`, sending everything
+/// to reviews' `subset`, created at `created` when given.
+fn routing_to(
+    name: &str,
+    namespace: &str,
+    hosts: &str,
+    subset: &str,
+    created: Option<&str>,
+) -> String {
+    let created = created.map_or(String::new(), |at| format!(", creationTimestamp: '{at}'"));
+    format!(
+        "{{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {{name: {name}, namespace: {namespace}{created}}}, \
+          spec: {{hosts: {hosts}, http: [{{route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: {subset}}}}}]}}]}}}}\n---\n"
+    )
+}
+
+fn subset_for_all(tables: &RouteTables) -> String {
+    let table = &tables.ports[&SocketAddr::from((VIP, 9080))];
+    subset(table, request_of("/"), Caller::default())
+}
+
+#[test]
+fn one_virtual_service_routes_a_host_the_most_specific_then_the_oldest() {
+    // A wildcard applies to every host under it.
+    let wildcard = routing_to(
+        "all",
+        "bookinfo",
+        "['*.bookinfo.svc.cluster.local']",
+        "v3",
+        None,
+    );
+    let routed = tables(&wildcard);
+    assert_eq!(subset_for_all(&routed), "v3");
+    assert!(routed.problems.is_empty(), "{:?}", routed.problems);
+    let ratings = &routed.ports[&SocketAddr::new(IpAddr::from([10, 96, 0, 21]), 9080)];
+    assert_eq!(ratings.virtual_service, Some(Key::new("bookinfo", "all")));
+
+    // The host named exactly wins over the wildcard, which still routes
+    // ratings; a longer wildcard wins over `*`.
+    let routed = tables(&format!(
+        "{wildcard}{}{}",
+        routing_to("exact", "bookinfo", "[reviews]", "v1", None),
+        routing_to("everything", "bookinfo", "['*']", "v2", None),
+    ));
+    assert_eq!(subset_for_all(&routed), "v1");
+    let ratings = &routed.ports[&SocketAddr::new(IpAddr::from([10, 96, 0, 21]), 9080)];
+    assert_eq!(ratings.virtual_service, Some(Key::new("bookinfo", "all")));
+    assert!(routed.problems.is_empty(), "{:?}", routed.problems);
+
+    // Two for the same host: the older applies, the other is reported and
+    // not merged in, whatever their names.
+    let routed = tables(&format!(
+        "{}{}",
+        routing_to(
+            "a-newer",
+            "bookinfo",
+            "[reviews]",
+            "v2",
+            Some("2026-05-02T10:00:00Z")
+        ),
+        routing_to(
+            "b-older",
+            "bookinfo",
+            "[reviews]",
+            "v3",
+            Some("2026-05-01T10:00:00Z")
+        ),
+    ));
+    assert_eq!(subset_for_all(&routed), "v3");
+    let table = &routed.ports[&SocketAddr::from((VIP, 9080))];
+    assert_eq!(table.http.len(), 1, "not merged: {:?}", table.http);
+    let problem = &routed.problems["VirtualService bookinfo/a-newer"];
+    assert!(
+        problem.contains("bookinfo/b-older") && problem.contains("IST0109"),
+        "{problem}"
+    );
+
+    // Without creation times (a manifest directory), by name; one that
+    // cannot be used gives way to the next.
+    let routed = tables(&format!(
+        "{}{}",
+        routing_to("b", "bookinfo", "[reviews]", "v2", None),
+        virtual_service("[{redirect: {uri: /elsewhere}}]").replace("name: reviews", "name: a")
+            + "---\n",
+    ));
+    assert_eq!(subset_for_all(&routed), "v2");
+    assert!(routed.problems["VirtualService bookinfo/a"].contains(NOT_SUPPORTED));
+}
+
+#[test]
+fn bindings_name_the_virtual_service_in_force_and_the_destination_rules() {
+    let mesh = mesh(&format!(
+        "{}{}",
+        routing_to(
+            "all",
+            "bookinfo",
+            "['*.bookinfo.svc.cluster.local']",
+            "v3",
+            None
+        ),
+        routing_to("exact", "bookinfo", "[reviews]", "v1", None),
+    ));
+    let binding = |service: &str, virtual_service: &str, destination_rules: &[&str]| Binding {
+        service: Key::new("bookinfo", service),
+        host: format!("{service}.bookinfo.svc.cluster.local"),
+        virtual_service: Some(Key::new("bookinfo", virtual_service)),
+        destination_rules: destination_rules
+            .iter()
+            .map(|name| Key::new("bookinfo", *name))
+            .collect(),
+    };
+    assert_eq!(
+        bindings(&mesh, &waypoint()),
+        [
+            binding("ratings", "all", &[]),
+            binding("reviews", "exact", &["reviews"]),
+        ]
+    );
+    assert!(bindings(&mesh, &WaypointRef(Key::new("other", "waypoint"))).is_empty());
 }
