@@ -314,6 +314,20 @@ impl Mesh {
         )
     }
 
+    /// The VirtualService `key` as a delegate of a root VirtualService in
+    /// `from_namespace`: as Istio takes delegates, one without hosts,
+    /// exported to that namespace.
+    pub fn delegate(
+        &self,
+        key: &Key,
+        from_namespace: &str,
+    ) -> Option<(&Key, &Config<VirtualServiceSpec>)> {
+        let (key, config) = self.virtual_services.get_key_value(key)?;
+        (config.spec.hosts.is_empty()
+            && exported_to(&config.spec.export_to, &key.namespace, from_namespace))
+        .then_some((key, config.as_ref()))
+    }
+
     /// The DestinationRules for `host` that a workload in `from_namespace` sees.
     pub fn destination_rules_for(
         &self,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_config::api::networking::{
-    Destination, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings, SimpleLb,
+    self, Destination, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings, SimpleLb,
     TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
@@ -274,15 +274,27 @@ fn host_patterns(host: &str) -> impl Iterator<Item = String> + '_ {
 /// known.
 struct Routes<'a> {
     key: &'a Key,
-    namespace: &'a str,
-    /// Name, matches (empty: all), destinations.
-    http: Vec<(Option<String>, Vec<RequestMatch>, Weighted<'a>)>,
+    http: Vec<MeshHttpRoute<'a>>,
     /// Port (none: all), destinations.
-    tcp: Vec<(Option<u16>, Weighted<'a>)>,
+    tcp: Vec<(Option<u16>, Weighted)>,
+    /// What was left out of it, as Istio leaves it out (a delegate that
+    /// cannot be found): the rest applies.
+    notes: Vec<String>,
+}
+
+/// An HTTP route for the mesh, its own or a delegate's.
+struct MeshHttpRoute<'a> {
+    name: Option<String>,
+    /// Alternatives; empty: all requests.
+    matches: Vec<RequestMatch>,
+    /// Where its destinations' short host names are resolved: the namespace
+    /// of the VirtualService that wrote them.
+    namespace: &'a str,
+    destinations: Weighted,
 }
 
 /// Destinations with their weights.
-type Weighted<'a> = Vec<(u32, &'a Destination)>;
+type Weighted = Vec<(u32, Destination)>;
 
 struct Compiler<'a> {
     mesh: &'a Mesh,
@@ -331,8 +343,14 @@ impl<'a> Compiler<'a> {
                     );
                     continue;
                 }
-                match routes(key, spec) {
-                    Ok(routes) => chosen = Some(routes),
+                match routes(self.mesh, key, spec) {
+                    Ok(routes) => {
+                        if !routes.notes.is_empty() {
+                            problems
+                                .insert(format!("VirtualService {key}"), routes.notes.join("; "));
+                        }
+                        chosen = Some(routes);
+                    }
                     Err(problem) => {
                         problems.insert(format!("VirtualService {key}"), problem);
                     }
@@ -364,7 +382,8 @@ impl<'a> Compiler<'a> {
         };
         if let Some(routes) = virtual_service {
             if protocol.is_http() {
-                for (name, all, destinations) in &routes.http {
+                for route in &routes.http {
+                    let all = &route.matches;
                     let matches: Vec<RequestMatch> = all
                         .iter()
                         .filter(|matched| matched.port.is_none_or(|p| p == port.port))
@@ -375,9 +394,14 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                     table.http.push(HttpRoute {
-                        name: name.clone(),
+                        name: route.name.clone(),
                         matches,
-                        destinations: self.weighted(routes.namespace, host, port, destinations),
+                        destinations: self.weighted(
+                            route.namespace,
+                            host,
+                            port,
+                            &route.destinations,
+                        ),
                     });
                 }
             } else {
@@ -387,7 +411,12 @@ impl<'a> Compiler<'a> {
                     }
                     table.tcp.push(TcpRoute {
                         port: *route_port,
-                        destinations: self.weighted(routes.namespace, host, port, destinations),
+                        destinations: self.weighted(
+                            &routes.key.namespace,
+                            host,
+                            port,
+                            destinations,
+                        ),
                     });
                 }
             }
@@ -404,7 +433,7 @@ impl<'a> Compiler<'a> {
                 subset: None,
                 port: None,
             };
-            let destinations = self.weighted(self.namespace, host, port, &[(1, &itself)]);
+            let destinations = self.weighted(self.namespace, host, port, &[(1, itself)]);
             if protocol.is_http() {
                 table.http.push(HttpRoute {
                     name: None,
@@ -426,7 +455,7 @@ impl<'a> Compiler<'a> {
         namespace: &str,
         arrived_host: &str,
         arrived: &ServicePort,
-        destinations: &[(u32, &Destination)],
+        destinations: &[(u32, Destination)],
     ) -> Vec<WeightedBackend> {
         destinations
             .iter()
@@ -579,7 +608,6 @@ pub fn unsupported_field(spec: &VirtualServiceSpec) -> Option<String> {
         [
             ("redirect", route.redirect.is_some()),
             ("directResponse", route.direct_response.is_some()),
-            ("delegate", route.delegate.is_some()),
         ]
         .into_iter()
         .find(|(_, set)| *set)
@@ -587,14 +615,59 @@ pub fn unsupported_field(spec: &VirtualServiceSpec) -> Option<String> {
     })
 }
 
-/// A VirtualService's mesh routes, or why it cannot be used.
-fn routes<'a>(key: &'a Key, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, String> {
+/// A VirtualService's mesh routes, or why it cannot be used. Delegated
+/// routes stand for their delegate's, merged as Istio merges them.
+fn routes<'a>(
+    mesh: &'a Mesh,
+    key: &'a Key,
+    spec: &'a VirtualServiceSpec,
+) -> Result<Routes<'a>, String> {
     if let Some(field) = unsupported_field(spec) {
         return Err(format!("{field}: {NOT_SUPPORTED}"));
     }
-    let mut http = Vec::new();
+    let mut notes = Vec::new();
+    let mut expanded: Vec<(String, &'a str, networking::HttpRoute)> = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
+        let Some(delegate) = &route.delegate else {
+            expanded.push((at, &key.namespace, route.clone()));
+            continue;
+        };
+        let delegate_key = Key::new(
+            delegate.namespace.as_deref().unwrap_or(&key.namespace),
+            &delegate.name,
+        );
+        let Some((delegate_key, config)) = mesh.delegate(&delegate_key, &key.namespace) else {
+            notes.push(format!(
+                "{at}.delegate: no VirtualService {delegate_key} without hosts exported to {}; \
+                 the route is left out, as Istio leaves it out",
+                key.namespace
+            ));
+            continue;
+        };
+        let problem =
+            |what: String| format!("{at}.delegate: VirtualService {delegate_key}: {what}");
+        if let Some(field) = unsupported_field(&config.spec) {
+            return Err(problem(format!("{field}: {NOT_SUPPORTED}")));
+        }
+        if let Some(nested) = config.spec.http.iter().position(|r| r.delegate.is_some()) {
+            return Err(problem(format!(
+                "spec.http[{nested}].delegate: a delegate cannot delegate further"
+            )));
+        }
+        for (d, merged) in delegate::merge_routes(route, &config.spec.http)
+            .into_iter()
+            .enumerate()
+        {
+            expanded.push((
+                format!("{at} (delegated, route {d})"),
+                &delegate_key.namespace,
+                merged,
+            ));
+        }
+    }
+    let mut http = Vec::new();
+    for (at, namespace, route) in expanded {
         let mut matches = Vec::new();
         for (m, matched) in route.matches.iter().enumerate() {
             if !applies_to_mesh(&matched.gateways) {
@@ -606,8 +679,12 @@ fn routes<'a>(key: &'a Key, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, 
         if !route.matches.is_empty() && matches.is_empty() {
             continue;
         }
-        let destinations = weights(route.route.iter().map(|r| (r.weight, &r.destination)));
-        http.push((route.name.clone(), matches, destinations));
+        http.push(MeshHttpRoute {
+            name: route.name.clone(),
+            matches,
+            namespace,
+            destinations: weights(route.route.iter().map(|r| (r.weight, &r.destination))),
+        });
     }
     let mut tcp = Vec::new();
     for route in &spec.tcp {
@@ -628,15 +705,15 @@ fn routes<'a>(key: &'a Key, spec: &'a VirtualServiceSpec) -> Result<Routes<'a>, 
     }
     Ok(Routes {
         key,
-        namespace: &key.namespace,
         http,
         tcp,
+        notes,
     })
 }
 
 /// Weights as Istio reads them: a lone destination takes everything; when
 /// none is weighted they share equally.
-fn weights<'a>(destinations: impl Iterator<Item = (Option<i32>, &'a Destination)>) -> Weighted<'a> {
+fn weights<'a>(destinations: impl Iterator<Item = (Option<i32>, &'a Destination)>) -> Weighted {
     let destinations: Vec<_> = destinations.collect();
     let unweighted = destinations.iter().all(|(weight, _)| weight.is_none());
     destinations
@@ -647,7 +724,7 @@ fn weights<'a>(destinations: impl Iterator<Item = (Option<i32>, &'a Destination)
                 Some(weight) => u32::try_from(weight).unwrap_or(0),
                 None => 0,
             };
-            (weight, destination)
+            (weight, destination.clone())
         })
         .collect()
 }
@@ -732,6 +809,8 @@ impl LoadBalancer {
         }
     }
 }
+
+mod delegate;
 
 #[cfg(test)]
 mod tests;

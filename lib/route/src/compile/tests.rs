@@ -380,3 +380,53 @@ fn bindings_name_the_virtual_service_in_force_and_the_destination_rules() {
     );
     assert!(bindings(&mesh, &WaypointRef(Key::new("other", "waypoint"))).is_empty());
 }
+
+#[test]
+fn a_delegated_route_stands_for_its_delegates_routes() {
+    let delegate = |name: &str, namespace: &str, export_to: &str| {
+        format!(
+            "{{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {{name: {name}, namespace: {namespace}}}, \
+              spec: {{exportTo: {export_to}, http: [\
+                {{match: [{{uri: {{prefix: /api/v2}}}}], route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]}}, \
+                {{match: [{{uri: {{prefix: /elsewhere}}}}], route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v3}}}}]}}]}}}}\n---\n"
+        )
+    };
+    let root = |namespace: &str| {
+        virtual_service(&format!(
+            "[{{name: api, match: [{{uri: {{prefix: /api}}}}], delegate: {{name: team, namespace: {namespace}}}}}, \
+              {{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]"
+        ))
+    };
+    let routed = tables(&format!(
+        "{}---\n{}",
+        root("team-ns"),
+        delegate("team", "team-ns", "['*']")
+    ));
+    assert!(routed.problems.is_empty(), "{:?}", routed.problems);
+    let table = &routed.ports[&SocketAddr::from((VIP, 9080))];
+    let to = |path: &str| subset(table, request_of(path), Caller::default());
+    assert_eq!(to("/api/v2/books"), "v2");
+    // The delegate's route outside the root's prefix is dropped; what the
+    // delegate does not match falls to the root's next route.
+    assert_eq!(to("/elsewhere"), "v1");
+    assert_eq!(to("/api/v1"), "v1");
+    assert_eq!(table.http[0].name.as_deref(), Some("api"));
+
+    // Not exported to the root's namespace: the route is left out, noted,
+    // and the rest of the root applies.
+    let routed = tables(&format!(
+        "{}---\n{}",
+        root("team-ns"),
+        delegate("team", "team-ns", "['.']")
+    ));
+    let table = &routed.ports[&SocketAddr::from((VIP, 9080))];
+    assert_eq!(
+        subset(table, request_of("/api/v2"), Caller::default()),
+        "v1"
+    );
+    let note = &routed.problems["VirtualService bookinfo/reviews"];
+    assert!(
+        note.contains("team-ns/team") && note.contains("left out"),
+        "{note}"
+    );
+}
