@@ -484,6 +484,33 @@ fn a_wildcard_host_routes_the_services_under_it_until_one_names_the_host() -> an
 }
 
 #[test]
+fn a_delegated_route_takes_its_delegates_routes() -> anyhow::Result<()> {
+    let bed = Bed::start()?;
+    let to = |subset: &str| json!([{ "destination": { "host": "reviews", "subset": subset } }]);
+    let root = virtual_service(
+        "reviews",
+        json!([
+            { "name": "jason", "match": [{ "headers": { "end-user": { "exact": "jason" } } }],
+              "delegate": { "name": "reviews-team" } },
+            { "route": to("v1") },
+        ]),
+    );
+    // The team's own rules, without hosts: within jason's requests, the
+    // beta path goes to v2.
+    let mut delegate = virtual_service(
+        "reviews-team",
+        json!([{ "match": [{ "uri": { "prefix": "/beta" } }], "route": to("v2") }]),
+    );
+    delegate["spec"]["hosts"] = json!([]);
+    bed.apply_objects(vec![destination_rule(json!({})), root, delegate])?;
+    let jason = || five().header("end-user", "jason");
+    assert_eq!(bed.version(jason(), "/beta")?, "v2");
+    assert_eq!(bed.version(jason(), "/")?, "v1");
+    assert_eq!(bed.version(five(), "/beta")?, "v1");
+    Ok(())
+}
+
+#[test]
 fn round_robin_takes_the_endpoints_in_turn() -> anyhow::Result<()> {
     let bed = Bed::start()?;
     bed.apply(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } }), None)?;
