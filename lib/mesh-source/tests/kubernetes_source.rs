@@ -217,11 +217,28 @@ async fn both_sources_build_the_same_model() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     let from_kubernetes = watch(&server).await.lock().unwrap().clone();
-    // Object identities the API server assigns (uids) are the only difference.
+    // What the API server assigns (uids, creation times) is the only
+    // difference.
     let strip = |mesh: &Mesh| {
         let mut value = serde_json::to_value(mesh).unwrap();
         for workload in value["workloads"].as_object_mut().unwrap().values_mut() {
             workload["uid"] = Value::Null;
+        }
+        for config in value["virtualServices"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            config.as_object_mut().unwrap().remove("created");
+        }
+        for policy in value["authorizationPolicies"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            policy["valid"]
+                .as_object_mut()
+                .map(|config| config.remove("created"));
         }
         value
     };
