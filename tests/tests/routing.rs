@@ -511,6 +511,57 @@ fn a_delegated_route_takes_its_delegates_routes() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_pod_labelled_for_the_waypoint_is_reached_through_it_by_its_address() -> anyhow::Result<()> {
+    let bed = Bed::start()?;
+    let mut config = Bed::config(&bed.cluster, vec![destination_rule(json!({}))])?;
+    for pod in config
+        .pods
+        .iter_mut()
+        .filter(|pod| pod.name == "reviews-v1")
+    {
+        pod.labels
+            .push(("istio.io/use-waypoint".into(), "waypoint".into()));
+    }
+    bed.waypoint.apply(&bed.cluster, &config)?;
+    let v1 = bed.cluster.pod("reviews-v1")?;
+    let client = bed.cluster.pod("client")?;
+    let url = format!("http://{}:{PORT}/", v1.ip);
+    let passed = || {
+        bed.waypoint
+            .output()
+            .matches(&format!("host={}", v1.ip))
+            .count()
+    };
+    // Once the client's agent has seen the label too, each request to the
+    // pod's address passes the waypoint, which carries it to that pod.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while passed() == 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no request to the pod passed the waypoint:\n{}",
+            bed.outputs()
+        );
+        HttpLoad::new(1).run(&bed.cluster, client.place(), &url)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = passed();
+    let summary = five().run(&bed.cluster, client.place(), &url)?;
+    ensure!(summary.status(200) == 5, "{summary:?}\n{}", bed.outputs());
+    assert_eq!(
+        summary.versions.keys().collect::<Vec<_>>(),
+        ["reviews/v1"],
+        "answered by the pod asked for"
+    );
+    let log = bed.waypoint.output();
+    assert_eq!(
+        passed() - before,
+        5,
+        "each request passed the waypoint:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn round_robin_takes_the_endpoints_in_turn() -> anyhow::Result<()> {
     let bed = Bed::start()?;
     bed.apply(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } }), None)?;

@@ -6,7 +6,7 @@
 //! the request path reads an Istio spec or compiles a regex.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_config::api::networking::{
@@ -36,8 +36,89 @@ pub struct RouteTables {
     /// their CONNECT): a Service VIP and port.
     #[serde(serialize_with = "by_address")]
     pub ports: HashMap<SocketAddr, Arc<PortTable>>,
+    /// The pods bound to the waypoint by their own `istio.io/use-waypoint`,
+    /// by address: reached by pod IP, their traffic passes the waypoint on
+    /// to the pod and port asked for (no VirtualService names a pod).
+    #[serde(serialize_with = "by_pod_address")]
+    pub pods: HashMap<IpAddr, Arc<PodTables>>,
     /// What could not be compiled, by object: those objects are left out.
     pub problems: BTreeMap<String, String>,
+}
+
+/// A pod bound to the waypoint: its ports a Service gives a protocol, by
+/// target port; any other port is carried as TCP.
+#[derive(Debug, Serialize)]
+pub struct PodTables {
+    pub pod: Key,
+    pub ports: BTreeMap<u16, Arc<PortTable>>,
+}
+
+impl RouteTables {
+    /// The table for a stream to `target`: a bound Service address's, else
+    /// a bound pod's port.
+    pub fn table(&self, target: SocketAddr) -> Option<Arc<PortTable>> {
+        if let Some(table) = self.ports.get(&target) {
+            return Some(table.clone());
+        }
+        let pod = self.pods.get(&target.ip())?;
+        Some(match pod.ports.get(&target.port()) {
+            Some(table) => table.clone(),
+            None => Arc::new(pod_table(&pod.pod, target, Protocol::Tcp)),
+        })
+    }
+}
+
+/// To the pod at `target` alone: every request or connection to it.
+fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
+    let host = target.ip().to_string();
+    let backend = Arc::new(Backend {
+        cluster: format!("pod|{}|{host}", target.port()),
+        service: pod.clone(),
+        host: host.clone(),
+        subset: None,
+        port: target.port(),
+        protocol,
+        endpoints: vec![target],
+        load_balancer: LoadBalancer::RoundRobin,
+    });
+    let destinations = || {
+        vec![WeightedBackend {
+            weight: 1,
+            backend: backend.clone(),
+        }]
+    };
+    let (http, tcp) = if protocol.is_http() {
+        let all = HttpRoute {
+            name: None,
+            matches: Vec::new(),
+            destinations: destinations(),
+        };
+        (vec![all], Vec::new())
+    } else {
+        let all = TcpRoute {
+            port: None,
+            destinations: destinations(),
+        };
+        (Vec::new(), vec![all])
+    };
+    PortTable {
+        service: pod.clone(),
+        host,
+        virtual_service: None,
+        port: target.port(),
+        protocol,
+        http,
+        tcp,
+    }
+}
+
+fn by_pod_address<S: serde::Serializer>(
+    pods: &HashMap<IpAddr, Arc<PodTables>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let sorted: BTreeMap<&IpAddr, &PodTables> =
+        pods.iter().map(|(ip, pod)| (ip, pod.as_ref())).collect();
+    serializer.collect_map(sorted)
 }
 
 fn by_address<S: serde::Serializer>(
@@ -214,6 +295,29 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
                     .ports
                     .insert(SocketAddr::new(*vip, port.port), table.clone());
             }
+        }
+    }
+    for (key, workload) in mesh.workloads.iter() {
+        if mesh.waypoint_for_workload(key).as_ref() != Some(waypoint) {
+            continue;
+        }
+        for ip in &workload.ips {
+            let mut ports = BTreeMap::new();
+            let selecting = mesh
+                .services
+                .values()
+                .filter(|service| service.endpoints.iter().any(|e| e.ip == *ip));
+            for port in selecting.flat_map(|service| &service.ports) {
+                let target = SocketAddr::new(*ip, port.target_port);
+                ports
+                    .entry(port.target_port)
+                    .or_insert_with(|| Arc::new(pod_table(key, target, Protocol::of(port))));
+            }
+            let pod = PodTables {
+                pod: key.clone(),
+                ports,
+            };
+            tables.pods.insert(*ip, Arc::new(pod));
         }
     }
     tables

@@ -104,7 +104,7 @@ async fn carry(
     let Some(current) = shared.tables.current() else {
         return responder.refuse(Refusal::Unreachable);
     };
-    let Some(table) = current.tables.ports.get(&request.target).cloned() else {
+    let Some(table) = current.tables.table(request.target) else {
         tracing::warn!(target = %request.target, %caller, "HBONE stream for an address this waypoint does not serve");
         return responder.refuse(Refusal::Unreachable);
     };

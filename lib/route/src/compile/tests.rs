@@ -430,3 +430,39 @@ fn a_delegated_route_stands_for_its_delegates_routes() {
         "{note}"
     );
 }
+
+#[test]
+fn a_pod_bound_by_its_own_label_is_reached_by_its_address() {
+    let routed = tables(
+        "{apiVersion: v1, kind: Pod, metadata: {name: details-v1, namespace: bookinfo, labels: {app: details, istio.io/use-waypoint: waypoint}}, \
+          spec: {nodeName: node-0}, status: {podIP: 10.244.0.31}}\n---\n\
+         {apiVersion: v1, kind: Service, metadata: {name: details, namespace: bookinfo}, \
+          spec: {clusterIP: 10.96.0.31, ports: [{name: http, port: 80, targetPort: 9080}]}}\n---\n\
+         {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: details-1, namespace: bookinfo, labels: {kubernetes.io/service-name: details}}, \
+          addressType: IPv4, endpoints: [{addresses: [10.244.0.31]}], ports: [{name: http, port: 9080}]}\n",
+    );
+    let pod = IpAddr::from([10, 244, 0, 31]);
+    // The port its Service names http: HTTP, to the pod alone.
+    let http = routed.table(SocketAddr::new(pod, 9080)).expect("a table");
+    assert_eq!(http.protocol, Protocol::Http);
+    let (parts, ()) = request_of("/").into_parts();
+    let routed_to = http
+        .route(&parts, "http", Caller::default())
+        .expect("a route");
+    assert_eq!(
+        routed_to.route.destinations[0].backend.endpoints,
+        [SocketAddr::new(pod, 9080)]
+    );
+    // Any other port: TCP to that port of the pod.
+    let other = routed.table(SocketAddr::new(pod, 5000)).expect("a table");
+    assert_eq!(other.protocol, Protocol::Tcp);
+    assert_eq!(
+        other.tcp[0].destinations[0].backend.endpoints,
+        [SocketAddr::new(pod, 5000)]
+    );
+    // A pod without the label (the namespace's label binds Services only)
+    // is not served by address.
+    assert!(routed
+        .table(SocketAddr::new(IpAddr::from([10, 244, 0, 11]), 9080))
+        .is_none());
+}
