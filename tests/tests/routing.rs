@@ -9,7 +9,7 @@ use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, MeshConfig, NodeAgent};
 use ambit_testbed::testapp::{last_json, HttpLoad, HttpSummary, Server};
 use ambit_testbed::waypoint::Waypoint;
-use ambit_testbed::{Cluster, Process};
+use ambit_testbed::{wait_for, Cluster, Process};
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
@@ -534,16 +534,15 @@ fn a_pod_labelled_for_the_waypoint_is_reached_through_it_by_its_address() -> any
     };
     // Once the client's agent has seen the label too, each request to the
     // pod's address passes the waypoint, which carries it to that pod.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while passed() == 0 {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "no request to the pod passed the waypoint:\n{}",
-            bed.outputs()
-        );
-        HttpLoad::new(1).run(&bed.cluster, client.place(), &url)?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        "a request to the pod passing the waypoint",
+        Duration::from_secs(10),
+        || {
+            HttpLoad::new(1).run(&bed.cluster, client.place(), &url)?;
+            Ok(passed() > 0)
+        },
+    )
+    .with_context(|| bed.outputs())?;
     let before = passed();
     let summary = five().run(&bed.cluster, client.place(), &url)?;
     ensure!(summary.status(200) == 5, "{summary:?}\n{}", bed.outputs());

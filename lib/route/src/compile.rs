@@ -81,35 +81,17 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         endpoints: vec![target],
         load_balancer: LoadBalancer::RoundRobin,
     });
-    let destinations = || {
-        vec![WeightedBackend {
-            weight: 1,
-            backend: backend.clone(),
-        }]
-    };
-    let (http, tcp) = if protocol.is_http() {
-        let all = HttpRoute {
-            name: None,
-            matches: Vec::new(),
-            destinations: destinations(),
-        };
-        (vec![all], Vec::new())
-    } else {
-        let all = TcpRoute {
-            port: None,
-            destinations: destinations(),
-        };
-        (Vec::new(), vec![all])
-    };
-    PortTable {
+    let mut table = PortTable {
         service: pod.clone(),
         host,
         virtual_service: None,
         port: target.port(),
         protocol,
-        http,
-        tcp,
-    }
+        http: Vec::new(),
+        tcp: Vec::new(),
+    };
+    table.route_all(vec![WeightedBackend { weight: 1, backend }]);
+    table
 }
 
 fn by_pod_address<S: serde::Serializer>(
@@ -181,6 +163,23 @@ pub struct PortTable {
 }
 
 impl PortTable {
+    /// Adds a route that every request (or connection, on a TCP port)
+    /// matches, to `destinations`.
+    fn route_all(&mut self, destinations: Vec<WeightedBackend>) {
+        if self.protocol.is_http() {
+            self.http.push(HttpRoute {
+                name: None,
+                matches: Vec::new(),
+                destinations,
+            });
+        } else {
+            self.tcp.push(TcpRoute {
+                port: None,
+                destinations,
+            });
+        }
+    }
+
     /// The route for a request: the first with a match that holds.
     pub fn route(
         &self,
@@ -537,19 +536,7 @@ impl<'a> Compiler<'a> {
                 subset: None,
                 port: None,
             };
-            let destinations = self.weighted(self.namespace, host, port, &[(1, itself)]);
-            if protocol.is_http() {
-                table.http.push(HttpRoute {
-                    name: None,
-                    matches: Vec::new(),
-                    destinations,
-                });
-            } else {
-                table.tcp.push(TcpRoute {
-                    port: None,
-                    destinations,
-                });
-            }
+            table.route_all(self.weighted(self.namespace, host, port, &[(1, itself)]));
         }
         table
     }
