@@ -19,6 +19,38 @@ pub struct Reply {
     pub peer: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub protocol: String,
+    /// The user and trace headers it received, which it passes on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwarded: BTreeMap<String, String>,
+    /// The replies of the services it called on, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Reply>,
+}
+
+impl Reply {
+    /// Who answered down the chain: `productpage/v1 -> [details/v1,
+    /// reviews/v2 -> [ratings/v1]]`.
+    pub fn chain(&self) -> String {
+        let this = format!("{}/{}", self.app, self.version);
+        match self.calls.as_slice() {
+            [] => this,
+            calls => {
+                let calls: Vec<String> = calls.iter().map(Reply::chain).collect();
+                format!("{this} -> [{}]", calls.join(", "))
+            }
+        }
+    }
+
+    /// Whether every service down the chain saw the request id this one
+    /// saw: one trace, forwarded hop by hop.
+    pub fn one_trace(&self) -> bool {
+        let id = self.forwarded.get("x-request-id");
+        fn all_saw(reply: &Reply, id: &String) -> bool {
+            reply.forwarded.get("x-request-id") == Some(id)
+                && reply.calls.iter().all(|call| all_saw(call, id))
+        }
+        id.is_some_and(|id| all_saw(self, id))
+    }
 }
 
 /// What the test app's HTTP client prints after its requests.
@@ -32,6 +64,12 @@ pub struct HttpSummary {
     pub versions: BTreeMap<String, usize>,
     /// Peer addresses (IP only) the servers reported seeing.
     pub peers: BTreeMap<String, usize>,
+    /// Responses of servers that called on others, by [`Reply::chain`].
+    #[serde(default)]
+    pub chains: BTreeMap<String, usize>,
+    /// Of those, the responses whose whole chain saw one request id.
+    #[serde(default)]
+    pub one_trace: usize,
     /// Requests that got no response at all.
     pub errors: usize,
     pub first_error: Option<String>,
@@ -119,6 +157,8 @@ pub struct Server {
     listeners: Vec<(&'static str, u16)>,
     sink_stall: Duration,
     answer_delay: Duration,
+    /// URLs it calls for every ordinary request.
+    calls: Vec<String>,
 }
 
 impl Server {
@@ -129,7 +169,15 @@ impl Server {
             listeners: Vec::new(),
             sink_stall: Duration::ZERO,
             answer_delay: Duration::ZERO,
+            calls: Vec::new(),
         }
+    }
+
+    /// For every ordinary request, GET `url` first, forwarding the user and
+    /// trace headers as Bookinfo's services do.
+    pub fn calls(mut self, url: &str) -> Self {
+        self.calls.push(url.into());
+        self
     }
 
     /// HTTP/1.1 and h2c on `port`.
@@ -177,6 +225,7 @@ impl Server {
                 .iter()
                 .map(|(flag, port)| format!("--{flag}=0.0.0.0:{port}")),
         );
+        args.extend(self.calls.iter().map(|url| format!("--call={url}")));
         let binary = cluster.binaries().get(BINARY)?;
         let label = format!("{}-{}", self.app, self.version);
         let mut server = cluster.spawn(pod.place(), &label, &binary, args)?;

@@ -426,3 +426,141 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
     }
     waypoint.stop()
 }
+
+/// Bookinfo's four services, each at a VIP of its own, all bound to the
+/// waypoint: productpage calls details and reviews, reviews v2 and v3 call
+/// ratings, each passing on the user and trace headers it was given.
+#[test]
+fn bookinfo_calls_down_its_chain_through_the_waypoint_with_the_users_routes() -> anyhow::Result<()>
+{
+    let cluster = Cluster::builder()
+        .node(&["client", "productpage-v1", "waypoint"])
+        .node(&[
+            "details-v1",
+            "reviews-v1",
+            "reviews-v2",
+            "reviews-v3",
+            "ratings-v1",
+        ])
+        .build()?;
+    let apps = [
+        ("productpage", Ipv4Addr::new(10, 96, 0, 35)),
+        ("details", Ipv4Addr::new(10, 96, 0, 36)),
+        ("reviews", Ipv4Addr::new(10, 96, 0, 37)),
+        ("ratings", Ipv4Addr::new(10, 96, 0, 38)),
+    ];
+    let url = |app: &str, path: &str| -> anyhow::Result<String> {
+        let (_, vip) = apps
+            .iter()
+            .find(|(name, _)| *name == app)
+            .context("a Bookinfo app")?;
+        Ok(format!("http://{vip}:9080{path}"))
+    };
+    let waypoint_pod = cluster.pod("waypoint")?;
+    let pods: Vec<&ambit_testbed::Pod> = cluster
+        .pods()
+        .iter()
+        .filter(|pod| pod.name != "waypoint")
+        .collect();
+    let config = |istio: Vec<serde_json::Value>| -> anyhow::Result<MeshConfig> {
+        let mut services = vec![mesh::service(
+            "waypoint",
+            WAYPOINT_VIP,
+            15008,
+            15008,
+            &[waypoint_pod],
+        )];
+        for (app, vip) in apps {
+            let prefix = format!("{app}-");
+            let endpoints: Vec<&ambit_testbed::Pod> = pods
+                .iter()
+                .copied()
+                .filter(|pod| pod.name.starts_with(&prefix))
+                .collect();
+            services.push(mesh::ServiceConfig {
+                waypoint: Some("waypoint".to_string()),
+                ..mesh::service(app, vip, 9080, 9080, &endpoints)
+            });
+        }
+        let config = MeshConfig {
+            istio,
+            ..mesh::enrolling(&cluster, &pods, services)
+        };
+        Ok(apps
+            .iter()
+            .fold(config, |config, (app, _)| config.versioned(app)))
+    };
+    let rules = bookinfo::manifest("destination-rule-all.yaml")?;
+    let all_v1 = bookinfo::manifest("routing-all-v1.yaml")?;
+    let (_ca, _agents, waypoint) = Waypoint::start_secured(
+        &cluster,
+        &config([rules.clone(), all_v1.clone()].concat())?,
+        waypoint_pod,
+    )?;
+    let ratings = url("ratings", "/ratings/0")?;
+    let servers = [
+        (
+            "productpage-v1",
+            Server::new("productpage", "v1")
+                .calls(&url("details", "/details/0")?)
+                .calls(&url("reviews", "/reviews/0")?),
+        ),
+        ("details-v1", Server::new("details", "v1")),
+        ("reviews-v1", Server::new("reviews", "v1")),
+        ("reviews-v2", Server::new("reviews", "v2").calls(&ratings)),
+        ("reviews-v3", Server::new("reviews", "v3").calls(&ratings)),
+        ("ratings-v1", Server::new("ratings", "v1")),
+    ];
+    let _servers = servers
+        .into_iter()
+        .map(|(pod, server)| server.http(9080).start(&cluster, cluster.pod(pod)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reviews = format!("{}:9080", apps[2].1);
+    wait_for(
+        || Ok(first_route(&waypoint, &reviews)? == [("v1".to_string(), 1)]),
+        "Bookinfo's routes",
+    )?;
+    let client = cluster.pod("client")?;
+    let productpage = url("productpage", "/productpage")?;
+    let chains = |load: HttpLoad| -> anyhow::Result<Vec<(String, usize)>> {
+        let summary = load.run(&cluster, client.place(), &productpage)?;
+        anyhow::ensure!(
+            summary.status(200) == summary.requests && summary.one_trace == summary.requests,
+            "every answer whole, each chain one trace: {summary:?}\n{}",
+            waypoint.output()
+        );
+        Ok(summary.chains.into_iter().collect())
+    };
+    let chain = |reviews: &str, count: usize| {
+        vec![(format!("productpage/v1 -> [details/v1, {reviews}]"), count)]
+    };
+
+    // Everything to v1: reviews v1 shows no stars, so it calls no ratings.
+    assert_eq!(chains(HttpLoad::new(20))?, chain("reviews/v1", 20));
+
+    // Jason signs in: productpage passes `end-user` on, and the waypoint
+    // routes its call to reviews by it.
+    mesh::write_config(
+        &cluster,
+        &config(
+            [
+                rules.clone(),
+                bookinfo::manifest("reviews-v2-for-jason.yaml")?,
+            ]
+            .concat(),
+        )?,
+    )?;
+    wait_for(
+        || Ok(first_route(&waypoint, &reviews)? == [("v2".to_string(), 1)]),
+        "the route for jason",
+    )?;
+    assert_eq!(
+        chains(HttpLoad::new(20).header("end-user", "jason"))?,
+        chain("reviews/v2 -> [ratings/v1]", 20)
+    );
+    assert_eq!(
+        chains(HttpLoad::new(20).header("end-user", "someone"))?,
+        chain("reviews/v1", 20)
+    );
+    waypoint.stop()
+}

@@ -1,6 +1,7 @@
 //! The test app: an HTTP/1.1 + h2c server and TCP echo server that says who
 //! answered and whom it saw, and the clients that talk to it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,11 @@ enum Mode {
         /// Every HTTP answer waits this long first, like a slow replica.
         #[arg(long, default_value_t = 0)]
         answer_delay_ms: u64,
+        /// A service this one calls for every ordinary request, forwarding
+        /// the caller's user and trace headers as Bookinfo's services do;
+        /// the answers join this one's (repeatable, called in order).
+        #[arg(long)]
+        call: Vec<Uri>,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -187,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             sink,
             sink_stall_ms,
             answer_delay_ms,
+            call,
         } => {
             let sinks = Sinks {
                 addrs: sink,
@@ -196,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
                 app,
                 version,
                 delay: Duration::from_millis(answer_delay_ms),
+                calls: call,
             });
             serve(server, http, echo, sinks).await
         }
@@ -256,11 +264,12 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Who answers HTTP, and how slowly.
+/// Who answers HTTP, how slowly, and whom it calls on the way.
 struct HttpServer {
     app: String,
     version: String,
     delay: Duration,
+    calls: Vec<Uri>,
 }
 
 async fn serve(
@@ -318,7 +327,7 @@ async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::R
                 let server = server.clone();
                 async move {
                     tokio::time::sleep(server.delay).await;
-                    Ok::<_, Infallible>(answer(req, &server.app, &server.version, peer).await)
+                    Ok::<_, Infallible>(answer(req, &server, peer).await)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -335,11 +344,11 @@ type AnswerBody = BoxBody<Bytes, Infallible>;
 /// `POST /upload` reads the
 /// body and answers `<bytes> <crc32>`; `/trailers` answers as a gRPC
 /// server does, its status in trailers (`grpc-status: 0`, and `x-echo` as
-/// `grpc-message`); anything else says who answered and whom it saw.
+/// `grpc-message`); anything else says who answered and whom it saw, after
+/// calling on the services the server calls.
 async fn answer(
     req: Request<Incoming>,
-    app: &str,
-    version: &str,
+    server: &HttpServer,
     peer: SocketAddr,
 ) -> Response<AnswerBody> {
     let full = |content_type: &'static str, body: Vec<u8>| {
@@ -395,16 +404,77 @@ async fn answer(
             .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
             .unwrap_or_default();
     }
+    let forwarded: BTreeMap<String, String> = FORWARDED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = req.headers().get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
+    let mut calls = Vec::with_capacity(server.calls.len());
+    for url in &server.calls {
+        calls.push(call_on(url, &forwarded).await);
+    }
     let reply = Reply {
-        app: app.to_string(),
-        version: version.to_string(),
+        app: server.app.clone(),
+        version: server.version.clone(),
         peer: peer.to_string(),
         protocol: format!("{:?}", req.version()),
+        forwarded,
+        calls,
     };
     full(
         "application/json",
         serde_json::to_vec(&reply).unwrap_or_default(),
     )
+}
+
+/// The headers Bookinfo's services pass on to the services they call: the
+/// signed-in user and the trace context (Istio's distributed-tracing
+/// contract: the mesh cannot join the spans of a call and the calls it
+/// makes unless the app forwards these).
+const FORWARDED_HEADERS: [&str; 13] = [
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "cookie",
+    "authorization",
+    "user-agent",
+];
+
+/// GET `url` with `forwarded` headers; its reply, or one naming the failure.
+async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>) -> Reply {
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let authority = url.authority().context("the URL needs a host and port")?;
+        let mut sender = Sender::connect(authority.as_str(), false).await?;
+        let mut request = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
+            .header(hyper::header::HOST, authority.as_str());
+        for (name, value) in forwarded {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = sender.send(request.body(Empty::new())?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "{status}");
+        Ok(serde_json::from_slice::<Reply>(&body)?)
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")));
+    outcome.unwrap_or_else(|error| Reply {
+        app: url.to_string(),
+        version: format!("failed: {error:#}"),
+        peer: String::new(),
+        protocol: String::new(),
+        forwarded: BTreeMap::new(),
+        calls: Vec::new(),
+    })
 }
 
 /// Each data frame of `body` echoed as it arrives; then `grpc-status: 0`
@@ -1144,6 +1214,10 @@ fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
                 .peer
                 .rsplit_once(':')
                 .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
+            if !reply.calls.is_empty() {
+                *summary.chains.entry(reply.chain()).or_default() += 1;
+                summary.one_trace += usize::from(reply.one_trace());
+            }
             (format!("{}/{}", reply.app, reply.version), Some(peer_ip))
         }
         Err(_) => ("unknown".to_string(), None),
