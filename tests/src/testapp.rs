@@ -64,6 +64,9 @@ pub struct HttpSummary {
     pub versions: BTreeMap<String, usize>,
     /// Peer addresses (IP only) the servers reported seeing.
     pub peers: BTreeMap<String, usize>,
+    /// Responses by the protocol the answering server was spoken to in.
+    #[serde(default)]
+    pub protocols: BTreeMap<String, usize>,
     /// Responses of servers that called on others, by [`Reply::chain`].
     #[serde(default)]
     pub chains: BTreeMap<String, usize>,

@@ -561,6 +561,38 @@ fn a_pod_labelled_for_the_waypoint_is_reached_through_it_by_its_address() -> any
 }
 
 #[test]
+fn h2_upgrade_policy_and_use_client_protocol_choose_how_the_waypoint_speaks_upstream(
+) -> anyhow::Result<()> {
+    let bed = Bed::start()?;
+    // The protocols reviews was spoken to in, for a caller speaking HTTP/2
+    // or HTTP/1.1.
+    let protocols = |http2: bool| -> anyhow::Result<Vec<String>> {
+        let load = HttpLoad::new(5).http2(http2);
+        let summary = bed.run(load, "client", PORT, "/")?;
+        Ok(summary.protocols.into_keys().collect())
+    };
+    bed.apply(json!({}), None)?;
+    assert_eq!(protocols(false)?, ["HTTP/1.1"]);
+    assert_eq!(
+        protocols(true)?,
+        ["HTTP/1.1"],
+        "an http port is HTTP/1.1 upstream"
+    );
+    bed.apply(
+        json!({ "connectionPool": { "http": { "h2UpgradePolicy": "UPGRADE" } } }),
+        None,
+    )?;
+    assert_eq!(protocols(false)?, ["HTTP/2.0"]);
+    bed.apply(
+        json!({ "connectionPool": { "http": { "useClientProtocol": true } } }),
+        None,
+    )?;
+    assert_eq!(protocols(false)?, ["HTTP/1.1"]);
+    assert_eq!(protocols(true)?, ["HTTP/2.0"]);
+    Ok(())
+}
+
+#[test]
 fn round_robin_takes_the_endpoints_in_turn() -> anyhow::Result<()> {
     let bed = Bed::start()?;
     bed.apply(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } }), None)?;

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_config::api::networking::{
-    self, Destination, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings, SimpleLb,
-    TrafficPolicy, VirtualServiceSpec,
+    self, ConnectionPoolSettings, Destination, DestinationRuleSpec, H2UpgradePolicy,
+    HttpMatchRequest, LoadBalancerSettings, SimpleLb, TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -77,7 +77,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         host: host.clone(),
         subset: None,
         port: target.port(),
-        protocol,
+        upstream: PortPolicy::default().upstream(protocol),
         endpoints: vec![target],
         load_balancer: LoadBalancer::RoundRobin,
     });
@@ -267,10 +267,32 @@ pub struct Backend {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
     pub port: u16,
-    pub protocol: Protocol,
+    pub upstream: Upstream,
     /// Ready endpoints (of the subset), at the port they listen on.
     pub endpoints: Vec<SocketAddr>,
     pub load_balancer: LoadBalancer,
+}
+
+/// How the waypoint speaks to a backend's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Upstream {
+    Http1,
+    Http2,
+    /// HTTP/2 for a caller that spoke HTTP/2, else HTTP/1.1.
+    AsClient,
+    Tcp,
+}
+
+impl Upstream {
+    /// Whether a request the caller sent in `version` goes on in HTTP/2.
+    pub fn http2_for(self, version: http::Version) -> bool {
+        match self {
+            Self::Http2 => true,
+            Self::AsClient => version == http::Version::HTTP_2,
+            Self::Http1 | Self::Tcp => false,
+        }
+    }
 }
 
 /// The tables for the Services bound to `waypoint`.
@@ -603,13 +625,11 @@ impl<'a> Compiler<'a> {
                     Some(service_port) => self.endpoints(service, service_port, rule, subset),
                     None => Vec::new(),
                 };
+                let policy = PortPolicy::of(rule, subset, port);
                 Backend {
                     cluster: cluster_name(port, destination.subset.as_deref(), &host),
-                    protocol: service_port.map_or(Protocol::Tcp, Protocol::of),
-                    load_balancer: LoadBalancer::from_settings(
-                        rule.and_then(|rule| load_balancer(rule, subset, port)),
-                        &endpoints,
-                    ),
+                    upstream: policy.upstream(service_port.map_or(Protocol::Tcp, Protocol::of)),
+                    load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
                     endpoints,
                     service: key,
                     host,
@@ -624,7 +644,7 @@ impl<'a> Compiler<'a> {
                 host,
                 subset: destination.subset.clone(),
                 port,
-                protocol: Protocol::Tcp,
+                upstream: Upstream::Tcp,
                 endpoints: Vec::new(),
                 load_balancer: LoadBalancer::default(),
             },
@@ -853,32 +873,69 @@ fn request_match(matched: &HttpMatchRequest) -> Result<RequestMatch, regex::Erro
     })
 }
 
-/// The load balancer for `port` of a subset: Istio merges the subset's
-/// traffic policy over the rule's, and a port's settings over either.
-fn load_balancer<'r>(
-    rule: &'r DestinationRuleSpec,
-    subset: Option<&str>,
-    port: u16,
-) -> Option<&'r LoadBalancerSettings> {
-    let for_port = |policy: &'r TrafficPolicy| {
-        policy
-            .port_level_settings
-            .iter()
-            .find(|settings| {
-                settings
-                    .port
-                    .as_ref()
-                    .is_some_and(|p| p.number == u32::from(port))
-            })
-            .and_then(|settings| settings.load_balancer.as_ref())
-            .or(policy.load_balancer.as_ref())
-    };
-    let subset_policy = subset
-        .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
-        .and_then(|s| s.traffic_policy.as_deref());
-    subset_policy
-        .and_then(for_port)
-        .or_else(|| rule.traffic_policy.as_deref().and_then(for_port))
+/// The traffic policy for one port of a subset, merged as Istio merges
+/// it: the rule's top level, then its settings for the port, then the
+/// subset's top level, then the subset's settings for the port. A setting
+/// given replaces the one before it whole, and a port's settings replace
+/// all of them: unset there means Istio's default, not inherited.
+#[derive(Debug, Default, Clone, Copy)]
+struct PortPolicy<'r> {
+    load_balancer: Option<&'r LoadBalancerSettings>,
+    connection_pool: Option<&'r ConnectionPoolSettings>,
+}
+
+impl<'r> PortPolicy<'r> {
+    fn of(rule: Option<&'r DestinationRuleSpec>, subset: Option<&str>, port: u16) -> Self {
+        let Some(rule) = rule else {
+            return Self::default();
+        };
+        let subset_policy = subset
+            .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
+            .and_then(|s| s.traffic_policy.as_deref());
+        [rule.traffic_policy.as_deref(), subset_policy]
+            .into_iter()
+            .flatten()
+            .fold(Self::default(), |merged, policy| merged.then(policy, port))
+    }
+
+    fn then(self, policy: &'r TrafficPolicy, port: u16) -> Self {
+        let for_port = policy.port_level_settings.iter().find(|settings| {
+            settings
+                .port
+                .as_ref()
+                .is_some_and(|p| p.number == u32::from(port))
+        });
+        match for_port {
+            Some(settings) => Self {
+                load_balancer: settings.load_balancer.as_ref(),
+                connection_pool: settings.connection_pool.as_ref(),
+            },
+            None => Self {
+                load_balancer: policy.load_balancer.as_ref().or(self.load_balancer),
+                connection_pool: policy.connection_pool.as_ref().or(self.connection_pool),
+            },
+        }
+    }
+
+    /// How the waypoint speaks to endpoints of a port read as `protocol`.
+    /// HTTP/2 ports stay HTTP/2; an HTTP/1.1 port is upgraded to HTTP/2
+    /// when `h2UpgradePolicy` says UPGRADE (the mesh default, which Istio
+    /// reads from its mesh config, is not to); `useClientProtocol` passes
+    /// on whichever the caller spoke, and then the upgrade policy is moot.
+    fn upstream(&self, protocol: Protocol) -> Upstream {
+        let http = self.connection_pool.and_then(|pool| pool.http.as_ref());
+        match (protocol, http) {
+            (Protocol::Tcp, _) => Upstream::Tcp,
+            (_, Some(http)) if http.use_client_protocol == Some(true) => Upstream::AsClient,
+            (Protocol::Http2, _) => Upstream::Http2,
+            (Protocol::Http, Some(http))
+                if http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) =>
+            {
+                Upstream::Http2
+            }
+            (Protocol::Http, _) => Upstream::Http1,
+        }
+    }
 }
 
 impl LoadBalancer {

@@ -1214,6 +1214,7 @@ fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
                 .peer
                 .rsplit_once(':')
                 .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
+            *summary.protocols.entry(reply.protocol.clone()).or_default() += 1;
             if !reply.calls.is_empty() {
                 *summary.chains.entry(reply.chain()).or_default() += 1;
                 summary.one_trace += usize::from(reply.one_trace());

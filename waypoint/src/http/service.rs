@@ -16,7 +16,7 @@ use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
-use ambit_route::{Caller, PortTable, Protocol};
+use ambit_route::{Caller, PortTable};
 use ambit_telemetry::http::{HttpMetrics, RequestLabels, Series, ServiceName};
 use ambit_telemetry::labels::{Party, Reporter};
 use bytes::Bytes;
@@ -259,7 +259,8 @@ async fn forward(
     ))?;
     exchange.upstream = Some(endpoint);
     exchange.in_flight = Some(in_flight);
-    let http2 = backend.protocol == Protocol::Http2;
+    // An upgrade is HTTP/1.1's to ask for: it goes on in HTTP/1.1.
+    let http2 = upgrade.is_none() && backend.upstream.http2_for(parts.version);
     prepare(&mut parts, http2);
     if let (Some((protocol, _)), false) = (&upgrade, http2) {
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -280,13 +281,7 @@ async fn forward(
     let request = Request::from_parts(parts, body);
     let response = context
         .upstream
-        .send(
-            &context.mesh,
-            context.local_ip,
-            endpoint,
-            backend.protocol,
-            request,
-        )
+        .send(&context.mesh, context.local_ip, endpoint, http2, request)
         .await
         .map_err(|error| {
             tracing::debug!(%endpoint, %error, "upstream request failed");

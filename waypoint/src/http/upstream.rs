@@ -14,7 +14,7 @@ use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
-use ambit_route::{Backend, Protocol};
+use ambit_route::Backend;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
@@ -122,10 +122,10 @@ impl Upstream {
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        protocol: Protocol,
+        http2: bool,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
-        if protocol == Protocol::Http2 {
+        if http2 {
             let mut sender = match self.shared_http2(endpoint) {
                 Some(sender) => sender,
                 None => {

@@ -154,6 +154,60 @@ fn subsets_select_their_pods_and_carry_their_load_balancer() {
     assert!(table.http[0].destinations[0].backend.endpoints.is_empty());
 }
 
+/// How ratings' one backend is balanced and spoken to under a
+/// DestinationRule with `traffic_policy`.
+fn ratings_under(traffic_policy: &str) -> (LoadBalancer, Upstream) {
+    let rule = format!(
+        "{{apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {{name: ratings, namespace: bookinfo}}, \
+          spec: {{host: ratings, trafficPolicy: {traffic_policy}}}}}\n"
+    );
+    let tables = tables(&rule);
+    let backend =
+        &tables.ports[&SocketAddr::from(([10, 96, 0, 21], 9080))].http[0].destinations[0].backend;
+    (backend.load_balancer.clone(), backend.upstream)
+}
+
+#[test]
+fn a_ports_traffic_policy_is_merged_as_istio_merges_it() {
+    let upgrade = "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}";
+    assert_eq!(
+        ratings_under("{}"),
+        (LoadBalancer::LeastRequest, Upstream::Http1)
+    );
+    assert_eq!(
+        ratings_under(&format!("{{loadBalancer: {{simple: RANDOM}}, {upgrade}}}")),
+        (LoadBalancer::Random, Upstream::Http2)
+    );
+    // Settings for the port replace the rule's whole: what they leave out
+    // is Istio's default, not the rule's.
+    assert_eq!(
+        ratings_under(&format!(
+            "{{loadBalancer: {{simple: RANDOM}}, {upgrade}, \
+              portLevelSettings: [{{port: {{number: 9080}}, loadBalancer: {{simple: ROUND_ROBIN}}}}]}}"
+        )),
+        (LoadBalancer::RoundRobin, Upstream::Http1)
+    );
+    // Settings for another port change nothing here.
+    assert_eq!(
+        ratings_under(&format!(
+            "{{{upgrade}, portLevelSettings: [{{port: {{number: 7000}}, loadBalancer: {{simple: RANDOM}}}}]}}"
+        )),
+        (LoadBalancer::LeastRequest, Upstream::Http2)
+    );
+    assert_eq!(
+        ratings_under(
+            "{connectionPool: {http: {useClientProtocol: true, h2UpgradePolicy: UPGRADE}}}"
+        ),
+        (LoadBalancer::LeastRequest, Upstream::AsClient)
+    );
+    assert_eq!(
+        ratings_under("{connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}").1,
+        Upstream::Http1
+    );
+    assert!(Upstream::AsClient.http2_for(http::Version::HTTP_2));
+    assert!(!Upstream::AsClient.http2_for(http::Version::HTTP_11));
+}
+
 #[test]
 fn each_match_field_decides_as_istio_says() {
     let labels: Labels = [("app".to_string(), "productpage".to_string())].into();
