@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ambit_identity::{
     certificate_request, CertificateAuthority, Identity, TrustBundle, WorkloadCertificate,
@@ -106,11 +106,27 @@ impl TestCa {
 
     /// A certificate for `identity`, valid an hour, signed by the mesh's root.
     pub fn certify(&self, identity: &Identity) -> anyhow::Result<WorkloadCertificate> {
+        let (key, chain) = self.issue(identity)?;
+        Ok(WorkloadCertificate::new(identity, &key, &chain)?)
+    }
+
+    /// The same, written in `dir` as `key.pem` and `chain.pem` (leaf
+    /// first), for a proxy that reads its certificate from files.
+    pub fn certify_into(&self, identity: &Identity, dir: &Path) -> anyhow::Result<()> {
+        let (key, chain) = self.issue(identity)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+        std::fs::write(dir.join("chain.pem"), chain)?;
+        Ok(())
+    }
+
+    /// A new key and its chain for `identity`, valid an hour.
+    fn issue(&self, identity: &Identity) -> anyhow::Result<(rcgen::KeyPair, String)> {
         let (key, csr) = certificate_request(identity)?;
         let chain =
             self.authority()?
                 .issue(&csr, identity, std::time::Duration::from_secs(3600))?;
-        Ok(WorkloadCertificate::new(identity, &key, &chain)?)
+        Ok((key, chain))
     }
 
     pub fn output(&self) -> String {

