@@ -620,6 +620,23 @@ fn random_spreads_without_a_pattern() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn passthrough_leaves_the_endpoint_to_chance_as_the_l4_path_would() -> anyhow::Result<()> {
+    // Behind a waypoint the caller's original destination is the Service
+    // address, whose endpoint the L4 path (ztunnel, kube-proxy) draws at
+    // random: so does the waypoint.
+    let bed = Bed::start()?;
+    bed.apply(json!({ "loadBalancer": { "simple": "PASSTHROUGH" } }), None)?;
+    let dump = bed.waypoint.config_dump()?;
+    let backend = &dump["routes"]["ports"][format!("{REVIEWS_VIP}:{PORT}")]["http"][0]
+        ["destinations"][0]["backend"];
+    ensure!(backend["loadBalancer"] == "PASSTHROUGH", "{backend}");
+    let summary = bed.run(HttpLoad::new(400), "client", PORT, "/")?;
+    let v1 = summary.versions.get("reviews/v1").copied().unwrap_or(0) as f64 / 400.0;
+    ensure!((0.4..=0.6).contains(&v1), "{summary:?}");
+    Ok(())
+}
+
 /// Eight callers at once for `requests` requests each; the share v2 (the
 /// fast replica) answered.
 fn fast_share(bed: &Bed, requests: usize) -> anyhow::Result<f64> {
