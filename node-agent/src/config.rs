@@ -106,8 +106,7 @@ impl Config {
 }
 
 fn default_worker_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    (cpus / 4).max(1)
+    (ambit_admin::cpus() / 4).max(1)
 }
 
 fn check_cgroup2_dir(path: &Path) -> anyhow::Result<()> {

@@ -28,14 +28,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tables = Arc::new(Tables::default());
     let compiling = tokio::spawn(tables.clone().keep_current(mesh.clone(), waypoint.clone()));
     let config_dump: ConfigDump = {
-        let (mesh, tables) = (mesh.clone(), tables.clone());
+        let tables = tables.clone();
         Arc::new(move || {
-            let snapshot = mesh.snapshot();
+            // The snapshot the tables in force were compiled from: a
+            // change shows here once it routes requests.
+            let current = tables.current();
+            let current = current.as_deref();
             serde_json::json!({
                 "waypoint": waypoint.0,
-                "services": ambit_route::bindings(&snapshot, &waypoint),
-                "routes": tables.current().map(|current| current.tables.clone()),
-                "mesh": *snapshot,
+                "services": current.map(|current| &current.tables.bindings),
+                "routes": current.map(|current| &current.tables),
+                "mesh": current.map(|current| &current.mesh),
             })
         })
     };
@@ -83,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    tables.first_compiled().await;
     readiness.set_ready(true);
     tracing::info!(waypoint = %config.waypoint, "ready");
 

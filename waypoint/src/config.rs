@@ -75,10 +75,9 @@ impl Config {
             waypoint: Key::new(args.namespace, args.name),
             service_account,
             hbone: args.hbone_addr,
-            worker_threads: args.worker_threads.map_or_else(
-                || std::thread::available_parallelism().map_or(1, usize::from),
-                usize::from,
-            ),
+            worker_threads: args
+                .worker_threads
+                .map_or_else(ambit_admin::cpus, usize::from),
             ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,

@@ -149,6 +149,12 @@ pub fn init_logging() {
         .init();
 }
 
+/// The CPUs this process may run on (its cgroup's quota aside), at least 1:
+/// what worker-thread defaults scale with.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The runtime a proxy runs on: a single-threaded one for one worker (on
 /// few cores, moving each connection's work between threads costs more than
 /// it gains), else one of that many threads.

@@ -43,6 +43,10 @@ pub struct RouteTables {
     pub pods: HashMap<IpAddr, Arc<PodTables>>,
     /// What could not be compiled, by object: those objects are left out.
     pub problems: BTreeMap<String, String>,
+    /// The Services bound to the waypoint, in name order (shown apart in
+    /// the config dump).
+    #[serde(skip)]
+    pub bindings: Vec<Binding>,
 }
 
 /// A pod bound to the waypoint: its ports a Service gives a protocol, by
@@ -309,6 +313,16 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
         };
         let host = qualify_host(&key.name, &key.namespace);
         let chosen = compiler.virtual_service(&host, &mut tables.problems);
+        tables.bindings.push(Binding {
+            service: key.clone(),
+            host: host.clone(),
+            virtual_service: chosen.as_ref().map(|routes| routes.key.clone()),
+            destination_rules: mesh
+                .destination_rules_for(&host, compiler.namespace)
+                .into_iter()
+                .map(|(key, _)| key.clone())
+                .collect(),
+        });
         for port in &service.ports {
             let table = Arc::new(compiler.port_table(key, &host, port, chosen.as_ref()));
             for vip in &service.vips {
@@ -318,28 +332,40 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
             }
         }
     }
-    for (key, workload) in mesh.workloads.iter() {
-        if mesh.waypoint_for_workload(key).as_ref() != Some(waypoint) {
-            continue;
-        }
-        for ip in &workload.ips {
-            let mut ports = BTreeMap::new();
-            let selecting = mesh
-                .services
-                .values()
-                .filter(|service| service.endpoints.iter().any(|e| e.ip == *ip));
-            for port in selecting.flat_map(|service| &service.ports) {
-                let target = SocketAddr::new(*ip, port.target_port);
-                ports
-                    .entry(port.target_port)
-                    .or_insert_with(|| Arc::new(pod_table(key, target, Protocol::of(port))));
+    // The pods bound by their own label, by address, each with the ports
+    // the Services it serves name: found in one pass over the endpoints.
+    let mut pods: HashMap<IpAddr, (&Key, BTreeMap<u16, Arc<PortTable>>)> = mesh
+        .workloads
+        .iter()
+        .filter(|(key, _)| mesh.waypoint_for_workload(key).as_ref() == Some(waypoint))
+        .flat_map(|(key, workload)| {
+            workload
+                .ips
+                .iter()
+                .map(move |ip| (*ip, (key, BTreeMap::new())))
+        })
+        .collect();
+    if !pods.is_empty() {
+        for service in mesh.services.values() {
+            for endpoint in &service.endpoints {
+                let Some((key, ports)) = pods.get_mut(&endpoint.ip) else {
+                    continue;
+                };
+                for port in &service.ports {
+                    let target = SocketAddr::new(endpoint.ip, port.target_port);
+                    ports
+                        .entry(port.target_port)
+                        .or_insert_with(|| Arc::new(pod_table(key, target, Protocol::of(port))));
+                }
             }
-            let pod = PodTables {
-                pod: key.clone(),
-                ports,
-            };
-            tables.pods.insert(*ip, Arc::new(pod));
         }
+    }
+    for (ip, (key, ports)) in pods {
+        let pod = PodTables {
+            pod: key.clone(),
+            ports,
+        };
+        tables.pods.insert(ip, Arc::new(pod));
     }
     tables
 }
@@ -351,36 +377,10 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
 pub struct Binding {
     pub service: Key,
     pub host: String,
-    /// The VirtualService in force for the host (see [`compile`]).
+    /// The VirtualService in force for the host.
     pub virtual_service: Option<Key>,
     /// The DestinationRules for the host the waypoint sees.
     pub destination_rules: Vec<Key>,
-}
-
-/// The Services bound to `waypoint`, in name order.
-pub fn bindings(mesh: &Mesh, waypoint: &WaypointRef) -> Vec<Binding> {
-    let compiler = Compiler {
-        mesh,
-        namespace: &waypoint.0.namespace,
-        backends: HashMap::new(),
-    };
-    mesh.services_bound_to(waypoint)
-        .into_iter()
-        .map(|service| {
-            let host = qualify_host(&service.name, &service.namespace);
-            let chosen = compiler.virtual_service(&host, &mut BTreeMap::new());
-            Binding {
-                service: service.clone(),
-                virtual_service: chosen.map(|routes| routes.key.clone()),
-                destination_rules: mesh
-                    .destination_rules_for(&host, compiler.namespace)
-                    .into_iter()
-                    .map(|(key, _)| key.clone())
-                    .collect(),
-                host,
-            }
-        })
-        .collect()
 }
 
 /// The names a VirtualService may give `host` by, most specific first:

@@ -10,7 +10,7 @@ pub mod lb;
 pub mod matching;
 
 pub use compile::{
-    bindings, compile, unsupported_field, Backend, Binding, HttpRoute, PortTable, Protocol,
-    RouteTables, Routed, NOT_SUPPORTED,
+    compile, unsupported_field, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
+    Routed, NOT_SUPPORTED,
 };
 pub use matching::{Arrival, Caller};

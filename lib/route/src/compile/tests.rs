@@ -426,13 +426,15 @@ fn bindings_name_the_virtual_service_in_force_and_the_destination_rules() {
             .collect(),
     };
     assert_eq!(
-        bindings(&mesh, &waypoint()),
+        compile(&mesh, &waypoint()).bindings,
         [
             binding("ratings", "all", &[]),
             binding("reviews", "exact", &["reviews"]),
         ]
     );
-    assert!(bindings(&mesh, &WaypointRef(Key::new("other", "waypoint"))).is_empty());
+    assert!(compile(&mesh, &WaypointRef(Key::new("other", "waypoint")))
+        .bindings
+        .is_empty());
 }
 
 #[test]
