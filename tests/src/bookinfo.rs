@@ -23,6 +23,12 @@ pub fn manifest(file: &str) -> anyhow::Result<Vec<Value>> {
         "reviews-90-10.yaml" => {
             include_str!("../../config/tests/fixtures/bookinfo/reviews-90-10.yaml")
         }
+        "ratings-delay-for-jason.yaml" => {
+            include_str!("../../config/tests/fixtures/bookinfo/ratings-delay-for-jason.yaml")
+        }
+        "ratings-abort-for-jason.yaml" => {
+            include_str!("../../config/tests/fixtures/bookinfo/ratings-abort-for-jason.yaml")
+        }
         _ => bail!("no Bookinfo manifest {file} in the test bed"),
     };
     Ok(serde_saphyr::from_multiple(text)?)

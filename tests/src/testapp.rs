@@ -41,13 +41,24 @@ impl Reply {
         }
     }
 
+    /// Whether it came from the service called, rather than standing for
+    /// a call that failed (which has no peer).
+    pub fn answered(&self) -> bool {
+        !self.peer.is_empty()
+    }
+
     /// Whether every service down the chain saw the request id this one
     /// saw: one trace, forwarded hop by hop.
     pub fn one_trace(&self) -> bool {
         let id = self.forwarded.get("x-request-id");
+        // A call that failed has no answer to say what it saw.
         fn all_saw(reply: &Reply, id: &String) -> bool {
             reply.forwarded.get("x-request-id") == Some(id)
-                && reply.calls.iter().all(|call| all_saw(call, id))
+                && reply
+                    .calls
+                    .iter()
+                    .filter(|call| call.answered())
+                    .all(|call| all_saw(call, id))
         }
         id.is_some_and(|id| all_saw(self, id))
     }
@@ -162,6 +173,7 @@ pub struct Server {
     answer_delay: Duration,
     /// URLs it calls for every ordinary request.
     calls: Vec<String>,
+    call_timeout: Option<Duration>,
 }
 
 impl Server {
@@ -173,7 +185,14 @@ impl Server {
             sink_stall: Duration::ZERO,
             answer_delay: Duration::ZERO,
             calls: Vec::new(),
+            call_timeout: None,
         }
+    }
+
+    /// Each call gives up after `timeout` (five seconds unless said).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
     }
 
     /// For every ordinary request, GET `url` first, forwarding the user and
@@ -229,6 +248,10 @@ impl Server {
                 .map(|(flag, port)| format!("--{flag}=0.0.0.0:{port}")),
         );
         args.extend(self.calls.iter().map(|url| format!("--call={url}")));
+        args.extend(
+            self.call_timeout
+                .map(|timeout| format!("--call-timeout-ms={}", timeout.as_millis())),
+        );
         let binary = cluster.binaries().get(BINARY)?;
         let label = format!("{}-{}", self.app, self.version);
         let mut server = cluster.spawn(pod.place(), &label, &binary, args)?;

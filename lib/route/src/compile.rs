@@ -18,6 +18,7 @@ use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
 use http::HeaderName;
 use serde::Serialize;
 
+use crate::fault::Fault;
 use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
 use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
@@ -175,6 +176,8 @@ impl PortTable {
                 name: None,
                 matches: Vec::new(),
                 destinations,
+                timeout: None,
+                fault: None,
             });
         } else {
             self.tcp.push(TcpRoute {
@@ -242,6 +245,12 @@ pub struct HttpRoute {
     /// Alternatives; empty matches every request.
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<WeightedBackend>,
+    /// How long the upstream may take to answer; none: as long as it takes
+    /// (Istio's default for HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<std::time::Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Serialize)]
@@ -416,6 +425,8 @@ struct MeshHttpRoute<'a> {
     /// of the VirtualService that wrote them.
     namespace: &'a str,
     destinations: Weighted,
+    timeout: Option<std::time::Duration>,
+    fault: Option<Fault>,
 }
 
 /// Destinations with their weights.
@@ -527,6 +538,8 @@ impl<'a> Compiler<'a> {
                             port,
                             &route.destinations,
                         ),
+                        timeout: route.timeout,
+                        fault: route.fault.clone(),
                     });
                 }
             } else {
@@ -790,11 +803,19 @@ fn routes<'a>(
         if !route.matches.is_empty() && matches.is_empty() {
             continue;
         }
+        let (fault, left_out) = match &route.fault {
+            Some(spec) => Fault::from_spec(spec).map_err(|e| format!("{at}.{e}"))?,
+            None => (None, Vec::new()),
+        };
+        notes.extend(left_out.into_iter().map(|note| format!("{at}.{note}")));
         http.push(MeshHttpRoute {
             name: route.name.clone(),
             matches,
             namespace,
             destinations: weights(route.route.iter().map(|r| (r.weight, &r.destination))),
+            // Zero stands for none, as in Envoy.
+            timeout: route.timeout.as_ref().map(|t| t.0).filter(|t| !t.is_zero()),
+            fault,
         });
     }
     let mut tcp = Vec::new();

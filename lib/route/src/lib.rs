@@ -5,6 +5,7 @@
 //! values passed in and tested without a network.
 
 pub mod compile;
+pub mod fault;
 pub mod hash;
 pub mod lb;
 pub mod matching;

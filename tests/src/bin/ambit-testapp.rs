@@ -64,6 +64,10 @@ enum Mode {
         /// the answers join this one's (repeatable, called in order).
         #[arg(long)]
         call: Vec<Uri>,
+        /// How long each call may take before the server answers without
+        /// it, as Bookinfo's productpage gives up on reviews.
+        #[arg(long, default_value_t = 5000)]
+        call_timeout_ms: u64,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -194,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             sink_stall_ms,
             answer_delay_ms,
             call,
+            call_timeout_ms,
         } => {
             let sinks = Sinks {
                 addrs: sink,
@@ -204,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
                 version,
                 delay: Duration::from_millis(answer_delay_ms),
                 calls: call,
+                call_timeout: Duration::from_millis(call_timeout_ms),
             });
             serve(server, http, echo, sinks).await
         }
@@ -270,6 +276,7 @@ struct HttpServer {
     version: String,
     delay: Duration,
     calls: Vec<Uri>,
+    call_timeout: Duration,
 }
 
 async fn serve(
@@ -413,7 +420,7 @@ async fn answer(
         .collect();
     let mut calls = Vec::with_capacity(server.calls.len());
     for url in &server.calls {
-        calls.push(call_on(url, &forwarded).await);
+        calls.push(call_on(url, &forwarded, server.call_timeout).await);
     }
     let reply = Reply {
         app: server.app.clone(),
@@ -450,8 +457,8 @@ const FORWARDED_HEADERS: [&str; 13] = [
 ];
 
 /// GET `url` with `forwarded` headers; its reply, or one naming the failure.
-async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>) -> Reply {
-    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
+async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>, timeout: Duration) -> Reply {
+    let outcome = tokio::time::timeout(timeout, async {
         let authority = url.authority().context("the URL needs a host and port")?;
         let mut sender = Sender::connect(authority.as_str(), false).await?;
         let mut request = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
@@ -466,7 +473,7 @@ async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>) -> Reply {
         Ok(serde_json::from_slice::<Reply>(&body)?)
     })
     .await
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")));
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
     outcome.unwrap_or_else(|error| Reply {
         app: url.to_string(),
         version: format!("failed: {error:#}"),

@@ -14,6 +14,7 @@ use std::time::Instant;
 use ambit_config::model::{Key, Mesh};
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
+use ambit_route::fault::{Abort, Fault};
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
 use ambit_route::{Caller, PortTable};
@@ -228,6 +229,11 @@ async fn forward(
     ))?;
     exchange.route_name = routed.name();
     let route = routed.route;
+    if let Some(fault) = &route.fault {
+        if let Some(aborted) = inject(fault, exchange).await {
+            return Ok(aborted);
+        }
+    }
     let chosen = pick_weighted(
         route.destinations.iter().map(|d| d.weight),
         fastrand::u64(..),
@@ -279,18 +285,28 @@ async fn forward(
         .map_err(BoxError::from)
         .boxed();
     let request = Request::from_parts(parts, body);
-    let response = context
+    let sent = context
         .upstream
-        .send(&context.mesh, context.local_ip, endpoint, http2, request)
-        .await
-        .map_err(|error| {
-            tracing::debug!(%endpoint, %error, "upstream request failed");
+        .send(&context.mesh, context.local_ip, endpoint, http2, request);
+    // The route's timeout runs until the answer's headers.
+    let sent = match route.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| {
             (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UF",
-                format!("upstream connect error or disconnect/reset before headers: {error}"),
+                StatusCode::GATEWAY_TIMEOUT,
+                "UT",
+                "upstream request timeout".to_string(),
             )
-        })?;
+        })?,
+        None => sent.await,
+    };
+    let response = sent.map_err(|error| {
+        tracing::debug!(%endpoint, %error, "upstream request failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UF",
+            format!("upstream connect error or disconnect/reset before headers: {error}"),
+        )
+    })?;
     let mut response = response;
     let switched = match upgrade {
         Some((protocol, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -402,6 +418,48 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// An answer the waypoint makes itself.
+/// The route's fault, as Envoy's fault filter injects it: the delay, then
+/// the abort, each for its share of requests. The answer when aborted.
+async fn inject(fault: &Fault, exchange: &mut Exchange) -> Option<Response<Body>> {
+    if let Some(delay) = fault
+        .delay
+        .as_ref()
+        .and_then(|d| d.for_draw(fastrand::f64()))
+    {
+        exchange.flags = "DI";
+        tokio::time::sleep(*delay).await;
+    }
+    let abort = fault
+        .abort
+        .as_ref()
+        .and_then(|a| a.for_draw(fastrand::f64()))?;
+    exchange.flags = match exchange.flags {
+        "DI" => "DI,FI",
+        _ => "FI",
+    };
+    Some(match *abort {
+        Abort::Http(status) => local(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "fault filter abort".to_string(),
+        ),
+        // gRPC's trailers-only answer: the status in the headers.
+        Abort::Grpc(code) => {
+            let mut response = local(StatusCode::OK, String::new());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            response
+        }
+    })
+}
+
 fn local(status: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(message))

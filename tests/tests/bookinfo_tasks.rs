@@ -1,0 +1,352 @@
+//! Bookinfo played by the test app through the waypoint, its services
+//! calling each other as Bookinfo's do, under Istio's own task YAML:
+//! routing by the signed-in user, fault injection, request timeouts.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ambit_testbed::bookinfo;
+use ambit_testbed::ca::TestCa;
+use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent};
+use ambit_testbed::testapp::{HttpLoad, HttpSummary, Server};
+use ambit_testbed::waypoint::Waypoint;
+use ambit_testbed::{Cluster, Pod, Process};
+use anyhow::{ensure, Context};
+use serde_json::{json, Value};
+
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 34);
+const APPS: [(&str, Ipv4Addr); 4] = [
+    ("productpage", Ipv4Addr::new(10, 96, 0, 35)),
+    ("details", Ipv4Addr::new(10, 96, 0, 36)),
+    ("reviews", Ipv4Addr::new(10, 96, 0, 37)),
+    ("ratings", Ipv4Addr::new(10, 96, 0, 38)),
+];
+/// How long productpage waits for reviews: Bookinfo's 3 s (it retries
+/// once more; the test app does not).
+const PRODUCTPAGE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Bookinfo's four services, each at a VIP of its own, all bound to the
+/// waypoint: productpage calls details and reviews, reviews v2 and v3 call
+/// ratings, each passing on the user and trace headers it was given.
+struct Bookinfo {
+    cluster: Cluster,
+    _ca: TestCa,
+    _agents: Vec<NodeAgent>,
+    waypoint: Waypoint,
+    _servers: Vec<Process>,
+}
+
+fn url(app: &str, path: &str) -> anyhow::Result<String> {
+    let (_, vip) = APPS
+        .iter()
+        .find(|(name, _)| *name == app)
+        .context("a Bookinfo app")?;
+    Ok(format!("http://{vip}:9080{path}"))
+}
+
+impl Bookinfo {
+    /// Started with Istio's `destination-rule-all` and `routing-all-v1`.
+    fn start() -> anyhow::Result<Self> {
+        let cluster = Cluster::builder()
+            .node(&["client", "client-b", "productpage-v1", "waypoint"])
+            .node(&[
+                "details-v1",
+                "reviews-v1",
+                "reviews-v2",
+                "reviews-v3",
+                "ratings-v1",
+            ])
+            .build()?;
+        let config = Self::config(&cluster, bookinfo::manifest("routing-all-v1.yaml")?)?;
+        let (ca, agents, waypoint) =
+            Waypoint::start_secured(&cluster, &config, cluster.pod("waypoint")?)?;
+        let ratings = url("ratings", "/ratings/0")?;
+        let servers = [
+            (
+                "productpage-v1",
+                Server::new("productpage", "v1")
+                    .calls(&url("details", "/details/0")?)
+                    .calls(&url("reviews", "/reviews/0")?)
+                    .call_timeout(PRODUCTPAGE_PATIENCE),
+            ),
+            ("details-v1", Server::new("details", "v1")),
+            ("reviews-v1", Server::new("reviews", "v1")),
+            ("reviews-v2", Server::new("reviews", "v2").calls(&ratings)),
+            ("reviews-v3", Server::new("reviews", "v3").calls(&ratings)),
+            ("ratings-v1", Server::new("ratings", "v1")),
+        ];
+        let servers = servers
+            .into_iter()
+            .map(|(pod, server)| server.http(9080).start(&cluster, cluster.pod(pod)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            cluster,
+            _ca: ca,
+            _agents: agents,
+            waypoint,
+            _servers: servers,
+        })
+    }
+
+    /// The mesh with Istio's `destination-rule-all` and `routes`.
+    fn config(cluster: &Cluster, routes: Vec<Value>) -> anyhow::Result<MeshConfig> {
+        let pods: Vec<&Pod> = cluster
+            .pods()
+            .iter()
+            .filter(|pod| pod.name != "waypoint")
+            .collect();
+        let mut services = vec![mesh::service(
+            "waypoint",
+            WAYPOINT_VIP,
+            15008,
+            15008,
+            &[cluster.pod("waypoint")?],
+        )];
+        for (app, vip) in APPS {
+            let prefix = format!("{app}-");
+            let endpoints: Vec<&Pod> = pods
+                .iter()
+                .copied()
+                .filter(|pod| pod.name.starts_with(&prefix))
+                .collect();
+            services.push(mesh::ServiceConfig {
+                waypoint: Some("waypoint".to_string()),
+                ..mesh::service(app, vip, 9080, 9080, &endpoints)
+            });
+        }
+        let istio = [bookinfo::manifest("destination-rule-all.yaml")?, routes].concat();
+        let config = MeshConfig {
+            istio,
+            ..mesh::enrolling(cluster, &pods, services)
+        };
+        Ok(APPS
+            .iter()
+            .fold(config, |config, (app, _)| config.versioned(app)))
+    }
+
+    /// Applies `routes` beside the DestinationRules; returns once the
+    /// waypoint routes by them.
+    fn apply(&self, routes: Vec<Value>) -> anyhow::Result<()> {
+        self.waypoint
+            .apply(&self.cluster, &Self::config(&self.cluster, routes)?)
+    }
+
+    /// `load` from `client` to `app`'s `path`.
+    fn run(&self, load: HttpLoad, app: &str, path: &str) -> anyhow::Result<HttpSummary> {
+        let client = self.cluster.pod("client")?;
+        load.run(&self.cluster, client.place(), &url(app, path)?)
+    }
+
+    /// Who answered down the chain, for `load` to the product page; every
+    /// answer whole (200) and each chain one trace.
+    fn chains(&self, load: HttpLoad) -> anyhow::Result<Vec<(String, usize)>> {
+        let summary = self.run(load, "productpage", "/productpage")?;
+        ensure!(
+            summary.status(200) == summary.requests && summary.one_trace == summary.requests,
+            "every answer whole, each chain one trace: {summary:?}\n{}",
+            self.waypoint.output()
+        );
+        Ok(summary.chains.into_iter().collect())
+    }
+
+    /// The waypoint's `istio_requests_total` to `app` with `flags`.
+    fn requests_flagged(&self, app: &str, flags: &str) -> anyhow::Result<f64> {
+        Ok(sample(
+            &self.waypoint.metrics()?,
+            "istio_requests_total",
+            &[("destination_service_name", app), ("response_flags", flags)],
+        ))
+    }
+}
+
+/// The product page's chain with reviews answering as `reviews`.
+fn page(reviews: &str, count: usize) -> Vec<(String, usize)> {
+    vec![(format!("productpage/v1 -> [details/v1, {reviews}]"), count)]
+}
+
+/// A call that failed, as the caller reports it in its chain.
+fn failed(app: &str, path: &str, why: &str) -> anyhow::Result<String> {
+    Ok(format!("{}/failed: {why}", url(app, path)?))
+}
+
+#[test]
+fn bookinfo_calls_down_its_chain_through_the_waypoint_with_the_users_routes() -> anyhow::Result<()>
+{
+    let bookinfo = Bookinfo::start()?;
+    // Everything to v1: reviews v1 shows no stars, so it calls no ratings.
+    assert_eq!(bookinfo.chains(HttpLoad::new(20))?, page("reviews/v1", 20));
+
+    // Jason signs in: productpage passes `end-user` on, and the waypoint
+    // routes its call to reviews by it.
+    bookinfo.apply(bookinfo::manifest("reviews-v2-for-jason.yaml")?)?;
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(20).header("end-user", "jason"))?,
+        page("reviews/v2 -> [ratings/v1]", 20)
+    );
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(20).header("end-user", "someone"))?,
+        page("reviews/v1", 20)
+    );
+    Ok(())
+}
+
+/// Istio's fault-injection task: ratings delayed 7 s for jason, then
+/// aborted with 500 for him; everyone else unharmed.
+#[test]
+fn istios_fault_injection_task_delays_then_aborts_ratings_for_jason() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    let jason = || HttpLoad::new(2).header("end-user", "jason");
+    let routes = |task: &str| -> anyhow::Result<Vec<Value>> {
+        // As the task applies them over `routing-all-v1`, whose reviews and
+        // ratings routes these replace.
+        Ok([
+            bookinfo::manifest("reviews-v2-for-jason.yaml")?,
+            bookinfo::manifest(task)?,
+        ]
+        .concat())
+    };
+
+    // The delay outlasts productpage's patience with reviews: the page
+    // comes without reviews, after that patience, as the task shows.
+    bookinfo.apply(routes("ratings-delay-for-jason.yaml")?)?;
+    let started = Instant::now();
+    let reviews_gone = failed(
+        "reviews",
+        "/reviews/0",
+        &format!("no answer within {PRODUCTPAGE_PATIENCE:?}"),
+    )?;
+    assert_eq!(bookinfo.chains(jason())?, page(&reviews_gone, 2));
+    ensure!(
+        started.elapsed() >= PRODUCTPAGE_PATIENCE * 2,
+        "answered before productpage gave up"
+    );
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(5).header("end-user", "someone"))?,
+        page("reviews/v1", 5)
+    );
+
+    // The abort: reviews v2 answers, without its ratings.
+    bookinfo.apply(routes("ratings-abort-for-jason.yaml")?)?;
+    let before = bookinfo.requests_flagged("ratings", "FI")?;
+    let ratings_down = failed("ratings", "/ratings/0", "500 Internal Server Error")?;
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(10).header("end-user", "jason"))?,
+        page(&format!("reviews/v2 -> [{ratings_down}]"), 10)
+    );
+    assert_eq!(bookinfo.requests_flagged("ratings", "FI")? - before, 10.0);
+    Ok(())
+}
+
+/// Istio's request-timeouts task: ratings delayed 2 s, reviews (v2) given
+/// half a second: the page comes without reviews, in about that time.
+#[test]
+fn istios_request_timeouts_task_cuts_reviews_off_after_half_a_second() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    let virtual_service = |host: &str, http: Value| {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": host, "namespace": "default" },
+            "spec": { "hosts": [host], "http": http },
+        })
+    };
+    let ratings_delayed = virtual_service(
+        "ratings",
+        json!([{
+            "fault": { "delay": { "percentage": { "value": 100 }, "fixedDelay": "2s" } },
+            "route": [{ "destination": { "host": "ratings", "subset": "v1" } }],
+        }]),
+    );
+    let reviews_v2 = |timeout: Option<&str>| {
+        let mut route =
+            json!({ "route": [{ "destination": { "host": "reviews", "subset": "v2" } }] });
+        if let Some(timeout) = timeout {
+            route["timeout"] = json!(timeout);
+        }
+        virtual_service("reviews", json!([route]))
+    };
+
+    // Without a timeout, reviews waits the 2 s for its ratings.
+    bookinfo.apply(vec![reviews_v2(None), ratings_delayed.clone()])?;
+    let started = Instant::now();
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(1))?,
+        page("reviews/v2 -> [ratings/v1]", 1)
+    );
+    ensure!(started.elapsed() >= Duration::from_secs(2), "no delay");
+
+    // With 0.5 s, the waypoint answers productpage 504 `UT` in its stead.
+    bookinfo.apply(vec![reviews_v2(Some("0.5s")), ratings_delayed])?;
+    let before = bookinfo.requests_flagged("reviews", "UT")?;
+    let started = Instant::now();
+    let timed_out = failed("reviews", "/reviews/0", "504 Gateway Timeout")?;
+    assert_eq!(bookinfo.chains(HttpLoad::new(4))?, page(&timed_out, 4));
+    let each = started.elapsed() / 4;
+    ensure!(
+        (Duration::from_millis(500)..Duration::from_millis(1500)).contains(&each),
+        "{each:?} a page"
+    );
+    assert_eq!(bookinfo.requests_flagged("reviews", "UT")? - before, 4.0);
+    Ok(())
+}
+
+/// An abort for 30% of requests and a delay for 20%, each within three
+/// points over 2,000 requests, counted by their flags.
+#[test]
+fn faults_hit_their_percentage_of_requests() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    bookinfo.apply(vec![json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": "details", "namespace": "default" },
+        "spec": { "hosts": ["details"], "http": [{
+            "fault": {
+                "abort": { "percentage": { "value": 30 }, "httpStatus": 503 },
+                "delay": { "percentage": { "value": 20 }, "fixedDelay": "1ms" },
+            },
+            "route": [{ "destination": { "host": "details" } }],
+        }] },
+    })])?;
+    let flagged = |flags: &[&str]| -> anyhow::Result<f64> {
+        flags
+            .iter()
+            .map(|flags| bookinfo.requests_flagged("details", flags))
+            .sum()
+    };
+    let before = (flagged(&["FI", "DI,FI"])?, flagged(&["DI", "DI,FI"])?);
+    let summary = bookinfo.run(HttpLoad::new(2000), "details", "/details/0")?;
+    let aborted = summary.status(503);
+    ensure!(
+        aborted + summary.status(200) == 2000 && (0.27..=0.33).contains(&(aborted as f64 / 2000.0)),
+        "{summary:?}"
+    );
+    let after = (flagged(&["FI", "DI,FI"])?, flagged(&["DI", "DI,FI"])?);
+    assert_eq!(after.0 - before.0, aborted as f64, "each abort flagged FI");
+    let delayed = (after.1 - before.1) / 2000.0;
+    ensure!((0.17..=0.23).contains(&delayed), "delayed {delayed}");
+    Ok(())
+}
+
+/// The seeds' chaos case: an abort for the calls from one caller, chosen
+/// by `sourceLabels`; the other caller is unharmed.
+#[test]
+fn a_source_labels_abort_hits_only_the_matching_caller() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    bookinfo.apply(vec![json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": "details", "namespace": "default" },
+        "spec": { "hosts": ["details"], "http": [
+            {
+                "match": [{ "sourceLabels": { "app": "client" } }],
+                "fault": { "abort": { "percentage": { "value": 100 }, "httpStatus": 503 } },
+                "route": [{ "destination": { "host": "details" } }],
+            },
+            { "route": [{ "destination": { "host": "details" } }] },
+        ] },
+    })])?;
+    let from = |pod: &str| -> anyhow::Result<HttpSummary> {
+        let place = bookinfo.cluster.pod(pod)?.place();
+        HttpLoad::new(20).run(&bookinfo.cluster, place, &url("details", "/details/0")?)
+    };
+    assert_eq!(from("client")?.status(503), 20);
+    assert_eq!(from("client-b")?.status(200), 20);
+    Ok(())
+}
