@@ -20,7 +20,7 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         }
     }
     let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    let refused = left_out_by_the_waypoint(&parsed.resources);
+    let refused = unapplied_by_the_waypoint(&parsed.resources);
     for problem in parsed.problems.iter().chain(&refused) {
         println!("{}: {problem}", names[problem.source]);
     }
@@ -38,32 +38,30 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
     Ok(errors == 0)
 }
 
-/// Valid VirtualServices that the waypoint leaves out, for a field it
-/// cannot apply yet: a warning, since Istio would apply them.
-fn left_out_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
+/// The fields of valid VirtualServices that the waypoint does not apply
+/// yet: a warning each, since Istio would apply them.
+fn unapplied_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
     resources
         .iter()
         .filter_map(|resource| match resource {
             Resource::VirtualService(object) => Some(object),
             _ => None,
         })
-        .filter_map(|object| {
-            let field = ambit_route::unsupported_field(&object.spec)?;
-            Some(Problem {
-                source: object.source,
-                document: object.document,
-                object: Some(ObjectRef::new(
-                    "VirtualService",
-                    Some(object.namespace()),
-                    &object.metadata.name,
-                )),
-                path: field,
-                message: format!(
-                    "{}: it leaves this VirtualService out",
-                    ambit_route::NOT_SUPPORTED
-                ),
-                severity: Severity::Warning,
-            })
+        .flat_map(|object| {
+            ambit_route::unapplied_fields(&object.spec)
+                .into_iter()
+                .map(|field| Problem {
+                    source: object.source,
+                    document: object.document,
+                    object: Some(ObjectRef::new(
+                        "VirtualService",
+                        Some(object.namespace()),
+                        &object.metadata.name,
+                    )),
+                    path: field,
+                    message: ambit_route::NOT_APPLIED.to_string(),
+                    severity: Severity::Warning,
+                })
         })
         .collect()
 }

@@ -74,7 +74,7 @@ spec:
 }
 
 #[test]
-fn a_virtual_service_the_waypoint_cannot_apply_yet_is_a_warning() {
+fn a_field_the_waypoint_does_not_apply_yet_is_a_warning() {
     let manifest = r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: moved, namespace: default}
@@ -83,6 +83,8 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
   - redirect: {uri: /elsewhere}
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: ratings}
 "#;
     let output = analyze(&["-f", "-"], manifest);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -90,7 +92,7 @@ spec:
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
-            "<stdin>: warning: VirtualService default/moved: spec.http[1].redirect: not supported by the waypoint yet: it leaves this VirtualService out",
+            "<stdin>: warning: VirtualService default/moved: spec.http[2].mirror: not applied by the waypoint yet; the rest of the VirtualService is",
             "1 objects in 1 files: 0 errors, 1 warnings",
         ]
     );

@@ -19,6 +19,9 @@ pub struct Reply {
     pub peer: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub protocol: String,
+    /// The path and query it was asked for.
+    #[serde(default)]
+    pub path: String,
     /// The user and trace headers it received, which it passes on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forwarded: BTreeMap<String, String>,
@@ -75,6 +78,9 @@ pub struct HttpSummary {
     pub versions: BTreeMap<String, usize>,
     /// Peer addresses (IP only) the servers reported seeing.
     pub peers: BTreeMap<String, usize>,
+    /// Responses by the path (and query) the answering server was asked for.
+    #[serde(default)]
+    pub paths: BTreeMap<String, usize>,
     /// Responses by the protocol the answering server was spoken to in.
     #[serde(default)]
     pub protocols: BTreeMap<String, usize>,

@@ -350,3 +350,69 @@ fn a_source_labels_abort_hits_only_the_matching_caller() -> anyhow::Result<()> {
     assert_eq!(from("client-b")?.status(200), 20);
     Ok(())
 }
+
+/// A route may answer by itself, redirect, rewrite what the upstream is
+/// asked, and edit headers both ways.
+#[test]
+fn a_route_answers_redirects_rewrites_and_edits_headers() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    let details = |http: Value| {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "details", "namespace": "default" },
+            "spec": { "hosts": ["details"], "http": http },
+        })
+    };
+    let to_details = json!([{ "destination": { "host": "details" } }]);
+    let productpage_as_jason = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": "productpage", "namespace": "default" },
+        "spec": { "hosts": ["productpage"], "http": [{
+            "headers": { "request": { "set": { "end-user": "jason" } } },
+            "route": [{ "destination": { "host": "productpage" } }],
+        }] },
+    });
+    let routes = [
+        bookinfo::manifest("reviews-v2-for-jason.yaml")?,
+        vec![
+            productpage_as_jason,
+            details(json!([
+                { "match": [{ "uri": { "exact": "/resting" } }],
+                  "directResponse": { "status": 503, "body": { "string": "resting" } } },
+                { "match": [{ "uri": { "prefix": "/old/" } }],
+                  "redirect": { "uri": "/details/0", "redirectCode": 302 } },
+                { "match": [{ "uri": { "prefix": "/v2/" } }],
+                  "rewrite": { "uri": "/details/" }, "route": to_details },
+                { "match": [{ "uri": { "regex": "/item/[0-9]+/info" } }],
+                  "rewrite": { "uriRegexRewrite": { "match": "^/item/([0-9]+)/info$", "rewrite": "/details/\\1" } },
+                  "route": to_details },
+                { "route": to_details },
+            ])),
+        ],
+    ]
+    .concat();
+    bookinfo.apply(routes)?;
+
+    let run = |path: &str| bookinfo.run(HttpLoad::new(3), "details", path);
+    let direct = run("/resting")?;
+    assert_eq!(
+        (direct.status(503), direct.versions.get("unknown")),
+        (3, Some(&3))
+    );
+    assert_eq!(run("/old/page")?.status(302), 3);
+    let rewritten = run("/v2/7?q=1")?;
+    assert_eq!(
+        rewritten.paths.keys().collect::<Vec<_>>(),
+        ["/details/7?q=1"]
+    );
+    let by_regex = run("/item/42/info")?;
+    assert_eq!(by_regex.paths.keys().collect::<Vec<_>>(), ["/details/42"]);
+
+    // The mesh signs everyone in as jason on the way to productpage, which
+    // passes it on: reviews answers as it does for him.
+    assert_eq!(
+        bookinfo.chains(HttpLoad::new(5))?,
+        page("reviews/v2 -> [ratings/v1]", 5)
+    );
+    Ok(())
+}

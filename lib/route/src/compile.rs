@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use ambit_config::api::networking::{
     self, ConnectionPoolSettings, Destination, DestinationRuleSpec, H2UpgradePolicy,
-    HttpMatchRequest, LoadBalancerSettings, SimpleLb, TrafficPolicy, VirtualServiceSpec,
+    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, SimpleLb, TrafficPolicy,
+    VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
 use http::HeaderName;
 use serde::Serialize;
 
+use crate::actions::{HeaderEdits, Respond, Rewrite};
 use crate::fault::Fault;
 use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
@@ -178,6 +180,7 @@ impl PortTable {
                 destinations,
                 timeout: None,
                 fault: None,
+                actions: Actions::default(),
             });
         } else {
             self.tcp.push(TcpRoute {
@@ -251,6 +254,55 @@ pub struct HttpRoute {
     pub timeout: Option<std::time::Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    #[serde(flatten)]
+    pub actions: Actions,
+}
+
+/// What a route does to a request besides choosing where it goes.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actions {
+    /// An answer given in place of any destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Respond>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+}
+
+impl Actions {
+    /// The actions of `route`, written at `at`.
+    fn of(route: &networking::HttpRoute, at: &str) -> Result<Self, String> {
+        let respond = match (&route.direct_response, &route.redirect) {
+            (Some(_), Some(_)) => return Err(format!("{at}: both directResponse and redirect")),
+            (Some(direct), None) => Some(Respond::direct(direct)),
+            (None, Some(redirect)) => Some(Respond::redirect(redirect)),
+            (None, None) => None,
+        }
+        .transpose()
+        .map_err(|e| format!("{at}.{e}"))?;
+        let rewrite = route
+            .rewrite
+            .as_ref()
+            .map(Rewrite::from_spec)
+            .transpose()
+            .map_err(|e| format!("{at}.{e}"))?;
+        let edits = |ops: Option<&HeaderOperations>, which: &str| {
+            ops.map(|ops| HeaderEdits::from_spec(ops, &format!("{at}.headers.{which}")))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let headers = route.headers.as_ref();
+        Ok(Self {
+            respond,
+            rewrite,
+            request_headers: edits(headers.and_then(|h| h.request.as_ref()), "request")?,
+            response_headers: edits(headers.and_then(|h| h.response.as_ref()), "response")?,
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -427,6 +479,7 @@ struct MeshHttpRoute<'a> {
     destinations: Weighted,
     timeout: Option<std::time::Duration>,
     fault: Option<Fault>,
+    actions: Actions,
 }
 
 /// Destinations with their weights.
@@ -540,6 +593,7 @@ impl<'a> Compiler<'a> {
                         ),
                         timeout: route.timeout,
                         fault: route.fault.clone(),
+                        actions: route.actions.clone(),
                     });
                 }
             } else {
@@ -720,23 +774,34 @@ fn service_key(host: &str) -> Option<Key> {
     (!namespace.contains('.')).then(|| Key::new(namespace, name))
 }
 
-/// Why the waypoint leaves out a VirtualService that uses a field it
-/// cannot apply yet.
-pub const NOT_SUPPORTED: &str = "not supported by the waypoint yet";
+/// What the waypoint says of a field it does not apply yet.
+pub const NOT_APPLIED: &str = "not applied by the waypoint yet; the rest of the VirtualService is";
 
-/// The first field of a VirtualService that the waypoint cannot apply yet,
-/// as its path (`spec.http[0].redirect`): the waypoint then leaves the
-/// whole VirtualService out rather than route around what it asks.
-pub fn unsupported_field(spec: &VirtualServiceSpec) -> Option<String> {
-    spec.http.iter().enumerate().find_map(|(i, route)| {
-        [
-            ("redirect", route.redirect.is_some()),
-            ("directResponse", route.direct_response.is_some()),
-        ]
-        .into_iter()
-        .find(|(_, set)| *set)
-        .map(|(field, _)| format!("spec.http[{i}].{field}"))
-    })
+/// The fields of a VirtualService the waypoint does not apply yet, as
+/// paths (`spec.http[0].retries`): none changes where a request goes, so
+/// the rest applies, and each is reported (`routes.problems`, `ambit
+/// analyze`) rather than passed over in silence.
+pub fn unapplied_fields(spec: &VirtualServiceSpec) -> Vec<String> {
+    let mut fields = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let set = [
+            ("retries", route.retries.is_some()),
+            ("mirror", route.mirror.is_some()),
+            ("mirrors", !route.mirrors.is_empty()),
+            ("corsPolicy", route.cors_policy.is_some()),
+        ];
+        fields.extend(
+            set.into_iter()
+                .filter(|(_, set)| *set)
+                .map(|(field, _)| format!("spec.http[{i}].{field}")),
+        );
+        for (d, destination) in route.route.iter().enumerate() {
+            if destination.headers.is_some() {
+                fields.push(format!("spec.http[{i}].route[{d}].headers"));
+            }
+        }
+    }
+    fields
 }
 
 /// A VirtualService's mesh routes, or why it cannot be used. Delegated
@@ -746,10 +811,10 @@ fn routes<'a>(
     key: &'a Key,
     spec: &'a VirtualServiceSpec,
 ) -> Result<Routes<'a>, String> {
-    if let Some(field) = unsupported_field(spec) {
-        return Err(format!("{field}: {NOT_SUPPORTED}"));
-    }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = unapplied_fields(spec)
+        .into_iter()
+        .map(|field| format!("{field}: {NOT_APPLIED}"))
+        .collect();
     let mut expanded: Vec<(String, &'a str, networking::HttpRoute)> = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
@@ -771,9 +836,11 @@ fn routes<'a>(
         };
         let problem =
             |what: String| format!("{at}.delegate: VirtualService {delegate_key}: {what}");
-        if let Some(field) = unsupported_field(&config.spec) {
-            return Err(problem(format!("{field}: {NOT_SUPPORTED}")));
-        }
+        notes.extend(
+            unapplied_fields(&config.spec)
+                .into_iter()
+                .map(|field| problem(format!("{field}: {NOT_APPLIED}"))),
+        );
         if let Some(nested) = config.spec.http.iter().position(|r| r.delegate.is_some()) {
             return Err(problem(format!(
                 "spec.http[{nested}].delegate: a delegate cannot delegate further"
@@ -816,6 +883,7 @@ fn routes<'a>(
             // Zero stands for none, as in Envoy.
             timeout: route.timeout.as_ref().map(|t| t.0).filter(|t| !t.is_zero()),
             fault,
+            actions: Actions::of(&route, &at)?,
         });
     }
     let mut tcp = Vec::new();

@@ -4,6 +4,7 @@
 //! sockets here (`cargo xtask lint` checks it): everything is decided from
 //! values passed in and tested without a network.
 
+pub mod actions;
 pub mod compile;
 pub mod fault;
 pub mod hash;
@@ -11,7 +12,7 @@ pub mod lb;
 pub mod matching;
 
 pub use compile::{
-    compile, unsupported_field, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
-    Routed, NOT_SUPPORTED,
+    compile, unapplied_fields, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
+    Routed, NOT_APPLIED,
 };
 pub use matching::{Arrival, Caller};

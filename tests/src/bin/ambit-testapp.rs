@@ -427,6 +427,11 @@ async fn answer(
         version: server.version.clone(),
         peer: peer.to_string(),
         protocol: format!("{:?}", req.version()),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
         forwarded,
         calls,
     };
@@ -479,6 +484,7 @@ async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>, timeout: Durat
         version: format!("failed: {error:#}"),
         peer: String::new(),
         protocol: String::new(),
+        path: String::new(),
         forwarded: BTreeMap::new(),
         calls: Vec::new(),
     })
@@ -1222,6 +1228,7 @@ fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
                 .rsplit_once(':')
                 .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
             *summary.protocols.entry(reply.protocol.clone()).or_default() += 1;
+            *summary.paths.entry(reply.path.clone()).or_default() += 1;
             if !reply.calls.is_empty() {
                 *summary.chains.entry(reply.chain()).or_default() += 1;
                 summary.one_trace += usize::from(reply.one_trace());

@@ -14,6 +14,7 @@ use std::time::Instant;
 use ambit_config::model::{Key, Mesh};
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
+use ambit_route::actions::{Respond, Rewrite};
 use ambit_route::fault::{Abort, Fault};
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
@@ -234,6 +235,15 @@ async fn forward(
             return Ok(aborted);
         }
     }
+    let actions = &route.actions;
+    if let Some(respond) = &actions.respond {
+        let mut response = respond_with(respond, &parts, context.table.port);
+        actions.response_headers.apply(response.headers_mut());
+        return Ok(response);
+    }
+    if let Some(rewrite) = &actions.rewrite {
+        rewrite_request(&mut parts, rewrite, routed.matched);
+    }
     let chosen = pick_weighted(
         route.destinations.iter().map(|d| d.weight),
         fastrand::u64(..),
@@ -268,6 +278,7 @@ async fn forward(
     // An upgrade is HTTP/1.1's to ask for: it goes on in HTTP/1.1.
     let http2 = upgrade.is_none() && backend.upstream.http2_for(parts.version);
     prepare(&mut parts, http2);
+    actions.request_headers.apply(&mut parts.headers);
     if let (Some((protocol, _)), false) = (&upgrade, http2) {
         parts.headers.insert(header::UPGRADE, protocol.clone());
         parts
@@ -323,6 +334,7 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    actions.response_headers.apply(&mut parts.headers);
     if let Some(protocol) = switched {
         parts.headers.insert(header::UPGRADE, protocol);
         parts
@@ -418,6 +430,60 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// An answer the waypoint makes itself.
+/// The answer a route gives by itself: its direct response, or a
+/// redirect from where the request was going.
+fn respond_with(respond: &Respond, parts: &http::request::Parts, port: u16) -> Response<Body> {
+    let (status, body, location) = match respond {
+        Respond::Direct { status, body } => (*status, Bytes::from(body.clone()), None),
+        Respond::Redirect(redirect) => {
+            let authority = ambit_route::matching::authority(parts);
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let location = redirect.location("http", authority, path, port);
+            (redirect.status, Bytes::new(), Some(location))
+        }
+    };
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The route's `rewrite`: the path (what the match matched, or by regex)
+/// and the authority the upstream sees.
+fn rewrite_request(
+    parts: &mut http::request::Parts,
+    rewrite: &Rewrite,
+    matched: Option<&ambit_route::matching::RequestMatch>,
+) {
+    let uri = &parts.uri;
+    let path = rewrite
+        .path(uri.path(), matched.and_then(|m| m.uri.as_ref()))
+        .map(|path| match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        });
+    let authority = rewrite.authority.as_deref();
+    let mut rebuilt = Uri::builder();
+    if let Some(scheme) = uri.scheme() {
+        rebuilt = rebuilt.scheme(scheme.clone());
+    }
+    match (authority, uri.authority()) {
+        (Some(new), Some(_)) => rebuilt = rebuilt.authority(new),
+        (None, Some(old)) => rebuilt = rebuilt.authority(old.clone()),
+        _ => {}
+    }
+    let path_and_query =
+        path.unwrap_or_else(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
+    if let Ok(uri) = rebuilt.path_and_query(path_and_query).build() {
+        parts.uri = uri;
+    }
+    if let Some(host) = authority.and_then(|a| HeaderValue::try_from(a).ok()) {
+        parts.headers.insert(header::HOST, host);
+    }
+}
+
 /// The route's fault, as Envoy's fault filter injects it: the delay, then
 /// the abort, each for its share of requests. The answer when aborted.
 async fn inject(fault: &Fault, exchange: &mut Exchange) -> Option<Response<Body>> {

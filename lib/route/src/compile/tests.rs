@@ -295,7 +295,7 @@ fn a_route_is_named_as_istio_names_it_for_envoy() {
 fn a_virtual_service_that_cannot_be_used_is_left_out_alone() {
     let tables = tables(&format!(
         "{}---\n{}",
-        virtual_service("[{redirect: {uri: /elsewhere}}]"),
+        virtual_service("[{headers: {request: {set: {'bad name': x}}}, route: [{destination: {host: reviews}}]}]"),
         "{apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {name: ratings, namespace: bookinfo}, \
           spec: {hosts: [ratings], http: [{route: [{destination: {host: reviews, subset: v3}}]}]}}\n"
     ));
@@ -396,11 +396,14 @@ fn one_virtual_service_routes_a_host_the_most_specific_then_the_oldest() {
     let routed = tables(&format!(
         "{}{}",
         routing_to("b", "bookinfo", "[reviews]", "v2", None),
-        virtual_service("[{redirect: {uri: /elsewhere}}]").replace("name: reviews", "name: a")
+        virtual_service(
+            "[{headers: {request: {set: {'bad name': x}}}, route: [{destination: {host: reviews}}]}]"
+        )
+        .replace("name: reviews", "name: a")
             + "---\n",
     ));
     assert_eq!(subset_for_all(&routed), "v2");
-    assert!(routed.problems["VirtualService bookinfo/a"].contains(NOT_SUPPORTED));
+    assert!(routed.problems["VirtualService bookinfo/a"].contains("is not a header name"));
 }
 
 #[test]
