@@ -439,21 +439,22 @@ fn a_virtual_service_in_error_is_refused_alone() -> anyhow::Result<()> {
         "a-unreadable",
         json!([{ "match": [{ "uri": { "regex": "(unclosed" } }], "route": to("v1")[0]["route"] }]),
     );
-    let unsupported = virtual_service(
-        "b-unsupported",
-        json!([{ "redirect": { "uri": "/elsewhere" } }]),
+    // Valid by Istio's schema, but not a header a proxy can send.
+    let unusable = virtual_service(
+        "b-unusable",
+        json!([{ "headers": { "request": { "set": { "bad name": "x" } } }, "route": to("v1")[0]["route"] }]),
     );
     bed.apply_objects(vec![
         destination_rule(json!({})),
         unreadable,
-        unsupported,
+        unusable,
         virtual_service("reviews", to("v2")),
     ])?;
     assert_eq!(bed.version(five(), "/")?, "v2");
     let dump = bed.waypoint.config_dump()?;
     assert_eq!(
         dump["routes"]["problems"],
-        json!({ "VirtualService default/b-unsupported": "spec.http[0].redirect: not supported by the waypoint yet" })
+        json!({ "VirtualService default/b-unusable": "spec.http[0].headers.request: \"bad name\" is not a header name" })
     );
     let log = bed.waypoint.output();
     ensure!(
