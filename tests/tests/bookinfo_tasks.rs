@@ -159,6 +159,15 @@ impl Bookinfo {
     }
 }
 
+/// A VirtualService for `host` in `default` with these `http` routes.
+fn virtual_service(host: &str, http: Value) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": host, "namespace": "default" },
+        "spec": { "hosts": [host], "http": http },
+    })
+}
+
 /// The product page's chain with reviews answering as `reviews`.
 fn page(reviews: &str, count: usize) -> Vec<(String, usize)> {
     vec![(format!("productpage/v1 -> [details/v1, {reviews}]"), count)]
@@ -242,13 +251,6 @@ fn istios_fault_injection_task_delays_then_aborts_ratings_for_jason() -> anyhow:
 #[test]
 fn istios_request_timeouts_task_cuts_reviews_off_after_half_a_second() -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start()?;
-    let virtual_service = |host: &str, http: Value| {
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": { "name": host, "namespace": "default" },
-            "spec": { "hosts": [host], "http": http },
-        })
-    };
     let ratings_delayed = virtual_service(
         "ratings",
         json!([{
@@ -294,17 +296,16 @@ fn istios_request_timeouts_task_cuts_reviews_off_after_half_a_second() -> anyhow
 #[test]
 fn faults_hit_their_percentage_of_requests() -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start()?;
-    bookinfo.apply(vec![json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": { "name": "details", "namespace": "default" },
-        "spec": { "hosts": ["details"], "http": [{
+    bookinfo.apply(vec![virtual_service(
+        "details",
+        json!([{
             "fault": {
                 "abort": { "percentage": { "value": 30 }, "httpStatus": 503 },
                 "delay": { "percentage": { "value": 20 }, "fixedDelay": "1ms" },
             },
             "route": [{ "destination": { "host": "details" } }],
-        }] },
-    })])?;
+        }]),
+    )])?;
     let flagged = |flags: &[&str]| -> anyhow::Result<f64> {
         flags
             .iter()
@@ -330,18 +331,17 @@ fn faults_hit_their_percentage_of_requests() -> anyhow::Result<()> {
 #[test]
 fn a_source_labels_abort_hits_only_the_matching_caller() -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start()?;
-    bookinfo.apply(vec![json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": { "name": "details", "namespace": "default" },
-        "spec": { "hosts": ["details"], "http": [
+    bookinfo.apply(vec![virtual_service(
+        "details",
+        json!([
             {
                 "match": [{ "sourceLabels": { "app": "client" } }],
                 "fault": { "abort": { "percentage": { "value": 100 }, "httpStatus": 503 } },
                 "route": [{ "destination": { "host": "details" } }],
             },
             { "route": [{ "destination": { "host": "details" } }] },
-        ] },
-    })])?;
+        ]),
+    )])?;
     let from = |pod: &str| -> anyhow::Result<HttpSummary> {
         let place = bookinfo.cluster.pod(pod)?.place();
         HttpLoad::new(20).run(&bookinfo.cluster, place, &url("details", "/details/0")?)
@@ -356,27 +356,21 @@ fn a_source_labels_abort_hits_only_the_matching_caller() -> anyhow::Result<()> {
 #[test]
 fn a_route_answers_redirects_rewrites_and_edits_headers() -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start()?;
-    let details = |http: Value| {
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": { "name": "details", "namespace": "default" },
-            "spec": { "hosts": ["details"], "http": http },
-        })
-    };
     let to_details = json!([{ "destination": { "host": "details" } }]);
-    let productpage_as_jason = json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": { "name": "productpage", "namespace": "default" },
-        "spec": { "hosts": ["productpage"], "http": [{
+    let productpage_as_jason = virtual_service(
+        "productpage",
+        json!([{
             "headers": { "request": { "set": { "end-user": "jason" } } },
             "route": [{ "destination": { "host": "productpage" } }],
-        }] },
-    });
+        }]),
+    );
     let routes = [
         bookinfo::manifest("reviews-v2-for-jason.yaml")?,
         vec![
             productpage_as_jason,
-            details(json!([
+            virtual_service(
+                "details",
+                json!([
                 { "match": [{ "uri": { "exact": "/resting" } }],
                   "directResponse": { "status": 503, "body": { "string": "resting" } } },
                 { "match": [{ "uri": { "prefix": "/old/" } }],

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::matching::Matcher;
+use crate::matching::{as_pattern, Matcher};
 
 /// An answer the route gives without any upstream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -156,10 +156,6 @@ pub enum UriRewrite {
         pattern: Regex,
         substitution: String,
     },
-}
-
-fn as_pattern<S: serde::Serializer>(regex: &Regex, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(regex.as_str())
 }
 
 impl Rewrite {

@@ -32,7 +32,11 @@ pub enum Matcher {
     Present,
 }
 
-fn as_pattern<S: serde::Serializer>(regex: &Regex, serializer: S) -> Result<S::Ok, S::Error> {
+/// A regex as its pattern, for the config dump.
+pub(crate) fn as_pattern<S: serde::Serializer>(
+    regex: &Regex,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(regex.as_str())
 }
 
