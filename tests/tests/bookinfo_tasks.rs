@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ambit_testbed::bookinfo;
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent};
-use ambit_testbed::testapp::{HttpLoad, HttpSummary, Server};
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{Cluster, Pod, Process};
 use anyhow::{ensure, Context};
@@ -408,5 +408,35 @@ fn a_route_answers_redirects_rewrites_and_edits_headers() -> anyhow::Result<()> 
         bookinfo.chains(HttpLoad::new(5))?,
         page("reviews/v2 -> [ratings/v1]", 5)
     );
+    Ok(())
+}
+
+/// A gRPC abort answers as a gRPC server that fails at once: 200, with the
+/// status in the headers (trailers-only).
+#[test]
+fn a_grpc_abort_answers_trailers_only_with_its_status() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    bookinfo.apply(vec![virtual_service(
+        "details",
+        json!([{
+            "fault": { "abort": { "percentage": { "value": 100 }, "grpcStatus": "UNAVAILABLE" } },
+            "route": [{ "destination": { "host": "details" } }],
+        }]),
+    )])?;
+    let client = bookinfo.cluster.pod("client")?;
+    let answer = testapp::trailers(
+        &bookinfo.cluster,
+        client.place(),
+        &url("details", "/trailers")?,
+        "hello",
+    )?;
+    assert_eq!(
+        answer,
+        json!({
+            "status": 200, "body": "", "trailers": {},
+            "headers": { "grpc-status": "14", "grpc-message": "fault filter abort" },
+        })
+    );
+    assert_eq!(bookinfo.requests_flagged("details", "FI")?, 1.0);
     Ok(())
 }

@@ -856,21 +856,40 @@ async fn trailers(url: &Uri, echo: &str) -> anyhow::Result<serde_json::Value> {
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
+    // A trailers-only answer carries its gRPC status in the headers.
+    let in_headers = json_map(
+        response
+            .headers()
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("grpc-")),
+    );
     let collected = response.into_body().collect().await?;
-    let trailers: serde_json::Map<String, serde_json::Value> = collected
+    let trailers = collected
         .trailers()
-        .map(|trailers| {
-            trailers
-                .iter()
-                .map(|(name, value)| {
-                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                    (name.to_string(), serde_json::Value::String(value))
-                })
-                .collect()
-        })
+        .map(|trailers| json_map(trailers.iter()))
         .unwrap_or_default();
     let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
-    Ok(serde_json::json!({ "status": status, "body": body, "trailers": trailers }))
+    let mut answer = serde_json::json!({ "status": status, "body": body, "trailers": trailers });
+    if !in_headers.is_empty() {
+        answer["headers"] = serde_json::Value::Object(in_headers);
+    }
+    Ok(answer)
+}
+
+fn json_map<'a>(
+    headers: impl Iterator<
+        Item = (
+            &'a hyper::header::HeaderName,
+            &'a hyper::header::HeaderValue,
+        ),
+    >,
+) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.to_string(), serde_json::Value::String(value))
+        })
+        .collect()
 }
 
 async fn stream(url: &Uri, messages: usize) -> anyhow::Result<serde_json::Value> {
