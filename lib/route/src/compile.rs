@@ -178,8 +178,6 @@ impl PortTable {
                 name: None,
                 matches: Vec::new(),
                 destinations,
-                timeout: None,
-                fault: None,
                 actions: Actions::default(),
             });
         } else {
@@ -248,12 +246,6 @@ pub struct HttpRoute {
     /// Alternatives; empty matches every request.
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<WeightedBackend>,
-    /// How long the upstream may take to answer; none: as long as it takes
-    /// (Istio's default for HTTP).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<std::time::Duration>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<Fault>,
     #[serde(flatten)]
     pub actions: Actions,
 }
@@ -262,6 +254,12 @@ pub struct HttpRoute {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Actions {
+    /// How long the upstream may take to answer; none: as long as it takes
+    /// (Istio's default for HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<std::time::Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
     /// An answer given in place of any destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond: Option<Respond>,
@@ -274,8 +272,13 @@ pub struct Actions {
 }
 
 impl Actions {
-    /// The actions of `route`, written at `at`.
-    fn of(route: &networking::HttpRoute, at: &str) -> Result<Self, String> {
+    /// The actions of `route`, written at `at`, with notes on what of them
+    /// is left out as Istio leaves it out.
+    fn of(route: &networking::HttpRoute, at: &str) -> Result<(Self, Vec<String>), String> {
+        let (fault, left_out) = match &route.fault {
+            Some(spec) => Fault::from_spec(spec).map_err(|e| format!("{at}.{e}"))?,
+            None => (None, Vec::new()),
+        };
         let respond = match (&route.direct_response, &route.redirect) {
             (Some(_), Some(_)) => return Err(format!("{at}: both directResponse and redirect")),
             (Some(direct), None) => Some(Respond::direct(direct)),
@@ -296,12 +299,17 @@ impl Actions {
                 .map(Option::unwrap_or_default)
         };
         let headers = route.headers.as_ref();
-        Ok(Self {
+        let actions = Self {
+            // Zero stands for none, as in Envoy.
+            timeout: route.timeout.as_ref().map(|t| t.0).filter(|t| !t.is_zero()),
+            fault,
             respond,
             rewrite,
             request_headers: edits(headers.and_then(|h| h.request.as_ref()), "request")?,
             response_headers: edits(headers.and_then(|h| h.response.as_ref()), "response")?,
-        })
+        };
+        let notes = left_out.into_iter().map(|note| format!("{at}.{note}"));
+        Ok((actions, notes.collect()))
     }
 }
 
@@ -477,8 +485,6 @@ struct MeshHttpRoute<'a> {
     /// of the VirtualService that wrote them.
     namespace: &'a str,
     destinations: Weighted,
-    timeout: Option<std::time::Duration>,
-    fault: Option<Fault>,
     actions: Actions,
 }
 
@@ -591,8 +597,6 @@ impl<'a> Compiler<'a> {
                             port,
                             &route.destinations,
                         ),
-                        timeout: route.timeout,
-                        fault: route.fault.clone(),
                         actions: route.actions.clone(),
                     });
                 }
@@ -870,20 +874,14 @@ fn routes<'a>(
         if !route.matches.is_empty() && matches.is_empty() {
             continue;
         }
-        let (fault, left_out) = match &route.fault {
-            Some(spec) => Fault::from_spec(spec).map_err(|e| format!("{at}.{e}"))?,
-            None => (None, Vec::new()),
-        };
-        notes.extend(left_out.into_iter().map(|note| format!("{at}.{note}")));
+        let (actions, left_out) = Actions::of(&route, &at)?;
+        notes.extend(left_out);
         http.push(MeshHttpRoute {
             name: route.name.clone(),
             matches,
             namespace,
             destinations: weights(route.route.iter().map(|r| (r.weight, &r.destination))),
-            // Zero stands for none, as in Envoy.
-            timeout: route.timeout.as_ref().map(|t| t.0).filter(|t| !t.is_zero()),
-            fault,
-            actions: Actions::of(&route, &at)?,
+            actions,
         });
     }
     let mut tcp = Vec::new();

@@ -230,12 +230,12 @@ async fn forward(
     ))?;
     exchange.route_name = routed.name();
     let route = routed.route;
-    if let Some(fault) = &route.fault {
+    let actions = &route.actions;
+    if let Some(fault) = &actions.fault {
         if let Some(aborted) = inject(fault, exchange).await {
             return Ok(aborted);
         }
     }
-    let actions = &route.actions;
     if let Some(respond) = &actions.respond {
         let mut response = respond_with(respond, &parts, context.table.port);
         actions.response_headers.apply(response.headers_mut());
@@ -300,7 +300,7 @@ async fn forward(
         .upstream
         .send(&context.mesh, context.local_ip, endpoint, http2, request);
     // The route's timeout runs until the answer's headers.
-    let sent = match route.timeout {
+    let sent = match actions.timeout {
         Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| {
             (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -429,24 +429,33 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An answer the waypoint makes itself.
 /// The answer a route gives by itself: its direct response, or a
 /// redirect from where the request was going.
 fn respond_with(respond: &Respond, parts: &http::request::Parts, port: u16) -> Response<Body> {
-    let (status, body, location) = match respond {
-        Respond::Direct { status, body } => (*status, Bytes::from(body.clone()), None),
+    match respond {
+        Respond::Direct { status, body } => answer(status_or_ok(*status), body.clone().into()),
         Respond::Redirect(redirect) => {
             let authority = ambit_route::matching::authority(parts);
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let location = redirect.location("http", authority, path, port);
-            (redirect.status, Bytes::new(), Some(location))
+            let mut response = answer(status_or_ok(redirect.status), Bytes::new());
+            if let Ok(location) = HeaderValue::try_from(location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
         }
-    };
-    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
-        response.headers_mut().insert(header::LOCATION, location);
     }
+}
+
+/// A status compiled from a route (always valid), as a `StatusCode`.
+fn status_or_ok(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}
+
+/// An answer of the waypoint's own, with `body` whole.
+fn answer(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
     response
 }
 
@@ -504,10 +513,7 @@ async fn inject(fault: &Fault, exchange: &mut Exchange) -> Option<Response<Body>
         _ => "FI",
     };
     Some(match *abort {
-        Abort::Http(status) => local(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "fault filter abort".to_string(),
-        ),
+        Abort::Http(status) => local(status_or_ok(status), "fault filter abort".to_string()),
         // gRPC's trailers-only answer: the status in the headers.
         Abort::Grpc(code) => {
             let mut response = local(StatusCode::OK, String::new());
@@ -526,13 +532,9 @@ async fn inject(fault: &Fault, exchange: &mut Exchange) -> Option<Response<Body>
     })
 }
 
+/// An answer the waypoint makes itself, in plain text.
 fn local(status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(message))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
+    let mut response = answer(status, Bytes::from(message));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
