@@ -376,7 +376,7 @@ spec:
         found,
         [
             "error: ServiceEntry default/bad-entry: spec.addresses[0]: \"not-an-address\" is not an IP address or CIDR block",
-            "error: ServiceEntry default/bad-entry: spec.ports[0].protocol: unknown protocol \"QUIC\" (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP)",
+            "error: ServiceEntry default/bad-entry: spec.ports[0].protocol: unknown protocol \"QUIC\" (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, HTTP_PROXY, MONGO, MYSQL, REDIS, TCP, TLS, UDP)",
             "error: ServiceEntry default/bad-entry: spec.ports[1].name: port name \"https\" is used twice",
             "error: ServiceEntry default/bad-entry: spec: endpoints and workloadSelector are exclusive",
             "error: Gateway default/bad-gateway: spec.servers[0].hosts: at least one host is required",

@@ -237,7 +237,7 @@ fn peer_authentication_decides_whether_plaintext_reaches_a_pod() -> anyhow::Resu
 }
 
 #[test]
-fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_port(
+fn authorization_policies_allow_and_deny_by_principal_namespace_account_domain_ip_block_and_port(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client", "other", "outsider"], &["server"])?;
     let [client, other, outsider, server] =
@@ -308,6 +308,36 @@ fn authorization_policies_allow_and_deny_by_principal_namespace_ip_block_and_por
             (client, 9000, true),
             (other, 9000, false),
             (outsider, 9000, true),
+        ],
+    )?;
+    apply(
+        "ALLOW by service account",
+        vec![authorization_policy(
+            "client-account",
+            "ALLOW",
+            json!([{ "from": [{ "source": { "serviceAccounts": ["default/client"] } }] }]),
+        )],
+        &[
+            (client, 9000, true),
+            (other, 9000, false),
+            (outsider, 9000, false),
+        ],
+    )?;
+    apply(
+        "DENY from outside the trust domain",
+        vec![
+            authorization_policy("all", "ALLOW", json!([{}])),
+            authorization_policy(
+                "own-domain-only",
+                "DENY",
+                json!([{ "from": [{ "source": { "notTrustDomains": ["cluster.local"] } }] }]),
+            ),
+        ],
+        &[
+            (client, 9000, true),
+            (other, 9000, true),
+            // plaintext has no trust domain
+            (outsider, 9000, false),
         ],
     )?;
     apply(

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod istio_fields;
 mod layering;
 mod setup;
 mod soak;
@@ -42,6 +43,12 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
+    /// Derive config/tests/fixtures/istio-fields.txt from Istio's published CRDs.
+    IstioFields {
+        /// Istio's `crd-all.gen.yaml`.
+        #[arg(long)]
+        crds: PathBuf,
+    },
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
@@ -80,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             prepare(&workspace)?;
             soak::run(&workspace, minutes)
         }
+        Task::IstioFields { crds } => istio_fields::write(&workspace, &crds),
         Task::Test { args } => {
             prepare(&workspace)?;
             let mut test = workspace.cargo();

@@ -45,7 +45,9 @@ pub struct HttpRoute {
     #[serde(default)]
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
-    /// Deprecated by Istio in favour of `mirrorPercentage`.
+    /// Deprecated by Istio in favour of `mirrorPercentage`; its schema
+    /// also takes the proto's own spelling.
+    #[serde(alias = "mirror_percent")]
     pub mirror_percent: Option<u32>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
@@ -120,6 +122,8 @@ pub struct HttpRedirect {
     pub derive_port: Option<RedirectPortSelection>,
     pub scheme: Option<String>,
     pub redirect_code: Option<u32>,
+    /// Replaces the part of the path the match's `uri.prefix` matched.
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +175,8 @@ pub struct HttpRetry {
     pub per_try_timeout: Option<Duration>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    pub backoff: Option<Duration>,
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -226,7 +232,7 @@ pub struct CorsPolicy {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UnmatchedPreflights {
-    UnspecifiedBehavior,
+    Unspecified,
     Forward,
     Ignore,
 }
@@ -951,6 +957,8 @@ pub enum Resolution {
     Static,
     Dns,
     DnsRoundRobin,
+    /// Resolved per request from the host asked for (wildcard hosts).
+    DynamicDns,
 }
 
 /// An endpoint of a ServiceEntry (WorkloadEntry's fields).
@@ -976,8 +984,19 @@ pub struct EntryWorkloadSelector {
 }
 
 /// Protocols Istio knows for a port (case-insensitive).
-const PROTOCOLS: [&str; 11] = [
-    "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP",
+const PROTOCOLS: [&str; 12] = [
+    "HTTP",
+    "HTTPS",
+    "GRPC",
+    "GRPC-WEB",
+    "HTTP2",
+    "HTTP_PROXY",
+    "MONGO",
+    "MYSQL",
+    "REDIS",
+    "TCP",
+    "TLS",
+    "UDP",
 ];
 
 fn check_service_ports<'a>(

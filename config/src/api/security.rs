@@ -69,6 +69,17 @@ pub struct Source {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub not_namespaces: Vec<String>,
+    /// `namespace/name` of the caller's service account, from its
+    /// certificate (any trust domain); exact, no wildcards.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+    /// The trust domain of the caller's certificate.
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
     #[serde(default)]
     pub ip_blocks: Vec<String>,
     #[serde(default)]
@@ -166,8 +177,47 @@ impl Spec for AuthorizationPolicySpec {
     }
 }
 
+/// Most service accounts one `serviceAccounts` (or `notServiceAccounts`)
+/// list may hold, as Istio's schema allows.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
 impl Source {
     fn validate(&self, at: &str, issues: &mut Vec<Issue>) {
+        let accounts = [
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
+        ];
+        let by_account = accounts.iter().any(|(_, values)| !values.is_empty());
+        let by_identity = [
+            &self.principals,
+            &self.not_principals,
+            &self.namespaces,
+            &self.not_namespaces,
+        ]
+        .iter()
+        .any(|values| !values.is_empty());
+        if by_account && by_identity {
+            issues.push(Issue::new(
+                at,
+                "serviceAccounts cannot be set with principals or namespaces (or their not forms)",
+            ));
+        }
+        for (field, values) in accounts {
+            if values.len() > MAX_SERVICE_ACCOUNTS {
+                issues.push(Issue::new(
+                    format!("{at}.{field}"),
+                    format!("at most {MAX_SERVICE_ACCOUNTS} service accounts"),
+                ));
+            }
+            for (i, account) in values.iter().enumerate() {
+                if parse_service_account(account).is_none() {
+                    issues.push(Issue::new(
+                        format!("{at}.{field}[{i}]"),
+                        format!("{account:?} is not namespace/name (without wildcards)"),
+                    ));
+                }
+            }
+        }
         let blocks = [
             ("ipBlocks", &self.ip_blocks),
             ("notIpBlocks", &self.not_ip_blocks),
@@ -185,6 +235,13 @@ impl Source {
             }
         }
     }
+}
+
+/// A `serviceAccounts` entry, `namespace/name`, as its two parts.
+pub fn parse_service_account(account: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = account.split_once('/')?;
+    let valid = |part: &str| !part.is_empty() && !part.contains(['/', '*']);
+    (valid(namespace) && valid(name)).then_some((namespace, name))
 }
 
 /// An address (`10.1.2.3`, `fd00::1`) or a CIDR block (`10.1.0.0/16`).

@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use super::{selects, Target};
 use crate::api::security::{
-    parse_ip_block, Action, AuthorizationPolicySpec, Condition, Operation, Rule, Source,
+    parse_ip_block, parse_service_account, Action, AuthorizationPolicySpec, Condition, Operation,
+    Rule, Source,
 };
 use crate::model::{in_namespace, AuthorizationPolicy, Key, Mesh};
 
@@ -36,14 +37,40 @@ pub struct Caller<'a> {
     pub destination_port: u16,
 }
 
+/// The parts of an authenticated caller's principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity<'a> {
+    trust_domain: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
 impl Caller<'_> {
-    /// The namespace of an authenticated caller, from its principal.
-    fn namespace(&self) -> Option<&str> {
+    /// The parts of the caller's principal, if it is a workload's.
+    fn identity(&self) -> Option<Identity<'_>> {
         let mut parts = self.principal?.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(_trust_domain), Some("ns"), Some(namespace), Some("sa")) => Some(namespace),
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(trust_domain), Some("ns"), Some(namespace), Some("sa"), Some(sa), None) => {
+                Some(Identity {
+                    trust_domain,
+                    namespace,
+                    service_account: sa,
+                })
+            }
             _ => None,
         }
+    }
+
+    /// The namespace of an authenticated caller, from its principal.
+    fn namespace(&self) -> Option<&str> {
+        self.identity().map(|identity| identity.namespace)
     }
 }
 
@@ -194,12 +221,24 @@ fn rule_matches(rule: &Rule, caller: &Caller<'_>, l7: Unenforceable) -> bool {
 
 fn source_matches(source: &Source, caller: &Caller<'_>, l7: Unenforceable) -> bool {
     let principal = caller.principal;
-    let namespace = caller.namespace();
+    let identity = caller.identity();
+    let namespace = identity.map(|identity| identity.namespace);
     let ip = caller.ip;
     field(&source.principals, &source.not_principals, |p| {
         string_matches(p, principal)
     }) && field(&source.namespaces, &source.not_namespaces, |n| {
         string_matches(n, namespace)
+    }) && field(
+        &source.service_accounts,
+        &source.not_service_accounts,
+        |account| {
+            identity.is_some_and(|identity| {
+                parse_service_account(account)
+                    == Some((identity.namespace, identity.service_account))
+            })
+        },
+    ) && field(&source.trust_domains, &source.not_trust_domains, |t| {
+        string_matches(t, identity.map(|identity| identity.trust_domain))
     }) && field(&source.ip_blocks, &source.not_ip_blocks, |b| {
         block_contains(b, ip)
     }) && l7.check(

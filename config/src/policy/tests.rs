@@ -372,3 +372,86 @@ fn an_unreadable_policy_denies_its_namespace() {
         Verdict::Deny(Denial::Invalid(Key::new("shop", "broken")))
     );
 }
+
+#[test]
+fn service_accounts_and_trust_domains_are_enforced() {
+    let mesh = mesh(
+        &[
+            authorization_policy(
+                "shop",
+                "cart-from-client-sa",
+                "{selector: {matchLabels: {app: cart}}, action: ALLOW, rules: [\
+             {from: [{source: {serviceAccounts: [shop/client], trustDomains: [cluster.local]}}]}]}",
+            ),
+            authorization_policy(
+                "shop",
+                "no-legacy",
+                "{action: DENY, rules: [{from: [{source: {notTrustDomains: [\"cluster.*\"]}}]}]}",
+            ),
+            authorization_policy(
+                "shop",
+                "ledger-not-from-batch",
+                "{selector: {matchLabels: {app: ledger}}, action: DENY, rules: [\
+             {from: [{source: {notServiceAccounts: [shop/client]}}]}]}",
+            ),
+        ]
+        .concat(),
+    );
+    let from = |principal| caller(Some(principal), [10, 244, 1, 2], 8080);
+    let no_allow = Verdict::Deny(Denial::NoAllowMatched);
+    let cases = [
+        ("cart", from(CLIENT), Verdict::Allow),
+        // the same account name in another namespace
+        (
+            "cart",
+            from("cluster.local/ns/dev/sa/client"),
+            no_allow.clone(),
+        ),
+        // the same account from a trust domain the ALLOW does not name,
+        // which the namespace-wide DENY does not catch either
+        (
+            "cart",
+            from("cluster.example/ns/shop/sa/client"),
+            no_allow.clone(),
+        ),
+        // a foreign trust domain is denied everywhere in the namespace
+        (
+            "ledger",
+            from("partner.org/ns/shop/sa/client"),
+            denied_by("shop", "no-legacy"),
+        ),
+        ("ledger", from(CLIENT), Verdict::Allow),
+        (
+            "ledger",
+            from("cluster.local/ns/shop/sa/batch"),
+            denied_by("shop", "ledger-not-from-batch"),
+        ),
+        // plaintext has no service account: a `not` list denies it
+        (
+            "ledger",
+            caller(None, [10, 244, 1, 2], 8080),
+            denied_by("shop", "ledger-not-from-batch"),
+        ),
+    ];
+    for (app, caller, expected) in cases {
+        assert_eq!(verdict(&mesh, app, &caller), expected, "{app} {caller:?}");
+    }
+}
+
+#[test]
+fn service_accounts_are_namespace_slash_name_and_alone() {
+    let parsed = parse_manifests(&authorization_policy(
+        "shop",
+        "bad",
+        "{rules: [{from: [{source: {serviceAccounts: [client, \"shop/*\"], principals: [x]}}]}]}",
+    ));
+    let problems: Vec<String> = parsed.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        problems,
+        [
+            "error: AuthorizationPolicy shop/bad: spec.rules[0].from[0].source: serviceAccounts cannot be set with principals or namespaces (or their not forms)",
+            "error: AuthorizationPolicy shop/bad: spec.rules[0].from[0].source.serviceAccounts[0]: \"client\" is not namespace/name (without wildcards)",
+            "error: AuthorizationPolicy shop/bad: spec.rules[0].from[0].source.serviceAccounts[1]: \"shop/*\" is not namespace/name (without wildcards)",
+        ]
+    );
+}

@@ -28,9 +28,18 @@ pub struct Redirect {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     pub port: RedirectPort,
-    /// The path, with a query of its own or keeping the request's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<RedirectPath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RedirectPath {
+    /// `uri`: the whole path, with a query of its own or keeping the request's.
+    Whole(String),
+    /// `prefixRewrite`: replaces what the match's `uri` matched, as a
+    /// rewrite does.
+    Prefix(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,25 +97,35 @@ impl Respond {
             (None, Some(RedirectPortSelection::FromRequestPort)) => RedirectPort::Arrived,
             (None, None) => RedirectPort::AsAsked,
         };
+        let path = match (&spec.uri, &spec.prefix_rewrite) {
+            (Some(_), Some(_)) => {
+                return Err("redirect: both uri and prefixRewrite".to_string());
+            }
+            (Some(uri), None) => Some(RedirectPath::Whole(uri.clone())),
+            (None, Some(prefix)) => Some(RedirectPath::Prefix(prefix.clone())),
+            (None, None) => None,
+        };
         Ok(Self::Redirect(Redirect {
             status,
             scheme: spec.scheme.clone(),
             host: spec.authority.clone(),
             port,
-            path: spec.uri.clone(),
+            path,
         }))
     }
 }
 
 impl Redirect {
     /// The `Location` for a request to `authority` and `path_and_query`,
-    /// which arrived in `scheme` at port `arrived`.
+    /// which arrived in `scheme` at port `arrived` and whose path
+    /// `matched_uri` matched.
     pub fn location(
         &self,
         scheme: &str,
         authority: &str,
         path_and_query: &str,
         arrived: u16,
+        matched_uri: Option<&Matcher>,
     ) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(scheme);
         let (asked_host, asked_port) = match authority.rsplit_once(':') {
@@ -120,12 +139,16 @@ impl Redirect {
             RedirectPort::SchemeDefault => None,
             RedirectPort::Arrived => Some(arrived.to_string()),
         };
+        let (asked_path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
         let path = match &self.path {
-            Some(path) if path.contains('?') => path.clone(),
-            Some(path) => match path_and_query.split_once('?') {
-                Some((_, query)) => format!("{path}?{query}"),
-                None => path.clone(),
-            },
+            Some(RedirectPath::Whole(path)) if path.contains('?') => path.clone(),
+            Some(RedirectPath::Whole(path)) => with_query(path, query),
+            Some(RedirectPath::Prefix(prefix)) => {
+                with_query(&replace_matched(prefix, asked_path, matched_uri), query)
+            }
             None => path_and_query.to_string(),
         };
         match port {
@@ -133,6 +156,25 @@ impl Redirect {
             None => format!("{scheme}://{host}{path}"),
         }
     }
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    }
+}
+
+/// `path` with what the match's `uri` matched (its prefix, or the exact
+/// path) replaced by `replacement`; when it matched on something else,
+/// its leading `/`, as Envoy is told.
+fn replace_matched(replacement: &str, path: &str, matched_uri: Option<&Matcher>) -> String {
+    let matched = match matched_uri {
+        Some(Matcher::Prefix(prefix)) => prefix.len().min(path.len()),
+        Some(Matcher::Exact(_)) => path.len(),
+        _ => usize::from(path.starts_with('/')),
+    };
+    format!("{replacement}{}", &path[matched..])
 }
 
 /// A route's `rewrite`.
@@ -181,14 +223,7 @@ impl Rewrite {
     /// `matched_uri` matched.
     pub fn path(&self, path: &str, matched_uri: Option<&Matcher>) -> Option<String> {
         Some(match self.uri.as_ref()? {
-            UriRewrite::Prefix(replacement) => {
-                let matched = match matched_uri {
-                    Some(Matcher::Prefix(prefix)) => prefix.len().min(path.len()),
-                    Some(Matcher::Exact(_)) => path.len(),
-                    _ => usize::from(path.starts_with('/')),
-                };
-                format!("{replacement}{}", &path[matched..])
-            }
+            UriRewrite::Prefix(replacement) => replace_matched(replacement, path, matched_uri),
             // Envoy's `regex_rewrite`: every match replaced, `\1` naming a group.
             UriRewrite::Regex {
                 pattern,
@@ -298,8 +333,9 @@ mod tests {
 
     #[test]
     fn a_redirect_replaces_what_it_names_and_keeps_the_rest() {
-        let to =
-            |spec: HttpRedirect| redirect(spec).location("http", "reviews:9080", "/a?x=1", 9080);
+        let to = |spec: HttpRedirect| {
+            redirect(spec).location("http", "reviews:9080", "/a?x=1", 9080, None)
+        };
         assert_eq!(
             to(HttpRedirect {
                 uri: Some("/b".into()),
@@ -329,9 +365,24 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            arrived.location("http", "reviews", "/", 9080),
+            arrived.location("http", "reviews", "/", 9080, None),
             "http://reviews:9080/"
         );
+        let prefix = redirect(HttpRedirect {
+            prefix_rewrite: Some("/v2/".into()),
+            ..Default::default()
+        });
+        let api = Matcher::Prefix("/api/".into());
+        assert_eq!(
+            prefix.location("http", "reviews", "/api/items?x=1", 80, Some(&api)),
+            "http://reviews/v2/items?x=1"
+        );
+        assert!(Respond::redirect(&HttpRedirect {
+            uri: Some("/b".into()),
+            prefix_rewrite: Some("/c".into()),
+            ..Default::default()
+        })
+        .is_err());
         assert_eq!(redirect(HttpRedirect::default()).status, 301);
         assert!(Respond::redirect(&HttpRedirect {
             redirect_code: Some(200),

@@ -237,7 +237,7 @@ async fn forward(
         }
     }
     if let Some(respond) = &actions.respond {
-        let mut response = respond_with(respond, &parts, context.table.port);
+        let mut response = respond_with(respond, &parts, context.table.port, routed.matched);
         actions.response_headers.apply(response.headers_mut());
         return Ok(response);
     }
@@ -431,13 +431,19 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The answer a route gives by itself: its direct response, or a
 /// redirect from where the request was going.
-fn respond_with(respond: &Respond, parts: &http::request::Parts, port: u16) -> Response<Body> {
+fn respond_with(
+    respond: &Respond,
+    parts: &http::request::Parts,
+    port: u16,
+    matched: Option<&ambit_route::matching::RequestMatch>,
+) -> Response<Body> {
     match respond {
         Respond::Direct { status, body } => answer(status_or_ok(*status), body.clone().into()),
         Respond::Redirect(redirect) => {
             let authority = ambit_route::matching::authority(parts);
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let location = redirect.location("http", authority, path, port);
+            let matched_uri = matched.and_then(|m| m.uri.as_ref());
+            let location = redirect.location("http", authority, path, port, matched_uri);
             let mut response = answer(status_or_ok(redirect.status), Bytes::new());
             if let Ok(location) = HeaderValue::try_from(location) {
                 response.headers_mut().insert(header::LOCATION, location);
