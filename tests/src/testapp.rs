@@ -180,6 +180,8 @@ pub struct Server {
     /// URLs it calls for every ordinary request.
     calls: Vec<String>,
     call_timeout: Option<Duration>,
+    /// Every Nth request fails with this status (0: none).
+    fail_every: (u64, u16),
 }
 
 impl Server {
@@ -192,6 +194,7 @@ impl Server {
             answer_delay: Duration::ZERO,
             calls: Vec::new(),
             call_timeout: None,
+            fail_every: (0, 503),
         }
     }
 
@@ -233,6 +236,14 @@ impl Server {
         self
     }
 
+    /// The first HTTP request and every `n`th after it are answered with
+    /// `status` (before their bodies are read), like a replica failing
+    /// part of its traffic: `n = 2` fails half, `n = 1` all.
+    pub fn fail_every(mut self, n: u64, status: u16) -> Self {
+        self.fail_every = (n, status);
+        self
+    }
+
     /// Every HTTP answer waits `delay` first, like a slow replica.
     pub fn answer_delay(mut self, delay: Duration) -> Self {
         self.answer_delay = delay;
@@ -247,6 +258,8 @@ impl Server {
             format!("--version={}", self.version),
             format!("--sink-stall-ms={}", self.sink_stall.as_millis()),
             format!("--answer-delay-ms={}", self.answer_delay.as_millis()),
+            format!("--fail-every={}", self.fail_every.0),
+            format!("--fail-status={}", self.fail_every.1),
         ];
         args.extend(
             self.listeners

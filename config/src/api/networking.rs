@@ -412,6 +412,16 @@ impl HttpRoute {
                     "must not be negative",
                 ));
             }
+            let retry_on = retries.retry_on.as_deref().unwrap_or_default();
+            for token in retry_on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let status = token.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+                if !status && !RETRY_CONDITIONS.contains(&token) {
+                    issues.push(Issue::new(
+                        format!("{at}.retries.retryOn"),
+                        format!("{token:?} is neither a retry condition nor an HTTP status"),
+                    ));
+                }
+            }
         }
         if let Some(fault) = &self.fault {
             fault.validate(&format!("{at}.fault"), issues);
@@ -982,6 +992,26 @@ pub struct EntryWorkloadSelector {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
+
+/// The conditions `retries.retryOn` may name (Envoy's), besides HTTP
+/// status codes.
+pub const RETRY_CONDITIONS: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
 
 /// Protocols Istio knows for a port (case-insensitive).
 const PROTOCOLS: [&str; 12] = [

@@ -24,6 +24,7 @@ use crate::fault::Fault;
 use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
 use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
+use crate::retry::RetryPolicy;
 
 /// The gateway name that stands for the mesh's own traffic in a
 /// VirtualService's `gateways`.
@@ -260,6 +261,9 @@ pub struct Actions {
     pub timeout: Option<std::time::Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// None: retries are off (`attempts: 0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
     /// An answer given in place of any destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond: Option<Respond>,
@@ -303,6 +307,8 @@ impl Actions {
             // Zero stands for none, as in Envoy.
             timeout: route.timeout.as_ref().map(|t| t.0).filter(|t| !t.is_zero()),
             fault,
+            retry: RetryPolicy::from_spec(route.retries.as_ref())
+                .map_err(|e| format!("{at}.{e}"))?,
             respond,
             rewrite,
             request_headers: edits(headers.and_then(|h| h.request.as_ref()), "request")?,
@@ -789,7 +795,6 @@ pub fn unapplied_fields(spec: &VirtualServiceSpec) -> Vec<String> {
     let mut fields = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         let set = [
-            ("retries", route.retries.is_some()),
             ("mirror", route.mirror.is_some()),
             ("mirrors", !route.mirrors.is_empty()),
             ("corsPolicy", route.cors_policy.is_some()),

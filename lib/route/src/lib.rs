@@ -10,6 +10,7 @@ pub mod fault;
 pub mod hash;
 pub mod lb;
 pub mod matching;
+pub mod retry;
 
 pub use compile::{
     compile, unapplied_fields, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use std::convert::Infallible;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::{body::Incoming, service::service_fn, Request, Response, Uri};
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -68,6 +69,13 @@ enum Mode {
         /// it, as Bookinfo's productpage gives up on reviews.
         #[arg(long, default_value_t = 5000)]
         call_timeout_ms: u64,
+        /// Every Nth HTTP request (the first, then every Nth after it) is
+        /// answered with `--fail-status` before its body is read, like a
+        /// replica failing part of its traffic (0: never).
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
+        #[arg(long, default_value_t = 503)]
+        fail_status: u16,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -199,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
             answer_delay_ms,
             call,
             call_timeout_ms,
+            fail_every,
+            fail_status,
         } => {
             let sinks = Sinks {
                 addrs: sink,
@@ -210,6 +220,11 @@ async fn main() -> anyhow::Result<()> {
                 delay: Duration::from_millis(answer_delay_ms),
                 calls: call,
                 call_timeout: Duration::from_millis(call_timeout_ms),
+                failing: Failing {
+                    every: fail_every,
+                    status: StatusCode::from_u16(fail_status)?,
+                    seen: AtomicU64::new(0),
+                },
             });
             serve(server, http, echo, sinks).await
         }
@@ -277,6 +292,26 @@ struct HttpServer {
     delay: Duration,
     calls: Vec<Uri>,
     call_timeout: Duration,
+    failing: Failing,
+}
+
+/// Which requests a failing replica fails.
+struct Failing {
+    every: u64,
+    status: StatusCode,
+    seen: AtomicU64,
+}
+
+impl Failing {
+    /// The failure this request gets, if it is one of those failed.
+    fn now(&self) -> Option<Response<AnswerBody>> {
+        if self.every == 0 || self.seen.fetch_add(1, Ordering::Relaxed) % self.every != 0 {
+            return None;
+        }
+        let mut response = Response::new(Full::new(Bytes::from_static(b"failing")).boxed());
+        *response.status_mut() = self.status;
+        Some(response)
+    }
 }
 
 async fn serve(
@@ -334,7 +369,10 @@ async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::R
                 let server = server.clone();
                 async move {
                     tokio::time::sleep(server.delay).await;
-                    Ok::<_, Infallible>(answer(req, &server, peer).await)
+                    if let Some(failure) = server.failing.now() {
+                        return Ok::<_, Infallible>(failure);
+                    }
+                    Ok(answer(req, &server, peer).await)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

@@ -18,17 +18,19 @@ use ambit_route::actions::{Respond, Rewrite};
 use ambit_route::fault::{Abort, Fault};
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
-use ambit_route::{Caller, PortTable};
+use ambit_route::retry::{Outcome, RetryPolicy};
+use ambit_route::{Backend, Caller, PortTable};
 use ambit_telemetry::http::{HttpMetrics, RequestLabels, Series, ServiceName};
 use ambit_telemetry::labels::{Party, Reporter};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::upstream::{Body, BoxError, InFlight, Upstream};
+use super::replay::Replayable;
+use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
 
 /// What every request of one stream shares.
 pub struct StreamContext {
@@ -268,13 +270,6 @@ async fn forward(
         }
         _ => (None, None),
     };
-    let (endpoint, in_flight) = context.upstream.pick(backend, hash).ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        "UH",
-        "no healthy upstream".to_string(),
-    ))?;
-    exchange.upstream = Some(endpoint);
-    exchange.in_flight = Some(in_flight);
     // An upgrade is HTTP/1.1's to ask for: it goes on in HTTP/1.1.
     let http2 = upgrade.is_none() && backend.upstream.http2_for(parts.version);
     prepare(&mut parts, http2);
@@ -295,12 +290,18 @@ async fn forward(
         })
         .map_err(BoxError::from)
         .boxed();
-    let request = Request::from_parts(parts, body);
-    let sent = context
-        .upstream
-        .send(&context.mesh, context.local_ip, endpoint, http2, request);
-    // The route's timeout runs until the answer's headers.
-    let sent = match actions.timeout {
+    // An upgraded connection is not a request to try again.
+    let retry = actions.retry.as_ref().filter(|_| upgrade.is_none());
+    let attempts = Attempts {
+        context,
+        backend,
+        hash,
+        http2,
+        retry,
+    };
+    let sent = attempts.send(parts, body, exchange);
+    // The route's timeout runs until the answer's headers, retries included.
+    let response = match actions.timeout {
         Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| {
             (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -309,15 +310,7 @@ async fn forward(
             )
         })?,
         None => sent.await,
-    };
-    let response = sent.map_err(|error| {
-        tracing::debug!(%endpoint, %error, "upstream request failed");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UF",
-            format!("upstream connect error or disconnect/reset before headers: {error}"),
-        )
-    })?;
+    }?;
     let mut response = response;
     let switched = match upgrade {
         Some((protocol, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -348,6 +341,185 @@ async fn forward(
         parts,
         body.map_err(BoxError::from).boxed(),
     ))
+}
+
+/// Tries after the first one of a host not tried yet, as Envoy's
+/// `previous_hosts` predicate asks of the load balancer (Istio sets 5).
+const HOST_SELECTION_ATTEMPTS: usize = 5;
+
+/// One request's attempts at its destination.
+struct Attempts<'a> {
+    context: &'a StreamContext,
+    backend: &'a Backend,
+    /// The request's consistent-hash key, if its destination hashes.
+    hash: Option<u64>,
+    http2: bool,
+    retry: Option<&'a RetryPolicy>,
+}
+
+/// Where a retried request's body comes from for each attempt.
+enum Bodies {
+    /// Nothing to send, however often.
+    Empty,
+    Replay(Replayable),
+}
+
+impl Bodies {
+    fn next(&self) -> Option<Body> {
+        match self {
+            Self::Empty => Some(empty()),
+            Self::Replay(replayable) => replayable.attempt().map(BodyExt::boxed),
+        }
+    }
+}
+
+impl Attempts<'_> {
+    /// Sends the request to an endpoint, and again (to another where there
+    /// is one) while the retry policy retries how it ended and its body can
+    /// be sent again; the last answer or failure is the request's.
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Body,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let Some(policy) = self.retry else {
+            let endpoint = self.pick(&[], exchange)?;
+            let request = Request::from_parts(parts, body);
+            let sent = self.context.upstream.send(
+                &self.context.mesh,
+                self.context.local_ip,
+                endpoint,
+                self.http2,
+                request,
+            );
+            return sent.await.map_err(|failure| failed(&failure, false));
+        };
+        let bodies = match hyper::body::Body::is_end_stream(&body) {
+            true => Bodies::Empty,
+            false => Bodies::Replay(Replayable::new(body)),
+        };
+        // Consistent hashing keeps its endpoint, as Istio leaves the
+        // predicate out then.
+        let other_hosts = policy.other_hosts && self.hash.is_none();
+        let mut tried = Vec::new();
+        let mut body = bodies.next();
+        for retry in 0.. {
+            let avoid = if other_hosts { &tried[..] } else { &[] };
+            let endpoint = self.pick(avoid, exchange)?;
+            tried.push(endpoint);
+            let request = attempt_request(&parts, body.take().unwrap_or_else(empty));
+            let sent = self.context.upstream.send(
+                &self.context.mesh,
+                self.context.local_ip,
+                endpoint,
+                self.http2,
+                request,
+            );
+            let ended = match policy.per_try_timeout {
+                Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            let outcome = match &ended {
+                None => Outcome::Timeout,
+                Some(Ok(response)) => Outcome::Answered {
+                    status: response.status().as_u16(),
+                    grpc: grpc_status(response.headers()),
+                },
+                Some(Err(failure)) => failure.outcome(),
+            };
+            let retried = policy.retries(outcome);
+            if retried && retry < policy.attempts {
+                body = bodies.next();
+                if body.is_some() {
+                    tokio::time::sleep(policy.wait(retry + 1, fastrand::u64(..))).await;
+                    continue;
+                }
+            }
+            return match ended {
+                Some(Ok(response)) => {
+                    if retried {
+                        exchange.flags = "URX";
+                    }
+                    Ok(response)
+                }
+                Some(Err(failure)) => Err(failed(&failure, retried)),
+                None => Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    if retried { "UT,URX" } else { "UT" },
+                    "upstream request timeout".to_string(),
+                )),
+            };
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// An endpoint for the next attempt, avoiding those in `avoid` where
+    /// the load balancer offers another; counted in flight.
+    fn pick(&self, avoid: &[SocketAddr], exchange: &mut Exchange) -> Result<SocketAddr, Refusal> {
+        let no_endpoint = || {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UH",
+                "no healthy upstream".to_string(),
+            )
+        };
+        let upstream = &self.context.upstream;
+        let mut chosen = upstream
+            .pick(self.backend, self.hash)
+            .ok_or_else(no_endpoint)?;
+        for _ in 0..HOST_SELECTION_ATTEMPTS {
+            if !avoid.contains(&chosen.0) {
+                break;
+            }
+            chosen = upstream
+                .pick(self.backend, self.hash)
+                .ok_or_else(no_endpoint)?;
+        }
+        let (endpoint, in_flight) = chosen;
+        exchange.upstream = Some(endpoint);
+        exchange.in_flight = Some(in_flight);
+        Ok(endpoint)
+    }
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// One attempt's request: the same head each time.
+fn attempt_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// The `grpc-status` of a trailers-only answer.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The waypoint's answer when no attempt got one, flagged as Envoy flags
+/// it (`URX` when retries ran out).
+fn failed(failure: &Failure, retried: bool) -> Refusal {
+    let flags = match (failure, retried) {
+        (Failure::Connect(_), false) => "UF",
+        (Failure::Connect(_), true) => "UF,URX",
+        (Failure::Refused(_), false) => "UR",
+        (Failure::Refused(_), true) => "UR,URX",
+        (Failure::Reset(_), false) => "UC",
+        (Failure::Reset(_), true) => "UC,URX",
+    };
+    let error = failure.error();
+    tracing::debug!(%error, flags, "upstream request failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        flags,
+        format!("upstream connect error or disconnect/reset before headers: {error}"),
+    )
 }
 
 /// The request as the upstream connection carries it: HTTP/1.1 in origin

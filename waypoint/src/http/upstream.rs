@@ -14,6 +14,7 @@ use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
+use ambit_route::retry::Outcome;
 use ambit_route::Backend;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -124,34 +125,45 @@ impl Upstream {
         endpoint: SocketAddr,
         http2: bool,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<Response<Incoming>, Failure> {
+        let connect = Failure::Connect;
         if http2 {
             let mut sender = match self.shared_http2(endpoint) {
                 Some(sender) => sender,
                 None => {
-                    let io = self.stream(mesh, from, endpoint).await?;
+                    let io = self
+                        .stream(mesh, from, endpoint)
+                        .await
+                        .map_err(boxed(connect))?;
                     let (sender, connection) =
-                        http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                            .await
+                            .map_err(boxed(connect))?;
                     tokio::spawn(connection);
                     lock(&self.http2).insert(endpoint, sender.clone());
                     sender
                 }
             };
-            sender.ready().await?;
-            return Ok(sender.send_request(request).await?);
+            sender.ready().await.map_err(boxed(connect))?;
+            return sender.send_request(request).await.map_err(sent_but_failed);
         }
         let mut sender = match self.idle_http1(endpoint) {
             Some(sender) => sender,
             None => {
-                let io = self.stream(mesh, from, endpoint).await?;
-                let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+                let io = self
+                    .stream(mesh, from, endpoint)
+                    .await
+                    .map_err(boxed(connect))?;
+                let (sender, connection) = http1::handshake(TokioIo::new(io))
+                    .await
+                    .map_err(boxed(connect))?;
                 tokio::spawn(connection.with_upgrades());
                 sender
             }
         };
         let response = sender.send_request(request);
         // Kept for the next request once this one's answer is read.
-        let response = response.await?;
+        let response = response.await.map_err(sent_but_failed)?;
         let mut idle = lock(&self.http1);
         let idle = idle.entry(endpoint).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
@@ -213,6 +225,53 @@ impl Upstream {
             .await?;
         Ok(Box::new(tunnel))
     }
+}
+
+/// Why an attempt got no answer: as Envoy tells them apart for retries
+/// and response flags.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection (or none able to take the request).
+    Connect(BoxError),
+    /// HTTP/2 refused the stream before handling it.
+    Refused(BoxError),
+    /// The connection or stream ended before the answer's headers.
+    Reset(BoxError),
+}
+
+impl Failure {
+    pub fn error(&self) -> &BoxError {
+        match self {
+            Self::Connect(error) | Self::Refused(error) | Self::Reset(error) => error,
+        }
+    }
+
+    /// How the attempt ended, for its retry policy.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Connect(_) => Outcome::ConnectFailure,
+            Self::Refused(_) => Outcome::RefusedStream,
+            Self::Reset(_) => Outcome::Reset,
+        }
+    }
+}
+
+fn boxed<E: Into<BoxError>>(kind: fn(BoxError) -> Failure) -> impl FnOnce(E) -> Failure {
+    move |error| kind(error.into())
+}
+
+/// A request that was sent and got no answer: refused by HTTP/2, or reset.
+fn sent_but_failed(error: hyper::Error) -> Failure {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Failure::Refused(error.into());
+            }
+        }
+        cause = current.source();
+    }
+    Failure::Reset(error.into())
 }
 
 /// What an upstream connection runs over.
