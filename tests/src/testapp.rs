@@ -237,7 +237,7 @@ impl Server {
     }
 
     /// The first HTTP request and every `n`th after it are answered with
-    /// `status` (before their bodies are read), like a replica failing
+    /// `status` (once their bodies are read), like a replica failing
     /// part of its traffic: `n = 2` fails half, `n = 1` all.
     pub fn fail_every(mut self, n: u64, status: u16) -> Self {
         self.fail_every = (n, status);

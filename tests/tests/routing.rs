@@ -2,32 +2,15 @@
 //! waypoint: each field of `HTTPMatchRequest` and each load balancer of a
 //! DestinationRule, asserted by which version of reviews answered.
 
-use std::net::Ipv4Addr;
+mod reviews;
+
 use std::time::Duration;
 
-use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, MeshConfig, NodeAgent};
 use ambit_testbed::testapp::{last_json, HttpLoad, HttpSummary, Server};
-use ambit_testbed::waypoint::Waypoint;
-use ambit_testbed::{wait_for, Cluster, Process};
+use ambit_testbed::wait_for;
 use anyhow::{ensure, Context};
+use reviews::{destination_rule, virtual_service, Bed, OTHER_PORT, PORT, REVIEWS_VIP};
 use serde_json::{json, Value};
-
-const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
-const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
-const PORT: u16 = 9080;
-/// A second port of reviews, for the `port` match.
-const OTHER_PORT: u16 = 9081;
-
-/// Three callers (`client` and `client-b` in `default`, `client-other` in
-/// `other`), reviews v1 and v2 bound to a waypoint.
-struct Bed {
-    cluster: Cluster,
-    _ca: TestCa,
-    agents: Vec<NodeAgent>,
-    waypoint: Waypoint,
-    _servers: Vec<Process>,
-}
 
 impl Bed {
     fn start() -> anyhow::Result<Self> {
@@ -36,77 +19,18 @@ impl Bed {
 
     /// Reviews v1 answers each request only after `v1_delay`.
     fn start_with(v1_delay: Duration) -> anyhow::Result<Self> {
-        let cluster = Cluster::builder()
-            .node(&["client", "client-b", "client-other", "waypoint"])
-            .node(&["reviews-v1", "reviews-v2"])
-            .namespace("client-other", "other")
-            .build()?;
-        let config = Self::config(&cluster, vec![])?;
-        let waypoint_pod = cluster.pod("waypoint")?;
-        let (ca, agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
-        let servers = [("v1", v1_delay), ("v2", Duration::ZERO)]
-            .into_iter()
-            .map(|(version, delay)| {
-                Server::new("reviews", version)
-                    .http(PORT)
-                    .http(OTHER_PORT)
-                    .answer_delay(delay)
-                    .start(&cluster, cluster.pod(&format!("reviews-{version}"))?)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            cluster,
-            _ca: ca,
-            agents,
-            waypoint,
-            _servers: servers,
+        Self::start_serving(|version| {
+            let delay = if version == "v1" {
+                v1_delay
+            } else {
+                Duration::ZERO
+            };
+            Server::new("reviews", version).answer_delay(delay)
         })
     }
 
-    fn config(cluster: &Cluster, istio: Vec<Value>) -> anyhow::Result<MeshConfig> {
-        let [client, client_b, other, waypoint, v1, v2] = cluster.pods_named([
-            "client",
-            "client-b",
-            "client-other",
-            "waypoint",
-            "reviews-v1",
-            "reviews-v2",
-        ])?;
-        let config = MeshConfig {
-            istio,
-            ..mesh::enrolling(
-                cluster,
-                &[client, client_b, other, v1, v2],
-                vec![
-                    mesh::ServiceConfig {
-                        waypoint: Some("waypoint".into()),
-                        more_ports: vec![("http-other".into(), OTHER_PORT, OTHER_PORT)],
-                        ..mesh::service("reviews", REVIEWS_VIP, PORT, PORT, &[v1, v2])
-                    },
-                    mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint]),
-                ],
-            )
-        };
-        Ok(config.versioned("reviews"))
-    }
-
-    /// Applies reviews' DestinationRule (subsets v1 and v2, with
-    /// `traffic_policy`) and, when given, a VirtualService of `http`
-    /// routes; waits until the waypoint's config dump shows them.
-    fn apply(&self, traffic_policy: Value, http: Option<Value>) -> anyhow::Result<()> {
-        let mut istio = vec![destination_rule(traffic_policy)];
-        istio.extend(http.map(|http| virtual_service("reviews", http)));
-        self.apply_objects(istio)
-    }
-
-    /// Applies these Istio objects; waits until the waypoint's config dump
-    /// shows them.
-    fn apply_objects(&self, istio: Vec<Value>) -> anyhow::Result<()> {
-        self.waypoint
-            .apply(&self.cluster, &Self::config(&self.cluster, istio)?)
-    }
-
-    /// A run of `load` from the pod `from` to reviews' `port` and `path`.
+    /// A run of `load` from the pod `from` to reviews' `port` and `path`,
+    /// every request answered 200.
     fn run(
         &self,
         load: HttpLoad,
@@ -114,14 +38,10 @@ impl Bed {
         port: u16,
         path: &str,
     ) -> anyhow::Result<HttpSummary> {
-        let url = format!("http://{REVIEWS_VIP}:{port}{path}");
-        let pod = self.cluster.pod(from)?;
-        let summary = load
-            .run(&self.cluster, pod.place(), &url)
-            .with_context(|| self.outputs())?;
+        let summary = self.load(load, from, port, path)?;
         ensure!(
             summary.status(200) == summary.requests,
-            "{from} to {url}: {summary:?}\n{}",
+            "{from} to {path}: {summary:?}\n{}",
             self.outputs()
         );
         Ok(summary)
@@ -154,37 +74,6 @@ impl Bed {
             .map(|_| self.version(HttpLoad::new(1), "/"))
             .collect()
     }
-
-    fn outputs(&self) -> String {
-        format!(
-            "waypoint:\n{}\nagents:\n{}",
-            self.waypoint.output(),
-            self.agents
-                .iter()
-                .map(NodeAgent::output)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    }
-}
-
-/// Reviews' DestinationRule: subsets v1 and v2, and `traffic_policy`.
-fn destination_rule(traffic_policy: Value) -> Value {
-    let subset = |name: &str| json!({ "name": name, "labels": { "version": name } });
-    json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": { "name": "reviews", "namespace": "default" },
-        "spec": { "host": "reviews", "subsets": [subset("v1"), subset("v2")], "trafficPolicy": traffic_policy },
-    })
-}
-
-/// A VirtualService for reviews named `name`, with these `http` routes.
-fn virtual_service(name: &str, http: Value) -> Value {
-    json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": { "name": name, "namespace": "default" },
-        "spec": { "hosts": ["reviews"], "http": http },
-    })
 }
 
 /// Routes: those whose match is `matched` go to v2, the rest to v1.

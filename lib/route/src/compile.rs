@@ -252,7 +252,7 @@ pub struct HttpRoute {
 }
 
 /// What a route does to a request besides choosing where it goes.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Actions {
     /// How long the upstream may take to answer; none: as long as it takes
@@ -273,6 +273,21 @@ pub struct Actions {
     pub request_headers: HeaderEdits,
     #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
     pub response_headers: HeaderEdits,
+}
+
+/// A route's actions when it sets none: Istio's default retries alone.
+impl Default for Actions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            fault: None,
+            retry: Some(RetryPolicy::istio_default()),
+            respond: None,
+            rewrite: None,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        }
+    }
 }
 
 impl Actions {

@@ -70,7 +70,7 @@ enum Mode {
         #[arg(long, default_value_t = 5000)]
         call_timeout_ms: u64,
         /// Every Nth HTTP request (the first, then every Nth after it) is
-        /// answered with `--fail-status` before its body is read, like a
+        /// answered with `--fail-status` once its body is read, like a
         /// replica failing part of its traffic (0: never).
         #[arg(long, default_value_t = 0)]
         fail_every: u64,
@@ -303,14 +303,17 @@ struct Failing {
 }
 
 impl Failing {
-    /// The failure this request gets, if it is one of those failed.
-    fn now(&self) -> Option<Response<AnswerBody>> {
-        if self.every == 0 || self.seen.fetch_add(1, Ordering::Relaxed) % self.every != 0 {
-            return None;
-        }
+    /// Whether this request is one of those failed.
+    fn now(&self) -> bool {
+        self.every != 0 && self.seen.fetch_add(1, Ordering::Relaxed) % self.every == 0
+    }
+
+    /// The failure, once the request's body is read.
+    async fn answer(&self, request: Request<Incoming>) -> Response<AnswerBody> {
+        let _ = request.into_body().collect().await;
         let mut response = Response::new(Full::new(Bytes::from_static(b"failing")).boxed());
         *response.status_mut() = self.status;
-        Some(response)
+        response
     }
 }
 
@@ -369,8 +372,8 @@ async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::R
                 let server = server.clone();
                 async move {
                     tokio::time::sleep(server.delay).await;
-                    if let Some(failure) = server.failing.now() {
-                        return Ok::<_, Infallible>(failure);
+                    if server.failing.now() {
+                        return Ok::<_, Infallible>(server.failing.answer(req).await);
                     }
                     Ok(answer(req, &server, peer).await)
                 }

@@ -158,10 +158,11 @@ impl http_body::Body for Replay {
             true => SizeHint::with_exact(0),
             false => shared.source.size_hint(),
         };
-        hint.set_lower(hint.lower() + unsent as u64);
+        // Upper first: a lower bound may never pass the upper one.
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + unsent as u64);
         }
+        hint.set_lower(hint.lower() + unsent as u64);
         hint
     }
 }
@@ -202,6 +203,8 @@ mod tests {
         // The superseded attempt reads nothing more (its connection is
         // going away).
         assert_eq!(read(first).await, (Vec::new(), false));
+        // What it has yet to send: the copy, then the rest.
+        assert_eq!(http_body::Body::size_hint(&second).lower(), 6);
         assert_eq!(read(second).await, (b"hello world".to_vec(), true));
         let third = body.attempt().unwrap();
         assert_eq!(read(third).await, (b"hello world".to_vec(), true));

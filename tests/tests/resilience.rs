@@ -1,0 +1,154 @@
+//! The waypoint's resilience, end to end: retries (Istio's default policy,
+//! the user's, none), each asserted by what the client got.
+
+mod reviews;
+
+use ambit_testbed::mesh::sample;
+use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
+use anyhow::{ensure, Context};
+use reviews::{Bed, PORT, REVIEWS_VIP};
+use serde_json::{json, Value};
+
+/// All of reviews to its v1 subset, with this route's `retries` (none: no
+/// field at all).
+fn to_v1_retrying(retries: Option<Value>) -> Value {
+    let mut route = json!({ "route": [{ "destination": { "host": "reviews", "subset": "v1" } }] });
+    if let Some(retries) = retries {
+        route["retries"] = retries;
+    }
+    json!([route])
+}
+
+/// `requests` requests from `client` to reviews on one connection.
+fn hundred(bed: &Bed) -> anyhow::Result<HttpSummary> {
+    bed.load(HttpLoad::new(100), "client", PORT, "/")
+}
+
+#[test]
+fn retries_turn_a_replica_failing_every_other_request_into_full_success() -> anyhow::Result<()> {
+    // v1 answers 500 to every other request it gets, retries included.
+    let bed = Bed::start_serving(|version| {
+        let server = Server::new("reviews", version);
+        match version {
+            "v1" => server.fail_every(2, 500),
+            _ => server,
+        }
+    })?;
+    // Istio's default policy retries 503s and connection failures, not a
+    // 500: half the requests fail.
+    bed.apply(json!({}), Some(to_v1_retrying(None)))?;
+    let summary = hundred(&bed)?;
+    ensure!(
+        summary.status(500) == 50 && summary.status(200) == 50,
+        "no retries for a 500 by default: {summary:?}"
+    );
+    // Retrying 5xx, every request succeeds on its second attempt.
+    bed.apply(
+        json!({}),
+        Some(to_v1_retrying(Some(
+            json!({ "attempts": 3, "retryOn": "5xx" }),
+        ))),
+    )?;
+    let summary = hundred(&bed)?;
+    ensure!(
+        summary.status(200) == 100,
+        "retried, every request succeeds: {summary:?}\n{}",
+        bed.outputs()
+    );
+    // A status named in retryOn is retried too, and attempts: 0 turns
+    // retries off.
+    bed.apply(
+        json!({}),
+        Some(to_v1_retrying(Some(
+            json!({ "attempts": 1, "retryOn": "500" }),
+        ))),
+    )?;
+    ensure!(hundred(&bed)?.status(200) == 100, "retried by status");
+    bed.apply(
+        json!({}),
+        Some(to_v1_retrying(Some(
+            json!({ "attempts": 0, "retryOn": "5xx" }),
+        ))),
+    )?;
+    let summary = hundred(&bed)?;
+    ensure!(summary.status(500) == 50, "attempts 0: {summary:?}");
+
+    // A request body is sent again from the copy the waypoint kept, up to
+    // 64 KiB; a larger one cannot be retried and its failure comes back.
+    bed.apply(
+        json!({}),
+        Some(to_v1_retrying(Some(
+            json!({ "attempts": 3, "retryOn": "5xx" }),
+        ))),
+    )?;
+    let client = bed.cluster.pod("client")?;
+    let url = format!("http://{REVIEWS_VIP}:{PORT}/upload");
+    for _ in 0..4 {
+        let upload = testapp::upload(&bed.cluster, client.place(), &url, 60 * 1024, false)
+            .with_context(|| bed.outputs())?;
+        ensure!(
+            upload.bytes_received_by_server == upload.bytes_sent
+                && upload.crc_received_by_server == upload.crc_sent,
+            "the retried body arrived whole: {upload:?}"
+        );
+    }
+    let large: Vec<String> = (0..4)
+        .map(
+            |_| match testapp::upload(&bed.cluster, client.place(), &url, 1 << 20, false) {
+                Ok(upload) => format!("{} bytes", upload.bytes_received_by_server),
+                Err(error) => format!("{error:#}"),
+            },
+        )
+        .collect();
+    ensure!(
+        large.iter().filter(|r| r.contains("answered 500")).count() == 2
+            && large.iter().filter(|r| *r == "1048576 bytes").count() == 2,
+        "of 1 MiB uploads half fail, unretried: {large:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_replica_is_retried_on_the_other_by_istios_default_policy() -> anyhow::Result<()> {
+    // v2 answers 503 to everything; v1 is healthy.
+    let bed = Bed::start_serving(|version| {
+        let server = Server::new("reviews", version);
+        match version {
+            "v2" => server.fail_every(1, 503),
+            _ => server,
+        }
+    })?;
+    // No VirtualService: Istio's default retry policy applies, and a
+    // retry goes to the host not tried yet.
+    bed.apply(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } }), None)?;
+    let summary = hundred(&bed)?;
+    ensure!(
+        summary.status(200) == 100 && summary.versions.get("reviews/v1") == Some(&100),
+        "every request answered by the healthy replica: {summary:?}\n{}",
+        bed.outputs()
+    );
+    // The 503s were retried, not passed on: the waypoint counts 50 of
+    // them from v2 and the client saw none.
+    let metrics = bed.waypoint.metrics()?;
+    let from_v2 = sample(
+        &metrics,
+        "istio_requests_total",
+        &[("destination_version", "v2"), ("response_code", "503")],
+    );
+    ensure!(from_v2 == 0.0, "attempts are not requests: {from_v2}");
+    // With retries off, round robin sends half the requests to the
+    // failing replica, and its 503s reach the client.
+    bed.apply_objects(vec![
+        reviews::destination_rule(json!({ "loadBalancer": { "simple": "ROUND_ROBIN" } })),
+        reviews::virtual_service(
+            "reviews",
+            json!([{ "route": [{ "destination": { "host": "reviews" } }], "retries": { "attempts": 0 } }]),
+        ),
+    ])?;
+    let summary = hundred(&bed)?;
+    ensure!(
+        summary.status(503) == 50,
+        "unretried, the failing replica's share fails: {summary:?}"
+    );
+    Ok(())
+}
