@@ -1,10 +1,13 @@
 //! The waypoint's resilience, end to end: retries (Istio's default policy,
-//! the user's, none), each asserted by what the client got.
+//! the user's, none) and circuit breaking, each asserted by what the
+//! clients got and what the waypoint counted.
 
 mod reviews;
 
 use ambit_testbed::mesh::sample;
-use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
+use std::time::Duration;
+
+use ambit_testbed::testapp::{self, last_json, HttpLoad, HttpSummary, Server};
 use anyhow::{ensure, Context};
 use reviews::{Bed, PORT, REVIEWS_VIP};
 use serde_json::{json, Value};
@@ -149,6 +152,74 @@ fn a_failing_replica_is_retried_on_the_other_by_istios_default_policy() -> anyho
     ensure!(
         summary.status(503) == 50,
         "unretried, the failing replica's share fails: {summary:?}"
+    );
+    Ok(())
+}
+
+/// `clients` callers at once from `client`, `requests` each: what they got
+/// together.
+fn concurrent(bed: &Bed, clients: usize, requests: usize) -> anyhow::Result<HttpSummary> {
+    let url = format!("http://{REVIEWS_VIP}:{PORT}/");
+    let client = bed.cluster.pod("client")?;
+    let mut runs = (0..clients)
+        .map(|_| HttpLoad::new(requests).spawn(&bed.cluster, client.place(), &url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut total = HttpSummary::default();
+    for run in runs.iter_mut() {
+        run.wait_exit(Duration::from_secs(60))?;
+        let summary: HttpSummary = last_json(&run.output())?;
+        total.requests += summary.requests;
+        for (status, count) in summary.statuses {
+            *total.statuses.entry(status).or_default() += count;
+        }
+    }
+    Ok(total)
+}
+
+#[test]
+fn istios_circuit_breaking_task_sheds_what_one_connection_cannot_take() -> anyhow::Result<()> {
+    // Each answer takes 50 ms, so concurrent callers overlap.
+    let bed = Bed::start_serving(|version| {
+        Server::new("reviews", version).answer_delay(Duration::from_millis(50))
+    })?;
+    // The task's DestinationRule: one connection, one request waiting for
+    // it, no keep-alive (its outlierDetection is left to its own test).
+    bed.apply(
+        json!({
+            "connectionPool": {
+                "tcp": { "maxConnections": 1 },
+                "http": { "http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1 },
+            },
+        }),
+        None,
+    )?;
+    let overflowed = || -> anyhow::Result<f64> {
+        Ok(sample(
+            &bed.waypoint.metrics()?,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UO")],
+        ))
+    };
+    // One caller at a time never finds the connection busy.
+    let alone = concurrent(&bed, 1, 20)?;
+    ensure!(
+        alone.status(200) == 20 && overflowed()? == 0.0,
+        "one caller: {alone:?}"
+    );
+    // Three at once: one has the connection, one waits, the third is
+    // turned away with 503 UO, as Envoy turns it away.
+    let three = concurrent(&bed, 3, 20)?;
+    let refused = three.status(503);
+    let share = refused as f64 / three.requests as f64;
+    println!(
+        "circuit breaking, 3 callers x 20: {refused} of 60 refused ({share:.0}%)",
+        share = share * 100.0
+    );
+    ensure!(
+        refused > 0 && three.status(200) + refused == 60 && overflowed()? == refused as f64,
+        "three callers: {three:?}, {} counted UO\n{}",
+        overflowed()?,
+        bed.outputs()
     );
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::actions::{HeaderEdits, Respond, Rewrite};
 use crate::fault::Fault;
 use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
+use crate::limits::Limits;
 use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
 use crate::retry::RetryPolicy;
 
@@ -88,6 +89,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         upstream: PortPolicy::default().upstream(protocol),
         endpoints: vec![target],
         load_balancer: LoadBalancer::RoundRobin,
+        limits: Limits::default(),
     });
     let mut table = PortTable {
         service: pod.clone(),
@@ -365,6 +367,8 @@ pub struct Backend {
     /// Ready endpoints (of the subset), at the port they listen on.
     pub endpoints: Vec<SocketAddr>,
     pub load_balancer: LoadBalancer,
+    /// Its `connectionPool`: circuit breakers and connection options.
+    pub limits: Limits,
 }
 
 /// How the waypoint speaks to a backend's endpoints.
@@ -722,6 +726,7 @@ impl<'a> Compiler<'a> {
                     cluster: cluster_name(port, destination.subset.as_deref(), &host),
                     upstream: policy.upstream(service_port.map_or(Protocol::Tcp, Protocol::of)),
                     load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
+                    limits: Limits::from_pool(policy.connection_pool),
                     endpoints,
                     service: key,
                     host,
@@ -739,6 +744,7 @@ impl<'a> Compiler<'a> {
                 upstream: Upstream::Tcp,
                 endpoints: Vec::new(),
                 load_balancer: LoadBalancer::default(),
+                limits: Limits::default(),
             },
         });
         self.backends.insert(cache_key, backend.clone());

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod fault;
 pub mod hash;
 pub mod lb;
+pub mod limits;
 pub mod matching;
 pub mod retry;
 

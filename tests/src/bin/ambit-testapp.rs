@@ -305,7 +305,11 @@ struct Failing {
 impl Failing {
     /// Whether this request is one of those failed.
     fn now(&self) -> bool {
-        self.every != 0 && self.seen.fetch_add(1, Ordering::Relaxed) % self.every == 0
+        self.every != 0
+            && self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.every)
     }
 
     /// The failure, once the request's body is read.

@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::breaker::{Admitted, Breaker};
 use super::replay::Replayable;
 use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
 
@@ -66,6 +67,8 @@ struct Exchange {
     /// Counts the request against its endpoint (least request) until the
     /// answer has been passed on.
     in_flight: Option<InFlight>,
+    /// Its place under the destination's circuit breakers, likewise.
+    admitted: Option<Admitted>,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
 }
@@ -178,6 +181,7 @@ pub async fn handle(
         upstream: None,
         route_name: None,
         in_flight: None,
+        admitted: None,
         request_bytes: Arc::default(),
         response_bytes: 0,
     };
@@ -383,14 +387,22 @@ impl Attempts<'_> {
         body: Body,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Refusal> {
+        let limits = &self.backend.limits;
+        let breaker = limits.breaks().then(|| {
+            self.context
+                .upstream
+                .breakers
+                .of(&self.backend.cluster, limits)
+        });
         let Some(policy) = self.retry else {
+            self.admit(breaker.as_deref(), exchange).await?;
             let endpoint = self.pick(&[], exchange)?;
             let request = Request::from_parts(parts, body);
             let sent = self.context.upstream.send(
                 &self.context.mesh,
                 self.context.local_ip,
                 endpoint,
-                self.http2,
+                (self.http2, limits),
                 request,
             );
             return sent.await.map_err(|failure| failed(&failure, false));
@@ -404,7 +416,10 @@ impl Attempts<'_> {
         let other_hosts = policy.other_hosts && self.hash.is_none();
         let mut tried = Vec::new();
         let mut body = bodies.next();
+        // A retry's place under maxRetries, held while it is in flight.
+        let mut _retrying = None;
         for retry in 0.. {
+            self.admit(breaker.as_deref(), exchange).await?;
             let avoid = if other_hosts { &tried[..] } else { &[] };
             let endpoint = self.pick(avoid, exchange)?;
             tried.push(endpoint);
@@ -413,7 +428,7 @@ impl Attempts<'_> {
                 &self.context.mesh,
                 self.context.local_ip,
                 endpoint,
-                self.http2,
+                (self.http2, limits),
                 request,
             );
             let ended = match policy.per_try_timeout {
@@ -430,7 +445,13 @@ impl Attempts<'_> {
             };
             let retried = policy.retries(outcome);
             if retried && retry < policy.attempts {
-                body = bodies.next();
+                // Within maxRetries (Some), holding a place when counted.
+                let allowed = match &breaker {
+                    Some(breaker) => breaker.retry().map(Some),
+                    None => Some(None),
+                };
+                body = allowed.is_some().then(|| bodies.next()).flatten();
+                _retrying = allowed.flatten();
                 if body.is_some() {
                     tokio::time::sleep(policy.wait(retry + 1, fastrand::u64(..))).await;
                     continue;
@@ -452,6 +473,28 @@ impl Attempts<'_> {
             };
         }
         unreachable!("the loop returns")
+    }
+
+    /// A place for the next attempt under the destination's circuit
+    /// breakers, if it has any (the last attempt's given back first).
+    async fn admit(
+        &self,
+        breaker: Option<&Breaker>,
+        exchange: &mut Exchange,
+    ) -> Result<(), Refusal> {
+        let Some(breaker) = breaker else {
+            return Ok(());
+        };
+        exchange.admitted = None;
+        exchange.admitted = Some(
+            breaker.admit(self.http2).await.ok_or((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UO",
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                    .to_string(),
+            ))?,
+        );
+        Ok(())
     }
 
     /// An endpoint for the next attempt, avoiding those in `avoid` where

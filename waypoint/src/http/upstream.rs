@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ambit_config::model::Mesh;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
+use ambit_route::limits::Limits;
 use ambit_route::retry::Outcome;
 use ambit_route::Backend;
 use bytes::Bytes;
@@ -23,6 +25,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::breaker::Breakers;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies as the waypoint passes them on: streamed, never buffered whole.
@@ -35,12 +39,22 @@ pub struct Upstream {
     mesh_tls: Arc<MeshTls>,
     /// The waypoint's own identity, which upstream agents see.
     identity: Identity,
-    http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+    http1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
     /// Requests in flight per endpoint, for least request.
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     /// Choices made per backend, for round robin.
     turns: Mutex<HashMap<String, usize>>,
+    /// Circuit breakers of the backends that have limits.
+    pub breakers: Breakers,
+}
+
+/// A kept HTTP/1.1 connection between requests.
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    /// Requests it has carried.
+    served: u32,
+    since: Instant,
 }
 
 /// Counts a request in flight to its endpoint until dropped.
@@ -74,6 +88,7 @@ impl Upstream {
             http2: Mutex::default(),
             active: Arc::default(),
             turns: Mutex::default(),
+            breakers: Breakers::default(),
         }
     }
 
@@ -117,13 +132,14 @@ impl Upstream {
         ))
     }
 
-    /// Sends `request` to `endpoint`, from the waypoint at `from`.
+    /// Sends `request` to `endpoint` of a backend with `limits`, from the
+    /// waypoint at `from`.
     pub async fn send(
         &self,
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        http2: bool,
+        (http2, limits): (bool, &Limits),
         request: Request<Body>,
     ) -> Result<Response<Incoming>, Failure> {
         let connect = Failure::Connect;
@@ -132,7 +148,7 @@ impl Upstream {
                 Some(sender) => sender,
                 None => {
                     let io = self
-                        .stream(mesh, from, endpoint)
+                        .stream(mesh, from, endpoint, limits.connect_timeout)
                         .await
                         .map_err(boxed(connect))?;
                     let (sender, connection) =
@@ -147,27 +163,39 @@ impl Upstream {
             sender.ready().await.map_err(boxed(connect))?;
             return sender.send_request(request).await.map_err(sent_but_failed);
         }
-        let mut sender = match self.idle_http1(endpoint) {
-            Some(sender) => sender,
+        let (mut sender, served) = match self.idle_http1(endpoint, limits.idle_timeout) {
+            Some(idle) => (idle.sender, idle.served),
             None => {
                 let io = self
-                    .stream(mesh, from, endpoint)
+                    .stream(mesh, from, endpoint, limits.connect_timeout)
                     .await
                     .map_err(boxed(connect))?;
                 let (sender, connection) = http1::handshake(TokioIo::new(io))
                     .await
                     .map_err(boxed(connect))?;
                 tokio::spawn(connection.with_upgrades());
-                sender
+                (sender, 0)
             }
         };
         let response = sender.send_request(request);
-        // Kept for the next request once this one's answer is read.
         let response = response.await.map_err(sent_but_failed)?;
+        // Kept for the next request once this one's answer is read, unless
+        // it has carried all it may (dropped, it closes once done).
+        let served = served + 1;
+        if limits
+            .max_requests_per_connection
+            .is_some_and(|max| served >= max)
+        {
+            return Ok(response);
+        }
         let mut idle = lock(&self.http1);
         let idle = idle.entry(endpoint).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(sender);
+            idle.push(Idle {
+                sender,
+                served,
+                since: Instant::now(),
+            });
         }
         Ok(response)
     }
@@ -184,18 +212,37 @@ impl Upstream {
         }
     }
 
-    /// A kept connection to `endpoint` that can take a request now.
-    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    /// A kept connection to `endpoint` that can take a request now, idle
+    /// for less than `idle_timeout` (an older one is closed).
+    fn idle_http1(&self, endpoint: SocketAddr, idle_timeout: Duration) -> Option<Idle> {
         let mut idle = lock(&self.http1);
-        let senders = idle.get_mut(&endpoint)?;
-        senders.retain(|sender| !sender.is_closed());
-        let ready = senders.iter().position(http1::SendRequest::is_ready)?;
-        Some(senders.swap_remove(ready))
+        let kept = idle.get_mut(&endpoint)?;
+        kept.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < idle_timeout);
+        let ready = kept.iter().position(|idle| idle.sender.is_ready())?;
+        Some(kept.swap_remove(ready))
     }
 
     /// A byte stream to `endpoint`: an HBONE stream to its agent when it is
-    /// a pod of the mesh, else a TCP connection.
+    /// a pod of the mesh, else a TCP connection; given up after
+    /// `connect_timeout`.
     pub async fn stream(
+        &self,
+        mesh: &Mesh,
+        from: IpAddr,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> std::io::Result<Box<dyn Stream>> {
+        tokio::time::timeout(connect_timeout, self.connect(mesh, from, endpoint))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {connect_timeout:?}"),
+                )
+            })?
+    }
+
+    async fn connect(
         &self,
         mesh: &Mesh,
         from: IpAddr,

@@ -1,0 +1,123 @@
+//! A destination's DestinationRule `connectionPool`, as Istio sets Envoy's
+//! circuit breakers and connection options: a limit left out (or zero,
+//! which Istio reads as unset) is none.
+
+use std::time::Duration;
+
+use ambit_config::api::networking::ConnectionPoolSettings;
+use serde::Serialize;
+
+/// Istio's `connectTimeout` when the rule gives none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Istio's idle timeout of upstream HTTP connections when none is given.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Connections to the destination's endpoints, all together; HTTP/1.1
+    /// requests past it wait for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection; one more is answered 503 `UO`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight to the destination; one more is answered 503 `UO`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Requests one connection carries before it is closed (1: no keep-alive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries in flight to the destination; past it a failure is not retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    pub connect_timeout: Duration,
+    /// How long an upstream HTTP connection may sit idle before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_pending_requests: None,
+            max_requests: None,
+            max_requests_per_connection: None,
+            max_retries: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_pool(pool: Option<&ConnectionPoolSettings>) -> Self {
+        let positive =
+            |value: Option<i32>| value.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        let duration = |value: Option<ambit_config::api::types::Duration>| {
+            value.map(|d| d.0).filter(|d| !d.is_zero())
+        };
+        Self {
+            max_connections: positive(tcp.and_then(|t| t.max_connections)),
+            max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
+            max_retries: positive(http.and_then(|h| h.max_retries)),
+            connect_timeout: duration(tcp.and_then(|t| t.connect_timeout))
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            // The HTTP setting, else the TCP one, as Istio applies them.
+            idle_timeout: duration(http.and_then(|h| h.idle_timeout))
+                .or(duration(tcp.and_then(|t| t.idle_timeout)))
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+
+    /// Whether any request or retry can be refused for the destination's
+    /// sake (else nothing needs counting).
+    pub fn breaks(&self) -> bool {
+        self.max_connections.is_some()
+            || self.max_pending_requests.is_some()
+            || self.max_requests.is_some()
+            || self.max_retries.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ambit_config::api::networking::{HttpSettings, TcpSettings};
+    use ambit_config::api::types::Duration as SpecDuration;
+
+    use super::*;
+
+    #[test]
+    fn istios_circuit_breaking_task_sets_three_limits_and_zero_is_unset() {
+        let pool = ConnectionPoolSettings {
+            tcp: Some(TcpSettings {
+                max_connections: Some(1),
+                ..Default::default()
+            }),
+            http: Some(HttpSettings {
+                http1_max_pending_requests: Some(1),
+                max_requests_per_connection: Some(1),
+                max_retries: Some(0),
+                idle_timeout: Some(SpecDuration(Duration::from_secs(30))),
+                ..Default::default()
+            }),
+        };
+        let limits = Limits::from_pool(Some(&pool));
+        assert_eq!(
+            limits,
+            Limits {
+                max_connections: Some(1),
+                max_pending_requests: Some(1),
+                max_requests_per_connection: Some(1),
+                idle_timeout: Duration::from_secs(30),
+                ..Limits::default()
+            }
+        );
+        assert!(limits.breaks());
+        assert!(!Limits::from_pool(None).breaks());
+    }
+}

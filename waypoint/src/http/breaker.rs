@@ -1,0 +1,184 @@
+//! Circuit breakers per destination, as Envoy keeps them per cluster:
+//! HTTP/1.1 requests beyond `maxConnections` wait for a connection, up to
+//! `http1MaxPendingRequests` of them; requests beyond `http2MaxRequests`
+//! and waiters beyond the pending limit are refused at once (503 `UO`),
+//! so one overloaded destination sheds load instead of queueing without
+//! bound. Retries in flight are held to `maxRetries`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ambit_route::limits::Limits;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The breakers of every destination that has limits.
+#[derive(Default)]
+pub struct Breakers {
+    by_cluster: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    /// The breaker of the destination `cluster` with `limits`: a new one
+    /// when its limits changed (what is in flight under the old ones
+    /// finishes under them).
+    pub fn of(&self, cluster: &str, limits: &Limits) -> Arc<Breaker> {
+        let mut breakers = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
+        match breakers.get(cluster) {
+            Some(breaker) if breaker.limits == *limits => breaker.clone(),
+            _ => {
+                let breaker = Arc::new(Breaker::new(limits.clone()));
+                breakers.insert(cluster.to_string(), breaker.clone());
+                breaker
+            }
+        }
+    }
+}
+
+pub struct Breaker {
+    limits: Limits,
+    /// HTTP/1.1 connections in use, one per request in flight.
+    connections: Option<Arc<Semaphore>>,
+    pending: AtomicU32,
+    requests: Arc<AtomicU32>,
+    retries: Arc<AtomicU32>,
+}
+
+/// What a request holds while it is in flight, released when dropped.
+pub struct Admitted {
+    _connection: Option<OwnedSemaphorePermit>,
+    _request: Count,
+}
+
+/// One count in flight, taken back when dropped.
+pub struct Count(Arc<AtomicU32>);
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Taken only when under `limit` (none: always).
+fn count_under(counter: &Arc<AtomicU32>, limit: Option<u32>) -> Option<Count> {
+    let limit = limit.unwrap_or(u32::MAX);
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Count(counter.clone()))
+}
+
+/// Waiting for a connection, counted until it ends (or is cancelled).
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Breaker {
+    fn new(limits: Limits) -> Self {
+        let connections = limits
+            .max_connections
+            .map(|max| Arc::new(Semaphore::new(max as usize)));
+        Self {
+            limits,
+            connections,
+            pending: AtomicU32::new(0),
+            requests: Arc::default(),
+            retries: Arc::default(),
+        }
+    }
+
+    /// Admits a request, waiting for an HTTP/1.1 connection if it must;
+    /// `None` when the destination is full (503 `UO`).
+    pub async fn admit(&self, http2: bool) -> Option<Admitted> {
+        let request = count_under(&self.requests, self.limits.max_requests)?;
+        let connection = match (&self.connections, http2) {
+            (Some(connections), false) => Some(match connections.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let limit = self.limits.max_pending_requests.unwrap_or(u32::MAX);
+                    self.pending
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n < limit).then_some(n + 1)
+                        })
+                        .ok()?;
+                    let _waiting = Waiting(&self.pending);
+                    connections.clone().acquire_owned().await.ok()?
+                }
+            }),
+            _ => None,
+        };
+        Some(Admitted {
+            _connection: connection,
+            _request: request,
+        })
+    }
+
+    /// A retry's place, held while it is in flight; `None` past `maxRetries`.
+    pub fn retry(&self) -> Option<Count> {
+        count_under(&self.retries, self.limits.max_retries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(connections: u32, pending: u32) -> Limits {
+        Limits {
+            max_connections: Some(connections),
+            max_pending_requests: Some(pending),
+            max_retries: Some(1),
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_connections_one_waits_and_the_next_is_refused() {
+        let breaker = Arc::new(Breaker::new(limits(1, 1)));
+        let first = breaker.admit(false).await.expect("a connection");
+        let waiter = tokio::spawn({
+            let breaker = breaker.clone();
+            async move { breaker.admit(false).await.is_some() }
+        });
+        while breaker.pending.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            breaker.admit(false).await.is_none(),
+            "the pending queue is full"
+        );
+        drop(first);
+        assert!(waiter.await.unwrap(), "the waiter gets the connection");
+        // HTTP/2 requests share connections: only max requests applies.
+        assert!(breaker.admit(true).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn retries_past_the_limit_are_not_made() {
+        let breaker = Breaker::new(limits(1, 1));
+        let retry = breaker.retry().expect("one retry");
+        assert!(breaker.retry().is_none());
+        drop(retry);
+        assert!(breaker.retry().is_some());
+    }
+
+    #[test]
+    fn a_destination_keeps_its_breaker_until_its_limits_change() {
+        let breakers = Breakers::default();
+        let one = breakers.of("outbound|9080|v1|reviews", &limits(1, 1));
+        assert!(Arc::ptr_eq(
+            &one,
+            &breakers.of("outbound|9080|v1|reviews", &limits(1, 1))
+        ));
+        assert!(!Arc::ptr_eq(
+            &one,
+            &breakers.of("outbound|9080|v1|reviews", &limits(2, 1))
+        ));
+    }
+}
