@@ -223,3 +223,49 @@ fn istios_circuit_breaking_task_sheds_what_one_connection_cannot_take() -> anyho
     );
     Ok(())
 }
+
+#[test]
+fn outlier_detection_ejects_a_failing_replica_then_brings_it_back() -> anyhow::Result<()> {
+    // v2 answers 500 to everything (which Istio's default retries leave
+    // alone); v1 is healthy.
+    let bed = Bed::start_serving(|version| {
+        let server = Server::new("reviews", version);
+        match version {
+            "v2" => server.fail_every(1, 500),
+            _ => server,
+        }
+    })?;
+    bed.apply(
+        json!({
+            "loadBalancer": { "simple": "ROUND_ROBIN" },
+            "outlierDetection": {
+                "consecutive5xxErrors": 1,
+                "interval": "1s",
+                "baseEjectionTime": "3s",
+                "maxEjectionPercent": 100,
+            },
+        }),
+        None,
+    )?;
+    // Its first failure ejects v2: one 500, then only v1 answers.
+    let first = bed.load(HttpLoad::new(20), "client", PORT, "/")?;
+    ensure!(
+        first.status(500) == 1 && first.versions.get("reviews/v1") == Some(&19),
+        "ejected after one failure: {first:?}\n{}",
+        bed.outputs()
+    );
+    let ejected = bed.load(HttpLoad::new(20), "client", PORT, "/")?;
+    ensure!(
+        ejected.status(200) == 20,
+        "no errors while it is ejected: {ejected:?}"
+    );
+    // After the base ejection time it is back, fails once, and is ejected
+    // again (for twice as long).
+    std::thread::sleep(Duration::from_millis(3500));
+    let back = bed.load(HttpLoad::new(20), "client", PORT, "/")?;
+    ensure!(
+        back.status(500) == 1 && back.status(200) == 19,
+        "back after 3 s, then ejected again: {back:?}"
+    );
+    Ok(())
+}

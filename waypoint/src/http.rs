@@ -2,7 +2,7 @@
 //! port ([`serve`]), decided and forwarded per request ([`service`]), to
 //! endpoints over kept connections ([`upstream`]).
 
-mod breaker;
+mod destinations;
 mod replay;
 pub mod service;
 pub mod upstream;

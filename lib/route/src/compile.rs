@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use ambit_config::api::networking::{
     self, ConnectionPoolSettings, Destination, DestinationRuleSpec, H2UpgradePolicy,
-    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, SimpleLb, TrafficPolicy,
-    VirtualServiceSpec,
+    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection, SimpleLb,
+    TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -25,6 +25,7 @@ use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
 use crate::limits::Limits;
 use crate::matching::{Arrival, Caller, Matcher, RequestMatch};
+use crate::outlier::OutlierPolicy;
 use crate::retry::RetryPolicy;
 
 /// The gateway name that stands for the mesh's own traffic in a
@@ -90,6 +91,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         endpoints: vec![target],
         load_balancer: LoadBalancer::RoundRobin,
         limits: Limits::default(),
+        outlier_detection: None,
     });
     let mut table = PortTable {
         service: pod.clone(),
@@ -369,6 +371,8 @@ pub struct Backend {
     pub load_balancer: LoadBalancer,
     /// Its `connectionPool`: circuit breakers and connection options.
     pub limits: Limits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierPolicy>,
 }
 
 /// How the waypoint speaks to a backend's endpoints.
@@ -727,6 +731,7 @@ impl<'a> Compiler<'a> {
                     upstream: policy.upstream(service_port.map_or(Protocol::Tcp, Protocol::of)),
                     load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
                     limits: Limits::from_pool(policy.connection_pool),
+                    outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
                     endpoints,
                     service: key,
                     host,
@@ -745,6 +750,7 @@ impl<'a> Compiler<'a> {
                 endpoints: Vec::new(),
                 load_balancer: LoadBalancer::default(),
                 limits: Limits::default(),
+                outlier_detection: None,
             },
         });
         self.backends.insert(cache_key, backend.clone());
@@ -995,6 +1001,7 @@ fn request_match(matched: &HttpMatchRequest) -> Result<RequestMatch, regex::Erro
 struct PortPolicy<'r> {
     load_balancer: Option<&'r LoadBalancerSettings>,
     connection_pool: Option<&'r ConnectionPoolSettings>,
+    outlier_detection: Option<&'r OutlierDetection>,
 }
 
 impl<'r> PortPolicy<'r> {
@@ -1022,10 +1029,12 @@ impl<'r> PortPolicy<'r> {
             Some(settings) => Self {
                 load_balancer: settings.load_balancer.as_ref(),
                 connection_pool: settings.connection_pool.as_ref(),
+                outlier_detection: settings.outlier_detection.as_ref(),
             },
             None => Self {
                 load_balancer: policy.load_balancer.as_ref().or(self.load_balancer),
                 connection_pool: policy.connection_pool.as_ref().or(self.connection_pool),
+                outlier_detection: policy.outlier_detection.as_ref().or(self.outlier_detection),
             },
         }
     }

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod lb;
 pub mod limits;
 pub mod matching;
+pub mod outlier;
 pub mod retry;
 
 pub use compile::{

@@ -18,6 +18,7 @@ use ambit_route::actions::{Respond, Rewrite};
 use ambit_route::fault::{Abort, Fault};
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
+use ambit_route::outlier::HostResult;
 use ambit_route::retry::{Outcome, RetryPolicy};
 use ambit_route::{Backend, Caller, PortTable};
 use ambit_telemetry::http::{HttpMetrics, RequestLabels, Series, ServiceName};
@@ -29,7 +30,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::breaker::{Admitted, Breaker};
+use super::destinations::{Admitted, Breaker};
 use super::replay::Replayable;
 use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
 
@@ -405,7 +406,9 @@ impl Attempts<'_> {
                 (self.http2, limits),
                 request,
             );
-            return sent.await.map_err(|failure| failed(&failure, false));
+            let sent = sent.await;
+            self.record(endpoint, sent.as_ref().ok());
+            return sent.map_err(|failure| failed(&failure, false));
         };
         let bodies = match hyper::body::Body::is_end_stream(&body) {
             true => Bodies::Empty,
@@ -435,6 +438,7 @@ impl Attempts<'_> {
                 Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
                 None => Some(sent.await),
             };
+            self.record(endpoint, ended.as_ref().and_then(|sent| sent.as_ref().ok()));
             let outcome = match &ended {
                 None => Outcome::Timeout,
                 Some(Ok(response)) => Outcome::Answered {
@@ -473,6 +477,16 @@ impl Attempts<'_> {
             };
         }
         unreachable!("the loop returns")
+    }
+
+    /// How an attempt at `endpoint` ended (its answer, or none), for the
+    /// destination's outlier detection.
+    fn record(&self, endpoint: SocketAddr, answer: Option<&Response<Incoming>>) {
+        let result = match answer {
+            Some(response) => HostResult::Answered(response.status().as_u16()),
+            None => HostResult::Failed,
+        };
+        self.context.upstream.record(self.backend, endpoint, result);
     }
 
     /// A place for the next attempt under the destination's circuit

@@ -16,6 +16,7 @@ use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
 use ambit_route::limits::Limits;
+use ambit_route::outlier::HostResult;
 use ambit_route::retry::Outcome;
 use ambit_route::Backend;
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::breaker::Breakers;
+use super::destinations::{Breaker, ByCluster, Outliers};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies as the waypoint passes them on: streamed, never buffered whole.
@@ -46,7 +47,9 @@ pub struct Upstream {
     /// Choices made per backend, for round robin.
     turns: Mutex<HashMap<String, usize>>,
     /// Circuit breakers of the backends that have limits.
-    pub breakers: Breakers,
+    pub breakers: ByCluster<Breaker>,
+    /// Outlier detection of the backends that have it.
+    outliers: ByCluster<Outliers>,
 }
 
 /// A kept HTTP/1.1 connection between requests.
@@ -88,7 +91,8 @@ impl Upstream {
             http2: Mutex::default(),
             active: Arc::default(),
             turns: Mutex::default(),
-            breakers: Breakers::default(),
+            breakers: ByCluster::default(),
+            outliers: ByCluster::default(),
         }
     }
 
@@ -98,8 +102,14 @@ impl Upstream {
     }
 
     /// The endpoint of `backend` its load balancer picks now (by `hash`
-    /// for consistent hashing), counted in flight until the guard is dropped.
+    /// for consistent hashing) among those outlier detection has not
+    /// ejected, counted in flight until the guard is dropped.
     pub fn pick(&self, backend: &Backend, hash: Option<u64>) -> Option<(SocketAddr, InFlight)> {
+        let eligible = backend.outlier_detection.as_ref().and_then(|policy| {
+            let outliers = self.outliers.of(&backend.cluster, policy);
+            let mut detector = lock(&outliers.0);
+            detector.eligible(&backend.endpoints, Instant::now())
+        });
         let turn = {
             let mut turns = lock(&self.turns);
             // Looked up by the name compiled in; a key is made once per backend.
@@ -116,12 +126,20 @@ impl Upstream {
             hash,
         };
         let mut active = lock(&self.active);
-        let index = backend
-            .load_balancer
-            .pick(backend.endpoints.len(), draw, |i| {
-                active.get(&backend.endpoints[i]).copied().unwrap_or(0)
-            })?;
-        let endpoint = backend.endpoints[index];
+        let in_flight = |endpoint: &SocketAddr| active.get(endpoint).copied().unwrap_or(0);
+        let endpoints = &backend.endpoints;
+        let index = match &eligible {
+            None => backend
+                .load_balancer
+                .pick(endpoints.len(), draw, |i| in_flight(&endpoints[i]))?,
+            Some(healthy) => {
+                let i = backend
+                    .load_balancer
+                    .pick(healthy.len(), draw, |i| in_flight(&endpoints[healthy[i]]))?;
+                healthy[i]
+            }
+        };
+        let endpoint = endpoints[index];
         *active.entry(endpoint).or_default() += 1;
         Some((
             endpoint,
@@ -130,6 +148,20 @@ impl Upstream {
                 endpoint,
             },
         ))
+    }
+
+    /// Records how an attempt at `endpoint` of `backend` ended, for its
+    /// outlier detection if it has any.
+    pub fn record(&self, backend: &Backend, endpoint: SocketAddr, result: HostResult) {
+        let Some(policy) = &backend.outlier_detection else {
+            return;
+        };
+        let outliers = self.outliers.of(&backend.cluster, policy);
+        let mut detector = lock(&outliers.0);
+        let pool = backend.endpoints.len();
+        if detector.record(endpoint, result, pool, Instant::now()) {
+            tracing::info!(%endpoint, cluster = %backend.cluster, "endpoint ejected by outlier detection");
+        }
     }
 
     /// Sends `request` to `endpoint` of a backend with `limits`, from the

@@ -1,4 +1,6 @@
-//! Circuit breakers per destination, as Envoy keeps them per cluster:
+//! What the waypoint keeps per destination, as Envoy keeps it per
+//! cluster: its outlier detection (`Outliers`, the decisions in
+//! `ambit_route::outlier`) and its circuit breakers (`Breaker`):
 //! HTTP/1.1 requests beyond `maxConnections` wait for a connection, up to
 //! `http1MaxPendingRequests` of them; requests beyond `http2MaxRequests`
 //! and waiters beyond the pending limit are refused at once (503 `UO`),
@@ -10,28 +12,75 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ambit_route::limits::Limits;
+use ambit_route::outlier::{Detector, OutlierPolicy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The breakers of every destination that has limits.
-#[derive(Default)]
-pub struct Breakers {
-    by_cluster: Mutex<HashMap<String, Arc<Breaker>>>,
+/// State kept per destination (Envoy's cluster), made from its settings.
+pub trait ClusterState {
+    type Settings: PartialEq + Clone;
+    fn new(settings: Self::Settings) -> Self;
+    fn settings(&self) -> &Self::Settings;
 }
 
-impl Breakers {
-    /// The breaker of the destination `cluster` with `limits`: a new one
-    /// when its limits changed (what is in flight under the old ones
+/// The state of every destination that needs one, by cluster name.
+pub struct ByCluster<T> {
+    states: Mutex<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Default for ByCluster<T> {
+    fn default() -> Self {
+        Self {
+            states: Mutex::default(),
+        }
+    }
+}
+
+impl<T: ClusterState> ByCluster<T> {
+    /// The state of the destination `cluster` with `settings`: a new one
+    /// when its settings changed (what is in flight under the old ones
     /// finishes under them).
-    pub fn of(&self, cluster: &str, limits: &Limits) -> Arc<Breaker> {
-        let mut breakers = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
-        match breakers.get(cluster) {
-            Some(breaker) if breaker.limits == *limits => breaker.clone(),
+    pub fn of(&self, cluster: &str, settings: &T::Settings) -> Arc<T> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        match states.get(cluster) {
+            Some(state) if state.settings() == settings => state.clone(),
             _ => {
-                let breaker = Arc::new(Breaker::new(limits.clone()));
-                breakers.insert(cluster.to_string(), breaker.clone());
-                breaker
+                let state = Arc::new(T::new(settings.clone()));
+                states.insert(cluster.to_string(), state.clone());
+                state
             }
         }
+    }
+}
+
+/// The outlier detection of one destination.
+pub struct Outliers(pub Mutex<Detector>, OutlierPolicy);
+
+impl ClusterState for Outliers {
+    type Settings = OutlierPolicy;
+    fn new(policy: OutlierPolicy) -> Self {
+        Self(Mutex::new(Detector::new(policy.clone())), policy)
+    }
+    fn settings(&self) -> &OutlierPolicy {
+        &self.1
+    }
+}
+
+impl ClusterState for Breaker {
+    type Settings = Limits;
+    fn new(limits: Limits) -> Self {
+        let connections = limits
+            .max_connections
+            .map(|max| Arc::new(Semaphore::new(max as usize)));
+        Self {
+            limits,
+            connections,
+            pending: AtomicU32::new(0),
+            requests: Arc::default(),
+            retries: Arc::default(),
+        }
+    }
+    fn settings(&self) -> &Limits {
+        &self.limits
     }
 }
 
@@ -80,19 +129,6 @@ impl Drop for Waiting<'_> {
 }
 
 impl Breaker {
-    fn new(limits: Limits) -> Self {
-        let connections = limits
-            .max_connections
-            .map(|max| Arc::new(Semaphore::new(max as usize)));
-        Self {
-            limits,
-            connections,
-            pending: AtomicU32::new(0),
-            requests: Arc::default(),
-            retries: Arc::default(),
-        }
-    }
-
     /// Admits a request, waiting for an HTTP/1.1 connection if it must;
     /// `None` when the destination is full (503 `UO`).
     pub async fn admit(&self, http2: bool) -> Option<Admitted> {
@@ -170,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_destination_keeps_its_breaker_until_its_limits_change() {
-        let breakers = Breakers::default();
+        let breakers = ByCluster::<Breaker>::default();
         let one = breakers.of("outbound|9080|v1|reviews", &limits(1, 1));
         assert!(Arc::ptr_eq(
             &one,
