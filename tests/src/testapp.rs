@@ -182,6 +182,7 @@ pub struct Server {
     call_timeout: Option<Duration>,
     /// Every Nth request fails with this status (0: none).
     fail_every: (u64, u16),
+    log_requests: bool,
 }
 
 impl Server {
@@ -195,6 +196,7 @@ impl Server {
             calls: Vec::new(),
             call_timeout: None,
             fail_every: (0, 503),
+            log_requests: false,
         }
     }
 
@@ -244,6 +246,13 @@ impl Server {
         self
     }
 
+    /// Logs each HTTP request it receives (`request: METHOD HOST URI`) to
+    /// its output.
+    pub fn log_requests(mut self) -> Self {
+        self.log_requests = true;
+        self
+    }
+
     /// Every HTTP answer waits `delay` first, like a slow replica.
     pub fn answer_delay(mut self, delay: Duration) -> Self {
         self.answer_delay = delay;
@@ -261,6 +270,9 @@ impl Server {
             format!("--fail-every={}", self.fail_every.0),
             format!("--fail-status={}", self.fail_every.1),
         ];
+        if self.log_requests {
+            args.push("--log-requests".into());
+        }
         args.extend(
             self.listeners
                 .iter()

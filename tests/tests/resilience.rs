@@ -269,3 +269,79 @@ fn outlier_detection_ejects_a_failing_replica_then_brings_it_back() -> anyhow::R
     );
     Ok(())
 }
+
+/// Requests reviews v2 received as mirrored copies, from its log.
+fn shadowed(bed: &Bed) -> usize {
+    bed.servers[1]
+        .output()
+        .lines()
+        .filter(|line| line.starts_with("request: ") && line.contains("-shadow:9080"))
+        .count()
+}
+
+#[test]
+fn istios_mirroring_task_copies_requests_to_v2_and_v1_answers() -> anyhow::Result<()> {
+    // v2 is slow and failing, which must not show in what callers get.
+    let bed = Bed::start_serving(|version| {
+        let server = Server::new("reviews", version);
+        match version {
+            "v2" => server
+                .log_requests()
+                .fail_every(1, 500)
+                .answer_delay(Duration::from_secs(1)),
+            _ => server,
+        }
+    })?;
+    let to_v1_mirroring = |mirror: Value| {
+        let mut route = json!({ "route": [{ "destination": { "host": "reviews", "subset": "v1" }, "weight": 100 }] });
+        for (field, value) in mirror.as_object().into_iter().flatten() {
+            route[field] = value.clone();
+        }
+        Some(json!([route]))
+    };
+    // The task's VirtualService: all to v1, mirrored in full to v2.
+    bed.apply(
+        json!({}),
+        to_v1_mirroring(json!({
+            "mirror": { "host": "reviews", "subset": "v2" },
+            "mirrorPercentage": { "value": 100.0 },
+        })),
+    )?;
+    let started = std::time::Instant::now();
+    let summary = hundred(&bed)?;
+    let took = started.elapsed();
+    ensure!(
+        summary.status(200) == 100 && summary.versions.get("reviews/v1") == Some(&100),
+        "v1 answers everything: {summary:?}"
+    );
+    // A copy waiting a second on v2 never held a request up (100 of them
+    // one after another would take 100 s).
+    ensure!(
+        took < Duration::from_secs(20),
+        "mirrors held requests up: {took:?}"
+    );
+    ambit_testbed::wait_for(
+        "v2 receives the 100 copies",
+        Duration::from_secs(10),
+        || Ok(shadowed(&bed) == 100),
+    )
+    .with_context(|| format!("v2 received {}", shadowed(&bed)))?;
+
+    // mirrors[] with a share: about half the requests are copied.
+    bed.apply(
+        json!({}),
+        to_v1_mirroring(json!({
+            "mirrors": [{ "destination": { "host": "reviews", "subset": "v2" }, "percentage": { "value": 50.0 } }],
+        })),
+    )?;
+    let before = shadowed(&bed);
+    let summary = bed.load(HttpLoad::new(400), "client", PORT, "/")?;
+    ensure!(summary.status(200) == 400, "{summary:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let copied = shadowed(&bed) - before;
+    ensure!(
+        (160..=240).contains(&copied),
+        "half of 400 requests copied: {copied}"
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! endpoints over kept connections ([`upstream`]).
 
 mod destinations;
+mod mirror;
 mod replay;
 pub mod service;
 pub mod upstream;

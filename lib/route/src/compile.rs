@@ -183,6 +183,7 @@ impl PortTable {
                 name: None,
                 matches: Vec::new(),
                 destinations,
+                mirrors: Vec::new(),
                 actions: Actions::default(),
             });
         } else {
@@ -251,8 +252,20 @@ pub struct HttpRoute {
     /// Alternatives; empty matches every request.
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<WeightedBackend>,
+    /// Where copies of its requests go, fire and forget.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
     #[serde(flatten)]
     pub actions: Actions,
+}
+
+/// A `mirror` (or an entry of `mirrors`): the share of requests copied to
+/// its destination.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub percent: f64,
+    pub backend: Arc<Backend>,
 }
 
 /// What a route does to a request besides choosing where it goes.
@@ -514,6 +527,8 @@ struct MeshHttpRoute<'a> {
     /// of the VirtualService that wrote them.
     namespace: &'a str,
     destinations: Weighted,
+    /// Percent of requests, and where their copies go.
+    mirrors: Vec<(f64, Destination)>,
     actions: Actions,
 }
 
@@ -626,6 +641,14 @@ impl<'a> Compiler<'a> {
                             port,
                             &route.destinations,
                         ),
+                        mirrors: route
+                            .mirrors
+                            .iter()
+                            .map(|(percent, destination)| Mirror {
+                                percent: *percent,
+                                backend: self.backend(route.namespace, host, port, destination),
+                            })
+                            .collect(),
                         actions: route.actions.clone(),
                     });
                 }
@@ -821,11 +844,7 @@ pub const NOT_APPLIED: &str = "not applied by the waypoint yet; the rest of the 
 pub fn unapplied_fields(spec: &VirtualServiceSpec) -> Vec<String> {
     let mut fields = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
-        let set = [
-            ("mirror", route.mirror.is_some()),
-            ("mirrors", !route.mirrors.is_empty()),
-            ("corsPolicy", route.cors_policy.is_some()),
-        ];
+        let set = [("corsPolicy", route.cors_policy.is_some())];
         fields.extend(
             set.into_iter()
                 .filter(|(_, set)| *set)
@@ -913,6 +932,7 @@ fn routes<'a>(
             matches,
             namespace,
             destinations: weights(route.route.iter().map(|r| (r.weight, &r.destination))),
+            mirrors: mirrors(&route),
             actions,
         });
     }
@@ -939,6 +959,28 @@ fn routes<'a>(
         tcp,
         notes,
     })
+}
+
+/// A route's `mirror` (at `mirrorPercentage`, else the deprecated
+/// `mirrorPercent`, else all requests) or `mirrors` (each at its own
+/// `percentage`, else all).
+fn mirrors(route: &networking::HttpRoute) -> Vec<(f64, Destination)> {
+    let all = 100.0;
+    match &route.mirror {
+        Some(mirror) => {
+            let percent = route
+                .mirror_percentage
+                .map(|p| p.value)
+                .or(route.mirror_percent.map(f64::from))
+                .unwrap_or(all);
+            vec![(percent, mirror.clone())]
+        }
+        None => route
+            .mirrors
+            .iter()
+            .map(|m| (m.percentage.map_or(all, |p| p.value), m.destination.clone()))
+            .collect(),
+    }
 }
 
 /// Weights as Istio reads them: a lone destination takes everything; when

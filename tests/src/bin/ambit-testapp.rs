@@ -76,6 +76,9 @@ enum Mode {
         fail_every: u64,
         #[arg(long, default_value_t = 503)]
         fail_status: u16,
+        /// Print `METHOD HOST PATH` for every HTTP request received.
+        #[arg(long)]
+        log_requests: bool,
     },
     /// Send requests one after another on one connection (reconnecting after
     /// a failure) and print a JSON summary.
@@ -209,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             call_timeout_ms,
             fail_every,
             fail_status,
+            log_requests,
         } => {
             let sinks = Sinks {
                 addrs: sink,
@@ -225,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                     status: StatusCode::from_u16(fail_status)?,
                     seen: AtomicU64::new(0),
                 },
+                log_requests,
             });
             serve(server, http, echo, sinks).await
         }
@@ -293,6 +298,7 @@ struct HttpServer {
     calls: Vec<Uri>,
     call_timeout: Duration,
     failing: Failing,
+    log_requests: bool,
 }
 
 /// Which requests a failing replica fails.
@@ -375,6 +381,11 @@ async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::R
             let service = service_fn(move |req: Request<Incoming>| {
                 let server = server.clone();
                 async move {
+                    if server.log_requests {
+                        let host = req.headers().get(hyper::header::HOST);
+                        let host = host.and_then(|h| h.to_str().ok()).unwrap_or("-");
+                        eprintln!("request: {} {host} {}", req.method(), req.uri());
+                    }
                     tokio::time::sleep(server.delay).await;
                     if server.failing.now() {
                         return Ok::<_, Infallible>(server.failing.answer(req).await);

@@ -24,7 +24,8 @@ pub struct Bed {
     _ca: TestCa,
     agents: Vec<NodeAgent>,
     pub waypoint: Waypoint,
-    _servers: Vec<Process>,
+    /// Reviews v1's and v2's servers.
+    pub servers: Vec<Process>,
 }
 
 impl Bed {
@@ -53,7 +54,7 @@ impl Bed {
             _ca: ca,
             agents,
             waypoint,
-            _servers: servers,
+            servers,
         })
     }
 

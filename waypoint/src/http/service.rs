@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::destinations::{Admitted, Breaker};
+use super::mirror::Shadowing;
 use super::replay::Replayable;
 use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
 
@@ -295,7 +296,17 @@ async fn forward(
         })
         .map_err(BoxError::from)
         .boxed();
-    // An upgraded connection is not a request to try again.
+    // An upgraded connection is neither copied nor tried again.
+    let body = match (&upgrade, route.mirrors.is_empty()) {
+        (None, false) => Shadowing {
+            upstream: context.upstream.clone(),
+            mesh: context.mesh.clone(),
+            local_ip: context.local_ip,
+            timeout: actions.timeout,
+        }
+        .copy(&route.mirrors, &parts, body),
+        _ => body,
+    };
     let retry = actions.retry.as_ref().filter(|_| upgrade.is_none());
     let attempts = Attempts {
         context,
@@ -582,7 +593,7 @@ fn failed(failure: &Failure, retried: bool) -> Refusal {
 /// The request as the upstream connection carries it: HTTP/1.1 in origin
 /// form with `Host`, HTTP/2 in absolute form; hop-by-hop headers dropped;
 /// a request id and the forwarded protocol added when absent, as Envoy does.
-fn prepare(parts: &mut http::request::Parts, http2: bool) {
+pub(super) fn prepare(parts: &mut http::request::Parts, http2: bool) {
     let authority = ambit_route::matching::authority(parts).to_string();
     remove_hop_by_hop(&mut parts.headers);
     let headers = &mut parts.headers;
