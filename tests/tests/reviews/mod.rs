@@ -116,14 +116,12 @@ impl Bed {
     }
 
     pub fn outputs(&self) -> String {
+        let outputs = |processes: Vec<String>| processes.join("\n");
         format!(
-            "waypoint:\n{}\nagents:\n{}",
+            "waypoint:\n{}\nagents:\n{}\nreviews:\n{}",
             self.waypoint.output(),
-            self.agents
-                .iter()
-                .map(NodeAgent::output)
-                .collect::<Vec<_>>()
-                .join("\n")
+            outputs(self.agents.iter().map(NodeAgent::output).collect()),
+            outputs(self.servers.iter().map(Process::output).collect()),
         )
     }
 }
