@@ -20,7 +20,7 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         }
     }
     let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    let refused = unapplied_by_the_waypoint(&parsed.resources);
+    let refused = left_out_by_the_waypoint(&parsed.resources);
     for problem in parsed.problems.iter().chain(&refused) {
         println!("{}: {problem}", names[problem.source]);
     }
@@ -38,9 +38,9 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
     Ok(errors == 0)
 }
 
-/// The fields of valid VirtualServices that the waypoint does not apply
-/// yet: a warning each, since Istio would apply them.
-fn unapplied_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
+/// The fields of valid VirtualServices that the waypoint leaves out, as
+/// Istio does: a warning each, since their author meant something by them.
+fn left_out_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
     resources
         .iter()
         .filter_map(|resource| match resource {
@@ -48,7 +48,7 @@ fn unapplied_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
             _ => None,
         })
         .flat_map(|object| {
-            ambit_route::unapplied_fields(&object.spec)
+            ambit_route::left_out_fields(&object.spec)
                 .into_iter()
                 .map(|field| Problem {
                     source: object.source,
@@ -59,7 +59,7 @@ fn unapplied_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
                         &object.metadata.name,
                     )),
                     path: field,
-                    message: ambit_route::NOT_APPLIED.to_string(),
+                    message: ambit_route::LEFT_OUT.to_string(),
                     severity: Severity::Warning,
                 })
         })

@@ -74,7 +74,7 @@ spec:
 }
 
 #[test]
-fn a_field_the_waypoint_does_not_apply_yet_is_a_warning() {
+fn a_field_istio_leaves_out_is_a_warning() {
     let manifest = r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: moved, namespace: default}
@@ -84,7 +84,7 @@ spec:
   - route: [{destination: {host: reviews}}]
   - redirect: {uri: /elsewhere}
   - route: [{destination: {host: reviews}}]
-    mirror: {host: ratings}
+    fault: {delay: {exponentialDelay: 1s, percentage: {value: 10}}}
 "#;
     let output = analyze(&["-f", "-"], manifest);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -92,7 +92,7 @@ spec:
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
-            "<stdin>: warning: VirtualService default/moved: spec.http[2].mirror: not applied by the waypoint yet; the rest of the VirtualService is",
+            "<stdin>: warning: VirtualService default/moved: spec.http[2].fault.delay.exponentialDelay: not applied, as Istio does not apply it",
             "1 objects in 1 files: 0 errors, 1 warnings",
         ]
     );

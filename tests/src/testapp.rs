@@ -90,6 +90,10 @@ pub struct HttpSummary {
     /// Of those, the responses whose whole chain saw one request id.
     #[serde(default)]
     pub one_trace: usize,
+    /// The response headers asked for (`HttpLoad::show_header`), as
+    /// `name: value`, by how many responses carried each.
+    #[serde(default)]
+    pub headers: BTreeMap<String, usize>,
     /// Requests that got no response at all.
     pub errors: usize,
     pub first_error: Option<String>,
@@ -312,6 +316,7 @@ pub struct HttpLoad {
     headers: Vec<(String, String)>,
     method: String,
     cookies: bool,
+    show_headers: Vec<String>,
 }
 
 impl HttpLoad {
@@ -325,6 +330,7 @@ impl HttpLoad {
             headers: Vec::new(),
             method: "GET".into(),
             cookies: false,
+            show_headers: Vec::new(),
         }
     }
 
@@ -337,6 +343,12 @@ impl HttpLoad {
     /// The method of every request (GET unless said).
     pub fn method(mut self, method: &str) -> Self {
         self.method = method.into();
+        self
+    }
+
+    /// The responses' `name` header is counted by value in the summary.
+    pub fn show_header(mut self, name: &str) -> Self {
+        self.show_headers.push(name.into());
         self
     }
 
@@ -381,6 +393,11 @@ impl HttpLoad {
         if self.cookies {
             args.push("--cookies".to_string());
         }
+        args.extend(
+            self.show_headers
+                .iter()
+                .map(|name| format!("--show-header={name}")),
+        );
         args.extend(
             self.headers
                 .iter()

@@ -380,7 +380,12 @@ fn a_route_answers_redirects_rewrites_and_edits_headers() -> anyhow::Result<()> 
                 { "match": [{ "uri": { "regex": "/item/[0-9]+/info" } }],
                   "rewrite": { "uriRegexRewrite": { "match": "^/item/([0-9]+)/info$", "rewrite": "/details/\\1" } },
                   "route": to_details },
-                { "route": to_details },
+                { "match": [{ "uri": { "prefix": "/moved/" } }],
+                  "redirect": { "prefixRewrite": "/details/", "authority": "details.example", "derivePort": "FROM_PROTOCOL_DEFAULT" } },
+                // The destination's header edits, then the route's.
+                { "route": [{ "destination": { "host": "details" },
+                              "headers": { "response": { "set": { "x-served-by": "details", "x-layer": "destination" } } } }],
+                  "headers": { "response": { "set": { "x-layer": "route" }, "remove": ["x-served-by-nobody"] } } },
             ])),
         ],
     ]
@@ -394,6 +399,28 @@ fn a_route_answers_redirects_rewrites_and_edits_headers() -> anyhow::Result<()> 
         (3, Some(&3))
     );
     assert_eq!(run("/old/page")?.status(302), 3);
+    let moved = bookinfo.run(
+        HttpLoad::new(1).show_header("location"),
+        "details",
+        "/moved/7?q=1",
+    )?;
+    assert_eq!(
+        moved.headers.keys().collect::<Vec<_>>(),
+        ["location: http://details.example/details/7?q=1"],
+        "prefixRewrite replaces what the match matched"
+    );
+    let edited = bookinfo.run(
+        HttpLoad::new(2)
+            .show_header("x-served-by")
+            .show_header("x-layer"),
+        "details",
+        "/details/0",
+    )?;
+    assert_eq!(
+        edited.headers.keys().collect::<Vec<_>>(),
+        ["x-layer: route", "x-served-by: details"],
+        "{edited:?}"
+    );
     let rewritten = run("/v2/7?q=1")?;
     assert_eq!(
         rewritten.paths.keys().collect::<Vec<_>>(),
@@ -438,5 +465,105 @@ fn a_grpc_abort_answers_trailers_only_with_its_status() -> anyhow::Result<()> {
         })
     );
     assert_eq!(bookinfo.requests_flagged("details", "FI")?, 1.0);
+    Ok(())
+}
+
+#[test]
+fn a_cors_policy_answers_preflights_and_marks_answers() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start()?;
+    let cors = |unmatched: &str| {
+        json!({
+            "allowOrigins": [{ "exact": "https://shop.example" }, { "regex": "https://.*\\.shop\\.example" }],
+            "allowMethods": ["GET", "PUT"],
+            "allowHeaders": ["x-user"],
+            "exposeHeaders": ["x-trace"],
+            "maxAge": "1h",
+            "allowCredentials": true,
+            "unmatchedPreflights": unmatched,
+        })
+    };
+    let to_details = json!([{ "destination": { "host": "details" } }]);
+    bookinfo.apply(vec![virtual_service(
+        "details",
+        json!([
+            { "match": [{ "uri": { "prefix": "/strict/" } }],
+              "corsPolicy": cors("IGNORE"), "route": to_details },
+            { "corsPolicy": cors("FORWARD"), "route": to_details },
+        ]),
+    )])?;
+    let shown = [
+        "access-control-allow-origin",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-max-age",
+        "access-control-allow-credentials",
+        "access-control-expose-headers",
+    ];
+    let request = |method: &str, origin: &str, preflight: bool| {
+        let mut load = HttpLoad::new(2).method(method).header("origin", origin);
+        if preflight {
+            load = load.header("access-control-request-method", "PUT");
+        }
+        shown.iter().fold(load, |load, name| load.show_header(name))
+    };
+    let seen = |summary: &HttpSummary| -> Vec<String> { summary.headers.keys().cloned().collect() };
+
+    // A preflight from an allowed origin: the waypoint answers it.
+    let preflight = bookinfo.run(
+        request("OPTIONS", "https://app.shop.example", true),
+        "details",
+        "/details/0",
+    )?;
+    assert_eq!(
+        (preflight.status(200), preflight.versions.get("unknown")),
+        (2, Some(&2))
+    );
+    assert_eq!(
+        seen(&preflight),
+        [
+            "access-control-allow-credentials: true",
+            "access-control-allow-headers: x-user",
+            "access-control-allow-methods: GET,PUT",
+            "access-control-allow-origin: https://app.shop.example",
+            "access-control-max-age: 3600",
+        ]
+    );
+    // The request itself goes to details; its answer is marked.
+    let actual = bookinfo.run(
+        request("GET", "https://shop.example", false),
+        "details",
+        "/details/0",
+    )?;
+    assert_eq!(actual.versions.get("details/v1"), Some(&2));
+    assert_eq!(
+        seen(&actual),
+        [
+            "access-control-allow-credentials: true",
+            "access-control-allow-origin: https://shop.example",
+            "access-control-expose-headers: x-trace",
+        ]
+    );
+    // Another origin is left alone: its preflight goes on to details
+    // (FORWARD), or is answered without CORS headers (IGNORE).
+    let stranger = "https://evil.example";
+    let forwarded = bookinfo.run(request("OPTIONS", stranger, true), "details", "/details/0")?;
+    assert_eq!(
+        (forwarded.versions.get("details/v1"), seen(&forwarded).len()),
+        (Some(&2), 0)
+    );
+    let ignored = bookinfo.run(request("OPTIONS", stranger, true), "details", "/strict/0")?;
+    assert_eq!(
+        (
+            ignored.status(200),
+            ignored.versions.get("unknown"),
+            seen(&ignored).len()
+        ),
+        (2, Some(&2), 0)
+    );
+    let plain = bookinfo.run(request("GET", stranger, false), "details", "/details/0")?;
+    assert_eq!(
+        (plain.versions.get("details/v1"), seen(&plain).len()),
+        (Some(&2), 0)
+    );
     Ok(())
 }

@@ -20,6 +20,7 @@ use http::HeaderName;
 use serde::Serialize;
 
 use crate::actions::{HeaderEdits, Respond, Rewrite};
+use crate::cors::Cors;
 use crate::fault::Fault;
 use crate::hash::ConsistentHash;
 use crate::lb::LoadBalancer;
@@ -102,7 +103,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         http: Vec::new(),
         tcp: Vec::new(),
     };
-    table.route_all(vec![WeightedBackend { weight: 1, backend }]);
+    table.route_all(vec![WeightedBackend::new(1, backend)]);
     table
 }
 
@@ -281,6 +282,8 @@ pub struct Actions {
     /// None: retries are off (`attempts: 0`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
     /// An answer given in place of any destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond: Option<Respond>,
@@ -299,6 +302,7 @@ impl Default for Actions {
             timeout: None,
             fault: None,
             retry: Some(RetryPolicy::istio_default()),
+            cors: None,
             respond: None,
             rewrite: None,
             request_headers: HeaderEdits::default(),
@@ -329,11 +333,7 @@ impl Actions {
             .map(Rewrite::from_spec)
             .transpose()
             .map_err(|e| format!("{at}.{e}"))?;
-        let edits = |ops: Option<&HeaderOperations>, which: &str| {
-            ops.map(|ops| HeaderEdits::from_spec(ops, &format!("{at}.headers.{which}")))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
+        let edits = |ops, which| header_edits(ops, at, which);
         let headers = route.headers.as_ref();
         let actions = Self {
             // Zero stands for none, as in Envoy.
@@ -341,12 +341,20 @@ impl Actions {
             fault,
             retry: RetryPolicy::from_spec(route.retries.as_ref())
                 .map_err(|e| format!("{at}.{e}"))?,
+            cors: route
+                .cors_policy
+                .as_ref()
+                .map(Cors::from_spec)
+                .transpose()
+                .map_err(|e| format!("{at}.{e}"))?,
             respond,
             rewrite,
             request_headers: edits(headers.and_then(|h| h.request.as_ref()), "request")?,
             response_headers: edits(headers.and_then(|h| h.response.as_ref()), "response")?,
         };
-        let notes = left_out.into_iter().map(|note| format!("{at}.{note}"));
+        let notes = left_out
+            .into_iter()
+            .map(|field| format!("{at}.{field}: {LEFT_OUT}"));
         Ok((actions, notes.collect()))
     }
 }
@@ -364,6 +372,22 @@ pub struct TcpRoute {
 pub struct WeightedBackend {
     pub weight: u32,
     pub backend: Arc<Backend>,
+    /// The destination's own `headers`, edited before the route's.
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+}
+
+impl WeightedBackend {
+    fn new(weight: u32, backend: Arc<Backend>) -> Self {
+        Self {
+            weight,
+            backend,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        }
+    }
 }
 
 /// Where a route sends: a Service port, or the part of it a subset names.
@@ -527,6 +551,8 @@ struct MeshHttpRoute<'a> {
     /// of the VirtualService that wrote them.
     namespace: &'a str,
     destinations: Weighted,
+    /// Each destination's `headers`: request, then response edits.
+    destination_headers: Vec<(HeaderEdits, HeaderEdits)>,
     /// Percent of requests, and where their copies go.
     mirrors: Vec<(f64, Destination)>,
     actions: Actions,
@@ -635,12 +661,16 @@ impl<'a> Compiler<'a> {
                     table.http.push(HttpRoute {
                         name: route.name.clone(),
                         matches,
-                        destinations: self.weighted(
-                            route.namespace,
-                            host,
-                            port,
-                            &route.destinations,
-                        ),
+                        destinations: self
+                            .weighted(route.namespace, host, port, &route.destinations)
+                            .into_iter()
+                            .zip(route.destination_headers.iter().cloned())
+                            .map(|(backend, (request, response))| WeightedBackend {
+                                request_headers: request,
+                                response_headers: response,
+                                ..backend
+                            })
+                            .collect(),
                         mirrors: route
                             .mirrors
                             .iter()
@@ -695,9 +725,9 @@ impl<'a> Compiler<'a> {
     ) -> Vec<WeightedBackend> {
         destinations
             .iter()
-            .map(|(weight, destination)| WeightedBackend {
-                weight: *weight,
-                backend: self.backend(namespace, arrived_host, arrived, destination),
+            .map(|(weight, destination)| {
+                let backend = self.backend(namespace, arrived_host, arrived, destination);
+                WeightedBackend::new(*weight, backend)
             })
             .collect()
     }
@@ -834,26 +864,18 @@ fn service_key(host: &str) -> Option<Key> {
     (!namespace.contains('.')).then(|| Key::new(namespace, name))
 }
 
-/// What the waypoint says of a field it does not apply yet.
-pub const NOT_APPLIED: &str = "not applied by the waypoint yet; the rest of the VirtualService is";
+/// What the waypoint says of a field Istio accepts and leaves out.
+pub const LEFT_OUT: &str = "not applied, as Istio does not apply it";
 
-/// The fields of a VirtualService the waypoint does not apply yet, as
-/// paths (`spec.http[0].retries`): none changes where a request goes, so
-/// the rest applies, and each is reported (`routes.problems`, `ambit
-/// analyze`) rather than passed over in silence.
-pub fn unapplied_fields(spec: &VirtualServiceSpec) -> Vec<String> {
+/// The fields of a VirtualService the waypoint leaves out as Istio does,
+/// as paths (`spec.http[0].fault.delay.exponentialDelay`): the rest of the
+/// VirtualService applies, and each is reported (`routes.problems`,
+/// `ambit analyze`) rather than passed over in silence.
+pub fn left_out_fields(spec: &VirtualServiceSpec) -> Vec<String> {
     let mut fields = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
-        let set = [("corsPolicy", route.cors_policy.is_some())];
-        fields.extend(
-            set.into_iter()
-                .filter(|(_, set)| *set)
-                .map(|(field, _)| format!("spec.http[{i}].{field}")),
-        );
-        for (d, destination) in route.route.iter().enumerate() {
-            if destination.headers.is_some() {
-                fields.push(format!("spec.http[{i}].route[{d}].headers"));
-            }
+        if let Some(Ok((_, left_out))) = route.fault.as_ref().map(Fault::from_spec) {
+            fields.extend(left_out.into_iter().map(|f| format!("spec.http[{i}].{f}")));
         }
     }
     fields
@@ -866,10 +888,7 @@ fn routes<'a>(
     key: &'a Key,
     spec: &'a VirtualServiceSpec,
 ) -> Result<Routes<'a>, String> {
-    let mut notes: Vec<String> = unapplied_fields(spec)
-        .into_iter()
-        .map(|field| format!("{field}: {NOT_APPLIED}"))
-        .collect();
+    let mut notes: Vec<String> = Vec::new();
     let mut expanded: Vec<(String, &'a str, networking::HttpRoute)> = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
@@ -891,11 +910,6 @@ fn routes<'a>(
         };
         let problem =
             |what: String| format!("{at}.delegate: VirtualService {delegate_key}: {what}");
-        notes.extend(
-            unapplied_fields(&config.spec)
-                .into_iter()
-                .map(|field| problem(format!("{field}: {NOT_APPLIED}"))),
-        );
         if let Some(nested) = config.spec.http.iter().position(|r| r.delegate.is_some()) {
             return Err(problem(format!(
                 "spec.http[{nested}].delegate: a delegate cannot delegate further"
@@ -927,11 +941,21 @@ fn routes<'a>(
         }
         let (actions, left_out) = Actions::of(&route, &at)?;
         notes.extend(left_out);
+        let mut destination_headers = Vec::new();
+        for (d, destination) in route.route.iter().enumerate() {
+            let headers = destination.headers.as_ref();
+            let at = format!("{at}.route[{d}]");
+            destination_headers.push((
+                header_edits(headers.and_then(|h| h.request.as_ref()), &at, "request")?,
+                header_edits(headers.and_then(|h| h.response.as_ref()), &at, "response")?,
+            ));
+        }
         http.push(MeshHttpRoute {
             name: route.name.clone(),
             matches,
             namespace,
             destinations: weights(route.route.iter().map(|r| (r.weight, &r.destination))),
+            destination_headers,
             mirrors: mirrors(&route),
             actions,
         });
@@ -959,6 +983,18 @@ fn routes<'a>(
         tcp,
         notes,
     })
+}
+
+/// The `headers.request` or `headers.response` (`which`) of the route or
+/// destination written at `at`; none: no edits.
+fn header_edits(
+    ops: Option<&HeaderOperations>,
+    at: &str,
+    which: &str,
+) -> Result<HeaderEdits, String> {
+    ops.map(|ops| HeaderEdits::from_spec(ops, &format!("{at}.headers.{which}")))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 /// A route's `mirror` (at `mirrorPercentage`, else the deprecated

@@ -63,11 +63,13 @@ const GRPC_CODES: [&str; 17] = [
 ];
 
 impl Fault {
-    /// The fault of `spec`, with what of it cannot apply, written as
-    /// notes: as Istio, the rest of the route applies. A fault without a
+    /// The fault of `spec`, with the fields of it Istio leaves out (as
+    /// paths from the route): as Istio, the rest of the route applies. A fault without a
     /// percentage is never injected (Istio passes none to Envoy, whose
     /// default share is 0).
-    pub fn from_spec(spec: &HttpFaultInjection) -> Result<(Option<Self>, Vec<String>), String> {
+    pub fn from_spec(
+        spec: &HttpFaultInjection,
+    ) -> Result<(Option<Self>, Vec<&'static str>), String> {
         let mut notes = Vec::new();
         let delay = match &spec.delay {
             None => None,
@@ -82,10 +84,7 @@ impl Fault {
                         .unwrap_or(0.0),
                 }),
                 (None, Some(_)) => {
-                    notes.push(
-                        "fault.delay.exponentialDelay is not applied, as Istio does not apply it"
-                            .to_string(),
-                    );
+                    notes.push("fault.delay.exponentialDelay");
                     None
                 }
                 (None, None) => return Err("fault.delay: no fixedDelay".to_string()),
@@ -105,10 +104,7 @@ impl Fault {
                     },
                     (None, Some(code), _) => Some(Abort::Grpc(grpc_code(code)?)),
                     (None, None, Some(_)) => {
-                        notes.push(
-                            "fault.abort.http2Error is not applied, as Istio does not apply it"
-                                .to_string(),
-                        );
+                        notes.push("fault.abort.http2Error");
                         None
                     }
                     (None, None, None) => {
@@ -153,7 +149,7 @@ fn grpc_code(code: &str) -> Result<u16, String> {
 mod tests {
     use super::*;
 
-    fn fault(yaml: &str) -> Result<(Option<Fault>, Vec<String>), String> {
+    fn fault(yaml: &str) -> Result<(Option<Fault>, Vec<&'static str>), String> {
         let spec: HttpFaultInjection = serde_json::from_value(
             serde_saphyr::from_str::<serde_json::Value>(yaml).expect("YAML"),
         )

@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod compile;
+pub mod cors;
 pub mod fault;
 pub mod hash;
 pub mod lb;
@@ -15,7 +16,7 @@ pub mod outlier;
 pub mod retry;
 
 pub use compile::{
-    compile, unapplied_fields, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
-    Routed, NOT_APPLIED,
+    compile, left_out_fields, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
+    Routed, LEFT_OUT,
 };
 pub use matching::{Arrival, Caller};

@@ -105,6 +105,9 @@ enum Mode {
         /// Keep the cookies answers set, and send them with later requests.
         #[arg(long)]
         cookies: bool,
+        /// A response header to count by value (repeatable).
+        #[arg(long = "show-header")]
+        show_headers: Vec<String>,
     },
     /// POST `bytes` bytes to `/upload` in one streamed body and print a
     /// JSON [`TransferSummary`] with what the server counted.
@@ -242,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             headers,
             method,
             cookies,
+            show_headers,
         } => {
             let pacing = Pacing {
                 reconnect,
@@ -251,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
                 method,
                 headers,
                 cookies,
+                show_headers,
             };
             let summary = http_client(&url, requests, http2, pacing, &request).await?;
             println!("{}", serde_json::to_string(&summary)?);
@@ -1201,6 +1206,8 @@ struct RequestShape {
     headers: Vec<(String, String)>,
     /// Whether cookies set by answers are sent back.
     cookies: bool,
+    /// Response headers counted by value.
+    show_headers: Vec<String>,
 }
 
 /// `NAME:VALUE`.
@@ -1268,6 +1275,15 @@ async fn http_client(
                     let name = pair.split('=').next().unwrap_or_default();
                     jar.retain(|kept| kept.split('=').next() != Some(name));
                     jar.push(pair.to_string());
+                }
+            }
+            for name in &shape.show_headers {
+                for value in response.headers().get_all(name.as_str()) {
+                    let value = value.to_str().unwrap_or("(not text)");
+                    *summary
+                        .headers
+                        .entry(format!("{name}: {value}"))
+                        .or_default() += 1;
                 }
             }
             let status = response.status().as_u16();

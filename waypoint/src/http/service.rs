@@ -15,6 +15,7 @@ use ambit_config::model::{Key, Mesh};
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_route::actions::{Respond, Rewrite};
+use ambit_route::cors::CorsVerdict;
 use ambit_route::fault::{Abort, Fault};
 use ambit_route::hash::RequestKey;
 use ambit_route::lb::{pick_weighted, LoadBalancer};
@@ -71,6 +72,8 @@ struct Exchange {
     in_flight: Option<InFlight>,
     /// Its place under the destination's circuit breakers, likewise.
     admitted: Option<Admitted>,
+    /// CORS headers its answer gets, whoever gives it.
+    cors: Option<HeaderMap>,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
 }
@@ -184,16 +187,20 @@ pub async fn handle(
         route_name: None,
         in_flight: None,
         admitted: None,
+        cors: None,
         request_bytes: Arc::default(),
         response_bytes: 0,
     };
-    let response = match forward(request, &context, &mut exchange).await {
+    let mut response = match forward(request, &context, &mut exchange).await {
         Ok(response) => response,
         Err((status, flag, message)) => {
             exchange.flags = flag;
             local(status, message)
         }
     };
+    if let Some(cors) = exchange.cors.take() {
+        response.headers_mut().extend(cors);
+    }
     exchange.status = response.status();
     // Counted and recorded as the answer's body passes.
     let (parts, body) = response.into_parts();
@@ -239,6 +246,18 @@ async fn forward(
     exchange.route_name = routed.name();
     let route = routed.route;
     let actions = &route.actions;
+    // Envoy's CORS filter runs before its fault filter.
+    if let Some(cors) = &actions.cors {
+        match cors.verdict(&parts) {
+            CorsVerdict::PassOn => {}
+            CorsVerdict::Answer(headers) => {
+                let mut response = answer(StatusCode::OK, Bytes::new());
+                response.headers_mut().extend(headers);
+                return Ok(response);
+            }
+            CorsVerdict::Annotate(headers) => exchange.cors = Some(headers),
+        }
+    }
     if let Some(fault) = &actions.fault {
         if let Some(aborted) = inject(fault, exchange).await {
             return Ok(aborted);
@@ -261,7 +280,8 @@ async fn forward(
         "NR",
         "no weighted destination".to_string(),
     ))?;
-    let backend = &route.destinations[chosen].backend;
+    let destination = &route.destinations[chosen];
+    let backend = &destination.backend;
     // Consistent hashing: the request's key, or a cookie to give it one.
     let (hash, new_cookie) = match &backend.load_balancer {
         LoadBalancer::ConsistentHash(policy) => {
@@ -279,6 +299,8 @@ async fn forward(
     // An upgrade is HTTP/1.1's to ask for: it goes on in HTTP/1.1.
     let http2 = upgrade.is_none() && backend.upstream.http2_for(parts.version);
     prepare(&mut parts, http2);
+    // The destination's edits, then the route's, as Envoy orders them.
+    destination.request_headers.apply(&mut parts.headers);
     actions.request_headers.apply(&mut parts.headers);
     if let (Some((protocol, _)), false) = (&upgrade, http2) {
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -343,6 +365,7 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    destination.response_headers.apply(&mut parts.headers);
     actions.response_headers.apply(&mut parts.headers);
     if let Some(protocol) = switched {
         parts.headers.insert(header::UPGRADE, protocol);
