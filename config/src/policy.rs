@@ -8,7 +8,9 @@ mod peer_authentication;
 #[cfg(test)]
 mod tests;
 
-pub use authorization::{authorize, Caller, Decision, Denial, Verdict};
+pub use authorization::{
+    authorize, authorize_request, Caller, Decision, Denial, HttpRequest, Verdict, WaypointTarget,
+};
 pub use peer_authentication::{mtls_mode, PeerMode};
 
 /// Istio's default root namespace: its policies apply to the whole mesh.

@@ -10,6 +10,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 
 use crate::front::hbone::{self, Shared};
+use crate::http::authz::Authz;
 use crate::http::upstream::Upstream;
 use crate::tables::Tables;
 use crate::Config;
@@ -74,6 +75,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tables: tables.clone(),
                 upstream,
                 metrics,
+                authz: Arc::new(Authz {
+                    tables: tables.clone(),
+                    waypoint: config.waypoint.clone(),
+                    root_namespace: config.root_namespace.clone(),
+                }),
             });
             Some(tokio::spawn(hbone::serve(
                 listener,

@@ -35,6 +35,10 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 
+    /// Istio's root namespace: its AuthorizationPolicies apply mesh-wide.
+    #[arg(long, default_value = ambit_config::policy::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     #[command(flatten)]
     pub ca: CaArgs,
 
@@ -52,6 +56,7 @@ pub struct Config {
     pub service_account: String,
     pub hbone: SocketAddr,
     pub worker_threads: usize,
+    pub root_namespace: String,
     /// Without a CA the waypoint carries no traffic: agents reach it only
     /// over HBONE in mutual TLS.
     pub ca: Option<CaConfig>,
@@ -78,6 +83,7 @@ impl Config {
             worker_threads: args
                 .worker_threads
                 .map_or_else(ambit_admin::cpus, usize::from),
+            root_namespace: args.root_namespace,
             ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,

@@ -2,6 +2,7 @@
 //! port ([`serve`]), decided and forwarded per request ([`service`]), to
 //! endpoints over kept connections ([`upstream`]).
 
+pub mod authz;
 mod destinations;
 mod mirror;
 mod replay;

@@ -1,18 +1,24 @@
-//! L4 AuthorizationPolicy, as the receiving node agent enforces it.
+//! AuthorizationPolicy, as the receiving node agent enforces it on a
+//! connection ([`authorize`]) and a waypoint on a request
+//! ([`authorize_request`]).
 //!
 //! Istio's order: a matching CUSTOM or DENY policy denies; then, if any
-//! ALLOW policy applies to the workload, one of its rules must match;
-//! AUDIT policies only mark the connection. The policies that apply are
-//! those of the root namespace and of the workload's namespace whose
-//! selector picks the workload (no selector: every workload). Policies
-//! attached by `targetRef(s)` are a waypoint's to enforce.
+//! ALLOW policy applies, one of its rules must match; AUDIT policies only
+//! mark. At an agent the policies that apply are those of the root
+//! namespace and of the workload's namespace whose selector picks the
+//! workload (no selector: every workload); policies attached by
+//! `targetRef(s)` are a waypoint's to enforce: those naming its Gateway,
+//! the Service (or ServiceEntry) a request is for, or in the root
+//! namespace the `istio-waypoint` GatewayClass, and those whose selector
+//! picks the waypoint's own pod.
 //!
-//! What the agent cannot see (request principals, hosts, methods, paths,
-//! remote IPs, non-L4 `when` keys) fails closed: in an ALLOW or AUDIT rule
-//! it never matches, in a DENY or CUSTOM rule it is taken as matched, so
-//! the agent may deny more than a waypoint would but never allows more.
-//! CUSTOM (external authorization) is not available at L4, so its rules
-//! deny what they cover.
+//! What cannot be seen where a policy is enforced (at an agent: request
+//! principals, hosts, methods, paths, remote IPs, non-L4 `when` keys; at
+//! a waypoint: request principals and JWT claims, since Ambit does not
+//! validate JWTs) fails closed: in an ALLOW or AUDIT rule it never
+//! matches, in a DENY or CUSTOM rule it is taken as matched, so Ambit may
+//! deny more than Istio would but never allows more. CUSTOM (external
+//! authorization) is not available, so its rules deny what they cover.
 
 use std::net::IpAddr;
 
@@ -23,7 +29,29 @@ use crate::api::security::{
     parse_ip_block, parse_service_account, Action, AuthorizationPolicySpec, Condition, Operation,
     Rule, Source,
 };
+use crate::model::Labels;
 use crate::model::{in_namespace, AuthorizationPolicy, Key, Mesh};
+
+/// What a waypoint knows of an HTTP request besides who sent it.
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// The authority the caller asked for (`Host`).
+    pub host: &'a str,
+    /// The path, normalized as the request is passed on, without its query.
+    pub path: &'a str,
+    /// A request header's values, joined by `,` as Envoy matches them.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// What is being protected, as a waypoint sees it: the waypoint itself
+/// (by the key of its Gateway and its pod's labels) and the Service (or
+/// ServiceEntry) a request is addressed to.
+#[derive(Debug, Clone, Copy)]
+pub struct WaypointTarget<'a> {
+    pub waypoint: &'a Key,
+    pub waypoint_labels: &'a Labels,
+    pub service: &'a Key,
+}
 
 /// What the receiving agent knows about a connection.
 #[derive(Debug, Clone, Copy)]
@@ -118,31 +146,75 @@ pub fn authorize(
     target: Target<'_>,
     caller: &Caller<'_>,
 ) -> Decision {
+    let namespaces = [root_namespace, target.namespace];
+    decide(
+        in_namespaces(mesh, &namespaces),
+        |spec: &AuthorizationPolicySpec, _: &Key| selected(spec, target),
+        caller,
+        None,
+    )
+}
+
+/// The verdict on `caller`'s `request` to `target` through a waypoint.
+pub fn authorize_request(
+    mesh: &Mesh,
+    root_namespace: &str,
+    target: WaypointTarget<'_>,
+    caller: &Caller<'_>,
+    request: &HttpRequest<'_>,
+) -> Decision {
+    let namespaces = [
+        root_namespace,
+        target.waypoint.namespace.as_str(),
+        target.service.namespace.as_str(),
+    ];
+    decide(
+        in_namespaces(mesh, &namespaces),
+        |spec: &AuthorizationPolicySpec, key: &Key| {
+            attached_to_waypoint(spec, key, target, root_namespace)
+        },
+        caller,
+        Some(request),
+    )
+}
+
+/// Istio's evaluation over the `policies` that `applies` picks; one that
+/// could not be read denies.
+fn decide<'a>(
+    policies: impl Iterator<Item = (&'a Key, &'a AuthorizationPolicy)>,
+    applies: impl Fn(&AuthorizationPolicySpec, &Key) -> bool,
+    caller: &Caller<'_>,
+    request: Option<&HttpRequest<'_>>,
+) -> Decision {
     let mut audited = Vec::new();
     let mut allow_applies = false;
     let mut allowed = false;
-    for (key, policy) in applicable(mesh, root_namespace, target) {
+    let seen = |unenforceable| Seen {
+        unenforceable,
+        request,
+    };
+    for (key, policy) in policies {
         let spec = match policy {
             AuthorizationPolicy::Invalid { .. } => {
                 return deny(Denial::Invalid(key.clone()), audited)
             }
             AuthorizationPolicy::Valid(config) => &config.spec,
         };
-        if !selected(spec, target) {
+        if !applies(spec, key) {
             continue;
         }
         match spec.action {
             Action::Deny | Action::Custom => {
-                if matches(spec, caller, Unenforceable::Matches) {
+                if matches(spec, caller, seen(Unenforceable::Matches)) {
                     return deny(Denial::Matched(key.clone()), audited);
                 }
             }
             Action::Allow => {
                 allow_applies = true;
-                allowed = allowed || matches(spec, caller, Unenforceable::Fails);
+                allowed = allowed || matches(spec, caller, seen(Unenforceable::Fails));
             }
             Action::Audit => {
-                if matches(spec, caller, Unenforceable::Fails) {
+                if matches(spec, caller, seen(Unenforceable::Fails)) {
                     audited.push(key.clone());
                 }
             }
@@ -162,16 +234,62 @@ fn deny(denial: Denial, audited: Vec<Key>) -> Decision {
     }
 }
 
-/// The policies of the root namespace, then of the workload's namespace.
-fn applicable<'a>(
+/// The policies of each of `namespaces` in turn, each namespace once.
+fn in_namespaces<'a>(
     mesh: &'a Mesh,
-    root_namespace: &'a str,
-    target: Target<'a>,
+    namespaces: &[&'a str],
 ) -> impl Iterator<Item = (&'a Key, &'a AuthorizationPolicy)> + 'a {
+    let mut distinct: Vec<&'a str> = Vec::with_capacity(namespaces.len());
+    for namespace in namespaces {
+        if !distinct.contains(namespace) {
+            distinct.push(namespace);
+        }
+    }
     let policies = &mesh.authorization_policies;
-    let own =
-        (target.namespace != root_namespace).then(|| in_namespace(policies, target.namespace));
-    in_namespace(policies, root_namespace).chain(own.into_iter().flatten())
+    distinct
+        .into_iter()
+        .flat_map(move |namespace| in_namespace(policies, namespace))
+}
+
+/// The GatewayClass whose policies in the root namespace apply to every
+/// waypoint.
+const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// Whether the valid policy `key` is the waypoint's to apply to a request
+/// for `target.service`.
+fn attached_to_waypoint(
+    spec: &AuthorizationPolicySpec,
+    key: &Key,
+    target: WaypointTarget<'_>,
+    root_namespace: &str,
+) -> bool {
+    let refs = spec.target_ref.iter().chain(&spec.target_refs);
+    let mut any = false;
+    for reference in refs {
+        any = true;
+        let group = reference.group.as_str();
+        let names =
+            |target: &Key| key.namespace == target.namespace && reference.name == target.name;
+        let attached = match reference.kind.as_str() {
+            "Gateway" => group == "gateway.networking.k8s.io" && names(target.waypoint),
+            "Service" => matches!(group, "" | "core") && names(target.service),
+            "ServiceEntry" => group == "networking.istio.io" && names(target.service),
+            "GatewayClass" => {
+                group == "gateway.networking.k8s.io"
+                    && reference.name == WAYPOINT_CLASS
+                    && key.namespace == root_namespace
+            }
+            _ => false,
+        };
+        if attached {
+            return true;
+        }
+    }
+    // A selector picking the waypoint's own pod, in its namespace or the root.
+    !any && spec.selector.as_ref().is_some_and(|selector| {
+        (key.namespace == target.waypoint.namespace || key.namespace == root_namespace)
+            && selects(selector, target.waypoint_labels)
+    })
 }
 
 /// Whether a valid policy is the agent's to apply to `target`.
@@ -197,14 +315,22 @@ impl Unenforceable {
     }
 }
 
+/// What the enforcer sees of a request, and how what it cannot see counts.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    unenforceable: Unenforceable,
+    /// The HTTP request, at a waypoint.
+    request: Option<&'a HttpRequest<'a>>,
+}
+
 /// A policy matches when any of its rules does (no rules: none does).
-fn matches(spec: &AuthorizationPolicySpec, caller: &Caller<'_>, l7: Unenforceable) -> bool {
+fn matches(spec: &AuthorizationPolicySpec, caller: &Caller<'_>, l7: Seen<'_>) -> bool {
     spec.rules.iter().any(|rule| rule_matches(rule, caller, l7))
 }
 
 /// A rule matches when any `from`, any `to` and every `when` does; an
 /// empty list matches anything.
-fn rule_matches(rule: &Rule, caller: &Caller<'_>, l7: Unenforceable) -> bool {
+fn rule_matches(rule: &Rule, caller: &Caller<'_>, l7: Seen<'_>) -> bool {
     let any = |empty: bool, found: bool| empty || found;
     any(
         rule.from.is_empty(),
@@ -219,7 +345,7 @@ fn rule_matches(rule: &Rule, caller: &Caller<'_>, l7: Unenforceable) -> bool {
     ) && rule.when.iter().all(|c| condition_matches(c, caller, l7))
 }
 
-fn source_matches(source: &Source, caller: &Caller<'_>, l7: Unenforceable) -> bool {
+fn source_matches(source: &Source, caller: &Caller<'_>, l7: Seen<'_>) -> bool {
     let principal = caller.principal;
     let identity = caller.identity();
     let namespace = identity.map(|identity| identity.namespace);
@@ -241,35 +367,105 @@ fn source_matches(source: &Source, caller: &Caller<'_>, l7: Unenforceable) -> bo
         string_matches(t, identity.map(|identity| identity.trust_domain))
     }) && field(&source.ip_blocks, &source.not_ip_blocks, |b| {
         block_contains(b, ip)
-    }) && l7.check(
-        !source.request_principals.is_empty()
-            || !source.not_request_principals.is_empty()
-            || !source.remote_ip_blocks.is_empty()
-            || !source.not_remote_ip_blocks.is_empty(),
-    )
+    }) && l7
+        .unenforceable
+        .check(!source.request_principals.is_empty() || !source.not_request_principals.is_empty())
+        && match l7.request {
+            // At a waypoint the remote address is the caller's own: nothing
+            // in front of the mesh forwarded the request.
+            Some(_) => field(
+                &source.remote_ip_blocks,
+                &source.not_remote_ip_blocks,
+                |b| block_contains(b, ip),
+            ),
+            None => l7.unenforceable.check(
+                !source.remote_ip_blocks.is_empty() || !source.not_remote_ip_blocks.is_empty(),
+            ),
+        }
 }
 
-fn operation_matches(operation: &Operation, caller: &Caller<'_>, l7: Unenforceable) -> bool {
-    field(&operation.ports, &operation.not_ports, |port| {
+fn operation_matches(operation: &Operation, caller: &Caller<'_>, l7: Seen<'_>) -> bool {
+    let ports = field(&operation.ports, &operation.not_ports, |port| {
         port.parse() == Ok(caller.destination_port)
-    }) && l7.check(
-        [
-            &operation.hosts,
-            &operation.not_hosts,
-            &operation.methods,
-            &operation.not_methods,
-            &operation.paths,
-            &operation.not_paths,
-        ]
-        .iter()
-        .any(|values| !values.is_empty()),
-    )
+    });
+    let Some(request) = l7.request else {
+        return ports
+            && l7.unenforceable.check(
+                [
+                    &operation.hosts,
+                    &operation.not_hosts,
+                    &operation.methods,
+                    &operation.not_methods,
+                    &operation.paths,
+                    &operation.not_paths,
+                ]
+                .iter()
+                .any(|values| !values.is_empty()),
+            );
+    };
+    ports
+        && field(&operation.hosts, &operation.not_hosts, |h| {
+            host_matches(h, request.host)
+        })
+        && field(&operation.methods, &operation.not_methods, |m| {
+            string_matches(m, Some(request.method))
+        })
+        && field(&operation.paths, &operation.not_paths, |p| {
+            path_matches(p, request.path)
+        })
 }
 
-/// A `when` condition on an L4 key; any other key is unenforceable here.
-fn condition_matches(condition: &Condition, caller: &Caller<'_>, l7: Unenforceable) -> bool {
+/// Istio's host match: case-insensitive, and a host written without a
+/// port matches it with any port.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    string_matches(&pattern, Some(&host)) || string_matches(&pattern, Some(without_port))
+}
+
+/// Istio's path match: a string match, or a template where `{*}` stands
+/// for one segment and `{**}` (last) for the rest of the path.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('{') {
+        return string_matches(pattern, Some(path));
+    }
+    let mut segments = path.split('/');
+    let mut patterns = pattern.split('/');
+    loop {
+        match (patterns.next(), segments.next()) {
+            (None, None) => return true,
+            (Some("{**}"), Some(_)) => return true,
+            (Some("{*}"), Some(segment)) if !segment.is_empty() => {}
+            (Some(expected), Some(segment)) if expected == segment => {}
+            _ => return false,
+        }
+    }
+}
+
+/// A `when` condition; a key not seen where it is enforced counts as
+/// `l7` says.
+fn condition_matches(condition: &Condition, caller: &Caller<'_>, l7: Seen<'_>) -> bool {
     let (values, not_values) = (&condition.values, &condition.not_values);
-    match condition.key.as_str() {
+    let key = condition.key.as_str();
+    if let Some(request) = l7.request {
+        if let Some(name) = key
+            .strip_prefix("request.headers[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            let value = (request.header)(name);
+            return field(values, not_values, |v| string_matches(v, value.as_deref()));
+        }
+        match key {
+            "remote.ip" => return field(values, not_values, |b| block_contains(b, caller.ip)),
+            // Requests reach a waypoint inside HBONE, without TLS of their own.
+            "connection.sni" => return field(values, not_values, |_| false),
+            _ => {}
+        }
+    }
+    match key {
         "source.ip" => field(values, not_values, |b| block_contains(b, caller.ip)),
         "source.principal" => field(values, not_values, |p| string_matches(p, caller.principal)),
         "source.namespace" => field(values, not_values, |n| {
@@ -281,7 +477,7 @@ fn condition_matches(condition: &Condition, caller: &Caller<'_>, l7: Unenforceab
         "destination.port" => field(values, not_values, |port| {
             port.parse() == Ok(caller.destination_port)
         }),
-        _ => l7.check(true),
+        _ => l7.unenforceable.check(true),
     }
 }
 

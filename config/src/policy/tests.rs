@@ -455,3 +455,165 @@ fn service_accounts_are_namespace_slash_name_and_alone() {
         ]
     );
 }
+
+/// A request to `reviews` (in `shop`) through the waypoint `shop/waypoint`.
+fn request_verdict(
+    mesh: &Mesh,
+    principal: &str,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+) -> Verdict {
+    let waypoint = Key::new("shop", "waypoint");
+    let service = Key::new("shop", "reviews");
+    let waypoint_labels = labels(&[("gateway.networking.k8s.io/gateway-name", "waypoint")]);
+    let target = WaypointTarget {
+        waypoint: &waypoint,
+        waypoint_labels: &waypoint_labels,
+        service: &service,
+    };
+    let caller = caller(Some(principal), [10, 244, 1, 2], 9080);
+    let header = |name: &str| {
+        (name == "x-user")
+            .then(|| user.map(str::to_string))
+            .flatten()
+    };
+    let request = HttpRequest {
+        method,
+        host: "reviews.shop.svc.cluster.local:9080",
+        path,
+        header: &header,
+    };
+    authorize_request(mesh, ROOT, target, &caller, &request).verdict
+}
+
+#[test]
+fn a_waypoint_enforces_the_policies_attached_to_it_by_method_path_host_and_header() {
+    let to_reviews = "targetRefs: [{kind: Service, group: \"\", name: reviews}]";
+    let mesh = mesh(&[
+        authorization_policy(
+            "shop",
+            "reviews-readers",
+            &format!(
+                "{{{to_reviews}, action: ALLOW, rules: [\
+                 {{to: [{{operation: {{methods: [GET], paths: [\"/reviews/*\", \"/items/{{*}}/info\"], \
+                 hosts: [\"reviews.shop.svc.cluster.local\"]}}}}]}},\
+                 {{from: [{{source: {{principals: [\"{CLIENT}\"]}}}}], to: [{{operation: {{methods: [POST]}}}}], \
+                 when: [{{key: \"request.headers[x-user]\", values: [\"admin-*\"]}}]}}]}}"
+            ),
+        ),
+        authorization_policy(
+            "shop",
+            "no-internal",
+            "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], \
+             action: DENY, rules: [{to: [{operation: {paths: [\"/reviews/internal*\"]}}]}]}",
+        ),
+        // Neither attached here: another Service's, and a selector policy
+        // for pods (an agent's to enforce).
+        authorization_policy(
+            "shop",
+            "ratings-only",
+            "{targetRefs: [{kind: Service, name: ratings}], action: ALLOW, rules: [{to: [{operation: {methods: [DELETE]}}]}]}",
+        ),
+        authorization_policy(
+            "shop",
+            "pods",
+            "{selector: {matchLabels: {app: reviews}}, action: DENY, rules: [{}]}",
+        ),
+    ]
+    .concat());
+    let no_allow = Verdict::Deny(Denial::NoAllowMatched);
+    let cases = [
+        ("GET", "/reviews/1", None, Verdict::Allow),
+        ("GET", "/items/7/info", None, Verdict::Allow),
+        ("GET", "/items/7/8/info", None, no_allow.clone()),
+        ("PUT", "/reviews/1", None, no_allow.clone()),
+        ("GET", "/ratings/1", None, no_allow.clone()),
+        ("POST", "/anything", Some("admin-jane"), Verdict::Allow),
+        ("POST", "/anything", Some("jane"), no_allow.clone()),
+        ("POST", "/anything", None, no_allow.clone()),
+        (
+            "GET",
+            "/reviews/internal/x",
+            None,
+            denied_by("shop", "no-internal"),
+        ),
+    ];
+    for (method, path, user, expected) in cases {
+        assert_eq!(
+            request_verdict(&mesh, CLIENT, method, path, user),
+            expected,
+            "{method} {path} {user:?}"
+        );
+    }
+    // The POST rule names its caller.
+    assert_eq!(
+        request_verdict(
+            &mesh,
+            "cluster.local/ns/shop/sa/other",
+            "POST",
+            "/",
+            Some("admin-x")
+        ),
+        no_allow
+    );
+}
+
+#[test]
+fn at_a_waypoint_what_it_cannot_check_fails_closed_and_a_broken_policy_denies() {
+    // Without JWT validation, a DENY on request principals denies all,
+    // and an ALLOW on them admits none.
+    let deny_principals = mesh(&authorization_policy(
+        "shop",
+        "no-bob",
+        "{targetRefs: [{kind: Service, name: reviews}], action: DENY, \
+         rules: [{from: [{source: {requestPrincipals: [\"issuer/bob\"]}}]}]}",
+    ));
+    assert_eq!(
+        request_verdict(&deny_principals, CLIENT, "GET", "/", None),
+        denied_by("shop", "no-bob")
+    );
+    // Policies for every waypoint, from the root namespace.
+    let everywhere = mesh(&authorization_policy(
+        ROOT,
+        "waypoints",
+        "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}], \
+         action: DENY, rules: [{to: [{operation: {methods: [TRACE]}}]}]}",
+    ));
+    assert_eq!(
+        request_verdict(&everywhere, CLIENT, "TRACE", "/", None),
+        denied_by(ROOT, "waypoints")
+    );
+    assert_eq!(
+        request_verdict(&everywhere, CLIENT, "GET", "/", None),
+        Verdict::Allow
+    );
+    // A policy selecting the waypoint's own pod.
+    let selecting = mesh(&authorization_policy(
+        "shop",
+        "at-the-waypoint",
+        "{selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: waypoint}}, \
+         action: DENY, rules: [{to: [{operation: {notPaths: [\"/public/*\"]}}]}]}",
+    ));
+    assert_eq!(
+        request_verdict(&selecting, CLIENT, "GET", "/public/a", None),
+        Verdict::Allow
+    );
+    assert_eq!(
+        request_verdict(&selecting, CLIENT, "GET", "/private", None),
+        denied_by("shop", "at-the-waypoint")
+    );
+    let mut broken = Mesh::default();
+    broken.reject(
+        &crate::document::ObjectRef {
+            kind: "AuthorizationPolicy".into(),
+            namespace: "shop".into(),
+            name: "typo".into(),
+        },
+        vec!["spec.rules[0].from: unknown field".into()],
+    );
+    assert_eq!(
+        request_verdict(&broken, CLIENT, "GET", "/", None),
+        Verdict::Deny(Denial::Invalid(Key::new("shop", "typo")))
+    );
+}

@@ -174,6 +174,39 @@ impl RequestMatch {
 }
 
 /// `:authority` in HTTP/2, `Host` in HTTP/1.1.
+/// `path` (without its query) with its `.` and `..` segments resolved as
+/// RFC 3986 resolves them, as Istio has Envoy normalize paths before
+/// routing and authorization: `/public/../admin` is `/admin` to both, so a
+/// policy on `/admin` cannot be walked around.
+pub fn normalized_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let dotted = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if !dotted {
+        return path.into();
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    kept.push("");
+                }
+            }
+            ".." => {
+                kept.pop();
+                if last {
+                    kept.push("");
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    format!("/{}", kept.join("/")).into()
+}
+
 pub fn authority(request: &Parts) -> &str {
     request
         .uri
@@ -216,4 +249,22 @@ pub fn query_parameter<'a>(request: &'a Parts, name: &str) -> Option<&'a str> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then_some(value)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dot_segments_are_resolved_as_rfc_3986_resolves_them() {
+        for (path, normalized) in [
+            ("/a/b", "/a/b"),
+            ("/public/../admin", "/admin"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/../../etc", "/etc"),
+            ("/a/.", "/a/"),
+            ("/a/..b/c", "/a/..b/c"),
+        ] {
+            assert_eq!(super::normalized_path(path), normalized, "{path}");
+        }
+    }
 }

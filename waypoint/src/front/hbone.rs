@@ -19,6 +19,7 @@ use ambit_route::Protocol;
 use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
 
+use crate::http::authz::Authz;
 use crate::http::service::StreamContext;
 use crate::http::upstream::Upstream;
 use crate::tables::Tables;
@@ -35,6 +36,7 @@ pub struct Shared {
     pub tables: Arc<Tables>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
+    pub authz: Arc<Authz>,
 }
 
 /// Accepts and serves connections until the task is dropped.
@@ -118,6 +120,8 @@ async fn carry(
         source,
         source_ip: Some(source_ip),
         local_ip,
+        target: request.target,
+        authz: shared.authz.clone(),
         upstream: shared.upstream.clone(),
         metrics: shared.metrics.clone(),
         series: Mutex::default(),

@@ -31,6 +31,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::authz::Authz;
 use super::destinations::{Admitted, Breaker};
 use super::mirror::Shadowing;
 use super::replay::Replayable;
@@ -48,6 +49,10 @@ pub struct StreamContext {
     pub source_ip: Option<IpAddr>,
     /// The waypoint's own address, which upstream connections come from.
     pub local_ip: IpAddr,
+    /// The address the caller's agent asked for: a Service's VIP and port
+    /// (or a pod's).
+    pub target: SocketAddr,
+    pub authz: Arc<Authz>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
     /// The metric series this stream's requests were counted in.
@@ -230,6 +235,15 @@ async fn forward(
     let upgrade = upgrade_asked(request.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
+    normalize_path(&mut parts);
+    if let Err(why) = context.authz.check(context, &parts, parts.uri.path()) {
+        tracing::debug!(caller = %context.caller, path = parts.uri.path(), %why, "request denied");
+        return Err((
+            StatusCode::FORBIDDEN,
+            "-",
+            "RBAC: access denied".to_string(),
+        ));
+    }
     let workload = context
         .source
         .as_ref()
@@ -689,6 +703,30 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .is_some_and(|te| te.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
+    }
+}
+
+/// The request's path with its dot segments resolved, as it is routed,
+/// authorized and passed on.
+fn normalize_path(parts: &mut http::request::Parts) {
+    let path = parts.uri.path();
+    let normalized = ambit_route::matching::normalized_path(path);
+    if normalized == path {
+        return;
+    }
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized.into_owned(),
+    };
+    let mut rebuilt = Uri::builder();
+    if let Some(scheme) = parts.uri.scheme() {
+        rebuilt = rebuilt.scheme(scheme.clone());
+    }
+    if let Some(authority) = parts.uri.authority() {
+        rebuilt = rebuilt.authority(authority.clone());
+    }
+    if let Ok(uri) = rebuilt.path_and_query(path_and_query).build() {
+        parts.uri = uri;
     }
 }
 
