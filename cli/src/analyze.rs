@@ -20,7 +20,8 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
         }
     }
     let parsed = parse_sources(&texts.iter().map(String::as_str).collect::<Vec<_>>());
-    let refused = left_out_by_the_waypoint(&parsed.resources);
+    let mut refused = left_out_by_the_waypoint(&parsed.resources);
+    refused.extend(jwt_rules(&parsed.resources));
     for problem in parsed.problems.iter().chain(&refused) {
         println!("{}: {problem}", names[problem.source]);
     }
@@ -64,6 +65,44 @@ fn left_out_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
                 })
         })
         .collect()
+}
+
+/// The AuthorizationPolicy rules on request principals or JWT claims:
+/// a warning each, since without JWT validation they fail closed.
+fn jwt_rules(resources: &[Resource]) -> Vec<Problem> {
+    let mut found = Vec::new();
+    for resource in resources {
+        let Resource::AuthorizationPolicy(object) = resource else {
+            continue;
+        };
+        for (r, rule) in object.spec.rules.iter().enumerate() {
+            let principals = rule.from.iter().enumerate().filter(|(_, from)| {
+                !from.source.request_principals.is_empty()
+                    || !from.source.not_request_principals.is_empty()
+            });
+            let claims = rule
+                .when
+                .iter()
+                .enumerate()
+                .filter(|(_, condition)| condition.key.starts_with("request.auth."));
+            let paths = principals
+                .map(|(f, _)| format!("spec.rules[{r}].from[{f}].source"))
+                .chain(claims.map(|(w, _)| format!("spec.rules[{r}].when[{w}]")));
+            found.extend(paths.map(|path| Problem {
+                source: object.source,
+                document: object.document,
+                object: Some(ObjectRef::new(
+                    "AuthorizationPolicy",
+                    Some(object.namespace()),
+                    &object.metadata.name,
+                )),
+                path,
+                message: ambit_config::document::JWT_NOT_VALIDATED.to_string(),
+                severity: Severity::Warning,
+            }));
+        }
+    }
+    found
 }
 
 /// Documents that were rejected (each counted once).

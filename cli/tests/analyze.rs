@@ -129,3 +129,34 @@ metadata: {name: default, namespace: shop}
     assert!(stdout.contains("<stdin>: warning: Sidecar shop/default: kind: networking.istio.io/v1 Sidecar is not a kind Ambit reads; it has no effect"), "{stdout}");
     assert!(stdout.ends_with("2 errors, 1 warnings\n"), "{stdout}");
 }
+
+#[test]
+fn jwt_rules_are_named_as_failing_closed() {
+    let manifest = r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  jwtRules: [{issuer: "https://issuer.example"}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: signed-in, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+  - when: [{key: "request.auth.claims[group]", values: [admins]}]
+"#;
+    let output = analyze(&["-f", "-"], manifest);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let why = "Ambit does not validate JWTs, so AuthorizationPolicy rules on request principals or request.auth claims fail closed: in ALLOW and AUDIT they never match, in DENY and CUSTOM they always do";
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("<stdin>: warning: RequestAuthentication shop/jwt: kind: security.istio.io/v1 RequestAuthentication is not a kind Ambit reads: {why}"),
+            format!("<stdin>: warning: AuthorizationPolicy shop/signed-in: spec.rules[0].from[0].source: {why}"),
+            format!("<stdin>: warning: AuthorizationPolicy shop/signed-in: spec.rules[1].when[0]: {why}"),
+            "1 objects in 1 files: 0 errors, 3 warnings".to_string(),
+        ]
+    );
+}

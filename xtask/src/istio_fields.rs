@@ -36,7 +36,8 @@ pub fn write(workspace: &Workspace, crds: &Path) -> anyhow::Result<()> {
          # Written by `cargo xtask istio-fields --crds {}`; do not edit by hand.\n\
          # A section per kind (and the versions sharing one schema), then a line per leaf:\n\
          # its path (`[]` an array's item, `{{}}` a map's value) and its type, with an\n\
-         # enum's values or a number's bounds.\n",
+         # enum's values or a number's bounds; `required PATH FIELD...` names the fields\n\
+         # an object at PATH must hold.\n",
         crds.file_name().unwrap_or_default().to_string_lossy()
     );
     for kind in KINDS {
@@ -84,6 +85,10 @@ fn walk(schema: &Value, path: &str, leaves: &mut Vec<String>) -> anyhow::Result<
     let kind = schema["type"].as_str().unwrap_or_default();
     match kind {
         "object" => {
+            if let Some(required) = schema["required"].as_array().filter(|r| !r.is_empty()) {
+                let names: Vec<&str> = required.iter().filter_map(Value::as_str).collect();
+                leaves.push(format!("required {path} {}", names.join(" ")));
+            }
             if let Some(properties) = schema["properties"].as_object() {
                 let sorted: BTreeMap<_, _> = properties.iter().collect();
                 for (name, property) in sorted {

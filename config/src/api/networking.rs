@@ -148,6 +148,7 @@ pub struct HttpBody {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delegate {
+    #[serde(default)]
     pub name: String,
     pub namespace: Option<String>,
 }
@@ -162,8 +163,9 @@ pub struct HttpRewrite {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegexRewrite {
-    #[serde(rename = "match")]
+    #[serde(default, rename = "match")]
     pub pattern: String,
+    #[serde(default)]
     pub rewrite: String,
 }
 
@@ -390,8 +392,20 @@ impl HttpRoute {
                 ));
             }
         }
+        if self.delegate.as_ref().is_some_and(|d| d.name.is_empty()) {
+            issues.push(Issue::new(
+                format!("{at}.delegate.name"),
+                "the delegate VirtualService must be named",
+            ));
+        }
         if let Some(rewrite) = &self.rewrite {
             if let Some(regex) = &rewrite.uri_regex_rewrite {
+                if regex.pattern.is_empty() {
+                    issues.push(Issue::new(
+                        format!("{at}.rewrite.uriRegexRewrite.match"),
+                        "the regex to rewrite by is required",
+                    ));
+                }
                 check_regex(
                     &format!("{at}.rewrite.uriRegexRewrite.match"),
                     &regex.pattern,
@@ -585,6 +599,16 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Option<TunnelSettings>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Retries in flight as a share of the requests in flight, with a floor.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    pub percent: Option<f64>,
+    pub min_retry_concurrency: Option<u32>,
+    pub budget_interval: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -605,6 +629,33 @@ pub struct LoadBalancerSettings {
     pub locality_lb_setting: Option<LocalityLbSetting>,
     pub warmup_duration_secs: Option<Duration>,
     pub warmup: Option<WarmupConfiguration>,
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
+    pub backend_utilization: Option<BackendUtilization>,
+}
+
+/// Envoy's zone-aware routing: locality failover without Istio's
+/// locality labels (Ambit has no localities: accepted, no effect).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneAwareLbSetting {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    pub min_cluster_size: Option<u32>,
+}
+
+/// Load balancing by the utilization endpoints report (ORCA).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendUtilization {
+    pub error_utilization_penalty_percent: Option<u32>,
+    #[serde(default)]
+    pub metric_names_for_computing_utilization: Vec<String>,
+    pub weight_expiration_period: Option<Duration>,
+    pub weight_stabilization_period: Option<Duration>,
+    pub weight_update_period: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -672,6 +723,7 @@ pub struct LocalityLbSetting {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalityDistribute {
+    #[serde(default)]
     pub from: String,
     #[serde(default)]
     pub to: BTreeMap<String, u32>,
@@ -679,7 +731,9 @@ pub struct LocalityDistribute {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalityFailover {
+    #[serde(default)]
     pub from: String,
+    #[serde(default)]
     pub to: String,
 }
 
@@ -725,6 +779,14 @@ pub struct HttpSettings {
     pub h2_upgrade_policy: Option<H2UpgradePolicy>,
     pub use_client_protocol: Option<bool>,
     pub max_concurrent_streams: Option<i32>,
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// HTTP/2 PINGs on upstream connections.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Http2KeepAlive {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -749,6 +811,9 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     pub max_ejection_percent: Option<i32>,
     pub min_health_percent: Option<i32>,
+    /// The statuses counted as errors (none: 5xx, as Envoy counts).
+    #[serde(default)]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -1170,6 +1235,11 @@ pub struct ServerTlsSettings {
     pub max_protocol_version: Option<TlsProtocol>,
     #[serde(default)]
     pub cipher_suites: Vec<String>,
+    /// The Secret holding the CA bundle for MUTUAL, apart from the key pair.
+    pub ca_cert_credential_name: Option<String>,
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

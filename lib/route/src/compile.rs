@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use ambit_config::api::networking::{
     self, ConnectionPoolSettings, Destination, DestinationRuleSpec, H2UpgradePolicy,
-    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection, SimpleLb,
-    TrafficPolicy, VirtualServiceSpec,
+    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection, RetryBudget,
+    SimpleLb, TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -783,7 +783,7 @@ impl<'a> Compiler<'a> {
                     cluster: cluster_name(port, destination.subset.as_deref(), &host),
                     upstream: policy.upstream(service_port.map_or(Protocol::Tcp, Protocol::of)),
                     load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
-                    limits: Limits::from_pool(policy.connection_pool),
+                    limits: Limits::of(policy.connection_pool, policy.retry_budget),
                     outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
                     endpoints,
                     service: key,
@@ -1080,6 +1080,8 @@ struct PortPolicy<'r> {
     load_balancer: Option<&'r LoadBalancerSettings>,
     connection_pool: Option<&'r ConnectionPoolSettings>,
     outlier_detection: Option<&'r OutlierDetection>,
+    /// Set for the whole rule or a subset, never per port.
+    retry_budget: Option<&'r RetryBudget>,
 }
 
 impl<'r> PortPolicy<'r> {
@@ -1108,11 +1110,13 @@ impl<'r> PortPolicy<'r> {
                 load_balancer: settings.load_balancer.as_ref(),
                 connection_pool: settings.connection_pool.as_ref(),
                 outlier_detection: settings.outlier_detection.as_ref(),
+                retry_budget: policy.retry_budget.as_ref().or(self.retry_budget),
             },
             None => Self {
                 load_balancer: policy.load_balancer.as_ref().or(self.load_balancer),
                 connection_pool: policy.connection_pool.as_ref().or(self.connection_pool),
                 outlier_detection: policy.outlier_detection.as_ref().or(self.outlier_detection),
+                retry_budget: policy.retry_budget.as_ref().or(self.retry_budget),
             },
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ambit_config::api::networking::ConnectionPoolSettings;
+use ambit_config::api::networking::{ConnectionPoolSettings, RetryBudget};
 use serde::Serialize;
 
 /// Istio's `connectTimeout` when the rule gives none.
@@ -12,7 +12,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's idle timeout of upstream HTTP connections when none is given.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Envoy's retry budget when `retryBudget` leaves a field out.
+const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
+const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Connections to the destination's endpoints, all together; HTTP/1.1
@@ -31,9 +35,28 @@ pub struct Limits {
     /// Retries in flight to the destination; past it a failure is not retried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// In place of `max_retries`: retries in flight as a share of the
+    /// requests in flight, never fewer than its floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Budget>,
     pub connect_timeout: Duration,
     /// How long an upstream HTTP connection may sit idle before it is closed.
     pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    pub percent: f64,
+    pub min_concurrency: u32,
+}
+
+impl Budget {
+    /// Retries allowed in flight while `requests` are.
+    pub fn retries(&self, requests: u32) -> u32 {
+        let share = (f64::from(requests) * self.percent / 100.0) as u32;
+        share.max(self.min_concurrency)
+    }
 }
 
 impl Default for Limits {
@@ -44,6 +67,7 @@ impl Default for Limits {
             max_requests: None,
             max_requests_per_connection: None,
             max_retries: None,
+            retry_budget: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
@@ -51,7 +75,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn from_pool(pool: Option<&ConnectionPoolSettings>) -> Self {
+    /// The limits of a destination's `connectionPool` and `retryBudget`.
+    pub fn of(pool: Option<&ConnectionPoolSettings>, budget: Option<&RetryBudget>) -> Self {
         let positive =
             |value: Option<i32>| value.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
         let tcp = pool.and_then(|p| p.tcp.as_ref());
@@ -65,6 +90,12 @@ impl Limits {
             max_requests: positive(http.and_then(|h| h.http2_max_requests)),
             max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
             max_retries: positive(http.and_then(|h| h.max_retries)),
+            retry_budget: budget.map(|budget| Budget {
+                percent: budget.percent.unwrap_or(DEFAULT_BUDGET_PERCENT),
+                min_concurrency: budget
+                    .min_retry_concurrency
+                    .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+            }),
             connect_timeout: duration(tcp.and_then(|t| t.connect_timeout))
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             // The HTTP setting, else the TCP one, as Istio applies them.
@@ -81,6 +112,7 @@ impl Limits {
             || self.max_pending_requests.is_some()
             || self.max_requests.is_some()
             || self.max_retries.is_some()
+            || self.retry_budget.is_some()
     }
 }
 
@@ -106,7 +138,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let limits = Limits::from_pool(Some(&pool));
+        let limits = Limits::of(Some(&pool), None);
         assert_eq!(
             limits,
             Limits {
@@ -118,6 +150,10 @@ mod tests {
             }
         );
         assert!(limits.breaks());
-        assert!(!Limits::from_pool(None).breaks());
+        assert!(!Limits::of(None, None).breaks());
+        // A retry budget: a fifth of the requests in flight, at least three.
+        let budget = Limits::of(None, Some(&RetryBudget::default()));
+        let budget = budget.retry_budget.expect("a budget");
+        assert_eq!((budget.retries(5), budget.retries(100)), (3, 20));
     }
 }

@@ -40,6 +40,9 @@ pub struct OutlierPolicy {
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// The statuses that count as errors; none: every 5xx.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error_codes: Vec<u16>,
 }
 
 impl OutlierPolicy {
@@ -69,6 +72,11 @@ impl OutlierPolicy {
             base_ejection: duration(spec.base_ejection_time).unwrap_or(DEFAULT_BASE_EJECTION),
             max_ejection_percent: percent(spec.max_ejection_percent, DEFAULT_MAX_EJECTION_PERCENT),
             min_health_percent: percent(spec.min_health_percent, 0),
+            error_codes: spec
+                .outlier_detection_http_error_codes
+                .iter()
+                .filter_map(|code| u16::try_from(*code).ok())
+                .collect(),
         })
     }
 }
@@ -130,11 +138,11 @@ impl Detector {
             }
         };
         if let Some(status) = status {
-            host.consecutive_5xx = if status >= 500 {
-                host.consecutive_5xx + 1
-            } else {
-                0
+            let error = match policy.error_codes.is_empty() {
+                true => status >= 500,
+                false => policy.error_codes.contains(&status),
             };
+            host.consecutive_5xx = if error { host.consecutive_5xx + 1 } else { 0 };
             host.consecutive_gateway = if matches!(status, 502..=504) {
                 host.consecutive_gateway + 1
             } else {
@@ -292,5 +300,11 @@ mod tests {
         assert!(detector.record(addr(1), HostResult::Answered(504), 3, now));
         assert!(detector.record(addr(2), HostResult::Failed, 3, now));
         assert!(OutlierPolicy::from_spec(None).is_none());
+        // Only the statuses named count, when some are.
+        let mut named = spec(1, 100);
+        named.outlier_detection_http_error_codes = vec![429];
+        let mut detector = Detector::new(OutlierPolicy::from_spec(Some(&named)).unwrap());
+        assert!(!detector.record(addr(1), HostResult::Answered(500), 3, now));
+        assert!(detector.record(addr(1), HostResult::Answered(429), 3, now));
     }
 }

@@ -155,9 +155,14 @@ impl Breaker {
         })
     }
 
-    /// A retry's place, held while it is in flight; `None` past `maxRetries`.
+    /// A retry's place, held while it is in flight; `None` past
+    /// `maxRetries`, or past the retry budget when there is one.
     pub fn retry(&self) -> Option<Count> {
-        count_under(&self.retries, self.limits.max_retries)
+        let limit = match &self.limits.retry_budget {
+            Some(budget) => Some(budget.retries(self.requests.load(Ordering::Acquire))),
+            None => self.limits.max_retries,
+        };
+        count_under(&self.retries, limit)
     }
 }
 
