@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ambit_config::api::networking::{ConnectionPoolSettings, RetryBudget};
+use ambit_config::api::networking::{ConnectionPoolSettings, RetryBudget, TcpKeepalive};
 use serde::Serialize;
 
 /// Istio's `connectTimeout` when the rule gives none.
@@ -42,6 +42,34 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// How long an upstream HTTP connection may sit idle before it is closed.
     pub idle_timeout: Duration,
+    /// How long an upstream connection is used for new requests at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keepalive on upstream connections; unset fields are the
+    /// system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Keepalive>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keepalive {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+}
+
+impl Keepalive {
+    fn of(spec: &TcpKeepalive) -> Self {
+        Self {
+            time: spec.time.map(|t| t.0),
+            interval: spec.interval.map(|t| t.0),
+            probes: spec.probes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -70,6 +98,8 @@ impl Default for Limits {
             retry_budget: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connection_duration: None,
+            tcp_keepalive: None,
         }
     }
 }
@@ -102,6 +132,10 @@ impl Limits {
             idle_timeout: duration(http.and_then(|h| h.idle_timeout))
                 .or(duration(tcp.and_then(|t| t.idle_timeout)))
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_connection_duration: duration(tcp.and_then(|t| t.max_connection_duration)),
+            tcp_keepalive: tcp
+                .and_then(|t| t.tcp_keepalive.as_ref())
+                .map(Keepalive::of),
         }
     }
 
@@ -128,6 +162,12 @@ mod tests {
         let pool = ConnectionPoolSettings {
             tcp: Some(TcpSettings {
                 max_connections: Some(1),
+                max_connection_duration: Some(SpecDuration(Duration::from_secs(600))),
+                tcp_keepalive: Some(TcpKeepalive {
+                    time: Some(SpecDuration(Duration::from_secs(30))),
+                    probes: Some(3),
+                    interval: None,
+                }),
                 ..Default::default()
             }),
             http: Some(HttpSettings {
@@ -146,6 +186,12 @@ mod tests {
                 max_pending_requests: Some(1),
                 max_requests_per_connection: Some(1),
                 idle_timeout: Duration::from_secs(30),
+                max_connection_duration: Some(Duration::from_secs(600)),
+                tcp_keepalive: Some(Keepalive {
+                    time: Some(Duration::from_secs(30)),
+                    interval: None,
+                    probes: Some(3),
+                }),
                 ..Limits::default()
             }
         );

@@ -14,7 +14,7 @@ use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::lb::pick_weighted;
-use ambit_route::limits::DEFAULT_CONNECT_TIMEOUT;
+use ambit_route::limits::Limits;
 use ambit_route::Protocol;
 use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
@@ -171,9 +171,7 @@ async fn carry_tcp(responder: Responder, context: &StreamContext) {
             &context.mesh,
             context.local_ip,
             endpoint,
-            backend
-                .as_ref()
-                .map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.limits.connect_timeout),
+            backend.as_ref().map_or(&Limits::default(), |b| &b.limits),
         )
         .await
     {

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ambit_config::model::Mesh;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
-use ambit_route::limits::Limits;
+use ambit_route::limits::{Keepalive, Limits};
 use ambit_route::outlier::HostResult;
 use ambit_route::retry::Outcome;
 use ambit_route::Backend;
@@ -41,7 +41,8 @@ pub struct Upstream {
     /// The waypoint's own identity, which upstream agents see.
     identity: Identity,
     http1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// One HTTP/2 connection per endpoint, with when it was opened.
+    http2: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, Instant)>>,
     /// Requests in flight per endpoint, for least request.
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     /// Choices made per backend, for round robin.
@@ -58,6 +59,7 @@ struct Idle {
     /// Requests it has carried.
     served: u32,
     since: Instant,
+    opened: Instant,
 }
 
 /// Counts a request in flight to its endpoint until dropped.
@@ -176,11 +178,11 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Failure> {
         let connect = Failure::Connect;
         if http2 {
-            let mut sender = match self.shared_http2(endpoint) {
+            let mut sender = match self.shared_http2(endpoint, limits) {
                 Some(sender) => sender,
                 None => {
                     let io = self
-                        .stream(mesh, from, endpoint, limits.connect_timeout)
+                        .stream(mesh, from, endpoint, limits)
                         .await
                         .map_err(boxed(connect))?;
                     let (sender, connection) =
@@ -188,25 +190,25 @@ impl Upstream {
                             .await
                             .map_err(boxed(connect))?;
                     tokio::spawn(connection);
-                    lock(&self.http2).insert(endpoint, sender.clone());
+                    lock(&self.http2).insert(endpoint, (sender.clone(), Instant::now()));
                     sender
                 }
             };
             sender.ready().await.map_err(boxed(connect))?;
             return sender.send_request(request).await.map_err(sent_but_failed);
         }
-        let (mut sender, served) = match self.idle_http1(endpoint, limits.idle_timeout) {
-            Some(idle) => (idle.sender, idle.served),
+        let (mut sender, served, opened) = match self.idle_http1(endpoint, limits) {
+            Some(idle) => (idle.sender, idle.served, idle.opened),
             None => {
                 let io = self
-                    .stream(mesh, from, endpoint, limits.connect_timeout)
+                    .stream(mesh, from, endpoint, limits)
                     .await
                     .map_err(boxed(connect))?;
                 let (sender, connection) = http1::handshake(TokioIo::new(io))
                     .await
                     .map_err(boxed(connect))?;
                 tokio::spawn(connection.with_upgrades());
-                (sender, 0)
+                (sender, 0, Instant::now())
             }
         };
         let response = sender.send_request(request);
@@ -227,15 +229,28 @@ impl Upstream {
                 sender,
                 served,
                 since: Instant::now(),
+                opened,
             });
         }
         Ok(response)
     }
 
-    fn shared_http2(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<Body>> {
+    /// The HTTP/2 connection to `endpoint`, unless it closed or is older
+    /// than the destination's `maxConnectionDuration` (then it finishes
+    /// what it carries, and a new one takes new requests).
+    fn shared_http2(
+        &self,
+        endpoint: SocketAddr,
+        limits: &Limits,
+    ) -> Option<http2::SendRequest<Body>> {
         let mut shared = lock(&self.http2);
+        let young = |opened: &Instant| {
+            limits
+                .max_connection_duration
+                .is_none_or(|most| opened.elapsed() < most)
+        };
         match shared.get(&endpoint) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some((sender, opened)) if !sender.is_closed() && young(opened) => Some(sender.clone()),
             Some(_) => {
                 shared.remove(&endpoint);
                 None
@@ -245,26 +260,35 @@ impl Upstream {
     }
 
     /// A kept connection to `endpoint` that can take a request now, idle
-    /// for less than `idle_timeout` (an older one is closed).
-    fn idle_http1(&self, endpoint: SocketAddr, idle_timeout: Duration) -> Option<Idle> {
+    /// for less than the idle timeout and opened for less than the
+    /// `maxConnectionDuration` (others are closed).
+    fn idle_http1(&self, endpoint: SocketAddr, limits: &Limits) -> Option<Idle> {
         let mut idle = lock(&self.http1);
         let kept = idle.get_mut(&endpoint)?;
-        kept.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < idle_timeout);
+        kept.retain(|idle| {
+            !idle.sender.is_closed()
+                && idle.since.elapsed() < limits.idle_timeout
+                && limits
+                    .max_connection_duration
+                    .is_none_or(|most| idle.opened.elapsed() < most)
+        });
         let ready = kept.iter().position(|idle| idle.sender.is_ready())?;
         Some(kept.swap_remove(ready))
     }
 
     /// A byte stream to `endpoint`: an HBONE stream to its agent when it is
-    /// a pod of the mesh, else a TCP connection; given up after
-    /// `connect_timeout`.
+    /// a pod of the mesh, else a TCP connection; given up after the
+    /// destination's connect timeout, its TCP keepalive set.
     pub async fn stream(
         &self,
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        connect_timeout: Duration,
+        limits: &Limits,
     ) -> std::io::Result<Box<dyn Stream>> {
-        tokio::time::timeout(connect_timeout, self.connect(mesh, from, endpoint))
+        let connect_timeout = limits.connect_timeout;
+        let connected = self.connect(mesh, from, endpoint, limits.tcp_keepalive);
+        tokio::time::timeout(connect_timeout, connected)
             .await
             .map_err(|_| {
                 std::io::Error::new(
@@ -279,12 +303,19 @@ impl Upstream {
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
+        keepalive: Option<Keepalive>,
     ) -> std::io::Result<Box<dyn Stream>> {
+        let dial = |address: SocketAddr| async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let _ = tcp.set_nodelay(true);
+            if let Some(keepalive) = keepalive {
+                set_keepalive(&tcp, keepalive)?;
+            }
+            Ok(tcp)
+        };
         let Some(peer) = meshed_identity_at(&self.identity.trust_domain, mesh, endpoint.ip())
         else {
-            let tcp = tokio::net::TcpStream::connect(endpoint).await?;
-            let _ = tcp.set_nodelay(true);
-            return Ok(Box::new(tcp));
+            return Ok(Box::new(dial(endpoint).await?));
         };
         let caller = Party {
             identity: &self.identity,
@@ -294,16 +325,25 @@ impl Upstream {
             identity: &peer,
             ip: endpoint.ip(),
         };
-        let tunnel = self
-            .mesh_tls
-            .open(caller, peer, endpoint, |address| async move {
-                let tcp = tokio::net::TcpStream::connect(address).await?;
-                let _ = tcp.set_nodelay(true);
-                Ok(tcp)
-            })
-            .await?;
+        let tunnel = self.mesh_tls.open(caller, peer, endpoint, dial).await?;
         Ok(Box::new(tunnel))
     }
+}
+
+/// TCP keepalive as a DestinationRule's `tcpKeepalive` asks, on a new
+/// connection (to a plain endpoint, or carrying HBONE to a meshed one).
+fn set_keepalive(tcp: &tokio::net::TcpStream, keepalive: Keepalive) -> std::io::Result<()> {
+    let mut settings = socket2::TcpKeepalive::new();
+    if let Some(time) = keepalive.time {
+        settings = settings.with_time(time);
+    }
+    if let Some(interval) = keepalive.interval {
+        settings = settings.with_interval(interval);
+    }
+    if let Some(probes) = keepalive.probes {
+        settings = settings.with_retries(probes);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&settings)
 }
 
 /// Why an attempt got no answer: as Envoy tells them apart for retries
