@@ -446,15 +446,9 @@ impl Attempts<'_> {
         let Some(policy) = self.retry else {
             self.admit(breaker.as_deref(), exchange).await?;
             let endpoint = self.pick(&[], exchange)?;
-            let request = Request::from_parts(parts, body);
-            let sent = self.context.upstream.send(
-                &self.context.mesh,
-                self.context.local_ip,
-                endpoint,
-                (self.http2, limits),
-                request,
-            );
-            let sent = sent.await;
+            let sent = self
+                .attempt(endpoint, Request::from_parts(parts, body))
+                .await;
             self.record(endpoint, sent.as_ref().ok());
             return sent.map_err(|failure| failed(&failure, false));
         };
@@ -475,13 +469,7 @@ impl Attempts<'_> {
             let endpoint = self.pick(avoid, exchange)?;
             tried.push(endpoint);
             let request = attempt_request(&parts, body.take().unwrap_or_else(empty));
-            let sent = self.context.upstream.send(
-                &self.context.mesh,
-                self.context.local_ip,
-                endpoint,
-                (self.http2, limits),
-                request,
-            );
+            let sent = self.attempt(endpoint, request);
             let ended = match policy.per_try_timeout {
                 Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
                 None => Some(sent.await),
@@ -525,6 +513,20 @@ impl Attempts<'_> {
             };
         }
         unreachable!("the loop returns")
+    }
+
+    /// One attempt: `request` to `endpoint`.
+    async fn attempt(
+        &self,
+        endpoint: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let context = self.context;
+        let how = (self.http2, &self.backend.limits);
+        let sent = context
+            .upstream
+            .send(&context.mesh, context.local_ip, endpoint, how, request);
+        sent.await
     }
 
     /// How an attempt at `endpoint` ended (its answer, or none), for the
