@@ -49,6 +49,14 @@ pub struct Limits {
     /// system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<Keepalive>,
+    /// Streams one upstream HTTP/2 connection carries at once; more open
+    /// another connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 PINGs on upstream connections: how often, and how long an
+    /// answer may take before the connection is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<(Duration, Option<Duration>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,6 +108,8 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
             tcp_keepalive: None,
+            max_concurrent_streams: None,
+            http2_keepalive: None,
         }
     }
 }
@@ -136,7 +146,19 @@ impl Limits {
             tcp_keepalive: tcp
                 .and_then(|t| t.tcp_keepalive.as_ref())
                 .map(Keepalive::of),
+            max_concurrent_streams: positive(http.and_then(|h| h.max_concurrent_streams)),
+            http2_keepalive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| Some((duration(k.interval)?, duration(k.timeout)))),
         }
+    }
+
+    /// Which of an endpoint's HTTP/2 connections (from 0) takes a request
+    /// when `in_flight` requests (this one counted) are going to it: the
+    /// n-th takes those past n times the streams one may carry.
+    pub fn http2_connection(&self, in_flight: usize) -> usize {
+        self.max_concurrent_streams
+            .map_or(0, |most| in_flight.saturating_sub(1) / most as usize)
     }
 
     /// Whether any request or retry can be refused for the destination's
@@ -197,6 +219,14 @@ mod tests {
         );
         assert!(limits.breaks());
         assert!(!Limits::of(None, None).breaks());
+        // Streams past maxConcurrentStreams go on another HTTP/2 connection.
+        let streams = Limits {
+            max_concurrent_streams: Some(2),
+            ..Limits::default()
+        };
+        let connections: Vec<usize> = (1..=5).map(|n| streams.http2_connection(n)).collect();
+        assert_eq!(connections, [0, 0, 1, 1, 2]);
+        assert_eq!(Limits::default().http2_connection(100), 0);
         // A retry budget: a fifth of the requests in flight, at least three.
         let budget = Limits::of(None, Some(&RetryBudget::default()));
         let budget = budget.retry_budget.expect("a budget");

@@ -24,7 +24,7 @@ use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::destinations::{Breaker, ByCluster, Outliers};
@@ -41,8 +41,9 @@ pub struct Upstream {
     /// The waypoint's own identity, which upstream agents see.
     identity: Identity,
     http1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    /// One HTTP/2 connection per endpoint, with when it was opened.
-    http2: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, Instant)>>,
+    /// HTTP/2 connections per endpoint, with when each was opened: one,
+    /// or as many as `maxConcurrentStreams` asks for the requests in flight.
+    http2: Mutex<HashMap<SocketAddr, Vec<Option<Http2Connection>>>>,
     /// Requests in flight per endpoint, for least request.
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     /// Choices made per backend, for round robin.
@@ -52,6 +53,9 @@ pub struct Upstream {
     /// Outlier detection of the backends that have it.
     outliers: ByCluster<Outliers>,
 }
+
+/// A shared HTTP/2 connection and when it was opened.
+type Http2Connection = (http2::SendRequest<Body>, Instant);
 
 /// A kept HTTP/1.1 connection between requests.
 struct Idle {
@@ -178,19 +182,35 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Failure> {
         let connect = Failure::Connect;
         if http2 {
-            let mut sender = match self.shared_http2(endpoint, limits) {
+            let in_flight = lock(&self.active).get(&endpoint).copied().unwrap_or(1);
+            let slot = limits.http2_connection(in_flight);
+            let mut sender = match self.shared_http2(endpoint, slot, limits) {
                 Some(sender) => sender,
                 None => {
                     let io = self
                         .stream(mesh, from, endpoint, limits)
                         .await
                         .map_err(boxed(connect))?;
-                    let (sender, connection) =
-                        http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                            .await
-                            .map_err(boxed(connect))?;
+                    let mut builder = http2::Builder::new(TokioExecutor::new());
+                    if let Some((interval, timeout)) = limits.http2_keepalive {
+                        builder
+                            .timer(TokioTimer::new())
+                            .keep_alive_interval(interval);
+                        if let Some(timeout) = timeout {
+                            builder.keep_alive_timeout(timeout);
+                        }
+                    }
+                    let (sender, connection) = builder
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(boxed(connect))?;
                     tokio::spawn(connection);
-                    lock(&self.http2).insert(endpoint, (sender.clone(), Instant::now()));
+                    let mut shared = lock(&self.http2);
+                    let slots = shared.entry(endpoint).or_default();
+                    if slots.len() <= slot {
+                        slots.resize_with(slot + 1, || None);
+                    }
+                    slots[slot] = Some((sender.clone(), Instant::now()));
                     sender
                 }
             };
@@ -235,12 +255,13 @@ impl Upstream {
         Ok(response)
     }
 
-    /// The HTTP/2 connection to `endpoint`, unless it closed or is older
-    /// than the destination's `maxConnectionDuration` (then it finishes
-    /// what it carries, and a new one takes new requests).
+    /// The `slot`-th HTTP/2 connection to `endpoint`, unless it closed or
+    /// is older than the destination's `maxConnectionDuration` (then it
+    /// finishes what it carries, and a new one takes new requests).
     fn shared_http2(
         &self,
         endpoint: SocketAddr,
+        slot: usize,
         limits: &Limits,
     ) -> Option<http2::SendRequest<Body>> {
         let mut shared = lock(&self.http2);
@@ -249,13 +270,13 @@ impl Upstream {
                 .max_connection_duration
                 .is_none_or(|most| opened.elapsed() < most)
         };
-        match shared.get(&endpoint) {
+        let kept = shared.get_mut(&endpoint)?.get_mut(slot)?;
+        match kept {
             Some((sender, opened)) if !sender.is_closed() && young(opened) => Some(sender.clone()),
-            Some(_) => {
-                shared.remove(&endpoint);
+            _ => {
+                *kept = None;
                 None
             }
-            None => None,
         }
     }
 
