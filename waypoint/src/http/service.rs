@@ -463,7 +463,8 @@ impl Attempts<'_> {
         let mut body = bodies.next();
         // A retry's place under maxRetries, held while it is in flight.
         let mut _retrying = None;
-        for retry in 0.. {
+        let mut retries = 0;
+        loop {
             self.admit(breaker.as_deref(), exchange).await?;
             let avoid = if other_hosts { &tried[..] } else { &[] };
             let endpoint = self.pick(avoid, exchange)?;
@@ -484,7 +485,7 @@ impl Attempts<'_> {
                 Some(Err(failure)) => failure.outcome(),
             };
             let retried = policy.retries(outcome);
-            if retried && retry < policy.attempts {
+            if retried && retries < policy.attempts {
                 // Within maxRetries (Some), holding a place when counted.
                 let allowed = match &breaker {
                     Some(breaker) => breaker.retry().map(Some),
@@ -493,7 +494,8 @@ impl Attempts<'_> {
                 body = allowed.is_some().then(|| bodies.next()).flatten();
                 _retrying = allowed.flatten();
                 if body.is_some() {
-                    tokio::time::sleep(policy.wait(retry + 1, fastrand::u64(..))).await;
+                    retries += 1;
+                    tokio::time::sleep(policy.wait(retries, fastrand::u64(..))).await;
                     continue;
                 }
             }
@@ -512,7 +514,6 @@ impl Attempts<'_> {
                 )),
             };
         }
-        unreachable!("the loop returns")
     }
 
     /// One attempt: `request` to `endpoint`.
