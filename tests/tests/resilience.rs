@@ -182,13 +182,20 @@ fn istios_circuit_breaking_task_sheds_what_one_connection_cannot_take() -> anyho
     let bed = Bed::start_serving(|version| {
         Server::new("reviews", version).answer_delay(Duration::from_millis(50))
     })?;
-    // The task's DestinationRule: one connection, one request waiting for
-    // it, no keep-alive (its outlierDetection is left to its own test).
+    // The task's trafficPolicy, whole: one connection, one request
+    // waiting for it, no keep-alive; and its outlier detection, which a
+    // refusal of the waypoint's own (no endpoint was asked) does not feed.
     bed.apply(
         json!({
             "connectionPool": {
                 "tcp": { "maxConnections": 1 },
                 "http": { "http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1 },
+            },
+            "outlierDetection": {
+                "consecutive5xxErrors": 1,
+                "interval": "1s",
+                "baseEjectionTime": "3m",
+                "maxEjectionPercent": 100,
             },
         }),
         None,
