@@ -39,32 +39,41 @@ pub fn run(inputs: &[String]) -> anyhow::Result<bool> {
     Ok(errors == 0)
 }
 
-/// The fields of valid VirtualServices that the waypoint leaves out, as
-/// Istio does: a warning each, since their author meant something by them.
+/// The fields of valid VirtualServices and DestinationRules that the
+/// waypoint leaves out: a warning each, since their author meant something
+/// by them.
 fn left_out_by_the_waypoint(resources: &[Resource]) -> Vec<Problem> {
-    resources
-        .iter()
-        .filter_map(|resource| match resource {
-            Resource::VirtualService(object) => Some(object),
-            _ => None,
-        })
-        .flat_map(|object| {
-            ambit_route::left_out_fields(&object.spec)
-                .into_iter()
-                .map(|field| Problem {
-                    source: object.source,
-                    document: object.document,
-                    object: Some(ObjectRef::new(
-                        "VirtualService",
-                        Some(object.namespace()),
-                        &object.metadata.name,
-                    )),
-                    path: field,
-                    message: ambit_route::LEFT_OUT.to_string(),
-                    severity: Severity::Warning,
-                })
-        })
-        .collect()
+    let mut found = Vec::new();
+    for resource in resources {
+        let (kind, source, document, metadata, namespace, fields) = match resource {
+            Resource::VirtualService(object) => (
+                "VirtualService",
+                object.source,
+                object.document,
+                &object.metadata,
+                object.namespace(),
+                ambit_route::left_out_fields(&object.spec),
+            ),
+            Resource::DestinationRule(object) => (
+                "DestinationRule",
+                object.source,
+                object.document,
+                &object.metadata,
+                object.namespace(),
+                ambit_route::left_out_destination_fields(&object.spec),
+            ),
+            _ => continue,
+        };
+        found.extend(fields.into_iter().map(|(path, why)| Problem {
+            source,
+            document,
+            object: Some(ObjectRef::new(kind, Some(namespace), &metadata.name)),
+            path,
+            message: why.to_string(),
+            severity: Severity::Warning,
+        }));
+    }
+    found
 }
 
 /// The AuthorizationPolicy rules on request principals or JWT claims:

@@ -160,3 +160,31 @@ spec:
         ]
     );
 }
+
+#[test]
+fn destination_rule_fields_the_waypoint_does_not_act_on_are_named() {
+    let manifest = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}
+    connectionPool: {tcp: {maxConnections: 10}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: SIMPLE}}
+"#;
+    let output = analyze(&["-f", "-"], manifest);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "<stdin>: warning: DestinationRule shop/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not applied: Ambit has no localities (topology labels) to balance or fail over by",
+            "<stdin>: warning: DestinationRule shop/reviews: spec.subsets[0].trafficPolicy.tls: not applied by the waypoint; the rest of the DestinationRule is",
+            "1 objects in 1 files: 0 errors, 2 warnings",
+        ]
+    );
+}

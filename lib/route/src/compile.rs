@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_config::api::networking::{
-    self, ConnectionPoolSettings, Destination, DestinationRuleSpec, H2UpgradePolicy,
-    HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection, RetryBudget,
-    SimpleLb, TrafficPolicy, VirtualServiceSpec,
+    self, ClientTlsSettings, ConnectionPoolSettings, Destination, DestinationRuleSpec,
+    H2UpgradePolicy, HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection,
+    RetryBudget, SimpleLb, TlsMode, TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -868,14 +868,102 @@ fn service_key(host: &str) -> Option<Key> {
 pub const LEFT_OUT: &str = "not applied, as Istio does not apply it";
 
 /// The fields of a VirtualService the waypoint leaves out as Istio does,
-/// as paths (`spec.http[0].fault.delay.exponentialDelay`): the rest of the
-/// VirtualService applies, and each is reported (`routes.problems`,
-/// `ambit analyze`) rather than passed over in silence.
-pub fn left_out_fields(spec: &VirtualServiceSpec) -> Vec<String> {
+/// with why, by path (`spec.http[0].fault.delay.exponentialDelay`): the
+/// rest of the VirtualService applies, and each is reported
+/// (`routes.problems`, `ambit analyze`) rather than passed over in silence.
+pub fn left_out_fields(spec: &VirtualServiceSpec) -> Vec<(String, &'static str)> {
     let mut fields = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
         if let Some(Ok((_, left_out))) = route.fault.as_ref().map(Fault::from_spec) {
-            fields.extend(left_out.into_iter().map(|f| format!("spec.http[{i}].{f}")));
+            fields.extend(
+                left_out
+                    .into_iter()
+                    .map(|f| (format!("spec.http[{i}].{f}"), LEFT_OUT)),
+            );
+        }
+    }
+    fields
+}
+
+/// Why the waypoint has nothing to act on in a locality setting.
+const NO_LOCALITIES: &str =
+    "not applied: Ambit has no localities (topology labels) to balance or fail over by";
+/// What a DestinationRule field the waypoint does not apply comes to.
+const NOT_APPLIED: &str = "not applied by the waypoint; the rest of the DestinationRule is";
+
+/// The fields of a DestinationRule the waypoint does not act on, with why,
+/// by path: reported by `ambit analyze` rather than accepted in silence.
+pub fn left_out_destination_fields(spec: &DestinationRuleSpec) -> Vec<(String, &'static str)> {
+    let mut fields = Vec::new();
+    let mut policy = |at: String, policy: &TrafficPolicy| {
+        let ports = policy.port_level_settings.iter().enumerate();
+        // ISTIO_MUTUAL is what the waypoint does anyway (HBONE in mutual
+        // TLS with the endpoint's identity); other modes it does not apply.
+        let other_tls = |tls: Option<&ClientTlsSettings>| {
+            tls.is_some_and(|tls| tls.mode.is_some_and(|mode| mode != TlsMode::IstioMutual))
+        };
+        let levels = std::iter::once((
+            at.clone(),
+            policy.load_balancer.as_ref(),
+            other_tls(policy.tls.as_ref()),
+        ))
+        .chain(ports.map(|(p, port)| {
+            let at = format!("{at}.portLevelSettings[{p}]");
+            (
+                at,
+                port.load_balancer.as_ref(),
+                other_tls(port.tls.as_ref()),
+            )
+        }));
+        for (at, balancer, tls) in levels {
+            if tls {
+                fields.push((format!("{at}.tls"), NOT_APPLIED));
+            }
+            let Some(balancer) = balancer else { continue };
+            let set = [
+                (
+                    "localityLbSetting",
+                    balancer.locality_lb_setting.is_some(),
+                    NO_LOCALITIES,
+                ),
+                (
+                    "zoneAwareLbSetting",
+                    balancer.zone_aware_lb_setting.is_some(),
+                    NO_LOCALITIES,
+                ),
+                ("warmup", balancer.warmup.is_some(), NOT_APPLIED),
+                (
+                    "warmupDurationSecs",
+                    balancer.warmup_duration_secs.is_some(),
+                    NOT_APPLIED,
+                ),
+                (
+                    "backendUtilization",
+                    balancer.backend_utilization.is_some(),
+                    NOT_APPLIED,
+                ),
+            ];
+            fields.extend(
+                set.into_iter()
+                    .filter(|(_, set, _)| *set)
+                    .map(|(field, _, why)| (format!("{at}.loadBalancer.{field}"), why)),
+            );
+        }
+        for (field, set) in [
+            ("tunnel", policy.tunnel.is_some()),
+            ("proxyProtocol", policy.proxy_protocol.is_some()),
+        ] {
+            if set {
+                fields.push((format!("{at}.{field}"), NOT_APPLIED));
+            }
+        }
+    };
+    if let Some(top) = &spec.traffic_policy {
+        policy("spec.trafficPolicy".to_string(), top);
+    }
+    for (s, subset) in spec.subsets.iter().enumerate() {
+        if let Some(own) = &subset.traffic_policy {
+            policy(format!("spec.subsets[{s}].trafficPolicy"), own);
         }
     }
     fields

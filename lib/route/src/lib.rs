@@ -16,7 +16,7 @@ pub mod outlier;
 pub mod retry;
 
 pub use compile::{
-    compile, left_out_fields, Backend, Binding, HttpRoute, PortTable, Protocol, RouteTables,
-    Routed, LEFT_OUT,
+    compile, left_out_destination_fields, left_out_fields, Backend, Binding, HttpRoute, PortTable,
+    Protocol, RouteTables, Routed, LEFT_OUT,
 };
 pub use matching::{Arrival, Caller};
