@@ -158,7 +158,8 @@ impl Redirect {
     }
 }
 
-fn with_query(path: &str, query: Option<&str>) -> String {
+/// `path` with `query`, if there is one.
+pub fn with_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),

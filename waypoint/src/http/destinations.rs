@@ -74,7 +74,7 @@ impl ClusterState for Breaker {
         Self {
             limits,
             connections,
-            pending: AtomicU32::new(0),
+            pending: Arc::default(),
             requests: Arc::default(),
             retries: Arc::default(),
         }
@@ -88,7 +88,7 @@ pub struct Breaker {
     limits: Limits,
     /// HTTP/1.1 connections in use, one per request in flight.
     connections: Option<Arc<Semaphore>>,
-    pending: AtomicU32,
+    pending: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
     retries: Arc<AtomicU32>,
 }
@@ -119,15 +119,6 @@ fn count_under(counter: &Arc<AtomicU32>, limit: Option<u32>) -> Option<Count> {
         .map(|_| Count(counter.clone()))
 }
 
-/// Waiting for a connection, counted until it ends (or is cancelled).
-struct Waiting<'a>(&'a AtomicU32);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Breaker {
     /// Admits a request, waiting for an HTTP/1.1 connection if it must;
     /// `None` when the destination is full (503 `UO`).
@@ -137,13 +128,8 @@ impl Breaker {
             (Some(connections), false) => Some(match connections.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
-                    let limit = self.limits.max_pending_requests.unwrap_or(u32::MAX);
-                    self.pending
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            (n < limit).then_some(n + 1)
-                        })
-                        .ok()?;
-                    let _waiting = Waiting(&self.pending);
+                    // Counted as waiting until it has one (or gives up).
+                    let _waiting = count_under(&self.pending, self.limits.max_pending_requests)?;
                     connections.clone().acquire_owned().await.ok()?
                 }
             }),

@@ -21,6 +21,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
+use super::service::{attempt_request, empty};
 use super::upstream::{Body, BoxError, Upstream};
 
 /// Frames a copy may lag behind the request before it is given up.
@@ -53,17 +54,13 @@ impl Shadowing {
         if chosen.is_empty() {
             return body;
         }
-        let empty = hyper::body::Body::is_end_stream(&body);
-        let (body, mut copies) = match empty {
+        let bodiless = hyper::body::Body::is_end_stream(&body);
+        let (body, mut copies) = match bodiless {
             true => (body, Vec::new()),
             false => tee(body, chosen.len()),
         };
         for mirror in chosen {
-            let copy = copies.pop().unwrap_or_else(|| {
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed()
-            });
+            let copy = copies.pop().unwrap_or_else(empty);
             self.send(mirror, head, copy);
         }
         body
@@ -76,9 +73,7 @@ impl Shadowing {
         }
         let backend = mirror.backend.clone();
         let http2 = backend.upstream.http2_for(head.version);
-        let mut request = Request::new(body);
-        *request.method_mut() = head.method.clone();
-        *request.headers_mut() = head.headers.clone();
+        let mut request = attempt_request(head, body);
         let authority = shadow(ambit_route::matching::authority(head));
         // As prepared for the main request, then for the mirror's protocol.
         *request.uri_mut() = head

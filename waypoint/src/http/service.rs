@@ -591,12 +591,12 @@ impl Attempts<'_> {
     }
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// One attempt's request: the same head each time.
-fn attempt_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
+/// One attempt's request (or a mirror's copy): the same head each time.
+pub(super) fn attempt_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -717,20 +717,25 @@ fn normalize_path(parts: &mut http::request::Parts) {
     if normalized == path {
         return;
     }
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{normalized}?{query}"),
-        None => normalized.into_owned(),
-    };
-    let mut rebuilt = Uri::builder();
-    if let Some(scheme) = parts.uri.scheme() {
-        rebuilt = rebuilt.scheme(scheme.clone());
-    }
-    if let Some(authority) = parts.uri.authority() {
-        rebuilt = rebuilt.authority(authority.clone());
-    }
-    if let Ok(uri) = rebuilt.path_and_query(path_and_query).build() {
+    if let Some(uri) = with_path(&parts.uri, &normalized, None) {
         parts.uri = uri;
     }
+}
+
+/// `uri` with `path` in place of its own (its query kept) and, when it
+/// names one, `authority` in place of its authority.
+fn with_path(uri: &Uri, path: &str, authority: Option<&str>) -> Option<Uri> {
+    let mut rebuilt = Uri::builder();
+    if let Some(scheme) = uri.scheme() {
+        rebuilt = rebuilt.scheme(scheme.clone());
+    }
+    match (authority, uri.authority()) {
+        (Some(new), Some(_)) => rebuilt = rebuilt.authority(new),
+        (None, Some(old)) => rebuilt = rebuilt.authority(old.clone()),
+        _ => {}
+    }
+    let path_and_query = ambit_route::actions::with_query(path, uri.query());
+    rebuilt.path_and_query(path_and_query).build().ok()
 }
 
 /// The answer a route gives by itself: its direct response, or a
@@ -777,25 +782,9 @@ fn rewrite_request(
     matched: Option<&ambit_route::matching::RequestMatch>,
 ) {
     let uri = &parts.uri;
-    let path = rewrite
-        .path(uri.path(), matched.and_then(|m| m.uri.as_ref()))
-        .map(|path| match uri.query() {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
-        });
+    let path = rewrite.path(uri.path(), matched.and_then(|m| m.uri.as_ref()));
     let authority = rewrite.authority.as_deref();
-    let mut rebuilt = Uri::builder();
-    if let Some(scheme) = uri.scheme() {
-        rebuilt = rebuilt.scheme(scheme.clone());
-    }
-    match (authority, uri.authority()) {
-        (Some(new), Some(_)) => rebuilt = rebuilt.authority(new),
-        (None, Some(old)) => rebuilt = rebuilt.authority(old.clone()),
-        _ => {}
-    }
-    let path_and_query =
-        path.unwrap_or_else(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
-    if let Ok(uri) = rebuilt.path_and_query(path_and_query).build() {
+    if let Some(uri) = with_path(uri, path.as_deref().unwrap_or(uri.path()), authority) {
         parts.uri = uri;
     }
     if let Some(host) = authority.and_then(|a| HeaderValue::try_from(a).ok()) {
