@@ -530,19 +530,29 @@ fn host_patterns(host: &str) -> impl Iterator<Item = String> + '_ {
         .chain(std::iter::once("*".to_string()))
 }
 
-/// A VirtualService's routes as they apply to the mesh, before ports are
-/// known.
-struct Routes<'a> {
-    key: &'a Key,
+/// A VirtualService's routes as they apply to the mesh or a gateway,
+/// before ports are known.
+pub(crate) struct Routes<'a> {
+    pub(crate) key: &'a Key,
     http: Vec<MeshHttpRoute<'a>>,
+    /// A gateway's: by SNI, in order (an alternative each).
+    pub(crate) tls: Vec<TlsMatch>,
     /// Port (none: all), destinations.
     tcp: Vec<(Option<u16>, Weighted)>,
     /// What was left out of it, as Istio leaves it out (a delegate that
     /// cannot be found): the rest applies.
-    notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
-/// An HTTP route for the mesh, its own or a delegate's.
+/// One alternative of a `tls` route: the server names it takes (none:
+/// all), on a port (none: all), and where their connections go.
+pub(crate) struct TlsMatch {
+    pub(crate) sni_hosts: Vec<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) destinations: Weighted,
+}
+
+/// An HTTP route, its own or a delegate's.
 struct MeshHttpRoute<'a> {
     name: Option<String>,
     /// Alternatives; empty: all requests.
@@ -587,7 +597,7 @@ impl<'a> Compiler<'a> {
                 .mesh
                 .virtual_services_for(&pattern, self.namespace)
                 .into_iter()
-                .filter(|(_, config)| applies_to_mesh(&config.spec.gateways))
+                .filter(|(key, config)| Audience::Mesh.takes(&config.spec.gateways, &key.namespace))
                 .map(|(key, config)| (key, &config.spec, config.created.as_deref()))
                 .collect();
             // Oldest first; a manifest directory has no creation times.
@@ -608,7 +618,7 @@ impl<'a> Compiler<'a> {
                     );
                     continue;
                 }
-                match routes(self.mesh, key, spec) {
+                match routes(self.mesh, key, spec, Audience::Mesh) {
                     Ok(routes) => {
                         if !routes.notes.is_empty() {
                             problems
@@ -647,41 +657,7 @@ impl<'a> Compiler<'a> {
         };
         if let Some(routes) = virtual_service {
             if protocol.is_http() {
-                for route in &routes.http {
-                    let all = &route.matches;
-                    let matches: Vec<RequestMatch> = all
-                        .iter()
-                        .filter(|matched| matched.port.is_none_or(|p| p == port.port))
-                        .cloned()
-                        .collect();
-                    // Every alternative was for another port.
-                    if matches.is_empty() && !all.is_empty() {
-                        continue;
-                    }
-                    table.http.push(HttpRoute {
-                        name: route.name.clone(),
-                        matches,
-                        destinations: self
-                            .weighted(route.namespace, host, port, &route.destinations)
-                            .into_iter()
-                            .zip(route.destination_headers.iter().cloned())
-                            .map(|(backend, (request, response))| WeightedBackend {
-                                request_headers: request,
-                                response_headers: response,
-                                ..backend
-                            })
-                            .collect(),
-                        mirrors: route
-                            .mirrors
-                            .iter()
-                            .map(|(percent, destination)| Mirror {
-                                percent: *percent,
-                                backend: self.backend(route.namespace, host, port, destination),
-                            })
-                            .collect(),
-                        actions: route.actions.clone(),
-                    });
-                }
+                table.http = self.http_routes(routes, host, port);
             } else {
                 for (route_port, destinations) in &routes.tcp {
                     if route_port.is_some_and(|p| p != port.port) {
@@ -714,6 +690,53 @@ impl<'a> Compiler<'a> {
             table.route_all(self.weighted(self.namespace, host, port, &[(1, itself)]));
         }
         table
+    }
+
+    /// The HTTP routes of `routes` for requests that arrived at `port`
+    /// for `host`: those with a match for the port, in order.
+    pub(crate) fn http_routes(
+        &mut self,
+        routes: &Routes<'a>,
+        host: &str,
+        port: &ServicePort,
+    ) -> Vec<HttpRoute> {
+        let mut compiled = Vec::new();
+        for route in &routes.http {
+            let all = &route.matches;
+            let matches: Vec<RequestMatch> = all
+                .iter()
+                .filter(|matched| matched.port.is_none_or(|p| p == port.port))
+                .cloned()
+                .collect();
+            // Every alternative was for another port.
+            if matches.is_empty() && !all.is_empty() {
+                continue;
+            }
+            compiled.push(HttpRoute {
+                name: route.name.clone(),
+                matches,
+                destinations: self
+                    .weighted(route.namespace, host, port, &route.destinations)
+                    .into_iter()
+                    .zip(route.destination_headers.iter().cloned())
+                    .map(|(backend, (request, response))| WeightedBackend {
+                        request_headers: request,
+                        response_headers: response,
+                        ..backend
+                    })
+                    .collect(),
+                mirrors: route
+                    .mirrors
+                    .iter()
+                    .map(|(percent, destination)| Mirror {
+                        percent: *percent,
+                        backend: self.backend(route.namespace, host, port, destination),
+                    })
+                    .collect(),
+                actions: route.actions.clone(),
+            });
+        }
+        compiled
     }
 
     fn weighted(
@@ -851,10 +874,41 @@ fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
     format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
 }
 
-/// `gateways` as written on a VirtualService or a match: none means the
-/// mesh; otherwise `mesh` must be among them.
-fn applies_to_mesh(gateways: &[String]) -> bool {
-    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
+/// Whose traffic routes are compiled for: the mesh's own (a waypoint's),
+/// or what arrives at one Gateway (an ingress gateway's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Audience<'a> {
+    Mesh,
+    Gateway(&'a Key),
+}
+
+impl Audience<'_> {
+    /// Whether a VirtualService in `namespace` with these `gateways` is
+    /// for this audience: none written means the mesh alone.
+    pub(crate) fn takes(self, gateways: &[String], namespace: &str) -> bool {
+        match self {
+            Self::Mesh => gateways.is_empty() || self.named(gateways, namespace),
+            Self::Gateway(_) => self.named(gateways, namespace),
+        }
+    }
+
+    /// Whether a match with these `gateways` holds for this audience: none
+    /// written means those of its VirtualService.
+    fn admits(self, gateways: &[String], namespace: &str) -> bool {
+        gateways.is_empty() || self.named(gateways, namespace)
+    }
+
+    /// Whether `gateways` (written in `namespace`) names this audience: a
+    /// Gateway as `NAMESPACE/NAME`, or by `NAME` alone in its own namespace.
+    fn named(self, gateways: &[String], namespace: &str) -> bool {
+        gateways.iter().any(|written| match self {
+            Self::Mesh => written == MESH_GATEWAY,
+            Self::Gateway(key) => match written.split_once('/') {
+                Some((ns, name)) => ns == key.namespace && name == key.name,
+                None => namespace == key.namespace && *written == key.name,
+            },
+        })
+    }
 }
 
 /// The Service a fully qualified host names: `NAME.NAMESPACE.svc.cluster.local`.
@@ -969,12 +1023,13 @@ pub fn left_out_destination_fields(spec: &DestinationRuleSpec) -> Vec<(String, &
     fields
 }
 
-/// A VirtualService's mesh routes, or why it cannot be used. Delegated
-/// routes stand for their delegate's, merged as Istio merges them.
-fn routes<'a>(
+/// A VirtualService's routes for `audience`, or why it cannot be used.
+/// Delegated routes stand for their delegate's, merged as Istio merges them.
+pub(crate) fn routes<'a>(
     mesh: &'a Mesh,
     key: &'a Key,
     spec: &'a VirtualServiceSpec,
+    audience: Audience<'_>,
 ) -> Result<Routes<'a>, String> {
     let mut notes: Vec<String> = Vec::new();
     let mut expanded: Vec<(String, &'a str, networking::HttpRoute)> = Vec::new();
@@ -1018,12 +1073,12 @@ fn routes<'a>(
     for (at, namespace, route) in expanded {
         let mut matches = Vec::new();
         for (m, matched) in route.matches.iter().enumerate() {
-            if !applies_to_mesh(&matched.gateways) {
+            if !audience.admits(&matched.gateways, &key.namespace) {
                 continue;
             }
             matches.push(request_match(matched).map_err(|e| format!("{at}.match[{m}]: {e}"))?);
         }
-        // Every alternative was for gateways only.
+        // Every alternative was for others.
         if !route.matches.is_empty() && matches.is_empty() {
             continue;
         }
@@ -1048,19 +1103,33 @@ fn routes<'a>(
             actions,
         });
     }
+    let mut tls = Vec::new();
+    for route in &spec.tls {
+        let destinations = weights(route.route.iter().map(|r| (r.weight, &r.destination)));
+        let admitted = route
+            .matches
+            .iter()
+            .filter(|m| audience.admits(&m.gateways, &key.namespace));
+        for matched in admitted {
+            tls.push(TlsMatch {
+                sni_hosts: matched.sni_hosts.clone(),
+                port: matched.port.and_then(|p| u16::try_from(p).ok()),
+                destinations: destinations.clone(),
+            });
+        }
+    }
     let mut tcp = Vec::new();
     for route in &spec.tcp {
         let destinations = weights(route.route.iter().map(|r| (r.weight, &r.destination)));
-        let mesh_matches: Vec<_> = route
-            .matches
-            .iter()
-            .filter(|m| applies_to_mesh(&m.gateways))
-            .collect();
         if route.matches.is_empty() {
             tcp.push((None, destinations));
             continue;
         }
-        for matched in mesh_matches {
+        let admitted = route
+            .matches
+            .iter()
+            .filter(|m| audience.admits(&m.gateways, &key.namespace));
+        for matched in admitted {
             let port = matched.port.and_then(|p| u16::try_from(p).ok());
             tcp.push((port, destinations.clone()));
         }
@@ -1068,6 +1137,7 @@ fn routes<'a>(
     Ok(Routes {
         key,
         http,
+        tls,
         tcp,
         notes,
     })
@@ -1251,6 +1321,7 @@ impl LoadBalancer {
 }
 
 mod delegate;
+pub mod gateway;
 
 #[cfg(test)]
 mod tests;

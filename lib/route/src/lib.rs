@@ -15,6 +15,7 @@ pub mod matching;
 pub mod outlier;
 pub mod retry;
 
+pub use compile::gateway::{compile_gateway, GatewayTables, Listener, ServerMode, ServerTable};
 pub use compile::{
     compile, left_out_destination_fields, left_out_fields, Backend, Binding, HttpRoute, PortTable,
     Protocol, RouteTables, Routed, LEFT_OUT,

@@ -19,7 +19,7 @@ fn waypoint() -> WaypointRef {
 
 /// Bookinfo's reviews (three versions) and ratings in `bookinfo`, bound to
 /// the waypoint `waypoint`, with Istio's subsets, and `extra` on top.
-fn mesh(extra: &str) -> Mesh {
+pub(super) fn mesh(extra: &str) -> Mesh {
     let pod = |name: &str, app: &str, version: &str, ip: &str| {
         format!(
             "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: bookinfo, labels: {{app: {app}, version: {version}}}}}, \
