@@ -298,7 +298,7 @@ spec:
 #[test]
 fn the_gateway_and_service_entries_parse_under_every_version() {
     for version in VERSIONS {
-        let parsed = parse("gateway.yaml", version);
+        let parsed = parse("bookinfo-gateway.yaml", version);
         let Resource::Gateway(gateway) = &parsed.resources[4] else {
             panic!("the gateway follows the four destination rules");
         };

@@ -11,6 +11,9 @@ pub fn manifest(file: &str) -> anyhow::Result<Vec<Value>> {
         "destination-rule-all.yaml" => {
             include_str!("../../config/tests/fixtures/bookinfo/destination-rule-all.yaml")
         }
+        "bookinfo-gateway.yaml" => {
+            include_str!("../../config/tests/fixtures/bookinfo/bookinfo-gateway.yaml")
+        }
         "routing-all-v1.yaml" => {
             include_str!("../../config/tests/fixtures/bookinfo/routing-all-v1.yaml")
         }

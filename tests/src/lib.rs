@@ -16,6 +16,7 @@ pub mod hbone;
 pub mod host;
 mod manifests;
 pub mod mesh;
+pub mod pki;
 mod process;
 pub mod sniff;
 pub mod testapp;

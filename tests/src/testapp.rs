@@ -25,6 +25,10 @@ pub struct Reply {
     /// The user and trace headers it received, which it passes on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forwarded: BTreeMap<String, String>,
+    /// What a proxy in front told it of the client: `x-forwarded-for`,
+    /// `x-forwarded-proto`, `x-envoy-external-address`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub proxied: BTreeMap<String, String>,
     /// The replies of the services it called on, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<Reply>,
@@ -94,6 +98,10 @@ pub struct HttpSummary {
     /// `name: value`, by how many responses carried each.
     #[serde(default)]
     pub headers: BTreeMap<String, usize>,
+    /// What the answering servers were told of the client by a proxy
+    /// ([`Reply::proxied`]), as `name: value`, by how many answers.
+    #[serde(default)]
+    pub proxied: BTreeMap<String, usize>,
     /// Requests that got no response at all.
     pub errors: usize,
     pub first_error: Option<String>,
@@ -187,6 +195,8 @@ pub struct Server {
     /// Every Nth request fails with this status (0: none).
     fail_every: (u64, u16),
     log_requests: bool,
+    /// The certificate and key its HTTPS listeners present.
+    certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Server {
@@ -201,7 +211,21 @@ impl Server {
             call_timeout: None,
             fail_every: (0, 503),
             log_requests: false,
+            certificate: None,
         }
+    }
+
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on `port`, presenting the
+    /// certificate chain and key in these PEM files.
+    pub fn https(
+        mut self,
+        port: u16,
+        certificate: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Self {
+        self.listeners.push(("https", port));
+        self.certificate = Some((certificate.into(), key.into()));
+        self
     }
 
     /// Each call gives up after `timeout` (five seconds unless said).
@@ -277,6 +301,10 @@ impl Server {
         if self.log_requests {
             args.push("--log-requests".into());
         }
+        if let Some((certificate, key)) = &self.certificate {
+            args.push(format!("--tls-cert={}", certificate.display()));
+            args.push(format!("--tls-key={}", key.display()));
+        }
         args.extend(
             self.listeners
                 .iter()
@@ -317,6 +345,16 @@ pub struct HttpLoad {
     method: String,
     cookies: bool,
     show_headers: Vec<String>,
+    connect: Option<SocketAddr>,
+    tls: Option<ClientTls>,
+}
+
+/// What an HTTPS client trusts and presents, as files.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca: std::path::PathBuf,
+    /// A client certificate and its key.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl HttpLoad {
@@ -331,7 +369,22 @@ impl HttpLoad {
             method: "GET".into(),
             cookies: false,
             show_headers: Vec::new(),
+            connect: None,
+            tls: None,
         }
+    }
+
+    /// Connects to `address` whatever host the URL names (which stays the
+    /// Host and the TLS server name), as curl's `--resolve`.
+    pub fn connect(mut self, address: SocketAddr) -> Self {
+        self.connect = Some(address);
+        self
+    }
+
+    /// How an `https` URL is spoken to.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// A header every request carries.
@@ -398,6 +451,16 @@ impl HttpLoad {
                 .iter()
                 .map(|name| format!("--show-header={name}")),
         );
+        if let Some(address) = self.connect {
+            args.push(format!("--connect={address}"));
+        }
+        if let Some(tls) = &self.tls {
+            args.push(format!("--tls-ca={}", tls.ca.display()));
+            if let Some((cert, key)) = &tls.client {
+                args.push(format!("--tls-client-cert={}", cert.display()));
+                args.push(format!("--tls-client-key={}", key.display()));
+            }
+        }
         args.extend(
             self.headers
                 .iter()

@@ -27,6 +27,40 @@ impl Waypoint {
         source: &Source,
         ca: Option<&TestCa>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(cluster, pod, name, source, ca, Vec::new())
+    }
+
+    /// Starts `ambit-waypoint --mode gateway` in `pod`, as the ingress
+    /// gateway `name` running as the pod's own service account, reading
+    /// Secrets standalone from `credentials` (`DIR/NAME/tls.crt`…).
+    pub fn start_gateway(
+        cluster: &Cluster,
+        pod: &Pod,
+        name: &str,
+        ca: &TestCa,
+        credentials: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let args = vec![
+            "--mode".into(),
+            "gateway".into(),
+            "--pod-name".into(),
+            pod.name.clone().into(),
+            "--service-account".into(),
+            pod.name.clone().into(),
+            "--credentials-dir".into(),
+            credentials.into(),
+        ];
+        Self::start_with(cluster, pod, name, &Source::Directory, Some(ca), args)
+    }
+
+    fn start_with(
+        cluster: &Cluster,
+        pod: &Pod,
+        name: &str,
+        source: &Source,
+        ca: Option<&TestCa>,
+        extra: Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<Self> {
         let binary = cluster.binaries().get("ambit-waypoint")?;
         let readiness = SocketAddr::from((pod.ip, 15021));
         let mut args: Vec<std::ffi::OsString> = vec![
@@ -43,6 +77,7 @@ impl Waypoint {
             "--worker-threads".into(),
             "1".into(),
         ];
+        args.extend(extra);
         args.extend(source.flags(cluster));
         if let Some(ca) = ca {
             // Standalone, the CA knows the waypoint by its node's token.
@@ -88,14 +123,29 @@ impl Waypoint {
     /// Writes `config` for the mesh and waits until the waypoint's config
     /// dump shows a change.
     pub fn apply(&self, cluster: &Cluster, config: &MeshConfig) -> anyhow::Result<()> {
-        let before = self.config_dump()?;
+        Self::apply_to(cluster, config, &[self])
+    }
+
+    /// Writes `config` for the mesh and waits until each of `proxies`
+    /// shows a change in its config dump.
+    pub fn apply_to(
+        cluster: &Cluster,
+        config: &MeshConfig,
+        proxies: &[&Self],
+    ) -> anyhow::Result<()> {
+        let before = proxies
+            .iter()
+            .map(|proxy| proxy.config_dump())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         crate::mesh::write_config(cluster, config)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.config_dump()? == before {
-            if std::time::Instant::now() > deadline {
-                bail!("the waypoint never took the new config:\n{}", self.output());
+        for (proxy, before) in proxies.iter().zip(before) {
+            while proxy.config_dump()? == before {
+                if std::time::Instant::now() > deadline {
+                    bail!("the proxy never took the new config:\n{}", proxy.output());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(())
     }

@@ -1,21 +1,31 @@
-//! Wiring of the waypoint's parts, started from `main`.
+//! Wiring of the proxy's parts, started from `main`: one runner, with the
+//! waypoint's front (HBONE from the agents) or the ingress gateway's
+//! (listeners from Gateway servers) on the same pipeline.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
+use ambit_config::model::Mesh;
 use ambit_identity::Identity;
 use ambit_mesh_source::{MeshHandle, SourceThread};
+use ambit_mesh_tls::hbone::MeshTls;
+use ambit_route::{GatewayTables, RouteTables};
 use ambit_telemetry::http::HttpMetrics;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
 
+use crate::config::Mode;
+use crate::front::gateway::{self, Gateway};
 use crate::front::hbone::{self, Shared};
+use crate::front::Credentials;
 use crate::http::authz::Authz;
 use crate::http::upstream::Upstream;
-use crate::tables::Tables;
+use crate::tables::{Compiled, Current, Tables};
 use crate::Config;
 
-/// Runs the waypoint until SIGTERM or SIGINT.
+/// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = StopSignal::install()?;
     tracing::info!(?config, "starting ambit-waypoint");
@@ -24,86 +34,202 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = SourceThread::start(&config.source, mesh.clone())
         .await
         .context("reading the mesh configuration")?;
-
-    let waypoint = config.waypoint();
-    let tables = Arc::new(Tables::default());
-    let compiling = tokio::spawn(tables.clone().keep_current(mesh.clone(), waypoint.clone()));
-    let config_dump: ConfigDump = {
-        let tables = tables.clone();
-        Arc::new(move || {
-            // The snapshot the tables in force were compiled from: a
-            // change shows here once it routes requests.
-            let current = tables.current();
-            let current = current.as_deref();
-            serde_json::json!({
-                "waypoint": waypoint.0,
-                "services": current.map(|current| &current.tables.bindings),
-                "routes": current.map(|current| &current.tables),
-                "mesh": current.map(|current| &current.mesh),
-            })
-        })
-    };
-    let readiness = Readiness::default();
-    let mut registry = Registry::default();
-    let metrics = Arc::new(HttpMetrics::register(&mut registry));
-    let admin = AdminEndpoints::start(
-        config.admin,
-        readiness.clone(),
-        Arc::new(registry),
-        config_dump,
-    )
-    .await?;
-
-    // Agents reach the waypoint only over HBONE in mutual TLS: without a
-    // CA it serves its admin endpoints and carries nothing.
-    let serving = match &config.ca {
-        Some(ca) => {
-            let mesh_tls = Arc::new(ca.start()?);
-            let identity = Identity::new(
-                ca.trust_domain.as_str(),
-                &config.waypoint.namespace,
-                &config.service_account,
-            );
-            mesh_tls.certificates().want([identity.clone()].into());
-            let upstream = Arc::new(Upstream::new(mesh_tls.clone(), identity.clone()));
-            let listener = tokio::net::TcpListener::bind(config.hbone)
-                .await
-                .with_context(|| format!("binding HBONE on {}", config.hbone))?;
-            let shared = Arc::new(Shared {
-                mesh_tls,
-                identity,
-                tables: tables.clone(),
-                upstream,
-                metrics,
-                authz: Arc::new(Authz {
-                    tables: tables.clone(),
-                    waypoint: config.waypoint.clone(),
-                    root_namespace: config.root_namespace.clone(),
-                }),
-            });
-            Some(tokio::spawn(hbone::serve(
-                listener,
-                shared,
-                readiness.clone(),
-            )))
+    let serving = match config.mode {
+        Mode::Waypoint => {
+            let waypoint = config.waypoint();
+            let dumped = waypoint.0.clone();
+            let front = Front {
+                compile: move |mesh: &Mesh| ambit_route::compile(mesh, &waypoint),
+                dump: move |current: &Current<RouteTables>| {
+                    serde_json::json!({
+                        "waypoint": dumped,
+                        "services": &current.tables.bindings,
+                        "routes": &current.tables,
+                        "mesh": &current.mesh,
+                    })
+                },
+                start: serve_hbone,
+            };
+            Serving::start(&config, &mesh, front).await?
         }
-        None => {
-            tracing::warn!("no CA (--ca-addr): the waypoint carries no traffic");
-            None
+        Mode::Gateway => {
+            let pod = config.pod.clone().context("gateway mode has a pod")?;
+            let dumped = config.waypoint.clone();
+            let front = Front {
+                compile: move |mesh: &Mesh| {
+                    let labels = mesh.workloads.get(&pod).map(|w| &w.labels);
+                    let labels = labels.cloned().unwrap_or_default();
+                    ambit_route::compile_gateway(mesh, &pod.namespace, &labels)
+                },
+                dump: move |current: &Current<GatewayTables>| {
+                    serde_json::json!({
+                        "gateway": dumped,
+                        "routes": &current.tables,
+                        "mesh": &current.mesh,
+                    })
+                },
+                start: serve_gateway,
+            };
+            Serving::start(&config, &mesh, front).await?
         }
     };
-    tables.first_compiled().await;
-    readiness.set_ready(true);
-    tracing::info!(waypoint = %config.waypoint, "ready");
-
     stop.received().await;
-    readiness.set_ready(false);
-    if let Some(serving) = serving {
-        serving.abort();
-    }
-    compiling.abort();
+    serving.stop().await;
     drop(source);
-    admin.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What tells the two modes apart: the tables they compile, how their
+/// config dump shows them, and the front that serves traffic by them.
+struct Front<C, D, S> {
+    compile: C,
+    dump: D,
+    start: S,
+}
+
+/// What a front serves with once the proxy holds an identity.
+struct Parts<T> {
+    tables: Arc<Tables<T>>,
+    mesh_tls: Arc<MeshTls>,
+    identity: Identity,
+    upstream: Arc<Upstream>,
+    metrics: Arc<HttpMetrics>,
+    authz: Arc<Authz>,
+    readiness: Readiness,
+}
+
+/// A running proxy.
+struct Serving {
+    readiness: Readiness,
+    tasks: Vec<JoinHandle<()>>,
+    admin: AdminEndpoints,
+}
+
+impl Serving {
+    /// Starts compiling tables and serving admin endpoints, then, with
+    /// the first tables in force, the front; ready once it listens.
+    async fn start<T, C, D, S, F>(
+        config: &Config,
+        mesh: &Arc<MeshHandle>,
+        front: Front<C, D, S>,
+    ) -> anyhow::Result<Self>
+    where
+        T: Compiled,
+        C: Fn(&Mesh) -> T + Clone + Send + 'static,
+        D: Fn(&Current<T>) -> serde_json::Value + Send + Sync + 'static,
+        S: FnOnce(Config, Parts<T>) -> F,
+        F: Future<Output = anyhow::Result<JoinHandle<()>>>,
+    {
+        let tables = Arc::new(Tables::<T>::default());
+        let compiling = tokio::spawn(tables.clone().keep_current(mesh.clone(), front.compile));
+        let config_dump: ConfigDump = {
+            let tables = tables.clone();
+            let dump = front.dump;
+            // The snapshot the tables in force were compiled from: a
+            // change shows here once it routes requests.
+            Arc::new(move || {
+                tables
+                    .current()
+                    .map_or(serde_json::Value::Null, |c| dump(&c))
+            })
+        };
+        let readiness = Readiness::default();
+        let mut registry = Registry::default();
+        let metrics = Arc::new(HttpMetrics::register(&mut registry));
+        let admin = AdminEndpoints::start(
+            config.admin,
+            readiness.clone(),
+            Arc::new(registry),
+            config_dump,
+        )
+        .await?;
+        let mut tasks = vec![compiling];
+        tables.first_compiled().await;
+        // Upstreams are reached over HBONE in mutual TLS: without a CA the
+        // proxy serves its admin endpoints and carries nothing.
+        match &config.ca {
+            Some(ca) => {
+                let mesh_tls = Arc::new(ca.start()?);
+                let identity = Identity::new(
+                    ca.trust_domain.as_str(),
+                    &config.waypoint.namespace,
+                    &config.service_account,
+                );
+                mesh_tls.certificates().want([identity.clone()].into());
+                let upstream = Arc::new(Upstream::new(mesh_tls.clone(), identity.clone()));
+                let authz = Arc::new(Authz {
+                    mesh: tables.clone(),
+                    waypoint: config.waypoint.clone(),
+                    root_namespace: config.root_namespace.clone(),
+                });
+                let parts = Parts {
+                    tables: tables.clone(),
+                    mesh_tls,
+                    identity,
+                    upstream,
+                    metrics,
+                    authz,
+                    readiness: readiness.clone(),
+                };
+                tasks.push((front.start)(config.clone(), parts).await?);
+            }
+            None => tracing::warn!("no CA (--ca-addr): the proxy carries no traffic"),
+        }
+        readiness.set_ready(true);
+        tracing::info!(mode = ?config.mode, name = %config.waypoint, "ready");
+        Ok(Self {
+            readiness,
+            tasks,
+            admin,
+        })
+    }
+
+    async fn stop(self) {
+        self.readiness.set_ready(false);
+        for task in self.tasks {
+            task.abort();
+        }
+        self.admin.stop().await;
+    }
+}
+
+/// The waypoint's front: HBONE from the agents.
+async fn serve_hbone(config: Config, parts: Parts<RouteTables>) -> anyhow::Result<JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(config.hbone)
+        .with_context(|| format!("binding HBONE on {}", config.hbone))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let shared = Arc::new(Shared {
+        mesh_tls: parts.mesh_tls,
+        identity: parts.identity,
+        tables: parts.tables,
+        upstream: parts.upstream,
+        metrics: parts.metrics,
+        authz: parts.authz,
+    });
+    Ok(tokio::spawn(hbone::serve(
+        listener,
+        shared,
+        parts.readiness,
+    )))
+}
+
+/// The ingress gateway's front: the ports of its Gateways' servers, the
+/// first of them open before it returns.
+async fn serve_gateway(
+    config: Config,
+    parts: Parts<GatewayTables>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let gateway = Arc::new(Gateway {
+        tables: parts.tables,
+        upstream: parts.upstream,
+        metrics: parts.metrics,
+        authz: parts.authz,
+        credentials: Credentials::new(config.credentials_dir),
+        pod: config.pod.context("gateway mode has a pod")?,
+        bind: gateway::BIND_ALL,
+    });
+    let listeners = gateway::Listeners::open(&gateway).await;
+    Ok(tokio::spawn(listeners.keep_open(gateway)))
 }

@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use ambit_admin::AdminAddrs;
 use ambit_config::model::{Key, WaypointRef};
@@ -7,14 +8,41 @@ use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::bail;
 use serde::Serialize;
 
+/// What the proxy serves.
+#[derive(clap::ValueEnum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// HBONE from the node agents, for the Services bound to it.
+    Waypoint,
+    /// An ingress gateway: the ports of the Gateway servers whose selector
+    /// its pod's labels match, for clients outside the mesh.
+    Gateway,
+}
+
 /// Command-line flags, as typed.
 #[derive(clap::Parser, Debug)]
 #[command(name = "ambit-waypoint", version, about)]
 pub struct Args {
+    #[arg(long, value_enum, default_value = "waypoint")]
+    pub mode: Mode,
+
     /// The waypoint's name: the value of `istio.io/use-waypoint` on the
-    /// Services (or namespace) it serves.
+    /// Services (or namespace) it serves. In gateway mode, the gateway's
+    /// (its Deployment's) name.
     #[arg(long, env = "WAYPOINT_NAME", default_value = "waypoint")]
     pub name: String,
+
+    /// The pod the proxy runs in (Kubernetes' downward API sets it): in
+    /// gateway mode its labels say which Gateways select it.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// In gateway mode, where the Secrets that Gateways name by
+    /// `credentialName` are read from without a cluster: `DIR/NAME/`
+    /// holding `tls.crt`, `tls.key` and `ca.crt`, as Kubernetes mounts a
+    /// Secret. Changed files take effect at the next handshake.
+    #[arg(long)]
+    pub credentials_dir: Option<PathBuf>,
 
     /// The namespace the waypoint serves and runs in.
     #[arg(long, env = "POD_NAMESPACE")]
@@ -52,7 +80,11 @@ pub struct Args {
 /// The validated configuration the waypoint runs with.
 #[derive(Serialize, Debug, Clone)]
 pub struct Config {
+    pub mode: Mode,
     pub waypoint: Key,
+    /// The proxy's own pod; required in gateway mode.
+    pub pod: Option<Key>,
+    pub credentials_dir: Option<PathBuf>,
     pub service_account: String,
     pub hbone: SocketAddr,
     pub worker_threads: usize,
@@ -76,7 +108,13 @@ impl Config {
                 bail!("{flag} {value:?}: not a Kubernetes name (lower-case letters, digits and '-', at most 63)");
             }
         }
+        if args.mode == Mode::Gateway && args.pod_name.is_none() {
+            bail!("--mode gateway needs --pod-name (POD_NAME): its pod's labels say which Gateways it serves");
+        }
         Ok(Self {
+            mode: args.mode,
+            pod: args.pod_name.map(|pod| Key::new(&args.namespace, pod)),
+            credentials_dir: args.credentials_dir,
             waypoint: Key::new(args.namespace, args.name),
             service_account,
             hbone: args.hbone_addr,

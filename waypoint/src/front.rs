@@ -1,3 +1,8 @@
-//! Where traffic reaches the waypoint: HBONE from the node agents.
+//! Where traffic reaches the proxy: HBONE from the node agents (waypoint
+//! mode), or a gateway's own listeners (gateway mode).
 
+mod credentials;
+pub mod gateway;
 pub mod hbone;
+
+pub use credentials::Credentials;

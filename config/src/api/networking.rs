@@ -1261,7 +1261,7 @@ pub enum ServerTlsMode {
     OptionalMutual,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsProtocol {
     #[serde(rename = "TLS_AUTO")]
     Auto,

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod matching;
 pub mod outlier;
 pub mod retry;
+pub mod sni;
 
 pub use compile::gateway::{compile_gateway, GatewayTables, Listener, ServerMode, ServerTable};
 pub use compile::{

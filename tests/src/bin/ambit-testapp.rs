@@ -46,6 +46,16 @@ enum Mode {
         /// HTTP listen address; repeatable.
         #[arg(long)]
         http: Vec<SocketAddr>,
+        /// HTTPS listen address (HTTP/1.1 and HTTP/2 by ALPN), with
+        /// `--tls-cert` and `--tls-key`; repeatable.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        https: Vec<SocketAddr>,
+        /// The server's certificate chain (PEM).
+        #[arg(long)]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The server's private key (PEM).
+        #[arg(long)]
+        tls_key: Option<std::path::PathBuf>,
         /// TCP echo listen address; repeatable.
         #[arg(long)]
         echo: Vec<SocketAddr>,
@@ -108,6 +118,13 @@ enum Mode {
         /// A response header to count by value (repeatable).
         #[arg(long = "show-header")]
         show_headers: Vec<String>,
+        /// Connect here rather than to the URL's host (as curl's
+        /// `--resolve`): the URL's host is still the Host and the TLS
+        /// server name.
+        #[arg(long)]
+        connect: Option<String>,
+        #[command(flatten)]
+        tls: ClientTls,
     },
     /// POST `bytes` bytes to `/upload` in one streamed body and print a
     /// JSON [`TransferSummary`] with what the server counted.
@@ -200,6 +217,68 @@ enum Mode {
     },
 }
 
+/// How an `https` URL is spoken to.
+#[derive(clap::Args, Clone, Default)]
+struct ClientTls {
+    /// The roots (PEM) the server's certificate must chain to.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), with `--tls-client-key`.
+    #[arg(long, requires = "tls_client_key")]
+    tls_client_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tls_client_key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// A connector for these settings, offering `alpn`.
+    fn connector(&self, alpn: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca = self
+            .tls_ca
+            .as_ref()
+            .context("an https URL needs --tls-ca")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        let mut config = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => builder.with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)?.collect::<Result<_, _>>()?,
+                PrivateKeyDer::from_pem_file(key)?,
+            )?,
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+}
+
+/// A server's TLS, from its certificate and key files.
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
@@ -207,6 +286,9 @@ async fn main() -> anyhow::Result<()> {
             app,
             version,
             http,
+            https,
+            tls_cert,
+            tls_key,
             echo,
             sink,
             sink_stall_ms,
@@ -234,7 +316,11 @@ async fn main() -> anyhow::Result<()> {
                 },
                 log_requests,
             });
-            serve(server, http, echo, sinks).await
+            let https = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some((https, server_tls(&cert, &key)?)),
+                _ => None,
+            };
+            serve(server, http, https, echo, sinks).await
         }
         Mode::Http {
             url,
@@ -246,6 +332,8 @@ async fn main() -> anyhow::Result<()> {
             method,
             cookies,
             show_headers,
+            connect,
+            tls,
         } => {
             let pacing = Pacing {
                 reconnect,
@@ -256,6 +344,8 @@ async fn main() -> anyhow::Result<()> {
                 headers,
                 cookies,
                 show_headers,
+                connect,
+                tls,
             };
             let summary = http_client(&url, requests, http2, pacing, &request).await?;
             println!("{}", serde_json::to_string(&summary)?);
@@ -335,17 +425,24 @@ impl Failing {
 async fn serve(
     server: Arc<HttpServer>,
     http: Vec<SocketAddr>,
+    https: Option<(Vec<SocketAddr>, tokio_rustls::TlsAcceptor)>,
     echo: Vec<SocketAddr>,
     sinks: Sinks,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !http.is_empty() || !echo.is_empty(),
-        "give at least one --http or --echo address"
+        !http.is_empty() || !echo.is_empty() || https.is_some(),
+        "give at least one --http, --https or --echo address"
     );
     let mut servers = tokio::task::JoinSet::new();
     for addr in http {
         let listener = listen(addr)?;
-        servers.spawn(serve_http(listener, server.clone()));
+        servers.spawn(serve_http(listener, server.clone(), None));
+    }
+    if let Some((addrs, acceptor)) = https {
+        for addr in addrs {
+            let listener = listen(addr)?;
+            servers.spawn(serve_http(listener, server.clone(), Some(acceptor.clone())));
+        }
     }
     for addr in echo {
         let listener = listen(addr)?;
@@ -378,10 +475,15 @@ fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(socket.listen(4096)?)
 }
 
-async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::Result<()> {
+async fn serve_http(
+    listener: TcpListener,
+    server: Arc<HttpServer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let server = server.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let server = server.clone();
@@ -398,9 +500,22 @@ async fn serve_http(listener: TcpListener, server: Arc<HttpServer>) -> anyhow::R
                     Ok(answer(req, &server, peer).await)
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+            };
         });
     }
 }
@@ -494,6 +609,13 @@ async fn answer(
             .map_or("/", |p| p.as_str())
             .to_string(),
         forwarded,
+        proxied: PROXY_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = req.headers().get(*name)?.to_str().ok()?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect(),
         calls,
     };
     full(
@@ -522,6 +644,13 @@ const FORWARDED_HEADERS: [&str; 13] = [
     "user-agent",
 ];
 
+/// What a proxy in front tells of the client (Envoy's edge headers).
+const PROXY_HEADERS: [&str; 3] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-envoy-external-address",
+];
+
 /// GET `url` with `forwarded` headers; its reply, or one naming the failure.
 async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>, timeout: Duration) -> Reply {
     let outcome = tokio::time::timeout(timeout, async {
@@ -547,6 +676,7 @@ async fn call_on(url: &Uri, forwarded: &BTreeMap<String, String>, timeout: Durat
         protocol: String::new(),
         path: String::new(),
         forwarded: BTreeMap::new(),
+        proxied: BTreeMap::new(),
         calls: Vec::new(),
     })
 }
@@ -1166,6 +1296,35 @@ impl Sender {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::handshake(stream, http2).await
+    }
+
+    /// Over TLS to `name` at `addr`, as `tls` says.
+    async fn connect_tls(
+        addr: &str,
+        name: &str,
+        http2: bool,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Self> {
+        let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+        let connector = tls.connector(alpn)?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let name = rustls::pki_types::ServerName::try_from(name.to_string())?;
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .context("TLS handshake")?;
+        // In TLS 1.3 a server refuses a client's certificate after the
+        // client's handshake is done: the first request then fails.
+        Self::handshake(stream, http2).await
+    }
+
+    async fn handshake<I>(stream: I, http2: bool) -> anyhow::Result<Self>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(stream);
         Ok(if http2 {
             let (sender, connection) =
@@ -1208,6 +1367,9 @@ struct RequestShape {
     cookies: bool,
     /// Response headers counted by value.
     show_headers: Vec<String>,
+    /// Where to connect, when not to the URL's host.
+    connect: Option<String>,
+    tls: ClientTls,
 }
 
 /// `NAME:VALUE`.
@@ -1229,9 +1391,12 @@ async fn http_client(
         .authority()
         .context("the URL needs a host and port")?
         .clone();
-    let addr = match authority.port_u16() {
-        Some(_) => authority.to_string(),
-        None => format!("{authority}:80"),
+    let https = url.scheme_str() == Some("https");
+    let addr = match (&shape.connect, authority.port_u16()) {
+        (Some(connect), _) => connect.clone(),
+        (None, Some(_)) => authority.to_string(),
+        (None, None) if https => format!("{authority}:443"),
+        (None, None) => format!("{authority}:80"),
     };
     let mut summary = HttpSummary::default();
     let mut sender: Option<Sender> = None;
@@ -1242,6 +1407,9 @@ async fn http_client(
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let connection = match sender.take() {
                 Some(connection) => connection,
+                None if https => {
+                    Sender::connect_tls(&addr, authority.host(), http2, &shape.tls).await?
+                }
                 None => Sender::connect(&addr, http2).await?,
             };
             let connection = sender.insert(connection);
@@ -1320,6 +1488,12 @@ fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
                 .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
             *summary.protocols.entry(reply.protocol.clone()).or_default() += 1;
             *summary.paths.entry(reply.path.clone()).or_default() += 1;
+            for (name, value) in &reply.proxied {
+                *summary
+                    .proxied
+                    .entry(format!("{name}: {value}"))
+                    .or_default() += 1;
+            }
             if !reply.calls.is_empty() {
                 *summary.chains.entry(reply.chain()).or_default() += 1;
                 summary.one_trace += usize::from(reply.one_trace());

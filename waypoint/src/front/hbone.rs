@@ -15,12 +15,12 @@ use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::lb::pick_weighted;
 use ambit_route::limits::Limits;
-use ambit_route::Protocol;
+use ambit_route::{Protocol, RouteTables};
 use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
 
 use crate::http::authz::Authz;
-use crate::http::service::StreamContext;
+use crate::http::service::{Role, StreamContext};
 use crate::http::upstream::Upstream;
 use crate::tables::Tables;
 
@@ -33,7 +33,7 @@ const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
 pub struct Shared {
     pub mesh_tls: Arc<MeshTls>,
     pub identity: Identity,
-    pub tables: Arc<Tables>,
+    pub tables: Arc<Tables<RouteTables>>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
     pub authz: Arc<Authz>,
@@ -116,7 +116,9 @@ async fn carry(
     let context = Arc::new(StreamContext {
         table,
         mesh: current.mesh.clone(),
-        caller: caller.clone(),
+        role: Role::Waypoint,
+        scheme: "http",
+        caller: Some(caller.clone()),
         source,
         source_ip: Some(source_ip),
         local_ip,

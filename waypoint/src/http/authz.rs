@@ -11,11 +11,12 @@ use ambit_config::policy::{authorize_request, Caller, HttpRequest, Verdict, Wayp
 use http::request::Parts;
 
 use super::service::StreamContext;
-use crate::tables::Tables;
+use crate::tables::MeshInForce;
 
 pub struct Authz {
-    pub tables: Arc<Tables>,
-    /// The waypoint's own Gateway.
+    pub mesh: Arc<dyn MeshInForce>,
+    /// The proxy's own Gateway (a waypoint's, or an ingress gateway's
+    /// Deployment).
     pub waypoint: Key,
     pub root_namespace: String,
 }
@@ -28,10 +29,10 @@ impl Authz {
         request: &Parts,
         path: &str,
     ) -> Result<(), String> {
-        let Some(current) = self.tables.current() else {
+        let Some(mesh) = self.mesh.mesh() else {
             return Ok(());
         };
-        let mesh = &current.mesh;
+        let mesh = mesh.as_ref();
         if mesh.authorization_policies.is_empty() {
             return Ok(());
         }
@@ -44,10 +45,10 @@ impl Authz {
             waypoint_labels,
             service: &context.table.service,
         };
-        let principal = context.caller.principal();
+        let principal = context.caller.as_ref().map(|caller| caller.principal());
         let caller = Caller {
             ip: context.source_ip.unwrap_or(context.local_ip),
-            principal: Some(&principal),
+            principal: principal.as_deref(),
             destination_ip: context.target.ip(),
             destination_port: context.target.port(),
         };
@@ -68,7 +69,7 @@ impl Authz {
         };
         let decision = authorize_request(mesh, &self.root_namespace, target, &caller, &http);
         if !decision.audited.is_empty() {
-            tracing::info!(target: "audit", %principal, method = http.method, path, policies = ?decision.audited, "AUDIT policies matched");
+            tracing::info!(target: "audit", principal = principal.as_deref().unwrap_or("-"), method = http.method, path, policies = ?decision.audited, "AUDIT policies matched");
         }
         match decision.verdict {
             Verdict::Allow => Ok(()),

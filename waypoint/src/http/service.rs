@@ -37,13 +37,28 @@ use super::mirror::Shadowing;
 use super::replay::Replayable;
 use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
 
+/// Which front a request came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// HBONE from the mesh: the waypoint reports the request.
+    Waypoint,
+    /// From outside the mesh, at an ingress gateway: it reports the
+    /// request as its source, to the Service it routed to.
+    Gateway,
+}
+
 /// What every request of one stream shares.
 pub struct StreamContext {
     pub table: Arc<PortTable>,
     pub mesh: Arc<Mesh>,
-    /// The identity the calling agent proved for its pod.
-    pub caller: Arc<Identity>,
-    /// The calling pod, when its address and identity agree.
+    pub role: Role,
+    /// `http` or `https`, as the request arrived.
+    pub scheme: &'static str,
+    /// The identity the calling agent proved for its pod; none from
+    /// outside the mesh.
+    pub caller: Option<Arc<Identity>>,
+    /// The calling pod, when its address and identity agree (at a
+    /// gateway: the gateway's own pod).
     pub source: Option<Key>,
     /// The caller's address, as its agent forwarded it.
     pub source_ip: Option<IpAddr>,
@@ -70,6 +85,8 @@ struct Exchange {
     status: StatusCode,
     flags: &'static str,
     upstream: Option<SocketAddr>,
+    /// The destination the request was routed to.
+    backend: Option<Arc<Backend>>,
     /// The route's name as Istio gives it to Envoy, when it has one.
     route_name: Option<String>,
     /// Counts the request against its endpoint (least request) until the
@@ -84,15 +101,17 @@ struct Exchange {
 }
 
 /// What tells one request's metric series from another's on the same
-/// stream: the endpoint, the answer's code and flags, and the protocol.
-pub type SeriesKey = (Option<SocketAddr>, StatusCode, &'static str, bool);
+/// stream: the endpoint, the answer's code and flags, the protocol, and
+/// the destination (by address: the table holds it while the stream lasts).
+pub type SeriesKey = (Option<SocketAddr>, StatusCode, &'static str, bool, usize);
 
 impl Exchange {
     /// The series this request is counted in: looked up once per stream
     /// and key, since building and hashing Istio's labels costs more than
     /// the rest of recording.
     fn series(&self) -> Series {
-        let key = (self.upstream, self.status, self.flags, self.grpc);
+        let backend = self.backend.as_ref().map_or(0, |b| Arc::as_ptr(b) as usize);
+        let key = (self.upstream, self.status, self.flags, self.grpc, backend);
         let context = &self.context;
         let mut kept = context.series.lock().unwrap_or_else(|p| p.into_inner());
         kept.entry(key)
@@ -112,20 +131,32 @@ impl Exchange {
         let destination_identity = destination_ip
             .and_then(|ip| meshed_identity_at(&context.upstream.identity().trust_domain, mesh, ip));
         let table = &context.table;
+        let (reporter, principal, service) = match context.role {
+            Role::Waypoint => (
+                Reporter::Waypoint,
+                context.caller.as_deref(),
+                Some((&table.host, &table.service)),
+            ),
+            Role::Gateway => (
+                Reporter::Source,
+                Some(context.upstream.identity()),
+                self.backend.as_ref().map(|b| (&b.host, &b.service)),
+            ),
+        };
         let mut labels = RequestLabels::new(
-            Reporter::Waypoint,
+            reporter,
             Party {
                 workload: source,
-                principal: Some(&context.caller),
+                principal,
             },
             Party {
                 workload: destination,
                 principal: destination_identity.as_ref(),
             },
-            Some(ServiceName {
-                host: &table.host,
-                name: &table.service.name,
-                namespace: &table.service.namespace,
+            service.map(|(host, service)| ServiceName {
+                host,
+                name: &service.name,
+                namespace: &service.namespace,
             }),
             self.grpc,
         );
@@ -153,12 +184,26 @@ impl Drop for Exchange {
             host = %context.table.host,
             upstream = ?self.upstream,
             route = self.route_name.as_deref().unwrap_or("-"),
-            source = %context.caller,
+            source = %Sender(context),
             duration_ms = request.duration.as_secs_f64() * 1000.0,
             request_bytes = request.request_bytes,
             response_bytes = request.response_bytes,
             "request"
         );
+    }
+}
+
+/// Who sent a request, as its log line names them: the identity the
+/// caller proved, else its address.
+struct Sender<'a>(&'a StreamContext);
+
+impl std::fmt::Display for Sender<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.0.caller, self.0.source_ip) {
+            (Some(identity), _) => identity.fmt(f),
+            (None, Some(ip)) => ip.fmt(f),
+            (None, None) => f.write_str("-"),
+        }
     }
 }
 
@@ -189,6 +234,7 @@ pub async fn handle(
         status: StatusCode::OK,
         flags: "-",
         upstream: None,
+        backend: None,
         route_name: None,
         in_flight: None,
         admitted: None,
@@ -237,7 +283,7 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     normalize_path(&mut parts);
     if let Err(why) = context.authz.check(context, &parts, parts.uri.path()) {
-        tracing::debug!(caller = %context.caller, path = parts.uri.path(), %why, "request denied");
+        tracing::debug!(caller = ?context.caller, path = parts.uri.path(), %why, "request denied");
         return Err((
             StatusCode::FORBIDDEN,
             "-",
@@ -252,7 +298,7 @@ async fn forward(
         namespace: workload.map(|(key, _)| key.namespace.as_str()),
         labels: workload.map(|(_, workload)| &workload.labels),
     };
-    let routed = context.table.route(&parts, "http", caller).ok_or((
+    let routed = context.table.route(&parts, context.scheme, caller).ok_or((
         StatusCode::NOT_FOUND,
         "NR",
         "no route".to_string(),
@@ -278,7 +324,8 @@ async fn forward(
         }
     }
     if let Some(respond) = &actions.respond {
-        let mut response = respond_with(respond, &parts, context.table.port, routed.matched);
+        let arrived = (context.scheme, context.table.port);
+        let mut response = respond_with(respond, &parts, arrived, routed.matched);
         actions.response_headers.apply(response.headers_mut());
         return Ok(response);
     }
@@ -296,6 +343,7 @@ async fn forward(
     ))?;
     let destination = &route.destinations[chosen];
     let backend = &destination.backend;
+    exchange.backend = Some(backend.clone());
     // Consistent hashing: the request's key, or a cookie to give it one.
     let (hash, new_cookie) = match &backend.load_balancer {
         LoadBalancer::ConsistentHash(policy) => {
@@ -743,7 +791,7 @@ fn with_path(uri: &Uri, path: &str, authority: Option<&str>) -> Option<Uri> {
 fn respond_with(
     respond: &Respond,
     parts: &http::request::Parts,
-    port: u16,
+    (scheme, port): (&str, u16),
     matched: Option<&ambit_route::matching::RequestMatch>,
 ) -> Response<Body> {
     match respond {
@@ -752,7 +800,7 @@ fn respond_with(
             let authority = ambit_route::matching::authority(parts);
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let matched_uri = matched.and_then(|m| m.uri.as_ref());
-            let location = redirect.location("http", authority, path, port, matched_uri);
+            let location = redirect.location(scheme, authority, path, port, matched_uri);
             let mut response = answer(status_or_ok(redirect.status), Bytes::new());
             if let Ok(location) = HeaderValue::try_from(location) {
                 response.headers_mut().insert(header::LOCATION, location);

@@ -107,7 +107,7 @@ pub enum ServerMode {
 }
 
 /// How a server ends TLS (`tls` of mode SIMPLE or MUTUAL).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsTermination {
     /// Whether clients must present a certificate the CA bundle signs.
@@ -125,7 +125,7 @@ pub struct TlsTermination {
 }
 
 /// Where a server's certificate, key and (for MUTUAL) CA bundle are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Credential {
     /// Files the gateway reads (`serverCertificate`, `privateKey`,

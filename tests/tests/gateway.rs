@@ -1,0 +1,327 @@
+//! The ingress gateway, end to end: `ambit-waypoint --mode gateway` in a
+//! pod labelled `istio: ingressgateway`, reached by a client outside the
+//! mesh, routing into Bookinfo over HBONE by the seeds' own YAML; HTTPS
+//! ended at the gateway (SIMPLE, MUTUAL, a rotated Secret) or passed
+//! through by server name; plain HTTP redirected to HTTPS.
+
+mod bookinfo_bed;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ambit_testbed::bookinfo;
+use ambit_testbed::mesh::sample;
+use ambit_testbed::pki::{Issued, TestPki};
+use ambit_testbed::testapp::{ClientTls, HttpLoad, HttpSummary, Server};
+use anyhow::{ensure, Context};
+use bookinfo_bed::{page, Bookinfo, GATEWAY_POD, OUTSIDE_POD, SECURE, SECURE_PORT};
+use serde_json::{json, Value};
+
+impl Bookinfo {
+    /// `load` from the client outside the mesh to `url`, connecting to the
+    /// gateway's `port` whatever host the URL names.
+    fn outside_to(&self, load: HttpLoad, url: &str, port: u16) -> anyhow::Result<HttpSummary> {
+        let gateway = self.cluster.pod(GATEWAY_POD)?;
+        let outside = self.cluster.pod(OUTSIDE_POD)?;
+        let load = load.connect(SocketAddr::from((gateway.ip, port)));
+        load.run(&self.cluster, outside.place(), url)
+            .with_context(|| self.outputs())
+    }
+
+    /// The gateway's `istio_requests_total` with these labels.
+    fn gateway_requests(&self, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let gateway = self.gateway.as_ref().context("started with a gateway")?;
+        Ok(sample(&gateway.metrics()?, "istio_requests_total", labels))
+    }
+}
+
+/// Istio's Bookinfo gateway port.
+const HTTP_PORT: u16 = 8080;
+
+#[test]
+fn the_seeds_bookinfo_gateway_exposes_productpage_and_the_routing_tasks_hold_through_it(
+) -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let gateway_yaml = bookinfo::manifest("bookinfo-gateway.yaml")?;
+    let with_gateway = |task: &str| -> anyhow::Result<Vec<Value>> {
+        Ok([gateway_yaml.clone(), bookinfo::manifest(task)?].concat())
+    };
+    bookinfo.apply(with_gateway("routing-all-v1.yaml")?)?;
+    // Any host name: the seeds' Gateway and VirtualService take `*`.
+    let url = |path: &str| format!("http://bookinfo.example.com{path}");
+    let outside = bookinfo.cluster.pod(OUTSIDE_POD)?;
+
+    let summary = bookinfo.outside_to(HttpLoad::new(10), &url("/productpage"), HTTP_PORT)?;
+    ensure!(
+        summary.status(200) == 10 && summary.one_trace == 10,
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.chains.clone().into_iter().collect::<Vec<_>>(),
+        page("reviews/v1", 10)
+    );
+    // What the gateway tells productpage of the client, as Istio's does.
+    for told in [
+        format!("x-forwarded-for: {}", outside.ip),
+        format!("x-envoy-external-address: {}", outside.ip),
+        "x-forwarded-proto: http".to_string(),
+    ] {
+        ensure!(
+            summary.proxied.get(&told) == Some(&10),
+            "{told}: {summary:?}"
+        );
+    }
+    // The other paths the seeds' VirtualService exposes reach productpage;
+    // anything else is not routed.
+    for path in [
+        "/static/css/style.css",
+        "/login",
+        "/logout",
+        "/api/v1/products",
+    ] {
+        let summary = bookinfo.outside_to(HttpLoad::new(1), &url(path), HTTP_PORT)?;
+        ensure!(
+            summary.status(200) == 1
+                && summary.versions.get("productpage/v1") == Some(&1)
+                && summary.paths.get(path) == Some(&1),
+            "{path}: {summary:?}"
+        );
+    }
+    for path in ["/", "/details/0", "/productpages", "/api/v2/products"] {
+        let summary = bookinfo.outside_to(HttpLoad::new(1), &url(path), HTTP_PORT)?;
+        ensure!(summary.status(404) == 1, "{path}: {summary:?}");
+    }
+    let reported = bookinfo.gateway_requests(&[
+        ("reporter", "source"),
+        ("source_workload", GATEWAY_POD),
+        ("destination_service_name", "productpage"),
+        ("response_code", "200"),
+    ])?;
+    ensure!(reported == 14.0, "the gateway reported {reported} requests");
+
+    // The routing tasks, through the gateway: Jason's reviews...
+    bookinfo.apply(with_gateway("reviews-v2-for-jason.yaml")?)?;
+    let jason = HttpLoad::new(10).header("end-user", "jason");
+    let summary = bookinfo.outside_to(jason, &url("/productpage"), HTTP_PORT)?;
+    assert_eq!(
+        summary.chains.into_iter().collect::<Vec<_>>(),
+        page("reviews/v2 -> [ratings/v1]", 10)
+    );
+    // ...and half of everyone's to v3.
+    bookinfo.apply(with_gateway("reviews-50-v3.yaml")?)?;
+    let summary = bookinfo.outside_to(HttpLoad::new(100), &url("/productpage"), HTTP_PORT)?;
+    let v3 = summary
+        .chains
+        .get("productpage/v1 -> [details/v1, reviews/v3 -> [ratings/v1]]")
+        .copied()
+        .unwrap_or(0);
+    ensure!(
+        summary.status(200) == 100 && (30..=70).contains(&v3),
+        "{summary:?}"
+    );
+    Ok(())
+}
+
+/// A Gateway of HTTPS servers for `bookinfo.example.com`, and the route
+/// to productpage through it.
+fn https_gateway() -> Vec<Value> {
+    let https = |port: u16, tls: Value| {
+        json!({
+            "port": { "number": port, "name": format!("https-{port}"), "protocol": "HTTPS" },
+            "hosts": ["bookinfo.example.com"],
+            "tls": tls,
+        })
+    };
+    vec![
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": { "name": "bookinfo-https", "namespace": "default" },
+            "spec": {
+                "selector": { "istio": "ingressgateway" },
+                "servers": [
+                    https(443, json!({ "mode": "SIMPLE", "credentialName": "bookinfo-cert" })),
+                    https(8443, json!({
+                        "mode": "MUTUAL", "credentialName": "bookinfo-cert",
+                        "subjectAltNames": ["partner.example.com"],
+                    })),
+                    {
+                        "port": { "number": 8080, "name": "http", "protocol": "HTTP" },
+                        "hosts": ["bookinfo.example.com"],
+                        "tls": { "httpsRedirect": true },
+                    },
+                ],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "bookinfo-https", "namespace": "default" },
+            "spec": {
+                "hosts": ["bookinfo.example.com"],
+                "gateways": ["bookinfo-https"],
+                "http": [{
+                    "match": [{ "uri": { "exact": "/productpage" } }],
+                    "route": [{ "destination": { "host": "productpage", "port": { "number": 9080 } } }],
+                }],
+            },
+        }),
+    ]
+}
+
+/// A client trusting `ca`, presenting `client` if given.
+fn trusting(load: HttpLoad, ca: &Path, client: Option<&Issued>) -> HttpLoad {
+    load.tls(ClientTls {
+        ca: ca.to_path_buf(),
+        client: client.map(|issued| (issued.certificate.clone(), issued.key.clone())),
+    })
+}
+
+#[test]
+fn https_ends_at_the_gateway_simple_and_mutual_and_a_rotated_secret_serves_without_restart(
+) -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let work = bookinfo.cluster.work_dir().to_path_buf();
+    let secret = bookinfo.credentials().join("bookinfo-cert");
+    let pki = TestPki::new("bookinfo-ca", &work.join("pki"))?;
+    pki.server(&["bookinfo.example.com"], &secret)?;
+    let partner = pki.client(&["partner.example.com"], &work.join("partner"))?;
+    let stranger = pki.client(&["stranger.example.com"], &work.join("stranger"))?;
+    bookinfo.apply(https_gateway())?;
+    let url = "https://bookinfo.example.com/productpage";
+
+    // SIMPLE: the server's certificate from the Secret, HTTP/1.1 and
+    // HTTP/2 by ALPN, the scheme told upstream.
+    for http2 in [false, true] {
+        let load = trusting(HttpLoad::new(5).http2(http2), pki.ca_file(), None);
+        let summary = bookinfo.outside_to(load, url, 443)?;
+        ensure!(
+            summary.status(200) == 5
+                && summary.versions.get("productpage/v1") == Some(&5)
+                && summary.proxied.get("x-forwarded-proto: https") == Some(&5),
+            "SIMPLE, http2 {http2}: {summary:?}"
+        );
+    }
+    let other = TestPki::new("other-ca", &work.join("other-pki"))?;
+    let summary =
+        bookinfo.outside_to(trusting(HttpLoad::new(1), other.ca_file(), None), url, 443)?;
+    ensure!(
+        summary.errors == 1,
+        "a CA the client does not trust: {summary:?}"
+    );
+
+    // MUTUAL: only a client certificate from the Secret's CA that names one
+    // of subjectAltNames gets in.
+    let mutual = |client: Option<&Issued>| {
+        let load = trusting(HttpLoad::new(3), pki.ca_file(), client);
+        bookinfo.outside_to(load, "https://bookinfo.example.com:8443/productpage", 8443)
+    };
+    let summary = mutual(Some(&partner))?;
+    ensure!(
+        summary.status(200) == 3,
+        "the partner's certificate: {summary:?}"
+    );
+    let summary = mutual(None)?;
+    ensure!(summary.errors == 3, "no client certificate: {summary:?}");
+    let summary = mutual(Some(&stranger))?;
+    ensure!(
+        summary.errors == 3,
+        "a name not in subjectAltNames: {summary:?}"
+    );
+
+    // httpsRedirect: plain HTTP for the host is sent to HTTPS.
+    let load = HttpLoad::new(1).show_header("location");
+    let summary = bookinfo.outside_to(
+        load,
+        "http://bookinfo.example.com/productpage?u=normal",
+        8080,
+    )?;
+    ensure!(
+        summary.status(301) == 1
+            && summary
+                .headers
+                .contains_key("location: https://bookinfo.example.com/productpage?u=normal"),
+        "{summary:?}"
+    );
+
+    // The Secret rotated to another CA's certificate: the next handshake
+    // presents it, with no restart.
+    let rotated = TestPki::new("rotated-ca", &work.join("rotated-pki"))?;
+    rotated.server(&["bookinfo.example.com"], &secret)?;
+    let summary = bookinfo.outside_to(
+        trusting(HttpLoad::new(2), rotated.ca_file(), None),
+        url,
+        443,
+    )?;
+    ensure!(
+        summary.status(200) == 2,
+        "the rotated certificate: {summary:?}"
+    );
+    let summary = bookinfo.outside_to(trusting(HttpLoad::new(1), pki.ca_file(), None), url, 443)?;
+    ensure!(
+        summary.errors == 1,
+        "the old certificate is gone: {summary:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn passthrough_sends_tls_by_server_name_to_two_backends_that_end_it_themselves(
+) -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let work = bookinfo.cluster.work_dir().to_path_buf();
+    let pki = TestPki::new("secure-ca", &work.join("pki"))?;
+    let mut servers = Vec::new();
+    for (name, _) in SECURE {
+        let issued = pki.server(&[&format!("{name}.pass.example")], &work.join(name))?;
+        let server = Server::new(name, "v1").https(SECURE_PORT, &issued.certificate, &issued.key);
+        servers.push(server.start(&bookinfo.cluster, bookinfo.cluster.pod(name)?)?);
+    }
+    let route = |name: &str| {
+        json!({
+            "match": [{ "sniHosts": [format!("{name}.pass.example")] }],
+            "route": [{ "destination": { "host": name, "port": { "number": SECURE_PORT } } }],
+        })
+    };
+    bookinfo.apply(vec![
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": { "name": "secure", "namespace": "default" },
+            "spec": {
+                "selector": { "istio": "ingressgateway" },
+                "servers": [{
+                    "port": { "number": 9443, "name": "tls", "protocol": "TLS" },
+                    "hosts": ["*.pass.example"],
+                    "tls": { "mode": "PASSTHROUGH" },
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "secure", "namespace": "default" },
+            "spec": {
+                "hosts": ["*.pass.example"],
+                "gateways": ["secure"],
+                "tls": [route("secure-one"), route("secure-two")],
+            },
+        }),
+    ])?;
+    for (name, _) in SECURE {
+        // The client checks the backend's own certificate: the gateway
+        // holds none for these names.
+        let load = trusting(HttpLoad::new(4), pki.ca_file(), None);
+        let url = format!("https://{name}.pass.example:9443/");
+        let summary = bookinfo.outside_to(load, &url, 9443)?;
+        ensure!(
+            summary.versions.get(&format!("{name}/v1")) == Some(&4),
+            "{name}: {summary:?}\n{}",
+            servers
+                .iter()
+                .map(ambit_testbed::Process::output)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let load = trusting(HttpLoad::new(1), pki.ca_file(), None);
+    let summary = bookinfo.outside_to(load, "https://unknown.example:9443/", 9443)?;
+    ensure!(summary.errors == 1, "a name no server takes: {summary:?}");
+    Ok(())
+}
