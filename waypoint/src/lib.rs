@@ -9,5 +9,6 @@ mod config;
 pub mod front;
 pub mod http;
 pub mod tables;
+mod tcp;
 
 pub use config::{Args, Config};

@@ -15,7 +15,6 @@ use std::time::Duration;
 use ambit_admin::accept::Acceptor;
 use ambit_config::model::Key;
 use ambit_route::compile::gateway::{ServerMode, ServerTable, VirtualHost};
-use ambit_route::lb::pick_weighted;
 use ambit_route::sni::{self, ClientHello};
 use ambit_route::{GatewayTables, PortTable};
 use ambit_telemetry::http::HttpMetrics;
@@ -24,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -305,9 +304,6 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Each direction's buffer for a passed-through connection.
-const PASSTHROUGH_BUFFER: usize = 64 << 10;
-
 /// PASSTHROUGH: the connection, its ClientHello first, to an endpoint of
 /// the destination its server name routes to.
 async fn passthrough(
@@ -321,37 +317,18 @@ async fn passthrough(
         tracing::debug!(peer = %client.peer, ?sni, "no tls route for this server name");
         return;
     };
-    let chosen = pick_weighted(
-        route.destinations.iter().map(|d| d.weight),
-        fastrand::u64(..),
-    );
-    let Some(backend) = chosen.map(|i| &route.destinations[i].backend) else {
-        return;
-    };
-    let upstream = &client.gateway.upstream;
-    let key = backend.load_balancer.connection_key(Some(client.peer.ip()));
-    let Some((endpoint, _in_flight)) = upstream.pick(backend, key) else {
-        tracing::debug!(cluster = %backend.cluster, "no endpoint to pass the connection to");
-        return;
-    };
-    let mut upstream = match upstream
-        .stream(&current.mesh, client.local_ip, endpoint, &backend.limits)
-        .await
-    {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::debug!(%endpoint, %error, "passthrough upstream unreachable");
-            return;
-        }
-    };
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut upstream,
-        PASSTHROUGH_BUFFER,
-        PASSTHROUGH_BUFFER,
+    let connected = crate::tcp::connect(
+        &client.gateway.upstream,
+        &current.mesh,
+        client.local_ip,
+        Some(client.peer.ip()),
+        &route.destinations,
     )
     .await;
-    let _ = upstream.shutdown().await;
+    match connected {
+        Ok((mut upstream, _in_flight)) => crate::tcp::join(&mut stream, &mut upstream).await,
+        Err(error) => tracing::debug!(?sni, %error, "passthrough upstream unreachable"),
+    }
 }
 
 /// One client connection's HTTP: what its requests share.

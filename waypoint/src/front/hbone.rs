@@ -13,8 +13,6 @@ use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
-use ambit_route::lb::pick_weighted;
-use ambit_route::limits::Limits;
 use ambit_route::{Protocol, RouteTables};
 use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
@@ -146,51 +144,30 @@ fn calling_pod(mesh: &Mesh, source: IpAddr, caller: &Identity) -> Option<Key> {
         .then(|| key.clone())
 }
 
-/// Each direction's buffer on a TCP port: several HTTP/2 DATA frames a
-/// turn, where tokio's default (8 KiB) takes half of one (2 GiB through the
-/// waypoint: 4.5 Gbit/s with 8 KiB, 5.0 with 64 KiB, for the same CPU).
-const TCP_COPY_BUFFER: usize = 64 << 10;
-
 /// A TCP port: the stream to one endpoint of its route, bytes both ways.
 async fn carry_tcp(responder: Responder, context: &StreamContext) {
-    let route = context.table.tcp.first();
-    let backend = route.and_then(|route| {
-        let chosen = pick_weighted(
-            route.destinations.iter().map(|d| d.weight),
-            fastrand::u64(..),
-        )?;
-        Some(route.destinations[chosen].backend.clone())
-    });
-    let Some((endpoint, _in_flight)) = backend.as_ref().and_then(|backend| {
-        let key = backend.load_balancer.connection_key(context.source_ip);
-        context.upstream.pick(backend, key)
-    }) else {
-        return responder.refuse(Refusal::Unreachable);
-    };
-    let mut upstream = match context
-        .upstream
-        .stream(
-            &context.mesh,
-            context.local_ip,
-            endpoint,
-            backend.as_ref().map_or(&Limits::default(), |b| &b.limits),
-        )
-        .await
-    {
-        Ok(upstream) => upstream,
+    let destinations = context
+        .table
+        .tcp
+        .first()
+        .map_or(&[][..], |route| &route.destinations);
+    let connected = crate::tcp::connect(
+        &context.upstream,
+        &context.mesh,
+        context.local_ip,
+        context.source_ip,
+        destinations,
+    )
+    .await;
+    let (mut upstream, _in_flight) = match connected {
+        Ok(connected) => connected,
         Err(error) => {
-            tracing::debug!(%endpoint, %error, "TCP upstream unreachable");
+            tracing::debug!(%error, "TCP upstream unreachable");
             return responder.refuse(Refusal::Unreachable);
         }
     };
     let Ok(mut stream) = responder.accept() else {
         return;
     };
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut upstream,
-        TCP_COPY_BUFFER,
-        TCP_COPY_BUFFER,
-    )
-    .await;
+    crate::tcp::join(&mut stream, &mut upstream).await;
 }
