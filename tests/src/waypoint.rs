@@ -32,25 +32,27 @@ impl Waypoint {
 
     /// Starts `ambit-waypoint --mode gateway` in `pod`, as the ingress
     /// gateway `name` running as the pod's own service account, reading
-    /// Secrets standalone from `credentials` (`DIR/NAME/tls.crt`…).
+    /// the mesh from `source`, and Secrets standalone from `credentials`
+    /// (`DIR/NAME/tls.crt`…) if given, else from the API server.
     pub fn start_gateway(
         cluster: &Cluster,
         pod: &Pod,
         name: &str,
+        (source, credentials): (&Source, Option<&std::path::Path>),
         ca: &TestCa,
-        credentials: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        let args = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--mode".into(),
             "gateway".into(),
             "--pod-name".into(),
             pod.name.clone().into(),
             "--service-account".into(),
             pod.name.clone().into(),
-            "--credentials-dir".into(),
-            credentials.into(),
         ];
-        Self::start_with(cluster, pod, name, &Source::Directory, Some(ca), args)
+        if let Some(credentials) = credentials {
+            args.extend(["--credentials-dir".into(), credentials.into()]);
+        }
+        Self::start_with(cluster, pod, name, source, Some(ca), args)
     }
 
     fn start_with(

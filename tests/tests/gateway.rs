@@ -8,11 +8,15 @@ mod bookinfo_bed;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
-use ambit_testbed::mesh::sample;
+use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
 use ambit_testbed::pki::{Issued, TestPki};
 use ambit_testbed::testapp::{ClientTls, HttpLoad, HttpSummary, Server};
+use ambit_testbed::waypoint::Waypoint;
+use ambit_testbed::{wait_for, Cluster};
 use anyhow::{ensure, Context};
 use bookinfo_bed::{page, Bookinfo, GATEWAY_POD, OUTSIDE_POD, SECURE, SECURE_PORT};
 use serde_json::{json, Value};
@@ -323,5 +327,121 @@ fn passthrough_sends_tls_by_server_name_to_two_backends_that_end_it_themselves(
     let load = trusting(HttpLoad::new(1), pki.ca_file(), None);
     let summary = bookinfo.outside_to(load, "https://unknown.example:9443/", 9443)?;
     ensure!(summary.errors == 1, "a name no server takes: {summary:?}");
+    Ok(())
+}
+
+const WEB_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 50);
+
+/// A `kubernetes.io/tls` Secret `name` in istio-system holding `issued`.
+fn tls_secret(name: &str, issued: &Issued) -> anyhow::Result<Value> {
+    use base64::Engine;
+    let encoded = |path: &Path| -> anyhow::Result<String> {
+        Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(path)?))
+    };
+    Ok(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": { "name": name, "namespace": "istio-system" },
+        "data": { "tls.crt": encoded(&issued.certificate)?, "tls.key": encoded(&issued.key)? },
+    }))
+}
+
+#[test]
+fn in_kubernetes_the_gateway_reads_only_the_secrets_its_gateways_name_and_follows_them(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&[GATEWAY_POD, OUTSIDE_POD])
+        .node(&["web"])
+        .namespace(GATEWAY_POD, "istio-system")
+        .namespace(OUTSIDE_POD, "outside")
+        .build()?;
+    let [gateway_pod, outside, web] = cluster.pods_named([GATEWAY_POD, OUTSIDE_POD, "web"])?;
+    let mut config = MeshConfig {
+        istio: vec![
+            json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": { "name": "web", "namespace": "default" },
+                "spec": {
+                    "selector": { "istio": "ingressgateway" },
+                    "servers": [{
+                        "port": { "number": 443, "name": "https", "protocol": "HTTPS" },
+                        "hosts": ["web.example.com"],
+                        "tls": { "mode": "SIMPLE", "credentialName": "web-cert" },
+                    }],
+                },
+            }),
+            json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": { "name": "web", "namespace": "default" },
+                "spec": {
+                    "hosts": ["web.example.com"], "gateways": ["web"],
+                    "http": [{ "route": [{ "destination": { "host": "web" } }] }],
+                },
+            }),
+        ],
+        ..mesh::enrolling(
+            &cluster,
+            &[web],
+            vec![mesh::service("web", WEB_VIP, 80, 8080, &[web])],
+        )
+    };
+    for pod in config.pods.iter_mut().filter(|pod| pod.name == GATEWAY_POD) {
+        pod.labels = vec![("istio".into(), "ingressgateway".into())];
+    }
+    // The agents and the CA read the manifests; the gateway, the API server.
+    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _web = Server::new("web", "v1").http(8080).start(&cluster, web)?;
+    let api = ApiServer::start(&cluster)?;
+    api.apply(&config)?;
+    let work = cluster.work_dir().to_path_buf();
+    let pki = TestPki::new("web-ca", &work.join("pki"))?;
+    let issued = pki.server(&["web.example.com"], &work.join("web-cert"))?;
+    let server = api.server();
+    let apply = |secret: Value| server.apply(secret).map_err(|r| anyhow::anyhow!(r.message));
+    apply(tls_secret("web-cert", &issued)?)?;
+    apply(tls_secret("unrelated", &issued)?)?;
+    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    let gateway =
+        Waypoint::start_gateway(&cluster, gateway_pod, GATEWAY_POD, (&source, None), &ca)?;
+    let served_with = |ca: &Path| -> anyhow::Result<bool> {
+        let load =
+            trusting(HttpLoad::new(1), ca, None).connect(SocketAddr::from((gateway_pod.ip, 443)));
+        let summary = load.run(&cluster, outside.place(), "https://web.example.com/")?;
+        Ok(summary.versions.get("web/v1") == Some(&1))
+    };
+    wait_for(
+        "HTTPS with the Secret's certificate",
+        Duration::from_secs(10),
+        || served_with(pki.ca_file()),
+    )
+    .with_context(|| gateway.output())?;
+
+    // The Secret rotated through the API: the next handshakes present the
+    // new certificate, with no restart.
+    let rotated = TestPki::new("rotated-ca", &work.join("rotated-pki"))?;
+    apply(tls_secret(
+        "web-cert",
+        &rotated.server(&["web.example.com"], &work.join("rotated"))?,
+    )?)?;
+    wait_for(
+        "HTTPS with the rotated certificate",
+        Duration::from_secs(10),
+        || served_with(rotated.ca_file()),
+    )?;
+    ensure!(!served_with(pki.ca_file())?, "the old certificate is gone");
+
+    // It asked for the one Secret, by name, in its own namespace.
+    let read: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|request| request.contains("secrets"))
+        .collect();
+    ensure!(
+        !read.is_empty()
+            && read.iter().all(|request| {
+                request.contains("/api/v1/namespaces/istio-system/secrets?")
+                    && request.contains("fieldSelector=metadata.name%3Dweb-cert")
+            }),
+        "Secrets read: {read:#?}"
+    );
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_config::model::Mesh;
 use ambit_identity::Identity;
-use ambit_mesh_source::{MeshHandle, SourceThread};
+use ambit_mesh_source::secrets::SecretWatches;
+use ambit_mesh_source::{MeshHandle, Source, SourceThread};
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::{GatewayTables, RouteTables};
 use ambit_telemetry::http::HttpMetrics;
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::Mode;
 use crate::front::gateway::{self, Gateway};
 use crate::front::hbone::{self, Shared};
-use crate::front::Credentials;
+use crate::front::{Credentials, Secrets};
 use crate::http::authz::Authz;
 use crate::http::upstream::Upstream;
 use crate::tables::{Compiled, Current, Tables};
@@ -221,12 +222,22 @@ async fn serve_gateway(
     config: Config,
     parts: Parts<GatewayTables>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    // Secrets from the directory given, else from the API server the mesh
+    // comes from, watched in the gateway's own namespace.
+    let secrets = match (config.credentials_dir, &config.source) {
+        (Some(dir), _) => Secrets::Directory(dir),
+        (None, Source::Kubernetes { kubeconfig }) => {
+            let client = ambit_mesh_source::kubernetes::connect(kubeconfig.as_deref()).await?;
+            Secrets::Kubernetes(SecretWatches::new(client, &config.waypoint.namespace))
+        }
+        (None, Source::Directory(_)) => Secrets::None,
+    };
     let gateway = Arc::new(Gateway {
         tables: parts.tables,
         upstream: parts.upstream,
         metrics: parts.metrics,
         authz: parts.authz,
-        credentials: Credentials::new(config.credentials_dir),
+        credentials: Credentials::new(secrets),
         pod: config.pod.context("gateway mode has a pod")?,
         bind: gateway::BIND_ALL,
     });

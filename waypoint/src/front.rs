@@ -5,4 +5,4 @@ mod credentials;
 pub mod gateway;
 pub mod hbone;
 
-pub use credentials::Credentials;
+pub use credentials::{Credentials, Secrets};

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 pub mod directory;
 pub mod kubernetes;
+pub mod secrets;
 
 /// The flags that choose the source, the same for every Ambit proxy.
 #[derive(clap::Args, Debug, Clone)]

@@ -21,6 +21,10 @@ const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 impl FakeApiServer {
     /// Answers one request.
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Body> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{} {}", request.method(), request.uri()));
         let delay = *self.faults.delay.lock().unwrap_or_else(|p| p.into_inner());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

@@ -48,6 +48,8 @@ pub struct FakeApiServer {
     token: Option<String>,
     /// Service account tokens TokenReview knows, with who they speak for.
     service_account_tokens: Mutex<BTreeMap<String, ServiceAccountToken>>,
+    /// Every request's method, path and query, in order (an audit log).
+    requests: Mutex<Vec<String>>,
 }
 
 /// A projected service account token, bound to a pod on a node.
@@ -93,7 +95,16 @@ impl FakeApiServer {
             faults: Faults::default(),
             token,
             service_account_tokens: Mutex::default(),
+            requests: Mutex::default(),
         }
+    }
+
+    /// Every request so far, as `METHOD PATH?QUERY`: what a client read.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {

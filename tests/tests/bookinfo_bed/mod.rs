@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ambit_testbed::bookinfo;
 use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent};
+use ambit_testbed::mesh::{self, sample, MeshConfig, NodeAgent, Source};
 use ambit_testbed::testapp::{HttpLoad, HttpSummary, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{Cluster, Pod, Process};
@@ -102,7 +102,8 @@ impl Bookinfo {
         let gateway = gateway
             .then(|| {
                 let pod = cluster.pod(GATEWAY_POD)?;
-                Waypoint::start_gateway(&cluster, pod, GATEWAY_POD, &ca, &credentials)
+                let standalone = (&Source::Directory, Some(credentials.as_path()));
+                Waypoint::start_gateway(&cluster, pod, GATEWAY_POD, standalone, &ca)
             })
             .transpose()?;
         let ratings = url("ratings", "/ratings/0")?;

@@ -86,12 +86,12 @@ impl Listeners {
     /// Opens the ports the tables in force name, closes the others (the
     /// connections they accepted go on).
     async fn update(&mut self, gateway: &Arc<Gateway>) {
-        let ports: Vec<u16> = self
-            .changes
-            .borrow_and_update()
-            .as_ref()
-            .map(|current| current.tables.listeners.keys().copied().collect())
-            .unwrap_or_default();
+        let current = self.changes.borrow_and_update().clone();
+        let Some(current) = current else {
+            return;
+        };
+        gateway.credentials.follow(&current.tables);
+        let ports: Vec<u16> = current.tables.listeners.keys().copied().collect();
         self.open.retain(|port, _| ports.contains(port));
         for port in ports {
             if self.open.contains_key(&port) {
