@@ -61,30 +61,7 @@ impl EnvoyWaypoint {
             &config,
             serde_json::to_vec_pretty(&bootstrap(&files, routes))?,
         )?;
-        let args = [
-            "--config-path".into(),
-            config.into_os_string(),
-            // One worker, as the agents and Ambit's waypoint have here.
-            "--concurrency".into(),
-            "1".into(),
-            "--disable-hot-restart".into(),
-            // Access-log lines written out every second (Envoy's default
-            // is ten).
-            "--file-flush-interval-msec".into(),
-            "1000".into(),
-            "--log-level".into(),
-            "warning".into(),
-        ];
-        let mut process = cluster.spawn(pod.place(), "envoy", &binary()?, args)?;
-        pod.place()
-            .wait_for_listener(SocketAddr::from((pod.ip, HBONE_PORT)), START_TIMEOUT)
-            .with_context(|| {
-                process
-                    .check_running()
-                    .err()
-                    .map(|e| format!("{e:#}"))
-                    .unwrap_or_default()
-            })?;
+        let process = spawn(cluster, pod, &config, HBONE_PORT)?;
         Ok(Self {
             process,
             access_log: files.access_log,
@@ -103,6 +80,159 @@ impl EnvoyWaypoint {
     /// Its access log, one line per request, written out every second.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+}
+
+/// Envoy in `pod` with the config file `config`, once it listens on `port`.
+fn spawn(cluster: &Cluster, pod: &Pod, config: &Path, port: u16) -> anyhow::Result<Process> {
+    let args = [
+        "--config-path".into(),
+        config.as_os_str().to_owned(),
+        // One worker, as the agents and Ambit's proxies have here.
+        "--concurrency".into(),
+        "1".into(),
+        "--disable-hot-restart".into(),
+        // Access-log lines written out every second (Envoy's default is ten).
+        "--file-flush-interval-msec".into(),
+        "1000".into(),
+        "--log-level".into(),
+        "warning".into(),
+    ];
+    let mut process = cluster.spawn(pod.place(), "envoy", &binary()?, args)?;
+    pod.place()
+        .wait_for_listener(SocketAddr::from((pod.ip, port)), START_TIMEOUT)
+        .with_context(|| {
+            process
+                .check_running()
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        })?;
+    Ok(process)
+}
+
+/// Envoy as an ingress gateway, configured statically as Istio configures
+/// its gateway for the same Gateway and VirtualService: a plaintext HTTP
+/// listener and an HTTPS one (TLS ended, HTTP/1.1 and h2 by ALPN), each
+/// routing by [`IngressRoutes`] to plaintext upstreams.
+pub struct EnvoyGateway {
+    process: Process,
+}
+
+/// Requests with the header `name: value` to `matched`; the others split
+/// by weight.
+#[derive(Debug, Clone)]
+pub struct IngressRoutes {
+    pub header: (String, String),
+    pub matched: SocketAddr,
+    pub split: Vec<(SocketAddr, u32)>,
+}
+
+impl EnvoyGateway {
+    /// Starts it in `pod`, HTTP on `http_port`, HTTPS on `https_port` with
+    /// this certificate chain and key; returns once both listen.
+    pub fn start(
+        cluster: &Cluster,
+        pod: &Pod,
+        (http_port, https_port): (u16, u16),
+        (chain, key): (&Path, &Path),
+        routes: &IngressRoutes,
+    ) -> anyhow::Result<Self> {
+        let dir = cluster.work_dir().join(format!("envoy-{}", pod.name));
+        std::fs::create_dir_all(&dir)?;
+        let access_log = json!([{
+            "name": "envoy.access_loggers.file",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                json!({ "path": dir.join("access.log") }),
+            ),
+        }]);
+        let cluster_name =
+            |address: &SocketAddr| format!("outbound|{}||{}", address.port(), address.ip());
+        let upstreams: Vec<SocketAddr> = std::iter::once(routes.matched)
+            .chain(routes.split.iter().map(|(address, _)| *address))
+            .collect();
+        let clusters: Vec<Value> = upstreams
+            .iter()
+            .map(|address| {
+                let name = cluster_name(address);
+                json!({
+                    "name": name,
+                    "connect_timeout": "1s",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": name,
+                        "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                            "socket_address": { "address": address.ip().to_string(), "port_value": address.port() },
+                        } } }] }],
+                    },
+                })
+            })
+            .collect();
+        let weighted: Vec<Value> = routes
+            .split
+            .iter()
+            .map(|(address, weight)| json!({ "name": cluster_name(address), "weight": weight }))
+            .collect();
+        let route_config = json!({ "virtual_hosts": [{
+            "name": "ingress", "domains": ["*"],
+            "routes": [
+                {
+                    "match": { "prefix": "/", "headers": [{
+                        "name": routes.header.0, "string_match": { "exact": routes.header.1 },
+                    }] },
+                    "route": { "cluster": cluster_name(&routes.matched) },
+                },
+                { "match": { "prefix": "/" }, "route": { "weighted_clusters": { "clusters": weighted } } },
+            ],
+        }] });
+        let manager = |prefix: &str| {
+            http_connection_manager(
+                prefix,
+                json!({
+                    "codec_type": "AUTO",
+                    "use_remote_address": true,
+                    "access_log": access_log,
+                    "route_config": route_config,
+                }),
+            )
+        };
+        let file = |path: &Path| json!({ "filename": path });
+        let downstream_tls = typed(
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            json!({ "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{ "certificate_chain": file(chain), "private_key": file(key) }],
+            } }),
+        );
+        let listener = |name: &str, port: u16| {
+            json!({
+                "name": name,
+                "address": { "socket_address": { "address": "0.0.0.0", "port_value": port } },
+            })
+        };
+        let mut http = listener("http", http_port);
+        http["filter_chains"] = json!([{ "filters": manager("http") }]);
+        let mut https = listener("https", https_port);
+        https["filter_chains"] = json!([{
+            "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": downstream_tls },
+            "filters": manager("https"),
+        }]);
+        let config = dir.join("envoy.json");
+        let bootstrap =
+            json!({ "static_resources": { "listeners": [http, https], "clusters": clusters } });
+        std::fs::write(&config, serde_json::to_vec_pretty(&bootstrap)?)?;
+        let process = spawn(cluster, pod, &config, https_port)?;
+        Ok(Self { process })
+    }
+
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        self.process.usage()
+    }
+
+    /// What it logged: warnings and errors.
+    pub fn output(&self) -> String {
+        self.process.output()
     }
 }
 

@@ -357,6 +357,17 @@ pub struct ClientTls {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+impl ClientTls {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![format!("--tls-ca={}", self.ca.display())];
+        if let Some((cert, key)) = &self.client {
+            args.push(format!("--tls-client-cert={}", cert.display()));
+            args.push(format!("--tls-client-key={}", key.display()));
+        }
+        args
+    }
+}
+
 impl HttpLoad {
     /// `requests` HTTP/1.1 requests, one after another on one connection.
     pub fn new(requests: usize) -> Self {
@@ -454,13 +465,7 @@ impl HttpLoad {
         if let Some(address) = self.connect {
             args.push(format!("--connect={address}"));
         }
-        if let Some(tls) = &self.tls {
-            args.push(format!("--tls-ca={}", tls.ca.display()));
-            if let Some((cert, key)) = &tls.client {
-                args.push(format!("--tls-client-cert={}", cert.display()));
-                args.push(format!("--tls-client-key={}", key.display()));
-            }
-        }
+        args.extend(self.tls.iter().flat_map(ClientTls::args));
         args.extend(
             self.headers
                 .iter()
@@ -653,6 +658,19 @@ pub fn latency(
     seconds: u32,
     connections: Connections,
 ) -> anyhow::Result<LatencySummary> {
+    latency_via(cluster, from, url, (rate, seconds), connections, None)
+}
+
+/// [`latency`], connecting to `address` (whatever host the URL names), in
+/// TLS as `tls` says for an `https` URL.
+pub fn latency_via(
+    cluster: &Cluster,
+    from: &Place,
+    url: &str,
+    (rate, seconds): (u32, u32),
+    connections: Connections,
+    via: Option<(SocketAddr, Option<&ClientTls>)>,
+) -> anyhow::Result<LatencySummary> {
     let mut args = vec![
         "latency".into(),
         format!("--url={url}"),
@@ -666,6 +684,10 @@ pub fn latency(
     args.push(format!("--connections={count}"));
     if per_request {
         args.push("--new-connection-per-request".into());
+    }
+    if let Some((address, tls)) = via {
+        args.push(format!("--connect={address}"));
+        args.extend(tls.iter().flat_map(|tls| tls.args()));
     }
     last_json(&run_client(cluster, from, &args)?)
 }

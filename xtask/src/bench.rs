@@ -11,7 +11,7 @@ use ambit_testbed::ca::TestCa;
 use ambit_testbed::envoy::{self, EnvoyWaypoint};
 use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{
-    self, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
+    self, ClientTls, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
 };
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{machine_busy_seconds, Binaries, Cluster, Pod, Usage};
@@ -98,7 +98,7 @@ struct Timed {
 }
 
 /// A proxy's cost: the agents' (each) or the waypoint's.
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize, Clone, Copy, Default)]
 struct AgentCost {
     /// CPU time per 1000 requests of the run, per process (mean).
     cpu_seconds_per_1000_requests: f64,
@@ -147,35 +147,64 @@ impl L7Proxy for EnvoyWaypoint {
     }
 }
 
-pub fn run(workspace: &Workspace, rounds: usize) -> anyhow::Result<()> {
+/// The parts of the bench, each of which can be run alone.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The mesh model at scale.
+    Scale,
+    /// The data paths, the waypoint beside Envoy's.
+    DataPath,
+    /// The ingress gateway beside Envoy.
+    Ingress,
+    /// An agent's memory with many enrolled pods.
+    Memory,
+}
+
+pub fn run(workspace: &Workspace, rounds: usize, only: Option<Part>) -> anyhow::Result<()> {
+    let wanted = |part: Part| only.is_none_or(|only| only == part);
     let dir = workspace.target.join("bench");
-    crate::run(
-        workspace
-            .cargo()
-            .args([
-                "bench",
-                "-p",
-                "ambit-mesh-source",
-                "--bench",
-                "scale",
-                "--",
-                "--save",
-            ])
-            .arg(&dir),
-    )?;
+    if wanted(Part::Scale) {
+        crate::run(
+            workspace
+                .cargo()
+                .args([
+                    "bench",
+                    "-p",
+                    "ambit-mesh-source",
+                    "--bench",
+                    "scale",
+                    "--",
+                    "--save",
+                ])
+                .arg(&dir),
+        )?;
+    }
     crate::run(
         workspace
             .cargo()
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
     let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
-    let paths = data_path(&binaries, rounds)?;
-    let memory = memory_with_enrolled_pods(&binaries)?;
-
-    let report = format!("{}\n{}", markdown(&paths, rounds), memory.markdown());
+    let mut report = Vec::new();
+    let mut json = serde_json::Map::new();
+    if wanted(Part::DataPath) {
+        let paths = data_path(&binaries, rounds)?;
+        report.push(markdown(&paths, rounds));
+        json.insert("paths".into(), serde_json::to_value(&paths)?);
+    }
+    if wanted(Part::Ingress) {
+        let ingress = ingress::run(&binaries, rounds)?;
+        report.push(ingress.markdown());
+        json.insert("ingress".into(), serde_json::to_value(&ingress)?);
+    }
+    if wanted(Part::Memory) {
+        let memory = memory_with_enrolled_pods(&binaries)?;
+        report.push(memory.markdown());
+        json.insert("memory".into(), serde_json::to_value(&memory)?);
+    }
+    let report = report.join("\n");
     println!("\n{report}");
     std::fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({ "paths": paths, "memory": memory });
     std::fs::write(
         dir.join("data-path.json"),
         serde_json::to_vec_pretty(&json)?,
@@ -184,6 +213,8 @@ pub fn run(workspace: &Workspace, rounds: usize) -> anyhow::Result<()> {
     println!("Saved to {}/data-path.json and data-path.md", dir.display());
     Ok(())
 }
+
+mod ingress;
 
 /// Each path's throughput, latency and proxy cost, round by round, as
 /// medians, and against no mesh.
@@ -527,7 +558,15 @@ fn measure(
         with_machine_cpu(|| transfer_intact(cluster, client, target.sink))?;
     let url = format!("http://{}/bytes/{RESPONSE_BYTES}", target.http);
     let timed = |rate, connections, seconds| {
-        timed(cluster, client, &url, (rate, seconds), connections, on_path)
+        timed(
+            cluster,
+            client,
+            &url,
+            (rate, seconds),
+            connections,
+            on_path,
+            None,
+        )
     };
     let saturated = timed(
         SATURATING_RATE,
@@ -549,7 +588,8 @@ fn measure(
     })
 }
 
-/// A latency run at `(rate, seconds)`, with the proxies' CPU time during it.
+/// A latency run at `(rate, seconds)`, with the proxies' CPU time during
+/// it; connecting `via` an address (and TLS) when given.
 fn timed(
     cluster: &Cluster,
     client: &Pod,
@@ -557,6 +597,7 @@ fn timed(
     (rate, seconds): (u32, u32),
     connections: Connections,
     on_path: OnPath,
+    via: Option<(SocketAddr, Option<&ClientTls>)>,
 ) -> anyhow::Result<Timed> {
     let agent_usage = |agents: &[NodeAgent]| {
         agents
@@ -568,7 +609,8 @@ fn timed(
     let agents_before = on_path.agents.map(agent_usage).transpose()?;
     let waypoint_before = on_path.waypoint.map(waypoint_usage).transpose()?;
     let (latency, machine_cpu) = with_machine_cpu(|| {
-        testapp::latency(cluster, client.place(), url, rate, seconds, connections)
+        let place = client.place();
+        testapp::latency_via(cluster, place, url, (rate, seconds), connections, via)
     })?;
     let machine_cpu_seconds_per_1000_requests = machine_cpu / (latency.requests as f64 / 1000.0);
     ensure!(latency.errors == 0, "requests failed: {latency:?}");

@@ -36,6 +36,9 @@ enum Task {
         /// Times each path is measured, in turns; the report gives medians.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
         rounds: u16,
+        /// Only this part (all of them by default).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Connection churn through both agents with attacks beside it; reports whether the agents stay flat (release build; needs root).
     Soak {
@@ -79,9 +82,9 @@ fn main() -> anyhow::Result<()> {
             prepare(&workspace)?;
             demo::run()
         }
-        Task::Bench { rounds } => {
+        Task::Bench { rounds, only } => {
             prepare(&workspace)?;
-            bench::run(&workspace, rounds.into())
+            bench::run(&workspace, rounds.into(), only)
         }
         Task::Soak { minutes } => {
             prepare(&workspace)?;

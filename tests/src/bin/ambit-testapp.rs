@@ -206,6 +206,11 @@ enum Mode {
         /// the latency includes the connection's setup.
         #[arg(long)]
         new_connection_per_request: bool,
+        /// Connect here rather than to the URL's host.
+        #[arg(long)]
+        connect: Option<String>,
+        #[command(flatten)]
+        tls: ClientTls,
     },
     /// Open `connections` connections to an echo server, all at once, then
     /// echo a message on each; print a JSON summary.
@@ -368,8 +373,12 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             connections,
             new_connection_per_request,
+            connect,
+            tls,
         } => {
-            print_json(&latency(url, rate, seconds, connections, new_connection_per_request).await?)
+            let dial = Dial::of(&url, connect, tls)?;
+            let load = (rate, seconds, connections, new_connection_per_request);
+            print_json(&latency(url, dial, load).await?)
         }
         Mode::Echo { addr, message } => {
             let mut stream = TcpStream::connect(addr)
@@ -1160,10 +1169,8 @@ fn varied_bytes(len: usize) -> Vec<u8> {
 /// a request's latency runs from sending it to the end of its response.
 async fn latency(
     url: Uri,
-    rate: u32,
-    seconds: u32,
-    connections: u32,
-    new_connection_per_request: bool,
+    dial: Dial,
+    (rate, seconds, connections, new_connection_per_request): (u32, u32, u32, bool),
 ) -> anyhow::Result<LatencySummary> {
     anyhow::ensure!(
         rate > 0 && connections > 0,
@@ -1178,12 +1185,12 @@ async fn latency(
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..connections {
-        let (url, authority) = (url.clone(), authority.clone());
+        let (url, authority, dial) = (url.clone(), authority.clone(), dial.clone());
         workers.spawn(async move {
             // Kept-alive connections are opened before the clock starts.
             let mut sender = match new_connection_per_request {
                 true => None,
-                false => Some(Sender::connect(&authority, false).await?),
+                false => Some(dial.open(false).await?),
             };
             let mut samples = Vec::new();
             let mut errors = 0u64;
@@ -1197,7 +1204,7 @@ async fn latency(
                 let outcome = async {
                     if new_connection_per_request || sender.is_none() {
                         // Replacing the sender closes the old connection.
-                        sender = Some(Sender::connect(&authority, false).await?);
+                        sender = Some(dial.open(false).await?);
                     }
                     let sender = sender.as_mut().context("a connection")?;
                     let response = sender.send(request).await?;
@@ -1299,28 +1306,6 @@ impl Sender {
         Self::handshake(stream, http2).await
     }
 
-    /// Over TLS to `name` at `addr`, as `tls` says.
-    async fn connect_tls(
-        addr: &str,
-        name: &str,
-        http2: bool,
-        tls: &ClientTls,
-    ) -> anyhow::Result<Self> {
-        let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
-        let connector = tls.connector(alpn)?;
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let name = rustls::pki_types::ServerName::try_from(name.to_string())?;
-        let stream = connector
-            .connect(name, stream)
-            .await
-            .context("TLS handshake")?;
-        // In TLS 1.3 a server refuses a client's certificate after the
-        // client's handshake is done: the first request then fails.
-        Self::handshake(stream, http2).await
-    }
-
     async fn handshake<I>(stream: I, http2: bool) -> anyhow::Result<Self>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -1350,6 +1335,62 @@ impl Sender {
                 sender.send_request(request).await
             }
         }
+    }
+}
+
+/// How a client reaches a URL: where it connects, and for `https` the
+/// server name and TLS it speaks.
+#[derive(Clone)]
+struct Dial {
+    addr: String,
+    /// The server name, and the connectors offering HTTP/1.1 and h2.
+    https: Option<Https>,
+}
+
+#[derive(Clone)]
+struct Https {
+    name: rustls::pki_types::ServerName<'static>,
+    http1: tokio_rustls::TlsConnector,
+    http2: tokio_rustls::TlsConnector,
+}
+
+impl Dial {
+    fn of(url: &Uri, connect: Option<String>, tls: ClientTls) -> anyhow::Result<Self> {
+        let authority = url.authority().context("the URL needs a host")?;
+        let https = url.scheme_str() == Some("https");
+        let addr = match (connect, authority.port_u16()) {
+            (Some(connect), _) => connect,
+            (None, Some(_)) => authority.to_string(),
+            (None, None) if https => format!("{authority}:443"),
+            (None, None) => format!("{authority}:80"),
+        };
+        let https = match https {
+            true => Some(Https {
+                name: rustls::pki_types::ServerName::try_from(authority.host().to_string())?,
+                http1: tls.connector(b"http/1.1")?,
+                http2: tls.connector(b"h2")?,
+            }),
+            false => None,
+        };
+        Ok(Self { addr, https })
+    }
+
+    /// A new connection, in HTTP/2 (h2c, or ALPN h2) or HTTP/1.1.
+    async fn open(&self, http2: bool) -> anyhow::Result<Sender> {
+        let Some(https) = &self.https else {
+            return Sender::connect(&self.addr, http2).await;
+        };
+        let connector = if http2 { &https.http2 } else { &https.http1 };
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        let stream = connector
+            .connect(https.name.clone(), stream)
+            .await
+            .context("TLS handshake")?;
+        // In TLS 1.3 a server refuses a client's certificate after the
+        // client's handshake is done: the first request then fails.
+        Sender::handshake(stream, http2).await
     }
 }
 
@@ -1391,13 +1432,7 @@ async fn http_client(
         .authority()
         .context("the URL needs a host and port")?
         .clone();
-    let https = url.scheme_str() == Some("https");
-    let addr = match (&shape.connect, authority.port_u16()) {
-        (Some(connect), _) => connect.clone(),
-        (None, Some(_)) => authority.to_string(),
-        (None, None) if https => format!("{authority}:443"),
-        (None, None) => format!("{authority}:80"),
-    };
+    let dial = Dial::of(url, shape.connect.clone(), shape.tls.clone())?;
     let mut summary = HttpSummary::default();
     let mut sender: Option<Sender> = None;
     // `name=value` of each cookie kept.
@@ -1407,10 +1442,7 @@ async fn http_client(
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let connection = match sender.take() {
                 Some(connection) => connection,
-                None if https => {
-                    Sender::connect_tls(&addr, authority.host(), http2, &shape.tls).await?
-                }
-                None => Sender::connect(&addr, http2).await?,
+                None => dial.open(http2).await?,
             };
             let connection = sender.insert(connection);
             let host_given = shape
