@@ -149,7 +149,7 @@ impl EnvoyGateway {
         }]);
         let cluster_name =
             |address: &SocketAddr| format!("outbound|{}||{}", address.port(), address.ip());
-        let upstreams: Vec<SocketAddr> = std::iter::once(routes.matched)
+        let upstreams: std::collections::BTreeSet<SocketAddr> = std::iter::once(routes.matched)
             .chain(routes.split.iter().map(|(address, _)| *address))
             .collect();
         let clusters: Vec<Value> = upstreams
