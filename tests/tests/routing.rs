@@ -301,20 +301,23 @@ fn a_matchs_name_is_logged_with_its_routes() -> anyhow::Result<()> {
         "v2"
     );
     assert_eq!(bed.version(five(), "/anyone")?, "v1");
-    let log = bed.waypoint.output();
-    let lines = |path: &str, route: &str| {
-        log.lines()
-            .filter(|line| line.contains(&format!("path={path} ")) && line.contains(route))
-            .count()
-    };
-    assert_eq!(
+    // The waypoint writes its access lines out within a second.
+    let logged = || {
+        let log = bed.waypoint.output();
+        let lines = |path: &str, route: &str| {
+            log.lines()
+                .filter(|line| line.contains(&format!("path={path} ")) && line.contains(route))
+                .count()
+        };
         (
             lines("/jason", r#"route="canary.jason""#),
-            lines("/anyone", r#"route="-""#)
-        ),
-        (5, 5),
-        "access log:\n{log}"
-    );
+            lines("/anyone", r#"route="-""#),
+        )
+    };
+    wait_for("the access lines", Duration::from_secs(3), || {
+        Ok(logged() == (5, 5))
+    })
+    .with_context(|| format!("access log:\n{}", bed.waypoint.output()))?;
     Ok(())
 }
 
@@ -416,10 +419,13 @@ fn a_pod_labelled_for_the_waypoint_is_reached_through_it_by_its_address() -> any
     let v1 = bed.cluster.pod("reviews-v1")?;
     let client = bed.cluster.pod("client")?;
     let url = format!("http://{}:{PORT}/", v1.ip);
-    let passed = || {
-        bed.waypoint
-            .output()
-            .matches(&format!("host={}", v1.ip))
+    // Requests for `path` that passed the waypoint, by its access lines.
+    let passed = |path: &str| {
+        let host = format!("host={}", v1.ip);
+        let path = format!("path={path} ");
+        let log = bed.waypoint.output();
+        log.lines()
+            .filter(|line| line.contains(&host) && line.contains(&path))
             .count()
     };
     // Once the client's agent has seen the label too, each request to the
@@ -429,24 +435,24 @@ fn a_pod_labelled_for_the_waypoint_is_reached_through_it_by_its_address() -> any
         Duration::from_secs(10),
         || {
             HttpLoad::new(1).run(&bed.cluster, client.place(), &url)?;
-            Ok(passed() > 0)
+            Ok(passed("/") > 0)
         },
     )
     .with_context(|| bed.outputs())?;
-    let before = passed();
-    let summary = five().run(&bed.cluster, client.place(), &url)?;
+    let summary = five().run(&bed.cluster, client.place(), &format!("{url}five"))?;
     ensure!(summary.status(200) == 5, "{summary:?}\n{}", bed.outputs());
     assert_eq!(
         summary.versions.keys().collect::<Vec<_>>(),
         ["reviews/v1"],
         "answered by the pod asked for"
     );
-    let log = bed.waypoint.output();
-    assert_eq!(
-        passed() - before,
-        5,
-        "each request passed the waypoint:\n{log}"
-    );
+    // Its access lines are written out within a second.
+    wait_for(
+        "each request passing the waypoint",
+        Duration::from_secs(3),
+        || Ok(passed("/five") == 5),
+    )
+    .with_context(|| bed.outputs())?;
     Ok(())
 }
 

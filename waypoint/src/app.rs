@@ -78,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serving.stop().await;
     drop(source);
     tracing::info!("stopped");
+    ambit_admin::flush_access_log();
     Ok(())
 }
 

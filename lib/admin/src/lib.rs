@@ -17,6 +17,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub mod accept;
+mod logging;
+
+pub use logging::{flush_access_log, init_logging, AccessLog};
 
 use accept::Acceptor;
 
@@ -134,19 +137,6 @@ impl Readiness {
         let last = self.0.last_beat.load(Ordering::Acquire);
         last == 0 || !self.0.longer_ago(last, LIVENESS_WINDOW)
     }
-}
-
-/// Sets up `tracing` for a binary: level from `RUST_LOG` (default `info`),
-/// plain text on stderr (coloured only on a terminal).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal, never in a collected log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// The CPUs this process may run on (its cgroup's quota aside), at least 1:

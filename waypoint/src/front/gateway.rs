@@ -148,6 +148,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
         gateway: gateway.clone(),
         port,
         peer,
+        // An address is always a valid header value.
+        peer_header: HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("")),
         local_ip: local.ip(),
         sni: None,
         scheme: "http",
@@ -336,6 +339,8 @@ struct Client {
     gateway: Arc<Gateway>,
     port: u16,
     peer: SocketAddr,
+    /// The client's address, as headers carry it.
+    peer_header: HeaderValue,
     local_ip: IpAddr,
     /// The server name a TLS client asked for (its server ends the TLS).
     sni: Option<String>,
@@ -402,20 +407,16 @@ impl Client {
     /// and in `x-envoy-external-address`, the scheme it spoke in
     /// `x-forwarded-proto`.
     fn forwarded(&self, headers: &mut http::HeaderMap) {
-        let client = self.peer.ip().to_string();
+        let client = &self.peer_header;
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier},{client}"),
-            None => client.clone(),
+            Some(earlier) => HeaderValue::from_str(&format!("{earlier},{}", self.peer.ip())).ok(),
+            None => Some(client.clone()),
         };
-        for (name, value) in [
-            ("x-forwarded-for", forwarded_for),
-            ("x-envoy-external-address", client),
-            ("x-forwarded-proto", self.scheme.to_string()),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
+        if let Some(forwarded_for) = forwarded_for {
+            headers.insert("x-forwarded-for", forwarded_for);
         }
+        headers.insert("x-envoy-external-address", client.clone());
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(self.scheme));
     }
 
     /// The context requests for `virtual_host` are served in: kept per
