@@ -2,14 +2,12 @@
 //! calling each other as Bookinfo's do, under Istio's own task YAML:
 //! routing by the signed-in user, fault injection, request timeouts.
 
-mod bookinfo_bed;
-
 use std::time::{Duration, Instant};
 
 use ambit_testbed::bookinfo;
+use ambit_testbed::bookinfo::{failed, page, url, virtual_service, Bookinfo, PRODUCTPAGE_PATIENCE};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary};
 use anyhow::ensure;
-use bookinfo_bed::{failed, page, url, virtual_service, Bookinfo, PRODUCTPAGE_PATIENCE};
 use serde_json::{json, Value};
 
 #[test]

@@ -4,40 +4,20 @@
 //! ended at the gateway (SIMPLE, MUTUAL, a rotated Secret) or passed
 //! through by server name; plain HTTP redirected to HTTPS.
 
-mod bookinfo_bed;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
-use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
+use ambit_testbed::bookinfo::{page, Bookinfo, GATEWAY_POD, OUTSIDE_POD, SECURE, SECURE_PORT};
+use ambit_testbed::mesh::{self, MeshConfig, Source};
 use ambit_testbed::pki::{Issued, TestPki};
-use ambit_testbed::testapp::{ClientTls, HttpLoad, HttpSummary, Server};
+use ambit_testbed::testapp::{ClientTls, HttpLoad, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{wait_for, Cluster};
 use anyhow::{ensure, Context};
-use bookinfo_bed::{page, Bookinfo, GATEWAY_POD, OUTSIDE_POD, SECURE, SECURE_PORT};
 use serde_json::{json, Value};
-
-impl Bookinfo {
-    /// `load` from the client outside the mesh to `url`, connecting to the
-    /// gateway's `port` whatever host the URL names.
-    fn outside_to(&self, load: HttpLoad, url: &str, port: u16) -> anyhow::Result<HttpSummary> {
-        let gateway = self.cluster.pod(GATEWAY_POD)?;
-        let outside = self.cluster.pod(OUTSIDE_POD)?;
-        let load = load.connect(SocketAddr::from((gateway.ip, port)));
-        load.run(&self.cluster, outside.place(), url)
-            .with_context(|| self.outputs())
-    }
-
-    /// The gateway's `istio_requests_total` with these labels.
-    fn gateway_requests(&self, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-        let gateway = self.gateway.as_ref().context("started with a gateway")?;
-        Ok(sample(&gateway.metrics()?, "istio_requests_total", labels))
-    }
-}
 
 /// Istio's Bookinfo gateway port.
 const HTTP_PORT: u16 = 8080;

@@ -1,24 +1,24 @@
 //! `cargo xtask demo`: a two-node namespace cluster with sample apps and the
-//! node agents, traffic between nodes through the mesh, a summary, then
-//! Istio's Bookinfo routing through a waypoint, then teardown.
+//! node agents, traffic between nodes through the mesh, a summary; then
+//! Istio's Bookinfo behind an ingress gateway and a waypoint, driven by
+//! Istio's own YAML; then teardown.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ambit_testbed::bookinfo;
-use ambit_testbed::ca::TestCa;
-use ambit_testbed::mesh::{self, samples, MeshConfig, NodeAgent, Source};
+use ambit_testbed::bookinfo::{self, Bookinfo, GATEWAY_POD, OUTSIDE_POD};
+use ambit_testbed::mesh::{self, samples, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
-use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{Cluster, Pod};
 use anyhow::{ensure, Context};
 
 const REQUESTS: usize = 20;
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
-const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+/// The port the seeds' Gateway listens on.
+const GATEWAY_PORT: u16 = 8080;
 
 pub fn run() -> anyhow::Result<()> {
     let cluster = Cluster::builder()
-        .node(&["productpage", "legacy", "waypoint"])
+        .node(&["productpage", "legacy"])
         .node(&["reviews-v1", "reviews-v2", "reviews-v3"])
         .build()
         .context("building the namespace cluster")?;
@@ -157,101 +157,92 @@ pub fn run() -> anyhow::Result<()> {
         .context("the denial is in node-2's access log")?;
     println!("    node-2's access log: {}", denial.trim());
 
-    bookinfo_through_a_waypoint(&cluster, &ca, config)?;
-
     let run = cluster.run_name().to_string();
     drop(agents);
     drop(ca);
     drop(cluster);
-    println!("\n  Torn down: every namespace, cgroup and process of {run} is gone.\n");
+    println!("\n  Torn down: every namespace, cgroup and process of {run} is gone.");
+
+    bookinfo_through_the_gateway()?;
+    println!("\n  Torn down.\n");
     Ok(())
 }
 
-/// Binds reviews (v1, v2, v3) to a waypoint and applies Istio's Bookinfo
-/// routing manifests one after another, printing who answered.
-fn bookinfo_through_a_waypoint(
-    cluster: &Cluster,
-    ca: &TestCa,
-    config: MeshConfig,
-) -> anyhow::Result<()> {
-    let [productpage, waypoint_pod, v1, v2, v3] = cluster.pods_named([
-        "productpage",
-        "waypoint",
-        "reviews-v1",
-        "reviews-v2",
-        "reviews-v3",
-    ])?;
-    let mut config = MeshConfig {
-        services: vec![
-            mesh::ServiceConfig {
-                waypoint: Some("waypoint".into()),
-                ..mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2, v3])
-            },
-            mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
-        ],
-        istio: bookinfo::manifest("destination-rule-all.yaml")?,
-        ..config
-    }
-    .versioned("reviews");
-    let rules = config.istio.clone();
-    mesh::write_config(cluster, &config)?;
-    let waypoint = Waypoint::start(
-        cluster,
-        waypoint_pod,
-        "waypoint",
-        &Source::Directory,
-        Some(ca),
-    )?;
+/// Bookinfo on a cluster of its own: the test app in each of its roles,
+/// all bound to a waypoint, an ingress gateway in front; the seeds'
+/// `bookinfo-gateway.yaml` and Istio's routing tasks applied unchanged one
+/// after another, `/productpage` asked for from outside the mesh each time.
+fn bookinfo_through_the_gateway() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let outside = bookinfo.cluster.pod(OUTSIDE_POD)?;
+    let gateway = bookinfo.cluster.pod(GATEWAY_POD)?;
     println!(
-        "\n  Waypoint default/waypoint on node-1; reviews (v1, v2, v3) bound to it by istio.io/use-waypoint.\n  \
-         Istio's Bookinfo manifests, unchanged (destination-rule-all.yaml, then each task's routes):"
+        "\n  Bookinfo on a second cluster: productpage, details, reviews v1/v2/v3 and ratings (the test app\n  \
+         in each role, calling each other as Bookinfo's services do), all bound to the waypoint;\n  \
+         ambit-waypoint --mode gateway as istio-system/{GATEWAY_POD} ({}, labelled istio: ingressgateway);\n  \
+         a client outside the mesh ({}, namespace outside).\n  \
+         Istio's manifests, unchanged: destination-rule-all.yaml, bookinfo-gateway.yaml, then each task's routes.",
+        gateway.ip, outside.ip
     );
-    let url = format!("http://{REVIEWS_VIP}:9080/");
-    let jason = || HttpLoad::new(100).header("end-user", "jason");
+    let gateway_yaml = bookinfo::manifest("bookinfo-gateway.yaml")?;
+    let url = |path: &str| format!("http://{}:{GATEWAY_PORT}{path}", gateway.ip);
+    let jason = || HttpLoad::new(REQUESTS).header("end-user", "jason");
     let tasks = [
         (
             "routing-all-v1.yaml",
-            vec![("everyone", HttpLoad::new(100))],
+            vec![("everyone", HttpLoad::new(REQUESTS))],
         ),
         (
             "reviews-v2-for-jason.yaml",
             vec![
                 ("end-user: jason", jason()),
-                ("anyone else", HttpLoad::new(100)),
+                ("anyone else", HttpLoad::new(REQUESTS)),
             ],
         ),
-        ("reviews-50-v3.yaml", vec![("everyone", HttpLoad::new(400))]),
+        ("reviews-50-v3.yaml", vec![("everyone", HttpLoad::new(100))]),
     ];
-    for (file, loads) in tasks {
-        config.istio = [rules.clone(), bookinfo::manifest(file)?].concat();
-        waypoint.apply(cluster, &config)?;
-        println!("    {file}");
+    for (task, loads) in tasks {
+        bookinfo.apply([gateway_yaml.clone(), bookinfo::manifest(task)?].concat())?;
+        println!("    {task}: GET {} from outside", url("/productpage"));
         for (who, load) in loads {
-            let summary = load.run(cluster, productpage.place(), &url)?;
+            let summary = bookinfo.outside_to(load, &url("/productpage"), GATEWAY_PORT)?;
             ensure!(
                 summary.status(200) == summary.requests,
                 "requests failed: {summary:?}\n{}",
-                waypoint.output()
+                bookinfo.outputs()
             );
-            let versions: Vec<String> = summary
-                .versions
-                .iter()
-                .map(|(version, n)| format!("{version} {n}"))
-                .collect();
-            println!("      {who}: {}", versions.join(", "));
+            for (chain, count) in &summary.chains {
+                println!("      {who}: {count} x {chain}");
+            }
         }
     }
-    println!("    istio_requests_total on the waypoint (reporter=waypoint), by version and code:");
-    for (labels, count) in samples(&waypoint.metrics()?, "istio_requests_total") {
-        let label = |name| label(&labels, name);
-        println!(
-            "      {} -> {} {}: {count}",
-            label("source_workload"),
-            label("destination_workload"),
-            label("response_code"),
-        );
+    let refused = bookinfo.outside_to(HttpLoad::new(1), &url("/admin"), GATEWAY_PORT)?;
+    ensure!(refused.status(404) == 1, "/admin was routed: {refused:?}");
+    println!(
+        "    GET {}: 404, no route (the seeds' VirtualService exposes five paths)",
+        url("/admin")
+    );
+    let gateway_proxy = bookinfo
+        .gateway
+        .as_ref()
+        .context("started with a gateway")?;
+    println!("    istio_requests_total, by reporter (the gateway reports as source, the waypoint as waypoint):");
+    for (proxy, metrics) in [
+        ("gateway", gateway_proxy.metrics()?),
+        ("waypoint", bookinfo.waypoint.metrics()?),
+    ] {
+        for (labels, count) in samples(&metrics, "istio_requests_total") {
+            let label = |name| label(&labels, name);
+            println!(
+                "      {proxy}: {} -> {} ({}) {}: {count}",
+                label("source_workload"),
+                label("destination_workload"),
+                label("destination_service_name"),
+                label("response_code"),
+            );
+        }
     }
-    waypoint.stop()
+    Ok(())
 }
 
 fn describe(from: &Pod, url: &str, load: &HttpLoad, summary: &HttpSummary) -> String {
