@@ -350,6 +350,46 @@ impl Mesh {
             .is_some_and(|s| exported_to(&s.export_to, &key.namespace, from_namespace))
     }
 
+    /// The ServiceEntry a workload in `from_namespace` sees (by
+    /// `exportTo`) whose `addresses` hold `ip` (as an address or a CIDR)
+    /// and which declares `port`: the narrowest address first, then the
+    /// first by namespace and name.
+    pub fn service_entry_at(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        from_namespace: &str,
+    ) -> Option<EntryAt<'_>> {
+        let mut best: Option<(u8, EntryAt<'_>)> = None;
+        for (key, entry) in &self.service_entries {
+            if !exported_to(&entry.spec.export_to, &key.namespace, from_namespace) {
+                continue;
+            }
+            let Some(port) = entry
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.number == u32::from(port))
+            else {
+                continue;
+            };
+            let narrowest = entry
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|address| address_block(address))
+                .filter(|block| block.contains(&ip))
+                .map(|block| block.prefix_len())
+                .max();
+            if let Some(prefix) = narrowest {
+                if best.as_ref().is_none_or(|(best, _)| prefix > *best) {
+                    best = Some((prefix, EntryAt { key, entry, port }));
+                }
+            }
+        }
+        best.map(|(_, found)| found)
+    }
+
     /// The waypoint serving a Service: its own `istio.io/use-waypoint`
     /// label, else its namespace's. `none` opts out.
     pub fn waypoint_for_service(&self, key: &Key) -> Option<WaypointRef> {
@@ -438,6 +478,21 @@ pub fn in_namespace<'a, 'n, V>(
     objects
         .range(Key::new(namespace, "")..)
         .take_while(move |(key, _)| key.namespace == namespace)
+}
+
+/// A ServiceEntry a destination falls under, and its port there.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryAt<'a> {
+    pub key: &'a Key,
+    pub entry: &'a Config<ServiceEntrySpec>,
+    pub port: &'a crate::api::networking::ServicePort,
+}
+
+/// A ServiceEntry's address: a CIDR, or one address.
+fn address_block(text: &str) -> Option<ipnet::IpNet> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// `Some(None)` for an explicit `none`, `None` when the label is absent.

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
-use ambit_config::model::{Key, Mesh, WaypointRef};
+use ambit_config::api::networking::Resolution;
+use ambit_config::model::{in_namespace, EntryAt, Key, Mesh, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
@@ -142,6 +143,24 @@ pub(super) fn plan(
             Err(reason) => refuse(reason, name),
         };
     }
+    let entry = match (service, mesh.workload_by_ip(IpAddr::V4(*original.ip()))) {
+        (None, None) => mesh.service_entry_at(
+            IpAddr::V4(*original.ip()),
+            original.port(),
+            &caller.namespace,
+        ),
+        _ => None,
+    };
+    if let Some(found) = entry {
+        let name = found.entry.spec.hosts.first().cloned();
+        return match entry_target(mesh, found, original, turn) {
+            Ok(target) => Planned {
+                plan: direct_or_hbone(mesh, trust_domain, target),
+                service: name,
+            },
+            Err(reason) => refuse(reason, name),
+        };
+    }
     let target = match service {
         Some((key, service, target_port)) => {
             let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
@@ -156,17 +175,65 @@ pub(super) fn plan(
         }
         None => original,
     };
-    // To a pod of the mesh, over HBONE when the agent holds identities.
-    let peer = trust_domain
-        .and_then(|trust_domain| meshed_identity_at(trust_domain, mesh, IpAddr::V4(*target.ip())));
-    let plan = match peer {
-        Some(peer) => Plan::Hbone { target, peer },
-        None => Plan::Direct { target },
-    };
     Planned {
-        plan,
+        plan: direct_or_hbone(mesh, trust_domain, target),
         service: name,
     }
+}
+
+/// To `target`: over HBONE when it is a pod of the mesh and the agent
+/// holds identities, else in plain TCP.
+fn direct_or_hbone(mesh: &Mesh, trust_domain: Option<&str>, target: SocketAddrV4) -> Plan {
+    let peer = trust_domain
+        .and_then(|trust_domain| meshed_identity_at(trust_domain, mesh, IpAddr::V4(*target.ip())));
+    match peer {
+        Some(peer) => Plan::Hbone { target, peer },
+        None => Plan::Direct { target },
+    }
+}
+
+/// Where a connection to `original`, an address of the ServiceEntry
+/// `found`, goes: for `resolution: STATIC` one of its endpoints in turn,
+/// those it lists (at the port an endpoint names for the entry's port,
+/// else its `targetPort`, else the port itself) or the pods of its
+/// namespace its `workloadSelector` picks; otherwise (NONE; DNS, which the
+/// agent does not resolve yet) the address dialled.
+fn entry_target(
+    mesh: &Mesh,
+    found: EntryAt<'_>,
+    original: SocketAddrV4,
+    turn: &mut dyn FnMut(&Key) -> usize,
+) -> Result<SocketAddrV4, String> {
+    let spec = &found.entry.spec;
+    if spec.resolution != Some(Resolution::Static) {
+        return Ok(original);
+    }
+    let port = found.port;
+    let at = |ip: Ipv4Addr, named: Option<u32>| {
+        let number = named.or(port.target_port).unwrap_or(port.number);
+        Some(SocketAddrV4::new(ip, u16::try_from(number).ok()?))
+    };
+    let listed = spec.endpoints.iter().filter_map(|endpoint| {
+        let ip: Ipv4Addr = endpoint.address.as_deref()?.parse().ok()?;
+        at(ip, endpoint.ports.get(&port.name).copied())
+    });
+    let selected = spec.workload_selector.iter().flat_map(|selector| {
+        in_namespace(&mesh.workloads, &found.key.namespace)
+            .filter(|(_, pod)| {
+                let labels = &selector.labels;
+                labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            })
+            .flat_map(|(_, pod)| pod.ips.iter())
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => at(*ip, None),
+                IpAddr::V6(_) => None,
+            })
+    });
+    let endpoints: Vec<SocketAddrV4> = listed.chain(selected).collect();
+    if endpoints.is_empty() {
+        return Err(format!("ServiceEntry {} has no IPv4 endpoint", found.key));
+    }
+    Ok(endpoints[turn(found.key) % endpoints.len()])
 }
 
 pub(super) async fn handle(

@@ -15,9 +15,9 @@ const MESH: &str = r#"
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: shop}, spec: {serviceAccountName: client}, status: {podIP: 10.244.0.2}}
 ---
-{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.1.7}}
+{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.1.7}}
 ---
-{apiVersion: v1, kind: Pod, metadata: {name: cart-2, namespace: shop}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.2.8}}
+{apiVersion: v1, kind: Pod, metadata: {name: cart-2, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.2.8}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: waypoint-1, namespace: shop, labels: {istio.io/dataplane-mode: none}}, spec: {serviceAccountName: waypoint}, status: {podIP: 10.244.1.9}}
 ---
@@ -42,6 +42,18 @@ const MESH: &str = r#"
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: pay-1, namespace: shop, labels: {kubernetes.io/service-name: pay}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.7]}]}
 ---
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-1, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.9]}], ports: [{name: mesh, port: 15008}]}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop}, spec: {hosts: [api.example.com], addresses: [240.240.0.10], ports: [{number: 80, name: http, targetPort: 8080}], location: MESH_EXTERNAL, resolution: STATIC, endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 9090}}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: partners, namespace: shop}, spec: {hosts: [partners.example.com], addresses: [198.51.100.0/24], ports: [{number: 443, name: tls}], resolution: NONE}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: one-partner, namespace: shop}, spec: {hosts: [one.partners.example.com], addresses: [198.51.100.7], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 203.0.113.7}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: private, namespace: books}, spec: {hosts: [private.example.com], addresses: [240.240.0.20], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.244.1.7, ports: {http: 8080}}], exportTo: ["."]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: empty, namespace: shop}, spec: {hosts: [empty.example.com], addresses: [240.240.0.30], ports: [{number: 80, name: http}], resolution: STATIC, workloadSelector: {labels: {app: nothing}}}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
 "#;
 
 fn mesh() -> Mesh {
@@ -94,6 +106,7 @@ fn plans() {
     let mesh = mesh();
     let client = Key::new("shop", "client");
     let waypoint_pod = Key::new("shop", "waypoint-1");
+    let pinned = Key::new("books", "pinned");
     let td = Some(TRUST_DOMAIN);
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
@@ -115,6 +128,20 @@ fn plans() {
         (&client, td, Some("10.96.0.46:80"), 0, refused("its waypoint books/nowhere does not exist"), Some("gone.books")),
         // A pod labelled for a waypoint, addressed by its IP.
         (&client, td, Some("10.244.2.5:9000"), 0, waypoint("10.244.2.5:9000"), None),
+        // ServiceEntries: STATIC to an endpoint in turn (at the port it
+        // names, else targetPort); NONE to the address dialled; the
+        // narrowest address wins; exportTo hides; a port it does not
+        // declare is not its.
+        (&client, td, Some("240.240.0.10:80"), 0, Plan::Direct { target: at("192.0.2.10:8080") }, Some("api.example.com")),
+        (&client, td, Some("240.240.0.10:80"), 1, Plan::Direct { target: at("192.0.2.11:9090") }, Some("api.example.com")),
+        (&client, td, Some("198.51.100.9:443"), 0, Plan::Direct { target: at("198.51.100.9:443") }, Some("partners.example.com")),
+        (&client, td, Some("198.51.100.7:443"), 0, Plan::Direct { target: at("203.0.113.7:443") }, Some("one.partners.example.com")),
+        (&client, td, Some("240.240.0.10:81"), 0, Plan::Direct { target: at("240.240.0.10:81") }, None),
+        (&client, td, Some("240.240.0.20:80"), 0, Plan::Direct { target: at("240.240.0.20:80") }, None),
+        (&pinned, td, Some("240.240.0.20:80"), 0, hbone("10.244.1.7:8080", "shop", "cart"), Some("private.example.com")),
+        (&client, td, Some("240.240.0.30:80"), 0, refused("ServiceEntry shop/empty has no IPv4 endpoint"), Some("empty.example.com")),
+        // A workloadSelector's pods are its endpoints, reached over HBONE.
+        (&client, td, Some("240.240.0.40:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("carts.example.com")),
         // The waypoint's own traffic goes to the endpoints, never back to it.
         (&waypoint_pod, td, Some("10.96.0.42:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("cart.shop")),
         (&waypoint_pod, td, Some("10.244.2.5:9000"), 0, hbone("10.244.2.5:9000", "books", "pinned"), None),
