@@ -143,8 +143,12 @@ pub(super) fn plan(
             Err(reason) => refuse(reason, name),
         };
     }
-    let entry = match (service, mesh.workload_by_ip(IpAddr::V4(*original.ip()))) {
-        (None, None) => mesh.service_entry_at(
+    // Not a Service nor a pod of the mesh: a ServiceEntry may declare it.
+    let meshed_pod = mesh
+        .workload_by_ip(IpAddr::V4(*original.ip()))
+        .is_some_and(|(key, _)| mesh.is_enrolled(&key.namespace, &key.name));
+    let entry = match (service, meshed_pod) {
+        (None, false) => mesh.service_entry_at(
             IpAddr::V4(*original.ip()),
             original.port(),
             &caller.namespace,

@@ -53,6 +53,8 @@ const MESH: &str = r#"
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: empty, namespace: shop}, spec: {hosts: [empty.example.com], addresses: [240.240.0.30], ports: [{number: 80, name: http}], resolution: STATIC, workloadSelector: {labels: {app: nothing}}}}
 ---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: web, namespace: plain}, spec: {hosts: [web.plain.example], addresses: [10.244.3.3/32, 10.244.1.7/32], ports: [{number: 81, name: http}], resolution: NONE}}
+---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
 "#;
 
@@ -140,6 +142,10 @@ fn plans() {
         (&client, td, Some("240.240.0.20:80"), 0, Plan::Direct { target: at("240.240.0.20:80") }, None),
         (&pinned, td, Some("240.240.0.20:80"), 0, hbone("10.244.1.7:8080", "shop", "cart"), Some("private.example.com")),
         (&client, td, Some("240.240.0.30:80"), 0, refused("ServiceEntry shop/empty has no IPv4 endpoint"), Some("empty.example.com")),
+        // A pod outside the mesh may be declared by one; a pod of the mesh
+        // is reached as itself.
+        (&client, td, Some("10.244.3.3:81"), 0, Plan::Direct { target: at("10.244.3.3:81") }, Some("web.plain.example")),
+        (&client, td, Some("10.244.1.7:81"), 0, hbone("10.244.1.7:81", "shop", "cart"), None),
         // A workloadSelector's pods are its endpoints, reached over HBONE.
         (&client, td, Some("240.240.0.40:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("carts.example.com")),
         // The waypoint's own traffic goes to the endpoints, never back to it.
