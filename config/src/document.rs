@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::core::{EndpointSliceBody, NamespaceBody, PodBody, ServiceBody};
+use crate::api::core::{
+    ConfigMapBody, EndpointSliceBody, NamespaceBody, PodBody, ServiceBody, MESH_CONFIG_MAP,
+};
 use crate::api::meta::ObjectMeta;
 use crate::api::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
@@ -27,6 +29,8 @@ use crate::api::{Issue, Spec};
 /// Kinds read: (API group, kind, the versions served for it).
 pub const KINDS: &[(&str, &str, &[&str])] = &[
     ("", "Namespace", &["v1"]),
+    // Only Istio's mesh config (see `field_selector`).
+    ("", "ConfigMap", &["v1"]),
     ("", "Pod", &["v1"]),
     ("", "Service", &["v1"]),
     ("discovery.k8s.io", "EndpointSlice", &["v1"]),
@@ -201,6 +205,15 @@ pub enum Resource {
     Gateway(Object<GatewaySpec>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
     PeerAuthentication(Object<PeerAuthenticationSpec>),
+    /// Istio's mesh config, the ConfigMap `istio`.
+    MeshConfig(Object<ConfigMapBody>),
+}
+
+/// The objects of `kind` a source watches, when not all of them: of
+/// ConfigMaps only Istio's mesh config (a cluster holds many others, and
+/// they are not the mesh's to read).
+pub fn field_selector(kind: &str) -> Option<String> {
+    (kind == "ConfigMap").then(|| format!("metadata.name={MESH_CONFIG_MAP}"))
 }
 
 impl Resource {
@@ -216,6 +229,7 @@ impl Resource {
             Self::Gateway(_) => "Gateway",
             Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Self::PeerAuthentication(_) => "PeerAuthentication",
+            Self::MeshConfig(_) => "ConfigMap",
         }
     }
 
@@ -232,6 +246,7 @@ impl Resource {
             Self::Gateway(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::AuthorizationPolicy(o) => (&o.api_version, o.object_ref(self.kind())),
             Self::PeerAuthentication(o) => (&o.api_version, o.object_ref(self.kind())),
+            Self::MeshConfig(o) => (&o.api_version, o.object_ref(self.kind())),
         }
     }
 }
@@ -643,6 +658,10 @@ fn read_document(
         "Gateway" => Resource::Gateway(read_object(raw, &object)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(read_object(raw, &object)?),
         "PeerAuthentication" => Resource::PeerAuthentication(read_object(raw, &object)?),
+        // Istio's mesh config alone: other ConfigMaps are not the mesh's.
+        "ConfigMap" if object.name == MESH_CONFIG_MAP => {
+            Resource::MeshConfig(read_object(raw, &object)?)
+        }
         _ => return Ok(()),
     };
     resources.push(resource);

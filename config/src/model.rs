@@ -16,6 +16,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 use serde::Serialize;
 
+pub use crate::api::core::OutboundMode;
 use crate::api::core::{EndpointSliceBody, IntOrString, PodBody, ServiceBody};
 use crate::api::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
@@ -237,6 +238,9 @@ pub struct Mesh {
     pub gateways: OrdMap<Key, Arc<Config<GatewaySpec>>>,
     pub authorization_policies: OrdMap<Key, AuthorizationPolicy>,
     pub peer_authentications: OrdMap<Key, PeerAuthentication>,
+    /// Istio's mesh configs (the ConfigMap `istio`, by namespace): what
+    /// Ambit reads of them.
+    pub mesh_configs: OrdMap<Key, OutboundMode>,
     #[serde(skip)]
     indexes: Indexes,
 }
@@ -390,6 +394,13 @@ impl Mesh {
         best.map(|(_, found)| found)
     }
 
+    /// The mesh-wide `outboundTrafficPolicy.mode`: the mesh config's in
+    /// the root namespace, else Istio's default, ALLOW_ANY.
+    pub fn outbound_mode(&self, root_namespace: &str) -> OutboundMode {
+        let key = Key::new(root_namespace, crate::api::core::MESH_CONFIG_MAP);
+        self.mesh_configs.get(&key).copied().unwrap_or_default()
+    }
+
     /// The waypoint serving a Service: its own `istio.io/use-waypoint`
     /// label, else its namespace's. `none` opts out.
     pub fn waypoint_for_service(&self, key: &Key) -> Option<WaypointRef> {
@@ -432,6 +443,7 @@ impl Mesh {
             ("Gateway", self.gateways.len()),
             ("AuthorizationPolicy", self.authorization_policies.len()),
             ("PeerAuthentication", self.peer_authentications.len()),
+            ("ConfigMap", self.mesh_configs.len()),
         ])
     }
 
@@ -465,6 +477,7 @@ impl Mesh {
                 self.authorization_policies.iter(),
             ))
             .chain(refs("PeerAuthentication", self.peer_authentications.iter()))
+            .chain(refs("ConfigMap", self.mesh_configs.iter()))
             .collect()
     }
 }

@@ -1,13 +1,15 @@
-//! Egress: an enrolled pod reaches a server outside the mesh (a pod of a
-//! namespace of its own, not enrolled) as the ServiceEntries that declare
-//! it say, through its node's agent.
+//! Egress: an enrolled pod reaches a server outside the cluster (a network
+//! namespace of the test bed the mesh knows nothing of) as the
+//! ServiceEntries that declare it say, through its node's agent; the
+//! mesh's `outboundTrafficPolicy` decides what nothing declares.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ambit_testbed::mesh::{self, sample, MeshConfig};
 use ambit_testbed::testapp::{HttpLoad, Server};
-use ambit_testbed::Cluster;
-use anyhow::ensure;
+use ambit_testbed::{wait_for, Cluster};
+use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 /// The address no one has, which the STATIC ServiceEntry declares.
@@ -21,16 +23,50 @@ fn service_entry(name: &str, spec: Value) -> Value {
     })
 }
 
-#[test]
-fn service_entries_static_and_none_reach_a_server_outside_the_mesh() -> anyhow::Result<()> {
+/// A client in the mesh and a server outside the cluster (in the test
+/// bed's namespace `external`, but no pod the mesh's source lists),
+/// serving HTTP on 8080 and 9090.
+fn outside_the_cluster() -> anyhow::Result<(Cluster, ambit_testbed::Process)> {
     let cluster = Cluster::builder()
         .node(&["client"])
         .node(&["external"])
         .namespace("external", "external")
         .build()?;
+    let external = cluster.pod("external")?;
+    let server = Server::new("external", "v1")
+        .http(8080)
+        .http(9090)
+        .start(&cluster, external)?;
+    Ok((cluster, server))
+}
+
+/// The mesh: `client` enrolled, the server outside it unknown to it, and
+/// `istio` objects.
+fn mesh_config(cluster: &Cluster, istio: Vec<Value>) -> anyhow::Result<MeshConfig> {
+    let mut config = MeshConfig {
+        istio,
+        ..mesh::enrolling(cluster, &[cluster.pod("client")?], vec![])
+    };
+    config.pods.retain(|pod| pod.name != "external");
+    Ok(config)
+}
+
+/// Istio's mesh config with this `outboundTrafficPolicy.mode`.
+fn outbound_policy(mode: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "istio", "namespace": "istio-system" },
+        "data": { "mesh": format!("outboundTrafficPolicy:\n  mode: {mode}\n") },
+    })
+}
+
+#[test]
+fn service_entries_static_and_none_reach_a_server_outside_the_mesh() -> anyhow::Result<()> {
+    let (cluster, _server) = outside_the_cluster()?;
     let [client, external] = cluster.pods_named(["client", "external"])?;
-    let config = MeshConfig {
-        istio: vec![
+    let config = mesh_config(
+        &cluster,
+        vec![
             service_entry(
                 "api",
                 json!({
@@ -53,12 +89,8 @@ fn service_entries_static_and_none_reach_a_server_outside_the_mesh() -> anyhow::
                 }),
             ),
         ],
-        ..mesh::enrolling(&cluster, &[client], vec![])
-    };
+    )?;
     let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
-    let _server = Server::new("external", "v1")
-        .http(8080)
-        .start(&cluster, external)?;
     for (url, host) in [
         (format!("http://{API_VIP}/"), "api.external.example"),
         (
@@ -81,5 +113,54 @@ fn service_entries_static_and_none_reach_a_server_outside_the_mesh() -> anyhow::
         );
         ensure!(opened == 5.0, "{host}: {opened} connections reported");
     }
+    Ok(())
+}
+
+#[test]
+fn registry_only_refuses_what_nothing_declares_and_allow_any_passes_it() -> anyhow::Result<()> {
+    let (cluster, _server) = outside_the_cluster()?;
+    let [client, external] = cluster.pods_named(["client", "external"])?;
+    // Port 8080 of the server is declared; 9090 is not.
+    let declared = service_entry(
+        "external",
+        json!({
+            "hosts": ["external.example"],
+            "addresses": [external.ip.to_string()],
+            "ports": [{ "number": 8080, "name": "http" }],
+            "resolution": "NONE",
+        }),
+    );
+    let config = |mode: &str| mesh_config(&cluster, vec![declared.clone(), outbound_policy(mode)]);
+    let (_ca, agents) = mesh::start_secured(&cluster, &config("REGISTRY_ONLY")?, 3600)?;
+    let get = |port: u16| {
+        HttpLoad::new(3).reconnect().run(
+            &cluster,
+            client.place(),
+            &format!("http://{}:{port}/", external.ip),
+        )
+    };
+    let summary = get(8080)?;
+    ensure!(summary.status(200) == 3, "declared: {summary:?}");
+    let summary = get(9090)?;
+    ensure!(
+        summary.errors == 3,
+        "undeclared under REGISTRY_ONLY: {summary:?}"
+    );
+    let blocked = sample(
+        &agents[0].metrics(&cluster)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("destination_service", "BlackHoleCluster"),
+            ("response_flags", "NR"),
+        ],
+    );
+    ensure!(blocked == 3.0, "{blocked} blocked connections reported");
+
+    // ALLOW_ANY, applied live: the same port passes.
+    mesh::write_config(&cluster, &config("ALLOW_ANY")?)?;
+    wait_for("ALLOW_ANY to apply", Duration::from_secs(10), || {
+        Ok(get(9090)?.status(200) == 3)
+    })
+    .with_context(|| agents[0].output())?;
     Ok(())
 }

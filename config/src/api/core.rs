@@ -10,6 +10,66 @@ use serde::{Deserialize, Serialize};
 use super::types::check_port_number;
 use super::{Issue, Spec};
 
+/// Istio's mesh config: the ConfigMap `istio` (in the root namespace),
+/// whose key `mesh` holds MeshConfig as YAML. Ambit reads
+/// `outboundTrafficPolicy` from it; Istio's other settings are left alone.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigMapBody {
+    #[serde(default)]
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// The name of Istio's mesh config ConfigMap, and its key.
+pub const MESH_CONFIG_MAP: &str = "istio";
+const MESH_CONFIG_KEY: &str = "mesh";
+
+/// What a pod of the mesh may reach beyond the registry (Services and
+/// ServiceEntries): `outboundTrafficPolicy.mode`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Anything (Istio's default).
+    #[default]
+    AllowAny,
+    /// Only what the registry holds.
+    RegistryOnly,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct MeshSettings {
+    #[serde(default)]
+    outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+#[derive(Deserialize, Default)]
+struct OutboundTrafficPolicy {
+    #[serde(default)]
+    mode: OutboundMode,
+}
+
+impl ConfigMapBody {
+    /// `outboundTrafficPolicy.mode` of the mesh config it holds (Istio's
+    /// default when it holds none).
+    pub fn outbound_mode(&self) -> Result<OutboundMode, String> {
+        let Some(mesh) = self.data.get(MESH_CONFIG_KEY) else {
+            return Ok(OutboundMode::default());
+        };
+        serde_saphyr::from_str::<Option<MeshSettings>>(mesh)
+            .map(|settings| settings.unwrap_or_default().outbound_traffic_policy.mode)
+            .map_err(|error| error.to_string())
+    }
+}
+
+impl Spec for ConfigMapBody {
+    fn validate(&self) -> Vec<Issue> {
+        match self.outbound_mode() {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![Issue::new(format!("data.{MESH_CONFIG_KEY}"), error)],
+        }
+    }
+}
+
 /// A Namespace: its labels (in the metadata) are all Ambit reads.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceBody {}

@@ -399,3 +399,44 @@ fn waypoints_come_from_the_service_or_its_namespace() {
     assert_eq!(bound("pay-waypoint"), [&Key::new("shop", "pay")]);
     assert!(bound("elsewhere").is_empty());
 }
+
+#[test]
+fn the_outbound_traffic_policy_is_read_from_istios_mesh_config_in_the_root_namespace() {
+    let config_map = |namespace: &str, name: &str, mesh: &str| {
+        format!(
+            "{{apiVersion: v1, kind: ConfigMap, metadata: {{name: {name}, namespace: {namespace}}}, \
+              data: {{mesh: {mesh:?}, meshNetworks: 'networks: {{}}'}}}}\n---\n"
+        )
+    };
+    let registry_only =
+        "accessLogFile: /dev/stdout\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n";
+    let manifests = [
+        config_map("istio-system", "istio", registry_only),
+        // Another ConfigMap is not the mesh's, whatever it holds.
+        config_map(
+            "istio-system",
+            "other",
+            "outboundTrafficPolicy: {mode: ALLOW_ANY}",
+        ),
+        config_map("elsewhere", "istio", "defaultConfig: {}"),
+    ]
+    .concat();
+    let mut model = mesh(&manifests);
+    assert_eq!(
+        model.outbound_mode("istio-system"),
+        OutboundMode::RegistryOnly
+    );
+    assert_eq!(model.outbound_mode("elsewhere"), OutboundMode::AllowAny);
+    assert_eq!(model.outbound_mode("nowhere"), OutboundMode::AllowAny);
+    model.delete(&object("ConfigMap", "istio-system", "istio"));
+    assert_eq!(model.outbound_mode("istio-system"), OutboundMode::AllowAny);
+
+    let parsed = parse_manifests(&config_map(
+        "istio-system",
+        "istio",
+        "outboundTrafficPolicy: {mode: BLOCK_ALL}",
+    ));
+    let problem = &parsed.problems[0];
+    assert_eq!(problem.path, "data.mesh");
+    assert!(problem.message.contains("BLOCK_ALL"), "{problem:?}");
+}

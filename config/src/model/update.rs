@@ -86,6 +86,11 @@ impl Mesh {
                     AuthorizationPolicy::Valid(Config::of(&object)),
                 );
             }
+            Resource::MeshConfig(object) => {
+                // Validated as it was read: its mode is known.
+                let mode = object.spec.outbound_mode().unwrap_or_default();
+                self.mesh_configs.insert(Key::of(&object), mode);
+            }
             Resource::PeerAuthentication(object) => {
                 self.peer_authentications.insert(
                     Key::of(&object),
@@ -148,6 +153,7 @@ impl Mesh {
             "Gateway" => self.gateways.remove(&key).is_some(),
             "AuthorizationPolicy" => self.authorization_policies.remove(&key).is_some(),
             "PeerAuthentication" => self.peer_authentications.remove(&key).is_some(),
+            "ConfigMap" => self.mesh_configs.remove(&key).is_some(),
             _ => false,
         }
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambit_config::document::{
-    parse_object, rejections, ObjectRef, Problem, Resource, Severity, KINDS,
+    field_selector, parse_object, rejections, ObjectRef, Problem, Resource, Severity, KINDS,
 };
 use ambit_config::model::Mesh;
 use anyhow::Context;
@@ -83,7 +83,11 @@ pub async fn watch(
             plural: plural(kind),
         };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        watcher::watcher(api, watcher::Config::default())
+        let mut config = watcher::Config::default();
+        if let Some(selector) = field_selector(kind) {
+            config = config.fields(&selector);
+        }
+        watcher::watcher(api, config)
             .default_backoff()
             .map(move |event| (resource.clone(), event))
             .boxed()

@@ -18,6 +18,9 @@ pub enum ResponseFlags {
     Denied,
     /// The upstream could not be connected.
     ConnectFailed,
+    /// No route: a destination outside the registry under
+    /// `outboundTrafficPolicy: REGISTRY_ONLY` (Istio's BlackHoleCluster).
+    NoRoute,
 }
 
 impl EncodeLabelValue for ResponseFlags {
@@ -26,6 +29,7 @@ impl EncodeLabelValue for ResponseFlags {
             Self::None => "-",
             Self::Denied => "DENY",
             Self::ConnectFailed => "CONNECT",
+            Self::NoRoute => "NR",
         })
     }
 }

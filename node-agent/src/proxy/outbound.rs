@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use ambit_config::api::networking::Resolution;
-use ambit_config::model::{in_namespace, EntryAt, Key, Mesh, WaypointRef};
+use ambit_config::model::{in_namespace, EntryAt, Key, Mesh, OutboundMode, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
@@ -22,9 +22,7 @@ use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 pub(super) enum Plan {
     /// Plain TCP to the target: a destination outside the mesh, or the
     /// agent holds no identities.
-    Direct {
-        target: SocketAddrV4,
-    },
+    Direct { target: SocketAddrV4 },
     /// HBONE to the agent of the destination pod, which serves `target`.
     Hbone {
         target: SocketAddrV4,
@@ -40,8 +38,12 @@ pub(super) enum Plan {
     },
     Refuse {
         reason: String,
+        flags: ResponseFlags,
     },
 }
+
+/// What Istio names the destination of what it blocks as unregistered.
+const BLACK_HOLE: &str = "BlackHoleCluster";
 
 /// A plan and the Service it serves (`name.namespace`), for the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,17 +72,21 @@ impl Turns {
 }
 
 /// Where the connection of the pod `caller` to `original` goes.
-/// `trust_domain` is the agent's when it holds identities; `turn` gives a
-/// Service's next round-robin position.
+/// `trust_domain` is the agent's when it holds identities; `outbound` is
+/// the mesh's `outboundTrafficPolicy.mode`; `turn` gives a Service's next
+/// round-robin position.
 pub(super) fn plan(
     mesh: &Mesh,
-    trust_domain: Option<&str>,
+    (trust_domain, outbound): (Option<&str>, OutboundMode),
     caller: &Key,
     original: Option<SocketAddrV4>,
     turn: &mut dyn FnMut(&Key) -> usize,
 ) -> Planned {
     let refuse = |reason: String, service: Option<String>| Planned {
-        plan: Plan::Refuse { reason },
+        plan: Plan::Refuse {
+            reason,
+            flags: ResponseFlags::ConnectFailed,
+        },
         service,
     };
     let Some(original) = original else {
@@ -144,9 +150,8 @@ pub(super) fn plan(
         };
     }
     // Not a Service nor a pod of the mesh: a ServiceEntry may declare it.
-    let meshed_pod = mesh
-        .workload_by_ip(IpAddr::V4(*original.ip()))
-        .is_some_and(|(key, _)| mesh.is_enrolled(&key.namespace, &key.name));
+    let pod = mesh.workload_by_ip(IpAddr::V4(*original.ip()));
+    let meshed_pod = pod.is_some_and(|(key, _)| mesh.is_enrolled(&key.namespace, &key.name));
     let entry = match (service, meshed_pod) {
         (None, false) => mesh.service_entry_at(
             IpAddr::V4(*original.ip()),
@@ -163,6 +168,20 @@ pub(super) fn plan(
                 service: name,
             },
             Err(reason) => refuse(reason, name),
+        };
+    }
+    // Outside the cluster and declared by nothing: Istio's REGISTRY_ONLY
+    // sends it nowhere.
+    if service.is_none() && pod.is_none() && outbound == OutboundMode::RegistryOnly {
+        return Planned {
+            plan: Plan::Refuse {
+                reason: format!(
+                    "{original} is no Service, pod or ServiceEntry address, and the mesh's \
+                     outboundTrafficPolicy is REGISTRY_ONLY"
+                ),
+                flags: ResponseFlags::NoRoute,
+            },
+            service: Some(BLACK_HOLE.to_string()),
         };
     }
     let target = match service {
@@ -253,9 +272,14 @@ pub(super) async fn handle(
     let own = pod.workload(&snapshot);
     let mesh_tls = inputs.mesh_tls.as_ref();
     let trust_domain = mesh_tls.map(|m| m.certificates().trust_domain());
-    let Planned { plan, service } = plan(&snapshot, trust_domain, &pod.key, original, &mut |key| {
-        inputs.turns.next(key)
-    });
+    let outbound = snapshot.outbound_mode(&inputs.policy.root_namespace);
+    let Planned { plan, service } = plan(
+        &snapshot,
+        (trust_domain, outbound),
+        &pod.key,
+        original,
+        &mut |key| inputs.turns.next(key),
+    );
     let source = mesh_tls.and_then(|m| {
         m.certificates()
             .identity_of(&snapshot, &pod.key.namespace, &pod.key.name)
@@ -273,7 +297,7 @@ pub(super) async fn handle(
             *target,
             Some(peer),
         ),
-        Plan::Refuse { reason } => {
+        Plan::Refuse { reason, flags } => {
             let labels = TcpLabels::new(
                 Reporter::Source,
                 metrics::Party {
@@ -287,8 +311,7 @@ pub(super) async fn handle(
             drop(snapshot);
             let target = original.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::V4);
             // Dropping the client closes it: the caller sees a reset/EOF.
-            return Report::new(&inputs, &pod, labels, peer, target)
-                .refused(ResponseFlags::ConnectFailed, reason);
+            return Report::new(&inputs, &pod, labels, peer, target).refused(*flags, reason);
         }
     };
     // The pod's own address: the accepted connection shows only loopback,

@@ -90,6 +90,7 @@ fn waypoint(target: &str) -> Plan {
 fn refused(reason: &str) -> Plan {
     Plan::Refuse {
         reason: reason.into(),
+        flags: ResponseFlags::ConnectFailed,
     }
 }
 
@@ -153,7 +154,8 @@ fn plans() {
         (&waypoint_pod, td, Some("10.244.2.5:9000"), 0, hbone("10.244.2.5:9000", "books", "pinned"), None),
     ];
     for (caller, trust_domain, original, turn, expected, service) in cases {
-        let planned = plan(&mesh, trust_domain, caller, original.map(at), &mut |_| turn);
+        let inputs = (trust_domain, OutboundMode::AllowAny);
+        let planned = plan(&mesh, inputs, caller, original.map(at), &mut |_| turn);
         let expected = Planned {
             plan: expected,
             service: service.map(str::to_string),
@@ -170,7 +172,11 @@ fn a_services_connections_take_its_endpoints_in_turn() {
     let targets: Vec<Plan> = (0..4)
         .map(|_| {
             let original = Some(at("10.96.0.42:80"));
-            plan(&mesh, None, &waypoint_pod, original, &mut |k| turns.next(k)).plan
+            let inputs = (None, OutboundMode::AllowAny);
+            plan(&mesh, inputs, &waypoint_pod, original, &mut |k| {
+                turns.next(k)
+            })
+            .plan
         })
         .collect();
     let direct = |target| Plan::Direct { target: at(target) };
@@ -183,4 +189,51 @@ fn a_services_connections_take_its_endpoints_in_turn() {
             direct("10.244.2.8:8080")
         ]
     );
+}
+
+#[test]
+fn registry_only_sends_what_the_registry_lacks_nowhere() {
+    let mesh = mesh();
+    let client = Key::new("shop", "client");
+    let planned = |original: &str| {
+        let inputs = (Some(TRUST_DOMAIN), OutboundMode::RegistryOnly);
+        plan(&mesh, inputs, &client, Some(at(original)), &mut |_| 0)
+    };
+    assert_eq!(
+        planned("192.0.2.1:443"),
+        Planned {
+            plan: Plan::Refuse {
+                reason: "192.0.2.1:443 is no Service, pod or ServiceEntry address, and the mesh's \
+                         outboundTrafficPolicy is REGISTRY_ONLY"
+                    .into(),
+                flags: ResponseFlags::NoRoute,
+            },
+            service: Some("BlackHoleCluster".into()),
+        }
+    );
+    // What the registry holds passes: ServiceEntries, Services, pods
+    // (in the mesh or not).
+    for (original, expected) in [
+        (
+            "240.240.0.10:80",
+            Plan::Direct {
+                target: at("192.0.2.10:8080"),
+            },
+        ),
+        (
+            "198.51.100.9:443",
+            Plan::Direct {
+                target: at("198.51.100.9:443"),
+            },
+        ),
+        ("10.96.0.43:80", hbone("10.244.1.7:8080", "shop", "cart")),
+        (
+            "10.244.3.3:80",
+            Plan::Direct {
+                target: at("10.244.3.3:80"),
+            },
+        ),
+    ] {
+        assert_eq!(planned(original).plan, expected, "{original}");
+    }
 }
