@@ -98,3 +98,32 @@ fn the_waypoint_template_arguments_match_the_code() {
     args.push("--namespace=shop".into());
     ambit_waypoint::Args::try_parse_from(&args).unwrap();
 }
+
+#[test]
+fn the_gateway_template_arguments_match_the_code() {
+    let spec = pod_spec("gateway.yaml", "Deployment");
+    let mut args = args(&spec, "gateway", "ambit-waypoint");
+    let env = spec["containers"][0]["env"].as_array().unwrap();
+    let from_pod = |name: &str| {
+        env.iter().find(|e| e["name"] == name).unwrap()["valueFrom"]["fieldRef"]["fieldPath"]
+            .clone()
+    };
+    assert_eq!(from_pod("POD_NAMESPACE"), "metadata.namespace");
+    assert_eq!(from_pod("POD_NAME"), "metadata.name");
+    args.extend([
+        "--namespace=istio-system".into(),
+        "--pod-name=ingressgateway-1".into(),
+    ]);
+    let parsed = ambit_waypoint::Args::try_parse_from(&args).unwrap();
+    assert_eq!(parsed.mode, ambit_waypoint::Mode::Gateway);
+    // Istio's Gateways select it by Istio's label.
+    let documents = documents("gateway.yaml");
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["istio"],
+        "ingressgateway"
+    );
+}

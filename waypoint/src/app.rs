@@ -17,7 +17,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::config::Mode;
+use crate::Mode;
 use crate::front::gateway::{self, Gateway};
 use crate::front::hbone::{self, Shared};
 use crate::front::{Credentials, Secrets};

@@ -11,4 +11,4 @@ pub mod http;
 pub mod tables;
 mod tcp;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, Mode};
