@@ -64,6 +64,12 @@ pub struct Args {
     /// `false` the agent moves the bytes itself (splice).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub kernel_relay: bool,
+
+    /// The resolver ServiceEntry hosts of `resolution: DNS` are resolved
+    /// with (`ADDRESS:PORT`); by default the node's, the first
+    /// `nameserver` of /etc/resolv.conf.
+    #[arg(long)]
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// The validated configuration the agent runs with.
@@ -81,6 +87,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub worker_threads: usize,
     pub kernel_relay: bool,
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -101,6 +108,10 @@ impl Config {
                 .worker_threads
                 .map_or_else(default_worker_threads, usize::from),
             kernel_relay: args.kernel_relay,
+            dns_server: args.dns_server.or_else(|| {
+                let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+                crate::dns::nameserver(&conf)
+            }),
         })
     }
 }

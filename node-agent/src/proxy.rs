@@ -66,6 +66,8 @@ pub struct ProxyInputs {
     pub readiness: ambit_admin::Readiness,
     /// Round-robin positions of the Services pods connect to.
     pub turns: outbound::Turns,
+    /// For ServiceEntries of `resolution: DNS`.
+    pub resolver: crate::dns::Resolver,
 }
 
 /// An enrolled pod as the data path sees it.

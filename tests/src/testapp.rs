@@ -714,3 +714,25 @@ fn run_client(cluster: &Cluster, from: &Place, args: &[String]) -> anyhow::Resul
 }
 
 const BINARY: &str = "ambit-testapp";
+
+/// The test app as a DNS server in `pod`, on UDP port 53, knowing
+/// `records` (name, address) and no other name; returns once it listens.
+pub fn dns_server(
+    cluster: &Cluster,
+    pod: &Pod,
+    records: &[(&str, std::net::Ipv4Addr)],
+) -> anyhow::Result<Process> {
+    let mut args = vec!["dns".to_string(), "--listen=0.0.0.0:53".to_string()];
+    args.extend(
+        records
+            .iter()
+            .map(|(name, address)| format!("--record={name}={address}")),
+    );
+    let binary = cluster.binaries().get(BINARY)?;
+    let mut server = cluster.spawn(pod.place(), "dns", &binary, args)?;
+    crate::wait_for("the DNS server", START_TIMEOUT, || {
+        server.check_running()?;
+        Ok(server.output().contains("dns serving"))
+    })?;
+    Ok(server)
+}

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ambit_testbed::mesh::{self, sample, MeshConfig};
-use ambit_testbed::testapp::{HttpLoad, Server};
+use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{wait_for, Cluster};
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
@@ -25,12 +25,13 @@ fn service_entry(name: &str, spec: Value) -> Value {
 
 /// A client in the mesh and a server outside the cluster (in the test
 /// bed's namespace `external`, but no pod the mesh's source lists),
-/// serving HTTP on 8080 and 9090.
+/// serving HTTP on 8080 and 9090; and a pod `dns` for a DNS server.
 fn outside_the_cluster() -> anyhow::Result<(Cluster, ambit_testbed::Process)> {
     let cluster = Cluster::builder()
         .node(&["client"])
-        .node(&["external"])
+        .node(&["external", "dns"])
         .namespace("external", "external")
+        .namespace("dns", "dns")
         .build()?;
     let external = cluster.pod("external")?;
     let server = Server::new("external", "v1")
@@ -162,5 +163,42 @@ fn registry_only_refuses_what_nothing_declares_and_allow_any_passes_it() -> anyh
         Ok(get(9090)?.status(200) == 3)
     })
     .with_context(|| agents[0].output())?;
+    Ok(())
+}
+
+#[test]
+fn a_dns_service_entry_reaches_the_address_the_nodes_resolver_gives() -> anyhow::Result<()> {
+    let (cluster, _server) = outside_the_cluster()?;
+    let [client, external, dns] = cluster.pods_named(["client", "external", "dns"])?;
+    // The cluster's own resolver knows the external host; nothing else does.
+    let _dns = testapp::dns_server(&cluster, dns, &[("api.external.example", external.ip)])?;
+    let vip = Ipv4Addr::new(240, 240, 0, 11);
+    let config = mesh_config(
+        &cluster,
+        vec![service_entry(
+            "api-by-name",
+            json!({
+                "hosts": ["api.external.example"],
+                "addresses": [vip.to_string()],
+                "ports": [{ "number": 80, "name": "http", "targetPort": 8080 }],
+                "location": "MESH_EXTERNAL",
+                "resolution": "DNS",
+            }),
+        )],
+    )?;
+    mesh::write_config(&cluster, &config)?;
+    let resolver = format!("{}:53", dns.ip);
+    let agents = mesh::start_agents_with_args(&cluster, &mesh::Source::Directory, |_| {
+        Ok(vec!["--dns-server".into(), resolver.clone().into()])
+    })?;
+    let summary =
+        HttpLoad::new(5)
+            .reconnect()
+            .run(&cluster, client.place(), &format!("http://{vip}/"))?;
+    ensure!(
+        summary.versions.get("external/v1") == Some(&5),
+        "{summary:?}\n{}",
+        agents[0].output()
+    );
     Ok(())
 }

@@ -17,7 +17,6 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::Mode;
 use crate::front::gateway::{self, Gateway};
 use crate::front::hbone::{self, Shared};
 use crate::front::{Credentials, Secrets};
@@ -25,6 +24,7 @@ use crate::http::authz::Authz;
 use crate::http::upstream::Upstream;
 use crate::tables::{Compiled, Current, Tables};
 use crate::Config;
+use crate::Mode;
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {

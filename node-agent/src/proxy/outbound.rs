@@ -36,6 +36,14 @@ pub(super) enum Plan {
         peer: Identity,
         target: SocketAddrV4,
     },
+    /// To an address of `host` at `port`, as the node's resolver answers
+    /// (a ServiceEntry of `resolution: DNS`): each address in turn under
+    /// `spread` (DNS), else the first (DNS_ROUND_ROBIN).
+    Resolve {
+        host: String,
+        port: u16,
+        spread: Option<Key>,
+    },
     Refuse {
         reason: String,
         flags: ResponseFlags,
@@ -163,8 +171,12 @@ pub(super) fn plan(
     if let Some(found) = entry {
         let name = found.entry.spec.hosts.first().cloned();
         return match entry_target(mesh, found, original, turn) {
-            Ok(target) => Planned {
+            Ok(EntryTarget::Address(target)) => Planned {
                 plan: direct_or_hbone(mesh, trust_domain, target),
+                service: name,
+            },
+            Ok(EntryTarget::Resolve(plan)) => Planned {
+                plan,
                 service: name,
             },
             Err(reason) => refuse(reason, name),
@@ -215,23 +227,63 @@ fn direct_or_hbone(mesh: &Mesh, trust_domain: Option<&str>, target: SocketAddrV4
     }
 }
 
+/// Where a ServiceEntry sends a connection: an address, or a name to
+/// resolve first.
+enum EntryTarget {
+    Address(SocketAddrV4),
+    Resolve(Plan),
+}
+
 /// Where a connection to `original`, an address of the ServiceEntry
 /// `found`, goes: for `resolution: STATIC` one of its endpoints in turn,
 /// those it lists (at the port an endpoint names for the entry's port,
 /// else its `targetPort`, else the port itself) or the pods of its
-/// namespace its `workloadSelector` picks; otherwise (NONE; DNS, which the
-/// agent does not resolve yet) the address dialled.
+/// namespace its `workloadSelector` picks; for DNS and DNS_ROUND_ROBIN an
+/// address of one of its endpoints' names in turn, or of its host; for
+/// NONE (and DYNAMIC_DNS, which resolves a request's host) the address
+/// dialled.
 fn entry_target(
     mesh: &Mesh,
     found: EntryAt<'_>,
     original: SocketAddrV4,
     turn: &mut dyn FnMut(&Key) -> usize,
-) -> Result<SocketAddrV4, String> {
+) -> Result<EntryTarget, String> {
     let spec = &found.entry.spec;
-    if spec.resolution != Some(Resolution::Static) {
-        return Ok(original);
-    }
     let port = found.port;
+    let resolution = spec.resolution.unwrap_or(Resolution::None);
+    if let Resolution::Dns | Resolution::DnsRoundRobin = resolution {
+        let mut names: Vec<(&str, Option<u32>)> = spec
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.address.as_deref()?, e.ports.get(&port.name).copied())))
+            .collect();
+        if names.is_empty() {
+            names = spec
+                .hosts
+                .iter()
+                .filter(|host| !host.starts_with('*'))
+                .map(|host| (host.as_str(), None))
+                .collect();
+        }
+        if names.is_empty() {
+            return Err(format!("ServiceEntry {} has no name to resolve", found.key));
+        }
+        let (host, named) = names[turn(found.key) % names.len()];
+        let number = named.or(port.target_port).unwrap_or(port.number);
+        let port = u16::try_from(number).map_err(|_| format!("port {number} out of range"))?;
+        // An endpoint given by address needs no resolving.
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return Ok(EntryTarget::Address(SocketAddrV4::new(ip, port)));
+        }
+        return Ok(EntryTarget::Resolve(Plan::Resolve {
+            host: host.to_string(),
+            port,
+            spread: (resolution == Resolution::Dns).then(|| found.key.clone()),
+        }));
+    }
+    if resolution != Resolution::Static {
+        return Ok(EntryTarget::Address(original));
+    }
     let at = |ip: Ipv4Addr, named: Option<u32>| {
         let number = named.or(port.target_port).unwrap_or(port.number);
         Some(SocketAddrV4::new(ip, u16::try_from(number).ok()?))
@@ -256,7 +308,9 @@ fn entry_target(
     if endpoints.is_empty() {
         return Err(format!("ServiceEntry {} has no IPv4 endpoint", found.key));
     }
-    Ok(endpoints[turn(found.key) % endpoints.len()])
+    Ok(EntryTarget::Address(
+        endpoints[turn(found.key) % endpoints.len()],
+    ))
 }
 
 pub(super) async fn handle(
@@ -280,6 +334,25 @@ pub(super) async fn handle(
         original,
         &mut |key| inputs.turns.next(key),
     );
+    // A name to resolve first: the plan for the address it gives.
+    let plan = match plan {
+        Plan::Resolve { host, port, spread } => match inputs.resolver.addresses(&host).await {
+            Ok(addresses) if !addresses.is_empty() => {
+                let index = spread.map_or(0, |key| inputs.turns.next(&key) % addresses.len());
+                let target = SocketAddrV4::new(addresses[index], port);
+                direct_or_hbone(&snapshot, trust_domain, target)
+            }
+            Ok(_) => Plan::Refuse {
+                reason: format!("{host} has no IPv4 address"),
+                flags: ResponseFlags::ConnectFailed,
+            },
+            Err(error) => Plan::Refuse {
+                reason: format!("resolving {host}: {error}"),
+                flags: ResponseFlags::ConnectFailed,
+            },
+        },
+        plan => plan,
+    };
     let source = mesh_tls.and_then(|m| {
         m.certificates()
             .identity_of(&snapshot, &pod.key.namespace, &pod.key.name)
@@ -297,7 +370,15 @@ pub(super) async fn handle(
             *target,
             Some(peer),
         ),
-        Plan::Refuse { reason, flags } => {
+        // A name is resolved above; one that was not fails closed.
+        Plan::Refuse { .. } | Plan::Resolve { .. } => {
+            let (reason, flags) = match &plan {
+                Plan::Refuse { reason, flags } => (reason.clone(), *flags),
+                _ => (
+                    "a name left unresolved".to_string(),
+                    ResponseFlags::ConnectFailed,
+                ),
+            };
             let labels = TcpLabels::new(
                 Reporter::Source,
                 metrics::Party {
@@ -311,7 +392,7 @@ pub(super) async fn handle(
             drop(snapshot);
             let target = original.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::V4);
             // Dropping the client closes it: the caller sees a reset/EOF.
-            return Report::new(&inputs, &pod, labels, peer, target).refused(*flags, reason);
+            return Report::new(&inputs, &pod, labels, peer, target).refused(flags, &reason);
         }
     };
     // The pod's own address: the accepted connection shows only loopback,

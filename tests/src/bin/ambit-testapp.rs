@@ -220,6 +220,55 @@ enum Mode {
         #[arg(long)]
         connections: usize,
     },
+    /// A DNS server over UDP that knows these names (`NAME=ADDRESS`,
+    /// repeatable) and no others.
+    Dns {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long = "record", value_parser = record_arg)]
+        records: Vec<(String, std::net::Ipv4Addr)>,
+    },
+}
+
+/// `NAME=ADDRESS`.
+fn record_arg(text: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (name, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=ADDRESS"))?;
+    let address = address.parse().map_err(|e| format!("{address:?}: {e}"))?;
+    Ok((name.to_ascii_lowercase(), address))
+}
+
+/// Answers A queries for `records`; any other name is answered NXDOMAIN.
+async fn serve_dns(
+    listen: SocketAddr,
+    records: Vec<(String, std::net::Ipv4Addr)>,
+) -> anyhow::Result<()> {
+    use ambit_node_agent::dns;
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    eprintln!("dns serving");
+    let mut buffer = [0u8; dns::MAX_UDP_MESSAGE];
+    loop {
+        let (n, from) = socket.recv_from(&mut buffer).await?;
+        let query = &buffer[..n];
+        let Some(question) = dns::parse_query(query) else {
+            continue;
+        };
+        let found: Vec<_> = records
+            .iter()
+            .filter(|(name, _)| *name == question.name && question.is_a())
+            .map(|(_, address)| *address)
+            .collect();
+        let known = records.iter().any(|(name, _)| *name == question.name);
+        if let Some(mut answer) = dns::answer(query, &found, 5) {
+            if !known {
+                answer[3] |= 3; // NXDOMAIN
+            }
+            socket.send_to(&answer, from).await?;
+        }
+    }
 }
 
 /// How an `https` URL is spoken to.
@@ -363,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
         } => print_json(&echo_stream(addr, lines, Duration::from_millis(interval_ms)).await),
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
+        Mode::Dns { listen, records } => serve_dns(listen, records).await,
         Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
         Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
         Mode::Stream { url, messages } => print_json(&stream(&url, messages).await?),

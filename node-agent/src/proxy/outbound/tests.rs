@@ -55,6 +55,10 @@ const MESH: &str = r#"
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: web, namespace: plain}, spec: {hosts: [web.plain.example], addresses: [10.244.3.3/32, 10.244.1.7/32], ports: [{number: 81, name: http}], resolution: NONE}}
 ---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-api, namespace: shop}, spec: {hosts: [dns.example.com], addresses: [240.240.0.50], ports: [{number: 443, name: tls}], resolution: DNS}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-pool, namespace: shop}, spec: {hosts: [pool.example.com], addresses: [240.240.0.51], ports: [{number: 443, name: tls}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.example.com, ports: {tls: 8443}}, {address: 192.0.2.20}]}}
+---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
 "#;
 
@@ -84,6 +88,14 @@ fn waypoint(target: &str) -> Plan {
         waypoint: Ipv4Addr::new(10, 244, 1, 9),
         peer: id("shop", "waypoint"),
         target: at(target),
+    }
+}
+
+fn resolve(host: &str, port: u16, spread: Option<Key>) -> Plan {
+    Plan::Resolve {
+        host: host.into(),
+        port,
+        spread,
     }
 }
 
@@ -147,6 +159,11 @@ fn plans() {
         // is reached as itself.
         (&client, td, Some("10.244.3.3:81"), 0, Plan::Direct { target: at("10.244.3.3:81") }, Some("web.plain.example")),
         (&client, td, Some("10.244.1.7:81"), 0, hbone("10.244.1.7:81", "shop", "cart"), None),
+        // DNS: its host resolved, each address in turn; DNS_ROUND_ROBIN:
+        // its endpoints' names (an address as it is), the first address.
+        (&client, td, Some("240.240.0.50:443"), 0, resolve("dns.example.com", 443, Some(Key::new("shop", "dns-api"))), Some("dns.example.com")),
+        (&client, td, Some("240.240.0.51:443"), 0, resolve("a.example.com", 8443, None), Some("pool.example.com")),
+        (&client, td, Some("240.240.0.51:443"), 1, Plan::Direct { target: at("192.0.2.20:443") }, Some("pool.example.com")),
         // A workloadSelector's pods are its endpoints, reached over HBONE.
         (&client, td, Some("240.240.0.40:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("carts.example.com")),
         // The waypoint's own traffic goes to the endpoints, never back to it.
