@@ -377,14 +377,22 @@ impl Mesh {
             else {
                 continue;
             };
-            let narrowest = entry
-                .spec
-                .addresses
-                .iter()
-                .filter_map(|address| address_block(address))
-                .filter(|block| block.contains(&ip))
-                .map(|block| block.prefix_len())
-                .max();
+            let spec = &entry.spec;
+            let narrowest = match spec.addresses.is_empty() {
+                // Without addresses, the ones Ambit gives its hosts.
+                true => spec
+                    .hosts
+                    .iter()
+                    .any(|host| IpAddr::V4(auto_address(host)) == ip)
+                    .then_some(32),
+                false => spec
+                    .addresses
+                    .iter()
+                    .filter_map(|address| address_block(address))
+                    .filter(|block| block.contains(&ip))
+                    .map(|block| block.prefix_len())
+                    .max(),
+            };
             if let Some(prefix) = narrowest {
                 if best.as_ref().is_none_or(|(best, _)| prefix > *best) {
                     best = Some((prefix, EntryAt { key, entry, port }));
@@ -399,6 +407,49 @@ impl Mesh {
     pub fn outbound_mode(&self, root_namespace: &str) -> OutboundMode {
         let key = Key::new(root_namespace, crate::api::core::MESH_CONFIG_MAP);
         self.mesh_configs.get(&key).copied().unwrap_or_default()
+    }
+
+    /// The IPv4 addresses of `name` as the mesh knows it, for a pod in
+    /// `from_namespace`: a Service's VIPs (`NAME.NAMESPACE.svc.cluster.local`),
+    /// a ServiceEntry host's own addresses, or the one Ambit gives a host
+    /// of an entry without any; none when the mesh does not know the name.
+    pub fn host_addresses(&self, name: &str, from_namespace: &str) -> Option<Vec<Ipv4Addr>> {
+        let v4 = |ips: &mut dyn Iterator<Item = IpAddr>| -> Vec<Ipv4Addr> {
+            ips.filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+        };
+        if let Some(service) = name
+            .strip_suffix(".svc.cluster.local")
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, namespace)| !namespace.contains('.'))
+            .map(|(service, namespace)| Key::new(namespace, service))
+        {
+            if self.service_visible(&service, from_namespace) {
+                let vips = &self.services[&service].vips;
+                return Some(v4(&mut vips.iter().copied()));
+            }
+        }
+        let (_, entry) = self.service_entries.iter().find(|(key, entry)| {
+            exported_to(&entry.spec.export_to, &key.namespace, from_namespace)
+                && entry
+                    .spec
+                    .hosts
+                    .iter()
+                    .any(|host| host.eq_ignore_ascii_case(name))
+        })?;
+        let spec = &entry.spec;
+        Some(match spec.addresses.is_empty() {
+            true => vec![auto_address(name)],
+            false => v4(&mut spec
+                .addresses
+                .iter()
+                .filter_map(|a| address_block(a))
+                .filter(|block| block.prefix_len() == block.max_prefix_len())
+                .map(|block| block.addr())),
+        })
     }
 
     /// The waypoint serving a Service: its own `istio.io/use-waypoint`
@@ -499,6 +550,22 @@ pub struct EntryAt<'a> {
     pub key: &'a Key,
     pub entry: &'a Config<ServiceEntrySpec>,
     pub port: &'a crate::api::networking::ServicePort,
+}
+
+/// The address Ambit gives a ServiceEntry host when the entry has none, as
+/// Istio allocates them (in 240.240.0.0/16), so that a pod can connect to
+/// a name only the mesh knows: made from the host alone (FNV-1a), so every
+/// node gives the same.
+pub fn auto_address(host: &str) -> Ipv4Addr {
+    let hash = host
+        .to_ascii_lowercase()
+        .bytes()
+        .fold(0x811c_9dc5u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+    let [_, _, third, fourth] = hash.to_be_bytes();
+    // Neither .0 nor .255 ends the address.
+    Ipv4Addr::new(240, 240, third, fourth.clamp(1, 254))
 }
 
 /// A ServiceEntry's address: a CIDR, or one address.

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use ambit_ebpf_common::{
     Addr4, ConnectionKey, RelayState, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
-    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
-    REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_RELEASES_MAP,
-    RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM, RELEASE_PENDING,
-    SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
+    DNS_ANSWER_PROGRAM, DNS_QUERY_PROGRAM, INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM,
+    MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP, REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP,
+    RELAY_PEERS_MAP, RELAY_RELEASES_MAP, RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP,
+    RELAY_VERDICT_PROGRAM, RELEASE_PENDING, SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::links::{FdLink, LinkError};
@@ -208,7 +208,12 @@ impl Capture {
         // These are BPF links (flags must be 0, i.e. `Single`); links to one
         // cgroup always coexist, so a new agent attaches before the old one
         // detaches and no connection goes uncaptured in between.
-        for name in [CONNECT4_PROGRAM, CONNECT6_PROGRAM] {
+        for name in [
+            CONNECT4_PROGRAM,
+            CONNECT6_PROGRAM,
+            DNS_QUERY_PROGRAM,
+            DNS_ANSWER_PROGRAM,
+        ] {
             let connect: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             connect.load()?;
             let link = connect.attach(&cgroup_dir, CgroupAttachMode::Single)?;

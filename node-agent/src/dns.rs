@@ -149,40 +149,48 @@ pub fn addresses(message: &[u8], id: u16) -> Result<(Vec<Ipv4Addr>, u32), String
     Ok((found, least_ttl))
 }
 
-/// Asks `server` for the A records of `name` over UDP (twice at most,
-/// each within two seconds): the addresses and how long they hold.
+/// Asks `server` for the A records of `name`: the addresses and how long
+/// they hold.
 pub async fn resolve(server: SocketAddr, name: &str) -> std::io::Result<(Vec<Ipv4Addr>, u32)> {
+    let id = fastrand::u16(..);
+    let message = query(id, name).map_err(std::io::Error::other)?;
+    let answered = exchange(server, &message).await?;
+    addresses(&answered, id)
+        .map_err(|error| std::io::Error::other(format!("{name} at the resolver {server}: {error}")))
+}
+
+/// Sends the query `message` to `server` over UDP (twice at most, each
+/// within two seconds) and returns its answer (the message with the same
+/// id; anything else is dropped).
+pub async fn exchange(server: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
     let unspecified = match server {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     };
+    let id = message
+        .get(..2)
+        .ok_or_else(|| std::io::Error::other("no DNS message"))?;
     let socket = tokio::net::UdpSocket::bind(unspecified).await?;
     socket.connect(server).await?;
-    let id = fastrand::u16(..);
-    let message = query(id, name).map_err(std::io::Error::other)?;
     let mut buffer = [0u8; MAX_UDP_MESSAGE];
     for _ in 0..RESOLVE_TRIES {
-        socket.send(&message).await?;
+        socket.send(message).await?;
         let received = tokio::time::timeout(RESOLVE_TIMEOUT, async {
             loop {
                 let n = socket.recv(&mut buffer).await?;
-                // Anything but the answer to this query is dropped.
-                match addresses(&buffer[..n], id) {
-                    Err(error) if error == "an answer to another query" => continue,
-                    answered => return Ok::<_, std::io::Error>(answered),
+                if buffer[..n].get(..2) == Some(id) {
+                    return Ok::<_, std::io::Error>(buffer[..n].to_vec());
                 }
             }
         })
         .await;
         if let Ok(answered) = received {
-            return answered?.map_err(|error| {
-                std::io::Error::other(format!("{name} at the resolver {server}: {error}"))
-            });
+            return answered;
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("the resolver {server} did not answer for {name}"),
+        format!("the resolver {server} did not answer"),
     ))
 }
 
@@ -203,6 +211,11 @@ impl Resolver {
             server,
             kept: std::sync::Mutex::default(),
         }
+    }
+
+    /// The node's resolver, if the agent knows one.
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.server
     }
 
     /// The IPv4 addresses of `name`.

@@ -5,6 +5,7 @@
 //! the socket work.
 
 pub mod admission;
+mod dns_proxy;
 pub mod hbone;
 mod inbound;
 mod kernel_relay;
@@ -103,6 +104,8 @@ pub struct PodListeners {
     pub inbound: TcpListener,
     /// HBONE from other agents, when the agent holds identities.
     pub hbone: Option<TcpListener>,
+    /// The DNS proxy, over UDP and TCP.
+    pub dns: (tokio::net::UdpSocket, TcpListener),
 }
 
 impl PodListeners {
@@ -110,15 +113,22 @@ impl PodListeners {
     /// restarting agent bind beside the old one and take over.
     pub fn bind(netns: &Netns, with_hbone: bool) -> std::io::Result<Self> {
         let hbone_any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT);
-        let (outbound, inbound, hbone) = netns.run(|| {
+        let dns = dns_proxy::address();
+        let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
             let hbone = match with_hbone {
                 true => Some(listener(hbone_any, false)?),
                 false => None,
             };
+            let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
+            dns_udp.set_reuse_address(true)?;
+            dns_udp.set_reuse_port(true)?;
+            dns_udp.bind(&SocketAddr::V4(dns).into())?;
             std::io::Result::Ok((
                 listener(OUTBOUND_LISTENER, true)?,
                 listener(INBOUND_LISTENER, false)?,
                 hbone,
+                dns_udp,
+                listener(dns, false)?,
             ))
         })??;
         let tokio = |socket: Socket| TcpListener::from_std(socket.into());
@@ -126,6 +136,10 @@ impl PodListeners {
             outbound: tokio(outbound)?,
             inbound: tokio(inbound)?,
             hbone: hbone.map(tokio).transpose()?,
+            dns: (
+                tokio::net::UdpSocket::from_std(dns_udp.into())?,
+                tokio(dns_tcp)?,
+            ),
         })
     }
 }
@@ -200,7 +214,15 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         let (pod, inputs) = (pod.clone(), inputs.clone());
         move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone())
     }));
-    let mut accept_loops = vec![outbound.abort_handle(), inbound.abort_handle()];
+    let (dns_udp, dns_tcp) = listeners.dns;
+    let dns_udp = tokio::spawn(dns_proxy::serve_udp(dns_udp, pod.clone(), inputs.clone()));
+    let dns_tcp = tokio::spawn(dns_proxy::serve_tcp(dns_tcp, pod.clone(), inputs.clone()));
+    let mut accept_loops = vec![
+        outbound.abort_handle(),
+        inbound.abort_handle(),
+        dns_udp.abort_handle(),
+        dns_tcp.abort_handle(),
+    ];
     if let Some(listener) = listeners.hbone {
         let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
             .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE);

@@ -202,3 +202,38 @@ fn a_dns_service_entry_reaches_the_address_the_nodes_resolver_gives() -> anyhow:
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_resolves_a_service_entry_host_only_the_mesh_knows() -> anyhow::Result<()> {
+    let (cluster, _server) = outside_the_cluster()?;
+    let [client, external] = cluster.pods_named(["client", "external"])?;
+    // No address: the mesh gives the host one, and its agent's DNS proxy
+    // answers for it; no DNS server anywhere knows the name.
+    let config = mesh_config(
+        &cluster,
+        vec![service_entry(
+            "mesh-only",
+            json!({
+                "hosts": ["api.mesh-only.example"],
+                "ports": [{ "number": 80, "name": "http", "targetPort": 8080 }],
+                "location": "MESH_EXTERNAL",
+                "resolution": "STATIC",
+                "endpoints": [{ "address": external.ip.to_string() }],
+            }),
+        )],
+    )?;
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    // The client's resolver asks the server in the machine's resolv.conf,
+    // as a pod asks its cluster's: capture answers in its stead.
+    let summary = HttpLoad::new(3).reconnect().run(
+        &cluster,
+        client.place(),
+        "http://api.mesh-only.example/",
+    )?;
+    ensure!(
+        summary.versions.get("external/v1") == Some(&3),
+        "{summary:?}\n{}",
+        agents[0].output()
+    );
+    Ok(())
+}

@@ -11,6 +11,20 @@ pub const CONNECT4_PROGRAM: &str = "connect4";
 /// Program: cgroup `connect6`, the same for IPv6 sockets calling IPv4-mapped
 /// addresses.
 pub const CONNECT6_PROGRAM: &str = "connect6";
+/// Program: cgroup `sendmsg4`, sends an enrolled pod's DNS queries over
+/// UDP (to any server's port 53) to the agent's DNS proxy in its namespace.
+pub const DNS_QUERY_PROGRAM: &str = "dns_query4";
+/// Program: cgroup `recvmsg4`, makes the DNS proxy's answers come from the
+/// server the pod asked, as its resolver checks.
+pub const DNS_ANSWER_PROGRAM: &str = "dns_answer4";
+/// Map: socket cookie of a pod's UDP socket -> the DNS server it asked
+/// (`Addr4`), for `dns_answer4`.
+pub const DNS_SERVERS_MAP: &str = "DNS_SERVERS";
+/// The agent's DNS proxy in each enrolled pod's namespace, on the
+/// loopback address of its outbound listener (UDP and TCP).
+pub const DNS_PROXY_PORT: u16 = 15053;
+/// DNS.
+pub const DNS_PORT: u16 = 53;
 /// Program: cgroup `sock_ops`, files the recorded destination under the
 /// connection's source port once the kernel has chosen it.
 pub const SOCKOPS_PROGRAM: &str = "record_original_dst";

@@ -7,6 +7,10 @@
 //! re-files it under the source port once the kernel has picked one, which is
 //! what the agent sees when it accepts.
 //!
+//! DNS: a pod's queries to port 53 go to the agent's DNS proxy in its
+//! namespace (UDP by `dns_query4` and `connect4`, TCP by `connect4`), and
+//! `dns_answer4` makes the answers come from the server asked.
+//!
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
 //! inbound listener, and refuses them while the agent has none.
@@ -21,8 +25,9 @@ use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut};
 
 use ambit_ebpf_common::{
-    Addr4, ConnectionKey, RelayState, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS,
-    MAX_PENDING_CONNECTIONS, MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET, RELEASE_PENDING,
+    Addr4, ConnectionKey, RelayState, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, DNS_PORT,
+    DNS_PROXY_PORT, MAX_PENDING_CONNECTIONS, MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET,
+    RELEASE_PENDING,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -53,6 +58,9 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 #[map]
 static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
+#[map]
+static DNS_SERVERS: LruHashMap<u64, Addr4> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
 // Not pinned: relayed sockets belong to the agent process that holds them.
 #[map]
 static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
@@ -69,6 +77,7 @@ static RELAY_HANDOVERS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 /// Lets the connect proceed (0 would refuse it).
 const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
 /// `::ffff:0:0/96`: the third 32-bit word of an IPv4-mapped IPv6 address,
@@ -112,17 +121,53 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// For a TCP connect from an enrolled namespace to an IPv4 address `ip`
-/// (with `port` as `bpf_sock_addr` holds it): rewrites both to the agent's
-/// listener and records the original destination. Returns whether it did.
+/// A UDP `sendto`/`sendmsg` with an address: a DNS query is sent to the
+/// agent's DNS proxy, as `connect4` sends a connected socket's.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn dns_query4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands sendmsg4 a valid, writable bpf_sock_addr.
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    let mut ip = sock_addr.user_ip4;
+    if capture(&ctx, &mut ip, &mut sock_addr.user_port) {
+        sock_addr.user_ip4 = ip;
+    }
+    ALLOW
+}
+
+/// A UDP receive: an answer from the agent's DNS proxy is shown as from
+/// the server the socket asked (resolvers drop answers from elsewhere).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn dns_answer4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands recvmsg4 a valid, writable bpf_sock_addr.
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    if sock_addr.user_port as u16 != DNS_PROXY_PORT.to_be() {
+        return ALLOW;
+    }
+    // SAFETY: the helper accepts the program's context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before the map can change.
+    if let Some(server) = (unsafe { DNS_SERVERS.get(socket_cookie) }).copied() {
+        sock_addr.user_ip4 = server.ip;
+        sock_addr.user_port = u32::from(server.port);
+    }
+    ALLOW
+}
+
+/// For a connect (TCP, or UDP to port 53) or a UDP send to port 53 from an
+/// enrolled namespace to an IPv4 address `ip` (with `port` as
+/// `bpf_sock_addr` holds it): rewrites both to the agent's listener (its
+/// DNS proxy for port 53) and records the original destination. Returns
+/// whether it did.
 fn capture(ctx: &SockAddrContext, ip: &mut u32, port: &mut u32) -> bool {
     // SAFETY: the kernel hands sock_addr programs a full socket in `sk`.
     let (sock_type, mark) = unsafe {
         let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
         (sk.type_, sk.mark)
     };
-    // UDP, loopback and the agent's own sockets stay where they are.
-    if sock_type != SOCK_STREAM
+    // The network-order port is in the low 16 bits.
+    let dns = *port as u16 == DNS_PORT.to_be();
+    // Other UDP, loopback and the agent's own sockets stay where they are.
+    if !(sock_type == SOCK_STREAM || (sock_type == SOCK_DGRAM && dns))
         || *ip & LOOPBACK_MASK == LOOPBACK_NET
         || mark & AGENT_MARK_MASK == AGENT_MARK
     {
@@ -141,6 +186,16 @@ fn capture(ctx: &SockAddrContext, ip: &mut u32, port: &mut u32) -> bool {
         _pad: 0,
     };
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if dns {
+        // A full map only loses where an answer shows it came from: the
+        // resolver drops that one answer and asks again.
+        if sock_type == SOCK_DGRAM {
+            let _ = DNS_SERVERS.insert(socket_cookie, original, 0);
+        }
+        *ip = target.ip;
+        *port = u32::from(DNS_PROXY_PORT.to_be());
+        return true;
+    }
     // A full map only loses the original destination: the agent then
     // refuses that one connection.
     let _ = CONNECTING.insert(socket_cookie, original, 0);
