@@ -440,3 +440,45 @@ fn the_outbound_traffic_policy_is_read_from_istios_mesh_config_in_the_root_names
     assert_eq!(problem.path, "data.mesh");
     assert!(problem.message.contains("BLOCK_ALL"), "{problem:?}");
 }
+
+#[test]
+fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
+    let model = mesh(
+        r#"
+{apiVersion: v1, kind: Service, metadata: {name: reviews, namespace: shop}, spec: {clusterIP: 10.96.0.20, ports: [{port: 9080}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: hidden, namespace: shop, annotations: {networking.istio.io/exportTo: "."}}, spec: {clusterIP: 10.96.0.21, ports: [{port: 80}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop}, spec: {hosts: [api.example.com], addresses: [240.0.0.1, 10.0.0.0/8], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.1}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: bare, namespace: shop}, spec: {hosts: [bare.example.com], ports: [{number: 443, name: tls}], resolution: DNS}}
+"#,
+    );
+    let known = |name: &str, from: &str| model.host_addresses(name, from);
+    let ip = |text: &str| text.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(
+        known("reviews.shop.svc.cluster.local", "other"),
+        Some(vec![ip("10.96.0.20")])
+    );
+    assert_eq!(known("hidden.shop.svc.cluster.local", "other"), None);
+    assert_eq!(
+        known("hidden.shop.svc.cluster.local", "shop"),
+        Some(vec![ip("10.96.0.21")])
+    );
+    assert_eq!(
+        known("API.example.com", "other"),
+        Some(vec![ip("240.0.0.1")])
+    );
+    let given = auto_address("bare.example.com");
+    assert_eq!(known("bare.example.com", "other"), Some(vec![given]));
+    assert!(given.octets()[..2] == [240, 240] && (1..=254).contains(&given.octets()[3]));
+    assert_eq!(known("nothing.example.com", "shop"), None);
+    // The address given maps back to its entry, on the entry's ports.
+    let found = model
+        .service_entry_at(IpAddr::V4(given), 443, "other")
+        .unwrap();
+    assert_eq!(found.key, &Key::new("shop", "bare"));
+    assert!(model
+        .service_entry_at(IpAddr::V4(given), 80, "other")
+        .is_none());
+}
