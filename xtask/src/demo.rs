@@ -19,7 +19,8 @@ const GATEWAY_PORT: u16 = 8080;
 pub fn run() -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&["productpage", "legacy"])
-        .node(&["reviews-v1", "reviews-v2", "reviews-v3"])
+        .node(&["reviews-v1", "reviews-v2", "reviews-v3", "external"])
+        .namespace("external", "external")
         .build()
         .context("building the namespace cluster")?;
     println!("\nAmbit demo: a 2-node cluster built from network namespaces\n");
@@ -46,7 +47,9 @@ pub fn run() -> anyhow::Result<()> {
         "reviews-v3",
     ])?;
     let reviews = mesh::service("reviews", REVIEWS_VIP, 9080, 9080, &[v1, v2]);
-    let config = mesh::enrolling(&cluster, &[productpage, v1, v2, v3], vec![reviews]);
+    let mut config = mesh::enrolling(&cluster, &[productpage, v1, v2, v3], vec![reviews]);
+    // `external` stands for a server outside the cluster: no pod the mesh knows.
+    config.pods.retain(|pod| pod.name != "external");
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     println!(
         "\n  ambit-ca issues workload identities; ambit-node-agent runs on every node, and\n  \
@@ -120,7 +123,6 @@ pub fn run() -> anyhow::Result<()> {
     println!("    (legacy's own calls bypass node-1's agent: it is not enrolled; they arrive in plaintext)");
 
     // Only productpage may call: an L4 AuthorizationPolicy, applied live.
-    let mut config = config;
     config.istio = vec![serde_json::json!({
         "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
         "metadata": { "name": "productpage-only", "namespace": "default" },
@@ -157,6 +159,8 @@ pub fn run() -> anyhow::Result<()> {
         .context("the denial is in node-2's access log")?;
     println!("    node-2's access log: {}", denial.trim());
 
+    egress(&cluster, config)?;
+
     let run = cluster.run_name().to_string();
     drop(agents);
     drop(ca);
@@ -165,6 +169,52 @@ pub fn run() -> anyhow::Result<()> {
 
     bookinfo_through_the_gateway()?;
     println!("\n  Torn down.\n");
+    Ok(())
+}
+
+/// A ServiceEntry for a host only the mesh knows, outside the cluster: an
+/// enrolled pod resolves it (its agent answers the DNS query) and reaches
+/// it through its agent.
+fn egress(cluster: &Cluster, mut config: mesh::MeshConfig) -> anyhow::Result<()> {
+    let [productpage, external] = cluster.pods_named(["productpage", "external"])?;
+    let _server = Server::new("external-api", "v1")
+        .http(8080)
+        .start(cluster, external)?;
+    config.istio.push(serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": { "name": "external-api", "namespace": "default" },
+        "spec": {
+            "hosts": ["api.external.example"],
+            "ports": [{ "number": 80, "name": "http", "targetPort": 8080 }],
+            "location": "MESH_EXTERNAL", "resolution": "STATIC",
+            "endpoints": [{ "address": external.ip.to_string() }],
+        },
+    }));
+    mesh::write_config(cluster, &config)?;
+    println!(
+        "\n  ServiceEntry default/external-api: api.external.example (no address; no DNS server knows the name)\n  \
+         -> {}:8080, a server outside the cluster.",
+        external.ip
+    );
+    let url = "http://api.external.example/";
+    let load = HttpLoad::new(REQUESTS).reconnect();
+    let mut summary = HttpSummary::default();
+    for _ in 0..50 {
+        summary = load.run(cluster, productpage.place(), url)?;
+        if summary.status(200) == REQUESTS {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ensure!(
+        summary.status(200) == REQUESTS,
+        "egress failed: {summary:?}"
+    );
+    println!("    {}", describe(productpage, url, &load, &summary));
+    println!(
+        "    (productpage's DNS query was answered by node-1's agent with the address the mesh gives the host,\n     \
+         and its connections to that address sent on to the entry's endpoint)"
+    );
     Ok(())
 }
 
