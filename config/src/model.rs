@@ -432,23 +432,11 @@ impl Mesh {
                 return Some(v4(&mut vips.iter().copied()));
             }
         }
-        let (_, entry) = self.service_entries.iter().find(|(key, entry)| {
-            exported_to(&entry.spec.export_to, &key.namespace, from_namespace)
-                && entry
-                    .spec
-                    .hosts
-                    .iter()
-                    .any(|host| host.eq_ignore_ascii_case(name))
-        })?;
+        let (_, entry) = self.service_entry_for_host(name, from_namespace)?;
         let spec = &entry.spec;
         Some(match spec.addresses.is_empty() {
             true => vec![auto_address(name)],
-            false => v4(&mut spec
-                .addresses
-                .iter()
-                .filter_map(|a| address_block(a))
-                .filter(|block| block.prefix_len() == block.max_prefix_len())
-                .map(|block| block.addr())),
+            false => v4(&mut Self::service_entry_addresses(spec).into_iter()),
         })
     }
 
@@ -458,6 +446,92 @@ impl Mesh {
         let service = self.services.get(key)?;
         waypoint_label(&service.labels, &key.namespace)
             .unwrap_or_else(|| self.waypoint_for_namespace(&key.namespace))
+    }
+
+    /// The waypoint serving a ServiceEntry, as a Service's: its own
+    /// `istio.io/use-waypoint` label, else its namespace's.
+    pub fn waypoint_for_service_entry(&self, key: &Key) -> Option<WaypointRef> {
+        let entry = self.service_entries.get(key)?;
+        waypoint_label(&entry.labels, &key.namespace)
+            .unwrap_or_else(|| self.waypoint_for_namespace(&key.namespace))
+    }
+
+    /// The ServiceEntries whose traffic goes through `waypoint`.
+    pub fn service_entries_bound_to(&self, waypoint: &WaypointRef) -> Vec<&Key> {
+        self.service_entries
+            .keys()
+            .filter(|key| self.waypoint_for_service_entry(key).as_ref() == Some(waypoint))
+            .collect()
+    }
+
+    /// The ServiceEntry a workload in `from_namespace` sees that declares
+    /// the host `host` (first by namespace and name).
+    pub fn service_entry_for_host(
+        &self,
+        host: &str,
+        from_namespace: &str,
+    ) -> Option<(&Key, &Config<ServiceEntrySpec>)> {
+        self.service_entries
+            .iter()
+            .find(|(key, entry)| {
+                exported_to(&entry.spec.export_to, &key.namespace, from_namespace)
+                    && entry
+                        .spec
+                        .hosts
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(host))
+            })
+            .map(|(key, entry)| (key, entry.as_ref()))
+    }
+
+    /// The endpoints of the STATIC ServiceEntry `key` for its `port`: those
+    /// it lists by address (at the port an endpoint names for the entry's
+    /// port, else `targetPort`, else the port itself) and the pods of its
+    /// namespace its `workloadSelector` picks.
+    pub fn service_entry_endpoints(
+        &self,
+        key: &Key,
+        spec: &ServiceEntrySpec,
+        port: &crate::api::networking::ServicePort,
+    ) -> Vec<std::net::SocketAddr> {
+        let at = |ip: IpAddr, named: Option<u32>| {
+            let number = named.or(port.target_port).unwrap_or(port.number);
+            Some(std::net::SocketAddr::new(ip, u16::try_from(number).ok()?))
+        };
+        let listed = spec.endpoints.iter().filter_map(|endpoint| {
+            let ip: IpAddr = endpoint.address.as_deref()?.parse().ok()?;
+            at(ip, endpoint.ports.get(&port.name).copied())
+        });
+        let selected = spec.workload_selector.iter().flat_map(|selector| {
+            in_namespace(&self.workloads, &key.namespace)
+                .filter(|(_, pod)| {
+                    let labels = &selector.labels;
+                    labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+                })
+                .flat_map(|(_, pod)| pod.ips.iter())
+                .filter_map(|ip| at(*ip, None))
+        });
+        listed.chain(selected).collect()
+    }
+
+    /// The addresses a ServiceEntry is reached at: its own single
+    /// addresses, or (with none) the ones Ambit gives its hosts.
+    pub fn service_entry_addresses(spec: &ServiceEntrySpec) -> Vec<IpAddr> {
+        match spec.addresses.is_empty() {
+            true => spec
+                .hosts
+                .iter()
+                .filter(|host| !host.starts_with('*'))
+                .map(|host| IpAddr::V4(auto_address(host)))
+                .collect(),
+            false => spec
+                .addresses
+                .iter()
+                .filter_map(|a| address_block(a))
+                .filter(|block| block.prefix_len() == block.max_prefix_len())
+                .map(|block| block.addr())
+                .collect(),
+        }
     }
 
     /// The waypoint named by a namespace's `istio.io/use-waypoint` label.

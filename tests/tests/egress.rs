@@ -7,10 +7,15 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ambit_testbed::mesh::{self, sample, MeshConfig};
+use ambit_testbed::pki::TestPki;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
+use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::{wait_for, Cluster};
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
+
+/// The egress waypoint's Service.
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 70);
 
 /// The address no one has, which the STATIC ServiceEntry declares.
 const API_VIP: Ipv4Addr = Ipv4Addr::new(240, 240, 0, 10);
@@ -27,8 +32,16 @@ fn service_entry(name: &str, spec: Value) -> Value {
 /// bed's namespace `external`, but no pod the mesh's source lists),
 /// serving HTTP on 8080 and 9090; and a pod `dns` for a DNS server.
 fn outside_the_cluster() -> anyhow::Result<(Cluster, ambit_testbed::Process)> {
+    outside_the_cluster_with(&[])
+}
+
+/// [`outside_the_cluster`], with `more` pods beside the client.
+fn outside_the_cluster_with(more: &[&str]) -> anyhow::Result<(Cluster, ambit_testbed::Process)> {
+    let first: Vec<&str> = std::iter::once("client")
+        .chain(more.iter().copied())
+        .collect();
     let cluster = Cluster::builder()
-        .node(&["client"])
+        .node(&first)
         .node(&["external", "dns"])
         .namespace("external", "external")
         .namespace("dns", "dns")
@@ -235,5 +248,69 @@ fn a_pod_resolves_a_service_entry_host_only_the_mesh_knows() -> anyhow::Result<(
         "{summary:?}\n{}",
         agents[0].output()
     );
+    Ok(())
+}
+
+#[test]
+fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
+) -> anyhow::Result<()> {
+    let (cluster, _plain) = outside_the_cluster_with(&["waypoint"])?;
+    let [client, external, waypoint_pod] =
+        cluster.pods_named(["client", "external", "waypoint"])?;
+    let work = cluster.work_dir().to_path_buf();
+    let pki = TestPki::new("external-ca", &work.join("pki"))?;
+    let issued = pki.server(&["api.secure.example"], &work.join("secure"))?;
+    // HTTPS only, on 443: a plaintext request could not be answered.
+    let _https = Server::new("secure", "v1")
+        .https(443, &issued.certificate, &issued.key)
+        .start(&cluster, external)?;
+    let mut entry = service_entry(
+        "secure",
+        json!({
+            "hosts": ["api.secure.example"],
+            "ports": [{ "number": 80, "name": "http", "protocol": "HTTP", "targetPort": 443 }],
+            "location": "MESH_EXTERNAL",
+            "resolution": "STATIC",
+            "endpoints": [{ "address": external.ip.to_string() }],
+        }),
+    );
+    entry["metadata"]["labels"] = json!({ "istio.io/use-waypoint": "waypoint" });
+    let origination = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": { "name": "secure", "namespace": "default" },
+        "spec": {
+            "host": "api.secure.example",
+            "trafficPolicy": { "portLevelSettings": [{
+                "port": { "number": 80 },
+                "tls": { "mode": "SIMPLE", "caCertificates": pki.ca_file() },
+            }] },
+        },
+    });
+    let mut config = mesh_config(&cluster, vec![entry, origination])?;
+    config.services.push(mesh::service(
+        "waypoint",
+        WAYPOINT_VIP,
+        15008,
+        15008,
+        &[waypoint_pod],
+    ));
+    let (_ca, agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
+    let summary = HttpLoad::new(5).run(&cluster, client.place(), "http://api.secure.example/")?;
+    ensure!(
+        summary.versions.get("secure/v1") == Some(&5),
+        "{summary:?}\nwaypoint:\n{}\nagent:\n{}",
+        waypoint.output(),
+        agents[0].output()
+    );
+    // The waypoint counted them, to the entry's host.
+    let counted = sample(
+        &waypoint.metrics()?,
+        "istio_requests_total",
+        &[
+            ("destination_service", "api.secure.example"),
+            ("response_code", "200"),
+        ],
+    );
+    ensure!(counted == 5.0, "the waypoint counted {counted}");
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod authz;
 mod destinations;
 mod mirror;
+mod origination;
 mod replay;
 pub mod service;
 pub mod upstream;

@@ -34,7 +34,7 @@ pub async fn connect(
         .pick(backend, key)
         .ok_or_else(|| format!("{}: no endpoint", backend.cluster))?;
     let stream = upstream
-        .stream(mesh, from, endpoint, &backend.limits)
+        .stream(mesh, from, endpoint, (backend, None))
         .await
         .map_err(|error| format!("{endpoint}: {error}"))?;
     Ok((stream, in_flight))

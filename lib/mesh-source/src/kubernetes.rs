@@ -262,6 +262,7 @@ mod tests {
             plurals,
             [
                 "namespaces",
+                "configmaps",
                 "pods",
                 "services",
                 "endpointslices",

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ambit_config::api::networking::{
     self, ClientTlsSettings, ConnectionPoolSettings, Destination, DestinationRuleSpec,
     H2UpgradePolicy, HeaderOperations, HttpMatchRequest, LoadBalancerSettings, OutlierDetection,
-    RetryBudget, SimpleLb, TlsMode, TrafficPolicy, VirtualServiceSpec,
+    Resolution, RetryBudget, SimpleLb, TlsMode, TrafficPolicy, VirtualServiceSpec,
 };
 use ambit_config::document::qualify_host;
 use ambit_config::model::{Key, Mesh, Service, ServicePort, WaypointRef};
@@ -93,6 +93,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         load_balancer: LoadBalancer::RoundRobin,
         limits: Limits::default(),
         outlier_detection: None,
+        tls: None,
     });
     let mut table = PortTable {
         service: pod.clone(),
@@ -410,6 +411,44 @@ pub struct Backend {
     pub limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierPolicy>,
+    /// TLS the waypoint starts toward the endpoints, if its
+    /// DestinationRule asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Origination>,
+}
+
+/// TLS the waypoint starts toward a destination's endpoints (DestinationRule
+/// `tls` mode SIMPLE or MUTUAL), as Istio's TLS origination: inside the
+/// HBONE tunnel when the endpoint is in the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origination {
+    /// The server name asked for and checked: `sni`, else the host.
+    pub sni: String,
+    /// The roots the server's certificate must chain to (a PEM file);
+    /// none: the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// MUTUAL: the client's certificate chain and key (PEM files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<(String, String)>,
+}
+
+impl Origination {
+    /// What `tls` asks of connections to `host`'s endpoints.
+    fn of(tls: Option<&ClientTlsSettings>, host: &str) -> Option<Self> {
+        let tls = tls?;
+        let client = match tls.mode? {
+            TlsMode::Simple => None,
+            TlsMode::Mutual => Some((tls.client_certificate.clone()?, tls.private_key.clone()?)),
+            TlsMode::Disable | TlsMode::IstioMutual => return None,
+        };
+        Some(Self {
+            sni: tls.sni.clone().unwrap_or_else(|| host.to_string()),
+            ca_certificates: tls.ca_certificates.clone(),
+            client,
+        })
+    }
 }
 
 /// How the waypoint speaks to a backend's endpoints.
@@ -464,6 +503,28 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
                 tables
                     .ports
                     .insert(SocketAddr::new(*vip, port.port), table.clone());
+            }
+        }
+    }
+    // The ServiceEntries bound to the waypoint (as an egress gateway), at
+    // each address they are reached at, per port they declare; routed by
+    // the VirtualServices of their (first) host.
+    for key in mesh.service_entries_bound_to(waypoint) {
+        let Some(entry) = mesh.service_entries.get(key) else {
+            continue;
+        };
+        let Some(host) = entry.spec.hosts.first() else {
+            continue;
+        };
+        let chosen = compiler.virtual_service(host, &mut tables.problems);
+        let addresses = Mesh::service_entry_addresses(&entry.spec);
+        for port in &entry.spec.ports {
+            let port = entry_service_port(port);
+            let table = Arc::new(compiler.port_table(key, host, &port, chosen.as_ref()));
+            for address in &addresses {
+                tables
+                    .ports
+                    .insert(SocketAddr::new(*address, port.port), table.clone());
             }
         }
     }
@@ -793,29 +854,59 @@ impl<'a> Compiler<'a> {
             .into_iter()
             .next()
             .map(|(_, config)| &config.spec);
-        let backend = Arc::new(match service {
+        let subset = destination.subset.as_deref();
+        let policy = PortPolicy::of(rule, subset, port);
+        // A Service's endpoints, else those of a ServiceEntry for the host.
+        let found = match service {
             Some((key, service)) => {
                 let service_port = service.ports.iter().find(|p| p.port == port);
-                let subset = destination.subset.as_deref();
                 let endpoints = match service_port {
                     Some(service_port) => self.endpoints(service, service_port, rule, subset),
                     None => Vec::new(),
                 };
-                let policy = PortPolicy::of(rule, subset, port);
-                Backend {
-                    cluster: cluster_name(port, destination.subset.as_deref(), &host),
-                    upstream: policy.upstream(service_port.map_or(Protocol::Tcp, Protocol::of)),
-                    load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
-                    limits: Limits::of(policy.connection_pool, policy.retry_budget),
-                    outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
+                Some((
+                    key,
+                    service_port.map_or(Protocol::Tcp, Protocol::of),
                     endpoints,
-                    service: key,
-                    host,
-                    subset: destination.subset.clone(),
-                    port,
-                }
+                ))
             }
-            // A host that is no Service the waypoint sees: no endpoint.
+            None => self
+                .mesh
+                .service_entry_for_host(&host, self.namespace)
+                .map(|(key, entry)| {
+                    let spec = &entry.spec;
+                    let entry_port = spec.ports.iter().find(|p| p.number == u32::from(port));
+                    // STATIC endpoints (names to resolve are not, yet); a
+                    // subset of an entry selects none.
+                    let endpoints = match entry_port {
+                        Some(entry_port)
+                            if spec.resolution == Some(Resolution::Static) && subset.is_none() =>
+                        {
+                            self.mesh.service_entry_endpoints(key, spec, entry_port)
+                        }
+                        _ => Vec::new(),
+                    };
+                    let protocol =
+                        entry_port.map_or(Protocol::Tcp, |p| Protocol::of(&entry_service_port(p)));
+                    (key.clone(), protocol, endpoints)
+                }),
+        };
+        let backend = Arc::new(match found {
+            Some((key, protocol, endpoints)) => Backend {
+                cluster: cluster_name(port, subset, &host),
+                upstream: policy.upstream(protocol),
+                load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
+                limits: Limits::of(policy.connection_pool, policy.retry_budget),
+                outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
+                tls: Origination::of(policy.tls, &host),
+                endpoints,
+                service: key,
+                host,
+                subset: destination.subset.clone(),
+                port,
+            },
+            // A host that is no Service nor ServiceEntry the waypoint sees:
+            // no endpoint.
             None => Backend {
                 cluster: cluster_name(port, destination.subset.as_deref(), &host),
                 service: Key::new("", ""),
@@ -827,6 +918,7 @@ impl<'a> Compiler<'a> {
                 load_balancer: LoadBalancer::default(),
                 limits: Limits::default(),
                 outlier_detection: None,
+                tls: None,
             },
         });
         self.backends.insert(cache_key, backend.clone());
@@ -866,6 +958,22 @@ impl<'a> Compiler<'a> {
             })
             .map(|endpoint| SocketAddr::new(endpoint.ip, port.target_port))
             .collect()
+    }
+}
+
+/// A ServiceEntry's port as a Service port: its protocol, as Istio reads
+/// it, is the port's `appProtocol`.
+fn entry_service_port(port: &networking::ServicePort) -> ServicePort {
+    let number = u16::try_from(port.number).unwrap_or_default();
+    ServicePort {
+        name: Some(port.name.clone()),
+        port: number,
+        target_port: port
+            .target_port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(number),
+        protocol: "TCP".to_string(),
+        app_protocol: port.protocol.as_ref().map(|p| p.to_ascii_lowercase()),
     }
 }
 
@@ -952,9 +1060,16 @@ pub fn left_out_destination_fields(spec: &DestinationRuleSpec) -> Vec<(String, &
     let mut policy = |at: String, policy: &TrafficPolicy| {
         let ports = policy.port_level_settings.iter().enumerate();
         // ISTIO_MUTUAL is what the waypoint does anyway (HBONE in mutual
-        // TLS with the endpoint's identity); other modes it does not apply.
+        // TLS with the endpoint's identity), SIMPLE and MUTUAL it starts
+        // (from files); DISABLE, a Secret's credentials, other names than
+        // the server name and skipping verification it does not apply.
         let other_tls = |tls: Option<&ClientTlsSettings>| {
-            tls.is_some_and(|tls| tls.mode.is_some_and(|mode| mode != TlsMode::IstioMutual))
+            tls.is_some_and(|tls| {
+                tls.mode == Some(TlsMode::Disable)
+                    || tls.credential_name.is_some()
+                    || !tls.subject_alt_names.is_empty()
+                    || tls.insecure_skip_verify == Some(true)
+            })
         };
         let levels = std::iter::once((
             at.clone(),
@@ -1238,6 +1353,7 @@ struct PortPolicy<'r> {
     load_balancer: Option<&'r LoadBalancerSettings>,
     connection_pool: Option<&'r ConnectionPoolSettings>,
     outlier_detection: Option<&'r OutlierDetection>,
+    tls: Option<&'r ClientTlsSettings>,
     /// Set for the whole rule or a subset, never per port.
     retry_budget: Option<&'r RetryBudget>,
 }
@@ -1268,12 +1384,14 @@ impl<'r> PortPolicy<'r> {
                 load_balancer: settings.load_balancer.as_ref(),
                 connection_pool: settings.connection_pool.as_ref(),
                 outlier_detection: settings.outlier_detection.as_ref(),
+                tls: settings.tls.as_ref(),
                 retry_budget: policy.retry_budget.as_ref().or(self.retry_budget),
             },
             None => Self {
                 load_balancer: policy.load_balancer.as_ref().or(self.load_balancer),
                 connection_pool: policy.connection_pool.as_ref().or(self.connection_pool),
                 outlier_detection: policy.outlier_detection.as_ref().or(self.outlier_detection),
+                tls: policy.tls.as_ref().or(self.tls),
                 retry_budget: policy.retry_budget.as_ref().or(self.retry_budget),
             },
         }

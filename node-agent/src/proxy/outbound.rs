@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use ambit_config::api::networking::Resolution;
-use ambit_config::model::{in_namespace, EntryAt, Key, Mesh, OutboundMode, WaypointRef};
+use ambit_config::model::{EntryAt, Key, Mesh, OutboundMode, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
@@ -170,6 +170,17 @@ pub(super) fn plan(
     };
     if let Some(found) = entry {
         let name = found.entry.spec.hosts.first().cloned();
+        // Bound to a waypoint (an egress gateway), as a Service is.
+        let bound = mesh.waypoint_for_service_entry(found.key);
+        if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
+            return match through(waypoint, turn) {
+                Ok(plan) => Planned {
+                    plan,
+                    service: name,
+                },
+                Err(reason) => refuse(reason, name),
+            };
+        }
         return match entry_target(mesh, found, original, turn) {
             Ok(EntryTarget::Address(target)) => Planned {
                 plan: direct_or_hbone(mesh, trust_domain, target),
@@ -284,27 +295,14 @@ fn entry_target(
     if resolution != Resolution::Static {
         return Ok(EntryTarget::Address(original));
     }
-    let at = |ip: Ipv4Addr, named: Option<u32>| {
-        let number = named.or(port.target_port).unwrap_or(port.number);
-        Some(SocketAddrV4::new(ip, u16::try_from(number).ok()?))
-    };
-    let listed = spec.endpoints.iter().filter_map(|endpoint| {
-        let ip: Ipv4Addr = endpoint.address.as_deref()?.parse().ok()?;
-        at(ip, endpoint.ports.get(&port.name).copied())
-    });
-    let selected = spec.workload_selector.iter().flat_map(|selector| {
-        in_namespace(&mesh.workloads, &found.key.namespace)
-            .filter(|(_, pod)| {
-                let labels = &selector.labels;
-                labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-            })
-            .flat_map(|(_, pod)| pod.ips.iter())
-            .filter_map(|ip| match ip {
-                IpAddr::V4(ip) => at(*ip, None),
-                IpAddr::V6(_) => None,
-            })
-    });
-    let endpoints: Vec<SocketAddrV4> = listed.chain(selected).collect();
+    let endpoints: Vec<SocketAddrV4> = mesh
+        .service_entry_endpoints(found.key, spec, port)
+        .into_iter()
+        .filter_map(|endpoint| match endpoint {
+            SocketAddr::V4(endpoint) => Some(endpoint),
+            SocketAddr::V6(_) => None,
+        })
+        .collect();
     if endpoints.is_empty() {
         return Err(format!("ServiceEntry {} has no IPv4 endpoint", found.key));
     }

@@ -95,7 +95,7 @@ impl Shadowing {
             let copied = async {
                 let (endpoint, _in_flight) = upstream.pick(&backend, None)?;
                 let response = upstream
-                    .send(&mesh, from, endpoint, (http2, &backend.limits), request)
+                    .send(&mesh, from, endpoint, (http2, &backend), request)
                     .await
                     .ok()?;
                 // Read whole, so its connection can be used again.

@@ -571,7 +571,7 @@ impl Attempts<'_> {
         request: Request<Body>,
     ) -> Result<Response<Incoming>, Failure> {
         let context = self.context;
-        let how = (self.http2, &self.backend.limits);
+        let how = (self.http2, self.backend);
         let sent = context
             .upstream
             .send(&context.mesh, context.local_ip, endpoint, how, request);

@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::destinations::{Breaker, ByCluster, Outliers};
+use super::origination::Originations;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies as the waypoint passes them on: streamed, never buffered whole.
@@ -52,6 +53,8 @@ pub struct Upstream {
     pub breakers: ByCluster<Breaker>,
     /// Outlier detection of the backends that have it.
     outliers: ByCluster<Outliers>,
+    /// TLS started toward the endpoints of backends that ask for it.
+    originations: Originations,
 }
 
 /// A shared HTTP/2 connection and when it was opened.
@@ -99,6 +102,7 @@ impl Upstream {
             turns: Mutex::default(),
             breakers: ByCluster::default(),
             outliers: ByCluster::default(),
+            originations: Originations::default(),
         }
     }
 
@@ -177,10 +181,11 @@ impl Upstream {
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        (http2, limits): (bool, &Limits),
+        (http2, backend): (bool, &Backend),
         request: Request<Body>,
     ) -> Result<Response<Incoming>, Failure> {
         let connect = Failure::Connect;
+        let limits = &backend.limits;
         if http2 {
             let in_flight = lock(&self.active).get(&endpoint).copied().unwrap_or(1);
             let slot = limits.http2_connection(in_flight);
@@ -188,7 +193,7 @@ impl Upstream {
                 Some(sender) => sender,
                 None => {
                     let io = self
-                        .stream(mesh, from, endpoint, limits)
+                        .stream(mesh, from, endpoint, (backend, Some(b"h2")))
                         .await
                         .map_err(boxed(connect))?;
                     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -221,7 +226,7 @@ impl Upstream {
             Some(idle) => (idle.sender, idle.served, idle.opened),
             None => {
                 let io = self
-                    .stream(mesh, from, endpoint, limits)
+                    .stream(mesh, from, endpoint, (backend, Some(b"http/1.1")))
                     .await
                     .map_err(boxed(connect))?;
                 let (sender, connection) = http1::handshake(TokioIo::new(io))
@@ -297,18 +302,28 @@ impl Upstream {
         Some(kept.swap_remove(ready))
     }
 
-    /// A byte stream to `endpoint`: an HBONE stream to its agent when it is
-    /// a pod of the mesh, else a TCP connection; given up after the
-    /// destination's connect timeout, its TCP keepalive set.
+    /// A byte stream to `endpoint` of `backend`: an HBONE stream to its
+    /// agent when it is a pod of the mesh, else a TCP connection, in TLS
+    /// (offering `alpn`) when the backend's DestinationRule asks; given up
+    /// after the destination's connect timeout, its TCP keepalive set.
     pub async fn stream(
         &self,
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        limits: &Limits,
+        (backend, alpn): (&Backend, Option<&'static [u8]>),
     ) -> std::io::Result<Box<dyn Stream>> {
+        let limits = &backend.limits;
         let connect_timeout = limits.connect_timeout;
-        let connected = self.connect(mesh, from, endpoint, limits.tcp_keepalive);
+        let connected = async {
+            let stream = self
+                .connect(mesh, from, endpoint, limits.tcp_keepalive)
+                .await?;
+            match &backend.tls {
+                Some(tls) => self.originations.start(tls, alpn, stream).await,
+                None => Ok(stream),
+            }
+        };
         tokio::time::timeout(connect_timeout, connected)
             .await
             .map_err(|_| {

@@ -43,23 +43,25 @@ const MESH: &str = r#"
 ---
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-1, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.9]}], ports: [{name: mesh, port: 15008}]}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop}, spec: {hosts: [api.example.com], addresses: [240.240.0.10], ports: [{number: 80, name: http, targetPort: 8080}], location: MESH_EXTERNAL, resolution: STATIC, endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 9090}}]}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [api.example.com], addresses: [240.240.0.10], ports: [{number: 80, name: http, targetPort: 8080}], location: MESH_EXTERNAL, resolution: STATIC, endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 9090}}]}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: partners, namespace: shop}, spec: {hosts: [partners.example.com], addresses: [198.51.100.0/24], ports: [{number: 443, name: tls}], resolution: NONE}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: partners, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [partners.example.com], addresses: [198.51.100.0/24], ports: [{number: 443, name: tls}], resolution: NONE}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: one-partner, namespace: shop}, spec: {hosts: [one.partners.example.com], addresses: [198.51.100.7], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 203.0.113.7}]}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: one-partner, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [one.partners.example.com], addresses: [198.51.100.7], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 203.0.113.7}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: private, namespace: books}, spec: {hosts: [private.example.com], addresses: [240.240.0.20], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.244.1.7, ports: {http: 8080}}], exportTo: ["."]}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: empty, namespace: shop}, spec: {hosts: [empty.example.com], addresses: [240.240.0.30], ports: [{number: 80, name: http}], resolution: STATIC, workloadSelector: {labels: {app: nothing}}}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: empty, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [empty.example.com], addresses: [240.240.0.30], ports: [{number: 80, name: http}], resolution: STATIC, workloadSelector: {labels: {app: nothing}}}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: web, namespace: plain}, spec: {hosts: [web.plain.example], addresses: [10.244.3.3/32, 10.244.1.7/32], ports: [{number: 81, name: http}], resolution: NONE}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-api, namespace: shop}, spec: {hosts: [dns.example.com], addresses: [240.240.0.50], ports: [{number: 443, name: tls}], resolution: DNS}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-api, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [dns.example.com], addresses: [240.240.0.50], ports: [{number: 443, name: tls}], resolution: DNS}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-pool, namespace: shop}, spec: {hosts: [pool.example.com], addresses: [240.240.0.51], ports: [{number: 443, name: tls}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.example.com, ports: {tls: 8443}}, {address: 192.0.2.20}]}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-pool, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [pool.example.com], addresses: [240.240.0.51], ports: [{number: 443, name: tls}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.example.com, ports: {tls: 8443}}, {address: 192.0.2.20}]}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: egress, namespace: shop}, spec: {hosts: [egress.example.com], addresses: [240.240.0.60], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.60}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
 "#;
 
 fn mesh() -> Mesh {
@@ -164,6 +166,11 @@ fn plans() {
         (&client, td, Some("240.240.0.50:443"), 0, resolve("dns.example.com", 443, Some(Key::new("shop", "dns-api"))), Some("dns.example.com")),
         (&client, td, Some("240.240.0.51:443"), 0, resolve("a.example.com", 8443, None), Some("pool.example.com")),
         (&client, td, Some("240.240.0.51:443"), 1, Plan::Direct { target: at("192.0.2.20:443") }, Some("pool.example.com")),
+        // Bound to a waypoint by its namespace: through it (an egress
+        // gateway), asking for the address dialled; the waypoint's own
+        // traffic goes to the endpoints.
+        (&client, td, Some("240.240.0.60:80"), 0, waypoint("240.240.0.60:80"), Some("egress.example.com")),
+        (&waypoint_pod, td, Some("240.240.0.60:80"), 0, Plan::Direct { target: at("192.0.2.60:80") }, Some("egress.example.com")),
         // A workloadSelector's pods are its endpoints, reached over HBONE.
         (&client, td, Some("240.240.0.40:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("carts.example.com")),
         // The waypoint's own traffic goes to the endpoints, never back to it.
