@@ -174,7 +174,11 @@ spec:
   subsets:
   - name: v1
     labels: {version: v1}
-    trafficPolicy: {tls: {mode: SIMPLE}}
+    trafficPolicy: {tls: {mode: SIMPLE, credentialName: reviews-cert}}
+  - name: v2
+    labels: {version: v2}
+    # Started from files: applied.
+    trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /etc/certs/ca.pem}}
 "#;
     let output = analyze(&["-f", "-"], manifest);
     let stdout = String::from_utf8_lossy(&output.stdout);
