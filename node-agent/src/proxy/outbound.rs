@@ -107,7 +107,7 @@ pub(super) fn plan(
     // Through a waypoint: to one of its pods, asking for the address the
     // caller dialled. Without identities there is no way to it: refused,
     // never sent around it.
-    let through = |waypoint: WaypointRef, turn: &mut dyn FnMut(&Key) -> usize| {
+    let to_waypoint = |waypoint: WaypointRef, turn: &mut dyn FnMut(&Key) -> usize| {
         let Some(service) = mesh.services.get(&waypoint.0) else {
             return Err(format!("its waypoint {} does not exist", waypoint.0));
         };
@@ -129,6 +129,16 @@ pub(super) fn plan(
             target: original,
         })
     };
+    let through =
+        |waypoint, name: Option<String>, turn: &mut dyn FnMut(&Key) -> usize| match to_waypoint(
+            waypoint, turn,
+        ) {
+            Ok(plan) => Planned {
+                plan,
+                service: name,
+            },
+            Err(reason) => refuse(reason, name),
+        };
     // A waypoint's own upstream traffic is never sent back to a waypoint.
     let is_waypoint = |waypoint: &WaypointRef| {
         let own = mesh.workloads.get(caller).map(|w| w.ips.as_slice());
@@ -149,13 +159,7 @@ pub(super) fn plan(
             .and_then(|(key, _)| mesh.waypoint_for_workload(key)),
     };
     if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
-        return match through(waypoint, turn) {
-            Ok(plan) => Planned {
-                plan,
-                service: name,
-            },
-            Err(reason) => refuse(reason, name),
-        };
+        return through(waypoint, name, turn);
     }
     // Not a Service nor a pod of the mesh: a ServiceEntry may declare it.
     let pod = mesh.workload_by_ip(IpAddr::V4(*original.ip()));
@@ -173,13 +177,7 @@ pub(super) fn plan(
         // Bound to a waypoint (an egress gateway), as a Service is.
         let bound = mesh.waypoint_for_service_entry(found.key);
         if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
-            return match through(waypoint, turn) {
-                Ok(plan) => Planned {
-                    plan,
-                    service: name,
-                },
-                Err(reason) => refuse(reason, name),
-            };
+            return through(waypoint, name, turn);
         }
         return match entry_target(mesh, found, original, turn) {
             Ok(EntryTarget::Address(target)) => Planned {
