@@ -414,12 +414,13 @@ impl Mesh {
     /// a ServiceEntry host's own addresses, or the one Ambit gives a host
     /// of an entry without any; none when the mesh does not know the name.
     pub fn host_addresses(&self, name: &str, from_namespace: &str) -> Option<Vec<Ipv4Addr>> {
-        let v4 = |ips: &mut dyn Iterator<Item = IpAddr>| -> Vec<Ipv4Addr> {
-            ips.filter_map(|ip| match ip {
-                IpAddr::V4(ip) => Some(ip),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
+        let v4 = |ips: &[IpAddr]| -> Vec<Ipv4Addr> {
+            ips.iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(ip) => Some(*ip),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
         };
         if let Some(service) = name
             .strip_suffix(".svc.cluster.local")
@@ -429,14 +430,14 @@ impl Mesh {
         {
             if self.service_visible(&service, from_namespace) {
                 let vips = &self.services[&service].vips;
-                return Some(v4(&mut vips.iter().copied()));
+                return Some(v4(vips));
             }
         }
         let (_, entry) = self.service_entry_for_host(name, from_namespace)?;
         let spec = &entry.spec;
         Some(match spec.addresses.is_empty() {
             true => vec![auto_address(name)],
-            false => v4(&mut Self::service_entry_addresses(spec).into_iter()),
+            false => v4(&Self::service_entry_addresses(spec)),
         })
     }
 
@@ -631,12 +632,9 @@ pub struct EntryAt<'a> {
 /// a name only the mesh knows: made from the host alone (FNV-1a), so every
 /// node gives the same.
 pub fn auto_address(host: &str) -> Ipv4Addr {
-    let hash = host
-        .to_ascii_lowercase()
-        .bytes()
-        .fold(0x811c_9dc5u32, |hash, byte| {
-            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-        });
+    let hash = host.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(byte.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
+    });
     let [_, _, third, fourth] = hash.to_be_bytes();
     // Neither .0 nor .255 ends the address.
     Ipv4Addr::new(240, 240, third, fourth.clamp(1, 254))

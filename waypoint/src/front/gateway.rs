@@ -159,7 +159,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
     if !listener.tls {
         return serve_http(stream, client).await;
     }
-    let (hello, stream) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_hello(stream)).await {
+    // One deadline for the ClientHello and the handshake after it.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let (hello, stream) = match tokio::time::timeout_at(deadline, read_hello(stream)).await {
         Ok(Ok(read)) => read,
         Ok(Err(error)) => {
             tracing::debug!(%peer, port, %error, "not a TLS client");
@@ -187,7 +189,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
                 }
             };
             let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-            let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            let tls_stream = match tokio::time::timeout_at(deadline, accept).await {
                 Ok(Ok(tls_stream)) => tls_stream,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, port, %error, "TLS handshake refused");
@@ -379,9 +381,9 @@ impl Client {
             // The server that ended the TLS, by the name the client asked for.
             listener
                 .server(self.sni.as_deref())
-                .and_then(|server| server.virtual_host(&host))
+                .and_then(|server| server.virtual_host(host))
         } else {
-            let redirects = listener.server(Some(&host)).is_some_and(|server| {
+            let redirects = listener.server(Some(host)).is_some_and(|server| {
                 matches!(
                     server.mode,
                     ServerMode::Http {
@@ -390,9 +392,9 @@ impl Client {
                 )
             });
             if redirects {
-                return Ok(to_https(&host, &request));
+                return Ok(to_https(host, &request));
             }
-            listener.virtual_host(&host)
+            listener.virtual_host(host)
         };
         let Some(virtual_host) = virtual_host else {
             return Ok(plain(StatusCode::NOT_FOUND, "no route"));
@@ -458,8 +460,8 @@ impl Client {
 }
 
 /// The host name a request is for (its authority, else `Host`), without
-/// the port, in lower case.
-fn host_name<B>(request: &Request<B>) -> String {
+/// the port (virtual hosts match it in any case).
+fn host_name<B>(request: &Request<B>) -> &str {
     let authority = request
         .uri()
         .authority()
@@ -471,7 +473,7 @@ fn host_name<B>(request: &Request<B>) -> String {
         Some((host, port)) if !port.contains(']') => host,
         _ => authority,
     };
-    host.to_ascii_lowercase()
+    host
 }
 
 /// `httpsRedirect`: the same request's URL in HTTPS, moved permanently.

@@ -443,11 +443,11 @@ fn covers(pattern: &str, host: &str) -> bool {
     pattern == "*"
         || pattern.eq_ignore_ascii_case(host)
         || pattern.strip_prefix('*').is_some_and(|suffix| {
-            suffix.starts_with('.')
+            // Compared as bytes, in any case, with no copy: on each request.
+            let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+            suffix.starts_with(b".")
                 && host.len() > suffix.len()
-                && host
-                    .to_ascii_lowercase()
-                    .ends_with(&suffix.to_ascii_lowercase())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
         })
 }
 
