@@ -133,17 +133,25 @@ struct OnPath<'a> {
 /// A waypoint whose CPU and memory the bench reads: Ambit's, or Envoy.
 trait L7Proxy {
     fn usage(&self) -> anyhow::Result<Usage>;
+    /// What it logged, for a failure's message.
+    fn output(&self) -> String;
 }
 
 impl L7Proxy for Waypoint {
     fn usage(&self) -> anyhow::Result<Usage> {
         Waypoint::usage(self)
     }
+    fn output(&self) -> String {
+        Waypoint::output(self)
+    }
 }
 
 impl L7Proxy for EnvoyWaypoint {
     fn usage(&self) -> anyhow::Result<Usage> {
         EnvoyWaypoint::usage(self)
+    }
+    fn output(&self) -> String {
+        EnvoyWaypoint::output(self)
     }
 }
 

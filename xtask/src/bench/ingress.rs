@@ -63,6 +63,9 @@ impl L7Proxy for EnvoyGateway {
     fn usage(&self) -> anyhow::Result<ambit_testbed::Usage> {
         EnvoyGateway::usage(self)
     }
+    fn output(&self) -> String {
+        EnvoyGateway::output(self)
+    }
 }
 
 /// The Gateway and VirtualService both proxies serve (Envoy's config is
@@ -166,12 +169,9 @@ pub fn run(binaries: &Binaries, rounds: usize) -> anyhow::Result<IngressReport> 
     };
     let proxies: [(&'static str, &Pod, &dyn L7Proxy); 2] =
         [("Ambit", gateway_pod, &ambit), ("Envoy", envoy_pod, &envoy)];
-    for (name, pod, _) in proxies {
+    for (name, pod, proxy) in proxies {
         routes_hold(&cluster, client, pod, &tls).map_err(|error| {
-            let output = match name {
-                "Ambit" => ambit.output(),
-                _ => envoy.output(),
-            };
+            let output = proxy.output();
             error.context(format!("{name} does not route as configured:\n{output}"))
         })?;
     }
