@@ -59,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         readiness: readiness.clone(),
         turns: Default::default(),
-        resolver: crate::dns::Resolver::new(config.dns_server),
+        resolver: ambit_dns::Resolver::new(config.dns_server),
     });
     tokio::spawn({
         let inputs = inputs.clone();

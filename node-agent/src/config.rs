@@ -108,10 +108,7 @@ impl Config {
                 .worker_threads
                 .map_or_else(default_worker_threads, usize::from),
             kernel_relay: args.kernel_relay,
-            dns_server: args.dns_server.or_else(|| {
-                let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-                crate::dns::nameserver(&conf)
-            }),
+            dns_server: args.dns_server.or_else(ambit_dns::system_nameserver),
         })
     }
 }

@@ -5,7 +5,6 @@ pub mod app;
 pub mod capture;
 mod cni_server;
 mod config;
-pub mod dns;
 pub mod enrollment;
 pub mod metrics;
 pub mod netns;

@@ -68,7 +68,7 @@ pub struct ProxyInputs {
     /// Round-robin positions of the Services pods connect to.
     pub turns: outbound::Turns,
     /// For ServiceEntries of `resolution: DNS`.
-    pub resolver: crate::dns::Resolver,
+    pub resolver: ambit_dns::Resolver,
 }
 
 /// An enrolled pod as the data path sees it.

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use super::{PodContext, ProxyInputs};
-use crate::dns;
+use ambit_dns as dns;
 
 /// How long the mesh's answers may be kept.
 const MESH_TTL: u32 = 30;

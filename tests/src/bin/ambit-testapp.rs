@@ -244,7 +244,7 @@ async fn serve_dns(
     listen: SocketAddr,
     records: Vec<(String, std::net::Ipv4Addr)>,
 ) -> anyhow::Result<()> {
-    use ambit_node_agent::dns;
+    use ambit_dns as dns;
     let socket = tokio::net::UdpSocket::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

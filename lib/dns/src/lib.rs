@@ -1,7 +1,8 @@
-//! DNS messages, as far as the agent needs them (RFC 1035): the A query
-//! for a ServiceEntry host it resolves and the addresses in the answer,
-//! and an answer built for a query of a name it knows. Pure: bytes in,
-//! bytes out; [`resolve`] sends the query.
+//! DNS messages, as far as the mesh needs them (RFC 1035): the A query
+//! for a ServiceEntry host the agent or a waypoint resolves and the
+//! addresses in the answer, and an answer the agent builds for a query of
+//! a name it knows. The codec is pure, bytes in and bytes out; [`resolve`]
+//! sends the query and [`Resolver`] keeps the answers.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -194,7 +195,8 @@ pub async fn exchange(server: SocketAddr, message: &[u8]) -> std::io::Result<Vec
     ))
 }
 
-/// Names resolved for ServiceEntries of `resolution: DNS`, each kept as
+/// Names resolved for ServiceEntries of `resolution: DNS` (and, at a
+/// waypoint, the hosts of DYNAMIC_DNS requests), each kept as
 /// long as its answer says (between 1 and 300 seconds).
 pub struct Resolver {
     /// The node's resolver; none: names cannot be resolved.
@@ -213,7 +215,7 @@ impl Resolver {
         }
     }
 
-    /// The node's resolver, if the agent knows one.
+    /// The resolver asked, if one is known.
     pub fn server(&self) -> Option<SocketAddr> {
         self.server
     }
@@ -231,7 +233,7 @@ impl Resolver {
         }
         let server = self
             .server
-            .ok_or_else(|| format!("{name}: the agent has no resolver (--dns-server)"))?;
+            .ok_or_else(|| format!("{name}: no resolver is known (--dns-server)"))?;
         let (addresses, ttl) = resolve(server, name).await.map_err(|e| e.to_string())?;
         let ttl = Duration::from_secs(u64::from(ttl.clamp(1, 300)));
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -241,6 +243,11 @@ impl Resolver {
         kept.insert(name.to_string(), (now + ttl, addresses.clone()));
         Ok(addresses)
     }
+}
+
+/// The machine's resolver: the first `nameserver` of /etc/resolv.conf.
+pub fn system_nameserver() -> Option<SocketAddr> {
+    nameserver(&std::fs::read_to_string("/etc/resolv.conf").ok()?)
 }
 
 /// The first `nameserver` of a resolv.conf, at port 53.
