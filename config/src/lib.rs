@@ -11,5 +11,6 @@
 
 pub mod api;
 pub mod document;
+pub mod hosts;
 pub mod model;
 pub mod policy;

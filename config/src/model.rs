@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use crate::api::core::OutboundMode;
 use crate::api::core::{EndpointSliceBody, IntOrString, PodBody, ServiceBody};
 use crate::api::networking::{
-    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
+    DestinationRuleSpec, GatewaySpec, Resolution, ServiceEntrySpec, VirtualServiceSpec,
 };
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::document::{qualify_host, Object, ObjectRef, Resource};
@@ -380,9 +380,7 @@ impl Mesh {
             let spec = &entry.spec;
             let narrowest = match spec.addresses.is_empty() {
                 // Without addresses, the ones Ambit gives its hosts.
-                true => spec
-                    .hosts
-                    .iter()
+                true => auto_addressed_hosts(spec)
                     .any(|host| IpAddr::V4(auto_address(host)) == ip)
                     .then_some(32),
                 false => spec
@@ -433,12 +431,17 @@ impl Mesh {
                 return Some(v4(vips));
             }
         }
-        let (_, entry) = self.service_entry_for_host(name, from_namespace)?;
+        let (_, entry, host) = self.service_entry_for_host(name, from_namespace)?;
         let spec = &entry.spec;
-        Some(match spec.addresses.is_empty() {
-            true => vec![auto_address(name)],
-            false => v4(&Self::service_entry_addresses(spec)),
-        })
+        match spec.addresses.is_empty() {
+            // A wildcard is answered (one address for every name under it)
+            // only when a waypoint resolves each request's host; else the
+            // names under it are the DNS's to answer.
+            true => auto_addressed_hosts(spec)
+                .any(|given| given == host)
+                .then(|| vec![auto_address(host)]),
+            false => Some(v4(&Self::service_entry_addresses(spec))),
+        }
     }
 
     /// The waypoint serving a Service: its own `istio.io/use-waypoint`
@@ -465,24 +468,29 @@ impl Mesh {
             .collect()
     }
 
-    /// The ServiceEntry a workload in `from_namespace` sees that declares
-    /// the host `host` (first by namespace and name).
+    /// The ServiceEntry a workload in `from_namespace` sees whose hosts
+    /// take `host`, with the host that took it: one naming it exactly,
+    /// else the narrowest wildcard (first by namespace and name).
     pub fn service_entry_for_host(
         &self,
         host: &str,
         from_namespace: &str,
-    ) -> Option<(&Key, &Config<ServiceEntrySpec>)> {
-        self.service_entries
-            .iter()
-            .find(|(key, entry)| {
-                exported_to(&entry.spec.export_to, &key.namespace, from_namespace)
-                    && entry
-                        .spec
-                        .hosts
-                        .iter()
-                        .any(|h| h.eq_ignore_ascii_case(host))
-            })
-            .map(|(key, entry)| (key, entry.as_ref()))
+    ) -> Option<EntryForHost<'_>> {
+        let mut best: Option<(usize, EntryForHost<'_>)> = None;
+        for (key, entry) in &self.service_entries {
+            if !exported_to(&entry.spec.export_to, &key.namespace, from_namespace) {
+                continue;
+            }
+            for pattern in &entry.spec.hosts {
+                let Some(rank) = crate::hosts::rank(pattern, host) else {
+                    continue;
+                };
+                if best.as_ref().is_none_or(|(best, _)| rank > *best) {
+                    best = Some((rank, (key, entry.as_ref(), pattern.as_str())));
+                }
+            }
+        }
+        best.map(|(_, found)| found)
     }
 
     /// The endpoints of the STATIC ServiceEntry `key` for its `port`: those
@@ -519,10 +527,7 @@ impl Mesh {
     /// addresses, or (with none) the ones Ambit gives its hosts.
     pub fn service_entry_addresses(spec: &ServiceEntrySpec) -> Vec<IpAddr> {
         match spec.addresses.is_empty() {
-            true => spec
-                .hosts
-                .iter()
-                .filter(|host| !host.starts_with('*'))
+            true => auto_addressed_hosts(spec)
                 .map(|host| IpAddr::V4(auto_address(host)))
                 .collect(),
             false => spec
@@ -638,6 +643,50 @@ pub fn auto_address(host: &str) -> Ipv4Addr {
     let [_, _, third, fourth] = hash.to_be_bytes();
     // Neither .0 nor .255 ends the address.
     Ipv4Addr::new(240, 240, third, fourth.clamp(1, 254))
+}
+
+/// A ServiceEntry found for a host, with the host of its that took it.
+pub type EntryForHost<'m> = (&'m Key, &'m Config<ServiceEntrySpec>, &'m str);
+
+/// The hosts of an entry without `addresses` that Ambit gives an address
+/// of its own: every named host, and a wildcard only for DYNAMIC_DNS,
+/// where a waypoint resolves each request's host (every name under the
+/// wildcard shares its address).
+fn auto_addressed_hosts(spec: &ServiceEntrySpec) -> impl Iterator<Item = &str> {
+    let dynamic = spec.resolution == Some(Resolution::DynamicDns);
+    spec.hosts
+        .iter()
+        .map(String::as_str)
+        .filter(move |host| dynamic || !host.starts_with('*'))
+}
+
+/// Where a ServiceEntry of `resolution` DNS or DNS_ROUND_ROBIN sends its
+/// `port`: the addresses of its endpoints (names to resolve, or IPs), each
+/// at the port it names for the entry's port, else `targetPort`, else the
+/// port itself; without endpoints, its named hosts at that port.
+pub fn dns_targets<'s>(
+    spec: &'s ServiceEntrySpec,
+    port: &crate::api::networking::ServicePort,
+) -> Vec<(&'s str, u16)> {
+    let at = |named: Option<u32>| u16::try_from(named.or(port.target_port).unwrap_or(port.number));
+    let listed: Vec<(&str, u16)> = spec
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.address.as_deref()?,
+                at(e.ports.get(&port.name).copied()).ok()?,
+            ))
+        })
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    spec.hosts
+        .iter()
+        .filter(|host| !host.starts_with('*'))
+        .filter_map(|host| Some((host.as_str(), at(None).ok()?)))
+        .collect()
 }
 
 /// A ServiceEntry's address: a CIDR, or one address.

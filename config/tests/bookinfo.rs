@@ -359,6 +359,15 @@ spec:
   endpoints: [{address: 10.0.0.1}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bad-dynamic}
+spec:
+  hosts: ["*.example.org"]
+  resolution: DYNAMIC_DNS
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: bad-gateway}
 spec:
@@ -379,6 +388,7 @@ spec:
             "error: ServiceEntry default/bad-entry: spec.ports[0].protocol: unknown protocol \"QUIC\" (one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, HTTP_PROXY, MONGO, MYSQL, REDIS, TCP, TLS, UDP)",
             "error: ServiceEntry default/bad-entry: spec.ports[1].name: port name \"https\" is used twice",
             "error: ServiceEntry default/bad-entry: spec: endpoints and workloadSelector are exclusive",
+            "error: ServiceEntry default/bad-dynamic: spec.resolution: DYNAMIC_DNS resolves the host each request names: it takes no endpoints nor workloadSelector",
             "error: Gateway default/bad-gateway: spec.servers[0].hosts: at least one host is required",
             "error: Gateway default/bad-gateway: spec.servers[0].tls: this mode needs credentialName, or serverCertificate and privateKey",
         ]

@@ -55,7 +55,8 @@ impl Waypoint {
         Self::start_with(cluster, pod, name, source, Some(ca), args)
     }
 
-    fn start_with(
+    /// [`Waypoint::start`] with `extra` flags.
+    pub fn start_with(
         cluster: &Cluster,
         pod: &Pod,
         name: &str,

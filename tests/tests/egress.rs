@@ -65,6 +65,29 @@ fn mesh_config(cluster: &Cluster, istio: Vec<Value>) -> anyhow::Result<MeshConfi
     Ok(config)
 }
 
+/// [`mesh_config`] with the waypoint `waypoint` (its Service) in `pod`.
+fn with_egress_waypoint(
+    cluster: &Cluster,
+    istio: Vec<Value>,
+    pod: &ambit_testbed::Pod,
+) -> anyhow::Result<MeshConfig> {
+    let mut config = mesh_config(cluster, istio)?;
+    config.services.push(mesh::service(
+        "waypoint",
+        WAYPOINT_VIP,
+        15008,
+        15008,
+        &[pod],
+    ));
+    Ok(config)
+}
+
+/// `entry` bound to the waypoint `waypoint`, an egress gateway.
+fn bound_to_waypoint(mut entry: Value) -> Value {
+    entry["metadata"]["labels"] = json!({ "istio.io/use-waypoint": "waypoint" });
+    entry
+}
+
 /// Istio's mesh config with this `outboundTrafficPolicy.mode`.
 fn outbound_policy(mode: &str) -> Value {
     json!({
@@ -264,7 +287,7 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
     let _https = Server::new("secure", "v1")
         .https(443, &issued.certificate, &issued.key)
         .start(&cluster, external)?;
-    let mut entry = service_entry(
+    let entry = bound_to_waypoint(service_entry(
         "secure",
         json!({
             "hosts": ["api.secure.example"],
@@ -273,8 +296,7 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
             "resolution": "STATIC",
             "endpoints": [{ "address": external.ip.to_string() }],
         }),
-    );
-    entry["metadata"]["labels"] = json!({ "istio.io/use-waypoint": "waypoint" });
+    ));
     let origination = json!({
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": { "name": "secure", "namespace": "default" },
@@ -286,14 +308,7 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
             }] },
         },
     });
-    let mut config = mesh_config(&cluster, vec![entry, origination])?;
-    config.services.push(mesh::service(
-        "waypoint",
-        WAYPOINT_VIP,
-        15008,
-        15008,
-        &[waypoint_pod],
-    ));
+    let config = with_egress_waypoint(&cluster, vec![entry, origination], waypoint_pod)?;
     let (_ca, agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
     let summary = HttpLoad::new(5).run(&cluster, client.place(), "http://api.secure.example/")?;
     ensure!(
@@ -312,5 +327,121 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
         ],
     );
     ensure!(counted == 5.0, "the waypoint counted {counted}");
+    Ok(())
+}
+
+#[test]
+fn an_egress_waypoint_resolves_dns_entries_and_each_requests_host_for_dynamic_dns(
+) -> anyhow::Result<()> {
+    let (cluster, _server) = outside_the_cluster_with(&["waypoint"])?;
+    let [client, external, dns, waypoint_pod] =
+        cluster.pods_named(["client", "external", "dns", "waypoint"])?;
+    // Only the test cluster's resolver knows these names; `gone` it does not.
+    let _dns = testapp::dns_server(
+        &cluster,
+        dns,
+        &[
+            ("api.dyn.example", external.ip),
+            ("www.dyn.example", external.ip),
+            ("api.byname.example", external.ip),
+        ],
+    )?;
+    let bound = |name: &str, spec: Value| bound_to_waypoint(service_entry(name, spec));
+    let entries = vec![
+        bound(
+            "dynamic",
+            json!({
+                "hosts": ["*.dyn.example"],
+                "ports": [{ "number": 80, "name": "http", "targetPort": 8080 }],
+                "location": "MESH_EXTERNAL",
+                "resolution": "DYNAMIC_DNS",
+            }),
+        ),
+        bound(
+            "by-name",
+            json!({
+                "hosts": ["api.byname.example"],
+                "ports": [{ "number": 80, "name": "http", "targetPort": 9090 }],
+                "location": "MESH_EXTERNAL",
+                "resolution": "DNS",
+            }),
+        ),
+    ];
+    let config = with_egress_waypoint(&cluster, entries, waypoint_pod)?;
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let resolver = format!("{}:53", dns.ip);
+    let waypoint = Waypoint::start_with(
+        &cluster,
+        waypoint_pod,
+        "waypoint",
+        &mesh::Source::Directory,
+        Some(&ca),
+        vec!["--dns-server".into(), resolver.into()],
+    )?;
+    let logs = || {
+        format!(
+            "waypoint:\n{}\nagent:\n{}",
+            waypoint.output(),
+            agents[0].output()
+        )
+    };
+    // The client resolves every name under the wildcard to the entry's one
+    // address (its agent answers); the waypoint resolves each request's
+    // host, at the entry's target port.
+    for host in ["api.dyn.example", "www.dyn.example"] {
+        let summary = HttpLoad::new(3).run(&cluster, client.place(), &format!("http://{host}/"))?;
+        ensure!(
+            summary.versions.get("external/v1") == Some(&3),
+            "{host}: {summary:?}\n{}",
+            logs()
+        );
+    }
+    // A name under the wildcard no DNS server knows: 503, as Envoy's DNS
+    // failure; a host outside the wildcard, sent to the entry's address:
+    // refused (the waypoint is no open proxy).
+    let address =
+        std::net::SocketAddr::from((ambit_config::model::auto_address("*.dyn.example"), 80));
+    for (host, status) in [("gone.dyn.example", 503), ("api.byname.example", 404)] {
+        let summary = HttpLoad::new(2).connect(address).run(
+            &cluster,
+            client.place(),
+            &format!("http://{host}/"),
+        )?;
+        ensure!(
+            summary.statuses.get(&status) == Some(&2),
+            "{host}: {summary:?}\n{}",
+            logs()
+        );
+    }
+    // A DNS entry bound to the waypoint: the waypoint resolves its host.
+    let summary = HttpLoad::new(3).run(&cluster, client.place(), "http://api.byname.example/")?;
+    ensure!(
+        summary.versions.get("external/v1") == Some(&3),
+        "{summary:?}\n{}",
+        logs()
+    );
+    // Each went through the waypoint, a failed resolution flagged as such.
+    let metrics = waypoint.metrics()?;
+    let counted = |service: &str, code: &str, flags: &str| {
+        sample(
+            &metrics,
+            "istio_requests_total",
+            &[
+                ("destination_service", service),
+                ("response_code", code),
+                ("response_flags", flags),
+            ],
+        )
+    };
+    let seen = [
+        counted("*.dyn.example", "200", "-"),
+        counted("*.dyn.example", "503", "DF"),
+        counted("*.dyn.example", "404", "NR"),
+        counted("api.byname.example", "200", "-"),
+    ];
+    ensure!(
+        seen == [6.0, 2.0, 2.0, 3.0],
+        "the waypoint counted {seen:?}"
+    );
     Ok(())
 }

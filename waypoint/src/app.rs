@@ -159,7 +159,9 @@ impl Serving {
                     &config.service_account,
                 );
                 mesh_tls.certificates().want([identity.clone()].into());
-                let upstream = Arc::new(Upstream::new(mesh_tls.clone(), identity.clone()));
+                let resolver = ambit_dns::Resolver::new(config.dns_server);
+                let upstream =
+                    Arc::new(Upstream::new(mesh_tls.clone(), identity.clone(), resolver));
                 let authz = Arc::new(Authz {
                     mesh: tables.clone(),
                     waypoint: config.waypoint.clone(),

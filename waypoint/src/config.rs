@@ -67,6 +67,13 @@ pub struct Args {
     #[arg(long, default_value = ambit_config::policy::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
 
+    /// The resolver the hosts of ServiceEntries of `resolution` DNS,
+    /// DNS_ROUND_ROBIN and DYNAMIC_DNS bound to the waypoint are resolved
+    /// with (`ADDRESS:PORT`); by default the pod's, the first `nameserver`
+    /// of /etc/resolv.conf.
+    #[arg(long)]
+    pub dns_server: Option<SocketAddr>,
+
     #[command(flatten)]
     pub ca: CaArgs,
 
@@ -89,6 +96,7 @@ pub struct Config {
     pub hbone: SocketAddr,
     pub worker_threads: usize,
     pub root_namespace: String,
+    pub dns_server: Option<SocketAddr>,
     /// Without a CA the waypoint carries no traffic: agents reach it only
     /// over HBONE in mutual TLS.
     pub ca: Option<CaConfig>,
@@ -122,6 +130,7 @@ impl Config {
                 .worker_threads
                 .map_or_else(ambit_admin::cpus, usize::from),
             root_namespace: args.root_namespace,
+            dns_server: args.dns_server.or_else(ambit_dns::system_nameserver),
             ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,

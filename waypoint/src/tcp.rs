@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use ambit_config::model::Mesh;
 use ambit_route::compile::WeightedBackend;
 use ambit_route::lb::pick_weighted;
+use ambit_route::Backend;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::upstream::{InFlight, Stream, Upstream};
+use crate::http::upstream::{InFlight, Stream, Unresolved, Upstream};
 
 /// Each direction's buffer: several HTTP/2 DATA frames a turn, where
 /// tokio's default (8 KiB) takes half of one (2 GiB through the waypoint:
@@ -28,7 +29,17 @@ pub async fn connect(
 ) -> Result<(Box<dyn Stream>, InFlight), String> {
     let chosen = pick_weighted(destinations.iter().map(|d| d.weight), fastrand::u64(..))
         .ok_or("no destination with weight")?;
-    let backend = &destinations[chosen].backend;
+    let mut backend: &Backend = &destinations[chosen].backend;
+    // Endpoints that are names: found now (a connection names no host, so
+    // a DYNAMIC_DNS entry is reached by HTTP only).
+    let resolved;
+    if let Some(resolve) = &backend.resolve {
+        resolved = upstream
+            .resolved(backend, resolve, "")
+            .await
+            .map_err(|(Unresolved::NotTaken(why) | Unresolved::Failed(why))| why)?;
+        backend = &resolved;
+    }
     let key = backend.load_balancer.connection_key(client);
     let (endpoint, in_flight) = upstream
         .pick(backend, key)

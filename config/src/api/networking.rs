@@ -1177,6 +1177,15 @@ impl Spec for ServiceEntrySpec {
                 }
             }
         }
+        if self.resolution == Some(Resolution::DynamicDns)
+            && (!self.endpoints.is_empty() || self.workload_selector.is_some())
+        {
+            issues.push(Issue::new(
+                "spec.resolution",
+                "DYNAMIC_DNS resolves the host each request names: it takes no endpoints \
+                 nor workloadSelector",
+            ));
+        }
         for (e, endpoint) in self.endpoints.iter().enumerate() {
             for (name, port) in &endpoint.ports {
                 check_port_number(

@@ -452,6 +452,10 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop}, spec: {hosts: [api.example.com], addresses: [240.0.0.1, 10.0.0.0/8], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.1}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: bare, namespace: shop}, spec: {hosts: [bare.example.com], ports: [{number: 443, name: tls}], resolution: DNS}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dynamic, namespace: shop}, spec: {hosts: ["*.dyn.example.com"], ports: [{number: 80, name: http}], resolution: DYNAMIC_DNS}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: wild, namespace: shop}, spec: {hosts: ["*.wild.example.com"], ports: [{number: 80, name: http}], resolution: NONE}}
 "#,
     );
     let known = |name: &str, from: &str| model.host_addresses(name, from);
@@ -473,6 +477,17 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
     assert_eq!(known("bare.example.com", "other"), Some(vec![given]));
     assert!(given.octets()[..2] == [240, 240] && (1..=254).contains(&given.octets()[3]));
     assert_eq!(known("nothing.example.com", "shop"), None);
+    // DYNAMIC_DNS: every name under the wildcard shares one address (a
+    // waypoint resolves each request's host); under another wildcard the
+    // names are the DNS's to answer.
+    let wildcard = auto_address("*.dyn.example.com");
+    assert_eq!(known("a.dyn.example.com", "other"), Some(vec![wildcard]));
+    assert_eq!(known("B.x.dyn.example.com", "other"), Some(vec![wildcard]));
+    assert_eq!(known("a.wild.example.com", "other"), None);
+    let found = model
+        .service_entry_at(IpAddr::V4(wildcard), 80, "other")
+        .unwrap();
+    assert_eq!(found.key, &Key::new("shop", "dynamic"));
     // The address given maps back to its entry, on the entry's ports.
     let found = model
         .service_entry_at(IpAddr::V4(given), 443, "other")

@@ -94,6 +94,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         limits: Limits::default(),
         outlier_detection: None,
         tls: None,
+        resolve: None,
     });
     let mut table = PortTable {
         service: pod.clone(),
@@ -392,7 +393,7 @@ impl WeightedBackend {
 }
 
 /// Where a route sends: a Service port, or the part of it a subset names.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Backend {
     /// The name Envoy and Istio give this destination's cluster:
@@ -415,6 +416,94 @@ pub struct Backend {
     /// DestinationRule asks for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Origination>,
+    /// Endpoints found by DNS as requests go out, not compiled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<Resolve>,
+}
+
+/// How a backend's endpoints are found by DNS when a request goes out: a
+/// ServiceEntry of `resolution` DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolve {
+    pub names: Names,
+    /// Every address of each name is an endpoint (DNS, Envoy's
+    /// STRICT_DNS), else only the first (DNS_ROUND_ROBIN, LOGICAL_DNS).
+    pub every_address: bool,
+    /// The DestinationRule's `loadBalancer`, to balance the addresses found.
+    #[serde(skip)]
+    load_balancer: Option<LoadBalancerSettings>,
+}
+
+/// The names a backend's endpoints are found by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Names {
+    /// These names (or addresses), each at its port.
+    Listed(Vec<(String, u16)>),
+    /// DYNAMIC_DNS: the host each request names, when one of the entry's
+    /// `hosts` takes it (never any other: the waypoint is no open proxy),
+    /// at `port`.
+    OfRequest { hosts: Vec<String>, port: u16 },
+}
+
+impl Resolve {
+    /// The names to resolve for a request to `authority` (its `Host`),
+    /// each with its port; an error says why the request's host is not
+    /// one this backend reaches.
+    pub fn names_for<'r>(&'r self, authority: &'r str) -> Result<Vec<(&'r str, u16)>, String> {
+        match &self.names {
+            Names::Listed(names) => Ok(names
+                .iter()
+                .map(|(name, port)| (name.as_str(), *port))
+                .collect()),
+            Names::OfRequest { hosts, port } => {
+                let host = match authority.rsplit_once(':') {
+                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                    _ => authority,
+                };
+                if host.is_empty() {
+                    return Err("the request names no host".into());
+                }
+                match hosts
+                    .iter()
+                    .any(|pattern| ambit_config::hosts::covers(pattern, host))
+                {
+                    true => Ok(vec![(host, *port)]),
+                    false => Err(format!(
+                        "{host} is not a host of this ServiceEntry ({})",
+                        hosts.join(", ")
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl Backend {
+    /// This backend with the endpoints DNS found for it; `host` is the
+    /// request's host when the names are the request's, which TLS toward
+    /// the endpoints then asks for and checks.
+    pub fn resolved(&self, endpoints: Vec<SocketAddr>, host: Option<&str>) -> Backend {
+        let settings = self.resolve.as_ref().and_then(|r| r.load_balancer.as_ref());
+        let load_balancer = match &self.load_balancer {
+            LoadBalancer::ConsistentHash(_) => LoadBalancer::from_settings(settings, &endpoints),
+            other => other.clone(),
+        };
+        let tls = self.tls.clone().map(|tls| match host {
+            Some(host) if tls.sni == self.host => Origination {
+                sni: host.to_string(),
+                ..tls
+            },
+            _ => tls,
+        });
+        Backend {
+            endpoints,
+            load_balancer,
+            tls,
+            ..self.clone()
+        }
+    }
 }
 
 /// TLS the waypoint starts toward a destination's endpoints (DestinationRule
@@ -857,40 +946,45 @@ impl<'a> Compiler<'a> {
         let subset = destination.subset.as_deref();
         let policy = PortPolicy::of(rule, subset, port);
         // A Service's endpoints, else those of a ServiceEntry for the host.
-        let found = match service {
-            Some((key, service)) => {
-                let service_port = service.ports.iter().find(|p| p.port == port);
-                let endpoints = match service_port {
-                    Some(service_port) => self.endpoints(service, service_port, rule, subset),
-                    None => Vec::new(),
-                };
-                Some((
-                    key,
-                    service_port.map_or(Protocol::Tcp, Protocol::of),
-                    endpoints,
-                ))
-            }
-            None => self
-                .mesh
-                .service_entry_for_host(&host, self.namespace)
-                .map(|(key, entry)| {
-                    let spec = &entry.spec;
-                    let entry_port = spec.ports.iter().find(|p| p.number == u32::from(port));
-                    // STATIC endpoints (names to resolve are not, yet); a
-                    // subset of an entry selects none.
-                    let endpoints = match entry_port {
-                        Some(entry_port)
-                            if spec.resolution == Some(Resolution::Static) && subset.is_none() =>
-                        {
-                            self.mesh.service_entry_endpoints(key, spec, entry_port)
-                        }
-                        _ => Vec::new(),
+        let mut resolve = None;
+        let found =
+            match service {
+                Some((key, service)) => {
+                    let service_port = service.ports.iter().find(|p| p.port == port);
+                    let endpoints = match service_port {
+                        Some(service_port) => self.endpoints(service, service_port, rule, subset),
+                        None => Vec::new(),
                     };
-                    let protocol =
-                        entry_port.map_or(Protocol::Tcp, |p| Protocol::of(&entry_service_port(p)));
-                    (key.clone(), protocol, endpoints)
-                }),
-        };
+                    Some((
+                        key,
+                        service_port.map_or(Protocol::Tcp, Protocol::of),
+                        endpoints,
+                    ))
+                }
+                None => self.mesh.service_entry_for_host(&host, self.namespace).map(
+                    |(key, entry, _)| {
+                        let spec = &entry.spec;
+                        let entry_port = spec.ports.iter().find(|p| p.number == u32::from(port));
+                        // STATIC endpoints, else names to resolve as requests
+                        // go out; a subset of an entry selects none.
+                        let resolution = spec.resolution.unwrap_or(Resolution::None);
+                        let endpoints = match entry_port.filter(|_| subset.is_none()) {
+                            Some(entry_port) if resolution == Resolution::Static => {
+                                self.mesh.service_entry_endpoints(key, spec, entry_port)
+                            }
+                            Some(entry_port) => {
+                                resolve =
+                                    Resolve::of(spec, resolution, entry_port, policy.load_balancer);
+                                Vec::new()
+                            }
+                            None => Vec::new(),
+                        };
+                        let protocol = entry_port
+                            .map_or(Protocol::Tcp, |p| Protocol::of(&entry_service_port(p)));
+                        (key.clone(), protocol, endpoints)
+                    },
+                ),
+            };
         let backend = Arc::new(match found {
             Some((key, protocol, endpoints)) => Backend {
                 cluster: cluster_name(port, subset, &host),
@@ -899,6 +993,7 @@ impl<'a> Compiler<'a> {
                 limits: Limits::of(policy.connection_pool, policy.retry_budget),
                 outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
                 tls: Origination::of(policy.tls, &host),
+                resolve,
                 endpoints,
                 service: key,
                 host,
@@ -919,6 +1014,7 @@ impl<'a> Compiler<'a> {
                 limits: Limits::default(),
                 outlier_detection: None,
                 tls: None,
+                resolve: None,
             },
         });
         self.backends.insert(cache_key, backend.clone());
@@ -1356,6 +1452,39 @@ struct PortPolicy<'r> {
     tls: Option<&'r ClientTlsSettings>,
     /// Set for the whole rule or a subset, never per port.
     retry_budget: Option<&'r RetryBudget>,
+}
+
+impl Resolve {
+    /// How a ServiceEntry of `resolution` finds the endpoints of `port` by
+    /// DNS; none for a resolution that does not.
+    fn of(
+        spec: &networking::ServiceEntrySpec,
+        resolution: Resolution,
+        port: &networking::ServicePort,
+        load_balancer: Option<&LoadBalancerSettings>,
+    ) -> Option<Self> {
+        let names = match resolution {
+            Resolution::Dns | Resolution::DnsRoundRobin => {
+                let listed = ambit_config::model::dns_targets(spec, port);
+                Names::Listed(
+                    listed
+                        .into_iter()
+                        .map(|(name, port)| (name.to_string(), port))
+                        .collect(),
+                )
+            }
+            Resolution::DynamicDns => Names::OfRequest {
+                hosts: spec.hosts.clone(),
+                port: u16::try_from(port.target_port.unwrap_or(port.number)).ok()?,
+            },
+            Resolution::None | Resolution::Static => return None,
+        };
+        Some(Self {
+            names,
+            every_address: resolution == Resolution::Dns,
+            load_balancer: load_balancer.cloned(),
+        })
+    }
 }
 
 impl<'r> PortPolicy<'r> {

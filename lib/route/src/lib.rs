@@ -18,7 +18,7 @@ pub mod sni;
 
 pub use compile::gateway::{compile_gateway, GatewayTables, Listener, ServerMode, ServerTable};
 pub use compile::{
-    compile, left_out_destination_fields, left_out_fields, Backend, Binding, HttpRoute, PortTable,
-    Protocol, RouteTables, Routed, LEFT_OUT,
+    compile, left_out_destination_fields, left_out_fields, Backend, Binding, HttpRoute, Names,
+    PortTable, Protocol, Resolve, RouteTables, Routed, LEFT_OUT,
 };
 pub use matching::{Arrival, Caller};

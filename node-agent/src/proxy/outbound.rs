@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use ambit_config::api::networking::Resolution;
-use ambit_config::model::{EntryAt, Key, Mesh, OutboundMode, WaypointRef};
+use ambit_config::model::{dns_targets, EntryAt, Key, Mesh, OutboundMode, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
@@ -249,8 +249,8 @@ enum EntryTarget {
 /// else its `targetPort`, else the port itself) or the pods of its
 /// namespace its `workloadSelector` picks; for DNS and DNS_ROUND_ROBIN an
 /// address of one of its endpoints' names in turn, or of its host; for
-/// NONE (and DYNAMIC_DNS, which resolves a request's host) the address
-/// dialled.
+/// NONE the address dialled; DYNAMIC_DNS (a request's host to resolve)
+/// only through a waypoint, unless the entry has addresses of its own.
 fn entry_target(
     mesh: &Mesh,
     found: EntryAt<'_>,
@@ -261,25 +261,11 @@ fn entry_target(
     let port = found.port;
     let resolution = spec.resolution.unwrap_or(Resolution::None);
     if let Resolution::Dns | Resolution::DnsRoundRobin = resolution {
-        let mut names: Vec<(&str, Option<u32>)> = spec
-            .endpoints
-            .iter()
-            .filter_map(|e| Some((e.address.as_deref()?, e.ports.get(&port.name).copied())))
-            .collect();
-        if names.is_empty() {
-            names = spec
-                .hosts
-                .iter()
-                .filter(|host| !host.starts_with('*'))
-                .map(|host| (host.as_str(), None))
-                .collect();
-        }
+        let names = dns_targets(spec, port);
         if names.is_empty() {
             return Err(format!("ServiceEntry {} has no name to resolve", found.key));
         }
-        let (host, named) = names[turn(found.key) % names.len()];
-        let number = named.or(port.target_port).unwrap_or(port.number);
-        let port = u16::try_from(number).map_err(|_| format!("port {number} out of range"))?;
+        let (host, port) = names[turn(found.key) % names.len()];
         // An endpoint given by address needs no resolving.
         if let Ok(ip) = host.parse::<Ipv4Addr>() {
             return Ok(EntryTarget::Address(SocketAddrV4::new(ip, port)));
@@ -289,6 +275,15 @@ fn entry_target(
             port,
             spread: (resolution == Resolution::Dns).then(|| found.key.clone()),
         }));
+    }
+    // An address Ambit gave leads nowhere by itself: only a waypoint
+    // resolves the host of each request.
+    if resolution == Resolution::DynamicDns && spec.addresses.is_empty() {
+        return Err(format!(
+            "ServiceEntry {} resolves DYNAMIC_DNS, which only a waypoint does \
+             (label it istio.io/use-waypoint)",
+            found.key
+        ));
     }
     if resolution != Resolution::Static {
         return Ok(EntryTarget::Address(original));

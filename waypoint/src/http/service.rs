@@ -35,7 +35,7 @@ use super::authz::Authz;
 use super::destinations::{Admitted, Breaker};
 use super::mirror::Shadowing;
 use super::replay::Replayable;
-use super::upstream::{Body, BoxError, Failure, InFlight, Upstream};
+use super::upstream::{Body, BoxError, Failure, InFlight, Unresolved, Upstream};
 
 /// Which front a request came in by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +344,23 @@ async fn forward(
     let destination = &route.destinations[chosen];
     let backend = &destination.backend;
     exchange.backend = Some(backend.clone());
+    // Endpoints that are names (a ServiceEntry resolved by DNS): found now.
+    let resolved;
+    let backend: &Backend = match &backend.resolve {
+        None => backend,
+        Some(resolve) => {
+            let authority = ambit_route::matching::authority(&parts);
+            resolved = context
+                .upstream
+                .resolved(backend, resolve, authority)
+                .await
+                .map_err(|unresolved| match unresolved {
+                    Unresolved::NotTaken(why) => (StatusCode::NOT_FOUND, "NR", why),
+                    Unresolved::Failed(why) => (StatusCode::SERVICE_UNAVAILABLE, "DF", why),
+                })?;
+            &resolved
+        }
+    };
     // Consistent hashing: the request's key, or a cookie to give it one.
     let (hash, new_cookie) = match &backend.load_balancer {
         LoadBalancer::ConsistentHash(policy) => {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ambit_config::model::Mesh;
+use ambit_dns::Resolver;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::meshed_identity_at;
 use ambit_mesh_tls::hbone::{MeshTls, Party};
@@ -18,7 +19,7 @@ use ambit_route::lb::Draw;
 use ambit_route::limits::{Keepalive, Limits};
 use ambit_route::outlier::HostResult;
 use ambit_route::retry::Outcome;
-use ambit_route::Backend;
+use ambit_route::{Backend, Names, Resolve};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
@@ -55,6 +56,17 @@ pub struct Upstream {
     outliers: ByCluster<Outliers>,
     /// TLS started toward the endpoints of backends that ask for it.
     originations: Originations,
+    /// Finds the endpoints of backends that are names (ServiceEntries
+    /// resolved by DNS).
+    resolver: Resolver,
+}
+
+/// Why a backend's endpoints could not be found for a request.
+pub enum Unresolved {
+    /// The request's host is none the backend reaches (DYNAMIC_DNS).
+    NotTaken(String),
+    /// DNS gave no address.
+    Failed(String),
 }
 
 /// A shared HTTP/2 connection and when it was opened.
@@ -92,7 +104,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Upstream {
-    pub fn new(mesh_tls: Arc<MeshTls>, identity: Identity) -> Self {
+    pub fn new(mesh_tls: Arc<MeshTls>, identity: Identity, resolver: Resolver) -> Self {
         Self {
             mesh_tls,
             identity,
@@ -103,7 +115,50 @@ impl Upstream {
             breakers: ByCluster::default(),
             outliers: ByCluster::default(),
             originations: Originations::default(),
+            resolver,
         }
+    }
+
+    /// `backend` with the endpoints DNS gives now for a request to
+    /// `authority`, when its endpoints are names (`backend.resolve`).
+    pub async fn resolved(
+        &self,
+        backend: &Backend,
+        resolve: &Resolve,
+        authority: &str,
+    ) -> Result<Backend, Unresolved> {
+        let names = resolve.names_for(authority).map_err(Unresolved::NotTaken)?;
+        let mut endpoints = Vec::new();
+        let mut failures = Vec::new();
+        for &(name, port) in &names {
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                endpoints.push(SocketAddr::new(ip, port));
+                continue;
+            }
+            match self.resolver.addresses(name).await {
+                Ok(addresses) => {
+                    let taken = match resolve.every_address {
+                        true => addresses.len(),
+                        false => 1,
+                    };
+                    let found = addresses.iter().take(taken);
+                    endpoints.extend(found.map(|ip| SocketAddr::new(IpAddr::V4(*ip), port)));
+                }
+                Err(error) => failures.push(error),
+            }
+        }
+        if endpoints.is_empty() {
+            let names: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+            return Err(Unresolved::Failed(match failures.is_empty() {
+                true => format!("{} has no IPv4 address", names.join(", ")),
+                false => failures.join("; "),
+            }));
+        }
+        let host = match resolve.names {
+            Names::OfRequest { .. } => names.first().map(|(host, _)| *host),
+            Names::Listed(_) => None,
+        };
+        Ok(backend.resolved(endpoints, host))
     }
 
     /// The waypoint's own identity.

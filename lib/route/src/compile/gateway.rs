@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ambit_config::api::networking::{Server, ServerTlsMode, TlsProtocol};
 use ambit_config::document::qualify_host;
+use ambit_config::hosts::{covers, rank};
 use ambit_config::model::{Key, Labels, Mesh, ServicePort};
 use serde::Serialize;
 
@@ -433,32 +434,6 @@ fn intersect(a: &str, b: &str) -> Option<String> {
         Some(b.to_string())
     } else if covers(b, a) {
         Some(a.to_string())
-    } else {
-        None
-    }
-}
-
-/// Whether the host pattern `pattern` takes every name `host` does.
-fn covers(pattern: &str, host: &str) -> bool {
-    pattern == "*"
-        || pattern.eq_ignore_ascii_case(host)
-        || pattern.strip_prefix('*').is_some_and(|suffix| {
-            // Compared as bytes, in any case, with no copy: on each request.
-            let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
-            suffix.starts_with(b".")
-                && host.len() > suffix.len()
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        })
-}
-
-/// How specifically `pattern` names `host`, as Envoy picks virtual hosts:
-/// an exact name over any wildcard, a longer suffix over a shorter one,
-/// `*` last; none when it does not name it.
-fn rank(pattern: &str, host: &str) -> Option<usize> {
-    if pattern.eq_ignore_ascii_case(host) {
-        Some(usize::MAX)
-    } else if covers(pattern, host) {
-        Some(pattern.len())
     } else {
         None
     }

@@ -525,3 +525,59 @@ fn a_pod_bound_by_its_own_label_is_reached_by_its_address() {
         .table(SocketAddr::new(IpAddr::from([10, 244, 0, 11]), 9080))
         .is_none());
 }
+
+#[test]
+fn entries_resolved_by_dns_leave_their_names_to_the_request_path() {
+    let routed = tables(
+        "{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dynamic, namespace: bookinfo, labels: {istio.io/use-waypoint: waypoint}}, \
+          spec: {hosts: ['*.example.com'], ports: [{number: 80, name: http, targetPort: 8080}], resolution: DYNAMIC_DNS}}\n---\n\
+         {apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {name: dynamic, namespace: bookinfo}, \
+          spec: {host: '*.example.com', trafficPolicy: {tls: {mode: SIMPLE}}}}\n---\n\
+         {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: named, namespace: bookinfo, labels: {istio.io/use-waypoint: waypoint}}, \
+          spec: {hosts: [api.named.org], ports: [{number: 80, name: http}], resolution: DNS_ROUND_ROBIN, \
+          endpoints: [{address: one.named.org, ports: {http: 9000}}, {address: 192.0.2.7}]}}\n",
+    );
+    let backend_at = |host: &str| {
+        let address = ambit_config::model::auto_address(host);
+        let table = routed
+            .table(SocketAddr::from((address, 80)))
+            .expect("a table");
+        let (parts, ()) = request_of("/").into_parts();
+        let route = table
+            .route(&parts, "http", Caller::default())
+            .expect("a route");
+        route.route.destinations[0].backend.clone()
+    };
+    // Every name under the wildcard: the one the request names, at the
+    // target port; none outside it, and no host at all is refused.
+    let dynamic = backend_at("*.example.com");
+    let resolve = dynamic.resolve.as_ref().expect("names to resolve");
+    assert!(dynamic.endpoints.is_empty());
+    assert_eq!(
+        resolve.names_for("API.example.com:80"),
+        Ok(vec![("API.example.com", 8080)])
+    );
+    assert!(resolve
+        .names_for("example.org")
+        .unwrap_err()
+        .contains("not a host"));
+    assert!(resolve.names_for("").is_err());
+    // TLS toward a resolved host asks for that host, not the wildcard.
+    let found = dynamic.resolved(
+        vec![SocketAddr::from(([192, 0, 2, 1], 8080))],
+        Some("api.example.com"),
+    );
+    assert_eq!(found.endpoints, [SocketAddr::from(([192, 0, 2, 1], 8080))]);
+    let sni = |backend: &Backend| backend.tls.as_ref().map(|tls| tls.sni.clone());
+    assert_eq!(sni(&dynamic).as_deref(), Some("*.example.com"));
+    assert_eq!(sni(&found).as_deref(), Some("api.example.com"));
+    // DNS_ROUND_ROBIN: its endpoints' names (or addresses), each at the
+    // port it names, else the entry's; only the first address of each.
+    let named = backend_at("api.named.org");
+    let resolve = named.resolve.as_ref().expect("names to resolve");
+    assert_eq!(
+        resolve.names_for("anything"),
+        Ok(vec![("one.named.org", 9000), ("192.0.2.7", 80)])
+    );
+    assert!(!resolve.every_address);
+}

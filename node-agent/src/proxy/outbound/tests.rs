@@ -59,6 +59,8 @@ const MESH: &str = r#"
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dns-pool, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [pool.example.com], addresses: [240.240.0.51], ports: [{number: 443, name: tls}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.example.com, ports: {tls: 8443}}, {address: 192.0.2.20}]}}
 ---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: dynamic, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: ["*.dyn.example"], ports: [{number: 80, name: http}], resolution: DYNAMIC_DNS}}
+---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: egress, namespace: shop}, spec: {hosts: [egress.example.com], addresses: [240.240.0.60], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.60}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: carts, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [carts.example.com], addresses: [240.240.0.40], ports: [{number: 80, name: http, targetPort: 8080}], resolution: STATIC, workloadSelector: {labels: {app: cart}}}}
@@ -125,6 +127,7 @@ fn plans() {
     let waypoint_pod = Key::new("shop", "waypoint-1");
     let pinned = Key::new("books", "pinned");
     let td = Some(TRUST_DOMAIN);
+    let dynamic = format!("{}:80", ambit_config::model::auto_address("*.dyn.example"));
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
         (&client, td, None, 0, refused("its original destination is unknown"), None),
@@ -166,6 +169,9 @@ fn plans() {
         (&client, td, Some("240.240.0.50:443"), 0, resolve("dns.example.com", 443, Some(Key::new("shop", "dns-api"))), Some("dns.example.com")),
         (&client, td, Some("240.240.0.51:443"), 0, resolve("a.example.com", 8443, None), Some("pool.example.com")),
         (&client, td, Some("240.240.0.51:443"), 1, Plan::Direct { target: at("192.0.2.20:443") }, Some("pool.example.com")),
+        // DYNAMIC_DNS, at the address Ambit gave its wildcard: only a
+        // waypoint resolves each request's host.
+        (&client, td, Some(dynamic.as_str()), 0, refused("ServiceEntry shop/dynamic resolves DYNAMIC_DNS, which only a waypoint does (label it istio.io/use-waypoint)"), Some("*.dyn.example")),
         // Bound to a waypoint by its namespace: through it (an egress
         // gateway), asking for the address dialled; the waypoint's own
         // traffic goes to the endpoints.
