@@ -34,6 +34,9 @@ pub const DATAPLANE_MODE_NONE: &str = "none";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// The label naming the namespace of that waypoint when it is another.
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// Set to `true` on a Service (or its namespace), ingress gateways send
+/// its traffic through its waypoint rather than to its endpoints.
+pub const INGRESS_USE_WAYPOINT_LABEL: &str = "istio.io/ingress-use-waypoint";
 /// The annotation limiting which namespaces see a Service, as in Istio.
 pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 /// Label that ties an EndpointSlice to its Service.
@@ -258,7 +261,7 @@ struct Indexes {
 }
 
 /// A waypoint: the Gateway (`istio.io/use-waypoint` names it) in a namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaypointRef(pub Key);
 
 impl Mesh {
@@ -450,6 +453,22 @@ impl Mesh {
         let service = self.services.get(key)?;
         waypoint_label(&service.labels, &key.namespace)
             .unwrap_or_else(|| self.waypoint_for_namespace(&key.namespace))
+    }
+
+    /// The waypoint an ingress gateway sends the Service `key`'s traffic
+    /// through: its waypoint, when `istio.io/ingress-use-waypoint` is
+    /// `true` on the Service, else on its namespace.
+    pub fn ingress_waypoint_for_service(&self, key: &Key) -> Option<WaypointRef> {
+        let service = self.services.get(key)?;
+        let namespace = self.namespaces.get(&key.namespace);
+        let asked = service
+            .labels
+            .get(INGRESS_USE_WAYPOINT_LABEL)
+            .or_else(|| namespace?.labels.get(INGRESS_USE_WAYPOINT_LABEL));
+        match asked.map(String::as_str) {
+            Some("true") => self.waypoint_for_service(key),
+            _ => None,
+        }
     }
 
     /// The waypoint serving a ServiceEntry, as a Service's: its own

@@ -106,6 +106,59 @@ fn the_seeds_bookinfo_gateway_exposes_productpage_and_the_routing_tasks_hold_thr
     Ok(())
 }
 
+#[test]
+fn a_service_that_asks_is_reached_from_the_gateway_through_its_waypoint() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let seeds = [
+        bookinfo::manifest("bookinfo-gateway.yaml")?,
+        bookinfo::manifest("routing-all-v1.yaml")?,
+    ]
+    .concat();
+    let url = "http://bookinfo.example.com/productpage";
+    let from_the_gateway = || -> anyhow::Result<f64> {
+        let metrics = bookinfo.waypoint.metrics()?;
+        Ok(ambit_testbed::mesh::sample(
+            &metrics,
+            "istio_requests_total",
+            &[
+                ("source_workload", GATEWAY_POD),
+                ("destination_service_name", "productpage"),
+                ("response_code", "200"),
+            ],
+        ))
+    };
+    // As Istio's gateways: to the endpoints, past the Services' waypoint...
+    bookinfo.apply(seeds.clone())?;
+    let summary = bookinfo.outside_to(HttpLoad::new(3), url, HTTP_PORT)?;
+    ensure!(summary.status(200) == 3, "{summary:?}");
+    ensure!(
+        from_the_gateway()? == 0.0,
+        "the waypoint saw the gateway's requests"
+    );
+    // ...unless the namespace (or the Service) asks for its waypoint.
+    let asks = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "default", "labels": { "istio.io/ingress-use-waypoint": "true" } },
+    });
+    bookinfo.apply([seeds, vec![asks]].concat())?;
+    let summary = bookinfo.outside_to(HttpLoad::new(5), url, HTTP_PORT)?;
+    ensure!(
+        summary.status(200) == 5 && summary.one_trace == 5,
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.chains.into_iter().collect::<Vec<_>>(),
+        page("reviews/v1", 5)
+    );
+    let seen = from_the_gateway()?;
+    ensure!(
+        seen == 5.0,
+        "the waypoint saw {seen} of the gateway's requests\n{}",
+        bookinfo.outputs()
+    );
+    Ok(())
+}
+
 /// A Gateway of HTTPS servers for `bookinfo.example.com`, and the route
 /// to productpage through it.
 fn https_gateway() -> Vec<Value> {

@@ -95,6 +95,7 @@ fn pod_table(pod: &Key, target: SocketAddr, protocol: Protocol) -> PortTable {
         outlier_detection: None,
         tls: None,
         resolve: None,
+        through: None,
     });
     let mut table = PortTable {
         service: pod.clone(),
@@ -419,6 +420,11 @@ pub struct Backend {
     /// Endpoints found by DNS as requests go out, not compiled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolve: Option<Resolve>,
+    /// The waypoint the endpoints (then the Service's own addresses) are
+    /// reached through: an ingress gateway's, for a Service labelled
+    /// `istio.io/ingress-use-waypoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<WaypointRef>,
 }
 
 /// How a backend's endpoints are found by DNS when a request goes out: a
@@ -569,6 +575,7 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
         mesh,
         namespace: &waypoint.0.namespace,
         backends: HashMap::new(),
+        ingress: false,
     };
     for key in mesh.services_bound_to(waypoint) {
         let Some(service) = mesh.services.get(key) else {
@@ -721,12 +728,24 @@ struct MeshHttpRoute<'a> {
 /// Destinations with their weights.
 type Weighted = Vec<(u32, Destination)>;
 
+/// What a destination's host and port lead to, before its traffic policy.
+struct Found {
+    key: Key,
+    protocol: Protocol,
+    endpoints: Vec<SocketAddr>,
+    resolve: Option<Resolve>,
+    through: Option<WaypointRef>,
+}
+
 struct Compiler<'a> {
     mesh: &'a Mesh,
     /// The waypoint's namespace: what it sees by `exportTo`.
     namespace: &'a str,
     /// One backend per (destination host, subset, port), shared by routes.
     backends: HashMap<(String, Option<String>, u16), Arc<Backend>>,
+    /// Compiling for an ingress gateway: Services that ask for it are
+    /// reached through their waypoints.
+    ingress: bool,
 }
 
 impl<'a> Compiler<'a> {
@@ -946,56 +965,22 @@ impl<'a> Compiler<'a> {
         let subset = destination.subset.as_deref();
         let policy = PortPolicy::of(rule, subset, port);
         // A Service's endpoints, else those of a ServiceEntry for the host.
-        let mut resolve = None;
-        let found =
-            match service {
-                Some((key, service)) => {
-                    let service_port = service.ports.iter().find(|p| p.port == port);
-                    let endpoints = match service_port {
-                        Some(service_port) => self.endpoints(service, service_port, rule, subset),
-                        None => Vec::new(),
-                    };
-                    Some((
-                        key,
-                        service_port.map_or(Protocol::Tcp, Protocol::of),
-                        endpoints,
-                    ))
-                }
-                None => self.mesh.service_entry_for_host(&host, self.namespace).map(
-                    |(key, entry, _)| {
-                        let spec = &entry.spec;
-                        let entry_port = spec.ports.iter().find(|p| p.number == u32::from(port));
-                        // STATIC endpoints, else names to resolve as requests
-                        // go out; a subset of an entry selects none.
-                        let resolution = spec.resolution.unwrap_or(Resolution::None);
-                        let endpoints = match entry_port.filter(|_| subset.is_none()) {
-                            Some(entry_port) if resolution == Resolution::Static => {
-                                self.mesh.service_entry_endpoints(key, spec, entry_port)
-                            }
-                            Some(entry_port) => {
-                                resolve =
-                                    Resolve::of(spec, resolution, entry_port, policy.load_balancer);
-                                Vec::new()
-                            }
-                            None => Vec::new(),
-                        };
-                        let protocol = entry_port
-                            .map_or(Protocol::Tcp, |p| Protocol::of(&entry_service_port(p)));
-                        (key.clone(), protocol, endpoints)
-                    },
-                ),
-            };
+        let found = match service {
+            Some((key, service)) => Some(self.service_endpoints(key, service, port, rule, subset)),
+            None => self.entry_endpoints(&host, port, subset, policy.load_balancer),
+        };
         let backend = Arc::new(match found {
-            Some((key, protocol, endpoints)) => Backend {
+            Some(found) => Backend {
                 cluster: cluster_name(port, subset, &host),
-                upstream: policy.upstream(protocol),
-                load_balancer: LoadBalancer::from_settings(policy.load_balancer, &endpoints),
+                upstream: policy.upstream(found.protocol),
+                load_balancer: LoadBalancer::from_settings(policy.load_balancer, &found.endpoints),
                 limits: Limits::of(policy.connection_pool, policy.retry_budget),
                 outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
                 tls: Origination::of(policy.tls, &host),
-                resolve,
-                endpoints,
-                service: key,
+                resolve: found.resolve,
+                through: found.through,
+                endpoints: found.endpoints,
+                service: found.key,
                 host,
                 subset: destination.subset.clone(),
                 port,
@@ -1015,10 +1000,79 @@ impl<'a> Compiler<'a> {
                 outlier_detection: None,
                 tls: None,
                 resolve: None,
+                through: None,
             },
         });
         self.backends.insert(cache_key, backend.clone());
         backend
+    }
+
+    /// Where the Service `key` sends `port`: its ready endpoints (of the
+    /// subset); at an ingress gateway, for a Service that asks, its own
+    /// addresses through its waypoint, which routes it.
+    fn service_endpoints(
+        &self,
+        key: Key,
+        service: &Service,
+        port: u16,
+        rule: Option<&DestinationRuleSpec>,
+        subset: Option<&str>,
+    ) -> Found {
+        let service_port = service.ports.iter().find(|p| p.port == port);
+        let through = match self.ingress {
+            true => self.mesh.ingress_waypoint_for_service(&key),
+            false => None,
+        };
+        let endpoints = match (service_port, &through) {
+            (Some(_), Some(_)) => service
+                .vips
+                .iter()
+                .map(|vip| SocketAddr::new(*vip, port))
+                .collect(),
+            (Some(service_port), None) => self.endpoints(service, service_port, rule, subset),
+            (None, _) => Vec::new(),
+        };
+        Found {
+            key,
+            protocol: service_port.map_or(Protocol::Tcp, Protocol::of),
+            endpoints,
+            resolve: None,
+            through,
+        }
+    }
+
+    /// Where the ServiceEntry for `host` sends `port`: its STATIC
+    /// endpoints, else names to resolve as requests go out; a subset of an
+    /// entry selects none.
+    fn entry_endpoints(
+        &self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+        load_balancer: Option<&LoadBalancerSettings>,
+    ) -> Option<Found> {
+        let (key, entry, _) = self.mesh.service_entry_for_host(host, self.namespace)?;
+        let spec = &entry.spec;
+        let entry_port = spec.ports.iter().find(|p| p.number == u32::from(port));
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        let (endpoints, resolve) = match entry_port.filter(|_| subset.is_none()) {
+            Some(entry_port) if resolution == Resolution::Static => (
+                self.mesh.service_entry_endpoints(key, spec, entry_port),
+                None,
+            ),
+            Some(entry_port) => (
+                Vec::new(),
+                Resolve::of(spec, resolution, entry_port, load_balancer),
+            ),
+            None => (Vec::new(), None),
+        };
+        Some(Found {
+            key: key.clone(),
+            protocol: entry_port.map_or(Protocol::Tcp, |p| Protocol::of(&entry_service_port(p))),
+            endpoints,
+            resolve,
+            through: None,
+        })
     }
 
     /// The ready endpoints of `service` at `port`, only those of the pods

@@ -10,10 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ambit_config::model::Mesh;
+use ambit_config::model::{Mesh, WaypointRef};
 use ambit_dns::Resolver;
 use ambit_identity::Identity;
-use ambit_mesh_tls::certificates::meshed_identity_at;
+use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::{MeshTls, Party};
 use ambit_route::lb::Draw;
 use ambit_route::limits::{Keepalive, Limits};
@@ -371,8 +371,9 @@ impl Upstream {
         let limits = &backend.limits;
         let connect_timeout = limits.connect_timeout;
         let connected = async {
+            let through = backend.through.as_ref();
             let stream = self
-                .connect(mesh, from, endpoint, limits.tcp_keepalive)
+                .connect(mesh, from, endpoint, (through, limits.tcp_keepalive))
                 .await?;
             match &backend.tls {
                 Some(tls) => self.originations.start(tls, alpn, stream).await,
@@ -389,12 +390,15 @@ impl Upstream {
             })?
     }
 
+    /// A byte stream to `endpoint`: through the waypoint `through` (to
+    /// one of its pods, asking for the endpoint), else over HBONE to the
+    /// endpoint's agent when it is a pod of the mesh, else in plain TCP.
     async fn connect(
         &self,
         mesh: &Mesh,
         from: IpAddr,
         endpoint: SocketAddr,
-        keepalive: Option<Keepalive>,
+        (through, keepalive): (Option<&WaypointRef>, Option<Keepalive>),
     ) -> std::io::Result<Box<dyn Stream>> {
         let dial = |address: SocketAddr| async move {
             let tcp = tokio::net::TcpStream::connect(address).await?;
@@ -404,9 +408,13 @@ impl Upstream {
             }
             Ok(tcp)
         };
-        let Some(peer) = meshed_identity_at(&self.identity.trust_domain, mesh, endpoint.ip())
-        else {
-            return Ok(Box::new(dial(endpoint).await?));
+        let trust_domain = &self.identity.trust_domain;
+        let (peer, peer_ip) = match through {
+            Some(waypoint) => waypoint_pod(trust_domain, mesh, waypoint)?,
+            None => match meshed_identity_at(trust_domain, mesh, endpoint.ip()) {
+                Some(peer) => (peer, endpoint.ip()),
+                None => return Ok(Box::new(dial(endpoint).await?)),
+            },
         };
         let caller = Party {
             identity: &self.identity,
@@ -414,11 +422,36 @@ impl Upstream {
         };
         let peer = Party {
             identity: &peer,
-            ip: endpoint.ip(),
+            ip: peer_ip,
         };
         let tunnel = self.mesh_tls.open(caller, peer, endpoint, dial).await?;
         Ok(Box::new(tunnel))
     }
+}
+
+/// A ready pod of `waypoint`, any, with its identity.
+fn waypoint_pod(
+    trust_domain: &str,
+    mesh: &Mesh,
+    waypoint: &WaypointRef,
+) -> std::io::Result<(Identity, IpAddr)> {
+    let pods: Vec<IpAddr> = mesh
+        .services
+        .get(&waypoint.0)
+        .map(|service| {
+            let ready = service.endpoints.iter().filter(|e| e.ready);
+            ready.map(|e| e.ip).collect()
+        })
+        .unwrap_or_default();
+    if pods.is_empty() {
+        let why = format!("the waypoint {} has no ready pod", waypoint.0);
+        return Err(std::io::Error::other(why));
+    }
+    let pod = pods[fastrand::usize(..pods.len())];
+    let (key, workload) = mesh
+        .workload_by_ip(pod)
+        .ok_or_else(|| std::io::Error::other(format!("the waypoint pod {pod} is unknown")))?;
+    Ok((workload_identity(trust_domain, key, workload), pod))
 }
 
 /// TCP keepalive as a DestinationRule's `tcpKeepalive` asks, on a new

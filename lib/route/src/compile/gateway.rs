@@ -172,6 +172,7 @@ pub fn compile_gateway(mesh: &Mesh, namespace: &str, labels: &Labels) -> Gateway
         mesh,
         namespace,
         backends: HashMap::new(),
+        ingress: true,
     };
     // The VirtualServices, oldest first, as Istio merges them at gateways.
     let mut virtual_services: Vec<_> = mesh.virtual_services.iter().collect();
