@@ -19,12 +19,15 @@ use serde::Serialize;
 pub use crate::api::core::OutboundMode;
 use crate::api::core::{EndpointSliceBody, IntOrString, PodBody, ServiceBody};
 use crate::api::networking::{
-    DestinationRuleSpec, GatewaySpec, Resolution, ServiceEntrySpec, VirtualServiceSpec,
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec,
 };
 use crate::api::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::document::{qualify_host, Object, ObjectRef, Resource};
 
+mod addresses;
 mod update;
+
+pub use addresses::auto_address;
 
 /// The label that puts a namespace or a pod in the mesh, as in Istio.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
@@ -258,6 +261,12 @@ struct Indexes {
     slices_by_service: OrdMap<Key, OrdSet<Key>>,
     virtual_services_by_host: OrdMap<String, OrdSet<Key>>,
     destination_rules_by_host: OrdMap<String, OrdSet<Key>>,
+    /// The addresses given to ServiceEntry hosts that have none.
+    auto_addresses: addresses::AutoAddresses,
+    /// The `addresses` of the ServiceEntries that have some, read once.
+    entry_blocks: OrdMap<Key, Vec<ipnet::IpNet>>,
+    /// Changes are being made together: `auto_addresses` waits for the end.
+    in_batch: bool,
 }
 
 /// A waypoint: the Gateway (`istio.io/use-waypoint` names it) in a namespace.
@@ -268,9 +277,11 @@ impl Mesh {
     /// The model of `resources`, as a source applying them one by one builds it.
     pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> Self {
         let mut mesh = Self::default();
-        for resource in resources {
-            mesh.apply(resource);
-        }
+        mesh.in_batch(|mesh| {
+            for resource in resources {
+                mesh.apply(resource);
+            }
+        });
         mesh
     }
 
@@ -367,8 +378,25 @@ impl Mesh {
         port: u16,
         from_namespace: &str,
     ) -> Option<EntryAt<'_>> {
+        // An address Ambit gave (a /32), then the entries' own blocks.
+        let given = match ip {
+            IpAddr::V4(ip) => self.indexes.auto_addresses.entries.get(&ip),
+            IpAddr::V6(_) => None,
+        };
+        let given = given.into_iter().flatten().map(|key| (32, key));
+        let listed = self
+            .indexes
+            .entry_blocks
+            .iter()
+            .filter_map(|(key, blocks)| {
+                let holding = blocks.iter().filter(|block| block.contains(&ip));
+                Some((holding.map(ipnet::IpNet::prefix_len).max()?, key))
+            });
         let mut best: Option<(u8, EntryAt<'_>)> = None;
-        for (key, entry) in &self.service_entries {
+        for (prefix, key) in given.chain(listed) {
+            let Some(entry) = self.service_entries.get(key) else {
+                continue;
+            };
             if !exported_to(&entry.spec.export_to, &key.namespace, from_namespace) {
                 continue;
             }
@@ -380,27 +408,23 @@ impl Mesh {
             else {
                 continue;
             };
-            let spec = &entry.spec;
-            let narrowest = match spec.addresses.is_empty() {
-                // Without addresses, the ones Ambit gives its hosts.
-                true => auto_addressed_hosts(spec)
-                    .any(|host| IpAddr::V4(auto_address(host)) == ip)
-                    .then_some(32),
-                false => spec
-                    .addresses
-                    .iter()
-                    .filter_map(|address| address_block(address))
-                    .filter(|block| block.contains(&ip))
-                    .map(|block| block.prefix_len())
-                    .max(),
-            };
-            if let Some(prefix) = narrowest {
-                if best.as_ref().is_none_or(|(best, _)| prefix > *best) {
-                    best = Some((prefix, EntryAt { key, entry, port }));
-                }
+            let better = best
+                .as_ref()
+                .is_none_or(|(best, found)| prefix > *best || (prefix == *best && key < found.key));
+            if better {
+                best = Some((prefix, EntryAt { key, entry, port }));
             }
         }
         best.map(|(_, found)| found)
+    }
+
+    /// The address Ambit gave the ServiceEntry host `host`, if it gave one.
+    pub fn auto_address_of(&self, host: &str) -> Option<Ipv4Addr> {
+        let by_host = &self.indexes.auto_addresses.by_host;
+        match by_host.get(host) {
+            Some(address) => Some(*address),
+            None => by_host.get(&host.to_ascii_lowercase()).copied(),
+        }
     }
 
     /// The mesh-wide `outboundTrafficPolicy.mode`: the mesh config's in
@@ -437,13 +461,11 @@ impl Mesh {
         let (_, entry, host) = self.service_entry_for_host(name, from_namespace)?;
         let spec = &entry.spec;
         match spec.addresses.is_empty() {
-            // A wildcard is answered (one address for every name under it)
-            // only when a waypoint resolves each request's host; else the
-            // names under it are the DNS's to answer.
-            true => auto_addressed_hosts(spec)
-                .any(|given| given == host)
-                .then(|| vec![auto_address(host)]),
-            false => Some(v4(&Self::service_entry_addresses(spec))),
+            // A wildcard has an address (one for every name under it) only
+            // when a waypoint resolves each request's host; else the names
+            // under it are the DNS's to answer.
+            true => self.auto_address_of(host).map(|address| vec![address]),
+            false => Some(v4(&self.service_entry_addresses(spec))),
         }
     }
 
@@ -544,10 +566,11 @@ impl Mesh {
 
     /// The addresses a ServiceEntry is reached at: its own single
     /// addresses, or (with none) the ones Ambit gives its hosts.
-    pub fn service_entry_addresses(spec: &ServiceEntrySpec) -> Vec<IpAddr> {
+    pub fn service_entry_addresses(&self, spec: &ServiceEntrySpec) -> Vec<IpAddr> {
         match spec.addresses.is_empty() {
-            true => auto_addressed_hosts(spec)
-                .map(|host| IpAddr::V4(auto_address(host)))
+            true => addresses::auto_addressed_hosts(spec)
+                .filter_map(|host| self.auto_address_of(host))
+                .map(IpAddr::V4)
                 .collect(),
             false => spec
                 .addresses
@@ -651,33 +674,8 @@ pub struct EntryAt<'a> {
     pub port: &'a crate::api::networking::ServicePort,
 }
 
-/// The address Ambit gives a ServiceEntry host when the entry has none, as
-/// Istio allocates them (in 240.240.0.0/16), so that a pod can connect to
-/// a name only the mesh knows: made from the host alone (FNV-1a), so every
-/// node gives the same.
-pub fn auto_address(host: &str) -> Ipv4Addr {
-    let hash = host.bytes().fold(0x811c_9dc5u32, |hash, byte| {
-        (hash ^ u32::from(byte.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
-    });
-    let [_, _, third, fourth] = hash.to_be_bytes();
-    // Neither .0 nor .255 ends the address.
-    Ipv4Addr::new(240, 240, third, fourth.clamp(1, 254))
-}
-
 /// A ServiceEntry found for a host, with the host of its that took it.
 pub type EntryForHost<'m> = (&'m Key, &'m Config<ServiceEntrySpec>, &'m str);
-
-/// The hosts of an entry without `addresses` that Ambit gives an address
-/// of its own: every named host, and a wildcard only for DYNAMIC_DNS,
-/// where a waypoint resolves each request's host (every name under the
-/// wildcard shares its address).
-fn auto_addressed_hosts(spec: &ServiceEntrySpec) -> impl Iterator<Item = &str> {
-    let dynamic = spec.resolution == Some(Resolution::DynamicDns);
-    spec.hosts
-        .iter()
-        .map(String::as_str)
-        .filter(move |host| dynamic || !host.starts_with('*'))
-}
 
 /// Where a ServiceEntry of `resolution` DNS or DNS_ROUND_ROBIN sends its
 /// `port`: the addresses of its endpoints (names to resolve, or IPs), each

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use imbl::{OrdMap, OrdSet};
 
 use super::{
-    qualified_hosts, AuthorizationPolicy, Config, EndpointSlice, Key, Mesh, Namespace,
-    PeerAuthentication, Service, Workload, SERVICE_NAME_LABEL,
+    address_block, addresses, qualified_hosts, AuthorizationPolicy, Config, EndpointSlice, Key,
+    Mesh, Namespace, PeerAuthentication, Service, Workload, SERVICE_NAME_LABEL,
 };
 use crate::document::{ObjectRef, Resource};
 
@@ -74,8 +74,19 @@ impl Mesh {
                 );
             }
             Resource::ServiceEntry(object) => {
-                self.service_entries
-                    .insert(Key::of(&object), Config::of(&object));
+                let key = Key::of(&object);
+                let blocks: Vec<_> = object
+                    .spec
+                    .addresses
+                    .iter()
+                    .filter_map(|address| address_block(address))
+                    .collect();
+                match blocks.is_empty() {
+                    true => self.indexes.entry_blocks.remove(&key),
+                    false => self.indexes.entry_blocks.insert(key.clone(), blocks),
+                };
+                self.service_entries.insert(key, Config::of(&object));
+                self.allocate_addresses();
             }
             Resource::Gateway(object) => {
                 self.gateways.insert(Key::of(&object), Config::of(&object));
@@ -149,7 +160,12 @@ impl Mesh {
                 );
                 true
             }
-            "ServiceEntry" => self.service_entries.remove(&key).is_some(),
+            "ServiceEntry" => {
+                self.indexes.entry_blocks.remove(&key);
+                let held = self.service_entries.remove(&key).is_some();
+                self.allocate_addresses();
+                held
+            }
             "Gateway" => self.gateways.remove(&key).is_some(),
             "AuthorizationPolicy" => self.authorization_policies.remove(&key).is_some(),
             "PeerAuthentication" => self.peer_authentications.remove(&key).is_some(),
@@ -196,16 +212,33 @@ impl Mesh {
             .map(|r| r.describe().1)
             .chain(rejected.iter().map(|(object, _)| object.clone()))
             .collect();
-        for object in self.object_refs() {
-            if kinds.contains(&object.kind.as_str()) && !held.contains(&object) {
-                self.delete(&object);
+        self.in_batch(|mesh| {
+            for object in mesh.object_refs() {
+                if kinds.contains(&object.kind.as_str()) && !held.contains(&object) {
+                    mesh.delete(&object);
+                }
             }
-        }
-        for resource in resources {
-            self.apply(resource);
-        }
+            for resource in resources {
+                mesh.apply(resource);
+            }
+        });
         for (object, problems) in rejected {
             self.reject(&object, problems);
+        }
+    }
+
+    /// Runs `change`, giving ServiceEntry hosts their addresses once at
+    /// its end rather than at each entry (the allocation reads them all).
+    pub(super) fn in_batch(&mut self, change: impl FnOnce(&mut Self)) {
+        self.indexes.in_batch = true;
+        change(self);
+        self.indexes.in_batch = false;
+        self.allocate_addresses();
+    }
+
+    fn allocate_addresses(&mut self) {
+        if !self.indexes.in_batch {
+            self.indexes.auto_addresses = addresses::allocate(&self.service_entries);
         }
     }
 

@@ -613,7 +613,7 @@ pub fn compile(mesh: &Mesh, waypoint: &WaypointRef) -> RouteTables {
             continue;
         };
         let chosen = compiler.virtual_service(host, &mut tables.problems);
-        let addresses = Mesh::service_entry_addresses(&entry.spec);
+        let addresses = mesh.service_entry_addresses(&entry.spec);
         for port in &entry.spec.ports {
             let port = entry_service_port(port);
             let table = Arc::new(compiler.port_table(key, host, &port, chosen.as_ref()));
