@@ -181,6 +181,10 @@ fn https_gateway() -> Vec<Value> {
                         "mode": "MUTUAL", "credentialName": "bookinfo-cert",
                         "subjectAltNames": ["partner.example.com"],
                     })),
+                    https(9443, json!({
+                        "mode": "OPTIONAL_MUTUAL", "credentialName": "bookinfo-cert",
+                        "subjectAltNames": ["partner.example.com"],
+                    })),
                     {
                         "port": { "number": 8080, "name": "http", "protocol": "HTTP" },
                         "hosts": ["bookinfo.example.com"],
@@ -213,7 +217,7 @@ fn trusting(load: HttpLoad, ca: &Path, client: Option<&Issued>) -> HttpLoad {
 }
 
 #[test]
-fn https_ends_at_the_gateway_simple_and_mutual_and_a_rotated_secret_serves_without_restart(
+fn https_ends_at_the_gateway_simple_mutual_and_optional_and_a_rotated_secret_serves_without_restart(
 ) -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start_with_gateway()?;
     let work = bookinfo.cluster.work_dir().to_path_buf();
@@ -263,6 +267,26 @@ fn https_ends_at_the_gateway_simple_and_mutual_and_a_rotated_secret_serves_witho
         summary.errors == 3,
         "a name not in subjectAltNames: {summary:?}"
     );
+
+    // OPTIONAL_MUTUAL: a client without a certificate gets in; one that
+    // shows a certificate must show a good one.
+    let optional = |client: Option<&Issued>| {
+        let load = trusting(HttpLoad::new(2), pki.ca_file(), client);
+        bookinfo.outside_to(load, "https://bookinfo.example.com:9443/productpage", 9443)
+    };
+    let forged = other.client(&["partner.example.com"], &work.join("forged"))?;
+    for (client, status, errors, who) in [
+        (None, 2, 0, "no certificate"),
+        (Some(&partner), 2, 0, "the partner"),
+        (Some(&stranger), 0, 2, "a name not in subjectAltNames"),
+        (Some(&forged), 0, 2, "another CA's certificate"),
+    ] {
+        let summary = optional(client)?;
+        ensure!(
+            summary.status(200) == status && summary.errors == errors,
+            "OPTIONAL_MUTUAL, {who}: {summary:?}"
+        );
+    }
 
     // httpsRedirect: plain HTTP for the host is sent to HTTPS.
     let load = HttpLoad::new(1).show_header("location");

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use ambit_config::api::networking::TlsProtocol;
 use ambit_mesh_source::secrets::SecretWatches;
-use ambit_route::compile::gateway::{Credential, ServerMode, TlsTermination};
+use ambit_route::compile::gateway::{ClientCertificates, Credential, ServerMode, TlsTermination};
 use ambit_route::GatewayTables;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -107,7 +107,7 @@ impl Credentials {
             if let Credential::Secret { name, ca_name } = &tls.credential {
                 names.insert(name.clone());
                 names.extend(ca_name.clone());
-                if tls.mutual && ca_name.is_none() {
+                if tls.clients.checked() && ca_name.is_none() {
                     names.insert(format!("{name}{CA_SECRET_SUFFIX}"));
                 }
             }
@@ -163,7 +163,7 @@ impl Credentials {
                     chain: read_file(Path::new(certificate), read)?,
                     key: read_file(Path::new(private_key), read)?,
                     ca: match ca_certificates {
-                        Some(ca) if tls.mutual => Some(read_file(Path::new(ca), read)?),
+                        Some(ca) if tls.clients.checked() => Some(read_file(Path::new(ca), read)?),
                         _ => None,
                     },
                 });
@@ -177,7 +177,7 @@ impl Credentials {
                 "the Secret {name} holds no tls.crt and tls.key (nor cert and key)"
             ));
         };
-        let ca = if !tls.mutual {
+        let ca = if !tls.clients.checked() {
             None
         } else {
             let separate = ca_name
@@ -248,20 +248,25 @@ fn build(tls: &TlsTermination, material: &Material) -> Result<ServerConfig, Stri
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| e.to_string())?;
-    let builder = match (&material.ca, tls.mutual) {
-        (Some((ca_at, ca_pem)), true) => {
+    let builder = match (&material.ca, tls.clients) {
+        (_, ClientCertificates::Unasked) => builder.with_no_client_auth(),
+        (Some((ca_at, ca_pem)), clients) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(ca_pem) {
                 let cert = cert.map_err(|e| format!("{ca_at}: {e}"))?;
                 roots.add(cert).map_err(|e| format!("{ca_at}: {e}"))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                .build()
-                .map_err(|e| format!("{ca_at}: {e}"))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            let verifier = match clients {
+                ClientCertificates::Optional => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            let verifier = verifier.build().map_err(|e| format!("{ca_at}: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
-        (None, true) => return Err("MUTUAL without a CA bundle (ca.crt)".to_string()),
-        (_, false) => builder.with_no_client_auth(),
+        (None, _) => {
+            return Err("client certificates asked for without a CA bundle (ca.crt)".to_string())
+        }
     };
     let mut config = builder
         .with_single_cert(chain, key)

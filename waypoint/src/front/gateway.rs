@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ambit_admin::accept::Acceptor;
 use ambit_config::model::Key;
-use ambit_route::compile::gateway::{ServerMode, ServerTable, VirtualHost};
+use ambit_route::compile::gateway::{ClientCertificates, ServerMode, ServerTable, VirtualHost};
 use ambit_route::sni::{self, ClientHello};
 use ambit_route::{GatewayTables, PortTable};
 use ambit_telemetry::http::HttpMetrics;
@@ -203,7 +203,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first());
-                if !certificate.is_some_and(|c| names_one_of(c, &tls.subject_alt_names)) {
+                // Checked when a certificate is shown (OPTIONAL_MUTUAL
+                // lets a client show none).
+                let refused = match certificate {
+                    Some(certificate) => !names_one_of(certificate, &tls.subject_alt_names),
+                    None => tls.clients == ClientCertificates::Required,
+                };
+                if refused {
                     tracing::debug!(%peer, port, "client certificate names none of subjectAltNames: refused");
                     return;
                 }

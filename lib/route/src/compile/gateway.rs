@@ -107,12 +107,31 @@ pub enum ServerMode {
     Passthrough,
 }
 
-/// How a server ends TLS (`tls` of mode SIMPLE or MUTUAL).
+/// What a server asks of its clients' certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientCertificates {
+    /// SIMPLE: none asked for.
+    Unasked,
+    /// MUTUAL: one the CA bundle signs, or no connection.
+    Required,
+    /// OPTIONAL_MUTUAL: one the CA bundle signs if the client offers one.
+    Optional,
+}
+
+impl ClientCertificates {
+    /// Whether certificates are checked, against a CA bundle.
+    pub fn checked(self) -> bool {
+        self != Self::Unasked
+    }
+}
+
+/// How a server ends TLS (`tls` of mode SIMPLE, MUTUAL or OPTIONAL_MUTUAL).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsTermination {
-    /// Whether clients must present a certificate the CA bundle signs.
-    pub mutual: bool,
+    /// Whether clients present a certificate the CA bundle signs.
+    pub clients: ClientCertificates,
     pub credential: Credential,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_version: Option<TlsProtocol>,
@@ -263,7 +282,10 @@ impl<'a> Compiler<'a> {
                 https_redirect: tls.and_then(|t| t.https_redirect).unwrap_or(false),
             },
             ("HTTPS" | "TLS", Some(ServerTlsMode::Passthrough)) => ServerMode::Passthrough,
-            ("HTTPS", Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)) => {
+            (
+                "HTTPS",
+                Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual),
+            ) => {
                 ServerMode::Terminate(termination(server)?)
             }
             (_, Some(mode)) => {
@@ -382,12 +404,16 @@ fn report(problems: &mut BTreeMap<String, String>, object: String, problem: Stri
         .or_insert(problem);
 }
 
-/// The TLS a SIMPLE or MUTUAL server ends.
+/// The TLS a SIMPLE, MUTUAL or OPTIONAL_MUTUAL server ends.
 fn termination(server: &Server) -> Result<TlsTermination, String> {
     let Some(tls) = server.tls.as_ref() else {
         return Err("HTTPS needs tls".to_string());
     };
-    let mutual = tls.mode == Some(ServerTlsMode::Mutual);
+    let clients = match tls.mode {
+        Some(ServerTlsMode::Mutual) => ClientCertificates::Required,
+        Some(ServerTlsMode::OptionalMutual) => ClientCertificates::Optional,
+        _ => ClientCertificates::Unasked,
+    };
     let credential = match (
         &tls.credential_name,
         &tls.server_certificate,
@@ -406,7 +432,7 @@ fn termination(server: &Server) -> Result<TlsTermination, String> {
             return Err("tls needs credentialName, or serverCertificate and privateKey".to_string())
         }
     };
-    if mutual {
+    if clients.checked() {
         let has_ca = match &credential {
             // A Secret may hold its CA bundle in ca.crt: known once read.
             Credential::Secret { .. } => true,
@@ -415,11 +441,14 @@ fn termination(server: &Server) -> Result<TlsTermination, String> {
             } => ca_certificates.is_some(),
         };
         if !has_ca {
-            return Err("tls.mode MUTUAL needs caCertificates to verify clients by".to_string());
+            return Err(
+                "tls.mode MUTUAL and OPTIONAL_MUTUAL need caCertificates to verify clients by"
+                    .to_string(),
+            );
         }
     }
     Ok(TlsTermination {
-        mutual,
+        clients,
         credential,
         min_version: tls.min_protocol_version,
         max_version: tls.max_protocol_version,

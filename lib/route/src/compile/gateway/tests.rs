@@ -163,7 +163,7 @@ fn tls_servers_terminate_or_pass_through_by_server_name() {
     let ServerMode::Terminate(a_tls) = &a.mode else {
         panic!("SIMPLE terminates: {a:?}");
     };
-    assert!(!a_tls.mutual);
+    assert_eq!(a_tls.clients, ClientCertificates::Unasked);
     assert_eq!(
         a_tls.credential,
         Credential::Secret {
@@ -172,7 +172,9 @@ fn tls_servers_terminate_or_pass_through_by_server_name() {
         }
     );
     let b = https.server(Some("B.example.com")).unwrap();
-    assert!(matches!(&b.mode, ServerMode::Terminate(t) if t.mutual));
+    assert!(
+        matches!(&b.mode, ServerMode::Terminate(t) if t.clients == ClientCertificates::Required)
+    );
     assert!(https.server(Some("c.example.com")).is_none());
     assert!(matches!(
         tables.listeners[&80].servers[0].mode,
