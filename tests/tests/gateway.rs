@@ -159,6 +159,46 @@ fn a_service_that_asks_is_reached_from_the_gateway_through_its_waypoint() -> any
     Ok(())
 }
 
+#[test]
+fn a_tcp_server_carries_connections_whole_to_its_route() -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_with_gateway()?;
+    let tcp = vec![
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": { "name": "bookinfo-tcp", "namespace": "default" },
+            "spec": {
+                "selector": { "istio": "ingressgateway" },
+                "servers": [{
+                    "port": { "number": 31400, "name": "tcp", "protocol": "TCP" },
+                    "hosts": ["*"],
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "bookinfo-tcp", "namespace": "default" },
+            "spec": {
+                "hosts": ["*"],
+                "gateways": ["bookinfo-tcp"],
+                "tcp": [{
+                    "match": [{ "port": 31400 }],
+                    "route": [{ "destination": { "host": "details", "port": { "number": 9080 } } }],
+                }],
+            },
+        }),
+    ];
+    bookinfo.apply(tcp)?;
+    // Whatever the bytes say (here HTTP for another host), they reach
+    // details untouched, over HBONE.
+    let load = HttpLoad::new(3).reconnect();
+    let summary = bookinfo.outside_to(load, "http://anything.example/details/0", 31400)?;
+    ensure!(
+        summary.versions.get("details/v1") == Some(&3) && summary.proxied.is_empty(),
+        "{summary:?}"
+    );
+    Ok(())
+}
+
 /// A Gateway of HTTPS servers for `bookinfo.example.com`, and the route
 /// to productpage through it.
 fn https_gateway() -> Vec<Value> {

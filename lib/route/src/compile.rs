@@ -695,7 +695,7 @@ pub(crate) struct Routes<'a> {
     /// A gateway's: by SNI, in order (an alternative each).
     pub(crate) tls: Vec<TlsMatch>,
     /// Port (none: all), destinations.
-    tcp: Vec<(Option<u16>, Weighted)>,
+    pub(crate) tcp: Vec<(Option<u16>, Weighted)>,
     /// What was left out of it, as Istio leaves it out (a delegate that
     /// cannot be found): the rest applies.
     pub(crate) notes: Vec<String>,

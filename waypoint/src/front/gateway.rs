@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use ambit_admin::accept::Acceptor;
 use ambit_config::model::Key;
-use ambit_route::compile::gateway::{ClientCertificates, ServerMode, ServerTable, VirtualHost};
+use ambit_route::compile::gateway::{
+    ClientCertificates, ListenerProtocol, ServerMode, VirtualHost,
+};
+use ambit_route::compile::WeightedBackend;
 use ambit_route::sni::{self, ClientHello};
 use ambit_route::{GatewayTables, PortTable};
 use ambit_telemetry::http::HttpMetrics;
@@ -156,8 +159,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
         scheme: "http",
         contexts: Mutex::default(),
     };
-    if !listener.tls {
-        return serve_http(stream, client).await;
+    match listener.protocol {
+        ListenerProtocol::Http => return serve_http(stream, client).await,
+        ListenerProtocol::Tcp => {
+            let route = listener.servers.first().map_or(&[][..], |s| &s.tcp_route);
+            return carry(stream, route, &client, &current).await;
+        }
+        ListenerProtocol::Tls => {}
     }
     // One deadline for the ClientHello and the handshake after it.
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
@@ -177,9 +185,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
         return;
     };
     match &server.mode {
-        ServerMode::Passthrough => {
-            passthrough(stream, &server, hello.as_deref(), &client, &current).await
-        }
+        ServerMode::Passthrough => match server.tls_route(hello.as_deref()) {
+            Some(route) => carry(stream, &route.destinations, &client, &current).await,
+            None => tracing::debug!(%peer, sni = ?hello, "no tls route for this server name"),
+        },
         ServerMode::Terminate(tls) => {
             let config = match gateway.credentials.server_config(tls) {
                 Ok(config) => config,
@@ -222,7 +231,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
             serve_http(tls_stream, client).await;
         }
         // A listener is TLS only when its servers are.
-        ServerMode::Http { .. } => {}
+        ServerMode::Http { .. } | ServerMode::Tcp => {}
     }
 }
 
@@ -315,30 +324,27 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// PASSTHROUGH: the connection, its ClientHello first, to an endpoint of
-/// the destination its server name routes to.
-async fn passthrough(
-    mut stream: Prefixed,
-    server: &ServerTable,
-    sni: Option<&str>,
+/// PASSTHROUGH and TCP: the connection (a ClientHello first, read back)
+/// carried whole to an endpoint of one of `destinations`.
+async fn carry<S>(
+    mut stream: S,
+    destinations: &[WeightedBackend],
     client: &Client,
     current: &Current<GatewayTables>,
-) {
-    let Some(route) = server.tls_route(sni) else {
-        tracing::debug!(peer = %client.peer, ?sni, "no tls route for this server name");
-        return;
-    };
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let connected = crate::tcp::connect(
         &client.gateway.upstream,
         &current.mesh,
         client.local_ip,
         Some(client.peer.ip()),
-        &route.destinations,
+        destinations,
     )
     .await;
     match connected {
         Ok((mut upstream, _in_flight)) => crate::tcp::join(&mut stream, &mut upstream).await,
-        Err(error) => tracing::debug!(?sni, %error, "passthrough upstream unreachable"),
+        Err(error) => tracing::debug!(peer = %client.peer, %error, "upstream unreachable"),
     }
 }
 
@@ -383,7 +389,7 @@ impl Client {
             return Ok(plain(StatusCode::NOT_FOUND, "no route"));
         };
         let host = host_name(&request);
-        let virtual_host = if listener.tls {
+        let virtual_host = if listener.protocol == ListenerProtocol::Tls {
             // The server that ended the TLS, by the name the client asked for.
             listener
                 .server(self.sni.as_deref())

@@ -26,15 +26,26 @@ pub struct GatewayTables {
     pub problems: BTreeMap<String, String>,
 }
 
-/// The servers on one port: plaintext HTTP, or TLS chosen by server name.
+/// The servers on one port: plaintext HTTP, TLS chosen by server name, or
+/// TCP carried whole.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Listener {
     pub port: u16,
-    /// Whether connections open with a TLS handshake (terminated or
-    /// passed through); otherwise they are plaintext HTTP.
-    pub tls: bool,
+    pub protocol: ListenerProtocol,
     pub servers: Vec<Arc<ServerTable>>,
+}
+
+/// What a port's connections open with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerProtocol {
+    /// Plaintext HTTP.
+    Http,
+    /// A TLS handshake, ended or passed through.
+    Tls,
+    /// Anything: bytes carried to the first server's TCP route.
+    Tcp,
 }
 
 impl Listener {
@@ -78,6 +89,9 @@ pub struct ServerTable {
     pub virtual_hosts: Vec<VirtualHost>,
     /// For PASSTHROUGH: by server name, the first that matches decides.
     pub tls_routes: Vec<TlsRoute>,
+    /// For TCP: the destinations of the first `tcp` route for its port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_route: Vec<WeightedBackend>,
 }
 
 impl ServerTable {
@@ -105,6 +119,20 @@ pub enum ServerMode {
     Terminate(TlsTermination),
     /// TLS passed on whole to where the server name routes it.
     Passthrough,
+    /// Bytes carried whole (`protocol: TCP`, or another that is neither
+    /// HTTP nor TLS) to the server's TCP route.
+    Tcp,
+}
+
+impl ServerMode {
+    /// What the server's connections open with.
+    fn listener_protocol(&self) -> ListenerProtocol {
+        match self {
+            Self::Http { .. } => ListenerProtocol::Http,
+            Self::Terminate(_) | Self::Passthrough => ListenerProtocol::Tls,
+            Self::Tcp => ListenerProtocol::Tcp,
+        }
+    }
 }
 
 /// What a server asks of its clients' certificates.
@@ -242,16 +270,21 @@ pub fn compile_gateway(mesh: &Mesh, namespace: &str, labels: &Labels) -> Gateway
             let Ok(port) = u16::try_from(server.port.number) else {
                 continue;
             };
-            let tls = !matches!(table.mode, ServerMode::Http { .. });
+            let protocol = table.mode.listener_protocol();
             let listener = tables.listeners.entry(port).or_insert_with(|| Listener {
                 port,
-                tls,
+                protocol,
                 servers: Vec::new(),
             });
-            if listener.tls != tls {
+            // A TCP port carries its first server's route: nothing tells
+            // one server's connections from another's.
+            if listener.protocol != protocol
+                || protocol == ListenerProtocol::Tcp && !listener.servers.is_empty()
+            {
                 let problem = format!(
-                    "spec.servers[{i}]: port {port} serves both TLS and plaintext; \
-                     this server is left out"
+                    "spec.servers[{i}]: port {port} is already served as {:?} by another server; \
+                     this server is left out",
+                    listener.protocol
                 );
                 report(&mut tables.problems, at, problem);
                 continue;
@@ -285,9 +318,7 @@ impl<'a> Compiler<'a> {
             (
                 "HTTPS",
                 Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual),
-            ) => {
-                ServerMode::Terminate(termination(server)?)
-            }
+            ) => ServerMode::Terminate(termination(server)?),
             (_, Some(mode)) => {
                 let mode = match mode {
                     ServerTlsMode::Passthrough => "PASSTHROUGH",
@@ -301,11 +332,10 @@ impl<'a> Compiler<'a> {
                     "port protocol {protocol} with tls.mode {mode} is not served by Ambit's gateway"
                 ));
             }
-            (_, None) => {
-                return Err(format!(
-                    "port protocol {protocol} is not served by Ambit's gateway (HTTP, HTTPS and TLS are)"
-                ))
+            ("HTTPS" | "TLS", None) => {
+                return Err(format!("port protocol {protocol} needs tls.mode"))
             }
+            (_, None) => ServerMode::Tcp,
         };
         // Host patterns with the namespaces they admit VirtualServices from.
         let hosts: Vec<(&str, &str)> = server
@@ -324,6 +354,7 @@ impl<'a> Compiler<'a> {
             mode,
             virtual_hosts: Vec::new(),
             tls_routes: Vec::new(),
+            tcp_route: Vec::new(),
         };
         let port = u16::try_from(server.port.number).map_err(|_| "port.number above 65535")?;
         let arrived = ServicePort {
@@ -351,6 +382,16 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
+        }
+        if let ServerMode::Tcp = table.mode {
+            let first = domains.values().flatten().find_map(|routes| {
+                let route = routes.tcp.iter().find(|(p, _)| p.is_none_or(|p| p == port));
+                Some((routes, route?))
+            });
+            if let Some((routes, (_, destinations))) = first {
+                table.tcp_route = self.weighted(&routes.key.namespace, "", &arrived, destinations);
+            }
+            return Ok(table);
         }
         if let ServerMode::Passthrough = table.mode {
             for routes in domains.values().flatten() {

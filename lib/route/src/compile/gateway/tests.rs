@@ -47,7 +47,7 @@ fn bookinfo_gateway_routes_its_paths_and_nothing_else() {
     let tables = bookinfo("");
     assert!(tables.problems.is_empty(), "{:?}", tables.problems);
     let listener = &tables.listeners[&8080];
-    assert!(!listener.tls);
+    assert_eq!(listener.protocol, ListenerProtocol::Http);
     assert_eq!(
         routed(&tables, 8080, "anything.example", "/productpage"),
         REVIEWS
@@ -158,7 +158,7 @@ fn tls_servers_terminate_or_pass_through_by_server_name() {
           {match: [{sniHosts: ['*.pass.example']}], route: [{destination: {host: ratings, port: {number: 9080}}}]}]}}\n";
     let tables = compile_gateway(&mesh(manifests), "istio-system", &ingress());
     let https = &tables.listeners[&443];
-    assert!(https.tls);
+    assert_eq!(https.protocol, ListenerProtocol::Tls);
     let a = https.server(Some("a.example.com")).unwrap();
     let ServerMode::Terminate(a_tls) = &a.mode else {
         panic!("SIMPLE terminates: {a:?}");
@@ -194,7 +194,7 @@ fn tls_servers_terminate_or_pass_through_by_server_name() {
     assert!(pass.tls_route(None).is_none(), "no server name, no route");
     let problem = &tables.problems["Gateway bookinfo/gw"];
     assert!(
-        problem.contains("servers[4]") && problem.contains("both TLS and plaintext"),
+        problem.contains("servers[4]") && problem.contains("already served as Tls"),
         "{problem}"
     );
 }
@@ -209,6 +209,34 @@ fn servers_ambit_cannot_serve_are_reported_by_field() {
     let problem = &tables.problems["Gateway bookinfo/gw"];
     assert!(
         problem.contains("spec.servers[0]") && problem.contains("AUTO_PASSTHROUGH"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn a_tcp_server_carries_its_connections_to_the_first_tcp_route_for_its_port() {
+    let manifests = "{apiVersion: networking.istio.io/v1, kind: Gateway, metadata: {name: gw, namespace: bookinfo}, \
+        spec: {selector: {istio: ingressgateway}, servers: [\
+          {port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}, \
+          {port: {number: 31400, name: tcp-again, protocol: MONGO}, hosts: ['*']}, \
+          {port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}]}}\n---\n\
+        {apiVersion: networking.istio.io/v1, kind: VirtualService, metadata: {name: tcp, namespace: bookinfo}, \
+        spec: {hosts: ['*'], gateways: [gw], tcp: [\
+          {match: [{port: 31400}], route: [{destination: {host: ratings, port: {number: 9080}}}]}, \
+          {route: [{destination: {host: reviews, port: {number: 9080}}}]}]}}\n";
+    let tables = compile_gateway(&mesh(manifests), "istio-system", &ingress());
+    let carried_to = |port: u16| {
+        let listener = &tables.listeners[&port];
+        assert_eq!(listener.protocol, ListenerProtocol::Tcp);
+        assert_eq!(listener.servers.len(), 1, "one server a TCP port");
+        listener.servers[0].tcp_route[0].backend.host.clone()
+    };
+    assert_eq!(carried_to(31400), RATINGS);
+    // The route without a port match takes every other port.
+    assert_eq!(carried_to(27017), REVIEWS);
+    let problem = &tables.problems["Gateway bookinfo/gw"];
+    assert!(
+        problem.contains("servers[1]") && problem.contains("already served as Tcp"),
         "{problem}"
     );
 }
