@@ -287,28 +287,45 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
     let _https = Server::new("secure", "v1")
         .https(443, &issued.certificate, &issued.key)
         .start(&cluster, external)?;
-    let entry = bound_to_waypoint(service_entry(
-        "secure",
-        json!({
-            "hosts": ["api.secure.example"],
-            "ports": [{ "number": 80, "name": "http", "protocol": "HTTP", "targetPort": 443 }],
-            "location": "MESH_EXTERNAL",
-            "resolution": "STATIC",
-            "endpoints": [{ "address": external.ip.to_string() }],
-        }),
-    ));
-    let origination = json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": { "name": "secure", "namespace": "default" },
-        "spec": {
-            "host": "api.secure.example",
-            "trafficPolicy": { "portLevelSettings": [{
-                "port": { "number": 80 },
-                "tls": { "mode": "SIMPLE", "caCertificates": pki.ca_file() },
-            }] },
-        },
-    });
-    let config = with_egress_waypoint(&cluster, vec![entry, origination], waypoint_pod)?;
+    // One server under four names, each with its own DestinationRule `tls`.
+    let entry_and_rule = |host: &str, tls: Value| {
+        let name = host.split('.').next().unwrap_or(host);
+        let entry = bound_to_waypoint(service_entry(
+            name,
+            json!({
+                "hosts": [host],
+                "ports": [{ "number": 80, "name": "http", "protocol": "HTTP", "targetPort": 443 }],
+                "location": "MESH_EXTERNAL",
+                "resolution": "STATIC",
+                "endpoints": [{ "address": external.ip.to_string() }],
+            }),
+        ));
+        let rule = json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": {
+                "host": host,
+                "trafficPolicy": { "portLevelSettings": [{ "port": { "number": 80 }, "tls": tls }] },
+            },
+        });
+        [entry, rule]
+    };
+    let ca = pki.ca_file();
+    let istio = [
+        // The certificate names the host asked for.
+        entry_and_rule("api.secure.example", json!({ "mode": "SIMPLE", "caCertificates": ca })),
+        // It does not name this host: the names it must carry instead.
+        entry_and_rule(
+            "alias.secure.example",
+            json!({ "mode": "SIMPLE", "caCertificates": ca, "subjectAltNames": ["api.secure.example"] }),
+        ),
+        // A CA nobody gave the waypoint, and no check at all.
+        entry_and_rule("unchecked.secure.example", json!({ "mode": "SIMPLE", "insecureSkipVerify": true })),
+        // Checked for its own name, which the certificate lacks: refused.
+        entry_and_rule("wrong.secure.example", json!({ "mode": "SIMPLE", "caCertificates": ca })),
+    ]
+    .concat();
+    let config = with_egress_waypoint(&cluster, istio, waypoint_pod)?;
     let (_ca, agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
     let summary = HttpLoad::new(5).run(&cluster, client.place(), "http://api.secure.example/")?;
     ensure!(
@@ -327,6 +344,18 @@ fn an_egress_waypoint_originates_tls_to_an_https_server_for_a_plaintext_client(
         ],
     );
     ensure!(counted == 5.0, "the waypoint counted {counted}");
+    for (host, answered) in [
+        ("alias.secure.example", 200),
+        ("unchecked.secure.example", 200),
+        ("wrong.secure.example", 503),
+    ] {
+        let summary = HttpLoad::new(2).run(&cluster, client.place(), &format!("http://{host}/"))?;
+        ensure!(
+            summary.status(answered) == 2,
+            "{host}: {summary:?}\nwaypoint:\n{}",
+            waypoint.output()
+        );
+    }
     Ok(())
 }
 

@@ -416,7 +416,7 @@ pub struct Backend {
     /// TLS the waypoint starts toward the endpoints, if its
     /// DestinationRule asks for it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Origination>,
+    pub tls: Option<Arc<Origination>>,
     /// Endpoints found by DNS as requests go out, not compiled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolve: Option<Resolve>,
@@ -497,10 +497,10 @@ impl Backend {
             other => other.clone(),
         };
         let tls = self.tls.clone().map(|tls| match host {
-            Some(host) if tls.sni == self.host => Origination {
+            Some(host) if tls.sni == self.host => Arc::new(Origination {
                 sni: host.to_string(),
-                ..tls
-            },
+                ..(*tls).clone()
+            }),
             _ => tls,
         });
         Backend {
@@ -518,8 +518,10 @@ impl Backend {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Origination {
-    /// The server name asked for and checked: `sni`, else the host.
+    /// The server name asked for: `sni`, else the host.
     pub sni: String,
+    /// How the server's certificate is checked.
+    pub check: ServerCheck,
     /// The roots the server's certificate must chain to (a PEM file);
     /// none: the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -527,6 +529,18 @@ pub struct Origination {
     /// MUTUAL: the client's certificate chain and key (PEM files).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<(String, String)>,
+}
+
+/// How a server's certificate is checked when the waypoint starts TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerCheck {
+    /// Chained to the roots, naming the server name asked for.
+    ServerName,
+    /// Chained to the roots, naming one of these (`subjectAltNames`).
+    OneOf(Vec<String>),
+    /// Not checked at all (`insecureSkipVerify`).
+    Skipped,
 }
 
 impl Origination {
@@ -538,8 +552,14 @@ impl Origination {
             TlsMode::Mutual => Some((tls.client_certificate.clone()?, tls.private_key.clone()?)),
             TlsMode::Disable | TlsMode::IstioMutual => return None,
         };
+        let check = match (tls.insecure_skip_verify, tls.subject_alt_names.is_empty()) {
+            (Some(true), _) => ServerCheck::Skipped,
+            (_, false) => ServerCheck::OneOf(tls.subject_alt_names.clone()),
+            (_, true) => ServerCheck::ServerName,
+        };
         Some(Self {
             sni: tls.sni.clone().unwrap_or_else(|| host.to_string()),
+            check,
             ca_certificates: tls.ca_certificates.clone(),
             client,
         })
@@ -976,7 +996,7 @@ impl<'a> Compiler<'a> {
                 load_balancer: LoadBalancer::from_settings(policy.load_balancer, &found.endpoints),
                 limits: Limits::of(policy.connection_pool, policy.retry_budget),
                 outlier_detection: OutlierPolicy::from_spec(policy.outlier_detection),
-                tls: Origination::of(policy.tls, &host),
+                tls: Origination::of(policy.tls, &host).map(Arc::new),
                 resolve: found.resolve,
                 through: found.through,
                 endpoints: found.endpoints,
@@ -1211,14 +1231,11 @@ pub fn left_out_destination_fields(spec: &DestinationRuleSpec) -> Vec<(String, &
         let ports = policy.port_level_settings.iter().enumerate();
         // ISTIO_MUTUAL is what the waypoint does anyway (HBONE in mutual
         // TLS with the endpoint's identity), SIMPLE and MUTUAL it starts
-        // (from files); DISABLE, a Secret's credentials, other names than
-        // the server name and skipping verification it does not apply.
+        // (from files); DISABLE and a Secret's credentials it does not
+        // apply.
         let other_tls = |tls: Option<&ClientTlsSettings>| {
             tls.is_some_and(|tls| {
-                tls.mode == Some(TlsMode::Disable)
-                    || tls.credential_name.is_some()
-                    || !tls.subject_alt_names.is_empty()
-                    || tls.insecure_skip_verify == Some(true)
+                tls.mode == Some(TlsMode::Disable) || tls.credential_name.is_some()
             })
         };
         let levels = std::iter::once((

@@ -1,14 +1,19 @@
 //! TLS the waypoint starts toward a destination's endpoints, as its
-//! DestinationRule asks (`tls` SIMPLE or MUTUAL): the client configs, made
-//! once per setting from its files (read again when the setting changes).
+//! DestinationRule asks (`tls` SIMPLE or MUTUAL, the server's certificate
+//! checked for the server name, `subjectAltNames`, or not at all): the
+//! client configs, made once per setting from its files (read again when
+//! the setting changes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ambit_route::compile::Origination;
+use ambit_route::compile::{Origination, ServerCheck};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::upstream::Stream;
 
@@ -62,11 +67,31 @@ fn client_config(tls: &Origination, alpn: Option<&[u8]>) -> Result<ClientConfig,
             .add(cert.map_err(|e| format!("{ca}: {e}"))?)
             .map_err(|e| format!("{ca}: {e}"))?;
     }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.check {
+        ServerCheck::ServerName => builder.with_root_certificates(roots),
+        check => {
+            let names = match check {
+                ServerCheck::OneOf(names) => {
+                    let chained =
+                        WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone());
+                    let chained = chained.build().map_err(|e| format!("{ca}: {e}"))?;
+                    Some((chained, names.clone()))
+                }
+                _ => None,
+            };
+            let verifier = Checked {
+                names,
+                algorithms: provider.signature_verification_algorithms,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+        }
+    };
     let mut config = match &tls.client {
         Some((chain, key)) => {
             let chain = CertificateDer::pem_file_iter(chain)
@@ -81,4 +106,63 @@ fn client_config(tls: &Origination, alpn: Option<&[u8]>) -> Result<ClientConfig,
     };
     config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
     Ok(config)
+}
+
+/// A server's certificate checked as a DestinationRule's `subjectAltNames`
+/// ask (chained to the roots and naming one of them, whatever name was
+/// asked for), or not at all (`insecureSkipVerify`, `names` none). The
+/// handshake's signatures are checked either way.
+#[derive(Debug)]
+struct Checked {
+    /// The roots' verifier and the names one of which must be named.
+    names: Option<(Arc<WebPkiServerVerifier>, Vec<String>)>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Checked {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _asked: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some((chained, names)) = &self.names else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let mut refused = rustls::Error::General("subjectAltNames is empty".into());
+        for name in names {
+            let Ok(name) = ServerName::try_from(name.as_str()) else {
+                continue;
+            };
+            match chained.verify_server_cert(end_entity, intermediates, &name, ocsp, now) {
+                Ok(verified) => return Ok(verified),
+                Err(error) => refused = error,
+            }
+        }
+        Err(refused)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

@@ -15,6 +15,7 @@ use ambit_dns::Resolver;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::{MeshTls, Party};
+use ambit_route::compile::Origination;
 use ambit_route::lb::Draw;
 use ambit_route::limits::{Keepalive, Limits};
 use ambit_route::outlier::HostResult;
@@ -42,10 +43,10 @@ pub struct Upstream {
     mesh_tls: Arc<MeshTls>,
     /// The waypoint's own identity, which upstream agents see.
     identity: Identity,
-    http1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    http1: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     /// HTTP/2 connections per endpoint, with when each was opened: one,
     /// or as many as `maxConcurrentStreams` asks for the requests in flight.
-    http2: Mutex<HashMap<SocketAddr, Vec<Option<Http2Connection>>>>,
+    http2: Mutex<HashMap<PoolKey, Vec<Option<Http2Connection>>>>,
     /// Requests in flight per endpoint, for least request.
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     /// Choices made per backend, for round robin.
@@ -68,6 +69,11 @@ pub enum Unresolved {
     /// DNS gave no address.
     Failed(String),
 }
+
+/// Connections are kept per endpoint and per the TLS started on them: one
+/// whose server was checked for one name (or that shows one client
+/// certificate) never carries a request meant for another.
+type PoolKey = (SocketAddr, Option<Arc<Origination>>);
 
 /// A shared HTTP/2 connection and when it was opened.
 type Http2Connection = (http2::SendRequest<Body>, Instant);
@@ -241,10 +247,11 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Failure> {
         let connect = Failure::Connect;
         let limits = &backend.limits;
+        let pool = (endpoint, backend.tls.clone());
         if http2 {
             let in_flight = lock(&self.active).get(&endpoint).copied().unwrap_or(1);
             let slot = limits.http2_connection(in_flight);
-            let mut sender = match self.shared_http2(endpoint, slot, limits) {
+            let mut sender = match self.shared_http2(&pool, slot, limits) {
                 Some(sender) => sender,
                 None => {
                     let io = self
@@ -266,7 +273,7 @@ impl Upstream {
                         .map_err(boxed(connect))?;
                     tokio::spawn(connection);
                     let mut shared = lock(&self.http2);
-                    let slots = shared.entry(endpoint).or_default();
+                    let slots = shared.entry(pool).or_default();
                     if slots.len() <= slot {
                         slots.resize_with(slot + 1, || None);
                     }
@@ -277,7 +284,7 @@ impl Upstream {
             sender.ready().await.map_err(boxed(connect))?;
             return sender.send_request(request).await.map_err(sent_but_failed);
         }
-        let (mut sender, served, opened) = match self.idle_http1(endpoint, limits) {
+        let (mut sender, served, opened) = match self.idle_http1(&pool, limits) {
             Some(idle) => (idle.sender, idle.served, idle.opened),
             None => {
                 let io = self
@@ -303,7 +310,7 @@ impl Upstream {
             return Ok(response);
         }
         let mut idle = lock(&self.http1);
-        let idle = idle.entry(endpoint).or_default();
+        let idle = idle.entry(pool).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle {
                 sender,
@@ -315,12 +322,12 @@ impl Upstream {
         Ok(response)
     }
 
-    /// The `slot`-th HTTP/2 connection to `endpoint`, unless it closed or
+    /// The `slot`-th HTTP/2 connection of `pool`, unless it closed or
     /// is older than the destination's `maxConnectionDuration` (then it
     /// finishes what it carries, and a new one takes new requests).
     fn shared_http2(
         &self,
-        endpoint: SocketAddr,
+        pool: &PoolKey,
         slot: usize,
         limits: &Limits,
     ) -> Option<http2::SendRequest<Body>> {
@@ -330,7 +337,7 @@ impl Upstream {
                 .max_connection_duration
                 .is_none_or(|most| opened.elapsed() < most)
         };
-        let kept = shared.get_mut(&endpoint)?.get_mut(slot)?;
+        let kept = shared.get_mut(pool)?.get_mut(slot)?;
         match kept {
             Some((sender, opened)) if !sender.is_closed() && young(opened) => Some(sender.clone()),
             _ => {
@@ -340,12 +347,12 @@ impl Upstream {
         }
     }
 
-    /// A kept connection to `endpoint` that can take a request now, idle
+    /// A kept connection of `pool` that can take a request now, idle
     /// for less than the idle timeout and opened for less than the
     /// `maxConnectionDuration` (others are closed).
-    fn idle_http1(&self, endpoint: SocketAddr, limits: &Limits) -> Option<Idle> {
+    fn idle_http1(&self, pool: &PoolKey, limits: &Limits) -> Option<Idle> {
         let mut idle = lock(&self.http1);
-        let kept = idle.get_mut(&endpoint)?;
+        let kept = idle.get_mut(pool)?;
         kept.retain(|idle| {
             !idle.sender.is_closed()
                 && idle.since.elapsed() < limits.idle_timeout
