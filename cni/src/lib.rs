@@ -4,7 +4,8 @@
 //!
 //! [`spec`] reads an invocation as the CNI specification defines it (pure);
 //! [`protocol`] is what the plugin and the agent say over the agent's Unix
-//! socket.
+//! socket; [`policy`] decides a pod's fate while the agent is unreachable.
 
+pub mod policy;
 pub mod protocol;
 pub mod spec;

@@ -87,6 +87,9 @@ pub struct Invocation {
     pub command: Command,
     pub cni_version: String,
     pub agent_socket: PathBuf,
+    /// Namespaces whose pods start even with the agent unreachable and no
+    /// record of enrollment (`exemptNamespaces`; kube-system always).
+    pub exempt_namespaces: Vec<String>,
     /// The previous plugin's result, passed through on ADD.
     pub prev_result: Option<Value>,
     pub container_id: String,
@@ -175,6 +178,19 @@ pub fn parse(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invoc
             )))
         }
     };
+    let exempt_namespaces = match config.get("exemptNamespaces") {
+        None => Vec::new(),
+        Some(Value::Array(names)) if names.iter().all(Value::is_string) => names
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(_) => {
+            return Err(versioned(invalid_config(
+                "exemptNamespaces must be a list of namespace names".into(),
+            )))
+        }
+    };
     let prev_result = config.get("prevResult").cloned();
     if command == Command::Add && prev_result.is_none() {
         return Err(versioned(invalid_config(
@@ -207,6 +223,7 @@ pub fn parse(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invoc
         command,
         cni_version,
         agent_socket,
+        exempt_namespaces,
         prev_result,
         container_id,
         netns,

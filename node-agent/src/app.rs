@@ -71,10 +71,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    let plugin_dir = config.cni_socket.parent().unwrap_or(&config.state_dir);
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
         capture,
         inputs.clone(),
-        &config.state_dir,
+        (&config.state_dir, plugin_dir),
     )));
     lock(&enrollment)
         .restore()

@@ -8,12 +8,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ambit_cni::policy::{self, EnrollmentPolicy};
 use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 
 use crate::capture::{Capture, CaptureError, PodCapture};
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
-use ambit_config::model::Mesh;
+use ambit_config::model::{Mesh, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
 
 const STATE_FILE: &str = "pods.json";
 
@@ -63,15 +64,26 @@ pub struct Enrollment {
     inputs: Arc<ProxyInputs>,
     pods: BTreeMap<PodRef, KnownPod>,
     state_file: PathBuf,
+    /// Beside the CNI socket: the record of enrollment the plugin judges
+    /// pods by while the agent is unreachable, and the pods it started then.
+    plugin_dir: PathBuf,
+    /// The record as last written.
+    recorded: Option<EnrollmentPolicy>,
 }
 
 impl Enrollment {
-    pub fn new(capture: Capture, inputs: Arc<ProxyInputs>, state_dir: &Path) -> Self {
+    pub fn new(
+        capture: Capture,
+        inputs: Arc<ProxyInputs>,
+        (state_dir, plugin_dir): (&Path, &Path),
+    ) -> Self {
         Self {
             capture,
             inputs,
             pods: BTreeMap::new(),
             state_file: state_dir.join(STATE_FILE),
+            plugin_dir: plugin_dir.to_path_buf(),
+            recorded: None,
         }
     }
 
@@ -102,8 +114,11 @@ impl Enrollment {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(error) => return Err(error.into()),
         };
+        // And the pods the plugin started while no agent answered (newer).
+        let handed_over = policy::take_handed_over(&self.plugin_dir);
         for sandbox in sandboxes
             .into_iter()
+            .chain(handed_over)
             .filter(|sandbox| sandbox.netns.exists())
         {
             self.pods.insert(
@@ -234,6 +249,21 @@ impl Enrollment {
         }
         self.pods = pods;
         self.want_identities();
+        self.record(&snapshot);
+    }
+
+    /// Writes the record of enrollment for the plugin, when it changed.
+    fn record(&mut self, snapshot: &Mesh) {
+        let policy = enrollment_policy(snapshot);
+        if self.recorded.as_ref() == Some(&policy) {
+            return;
+        }
+        match policy::write_policy(&self.plugin_dir, &policy) {
+            Ok(()) => self.recorded = Some(policy),
+            Err(error) => {
+                tracing::error!(dir = %self.plugin_dir.display(), %error, "writing the record of enrollment for the CNI plugin");
+            }
+        }
     }
 
     /// Enrolls or releases one pod as the snapshot says.
@@ -311,5 +341,34 @@ impl Enrollment {
         for known in self.pods.values_mut() {
             known.enrolled = None;
         }
+    }
+}
+
+/// Which pods `mesh` enrolls, as the plugin reads it: the namespaces, and
+/// the pods whose own label (or anything else) sets them apart from their
+/// namespace.
+fn enrollment_policy(mesh: &Mesh) -> EnrollmentPolicy {
+    let namespace_enrolled = |namespace: &str| {
+        mesh.namespaces
+            .get(namespace)
+            .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
+            .is_some_and(|mode| mode == DATAPLANE_MODE_AMBIENT)
+    };
+    EnrollmentPolicy {
+        namespaces: mesh
+            .namespaces
+            .keys()
+            .filter(|namespace| namespace_enrolled(namespace))
+            .cloned()
+            .collect(),
+        pods: mesh
+            .workloads
+            .keys()
+            .filter_map(|key| {
+                let enrolled = mesh.is_enrolled(&key.namespace, &key.name);
+                (enrolled != namespace_enrolled(&key.namespace))
+                    .then(|| (format!("{}/{}", key.namespace, key.name), enrolled))
+            })
+            .collect(),
     }
 }

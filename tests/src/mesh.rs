@@ -238,6 +238,12 @@ impl NodeAgent {
         Ok(std::mem::replace(&mut self.process, next))
     }
 
+    /// The agent's directory: its CNI socket, state, and the record the
+    /// plugin reads while the agent is down.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Stops the agent with SIGTERM and waits for it to drain and exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         stop(&mut self.process, &self.node)

@@ -143,3 +143,87 @@ fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
     assert!(agent.cni(&cluster, "DEL", app)?.status.success());
     Ok(())
 }
+
+#[test]
+fn with_the_agent_down_only_pods_the_mesh_wants_wait_and_those_started_are_taken_on_later(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["meshed", "opted-in", "plain", "system"])
+        .node(&["server"])
+        .namespace("meshed", "shop")
+        .namespace("opted-in", "other")
+        .namespace("plain", "other")
+        .namespace("system", "kube-system")
+        .build()?;
+    let [meshed, opted_in, plain, system, server] =
+        cluster.pods_named(["meshed", "opted-in", "plain", "system", "server"])?;
+    // `shop` is in the mesh by its namespace's label, `opted-in` by its own.
+    let shop = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "shop", "labels": { "istio.io/dataplane-mode": "ambient" } },
+    });
+    let mut config = mesh::enrolling(&cluster, &[opted_in], vec![]);
+    config.istio.push(shop.clone());
+    mesh::write_config(&cluster, &config)?;
+    let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
+    let _server = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+    agent.stop()?;
+
+    // The agent is down: pods the mesh wants wait (a retryable error), the
+    // rest start at once.
+    for (pod, waits) in [
+        (meshed, true),
+        (opted_in, true),
+        (plain, false),
+        (system, false),
+    ] {
+        let add = agent.cni(&cluster, "ADD", pod)?;
+        match waits {
+            true => {
+                let error = stdout_json(&add);
+                assert_eq!(error["code"], 11, "{}: {add:?}", pod.name);
+                assert!(
+                    error["details"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("enrolled")),
+                    "{error}"
+                );
+            }
+            false => assert!(add.status.success(), "{}: {add:?}", pod.name),
+        }
+    }
+    // A node just rebooted has no record yet: only kube-system starts.
+    let record = agent.dir().join("enrollment.json");
+    let kept = std::fs::read(&record)?;
+    std::fs::remove_file(&record)?;
+    assert_eq!(stdout_json(&agent.cni(&cluster, "ADD", plain)?)["code"], 11);
+    assert!(agent.cni(&cluster, "ADD", system)?.status.success());
+    std::fs::write(&record, kept)?;
+
+    // Back up, the agent takes on the pods started without it: enrolled
+    // once the mesh wants them, with no new ADD.
+    agent.start_again(&cluster)?;
+    let url = format!("http://{}:8080/", server.ip);
+    HttpLoad::new(1).run(&cluster, plain.place(), &url)?;
+    assert_eq!(agent.opened_as_source(&cluster)?, 0.0);
+    let mut config = mesh::enrolling(&cluster, &[opted_in, plain], vec![]);
+    config.istio.push(shop);
+    mesh::write_config(&cluster, &config)?;
+    ambit_testbed::wait_for(
+        "the plain pod to be enrolled",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, dump) = agent.get(&cluster, AgentPort::Admin, "/config_dump")?;
+            let dump: Value = serde_json::from_str(&dump)?;
+            let pods = dump["pods"].as_array().cloned().unwrap_or_default();
+            Ok(pods
+                .iter()
+                .any(|p| p["name"] == "plain" && p["enrolled"] == true))
+        },
+    )?;
+    HttpLoad::new(1).run(&cluster, plain.place(), &url)?;
+    assert_eq!(agent.opened_as_source(&cluster)?, 1.0, "{}", agent.output());
+    Ok(())
+}

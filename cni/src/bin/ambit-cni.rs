@@ -2,7 +2,9 @@
 //! the network configuration on stdin.
 
 use std::io::{Read, Write};
+use std::path::Path;
 
+use ambit_cni::policy::{self, Verdict};
 use ambit_cni::protocol::{self, PodSandbox, Request, Response};
 use ambit_cni::spec::{self, code, CniError, Command, Invocation};
 use serde_json::Value;
@@ -34,14 +36,27 @@ fn run(invocation: &Invocation) -> Result<Option<Value>, CniError> {
         Command::Version => Ok(Some(spec::version_result(&invocation.cni_version))),
         Command::Status | Command::Gc => Ok(None),
         Command::Add => {
-            if let Some(request) = sandbox(invocation).map(Request::Add) {
-                ask(invocation, &request)?;
+            if let Some(sandbox) = sandbox(invocation) {
+                match ask(invocation, &Request::Add(sandbox.clone())) {
+                    Err(Unreachable(error)) => {
+                        judged(invocation, &sandbox, error)?;
+                        // Started without the agent: it takes the pod on
+                        // when it comes up, and enrolls it if it should.
+                        if let Err(error) = policy::hand_over(agent_dir(invocation), &sandbox) {
+                            eprintln!("ambit-cni: handing {} over: {error}", sandbox.pod);
+                        }
+                    }
+                    Ok(result) => result?,
+                }
             }
             Ok(Some(invocation.add_result()))
         }
         Command::Check => {
-            if let Some(request) = sandbox(invocation).map(Request::Check) {
-                ask(invocation, &request)?;
+            if let Some(sandbox) = sandbox(invocation) {
+                match ask(invocation, &Request::Check(sandbox.clone())) {
+                    Err(Unreachable(error)) => judged(invocation, &sandbox, error)?,
+                    Ok(result) => result?,
+                }
             }
             Ok(None)
         }
@@ -53,7 +68,11 @@ fn run(invocation: &Invocation) -> Result<Option<Value>, CniError> {
                 };
                 // DEL must not fail for what is already gone: an agent that is
                 // down forgets pods whose namespace has disappeared on start.
-                if let Err(error) = ask(invocation, &request) {
+                let error = match ask(invocation, &request) {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) | Err(Unreachable(error)) => Some(error),
+                };
+                if let Some(error) = error {
                     eprintln!("ambit-cni: DEL: {error}");
                 }
             }
@@ -73,23 +92,53 @@ fn sandbox(invocation: &Invocation) -> Option<PodSandbox> {
     })
 }
 
-fn ask(invocation: &Invocation, request: &Request) -> Result<(), CniError> {
-    match protocol::call(&invocation.agent_socket, request) {
+/// The agent could not be reached: the error to give if the pod must wait.
+struct Unreachable(CniError);
+
+/// The agent's answer to `request`: its verdict, or that it is unreachable.
+fn ask(invocation: &Invocation, request: &Request) -> Result<Result<(), CniError>, Unreachable> {
+    Ok(match protocol::call(&invocation.agent_socket, request) {
         Ok(Response::Ok { .. }) => Ok(()),
         Ok(Response::Error { message }) => Err(CniError::new(
             code::AGENT_REFUSED,
             "the node agent refused the pod",
             message,
         )),
-        Err(error @ protocol::ProtocolError::Unreachable { .. }) => Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the node agent is not reachable",
-            error.to_string(),
-        )),
+        Err(error @ protocol::ProtocolError::Unreachable { .. }) => {
+            return Err(Unreachable(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the node agent is not reachable",
+                error.to_string(),
+            )))
+        }
         Err(error) => Err(CniError::new(
             code::IO_FAILURE,
             "talking to the node agent",
             error.to_string(),
         )),
+    })
+}
+
+/// With the agent unreachable: `Ok` for a pod that may start now, else
+/// `unreachable` with why the pod waits.
+fn judged(
+    invocation: &Invocation,
+    sandbox: &PodSandbox,
+    unreachable: CniError,
+) -> Result<(), CniError> {
+    let recorded = policy::read_policy(agent_dir(invocation));
+    let exempt = &invocation.exempt_namespaces;
+    match policy::judge(recorded.as_ref(), exempt, &sandbox.pod) {
+        Verdict::Start => Ok(()),
+        Verdict::Retry(why) => Err(CniError {
+            details: format!("{}; {why}", unreachable.details),
+            ..unreachable
+        }),
     }
+}
+
+/// Where the agent keeps its record and takes pods handed over: beside
+/// its socket.
+fn agent_dir(invocation: &Invocation) -> &Path {
+    invocation.agent_socket.parent().unwrap_or(Path::new("/"))
 }
