@@ -4,8 +4,10 @@
 //!
 //! [`spec`] reads an invocation as the CNI specification defines it (pure);
 //! [`protocol`] is what the plugin and the agent say over the agent's Unix
-//! socket; [`policy`] decides a pod's fate while the agent is unreachable.
+//! socket; [`policy`] decides a pod's fate while the agent is unreachable;
+//! [`conflist`] is Ambit's entry in the node's CNI configuration.
 
+pub mod conflist;
 pub mod policy;
 pub mod protocol;
 pub mod spec;

@@ -8,12 +8,14 @@ use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
+use crate::cni_install::{self, CniInstall};
+use crate::config::Uninstall;
 use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::ProxyInputs;
 use crate::{cni_server, Config};
-use ambit_mesh_source::{MeshHandle, SourceThread};
+use ambit_mesh_source::{MeshHandle, Source, SourceThread};
 
 /// Runs the agent until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -84,6 +86,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cni = cni_server::bind(&config.cni_socket)
         .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
     let cni_task = tokio::spawn(cni_server::serve(cni, enrollment.clone()));
+    // The plugin and its entry on the node, once the socket answers.
+    let cni_install = match config.cni_install.clone() {
+        Some(install) => {
+            install.install_plugin()?;
+            let install = Arc::new(install);
+            Some((install.clone(), tokio::spawn(cni_install::keep(install))))
+        }
+        None => None,
+    };
     let reconcile_task = {
         let (mut changes, enrollment) = (mesh.subscribe(), enrollment.clone());
         tokio::spawn(async move {
@@ -130,11 +141,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     admin.stop().await;
+    if let Some((install, keeping)) = cni_install {
+        keeping.abort();
+        uninstall_if_asked(&config, &install).await;
+    }
     drop(enrollment);
     // Capture stays (pinned): until the next agent takes it over, the
     // enrolled pods' new connections fail rather than bypass the mesh.
     tracing::info!("stopped; capture stays in place for the next agent");
     Ok(())
+}
+
+/// Takes the CNI plugin and its entry out of the node when the agent is
+/// being uninstalled, not restarted or upgraded. When that cannot be told
+/// (the API server does not answer), they stay: a node whose pods cannot
+/// start is repaired by the next agent; one whose pods skip the mesh is not.
+async fn uninstall_if_asked(config: &Config, install: &CniInstall) {
+    let uninstall = match &config.cni_uninstall {
+        Uninstall::Never => false,
+        Uninstall::Always => true,
+        Uninstall::IfDaemonsetRemoved { namespace, name } => {
+            let kubeconfig = match &config.source {
+                Source::Kubernetes { kubeconfig } => kubeconfig.as_deref(),
+                Source::Directory(_) => None,
+            };
+            match ambit_mesh_source::kubernetes::daemonset_removed(kubeconfig, namespace, name)
+                .await
+            {
+                Ok(removed) => removed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot tell an uninstall from an upgrade: the CNI plugin stays");
+                    false
+                }
+            }
+        }
+    };
+    if uninstall {
+        match install.uninstall() {
+            Ok(()) => tracing::info!("CNI plugin and entry removed: the node is out of the mesh"),
+            Err(error) => tracing::error!(%error, "removing the CNI plugin and entry"),
+        }
+    }
 }
 
 /// Every proxied connection holds four descriptors (two sockets, two pipes

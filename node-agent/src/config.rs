@@ -7,7 +7,10 @@ use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use ambit_cni::conflist;
+
 use crate::capture;
+use crate::cni_install::CniInstall;
 
 /// Command-line flags, as typed.
 #[derive(clap::Parser, Debug)]
@@ -70,6 +73,47 @@ pub struct Args {
     /// `nameserver` of /etc/resolv.conf.
     #[arg(long)]
     pub dns_server: Option<std::net::SocketAddr>,
+
+    /// The node's CNI configuration directory (/etc/cni/net.d): with it the
+    /// agent installs its CNI plugin into --cni-bin-dir and keeps its entry
+    /// last in the cluster CNI's configuration there.
+    #[arg(long, requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+
+    /// The node's CNI bin directory (/opt/cni/bin; GKE's is
+    /// /home/kubernetes/bin, k3s and OpenShift have their own).
+    #[arg(long, requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+
+    /// The plugin binary to install; by default `ambit-cni` beside the agent.
+    #[arg(long)]
+    pub cni_plugin: Option<PathBuf>,
+
+    /// Namespaces whose pods start even while no agent answers and none has
+    /// recorded which pods are enrolled (kube-system always does).
+    #[arg(long, value_delimiter = ',')]
+    pub cni_exempt_namespaces: Vec<String>,
+
+    /// When the agent stops, whether it takes the plugin and its entry out:
+    /// `never` (a restart or an upgrade: the next agent keeps them),
+    /// `always`, or `if-daemonset-removed` (the DaemonSet --daemonset names
+    /// is gone or being deleted, as at `helm uninstall`).
+    #[arg(long, value_enum, default_value = "never")]
+    pub cni_uninstall: CniUninstall,
+
+    /// The agent's own DaemonSet, `NAMESPACE/NAME`, for
+    /// `--cni-uninstall if-daemonset-removed`.
+    #[arg(long)]
+    pub daemonset: Option<String>,
+}
+
+/// When a stopping agent takes its CNI plugin out of the node.
+#[derive(clap::ValueEnum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CniUninstall {
+    Never,
+    Always,
+    IfDaemonsetRemoved,
 }
 
 /// The validated configuration the agent runs with.
@@ -88,11 +132,35 @@ pub struct Config {
     pub worker_threads: usize,
     pub kernel_relay: bool,
     pub dns_server: Option<std::net::SocketAddr>,
+    /// The plugin and entry this agent installs, if it does.
+    pub cni_install: Option<CniInstall>,
+    pub cni_uninstall: Uninstall,
+}
+
+/// When a stopping agent takes its CNI plugin out, checked.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Uninstall {
+    Never,
+    Always,
+    IfDaemonsetRemoved { namespace: String, name: String },
 }
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
         check_cgroup2_dir(&args.capture_cgroup)?;
+        let cni_install = match (&args.cni_conf_dir, &args.cni_bin_dir) {
+            (Some(conf_dir), Some(bin_dir)) => Some(CniInstall {
+                conf_dir: conf_dir.clone(),
+                bin_dir: bin_dir.clone(),
+                plugin: match &args.cni_plugin {
+                    Some(plugin) => plugin.clone(),
+                    None => plugin_beside_agent()?,
+                },
+                entry: conflist::entry(&args.cni_socket, &args.cni_exempt_namespaces),
+            }),
+            _ => None,
+        };
         Ok(Self {
             bpf_object: capture::locate_object(args.bpf_object.as_deref())?,
             capture_cgroup: args.capture_cgroup,
@@ -109,8 +177,38 @@ impl Config {
                 .map_or_else(default_worker_threads, usize::from),
             kernel_relay: args.kernel_relay,
             dns_server: args.dns_server.or_else(ambit_dns::system_nameserver),
+            cni_install,
+            cni_uninstall: match (args.cni_uninstall, args.daemonset.as_deref()) {
+                (CniUninstall::Never, _) => Uninstall::Never,
+                (CniUninstall::Always, _) => Uninstall::Always,
+                (CniUninstall::IfDaemonsetRemoved, Some(daemonset)) => {
+                    let Some((namespace, name)) = daemonset.split_once('/') else {
+                        bail!("--daemonset {daemonset:?}: not NAMESPACE/NAME");
+                    };
+                    Uninstall::IfDaemonsetRemoved {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    }
+                }
+                (CniUninstall::IfDaemonsetRemoved, None) => {
+                    bail!("--cni-uninstall if-daemonset-removed needs --daemonset NAMESPACE/NAME")
+                }
+            },
         })
     }
+}
+
+/// The CNI plugin shipped beside the agent's binary.
+fn plugin_beside_agent() -> anyhow::Result<PathBuf> {
+    let agent = std::env::current_exe().context("locating the agent's binary")?;
+    let plugin = agent.with_file_name(conflist::PLUGIN_TYPE);
+    if !plugin.exists() {
+        bail!(
+            "no CNI plugin at {} to install: give --cni-plugin",
+            plugin.display()
+        );
+    }
+    Ok(plugin)
 }
 
 fn default_worker_threads() -> usize {

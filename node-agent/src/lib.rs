@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod capture;
+mod cni_install;
 mod cni_server;
 mod config;
 pub mod enrollment;

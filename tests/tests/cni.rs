@@ -1,7 +1,8 @@
 //! The real `ambit-cni` binary, run as a container runtime runs it, against
 //! the real agent: spec-conformant errors, and no half-enrolled pod.
 
-use ambit_testbed::mesh::{self, run_cni, AgentPort, NodeAgent};
+use ambit_testbed::apiserver::ApiServer;
+use ambit_testbed::mesh::{self, run_cni, AgentPort, NodeAgent, Source};
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::Cluster;
 use serde_json::Value;
@@ -225,5 +226,92 @@ fn with_the_agent_down_only_pods_the_mesh_wants_wait_and_those_started_are_taken
     )?;
     HttpLoad::new(1).run(&cluster, plain.place(), &url)?;
     assert_eq!(agent.opened_as_source(&cluster)?, 1.0, "{}", agent.output());
+    Ok(())
+}
+
+#[test]
+fn the_agent_installs_its_plugin_keeps_its_entry_and_takes_both_out_only_at_an_uninstall(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["app"], &["server"])?;
+    let api = ApiServer::start(&cluster)?;
+    api.apply(&mesh::enrolling(&cluster, &[], vec![]))?;
+    let daemonset = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": { "name": "ambit-node-agent", "namespace": "ambit-system" },
+    });
+    api.server()
+        .apply(daemonset)
+        .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
+    // The node's CNI directories, the cluster's own CNI configured there.
+    let node = cluster.work_dir().join("node-cni");
+    let (conf_dir, bin_dir) = (node.join("net.d"), node.join("bin"));
+    std::fs::create_dir_all(&conf_dir)?;
+    let calico = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network",
+        "plugins": [{ "type": "calico" }, { "type": "portmap" }],
+    });
+    let primary = conf_dir.join("10-calico.conflist");
+    std::fs::write(&primary, calico.to_string())?;
+    std::fs::write(
+        conf_dir.join("99-loopback.conf"),
+        r#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#,
+    )?;
+    let plugin = cluster.binaries().get("ambit-cni")?;
+    let args: Vec<std::ffi::OsString> = vec![
+        "--cni-conf-dir".into(),
+        conf_dir.clone().into(),
+        "--cni-bin-dir".into(),
+        bin_dir.clone().into(),
+        "--cni-plugin".into(),
+        plugin.clone().into(),
+        "--cni-exempt-namespaces=ambit-system".into(),
+        "--cni-uninstall=if-daemonset-removed".into(),
+        "--daemonset=ambit-system/ambit-node-agent".into(),
+    ];
+    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    let mut agent = NodeAgent::start_with(&cluster, cluster.node("node-1")?, source, args)?;
+    let plugins = || -> anyhow::Result<Vec<Value>> {
+        let config: Value = serde_json::from_slice(&std::fs::read(&primary)?)?;
+        Ok(config["plugins"].as_array().cloned().unwrap_or_default())
+    };
+    let ours = |plugins: &[Value]| plugins.iter().filter(|p| p["type"] == "ambit-cni").count();
+    let entry_last = || -> anyhow::Result<bool> {
+        let plugins = plugins()?;
+        Ok(ours(&plugins) == 1 && plugins.last().is_some_and(|p| p["type"] == "ambit-cni"))
+    };
+    let within = std::time::Duration::from_secs(10);
+    ambit_testbed::wait_for("the CNI entry", within, &entry_last)?;
+    let installed = std::fs::read(bin_dir.join("ambit-cni"))?;
+    assert_eq!(installed, std::fs::read(&plugin)?, "the plugin, whole");
+    let last = plugins()?.pop().unwrap_or_default();
+    assert_eq!(
+        last["agentSocket"],
+        agent.dir().join("cni.sock").display().to_string()
+    );
+    assert_eq!(
+        last["exemptNamespaces"],
+        serde_json::json!(["ambit-system"])
+    );
+    // Calico rewrites its file and drops the entry: it comes back.
+    std::fs::write(&primary, calico.to_string())?;
+    ambit_testbed::wait_for("the CNI entry repaired", within, &entry_last)?;
+
+    // An upgrade (the DaemonSet stays): the plugin and entry stay.
+    agent.stop()?;
+    assert!(
+        entry_last()? && bin_dir.join("ambit-cni").exists(),
+        "{}",
+        agent.output()
+    );
+    // An uninstall (the DaemonSet is gone): both are taken out, and the
+    // cluster's configuration is as it was.
+    agent.start_again(&cluster)?;
+    api.server()
+        .delete("DaemonSet", "ambit-system", "ambit-node-agent")
+        .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
+    agent.stop()?;
+    let left: Value = serde_json::from_slice(&std::fs::read(&primary)?)?;
+    assert_eq!(left, calico, "{}", agent.output());
+    assert!(!bin_dir.join("ambit-cni").exists());
     Ok(())
 }

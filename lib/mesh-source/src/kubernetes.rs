@@ -55,6 +55,31 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
     }
 }
 
+/// Whether the DaemonSet `namespace/name` is gone or being deleted, as at
+/// an uninstall (at an upgrade it stays): what an agent asks as it stops.
+pub async fn daemonset_removed(
+    kubeconfig: Option<&Path>,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let client = connect(kubeconfig).await?;
+    let resource = ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        plural: "daemonsets".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &resource);
+    match api.get_opt(name).await {
+        Ok(Some(daemonset)) => Ok(daemonset.metadata.deletion_timestamp.is_some()),
+        Ok(None) => Ok(true),
+        Err(error) => {
+            Err(error).with_context(|| format!("reading the DaemonSet {namespace}/{name}"))
+        }
+    }
+}
+
 /// Watches every kind, keeps `mesh` in step, and calls `changed` after
 /// each batch of changes. `synced` gets the model once every kind was
 /// listed, or the reason it cannot be: the API server refuses to list a

@@ -21,6 +21,13 @@ pub const RESOURCE_TYPES: &[ResourceType] = &[
     core("secrets", "Secret", true),
     core("configmaps", "ConfigMap", true),
     ResourceType {
+        group: "apps",
+        versions: &["v1"],
+        plural: "daemonsets",
+        kind: "DaemonSet",
+        namespaced: true,
+    },
+    ResourceType {
         group: "discovery.k8s.io",
         versions: &["v1"],
         plural: "endpointslices",
