@@ -117,13 +117,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
         })
     };
-    let admin =
-        AdminEndpoints::start(config.admin, readiness.clone(), registry, config_dump).await?;
+    let admin = AdminEndpoints::start(
+        config.admin.clone(),
+        readiness.clone(),
+        registry,
+        config_dump,
+    )
+    .await?;
     readiness.set_ready(true);
     tracing::info!(enrolled = lock(&enrollment).enrolled_count(), "ready");
 
     stop.received().await;
     readiness.set_ready(false);
+    // Probes now go to the agent that takes over (it binds the same ports).
+    admin.stop().await;
     cni_task.abort();
     drop(source);
     reconcile_task.abort();
@@ -140,7 +147,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "drain deadline passed; closing the rest"
         );
     }
-    admin.stop().await;
     if let Some((install, keeping)) = cni_install {
         keeping.abort();
         uninstall_if_asked(&config, &install).await;

@@ -1,6 +1,11 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    // `ambit-node-agent probe SOCKET ready|live`: the kubelet's exec probe.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        std::process::exit(ambit_admin::probe::run(&args[2..]));
+    }
     ambit_admin::limit_heap_retention();
     ambit_admin::init_logging(ambit_admin::AccessLog::Immediate);
     let config = ambit_node_agent::Config::from_args(ambit_node_agent::Args::parse())?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use nix::sys::signal::Signal;
 
 pub use crate::manifests::{service, MeshConfig, PodConfig, ServiceConfig};
@@ -142,8 +142,9 @@ pub enum AgentPort {
 pub struct NodeAgent {
     node: String,
     process: Process,
-    /// Incremented on every restart: each generation gets its own admin
-    /// ports, as two agent pods would have their own namespaces.
+    /// Incremented on every restart. Every generation binds the same admin
+    /// ports, as agent pods on the node's network do at an upgrade; each
+    /// answers its own probes on its own socket.
     generation: u16,
     dir: PathBuf,
     source: Source,
@@ -273,11 +274,9 @@ impl NodeAgent {
     /// Where the agent serves `port`.
     pub fn addr(&self, cluster: &Cluster, port: AgentPort) -> anyhow::Result<SocketAddr> {
         let node = cluster.node(&self.node)?;
-        let on_node = |base| SocketAddr::from((node.bridge_ip, admin_port(base, self.generation)));
+        let on_node = |port| SocketAddr::from((node.bridge_ip, port));
         Ok(match port {
-            AgentPort::Admin => {
-                SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, self.generation)))
-            }
+            AgentPort::Admin => SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)),
             AgentPort::Metrics => on_node(METRICS_PORT),
             AgentPort::Readiness => on_node(READINESS_PORT),
         })
@@ -419,10 +418,6 @@ fn stop(agent: &mut Process, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_port(base: u16, generation: u16) -> u16 {
-    base + 100 * generation
-}
-
 fn spawn_agent(
     cluster: &Cluster,
     node: &Node,
@@ -434,7 +429,8 @@ fn spawn_agent(
     let binary = cluster.binaries().get("ambit-node-agent")?;
     let bpf_object = cluster.binaries().bpf_object()?;
     let pins = PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", cluster.run_name(), node.name));
-    let readiness = SocketAddr::from((node.bridge_ip, admin_port(READINESS_PORT, generation)));
+    let readiness = SocketAddr::from((node.bridge_ip, READINESS_PORT));
+    let probe_socket = dir.join(format!("probe-{generation}.sock"));
     let [source_flag, source_value] = source.flags(cluster);
     let args: Vec<std::ffi::OsString> = [
         "--capture-cgroup".into(),
@@ -450,15 +446,17 @@ fn spawn_agent(
         source_flag,
         source_value,
         "--admin-addr".into(),
-        SocketAddr::from(([127, 0, 0, 1], admin_port(ADMIN_PORT, generation)))
+        SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT))
             .to_string()
             .into(),
         "--readiness-addr".into(),
         readiness.to_string().into(),
         "--metrics-addr".into(),
-        SocketAddr::from((node.bridge_ip, admin_port(METRICS_PORT, generation)))
+        SocketAddr::from((node.bridge_ip, METRICS_PORT))
             .to_string()
             .into(),
+        "--probe-socket".into(),
+        probe_socket.clone().into(),
         "--drain-seconds".into(),
         DRAIN_SECONDS.into(),
     ]
@@ -471,12 +469,29 @@ fn spawn_agent(
         &binary,
         args,
     )?;
-    wait_ready(
-        &mut agent,
-        node.place(),
-        readiness,
-        &format!("the agent on {}", node.name),
-    )?;
+    // Its own probe socket: the readiness port may answer for the agent
+    // it replaces.
+    let what = format!("the agent on {}", node.name);
+    let deadline = Instant::now() + START_TIMEOUT;
+    while let Err(why) = ambit_admin::probe::ask(&probe_socket, ambit_admin::READY_PATH) {
+        agent.check_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "{what} was not ready after {START_TIMEOUT:?} ({why}):\n{}",
+                agent.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Serving its ports too (beside the old one's, if any).
+    let node_place = node.place();
+    ensure!(
+        matches!(
+            node_place.http_get(readiness, ambit_admin::READY_PATH),
+            Ok((200, _))
+        ),
+        "{what} is ready but its readiness port {readiness} does not say so"
+    );
     Ok(agent)
 }
 

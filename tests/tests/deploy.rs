@@ -65,6 +65,22 @@ fn the_node_agents_arguments_and_shared_names_match_the_code() {
         spec["hostNetwork"], true,
         "probes come from the node's addresses"
     );
+    // The surge pod of an upgrade is not held back by host ports, and its
+    // probes reach it alone, through the socket its flags name.
+    let container = &spec["containers"][0];
+    assert!(container.get("ports").is_none(), "{container}");
+    let socket = parsed.admin.probe_socket.clone().unwrap();
+    let probe_volume = &volume("probe");
+    assert!(probe_volume.get("emptyDir").is_some(), "{probe_volume}");
+    for (probe, what) in [("readinessProbe", "ready"), ("livenessProbe", "live")] {
+        let command = &container[probe]["exec"]["command"];
+        assert_eq!(command[0], "/usr/bin/ambit-node-agent");
+        assert_eq!(command[1], "probe");
+        assert_eq!(command[2], socket.display().to_string());
+        assert_eq!(command[3], what);
+    }
+    // It installs its CNI plugin into the node's directories it mounts.
+    assert!(parsed.cni_conf_dir.is_some() && parsed.cni_bin_dir.is_some());
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl Serving {
         let mut registry = Registry::default();
         let metrics = Arc::new(HttpMetrics::register(&mut registry));
         let admin = AdminEndpoints::start(
-            config.admin,
+            config.admin.clone(),
             readiness.clone(),
             Arc::new(registry),
             config_dump,

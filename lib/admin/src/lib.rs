@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub mod accept;
 mod logging;
+pub mod probe;
 
 pub use logging::{flush_access_log, init_logging, AccessLog};
 
@@ -50,6 +51,11 @@ pub enum AdminError {
     #[error("binding the admin listener on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("binding the probe socket {}: {source}", path.display())]
+    ProbeSocket {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("installing the handler for {signal}: {source}")]
@@ -193,6 +199,9 @@ pub struct AdminState {
     pub config_dump: Option<ConfigDump>,
 }
 
+/// Connections an admin port holds waiting to be accepted.
+const ADMIN_BACKLOG: u32 = 128;
+
 /// An admin HTTP listener, bound and ready to serve.
 pub struct AdminServer {
     listener: TcpListener,
@@ -200,10 +209,22 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Binds `addr` with SO_REUSEPORT: a new agent binds its admin ports
+    /// beside the old one it takes over from (on the node's network, at an
+    /// upgrade), and the kernel sends each probe to either until the old
+    /// one closes its ports.
     pub async fn bind(addr: SocketAddr, state: AdminState) -> Result<Self, AdminError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminError::Bind { addr, source })?;
+        let bind = || -> std::io::Result<TcpListener> {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(ADMIN_BACKLOG)
+        };
+        let listener = bind().map_err(|source| AdminError::Bind { addr, source })?;
         Ok(Self { listener, state })
     }
 
@@ -224,16 +245,7 @@ impl AdminServer {
             };
             let state = self.state.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &state)) }
-                });
-                // HTTP/1 alone, as probes and Prometheus speak it: its
-                // header timeout also closes a connection that sends nothing.
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(accepted.stream), service);
+                let served = serve_connection(accepted.stream, state);
                 if let Some(Err(error)) = accept::at_most(ADMIN_CONNECTION_LIFETIME, served).await {
                     tracing::debug!(%error, "admin connection ended with an error");
                 }
@@ -241,6 +253,35 @@ impl AdminServer {
             });
         }
     }
+}
+
+/// One admin connection: HTTP/1 alone, as probes and Prometheus speak it;
+/// its header timeout also closes a connection that sends nothing.
+fn serve_connection<I>(io: I, state: AdminState) -> impl Future<Output = hyper::Result<()>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(respond(&req, &state)) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+}
+
+/// Binds a Unix socket at `path`, replacing one a previous process left
+/// (a restarting process takes the path over from the one it replaces).
+pub fn bind_unix_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    tokio::net::UnixListener::bind(path)
 }
 
 fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -281,7 +322,7 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
 }
 
 /// Where a proxy serves its admin endpoints, on Istio's ports.
-#[derive(clap::Args, Debug, Clone, Copy, serde::Serialize)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct AdminAddrs {
     /// Where the admin endpoints (config dump, metrics, readiness) are
     /// served: loopback only, as Istio's proxies do.
@@ -295,6 +336,13 @@ pub struct AdminAddrs {
     /// Where Prometheus metrics are served (Istio's port).
     #[arg(long = "metrics-addr", default_value = "0.0.0.0:15020")]
     pub metrics: SocketAddr,
+
+    /// A Unix socket where readiness and liveness are answered for this
+    /// process alone (`BINARY probe SOCKET ready|live`, the kubelet's exec
+    /// probes): for a proxy on the node's network, whose TCP ports the one
+    /// it replaces shares during an upgrade.
+    #[arg(long = "probe-socket")]
+    pub probe_socket: Option<std::path::PathBuf>,
 }
 
 /// A proxy's three admin listeners, serving until [`AdminEndpoints::stop`].
@@ -320,6 +368,20 @@ impl AdminEndpoints {
         ];
         let (stop, stopping) = tokio::sync::watch::channel(());
         let mut tasks = Vec::new();
+        if let Some(path) = &addrs.probe_socket {
+            let listener = bind_unix_socket(path).map_err(|source| AdminError::ProbeSocket {
+                path: path.clone(),
+                source,
+            })?;
+            let mut stopping = stopping.clone();
+            tasks.push(tokio::spawn(probe::serve(
+                listener,
+                readiness.clone(),
+                async move {
+                    let _ = stopping.changed().await;
+                },
+            )));
+        }
         for (addr, registry, config_dump) in listeners {
             let state = AdminState {
                 readiness: readiness.clone(),
