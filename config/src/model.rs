@@ -94,7 +94,17 @@ pub struct Workload {
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
     pub host_network: bool,
+    /// It runs Istio's sidecar (injected: `sidecar.istio.io/status`, or a
+    /// container `istio-proxy`, native sidecars included): never enrolled,
+    /// the sidecar captures its traffic.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub istio_sidecar: bool,
 }
+
+/// What Istio's injector leaves on a pod it gave a sidecar.
+const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// The name of Istio's sidecar container.
+const SIDECAR_CONTAINER: &str = "istio-proxy";
 
 impl Workload {
     fn from_pod(object: &Object<PodBody>) -> Self {
@@ -119,6 +129,15 @@ impl Workload {
             labels: object.metadata.labels.clone(),
             ips,
             host_network: spec.host_network,
+            istio_sidecar: object
+                .metadata
+                .annotations
+                .contains_key(SIDECAR_STATUS_ANNOTATION)
+                || spec
+                    .containers
+                    .iter()
+                    .chain(&spec.init_containers)
+                    .any(|c| c.name == SIDECAR_CONTAINER),
         }
     }
 
@@ -287,11 +306,13 @@ impl Mesh {
 
     /// Istio's rule: a pod labelled `istio.io/dataplane-mode=ambient` is in;
     /// one labelled `none` is out; otherwise its namespace's label decides.
+    /// A pod with Istio's sidecar is never in, whatever its labels say.
     pub fn is_enrolled(&self, namespace: &str, name: &str) -> bool {
-        let pod_mode = self
-            .workloads
-            .get(&Key::new(namespace, name))
-            .and_then(|w| w.labels.get(DATAPLANE_MODE_LABEL));
+        let workload = self.workloads.get(&Key::new(namespace, name));
+        if workload.is_some_and(|w| w.istio_sidecar) {
+            return false;
+        }
+        let pod_mode = workload.and_then(|w| w.labels.get(DATAPLANE_MODE_LABEL));
         match pod_mode.map(String::as_str) {
             Some(DATAPLANE_MODE_AMBIENT) => true,
             Some(DATAPLANE_MODE_NONE) => false,

@@ -26,6 +26,7 @@ pub struct PodConfig {
     pub enrolled: bool,
     /// Labels beside the default `app: <pod name>` (which they may replace).
     pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
 }
 
 impl PodConfig {
@@ -38,6 +39,7 @@ impl PodConfig {
             ip: pod.ip,
             enrolled,
             labels: Vec::new(),
+            annotations: Vec::new(),
         }
     }
 }
@@ -106,9 +108,17 @@ impl MeshConfig {
             if pod.enrolled {
                 labels[DATAPLANE_MODE_LABEL] = json!(DATAPLANE_MODE_AMBIENT);
             }
+            let annotations: serde_json::Map<String, Value> = pod
+                .annotations
+                .iter()
+                .map(|(key, value)| (key.clone(), json!(value)))
+                .collect();
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": labels },
+                "metadata": {
+                    "name": pod.name, "namespace": pod.namespace, "uid": pod.uid,
+                    "labels": labels, "annotations": annotations,
+                },
                 "spec": { "nodeName": pod.node, "serviceAccountName": pod.name },
                 "status": { "phase": "Running", "podIP": pod.ip, "podIPs": [{ "ip": pod.ip }] },
             }));

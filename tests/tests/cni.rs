@@ -149,24 +149,44 @@ fn add_check_del_and_failed_adds_leave_nothing_behind() -> anyhow::Result<()> {
 fn with_the_agent_down_only_pods_the_mesh_wants_wait_and_those_started_are_taken_on_later(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::builder()
-        .node(&["meshed", "opted-in", "plain", "system"])
+        .node(&["meshed", "opted-in", "plain", "system", "injected"])
         .node(&["server"])
         .namespace("meshed", "shop")
+        .namespace("injected", "shop")
         .namespace("opted-in", "other")
         .namespace("plain", "other")
         .namespace("system", "kube-system")
         .build()?;
-    let [meshed, opted_in, plain, system, server] =
-        cluster.pods_named(["meshed", "opted-in", "plain", "system", "server"])?;
+    let [meshed, opted_in, plain, system, server, injected] = cluster.pods_named([
+        "meshed", "opted-in", "plain", "system", "server", "injected",
+    ])?;
     // `shop` is in the mesh by its namespace's label, `opted-in` by its own.
     let shop = serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": { "name": "shop", "labels": { "istio.io/dataplane-mode": "ambient" } },
     });
+    // `injected` runs Istio's sidecar, in `shop`: never Ambit's.
+    let sidecar = |config: &mut mesh::MeshConfig| {
+        for pod in config.pods.iter_mut().filter(|p| p.name == "injected") {
+            let status = r#"{"containers":["istio-proxy"]}"#;
+            pod.annotations = vec![("sidecar.istio.io/status".into(), status.into())];
+        }
+    };
     let mut config = mesh::enrolling(&cluster, &[opted_in], vec![]);
     config.istio.push(shop.clone());
+    sidecar(&mut config);
     mesh::write_config(&cluster, &config)?;
     let mut agent = NodeAgent::start(&cluster, cluster.node("node-1")?)?;
+    let add = agent.cni(&cluster, "ADD", injected)?;
+    assert!(add.status.success(), "{add:?}");
+    let (_, dump) = agent.get(&cluster, AgentPort::Admin, "/config_dump")?;
+    let dump: Value = serde_json::from_str(&dump)?;
+    let pods = dump["pods"].as_array().cloned().unwrap_or_default();
+    assert!(
+        pods.iter()
+            .any(|p| p["name"] == "injected" && p["enrolled"] == false),
+        "{dump}"
+    );
     let _server = Server::new("server", "v1")
         .http(8080)
         .start(&cluster, server)?;
@@ -179,6 +199,7 @@ fn with_the_agent_down_only_pods_the_mesh_wants_wait_and_those_started_are_taken
         (opted_in, true),
         (plain, false),
         (system, false),
+        (injected, false),
     ] {
         let add = agent.cni(&cluster, "ADD", pod)?;
         match waits {
@@ -211,6 +232,7 @@ fn with_the_agent_down_only_pods_the_mesh_wants_wait_and_those_started_are_taken
     assert_eq!(agent.opened_as_source(&cluster)?, 0.0);
     let mut config = mesh::enrolling(&cluster, &[opted_in, plain], vec![]);
     config.istio.push(shop);
+    sidecar(&mut config);
     mesh::write_config(&cluster, &config)?;
     ambit_testbed::wait_for(
         "the plain pod to be enrolled",

@@ -89,6 +89,17 @@ pub struct PodSpec {
     pub service_account_name: Option<String>,
     #[serde(default)]
     pub host_network: bool,
+    /// Only their names: a container `istio-proxy` is Istio's sidecar.
+    #[serde(default)]
+    pub containers: Vec<ContainerName>,
+    #[serde(default)]
+    pub init_containers: Vec<ContainerName>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerName {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

@@ -32,6 +32,10 @@ fn enrollment_follows_istios_labels() {
 {apiVersion: v1, kind: Pod, metadata: {name: opted-in, namespace: plain, labels: {istio.io/dataplane-mode: ambient}}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: other-label, namespace: mesh, labels: {istio.io/dataplane-mode: sidecar}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: injected, namespace: mesh, annotations: {sidecar.istio.io/status: '{"containers":["istio-proxy"]}'}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: native-sidecar, namespace: plain, labels: {istio.io/dataplane-mode: ambient}}, spec: {initContainers: [{name: istio-proxy, image: proxyv2}], containers: [{name: app}]}}
 "#,
     );
     let cases = [
@@ -41,6 +45,9 @@ fn enrollment_follows_istios_labels() {
         (("plain", "any"), false),
         (("plain", "opted-in"), true),
         (("unknown-ns", "any"), false),
+        // Istio's sidecar captures these: never Ambit's, labels or not.
+        (("mesh", "injected"), false),
+        (("plain", "native-sidecar"), false),
     ];
     for (pod, enrolled) in cases {
         assert_eq!(mesh.is_enrolled(pod.0, pod.1), enrolled, "{pod:?}");

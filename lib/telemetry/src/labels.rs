@@ -151,6 +151,7 @@ mod tests {
                 .collect(),
             ips: vec![],
             host_network: false,
+            istio_sidecar: false,
         };
         (Key::new("shop", name), workload)
     }
