@@ -109,3 +109,41 @@ fn proxies_without_a_reachable_source_say_so() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_istio_older_than_1_22_serving_no_v1_still_has_its_policies_enforced() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let api = ApiServer::start(&cluster)?;
+    // Istio 1.21's CRDs: the security kinds at v1beta1 only.
+    api.server()
+        .serve_only("authorizationpolicies", &["v1beta1"]);
+    api.server().serve_only("peerauthentications", &["v1beta1"]);
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    config.istio.push(serde_json::json!({
+        "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+        "metadata": { "name": "deny-all", "namespace": "default" },
+        "spec": { "action": "DENY", "rules": [{}] },
+    }));
+    api.apply(&config)?;
+    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    let agents = mesh::start_agents_from(&cluster, &source)?;
+    let _app = Server::new("server", "v1")
+        .http(8080)
+        .start(&cluster, server)?;
+    // Read at v1beta1, the policy is in force: the server is refused.
+    let summary = HttpLoad::new(2).run(
+        &cluster,
+        client.place(),
+        &format!("http://{}:8080/", server.ip),
+    )?;
+    assert_eq!(
+        summary.status(200),
+        0,
+        "{summary:?}\n{}",
+        agents[1].output()
+    );
+    let (_, dump) = agents[1].get(&cluster, mesh::AgentPort::Admin, "/config_dump")?;
+    assert!(dump.contains("deny-all"), "{dump}");
+    Ok(())
+}

@@ -80,6 +80,41 @@ pub async fn daemonset_removed(
     }
 }
 
+/// The versions each API group is served at (discovery's `/apis`); none
+/// known when discovery fails, then every kind is asked for at its first.
+async fn served_versions(client: &kube::Client) -> BTreeMap<String, Vec<String>> {
+    match client.list_api_groups().await {
+        Ok(groups) => groups
+            .groups
+            .into_iter()
+            .map(|group| {
+                let versions = group.versions.into_iter().map(|v| v.version).collect();
+                (group.name, versions)
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "API discovery failed: every kind is watched at its newest version");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The version a kind of `group` is watched at: the first of `versions`
+/// (Ambit's preference, newest first) the API server serves, so that an
+/// Istio whose CRDs predate `v1` (1.21 and older) is read all the same; the
+/// first when the group is not served (yet) at any.
+fn chosen_version<'v>(
+    served: &BTreeMap<String, Vec<String>>,
+    group: &str,
+    versions: &'v [&'v str],
+) -> &'v str {
+    let served = served.get(group);
+    versions
+        .iter()
+        .find(|version| served.is_some_and(|s| s.iter().any(|v| v == *version)))
+        .unwrap_or(&versions[0])
+}
+
 /// Watches every kind, keeps `mesh` in step, and calls `changed` after
 /// each batch of changes. `synced` gets the model once every kind was
 /// listed, or the reason it cannot be: the API server refuses to list a
@@ -94,8 +129,16 @@ pub async fn watch(
     mut changed: impl FnMut(&Mesh),
     synced: tokio::sync::oneshot::Sender<anyhow::Result<Mesh>>,
 ) {
+    let served = served_versions(&client).await;
     let streams = KINDS.iter().map(|(group, kind, versions)| {
-        let version = versions[0];
+        let version = chosen_version(&served, group, versions);
+        if version != versions[0] {
+            tracing::info!(
+                kind,
+                version,
+                "the API server serves an older version of this kind: watching it"
+            );
+        }
         let resource = ApiResource {
             group: group.to_string(),
             version: version.to_string(),

@@ -76,8 +76,11 @@ impl FakeApiServer {
                 format!("the server could not find the requested resource ({path})"),
             )
         };
+        if path == "/apis" {
+            return Ok(json_response(StatusCode::OK, &self.api_groups()));
+        }
         let target = parse_path(path).ok_or_else(not_found)?;
-        if types(&self.faults.uninstalled).contains(target.resource.plural) {
+        if !self.serves(target.resource, &target.version) {
             return Err(not_found());
         }
         if types(&self.faults.forbidden).contains(target.resource.plural) {

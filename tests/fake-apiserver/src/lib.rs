@@ -70,6 +70,9 @@ struct Faults {
     forbidden: Mutex<BTreeSet<&'static str>>,
     /// Resource types served as if their CRD were not installed.
     uninstalled: Mutex<BTreeSet<&'static str>>,
+    /// Resource types served at these versions only, as an older Istio's
+    /// CRDs serve them.
+    only_versions: Mutex<BTreeMap<&'static str, Vec<&'static str>>>,
 }
 
 /// One of the sets of resource types a fault applies to.
@@ -228,6 +231,60 @@ impl FakeApiServer {
             }),
             None => serde_json::json!({ "authenticated": false, "error": "invalid bearer token" }),
         }
+    }
+
+    /// Fault: serves a resource type (by plural) at `versions` only, as
+    /// Istio's CRDs before 1.22 serve no `v1` of PeerAuthentication.
+    pub fn serve_only(&self, plural: &'static str, versions: &[&'static str]) {
+        self.faults
+            .only_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plural, versions.to_vec());
+    }
+
+    /// Whether `resource` is served at `version` now (its CRD installed).
+    fn serves(&self, resource: &ResourceType, version: &str) -> bool {
+        let only = self
+            .faults
+            .only_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        !types(&self.faults.uninstalled).contains(resource.plural)
+            && resource.versions.contains(&version)
+            && only
+                .get(resource.plural)
+                .is_none_or(|versions| versions.contains(&version))
+    }
+
+    /// Discovery's `/apis`: every group and the versions it serves now.
+    fn api_groups(&self) -> serde_json::Value {
+        let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for resource in RESOURCE_TYPES.iter().filter(|t| !t.group.is_empty()) {
+            for version in resource.versions {
+                if self.serves(resource, version) {
+                    let versions = groups.entry(resource.group).or_default();
+                    if !versions.contains(version) {
+                        versions.push(version);
+                    }
+                }
+            }
+        }
+        let groups: Vec<serde_json::Value> = groups
+            .into_iter()
+            .map(|(group, versions)| {
+                let versions: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| serde_json::json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                    .collect();
+                serde_json::json!({
+                    "name": group,
+                    "preferredVersion": versions[0].clone(),
+                    "versions": versions,
+                })
+            })
+            .collect();
+        serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
     /// Serves a resource type again after [`FakeApiServer::uninstall`].
