@@ -126,8 +126,91 @@ def apply_problems(objects):
     return problems
 
 
+CRDS = CHART / "crds" / "istio.yaml"
+# Istio's published samples (its Bookinfo tasks) and the suite's own.
+SAMPLES = sorted((ROOT / "config" / "tests" / "fixtures").rglob("*.yaml"))
+
+
+def structural_problems(schema, path):
+    """Where `schema` breaks Kubernetes' structural schema rules."""
+    problems = []
+    if "$ref" in schema:
+        problems.append(f"{path}: $ref")
+    for key in ("oneOf", "anyOf", "allOf", "not"):
+        if key in schema:
+            problems.append(f"{path}: {key}")
+    if "type" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        problems.append(f"{path}: no type")
+    if "properties" in schema and "additionalProperties" in schema:
+        problems.append(f"{path}: properties beside additionalProperties")
+    for name, child in schema.get("properties", {}).items():
+        problems += structural_problems(child, f"{path}.{name}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        problems += structural_problems(schema["additionalProperties"], f"{path}.*")
+    if "items" in schema:
+        problems += structural_problems(schema["items"], f"{path}[]")
+    return problems
+
+
+def as_json_schema(schema):
+    """An OpenAPI v3 (Kubernetes) schema as JSON Schema: `nullable` lets
+    null through; no field outside `properties` (Kubernetes would prune it:
+    the object would not be what was written)."""
+    if not isinstance(schema, dict):
+        return schema
+    converted = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes") and k != "nullable"}
+    if "properties" in schema:
+        converted["properties"] = {n: as_json_schema(c) for n, c in schema["properties"].items()}
+        converted["additionalProperties"] = False
+    elif isinstance(schema.get("additionalProperties"), dict):
+        converted["additionalProperties"] = as_json_schema(schema["additionalProperties"])
+    if "items" in schema:
+        converted["items"] = as_json_schema(schema["items"])
+    if schema.get("nullable") and "type" in converted:
+        converted["type"] = [converted["type"], "null"]
+    return converted
+
+
+def crd_report():
+    """The generated CRDs: valid CRD objects for both Kubernetes versions,
+    structural, and Istio's samples valid under them."""
+    import jsonschema
+
+    problems = []
+    crds = [d for d in yaml.safe_load_all(CRDS.read_text()) if d]
+    schemas = {}
+    for crd in crds:
+        for version in KUBERNETES:
+            try:
+                kubernetes_validate.validate(crd, version, strict=True)
+            except Exception as error:  # noqa: BLE001: every reason is reported
+                problems.append(f"{version}: {name(crd)}: {getattr(error, 'message', error)}")
+        spec = crd["spec"]
+        for served in spec["versions"]:
+            schema = served["schema"]["openAPIV3Schema"]
+            problems += structural_problems(schema, f"{crd['metadata']['name']} {served['name']}")
+            schemas[(f"{spec['group']}/{served['name']}", spec["names"]["kind"])] = schema
+    samples = 0
+    for path in SAMPLES:
+        for document in yaml.safe_load_all(path.read_text()):
+            if not document or not str(document.get("apiVersion", "")).split("/")[0].endswith("istio.io"):
+                continue
+            schema = schemas.get((document["apiVersion"], document["kind"]))
+            where = f"{path.relative_to(ROOT)}: {document['kind']} {document['metadata']['name']}"
+            if schema is None:
+                problems.append(f"{where}: no CRD serves {document['apiVersion']}")
+                continue
+            samples += 1
+            body = {"spec": document.get("spec", {})}
+            for error in jsonschema.Draft4Validator(as_json_schema(schema)).iter_errors(body):
+                problems.append(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
+    return {"crds": len(crds), "samplesValidated": samples, "problems": problems}
+
+
 def check():
     report = {"valueSets": {}, "problems": []}
+    report["crds"] = crd_report()
+    report["problems"] += [f"crds: {p}" for p in report["crds"]["problems"]]
     for value_set, values in VALUE_SETS.items():
         lint = helm_python.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
         errors = [m["error"] for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]

@@ -209,6 +209,16 @@ pub enum Resource {
     MeshConfig(Object<ConfigMapBody>),
 }
 
+/// The resource name the API server serves `kind` under (its plural).
+pub fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        // policy -> policies, gateway -> gateways
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{lower}s"),
+    }
+}
+
 /// The objects of `kind` a source watches, when not all of them: of
 /// ConfigMaps only Istio's mesh config (a cluster holds many others, and
 /// they are not the mesh's to read).

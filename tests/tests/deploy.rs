@@ -177,6 +177,13 @@ fn the_chart_lints_renders_and_validates_for_the_oldest_and_newest_kubernetes() 
             "{report:#}"
         );
     }
+    // The CRDs generated from Ambit's types: valid, structural, and every
+    // Istio sample the suite carries valid under them, nothing pruned.
+    assert_eq!(report["crds"]["crds"], 6, "{report:#}");
+    assert!(
+        report["crds"]["samplesValidated"].as_u64() >= Some(20),
+        "{report:#}"
+    );
     let kinds = &report["valueSets"]["full"]["kinds"];
     for kind in [
         "Namespace",

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's own commands.
 
 mod bench;
+mod crds;
 mod demo;
 mod ebpf;
 mod istio_fields;
@@ -52,6 +53,12 @@ enum Task {
         #[arg(long)]
         crds: PathBuf,
     },
+    /// Generate the CRDs of the Istio kinds Ambit reads from its own types
+    /// into the chart (`--check`: fail when they are out of date).
+    Crds {
+        #[arg(long)]
+        check: bool,
+    },
     /// The Helm chart: `check` lints, renders and validates it for every
     /// value set; `render` writes the plain manifests, deploy/ambit.yaml.
     Chart {
@@ -97,6 +104,8 @@ fn main() -> anyhow::Result<()> {
             soak::run(&workspace, minutes)
         }
         Task::IstioFields { crds } => istio_fields::write(&workspace, &crds),
+        Task::Crds { check: false } => crds::write(&workspace),
+        Task::Crds { check: true } => crds::check(&workspace),
         Task::Chart { action } => {
             setup::chart_libraries()?;
             run(Command::new("python3")

@@ -28,7 +28,7 @@ pub struct ObjectMeta {
 }
 
 /// `selector` of Istio's policies: the workloads (by pod labels) it applies to.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -36,7 +36,7 @@ pub struct WorkloadSelector {
 }
 
 /// `targetRef`: a Gateway API style reference to what a policy attaches to.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     #[serde(default)]

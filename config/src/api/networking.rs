@@ -9,7 +9,7 @@ use super::types::{check_port_number, check_regex, Duration, Percent, StringMatc
 use super::{Issue, Spec};
 
 /// `VirtualService.spec`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct VirtualServiceSpec {
     pub export_to: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
     pub name: Option<String>,
@@ -53,7 +53,7 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatchRequest {
     pub name: Option<String>,
@@ -78,32 +78,34 @@ pub struct HttpMatchRequest {
     pub stat_prefix: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRouteDestination {
     pub destination: Destination,
     pub weight: Option<i32>,
     pub headers: Option<Headers>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Destination {
     pub host: String,
     pub subset: Option<String>,
     pub port: Option<PortSelector>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 pub struct PortSelector {
     pub number: u32,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderOperations {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -113,7 +115,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRedirect {
     pub uri: Option<String>,
@@ -126,34 +128,34 @@ pub struct HttpRedirect {
     pub prefix_rewrite: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RedirectPortSelection {
     FromProtocolDefault,
     FromRequestPort,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpDirectResponse {
     pub status: u32,
     pub body: Option<HttpBody>,
 }
 
 /// Exactly one of a string or base64 bytes.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpBody {
     pub string: Option<String>,
     pub bytes: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delegate {
     #[serde(default)]
     pub name: String,
     pub namespace: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRewrite {
     pub uri: Option<String>,
@@ -161,7 +163,7 @@ pub struct HttpRewrite {
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegexRewrite {
     #[serde(default, rename = "match")]
     pub pattern: String,
@@ -169,7 +171,7 @@ pub struct RegexRewrite {
     pub rewrite: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRetry {
     #[serde(default)]
@@ -181,13 +183,13 @@ pub struct HttpRetry {
     pub retry_ignore_previous_hosts: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 pub struct HttpFaultInjection {
     pub delay: Option<Delay>,
     pub abort: Option<Abort>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Delay {
     pub fixed_delay: Option<Duration>,
@@ -197,7 +199,7 @@ pub struct Delay {
     pub percent: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<i32>,
@@ -206,13 +208,13 @@ pub struct Abort {
     pub percentage: Option<Percent>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 pub struct HttpMirrorPolicy {
     pub destination: Destination,
     pub percentage: Option<Percent>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CorsPolicy {
     #[serde(default)]
@@ -231,7 +233,7 @@ pub struct CorsPolicy {
     pub unmatched_preflights: Option<UnmatchedPreflights>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UnmatchedPreflights {
     Unspecified,
@@ -239,7 +241,7 @@ pub enum UnmatchedPreflights {
     Ignore,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsRoute {
     #[serde(default, rename = "match")]
     pub matches: Vec<TlsMatchAttributes>,
@@ -247,7 +249,7 @@ pub struct TlsRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsMatchAttributes {
     #[serde(default)]
@@ -262,7 +264,7 @@ pub struct TlsMatchAttributes {
     pub source_namespace: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcpRoute {
     #[serde(default, rename = "match")]
     pub matches: Vec<L4MatchAttributes>,
@@ -270,7 +272,7 @@ pub struct TcpRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct L4MatchAttributes {
     #[serde(default)]
@@ -284,7 +286,7 @@ pub struct L4MatchAttributes {
     pub source_namespace: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: Option<i32>,
@@ -576,7 +578,7 @@ fn check_weights<'a>(
 }
 
 /// `DestinationRule.spec`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: String,
@@ -588,7 +590,7 @@ pub struct DestinationRuleSpec {
     pub workload_selector: Option<WorkloadSelector>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
@@ -603,7 +605,7 @@ pub struct TrafficPolicy {
 }
 
 /// Retries in flight as a share of the requests in flight, with a floor.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     pub percent: Option<f64>,
@@ -611,7 +613,7 @@ pub struct RetryBudget {
     pub budget_interval: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
@@ -621,7 +623,7 @@ pub struct PortTrafficPolicy {
     pub tls: Option<ClientTlsSettings>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
@@ -635,7 +637,7 @@ pub struct LoadBalancerSettings {
 
 /// Envoy's zone-aware routing: locality failover without Istio's
 /// locality labels (Ambit has no localities: accepted, no effect).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneAwareLbSetting {
     pub enabled: Option<bool>,
@@ -647,7 +649,7 @@ pub struct ZoneAwareLbSetting {
 }
 
 /// Load balancing by the utilization endpoints report (ORCA).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendUtilization {
     pub error_utilization_penalty_percent: Option<u32>,
@@ -658,7 +660,7 @@ pub struct BackendUtilization {
     pub weight_update_period: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimpleLb {
     Unspecified,
@@ -669,7 +671,7 @@ pub enum SimpleLb {
     LeastRequest,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistentHashLb {
     pub http_header_name: Option<String>,
@@ -682,7 +684,7 @@ pub struct ConsistentHashLb {
     pub minimum_ring_size: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpCookie {
     pub name: String,
     pub path: Option<String>,
@@ -691,25 +693,29 @@ pub struct HttpCookie {
     pub attributes: Vec<CookieAttribute>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct CookieAttribute {
     pub name: String,
     pub value: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RingHash {
     pub minimum_ring_size: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Maglev {
     pub table_size: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalityLbSetting {
     #[serde(default)]
@@ -721,7 +727,7 @@ pub struct LocalityLbSetting {
     pub enabled: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalityDistribute {
     #[serde(default)]
     pub from: String,
@@ -729,7 +735,7 @@ pub struct LocalityDistribute {
     pub to: BTreeMap<String, u32>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalityFailover {
     #[serde(default)]
     pub from: String,
@@ -737,7 +743,7 @@ pub struct LocalityFailover {
     pub to: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WarmupConfiguration {
     pub duration: Option<Duration>,
@@ -745,13 +751,13 @@ pub struct WarmupConfiguration {
     pub aggression: Option<f64>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionPoolSettings {
     pub tcp: Option<TcpSettings>,
     pub http: Option<HttpSettings>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpSettings {
     pub max_connections: Option<i32>,
@@ -761,14 +767,14 @@ pub struct TcpSettings {
     pub idle_timeout: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
     pub time: Option<Duration>,
     pub interval: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSettings {
     pub http1_max_pending_requests: Option<i32>,
@@ -783,13 +789,13 @@ pub struct HttpSettings {
 }
 
 /// HTTP/2 PINGs on upstream connections.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Http2KeepAlive {
     pub interval: Option<Duration>,
     pub timeout: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum H2UpgradePolicy {
     Default,
@@ -797,7 +803,7 @@ pub enum H2UpgradePolicy {
     Upgrade,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     pub split_external_local_origin_errors: Option<bool>,
@@ -816,7 +822,7 @@ pub struct OutlierDetection {
     pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientTlsSettings {
     pub mode: Option<TlsMode>,
@@ -831,7 +837,7 @@ pub struct ClientTlsSettings {
     pub ca_crl: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TlsMode {
     Disable,
@@ -840,7 +846,7 @@ pub enum TlsMode {
     IstioMutual,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelSettings {
     pub protocol: Option<String>,
@@ -848,18 +854,20 @@ pub struct TunnelSettings {
     pub target_port: u32,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 pub struct ProxyProtocol {
     pub version: Option<ProxyProtocolVersion>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocolVersion {
     V1,
     V2,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Subset {
     pub name: String,
@@ -989,7 +997,7 @@ fn check_policy_parts(
 }
 
 /// `ServiceEntry.spec`: services outside (or inside) the mesh added to its registry.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
@@ -1009,7 +1017,7 @@ pub struct ServiceEntrySpec {
     pub subject_alt_names: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub number: u32,
@@ -1018,14 +1026,14 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Location {
     MeshExternal,
     MeshInternal,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
     None,
@@ -1037,7 +1045,7 @@ pub enum Resolution {
 }
 
 /// An endpoint of a ServiceEntry (WorkloadEntry's fields).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,
@@ -1052,7 +1060,7 @@ pub struct WorkloadEntry {
 }
 
 /// ServiceEntry's selector, which names its map `labels`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryWorkloadSelector {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -1200,7 +1208,7 @@ impl Spec for ServiceEntrySpec {
 }
 
 /// `Gateway.spec`: what a gateway proxy listens for.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewaySpec {
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
@@ -1208,7 +1216,7 @@ pub struct GatewaySpec {
     pub servers: Vec<Server>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Server {
     pub port: ServicePort,
@@ -1220,7 +1228,7 @@ pub struct Server {
     pub default_endpoint: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerTlsSettings {
     pub https_redirect: Option<bool>,
@@ -1251,7 +1259,7 @@ pub struct ServerTlsSettings {
     pub insecure_skip_verify: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsCertificate {
     pub server_certificate: Option<String>,
@@ -1259,7 +1267,7 @@ pub struct TlsCertificate {
     pub ca_certificates: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerTlsMode {
     Passthrough,
@@ -1270,7 +1278,7 @@ pub enum ServerTlsMode {
     OptionalMutual,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsProtocol {
     #[serde(rename = "TLS_AUTO")]
     Auto,

@@ -8,7 +8,7 @@ use super::meta::{PolicyTargetReference, WorkloadSelector};
 use super::{check_port, Issue, Spec};
 
 /// `AuthorizationPolicy.spec`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
@@ -22,7 +22,9 @@ pub struct AuthorizationPolicySpec {
     pub provider: Option<ExtensionProvider>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     #[default]
@@ -32,14 +34,14 @@ pub enum Action {
     Custom,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtensionProvider {
     pub name: String,
 }
 
 /// A rule matches when any `from`, any `to` and every `when` match (an
 /// empty list matches anything).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rule {
     #[serde(default)]
     pub from: Vec<From>,
@@ -49,12 +51,12 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct From {
     pub source: Source,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     #[serde(default)]
@@ -90,12 +92,12 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct To {
     pub operation: Operation,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     #[serde(default)]
@@ -116,7 +118,7 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub key: String,
@@ -255,7 +257,7 @@ pub fn parse_ip_block(block: &str) -> Option<ipnet::IpNet> {
 }
 
 /// `PeerAuthentication.spec`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
@@ -267,7 +269,7 @@ pub struct PeerAuthenticationSpec {
 
 /// A port used as a map key: YAML writes it as a number, JSON (and so the
 /// Kubernetes API) as a string; both are accepted and kept as written.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Serialize, schemars::JsonSchema, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(transparent)]
 pub struct PortKey(pub String);
 
@@ -293,13 +295,17 @@ impl<'de> Deserialize<'de> for PortKey {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 pub struct MutualTls {
     #[serde(default)]
     pub mode: MtlsMode,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent policy (namespace, then mesh).

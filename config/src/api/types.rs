@@ -17,6 +17,17 @@ impl From<Duration> for String {
     }
 }
 
+/// In a schema, what Istio's CRDs say of a duration: a string.
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> String {
+        "Duration".into()
+    }
+
+    fn json_schema(generator: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        String::json_schema(generator)
+    }
+}
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -61,7 +72,7 @@ pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
 }
 
 /// A percentage, 0 to 100.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percent {
     #[serde(default)]
     pub value: f64,
@@ -80,7 +91,7 @@ impl Percent {
 
 /// Matches a string exactly, by prefix, or by an RE2 regular expression:
 /// exactly one of the three.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 pub struct StringMatch {
     pub exact: Option<String>,
     pub prefix: Option<String>,

@@ -332,3 +332,24 @@ fn yaml_is_read_by_the_core_schema_of_yaml_1_2() {
     let duplicate = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  name: q\n";
     assert!(problems(duplicate)[0].contains("not valid YAML"));
 }
+
+#[test]
+fn plurals_are_the_served_resource_names() {
+    let plurals: Vec<String> = KINDS.iter().map(|(_, kind, _)| plural(kind)).collect();
+    assert_eq!(
+        plurals,
+        [
+            "namespaces",
+            "configmaps",
+            "pods",
+            "services",
+            "endpointslices",
+            "virtualservices",
+            "serviceentries",
+            "gateways",
+            "destinationrules",
+            "authorizationpolicies",
+            "peerauthentications"
+        ]
+    );
+}

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambit_config::document::{
-    field_selector, parse_object, rejections, ObjectRef, Problem, Resource, Severity, KINDS,
+    field_selector, parse_object, plural, rejections, ObjectRef, Problem, Resource, Severity, KINDS,
 };
 use ambit_config::model::Mesh;
 use anyhow::Context;
@@ -305,42 +305,5 @@ fn log(problems: &[Problem]) {
             Severity::Error => tracing::error!("{problem}"),
             Severity::Warning => tracing::warn!("{problem}"),
         }
-    }
-}
-
-/// The resource name the API serves a kind under.
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    match lower.strip_suffix('y') {
-        // policy -> policies, gateway -> gateways
-        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
-        _ => format!("{lower}s"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn plurals_are_the_served_resource_names() {
-        let plurals: Vec<String> = super::KINDS
-            .iter()
-            .map(|(_, kind, _)| super::plural(kind))
-            .collect();
-        assert_eq!(
-            plurals,
-            [
-                "namespaces",
-                "configmaps",
-                "pods",
-                "services",
-                "endpointslices",
-                "virtualservices",
-                "serviceentries",
-                "gateways",
-                "destinationrules",
-                "authorizationpolicies",
-                "peerauthentications"
-            ]
-        );
     }
 }
