@@ -4,6 +4,7 @@ mod bench;
 mod crds;
 mod demo;
 mod ebpf;
+mod images;
 mod istio_fields;
 mod layering;
 mod setup;
@@ -65,7 +66,10 @@ enum Task {
         #[arg(value_parser = ["check", "render"], default_value = "check")]
         action: String,
     },
-    /// Set up, build, and run every test (unit, integration, end-to-end; needs root).
+    /// Build the container images with podman from static binaries and check them (needs root).
+    Images,
+    /// Set up, build, and run every test (unit, integration, end-to-end;
+    /// needs root); with no arguments, also build and check the images.
     Test {
         /// Passed to `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true)]
@@ -114,9 +118,21 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             prepare(&workspace)?;
+            let everything = args.is_empty();
             let mut test = workspace.cargo();
             test.args(["test", "--workspace"]).args(args);
-            run_tests(&mut test)
+            run_tests(&mut test)?;
+            // The whole suite also builds and checks the images.
+            match everything {
+                true => images::build(&workspace),
+                false => Ok(()),
+            }
+        }
+        Task::Images => {
+            ambit_testbed::host::require_root()?;
+            setup::run()?;
+            ebpf::build(&workspace)?;
+            images::build(&workspace)
         }
     }
 }

@@ -14,11 +14,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     ("nftables", "nft"),
     ("python3-pip", "pip3"),
+    // The images: built with podman from static (musl) binaries.
+    ("podman", "podman"),
+    ("musl-tools", "musl-gcc"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     envoy()?;
     chart_libraries()?;
@@ -95,6 +99,18 @@ fn pip_install(packages: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The static builds of the images' binaries.
+fn musl_target() -> anyhow::Result<()> {
+    const TARGET: &str = "x86_64-unknown-linux-musl";
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if installed.is_ok_and(|list| list.lines().any(|line| line.trim() == TARGET)) {
+        println!("setup: the {TARGET} target present");
+        return Ok(());
+    }
+    println!("setup: installing the {TARGET} target");
+    exec(Command::new("rustup").args(["target", "add", TARGET]))
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {

@@ -186,6 +186,13 @@ pub fn limit_heap_retention() {
     }
 }
 
+/// The proxies' allocator in their static (musl) builds, the images':
+/// musl's own serialises every allocation on one lock. (glibc builds keep
+/// glibc's, tuned by [`limit_heap_retention`].)
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Produces the effective configuration as JSON, on demand.
 pub type ConfigDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
