@@ -14,6 +14,7 @@ use crate::enrollment::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::ProxyInputs;
+use crate::redirection::{self, Redirection};
 use crate::{cni_server, Config};
 use ambit_mesh_source::{MeshHandle, Source, SourceThread};
 
@@ -74,11 +75,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let plugin_dir = config.cni_socket.parent().unwrap_or(&config.state_dir);
-    let enrollment = Arc::new(Mutex::new(Enrollment::new(
-        capture,
-        inputs.clone(),
-        (&config.state_dir, plugin_dir),
-    )));
+    let mut enrollment = Enrollment::new(capture, inputs.clone(), (&config.state_dir, plugin_dir));
+    // In Kubernetes, captured pods are marked for Istio's proxies.
+    if let Source::Kubernetes { kubeconfig } = &config.source {
+        let client = ambit_mesh_source::kubernetes::connect(kubeconfig.as_deref()).await?;
+        let redirection = Arc::new(Redirection::default());
+        tokio::spawn(redirection::annotate(redirection.clone(), client));
+        enrollment = enrollment.with_redirection(redirection);
+    }
+    let enrollment = Arc::new(Mutex::new(enrollment));
     lock(&enrollment)
         .restore()
         .context("restoring known pods")?;

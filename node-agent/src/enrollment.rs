@@ -14,6 +14,7 @@ use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 use crate::capture::{Capture, CaptureError, PodCapture};
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
+use crate::redirection::Redirection;
 use ambit_config::model::{Mesh, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
 
 const STATE_FILE: &str = "pods.json";
@@ -69,6 +70,8 @@ pub struct Enrollment {
     plugin_dir: PathBuf,
     /// The record as last written.
     recorded: Option<EnrollmentPolicy>,
+    /// In Kubernetes: marks on the pods captured, for Istio's proxies.
+    redirection: Option<Arc<Redirection>>,
 }
 
 impl Enrollment {
@@ -84,7 +87,14 @@ impl Enrollment {
             state_file: state_dir.join(STATE_FILE),
             plugin_dir: plugin_dir.to_path_buf(),
             recorded: None,
+            redirection: None,
         }
+    }
+
+    /// Marks the pods it captures (and releases) through `redirection`.
+    pub fn with_redirection(mut self, redirection: Arc<Redirection>) -> Self {
+        self.redirection = Some(redirection);
+        self
     }
 
     /// Tells the certificate keeper which identities the enrolled pods run as.
@@ -278,7 +288,10 @@ impl Enrollment {
                 self.release(known);
                 tracing::info!(pod = %known.sandbox.pod, "released");
             }
-            _ => {}
+            _ => return Ok(()),
+        }
+        if let Some(redirection) = &self.redirection {
+            redirection.mark(&known.sandbox.pod, should);
         }
         Ok(())
     }

@@ -10,5 +10,6 @@ pub mod enrollment;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;
+mod redirection;
 
 pub use config::{Args, Config};

@@ -147,3 +147,41 @@ fn an_istio_older_than_1_22_serving_no_v1_still_has_its_policies_enforced() -> a
     assert!(dump.contains("deny-all"), "{dump}");
     Ok(())
 }
+
+#[test]
+fn captured_pods_are_marked_for_istios_proxies_and_unmarked_when_released() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let api = ApiServer::start(&cluster)?;
+    api.apply(&mesh::enrolling(&cluster, &[client, server], vec![]))?;
+    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    let _agents = mesh::start_agents_from(&cluster, &source)?;
+    let marked = |name: &str| -> Option<String> {
+        let pods = api.server().objects("Pod");
+        let pod = pods.iter().find(|p| p["metadata"]["name"] == name)?;
+        let value = &pod["metadata"]["annotations"]["ambient.istio.io/redirection"];
+        value.as_str().map(str::to_string)
+    };
+    let within = Duration::from_secs(10);
+    ambit_testbed::wait_for("both pods marked", within, || {
+        Ok(marked("client").as_deref() == Some("enabled")
+            && marked("server").as_deref() == Some("enabled"))
+    })?;
+    // The server leaves the mesh (its label, as `kubectl label` changes
+    // it): its mark goes, the client's stays.
+    let mut pod = api
+        .server()
+        .objects("Pod")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "server")
+        .ok_or_else(|| anyhow::anyhow!("no server pod"))?;
+    pod["metadata"]["labels"]["istio.io/dataplane-mode"] = "none".into();
+    api.server()
+        .update(pod)
+        .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
+    ambit_testbed::wait_for("the server unmarked", within, || {
+        Ok(marked("server").is_none())
+    })?;
+    assert_eq!(marked("client").as_deref(), Some("enabled"));
+    Ok(())
+}
