@@ -56,6 +56,8 @@ pub struct Running {
     pub addr: SocketAddr,
     server: JoinHandle<()>,
     source: JoinHandle<()>,
+    /// In Kubernetes: the root's publication into every namespace.
+    publisher: Option<JoinHandle<()>>,
     admin: AdminEndpoints,
 }
 
@@ -63,6 +65,9 @@ impl Running {
     pub async fn stop(self) {
         self.server.abort();
         self.source.abort();
+        if let Some(publisher) = self.publisher {
+            publisher.abort();
+        }
         self.admin.stop().await;
     }
 }
@@ -71,6 +76,7 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(?config, "starting ambit-ca");
     let mesh = Arc::new(MeshHandle::default());
+    let mut publisher = None;
     let (ca, authenticator, source) = match &config.mode {
         Mode::Standalone {
             root_dir,
@@ -94,9 +100,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 &config.trust_domain,
             )
             .await?;
-            root::publish_root_cert(&client, namespace, &ca).await?;
+            root::publish_root_cert(&client, namespace, ca.root_pem()).await?;
             // The mesh is read with the same client.
             let source = ambit_mesh_source::start_with_client(client.clone(), mesh.clone()).await;
+            publisher = Some(tokio::spawn(root::publish_everywhere(
+                client.clone(),
+                ca.root_pem().to_string(),
+                mesh.clone(),
+            )));
             let authenticator =
                 Authenticator::token_review(client, namespace, node_agent_service_account);
             (ca, authenticator, source)
@@ -177,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         server,
         source,
+        publisher,
         admin,
     })
 }

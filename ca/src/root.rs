@@ -152,22 +152,64 @@ fn load(
     Ok(CertificateAuthority::from_files(files, trust_domain)?)
 }
 
-/// The ConfigMap (in the CA's namespace) where agents find the root
-/// certificate to check the CA and each other with; the key stays in the
-/// Secret. Istio's `istio-ca-root-cert`, under Ambit's name.
+/// The ConfigMap (in every namespace of the mesh) where proxies find the
+/// root certificate to check the CA and each other with; the key stays in
+/// the Secret. Istio's `istio-ca-root-cert`, under Ambit's name.
 pub const ROOT_CERT_CONFIG_MAP: &str = "ambit-ca-root-cert";
 /// Its key, as in Istio.
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+
+/// Namespaces that hold no workload of the mesh: the root is not published
+/// there.
+const UNMESHED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+/// How long a namespace whose publication failed waits to be tried again.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Publishes the root certificate in every namespace of the mesh, as it
+/// appears, as istiod publishes `istio-ca-root-cert`: a waypoint or gateway
+/// pod mounts it from its own namespace to check the CA by.
+pub async fn publish_everywhere(
+    client: kube::Client,
+    root_pem: String,
+    mesh: std::sync::Arc<ambit_mesh_source::MeshHandle>,
+) {
+    let mut changes = mesh.subscribe();
+    let mut published = std::collections::BTreeSet::new();
+    loop {
+        let namespaces: Vec<String> = mesh.snapshot().namespaces.keys().cloned().collect();
+        let mut failed = false;
+        for namespace in namespaces {
+            if published.contains(&namespace) || UNMESHED_NAMESPACES.contains(&namespace.as_str()) {
+                continue;
+            }
+            match publish_root_cert(&client, &namespace, &root_pem).await {
+                Ok(()) => {
+                    published.insert(namespace);
+                }
+                Err(error) => {
+                    tracing::warn!(%namespace, error = format!("{error:#}"), "publishing the root certificate failed");
+                    failed = true;
+                }
+            }
+        }
+        let changed = changes.changed();
+        if failed {
+            let _ = tokio::time::timeout(PUBLISH_RETRY, changed).await;
+        } else if changed.await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Publishes the root certificate (public) in [`ROOT_CERT_CONFIG_MAP`].
 pub async fn publish_root_cert(
     client: &kube::Client,
     namespace: &str,
-    ca: &CertificateAuthority,
+    root_pem: &str,
 ) -> anyhow::Result<()> {
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     let data =
-        std::collections::BTreeMap::from([(ROOT_CERT_KEY.to_string(), ca.root_pem().to_string())]);
+        std::collections::BTreeMap::from([(ROOT_CERT_KEY.to_string(), root_pem.to_string())]);
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some(ROOT_CERT_CONFIG_MAP.into()),

@@ -190,6 +190,12 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let api = Arc::new(FakeApiServer::default());
+    for namespace in ["ambit-system", "shop", "kube-system"] {
+        api.create(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace },
+        }))
+        .unwrap();
+    }
     for (name, namespace, node, sa) in [
         ("cart-1", "shop", "node-1", "cart"),
         ("pay-1", "shop", "node-2", "pay"),
@@ -252,13 +258,27 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     let pem = |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
     let root = pem("ca-cert.pem");
     assert!(pem("ca-key.pem").contains("PRIVATE KEY"));
-    // The root certificate, and only it, is published for the agents.
-    let published = &api.objects("ConfigMap")[0];
-    assert_eq!(published["metadata"]["name"], "ambit-ca-root-cert");
-    assert_eq!(
-        published["data"],
-        serde_json::json!({ "root-cert.pem": root })
-    );
+    // The root certificate, and only it, is published for the proxies: in
+    // every namespace of the mesh (a waypoint mounts it from its own), not
+    // in kube-system.
+    let published = || {
+        let config_maps = api.objects("ConfigMap");
+        let mut namespaces: Vec<String> = config_maps
+            .iter()
+            .filter(|c| c["metadata"]["name"] == "ambit-ca-root-cert")
+            .inspect(|c| assert_eq!(c["data"], serde_json::json!({ "root-cert.pem": root })))
+            .map(|c| c["metadata"]["namespace"].as_str().unwrap().to_string())
+            .collect();
+        namespaces.sort();
+        namespaces
+    };
+    for _ in 0..100 {
+        if published().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(published(), ["ambit-system", "shop"]);
     let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
     let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
     let client = |addr, token: &str| CaClient::new(addr, &bundle, &ca, token.to_string()).unwrap();
@@ -321,7 +341,8 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
         .unwrap();
     assert_eq!(again.trust_bundle_pem, root);
     assert_eq!(api.objects("Secret").len(), 1);
-    assert_eq!(api.objects("ConfigMap").len(), 1);
+    assert_eq!(published(), ["ambit-system", "shop"], "published once each");
+    assert_eq!(api.objects("ConfigMap").len(), 2);
     restarted.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
