@@ -127,6 +127,27 @@ pub fn start_secured(
     Ok((ca, agents))
 }
 
+/// Waits for `load` (an [`crate::testapp::HttpLoad::churn`]) to finish and
+/// checks every one of its `requests` got 200, with the agents' output
+/// when some did not.
+pub fn expect_no_failed_request(
+    load: &mut crate::Process,
+    requests: usize,
+    agents: &[NodeAgent],
+) -> anyhow::Result<()> {
+    load.wait_exit(Duration::from_secs(60))?;
+    let summary: crate::testapp::HttpSummary = crate::testapp::last_json(&load.output())?;
+    if summary.status(200) != requests {
+        let outputs: Vec<String> = agents.iter().map(NodeAgent::output).collect();
+        bail!(
+            "{} of {requests} requests got 200: {summary:?}\n{}",
+            summary.status(200),
+            outputs.join("\n")
+        );
+    }
+    Ok(())
+}
+
 /// The agent's HTTP ports a test can reach.
 #[derive(Clone, Copy, Debug)]
 pub enum AgentPort {

@@ -428,6 +428,14 @@ impl HttpLoad {
         self
     }
 
+    /// `requests` on a new connection each, one every 5 ms: the steady
+    /// churn that a restart or an upgrade of the agents must not break.
+    pub fn churn(requests: usize) -> Self {
+        Self::new(requests)
+            .reconnect()
+            .interval(Duration::from_millis(5))
+    }
+
     /// A new connection for every request.
     pub fn reconnect(mut self) -> Self {
         self.reconnect = true;

@@ -191,10 +191,7 @@ fn enrolling_and_releasing_a_running_pod_changes_only_new_connections() -> anyho
     // New connections all along, across both changes: none may fail, not
     // even one steered to the agent just before the release.
     let requests = 1000;
-    let mut load = HttpLoad::new(requests)
-        .reconnect()
-        .interval(Duration::from_millis(5))
-        .spawn(&cluster, client.place(), &url)?;
+    let mut load = HttpLoad::churn(requests).spawn(&cluster, client.place(), &url)?;
 
     // A connection made before the client is enrolled...
     let mut before = testapp::echo_stream(
@@ -407,10 +404,7 @@ fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> an
 
     let requests = 600;
     let url = format!("http://{}:8080/", server.ip);
-    let mut load = HttpLoad::new(requests)
-        .reconnect()
-        .interval(Duration::from_millis(5))
-        .spawn(&cluster, client.place(), &url)?;
+    let mut load = HttpLoad::churn(requests).spawn(&cluster, client.place(), &url)?;
     // A connection the old agents carry, open across both restarts: they
     // drain it (up to their deadline) before they exit.
     let lines = 20;
@@ -431,15 +425,7 @@ fn restarting_the_agents_fails_no_connection_and_drains_established_ones() -> an
         (lines, None),
         "{stream:?}"
     );
-    load.wait_exit(Duration::from_secs(60))?;
-    let summary: HttpSummary = testapp::last_json(&load.output())?;
-    assert_eq!(
-        summary.status(200),
-        requests,
-        "{summary:?}\n{}\n{}",
-        agents[0].output(),
-        agents[1].output()
-    );
+    mesh::expect_no_failed_request(&mut load, requests, &agents)?;
     // The new agents carry the traffic now.
     let carried = || -> anyhow::Result<f64> {
         Ok(sample(
