@@ -32,6 +32,11 @@ VALUE_SETS = {
     "gke": {"platform": "gke"},
     "k3s": {"platform": "k3s"},
     "openshift": {"platform": "openshift"},
+    # A canary release beside the stable one, on nodes of its own.
+    "canary": {
+        "revision": "canary",
+        "nodeAgent": {"nodeSelector": {"ambit.dev/rev": "canary"}},
+    },
     # Everything on: the gateway, a waypoint, the PodMonitor, a replicated CA.
     "full": {
         "createNamespace": True,
@@ -235,6 +240,14 @@ def check():
         }
         for problem in errors + invalid + order:
             report["problems"].append(f"{value_set}: {problem}")
+    # A revision installs beside the stable release: no object of one may
+    # be the other's.
+    def names(values):
+        return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in render(values)}
+
+    shared = sorted(" ".join(n) for n in names({}) & names(VALUE_SETS["canary"]))
+    report["revisionShares"] = shared
+    report["problems"] += [f"canary and default releases both render {n}" for n in shared]
     plain = plain_manifests()
     if not PLAIN.exists() or PLAIN.read_text() != plain:
         report["problems"].append(

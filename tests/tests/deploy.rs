@@ -12,10 +12,15 @@ use serde_json::Value;
 /// The chart's objects with every part on (`full` in xtask/chart.py),
 /// rendered by Helm itself.
 fn documents() -> Vec<Value> {
+    documents_of("full")
+}
+
+/// The chart's objects for the value set `set` of xtask/chart.py.
+fn documents_of(set: &str) -> Vec<Value> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/chart.py");
     let output = std::process::Command::new("python3")
         .arg(&script)
-        .args(["render-json", "full"])
+        .args(["render-json", set])
         .output()
         .expect("python3 runs xtask/chart.py (`cargo xtask setup` installs what it needs)");
     assert!(
@@ -171,7 +176,13 @@ fn the_chart_lints_renders_and_validates_for_the_oldest_and_newest_kubernetes() 
     });
     assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
     assert!(output.status.success());
-    for set in ["default", "gke", "k3s", "openshift", "full"] {
+    // A revision's release shares no object with the stable one.
+    assert_eq!(
+        report["revisionShares"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
+    for set in ["default", "gke", "k3s", "openshift", "canary", "full"] {
         assert!(
             report["valueSets"][set]["objects"].as_u64() > Some(10),
             "{report:#}"
@@ -197,4 +208,55 @@ fn the_chart_lints_renders_and_validates_for_the_oldest_and_newest_kubernetes() 
             "{kinds}"
         );
     }
+}
+
+#[test]
+fn a_revisions_agents_ca_and_names_point_at_each_other() {
+    let documents = documents_of("canary");
+    let find = |kind: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let daemonset = find("DaemonSet");
+    let agent = &daemonset["spec"]["template"]["spec"];
+    let parsed =
+        ambit_node_agent::Args::try_parse_from(args(agent, "node-agent", "ambit-node-agent"))
+            .unwrap();
+    assert_eq!(
+        parsed.daemonset.as_deref(),
+        Some(
+            format!(
+                "ambit-system/{}",
+                daemonset["metadata"]["name"].as_str().unwrap()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(daemonset["metadata"]["name"], "ambit-node-agent-canary");
+    let ca = find("Deployment");
+    let ca_args =
+        ambit_ca::Args::try_parse_from(args(&ca["spec"]["template"]["spec"], "ca", "ambit-ca"))
+            .unwrap();
+    assert_eq!(
+        ca_args.node_agent_service_account,
+        agent["serviceAccountName"].as_str().unwrap()
+    );
+    let service = documents
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == ca["metadata"]["name"])
+        .unwrap();
+    assert_eq!(
+        parsed.ca.ca_addr.as_deref(),
+        Some(
+            format!(
+                "{}.ambit-system.svc:15012",
+                service["metadata"]["name"].as_str().unwrap()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(agent["nodeSelector"]["ambit.dev/rev"], "canary");
 }

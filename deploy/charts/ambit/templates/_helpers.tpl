@@ -1,6 +1,16 @@
+{{/* What a release's names end with: "-REVISION" for a revision (a
+canary beside the stable release), else nothing. */}}
+{{- define "ambit.rev" -}}
+{{- if .Values.revision -}}-{{ .Values.revision }}{{- end -}}
+{{- end }}
+
 {{/* Labels every object carries. */}}
 {{- define "ambit.labels" -}}
 app.kubernetes.io/part-of: ambit
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- with .Values.revision }}
+ambit.dev/rev: {{ . | quote }}
+{{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
@@ -33,7 +43,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The flags that give a proxy its identity from the CA. */}}
 {{- define "ambit.caArgs" -}}
-- --ca-addr=ambit-ca.{{ .Release.Namespace }}.svc:15012
+- --ca-addr=ambit-ca{{ include "ambit.rev" . }}.{{ .Release.Namespace }}.svc:15012
 - --ca-namespace={{ .Release.Namespace }}
 - --ca-root=/var/run/ambit-ca/root-cert.pem
 - --ca-token-file=/var/run/secrets/ambit-ca/token
