@@ -6,7 +6,7 @@ OpenAPI schemas from kubernetes-validate. `cargo xtask chart` runs it;
 `cargo xtask setup` installs both.
 
     python3 xtask/chart.py check    # every value set: lint, render, validate
-    python3 xtask/chart.py render   # writes deploy/ambit.yaml
+    python3 xtask/chart.py render   # writes deploy/ambit.yaml (and -with-istio-crds)
     python3 xtask/chart.py render-json SET  # one value set's objects, as JSON
 
 `check` prints one JSON report and exits non-zero when anything is wrong.
@@ -23,6 +23,8 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "charts" / "ambit"
 PLAIN = ROOT / "deploy" / "ambit.yaml"
+PLAIN_WITH_CRDS = ROOT / "deploy" / "ambit-with-istio-crds.yaml"
+CRDS = CHART / "crds" / "istio.yaml"
 NAMESPACE = "ambit-system"
 # The oldest and newest Kubernetes the chart supports.
 KUBERNETES = ["1.25.0", "1.37.0"]
@@ -86,14 +88,21 @@ def render(values):
     return objects
 
 
-def plain_manifests():
-    """deploy/ambit.yaml: the default values, the namespace created."""
+def plain_manifests(with_crds=False):
+    """deploy/ambit.yaml: the default values, the namespace created; with
+    `with_crds`, Istio's kinds' CRDs first (for a cluster without Istio:
+    applied beside Istio's own, they would replace them)."""
     objects = render({"createNamespace": True})
     header = (
         "# Ambit, rendered from deploy/charts/ambit with its default values\n"
         "# (`cargo xtask chart render`; do not edit): `kubectl apply -f` applies\n"
         "# it in one pass, the namespace first.\n"
     )
+    if with_crds:
+        objects = [d for d in yaml.safe_load_all(CRDS.read_text()) if d] + objects
+        header = header.replace("the namespace first.", "the CRDs and the namespace first.") + (
+            "# With the CRDs of Istio's kinds: for a cluster without Istio only.\n"
+        )
     return header + yaml.safe_dump_all(objects, sort_keys=False)
 
 
@@ -131,7 +140,6 @@ def apply_problems(objects):
     return problems
 
 
-CRDS = CHART / "crds" / "istio.yaml"
 # Istio's published samples (its Bookinfo tasks) and the suite's own.
 SAMPLES = sorted((ROOT / "config" / "tests" / "fixtures").rglob("*.yaml"))
 
@@ -248,13 +256,17 @@ def check():
     shared = sorted(" ".join(n) for n in names({}) & names(VALUE_SETS["canary"]))
     report["revisionShares"] = shared
     report["problems"] += [f"canary and default releases both render {n}" for n in shared]
-    plain = plain_manifests()
-    if not PLAIN.exists() or PLAIN.read_text() != plain:
-        report["problems"].append(
-            "deploy/ambit.yaml is not what the chart renders: run `cargo xtask chart render`"
-        )
-    report["plainOrder"] = apply_problems(list(yaml.safe_load_all(plain)))
-    report["problems"] += [f"deploy/ambit.yaml: {p}" for p in report["plainOrder"]]
+    report["plainOrder"] = []
+    for path, with_crds in ((PLAIN, False), (PLAIN_WITH_CRDS, True)):
+        plain = plain_manifests(with_crds)
+        shown = path.relative_to(ROOT)
+        if not path.exists() or path.read_text() != plain:
+            report["problems"].append(
+                f"{shown} is not what the chart renders: run `cargo xtask chart render`"
+            )
+        order = apply_problems([d for d in yaml.safe_load_all(plain) if d])
+        report["plainOrder"] += [f"{shown}: {p}" for p in order]
+    report["problems"] += report["plainOrder"]
     print(json.dumps(report, indent=2))
     return 1 if report["problems"] else 0
 
@@ -266,8 +278,9 @@ def main(argv):
         print(json.dumps(render(VALUE_SETS[argv[2]])))
         return 0
     if argv[1:] == ["render"]:
-        PLAIN.write_text(plain_manifests())
-        print(f"wrote {PLAIN.relative_to(ROOT)}")
+        for path, with_crds in ((PLAIN, False), (PLAIN_WITH_CRDS, True)):
+            path.write_text(plain_manifests(with_crds))
+            print(f"wrote {path.relative_to(ROOT)}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

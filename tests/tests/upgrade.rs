@@ -40,12 +40,14 @@ fn chart_agent_args() -> anyhow::Result<Vec<String>> {
 }
 
 /// The chart's arguments for an agent on `node`: the flags the test bed
-/// sets itself (where it keeps the node's cgroup, pins, socket, state and
-/// probe socket) and the CA's address, root and token (the test CA's)
+/// sets itself (where it keeps the node's cgroup, pins, socket, state,
+/// readiness port and probe socket) and the CA's address, root and token
+/// (the test CA's)
 /// left to it; the node's CNI directories mapped into `dir`.
 fn on_test_node(chart: &[String], dir: &std::path::Path) -> anyhow::Result<Vec<OsString>> {
-    const SET_BY_THE_TEST_BED: [&str; 9] = [
+    const SET_BY_THE_TEST_BED: [&str; 10] = [
         "--capture-cgroup",
+        "--readiness-addr",
         "--bpf-pin-dir",
         "--cni-socket",
         "--state-dir",
