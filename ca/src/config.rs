@@ -56,6 +56,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub admin: AdminAddrs,
+
+    #[command(flatten)]
+    pub log: ambit_admin::LogArgs,
 }
 
 /// The validated configuration the CA runs with.

@@ -1,8 +1,9 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    ambit_admin::init_logging(ambit_admin::AccessLog::Immediate);
-    let config = ambit_ca::Config::from_args(ambit_ca::Args::parse())?;
+    let args = ambit_ca::Args::parse();
+    ambit_admin::init_logging(ambit_admin::AccessLog::Immediate, args.log.log_format);
+    let config = ambit_ca::Config::from_args(args)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

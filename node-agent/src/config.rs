@@ -45,6 +45,9 @@ pub struct Args {
     pub admin: AdminAddrs,
 
     #[command(flatten)]
+    pub log: ambit_admin::LogArgs,
+
+    #[command(flatten)]
     pub ca: CaArgs,
 
     /// The mesh's root namespace: its PeerAuthentication and

@@ -7,7 +7,8 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(ambit_admin::probe::run(&args[2..]));
     }
     ambit_admin::limit_heap_retention();
-    ambit_admin::init_logging(ambit_admin::AccessLog::Immediate);
-    let config = ambit_node_agent::Config::from_args(ambit_node_agent::Args::parse())?;
+    let args = ambit_node_agent::Args::parse();
+    ambit_admin::init_logging(ambit_admin::AccessLog::Immediate, args.log.log_format);
+    let config = ambit_node_agent::Config::from_args(args)?;
     ambit_admin::runtime(config.worker_threads)?.block_on(ambit_node_agent::app::run(config))
 }

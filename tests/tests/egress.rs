@@ -405,7 +405,12 @@ fn an_egress_waypoint_resolves_dns_entries_and_each_requests_host_for_dynamic_dn
         "waypoint",
         &mesh::Source::Directory,
         Some(&ca),
-        vec!["--dns-server".into(), resolver.into()],
+        vec![
+            "--dns-server".into(),
+            resolver.into(),
+            // Its log for a collector: a JSON object a line.
+            "--log-format=json".into(),
+        ],
     )?;
     let logs = || {
         format!(
@@ -471,6 +476,44 @@ fn an_egress_waypoint_resolves_dns_entries_and_each_requests_host_for_dynamic_dn
     ensure!(
         seen == [6.0, 2.0, 2.0, 3.0],
         "the waypoint counted {seen:?}"
+    );
+    // Its access lines, as JSON, carry the plain line's fields; one per
+    // request, with the status each got (written out within a second).
+    let access = || -> Vec<Value> {
+        waypoint
+            .output()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["target"] == "access")
+            .collect()
+    };
+    wait_for("the access lines", Duration::from_secs(3), || {
+        Ok(access().len() == 13)
+    })
+    .with_context(|| waypoint.output())?;
+    let fields = [
+        "method",
+        "path",
+        "status",
+        "flags",
+        "host",
+        "upstream",
+        "route",
+        "source",
+        "duration_ms",
+        "request_bytes",
+        "response_bytes",
+    ];
+    let lines = access();
+    for line in &lines {
+        for field in fields {
+            ensure!(line.get(field).is_some(), "{field} missing: {line}");
+        }
+    }
+    let status = |code: u64| lines.iter().filter(|l| l["status"] == code).count();
+    ensure!(
+        (status(200), status(503), status(404)) == (9, 2, 2),
+        "{lines:?}"
     );
     Ok(())
 }

@@ -82,6 +82,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub admin: AdminAddrs,
+
+    #[command(flatten)]
+    pub log: ambit_admin::LogArgs,
 }
 
 /// The validated configuration the waypoint runs with.

@@ -20,7 +20,7 @@ pub mod accept;
 mod logging;
 pub mod probe;
 
-pub use logging::{flush_access_log, init_logging, AccessLog};
+pub use logging::{flush_access_log, init_logging, AccessLog, LogArgs, LogFormat};
 
 use accept::Acceptor;
 
@@ -36,6 +36,8 @@ const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Readiness path, as Istio's proxies serve it.
 pub const READY_PATH: &str = "/healthz/ready";
+/// Where the loopback admin port takes a new log filter.
+pub const LOGGING_PATH: &str = "/logging";
 /// Liveness path: fails once a process's watchdog stops beating.
 pub const LIVE_PATH: &str = "/healthz/live";
 /// How long a watched process may go without a heartbeat and still count
@@ -313,6 +315,30 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
             }
             None => not_found(),
         },
+        // The log filter, changed on the loopback admin port only (as
+        // Envoy's `/logging`): `POST /logging?level=debug`.
+        (&Method::POST, LOGGING_PATH) if state.config_dump.is_some() => {
+            let level = req
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    (key == "level").then_some(value)
+                });
+            match level.map(logging::set_log_filter) {
+                Some(Ok(())) => (
+                    StatusCode::OK,
+                    format!("log filter: {}\n", level.unwrap_or_default()),
+                ),
+                Some(Err(why)) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+                None => (
+                    StatusCode::BAD_REQUEST,
+                    "give ?level=FILTER (RUST_LOG's syntax)\n".into(),
+                ),
+            }
+        }
         (&Method::GET, CONFIG_DUMP_PATH) => match &state.config_dump {
             Some(dump) => {
                 let mut text = serde_json::to_string_pretty(&dump()).unwrap_or_default();
@@ -450,8 +476,14 @@ mod tests {
 
     /// The status line, and the body.
     async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        ask(addr, "GET", path).await
+    }
+
+    async fn ask(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
@@ -460,6 +492,45 @@ mod tests {
             head.lines().next().unwrap_or_default().to_string(),
             body.to_string(),
         )
+    }
+
+    #[tokio::test]
+    async fn the_log_filter_changes_at_runtime_on_the_loopback_admin_port_only() {
+        // The only test of this binary that installs the global subscriber.
+        init_logging(AccessLog::Immediate, LogFormat::Json);
+        let serve = |config_dump: Option<ConfigDump>| async move {
+            let state = AdminState {
+                readiness: Readiness::default(),
+                registry: None,
+                config_dump,
+            };
+            let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), state)
+                .await
+                .expect("bind");
+            let addr = server.local_addr().expect("local address");
+            tokio::spawn(server.serve(std::future::pending()));
+            addr
+        };
+        let admin = serve(Some(Arc::new(|| serde_json::json!({})))).await;
+        let network = serve(None).await;
+        let (status, body) = ask(admin, "POST", "/logging?level=debug").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert!(tracing::enabled!(tracing::Level::DEBUG));
+        let (status, body) = ask(admin, "POST", "/logging?level=warn,ambit_admin=trace").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert!(!tracing::enabled!(target: "elsewhere", tracing::Level::INFO));
+        assert!(tracing::enabled!(tracing::Level::TRACE));
+        let (status, body) = ask(admin, "POST", "/logging?level=a=b=c").await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+        assert_eq!(
+            ask(admin, "POST", "/logging").await.0,
+            "HTTP/1.1 400 Bad Request"
+        );
+        // The network-facing listeners do not take it.
+        assert_eq!(
+            ask(network, "POST", "/logging?level=trace").await.0,
+            "HTTP/1.1 404 Not Found"
+        );
     }
 
     #[test]

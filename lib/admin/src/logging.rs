@@ -34,8 +34,28 @@ pub fn flush_access_log() {
     }
 }
 
-/// Installs the subscriber: `RUST_LOG` (default `info`), to stderr.
-pub fn init_logging(access: AccessLog) {
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    /// For a person: `TIME LEVEL target: message key=value…`.
+    #[default]
+    Text,
+    /// For a collector (Fluent Bit, Fluentd, Vector): one JSON object per
+    /// line, the event's fields (an access line's among them) as keys.
+    Json,
+}
+
+/// The logging flags every binary takes.
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct LogArgs {
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AMBIT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// Installs the subscriber: `RUST_LOG` (default `info`), to stderr, in
+/// `format`.
+pub fn init_logging(access: AccessLog, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if access == AccessLog::Buffered {
@@ -48,12 +68,52 @@ pub fn init_logging(access: AccessLog) {
             .map(drop)
             .unwrap_or_else(|error| eprintln!("access log lines are written at once: {error}"));
     }
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(Writers { access })
+        .with_writer(Writers { access });
+    // The filter stays changeable at runtime, through the admin port.
+    match format {
         // Colours for a person at a terminal, never in a collected log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => {
+            let subscriber = subscriber
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
+            keep_reload(subscriber.reload_handle());
+            subscriber.init();
+        }
+        LogFormat::Json => {
+            let subscriber = subscriber
+                .json()
+                .flatten_event(true)
+                .with_filter_reloading();
+            keep_reload(subscriber.reload_handle());
+            subscriber.init();
+        }
+    }
+}
+
+/// Sets the log filter (`RUST_LOG`'s syntax: `debug`, `info,ambit_waypoint=trace`).
+type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static SET_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+fn keep_reload<S: Send + Sync + 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    let set: SetFilter = Box::new(move |directives: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(directives)
+            .map_err(|error| format!("{directives:?}: {error}"))?;
+        handle.reload(filter).map_err(|error| error.to_string())
+    });
+    let _ = SET_FILTER.set(set);
+}
+
+/// Changes the log filter of a running process (the admin port's
+/// `POST /logging?level=…`); an error names what is wrong.
+pub fn set_log_filter(directives: &str) -> Result<(), String> {
+    match SET_FILTER.get() {
+        Some(set) => set(directives),
+        None => Err("this process installed no changeable log filter".to_string()),
+    }
 }
 
 struct Writers {
