@@ -175,10 +175,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             });
         }
     });
+    let mut registry = Registry::default();
+    ambit_admin::health::ProcessHealth::register(
+        &mut registry,
+        "ambit-ca",
+        env!("CARGO_PKG_VERSION"),
+    );
     let admin = AdminEndpoints::start(
         config.admin,
         readiness.clone(),
-        Arc::new(Registry::default()),
+        Arc::new(registry),
         config_dump,
     )
     .await?;

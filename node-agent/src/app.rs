@@ -111,6 +111,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     tokio::spawn(watchdog(readiness.clone(), enrollment.clone()));
+    ambit_admin::health::ProcessHealth::register(
+        &mut registry,
+        "ambit-node-agent",
+        env!("CARGO_PKG_VERSION"),
+    );
+    if inputs.mesh_tls.is_some() {
+        registry.register_collector(Box::new(CertificateExpiry(inputs.clone())));
+    }
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {
         let (mesh, enrollment, inputs) = (mesh.clone(), enrollment.clone(), inputs.clone());
@@ -192,6 +200,42 @@ async fn uninstall_if_asked(config: &Config, install: &CniInstall) {
             Ok(()) => tracing::info!("CNI plugin and entry removed: the node is out of the mesh"),
             Err(error) => tracing::error!(%error, "removing the CNI plugin and entry"),
         }
+    }
+}
+
+/// When each workload certificate the agent holds expires, at each scrape:
+/// a renewal that stopped shows as an expiry coming near.
+struct CertificateExpiry(Arc<ProxyInputs>);
+
+impl std::fmt::Debug for CertificateExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateExpiry")
+    }
+}
+
+impl prometheus_client::collector::Collector for CertificateExpiry {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Some(mesh_tls) = &self.0.mesh_tls else {
+            return Ok(());
+        };
+        let held = mesh_tls.certificates().describe();
+        let mut family = encoder.encode_descriptor(
+            "ambit_certificate_expiration_timestamp_seconds",
+            "When each workload certificate the agent holds expires, in seconds since the Unix epoch",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for certificate in held {
+            let labels = vec![("identity", certificate.identity.as_str())];
+            let gauge =
+                prometheus_client::metrics::gauge::ConstGauge::new(certificate.not_after as i64);
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, HttpSummary, Server};
 use ambit_testbed::{wait_for, Cluster};
+use anyhow::ensure;
 
 /// What the test app's JSON answer says, in the clear.
 const MARKER: &[u8] = br#""app":"server""#;
@@ -55,6 +56,28 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
             },
         )?;
     }
+
+    // The agent tells Prometheus when the certificate expires, and its
+    // build, as Istio's dashboards read them.
+    let metrics = agents[0].metrics(&cluster)?;
+    let expiry = sample(
+        &metrics,
+        "ambit_certificate_expiration_timestamp_seconds",
+        &[("identity", id("client").as_str())],
+    );
+    let held = agents[0].certificates(&cluster)?[0].1;
+    ensure!(
+        expiry as u64 == held,
+        "expiry {expiry} in the metrics, {held} held"
+    );
+    ensure!(
+        sample(
+            &metrics,
+            "istio_build",
+            &[("component", "ambit-node-agent")]
+        ) == 1.0,
+        "{metrics}"
+    );
 
     // Renewed before expiry: a later certificate replaces the first.
     let first = agents[0].certificates(&cluster)?[0].1;

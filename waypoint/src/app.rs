@@ -138,6 +138,11 @@ impl Serving {
         };
         let readiness = Readiness::default();
         let mut registry = Registry::default();
+        ambit_admin::health::ProcessHealth::register(
+            &mut registry,
+            "ambit-waypoint",
+            env!("CARGO_PKG_VERSION"),
+        );
         let metrics = Arc::new(HttpMetrics::register(&mut registry));
         let admin = AdminEndpoints::start(
             config.admin.clone(),

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub mod accept;
+pub mod health;
 mod logging;
 pub mod probe;
 
