@@ -259,6 +259,19 @@ impl Bookinfo {
         )
     }
 
+    /// Where each proxy serves its metrics, by Prometheus job: the agents
+    /// on their nodes' addresses, the waypoint on its pod's.
+    pub fn metrics_targets(&self) -> anyhow::Result<Vec<(&'static str, std::net::SocketAddr)>> {
+        let mut targets = vec![("waypoint", self.waypoint.metrics_addr())];
+        for agent in &self.agents {
+            targets.push((
+                "node-agent",
+                agent.addr(&self.cluster, mesh::AgentPort::Metrics)?,
+            ));
+        }
+        Ok(targets)
+    }
+
     /// `load` from `client` to `app`'s `path`.
     pub fn run(&self, load: HttpLoad, app: &str, path: &str) -> anyhow::Result<HttpSummary> {
         let client = self.cluster.pod("client")?;

@@ -18,6 +18,7 @@ mod manifests;
 pub mod mesh;
 pub mod pki;
 mod process;
+pub mod prometheus;
 pub mod sniff;
 pub mod testapp;
 pub mod waypoint;

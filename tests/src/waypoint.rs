@@ -154,6 +154,11 @@ impl Waypoint {
     }
 
     /// Its Prometheus metrics, from its 15020 as Prometheus scrapes them.
+    /// Where it serves its metrics (the pod's address, 15020).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
     pub fn metrics(&self) -> anyhow::Result<String> {
         let (status, body) = self.place.http_get(self.metrics, "/metrics")?;
         if status != 200 {

@@ -17,6 +17,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The images: built with podman from static (musl) binaries.
     ("podman", "podman"),
     ("musl-tools", "musl-gcc"),
+    // The observability test's Prometheus.
+    ("prometheus", "prometheus"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
