@@ -1,6 +1,7 @@
 //! `ambit`: the command line for Ambit users.
 
 mod analyze;
+mod stat;
 
 use clap::{Parser, Subcommand};
 
@@ -21,11 +22,40 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<String>,
     },
+    /// The golden signals per service (or workload), read off the proxies'
+    /// metrics endpoints: requests, rate, success, latency percentiles,
+    /// TCP connections and their mutual TLS share.
+    Stat {
+        /// A proxy's metrics address (an agent's or a waypoint's
+        /// `ADDRESS:15020`); repeatable.
+        #[arg(long = "metrics", required = true)]
+        metrics: Vec<std::net::SocketAddr>,
+        /// Over a window of this many seconds (two scrapes); without it,
+        /// since the proxies started.
+        #[arg(long)]
+        interval: Option<u64>,
+        #[arg(long, value_enum, default_value = "service")]
+        by: stat::By,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: stat::Output,
+    },
 }
 
 fn main() {
     let outcome = match Cli::parse().command {
         Command::Analyze { files } => analyze::run(&files),
+        Command::Stat {
+            metrics,
+            interval,
+            by,
+            output,
+        } => stat::run(
+            &metrics,
+            interval.map(std::time::Duration::from_secs),
+            by,
+            output,
+        )
+        .map(|()| true),
     };
     match outcome {
         Ok(clean) => std::process::exit(if clean { 0 } else { 1 }),

@@ -55,12 +55,39 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
         // Every proxy says what it is.
         (r#"count(istio_build{component=~"ambit-.*"})"#, 3.0),
     ];
-    for (query, at_least) in checks {
-        let got = value(query)?;
+    // Each target is scraped on its own second: wait for all of them.
+    let mut last = Vec::new();
+    let all = wait_for("every query answered", Duration::from_secs(20), || {
+        last = Vec::new();
+        for (query, at_least) in checks {
+            let got = value(query)?;
+            if got < Some(at_least) {
+                last.push(format!("{query}: {got:?}, wanted at least {at_least}"));
+            }
+        }
+        Ok(last.is_empty())
+    });
+    all.with_context(|| format!("{}\n{}", last.join("\n"), prometheus.output()))?;
+
+    // The same signals in a terminal: `ambit stat` off the proxies' own
+    // metrics endpoints, with no Prometheus.
+    let ambit = cluster.binaries().get("ambit")?;
+    let mut args = vec!["stat".to_string(), "-o".into(), "json".into()];
+    for (_, addr) in &targets {
+        args.extend(["--metrics".to_string(), addr.to_string()]);
+    }
+    let node = cluster.node("node-1")?;
+    let output = cluster.run(node.place(), &ambit, &args, Duration::from_secs(20))?;
+    ensure!(output.status.success(), "{output:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    for service in ["default/reviews", "default/details"] {
+        let row = &rows[service];
         ensure!(
-            got >= Some(at_least),
-            "{query}: {got:?}, wanted at least {at_least}\n{}",
-            prometheus.output()
+            row["requests"].as_f64() >= Some(20.0)
+                && row["successRate"] == 1.0
+                && row["p50Ms"].as_f64().is_some()
+                && row["p99Ms"].as_f64() >= row["p50Ms"].as_f64(),
+            "{service}: {rows:#}"
         );
     }
     Ok(())

@@ -1,0 +1,387 @@
+//! `ambit stat`: the golden signals of the mesh's services, read off the
+//! proxies' own metrics endpoints (Istio's metric names), for people who
+//! live in a terminal, as `linkerd viz stat`: per service (or workload),
+//! requests, success rate, latency percentiles, TCP connections and the
+//! share of them in mutual TLS. With `--interval`, over that window (two
+//! scrapes); without, since the proxies started.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+/// What rows are per.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Service,
+    Workload,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// One sample of Prometheus' text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A row's golden signals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub requests: f64,
+    /// Requests per second over the window (none: no window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rps: Option<f64>,
+    /// Share of requests not answered 5xx (none: no request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    pub tcp_connections: f64,
+    /// Share of TCP connections in mutual TLS (none: no connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls_share: Option<f64>,
+}
+
+/// The samples of a text exposition (comments and blank lines skipped).
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let (name, labels) = match head.split_once('{') {
+        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+        None => (head, BTreeMap::new()),
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// `a="x",b="y \"quoted\""`.
+fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    while !text.is_empty() {
+        let (key, rest) = text.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => value.push(match chars.next()?.1 {
+                    'n' => '\n',
+                    other => other,
+                }),
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        labels.insert(key.trim_start_matches(',').to_string(), value);
+        text = rest[end + 1..].trim_start_matches(',');
+    }
+    Some(labels)
+}
+
+/// The rows of `now` (less `before`, over `seconds`, when a window).
+pub fn rows(now: &[Sample], before: Option<(&[Sample], f64)>, by: By) -> BTreeMap<String, Row> {
+    let totals = |samples: &[Sample]| totals(samples, by);
+    let mut rows = totals(now);
+    if let Some((before, seconds)) = before {
+        let earlier = totals(before);
+        for (key, row) in &mut rows {
+            let Some(was) = earlier.get(key) else {
+                continue;
+            };
+            row.requests -= was.requests;
+            row.tcp_connections -= was.tcp_connections;
+            row.mtls -= was.mtls;
+            row.successes -= was.successes;
+            for (le, count) in &mut row.buckets {
+                *count -= was.buckets.get(le).copied().unwrap_or(0.0);
+            }
+        }
+        return rows
+            .into_iter()
+            .map(|(key, row)| (key, row.finish(Some(seconds))))
+            .collect();
+    }
+    rows.into_iter()
+        .map(|(key, row)| (key, row.finish(None)))
+        .collect()
+}
+
+/// Counts before rates and quantiles are made of them.
+#[derive(Default)]
+struct Totals {
+    requests: f64,
+    successes: f64,
+    /// Cumulative latency buckets by upper bound (ms).
+    buckets: BTreeMap<Bound, f64>,
+    tcp_connections: f64,
+    mtls: f64,
+}
+
+/// A bucket's upper bound, ordered (`+Inf` last).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bound(f64);
+impl Eq for Bound {}
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Bound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
+    let mut rows: BTreeMap<String, Totals> = BTreeMap::new();
+    let key = |labels: &BTreeMap<String, String>| -> Option<String> {
+        let (name, namespace) = match by {
+            By::Service => ("destination_service_name", "destination_service_namespace"),
+            By::Workload => ("destination_workload", "destination_workload_namespace"),
+        };
+        let name = labels
+            .get(name)
+            .filter(|n| !n.is_empty() && *n != "unknown")?;
+        let namespace = labels.get(namespace).map_or("", String::as_str);
+        Some(format!("{namespace}/{name}"))
+    };
+    for sample in samples {
+        let labels = &sample.labels;
+        let reporter = labels.get("reporter").map_or("", String::as_str);
+        // Each request once: as the waypoint (or the server's side) saw it.
+        let http = reporter == "waypoint" || reporter == "destination";
+        let Some(key) = key(labels) else { continue };
+        match sample.name.as_str() {
+            "istio_requests_total" if http => {
+                let row = rows.entry(key).or_default();
+                row.requests += sample.value;
+                let code: u16 = labels
+                    .get("response_code")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if (1..500).contains(&code) {
+                    row.successes += sample.value;
+                }
+            }
+            "istio_request_duration_milliseconds_bucket" if http => {
+                let le = match labels.get("le").map(String::as_str) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                let row = rows.entry(key).or_default();
+                *row.buckets.entry(Bound(le)).or_default() += sample.value;
+            }
+            "istio_tcp_connections_opened_total" if reporter == "destination" => {
+                let row = rows.entry(key).or_default();
+                row.tcp_connections += sample.value;
+                if labels.get("connection_security_policy").map(String::as_str)
+                    == Some("mutual_tls")
+                {
+                    row.mtls += sample.value;
+                }
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+impl Totals {
+    fn finish(self, seconds: Option<f64>) -> Row {
+        let share = |part: f64, whole: f64| (whole > 0.0).then(|| part / whole);
+        Row {
+            requests: self.requests,
+            rps: seconds.filter(|s| *s > 0.0).map(|s| self.requests / s),
+            success_rate: share(self.successes, self.requests),
+            p50_ms: quantile(&self.buckets, 0.50),
+            p95_ms: quantile(&self.buckets, 0.95),
+            p99_ms: quantile(&self.buckets, 0.99),
+            tcp_connections: self.tcp_connections,
+            mtls_share: share(self.mtls, self.tcp_connections),
+        }
+    }
+}
+
+/// Prometheus' `histogram_quantile`: linear within the bucket the rank
+/// falls in; the last finite bound when it falls in `+Inf`.
+fn quantile(buckets: &BTreeMap<Bound, f64>, q: f64) -> Option<f64> {
+    let total = *buckets.values().last()?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut previous = (0.0, 0.0);
+    for (Bound(le), count) in buckets {
+        if *count >= rank {
+            if le.is_infinite() {
+                return Some(previous.0);
+            }
+            let within = (rank - previous.1) / (count - previous.1).max(f64::MIN_POSITIVE);
+            return Some(previous.0 + (le - previous.0) * within);
+        }
+        previous = (*le, *count);
+    }
+    None
+}
+
+/// Reads `addrs`' metrics, once or twice `interval` apart, and prints the
+/// rows.
+pub fn run(
+    addrs: &[SocketAddr],
+    interval: Option<Duration>,
+    by: By,
+    output: Output,
+) -> anyhow::Result<()> {
+    let scrape = || -> anyhow::Result<Vec<Sample>> {
+        let mut samples = Vec::new();
+        for addr in addrs {
+            samples.extend(parse(&metrics(*addr)?));
+        }
+        Ok(samples)
+    };
+    let rows = match interval {
+        Some(interval) => {
+            let before = scrape()?;
+            std::thread::sleep(interval);
+            rows(&scrape()?, Some((&before, interval.as_secs_f64())), by)
+        }
+        None => rows(&scrape()?, None, by),
+    };
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
+        Output::Table => {
+            let heading = match by {
+                By::Service => "SERVICE",
+                By::Workload => "WORKLOAD",
+            };
+            writeln!(
+                out,
+                "{heading:<40} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>6}",
+                "REQUESTS", "RPS", "SUCCESS", "P50_MS", "P95_MS", "P99_MS", "TCP", "MTLS"
+            )?;
+            let show = |value: Option<f64>, scale: f64, unit: &str| {
+                value.map_or("-".to_string(), |v| format!("{:.1}{unit}", v * scale))
+            };
+            for (key, row) in rows {
+                writeln!(
+                    out,
+                    "{key:<40} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>6}",
+                    row.requests,
+                    show(row.rps, 1.0, ""),
+                    show(row.success_rate, 100.0, "%"),
+                    show(row.p50_ms, 1.0, ""),
+                    show(row.p95_ms, 1.0, ""),
+                    show(row.p99_ms, 1.0, ""),
+                    row.tcp_connections,
+                    show(row.mtls_share, 100.0, "%"),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GET /metrics` of `addr`, in HTTP/1.0.
+fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if head.split_whitespace().nth(1) != Some("200") {
+        bail!(
+            "{addr}/metrics: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRAPE: &str = r#"# HELP istio_requests_total Requests.
+# TYPE istio_requests_total counter
+istio_requests_total{reporter="waypoint",destination_service_name="reviews",destination_service_namespace="default",response_code="200"} 90
+istio_requests_total{reporter="waypoint",destination_service_name="reviews",destination_service_namespace="default",response_code="503"} 10
+istio_requests_total{reporter="source",destination_service_name="reviews",destination_service_namespace="default",response_code="200"} 100
+istio_request_duration_milliseconds_bucket{reporter="waypoint",destination_service_name="reviews",destination_service_namespace="default",le="1"} 50
+istio_request_duration_milliseconds_bucket{reporter="waypoint",destination_service_name="reviews",destination_service_namespace="default",le="10"} 90
+istio_request_duration_milliseconds_bucket{reporter="waypoint",destination_service_name="reviews",destination_service_namespace="default",le="+Inf"} 100
+istio_tcp_connections_opened_total{reporter="destination",destination_service_name="reviews",destination_service_namespace="default",connection_security_policy="mutual_tls"} 3
+istio_tcp_connections_opened_total{reporter="destination",destination_service_name="reviews",destination_service_namespace="default",connection_security_policy="none"} 1
+"#;
+
+    #[test]
+    fn each_service_gets_its_golden_signals_from_istios_metrics() {
+        let samples = parse(SCRAPE);
+        assert_eq!(samples.len(), 8);
+        let rows = rows(&samples, None, By::Service);
+        let reviews = &rows["default/reviews"];
+        // The gateway's (source) report of the same requests is not added.
+        assert_eq!(reviews.requests, 100.0);
+        assert_eq!(reviews.success_rate, Some(0.9));
+        assert_eq!(reviews.p50_ms, Some(1.0));
+        assert!((reviews.p95_ms.unwrap() - 10.0).abs() < 1e-9, "{reviews:?}");
+        assert_eq!(
+            reviews.p99_ms,
+            Some(10.0),
+            "past the last bound: the last bound"
+        );
+        assert_eq!(reviews.tcp_connections, 4.0);
+        assert_eq!(reviews.mtls_share, Some(0.75));
+        assert_eq!(reviews.rps, None);
+    }
+
+    #[test]
+    fn over_a_window_the_counts_are_what_changed() {
+        let before = parse(SCRAPE);
+        let after = parse(&SCRAPE.replace("} 90\n", "} 110\n"));
+        let rows = rows(&after, Some((&before, 2.0)), By::Service);
+        let reviews = &rows["default/reviews"];
+        assert_eq!(reviews.requests, 20.0);
+        assert_eq!(reviews.rps, Some(10.0));
+        assert_eq!(reviews.success_rate, Some(1.0));
+    }
+
+    #[test]
+    fn labels_with_quotes_and_commas_are_read_whole() {
+        let sample = parse_line(r#"m{a="x,y",b="say \"hi\""} 2"#).unwrap();
+        assert_eq!(sample.labels["a"], "x,y");
+        assert_eq!(sample.labels["b"], r#"say "hi""#);
+        assert_eq!(sample.value, 2.0);
+    }
+}
