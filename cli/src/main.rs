@@ -39,6 +39,17 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: stat::Output,
     },
+    /// The service graph, from the proxies' metrics endpoints: a node per
+    /// workload, an edge per caller and callee with its requests, success
+    /// and mutual TLS; written as Graphviz DOT, or SVG for a `.svg` file.
+    Graph {
+        /// A proxy's metrics address; repeatable.
+        #[arg(long = "metrics", required = true)]
+        metrics: Vec<std::net::SocketAddr>,
+        /// Where the graph goes (`mesh.svg`, `mesh.dot`).
+        #[arg(short = 'o', long, default_value = "mesh.svg")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -56,6 +67,7 @@ fn main() {
             output,
         )
         .map(|()| true),
+        Command::Graph { metrics, out } => stat::graph(&metrics, &out).map(|()| true),
     };
     match outcome {
         Ok(clean) => std::process::exit(if clean { 0 } else { 1 }),

@@ -1,4 +1,5 @@
-//! `ambit stat`: the golden signals of the mesh's services, read off the
+//! `ambit stat` and `ambit graph`: the golden signals of the mesh's
+//! services, and its service graph, read off the
 //! proxies' own metrics endpoints (Istio's metric names), for people who
 //! live in a terminal, as `linkerd viz stat`: per service (or workload),
 //! requests, success rate, latency percentiles, TCP connections and the
@@ -253,6 +254,125 @@ fn quantile(buckets: &BTreeMap<Bound, f64>, q: f64) -> Option<f64> {
     None
 }
 
+/// One edge of the service graph: a caller and a callee workload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Edge {
+    pub requests: f64,
+    pub successes: f64,
+    pub tcp_connections: f64,
+    pub mtls: f64,
+}
+
+/// The edges (caller → callee, `namespace/workload` each) in `samples`,
+/// each request and connection counted once, as the side nearer the
+/// callee reported it.
+pub fn edges(samples: &[Sample]) -> BTreeMap<(String, String), Edge> {
+    let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
+    let workload = |labels: &BTreeMap<String, String>, side: &str| -> Option<String> {
+        let name = labels.get(&format!("{side}_workload"))?;
+        if name.is_empty() || name == "unknown" {
+            return None;
+        }
+        let namespace = labels.get(&format!("{side}_workload_namespace"));
+        Some(format!("{}/{name}", namespace.map_or("", String::as_str)))
+    };
+    for sample in samples {
+        let labels = &sample.labels;
+        let reporter = labels.get("reporter").map_or("", String::as_str);
+        let (Some(from), Some(to)) = (workload(labels, "source"), workload(labels, "destination"))
+        else {
+            continue;
+        };
+        match sample.name.as_str() {
+            "istio_requests_total" if reporter == "waypoint" || reporter == "destination" => {
+                let edge = edges.entry((from, to)).or_default();
+                edge.requests += sample.value;
+                let code: u16 = labels
+                    .get("response_code")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if (1..500).contains(&code) {
+                    edge.successes += sample.value;
+                }
+            }
+            "istio_tcp_connections_opened_total" if reporter == "destination" => {
+                let edge = edges.entry((from, to)).or_default();
+                edge.tcp_connections += sample.value;
+                if labels.get("connection_security_policy").map(String::as_str)
+                    == Some("mutual_tls")
+                {
+                    edge.mtls += sample.value;
+                }
+            }
+            _ => {}
+        }
+    }
+    edges
+}
+
+/// The graph in Graphviz's DOT: a node per workload, an edge per caller
+/// and callee, labelled with requests, success and mutual TLS.
+pub fn dot(edges: &BTreeMap<(String, String), Edge>) -> String {
+    let mut text = String::from(
+        "digraph mesh {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"sans-serif\"];\n",
+    );
+    for ((from, to), edge) in edges {
+        let mut label = Vec::new();
+        if edge.requests > 0.0 {
+            label.push(format!(
+                "{} req, {:.0}% ok",
+                edge.requests,
+                100.0 * edge.successes / edge.requests
+            ));
+        }
+        if edge.tcp_connections > 0.0 {
+            label.push(format!(
+                "{} conn, {:.0}% mTLS",
+                edge.tcp_connections,
+                100.0 * edge.mtls / edge.tcp_connections
+            ));
+        }
+        text.push_str(&format!(
+            "  {:?} -> {:?} [label={:?}];\n",
+            from,
+            to,
+            label.join("\\n")
+        ));
+    }
+    text.push_str("}\n");
+    text
+}
+
+/// Reads `addrs`' metrics and writes the service graph to `out`: DOT, or
+/// SVG when `out` ends in `.svg` (drawn by Graphviz's `dot`).
+pub fn graph(addrs: &[SocketAddr], out: &std::path::Path) -> anyhow::Result<()> {
+    let mut samples = Vec::new();
+    for addr in addrs {
+        samples.extend(parse(&metrics(*addr)?));
+    }
+    let text = dot(&edges(&samples));
+    if out.extension().is_some_and(|e| e == "svg") {
+        let mut dot = std::process::Command::new("dot")
+            .args(["-Tsvg", "-o"])
+            .arg(out)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("running Graphviz's dot (install graphviz, or write .dot)")?;
+        dot.stdin
+            .take()
+            .context("dot's stdin")?
+            .write_all(text.as_bytes())?;
+        let status = dot.wait()?;
+        if !status.success() {
+            bail!("dot failed ({status})");
+        }
+    } else {
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{}", out.display());
+    Ok(())
+}
+
 /// Reads `addrs`' metrics, once or twice `interval` apart, and prints the
 /// rows.
 pub fn run(
@@ -375,6 +495,29 @@ istio_tcp_connections_opened_total{reporter="destination",destination_service_na
         assert_eq!(reviews.requests, 20.0);
         assert_eq!(reviews.rps, Some(10.0));
         assert_eq!(reviews.success_rate, Some(1.0));
+    }
+
+    #[test]
+    fn the_graph_has_an_edge_per_caller_and_callee() {
+        let samples = parse(
+            r#"istio_requests_total{reporter="waypoint",source_workload="productpage-v1",source_workload_namespace="default",destination_workload="reviews-v1",destination_workload_namespace="default",response_code="200"} 9
+istio_requests_total{reporter="waypoint",source_workload="productpage-v1",source_workload_namespace="default",destination_workload="reviews-v1",destination_workload_namespace="default",response_code="500"} 1
+istio_requests_total{reporter="source",source_workload="productpage-v1",source_workload_namespace="default",destination_workload="reviews-v1",destination_workload_namespace="default",response_code="200"} 10
+istio_tcp_connections_opened_total{reporter="destination",source_workload="reviews-v1",source_workload_namespace="default",destination_workload="ratings-v1",destination_workload_namespace="default",connection_security_policy="mutual_tls"} 2
+"#,
+        );
+        let edges = edges(&samples);
+        assert_eq!(edges.len(), 2);
+        let page = &edges[&("default/productpage-v1".into(), "default/reviews-v1".into())];
+        assert_eq!((page.requests, page.successes), (10.0, 9.0));
+        let text = dot(&edges);
+        assert!(
+            text.contains(
+                r#""default/productpage-v1" -> "default/reviews-v1" [label="10 req, 90% ok"]"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"[label="2 conn, 100% mTLS"]"#), "{text}");
     }
 
     #[test]

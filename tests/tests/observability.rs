@@ -90,5 +90,37 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
             "{service}: {rows:#}"
         );
     }
+
+    // The service graph, drawn: an SVG with an edge per caller and callee.
+    let svg = cluster.work_dir().join("mesh.svg");
+    let mut args = vec!["graph".to_string(), "-o".into(), svg.display().to_string()];
+    for (_, addr) in &targets {
+        args.extend(["--metrics".to_string(), addr.to_string()]);
+    }
+    let output = cluster.run(node.place(), &ambit, &args, Duration::from_secs(20))?;
+    ensure!(output.status.success(), "{output:?}");
+    let drawn = std::fs::read_to_string(&svg)?;
+    ensure!(
+        drawn.contains("<svg") && drawn.trim_end().ends_with("</svg>"),
+        "{drawn}"
+    );
+    // Graphviz titles each edge `from->to`, escaped.
+    let edges: Vec<String> = drawn
+        .split("class=\"edge\"")
+        .skip(1)
+        .filter_map(|edge| {
+            let title = edge.split("<title>").nth(1)?.split("</title>").next()?;
+            Some(title.replace("&#45;", "-").replace("&gt;", ">"))
+        })
+        .collect();
+    for expected in [
+        "default/productpage-v1->default/details-v1",
+        "default/productpage-v1->default/reviews-v1",
+    ] {
+        ensure!(
+            edges.iter().any(|e| e == expected),
+            "{expected} not in {edges:?}"
+        );
+    }
     Ok(())
 }

@@ -17,8 +17,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The images: built with podman from static (musl) binaries.
     ("podman", "podman"),
     ("musl-tools", "musl-gcc"),
-    // The observability test's Prometheus.
+    // The observability test's Prometheus, and Graphviz for `ambit graph`.
     ("prometheus", "prometheus"),
+    ("graphviz", "dot"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
