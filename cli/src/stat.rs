@@ -114,13 +114,10 @@ pub fn rows(now: &[Sample], before: Option<(&[Sample], f64)>, by: By) -> BTreeMa
             let Some(was) = earlier.get(key) else {
                 continue;
             };
-            row.requests -= was.requests;
+            row.near.less(&was.near);
+            row.far.less(&was.far);
             row.tcp_connections -= was.tcp_connections;
             row.mtls -= was.mtls;
-            row.successes -= was.successes;
-            for (le, count) in &mut row.buckets {
-                *count -= was.buckets.get(le).copied().unwrap_or(0.0);
-            }
         }
         return rows
             .into_iter()
@@ -135,12 +132,31 @@ pub fn rows(now: &[Sample], before: Option<(&[Sample], f64)>, by: By) -> BTreeMa
 /// Counts before rates and quantiles are made of them.
 #[derive(Default)]
 struct Totals {
+    /// Requests as the side nearer the callee reported them (a waypoint,
+    /// the server's proxy), and as the caller's (a gateway) did: each
+    /// request is counted once, by the nearer report when there is one.
+    near: Http,
+    far: Http,
+    tcp_connections: f64,
+    mtls: f64,
+}
+
+#[derive(Default)]
+struct Http {
     requests: f64,
     successes: f64,
     /// Cumulative latency buckets by upper bound (ms).
     buckets: BTreeMap<Bound, f64>,
-    tcp_connections: f64,
-    mtls: f64,
+}
+
+impl Http {
+    fn less(&mut self, earlier: &Http) {
+        self.requests -= earlier.requests;
+        self.successes -= earlier.successes;
+        for (le, count) in &mut self.buckets {
+            *count -= earlier.buckets.get(le).copied().unwrap_or(0.0);
+        }
+    }
 }
 
 /// A bucket's upper bound, ordered (`+Inf` last).
@@ -174,12 +190,11 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
     for sample in samples {
         let labels = &sample.labels;
         let reporter = labels.get("reporter").map_or("", String::as_str);
-        // Each request once: as the waypoint (or the server's side) saw it.
-        let http = reporter == "waypoint" || reporter == "destination";
+        let near = reporter == "waypoint" || reporter == "destination";
         let Some(key) = key(labels) else { continue };
         match sample.name.as_str() {
-            "istio_requests_total" if http => {
-                let row = rows.entry(key).or_default();
+            "istio_requests_total" => {
+                let row = rows.entry(key).or_default().http(near);
                 row.requests += sample.value;
                 let code: u16 = labels
                     .get("response_code")
@@ -189,7 +204,7 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
                     row.successes += sample.value;
                 }
             }
-            "istio_request_duration_milliseconds_bucket" if http => {
+            "istio_request_duration_milliseconds_bucket" => {
                 let le = match labels.get("le").map(String::as_str) {
                     Some("+Inf") => f64::INFINITY,
                     Some(le) => match le.parse() {
@@ -198,7 +213,7 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
                     },
                     None => continue,
                 };
-                let row = rows.entry(key).or_default();
+                let row = rows.entry(key).or_default().http(near);
                 *row.buckets.entry(Bound(le)).or_default() += sample.value;
             }
             "istio_tcp_connections_opened_total" if reporter == "destination" => {
@@ -217,15 +232,27 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
 }
 
 impl Totals {
+    /// The counts of requests reported near the callee, or by its caller.
+    fn http(&mut self, near: bool) -> &mut Http {
+        match near {
+            true => &mut self.near,
+            false => &mut self.far,
+        }
+    }
+
     fn finish(self, seconds: Option<f64>) -> Row {
         let share = |part: f64, whole: f64| (whole > 0.0).then(|| part / whole);
+        let http = match self.near.requests > 0.0 {
+            true => self.near,
+            false => self.far,
+        };
         Row {
-            requests: self.requests,
-            rps: seconds.filter(|s| *s > 0.0).map(|s| self.requests / s),
-            success_rate: share(self.successes, self.requests),
-            p50_ms: quantile(&self.buckets, 0.50),
-            p95_ms: quantile(&self.buckets, 0.95),
-            p99_ms: quantile(&self.buckets, 0.99),
+            requests: http.requests,
+            rps: seconds.filter(|s| *s > 0.0).map(|s| http.requests / s),
+            success_rate: share(http.successes, http.requests),
+            p50_ms: quantile(&http.buckets, 0.50),
+            p95_ms: quantile(&http.buckets, 0.95),
+            p99_ms: quantile(&http.buckets, 0.99),
             tcp_connections: self.tcp_connections,
             mtls_share: share(self.mtls, self.tcp_connections),
         }
@@ -473,6 +500,12 @@ istio_tcp_connections_opened_total{reporter="destination",destination_service_na
         let reviews = &rows["default/reviews"];
         // The gateway's (source) report of the same requests is not added.
         assert_eq!(reviews.requests, 100.0);
+        // A service only a gateway reports on is counted from its reports.
+        let gateway_only = parse(
+            r#"istio_requests_total{reporter="source",destination_service_name="productpage",destination_service_namespace="default",response_code="200"} 7"#,
+        );
+        let counted = super::rows(&gateway_only, None, By::Service);
+        assert_eq!(counted["default/productpage"].requests, 7.0);
         assert_eq!(reviews.success_rate, Some(0.9));
         assert_eq!(reviews.p50_ms, Some(1.0));
         assert!((reviews.p95_ms.unwrap() - 10.0).abs() < 1e-9, "{reviews:?}");

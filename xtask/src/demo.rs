@@ -292,6 +292,53 @@ fn bookinfo_through_the_gateway() -> anyhow::Result<()> {
             );
         }
     }
+    stat_and_graph(&bookinfo)
+}
+
+/// `ambit stat` by workload (the reviews split the tasks applied shows)
+/// and `ambit graph`, as a user would run them on the proxies' metrics.
+fn stat_and_graph(bookinfo: &Bookinfo) -> anyhow::Result<()> {
+    let cluster = &bookinfo.cluster;
+    let ambit = cluster.binaries().get("ambit")?;
+    let metrics: Vec<String> = bookinfo
+        .metrics_targets()?
+        .iter()
+        .flat_map(|(_, addr)| ["--metrics".to_string(), addr.to_string()])
+        .collect();
+    let node = cluster.node("node-1")?;
+    let run = |args: Vec<String>| -> anyhow::Result<String> {
+        let output = cluster.run(
+            node.place(),
+            &ambit,
+            &args,
+            std::time::Duration::from_secs(20),
+        )?;
+        ensure!(
+            output.status.success(),
+            "ambit {}: {output:?}",
+            args.join(" ")
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    println!("    ambit stat --by workload (all the tasks' traffic, as the waypoint saw it):");
+    let stat = run([
+        vec!["stat".into(), "--by".into(), "workload".into()],
+        metrics.clone(),
+    ]
+    .concat())?;
+    for line in stat.lines() {
+        println!("      {line}");
+    }
+    let svg = std::env::temp_dir().join("ambit-demo-mesh.svg");
+    run([
+        vec!["graph".into(), "-o".into(), svg.display().to_string()],
+        metrics,
+    ]
+    .concat())?;
+    println!(
+        "    ambit graph: the service graph drawn in {}",
+        svg.display()
+    );
     Ok(())
 }
 
