@@ -69,6 +69,38 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
     });
     all.with_context(|| format!("{}\n{}", last.join("\n"), prometheus.output()))?;
 
+    // Every panel of Ambit's Grafana dashboards returns data for this
+    // traffic (Grafana's `$__rate_interval` as 30s).
+    let dashboards =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/charts/ambit/dashboards");
+    let mut panels = 0;
+    for entry in std::fs::read_dir(&dashboards)? {
+        let path = entry?.path();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        for panel in dashboard["panels"].as_array().context("no panels")? {
+            for target in panel["targets"].as_array().context("no targets")? {
+                let expr = target["expr"].as_str().context("no expr")?;
+                let query = expr.replace("$__rate_interval", "30s");
+                // A rate needs two scrapes of a series in its window.
+                let title = &panel["title"];
+                let answered = wait_for(
+                    &format!("the panel {title}"),
+                    Duration::from_secs(10),
+                    || Ok(value(&query)?.is_some()),
+                );
+                answered.with_context(|| {
+                    format!(
+                        "{} returns nothing: {query}\n{}",
+                        path.display(),
+                        prometheus.output()
+                    )
+                })?;
+                panels += 1;
+            }
+        }
+    }
+    ensure!(panels >= 10, "{panels} panels");
+
     // The same signals in a terminal: `ambit stat` off the proxies' own
     // metrics endpoints, with no Prometheus.
     let ambit = cluster.binaries().get("ambit")?;
