@@ -119,6 +119,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if inputs.mesh_tls.is_some() {
         registry.register_collector(Box::new(CertificateExpiry(inputs.clone())));
     }
+    let followed = mesh.clone();
+    ambit_admin::health::ConfigVersion::register(&mut registry, move || followed.version());
     let registry = Arc::new(registry);
     let config_dump: ConfigDump = {
         let (mesh, enrollment, inputs) = (mesh.clone(), enrollment.clone(), inputs.clone());

@@ -52,6 +52,8 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
             r#"sum(istio_tcp_connections_opened_total{reporter="destination",destination_workload="reviews-v1"})"#,
             1.0,
         ),
+        // Every agent and waypoint applied the configuration at least once.
+        (r#"count(ambit_config_updates_total >= 1)"#, 3.0),
         // Every proxy says what it is.
         (r#"count(istio_build{component=~"ambit-.*"})"#, 3.0),
     ];

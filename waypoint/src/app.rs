@@ -143,6 +143,8 @@ impl Serving {
             "ambit-waypoint",
             env!("CARGO_PKG_VERSION"),
         );
+        let followed = mesh.clone();
+        ambit_admin::health::ConfigVersion::register(&mut registry, move || followed.version());
         let metrics = Arc::new(HttpMetrics::register(&mut registry));
         let admin = AdminEndpoints::start(
             config.admin.clone(),

@@ -92,6 +92,46 @@ impl Collector for ProcessHealth {
     }
 }
 
+/// How far a proxy has followed the mesh's configuration: the snapshots it
+/// applied since it started and when the last one came, read at each
+/// scrape through `read`.
+pub struct ConfigVersion(pub Box<dyn Fn() -> (u64, f64) + Send + Sync>);
+
+impl std::fmt::Debug for ConfigVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigVersion")
+    }
+}
+
+impl ConfigVersion {
+    pub fn register(
+        registry: &mut Registry,
+        read: impl Fn() -> (u64, f64) + Send + Sync + 'static,
+    ) {
+        registry.register_collector(Box::new(Self(Box::new(read))));
+    }
+}
+
+impl Collector for ConfigVersion {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (version, changed_at) = (self.0)();
+        let applied = ConstCounter::new(version);
+        applied.encode(encoder.encode_descriptor(
+            "ambit_config_updates",
+            "Snapshots of the mesh's configuration the proxy applied since it started",
+            None,
+            applied.metric_type(),
+        )?)?;
+        let at = ConstGauge::new(changed_at);
+        at.encode(encoder.encode_descriptor(
+            "ambit_config_last_update_timestamp_seconds",
+            "When the proxy applied the configuration's last change, in seconds since the Unix epoch",
+            None,
+            at.metric_type(),
+        )?)
+    }
+}
+
 /// CPU and memory of this process, from /proc/self/stat.
 struct Usage {
     cpu_seconds: f64,
@@ -146,5 +186,32 @@ mod tests {
         assert!(value("process_max_fds") >= value("process_open_fds"));
         assert!(value("process_cpu_seconds_total") >= 0.0);
         assert!(value("process_start_time_seconds") > 1.7e9);
+    }
+
+    #[test]
+    fn the_configs_version_and_last_change_are_read_at_each_scrape() {
+        let mut registry = Registry::default();
+        let version = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let read = version.clone();
+        ConfigVersion::register(&mut registry, move || {
+            (read.load(std::sync::atomic::Ordering::Relaxed), 1.8e9)
+        });
+        let scrape = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert!(
+            scrape().contains("ambit_config_updates_total 3"),
+            "{}",
+            scrape()
+        );
+        version.store(4, std::sync::atomic::Ordering::Relaxed);
+        let text = scrape();
+        assert!(text.contains("ambit_config_updates_total 4"), "{text}");
+        assert!(
+            text.contains("ambit_config_last_update_timestamp_seconds 1800000000"),
+            "{text}"
+        );
     }
 }

@@ -64,28 +64,55 @@ impl Source {
 
 /// The current snapshot, replaced whole after every batch of changes.
 #[derive(Debug)]
-pub struct MeshHandle(tokio::sync::watch::Sender<Arc<Mesh>>);
+pub struct MeshHandle {
+    current: tokio::sync::watch::Sender<Arc<Mesh>>,
+    /// Snapshots published since the process started.
+    version: std::sync::atomic::AtomicU64,
+    /// When the last one was, in milliseconds since the Unix epoch.
+    changed_at: std::sync::atomic::AtomicU64,
+}
 
 impl Default for MeshHandle {
     fn default() -> Self {
-        Self(tokio::sync::watch::Sender::new(Arc::default()))
+        Self {
+            current: tokio::sync::watch::Sender::new(Arc::default()),
+            version: Default::default(),
+            changed_at: Default::default(),
+        }
     }
 }
 
 impl MeshHandle {
     pub fn snapshot(&self) -> Arc<Mesh> {
-        self.0.borrow().clone()
+        self.current.borrow().clone()
     }
 
     /// Publishes `mesh` (a clone: the model's maps are shared, not copied).
     pub fn publish(&self, mesh: &Mesh) {
+        use std::sync::atomic::Ordering::Relaxed;
         tracing::debug!(objects = ?mesh.counts(), "mesh updated");
-        self.0.send_replace(Arc::new(mesh.clone()));
+        self.current.send_replace(Arc::new(mesh.clone()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        self.changed_at.store(now, Relaxed);
+        self.version.fetch_add(1, Relaxed);
+    }
+
+    /// How many snapshots were published, and when the last one was (in
+    /// seconds since the Unix epoch): what operators watch to see a proxy
+    /// follow the configuration.
+    pub fn version(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let at = self.changed_at.load(Relaxed) as f64 / 1000.0;
+        (self.version.load(Relaxed), at)
     }
 
     /// Wakes on each published change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Mesh>> {
-        self.0.subscribe()
+        self.current.subscribe()
     }
 }
 
