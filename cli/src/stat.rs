@@ -196,11 +196,7 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
             "istio_requests_total" => {
                 let row = rows.entry(key).or_default().http(near);
                 row.requests += sample.value;
-                let code: u16 = labels
-                    .get("response_code")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                if (1..500).contains(&code) {
+                if succeeded(labels) {
                     row.successes += sample.value;
                 }
             }
@@ -219,9 +215,7 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
             "istio_tcp_connections_opened_total" if reporter == "destination" => {
                 let row = rows.entry(key).or_default();
                 row.tcp_connections += sample.value;
-                if labels.get("connection_security_policy").map(String::as_str)
-                    == Some("mutual_tls")
-                {
+                if in_mutual_tls(labels) {
                     row.mtls += sample.value;
                 }
             }
@@ -229,6 +223,20 @@ fn totals(samples: &[Sample], by: By) -> BTreeMap<String, Totals> {
         }
     }
     rows
+}
+
+/// Whether a request's series is of answers that were no server error.
+fn succeeded(labels: &BTreeMap<String, String>) -> bool {
+    let code: u16 = labels
+        .get("response_code")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (1..500).contains(&code)
+}
+
+/// Whether a connection's series is of connections in mutual TLS.
+fn in_mutual_tls(labels: &BTreeMap<String, String>) -> bool {
+    labels.get("connection_security_policy").map(String::as_str) == Some("mutual_tls")
 }
 
 impl Totals {
@@ -314,20 +322,14 @@ pub fn edges(samples: &[Sample]) -> BTreeMap<(String, String), Edge> {
             "istio_requests_total" if reporter == "waypoint" || reporter == "destination" => {
                 let edge = edges.entry((from, to)).or_default();
                 edge.requests += sample.value;
-                let code: u16 = labels
-                    .get("response_code")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                if (1..500).contains(&code) {
+                if succeeded(labels) {
                     edge.successes += sample.value;
                 }
             }
             "istio_tcp_connections_opened_total" if reporter == "destination" => {
                 let edge = edges.entry((from, to)).or_default();
                 edge.tcp_connections += sample.value;
-                if labels.get("connection_security_policy").map(String::as_str)
-                    == Some("mutual_tls")
-                {
+                if in_mutual_tls(labels) {
                     edge.mtls += sample.value;
                 }
             }

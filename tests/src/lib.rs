@@ -10,6 +10,7 @@
 pub mod apiserver;
 pub mod bookinfo;
 pub mod ca;
+pub mod chart;
 mod cluster;
 pub mod envoy;
 pub mod hbone;

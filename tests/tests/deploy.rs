@@ -12,23 +12,14 @@ use serde_json::Value;
 /// The chart's objects with every part on (`full` in xtask/chart.py),
 /// rendered by Helm itself.
 fn documents() -> Vec<Value> {
-    documents_of("full")
+    // Rendered once for the tests that read it (Helm takes a while).
+    static FULL: std::sync::OnceLock<Vec<Value>> = std::sync::OnceLock::new();
+    FULL.get_or_init(|| documents_of("full")).clone()
 }
 
 /// The chart's objects for the value set `set` of xtask/chart.py.
 fn documents_of(set: &str) -> Vec<Value> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/chart.py");
-    let output = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["render-json", set])
-        .output()
-        .expect("python3 runs xtask/chart.py (`cargo xtask setup` installs what it needs)");
-    assert!(
-        output.status.success(),
-        "rendering the chart failed (`cargo xtask setup` installs helm-python-sdk): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    ambit_testbed::chart::render(set).unwrap()
 }
 
 /// The pod template of the workload `name` of `kind`.

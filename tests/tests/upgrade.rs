@@ -10,22 +10,10 @@ use ambit_testbed::mesh::{self, Source};
 use ambit_testbed::testapp::{HttpLoad, Server};
 use ambit_testbed::{Cluster, Node};
 use anyhow::Context;
-use serde_json::Value;
 
 /// The node agent's arguments as Helm renders the chart.
 fn chart_agent_args() -> anyhow::Result<Vec<String>> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/chart.py");
-    let output = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["render-json", "default"])
-        .output()
-        .context("running xtask/chart.py (`cargo xtask setup` installs its libraries)")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "rendering the chart: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let objects: Vec<Value> = serde_json::from_slice(&output.stdout)?;
+    let objects = ambit_testbed::chart::render("default")?;
     let daemonset = objects
         .iter()
         .find(|o| o["kind"] == "DaemonSet")

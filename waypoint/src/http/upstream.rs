@@ -445,10 +445,7 @@ fn waypoint_pod(
     let pods: Vec<IpAddr> = mesh
         .services
         .get(&waypoint.0)
-        .map(|service| {
-            let ready = service.endpoints.iter().filter(|e| e.ready);
-            ready.map(|e| e.ip).collect()
-        })
+        .map(|service| service.ready_ipv4().map(IpAddr::V4).collect())
         .unwrap_or_default();
     if pods.is_empty() {
         let why = format!("the waypoint {} has no ready pod", waypoint.0);
