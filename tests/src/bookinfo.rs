@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::ca::TestCa;
 use crate::mesh::{self, sample, MeshConfig, NodeAgent, Source};
+use crate::otlp::Collector;
 use crate::testapp::{HttpLoad, HttpSummary, Server};
 use crate::waypoint::Waypoint;
 use crate::{Cluster, Pod, Process};
@@ -82,6 +83,9 @@ pub struct Bookinfo {
     pub waypoint: Waypoint,
     /// The ingress gateway, when started with one.
     pub gateway: Option<Waypoint>,
+    /// The collector the waypoint sends every request's span to, when
+    /// started traced.
+    pub collector: Option<Collector>,
     servers: Vec<Process>,
 }
 
@@ -96,7 +100,13 @@ pub fn url(app: &str, path: &str) -> anyhow::Result<String> {
 impl Bookinfo {
     /// Started with Istio's `destination-rule-all` and `routing-all-v1`.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// Started as [`Bookinfo::start`], with the waypoint exporting a span
+    /// for every request to [`Bookinfo::collector`].
+    pub fn start_traced() -> anyhow::Result<Self> {
+        Self::start_with(false, true)
     }
 
     /// Started as [`Bookinfo::start`], with an ingress gateway (in
@@ -104,10 +114,10 @@ impl Bookinfo {
     /// client outside the mesh, and two HTTPS servers inside it (started
     /// by the test that wants them).
     pub fn start_with_gateway() -> anyhow::Result<Self> {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(gateway: bool) -> anyhow::Result<Self> {
+    fn start_with(gateway: bool, traced: bool) -> anyhow::Result<Self> {
         let mut first = vec!["client", "client-b", "productpage-v1", "waypoint"];
         let mut second = vec![
             "details-v1",
@@ -126,8 +136,25 @@ impl Bookinfo {
         }
         let cluster = builder.node(&first).node(&second).build()?;
         let config = Self::config(&cluster, manifest("routing-all-v1.yaml")?)?;
-        let (ca, agents, waypoint) =
-            Waypoint::start_secured(&cluster, &config, cluster.pod("waypoint")?)?;
+        let collector = traced
+            .then(|| Collector::start(&cluster, cluster.node("node-1")?))
+            .transpose()?;
+        let tracing = collector.iter().flat_map(|collector| {
+            [
+                "--otlp-endpoint".into(),
+                collector.endpoint().into(),
+                "--trace-sampling=100".into(),
+            ]
+        });
+        let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+        let waypoint = Waypoint::start_with(
+            &cluster,
+            cluster.pod("waypoint")?,
+            "waypoint",
+            &Source::Directory,
+            Some(&ca),
+            tracing.collect(),
+        )?;
         let credentials = credentials_dir(&cluster);
         std::fs::create_dir_all(&credentials)?;
         let gateway = gateway
@@ -162,6 +189,7 @@ impl Bookinfo {
             agents,
             waypoint,
             gateway,
+            collector,
             servers,
         })
     }

@@ -17,6 +17,7 @@ pub mod hbone;
 pub mod host;
 mod manifests;
 pub mod mesh;
+pub mod otlp;
 pub mod pki;
 mod process;
 pub mod prometheus;

@@ -102,6 +102,10 @@ pub struct HttpSummary {
     /// ([`Reply::proxied`]), as `name: value`, by how many answers.
     #[serde(default)]
     pub proxied: BTreeMap<String, usize>,
+    /// The user and trace headers the answering servers saw
+    /// ([`Reply::forwarded`]), as `name: value`, by how many answers.
+    #[serde(default)]
+    pub forwarded: BTreeMap<String, usize>,
     /// Requests that got no response at all.
     pub errors: usize,
     pub first_error: Option<String>,
@@ -721,7 +725,7 @@ fn run_client(cluster: &Cluster, from: &Place, args: &[String]) -> anyhow::Resul
     Ok(String::from_utf8(output.stdout)?)
 }
 
-const BINARY: &str = "ambit-testapp";
+pub(crate) const BINARY: &str = "ambit-testapp";
 
 /// The test app as a DNS server in `pod`, on UDP port 53, knowing
 /// `records` (name, address) and no other name; returns once it listens.

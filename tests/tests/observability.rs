@@ -2,13 +2,15 @@
 //! proxies as a cluster's would, asked through its HTTP API for the queries
 //! Istio's dashboards make, after Bookinfo traffic that the test knows.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ambit_testbed::bookinfo::Bookinfo;
 use ambit_testbed::prometheus::Prometheus;
-use ambit_testbed::testapp::HttpLoad;
+use ambit_testbed::testapp::{HttpLoad, HttpSummary};
 use ambit_testbed::wait_for;
 use anyhow::{ensure, Context};
+use serde_json::Value;
 
 #[test]
 fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() -> anyhow::Result<()>
@@ -155,6 +157,158 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
             edges.iter().any(|e| e == expected),
             "{expected} not in {edges:?}"
         );
+    }
+    Ok(())
+}
+
+/// Distributed tracing as Istio's Bookinfo task shows it: the waypoint
+/// makes a span for every request and exports it over OTLP; the apps pass
+/// the trace context on (as Bookinfo's do), so a page's calls to details
+/// and reviews are children of the waypoint's span for the page.
+#[test]
+fn the_waypoint_exports_a_span_per_request_and_joins_the_apps_calls_into_one_trace(
+) -> anyhow::Result<()> {
+    let bookinfo = Bookinfo::start_traced()?;
+    let cluster = &bookinfo.cluster;
+    let collector = bookinfo.collector.as_ref().context("started traced")?;
+    let page = |load: HttpLoad| -> anyhow::Result<HttpSummary> {
+        let pages = bookinfo.run(load, "productpage", "/productpage")?;
+        ensure!(
+            pages.status(200) == pages.requests && pages.one_trace == pages.requests,
+            "{pages:?}"
+        );
+        Ok(pages)
+    };
+    // No context: the waypoint starts each trace and gives productpage
+    // its span in both W3C's and B3's headers.
+    let fresh = page(HttpLoad::new(3))?;
+    for header in ["traceparent: 00-", "x-b3-traceid: ", "x-b3-spanid: "] {
+        let seen: usize = fresh
+            .forwarded
+            .iter()
+            .filter(|(value, _)| value.starts_with(header))
+            .map(|(_, count)| count)
+            .sum();
+        ensure!(seen == 3, "{header}: {:?}", fresh.forwarded);
+    }
+    // A caller's W3C context: its trace, its span as the parent, its
+    // tracestate passed on untouched.
+    let (w3c_trace, w3c_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let w3c = page(
+        HttpLoad::new(2)
+            .header("traceparent", &format!("00-{w3c_trace}-{w3c_parent}-01"))
+            .header("tracestate", "vendor=opaque"),
+    )?;
+    ensure!(
+        w3c.forwarded.get("tracestate: vendor=opaque") == Some(&2),
+        "{:?}",
+        w3c.forwarded
+    );
+    // A caller's B3 context, rewritten in B3 with the waypoint's span.
+    let (b3_trace, b3_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let b3 = page(
+        HttpLoad::new(2)
+            .header("x-b3-traceid", b3_trace)
+            .header("x-b3-spanid", b3_parent)
+            .header("x-b3-sampled", "1"),
+    )?;
+    for expected in [
+        format!("x-b3-traceid: {b3_trace}"),
+        format!("x-b3-parentspanid: {b3_parent}"),
+    ] {
+        ensure!(
+            b3.forwarded.get(&expected) == Some(&2),
+            "{expected}: {:?}",
+            b3.forwarded
+        );
+    }
+    // A caller that decided not to sample: passed on, never exported.
+    let unsampled = "11111111111111111111111111111111";
+    page(HttpLoad::new(2).header(
+        "traceparent",
+        &format!("00-{unsampled}-00f067aa0ba902b7-00"),
+    ))?;
+
+    // Three spans a page: productpage's, details' and reviews'.
+    let expected = (3 + 2 + 2) * 3;
+    let mut spans = Vec::new();
+    wait_for("the spans exported", Duration::from_secs(20), || {
+        spans = collector.spans(cluster)?;
+        Ok(spans.len() >= expected)
+    })
+    .with_context(|| format!("{} spans\n{}", spans.len(), collector.output()))?;
+    ensure!(spans.len() == expected, "{} spans: {spans:#?}", spans.len());
+    let mut traces: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for span in &spans {
+        let trace = span["traceId"].as_str().context("a trace id")?;
+        traces.entry(trace.to_string()).or_default().push(span);
+        // Istio's tags, on the waypoint's server side.
+        let tags = &span["attributes"];
+        ensure!(
+            span["kind"] == 2
+                && span["resource"]["service.name"] == "waypoint.default"
+                && span["resource"]["istio.namespace"] == "default"
+                && tags["http.method"] == "GET"
+                && tags["http.status_code"] == "200"
+                && tags["response_flags"] == "-"
+                && tags["upstream_cluster"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("outbound|9080|v1|"))
+                && tags["guid:x-request-id"]
+                    .as_str()
+                    .is_some_and(|id| id.len() >= 32),
+            "{span:#}"
+        );
+    }
+    ensure!(!traces.contains_key(unsampled), "{traces:#?}");
+    ensure!(
+        traces[w3c_trace].len() == 6 && traces[b3_trace].len() == 6,
+        "{traces:#?}"
+    );
+    ensure!(
+        traces.len() == 3 + 2,
+        "3 new traces and the callers' two: {traces:#?}"
+    );
+    for (trace, spans) in &traces {
+        let named = |service: &str| -> Vec<&Value> {
+            spans
+                .iter()
+                .copied()
+                .filter(|s| {
+                    s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&format!("{service}.")))
+                })
+                .collect()
+        };
+        let pages = named("productpage");
+        let expected_parent = match trace.as_str() {
+            t if t == w3c_trace => Some(w3c_parent),
+            t if t == b3_trace => Some(b3_parent),
+            _ => None,
+        };
+        for page in &pages {
+            ensure!(
+                page["parentSpanId"].as_str() == expected_parent
+                    && page["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with(":9080/*")),
+                "{page:#}"
+            );
+        }
+        // Each call's parent is the waypoint's span for a page of the
+        // trace, and the page's request id went with it.
+        for call in [named("details"), named("reviews")].concat() {
+            ensure!(
+                pages
+                    .iter()
+                    .any(|page| page["spanId"] == call["parentSpanId"]
+                        && page["attributes"]["guid:x-request-id"]
+                            == call["attributes"]["guid:x-request-id"]),
+                "{call:#}\nnot a child of {pages:#?}"
+            );
+        }
+        ensure!(pages.len() * 3 == spans.len(), "{spans:#?}");
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use ambit_mesh_source::{MeshHandle, Source, SourceThread};
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::{GatewayTables, RouteTables};
 use ambit_telemetry::http::HttpMetrics;
+use ambit_telemetry::trace::SpanKind;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ use crate::front::gateway::{self, Gateway};
 use crate::front::hbone::{self, Shared};
 use crate::front::{Credentials, Secrets};
 use crate::http::authz::Authz;
+use crate::http::spans::{Tracer, TracingConfig};
 use crate::http::upstream::Upstream;
 use crate::tables::{Compiled, Current, Tables};
 use crate::Config;
@@ -97,6 +99,7 @@ struct Parts<T> {
     identity: Identity,
     upstream: Arc<Upstream>,
     metrics: Arc<HttpMetrics>,
+    tracer: Option<Arc<Tracer>>,
     authz: Arc<Authz>,
     readiness: Readiness,
 }
@@ -174,12 +177,21 @@ impl Serving {
                     waypoint: config.waypoint.clone(),
                     root_namespace: config.root_namespace.clone(),
                 });
+                let tracer = match &config.tracing {
+                    Some(tracing) => {
+                        let (tracer, exporter) = start_tracer(config, tracing, &ca.trust_domain)?;
+                        tasks.push(exporter);
+                        Some(tracer)
+                    }
+                    None => None,
+                };
                 let parts = Parts {
                     tables: tables.clone(),
                     mesh_tls,
                     identity,
                     upstream,
                     metrics,
+                    tracer,
                     authz,
                     readiness: readiness.clone(),
                 };
@@ -205,6 +217,33 @@ impl Serving {
     }
 }
 
+/// Spans of the proxy's requests, named as Istio names a proxy's: its
+/// service `NAME.NAMESPACE`; a waypoint's spans are the server's side
+/// (Envoy's inbound), a gateway's the client's (Istio's gateways trace as
+/// outbound).
+fn start_tracer(
+    config: &Config,
+    tracing: &TracingConfig,
+    trust_domain: &str,
+) -> anyhow::Result<(Arc<Tracer>, JoinHandle<()>)> {
+    let kind = match config.mode {
+        Mode::Waypoint => SpanKind::Server,
+        Mode::Gateway => SpanKind::Client,
+    };
+    let proxy = &config.waypoint;
+    let resource = vec![
+        (
+            "service.name",
+            format!("{}.{}", proxy.name, proxy.namespace),
+        ),
+        ("istio.canonical_service", proxy.name.clone()),
+        ("istio.namespace", proxy.namespace.clone()),
+        ("istio.mesh_id", trust_domain.to_string()),
+        ("component", "proxy".to_string()),
+    ];
+    Tracer::start(tracing, kind, resource)
+}
+
 /// The waypoint's front: HBONE from the agents.
 async fn serve_hbone(config: Config, parts: Parts<RouteTables>) -> anyhow::Result<JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(config.hbone)
@@ -217,6 +256,7 @@ async fn serve_hbone(config: Config, parts: Parts<RouteTables>) -> anyhow::Resul
         tables: parts.tables,
         upstream: parts.upstream,
         metrics: parts.metrics,
+        tracer: parts.tracer,
         authz: parts.authz,
     });
     Ok(tokio::spawn(hbone::serve(
@@ -246,6 +286,7 @@ async fn serve_gateway(
         tables: parts.tables,
         upstream: parts.upstream,
         metrics: parts.metrics,
+        tracer: parts.tracer,
         authz: parts.authz,
         credentials: Credentials::new(secrets),
         pod: config.pod.context("gateway mode has a pod")?,

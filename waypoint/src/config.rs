@@ -8,6 +8,8 @@ use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::bail;
 use serde::Serialize;
 
+use crate::http::spans::TracingConfig;
+
 /// What the proxy serves.
 #[derive(clap::ValueEnum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +76,18 @@ pub struct Args {
     #[arg(long)]
     pub dns_server: Option<SocketAddr>,
 
+    /// Export a span for each request to this OpenTelemetry collector's
+    /// OTLP/HTTP receiver (`http://HOST[:PORT][/PATH]`; port 4318 and
+    /// `/v1/traces` unless given). Without it, trace headers pass on as
+    /// they came and no span is made.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of new traces sampled, in percent (Istio's default: 1).
+    /// A caller's own decision, carried in its trace context, holds.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sampling: f64,
+
     #[command(flatten)]
     pub ca: CaArgs,
 
@@ -100,6 +114,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub root_namespace: String,
     pub dns_server: Option<SocketAddr>,
+    pub tracing: Option<TracingConfig>,
     /// Without a CA the waypoint carries no traffic: agents reach it only
     /// over HBONE in mutual TLS.
     pub ca: Option<CaConfig>,
@@ -134,6 +149,10 @@ impl Config {
                 .map_or_else(ambit_admin::cpus, usize::from),
             root_namespace: args.root_namespace,
             dns_server: args.dns_server.or_else(ambit_dns::system_nameserver),
+            tracing: args
+                .otlp_endpoint
+                .map(|endpoint| TracingConfig::new(&endpoint, args.trace_sampling))
+                .transpose()?,
             ca: CaConfig::from_args(args.ca)?,
             source: Source::from_args(args.source)?,
             admin: args.admin,

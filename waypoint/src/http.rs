@@ -1,6 +1,6 @@
 //! HTTP through the waypoint: served on each CONNECT stream of an HTTP
 //! port ([`serve`]), decided and forwarded per request ([`service`]), to
-//! endpoints over kept connections ([`upstream`]).
+//! endpoints over kept connections ([`upstream`]), traced ([`spans`]).
 
 pub mod authz;
 mod destinations;
@@ -8,6 +8,7 @@ mod mirror;
 mod origination;
 mod replay;
 pub mod service;
+pub mod spans;
 pub mod upstream;
 
 use std::sync::Arc;

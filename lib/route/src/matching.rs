@@ -208,13 +208,15 @@ pub fn normalized_path(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub fn authority(request: &Parts) -> &str {
-    request
-        .uri
-        .authority()
+    authority_of(&request.uri, &request.headers)
+}
+
+/// [`authority`] of a request's URI and headers.
+pub fn authority_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str {
+    uri.authority()
         .map(|authority| authority.as_str())
         .or_else(|| {
-            request
-                .headers
+            headers
                 .get(http::header::HOST)
                 .and_then(|host| host.to_str().ok())
         })

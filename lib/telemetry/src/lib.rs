@@ -6,3 +6,4 @@
 pub mod http;
 pub mod labels;
 pub mod tcp;
+pub mod trace;

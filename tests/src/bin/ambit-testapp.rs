@@ -220,6 +220,14 @@ enum Mode {
         #[arg(long)]
         connections: usize,
     },
+    /// An OpenTelemetry collector's OTLP/HTTP receiver, as small as a test
+    /// needs: takes JSON exports at `POST /v1/traces` and answers
+    /// `GET /spans` with every span received, each with its resource's
+    /// attributes beside its own (attributes as `{key: value}` maps).
+    Otlp {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// A DNS server over UDP that knows these names (`NAME=ADDRESS`,
     /// repeatable) and no others.
     Dns {
@@ -413,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Dns { listen, records } => serve_dns(listen, records).await,
+        Mode::Otlp { listen } => serve_otlp(listen).await,
         Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
         Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
         Mode::Stream { url, messages } => print_json(&stream(&url, messages).await?),
@@ -442,6 +451,83 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn serve_otlp(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = listen(addr)?;
+    let spans = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let spans = spans.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let spans = spans.clone();
+                async move {
+                    let status = match (request.method().as_str(), request.uri().path()) {
+                        ("POST", "/v1/traces") => {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            match serde_json::from_slice(&body) {
+                                Ok(export) => {
+                                    let received = otlp_spans(&export);
+                                    spans
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .extend(received);
+                                    StatusCode::OK
+                                }
+                                Err(_) => StatusCode::BAD_REQUEST,
+                            }
+                        }
+                        ("GET", "/spans") => {
+                            let all = spans.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            let body = serde_json::to_vec(&all).unwrap_or_default();
+                            return Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
+                                body,
+                            ))));
+                        }
+                        _ => StatusCode::NOT_FOUND,
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                    *response.status_mut() = status;
+                    Ok(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The spans of an OTLP JSON export, flattened: each span's fields with
+/// `attributes` and its resource's as `resource`, both as maps.
+fn otlp_spans(export: &serde_json::Value) -> Vec<serde_json::Value> {
+    let map = |attributes: &serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+        attributes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a["key"].as_str()?.to_string(),
+                    a["value"]["stringValue"].clone(),
+                ))
+            })
+            .collect()
+    };
+    let mut spans = Vec::new();
+    for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+        let attributes = map(&resource["resource"]["attributes"]);
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let mut span = span.clone();
+                span["attributes"] = map(&span["attributes"]).into();
+                span["resource"] = attributes.clone().into();
+                spans.push(span);
+            }
+        }
+    }
+    spans
 }
 
 /// Who answers HTTP, how slowly, and whom it calls on the way.
@@ -1560,6 +1646,13 @@ async fn http_client(
     Ok(summary)
 }
 
+/// Counts each `name: value` of `headers`.
+fn count_headers(counts: &mut BTreeMap<String, usize>, headers: &BTreeMap<String, String>) {
+    for (name, value) in headers {
+        *counts.entry(format!("{name}: {value}")).or_default() += 1;
+    }
+}
+
 fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
     *summary.statuses.entry(status).or_default() += 1;
     let (version, peer) = match serde_json::from_slice::<Reply>(body) {
@@ -1570,12 +1663,8 @@ fn record(summary: &mut HttpSummary, status: u16, body: &[u8]) {
                 .map_or(reply.peer.clone(), |(ip, _)| ip.to_string());
             *summary.protocols.entry(reply.protocol.clone()).or_default() += 1;
             *summary.paths.entry(reply.path.clone()).or_default() += 1;
-            for (name, value) in &reply.proxied {
-                *summary
-                    .proxied
-                    .entry(format!("{name}: {value}"))
-                    .or_default() += 1;
-            }
+            count_headers(&mut summary.proxied, &reply.proxied);
+            count_headers(&mut summary.forwarded, &reply.forwarded);
             if !reply.calls.is_empty() {
                 *summary.chains.entry(reply.chain()).or_default() += 1;
                 summary.one_trace += usize::from(reply.one_trace());

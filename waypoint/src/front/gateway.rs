@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::credentials::Credentials;
 use crate::http::authz::Authz;
 use crate::http::service::{Role, StreamContext};
+use crate::http::spans::Tracer;
 use crate::http::upstream::{Body, Upstream};
 use crate::tables::{Current, Tables};
 
@@ -52,6 +53,7 @@ pub struct Gateway {
     pub tables: Arc<Tables<GatewayTables>>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
+    pub tracer: Option<Arc<Tracer>>,
     pub authz: Arc<Authz>,
     pub credentials: Credentials,
     /// The gateway's own pod, which its requests are reported from.
@@ -461,6 +463,7 @@ impl Client {
             authz: gateway.authz.clone(),
             upstream: gateway.upstream.clone(),
             metrics: gateway.metrics.clone(),
+            tracer: gateway.tracer.clone(),
             series: Mutex::default(),
         });
         if contexts.len() >= CONTEXTS_PER_CONNECTION {

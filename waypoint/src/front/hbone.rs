@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::http::authz::Authz;
 use crate::http::service::{Role, StreamContext};
+use crate::http::spans::Tracer;
 use crate::http::upstream::Upstream;
 use crate::tables::Tables;
 
@@ -34,6 +35,7 @@ pub struct Shared {
     pub tables: Arc<Tables<RouteTables>>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
+    pub tracer: Option<Arc<Tracer>>,
     pub authz: Arc<Authz>,
 }
 
@@ -124,6 +126,7 @@ async fn carry(
         authz: shared.authz.clone(),
         upstream: shared.upstream.clone(),
         metrics: shared.metrics.clone(),
+        tracer: shared.tracer.clone(),
         series: Mutex::default(),
     });
     if context.table.protocol == Protocol::Tcp {

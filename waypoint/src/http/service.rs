@@ -35,6 +35,7 @@ use super::authz::Authz;
 use super::destinations::{Admitted, Breaker};
 use super::mirror::Shadowing;
 use super::replay::Replayable;
+use super::spans::{Ending, Traced, Tracer};
 use super::upstream::{Body, BoxError, Failure, InFlight, Unresolved, Upstream};
 
 /// Which front a request came in by.
@@ -70,6 +71,8 @@ pub struct StreamContext {
     pub authz: Arc<Authz>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<HttpMetrics>,
+    /// Spans, when the proxy exports them.
+    pub tracer: Option<Arc<Tracer>>,
     /// The metric series this stream's requests were counted in.
     pub series: Mutex<HashMap<SeriesKey, Series>>,
 }
@@ -98,6 +101,8 @@ struct Exchange {
     cors: Option<HeaderMap>,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
+    /// Its span, when the proxy traces.
+    trace: Option<Traced>,
 }
 
 /// What tells one request's metric series from another's on the same
@@ -175,6 +180,24 @@ impl Drop for Exchange {
         };
         self.series().record(request);
         let context = &self.context;
+        if let (Some(tracer), Some(traced)) = (&context.tracer, &self.trace) {
+            let backend = self.backend.as_deref();
+            let (host, port) = backend.map_or((&context.table.host, context.table.port), |b| {
+                (&b.host, b.port)
+            });
+            tracer.finish(
+                traced,
+                Ending {
+                    name: format!("{host}:{port}/*"),
+                    status: self.status,
+                    flags: self.flags,
+                    cluster: backend.map(|b| b.cluster.as_str()),
+                    peer: context.source_ip,
+                    request_bytes: request.request_bytes,
+                    response_bytes: request.response_bytes,
+                },
+            );
+        }
         tracing::info!(
             target: "access",
             method = %self.method,
@@ -241,6 +264,10 @@ pub async fn handle(
         cors: None,
         request_bytes: Arc::default(),
         response_bytes: 0,
+        trace: context
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.begin(&request, context.scheme)),
     };
     let mut response = match forward(request, &context, &mut exchange).await {
         Ok(response) => response,
@@ -378,6 +405,9 @@ async fn forward(
     // An upgrade is HTTP/1.1's to ask for: it goes on in HTTP/1.1.
     let http2 = upgrade.is_none() && backend.upstream.http2_for(parts.version);
     prepare(&mut parts, http2);
+    if let Some(traced) = &mut exchange.trace {
+        traced.propagate(&mut parts.headers);
+    }
     // The destination's edits, then the route's, as Envoy orders them.
     destination.request_headers.apply(&mut parts.headers);
     actions.request_headers.apply(&mut parts.headers);
