@@ -47,6 +47,7 @@ VALUE_SETS = {
         "podMonitor": True,
         "ca": {"replicas": 2},
         "cni": {"exemptNamespaces": ["monitoring"]},
+        "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318", "sampling": 10},
     },
 }
 

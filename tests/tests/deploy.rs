@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ambit_waypoint::http::spans::TracingConfig;
 use clap::Parser;
 use serde_json::Value;
 
@@ -115,7 +116,14 @@ fn the_waypoint_template_arguments_match_the_code() {
         "metadata.namespace"
     );
     args.push("--namespace=shop".into());
-    ambit_waypoint::Args::try_parse_from(&args).unwrap();
+    let parsed = ambit_waypoint::Args::try_parse_from(&args).unwrap();
+    // The chart's tracing settings reach the proxy as it reads them.
+    let endpoint = parsed.otlp_endpoint.as_deref().unwrap();
+    let tracing = TracingConfig::new(endpoint, parsed.trace_sampling).unwrap();
+    assert_eq!(
+        (tracing.endpoint.as_str(), tracing.sampling),
+        ("http://otel-collector.observability:4318/v1/traces", 10.0)
+    );
 }
 
 #[test]

@@ -725,6 +725,20 @@ fn failed(failure: &Failure, retried: bool) -> Refusal {
     )
 }
 
+/// A request id as Envoy makes one: a random (version 4) UUID.
+fn request_id(random: u128) -> String {
+    let id = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{id:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// The request as the upstream connection carries it: HTTP/1.1 in origin
 /// form with `Host`, HTTP/2 in absolute form; hop-by-hop headers dropped;
 /// a request id and the forwarded protocol added when absent, as Envoy does.
@@ -733,8 +747,7 @@ pub(super) fn prepare(parts: &mut http::request::Parts, http2: bool) {
     remove_hop_by_hop(&mut parts.headers);
     let headers = &mut parts.headers;
     if !headers.contains_key("x-request-id") {
-        let id = format!("{:032x}", fastrand::u128(..));
-        if let Ok(id) = HeaderValue::from_str(&id) {
+        if let Ok(id) = HeaderValue::from_str(&request_id(fastrand::u128(..))) {
             headers.insert("x-request-id", id);
         }
     }
@@ -933,4 +946,17 @@ fn local(status: StatusCode, message: String) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    #[test]
+    fn request_ids_are_version_4_uuids_as_envoys_are() {
+        assert_eq!(request_id(0), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(request_id(u128::MAX), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let id = request_id(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(id, "01234567-89ab-4def-8123-456789abcdef");
+    }
 }

@@ -50,6 +50,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - --trust-domain={{ .Values.trustDomain }}
 {{- end }}
 
+{{/* Where an L7 proxy sends its spans, when tracing is on. */}}
+{{- define "ambit.tracingArgs" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- --otlp-endpoint={{ . }}
+- --trace-sampling={{ $.Values.tracing.sampling }}
+{{- end }}
+{{- end }}
+
 {{/* The CA's root and a token for it, as volumes. */}}
 {{- define "ambit.caVolumes" -}}
 # The root certificate the CA publishes (never its key).
