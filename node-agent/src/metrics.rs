@@ -9,6 +9,7 @@ pub use ambit_telemetry::tcp::{ResponseFlags, TcpLabels};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Which relay carries a plain TCP connection's bytes.
@@ -35,10 +36,75 @@ struct RelayLabels {
     relay: Relay,
 }
 
+/// Why the agent turned a connection away before it carried anything.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refusal {
+    /// An AuthorizationPolicy, or PeerAuthentication STRICT, said no.
+    PolicyDenied,
+    /// A destination outside the registry under REGISTRY_ONLY.
+    NoRoute,
+    /// The destination (or its agent) could not be connected.
+    UpstreamConnectFailed,
+    /// A caller's mutual TLS failed: no or an untrusted certificate.
+    HandshakeFailed,
+    /// An HBONE stream asked for an address that is not the pod's.
+    NotThisPod,
+    /// A source past its share of a pod's HBONE connections.
+    OverSourceLimit,
+}
+
+impl Refusal {
+    /// The reason a connection refused with Istio's `flags` is counted
+    /// under.
+    pub fn of(flags: ResponseFlags) -> Option<Self> {
+        match flags {
+            ResponseFlags::Denied => Some(Self::PolicyDenied),
+            ResponseFlags::NoRoute => Some(Self::NoRoute),
+            ResponseFlags::ConnectFailed => Some(Self::UpstreamConnectFailed),
+            ResponseFlags::None => None,
+        }
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::PolicyDenied => "policy_denied",
+            Self::NoRoute => "no_route",
+            Self::UpstreamConnectFailed => "upstream_connect_failed",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::NotThisPod => "not_this_pod",
+            Self::OverSourceLimit => "over_source_limit",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reporter: Reporter,
+    reason: Refusal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpenLabels {
+    reporter: Reporter,
+}
+
 pub struct Metrics {
     pub tcp: TcpMetrics,
     relayed: Family<RelayLabels, Counter>,
     taken_back: Counter,
+    refused: Family<RefusalLabels, Counter>,
+    open: Family<OpenLabels, Gauge>,
+}
+
+/// A connection counted as open until dropped.
+pub struct Open(Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -47,7 +113,20 @@ impl Metrics {
             tcp: TcpMetrics::register(registry),
             relayed: Family::default(),
             taken_back: Counter::default(),
+            refused: Family::default(),
+            open: Family::default(),
         };
+        registry.register(
+            "ambit_connections_refused",
+            "Connections the agent turned away before they carried anything, \
+             by side (reporter) and reason",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "ambit_connections_open",
+            "Connections the agent carries now, by side (reporter)",
+            metrics.open.clone(),
+        );
         registry.register(
             "ambit_relayed_connections",
             "Plain TCP connections by the relay that started carrying them",
@@ -68,5 +147,24 @@ impl Metrics {
 
     pub fn taken_back(&self) {
         self.taken_back.inc();
+    }
+
+    /// The counter of connections `reporter` refuses for `reason`, for a
+    /// refusal made elsewhere (a listener's).
+    pub fn refusals(&self, reporter: Reporter, reason: Refusal) -> Counter {
+        self.refused
+            .get_or_create(&RefusalLabels { reporter, reason })
+            .clone()
+    }
+
+    pub fn refused(&self, reporter: Reporter, reason: Refusal) {
+        self.refusals(reporter, reason).inc();
+    }
+
+    /// Counts a connection `reporter` carries as open while the guard lives.
+    pub fn open(&self, reporter: Reporter) -> Open {
+        let gauge = self.open.get_or_create(&OpenLabels { reporter }).clone();
+        gauge.inc();
+        Open(gauge)
     }
 }

@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::ConnectionMaps;
-use crate::metrics::{Metrics, Relay, ResponseFlags, TcpLabels};
+use crate::metrics::{Metrics, Refusal, Relay, Reporter, ResponseFlags, TcpLabels};
 use crate::netns::Netns;
 use ambit_mesh_source::MeshHandle;
 
@@ -224,8 +224,10 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         dns_tcp.abort_handle(),
     ];
     if let Some(listener) = listeners.hbone {
+        let over_share = (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
         let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
-            .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE);
+            .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
+            .counting_refusals(over_share);
         let hbone = tokio::spawn(accept_loop(hbone, tracker, move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())
         }));
@@ -311,6 +313,9 @@ impl<'a> Report<'a> {
     fn refused(mut self, flags: ResponseFlags, reason: &dyn std::fmt::Display) {
         self.labels.response_flags = flags;
         self.inputs.metrics.tcp.refused(&self.labels);
+        if let Some(reason) = Refusal::of(flags) {
+            self.inputs.metrics.refused(self.labels.reporter, reason);
+        }
         self.log(0, 0, Some(reason));
     }
 
@@ -318,6 +323,7 @@ impl<'a> Report<'a> {
     /// sides are done (a half-close is passed on).
     async fn relay(self, carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>) {
         self.inputs.metrics.tcp.opened(&self.labels);
+        let _open = self.inputs.metrics.open(self.labels.reporter);
         let (from_caller, to_caller, error) = match carry.await {
             Ok((from_caller, to_caller)) => (from_caller, to_caller, None),
             Err(error) => (0, 0, Some(error)),

@@ -306,5 +306,13 @@ fn the_hbone_listener_refuses_certificates_it_must_not_trust() -> anyhow::Result
         refusals >= 4,
         "the server's agent logs each refusal:\n{log}"
     );
+    // And counts each, by reason, where an operator's alert can see them.
+    let metrics = agents[1].metrics(&cluster)?;
+    let counted = sample(
+        &metrics,
+        "ambit_connections_refused_total",
+        &[("reporter", "destination"), ("reason", "handshake_failed")],
+    );
+    assert_eq!(counted, refusals as f64, "{metrics}");
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{echo, Server};
+use ambit_testbed::testapp::{self, echo, Server};
 use ambit_testbed::{wait_for, Cluster, Place, Pod};
 use serde_json::{json, Value};
 
@@ -380,6 +380,30 @@ fn authorization_policies_allow_and_deny_by_principal_namespace_account_domain_i
         ],
     );
     assert!(denied >= 1.0, "denials of other reported: {denied}");
+    // And counted by reason, each denial once, beside Istio's families.
+    for agent in &agents {
+        let metrics = agent.metrics(&cluster)?;
+        let istio = sample(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("response_flags", "DENY")],
+        );
+        let by_reason = sample(
+            &metrics,
+            "ambit_connections_refused_total",
+            &[("reporter", "destination"), ("reason", "policy_denied")],
+        );
+        assert_eq!(by_reason, istio, "{metrics}");
+    }
+    let metrics = agents[1].metrics(&cluster)?;
+    assert!(
+        sample(
+            &metrics,
+            "ambit_connections_refused_total",
+            &[("reason", "policy_denied")]
+        ) >= 3.0,
+        "{metrics}"
+    );
     let log = agents[1].output();
     assert!(
         log.lines().any(|line| line
@@ -470,5 +494,37 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
         lines, CONNECTIONS,
         "one access-log line per connection:\n{log}"
     );
+    // A connection held open is counted open on both sides while it
+    // lasts, and no longer once it ends.
+    let open = |agent: &NodeAgent, reporter| -> anyhow::Result<f64> {
+        let metrics = agent.metrics(&cluster)?;
+        Ok(sample(
+            &metrics,
+            "ambit_connections_open",
+            &[("reporter", reporter)],
+        ))
+    };
+    let mut held = testapp::echo_stream(
+        &cluster,
+        client.place(),
+        addr,
+        30,
+        Duration::from_millis(100),
+    )?;
+    for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        wait_for(
+            &format!("{reporter}: one open"),
+            Duration::from_secs(2),
+            || Ok(open(agent, reporter)? == 1.0),
+        )?;
+    }
+    held.wait_exit(Duration::from_secs(10))?;
+    for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        wait_for(
+            &format!("{reporter}: none open"),
+            Duration::from_secs(5),
+            || Ok(open(agent, reporter)? == 0.0),
+        )?;
+    }
     Ok(())
 }

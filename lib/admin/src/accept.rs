@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -28,6 +29,8 @@ pub struct Acceptor {
     /// With a limit per source: the most a source may have open, and how
     /// many each has.
     per_source: Option<(usize, Arc<OpenBySource>)>,
+    /// Counts the connections closed for a source past its share.
+    refused: Option<Counter>,
     failures: AcceptFailures,
 }
 
@@ -93,6 +96,7 @@ impl Acceptor {
             listener,
             open: Arc::new(Semaphore::new(max_open)),
             per_source: None,
+            refused: None,
             failures: AcceptFailures::new(what),
         }
     }
@@ -100,6 +104,13 @@ impl Acceptor {
     /// At most `max_open` connections from any one source address.
     pub fn per_source(mut self, max_open: usize) -> Self {
         self.per_source = Some((max_open, Arc::default()));
+        self
+    }
+
+    /// Counts in `refused` each connection closed for a source past its
+    /// share.
+    pub fn counting_refusals(mut self, refused: Counter) -> Self {
+        self.refused = Some(refused);
         self
     }
 
@@ -145,6 +156,9 @@ impl Acceptor {
                     let Ok(source) = self.share(peer.ip()) else {
                         // Past its share: closed at once.
                         tracing::debug!(listener = self.failures.what, %peer, "a source over its share of connections refused");
+                        if let Some(refused) = &self.refused {
+                            refused.inc();
+                        }
                         continue;
                     };
                     return Accepted {

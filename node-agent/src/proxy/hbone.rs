@@ -55,6 +55,9 @@ pub(super) async fn serve(
         }
         Err(error) => {
             tracing::warn!(pod = %pod.pod, %peer, %error, "HBONE handshake refused");
+            inputs
+                .metrics
+                .refused(Reporter::Destination, metrics::Refusal::HandshakeFailed);
             return;
         }
     };
@@ -105,6 +108,7 @@ async fn carry(
     let target = request.target;
     if !peer.pod_ips.contains(&target.ip()) {
         tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
+        (inputs.metrics).refused(Reporter::Destination, metrics::Refusal::NotThisPod);
         return responder.refuse(Refusal::Denied);
     }
     let (labels, admitted) = {

@@ -955,7 +955,10 @@ mod tests {
     #[test]
     fn request_ids_are_version_4_uuids_as_envoys_are() {
         assert_eq!(request_id(0), "00000000-0000-4000-8000-000000000000");
-        assert_eq!(request_id(u128::MAX), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(
+            request_id(u128::MAX),
+            "ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
         let id = request_id(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
         assert_eq!(id, "01234567-89ab-4def-8123-456789abcdef");
     }
