@@ -26,14 +26,16 @@ enum Command {
     /// metrics endpoints: requests, rate, success, latency percentiles,
     /// TCP connections and their mutual TLS share.
     Stat {
-        /// A proxy's metrics address (an agent's or a waypoint's
-        /// `ADDRESS:15020`); repeatable.
-        #[arg(long = "metrics", required = true)]
-        metrics: Vec<std::net::SocketAddr>,
+        #[command(flatten)]
+        sources: stat::Sources,
         /// Over a window of this many seconds (two scrapes); without it,
         /// since the proxies started.
         #[arg(long)]
         interval: Option<u64>,
+        /// Refresh every interval (5 s unless `--interval` says) until
+        /// interrupted: the table redrawn, or a JSON line each time.
+        #[arg(short = 'w', long)]
+        watch: bool,
         #[arg(long, value_enum, default_value = "service")]
         by: stat::By,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -43,9 +45,8 @@ enum Command {
     /// workload, an edge per caller and callee with its requests, success
     /// and mutual TLS; written as Graphviz DOT, or SVG for a `.svg` file.
     Graph {
-        /// A proxy's metrics address; repeatable.
-        #[arg(long = "metrics", required = true)]
-        metrics: Vec<std::net::SocketAddr>,
+        #[command(flatten)]
+        sources: stat::Sources,
         /// Where the graph goes (`mesh.svg`, `mesh.dot`).
         #[arg(short = 'o', long, default_value = "mesh.svg")]
         out: std::path::PathBuf,
@@ -56,18 +57,21 @@ fn main() {
     let outcome = match Cli::parse().command {
         Command::Analyze { files } => analyze::run(&files),
         Command::Stat {
-            metrics,
+            sources,
             interval,
+            watch,
             by,
             output,
-        } => stat::run(
-            &metrics,
-            interval.map(std::time::Duration::from_secs),
-            by,
-            output,
-        )
-        .map(|()| true),
-        Command::Graph { metrics, out } => stat::graph(&metrics, &out).map(|()| true),
+        } => {
+            let view = stat::View {
+                interval: interval.map(std::time::Duration::from_secs),
+                watch,
+                by,
+                output,
+            };
+            stat::run(&sources, &view).map(|()| true)
+        }
+        Command::Graph { sources, out } => stat::graph(&sources, &out).map(|()| true),
     };
     match outcome {
         Ok(clean) => std::process::exit(if clean { 0 } else { 1 }),

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -66,13 +66,16 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// `NAME{LABELS} VALUE`, and a timestamp after it as Prometheus's
+/// federation gives one.
 fn parse_line(line: &str) -> Option<Sample> {
-    let (head, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let (name, labels) = match head.split_once('{') {
-        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
-        None => (head, BTreeMap::new()),
+    let name_end = line.find(['{', ' '])?;
+    let (name, rest) = line.split_at(name_end);
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(labels) => parse_labels(labels)?,
+        None => (BTreeMap::new(), rest),
     };
+    let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
     Some(Sample {
         name: name.to_string(),
         labels,
@@ -80,10 +83,14 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
-/// `a="x",b="y \"quoted\""`.
-fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
+/// `a="x",b="y \"quoted\""}`: the labels, and what follows the `}`.
+fn parse_labels(mut text: &str) -> Option<(BTreeMap<String, String>, &str)> {
     let mut labels = BTreeMap::new();
-    while !text.is_empty() {
+    loop {
+        text = text.trim_start_matches(',');
+        if let Some(rest) = text.strip_prefix('}') {
+            return Some((labels, rest));
+        }
         let (key, rest) = text.split_once("=\"")?;
         let mut value = String::new();
         let mut chars = rest.char_indices();
@@ -98,10 +105,9 @@ fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
                 c => value.push(c),
             }
         };
-        labels.insert(key.trim_start_matches(',').to_string(), value);
-        text = rest[end + 1..].trim_start_matches(',');
+        labels.insert(key.to_string(), value);
+        text = &rest[end + 1..];
     }
-    Some(labels)
 }
 
 /// The rows of `now` (less `before`, over `seconds`, when a window).
@@ -372,14 +378,50 @@ pub fn dot(edges: &BTreeMap<(String, String), Edge>) -> String {
     text
 }
 
-/// Reads `addrs`' metrics and writes the service graph to `out`: DOT, or
-/// SVG when `out` ends in `.svg` (drawn by Graphviz's `dot`).
-pub fn graph(addrs: &[SocketAddr], out: &std::path::Path) -> anyhow::Result<()> {
-    let mut samples = Vec::new();
-    for addr in addrs {
-        samples.extend(parse(&metrics(*addr)?));
+/// Where the proxies' metrics are read: their own endpoints, or a
+/// Prometheus that scrapes them.
+#[derive(clap::Args, Debug)]
+pub struct Sources {
+    /// A proxy's metrics address (an agent's or a waypoint's
+    /// `ADDRESS:15020`); repeatable.
+    #[arg(long = "metrics", required_unless_present = "prometheus")]
+    pub metrics: Vec<SocketAddr>,
+    /// A Prometheus that scrapes the proxies (`http://HOST:PORT`): their
+    /// Istio metrics are read from its federation endpoint.
+    #[arg(long)]
+    pub prometheus: Option<String>,
+}
+
+/// What Prometheus's federation endpoint is asked for: Istio's families.
+const FEDERATE: &str = "/federate?match%5B%5D=%7B__name__%3D~%22istio_.%2A%22%7D";
+
+impl Sources {
+    /// Every sample, from every source, now.
+    fn scrape(&self) -> anyhow::Result<Vec<Sample>> {
+        let mut samples = Vec::new();
+        for addr in &self.metrics {
+            samples.extend(parse(&get(&addr.to_string(), "/metrics")?));
+        }
+        if let Some(url) = &self.prometheus {
+            let rest = url.strip_prefix("http://").with_context(|| {
+                format!("--prometheus {url:?}: an http:// URL, as http://prometheus:9090")
+            })?;
+            let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_end_matches('/');
+            let path = match prefix {
+                "" => FEDERATE.to_string(),
+                prefix => format!("/{prefix}{FEDERATE}"),
+            };
+            samples.extend(parse(&get(host, &path)?));
+        }
+        Ok(samples)
     }
-    let text = dot(&edges(&samples));
+}
+
+/// Reads the metrics and writes the service graph to `out`: DOT, or SVG
+/// when `out` ends in `.svg` (drawn by Graphviz's `dot`).
+pub fn graph(sources: &Sources, out: &std::path::Path) -> anyhow::Result<()> {
+    let text = dot(&edges(&sources.scrape()?));
     if out.extension().is_some_and(|e| e == "svg") {
         let mut dot = std::process::Command::new("dot")
             .args(["-Tsvg", "-o"])
@@ -402,34 +444,53 @@ pub fn graph(addrs: &[SocketAddr], out: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Reads `addrs`' metrics, once or twice `interval` apart, and prints the
-/// rows.
-pub fn run(
-    addrs: &[SocketAddr],
-    interval: Option<Duration>,
-    by: By,
-    output: Output,
-) -> anyhow::Result<()> {
-    let scrape = || -> anyhow::Result<Vec<Sample>> {
-        let mut samples = Vec::new();
-        for addr in addrs {
-            samples.extend(parse(&metrics(*addr)?));
-        }
-        Ok(samples)
+/// How `ambit stat` reads and shows.
+pub struct View {
+    /// Over a window of this long (two scrapes); none: since the proxies
+    /// started.
+    pub interval: Option<Duration>,
+    /// Again every `interval` until interrupted.
+    pub watch: bool,
+    pub by: By,
+    pub output: Output,
+}
+
+/// How long `--watch` windows are unless `--interval` says.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads the metrics, once or twice `interval` apart (again and again
+/// with `watch`), and prints the rows.
+pub fn run(sources: &Sources, view: &View) -> anyhow::Result<()> {
+    let Some(interval) = view.interval.or(view.watch.then_some(WATCH_INTERVAL)) else {
+        return print(&rows(&sources.scrape()?, None, view.by), view, false);
     };
-    let rows = match interval {
-        Some(interval) => {
-            let before = scrape()?;
-            std::thread::sleep(interval);
-            rows(&scrape()?, Some((&before, interval.as_secs_f64())), by)
+    let mut before = sources.scrape()?;
+    loop {
+        std::thread::sleep(interval);
+        let now = sources.scrape()?;
+        let window = Some((before.as_slice(), interval.as_secs_f64()));
+        print(&rows(&now, window, view.by), view, view.watch)?;
+        if !view.watch {
+            return Ok(());
         }
-        None => rows(&scrape()?, None, by),
-    };
+        before = now;
+    }
+}
+
+/// Prints `rows`: a table (on a cleared terminal when `refresh`), or one
+/// JSON document (a line of its own when `refresh`, for a script to read
+/// as they come).
+fn print(rows: &BTreeMap<String, Row>, view: &View, refresh: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
+    match view.output {
+        Output::Json if refresh => writeln!(out, "{}", serde_json::to_string(rows)?)?,
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
         Output::Table => {
-            let heading = match by {
+            if refresh {
+                // ANSI: clear the screen, cursor home.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            let heading = match view.by {
                 By::Service => "SERVICE",
                 By::Workload => "WORKLOAD",
             };
@@ -457,23 +518,26 @@ pub fn run(
             }
         }
     }
+    out.flush()?;
     Ok(())
 }
 
-/// `GET /metrics` of `addr`, in HTTP/1.0.
-fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
+/// `GET path` of `host` (`HOST:PORT`), in HTTP/1.0.
+fn get(host: &str, path: &str) -> anyhow::Result<String> {
+    let addr = host
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host}: no address"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        .with_context(|| format!("connecting to {host}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if head.split_whitespace().nth(1) != Some("200") {
-        bail!(
-            "{addr}/metrics: {}",
-            head.lines().next().unwrap_or_default()
-        );
+        bail!("{host}{path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
 }
@@ -561,5 +625,12 @@ istio_tcp_connections_opened_total{reporter="destination",source_workload="revie
         assert_eq!(sample.labels["a"], "x,y");
         assert_eq!(sample.labels["b"], r#"say "hi""#);
         assert_eq!(sample.value, 2.0);
+        // Prometheus's federation adds a timestamp; labels may hold braces.
+        let federated = parse_line(r#"m{a="}{ x",job="p"} 7 1733300000000"#).unwrap();
+        assert_eq!(
+            (federated.labels["a"].as_str(), federated.value),
+            ("}{ x", 7.0)
+        );
+        assert_eq!(parse_line("plain 3").unwrap().value, 3.0);
     }
 }

@@ -91,6 +91,11 @@ impl Prometheus {
             .with_context(|| format!("{query}: unreadable {body}"))
     }
 
+    /// Its URL, as a client of its API is given it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn output(&self) -> String {
         self.process.output()
     }

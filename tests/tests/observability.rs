@@ -127,6 +127,64 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
         );
     }
 
+    // The same rows through Prometheus (its federation endpoint), as a
+    // user whose Prometheus scrapes the proxies would ask.
+    let args = [
+        "stat".to_string(),
+        "-o".into(),
+        "json".into(),
+        "--prometheus".into(),
+        prometheus.url(),
+    ];
+    let output = cluster.run(node.place(), &ambit, &args, Duration::from_secs(20))?;
+    ensure!(output.status.success(), "{output:?}");
+    let through: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    for service in ["default/reviews", "default/details"] {
+        ensure!(
+            through[service]["requests"].as_f64() >= Some(20.0)
+                && through[service]["successRate"] == 1.0,
+            "{service} through Prometheus: {through:#}"
+        );
+    }
+    // `--watch`: a JSON line a second, each over its own window, until
+    // stopped; the traffic of the last second shows as a request rate.
+    let mut args = vec![
+        "stat".to_string(),
+        "--watch".into(),
+        "--interval".into(),
+        "1".into(),
+        "-o".into(),
+        "json".into(),
+    ];
+    for (_, addr) in &targets {
+        args.extend(["--metrics".to_string(), addr.to_string()]);
+    }
+    let watching = cluster.spawn(node.place(), "ambit-stat-watch", &ambit, args)?;
+    let mut load = HttpLoad::new(400)
+        .interval(Duration::from_millis(10))
+        .spawn(
+            cluster,
+            cluster.pod("client")?.place(),
+            &ambit_testbed::bookinfo::url("productpage", "/productpage")?,
+        )?;
+    let mut busy = Vec::new();
+    wait_for(
+        "two refreshes that saw traffic",
+        Duration::from_secs(20),
+        || {
+            busy = watching
+                .output()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|rows| rows["default/reviews"]["rps"].as_f64() > Some(1.0))
+                .collect();
+            Ok(busy.len() >= 2)
+        },
+    )
+    .with_context(|| watching.output())?;
+    load.wait_exit(Duration::from_secs(30))?;
+    drop(watching);
+
     // The service graph, drawn: an SVG with an edge per caller and callee.
     let svg = cluster.work_dir().join("mesh.svg");
     let mut args = vec!["graph".to_string(), "-o".into(), svg.display().to_string()];
