@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 pub use ambit_telemetry::labels::{Party, Reporter, SecurityPolicy};
 use ambit_telemetry::tcp::TcpMetrics;
-pub use ambit_telemetry::tcp::{ResponseFlags, TcpLabels};
+pub use ambit_telemetry::tcp::{DestinationService, ResponseFlags, TcpLabels};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -69,7 +69,7 @@ fn enrolled_pods_talk_through_both_agents_by_pod_ip_and_service_vip() -> anyhow:
             OPENED,
             &[
                 ("reporter", "source"),
-                ("destination_service", "server.default")
+                ("destination_service", "server.default.svc.cluster.local")
             ]
         ),
         1.0,
@@ -133,7 +133,7 @@ fn a_service_without_a_ready_endpoint_is_refused_and_counted() -> anyhow::Result
     let source = agents[0].metrics(&cluster)?;
     let refused = [
         ("reporter", "source"),
-        ("destination_service", "empty.default"),
+        ("destination_service", "empty.default.svc.cluster.local"),
         ("response_flags", "CONNECT"),
     ];
     assert_eq!(sample(&source, OPENED, &refused), 1.0, "{source}");

@@ -54,6 +54,17 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
             r#"sum(istio_tcp_connections_opened_total{reporter="destination",destination_workload="reviews-v1"})"#,
             1.0,
         ),
+        // Kiali's graph: canonical service and revision, and the cluster.
+        (
+            r#"sum(istio_requests_total{reporter="waypoint",destination_canonical_service="reviews",destination_canonical_revision="v1",destination_cluster="Kubernetes",source_canonical_service="productpage"})"#,
+            20.0,
+        ),
+        // Istio's service dashboard picks a service by `destination_service`
+        // in both families: the same host in TCP as in HTTP.
+        (
+            r#"sum(istio_tcp_connections_opened_total{reporter="source",destination_service="reviews.default.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="default"})"#,
+            1.0,
+        ),
         // Every agent and waypoint applied the configuration at least once.
         (r#"count(ambit_config_updates_total >= 1)"#, 3.0),
         // Every proxy says what it is.

@@ -55,7 +55,9 @@ pub struct Party<'a> {
 }
 
 /// The labels of both ends, in every family: workload, namespace,
-/// principal, app and version of the source, then of the destination.
+/// principal, app, version, canonical service and revision, and cluster
+/// of the source, then of the destination (Kiali draws its graph by the
+/// canonical ones).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Parties {
     pub source_workload: String,
@@ -63,20 +65,26 @@ pub struct Parties {
     pub source_principal: String,
     pub source_app: String,
     pub source_version: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_cluster: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
     pub destination_app: String,
     pub destination_version: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_cluster: String,
 }
 
 impl Parties {
     pub fn new(source: Party<'_>, destination: Party<'_>) -> Self {
         let PartyLabels(
-            [source_workload, source_workload_namespace, source_principal, source_app, source_version],
+            [source_workload, source_workload_namespace, source_principal, source_app, source_version, source_canonical_service, source_canonical_revision, source_cluster],
         ) = PartyLabels::of(source);
         let PartyLabels(
-            [destination_workload, destination_workload_namespace, destination_principal, destination_app, destination_version],
+            [destination_workload, destination_workload_namespace, destination_principal, destination_app, destination_version, destination_canonical_service, destination_canonical_revision, destination_cluster],
         ) = PartyLabels::of(destination);
         Self {
             source_workload,
@@ -84,37 +92,67 @@ impl Parties {
             source_principal,
             source_app,
             source_version,
+            source_canonical_service,
+            source_canonical_revision,
+            source_cluster,
             destination_workload,
             destination_workload_namespace,
             destination_principal,
             destination_app,
             destination_version,
+            destination_canonical_service,
+            destination_canonical_revision,
+            destination_cluster,
         }
     }
 }
 
-/// A party's labels: workload, namespace, principal, app, version.
-struct PartyLabels([String; 5]);
+/// The cluster every pod the mesh knows is in: Istio's default cluster
+/// name (Ambit meshes one cluster).
+pub const CLUSTER: &str = "Kubernetes";
+
+/// A party's labels: workload, namespace, principal, app, version,
+/// canonical service, canonical revision, cluster.
+struct PartyLabels([String; 8]);
 
 impl PartyLabels {
     fn of(party: Party<'_>) -> Self {
         let unknown = || UNKNOWN.to_string();
         let principal = party.principal.map_or_else(unknown, ToString::to_string);
         let Some((key, workload)) = party.workload else {
-            return Self([unknown(), unknown(), principal, unknown(), unknown()]);
+            let mut labels = [(); 8].map(|()| unknown());
+            labels[2] = principal;
+            return Self(labels);
         };
-        let label = |names: [&str; 2]| {
+        let label = |names: &[&str]| {
             names
                 .iter()
                 .find_map(|name| workload.labels.get(*name).cloned())
-                .unwrap_or_else(unknown)
         };
+        let name = workload_name(key, workload);
+        // Istio's canonical service and revision: its own labels, else
+        // the app's, else the workload's name and `latest`.
+        let canonical_service = label(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ])
+        .unwrap_or_else(|| name.clone());
+        let canonical_revision = label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".to_string());
         Self([
-            workload_name(key, workload),
+            name,
             key.namespace.clone(),
             principal,
-            label(["app", "app.kubernetes.io/name"]),
-            label(["version", "app.kubernetes.io/version"]),
+            label(&["app", "app.kubernetes.io/name"]).unwrap_or_else(unknown),
+            label(&["version", "app.kubernetes.io/version"]).unwrap_or_else(unknown),
+            canonical_service,
+            canonical_revision,
+            CLUSTER.to_string(),
         ])
     }
 }
@@ -179,7 +217,10 @@ mod tests {
                 "shop",
                 "spiffe://cluster.local/ns/shop/sa/reviews",
                 "reviews",
-                "v2"
+                "v2",
+                "reviews",
+                "v2",
+                "Kubernetes"
             ]
         );
         // A bare pod is its own workload; plaintext has no principal.
@@ -189,8 +230,35 @@ mod tests {
             principal: None,
         };
         let PartyLabels(labels) = PartyLabels::of(bare);
-        assert_eq!(labels, ["debug", "shop", "unknown", "toolbox", "unknown"]);
+        assert_eq!(
+            labels,
+            [
+                "debug",
+                "shop",
+                "unknown",
+                "toolbox",
+                "unknown",
+                "toolbox",
+                "latest",
+                "Kubernetes"
+            ]
+        );
+        // Istio's own canonical labels win.
+        let (key, workload) = pod(
+            "cart-0",
+            &[
+                ("app", "cart"),
+                ("service.istio.io/canonical-name", "shop-cart"),
+                ("service.istio.io/canonical-revision", "2024"),
+            ],
+        );
+        let canonical = Party {
+            workload: Some((&key, &workload)),
+            principal: None,
+        };
+        let PartyLabels(labels) = PartyLabels::of(canonical);
+        assert_eq!(labels[5..7], ["shop-cart", "2024"]);
         let PartyLabels(labels) = PartyLabels::of(Party::default());
-        assert_eq!(labels, ["unknown"; 5]);
+        assert_eq!(labels, ["unknown"; 8]);
     }
 }

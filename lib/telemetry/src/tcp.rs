@@ -40,8 +40,11 @@ pub struct TcpLabels {
     pub reporter: Reporter,
     #[prometheus(flatten)]
     pub parties: Parties,
-    /// `name.namespace` of the Service called, or `unknown` for a pod address.
+    /// The host called: a Service's `NAME.NAMESPACE.svc.cluster.local`, a
+    /// ServiceEntry's host, or `unknown` for a pod address.
     pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub connection_security_policy: SecurityPolicy,
     pub response_flags: ResponseFlags,
 }
@@ -51,16 +54,68 @@ impl TcpLabels {
         reporter: Reporter,
         source: Party<'_>,
         destination: Party<'_>,
-        destination_service: Option<&str>,
+        destination_service: Option<&DestinationService>,
         connection_security_policy: SecurityPolicy,
     ) -> Self {
+        let service_label = |field: fn(&DestinationService) -> &String| {
+            destination_service
+                .map_or(UNKNOWN, |s| field(s))
+                .to_string()
+        };
         Self {
             reporter,
             parties: Parties::new(source, destination),
-            destination_service: destination_service.unwrap_or(UNKNOWN).to_string(),
+            destination_service: service_label(|s| &s.host),
+            destination_service_name: service_label(|s| &s.name),
+            destination_service_namespace: service_label(|s| &s.namespace),
             connection_security_policy,
             response_flags: ResponseFlags::None,
         }
+    }
+}
+
+/// The Service (or ServiceEntry host) a connection was for, as Istio's
+/// `destination_service*` labels name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationService {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl DestinationService {
+    /// A Kubernetes Service, by its cluster-local name.
+    pub fn service(name: &str, namespace: &str) -> Self {
+        Self {
+            host: format!("{name}.{namespace}.svc.cluster.local"),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// A ServiceEntry's host: Istio names the service by the host itself,
+    /// in the entry's namespace.
+    pub fn entry(host: &str, namespace: &str) -> Self {
+        Self {
+            host: host.to_string(),
+            name: host.to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Where Istio reports what REGISTRY_ONLY turns away.
+    pub fn black_hole() -> Self {
+        Self {
+            host: "BlackHoleCluster".to_string(),
+            name: "BlackHoleCluster".to_string(),
+            namespace: UNKNOWN.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for DestinationService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.host)
     }
 }
 

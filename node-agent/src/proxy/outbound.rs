@@ -15,7 +15,9 @@ use ambit_mesh_tls::hbone::Party;
 use tokio::net::TcpStream;
 
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
-use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use crate::metrics::{
+    self, DestinationService, Reporter, ResponseFlags, SecurityPolicy, TcpLabels,
+};
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +52,12 @@ pub(super) enum Plan {
     },
 }
 
-/// What Istio names the destination of what it blocks as unregistered.
-const BLACK_HOLE: &str = "BlackHoleCluster";
-
-/// A plan and the Service it serves (`name.namespace`), for the metrics.
+/// A plan and the Service (or ServiceEntry host) it serves, for the
+/// metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Planned {
     pub plan: Plan,
-    pub service: Option<String>,
+    pub service: Option<DestinationService>,
 }
 
 /// Per Service, how many connections the agent has spread over its
@@ -90,7 +90,7 @@ pub(super) fn plan(
     original: Option<SocketAddrV4>,
     turn: &mut dyn FnMut(&Key) -> usize,
 ) -> Planned {
-    let refuse = |reason: String, service: Option<String>| Planned {
+    let refuse = |reason: String, service: Option<DestinationService>| Planned {
         plan: Plan::Refuse {
             reason,
             flags: ResponseFlags::ConnectFailed,
@@ -130,14 +130,14 @@ pub(super) fn plan(
         })
     };
     let through =
-        |waypoint, name: Option<String>, turn: &mut dyn FnMut(&Key) -> usize| match to_waypoint(
-            waypoint, turn,
-        ) {
-            Ok(plan) => Planned {
-                plan,
-                service: name,
-            },
-            Err(reason) => refuse(reason, name),
+        |waypoint, name: Option<DestinationService>, turn: &mut dyn FnMut(&Key) -> usize| {
+            match to_waypoint(waypoint, turn) {
+                Ok(plan) => Planned {
+                    plan,
+                    service: name,
+                },
+                Err(reason) => refuse(reason, name),
+            }
         };
     // A waypoint's own upstream traffic is never sent back to a waypoint.
     let is_waypoint = |waypoint: &WaypointRef| {
@@ -150,7 +150,7 @@ pub(super) fn plan(
         })
     };
     let service = mesh.service_by_vip(IpAddr::V4(*original.ip()), original.port());
-    let name = service.map(|(key, _, _)| format!("{}.{}", key.name, key.namespace));
+    let name = service.map(|(key, _, _)| DestinationService::service(&key.name, &key.namespace));
     // A Service's waypoint, else for a pod's own address the pod's.
     let bound = match service {
         Some((key, _, _)) => mesh.waypoint_for_service(key),
@@ -173,7 +173,8 @@ pub(super) fn plan(
         _ => None,
     };
     if let Some(found) = entry {
-        let name = found.entry.spec.hosts.first().cloned();
+        let name = (found.entry.spec.hosts.first())
+            .map(|host| DestinationService::entry(host, &found.key.namespace));
         // Bound to a waypoint (an egress gateway), as a Service is.
         let bound = mesh.waypoint_for_service_entry(found.key);
         if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
@@ -202,7 +203,7 @@ pub(super) fn plan(
                 ),
                 flags: ResponseFlags::NoRoute,
             },
-            service: Some(BLACK_HOLE.to_string()),
+            service: Some(DestinationService::black_hole()),
         };
     }
     let target = match service {
@@ -210,8 +211,8 @@ pub(super) fn plan(
             let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
             if ready.is_empty() {
                 let reason = format!(
-                    "service {} has no ready endpoint",
-                    name.as_deref().unwrap_or_default()
+                    "service {}.{} has no ready endpoint",
+                    key.name, key.namespace
                 );
                 return refuse(reason, name);
             }
@@ -377,7 +378,7 @@ pub(super) async fn handle(
                     principal: None,
                 },
                 metrics::Party::default(),
-                service.as_deref(),
+                service.as_ref(),
                 SecurityPolicy::None,
             );
             drop(snapshot);
@@ -399,7 +400,7 @@ pub(super) async fn handle(
             workload: snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
             principal: peer_identity,
         },
-        service.as_deref(),
+        service.as_ref(),
         match peer_identity {
             Some(_) => SecurityPolicy::MutualTls,
             None => SecurityPolicy::None,

@@ -186,12 +186,35 @@ fn plans() {
     for (caller, trust_domain, original, turn, expected, service) in cases {
         let inputs = (trust_domain, OutboundMode::AllowAny);
         let planned = plan(&mesh, inputs, caller, original.map(at), &mut |_| turn);
-        let expected = Planned {
-            plan: expected,
-            service: service.map(str::to_string),
-        };
-        assert_eq!(planned, expected, "{caller} to {original:?}");
+        // Services by `name.namespace`, entries by their host.
+        let named =
+            planned
+                .service
+                .as_ref()
+                .map(|s| match s.host.ends_with(".svc.cluster.local") {
+                    true => format!("{}.{}", s.name, s.namespace),
+                    false => s.host.clone(),
+                });
+        assert_eq!(
+            (planned.plan, named.as_deref()),
+            (expected, service),
+            "{caller} to {original:?}"
+        );
     }
+    // Istio's labels: a Service by its cluster-local name, an entry by
+    // its host in the entry's namespace.
+    let planned = |original: &str| {
+        let inputs = (td, OutboundMode::AllowAny);
+        plan(&mesh, inputs, &client, Some(at(original)), &mut |_| 0).service
+    };
+    assert_eq!(
+        planned("10.96.0.43:80").map(|s| s.host),
+        Some("pay.shop.svc.cluster.local".to_string())
+    );
+    assert_eq!(
+        planned("240.240.0.10:80"),
+        Some(DestinationService::entry("api.example.com", "shop"))
+    );
 }
 
 #[test]
@@ -238,7 +261,7 @@ fn registry_only_sends_what_the_registry_lacks_nowhere() {
                     .into(),
                 flags: ResponseFlags::NoRoute,
             },
-            service: Some("BlackHoleCluster".into()),
+            service: Some(DestinationService::black_hole()),
         }
     );
     // What the registry holds passes: ServiceEntries, Services, pods
