@@ -53,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let inputs = Arc::new(ProxyInputs {
         maps,
         mesh: mesh.clone(),
-        metrics: Metrics::register(&mut registry),
+        metrics: Metrics::register(&mut registry, config.tcp_reporting),
         connections: TaskTracker::new(),
         mesh_tls,
         policy: PolicySettings {

@@ -59,6 +59,12 @@ pub struct Args {
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
 
+    /// How often the bytes open connections have carried are added to
+    /// `istio_tcp_*_bytes_total` (Istio's `tcpReportingDuration`); the
+    /// rest when they close.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_reporting_seconds: u64,
+
     /// Threads that carry traffic; by default a quarter of the CPUs the
     /// agent may use, at least one. One thread runs everything on a single
     /// event loop, with no hand-offs between threads.
@@ -132,6 +138,7 @@ pub struct Config {
     pub ca: Option<CaConfig>,
     pub root_namespace: String,
     pub drain_timeout: Duration,
+    pub tcp_reporting: Duration,
     pub worker_threads: usize,
     pub kernel_relay: bool,
     pub dns_server: Option<std::net::SocketAddr>,
@@ -175,6 +182,7 @@ impl Config {
             ca: CaConfig::from_args(args.ca)?,
             root_namespace: args.root_namespace,
             drain_timeout: Duration::from_secs(args.drain_seconds),
+            tcp_reporting: Duration::from_secs(args.tcp_reporting_seconds),
             worker_threads: args
                 .worker_threads
                 .map_or_else(default_worker_threads, usize::from),

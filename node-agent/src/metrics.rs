@@ -2,6 +2,7 @@
 //! its relays carry plain TCP.
 
 use std::fmt::Write;
+use std::time::Duration;
 
 pub use ambit_telemetry::labels::{Party, Reporter, SecurityPolicy};
 use ambit_telemetry::tcp::TcpMetrics;
@@ -92,6 +93,8 @@ struct OpenLabels {
 
 pub struct Metrics {
     pub tcp: TcpMetrics,
+    /// How often open connections' bytes are reported.
+    pub tcp_reporting: Duration,
     relayed: Family<RelayLabels, Counter>,
     taken_back: Counter,
     refused: Family<RefusalLabels, Counter>,
@@ -108,9 +111,10 @@ impl Drop for Open {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry, tcp_reporting: Duration) -> Self {
         let metrics = Self {
             tcp: TcpMetrics::register(registry),
+            tcp_reporting,
             relayed: Family::default(),
             taken_back: Counter::default(),
             refused: Family::default(),

@@ -9,6 +9,7 @@ mod dns_proxy;
 pub mod hbone;
 mod inbound;
 mod kernel_relay;
+mod meter;
 pub mod outbound;
 mod source_ports;
 mod splice;
@@ -320,18 +321,47 @@ impl<'a> Report<'a> {
     }
 
     /// With the upstream connected, `carry` copies both ways until both
-    /// sides are done (a half-close is passed on).
-    async fn relay(self, carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>) {
-        self.inputs.metrics.tcp.opened(&self.labels);
-        let _open = self.inputs.metrics.open(self.labels.reporter);
-        let (from_caller, to_caller, error) = match carry.await {
+    /// sides are done (a half-close is passed on). Its bytes are reported
+    /// every reporting interval, as `meter` (one of its sockets) counts
+    /// them, and the rest at its end.
+    async fn relay(
+        self,
+        meter: Option<meter::Meter>,
+        carry: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+    ) {
+        let metrics = &self.inputs.metrics;
+        metrics.tcp.opened(&self.labels);
+        let _open = metrics.open(self.labels.reporter);
+        let every = metrics.tcp_reporting;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Bytes each way reported so far.
+        let mut reported = (0, 0);
+        tokio::pin!(carry);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                outcome = &mut carry => break outcome,
+                _ = ticks.tick() => {
+                    // The meter's socket lives as long as `carry` runs.
+                    let Some((from_caller, to_caller)) = meter.as_ref().and_then(meter::Meter::read) else {
+                        continue;
+                    };
+                    let (from_caller, to_caller) = (from_caller.max(reported.0), to_caller.max(reported.1));
+                    metrics.tcp.carried(&self.labels, from_caller - reported.0, to_caller - reported.1);
+                    reported = (from_caller, to_caller);
+                }
+            }
+        };
+        let (from_caller, to_caller, error) = match outcome {
             Ok((from_caller, to_caller)) => (from_caller, to_caller, None),
             Err(error) => (0, 0, Some(error)),
         };
-        self.inputs
-            .metrics
-            .tcp
-            .closed(&self.labels, from_caller, to_caller);
+        metrics.tcp.closed(
+            &self.labels,
+            from_caller.saturating_sub(reported.0),
+            to_caller.saturating_sub(reported.1),
+        );
         self.log(
             from_caller,
             to_caller,

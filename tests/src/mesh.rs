@@ -112,9 +112,23 @@ pub fn start_secured(
     config: &MeshConfig,
     ttl_seconds: u64,
 ) -> anyhow::Result<(crate::ca::TestCa, Vec<NodeAgent>)> {
+    start_secured_with_args(cluster, config, ttl_seconds, &[])
+}
+
+/// [`start_secured`], every agent also given `args`.
+pub fn start_secured_with_args(
+    cluster: &Cluster,
+    config: &MeshConfig,
+    ttl_seconds: u64,
+    args: &[&str],
+) -> anyhow::Result<(crate::ca::TestCa, Vec<NodeAgent>)> {
     write_config(cluster, config)?;
     let ca = crate::ca::TestCa::start(cluster, ttl_seconds)?;
-    let agents = start_agents_with(cluster, &Source::Directory, Some(&ca))?;
+    let agents = start_agents_with_args(cluster, &Source::Directory, |node| {
+        let mut all = ca.agent_args(node)?;
+        all.extend(args.iter().map(std::ffi::OsString::from));
+        Ok(all)
+    })?;
     for agent in &agents {
         // Test pods run as their own service account: one identity each.
         let identities = config

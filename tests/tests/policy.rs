@@ -10,10 +10,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 
 use ambit_testbed::mesh::{self, sample, NodeAgent};
-use ambit_testbed::testapp::{self, echo, Server};
+use ambit_testbed::testapp::{self, echo, Server, StreamSummary};
 use ambit_testbed::{wait_for, Cluster, Place, Pod};
 use serde_json::{json, Value};
 
@@ -419,7 +419,9 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client"], &["server"])?;
     let [client, server] = cluster.pods_named(["client", "server"])?;
     let config = mesh::enrolling(&cluster, &[client, server], vec![]);
-    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    // Open connections' bytes reported every second (Istio's default 15).
+    let reporting = ["--tcp-reporting-seconds=1"];
+    let (_ca, agents) = mesh::start_secured_with_args(&cluster, &config, 3600, &reporting)?;
     let _app = Server::new("server", "v1")
         .echo(9000)
         .start(&cluster, server)?;
@@ -495,7 +497,8 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
         "one access-log line per connection:\n{log}"
     );
     // A connection held open is counted open on both sides while it
-    // lasts, and no longer once it ends.
+    // lasts, its bytes reported as it goes (not only at its end), and no
+    // longer open once it ends.
     let open = |agent: &NodeAgent, reporter| -> anyhow::Result<f64> {
         let metrics = agent.metrics(&cluster)?;
         Ok(sample(
@@ -518,12 +521,37 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
             || Ok(open(agent, reporter)? == 1.0),
         )?;
     }
-    held.wait_exit(Duration::from_secs(10))?;
+    let labels = labels("source");
     for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        let labels = [&labels[1..], &[("reporter", reporter)]].concat();
         wait_for(
-            &format!("{reporter}: none open"),
+            &format!("{reporter}: bytes of the open connection"),
+            Duration::from_secs(3),
+            || {
+                let metrics = agent.metrics(&cluster)?;
+                let received = sample(&metrics, "istio_tcp_received_bytes_total", &labels);
+                let sent = sample(&metrics, "istio_tcp_sent_bytes_total", &labels);
+                Ok(received > bytes && sent > bytes && open(agent, reporter)? == 1.0)
+            },
+        )?;
+    }
+    held.wait_exit(Duration::from_secs(10))?;
+    let stream: StreamSummary = testapp::last_json(&held.output())?;
+    ensure!(stream.echoed == 30, "{stream:?}");
+    // `line 0\n` to `line 29\n` each way: reported once in all, no byte
+    // twice, however much was reported before the end.
+    let streamed = bytes + (10 * 7 + 20 * 8) as f64;
+    for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        let labels = [&labels[1..], &[("reporter", reporter)]].concat();
+        wait_for(
+            &format!("{reporter}: none open, every byte counted once"),
             Duration::from_secs(5),
-            || Ok(open(agent, reporter)? == 0.0),
+            || {
+                let metrics = agent.metrics(&cluster)?;
+                let received = sample(&metrics, "istio_tcp_received_bytes_total", &labels);
+                let sent = sample(&metrics, "istio_tcp_sent_bytes_total", &labels);
+                Ok(open(agent, reporter)? == 0.0 && received == streamed && sent == streamed)
+            },
         )?;
     }
     Ok(())

@@ -171,9 +171,16 @@ impl TcpMetrics {
         self.closed(labels, 0, 0);
     }
 
-    /// A connection ended after carrying these bytes each way.
+    /// A connection ended after carrying these bytes each way (since it
+    /// last reported them).
     pub fn closed(&self, labels: &TcpLabels, from_caller: u64, to_caller: u64) {
         self.closed.get_or_create(labels).inc();
+        self.carried(labels, from_caller, to_caller);
+    }
+
+    /// An open connection carried these bytes each way since it last
+    /// reported them.
+    pub fn carried(&self, labels: &TcpLabels, from_caller: u64, to_caller: u64) {
         self.received.get_or_create(labels).inc_by(from_caller);
         self.sent.get_or_create(labels).inc_by(to_caller);
     }

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::admission::{admit, Proof};
 use super::inbound::connect_app;
+use super::meter::Meter;
 use super::{PodContext, ProxyInputs, Report};
 use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
@@ -153,7 +154,7 @@ async fn carry(
         return;
     };
     report
-        .relay(async move {
+        .relay(Meter::callee(&upstream), async move {
             // From the caller (through the tunnel) to the app, and back.
             let (to_caller, from_caller) = tunnel.relay(&mut upstream).await?;
             Ok((from_caller, to_caller))

@@ -10,6 +10,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::admission::{admit, PolicySettings, Proof};
+use super::meter::Meter;
 use super::{agent_socket, carry_plain, connect, without_pacing, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 
@@ -71,8 +72,9 @@ pub(super) async fn handle(
     }
     match connect_app(&inputs, &pod, source, target).await {
         Ok(upstream) => {
+            let meter = Meter::caller(&client);
             report
-                .relay(carry_plain(client, upstream, &inputs, &pod))
+                .relay(meter, carry_plain(client, upstream, &inputs, &pod))
                 .await
         }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),

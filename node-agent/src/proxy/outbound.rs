@@ -14,6 +14,7 @@ use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::Party;
 use tokio::net::TcpStream;
 
+use super::meter::Meter;
 use super::{agent_socket, carry_plain, connect, PodContext, ProxyInputs, Report};
 use crate::metrics::{
     self, DestinationService, Reporter, ResponseFlags, SecurityPolicy, TcpLabels,
@@ -435,12 +436,13 @@ pub(super) async fn handle(
             Ok(tunnel) => tunnel,
             Err(error) => return report.refused(ResponseFlags::ConnectFailed, &error),
         };
+        let meter = Meter::caller(&client);
         let carry = async move {
             let mut client = client;
             let _ = client.set_nodelay(true);
             tunnel.relay(&mut client).await
         };
-        return report.relay(carry).await;
+        return report.relay(meter, carry).await;
     }
     let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
         Ok(socket) => connect(socket, SocketAddr::V4(target)).await,
@@ -448,8 +450,9 @@ pub(super) async fn handle(
     };
     match upstream {
         Ok(upstream) => {
+            let meter = Meter::caller(&client);
             report
-                .relay(carry_plain(client, upstream, &inputs, &pod))
+                .relay(meter, carry_plain(client, upstream, &inputs, &pod))
                 .await
         }
         Err(error) => report.refused(ResponseFlags::ConnectFailed, &error),
