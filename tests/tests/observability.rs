@@ -54,6 +54,12 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
             r#"sum(istio_tcp_connections_opened_total{reporter="destination",destination_workload="reviews-v1"})"#,
             1.0,
         ),
+        // Istio's mesh dashboard: requests as sources and waypoints report
+        // them, the non-5xx ones for its success rate.
+        (
+            r#"sum(istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."})"#,
+            40.0,
+        ),
         // Kiali's graph: canonical service and revision, and the cluster.
         (
             r#"sum(istio_requests_total{reporter="waypoint",destination_canonical_service="reviews",destination_canonical_revision="v1",destination_cluster="Kubernetes",source_canonical_service="productpage"})"#,
