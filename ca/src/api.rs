@@ -8,6 +8,10 @@ use ambit_identity::{CertificateAuthority, Identity};
 use ambit_mesh_source::MeshHandle;
 use ambit_mesh_tls::ca_protocol::{CertificateRequest, CertificateResponse};
 use hyper::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use crate::authenticate::Authenticator;
 use crate::authorize::authorize;
@@ -20,6 +24,41 @@ pub struct Issuer {
     pub authenticator: Authenticator,
     pub mesh: Arc<MeshHandle>,
     pub ttl: Duration,
+    /// `ambit_ca_certificate_requests_total`, by outcome.
+    pub requests: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl Issuer {
+    /// Registers the CA's request counts in `registry`.
+    pub fn register(registry: &mut Registry) -> Family<OutcomeLabels, Counter> {
+        let requests = Family::default();
+        registry.register(
+            "ambit_ca_certificate_requests",
+            "Certificate requests by outcome: issued, unauthenticated (no or a \
+             bad token), forbidden (an identity the requester may not hold) or \
+             invalid",
+            requests.clone(),
+        );
+        requests
+    }
+
+    /// Counts a request answered with `status`.
+    pub fn count(&self, status: StatusCode) {
+        let outcome = match status {
+            StatusCode::OK => "issued",
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "invalid",
+        };
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
 }
 
 impl Issuer {

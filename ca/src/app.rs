@@ -132,12 +132,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let (trust_domain, root) = (config.trust_domain.clone(), ca.root_pem().to_string());
         Arc::new(move || serde_json::json!({ "trustDomain": trust_domain, "root": root }))
     };
+    let mut registry = Registry::default();
     let issuer = Arc::new(Issuer {
         own_identity: config.identity.clone(),
         ca,
         authenticator,
         mesh,
         ttl: config.workload_cert_ttl,
+        requests: Issuer::register(&mut registry),
     });
     let readiness = Readiness::default();
     let mut listener = Acceptor::new(listener, "CA", MAX_CONNECTIONS)
@@ -175,7 +177,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             });
         }
     });
-    let mut registry = Registry::default();
     ambit_admin::health::ProcessHealth::register(
         &mut registry,
         "ambit-ca",
@@ -225,6 +226,7 @@ async fn respond(issuer: &Issuer, request: Request<Incoming>) -> Response<Full<B
             ),
         }
     };
+    issuer.count(status);
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response

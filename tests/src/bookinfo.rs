@@ -78,7 +78,7 @@ pub const PRODUCTPAGE_PATIENCE: Duration = Duration::from_secs(3);
 /// ratings, each passing on the user and trace headers it was given.
 pub struct Bookinfo {
     pub cluster: Cluster,
-    _ca: TestCa,
+    ca: TestCa,
     agents: Vec<NodeAgent>,
     pub waypoint: Waypoint,
     /// The ingress gateway, when started with one.
@@ -185,7 +185,7 @@ impl Bookinfo {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             cluster,
-            _ca: ca,
+            ca,
             agents,
             waypoint,
             gateway,
@@ -287,10 +287,13 @@ impl Bookinfo {
         )
     }
 
-    /// Where each proxy serves its metrics, by Prometheus job: the agents
-    /// on their nodes' addresses, the waypoint on its pod's.
+    /// Where each proxy (and the CA) serves its metrics, by Prometheus
+    /// job: the agents on their nodes' addresses, the waypoint on its pod's.
     pub fn metrics_targets(&self) -> anyhow::Result<Vec<(&'static str, std::net::SocketAddr)>> {
-        let mut targets = vec![("waypoint", self.waypoint.metrics_addr())];
+        let mut targets = vec![
+            ("waypoint", self.waypoint.metrics_addr()),
+            ("ca", self.ca.metrics_addr),
+        ];
         for agent in &self.agents {
             targets.push((
                 "node-agent",

@@ -20,6 +20,9 @@ const TRUST_DOMAIN: &str = "cluster.local";
 pub struct TestCa {
     process: Process,
     pub addr: SocketAddr,
+    /// Where its metrics are served (on node-1's address).
+    pub metrics_addr: SocketAddr,
+    node: String,
     dir: PathBuf,
     run: String,
 }
@@ -40,14 +43,11 @@ impl TestCa {
         std::fs::write(dir.join("tokens"), tokens)?;
         let addr = SocketAddr::from((node.underlay_ip, PORT));
         let readiness = SocketAddr::from((node.underlay_ip, 15021));
+        let metrics_addr = SocketAddr::from((node.underlay_ip, 15020));
         let args: Vec<OsString> = vec![
             format!("--listen={addr}").into(),
             format!("--readiness-addr={readiness}").into(),
-            format!(
-                "--metrics-addr={}",
-                SocketAddr::from((node.underlay_ip, 15020))
-            )
-            .into(),
+            format!("--metrics-addr={metrics_addr}").into(),
             "--admin-addr=127.0.0.1:15900".into(),
             "--root-dir".into(),
             dir.join("root").into(),
@@ -63,9 +63,21 @@ impl TestCa {
         Ok(Self {
             process,
             addr,
+            metrics_addr,
+            node: node.name.clone(),
             dir,
             run,
         })
+    }
+
+    /// Its metrics, in Prometheus' text format.
+    pub fn metrics(&self, cluster: &Cluster) -> anyhow::Result<String> {
+        let (status, body) = cluster
+            .node(&self.node)?
+            .place()
+            .http_get(self.metrics_addr, "/metrics")?;
+        anyhow::ensure!(status == 200, "the CA's metrics: {status} {body}");
+        Ok(body)
     }
 
     /// The flags that give `node`'s agent access to the CA.

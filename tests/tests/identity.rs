@@ -93,6 +93,7 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
     let bundle = ca.bundle()?;
     let ca_identity = Identity::new("cluster.local", "ambit-system", "ambit-ca");
     let neighbour = "spiffe://cluster.local/ns/ambit-system/sa/ca-tool";
+    let mut forbidden = 0;
     for (asked, why) in [
         (
             id("server"),
@@ -121,6 +122,7 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
             }) => {
                 assert_eq!(status.as_u16(), 403, "{asked}");
                 assert_eq!(message, why);
+                forbidden += 1;
             }
             other => panic!("node-1 was given {asked}: {other:?}"),
         }
@@ -130,6 +132,18 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
         log.contains("refused a certificate: no pod on node node-1 runs as spiffe://cluster.local/ns/default/sa/server"),
         "the CA's log:\n{log}"
     );
+    // Counted by outcome: each refusal, and every certificate the agents
+    // hold (none forbidden to them).
+    let metrics = ca.metrics(&cluster)?;
+    let outcome = |outcome| {
+        sample(
+            &metrics,
+            "ambit_ca_certificate_requests_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(outcome("forbidden"), forbidden as f64, "{metrics}");
+    assert!(outcome("issued") >= 2.0, "{metrics}");
     Ok(())
 }
 

@@ -73,8 +73,13 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
         ),
         // Every agent and waypoint applied the configuration at least once.
         (r#"count(ambit_config_updates_total >= 1)"#, 3.0),
-        // Every proxy says what it is.
-        (r#"count(istio_build{component=~"ambit-.*"})"#, 3.0),
+        // Every proxy, and the CA, says what it is.
+        (r#"count(istio_build{component=~"ambit-.*"})"#, 4.0),
+        // The CA issued every identity the agents hold.
+        (
+            r#"sum(ambit_ca_certificate_requests_total{outcome="issued"})"#,
+            2.0,
+        ),
     ];
     // Each target is scraped on its own second: wait for all of them.
     let mut last = Vec::new();
