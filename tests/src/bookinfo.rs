@@ -103,10 +103,11 @@ impl Bookinfo {
         Self::start_with(false, false)
     }
 
-    /// Started as [`Bookinfo::start`], with the waypoint exporting a span
-    /// for every request to [`Bookinfo::collector`].
+    /// Started as [`Bookinfo::start_with_gateway`], the waypoint and the
+    /// gateway exporting a span for every request to
+    /// [`Bookinfo::collector`].
     pub fn start_traced() -> anyhow::Result<Self> {
-        Self::start_with(false, true)
+        Self::start_with(true, true)
     }
 
     /// Started as [`Bookinfo::start`], with an ingress gateway (in
@@ -139,13 +140,16 @@ impl Bookinfo {
         let collector = traced
             .then(|| Collector::start(&cluster, cluster.node("node-1")?))
             .transpose()?;
-        let tracing = collector.iter().flat_map(|collector| {
-            [
-                "--otlp-endpoint".into(),
-                collector.endpoint().into(),
-                "--trace-sampling=100".into(),
-            ]
-        });
+        let tracing: Vec<std::ffi::OsString> = collector
+            .iter()
+            .flat_map(|collector| {
+                [
+                    "--otlp-endpoint".into(),
+                    collector.endpoint().into(),
+                    "--trace-sampling=100".into(),
+                ]
+            })
+            .collect();
         let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
         let waypoint = Waypoint::start_with(
             &cluster,
@@ -153,7 +157,7 @@ impl Bookinfo {
             "waypoint",
             &Source::Directory,
             Some(&ca),
-            tracing.collect(),
+            tracing.clone(),
         )?;
         let credentials = credentials_dir(&cluster);
         std::fs::create_dir_all(&credentials)?;
@@ -161,7 +165,7 @@ impl Bookinfo {
             .then(|| {
                 let pod = cluster.pod(GATEWAY_POD)?;
                 let standalone = (&Source::Directory, Some(credentials.as_path()));
-                Waypoint::start_gateway(&cluster, pod, GATEWAY_POD, standalone, &ca)
+                Waypoint::start_gateway(&cluster, pod, GATEWAY_POD, standalone, &ca, tracing)
             })
             .transpose()?;
         let ratings = url("ratings", "/ratings/0")?;

@@ -40,6 +40,7 @@ impl Waypoint {
         name: &str,
         (source, credentials): (&Source, Option<&std::path::Path>),
         ca: &TestCa,
+        extra: Vec<std::ffi::OsString>,
     ) -> anyhow::Result<Self> {
         let mut args: Vec<std::ffi::OsString> = vec![
             "--mode".into(),
@@ -52,6 +53,7 @@ impl Waypoint {
         if let Some(credentials) = credentials {
             args.extend(["--credentials-dir".into(), credentials.into()]);
         }
+        args.extend(extra);
         Self::start_with(cluster, pod, name, source, Some(ca), args)
     }
 

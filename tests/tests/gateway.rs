@@ -497,8 +497,14 @@ fn in_kubernetes_the_gateway_reads_only_the_secrets_its_gateways_name_and_follow
     apply(tls_secret("web-cert", &issued)?)?;
     apply(tls_secret("unrelated", &issued)?)?;
     let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
-    let gateway =
-        Waypoint::start_gateway(&cluster, gateway_pod, GATEWAY_POD, (&source, None), &ca)?;
+    let gateway = Waypoint::start_gateway(
+        &cluster,
+        gateway_pod,
+        GATEWAY_POD,
+        (&source, None),
+        &ca,
+        Vec::new(),
+    )?;
     let served_with = |ca: &Path| -> anyhow::Result<bool> {
         let load =
             trusting(HttpLoad::new(1), ca, None).connect(SocketAddr::from((gateway_pod.ip, 443)));

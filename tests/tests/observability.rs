@@ -242,11 +242,12 @@ fn prometheus_scrapes_istios_metrics_with_the_labels_its_dashboards_select_on() 
 }
 
 /// Distributed tracing as Istio's Bookinfo task shows it: the waypoint
-/// makes a span for every request and exports it over OTLP; the apps pass
-/// the trace context on (as Bookinfo's do), so a page's calls to details
-/// and reviews are children of the waypoint's span for the page.
+/// and the ingress gateway make a span for every request and export it
+/// over OTLP; the apps pass the trace context on (as Bookinfo's do), so a
+/// page's calls to details and reviews are children of the proxy's span
+/// for the page.
 #[test]
-fn the_waypoint_exports_a_span_per_request_and_joins_the_apps_calls_into_one_trace(
+fn the_waypoint_and_the_gateway_export_a_span_per_request_and_join_the_apps_calls_into_one_trace(
 ) -> anyhow::Result<()> {
     let bookinfo = Bookinfo::start_traced()?;
     let cluster = &bookinfo.cluster;
@@ -389,6 +390,47 @@ fn the_waypoint_exports_a_span_per_request_and_joins_the_apps_calls_into_one_tra
             );
         }
         ensure!(pages.len() * 3 == spans.len(), "{spans:#?}");
+    }
+
+    // From outside through the ingress gateway: a span a page at the
+    // gateway (the client side, as Istio's gateways trace), and the page's
+    // calls to details and reviews, at the waypoint, its children.
+    bookinfo.apply(
+        [
+            ambit_testbed::bookinfo::manifest("bookinfo-gateway.yaml")?,
+            ambit_testbed::bookinfo::manifest("routing-all-v1.yaml")?,
+        ]
+        .concat(),
+    )?;
+    let outside = bookinfo.outside_to(
+        HttpLoad::new(2),
+        "http://bookinfo.example.com/productpage",
+        8080,
+    )?;
+    ensure!(outside.status(200) == 2, "{outside:?}");
+    let mut all = Vec::new();
+    wait_for("the gateway's spans", Duration::from_secs(20), || {
+        all = collector.spans(cluster)?;
+        Ok(all.len() >= expected + 2 * 3)
+    })
+    .with_context(|| format!("{} spans\n{}", all.len(), collector.output()))?;
+    let at_gateway: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["resource"]["service.name"] == "ingressgateway.istio-system")
+        .collect();
+    ensure!(at_gateway.len() == 2, "{all:#?}");
+    for page in at_gateway {
+        let children = all
+            .iter()
+            .filter(|s| s["parentSpanId"] == page["spanId"] && s["traceId"] == page["traceId"])
+            .count();
+        ensure!(
+            page["kind"] == 3
+                && page["name"] == "productpage.default.svc.cluster.local:9080/*"
+                && page["parentSpanId"].is_null()
+                && children == 2,
+            "{page:#}: {children} children in {all:#?}"
+        );
     }
     Ok(())
 }

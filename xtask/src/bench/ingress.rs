@@ -147,7 +147,14 @@ pub fn run(binaries: &Binaries, rounds: usize) -> anyhow::Result<IngressReport> 
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
     let standalone = (&Source::Directory, Some(credentials.as_path()));
-    let ambit = Waypoint::start_gateway(&cluster, gateway_pod, "gateway", standalone, &ca)?;
+    let ambit = Waypoint::start_gateway(
+        &cluster,
+        gateway_pod,
+        "gateway",
+        standalone,
+        &ca,
+        Vec::new(),
+    )?;
     let routes = IngressRoutes {
         header: (CANARY.0.into(), CANARY.1.into()),
         matched: SocketAddr::from((upstream_b.ip, 8080)),
