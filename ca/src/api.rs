@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use ambit_identity::{CertificateAuthority, Identity};
 use ambit_mesh_source::MeshHandle;
-use ambit_mesh_tls::ca_protocol::{CertificateRequest, CertificateResponse};
-use hyper::StatusCode;
+use ambit_mesh_tls::ca_protocol::{
+    CertificateRequest, CertificateResponse, GrpcCode, IMPERSONATED_IDENTITY,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -47,12 +48,12 @@ impl Issuer {
         requests
     }
 
-    /// Counts a request answered with `status`.
-    pub fn count(&self, status: StatusCode) {
-        let outcome = match status {
-            StatusCode::OK => "issued",
-            StatusCode::UNAUTHORIZED => "unauthenticated",
-            StatusCode::FORBIDDEN => "forbidden",
+    /// Counts a request answered with `code`.
+    pub fn count(&self, code: GrpcCode) {
+        let outcome = match code {
+            GrpcCode::Ok => "issued",
+            GrpcCode::Unauthenticated => "unauthenticated",
+            GrpcCode::PermissionDenied => "forbidden",
             _ => "invalid",
         };
         self.requests
@@ -62,50 +63,63 @@ impl Issuer {
 }
 
 impl Issuer {
-    /// The status and JSON body for a request with `bearer` and `body`.
+    /// The answer to `request` from the caller with `bearer`: the
+    /// certificate chain (leaf, intermediates, root), or why not.
     pub async fn answer(
         &self,
         bearer: Option<&str>,
-        body: &[u8],
-    ) -> (StatusCode, serde_json::Value) {
-        let error = |status, message: String| (status, serde_json::json!({ "error": message }));
+        request: &CertificateRequest,
+    ) -> Result<CertificateResponse, (GrpcCode, String)> {
         let Some(bearer) = bearer else {
             tracing::warn!("refused a certificate request without credentials");
-            return error(StatusCode::UNAUTHORIZED, "no bearer token".into());
+            return Err((GrpcCode::Unauthenticated, "no bearer token".into()));
         };
         let mesh = self.mesh.snapshot();
         let requester = match self.authenticator.requester(bearer, &mesh).await {
             Ok(requester) => requester,
             Err(reason) => {
                 tracing::warn!("refused a certificate request: {reason}");
-                return error(StatusCode::UNAUTHORIZED, reason);
+                return Err((GrpcCode::Unauthenticated, reason));
             }
         };
-        let request: CertificateRequest = match serde_json::from_slice(body) {
-            Ok(request) => request,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("unreadable request: {e}")),
+        // Node agents (and ztunnels) ask for their pods' identities.
+        let Some(asked) = &request.impersonated_identity else {
+            return Err((
+                GrpcCode::InvalidArgument,
+                format!("no {IMPERSONATED_IDENTITY} in the request's metadata: this CA certifies node proxies for their pods"),
+            ));
         };
-        let identity: Identity = match request.identity.parse() {
-            Ok(identity) => identity,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        };
+        let identity = asked
+            .parse::<Identity>()
+            .map_err(|e| (GrpcCode::InvalidArgument, e.to_string()))?;
         if let Err(denied) = authorize(&mesh, &self.own_identity, &requester, &identity) {
             tracing::warn!(%requester, %identity, "refused a certificate: {denied}");
-            return error(StatusCode::FORBIDDEN, denied.to_string());
+            return Err((GrpcCode::PermissionDenied, denied.to_string()));
         }
-        match self.ca.issue(&request.csr, &identity, self.ttl) {
-            Ok(chain) => {
-                tracing::info!(%requester, %identity, ttl = ?self.ttl, "issued a certificate");
-                let response = CertificateResponse {
-                    certificate_chain: chain,
-                    trust_bundle: self.ca.root_pem().to_string(),
-                };
-                (
-                    StatusCode::OK,
-                    serde_json::to_value(response).unwrap_or_default(),
-                )
-            }
-            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
+        // As asked, within the CA's own limit.
+        let ttl = u64::try_from(request.validity_seconds)
+            .ok()
+            .filter(|seconds| *seconds > 0)
+            .map_or(self.ttl, |seconds| {
+                self.ttl.min(Duration::from_secs(seconds))
+            });
+        let chain = self
+            .ca
+            .issue(&request.csr, &identity, ttl)
+            .map_err(|e| (GrpcCode::InvalidArgument, e.to_string()))?;
+        tracing::info!(%requester, %identity, ?ttl, "issued a certificate");
+        let mut cert_chain = pem_blocks(&chain);
+        cert_chain.push(self.ca.root_pem().to_string());
+        Ok(CertificateResponse { cert_chain })
     }
+}
+
+/// Each PEM block of `pem`, on its own.
+fn pem_blocks(pem: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    pem.split_inclusive(END)
+        .map(str::trim)
+        .filter(|block| block.ends_with(END))
+        .map(|block| format!("{block}\n"))
+        .collect()
 }

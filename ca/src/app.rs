@@ -8,13 +8,16 @@ use ambit_admin::accept::{at_most, Acceptor};
 use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_identity::{certificate_request, tls, WorkloadCertificate};
 use ambit_mesh_source::MeshHandle;
-use ambit_mesh_tls::ca_protocol::CERTIFICATE_PATH;
+use ambit_mesh_tls::ca_protocol::{
+    encode_message, frame, unframe, CertificateRequest, GrpcCode, CREATE_CERTIFICATE_PATH,
+};
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
@@ -29,8 +32,9 @@ use ambit_mesh_source::kubernetes::connect;
 /// Each node's agent asks from its node's address, a few requests at once.
 const MAX_CONNECTIONS: usize = 2048;
 const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
-/// How long a client may take over its TLS handshake, and over the
-/// headers of each request.
+/// Calls one connection carries at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest a connection to the CA stays open: a request takes
 /// milliseconds, and an agent asks again with a new connection.
@@ -166,9 +170,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     let issuer = issuer.clone();
                     async move { Ok::<_, Infallible>(respond(&issuer, request).await) }
                 });
-                let served = hyper::server::conn::http1::Builder::new()
+                // gRPC: HTTP/2, a few calls at a time; the connection's
+                // whole life is bounded below.
+                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                     .serve_connection(TokioIo::new(tls), service);
                 if let Some(Err(error)) = at_most(CONNECTION_LIFETIME, served).await {
                     tracing::debug!(%peer, %error, "CA connection ended with an error");
@@ -200,34 +206,91 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-async fn respond(issuer: &Issuer, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = if request.method() != Method::POST
-        || request.uri().path() != CERTIFICATE_PATH
-    {
-        (
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "not found" }),
-        )
-    } else {
-        let bearer = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_string);
-        match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => issuer.answer(bearer.as_deref(), &body.to_bytes()).await,
-            Err(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({ "error": format!("requests are at most {MAX_REQUEST_BYTES} bytes") }),
-            ),
+/// Istio's `CreateCertificate`, a unary gRPC call: the answer's message
+/// then `grpc-status` in the trailers, or a refusal's status alone in the
+/// headers (gRPC's trailers-only answer).
+async fn respond(issuer: &Issuer, request: Request<Incoming>) -> Response<GrpcBody> {
+    let answer =
+        if request.method() != Method::POST || request.uri().path() != CREATE_CERTIFICATE_PATH {
+            Err((
+                GrpcCode::Unimplemented,
+                format!("this CA serves {CREATE_CERTIFICATE_PATH} only"),
+            ))
+        } else {
+            let bearer = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_string);
+            match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+                .collect()
+                .await
+            {
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    match unframe(&body).and_then(CertificateRequest::decode) {
+                        Ok(asked) => issuer.answer(bearer.as_deref(), &asked).await,
+                        Err(error) => Err((GrpcCode::InvalidArgument, error.to_string())),
+                    }
+                }
+                Err(_) => Err((
+                    GrpcCode::ResourceExhausted,
+                    format!("requests are at most {MAX_REQUEST_BYTES} bytes"),
+                )),
+            }
+        };
+    let grpc = |code: GrpcCode| HeaderValue::from(code as u32);
+    let mut response = Response::new(GrpcBody::default());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    match answer {
+        Ok(certificates) => {
+            issuer.count(GrpcCode::Ok);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", grpc(GrpcCode::Ok));
+            *response.body_mut() = GrpcBody {
+                message: Some(frame(&certificates.encode())),
+                trailers: Some(trailers),
+            };
         }
-    };
-    issuer.count(status);
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
+        Err((code, message)) => {
+            issuer.count(code);
+            let headers = response.headers_mut();
+            headers.insert("grpc-status", grpc(code));
+            if let Ok(message) = HeaderValue::from_str(&encode_message(&message)) {
+                headers.insert("grpc-message", message);
+            }
+        }
+    }
     response
+}
+
+/// A unary gRPC answer's body: its message, then its trailers.
+#[derive(Default)]
+struct GrpcBody {
+    message: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.message.take() {
+            Some(message) => Some(Frame::data(message)),
+            None => self.trailers.take().map(Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
+    }
 }

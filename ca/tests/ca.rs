@@ -8,8 +8,8 @@ use std::path::Path;
 use ambit_ca::{app, Args, Config};
 use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_tls::ca_client::{CaClient, CaClientError};
+use ambit_mesh_tls::ca_protocol::{GrpcCode, CREATE_CERTIFICATE_PATH};
 use clap::Parser;
-use hyper::StatusCode;
 
 const NODE_1_TOKEN: &str = "node-1-secret-0123456789";
 const NODE_2_TOKEN: &str = "node-2-secret-9876543210";
@@ -77,10 +77,8 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
     assert_eq!(certified.trust_bundle_pem, root);
 
     match node_1.certify(&pay).await {
-        Err(CaClientError::Refused {
-            status, message, ..
-        }) => {
-            assert_eq!(status, StatusCode::FORBIDDEN);
+        Err(CaClientError::Refused { code, message, .. }) => {
+            assert_eq!(code, GrpcCode::PermissionDenied as u32);
             assert_eq!(
                 message,
                 "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay"
@@ -99,7 +97,9 @@ async fn agents_get_the_identities_of_their_nodes_pods_only() {
 
     let stranger = client(&running, &dir, "a-token-nobody-was-given");
     match stranger.certify(&cart).await {
-        Err(CaClientError::Refused { status, .. }) => assert_eq!(status, StatusCode::UNAUTHORIZED),
+        Err(CaClientError::Refused { code, .. }) => {
+            assert_eq!(code, GrpcCode::Unauthenticated as u32)
+        }
         other => panic!(
             "an unknown caller got a certificate: {:?}",
             other.map(|c| c.certificate)
@@ -169,14 +169,10 @@ async fn an_istio_cacerts_intermediate_is_used_as_it_is_and_its_root_is_the_one_
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A certificate refusal's status, or a panic naming what was issued instead.
-fn refusal(
-    result: Result<ambit_mesh_tls::ca_client::Certified, CaClientError>,
-) -> (StatusCode, String) {
+/// A certificate refusal's gRPC status, or a panic naming what was issued instead.
+fn refusal(result: Result<ambit_mesh_tls::ca_client::Certified, CaClientError>) -> (u32, String) {
     match result {
-        Err(CaClientError::Refused {
-            status, message, ..
-        }) => (status, message),
+        Err(CaClientError::Refused { code, message, .. }) => (code, message),
         other => panic!("expected a refusal, got {:?}", other.map(|c| c.certificate)),
     }
 }
@@ -296,7 +292,7 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     assert_eq!(
         refusal(agent.certify(&pay).await),
         (
-            StatusCode::FORBIDDEN,
+            GrpcCode::PermissionDenied as u32,
             "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay".into()
         )
     );
@@ -310,7 +306,7 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     assert_eq!(
         refusal(waypoint.certify(&cart).await),
         (
-            StatusCode::FORBIDDEN,
+            GrpcCode::PermissionDenied as u32,
             "the pod shop/waypoint-1 may hold only its own identity, not spiffe://cluster.local/ns/shop/sa/cart".into()
         )
     );
@@ -318,14 +314,14 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     // API server's audience, and a token the API server never issued are
     // all refused.
     let (status, message) = refusal(client(running.addr, "other-sa-token").certify(&cart).await);
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, GrpcCode::PermissionDenied as u32);
     assert!(
         message.contains("the pod ambit-system/agent-1 may hold only its own identity"),
         "{message}"
     );
     for token in ["api-server-token", "forged-token"] {
         let (status, message) = refusal(client(running.addr, token).certify(&cart).await);
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(status, GrpcCode::Unauthenticated as u32, "{token}");
         assert!(
             message.contains("does not accept the token"),
             "{token}: {message}"
@@ -344,5 +340,79 @@ async fn in_kubernetes_agents_prove_their_node_with_service_account_tokens() {
     assert_eq!(published(), ["ambit-system", "shop"], "published once each");
     assert_eq!(api.objects("ConfigMap").len(), 2);
     restarted.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A gRPC call made by hand, as any client of Istio's API makes it: the
+/// request's protobuf bytes framed, the status read from the trailers or,
+/// for a refusal, the headers.
+async fn grpc_call(
+    running: &app::Running,
+    dir: &Path,
+    path: &str,
+    message: &[u8],
+) -> (u32, String) {
+    use http_body_util::{BodyExt, Full};
+    let root = std::fs::read_to_string(dir.join("root/ca-cert.pem")).unwrap();
+    let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
+    let ca = Identity::new("cluster.local", "ambit-system", "ambit-ca");
+    let config = ambit_identity::tls::client_config_without_certificate(&bundle, &ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(running.addr.ip().into(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut framed = vec![0, 0, 0, 0, message.len() as u8];
+    framed.extend_from_slice(message);
+    let request = hyper::Request::post(format!("https://{}{path}", running.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {NODE_1_TOKEN}"))
+        .body(Full::new(bytes::Bytes::from(framed)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let headers = response.headers().clone();
+    let trailers = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
+    let get = |name: &str| {
+        let value = trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .or(headers.get(name));
+        value
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (get("grpc-status").parse().unwrap(), get("grpc-message"))
+}
+
+#[tokio::test]
+async fn istios_api_answers_what_it_cannot_do_with_grpc_statuses() {
+    let dir = standalone_dir("grpc");
+    let running = app::start(config(&dir)).await.unwrap();
+    // `IstioCertificateRequest { csr: "x" }`: no ImpersonatedIdentity.
+    let (code, message) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, b"\x0a\x01x").await;
+    assert_eq!(code, GrpcCode::InvalidArgument as u32, "{message}");
+    assert!(message.contains("no ImpersonatedIdentity"), "{message}");
+    // Another method of the service.
+    let other = "/istio.v1.auth.IstioCertificateService/Other";
+    let (code, message) = grpc_call(&running, &dir, other, b"").await;
+    assert_eq!(code, GrpcCode::Unimplemented as u32, "{message}");
+    // Bytes that are no protobuf message.
+    let (code, _) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, b"\x0a\x09x").await;
+    assert_eq!(code, GrpcCode::InvalidArgument as u32);
+    running.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -23,11 +23,7 @@ pub fn tunnel_from(
 ) -> anyhow::Result<bool> {
     let config = match certificate {
         Some(certificate) => tls::client_config(certificate, bundle, server)?,
-        None => {
-            let mut config = tls::client_config_without_certificate(bundle, server)?;
-            config.alpn_protocols = vec![tls::ALPN_H2.to_vec()];
-            config
-        }
+        None => tls::client_config_without_certificate(bundle, server)?,
     };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let source = IpAddr::V4(from.ip);

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_identity::{certificate_request, CertificateAuthority, Identity, WorkloadCertificate};
 use ambit_mesh_tls::ca_client::{CaClient, CaClientError};
+use ambit_mesh_tls::ca_protocol::GrpcCode;
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::hbone::tunnel_from;
 use ambit_testbed::mesh::{self, sample, NodeAgent, Source};
@@ -117,10 +118,8 @@ fn agents_hold_their_pods_identities_and_the_ca_refuses_others() -> anyhow::Resu
             anyhow::Ok(runtime.block_on(client.certify(&asked)).err())
         })??;
         match refusal {
-            Some(CaClientError::Refused {
-                status, message, ..
-            }) => {
-                assert_eq!(status.as_u16(), 403, "{asked}");
+            Some(CaClientError::Refused { code, message, .. }) => {
+                assert_eq!(code, GrpcCode::PermissionDenied as u32, "{asked}");
                 assert_eq!(message, why);
                 forbidden += 1;
             }

@@ -19,10 +19,8 @@ use webpki::{EndEntityCert, KeyUsage};
 use crate::certificate::{identity_of, WorkloadCertificate};
 use crate::spiffe::Identity;
 
-/// HBONE is HTTP/2.
+/// HBONE, and the CA's gRPC, are HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
-/// The CA answers HTTP/1.1.
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -110,7 +108,8 @@ pub fn server_config_for_anonymous_clients(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certificate.chain(), certificate.key())?;
-    Ok(verified_fully(config, ALPN_HTTP1))
+    // The CA speaks gRPC: HTTP/2.
+    Ok(verified_fully(config, ALPN_H2))
 }
 
 /// Every connection is verified in full: no resumed sessions.
@@ -141,7 +140,7 @@ pub fn client_config_without_certificate(
     server: &Identity,
 ) -> Result<ClientConfig, TlsError> {
     let config = client_builder(bundle, server, provider())?.with_no_client_auth();
-    Ok(resuming_nothing(config, ALPN_HTTP1))
+    Ok(resuming_nothing(config, ALPN_H2))
 }
 
 fn client_builder(

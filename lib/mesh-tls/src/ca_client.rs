@@ -9,22 +9,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_identity::{certificate_request, tls, Identity, TrustBundle, WorkloadCertificate};
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::ca_protocol::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
+use crate::ca_protocol::{
+    decode_message, frame, unframe, CertificateRequest, CertificateResponse, GrpcCode,
+    CREATE_CERTIFICATE_PATH,
+};
 
 /// How long one request to the CA may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
-    #[error("the CA at {addr} refused: HTTP {status}: {message}")]
+    #[error("the CA at {addr} refused: gRPC status {code}: {message}")]
     Refused {
         addr: String,
-        status: StatusCode,
+        /// gRPC's status code ([`GrpcCode`]).
+        code: u32,
         message: String,
     },
     #[error("the CA at {addr} did not answer within {REQUEST_TIMEOUT:?}")]
@@ -114,11 +117,15 @@ impl CaClient {
             .current()
             .map_err(|e| failed(e.to_string()))?;
         let (key, csr) = certificate_request(identity).map_err(|e| failed(e.to_string()))?;
-        let body = serde_json::to_vec(&CertificateRequest {
-            identity: identity.to_string(),
-            csr,
-        })
-        .map_err(|e| failed(e.to_string()))?;
+        // As ztunnel asks istiod: for the identity of a pod on its node.
+        let body = frame(
+            &CertificateRequest {
+                csr,
+                validity_seconds: 0,
+                impersonated_identity: Some(identity.to_string()),
+            }
+            .encode(),
+        );
         let tcp = tokio::net::TcpStream::connect(addr.as_str())
             .await
             .map_err(|e| failed(e.to_string()))?;
@@ -129,47 +136,72 @@ impl CaClient {
             .connect(peer.ip().into(), tcp)
             .await
             .map_err(|e| failed(format!("TLS: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
         tokio::spawn(connection);
         let request = Request::builder()
             .method(Method::POST)
-            .uri(CERTIFICATE_PATH)
-            .header(hyper::header::HOST, addr.as_str())
+            .uri(format!("https://{addr}{CREATE_CERTIFICATE_PATH}"))
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header(hyper::header::CONTENT_TYPE, "application/grpc")
+            .header(hyper::header::TE, "trailers")
+            .body(Full::new(body))
             .map_err(|e| failed(e.to_string()))?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .to_bytes();
-        if status != StatusCode::OK {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|value| value["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            return Err(failed(format!("HTTP {}", parts.status)));
+        }
+        let collected = body.collect().await.map_err(|e| failed(e.to_string()))?;
+        // The status comes in the trailers, or alone in the headers.
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| parts.headers.get(name))
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
+        let code = status("grpc-status")
+            .and_then(|code| code.parse::<u32>().ok())
+            .ok_or_else(|| failed("an answer without a gRPC status".to_string()))?;
+        if code != GrpcCode::Ok as u32 {
             return Err(CaClientError::Refused {
                 addr: addr.clone(),
-                status,
-                message,
+                code,
+                message: status("grpc-message")
+                    .map(|message| decode_message(&message))
+                    .unwrap_or_default(),
             });
         }
-        let answer: CertificateResponse =
-            serde_json::from_slice(&body).map_err(|e| failed(format!("unreadable answer: {e}")))?;
-        let certificate = WorkloadCertificate::new(identity, &key, &answer.certificate_chain)
+        let body = collected.to_bytes();
+        let answer = unframe(&body)
+            .and_then(CertificateResponse::decode)
             .map_err(|e| failed(e.to_string()))?;
+        // The leaf and its intermediates, then the root.
+        let Some((root, chain)) = answer
+            .cert_chain
+            .split_last()
+            .filter(|(_, c)| !c.is_empty())
+        else {
+            return Err(failed(
+                "an answer without a certificate and its root".to_string(),
+            ));
+        };
+        let chain: String = chain
+            .iter()
+            .map(|pem| format!("{}\n", pem.trim_end()))
+            .collect();
+        let certificate =
+            WorkloadCertificate::new(identity, &key, &chain).map_err(|e| failed(e.to_string()))?;
         Ok(Certified {
             certificate,
-            trust_bundle_pem: answer.trust_bundle,
+            trust_bundle_pem: root.clone(),
         })
     }
 }
