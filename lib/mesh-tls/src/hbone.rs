@@ -106,6 +106,9 @@ impl MeshTls {
         let connect = || async {
             let address = SocketAddr::new(peer.ip, ambit_hbone::HBONE_PORT);
             let tcp = dial(address).await?;
+            // Small frames (a request, its answer) leave at once, whoever
+            // dialled: Nagle would hold each ~40 ms for an acknowledgement.
+            tcp.set_nodelay(true)?;
             let config = client_config(&certificate, &self.bundle, peer.identity)
                 .map_err(std::io::Error::other)?;
             let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
