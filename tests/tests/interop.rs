@@ -14,6 +14,10 @@ use anyhow::{ensure, Context};
 const HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
 const ENVOY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 63);
+/// More tunnels at once than one HTTP/2 connection may carry: Envoy
+/// allows 100 streams a connection, as Ambit's agents do.
+const CONCURRENT_TUNNELS: usize = 150;
 
 #[test]
 fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Result<()> {
@@ -33,6 +37,7 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
         vec![
             bound("web", HTTP_VIP, 8080, "http"),
             bound("sink", SINK_VIP, 9100, "tcp"),
+            bound("echo", ECHO_VIP, 9000, "tcp"),
             mesh::service("envoy", ENVOY_VIP, 15008, 15008, &[envoy_pod]),
         ],
     );
@@ -40,6 +45,7 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
     let _server = Server::new("server", "v1")
         .http(8080)
         .sink(9100)
+        .echo(9000)
         .start(&cluster, server)?;
     let envoy = EnvoyWaypoint::start(
         &cluster,
@@ -54,6 +60,11 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
             Route {
                 service: SocketAddr::from((SINK_VIP, 9100)),
                 endpoint: SocketAddr::from((server.ip, 9100)),
+                http: false,
+            },
+            Route {
+                service: SocketAddr::from((ECHO_VIP, 9000)),
+                endpoint: SocketAddr::from((server.ip, 9000)),
                 http: false,
             },
         ],
@@ -90,6 +101,22 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
         (sent.bytes_received_by_server, sent.crc_received_by_server)
             == (sent.bytes_sent, sent.crc_sent),
         "{sent:?}"
+    );
+
+    // 150 connections open at once, each its own tunnel both ways: the
+    // client's agent opens a second HTTP/2 connection to Envoy past its
+    // 100 streams, and the server's agent takes Envoy's tunnels on as many
+    // connections as Envoy opens; every one echoes.
+    let many = testapp::echo_many(
+        &cluster,
+        client.place(),
+        SocketAddr::from((ECHO_VIP, 9000)),
+        CONCURRENT_TUNNELS,
+    )?;
+    ensure!(
+        many.completed == CONCURRENT_TUNNELS,
+        "{many:?}\n{}",
+        envoy.output()
     );
 
     // The server's agent proved Envoy's identity, as the client's agent
