@@ -75,6 +75,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        ambit_identity::tls::check_compliance_policy().map_err(anyhow::Error::msg)?;
         if !(60..=366 * 24 * 3600).contains(&args.workload_cert_ttl_seconds) {
             bail!(
                 "--workload-cert-ttl-seconds {}: between 60 (a minute) and 31622400 (a year)",

@@ -158,6 +158,7 @@ pub enum Uninstall {
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        ambit_identity::tls::check_compliance_policy().map_err(anyhow::Error::msg)?;
         check_cgroup2_dir(&args.capture_cgroup)?;
         let cni_install = match (&args.cni_conf_dir, &args.cni_bin_dir) {
             (Some(conf_dir), Some(bin_dir)) => Some(CniInstall {

@@ -124,6 +124,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        ambit_identity::tls::check_compliance_policy().map_err(anyhow::Error::msg)?;
         let service_account = args.service_account.unwrap_or_else(|| args.name.clone());
         for (flag, value) in [
             ("--name", &args.name),

@@ -3,7 +3,7 @@
 //! the trust bundle, and peers known by their SPIFFE ID. The client also
 //! checks that the server is the identity it expected for the destination.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -83,7 +83,56 @@ impl TrustBundle {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let policy = std::env::var(COMPLIANCE_POLICY).unwrap_or_default();
+            Arc::new(compliant_provider(&policy))
+        })
+        .clone()
+}
+
+/// The environment variable Istio's proxies read their compliance policy
+/// from (`pqc`, `fips-140-2`; unset: neither).
+pub const COMPLIANCE_POLICY: &str = "COMPLIANCE_POLICY";
+
+/// Whether `COMPLIANCE_POLICY`, if set, names a policy this build knows:
+/// a proxy checks it at start rather than meet a typo at its first
+/// handshake.
+pub fn check_compliance_policy() -> Result<(), String> {
+    known_policy(&std::env::var(COMPLIANCE_POLICY).unwrap_or_default())
+}
+
+fn known_policy(policy: &str) -> Result<(), String> {
+    match policy {
+        "" | "pqc" | "fips-140-2" => Ok(()),
+        other => Err(format!(
+            "{COMPLIANCE_POLICY}={other:?}: not a policy (pqc, fips-140-2, or unset)"
+        )),
+    }
+}
+
+/// AWS-LC's primitives (rustls' default, as Istio's), with the key
+/// exchanges `policy` allows, as Istio's proxies take it: `pqc` only
+/// X25519MLKEM768 (a post-quantum hybrid); `fips-140-2` only the NIST
+/// curves P-256 and P-384; otherwise X25519MLKEM768 first, then X25519,
+/// P-256 and P-384, so a peer of either kind agrees.
+pub fn compliant_provider(policy: &str) -> CryptoProvider {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    let kx_groups = match policy {
+        "pqc" => vec![kx_group::X25519MLKEM768],
+        "fips-140-2" => vec![kx_group::SECP256R1, kx_group::SECP384R1],
+        _ => vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+            kx_group::SECP384R1,
+        ],
+    };
+    CryptoProvider {
+        kx_groups,
+        ..default_provider()
+    }
 }
 
 /// The server side of HBONE: requires and verifies the client's certificate.
@@ -328,4 +377,138 @@ fn pki_error(error: webpki::Error) -> rustls::Error {
         other => E::Other(rustls::OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+    use super::*;
+    use crate::{certificate_request, CertificateAuthority};
+    use rustls::NamedGroup;
+
+    /// A client that takes any server's certificate: only the key
+    /// exchange is under test.
+    #[derive(Debug)]
+    struct AnyServer(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.0.signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.0.signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn workload() -> (WorkloadCertificate, TrustBundle) {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let identity = Identity::new("cluster.local", "shop", "cart");
+        let (key, csr) = certificate_request(&identity).unwrap();
+        let pem = ca
+            .issue(&csr, &identity, std::time::Duration::from_secs(3600))
+            .unwrap();
+        let certificate = WorkloadCertificate::new(&identity, &key, &pem).unwrap();
+        let bundle = TrustBundle::from_pem("cluster.local", ca.root_pem()).unwrap();
+        (certificate, bundle)
+    }
+
+    /// A client under Istio's compliance `policy`, presenting `certificate`.
+    fn client_under(policy: &str, certificate: &WorkloadCertificate) -> ClientConfig {
+        let provider = Arc::new(compliant_provider(policy));
+        ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_client_auth_cert(certificate.chain(), certificate.key())
+            .unwrap()
+    }
+
+    /// The group the two agreed on, or each side's error.
+    async fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+    ) -> Result<NamedGroup, (String, String)> {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let (client, server) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, near),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(far)
+        );
+        match (client, server) {
+            (Ok(client), Ok(_)) => Ok(client
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .unwrap()
+                .name()),
+            (client, server) => Err((
+                client.err().map(|e| e.to_string()).unwrap_or_default(),
+                server.err().map(|e| e.to_string()).unwrap_or_default(),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_under_istios_compliance_policies_agree_with_ambits_default() {
+        let (certificate, bundle) = workload();
+        // As ztunnel with COMPLIANCE_POLICY=pqc, with FIPS, and as Ambit.
+        for (policy, agreed) in [
+            ("pqc", NamedGroup::X25519MLKEM768),
+            ("fips-140-2", NamedGroup::secp256r1),
+            ("", NamedGroup::X25519MLKEM768),
+        ] {
+            let server = server_config(&certificate, &bundle).unwrap();
+            let got = handshake(client_under(policy, &certificate), server).await;
+            assert_eq!(got, Ok(agreed), "{policy:?}");
+        }
+        // A post-quantum-only peer and a FIPS-only one have nothing in common.
+        let fips = ServerConfig::builder_with_provider(Arc::new(compliant_provider("fips-140-2")))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certificate.chain(), certificate.key())
+            .unwrap();
+        let (_, server) = handshake(client_under("pqc", &certificate), fips)
+            .await
+            .unwrap_err();
+        assert!(server.contains("NoKxGroupsInCommon"), "{server}");
+    }
+
+    #[test]
+    fn an_unknown_policy_is_named() {
+        for known in ["", "pqc", "fips-140-2"] {
+            assert_eq!(known_policy(known), Ok(()));
+        }
+        let error = known_policy("PQC").unwrap_err();
+        assert!(error.contains("COMPLIANCE_POLICY=\"PQC\": not a policy"), "{error}");
+    }
 }
