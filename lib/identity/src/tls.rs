@@ -509,6 +509,9 @@ mod tests {
             assert_eq!(known_policy(known), Ok(()));
         }
         let error = known_policy("PQC").unwrap_err();
-        assert!(error.contains("COMPLIANCE_POLICY=\"PQC\": not a policy"), "{error}");
+        assert!(
+            error.contains("COMPLIANCE_POLICY=\"PQC\": not a policy"),
+            "{error}"
+        );
     }
 }
