@@ -303,12 +303,12 @@ fn versions(
     Ok(versions)
 }
 
-/// The ring provider with the TLS 1.2 suites `names` lists (Envoy's
+/// The AWS-LC provider with the TLS 1.2 suites `names` lists (Envoy's
 /// OpenSSL-style names; TLS 1.3's suites are not configurable, as in
 /// Envoy); all of its suites when none is listed.
 fn provider(names: &[String]) -> CryptoProvider {
-    use rustls::crypto::ring::cipher_suite as suite;
-    let mut provider = rustls::crypto::ring::default_provider();
+    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if names.is_empty() {
         return provider;
     }

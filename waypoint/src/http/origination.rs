@@ -67,7 +67,7 @@ fn client_config(tls: &Origination, alpn: Option<&[u8]>) -> Result<ClientConfig,
             .add(cert.map_err(|e| format!("{ca}: {e}"))?)
             .map_err(|e| format!("{ca}: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
