@@ -43,24 +43,7 @@ pub enum GrpcCode {
     PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
-    Internal = 13,
     Unauthenticated = 16,
-}
-
-impl GrpcCode {
-    pub fn from_number(number: u32) -> Option<Self> {
-        [
-            Self::Ok,
-            Self::InvalidArgument,
-            Self::PermissionDenied,
-            Self::ResourceExhausted,
-            Self::Unimplemented,
-            Self::Internal,
-            Self::Unauthenticated,
-        ]
-        .into_iter()
-        .find(|code| *code as u32 == number)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

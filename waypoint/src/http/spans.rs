@@ -136,14 +136,22 @@ impl Tracer {
         let (parent, came) = trace::arrived(headers);
         let ids = (fastrand::u128(..), fastrand::u64(..));
         let roll = fastrand::f64() * 100.0;
-        let authority = ambit_route::matching::authority_of(request.uri(), headers);
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let context = SpanContext::start(parent.as_ref(), ids, self.sampling, roll);
+        // Only a sampled span is sent: the others need no URL.
+        let url = match context.sampled {
+            true => {
+                let authority = ambit_route::matching::authority_of(request.uri(), headers);
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                format!("{scheme}://{authority}{path}")
+            }
+            false => String::new(),
+        };
         Traced {
-            context: SpanContext::start(parent.as_ref(), ids, self.sampling, roll),
+            context,
             came,
             started: SystemTime::now(),
             method: request.method().clone(),
-            url: format!("{scheme}://{authority}{path}"),
+            url,
             protocol: request.version(),
             user_agent: headers.get(header::USER_AGENT).cloned(),
             request_id: headers.get(REQUEST_ID).cloned(),
