@@ -46,8 +46,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_POD_CONNECTIONS: usize = 16384;
 /// Mutual-TLS connections from other agents a pod's 15008 listener holds at
 /// once, and from any one source pod: ztunnel and Ambit open one per source
-/// pod and 100 streams (`MAX_CONCURRENT_STREAMS`), so 256 carry 25,600
-/// streams from one pod, while a hostile pod's idle or half-open
+/// pod and 100 streams, so 256 carry 25,600 streams from one pod, while a hostile pod's idle or half-open
 /// connections (each closed after the handshake timeout) never take the
 /// places of the others.
 const MAX_POD_HBONE_CONNECTIONS: usize = 4096;

@@ -15,8 +15,9 @@ const HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
 const ENVOY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
 const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 63);
-/// More tunnels at once than one HTTP/2 connection may carry: Envoy
-/// allows 100 streams a connection, as Ambit's agents do.
+/// More tunnels at once than the agent's pool puts on one HTTP/2
+/// connection (100), fewer than Envoy may burst onto a new upstream one
+/// before reading the server agent's limit (ztunnel's 200, as Ambit's).
 const CONCURRENT_TUNNELS: usize = 150;
 
 #[test]

@@ -2,8 +2,8 @@
 //! the source identity, the destination identity and the destination
 //! address), so many proxied TCP connections share one mutual TLS
 //! handshake. A connection carries at most as many streams as its peer
-//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`: 100 for Ambit and Envoy, 200
-//! for ztunnel) and [`MAX_STREAMS_PER_CONNECTION`]: past that the key gets
+//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`: 200 for Ambit and ztunnel, 100
+//! for Envoy) and [`MAX_STREAMS_PER_CONNECTION`]: past that the key gets
 //! a further connection, rather than a stream that waits for one to end. A
 //! connection that has gone away is replaced on next use, and dropped from
 //! the pool when any new connection is made.

@@ -14,10 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Streams one connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`),
-/// as ztunnel's and Envoy's HBONE clients expect of a peer: a client with
-/// more opens another connection. Without it, one connection could hold
-/// any number of the pod's upstream sockets.
-pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// ztunnel's 200: a client with more opens another connection. Without it,
+/// one connection could hold any number of the pod's upstream sockets.
+/// Clients that open streams before our SETTINGS arrive (Envoy as a
+/// waypoint, handed many tunnels at once on a new connection) see the
+/// limit only after their first burst, and streams past it are refused:
+/// so it is not lower than ztunnel's, which Istio's waypoints are used to.
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// Largest header block a CONNECT request may carry (its own are a few
 /// hundred bytes; h2's default would take 16 MiB).
 const MAX_HEADER_LIST: u32 = 64 << 10;

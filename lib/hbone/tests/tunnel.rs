@@ -349,7 +349,7 @@ async fn past_its_peers_stream_limit_the_pool_opens_another_connection() {
     let dial = || dial(connector.clone(), hbone);
     let source: IpAddr = "10.244.0.7".parse().unwrap();
     let pool: Pool<&str, ()> = Pool::default();
-    // The server allows 100 streams a connection: 250 held open at once
+    // The pool opens 100 streams a connection: 250 held open at once
     // need three connections, and none of them waits.
     let opened = futures_util::future::join_all(
         (0..250).map(|_| pool.open(&"pay", &(), echo, source, dial)),
