@@ -468,15 +468,9 @@ impl Mesh {
                 })
                 .collect()
         };
-        if let Some(service) = name
-            .strip_suffix(".svc.cluster.local")
-            .and_then(|rest| rest.split_once('.'))
-            .filter(|(_, namespace)| !namespace.contains('.'))
-            .map(|(service, namespace)| Key::new(namespace, service))
-        {
-            if self.service_visible(&service, from_namespace) {
-                let vips = &self.services[&service].vips;
-                return Some(v4(vips));
+        if let Some((key, service)) = self.service_named(name) {
+            if self.service_visible(key, from_namespace) {
+                return Some(v4(&service.vips));
             }
         }
         let (_, entry, host) = self.service_entry_for_host(name, from_namespace)?;
@@ -488,6 +482,16 @@ impl Mesh {
             true => self.auto_address_of(host).map(|address| vec![address]),
             false => Some(v4(&self.service_entry_addresses(spec))),
         }
+    }
+
+    /// The Service a cluster-local name (`NAME.NAMESPACE.svc.cluster.local`)
+    /// names.
+    pub fn service_named(&self, host: &str) -> Option<(&Key, &Service)> {
+        let (service, namespace) = host
+            .strip_suffix(".svc.cluster.local")?
+            .split_once('.')
+            .filter(|(_, namespace)| !namespace.contains('.'))?;
+        self.services.get_key_value(&Key::new(namespace, service))
     }
 
     /// The waypoint serving a Service: its own `istio.io/use-waypoint`

@@ -5,11 +5,15 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use ambit_hbone::Target;
+use ambit_identity::Identity;
 use ambit_testbed::envoy::{EnvoyWaypoint, Route};
+use ambit_testbed::hbone::{tunnel_through, EchoPeer};
 use ambit_testbed::mesh::{self, sample};
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{wait_for, Cluster};
 use anyhow::{ensure, Context};
+use std::sync::atomic::Ordering;
 
 const HTTP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
@@ -138,5 +142,108 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
         from_envoy >= 2.0,
         "connections from Envoy in mTLS: {from_envoy}"
     );
+    Ok(())
+}
+
+/// A peer stricter than Ambit's agents and ztunnel (10 streams a
+/// connection, where they allow 200): the agent keeps within its limit
+/// from the first burst on, opening further connections rather than
+/// having streams refused or queued behind others.
+#[test]
+fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["peer"])
+        .build()?;
+    let [client, peer] = cluster.pods_named(["client", "peer"])?;
+    let config = mesh::enrolling(
+        &cluster,
+        &[client],
+        vec![
+            mesh::ServiceConfig {
+                waypoint: Some("peer".into()),
+                port_name: "tcp".into(),
+                ..mesh::service("echo", ECHO_VIP, 9000, 9000, &[peer])
+            },
+            mesh::service("peer", ENVOY_VIP, 15008, 15008, &[peer]),
+        ],
+    );
+    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let identity = Identity::new("cluster.local", &peer.namespace, &peer.name);
+    let echo_peer = EchoPeer::start(peer, &ca.certify(&identity)?, &ca.bundle()?, 10)?;
+
+    let many = testapp::echo_many(
+        &cluster,
+        client.place(),
+        SocketAddr::from((ECHO_VIP, 9000)),
+        100,
+    )?;
+    let seen = echo_peer.counts();
+    let (connections, streams, most_at_once) = (
+        seen.connections.load(Ordering::Relaxed),
+        seen.streams.load(Ordering::Relaxed),
+        seen.most_at_once.load(Ordering::Relaxed),
+    );
+    ensure!(
+        many.completed == 100 && streams == 100,
+        "{many:?}; the peer saw {streams} streams"
+    );
+    ensure!(
+        connections >= 2 && most_at_once <= 10,
+        "the peer saw {connections} connections, at most {most_at_once} streams at once on one"
+    );
+    Ok(())
+}
+
+/// ztunnel names a Service by host (`NAME.NAMESPACE.svc.cluster.local:PORT`)
+/// where an address would not do (across networks): the agent takes such a
+/// stream to its pod at the Service port's target port, and refuses one
+/// for a Service the pod does not serve.
+#[test]
+fn a_stream_naming_a_service_by_host_reaches_the_pod_behind_it() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client"])
+        .node(&["server", "other"])
+        .build()?;
+    let [client, server, other] = cluster.pods_named(["client", "server", "other"])?;
+    let config = mesh::enrolling(
+        &cluster,
+        // The caller speaks HBONE itself, from outside the mesh.
+        &[server, other],
+        vec![
+            mesh::service("echo", ECHO_VIP, 80, 9000, &[server]),
+            mesh::service("elsewhere", SINK_VIP, 80, 9000, &[other]),
+        ],
+    );
+    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .start(&cluster, server)?;
+    let caller = ca.certify(&Identity::new("cluster.local", "default", "client"))?;
+    let server_identity = Identity::new("cluster.local", "default", "server");
+    let tunnel = |name: &str, port| {
+        let target = Target::Host {
+            name: name.into(),
+            port,
+        };
+        tunnel_through(
+            client,
+            Some(&caller),
+            &ca.bundle()?,
+            (&server_identity, server.ip.into()),
+            target,
+        )
+    };
+    ensure!(
+        tunnel("echo.default.svc.cluster.local", 80)?,
+        "the Service's stream was not echoed"
+    );
+    for (name, port) in [
+        ("elsewhere.default.svc.cluster.local", 80),
+        ("echo.default.svc.cluster.local", 81),
+        ("nothing.default.svc.cluster.local", 80),
+    ] {
+        ensure!(!tunnel(name, port)?, "{name}:{port} was carried");
+    }
     Ok(())
 }

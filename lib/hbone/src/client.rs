@@ -1,15 +1,16 @@
 //! The sending side of HBONE: one connection to a peer's port 15008,
 //! carrying a CONNECT stream per proxied TCP connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
-use crate::{TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::{Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -41,6 +42,9 @@ pub struct Connection {
     closed: Arc<AtomicBool>,
     /// Streams opened on it and not yet dropped.
     streams: Arc<AtomicUsize>,
+    /// True once the peer's first SETTINGS, with its stream limit, are in
+    /// force; until then the connection takes one stream.
+    settled: watch::Receiver<bool>,
 }
 
 /// Held by a stream for as long as it lives (and from its reservation on):
@@ -60,12 +64,13 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .handshake(io)
             .await?;
+        let ping_pong = connection.ping_pong();
         let closed = Arc::new(AtomicBool::new(false));
         let ended = closed.clone();
         tokio::spawn(async move {
@@ -74,11 +79,37 @@ impl Connection {
             }
             ended.store(true, Ordering::Release);
         });
+        // A server's first frame is its SETTINGS, applied before any later
+        // frame is read: once a PING's answer is back, the peer's stream
+        // limit is known. Until then a burst of streams could exceed it and
+        // be refused (h2 assumes no limit), so the first stream goes at
+        // once and the rest wait the one round trip.
+        let (settle, settled) = watch::channel(false);
+        tokio::spawn(async move {
+            if let Some(mut ping_pong) = ping_pong {
+                let _ =
+                    tokio::time::timeout(OPEN_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await;
+            }
+            let _ = settle.send(true);
+        });
         Ok(Self {
             sender,
             closed,
             streams: Arc::default(),
+            settled,
         })
+    }
+
+    /// Whether the peer's stream limit is still unknown (see
+    /// [`Connection::settled`]).
+    pub fn is_settling(&self) -> bool {
+        !*self.settled.borrow()
+    }
+
+    /// Returns once the peer's stream limit is known, or the connection
+    /// has ended, or the peer has not answered within [`OPEN_TIMEOUT`].
+    pub async fn settled(&self) {
+        let _ = self.settled.clone().wait_for(|settled| *settled).await;
     }
 
     /// Whether the connection has ended; no stream can be opened on it.
@@ -97,9 +128,14 @@ impl Connection {
     }
 
     /// A place for one more stream, if fewer than the peer allows (and
-    /// than `cap`) are open or reserved.
+    /// than `cap`) are open or reserved; while the peer's limit is not
+    /// known yet, if none is.
     pub fn reserve(&self, cap: usize) -> Option<StreamCount> {
-        let limit = self.sender.current_max_send_streams().min(cap);
+        let allowed = match self.is_settling() {
+            true => 1,
+            false => self.sender.current_max_send_streams(),
+        };
+        let limit = allowed.min(cap);
         self.streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < limit).then_some(open + 1)
@@ -114,7 +150,7 @@ impl Connection {
     /// to avoid that).
     pub async fn open(
         &self,
-        target: SocketAddr,
+        target: impl Into<Target>,
         source: IpAddr,
     ) -> Result<TunnelStream, HboneError> {
         self.streams.fetch_add(1, Ordering::AcqRel);
@@ -126,7 +162,7 @@ impl Connection {
     pub async fn open_reserved(
         &self,
         place: StreamCount,
-        target: SocketAddr,
+        target: impl Into<Target>,
         source: IpAddr,
     ) -> Result<TunnelStream, HboneError> {
         let source = match source {
@@ -135,7 +171,7 @@ impl Connection {
         };
         let request = Request::builder()
             .method(Method::CONNECT)
-            .uri(target.to_string())
+            .uri(target.into().to_string())
             .header("forwarded", format!("for={source}"))
             .body(())?;
         let opened = async {

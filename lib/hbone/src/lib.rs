@@ -1,12 +1,14 @@
 //! HBONE, as Istio ambient defines it: each proxied TCP connection is one
 //! HTTP/2 `CONNECT` stream to port 15008, its `:authority` the target
-//! `ip:port`, a `Forwarded` header naming the original source; many streams
+//! `ip:port` (or a Service's `host:port`), a `Forwarded` header naming the original source; many streams
 //! share one mutual-TLS connection. The server answers 200 once the target
 //! is connected, 401 when policy denies, 503 when the target fails.
 //!
 //! This crate is the HTTP/2 part over any established (TLS) connection,
 //! and [`Buffered`], the socket under that TLS; the TLS and identities
 //! come from `ambit-identity`.
+
+use std::net::SocketAddr;
 
 pub mod client;
 pub mod pool;
@@ -19,6 +21,30 @@ pub use transport::Buffered;
 
 /// Istio's HBONE port.
 pub const HBONE_PORT: u16 = 15008;
+
+/// Where a CONNECT stream goes (its `:authority`): an address, or a
+/// Service by its fully qualified name and port, as ztunnel names one
+/// across networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Address(SocketAddr),
+    Host { name: String, port: u16 },
+}
+
+impl From<SocketAddr> for Target {
+    fn from(address: SocketAddr) -> Self {
+        Target::Address(address)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Address(address) => address.fmt(f),
+            Target::Host { name, port } => write!(f, "{name}:{port}"),
+        }
+    }
+}
 
 /// Flow-control windows sized for bulk transfers between nodes: a stream
 /// may have 4 MiB in flight, a connection 16 MiB across its streams.

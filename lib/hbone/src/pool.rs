@@ -4,7 +4,9 @@
 //! handshake. A connection carries at most as many streams as its peer
 //! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`: 200 for Ambit and ztunnel, 100
 //! for Envoy) and [`MAX_STREAMS_PER_CONNECTION`]: past that the key gets
-//! a further connection, rather than a stream that waits for one to end. A
+//! a further connection, rather than a stream that waits for one to end.
+//! A new connection takes one stream until the peer's limit is known (a
+//! round trip), so a burst never opens more than the peer allows. A
 //! connection that has gone away is replaced on next use, and dropped from
 //! the pool when any new connection is made.
 
@@ -31,6 +33,14 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 pub struct Pool<K, C = ()> {
     connections: Mutex<HashMap<K, Vec<Pooled<C>>>>,
     gates: Mutex<HashMap<K, Arc<DialGate>>>,
+}
+
+/// What the pooled connections of a key offer a new stream.
+enum Reservation {
+    Taken(Connection, StreamCount),
+    /// None has room yet; this one may, once its peer's limit is known.
+    Settling(Connection),
+    Full,
 }
 
 /// Held while a connection for a key is made; holds the last dial's failure.
@@ -69,7 +79,7 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
-        if let Some((connection, place)) = self.reserve(key, credential) {
+        if let Some((connection, place)) = self.pooled_place(key, credential).await {
             match connection.open_reserved(place, target, source).await {
                 // The peer answered: the connection works, whatever it said.
                 Ok(stream) => return Ok(stream),
@@ -92,7 +102,7 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
                 return Err(HboneError::DialFailed(error.clone()));
             }
         }
-        if let Some((connection, place)) = self.reserve(key, credential) {
+        if let Some((connection, place)) = self.pooled_place(key, credential).await {
             drop(last_failure);
             return connection.open_reserved(place, target, source).await;
         }
@@ -128,19 +138,41 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         }
     }
 
+    /// A place on a pooled connection for `key` made with `credential`,
+    /// waiting for connections still learning their peer's stream limit
+    /// rather than dialling beside them; none when all are full.
+    async fn pooled_place(&self, key: &K, credential: &C) -> Option<(Connection, StreamCount)> {
+        loop {
+            match self.reserve(key, credential) {
+                Reservation::Taken(connection, place) => return Some((connection, place)),
+                Reservation::Settling(connection) => connection.settled().await,
+                Reservation::Full => return None,
+            }
+        }
+    }
+
     /// A place on a pooled connection for `key` made with `credential` that
     /// has room, taken at once so that concurrent openers do not all pick
-    /// the same one.
-    fn reserve(&self, key: &K, credential: &C) -> Option<(Connection, StreamCount)> {
+    /// the same one; else a connection that may have room once its peer's
+    /// limit is known.
+    fn reserve(&self, key: &K, credential: &C) -> Reservation {
         let mut pooled = self.lock();
-        pooled.get_mut(key)?.iter_mut().find_map(|pooled| {
-            if pooled.made_with != *credential || pooled.connection.is_closed() {
-                return None;
+        let mut settling = None;
+        let usable = pooled
+            .get_mut(key)
+            .into_iter()
+            .flatten()
+            .filter(|pooled| pooled.made_with == *credential && !pooled.connection.is_closed());
+        for pooled in usable {
+            if let Some(place) = pooled.connection.reserve(MAX_STREAMS_PER_CONNECTION) {
+                pooled.last_opened = Instant::now();
+                return Reservation::Taken(pooled.connection.clone(), place);
             }
-            let place = pooled.connection.reserve(MAX_STREAMS_PER_CONNECTION)?;
-            pooled.last_opened = Instant::now();
-            Some((pooled.connection.clone(), place))
-        })
+            if pooled.connection.is_settling() {
+                settling = Some(pooled.connection.clone());
+            }
+        }
+        settling.map_or(Reservation::Full, Reservation::Settling)
     }
 
     /// The dial gate of `key`: held while a connection for it is made.

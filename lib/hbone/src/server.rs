@@ -11,7 +11,7 @@ use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::{Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Streams one connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`),
 /// ztunnel's 200: a client with more opens another connection. Without it,
@@ -30,8 +30,8 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// What a CONNECT stream asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// The workload address the stream is for (`:authority`).
-    pub target: SocketAddr,
+    /// The workload or Service the stream is for (`:authority`).
+    pub target: Target,
     /// The original client's address, from `Forwarded: for=`.
     pub source: Option<IpAddr>,
 }
@@ -128,10 +128,20 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
         .uri()
         .authority()
         .ok_or("CONNECT without an :authority")?;
-    let target = authority
-        .as_str()
-        .parse()
-        .map_err(|_| format!("the :authority {authority} is not ip:port"))?;
+    let target = match authority.as_str().parse() {
+        Ok(address) => Target::Address(address),
+        Err(_) => {
+            let name = authority.host().to_ascii_lowercase();
+            match (authority.port_u16(), is_dns_name(&name)) {
+                (Some(port), true) => Target::Host { name, port },
+                _ => {
+                    return Err(format!(
+                        "the :authority {authority} is neither ip:port nor host:port"
+                    ))
+                }
+            }
+        }
+    };
     let source = request
         .headers()
         .get_all("forwarded")
@@ -139,6 +149,20 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
         .filter_map(|value| value.to_str().ok())
         .find_map(forwarded_for);
     Ok(ConnectRequest { target, source })
+}
+
+/// Whether `name` is a DNS name: dot-separated labels of letters, digits
+/// and inner hyphens, each at most 63 long, 253 in all.
+fn is_dns_name(name: &str) -> bool {
+    let label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
 }
 
 /// The address in a `Forwarded` header's first `for=` (RFC 7239): bare,
@@ -177,7 +201,7 @@ mod tests {
         assert_eq!(
             read(Method::CONNECT, "10.244.1.5:8080", Some("for=10.244.0.7")),
             Ok(ConnectRequest {
-                target: "10.244.1.5:8080".parse().unwrap(),
+                target: Target::Address("10.244.1.5:8080".parse().unwrap()),
                 source: Some("10.244.0.7".parse().unwrap()),
             })
         );
@@ -193,9 +217,28 @@ mod tests {
             None
         );
         assert!(read(Method::GET, "http://10.0.0.1:80/", None).is_err());
+        // A Service by name, as ztunnel sends across networks.
         assert_eq!(
-            read(Method::CONNECT, "reviews:9080", None),
-            Err("the :authority reviews:9080 is not ip:port".into())
+            read(
+                Method::CONNECT,
+                "Reviews.Bookinfo.svc.cluster.local:9080",
+                None
+            )
+            .unwrap()
+            .target,
+            Target::Host {
+                name: "reviews.bookinfo.svc.cluster.local".into(),
+                port: 9080
+            }
         );
+        for authority in ["reviews", "-bad-.svc:80", "a..b:80", "10.0.0.1"] {
+            assert_eq!(
+                read(Method::CONNECT, authority, None),
+                Err(format!(
+                    "the :authority {authority} is neither ip:port nor host:port"
+                )),
+                "{authority}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ambit_hbone::client::{Connection, HboneError};
 use ambit_hbone::pool::Pool;
 use ambit_hbone::server::{serve, ConnectRequest, Refusal, Responder};
+use ambit_hbone::Target;
 use ambit_identity::ca::DEFAULT_TTL;
 use ambit_identity::tls::{client_config, peer_identity, server_config};
 use ambit_identity::{
@@ -91,10 +92,13 @@ async fn hbone_server(
                         .unwrap()
                         .push((peer.clone(), request.clone()));
                     async move {
-                        if request.target.port() == 1 {
+                        let Target::Address(target) = request.target else {
+                            return responder.refuse(Refusal::Unreachable);
+                        };
+                        if target.port() == 1 {
                             return responder.refuse(Refusal::Denied);
                         }
-                        let Ok(mut upstream) = TcpStream::connect(request.target).await else {
+                        let Ok(mut upstream) = TcpStream::connect(target).await else {
                             return responder.refuse(Refusal::Unreachable);
                         };
                         let tunnel = responder.accept().unwrap();
@@ -191,7 +195,7 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
         assert_eq!(
             request,
             ConnectRequest {
-                target: echo,
+                target: Target::Address(echo),
                 source: Some(source)
             }
         );
@@ -199,7 +203,7 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
 
     // Refusals come back as their status codes.
     let denied = connection
-        .open("127.0.0.1:1".parse().unwrap(), source)
+        .open("127.0.0.1:1".parse::<SocketAddr>().unwrap(), source)
         .await;
     assert!(
         matches!(denied, Err(HboneError::Refused(StatusCode::UNAUTHORIZED))),

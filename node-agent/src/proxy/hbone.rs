@@ -8,7 +8,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_config::model::Mesh;
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
+use ambit_hbone::Target;
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use tokio::net::TcpStream;
@@ -106,7 +108,19 @@ async fn carry(
     pod: &PodContext,
     inputs: &ProxyInputs,
 ) {
-    let target = request.target;
+    let target = match request.target {
+        Target::Address(target) => target,
+        Target::Host { name, port } => {
+            match service_target(&inputs.mesh.snapshot(), &name, port, &peer.pod_ips) {
+                Ok(target) => target,
+                Err(reason) => {
+                    tracing::warn!(pod = %pod.pod, %reason, "HBONE stream for a Service by name refused");
+                    (inputs.metrics).refused(Reporter::Destination, metrics::Refusal::NoRoute);
+                    return responder.refuse(Refusal::Unreachable);
+                }
+            }
+        }
+    };
     if !peer.pod_ips.contains(&target.ip()) {
         tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
         (inputs.metrics).refused(Reporter::Destination, metrics::Refusal::NotThisPod);
@@ -160,4 +174,70 @@ async fn carry(
             Ok((from_caller, to_caller))
         })
         .await;
+}
+
+/// Where on this pod a stream naming a Service by host (`host:port`) goes,
+/// as ztunnel resolves it: the pod's address among the Service's
+/// endpoints, at the target port of the Service port named.
+fn service_target(
+    mesh: &Mesh,
+    name: &str,
+    port: u16,
+    pod_ips: &[IpAddr],
+) -> Result<SocketAddr, String> {
+    let (key, service) = mesh
+        .service_named(name)
+        .ok_or_else(|| format!("no Service is named {name}"))?;
+    let ip = service
+        .endpoints
+        .iter()
+        .map(|endpoint| endpoint.ip)
+        .find(|ip| pod_ips.contains(ip))
+        .ok_or_else(|| format!("the pod is not an endpoint of the Service {key}"))?;
+    let target_port = service
+        .ports
+        .iter()
+        .find(|declared| declared.port == port && declared.protocol == "TCP")
+        .map(|declared| declared.target_port)
+        .ok_or_else(|| format!("the Service {key} has no TCP port {port}"))?;
+    Ok(SocketAddr::new(ip, target_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use ambit_config::document::parse_manifests;
+
+    use super::*;
+
+    #[test]
+    fn a_service_named_by_host_is_this_pods_address_at_the_target_port() {
+        let parsed = parse_manifests(
+            r#"
+{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, ports: [{name: http, port: 80, targetPort: web}]}}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.7]}, {addresses: [10.244.2.8]}], ports: [{name: http, port: 8080}]}
+"#,
+        );
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        let mesh = Mesh::from_resources(parsed.resources);
+        let pod: &[IpAddr] = &["10.244.2.8".parse().unwrap()];
+        let resolve = |name, port| service_target(&mesh, name, port, pod);
+        assert_eq!(
+            resolve("cart.shop.svc.cluster.local", 80),
+            Ok("10.244.2.8:8080".parse().unwrap())
+        );
+        assert_eq!(
+            resolve("cart.shop.svc.cluster.local", 81),
+            Err("the Service shop/cart has no TCP port 81".into())
+        );
+        assert_eq!(
+            resolve("pay.shop.svc.cluster.local", 80),
+            Err("no Service is named pay.shop.svc.cluster.local".into())
+        );
+        let elsewhere: &[IpAddr] = &["10.244.3.3".parse().unwrap()];
+        assert_eq!(
+            service_target(&mesh, "cart.shop.svc.cluster.local", 80, elsewhere),
+            Err("the pod is not an endpoint of the Service shop/cart".into())
+        );
+    }
 }

@@ -10,6 +10,7 @@ use ambit_admin::accept::Acceptor;
 use ambit_admin::Readiness;
 use ambit_config::model::{Key, Mesh};
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
+use ambit_hbone::Target;
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
@@ -107,8 +108,14 @@ async fn carry(
     let Some(current) = shared.tables.current() else {
         return responder.refuse(Refusal::Unreachable);
     };
-    let Some(table) = current.tables.table(request.target) else {
-        tracing::warn!(target = %request.target, %caller, "HBONE stream for an address this waypoint does not serve");
+    let target = match &request.target {
+        Target::Address(target) => Some(*target),
+        Target::Host { name, port } => service_address(&current.mesh, name, *port),
+    };
+    let Some((target, table)) =
+        target.and_then(|target| Some((target, current.tables.table(target)?)))
+    else {
+        tracing::warn!(target = %request.target, %caller, "HBONE stream for a Service this waypoint does not serve");
         return responder.refuse(Refusal::Unreachable);
     };
     let source_ip = request.source.unwrap_or(peer.ip());
@@ -122,7 +129,7 @@ async fn carry(
         source,
         source_ip: Some(source_ip),
         local_ip,
-        target: request.target,
+        target,
         authz: shared.authz.clone(),
         upstream: shared.upstream.clone(),
         metrics: shared.metrics.clone(),
@@ -136,6 +143,13 @@ async fn carry(
         return;
     };
     crate::http::serve(stream, context).await;
+}
+
+/// A Service named by host (`host:port`): its address, whose table serves it.
+fn service_address(mesh: &Mesh, name: &str, port: u16) -> Option<SocketAddr> {
+    let (_, service) = mesh.service_named(name)?;
+    let vip = service.vips.iter().find(|vip| vip.is_ipv4())?;
+    Some(SocketAddr::new(*vip, port))
 }
 
 /// The pod the stream is from: the one at its source address, when it runs
