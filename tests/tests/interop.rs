@@ -6,12 +6,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ambit_hbone::Target;
-use ambit_identity::Identity;
+use ambit_identity::ca::CertificateAuthority;
+use ambit_identity::{Identity, TrustBundle};
+use ambit_testbed::ca::TestCa;
 use ambit_testbed::envoy::{EnvoyWaypoint, Route};
 use ambit_testbed::hbone::{tunnel_through, EchoPeer};
-use ambit_testbed::mesh::{self, sample};
+use ambit_testbed::mesh::{self, sample, NodeAgent};
 use ambit_testbed::testapp::{self, HttpLoad, Server};
-use ambit_testbed::{wait_for, Cluster};
+use ambit_testbed::{wait_for, Cluster, Pod};
 use anyhow::{ensure, Context};
 use std::sync::atomic::Ordering;
 
@@ -151,24 +153,9 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
 /// having streams refused or queued behind others.
 #[test]
 fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["peer"])
-        .build()?;
+    let cluster = Cluster::two_nodes(&["client"], &["peer"])?;
     let [client, peer] = cluster.pods_named(["client", "peer"])?;
-    let config = mesh::enrolling(
-        &cluster,
-        &[client],
-        vec![
-            mesh::ServiceConfig {
-                waypoint: Some("peer".into()),
-                port_name: "tcp".into(),
-                ..mesh::service("echo", ECHO_VIP, 9000, 9000, &[peer])
-            },
-            mesh::service("peer", ENVOY_VIP, 15008, 15008, &[peer]),
-        ],
-    );
-    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let (ca, _agents) = mesh_behind_echo_peer(&cluster, client, peer)?;
     let identity = Identity::new("cluster.local", &peer.namespace, &peer.name);
     let echo_peer = EchoPeer::start(peer, &ca.certify(&identity)?, &ca.bundle()?, 10)?;
 
@@ -195,16 +182,70 @@ fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A peer that refuses the agent's certificate (it trusts another root).
+/// In TLS 1.3 the client's handshake is done before the server has
+/// checked its certificate, so the refusal arrives as the first stream
+/// is sent: the agent names it, where it logged the bare alert
+/// ("received fatal alert: DecryptError") as the stream's failure.
+#[test]
+fn the_agent_names_a_peers_refusal_of_its_certificate() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["peer"])?;
+    let [client, peer] = cluster.pods_named(["client", "peer"])?;
+    let (ca, agents) = mesh_behind_echo_peer(&cluster, client, peer)?;
+    let identity = Identity::new("cluster.local", &peer.namespace, &peer.name);
+    let stranger = CertificateAuthority::generate("cluster.local")?;
+    let other_root = TrustBundle::from_pem("cluster.local", stranger.root_pem())?;
+    let _echo_peer = EchoPeer::start(peer, &ca.certify(&identity)?, &other_root, 10)?;
+
+    let sent = testapp::echo_many(
+        &cluster,
+        client.place(),
+        SocketAddr::from((ECHO_VIP, 9000)),
+        1,
+    )?;
+    ensure!(sent.completed == 0, "{sent:?}");
+    wait_for(
+        "the client's agent to log the peer's refusal",
+        Duration::from_secs(5),
+        || {
+            Ok(agents[0]
+                .output()
+                .contains("the peer refused the TLS handshake"))
+        },
+    )
+    .with_context(|| agents[0].output())?;
+    Ok(())
+}
+
+/// `client` enrolled, its calls to the Service `echo` (port 9000) sent
+/// over HBONE to `peer` as their waypoint.
+fn mesh_behind_echo_peer(
+    cluster: &Cluster,
+    client: &Pod,
+    peer: &Pod,
+) -> anyhow::Result<(TestCa, Vec<NodeAgent>)> {
+    let config = mesh::enrolling(
+        cluster,
+        &[client],
+        vec![
+            mesh::ServiceConfig {
+                waypoint: Some("peer".into()),
+                port_name: "tcp".into(),
+                ..mesh::service("echo", ECHO_VIP, 9000, 9000, &[peer])
+            },
+            mesh::service("peer", ENVOY_VIP, 15008, 15008, &[peer]),
+        ],
+    );
+    mesh::start_secured(cluster, &config, 3600)
+}
+
 /// ztunnel names a Service by host (`NAME.NAMESPACE.svc.cluster.local:PORT`)
 /// where an address would not do (across networks): the agent takes such a
 /// stream to its pod at the Service port's target port, and refuses one
 /// for a Service the pod does not serve.
 #[test]
 fn a_stream_naming_a_service_by_host_reaches_the_pod_behind_it() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client"])
-        .node(&["server", "other"])
-        .build()?;
+    let cluster = Cluster::two_nodes(&["client"], &["server", "other"])?;
     let [client, server, other] = cluster.pods_named(["client", "server", "other"])?;
     let config = mesh::enrolling(
         &cluster,

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
@@ -16,6 +18,7 @@ use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -117,7 +120,11 @@ impl MeshTls {
             let (socket, session) = tls.get_mut();
             session.set_buffer_limit(Some(TLS_WRITE_BUFFER));
             socket.hold_flushes();
-            Connection::handshake(tls).await
+            Connection::handshake(NamesRefusal {
+                tls,
+                read_any: false,
+            })
+            .await
         };
         let key = (
             caller.identity.clone(),
@@ -187,5 +194,83 @@ impl MeshTls {
             (certificate.not_after, config.clone()),
         );
         Ok(config)
+    }
+}
+
+/// A client's TLS connection that names the peer's refusal of its
+/// certificate. In TLS 1.3 the client's handshake is done before the
+/// server has checked the client's certificate, so a refusal arrives as an
+/// alert on the first read; HTTP/2 would pass it on as a bare "received
+/// fatal alert" on whichever stream was open.
+struct NamesRefusal<S> {
+    tls: S,
+    /// Whether any data came from the peer: an alert after that is not
+    /// about the handshake.
+    read_any: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for NamesRefusal<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match ready!(Pin::new(&mut this.tls).poll_read(cx, buf)) {
+            Ok(()) => {
+                this.read_any |= buf.filled().len() > before;
+                Poll::Ready(Ok(()))
+            }
+            Err(error) if !this.read_any => Poll::Ready(Err(named_refusal(error))),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
+/// An alert before the peer's first data, named as the refusal it is.
+fn named_refusal(error: std::io::Error) -> std::io::Error {
+    let alert = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match alert {
+        Some(rustls::Error::AlertReceived(alert)) => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer refused the TLS handshake (alert {alert:?}): \
+                 it does not accept this workload's certificate"
+            ),
+        ),
+        _ => error,
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for NamesRefusal<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
     }
 }
