@@ -341,7 +341,8 @@ impl<'a> Report<'a> {
             tokio::select! {
                 biased;
                 outcome = &mut carry => break outcome,
-                _ = ticks.tick() => {
+                // Without a meter, the timer is never even armed.
+                _ = ticks.tick(), if meter.is_some() => {
                     // The meter's socket lives as long as `carry` runs.
                     let Some((from_caller, to_caller)) = meter.as_ref().and_then(meter::Meter::read) else {
                         continue;

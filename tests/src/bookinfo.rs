@@ -97,17 +97,29 @@ pub fn url(app: &str, path: &str) -> anyhow::Result<String> {
     Ok(format!("http://{vip}:9080{path}"))
 }
 
+/// What a Bookinfo starts beside the app: an ingress gateway (with its
+/// client outside and HTTPS servers inside the mesh), and tracing of the
+/// gateway and the waypoint to a collector.
+#[derive(Default)]
+struct Extras {
+    gateway: bool,
+    traced: bool,
+}
+
 impl Bookinfo {
     /// Started with Istio's `destination-rule-all` and `routing-all-v1`.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false, false)
+        Self::start_with(Extras::default())
     }
 
     /// Started as [`Bookinfo::start_with_gateway`], the waypoint and the
     /// gateway exporting a span for every request to
     /// [`Bookinfo::collector`].
     pub fn start_traced() -> anyhow::Result<Self> {
-        Self::start_with(true, true)
+        Self::start_with(Extras {
+            gateway: true,
+            traced: true,
+        })
     }
 
     /// Started as [`Bookinfo::start`], with an ingress gateway (in
@@ -115,10 +127,13 @@ impl Bookinfo {
     /// client outside the mesh, and two HTTPS servers inside it (started
     /// by the test that wants them).
     pub fn start_with_gateway() -> anyhow::Result<Self> {
-        Self::start_with(true, false)
+        Self::start_with(Extras {
+            gateway: true,
+            traced: false,
+        })
     }
 
-    fn start_with(gateway: bool, traced: bool) -> anyhow::Result<Self> {
+    fn start_with(Extras { gateway, traced }: Extras) -> anyhow::Result<Self> {
         let mut first = vec!["client", "client-b", "productpage-v1", "waypoint"];
         let mut second = vec![
             "details-v1",
