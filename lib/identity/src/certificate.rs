@@ -19,7 +19,7 @@ pub enum CertificateError {
     NoCertificate,
     #[error("unreadable certificate: {0}")]
     Unreadable(String),
-    #[error("the certificate names no workload identity (one spiffe:// URI SAN)")]
+    #[error("the certificate names no workload identity (a spiffe:// URI SAN)")]
     NoIdentity,
     #[error("the certificate is for another key than the one offered")]
     KeyMismatch,
@@ -115,8 +115,20 @@ pub(crate) fn is_for_key(
     cert.public_key().raw == key.subject_public_key_info().as_slice()
 }
 
-/// The workload identity a certificate is for: its one `spiffe://` URI SAN.
+/// The workload identity a certificate is for: its first `spiffe://` URI
+/// SAN, as ztunnel takes it.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertificateError> {
+    let identities = identities_of(cert)?;
+    identities
+        .into_iter()
+        .next()
+        .ok_or(CertificateError::NoIdentity)
+}
+
+/// Every workload identity a certificate names (its `spiffe://` URI SANs,
+/// in order): a server is accepted as any of them, as ztunnel does. One
+/// that does not read as an identity makes the certificate unusable.
+pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<Identity>, CertificateError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|error| CertificateError::Unreadable(error.to_string()))?;
     let names = parsed
@@ -124,12 +136,12 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertificateErr
         .map_err(|error| CertificateError::Unreadable(error.to_string()))?
         .map(|san| san.value.general_names.clone())
         .unwrap_or_default();
-    let mut uris = names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-        _ => None,
-    });
-    match (uris.next(), uris.next()) {
-        (Some(uri), None) => uri.parse().map_err(|_| CertificateError::NoIdentity),
-        _ => Err(CertificateError::NoIdentity),
-    }
+    names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            _ => None,
+        })
+        .map(|uri| uri.parse().map_err(|_| CertificateError::NoIdentity))
+        .collect()
 }

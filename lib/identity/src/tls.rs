@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::TrustAnchor;
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::certificate::{identity_of, WorkloadCertificate};
+use crate::certificate::{identities_of, identity_of, WorkloadCertificate};
 use crate::spiffe::Identity;
 
 /// HBONE, and the CA's gRPC, are HTTP/2.
@@ -239,6 +239,8 @@ impl SpiffeVerifier {
         }
     }
 
+    /// The chain, then the identity that counts: the one expected of a
+    /// server among those its certificate names, else the first.
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -257,14 +259,26 @@ impl SpiffeVerifier {
             None,
         )
         .map_err(pki_error)?;
-        let identity = identity_of(end_entity).map_err(|error| refused(error.to_string()))?;
+        let identities = identities_of(end_entity).map_err(|error| refused(error.to_string()))?;
+        let first = identities
+            .first()
+            .ok_or_else(|| refused("no identity".into()))?;
+        let identity = match &self.expected {
+            Some(expected) if identities.contains(expected) => expected,
+            Some(expected) => {
+                return Err(refused(format!(
+                    "the server is {first}, not the expected {expected}"
+                )))
+            }
+            None => first,
+        };
         if identity.trust_domain != self.trust_domain {
             return Err(refused(format!(
                 "the peer {identity} is not in the trust domain {}",
                 self.trust_domain
             )));
         }
-        Ok(identity)
+        Ok(identity.clone())
     }
 }
 
@@ -277,13 +291,8 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let identity = self.verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
-        match &self.expected {
-            Some(expected) if *expected != identity => Err(refused(format!(
-                "the server is {identity}, not the expected {expected}"
-            ))),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
+        self.verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -174,6 +174,61 @@ async fn a_server_that_is_not_the_expected_identity_is_refused() {
     );
 }
 
+/// A certificate of `ca` for the workload `identities[0]` naming every one
+/// of `identities` (Istio's CA issues one; others may issue several).
+fn naming_several(ca: &CertificateAuthority, identities: &[&Identity]) -> WorkloadCertificate {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = identities
+        .iter()
+        .map(|identity| rcgen::SanType::URI(identity.to_string().try_into().unwrap()))
+        .collect();
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let signer = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca.root_pem(), signer).unwrap();
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    WorkloadCertificate::new(identities[0], &key, &leaf.pem()).unwrap()
+}
+
+/// As ztunnel: a server is accepted as any identity its certificate names,
+/// and a peer is known by the first.
+#[tokio::test]
+async fn a_certificate_naming_several_identities_is_known_by_its_first() {
+    let ca = CertificateAuthority::generate(DOMAIN).unwrap();
+    let trust = bundle(&[&ca]);
+    let cart = workload(&ca, "shop", "cart");
+    let (pay, payments) = (
+        Identity::new(DOMAIN, "shop", "pay"),
+        Identity::new(DOMAIN, "shop", "payments"),
+    );
+    let both = naming_several(&ca, &[&pay, &payments]);
+
+    let (client, _) = handshake(
+        client_config(&cart, &trust, &payments).unwrap(),
+        server_config(&both, &trust).unwrap(),
+    )
+    .await;
+    assert_eq!(client, Ok(Some(pay.clone())));
+    let (_, server) = handshake(
+        client_config(&both, &trust, &cart.identity).unwrap(),
+        server_config(&cart, &trust).unwrap(),
+    )
+    .await;
+    assert_eq!(server, Ok(Some(pay.clone())));
+    let (client, _) = handshake(
+        client_config(&cart, &trust, &Identity::new(DOMAIN, "shop", "ledger")).unwrap(),
+        server_config(&both, &trust).unwrap(),
+    )
+    .await;
+    assert!(
+        failed(&client, "is spiffe://cluster.local/ns/shop/sa/pay, not the expected spiffe://cluster.local/ns/shop/sa/ledger"),
+        "{client:?}"
+    );
+}
+
 #[tokio::test]
 async fn certificates_of_another_ca_are_refused_both_ways() {
     let ca = CertificateAuthority::generate(DOMAIN).unwrap();
