@@ -12,11 +12,15 @@ use std::time::Duration;
 
 use ambit_cni::conflist::{self, PLUGIN_TYPE};
 use ambit_cni::policy::write_atomically;
+use ambit_mesh_source::directory::Events;
 use anyhow::Context;
 use serde_json::Value;
 
-/// How often the configuration is checked for Ambit's entry.
+/// How often the configuration is checked for Ambit's entry while its
+/// directory is not watched (it does not exist yet, or inotify is not
+/// available), and while it is, in case an event was lost.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const WATCHED_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where the plugin goes and what its entry says.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -100,17 +104,30 @@ impl CniInstall {
 }
 
 /// Keeps the entry in place for as long as the agent runs: a rewrite by
-/// another CNI is repaired at the next check.
+/// another CNI is repaired as soon as the directory shows it (pods the
+/// runtime starts meanwhile would get no entry), or at the next check.
 pub async fn keep(install: Arc<CniInstall>) {
-    let mut ticks = tokio::time::interval(CHECK_INTERVAL);
+    let mut changes = Events::watching(&install.conf_dir, "the CNI configuration");
     loop {
-        ticks.tick().await;
-        let install = install.clone();
-        match tokio::task::spawn_blocking(move || install.ensure_entry()).await {
+        let checked = install.clone();
+        match tokio::task::spawn_blocking(move || checked.ensure_entry()).await {
             Ok(Ok(Some(file))) => tracing::info!(file = %file.display(), "CNI entry put in place"),
             Ok(Ok(None)) => {}
             Ok(Err(error)) => tracing::error!(%error, "the CNI entry cannot be put in place"),
             Err(error) => tracing::error!(%error, "checking the CNI entry"),
+        }
+        match &mut changes {
+            Some(events) if events.is_watching() => {
+                tokio::select! {
+                    _ = events.next() => {}
+                    () = tokio::time::sleep(WATCHED_CHECK_INTERVAL) => {}
+                }
+            }
+            _ => tokio::time::sleep(CHECK_INTERVAL).await,
+        }
+        // A directory made since (or made again) is watched from now on.
+        if let Some(events) = &mut changes {
+            events.watch_tree(&install.conf_dir);
         }
     }
 }

@@ -404,20 +404,26 @@ impl AsRawFd for InotifyFd {
 }
 
 impl Events {
-    /// Events of `dir` and its subdirectories from now on; `None`, logged,
-    /// where inotify is not available (the directory is then read every
-    /// few seconds).
-    pub fn watching(dir: &Path) -> Option<Self> {
+    /// Events of `dir` and its subdirectories from now on; `None`, logged
+    /// as `what`, where inotify is not available (the caller then reads
+    /// the directory every few seconds).
+    pub fn watching(dir: &Path, what: &str) -> Option<Self> {
         match Self::new() {
             Ok(mut events) => {
                 events.watch_tree(dir);
                 Some(events)
             }
             Err(error) => {
-                tracing::warn!(%error, "inotify unavailable; the config directory is read every {RESCAN_INTERVAL:?}");
+                tracing::warn!(%error, "inotify unavailable; {what} is only read every few seconds");
                 None
             }
         }
+    }
+
+    /// Whether any directory is watched (one that does not exist yet is
+    /// not, until [`Events::watch_tree`] finds it).
+    pub fn is_watching(&self) -> bool {
+        !self.watched.is_empty()
     }
 
     fn new() -> std::io::Result<Self> {
@@ -437,7 +443,7 @@ impl Events {
     }
 
     /// Watches `dir` and every visible directory under it not yet watched.
-    fn watch_tree(&mut self, dir: &Path) {
+    pub fn watch_tree(&mut self, dir: &Path) {
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MODIFY
@@ -482,7 +488,7 @@ impl Events {
     }
 
     /// Completes with the events waiting, once one of them is relevant.
-    async fn next(&mut self) -> Vec<FileEvent> {
+    pub async fn next(&mut self) -> Vec<FileEvent> {
         loop {
             let Ok(mut guard) = self.inotify.readable().await else {
                 return std::future::pending().await;

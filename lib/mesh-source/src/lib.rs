@@ -124,7 +124,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<JoinHandle<()>> {
     match source {
         Source::Directory(dir) => {
-            let events = directory::Events::watching(dir);
+            let events = directory::Events::watching(dir, "the config directory");
             let mut directory = directory::Directory::new(dir.clone());
             let mut model = Mesh::default();
             directory.load(&mut model)?;
