@@ -171,6 +171,63 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
 }
 
 /// The CNI plugin's answer: its JSON on stdout.
+/// The mesh carries IPv4. A dual-stack pod's app reached over IPv6 would
+/// be reached around mutual TLS and STRICT policy: such a connection to an
+/// enrolled pod is refused, while IPv6 between pods outside the mesh works.
+#[test]
+fn an_enrolled_pods_app_is_never_reached_around_the_mesh_over_ipv6() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "server", "bystander"])
+        .build()?;
+    let [client, server, bystander] = cluster.pods_named(["client", "server", "bystander"])?;
+    let mut config = mesh::enrolling(&cluster, &[server], vec![]);
+    config.istio = vec![json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": { "name": "strict", "namespace": "default" },
+        "spec": { "mtls": { "mode": "STRICT" } },
+    })];
+    let (_ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    // IPv6 beside IPv4 on the pods' one link (no router needed), and an
+    // app listening on it in each pod.
+    let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n);
+    let mut listeners = Vec::new();
+    for (n, pod) in (1..).zip([client, server, bystander]) {
+        let added = pod.place().in_netns(|| {
+            std::process::Command::new("ip")
+                .args([
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{}/64", v6(n)),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])
+                .status()
+        })??;
+        anyhow::ensure!(added.success(), "adding IPv6 to {}", pod.name);
+        let listener = pod
+            .place()
+            .in_netns(|| std::net::TcpListener::bind((v6(n), 9000)))??;
+        listeners.push(listener);
+    }
+    let connects = |n| {
+        client.place().in_netns(|| {
+            TcpStream::connect_timeout(&SocketAddr::from((v6(n), 9000)), Duration::from_secs(3))
+        })
+    };
+    anyhow::ensure!(
+        connects(3)?.is_ok(),
+        "IPv6 between pods outside the mesh works"
+    );
+    let refused = connects(2)?;
+    anyhow::ensure!(
+        refused.is_err(),
+        "the enrolled server's app was reached over IPv6, around the mesh"
+    );
+    Ok(())
+}
+
 fn cni_answer(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_default()
 }

@@ -230,13 +230,21 @@ fn file_original_dst(ctx: &SockOpsContext) {
 pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel hands sk_lookup a valid bpf_sk_lookup.
     let lookup = unsafe { &*ctx.lookup };
+    if lookup.protocol != IPPROTO_TCP {
+        return SK_PASS;
+    }
+    // The mesh carries IPv4: a dual-stack pod's app reached over IPv6 from
+    // elsewhere would be reached around mutual TLS and policy, so such a
+    // connection is refused. The pod calling itself is left alone.
+    if lookup.family != AF_INET {
+        return match lookup.remote_ip6 == lookup.local_ip6 {
+            true => SK_PASS,
+            false => SK_DROP,
+        };
+    }
     // Never steered: the pod calling itself, the agent's own ports, and the
     // agent's connections to the app (recorded by their source address).
-    if lookup.family != AF_INET
-        || lookup.protocol != IPPROTO_TCP
-        || lookup.remote_ip4 == lookup.local_ip4
-        || is_agent_port(lookup.local_port)
-    {
+    if lookup.remote_ip4 == lookup.local_ip4 || is_agent_port(lookup.local_port) {
         return SK_PASS;
     }
     let source = Addr4 {
