@@ -74,8 +74,10 @@ static RELAY_STATES: HashMap<u64, RelayState> = HashMap::with_max_entries(MAX_RE
 #[map]
 static RELAY_HANDOVERS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
-/// Lets the connect proceed (0 would refuse it).
+/// Lets the connect proceed.
 const ALLOW: i32 = 1;
+/// Fails the connect with EPERM.
+const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const AF_INET: u32 = 2;
@@ -86,6 +88,9 @@ const V4_MAPPED_PREFIX: u32 = 0xffff_0000;
 /// 127.0.0.0/8 in network byte order, read as a little-endian u32.
 const LOOPBACK_NET: u32 = 0x0000_007f;
 const LOOPBACK_MASK: u32 = 0x0000_00ff;
+/// The last 32-bit word of `::1`, in network byte order read as a
+/// little-endian u32.
+const IPV6_LOOPBACK_WORD: u32 = 0x0100_0000;
 /// sk_lookup and sk_skb verdict: carry on (with the assigned socket or the
 /// redirect, if any).
 const SK_PASS: u32 = 1;
@@ -105,20 +110,44 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 
 /// IPv6 sockets reach IPv4 services through IPv4-mapped addresses
 /// (`::ffff:a.b.c.d`), as Java and dual-stack runtimes do: those are
-/// captured like connect4's. Native IPv6 destinations are left alone.
+/// captured like connect4's. Native IPv6 destinations: see `native_ipv6`.
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands connect6 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
     let ip6 = sock_addr.user_ip6;
     if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_PREFIX {
-        return ALLOW;
+        return native_ipv6(&ctx, ip6);
     }
     let mut ip = ip6[3];
     if capture(&ctx, &mut ip, &mut sock_addr.user_port) {
         sock_addr.user_ip6[3] = ip;
     }
     ALLOW
+}
+
+/// A connect to a native IPv6 address (`ip6` as `bpf_sock_addr` holds
+/// it). The mesh carries IPv4: an enrolled pod's TCP connection over IPv6
+/// would go around mutual TLS and egress policy, so it is refused (EPERM;
+/// a dual-stack client falls back to IPv4). The pod's own loopback, UDP,
+/// the agent's sockets and pods outside the mesh are left alone.
+fn native_ipv6(ctx: &SockAddrContext, ip6: [u32; 4]) -> i32 {
+    // SAFETY: the kernel hands sock_addr programs a full socket in `sk`.
+    let (sock_type, mark) = unsafe {
+        let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
+        (sk.type_, sk.mark)
+    };
+    let local = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == IPV6_LOOPBACK_WORD);
+    if sock_type != SOCK_STREAM || local || mark & AGENT_MARK_MASK == AGENT_MARK {
+        return ALLOW;
+    }
+    // SAFETY: the helper accepts the program's context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: only whether the key exists is read.
+    match unsafe { REDIRECTS.get(netns_cookie) } {
+        Some(_) => REFUSE,
+        None => ALLOW,
+    }
 }
 
 /// A UDP `sendto`/`sendmsg` with an address: a DNS query is sent to the
