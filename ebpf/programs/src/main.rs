@@ -137,7 +137,8 @@ fn native_ipv6(ctx: &SockAddrContext, ip6: [u32; 4]) -> i32 {
         let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
         (sk.type_, sk.mark)
     };
-    let local = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == IPV6_LOOPBACK_WORD);
+    let local =
+        ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == IPV6_LOOPBACK_WORD);
     if sock_type != SOCK_STREAM || local || mark & AGENT_MARK_MASK == AGENT_MARK {
         return ALLOW;
     }
