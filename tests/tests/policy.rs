@@ -418,7 +418,12 @@ fn authorization_policies_allow_and_deny_by_principal_namespace_account_domain_i
 fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client"], &["server"])?;
     let [client, server] = cluster.pods_named(["client", "server"])?;
-    let config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    let echo_vip = std::net::Ipv4Addr::new(10, 96, 0, 90);
+    let config = mesh::enrolling(
+        &cluster,
+        &[client, server],
+        vec![mesh::service("echo", echo_vip, 80, 9000, &[server])],
+    );
     // Open connections' bytes reported every second (Istio's default 15).
     let reporting = ["--tcp-reporting-seconds=1"];
     let (_ca, agents) = mesh::start_secured_with_args(&cluster, &config, 3600, &reporting)?;
@@ -478,6 +483,32 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
         );
         assert_eq!(value("istio_tcp_received_bytes_total"), bytes, "{reporter}");
         assert_eq!(value("istio_tcp_sent_bytes_total"), bytes, "{reporter}");
+    }
+
+    // Called through its Service, both sides name it: the client's agent
+    // passes it on (`Forwarded: host=`, as ztunnel does) to the server's.
+    let called = [
+        ("destination_service", "echo.default.svc.cluster.local"),
+        ("destination_service_name", "echo"),
+        ("destination_service_namespace", "default"),
+    ];
+    let message = "through the Service";
+    let via_service = SocketAddr::new(echo_vip.into(), 80);
+    assert_eq!(
+        echo(&cluster, client.place(), via_service, message)?,
+        message
+    );
+    for (agent, reporter) in agents.iter().zip(["source", "destination"]) {
+        let labels: Vec<_> = [("reporter", reporter)].into_iter().chain(called).collect();
+        wait_for(
+            &format!("{reporter}: the Service's connection closed"),
+            Duration::from_secs(5),
+            || {
+                let metrics = agent.metrics(&cluster)?;
+                Ok(sample(&metrics, "istio_tcp_connections_closed_total", &labels) == 1.0)
+            },
+        )
+        .with_context(|| agent.metrics(&cluster).unwrap_or_default())?;
     }
 
     let log = agents[1].output();

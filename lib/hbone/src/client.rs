@@ -1,7 +1,6 @@
 //! The sending side of HBONE: one connection to a peer's port 15008,
 //! carrying a CONNECT stream per proxied TCP connection.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -10,7 +9,7 @@ use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::{Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::{Forwarded, Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -144,14 +143,14 @@ impl Connection {
             .map(|_| StreamCount(self.streams.clone()))
     }
 
-    /// Opens a stream to `target` on behalf of the client at `source`;
+    /// Opens a stream to `target` on behalf of `source` (the client);
     /// returns once the peer has connected the target. Beyond the peer's
     /// stream limit it waits for a stream to end (see [`Connection::reserve`]
     /// to avoid that).
     pub async fn open(
         &self,
         target: impl Into<Target>,
-        source: IpAddr,
+        source: impl Into<Forwarded<'_>>,
     ) -> Result<TunnelStream, HboneError> {
         self.streams.fetch_add(1, Ordering::AcqRel);
         let place = StreamCount(self.streams.clone());
@@ -163,16 +162,12 @@ impl Connection {
         &self,
         place: StreamCount,
         target: impl Into<Target>,
-        source: IpAddr,
+        source: impl Into<Forwarded<'_>>,
     ) -> Result<TunnelStream, HboneError> {
-        let source = match source {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.into().to_string())
-            .header("forwarded", format!("for={source}"))
+            .header("forwarded", source.into().to_string())
             .body(())?;
         let opened = async {
             let mut sender = self.sender.clone().ready().await?;

@@ -8,7 +8,7 @@
 //! and [`Buffered`], the socket under that TLS; the TLS and identities
 //! come from `ambit-identity`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub mod client;
 pub mod pool;
@@ -29,6 +29,37 @@ pub const HBONE_PORT: u16 = 15008;
 pub enum Target {
     Address(SocketAddr),
     Host { name: String, port: u16 },
+}
+
+/// Who a stream is for, as its `Forwarded` header tells the peer: the
+/// original client (`for=`), and the Service it called (`host=`, as
+/// ztunnel sends it), which the peer's metrics then name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded<'a> {
+    pub client: IpAddr,
+    pub service: Option<&'a str>,
+}
+
+impl From<IpAddr> for Forwarded<'_> {
+    fn from(client: IpAddr) -> Self {
+        Forwarded {
+            client,
+            service: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Forwarded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.client {
+            IpAddr::V4(ip) => write!(f, "for={ip}")?,
+            IpAddr::V6(ip) => write!(f, "for=\"[{ip}]\"")?,
+        }
+        match self.service {
+            Some(host) => write!(f, ";host={host}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl From<SocketAddr> for Target {

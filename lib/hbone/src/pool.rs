@@ -13,12 +13,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::{Connection, HboneError, StreamCount};
-use crate::TunnelStream;
+use crate::{Forwarded, TunnelStream};
 
 /// The most streams the pool opens on one connection, whatever its peer
 /// allows: past it, a connection of its own spreads the load, as ztunnel
@@ -72,13 +72,14 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         key: &K,
         credential: &C,
         target: SocketAddr,
-        source: IpAddr,
+        source: impl Into<Forwarded<'_>>,
         connect: F,
     ) -> Result<TunnelStream, HboneError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
+        let source = source.into();
         if let Some((connection, place)) = self.pooled_place(key, credential).await {
             match connection.open_reserved(place, target, source).await {
                 // The peer answered: the connection works, whatever it said.

@@ -34,6 +34,9 @@ pub struct ConnectRequest {
     pub target: Target,
     /// The original client's address, from `Forwarded: for=`.
     pub source: Option<IpAddr>,
+    /// The Service the client called, from `Forwarded: host=`: a claim,
+    /// to be checked against the Services the target backs.
+    pub service: Option<String>,
 }
 
 /// Why a stream is not opened, as the status its client gets.
@@ -142,13 +145,20 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
             }
         }
     };
-    let source = request
-        .headers()
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .find_map(forwarded_for);
-    Ok(ConnectRequest { target, source })
+    let forwarded = || {
+        request
+            .headers()
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+    };
+    Ok(ConnectRequest {
+        target,
+        source: forwarded().find_map(|header| forwarded_pair(header, "for").and_then(address)),
+        service: forwarded()
+            .find_map(|header| forwarded_pair(header, "host"))
+            .map(str::to_ascii_lowercase),
+    })
 }
 
 /// Whether `name` is a DNS name: dot-separated labels of letters, digits
@@ -165,15 +175,20 @@ fn is_dns_name(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(label)
 }
 
-/// The address in a `Forwarded` header's first `for=` (RFC 7239): bare,
-/// quoted, bracketed IPv6, with or without a port.
-fn forwarded_for(header: &str) -> Option<IpAddr> {
+/// The value of a `Forwarded` header's first `name=` (RFC 7239), unquoted.
+fn forwarded_pair<'h>(header: &'h str, name: &str) -> Option<&'h str> {
     let value = header
         .split([',', ';'])
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.eq_ignore_ascii_case("for"))?
+        .find(|(found, _)| found.eq_ignore_ascii_case(name))?
         .1
         .trim_matches('"');
+    (!value.is_empty()).then_some(value)
+}
+
+/// The address in a `for=` value: bare, bracketed IPv6, with or without a
+/// port.
+fn address(value: &str) -> Option<IpAddr> {
     if let Some(rest) = value.strip_prefix('[') {
         return rest.split(']').next()?.parse().ok();
     }
@@ -203,7 +218,19 @@ mod tests {
             Ok(ConnectRequest {
                 target: Target::Address("10.244.1.5:8080".parse().unwrap()),
                 source: Some("10.244.0.7".parse().unwrap()),
+                service: None,
             })
+        );
+        // As ztunnel sends it: the client quoted with its port, and the
+        // Service called.
+        let forwarded = "for=\"10.244.0.7:40312\";host=Reviews.default.svc.cluster.local";
+        let parsed = read(Method::CONNECT, "10.244.1.5:9080", Some(forwarded)).unwrap();
+        assert_eq!(
+            (parsed.source, parsed.service.as_deref()),
+            (
+                Some("10.244.0.7".parse().unwrap()),
+                Some("reviews.default.svc.cluster.local")
+            )
         );
         for (header, source) in [
             ("for=\"[2001:db8::7]:4711\";proto=http", "2001:db8::7"),

@@ -196,7 +196,8 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
             request,
             ConnectRequest {
                 target: Target::Address(echo),
-                source: Some(source)
+                source: Some(source),
+                service: None,
             }
         );
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{Buffered, TunnelStream};
+use ambit_hbone::{Buffered, Forwarded, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
@@ -87,12 +87,13 @@ impl MeshTls {
 
     /// A stream to `target` for the workload `caller`, through the peer
     /// `peer` (its 15008 at `peer.ip`), on a pooled connection or a new one
-    /// whose socket `dial` connects.
+    /// whose socket `dial` connects; `service`, the host of the Service
+    /// called, is passed on for the peer's metrics.
     pub async fn open<D, Dialled>(
         &self,
         caller: Party<'_>,
         peer: Party<'_>,
-        target: SocketAddr,
+        (target, service): (SocketAddr, Option<&str>),
         dial: D,
     ) -> std::io::Result<TunnelStream>
     where
@@ -133,7 +134,16 @@ impl MeshTls {
             peer.ip,
         );
         self.pool
-            .open(&key, &certificate.not_after, target, caller.ip, connect)
+            .open(
+                &key,
+                &certificate.not_after,
+                target,
+                Forwarded {
+                    client: caller.ip,
+                    service,
+                },
+                connect,
+            )
             .await
             .map_err(std::io::Error::other)
     }

@@ -19,7 +19,9 @@ use super::admission::{admit, Proof};
 use super::inbound::connect_app;
 use super::meter::Meter;
 use super::{PodContext, ProxyInputs, Report};
-use crate::metrics::{self, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
+use crate::metrics::{
+    self, DestinationService, Reporter, ResponseFlags, SecurityPolicy, TcpLabels,
+};
 
 /// Serves one connection on a pod's 15008 listener: mutual TLS as the pod's
 /// identity, then each CONNECT stream to the pod is carried to its app.
@@ -108,7 +110,16 @@ async fn carry(
     pod: &PodContext,
     inputs: &ProxyInputs,
 ) {
-    let target = match request.target {
+    let ConnectRequest {
+        target, service, ..
+    } = request;
+    // The Service the caller called: named as the target, else claimed
+    // by its `Forwarded: host=`.
+    let called = match &target {
+        Target::Host { name, .. } => Some(name.clone()),
+        Target::Address(_) => service,
+    };
+    let target = match target {
         Target::Address(target) => target,
         Target::Host { name, port } => {
             match service_target(&inputs.mesh.snapshot(), &name, port, &peer.pod_ips) {
@@ -139,7 +150,7 @@ async fn carry(
                 workload: own,
                 principal: Some(&peer.own_identity),
             },
-            None,
+            called_service(&mesh, called.as_deref(), &peer.pod_ips).as_ref(),
             SecurityPolicy::MutualTls,
         );
         let admitted = admit(
@@ -176,6 +187,21 @@ async fn carry(
         .await;
 }
 
+/// The Service named `host`, as metrics name it, if this pod backs it: a
+/// caller's claim names no other Service.
+fn called_service(
+    mesh: &Mesh,
+    host: Option<&str>,
+    pod_ips: &[IpAddr],
+) -> Option<DestinationService> {
+    let (key, service) = mesh.service_named(host?)?;
+    service
+        .endpoints
+        .iter()
+        .any(|endpoint| pod_ips.contains(&endpoint.ip))
+        .then(|| DestinationService::service(&key.name, &key.namespace))
+}
+
 /// Where on this pod a stream naming a Service by host (`host:port`) goes,
 /// as ztunnel resolves it: the pod's address among the Service's
 /// endpoints, at the target port of the Service port named.
@@ -210,7 +236,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_service_named_by_host_is_this_pods_address_at_the_target_port() {
+    fn a_service_named_by_host_is_this_pods_address_at_the_target_port_and_its_metrics_name() {
         let parsed = parse_manifests(
             r#"
 {apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, ports: [{name: http, port: 80, targetPort: web}]}}
@@ -234,7 +260,20 @@ mod tests {
             resolve("pay.shop.svc.cluster.local", 80),
             Err("no Service is named pay.shop.svc.cluster.local".into())
         );
+        // Metrics name the Service called only where the pod backs it.
+        assert_eq!(
+            called_service(&mesh, Some("cart.shop.svc.cluster.local"), pod),
+            Some(DestinationService::service("cart", "shop"))
+        );
+        assert_eq!(
+            called_service(&mesh, Some("pay.shop.svc.cluster.local"), pod),
+            None
+        );
         let elsewhere: &[IpAddr] = &["10.244.3.3".parse().unwrap()];
+        assert_eq!(
+            called_service(&mesh, Some("cart.shop.svc.cluster.local"), elsewhere),
+            None
+        );
         assert_eq!(
             service_target(&mesh, "cart.shop.svc.cluster.local", 80, elsewhere),
             Err("the pod is not an endpoint of the Service shop/cart".into())

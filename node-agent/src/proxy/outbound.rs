@@ -422,8 +422,12 @@ pub(super) async fn handle(
                     ip: IpAddr::V4(*connect_to.ip()),
                 };
                 let netns = &pod.netns;
+                let called = (
+                    SocketAddr::V4(target),
+                    service.as_ref().map(|service| service.host.as_str()),
+                );
                 mesh_tls
-                    .open(caller, peer, SocketAddr::V4(target), |address| async move {
+                    .open(caller, peer, called, |address| async move {
                         connect(agent_socket(netns, AGENT_MARK, None)?, address).await
                     })
                     .await

@@ -431,7 +431,12 @@ impl Upstream {
             identity: &peer,
             ip: peer_ip,
         };
-        let tunnel = self.mesh_tls.open(caller, peer, endpoint, dial).await?;
+        // No Service named: a kept connection to an endpoint may carry
+        // requests for any of the Services it backs.
+        let tunnel = self
+            .mesh_tls
+            .open(caller, peer, (endpoint, None), dial)
+            .await?;
         Ok(Box::new(tunnel))
     }
 }
