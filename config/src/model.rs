@@ -484,6 +484,19 @@ impl Mesh {
         }
     }
 
+    /// The Services of `namespace` with an endpoint at `ip`, by name (a
+    /// Service selects pods of its own namespace).
+    pub fn services_backed_by<'m>(
+        &'m self,
+        namespace: &'m str,
+        ip: IpAddr,
+    ) -> impl Iterator<Item = (&'m Key, &'m Service)> + 'm {
+        self.services
+            .range(Key::new(namespace, "")..)
+            .take_while(move |(key, _)| key.namespace == namespace)
+            .filter(move |(_, service)| service.endpoints.iter().any(|endpoint| endpoint.ip == ip))
+    }
+
     /// The Service a cluster-local name (`NAME.NAMESPACE.svc.cluster.local`)
     /// names.
     pub fn service_named(&self, host: &str) -> Option<(&Key, &Service)> {

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use ambit_config::model::Mesh;
+use ambit_config::model::{Endpoint, Mesh, ServicePort};
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::Target;
 use ambit_identity::tls::peer_identity;
@@ -150,7 +150,7 @@ async fn carry(
                 workload: own,
                 principal: Some(&peer.own_identity),
             },
-            called_service(&mesh, called.as_deref(), &peer.pod_ips).as_ref(),
+            destination_service(&mesh, &pod.key.namespace, target, called.as_deref()).as_ref(),
             SecurityPolicy::MutualTls,
         );
         let admitted = admit(
@@ -187,19 +187,32 @@ async fn carry(
         .await;
 }
 
-/// The Service named `host`, as metrics name it, if this pod backs it: a
-/// caller's claim names no other Service.
-fn called_service(
+/// The Service a connection to `target` on a pod of `namespace` was for,
+/// as metrics name it, as ztunnel tells: the one the caller named (`host`),
+/// if the pod backs it (a claim names no other); else the first the pod
+/// backs with a port whose target is `target`'s.
+pub(super) fn destination_service(
     mesh: &Mesh,
+    namespace: &str,
+    target: SocketAddr,
     host: Option<&str>,
-    pod_ips: &[IpAddr],
 ) -> Option<DestinationService> {
-    let (key, service) = mesh.service_named(host?)?;
-    service
-        .endpoints
-        .iter()
-        .any(|endpoint| pod_ips.contains(&endpoint.ip))
-        .then(|| DestinationService::service(&key.name, &key.namespace))
+    let named = host
+        .and_then(|host| mesh.service_named(host))
+        .filter(|(_, service)| {
+            let at = |endpoint: &Endpoint| endpoint.ip == target.ip();
+            service.endpoints.iter().any(at)
+        });
+    let found = named.or_else(|| {
+        mesh.services_backed_by(namespace, target.ip())
+            .find(|(_, service)| {
+                let targets = |port: &ServicePort| {
+                    port.target_port == target.port() && port.protocol == "TCP"
+                };
+                service.ports.iter().any(targets)
+            })
+    });
+    found.map(|(key, _)| DestinationService::service(&key.name, &key.namespace))
 }
 
 /// Where on this pod a stream naming a Service by host (`host:port`) goes,
@@ -260,20 +273,20 @@ mod tests {
             resolve("pay.shop.svc.cluster.local", 80),
             Err("no Service is named pay.shop.svc.cluster.local".into())
         );
-        // Metrics name the Service called only where the pod backs it.
-        assert_eq!(
-            called_service(&mesh, Some("cart.shop.svc.cluster.local"), pod),
-            Some(DestinationService::service("cart", "shop"))
-        );
-        assert_eq!(
-            called_service(&mesh, Some("pay.shop.svc.cluster.local"), pod),
-            None
-        );
+        // Metrics name the Service the caller named where the pod backs
+        // it, else the one whose port targets the port called.
+        let cart = Some(DestinationService::service("cart", "shop"));
+        let at: SocketAddr = "10.244.2.8:8080".parse().unwrap();
+        let named = |host| destination_service(&mesh, "shop", at, host);
+        assert_eq!(named(Some("cart.shop.svc.cluster.local")), cart);
+        assert_eq!(named(Some("pay.shop.svc.cluster.local")), cart);
+        assert_eq!(named(None), cart);
+        let other_port = "10.244.2.8:9999".parse().unwrap();
+        assert_eq!(destination_service(&mesh, "shop", other_port, None), None);
+        let other_pod = "10.244.3.3:8080".parse().unwrap();
+        let claimed = Some("cart.shop.svc.cluster.local");
+        assert_eq!(destination_service(&mesh, "shop", other_pod, claimed), None);
         let elsewhere: &[IpAddr] = &["10.244.3.3".parse().unwrap()];
-        assert_eq!(
-            called_service(&mesh, Some("cart.shop.svc.cluster.local"), elsewhere),
-            None
-        );
         assert_eq!(
             service_target(&mesh, "cart.shop.svc.cluster.local", 80, elsewhere),
             Err("the pod is not an endpoint of the Service shop/cart".into())

@@ -10,6 +10,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::admission::{admit, PolicySettings, Proof};
+use super::hbone::destination_service;
 use super::meter::Meter;
 use super::{agent_socket, carry_plain, connect, without_pacing, PodContext, ProxyInputs, Report};
 use crate::metrics::{Party, Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
@@ -46,7 +47,7 @@ pub(super) async fn handle(
                 workload: own,
                 principal: None,
             },
-            None,
+            destination_service(&mesh, &pod.key.namespace, target, None).as_ref(),
             SecurityPolicy::None,
         );
         let own = own.map(|(_, workload)| workload);
