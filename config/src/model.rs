@@ -484,17 +484,15 @@ impl Mesh {
         }
     }
 
-    /// The Services of `namespace` with an endpoint at `ip`, by name (a
-    /// Service selects pods of its own namespace).
-    pub fn services_backed_by<'m>(
+    /// The Services of `namespace`, by name (a Service selects pods of its
+    /// own namespace).
+    pub fn services_in<'m>(
         &'m self,
         namespace: &'m str,
-        ip: IpAddr,
     ) -> impl Iterator<Item = (&'m Key, &'m Service)> + 'm {
         self.services
             .range(Key::new(namespace, "")..)
             .take_while(move |(key, _)| key.namespace == namespace)
-            .filter(move |(_, service)| service.endpoints.iter().any(|endpoint| endpoint.ip == ip))
     }
 
     /// The Service a cluster-local name (`NAME.NAMESPACE.svc.cluster.local`)
@@ -801,6 +799,11 @@ fn qualified_hosts<'a>(
 }
 
 impl Service {
+    /// Whether one of its endpoints is at `ip`.
+    pub fn has_endpoint(&self, ip: IpAddr) -> bool {
+        self.endpoints.iter().any(|endpoint| endpoint.ip == ip)
+    }
+
     /// The addresses of its ready IPv4 endpoints, in address order.
     pub fn ready_ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.endpoints

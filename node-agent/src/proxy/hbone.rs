@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use ambit_config::model::{Endpoint, Mesh, ServicePort};
+use ambit_config::model::{Mesh, ServicePort};
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::Target;
 use ambit_identity::tls::peer_identity;
@@ -119,18 +119,17 @@ async fn carry(
         Target::Host { name, .. } => Some(name.clone()),
         Target::Address(_) => service,
     };
+    let mesh = inputs.mesh.snapshot();
     let target = match target {
         Target::Address(target) => target,
-        Target::Host { name, port } => {
-            match service_target(&inputs.mesh.snapshot(), &name, port, &peer.pod_ips) {
-                Ok(target) => target,
-                Err(reason) => {
-                    tracing::warn!(pod = %pod.pod, %reason, "HBONE stream for a Service by name refused");
-                    (inputs.metrics).refused(Reporter::Destination, metrics::Refusal::NoRoute);
-                    return responder.refuse(Refusal::Unreachable);
-                }
+        Target::Host { name, port } => match service_target(&mesh, &name, port, &peer.pod_ips) {
+            Ok(target) => target,
+            Err(reason) => {
+                tracing::warn!(pod = %pod.pod, %reason, "HBONE stream for a Service by name refused");
+                (inputs.metrics).refused(Reporter::Destination, metrics::Refusal::NoRoute);
+                return responder.refuse(Refusal::Unreachable);
             }
-        }
+        },
     };
     if !peer.pod_ips.contains(&target.ip()) {
         tracing::warn!(pod = %pod.pod, %target, "HBONE stream for another address refused");
@@ -138,7 +137,6 @@ async fn carry(
         return responder.refuse(Refusal::Denied);
     }
     let (labels, admitted) = {
-        let mesh = inputs.mesh.snapshot();
         let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
             Reporter::Destination,
@@ -163,6 +161,8 @@ async fn carry(
         );
         (labels, admitted)
     };
+    // Not held for the connection's life: a config change frees it.
+    drop(mesh);
     let report = Report::new(inputs, pod, labels, peer.addr, target);
     if let Err(reason) = admitted {
         responder.refuse(Refusal::Denied);
@@ -199,18 +199,14 @@ pub(super) fn destination_service(
 ) -> Option<DestinationService> {
     let named = host
         .and_then(|host| mesh.service_named(host))
-        .filter(|(_, service)| {
-            let at = |endpoint: &Endpoint| endpoint.ip == target.ip();
-            service.endpoints.iter().any(at)
-        });
+        .filter(|(_, service)| service.has_endpoint(target.ip()));
+    // Ports first: of a namespace's Services, few target the port called,
+    // and only their endpoints are searched.
+    let targets = |port: &ServicePort| port.target_port == target.port() && port.protocol == "TCP";
     let found = named.or_else(|| {
-        mesh.services_backed_by(namespace, target.ip())
-            .find(|(_, service)| {
-                let targets = |port: &ServicePort| {
-                    port.target_port == target.port() && port.protocol == "TCP"
-                };
-                service.ports.iter().any(targets)
-            })
+        mesh.services_in(namespace).find(|(_, service)| {
+            service.ports.iter().any(targets) && service.has_endpoint(target.ip())
+        })
     });
     found.map(|(key, _)| DestinationService::service(&key.name, &key.namespace))
 }
@@ -227,11 +223,10 @@ fn service_target(
     let (key, service) = mesh
         .service_named(name)
         .ok_or_else(|| format!("no Service is named {name}"))?;
-    let ip = service
-        .endpoints
+    let ip = pod_ips
         .iter()
-        .map(|endpoint| endpoint.ip)
-        .find(|ip| pod_ips.contains(ip))
+        .copied()
+        .find(|ip| service.has_endpoint(*ip))
         .ok_or_else(|| format!("the pod is not an endpoint of the Service {key}"))?;
     let target_port = service
         .ports

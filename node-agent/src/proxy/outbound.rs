@@ -144,11 +144,8 @@ pub(super) fn plan(
     let is_waypoint = |waypoint: &WaypointRef| {
         let own = mesh.workloads.get(caller).map(|w| w.ips.as_slice());
         let pods = mesh.services.get(&waypoint.0);
-        pods.zip(own).is_some_and(|(pods, own)| {
-            pods.endpoints
-                .iter()
-                .any(|endpoint| own.contains(&endpoint.ip))
-        })
+        pods.zip(own)
+            .is_some_and(|(pods, own)| own.iter().any(|ip| pods.has_endpoint(*ip)))
     };
     let service = mesh.service_by_vip(IpAddr::V4(*original.ip()), original.port());
     let name = service.map(|(key, _, _)| DestinationService::service(&key.name, &key.namespace));
