@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_identity::ca::identity_requested;
 use ambit_identity::{CertificateAuthority, Identity};
 use ambit_mesh_source::MeshHandle;
 use ambit_mesh_tls::ca_protocol::{
@@ -82,16 +83,19 @@ impl Issuer {
                 return Err((GrpcCode::Unauthenticated, reason));
             }
         };
-        // Node agents (and ztunnels) ask for their pods' identities.
-        let Some(asked) = &request.impersonated_identity else {
-            return Err((
-                GrpcCode::InvalidArgument,
-                format!("no {IMPERSONATED_IDENTITY} in the request's metadata: this CA certifies node proxies for their pods"),
-            ));
+        // Node proxies (agents, ztunnels) name the pod's identity they ask
+        // for in the metadata; a proxy for one workload (a sidecar, a
+        // dedicated ztunnel) only in its request. Either is authorized alike.
+        let identity = match &request.impersonated_identity {
+            Some(asked) => asked.parse::<Identity>().map_err(|e| {
+                (
+                    GrpcCode::InvalidArgument,
+                    format!("{IMPERSONATED_IDENTITY}: {e}"),
+                )
+            })?,
+            None => identity_requested(&request.csr)
+                .map_err(|e| (GrpcCode::InvalidArgument, e.to_string()))?,
         };
-        let identity = asked
-            .parse::<Identity>()
-            .map_err(|e| (GrpcCode::InvalidArgument, e.to_string()))?;
         if let Err(denied) = authorize(&mesh, &self.own_identity, &requester, &identity) {
             tracing::warn!(%requester, %identity, "refused a certificate: {denied}");
             return Err((GrpcCode::PermissionDenied, denied.to_string()));

@@ -119,10 +119,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let source = source.context("reading the mesh configuration")?;
 
-    // The CA proves itself to agents with a certificate of its own root.
+    // The CA proves itself to agents (by identity) and to Istio's proxies
+    // (by host name) with a certificate of its own root.
     let identity = &config.identity;
     let (key, csr) = certificate_request(identity)?;
-    let chain = ca.issue(&csr, identity, SERVING_CERT_TTL)?;
+    let chain = ca.issue_with_dns_names(&csr, identity, &config.dns_names, SERVING_CERT_TTL)?;
     let serving = WorkloadCertificate::new(identity, &key, &chain)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
         tls::server_config_for_anonymous_clients(&serving)?,

@@ -47,6 +47,13 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
 
+    /// The CA's Service in NAMESPACE: its serving certificate names
+    /// SERVICE.NAMESPACE.svc, as istiod's names `istiod.istio-system.svc`,
+    /// so ztunnels and sidecars, which verify the CA by host name, can use
+    /// it (`CA_ADDRESS`, or `ALT_CA_HOSTNAME` when dialled by address).
+    #[arg(long, default_value = "ambit-ca")]
+    pub service_name: String,
+
     /// Lifetime of workload certificates, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub workload_cert_ttl_seconds: u64,
@@ -66,6 +73,8 @@ pub struct Args {
 pub struct Config {
     pub trust_domain: String,
     pub identity: Identity,
+    /// The host names the CA's serving certificate names.
+    pub dns_names: Vec<String>,
     pub mode: Mode,
     pub listen: SocketAddr,
     pub workload_cert_ttl: Duration,
@@ -100,10 +109,12 @@ impl Config {
                 "--node-tokens is for standalone mode: in Kubernetes, node agents authenticate with their service account tokens"
             ),
         };
+        let dns_names = vec![format!("{}.{}.svc", args.service_name, args.namespace)];
         let identity = Identity::new(args.trust_domain.as_str(), args.namespace, "ambit-ca");
         Ok(Self {
             trust_domain: args.trust_domain,
             identity,
+            dns_names,
             mode,
             listen: args.listen,
             workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_seconds),

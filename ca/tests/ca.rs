@@ -5,10 +5,12 @@
 
 use std::path::Path;
 
+use rustls::pki_types::pem::PemObject;
+
 use ambit_ca::{app, Args, Config};
 use ambit_identity::{Identity, TrustBundle};
 use ambit_mesh_tls::ca_client::{CaClient, CaClientError};
-use ambit_mesh_tls::ca_protocol::{GrpcCode, CREATE_CERTIFICATE_PATH};
+use ambit_mesh_tls::ca_protocol::{CertificateRequest, GrpcCode, CREATE_CERTIFICATE_PATH};
 use clap::Parser;
 
 const NODE_1_TOKEN: &str = "node-1-secret-0123456789";
@@ -369,7 +371,8 @@ async fn grpc_call(
     .await
     .unwrap();
     tokio::spawn(connection);
-    let mut framed = vec![0, 0, 0, 0, message.len() as u8];
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
     framed.extend_from_slice(message);
     let request = hyper::Request::post(format!("https://{}{path}", running.addr))
         .header("content-type", "application/grpc")
@@ -402,10 +405,30 @@ async fn grpc_call(
 async fn istios_api_answers_what_it_cannot_do_with_grpc_statuses() {
     let dir = standalone_dir("grpc");
     let running = app::start(config(&dir)).await.unwrap();
-    // `IstioCertificateRequest { csr: "x" }`: no ImpersonatedIdentity.
+    // `IstioCertificateRequest { csr: "x" }`: no request to read an identity from.
     let (code, message) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, b"\x0a\x01x").await;
     assert_eq!(code, GrpcCode::InvalidArgument as u32, "{message}");
-    assert!(message.contains("no ImpersonatedIdentity"), "{message}");
+    assert!(message.contains("not a PKCS #10 request"), "{message}");
+    // No ImpersonatedIdentity, as a sidecar or a dedicated ztunnel asks:
+    // the identity its request names, authorized as any other.
+    let asking_for = |identity: &Identity| {
+        let (_, csr) = ambit_identity::certificate_request(identity).unwrap();
+        CertificateRequest {
+            csr,
+            ..CertificateRequest::default()
+        }
+        .encode()
+    };
+    let cart = asking_for(&Identity::new("cluster.local", "shop", "cart"));
+    let (code, message) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, &cart).await;
+    assert_eq!(code, GrpcCode::Ok as u32, "{message}");
+    let pay = asking_for(&Identity::new("cluster.local", "shop", "pay"));
+    let (code, message) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, &pay).await;
+    assert_eq!(code, GrpcCode::PermissionDenied as u32, "{message}");
+    assert_eq!(
+        message,
+        "no pod on node node-1 runs as spiffe://cluster.local/ns/shop/sa/pay"
+    );
     // Another method of the service.
     let other = "/istio.v1.auth.IstioCertificateService/Other";
     let (code, message) = grpc_call(&running, &dir, other, b"").await;
@@ -413,6 +436,45 @@ async fn istios_api_answers_what_it_cannot_do_with_grpc_statuses() {
     // Bytes that are no protobuf message.
     let (code, _) = grpc_call(&running, &dir, CREATE_CERTIFICATE_PATH, b"\x0a\x09x").await;
     assert_eq!(code, GrpcCode::InvalidArgument as u32);
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Istio's proxies check the CA as a web client checks a server, by the
+/// host name they dial (`istiod.istio-system.svc` for istiod): the CA's
+/// serving certificate names its Service so, and no other.
+#[tokio::test]
+async fn the_ca_is_verified_by_the_host_name_of_its_service() {
+    let dir = standalone_dir("host");
+    let running = app::start(config(&dir)).await.unwrap();
+    let root = std::fs::read(dir.join("root/ca-cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(&root) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let handshake = |host: &'static str| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map(drop)
+        }
+    };
+    handshake("ambit-ca.ambit-system.svc").await.unwrap();
+    let error = handshake("istiod.istio-system.svc").await.unwrap_err();
+    assert!(error.to_string().contains("not valid for name"), "{error}");
     running.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -85,6 +85,23 @@ impl Place {
         Ok(command)
     }
 
+    /// Runs `nft` in this place's network namespace, `input` on its
+    /// standard input.
+    pub fn nft(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
+        let mut child = self
+            .command("nft")?
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("running nft (Debian package nftables; `cargo xtask setup` installs it)")?;
+        let mut stdin = child.stdin.take().context("nft's standard input")?;
+        stdin.write_all(input.unwrap_or_default().as_bytes())?;
+        drop(stdin);
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "nft {args:?} in {}: {status}", self.name);
+        Ok(())
+    }
+
     /// Runs `f` on a thread inside this place's network namespace.
     pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
         let netns = File::open(self.netns_path())

@@ -24,6 +24,7 @@ pub mod prometheus;
 pub mod sniff;
 pub mod testapp;
 pub mod waypoint;
+pub mod ztunnel;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, Place, Pod};
 pub use process::{machine_busy_seconds, Binaries, Process, Usage};

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,31 +56,17 @@ impl<'a> Masquerade<'a> {
              }}\n",
             from.ip, to.ip
         );
-        nft(node, &["-f", "-"], Some(&rules))?;
+        node.nft(&["-f", "-"], Some(&rules))?;
         Ok(Self(node))
     }
 }
 
 impl Drop for Masquerade<'_> {
     fn drop(&mut self) {
-        let _ = nft(self.0, &["delete", "table", "ip", MASQUERADE_TABLE], None);
+        let _ = self
+            .0
+            .nft(&["delete", "table", "ip", MASQUERADE_TABLE], None);
     }
-}
-
-/// Runs `nft` in `place`'s network namespace, `input` on its standard input.
-fn nft(place: &Place, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
-    let mut child = place
-        .command("nft")?
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("running nft (Debian package nftables; `cargo xtask setup` installs it)")?;
-    let mut stdin = child.stdin.take().context("nft's standard input")?;
-    stdin.write_all(input.unwrap_or_default().as_bytes())?;
-    drop(stdin);
-    let status = child.wait()?;
-    anyhow::ensure!(status.success(), "nft {args:?} failed: {status}");
-    Ok(())
 }
 
 /// Connections from `source_workload` that `agent` refused by policy.

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::envoy::{self, EnvoyWaypoint};
@@ -14,6 +15,7 @@ use ambit_testbed::testapp::{
     self, ClientTls, Connections, HttpLoad, LatencySummary, Server, TransferSummary,
 };
 use ambit_testbed::waypoint::Waypoint;
+use ambit_testbed::ztunnel::Ztunnel;
 use ambit_testbed::{machine_busy_seconds, Binaries, Cluster, Pod, Usage};
 use anyhow::{ensure, Context};
 use serde::Serialize;
@@ -47,6 +49,7 @@ const L4_PATH: &str = "agents, mTLS over HBONE";
 const WAYPOINT_PATH: &str = "agents and waypoint, mTLS over HBONE, HTTP routed";
 const ENVOY_PATH: &str =
     "agents and Envoy as the waypoint (Istio's data plane), mTLS over HBONE, HTTP routed";
+const ZTUNNEL_PATH: &str = "ztunnels (Istio ambient's node proxy), mTLS over HBONE";
 
 /// A path's figures: medians of its rounds, beside each round's own.
 #[derive(Serialize)]
@@ -126,8 +129,24 @@ impl Target {
 /// The proxies a path goes through, whose cost is measured.
 #[derive(Clone, Copy)]
 struct OnPath<'a> {
-    agents: Option<&'a [NodeAgent]>,
+    agents: Option<NodeProxies<'a>>,
     waypoint: Option<&'a dyn L7Proxy>,
+}
+
+/// The L4 proxies at either end of a path: Ambit's agents, or ztunnels.
+#[derive(Clone, Copy)]
+enum NodeProxies<'a> {
+    Ambit(&'a [NodeAgent]),
+    Ztunnel(&'a [Ztunnel]),
+}
+
+impl NodeProxies<'_> {
+    fn usage(self) -> anyhow::Result<Vec<Usage>> {
+        match self {
+            Self::Ambit(agents) => agents.iter().map(NodeAgent::usage).collect(),
+            Self::Ztunnel(ztunnels) => ztunnels.iter().map(Ztunnel::usage).collect(),
+        }
+    }
 }
 
 /// A waypoint whose CPU and memory the bench reads: Ambit's, or Envoy.
@@ -168,7 +187,12 @@ pub enum Part {
     Memory,
 }
 
-pub fn run(workspace: &Workspace, rounds: usize, only: Option<Part>) -> anyhow::Result<()> {
+pub fn run(
+    workspace: &Workspace,
+    rounds: usize,
+    only: Option<Part>,
+    ztunnel: Option<&Path>,
+) -> anyhow::Result<()> {
     let wanted = |part: Part| only.is_none_or(|only| only == part);
     let dir = workspace.target.join("bench");
     if wanted(Part::Scale) {
@@ -196,7 +220,7 @@ pub fn run(workspace: &Workspace, rounds: usize, only: Option<Part>) -> anyhow::
     let mut report = Vec::new();
     let mut json = serde_json::Map::new();
     if wanted(Part::DataPath) {
-        let paths = data_path(&binaries, rounds)?;
+        let paths = data_path(&binaries, rounds, ztunnel)?;
         report.push(markdown(&paths, rounds));
         json.insert("paths".into(), serde_json::to_value(&paths)?);
     }
@@ -226,7 +250,11 @@ mod ingress;
 
 /// Each path's throughput, latency and proxy cost, round by round, as
 /// medians, and against no mesh.
-fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathReport>> {
+fn data_path(
+    binaries: &Binaries,
+    rounds: usize,
+    ztunnel: Option<&Path>,
+) -> anyhow::Result<Vec<PathReport>> {
     // Four client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
     // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
@@ -234,16 +262,20 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
     // in turns under the same conditions. The waypoint path is the mTLS
     // pair again, addressed by a Service bound to the waypoint on node 3:
     // client, agent, waypoint, agent, server; and the same with Envoy, the
-    // proxy Istio's waypoints run, as the waypoint beside it.
-    let cluster = Cluster::builder()
+    // proxy Istio's waypoints run, as the waypoint beside it. Given a
+    // ztunnel, a pair of pods each proxied by one (nodes 7 and 8).
+    let mut builder = Cluster::builder()
         .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
         .node(&["server", "mesh-server"])
         .node(&["tls-client", "waypoint", "envoy"])
         .node(&["tls-server"])
         .node(&["splice-client"])
-        .node(&["splice-server"])
-        .build()?;
+        .node(&["splice-server"]);
+    if ztunnel.is_some() {
+        builder = builder.node(&["zt-client"]).node(&["zt-server"]);
+    }
+    let cluster = builder.build()?;
     let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod, envoy_pod] =
         cluster.pods_named([
             "client",
@@ -300,15 +332,24 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
         &mesh::Source::Directory,
         Some(&ca),
     )?;
+    let zt_pods = match ztunnel {
+        Some(_) => Some(cluster.pods_named(["zt-client", "zt-server"])?),
+        None => None,
+    };
     let _servers = [server, mesh_server, tls_server, splice_server]
+        .into_iter()
+        .chain(zt_pods.iter().map(|pods| pods[1]))
         .map(|pod| {
             Server::new(&pod.name, "v1")
                 .http(8080)
                 .sink(9100)
                 .start(&cluster, pod)
         })
-        .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let ztunnels = match (ztunnel, zt_pods) {
+        (Some(binary), Some(pods)) => start_ztunnels(&cluster, binary, &ca, pods)?,
+        _ => Vec::new(),
+    };
     wait_for_capture(&cluster, &agents[0], mesh_client, mesh_server)?;
     wait_for_capture(&cluster, &agents[2], tls_client, tls_server)?;
     wait_for_capture(&cluster, &agents[4], splice_client, splice_server)?;
@@ -355,10 +396,10 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
     }
 
     let agents_only = |agents| OnPath {
-        agents: Some(agents),
+        agents: Some(NodeProxies::Ambit(agents)),
         waypoint: None,
     };
-    let paths = [
+    let mut paths = vec![
         (
             "no mesh",
             client,
@@ -386,7 +427,7 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
             tls_client,
             through_waypoint,
             OnPath {
-                agents: Some(&agents[2..4]),
+                agents: Some(NodeProxies::Ambit(&agents[2..4])),
                 waypoint: Some(&waypoint),
             },
         ),
@@ -395,11 +436,22 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
             tls_client,
             through_envoy,
             OnPath {
-                agents: Some(&agents[2..4]),
+                agents: Some(NodeProxies::Ambit(&agents[2..4])),
                 waypoint: Some(&envoy),
             },
         ),
     ];
+    if let Some([zt_client, zt_server]) = zt_pods {
+        paths.push((
+            ZTUNNEL_PATH,
+            zt_client,
+            Target::pod(zt_server),
+            OnPath {
+                agents: Some(NodeProxies::Ztunnel(&ztunnels)),
+                waypoint: None,
+            },
+        ));
+    }
     let mut measured: Vec<Vec<Scenario>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         // No mesh first, the baseline of the round; the other paths take
@@ -425,6 +477,37 @@ fn data_path(binaries: &Binaries, rounds: usize) -> anyhow::Result<Vec<PathRepor
             rounds: path_rounds,
         })
         .collect())
+}
+
+/// A ztunnel in each of `pods` (client, server), checked to carry the
+/// client's requests: the server's ztunnel counts them as inbound.
+fn start_ztunnels(
+    cluster: &Cluster,
+    binary: &Path,
+    ca: &TestCa,
+    [client, server]: [&Pod; 2],
+) -> anyhow::Result<Vec<Ztunnel>> {
+    let ztunnels = [client, server]
+        .map(|pod| Ztunnel::start(cluster, binary, pod, ca, &[client, server], &[]))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let answered = HttpLoad::new(20).run(
+        cluster,
+        client.place(),
+        &format!("http://{}:8080/", server.ip),
+    )?;
+    let inbound = sample(
+        &ztunnels[1].metrics(server)?,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "destination")],
+    );
+    ensure!(
+        answered.status(200) == 20 && inbound > 0.0,
+        "the ztunnels do not carry requests ({answered:?}, {inbound} inbound connections):\n{}\n{}",
+        ztunnels[0].output(),
+        ztunnels[1].output()
+    );
+    Ok(ztunnels)
 }
 
 /// Each round's figures against no mesh's in the same round, the median
@@ -607,12 +690,7 @@ fn timed(
     on_path: OnPath,
     via: Option<(SocketAddr, Option<&ClientTls>)>,
 ) -> anyhow::Result<Timed> {
-    let agent_usage = |agents: &[NodeAgent]| {
-        agents
-            .iter()
-            .map(NodeAgent::usage)
-            .collect::<anyhow::Result<Vec<Usage>>>()
-    };
+    let agent_usage = NodeProxies::usage;
     let waypoint_usage = |waypoint: &dyn L7Proxy| waypoint.usage().map(|usage| vec![usage]);
     let agents_before = on_path.agents.map(agent_usage).transpose()?;
     let waypoint_before = on_path.waypoint.map(waypoint_usage).transpose()?;
@@ -772,6 +850,9 @@ fn markdown(paths: &[PathReport], rounds: usize) -> String {
             envoy::VERSION,
         );
     }
+    if let (Some(ambit), Some(ztunnel)) = (named(L4_PATH), named(ZTUNNEL_PATH)) {
+        let _ = writeln!(table, "\n{}", against_ztunnel(ambit, ztunnel));
+    }
     let _ = write!(
         table,
         "\nA new connection per request (its setup timed with it), {NEW_CONNECTION_RATE} req/s for {SECONDS} s, \
@@ -793,6 +874,65 @@ fn markdown(paths: &[PathReport], rounds: usize) -> String {
             scenario
                 .new_connections
                 .machine_cpu_seconds_per_1000_requests,
+        );
+    }
+    table
+}
+
+/// Ambit's agents beside ztunnels on the same mTLS path, medians of the
+/// same rounds, with issue 25's goals.
+fn against_ztunnel(ambit: &PathReport, ztunnel: &PathReport) -> String {
+    let proxy_cpu = |path: &PathReport| {
+        path.median
+            .kept_alive
+            .agents
+            .map_or(f64::NAN, |cost| cost.cpu_seconds_per_1000_requests)
+    };
+    let rows = [
+        (
+            "single stream (Gbit/s)",
+            ambit.median.throughput_gbit_per_s,
+            ztunnel.median.throughput_gbit_per_s,
+            "≥ 1.3",
+        ),
+        (
+            "machine CPU s / GiB",
+            ambit.median.transfer_machine_cpu_seconds_per_gib,
+            ztunnel.median.transfer_machine_cpu_seconds_per_gib,
+            "≤ 0.75",
+        ),
+        (
+            "p99 added at 1000 req/s (µs)",
+            ambit.against_no_mesh.kept_alive_p99_added_us as f64,
+            ztunnel.against_no_mesh.kept_alive_p99_added_us as f64,
+            "≤ 1",
+        ),
+        (
+            "proxy CPU s / 1000 req (each)",
+            proxy_cpu(ambit),
+            proxy_cpu(ztunnel),
+            "≤ 1",
+        ),
+        (
+            "new connections: p99 added (µs)",
+            ambit.against_no_mesh.new_connections_p99_added_us as f64,
+            ztunnel.against_no_mesh.new_connections_p99_added_us as f64,
+            "",
+        ),
+    ];
+    let mut table = String::from(
+        "Ambit's agents against ztunnels (dedicated mode, each in its pod), both mTLS over HBONE, same rounds:\n\n\
+         | figure | Ambit | ztunnel | Ambit / ztunnel (goal) |\n|---|---:|---:|---:|\n",
+    );
+    for (figure, ours, theirs, goal) in rows {
+        let goal = match goal {
+            "" => String::new(),
+            goal => format!(" ({goal})"),
+        };
+        let _ = writeln!(
+            table,
+            "| {figure} | {ours:.4} | {theirs:.4} | {:.2}{goal} |",
+            ours / theirs
         );
     }
     table

@@ -41,6 +41,11 @@ enum Task {
         /// Only this part (all of them by default).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+        /// A ztunnel binary (built from istio/ztunnel; the bench never
+        /// builds or fetches it): its mTLS path is measured beside the
+        /// agents' in the same rounds.
+        #[arg(long)]
+        ztunnel: Option<PathBuf>,
     },
     /// Connection churn through both agents with attacks beside it; reports whether the agents stay flat (release build; needs root).
     Soak {
@@ -99,9 +104,13 @@ fn main() -> anyhow::Result<()> {
             prepare(&workspace)?;
             demo::run()
         }
-        Task::Bench { rounds, only } => {
+        Task::Bench {
+            rounds,
+            only,
+            ztunnel,
+        } => {
             prepare(&workspace)?;
-            bench::run(&workspace, rounds.into(), only)
+            bench::run(&workspace, rounds.into(), only, ztunnel.as_deref())
         }
         Task::Soak { minutes } => {
             prepare(&workspace)?;

@@ -45,6 +45,37 @@ pub enum CaError {
     Untrusted(String),
     #[error("the CA of trust domain {ours} cannot certify {identity}")]
     ForeignTrustDomain { ours: String, identity: Identity },
+    #[error("the certificate signing request is not a PKCS #10 request in PEM: {0}")]
+    UnreadableRequest(rcgen::Error),
+    #[error("the certificate signing request names no SPIFFE identity (a spiffe:// URI SAN): {0}")]
+    NoIdentityRequested(String),
+}
+
+/// The SPIFFE identity a certificate signing request names in its URI SAN:
+/// what a proxy for one workload (Istio's sidecar, a dedicated ztunnel)
+/// asks for, where a node proxy names it in the request's metadata.
+pub fn identity_requested(csr_pem: &str) -> Result<Identity, CaError> {
+    let request =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::UnreadableRequest)?;
+    let uris: Vec<&str> = request
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SanType::URI(uri) => Some(uri.as_str()),
+            _ => None,
+        })
+        .collect();
+    match uris[..] {
+        [uri] => uri
+            .parse()
+            .map_err(|error| CaError::NoIdentityRequested(format!("{uri}: {error}"))),
+        [] => Err(CaError::NoIdentityRequested("it has no URI SAN".into())),
+        _ => Err(CaError::NoIdentityRequested(format!(
+            "it names {} URIs, where one identity is certified",
+            uris.len()
+        ))),
+    }
 }
 
 /// The CA's files, by their names in Istio's `cacerts` Secret.
@@ -192,15 +223,47 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<String, CaError> {
+        self.sign(csr_pem, identity, &[], (not_before, not_after))
+    }
+
+    /// [`CertificateAuthority::issue`] naming DNS names beside the
+    /// identity: for a server that clients verify by host name as well as
+    /// by identity (the CA itself, which Istio's proxies dial by the
+    /// name of its Service).
+    pub fn issue_with_dns_names(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<String, CaError> {
+        let now = SystemTime::now();
+        self.sign(csr_pem, identity, dns_names, (now - CLOCK_SKEW, now + ttl))
+    }
+
+    fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        dns_names: &[String],
+        (not_before, not_after): (SystemTime, SystemTime),
+    ) -> Result<String, CaError> {
         if identity.trust_domain != self.trust_domain {
             return Err(CaError::ForeignTrustDomain {
                 ours: self.trust_domain.clone(),
                 identity: identity.clone(),
             });
         }
-        let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(CaError::UnreadableRequest)?;
         let mut params = CertificateParams::default();
+        // The identity first: peers know a certificate by its first URI.
         params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into()?));
+        }
         params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
@@ -278,4 +341,48 @@ fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
 
 fn at(time: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(time)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+    use super::*;
+
+    fn request_naming(sans: &[&str]) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn a_signing_request_asks_for_the_one_identity_its_uri_names() {
+        let cart = Identity::new("cluster.local", "shop", "cart");
+        let (_, pem) = certificate_request(&cart).unwrap();
+        assert_eq!(identity_requested(&pem).unwrap(), cart);
+        for (sans, reason) in [
+            (&[][..], "it has no URI SAN"),
+            (
+                &[
+                    "spiffe://cluster.local/ns/shop/sa/cart",
+                    "spiffe://cluster.local/ns/shop/sa/pay",
+                ][..],
+                "it names 2 URIs",
+            ),
+            (&["https://example.com/"][..], "https://example.com/"),
+        ] {
+            let error = identity_requested(&request_naming(sans)).unwrap_err();
+            assert!(
+                matches!(&error, CaError::NoIdentityRequested(why) if why.contains(reason)),
+                "{sans:?}: {error}"
+            );
+        }
+        assert!(matches!(
+            identity_requested("not a request"),
+            Err(CaError::UnreadableRequest(_))
+        ));
+    }
 }

@@ -2,7 +2,8 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`, gRPC over
 //! HTTP/2 on the CA's TLS port, the caller authenticated by its bearer
 //! token. A node agent asks for its pods' identities as ztunnel does, with
-//! `ImpersonatedIdentity` in the request's metadata. The answer's chain is
+//! `ImpersonatedIdentity` in the request's metadata; a proxy for one
+//! workload names its identity in the signing request only. The answer's chain is
 //! the leaf, its intermediates, then the root, as istiod sends it.
 //!
 //! Three small messages need no protobuf compiler: they are encoded here,
