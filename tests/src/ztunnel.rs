@@ -132,10 +132,12 @@ fn local_xds(workloads: &[&Pod]) -> serde_json::Value {
                 "name": pod.name,
                 "namespace": pod.namespace,
                 "serviceAccount": pod.name,
+                "trustDomain": "cluster.local",
                 "workloadIps": [pod.ip.to_string()],
                 "protocol": "HBONE",
                 "node": pod.node,
                 "network": "",
+                "services": {},
             })
         })
         .collect();
@@ -149,7 +151,7 @@ fn capture_outbound(pod: &Pod) -> anyhow::Result<()> {
     let rules = format!(
         "table ip {TABLE} {{\n\
          chain output {{\n\
-         type nat hook output priority dstnat;\n\
+         type nat hook output priority -100;\n\
          fib daddr type local return\n\
          tcp dport {{ {HBONE_PORT}, {CA_PORT} }} return\n\
          meta l4proto tcp redirect to :{OUTBOUND_PORT}\n\
