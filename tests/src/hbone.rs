@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use ambit_hbone::client::Connection;
-use ambit_hbone::Target;
+use ambit_hbone::{Forwarded, Target};
 use ambit_identity::{tls, Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,17 +28,24 @@ pub fn tunnel_from(
     target: SocketAddr,
 ) -> anyhow::Result<bool> {
     let peer = target.ip();
-    tunnel_through(from, certificate, bundle, (server, peer), target.into())
+    tunnel_through(
+        from,
+        certificate,
+        bundle,
+        (server, peer),
+        (target.into(), None),
+    )
 }
 
 /// [`tunnel_from`] through the 15008 of the peer `server` at its address,
-/// to a target that may name a Service by host.
+/// to a target that may name a Service by host, the stream telling
+/// `baggage` of its caller when given.
 pub fn tunnel_through(
     from: &Pod,
     certificate: Option<&WorkloadCertificate>,
     bundle: &TrustBundle,
     (server, peer): (&Identity, IpAddr),
-    target: Target,
+    (target, baggage): (Target, Option<&str>),
 ) -> anyhow::Result<bool> {
     let config = match certificate {
         Some(certificate) => tls::client_config(certificate, bundle, server)?,
@@ -57,7 +64,11 @@ pub fn tunnel_through(
                 let name = ServerName::IpAddress(hbone.ip().into());
                 let tls = connector.connect(name, tcp).await?;
                 let connection = Connection::handshake(tls).await?;
-                let mut stream = connection.open(target, source).await?;
+                let forwarded = Forwarded {
+                    baggage,
+                    ..Forwarded::from(source)
+                };
+                let mut stream = connection.open(target, forwarded).await?;
                 stream.write_all(b"ping").await?;
                 stream.shutdown().await?;
                 let mut back = Vec::new();
@@ -79,13 +90,14 @@ pub struct EchoPeer {
     seen: Arc<PeerCounts>,
 }
 
-/// What an [`EchoPeer`] saw: connections, streams, and the most streams
-/// one connection carried at once.
+/// What an [`EchoPeer`] saw: connections, streams, the most streams one
+/// connection carried at once, and the last stream's `baggage`.
 #[derive(Debug, Default)]
 pub struct PeerCounts {
     pub connections: AtomicUsize,
     pub streams: AtomicUsize,
     pub most_at_once: AtomicUsize,
+    pub baggage: std::sync::Mutex<Option<String>>,
 }
 
 impl EchoPeer {
@@ -172,6 +184,13 @@ async fn serve_echo(
     while let Some(accepted) = connection.accept().await {
         let (request, mut respond) = accepted?;
         seen.streams.fetch_add(1, Ordering::Relaxed);
+        let baggage = request.headers().get("baggage");
+        *seen
+            .baggage
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = baggage
+            .and_then(|value| value.to_str().ok())
+            .map(String::from);
         let now = open.fetch_add(1, Ordering::AcqRel) + 1;
         seen.most_at_once.fetch_max(now, Ordering::Relaxed);
         let open = open.clone();

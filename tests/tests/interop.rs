@@ -179,6 +179,71 @@ fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> 
         connections >= 2 && most_at_once <= 10,
         "the peer saw {connections} connections, at most {most_at_once} streams at once on one"
     );
+    // Each stream tells the peer who calls, as ztunnel's do.
+    let baggage = seen.baggage.lock().unwrap().clone();
+    ensure!(
+        baggage.as_deref()
+            == Some("k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.pod.name=client,service.name=client,service.version=latest"),
+        "the streams' baggage: {baggage:?}"
+    );
+    Ok(())
+}
+
+/// A caller the destination's mesh does not know (a pod of another
+/// cluster, say) is named in the destination's metrics as its streams'
+/// `baggage` names it, as ztunnel does; a claim of another namespace than
+/// the caller's proven identity is ignored.
+#[test]
+fn a_caller_the_mesh_does_not_know_is_named_by_its_baggage() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let mut config = mesh::enrolling(&cluster, &[server], vec![]);
+    config.pods.retain(|pod| pod.name != "client");
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let _app = Server::new("server", "v1")
+        .echo(9000)
+        .start(&cluster, server)?;
+    let caller = ca.certify(&Identity::new("cluster.local", "default", "client"))?;
+    let server_identity = Identity::new("cluster.local", "default", "server");
+    let tunnel = |baggage: &str| {
+        tunnel_through(
+            client,
+            Some(&caller),
+            &ca.bundle()?,
+            (&server_identity, server.ip.into()),
+            (SocketAddr::from((server.ip, 9000)).into(), Some(baggage)),
+        )
+    };
+    ensure!(tunnel(
+        "k8s.cluster.name=east,k8s.namespace.name=default,k8s.deployment.name=cart-v1,service.name=cart,service.version=v1"
+    )?);
+    ensure!(tunnel(
+        "k8s.namespace.name=kube-system,k8s.pod.name=coredns"
+    )?);
+    let metrics = agents[1].metrics(&cluster)?;
+    let opened = |labels: &[(&str, &str)]| {
+        let mut all = vec![
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+        ];
+        all.extend_from_slice(labels);
+        sample(&metrics, "istio_tcp_connections_opened_total", &all)
+    };
+    let claimed = opened(&[
+        ("source_workload", "cart-v1"),
+        ("source_workload_namespace", "default"),
+        ("source_canonical_service", "cart"),
+        ("source_canonical_revision", "v1"),
+        ("source_cluster", "east"),
+    ]);
+    let unnamed = opened(&[("source_workload", "unknown")]);
+    ensure!(
+        (claimed, unnamed) == (1.0, 1.0),
+        "named by its claim {claimed}, unknown {unnamed}:\n{metrics}"
+    );
     Ok(())
 }
 
@@ -272,7 +337,7 @@ fn a_stream_naming_a_service_by_host_reaches_the_pod_behind_it() -> anyhow::Resu
             Some(&caller),
             &ca.bundle()?,
             (&server_identity, server.ip.into()),
-            target,
+            (target, None),
         )
     };
     ensure!(

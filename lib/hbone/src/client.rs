@@ -164,11 +164,15 @@ impl Connection {
         target: impl Into<Target>,
         source: impl Into<Forwarded<'_>>,
     ) -> Result<TunnelStream, HboneError> {
-        let request = Request::builder()
+        let source = source.into();
+        let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.into().to_string())
-            .header("forwarded", source.into().to_string())
-            .body(())?;
+            .header("forwarded", source.to_string());
+        if let Some(baggage) = source.baggage {
+            request = request.header("baggage", baggage);
+        }
+        let request = request.body(())?;
         let opened = async {
             let mut sender = self.sender.clone().ready().await?;
             let (response, send) = sender.send_request(request, false)?;

@@ -31,13 +31,16 @@ pub enum Target {
     Host { name: String, port: u16 },
 }
 
-/// Who a stream is for, as its `Forwarded` header tells the peer: the
-/// original client (`for=`), and the Service it called (`host=`, as
-/// ztunnel sends it), which the peer's metrics then name.
+/// Who a stream is for, as its headers tell the peer: in `Forwarded`, the
+/// original client (`for=`) and the Service it called (`host=`, as
+/// ztunnel sends it), which the peer's metrics then name; in `baggage`,
+/// the client's workload (as ztunnel sends it, see
+/// `ambit_telemetry::baggage`), for a peer that does not know the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded<'a> {
     pub client: IpAddr,
     pub service: Option<&'a str>,
+    pub baggage: Option<&'a str>,
 }
 
 impl From<IpAddr> for Forwarded<'_> {
@@ -45,6 +48,7 @@ impl From<IpAddr> for Forwarded<'_> {
         Forwarded {
             client,
             service: None,
+            baggage: None,
         }
     }
 }

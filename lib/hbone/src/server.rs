@@ -37,6 +37,8 @@ pub struct ConnectRequest {
     /// The Service the client called, from `Forwarded: host=`: a claim,
     /// to be checked against the Services the target backs.
     pub service: Option<String>,
+    /// The client's `baggage` headers, joined: what it tells of itself.
+    pub baggage: Option<String>,
 }
 
 /// Why a stream is not opened, as the status its client gets.
@@ -158,6 +160,15 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
         service: forwarded()
             .find_map(|header| forwarded_pair(header, "host"))
             .map(str::to_ascii_lowercase),
+        baggage: {
+            let baggage: Vec<&str> = request
+                .headers()
+                .get_all("baggage")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .collect();
+            (!baggage.is_empty()).then(|| baggage.join(","))
+        },
     })
 }
 
@@ -219,7 +230,20 @@ mod tests {
                 target: Target::Address("10.244.1.5:8080".parse().unwrap()),
                 source: Some("10.244.0.7".parse().unwrap()),
                 service: None,
+                baggage: None,
             })
+        );
+        // What the client tells of itself, over one header or several.
+        let told = Request::builder()
+            .method(Method::CONNECT)
+            .uri("10.244.1.5:8080")
+            .header("baggage", "k8s.namespace.name=shop")
+            .header("baggage", "k8s.pod.name=cart-0")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            connect_request(&told).unwrap().baggage.as_deref(),
+            Some("k8s.namespace.name=shop,k8s.pod.name=cart-0")
         );
         // As ztunnel sends it: the client quoted with its port, and the
         // Service called.

@@ -41,11 +41,14 @@ const TLS_WRITE_BUFFER: usize = 256 * 1024;
 /// A TLS connection accepted on a 15008 listener.
 pub type Accepted = TlsStream<Buffered<TcpStream>>;
 
-/// One end of an HBONE connection: a workload's identity and address.
+/// One end of an HBONE connection: a workload's identity and address, and
+/// for a caller, what its streams tell the peer of its workload (the
+/// `baggage` header).
 #[derive(Debug, Clone, Copy)]
 pub struct Party<'a> {
     pub identity: &'a Identity,
     pub ip: IpAddr,
+    pub baggage: Option<&'a str>,
 }
 
 pub struct MeshTls {
@@ -141,6 +144,7 @@ impl MeshTls {
                 Forwarded {
                     client: caller.ip,
                     service,
+                    baggage: caller.baggage,
                 },
                 connect,
             )

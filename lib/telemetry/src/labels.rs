@@ -5,6 +5,8 @@ use std::fmt::Write;
 
 use ambit_config::model::{Key, Workload};
 use ambit_identity::Identity;
+
+use crate::baggage::Baggage;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 /// Which side of a connection reports it, as Istio labels it.
@@ -47,11 +49,13 @@ impl EncodeLabelValue for SecurityPolicy {
 }
 
 /// One end of a connection: the pod, when the mesh knows it, and the
-/// identity it proved, when it proved one.
+/// identity it proved, when it proved one; for a caller the mesh does not
+/// know, what it told of itself ([`Baggage`]), if anything.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Party<'a> {
     pub workload: Option<(&'a Key, &'a Workload)>,
     pub principal: Option<&'a Identity>,
+    pub claimed: Option<&'a Baggage>,
 }
 
 /// The labels of both ends, in every family: workload, namespace,
@@ -120,30 +124,15 @@ impl PartyLabels {
         let unknown = || UNKNOWN.to_string();
         let principal = party.principal.map_or_else(unknown, ToString::to_string);
         let Some((key, workload)) = party.workload else {
-            let mut labels = [(); 8].map(|()| unknown());
-            labels[2] = principal;
-            return Self(labels);
+            return Self::claimed(party.claimed, principal);
         };
         let label = |names: &[&str]| {
             names
                 .iter()
                 .find_map(|name| workload.labels.get(*name).cloned())
         };
-        let name = workload_name(key, workload);
-        // Istio's canonical service and revision: its own labels, else
-        // the app's, else the workload's name and `latest`.
-        let canonical_service = label(&[
-            "service.istio.io/canonical-name",
-            "app.kubernetes.io/name",
-            "app",
-        ])
-        .unwrap_or_else(|| name.clone());
-        let canonical_revision = label(&[
-            "service.istio.io/canonical-revision",
-            "app.kubernetes.io/version",
-            "version",
-        ])
-        .unwrap_or_else(|| "latest".to_string());
+        let (name, _) = workload_name(key, workload);
+        let (canonical_service, canonical_revision) = canonical_names(workload, &name);
         Self([
             name,
             key.namespace.clone(),
@@ -155,30 +144,77 @@ impl PartyLabels {
             CLUSTER.to_string(),
         ])
     }
+
+    /// A party the mesh does not know, by what it claimed, as ztunnel
+    /// labels a source by its baggage: its service name for app and
+    /// canonical service, its version for both revisions.
+    fn claimed(claimed: Option<&Baggage>, principal: String) -> Self {
+        let value =
+            |field: Option<&String>| field.map_or_else(|| UNKNOWN.to_string(), String::clone);
+        let Some(claimed) = claimed else {
+            let mut labels = [(); 8].map(|()| UNKNOWN.to_string());
+            labels[2] = principal;
+            return Self(labels);
+        };
+        Self([
+            value(claimed.workload_name.as_ref()),
+            value(claimed.namespace.as_ref()),
+            principal,
+            value(claimed.service_name.as_ref()),
+            value(claimed.revision.as_ref()),
+            value(claimed.service_name.as_ref()),
+            value(claimed.revision.as_ref()),
+            value(claimed.cluster.as_ref()),
+        ])
+    }
+}
+
+/// Istio's canonical service and revision of a workload named `name`:
+/// its own labels, else the app's, else the name and `latest`.
+pub(crate) fn canonical_names(workload: &Workload, name: &str) -> (String, String) {
+    let label = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|label| workload.labels.get(*label).cloned())
+    };
+    let service = label(&[
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ])
+    .unwrap_or_else(|| name.to_string());
+    let revision = label(&[
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .unwrap_or_else(|| "latest".to_string());
+    (service, revision)
 }
 
 pub const UNKNOWN: &str = "unknown";
 
-/// The workload a pod belongs to, as Istio names it: a Deployment's pod
-/// `NAME-HASH-SUFFIX` (`pod-template-hash=HASH`) belongs to `NAME`;
-/// another pod is its own workload.
-fn workload_name(key: &Key, workload: &Workload) -> String {
-    workload
-        .labels
-        .get("pod-template-hash")
-        .and_then(|hash| {
-            let (owner, _suffix) = key.name.rsplit_once('-')?;
-            owner.strip_suffix(hash.as_str())?.strip_suffix('-')
-        })
-        .unwrap_or(&key.name)
-        .to_string()
+/// The workload a pod belongs to, as Istio names it, and whether that is
+/// a Deployment: a Deployment's pod `NAME-HASH-SUFFIX`
+/// (`pod-template-hash=HASH`) belongs to `NAME`; another pod is its own
+/// workload.
+pub(crate) fn workload_name(key: &Key, workload: &Workload) -> (String, bool) {
+    let owner = workload.labels.get("pod-template-hash").and_then(|hash| {
+        let (owner, _suffix) = key.name.rsplit_once('-')?;
+        owner.strip_suffix(hash.as_str())?.strip_suffix('-')
+    });
+    match owner {
+        Some(owner) => (owner.to_string(), true),
+        None => (key.name.clone(), false),
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pod(name: &str, labels: &[(&str, &str)]) -> (Key, Workload) {
+    /// A pod of namespace `shop`.
+    pub(crate) fn pod(name: &str, labels: &[(&str, &str)]) -> (Key, Workload) {
         let workload = Workload {
             uid: None,
             node: None,
@@ -208,6 +244,7 @@ mod tests {
         let party = Party {
             workload: Some((&key, &workload)),
             principal: Some(&identity),
+            claimed: None,
         };
         let PartyLabels(labels) = PartyLabels::of(party);
         assert_eq!(
@@ -228,6 +265,7 @@ mod tests {
         let bare = Party {
             workload: Some((&key, &workload)),
             principal: None,
+            claimed: None,
         };
         let PartyLabels(labels) = PartyLabels::of(bare);
         assert_eq!(
@@ -255,10 +293,32 @@ mod tests {
         let canonical = Party {
             workload: Some((&key, &workload)),
             principal: None,
+            claimed: None,
         };
         let PartyLabels(labels) = PartyLabels::of(canonical);
         assert_eq!(labels[5..7], ["shop-cart", "2024"]);
         let PartyLabels(labels) = PartyLabels::of(Party::default());
         assert_eq!(labels, ["unknown"; 8]);
+        // A caller the mesh does not know, by its claim.
+        let claim = Baggage::parse(["k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=cart-v1,service.name=cart,service.version=v1"]);
+        let stranger = Party {
+            workload: None,
+            principal: Some(&identity),
+            claimed: Some(&claim),
+        };
+        let PartyLabels(labels) = PartyLabels::of(stranger);
+        assert_eq!(
+            labels,
+            [
+                "cart-v1",
+                "shop",
+                "spiffe://cluster.local/ns/shop/sa/reviews",
+                "cart",
+                "v1",
+                "cart",
+                "v1",
+                "east"
+            ]
+        );
     }
 }

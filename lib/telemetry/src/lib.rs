@@ -3,6 +3,7 @@
 //! waypoint's HTTP families ([`http`]), with Istio's names, labels and
 //! buckets so Istio's dashboards, Kiali and alerts work unchanged.
 
+pub mod baggage;
 pub mod http;
 pub mod labels;
 pub mod tcp;

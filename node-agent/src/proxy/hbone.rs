@@ -13,6 +13,7 @@ use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::Target;
 use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
+use ambit_telemetry::baggage::Baggage;
 use tokio::net::TcpStream;
 
 use super::admission::{admit, Proof};
@@ -111,7 +112,10 @@ async fn carry(
     inputs: &ProxyInputs,
 ) {
     let ConnectRequest {
-        target, service, ..
+        target,
+        service,
+        baggage,
+        ..
     } = request;
     // The Service the caller called: named as the target, else claimed
     // by its `Forwarded: host=`.
@@ -138,15 +142,22 @@ async fn carry(
     }
     let (labels, admitted) = {
         let own = pod.workload(&mesh);
+        let caller = mesh.workload_by_ip(peer.addr.ip());
+        // A caller the mesh does not know is named as it names itself.
+        let claimed = baggage
+            .filter(|_| caller.is_none())
+            .and_then(|baggage| Baggage::parse([baggage.as_str()]).claimed_by(&peer.caller));
         let labels = TcpLabels::new(
             Reporter::Destination,
             metrics::Party {
-                workload: mesh.workload_by_ip(peer.addr.ip()),
+                workload: caller,
                 principal: Some(&peer.caller),
+                claimed: claimed.as_ref(),
             },
             metrics::Party {
                 workload: own,
                 principal: Some(&peer.own_identity),
+                claimed: None,
             },
             destination_service(&mesh, &pod.key.namespace, target, called.as_deref()).as_ref(),
             SecurityPolicy::MutualTls,

@@ -38,6 +38,7 @@ pub(super) async fn handle(
         let caller = Party {
             workload: mesh.workload_by_ip(peer.ip()),
             principal: None,
+            claimed: None,
         };
         let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
@@ -46,6 +47,7 @@ pub(super) async fn handle(
             Party {
                 workload: own,
                 principal: None,
+                claimed: None,
             },
             destination_service(&mesh, &pod.key.namespace, target, None).as_ref(),
             SecurityPolicy::None,

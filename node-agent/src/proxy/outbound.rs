@@ -374,6 +374,7 @@ pub(super) async fn handle(
                 metrics::Party {
                     workload: own,
                     principal: None,
+                    claimed: None,
                 },
                 metrics::Party::default(),
                 service.as_ref(),
@@ -393,10 +394,12 @@ pub(super) async fn handle(
         metrics::Party {
             workload: own,
             principal: source.as_ref().filter(|_| peer_identity.is_some()),
+            claimed: None,
         },
         metrics::Party {
             workload: snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
             principal: peer_identity,
+            claimed: None,
         },
         service.as_ref(),
         match peer_identity {
@@ -404,6 +407,10 @@ pub(super) async fn handle(
             None => SecurityPolicy::None,
         },
     );
+    // What the pod's streams tell peers of its workload, as ztunnel's do.
+    let baggage = peer_identity
+        .and(own)
+        .map(|(key, workload)| ambit_telemetry::baggage::header_value(key, workload));
     drop(snapshot);
     let caller = SocketAddr::new(pod_ip.unwrap_or(peer.ip()), peer.port());
     let report = Report::new(&inputs, &pod, labels, caller, SocketAddr::V4(connect_to));
@@ -413,10 +420,12 @@ pub(super) async fn handle(
                 let caller = Party {
                     identity: source,
                     ip: pod_ip,
+                    baggage: baggage.as_deref(),
                 };
                 let peer = Party {
                     identity: destination,
                     ip: IpAddr::V4(*connect_to.ip()),
+                    baggage: None,
                 };
                 let netns = &pod.netns;
                 let called = (

@@ -153,10 +153,12 @@ impl Exchange {
             Party {
                 workload: source,
                 principal,
+                claimed: None,
             },
             Party {
                 workload: destination,
                 principal: destination_identity.as_ref(),
+                claimed: None,
             },
             service.map(|(host, service)| ServiceName {
                 host,

@@ -426,10 +426,12 @@ impl Upstream {
         let caller = Party {
             identity: &self.identity,
             ip: from,
+            baggage: None,
         };
         let peer = Party {
             identity: &peer,
             ip: peer_ip,
+            baggage: None,
         };
         // No Service named: a kept connection to an endpoint may carry
         // requests for any of the Services it backs.
