@@ -47,36 +47,96 @@ pub fn tunnel_through(
     (server, peer): (&Identity, IpAddr),
     (target, baggage): (Target, Option<&str>),
 ) -> anyhow::Result<bool> {
-    let config = match certificate {
-        Some(certificate) => tls::client_config(certificate, bundle, server)?,
-        None => tls::client_config_without_certificate(bundle, server)?,
+    let stream = Stream {
+        from,
+        certificate,
+        server,
+        peer,
+        target,
+        baggage,
+    };
+    let back = exchange(stream, bundle, b"ping", true)?;
+    Ok(back.as_deref() == Some(&b"ping"[..]))
+}
+
+/// One HTTP/1.1 GET of `path` from `host`, in an HBONE stream as
+/// [`tunnel_through`] opens it: the response's status code, or none when
+/// the stream failed.
+pub fn get_through(
+    from: &Pod,
+    certificate: &WorkloadCertificate,
+    bundle: &TrustBundle,
+    (server, peer): (&Identity, IpAddr),
+    (target, baggage): (Target, Option<&str>),
+    (host, path): (&str, &str),
+) -> anyhow::Result<Option<u16>> {
+    let stream = Stream {
+        from,
+        certificate: Some(certificate),
+        server,
+        peer,
+        target,
+        baggage,
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let back = exchange(stream, bundle, request.as_bytes(), false)?;
+    Ok(back.and_then(|response| {
+        let response = String::from_utf8_lossy(&response).into_owned();
+        response.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }))
+}
+
+/// Who opens an HBONE stream, through which peer, to where.
+struct Stream<'a> {
+    from: &'a Pod,
+    certificate: Option<&'a WorkloadCertificate>,
+    server: &'a Identity,
+    peer: IpAddr,
+    target: Target,
+    baggage: Option<&'a str>,
+}
+
+/// Sends `request` in a new HBONE stream (ended by a half-close when
+/// `half_close`, else left to the peer to end) and reads all that comes
+/// back, within 5 s; none when the stream failed.
+fn exchange(
+    stream: Stream<'_>,
+    bundle: &TrustBundle,
+    request: &[u8],
+    half_close: bool,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let config = match stream.certificate {
+        Some(certificate) => tls::client_config(certificate, bundle, stream.server)?,
+        None => tls::client_config_without_certificate(bundle, stream.server)?,
     };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let source = IpAddr::V4(from.ip);
-    from.place().in_netns(|| {
+    let source = IpAddr::V4(stream.from.ip);
+    stream.from.place().in_netns(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async {
             let attempt = async {
-                let hbone = SocketAddr::new(peer, ambit_hbone::HBONE_PORT);
+                let hbone = SocketAddr::new(stream.peer, ambit_hbone::HBONE_PORT);
                 let tcp = tokio::net::TcpStream::connect(hbone).await?;
                 let name = ServerName::IpAddress(hbone.ip().into());
                 let tls = connector.connect(name, tcp).await?;
                 let connection = Connection::handshake(tls).await?;
                 let forwarded = Forwarded {
-                    baggage,
+                    baggage: stream.baggage,
                     ..Forwarded::from(source)
                 };
-                let mut stream = connection.open(target, forwarded).await?;
-                stream.write_all(b"ping").await?;
-                stream.shutdown().await?;
+                let mut tunnel = connection.open(stream.target, forwarded).await?;
+                tunnel.write_all(request).await?;
+                if half_close {
+                    tunnel.shutdown().await?;
+                }
                 let mut back = Vec::new();
-                stream.read_to_end(&mut back).await?;
-                anyhow::Ok(back == b"ping")
+                tunnel.read_to_end(&mut back).await?;
+                anyhow::Ok(back)
             };
             let within = tokio::time::timeout(Duration::from_secs(5), attempt).await;
-            anyhow::Ok(matches!(within, Ok(Ok(true))))
+            anyhow::Ok(within.ok().and_then(Result::ok))
         })
     })?
 }

@@ -3,11 +3,14 @@
 //! them; the agents send those Services' traffic through it, and it routes
 //! each request by the user's VirtualServices and DestinationRules.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use ambit_identity::Identity;
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
+use ambit_testbed::hbone::get_through;
 use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
 use ambit_testbed::testapp::{self, HttpLoad, Messages, Server};
 use ambit_testbed::waypoint::Waypoint;
@@ -427,5 +430,83 @@ fn istios_bookinfo_traffic_management_applies_unchanged() -> anyhow::Result<()> 
             );
         }
     }
+    waypoint.stop()
+}
+
+/// A caller the waypoint's mesh does not know (a pod of another cluster,
+/// say, tunnelling in itself) is labelled in the waypoint's request
+/// metrics as its stream's `baggage` names it, as the agents label such a
+/// caller; a claim of another namespace than its proven identity's is
+/// ignored.
+#[test]
+fn a_caller_the_waypoint_does_not_know_is_named_by_its_baggage() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["waypoint", "reviews", "stranger"])
+        .build()?;
+    let [waypoint_pod, reviews, stranger] =
+        cluster.pods_named(["waypoint", "reviews", "stranger"])?;
+    let mut config = MeshConfig {
+        services: vec![mesh::ServiceConfig {
+            waypoint: Some("waypoint".to_string()),
+            ..mesh::service("reviews", VIP, 9080, 9080, &[reviews])
+        }],
+        ..mesh::enrolling(&cluster, &[reviews], vec![])
+    };
+    config.pods.retain(|pod| pod.name != "stranger");
+    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let waypoint = Waypoint::start(
+        &cluster,
+        waypoint_pod,
+        "waypoint",
+        &Source::Directory,
+        Some(&ca),
+    )?;
+    let _reviews = Server::new("reviews", "v1")
+        .http(9080)
+        .start(&cluster, reviews)?;
+    let caller = ca.certify(&Identity::new("cluster.local", "default", "stranger"))?;
+    let waypoint_identity = Identity::new("cluster.local", "default", "waypoint");
+    let get = |baggage| {
+        get_through(
+            stranger,
+            &caller,
+            &ca.bundle()?,
+            (&waypoint_identity, waypoint_pod.ip.into()),
+            (SocketAddr::from((VIP, 9080)).into(), Some(baggage)),
+            ("reviews", "/"),
+        )
+    };
+    assert_eq!(
+        get("k8s.cluster.name=east,k8s.namespace.name=default,k8s.deployment.name=cart-v1,service.name=cart,service.version=v1")?,
+        Some(200)
+    );
+    assert_eq!(
+        get("k8s.namespace.name=kube-system,k8s.pod.name=coredns")?,
+        Some(200)
+    );
+    let metrics = waypoint.metrics()?;
+    let requests = |labels: &[(&str, &str)]| {
+        let mut all = vec![
+            ("reporter", "waypoint"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/stranger",
+            ),
+            ("response_code", "200"),
+        ];
+        all.extend_from_slice(labels);
+        sample(&metrics, "istio_requests_total", &all)
+    };
+    let claimed = requests(&[
+        ("source_workload", "cart-v1"),
+        ("source_canonical_service", "cart"),
+        ("source_canonical_revision", "v1"),
+        ("source_cluster", "east"),
+    ]);
+    let unnamed = requests(&[("source_workload", "unknown")]);
+    anyhow::ensure!(
+        (claimed, unnamed) == (1.0, 1.0),
+        "named by its claim {claimed}, unknown {unnamed}:\n{metrics}"
+    );
     waypoint.stop()
 }

@@ -457,6 +457,7 @@ impl Client {
             scheme: self.scheme,
             caller: None,
             source: Some(gateway.pod.clone()),
+            claimed: None,
             source_ip: Some(self.peer.ip()),
             local_ip: self.local_ip,
             target: SocketAddr::new(self.local_ip, self.port),

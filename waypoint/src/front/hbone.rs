@@ -15,6 +15,7 @@ use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::{Protocol, RouteTables};
+use ambit_telemetry::baggage::Baggage;
 use ambit_telemetry::http::HttpMetrics;
 use tokio::net::TcpListener;
 
@@ -120,6 +121,11 @@ async fn carry(
     };
     let source_ip = request.source.unwrap_or(peer.ip());
     let source = calling_pod(&current.mesh, source_ip, caller);
+    // A caller the mesh does not know is named as it names itself.
+    let claimed = request
+        .baggage
+        .filter(|_| source.is_none())
+        .and_then(|baggage| Baggage::parse([baggage.as_str()]).claimed_by(caller));
     let context = Arc::new(StreamContext {
         table,
         mesh: current.mesh.clone(),
@@ -127,6 +133,7 @@ async fn carry(
         scheme: "http",
         caller: Some(caller.clone()),
         source,
+        claimed,
         source_ip: Some(source_ip),
         local_ip,
         target,

@@ -22,6 +22,7 @@ use ambit_route::lb::{pick_weighted, LoadBalancer};
 use ambit_route::outlier::HostResult;
 use ambit_route::retry::{Outcome, RetryPolicy};
 use ambit_route::{Backend, Caller, PortTable};
+use ambit_telemetry::baggage::Baggage;
 use ambit_telemetry::http::{HttpMetrics, RequestLabels, Series, ServiceName};
 use ambit_telemetry::labels::{Party, Reporter};
 use bytes::Bytes;
@@ -61,6 +62,9 @@ pub struct StreamContext {
     /// The calling pod, when its address and identity agree (at a
     /// gateway: the gateway's own pod).
     pub source: Option<Key>,
+    /// What a caller the mesh does not know told of itself (its stream's
+    /// `baggage`), for its metrics' labels only.
+    pub claimed: Option<Baggage>,
     /// The caller's address, as its agent forwarded it.
     pub source_ip: Option<IpAddr>,
     /// The waypoint's own address, which upstream connections come from.
@@ -153,7 +157,7 @@ impl Exchange {
             Party {
                 workload: source,
                 principal,
-                claimed: None,
+                claimed: context.claimed.as_ref(),
             },
             Party {
                 workload: destination,
