@@ -147,28 +147,22 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
             }
         }
     };
-    let forwarded = || {
+    let values = |name| {
         request
             .headers()
-            .get_all("forwarded")
+            .get_all(name)
             .iter()
             .filter_map(|value| value.to_str().ok())
     };
+    let baggage: Vec<&str> = values("baggage").collect();
     Ok(ConnectRequest {
         target,
-        source: forwarded().find_map(|header| forwarded_pair(header, "for").and_then(address)),
-        service: forwarded()
+        source: values("forwarded")
+            .find_map(|header| forwarded_pair(header, "for").and_then(address)),
+        service: values("forwarded")
             .find_map(|header| forwarded_pair(header, "host"))
             .map(str::to_ascii_lowercase),
-        baggage: {
-            let baggage: Vec<&str> = request
-                .headers()
-                .get_all("baggage")
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .collect();
-            (!baggage.is_empty()).then(|| baggage.join(","))
-        },
+        baggage: (!baggage.is_empty()).then(|| baggage.join(",")),
     })
 }
 

@@ -36,12 +36,20 @@ pub fn header_value(key: &Key, workload: &Workload) -> String {
 }
 
 impl Baggage {
-    /// The members of `baggage` headers Ambit and ztunnel know; others, and
-    /// values that are no plain names, are left out.
-    pub fn parse<'h>(headers: impl IntoIterator<Item = &'h str>) -> Self {
-        let mut baggage = Self::default();
-        let members = headers.into_iter().flat_map(|header| header.split(','));
-        for member in members {
+    /// What a stream's `baggage` (its headers joined by commas) claims,
+    /// if the caller proved `identity` and claims a workload of that
+    /// identity's namespace: a peer names no workload elsewhere.
+    pub fn claimed(baggage: &str, identity: &Identity) -> Option<Self> {
+        let claim = Self::parse(baggage);
+        (claim.workload_name.is_some() && claim.namespace.as_deref() == Some(&identity.namespace))
+            .then_some(claim)
+    }
+
+    /// The members of a `baggage` value Ambit and ztunnel know; others,
+    /// and values that are no plain names, are left out.
+    pub fn parse(baggage: &str) -> Self {
+        let mut parsed = Self::default();
+        for member in baggage.split(',') {
             // A member's properties (`;…`) say nothing Ambit reads.
             let member = member.split(';').next().unwrap_or_default();
             let Some((key, value)) = member.split_once('=') else {
@@ -53,25 +61,18 @@ impl Baggage {
                 continue;
             }
             let field = match key.trim() {
-                "k8s.cluster.name" => &mut baggage.cluster,
-                "k8s.namespace.name" => &mut baggage.namespace,
+                "k8s.cluster.name" => &mut parsed.cluster,
+                "k8s.namespace.name" => &mut parsed.namespace,
                 "k8s.deployment.name" | "k8s.cronjob.name" | "k8s.pod.name" | "k8s.job.name" => {
-                    &mut baggage.workload_name
+                    &mut parsed.workload_name
                 }
-                "service.name" => &mut baggage.service_name,
-                "service.version" => &mut baggage.revision,
+                "service.name" => &mut parsed.service_name,
+                "service.version" => &mut parsed.revision,
                 _ => continue,
             };
             *field = Some(value.to_string());
         }
-        baggage
-    }
-
-    /// The claim, if the caller proved `identity` and claims a workload of
-    /// that identity's namespace: a peer names no workload elsewhere.
-    pub fn claimed_by(self, identity: &Identity) -> Option<Self> {
-        (self.workload_name.is_some() && self.namespace.as_deref() == Some(&identity.namespace))
-            .then_some(self)
+        parsed
     }
 }
 
@@ -96,7 +97,7 @@ mod tests {
             "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=reviews-v2,service.name=reviews,service.version=v2"
         );
         assert_eq!(
-            Baggage::parse([header.as_str()]),
+            Baggage::parse(&header),
             Baggage {
                 cluster: Some("Kubernetes".into()),
                 namespace: Some("shop".into()),
@@ -112,12 +113,11 @@ mod tests {
 
     #[test]
     fn a_claim_is_read_as_far_as_it_is_plain_and_of_the_callers_namespace() {
-        // ztunnel's own example, split over two headers, with a property
-        // and a member Ambit does not know.
-        let parsed = Baggage::parse([
-            "k8s.cluster.name=K1,k8s.namespace.name=NS1;prop=1",
-            "k8s.job.name=N1, service.name=N2,service.version=V1,cloud.region=r",
-        ]);
+        // ztunnel's own example, two headers joined, with a property and
+        // a member Ambit does not know.
+        let claim = "k8s.cluster.name=K1,k8s.namespace.name=NS1;prop=1,\
+                     k8s.job.name=N1, service.name=N2,service.version=V1,cloud.region=r";
+        let parsed = Baggage::parse(claim);
         assert_eq!(parsed.workload_name.as_deref(), Some("N1"));
         assert_eq!(parsed.service_name.as_deref(), Some("N2"));
         assert_eq!(parsed.namespace.as_deref(), Some("NS1"));
@@ -126,12 +126,12 @@ mod tests {
             "k8s.pod.name=a b,service.name={},service.version=\"v\"",
             "x".repeat(254)
         );
-        let odd = Baggage::parse([odd.as_str()]);
+        let odd = Baggage::parse(&odd);
         assert_eq!(odd, Baggage::default());
         let caller = Identity::new("cluster.local", "NS1", "sa");
-        assert!(parsed.clone().claimed_by(&caller).is_some());
+        assert_eq!(Baggage::claimed(claim, &caller), Some(parsed));
         let elsewhere = Identity::new("cluster.local", "other", "sa");
-        assert_eq!(parsed.claimed_by(&elsewhere), None);
-        assert_eq!(Baggage::default().claimed_by(&caller), None);
+        assert_eq!(Baggage::claimed(claim, &elsewhere), None);
+        assert_eq!(Baggage::claimed("service.name=x", &caller), None);
     }
 }

@@ -300,7 +300,7 @@ pub(crate) mod tests {
         let PartyLabels(labels) = PartyLabels::of(Party::default());
         assert_eq!(labels, ["unknown"; 8]);
         // A caller the mesh does not know, by its claim.
-        let claim = Baggage::parse(["k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=cart-v1,service.name=cart,service.version=v1"]);
+        let claim = Baggage::parse("k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=cart-v1,service.name=cart,service.version=v1");
         let stranger = Party {
             workload: None,
             principal: Some(&identity),

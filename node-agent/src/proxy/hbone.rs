@@ -146,7 +146,7 @@ async fn carry(
         // A caller the mesh does not know is named as it names itself.
         let claimed = baggage
             .filter(|_| caller.is_none())
-            .and_then(|baggage| Baggage::parse([baggage.as_str()]).claimed_by(&peer.caller));
+            .and_then(|baggage| Baggage::claimed(&baggage, &peer.caller));
         let labels = TcpLabels::new(
             Reporter::Destination,
             metrics::Party {

@@ -125,7 +125,7 @@ async fn carry(
     let claimed = request
         .baggage
         .filter(|_| source.is_none())
-        .and_then(|baggage| Baggage::parse([baggage.as_str()]).claimed_by(caller));
+        .and_then(|baggage| Baggage::claimed(&baggage, caller));
     let context = Arc::new(StreamContext {
         table,
         mesh: current.mesh.clone(),
