@@ -17,6 +17,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The images: built with podman from static (musl) binaries.
     ("podman", "podman"),
     ("musl-tools", "musl-gcc"),
+    // arm64's images: a cross linker, and qemu's user mode to run what it
+    // links.
+    ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+    ("qemu-user", "qemu-aarch64"),
     // The observability test's Prometheus, and Graphviz for `ambit graph`.
     ("prometheus", "prometheus"),
     ("graphviz", "dot"),
@@ -24,8 +28,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
+    arm64_musl()?;
     nightly_rust_src()?;
-    musl_target()?;
+    musl_targets()?;
     bpf_linker()?;
     envoy()?;
     chart_libraries()?;
@@ -104,16 +109,43 @@ fn pip_install(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The static builds of the images' binaries.
-fn musl_target() -> anyhow::Result<()> {
-    const TARGET: &str = "x86_64-unknown-linux-musl";
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
-    if installed.is_ok_and(|list| list.lines().any(|line| line.trim() == TARGET)) {
-        println!("setup: the {TARGET} target present");
+/// musl's headers and C library for arm64, with Debian's wrapper that
+/// gives them to the cross compiler: the C in aws-lc, ring and mimalloc is
+/// built against the C library the binaries link. A package of the arm64
+/// architecture, which dpkg must be told of first.
+fn arm64_musl() -> anyhow::Result<()> {
+    if on_path("aarch64-linux-musl-gcc") {
+        println!("setup: musl for arm64 present");
         return Ok(());
     }
-    println!("setup: installing the {TARGET} target");
-    exec(Command::new("rustup").args(["target", "add", TARGET]))
+    println!("setup: installing musl-dev:arm64");
+    exec(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    exec(Command::new("apt-get").arg("update").arg("-q"))?;
+    exec(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "musl-dev:arm64",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The static builds of the images' binaries, for each CPU.
+fn musl_targets() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    for target in crate::images::PLATFORMS.map(|platform| platform.target) {
+        if installed.lines().any(|line| line.trim() == target) {
+            println!("setup: the {target} target present");
+            continue;
+        }
+        println!("setup: installing the {target} target");
+        exec(Command::new("rustup").args(["target", "add", target]))?;
+    }
+    Ok(())
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
