@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use ambit_hbone::client::Connection;
-use ambit_hbone::{Forwarded, Target};
+use ambit_hbone::{Caller, Target};
 use ambit_identity::{tls, Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,11 +122,11 @@ fn exchange(
                 let name = ServerName::IpAddress(hbone.ip().into());
                 let tls = connector.connect(name, tcp).await?;
                 let connection = Connection::handshake(tls).await?;
-                let forwarded = Forwarded {
+                let caller = Caller {
                     baggage: stream.baggage,
-                    ..Forwarded::from(source)
+                    ..Caller::from(source)
                 };
-                let mut tunnel = connection.open(stream.target, forwarded).await?;
+                let mut tunnel = connection.open(stream.target, caller).await?;
                 tunnel.write_all(request).await?;
                 if half_close {
                     tunnel.shutdown().await?;

@@ -9,7 +9,7 @@ use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::{Forwarded, Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::{Caller, Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -150,7 +150,7 @@ impl Connection {
     pub async fn open(
         &self,
         target: impl Into<Target>,
-        source: impl Into<Forwarded<'_>>,
+        source: impl Into<Caller<'_>>,
     ) -> Result<TunnelStream, HboneError> {
         self.streams.fetch_add(1, Ordering::AcqRel);
         let place = StreamCount(self.streams.clone());
@@ -162,13 +162,13 @@ impl Connection {
         &self,
         place: StreamCount,
         target: impl Into<Target>,
-        source: impl Into<Forwarded<'_>>,
+        source: impl Into<Caller<'_>>,
     ) -> Result<TunnelStream, HboneError> {
         let source = source.into();
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.into().to_string())
-            .header("forwarded", source.to_string());
+            .header("forwarded", source.forwarded());
         if let Some(baggage) = source.baggage {
             request = request.header("baggage", baggage);
         }

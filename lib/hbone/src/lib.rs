@@ -37,15 +37,15 @@ pub enum Target {
 /// the client's workload (as ztunnel sends it, see
 /// `ambit_telemetry::baggage`), for a peer that does not know the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forwarded<'a> {
+pub struct Caller<'a> {
     pub client: IpAddr,
     pub service: Option<&'a str>,
     pub baggage: Option<&'a str>,
 }
 
-impl From<IpAddr> for Forwarded<'_> {
+impl From<IpAddr> for Caller<'_> {
     fn from(client: IpAddr) -> Self {
-        Forwarded {
+        Caller {
             client,
             service: None,
             baggage: None,
@@ -53,15 +53,16 @@ impl From<IpAddr> for Forwarded<'_> {
     }
 }
 
-impl std::fmt::Display for Forwarded<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.client {
-            IpAddr::V4(ip) => write!(f, "for={ip}")?,
-            IpAddr::V6(ip) => write!(f, "for=\"[{ip}]\"")?,
-        }
+impl Caller<'_> {
+    /// The `Forwarded` header's value (RFC 7239).
+    fn forwarded(&self) -> String {
+        let client = match self.client {
+            IpAddr::V4(ip) => format!("for={ip}"),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
         match self.service {
-            Some(host) => write!(f, ";host={host}"),
-            None => Ok(()),
+            Some(host) => format!("{client};host={host}"),
+            None => client,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::{Connection, HboneError, StreamCount};
-use crate::{Forwarded, TunnelStream};
+use crate::{Caller, TunnelStream};
 
 /// The most streams the pool opens on one connection, whatever its peer
 /// allows: past it, a connection of its own spreads the load, as ztunnel
@@ -72,7 +72,7 @@ impl<K: Hash + Eq + Clone, C: PartialEq + Clone> Pool<K, C> {
         key: &K,
         credential: &C,
         target: SocketAddr,
-        source: impl Into<Forwarded<'_>>,
+        source: impl Into<Caller<'_>>,
         connect: F,
     ) -> Result<TunnelStream, HboneError>
     where

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{Buffered, Forwarded, TunnelStream};
+use ambit_hbone::{Buffered, Caller, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
@@ -141,7 +141,7 @@ impl MeshTls {
                 &key,
                 &certificate.not_after,
                 target,
-                Forwarded {
+                Caller {
                     client: caller.ip,
                     service,
                     baggage: caller.baggage,

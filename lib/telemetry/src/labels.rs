@@ -58,6 +58,20 @@ pub struct Party<'a> {
     pub claimed: Option<&'a Baggage>,
 }
 
+impl<'a> Party<'a> {
+    /// A party known by what the mesh knows of it alone (no claim).
+    pub fn known(
+        workload: Option<(&'a Key, &'a Workload)>,
+        principal: Option<&'a Identity>,
+    ) -> Self {
+        Self {
+            workload,
+            principal,
+            claimed: None,
+        }
+    }
+}
+
 /// The labels of both ends, in every family: workload, namespace,
 /// principal, app, version, canonical service and revision, and cluster
 /// of the source, then of the destination (Kiali draws its graph by the
@@ -241,11 +255,7 @@ pub(crate) mod tests {
             ],
         );
         let identity = Identity::new("cluster.local", "shop", "reviews");
-        let party = Party {
-            workload: Some((&key, &workload)),
-            principal: Some(&identity),
-            claimed: None,
-        };
+        let party = Party::known(Some((&key, &workload)), Some(&identity));
         let PartyLabels(labels) = PartyLabels::of(party);
         assert_eq!(
             labels,
@@ -262,11 +272,7 @@ pub(crate) mod tests {
         );
         // A bare pod is its own workload; plaintext has no principal.
         let (key, workload) = pod("debug", &[("app.kubernetes.io/name", "toolbox")]);
-        let bare = Party {
-            workload: Some((&key, &workload)),
-            principal: None,
-            claimed: None,
-        };
+        let bare = Party::known(Some((&key, &workload)), None);
         let PartyLabels(labels) = PartyLabels::of(bare);
         assert_eq!(
             labels,
@@ -290,11 +296,7 @@ pub(crate) mod tests {
                 ("service.istio.io/canonical-revision", "2024"),
             ],
         );
-        let canonical = Party {
-            workload: Some((&key, &workload)),
-            principal: None,
-            claimed: None,
-        };
+        let canonical = Party::known(Some((&key, &workload)), None);
         let PartyLabels(labels) = PartyLabels::of(canonical);
         assert_eq!(labels[5..7], ["shop-cart", "2024"]);
         let PartyLabels(labels) = PartyLabels::of(Party::default());

@@ -154,11 +154,7 @@ async fn carry(
                 principal: Some(&peer.caller),
                 claimed: claimed.as_ref(),
             },
-            metrics::Party {
-                workload: own,
-                principal: Some(&peer.own_identity),
-                claimed: None,
-            },
+            metrics::Party::known(own, Some(&peer.own_identity)),
             destination_service(&mesh, &pod.key.namespace, target, called.as_deref()).as_ref(),
             SecurityPolicy::MutualTls,
         );

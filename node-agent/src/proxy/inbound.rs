@@ -35,20 +35,12 @@ pub(super) async fn handle(
     };
     let (labels, admitted) = {
         let mesh = inputs.mesh.snapshot();
-        let caller = Party {
-            workload: mesh.workload_by_ip(peer.ip()),
-            principal: None,
-            claimed: None,
-        };
+        let caller = Party::known(mesh.workload_by_ip(peer.ip()), None);
         let own = pod.workload(&mesh);
         let labels = TcpLabels::new(
             Reporter::Destination,
             caller,
-            Party {
-                workload: own,
-                principal: None,
-                claimed: None,
-            },
+            Party::known(own, None),
             destination_service(&mesh, &pod.key.namespace, target, None).as_ref(),
             SecurityPolicy::None,
         );

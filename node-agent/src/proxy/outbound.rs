@@ -371,11 +371,7 @@ pub(super) async fn handle(
             };
             let labels = TcpLabels::new(
                 Reporter::Source,
-                metrics::Party {
-                    workload: own,
-                    principal: None,
-                    claimed: None,
-                },
+                metrics::Party::known(own, None),
                 metrics::Party::default(),
                 service.as_ref(),
                 SecurityPolicy::None,
@@ -391,16 +387,11 @@ pub(super) async fn handle(
     let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
     let labels = TcpLabels::new(
         Reporter::Source,
-        metrics::Party {
-            workload: own,
-            principal: source.as_ref().filter(|_| peer_identity.is_some()),
-            claimed: None,
-        },
-        metrics::Party {
-            workload: snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
-            principal: peer_identity,
-            claimed: None,
-        },
+        metrics::Party::known(own, source.as_ref().filter(|_| peer_identity.is_some())),
+        metrics::Party::known(
+            snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
+            peer_identity,
+        ),
         service.as_ref(),
         match peer_identity {
             Some(_) => SecurityPolicy::MutualTls,

@@ -159,11 +159,7 @@ impl Exchange {
                 principal,
                 claimed: context.claimed.as_ref(),
             },
-            Party {
-                workload: destination,
-                principal: destination_identity.as_ref(),
-                claimed: None,
-            },
+            Party::known(destination, destination_identity.as_ref()),
             service.map(|(host, service)| ServiceName {
                 host,
                 name: &service.name,
