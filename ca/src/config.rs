@@ -108,6 +108,9 @@ impl Config {
             (Source::Kubernetes { .. }, Some(_)) => bail!(
                 "--node-tokens is for standalone mode: in Kubernetes, node agents authenticate with their service account tokens"
             ),
+            (Source::AgentView { .. }, _) => {
+                bail!("the CA reads the Kubernetes API itself, not a node agent's mesh view")
+            }
         };
         let dns_names = vec![format!("{}.{}.svc", args.service_name, args.namespace)];
         let identity = Identity::new(args.trust_domain.as_str(), args.namespace, "ambit-ca");

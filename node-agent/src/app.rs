@@ -11,6 +11,7 @@ use crate::capture::Capture;
 use crate::cni_install::{self, CniInstall};
 use crate::config::Uninstall;
 use crate::enrollment::Enrollment;
+use crate::mesh_view::MeshView;
 use crate::metrics::Metrics;
 use crate::proxy::admission::{node_addresses, PolicySettings};
 use crate::proxy::ProxyInputs;
@@ -76,12 +77,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let plugin_dir = config.cni_socket.parent().unwrap_or(&config.state_dir);
     let mut enrollment = Enrollment::new(capture, inputs.clone(), (&config.state_dir, plugin_dir));
-    // In Kubernetes, captured pods are marked for Istio's proxies.
+    // In Kubernetes, captured pods are marked for Istio's proxies, and
+    // waypoints and gateways are served the mesh view.
     if let Source::Kubernetes { kubeconfig } = &config.source {
         let client = ambit_mesh_source::kubernetes::connect(kubeconfig.as_deref()).await?;
         let redirection = Arc::new(Redirection::default());
-        tokio::spawn(redirection::annotate(redirection.clone(), client));
-        enrollment = enrollment.with_redirection(redirection);
+        tokio::spawn(redirection::annotate(redirection.clone(), client.clone()));
+        enrollment = enrollment
+            .with_redirection(redirection)
+            .with_mesh_view(MeshView::new(client));
     }
     let enrollment = Arc::new(Mutex::new(enrollment));
     lock(&enrollment)
@@ -184,7 +188,7 @@ async fn uninstall_if_asked(config: &Config, install: &CniInstall) {
         Uninstall::IfDaemonsetRemoved { namespace, name } => {
             let kubeconfig = match &config.source {
                 Source::Kubernetes { kubeconfig } => kubeconfig.as_deref(),
-                Source::Directory(_) => None,
+                Source::Directory(_) | Source::AgentView { .. } => None,
             };
             match ambit_mesh_source::kubernetes::daemonset_removed(kubeconfig, namespace, name)
                 .await

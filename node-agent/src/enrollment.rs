@@ -12,10 +12,12 @@ use ambit_cni::policy::{self, EnrollmentPolicy};
 use ambit_cni::protocol::{PodRef, PodSandbox, Request, Response};
 
 use crate::capture::{Capture, CaptureError, PodCapture};
+use crate::mesh_view::{MeshView, ViewServer};
 use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
 use crate::redirection::Redirection;
-use ambit_config::model::{Mesh, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
+use ambit_config::model::{Key, Mesh, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
+use ambit_mesh_source::view::VIEW_LABEL;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -47,6 +49,8 @@ pub struct PodStatus {
 struct KnownPod {
     sandbox: PodSandbox,
     enrolled: Option<Enrolled>,
+    /// For a waypoint's or gateway's pod: the mesh view served to it.
+    view: Option<ViewServer>,
 }
 
 struct Enrolled {
@@ -72,6 +76,8 @@ pub struct Enrollment {
     recorded: Option<EnrollmentPolicy>,
     /// In Kubernetes: marks on the pods captured, for Istio's proxies.
     redirection: Option<Arc<Redirection>>,
+    /// In Kubernetes: the mesh view, for the pods labelled for it.
+    mesh_view: Option<Arc<MeshView>>,
 }
 
 impl Enrollment {
@@ -88,12 +94,19 @@ impl Enrollment {
             plugin_dir: plugin_dir.to_path_buf(),
             recorded: None,
             redirection: None,
+            mesh_view: None,
         }
     }
 
     /// Marks the pods it captures (and releases) through `redirection`.
     pub fn with_redirection(mut self, redirection: Arc<Redirection>) -> Self {
         self.redirection = Some(redirection);
+        self
+    }
+
+    /// Serves the mesh view to the pods labelled for it (`VIEW_LABEL`).
+    pub fn with_mesh_view(mut self, mesh_view: Arc<MeshView>) -> Self {
+        self.mesh_view = Some(mesh_view);
         self
     }
 
@@ -136,6 +149,7 @@ impl Enrollment {
                 KnownPod {
                     sandbox,
                     enrolled: None,
+                    view: None,
                 },
             );
         }
@@ -238,6 +252,7 @@ impl Enrollment {
         let mut known = KnownPod {
             sandbox,
             enrolled: None,
+            view: None,
         };
         self.converge(&mut known, snapshot)?;
         let enrolled = known.enrolled.is_some();
@@ -276,8 +291,10 @@ impl Enrollment {
         }
     }
 
-    /// Enrolls or releases one pod as the snapshot says.
+    /// Enrolls or releases one pod as the snapshot says, and serves it the
+    /// mesh view or stops as its labels say.
     fn converge(&mut self, known: &mut KnownPod, snapshot: &Mesh) -> Result<(), EnrollError> {
+        self.converge_view(known, snapshot);
         let should = snapshot.is_enrolled(&known.sandbox.pod.namespace, &known.sandbox.pod.name);
         match (&known.enrolled, should) {
             (None, true) => {
@@ -294,6 +311,40 @@ impl Enrollment {
             redirection.mark(&known.sandbox.pod, should);
         }
         Ok(())
+    }
+
+    /// A failure to serve the view leaves the pod's proxy without a mesh
+    /// (it reports not ready and says why); it is tried again at the next
+    /// change.
+    fn converge_view(&self, known: &mut KnownPod, snapshot: &Mesh) {
+        let Some(mesh_view) = &self.mesh_view else {
+            return;
+        };
+        let pod = &known.sandbox.pod;
+        let wanted = snapshot
+            .workloads
+            .get(&Key::new(&pod.namespace, &pod.name))
+            // Never on the node's own network, where every process of the
+            // node would reach it.
+            .is_some_and(|workload| {
+                workload.labels.contains_key(VIEW_LABEL) && !workload.host_network
+            });
+        match (&known.view, wanted) {
+            (None, true) => {
+                let served = Netns::open(&known.sandbox.netns)
+                    .map_err(std::io::Error::other)
+                    .and_then(|netns| mesh_view.serve(pod, &netns));
+                match served {
+                    Ok(server) => {
+                        known.view = Some(server);
+                        tracing::info!(%pod, "serving the mesh view");
+                    }
+                    Err(error) => tracing::error!(%pod, %error, "serving the mesh view"),
+                }
+            }
+            (Some(_), false) => known.view = None,
+            _ => {}
+        }
     }
 
     fn enroll(&mut self, sandbox: &PodSandbox) -> Result<Enrolled, EnrollError> {
@@ -353,6 +404,7 @@ impl Enrollment {
     pub fn stop_accepting(&mut self) {
         for known in self.pods.values_mut() {
             known.enrolled = None;
+            known.view = None;
         }
     }
 }

@@ -7,6 +7,7 @@ mod cni_install;
 mod cni_server;
 mod config;
 pub mod enrollment;
+mod mesh_view;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

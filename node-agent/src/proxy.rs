@@ -146,7 +146,7 @@ impl PodListeners {
 
 /// A listening socket at `addr`; `local_leg` when its connections come from
 /// the pod's own apps (see [`without_pacing`]).
-fn listener(addr: SocketAddrV4, local_leg: bool) -> std::io::Result<Socket> {
+pub(crate) fn listener(addr: SocketAddrV4, local_leg: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

@@ -122,9 +122,21 @@ pub fn start_secured_with_args(
     ttl_seconds: u64,
     args: &[&str],
 ) -> anyhow::Result<(crate::ca::TestCa, Vec<NodeAgent>)> {
+    start_secured_from(cluster, config, ttl_seconds, (&Source::Directory, args))
+}
+
+/// [`start_secured_with_args`] with the agents reading `source` (the CA
+/// reads the manifests, written here; an API server given as `source`
+/// must hold `config` too).
+pub fn start_secured_from(
+    cluster: &Cluster,
+    config: &MeshConfig,
+    ttl_seconds: u64,
+    (source, args): (&Source, &[&str]),
+) -> anyhow::Result<(crate::ca::TestCa, Vec<NodeAgent>)> {
     write_config(cluster, config)?;
     let ca = crate::ca::TestCa::start(cluster, ttl_seconds)?;
-    let agents = start_agents_with_args(cluster, &Source::Directory, |node| {
+    let agents = start_agents_with_args(cluster, source, |node| {
         let mut all = ca.agent_args(node)?;
         all.extend(args.iter().map(std::ffi::OsString::from));
         Ok(all)
@@ -194,6 +206,10 @@ pub enum Source {
     Directory,
     /// A Kubernetes API server, through this kubeconfig.
     Kubeconfig(PathBuf),
+    /// For a waypoint or gateway: the mesh view its node's agent serves in
+    /// its pod (the agent reading a Kubernetes API server, the pod
+    /// labelled for the view).
+    AgentView,
 }
 
 impl Source {
@@ -202,6 +218,10 @@ impl Source {
         match self {
             Source::Directory => ["--config-dir".into(), config_dir(cluster).into()],
             Source::Kubeconfig(path) => ["--kubeconfig".into(), path.into()],
+            Source::AgentView => [
+                "--mesh-view".into(),
+                format!("127.0.0.1:{}", ambit_mesh_source::view::VIEW_PORT).into(),
+            ],
         }
     }
 }

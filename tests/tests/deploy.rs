@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ambit_mesh_source::view::{VIEW_LABEL, VIEW_PORT};
 use ambit_waypoint::http::spans::TracingConfig;
 use clap::Parser;
 use serde_json::Value;
@@ -30,6 +31,40 @@ fn pod_spec(kind: &str, name: &str) -> Value {
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))["spec"]["template"]["spec"]
         .clone()
+}
+
+/// The L7 proxy of the Deployment `name` (running as the service account
+/// of that name in `namespace`) reads the mesh through its node's agent:
+/// its pods are labelled for the view, it is told where the view is, and no
+/// binding gives its account any Kubernetes access beyond its namespace.
+fn reads_the_mesh_through_its_agent(name: &str, namespace: &str, parsed: &ambit_waypoint::Args) {
+    let view = std::net::SocketAddr::from(([127, 0, 0, 1], VIEW_PORT));
+    assert_eq!(parsed.mesh_view, Some(view), "{name}");
+    let documents = documents();
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"][VIEW_LABEL],
+        name
+    );
+    let is_proxy = |subject: &Value| {
+        subject["kind"] == "ServiceAccount"
+            && subject["name"] == name
+            && subject["namespace"] == namespace
+    };
+    for binding in documents
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding")
+    {
+        let subjects = binding["subjects"].as_array().unwrap();
+        assert!(
+            !subjects.iter().any(is_proxy),
+            "{name} is bound cluster-wide by {}",
+            binding["metadata"]["name"]
+        );
+    }
 }
 
 /// The arguments of `container`, as its binary would be run.
@@ -117,6 +152,7 @@ fn the_waypoint_template_arguments_match_the_code() {
     );
     args.push("--namespace=shop".into());
     let parsed = ambit_waypoint::Args::try_parse_from(&args).unwrap();
+    reads_the_mesh_through_its_agent("waypoint", "shop", &parsed);
     // The chart's tracing settings reach the proxy as it reads them.
     let endpoint = parsed.otlp_endpoint.as_deref().unwrap();
     let tracing = TracingConfig::new(endpoint, parsed.trace_sampling).unwrap();
@@ -143,6 +179,7 @@ fn the_gateway_template_arguments_match_the_code() {
     ]);
     let parsed = ambit_waypoint::Args::try_parse_from(&args).unwrap();
     assert_eq!(parsed.mode, ambit_waypoint::Mode::Gateway);
+    reads_the_mesh_through_its_agent("ingressgateway", "ambit-system", &parsed);
     // Istio's Gateways select it by Istio's label.
     let documents = documents();
     let deployment = documents

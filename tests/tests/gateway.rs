@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ambit_mesh_source::view::VIEW_LABEL;
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
 use ambit_testbed::bookinfo::{page, Bookinfo, GATEWAY_POD, OUTSIDE_POD, SECURE, SECURE_PORT};
@@ -443,7 +444,7 @@ fn tls_secret(name: &str, issued: &Issued) -> anyhow::Result<Value> {
 }
 
 #[test]
-fn in_kubernetes_the_gateway_reads_only_the_secrets_its_gateways_name_and_follows_them(
+fn in_kubernetes_the_gateway_reads_the_mesh_through_its_agent_and_only_the_secrets_its_gateways_name(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&[GATEWAY_POD, OUTSIDE_POD])
@@ -482,13 +483,19 @@ fn in_kubernetes_the_gateway_reads_only_the_secrets_its_gateways_name_and_follow
         )
     };
     for pod in config.pods.iter_mut().filter(|pod| pod.name == GATEWAY_POD) {
-        pod.labels = vec![("istio".into(), "ingressgateway".into())];
+        pod.labels = vec![
+            ("istio".into(), "ingressgateway".into()),
+            (VIEW_LABEL.into(), GATEWAY_POD.into()),
+        ];
     }
-    // The agents and the CA read the manifests; the gateway, the API server.
-    let (ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
-    let _web = Server::new("web", "v1").http(8080).start(&cluster, web)?;
+    // The agents read the API server, and the gateway its Gateways and
+    // routes through its agent's mesh view; its Secrets it reads itself.
     let api = ApiServer::start(&cluster)?;
     api.apply(&config)?;
+    let kubeconfig = api.kubeconfig().to_path_buf();
+    let agents_source = Source::Kubeconfig(kubeconfig.clone());
+    let (ca, _agents) = mesh::start_secured_from(&cluster, &config, 3600, (&agents_source, &[]))?;
+    let _web = Server::new("web", "v1").http(8080).start(&cluster, web)?;
     let work = cluster.work_dir().to_path_buf();
     let pki = TestPki::new("web-ca", &work.join("pki"))?;
     let issued = pki.server(&["web.example.com"], &work.join("web-cert"))?;
@@ -496,14 +503,13 @@ fn in_kubernetes_the_gateway_reads_only_the_secrets_its_gateways_name_and_follow
     let apply = |secret: Value| server.apply(secret).map_err(|r| anyhow::anyhow!(r.message));
     apply(tls_secret("web-cert", &issued)?)?;
     apply(tls_secret("unrelated", &issued)?)?;
-    let source = Source::Kubeconfig(api.kubeconfig().to_path_buf());
     let gateway = Waypoint::start_gateway(
         &cluster,
         gateway_pod,
         GATEWAY_POD,
-        (&source, None),
+        (&Source::AgentView, None),
         &ca,
-        Vec::new(),
+        vec!["--kubeconfig".into(), kubeconfig.into()],
     )?;
     let served_with = |ca: &Path| -> anyhow::Result<bool> {
         let load =

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ambit_identity::Identity;
+use ambit_mesh_source::view::{VIEW_LABEL, VIEW_PORT};
 
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
@@ -21,27 +22,42 @@ use serde_json::json;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 
 #[test]
-fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
+fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
     let cluster = Cluster::builder().node(&["waypoint", "reviews"]).build()?;
     let [waypoint_pod, reviews] = cluster.pods_named(["waypoint", "reviews"])?;
-    let config = |bound: bool| MeshConfig {
-        services: vec![mesh::ServiceConfig {
-            waypoint: bound.then(|| "waypoint".to_string()),
-            ..mesh::service("reviews", VIP, 9080, 9080, &[reviews])
-        }],
-        ..mesh::enrolling(&cluster, &[reviews], vec![])
+    let config = |bound: bool, view: bool| {
+        let mut config = MeshConfig {
+            services: vec![mesh::ServiceConfig {
+                waypoint: bound.then(|| "waypoint".to_string()),
+                ..mesh::service("reviews", VIP, 9080, 9080, &[reviews])
+            }],
+            ..mesh::enrolling(&cluster, &[reviews], vec![])
+        };
+        // As Istio labels a waypoint's pods: its node's agent serves it
+        // the mesh view.
+        for pod in config
+            .pods
+            .iter_mut()
+            .filter(|pod| view && pod.name == "waypoint")
+        {
+            pod.labels.push((VIEW_LABEL.into(), "waypoint".into()));
+        }
+        config
     };
     let api = ApiServer::start(&cluster)?;
-    let sources = [
-        Source::Directory,
-        Source::Kubeconfig(api.kubeconfig().to_path_buf()),
-    ];
-    for source in sources {
+    let kubeconfig = Source::Kubeconfig(api.kubeconfig().to_path_buf());
+    for source in [Source::Directory, kubeconfig.clone(), Source::AgentView] {
         let publish = |bound| match &source {
-            Source::Directory => mesh::write_config(&cluster, &config(bound)),
-            Source::Kubeconfig(_) => api.apply(&config(bound)),
+            Source::Directory => mesh::write_config(&cluster, &config(bound, true)),
+            _ => api.apply(&config(bound, true)),
         };
         publish(true)?;
+        // The view's agent reads the API server; the waypoint is given no
+        // access to it.
+        let mut agents = match source {
+            Source::AgentView => Some(mesh::start_agents_from(&cluster, &kubeconfig)?),
+            _ => None,
+        };
         let waypoint = Waypoint::start(&cluster, waypoint_pod, "waypoint", &source, None)?;
         let dump = waypoint.config_dump()?;
         assert_eq!(dump["waypoint"], "default/waypoint", "{source:?}");
@@ -60,6 +76,12 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
             json!([VIP]),
             "{source:?}: the whole model is in the dump"
         );
+        if let Some(agents) = &mut agents {
+            the_view_passes_on_only_what_the_mesh_reads(&cluster, &api)?;
+            // The agent is replaced (an upgrade): the waypoint's watches
+            // resume through the next one, and the change below reaches it.
+            agents[0].restart(&cluster)?;
+        }
 
         // The Service leaves the waypoint: the waypoint follows.
         publish(false)?;
@@ -72,7 +94,63 @@ fn a_waypoint_follows_its_bindings_from_either_source() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         waypoint.stop()?;
+        if let Source::AgentView = source {
+            // The label goes: so does the view, watches and all.
+            api.apply(&config(false, false))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let view = SocketAddr::from((Ipv4Addr::LOCALHOST, VIEW_PORT));
+            while waypoint_pod.place().http_get(view, "/version").is_ok() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the view outlived its pod's label"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
+    Ok(())
+}
+
+/// The mesh view in the waypoint's pod refuses what the mesh is not read
+/// from, and passes pods on without what the model does not read; a pod
+/// not labelled for it has none.
+fn the_view_passes_on_only_what_the_mesh_reads(
+    cluster: &Cluster,
+    api: &ApiServer,
+) -> anyhow::Result<()> {
+    let [waypoint, reviews] = cluster.pods_named(["waypoint", "reviews"])?;
+    let view = SocketAddr::from((Ipv4Addr::LOCALHOST, VIEW_PORT));
+    api.server()
+        .apply(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "billing", "namespace": "default", "uid": "billing-uid" },
+            "spec": {
+                "nodeName": "elsewhere", "serviceAccountName": "billing",
+                "containers": [{ "name": "app", "env": [{ "name": "DB_PASSWORD", "value": "hunter2" }] }],
+            },
+            "status": { "podIP": "10.9.9.9" },
+        }))
+        .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
+    let (code, pods) = waypoint.place().http_get(view, "/api/v1/pods")?;
+    assert_eq!(code, 200, "{pods}");
+    assert!(pods.contains("\"billing\""), "the view lists pods: {pods}");
+    assert!(
+        !pods.contains("hunter2") && !pods.contains("DB_PASSWORD"),
+        "a pod's environment reached the waypoint: {pods}"
+    );
+    for refused in [
+        "/api/v1/secrets",
+        "/api/v1/namespaces/default/secrets/tls",
+        "/api/v1/configmaps",
+        "/api/v1/namespaces/default/pods/billing",
+    ] {
+        let (code, answer) = waypoint.place().http_get(view, refused)?;
+        assert_eq!(code, 403, "{refused}: {answer}");
+    }
+    assert!(
+        reviews.place().http_get(view, "/api/v1/pods").is_err(),
+        "a pod not labelled for the view reaches one"
+    );
     Ok(())
 }
 

@@ -272,15 +272,16 @@ async fn serve_gateway(
     config: Config,
     parts: Parts<GatewayTables>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    // Secrets from the directory given, else from the API server the mesh
-    // comes from, watched in the gateway's own namespace.
+    // Secrets from the directory given, else from the API server (also
+    // when the mesh comes through the agent's view), watched in the
+    // gateway's own namespace.
     let secrets = match (config.credentials_dir, &config.source) {
         (Some(dir), _) => Secrets::Directory(dir),
-        (None, Source::Kubernetes { kubeconfig }) => {
+        (None, Source::Directory(_)) => Secrets::None,
+        (None, Source::Kubernetes { kubeconfig } | Source::AgentView { kubeconfig, .. }) => {
             let client = ambit_mesh_source::kubernetes::connect(kubeconfig.as_deref()).await?;
             Secrets::Kubernetes(SecretWatches::new(client, &config.waypoint.namespace))
         }
-        (None, Source::Directory(_)) => Secrets::None,
     };
     let gateway = Arc::new(Gateway {
         tables: parts.tables,

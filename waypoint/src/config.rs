@@ -94,6 +94,15 @@ pub struct Args {
     #[command(flatten)]
     pub source: SourceArgs,
 
+    /// Read the mesh from the node agent's mesh view at this address (in
+    /// Kubernetes, `127.0.0.1:15010` in a pod labelled
+    /// `gateway.networking.k8s.io/gateway-name`): the API server's lists
+    /// and watches through the agent, so the proxy needs no RBAC of its own
+    /// for the mesh. A gateway still reads its Secrets from the API server
+    /// (`--kubeconfig`, else in-cluster).
+    #[arg(long, conflicts_with = "config_dir")]
+    pub mesh_view: Option<SocketAddr>,
+
     #[command(flatten)]
     pub admin: AdminAddrs,
 
@@ -155,7 +164,13 @@ impl Config {
                 .map(|endpoint| TracingConfig::new(&endpoint, args.trace_sampling))
                 .transpose()?,
             ca: CaConfig::from_args(args.ca)?,
-            source: Source::from_args(args.source)?,
+            source: match args.mesh_view {
+                Some(address) => Source::AgentView {
+                    address,
+                    kubeconfig: args.source.kubeconfig,
+                },
+                None => Source::from_args(args.source)?,
+            },
             admin: args.admin,
         })
     }

@@ -39,6 +39,21 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
         }
         None => kube::Config::incluster().context("reading the in-cluster service account")?,
     };
+    connect_with(config).await
+}
+
+/// A client for the node agent's mesh view at `address` (plain HTTP on
+/// the pod's loopback, no credentials: the agent's are used upstream).
+pub async fn connect_view(address: std::net::SocketAddr) -> anyhow::Result<kube::Client> {
+    let url = format!("http://{address}")
+        .parse()
+        .context("the mesh view's address")?;
+    connect_with(kube::Config::new(url))
+        .await
+        .context("the node agent's mesh view (is this pod labelled for it, and the agent running?)")
+}
+
+async fn connect_with(config: kube::Config) -> anyhow::Result<kube::Client> {
     let url = config.cluster_url.clone();
     let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub mod directory;
 pub mod kubernetes;
 pub mod secrets;
+pub mod view;
 
 /// The flags that choose the source, the same for every Ambit proxy.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +41,15 @@ pub enum Source {
     /// The Kubernetes API, through a kubeconfig or, without one, the
     /// in-cluster service account.
     Kubernetes { kubeconfig: Option<PathBuf> },
+    /// The Kubernetes API as the node agent's mesh view at `address`
+    /// passes it on ([`view`]): a waypoint's or gateway's, which then
+    /// needs no RBAC for the mesh. What the proxy reads of its own (a
+    /// gateway's Secrets) it reads from the API server `kubeconfig` names,
+    /// or the in-cluster one.
+    AgentView {
+        address: std::net::SocketAddr,
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 impl Source {
@@ -138,6 +148,10 @@ pub async fn start(source: &Source, handle: Arc<MeshHandle>) -> anyhow::Result<J
         }
         Source::Kubernetes { kubeconfig } => {
             let client = kubernetes::connect(kubeconfig.as_deref()).await?;
+            start_with_client(client, handle).await
+        }
+        Source::AgentView { address, .. } => {
+            let client = kubernetes::connect_view(*address).await?;
             start_with_client(client, handle).await
         }
     }

@@ -1,0 +1,230 @@
+//! The mesh view (`ambit_mesh_source::view`) served to the waypoints and
+//! gateways on this node: an HTTP listener on loopback inside each such
+//! pod's network namespace (only that pod reaches it), whose reads the
+//! agent passes to the API server with its own credentials, pods reduced
+//! to what the mesh model reads. Those proxies need no RBAC for the mesh.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_cni::protocol::PodRef;
+use ambit_mesh_source::view::{self, Passed, VIEW_PORT};
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::netns::Netns;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ViewBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Connections one pod may hold open at once: a proxy's watches (one per
+/// kind) and a few lists.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a request's head may take to arrive.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest list of pods read whole to be reduced (the proxies read
+/// lists in pages of 500).
+const MAX_POD_LIST: usize = 256 << 20;
+/// The longest watch event passed on (one pod, as JSON).
+const MAX_EVENT: usize = 16 << 20;
+
+/// What the views of this node's pods read the API server with.
+pub struct MeshView {
+    client: kube::Client,
+}
+
+/// One pod's view; dropping it closes its listener and connections.
+pub struct ViewServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for ViewServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MeshView {
+    pub fn new(client: kube::Client) -> Arc<Self> {
+        Arc::new(Self { client })
+    }
+
+    /// Starts serving `pod` the view, in its namespace `netns`. Beside a
+    /// restarting agent's listener (SO_REUSEPORT), as the pods' others.
+    pub fn serve(self: &Arc<Self>, pod: &PodRef, netns: &Netns) -> std::io::Result<ViewServer> {
+        let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, VIEW_PORT);
+        let socket = netns
+            .run(|| crate::proxy::listener(address, false))
+            .map_err(std::io::Error::other)??;
+        let listener = TcpListener::from_std(socket.into())?;
+        let task = tokio::spawn(accept(self.clone(), listener, pod.clone()));
+        Ok(ViewServer { task })
+    }
+
+    /// Answers one request: refused (403) unless the view passes it, else
+    /// the API server's answer, pods reduced.
+    async fn answer(&self, request: Request<Incoming>) -> Response<ViewBody> {
+        let uri = request.uri();
+        let passed = match view::admit(request.method().as_str(), uri.path(), uri.query()) {
+            Ok(passed) => passed,
+            Err(reason) => return status(StatusCode::FORBIDDEN, "Forbidden", &reason),
+        };
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        let upstream = Request::get(path)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(kube::client::Body::empty());
+        let answered = match upstream {
+            Ok(upstream) => self.client.send(upstream).await,
+            Err(error) => return status(StatusCode::BAD_REQUEST, "BadRequest", &error.to_string()),
+        };
+        let response = match answered {
+            Ok(response) => response,
+            Err(error) => {
+                let reason = format!("the node agent could not reach the API server: {error}");
+                return status(StatusCode::BAD_GATEWAY, "ServiceUnavailable", &reason);
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = match passed {
+            Passed::Pods { watch: true } if parts.status.is_success() => reduced_events(body),
+            Passed::Pods { watch: false } if parts.status.is_success() => {
+                match reduced_list(body).await {
+                    Ok(body) => body,
+                    Err(reason) => {
+                        return status(StatusCode::BAD_GATEWAY, "InternalError", &reason)
+                    }
+                }
+            }
+            // Anything else, and the API server's refusals, as they are.
+            _ => body.map_err(BoxError::from).boxed_unsync(),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = parts.status;
+        if let Some(content_type) = parts.headers.get(hyper::header::CONTENT_TYPE) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, content_type.clone());
+        }
+        response
+    }
+}
+
+/// Accepts the pod's connections, each served on its own task, at most
+/// [`MAX_CONNECTIONS`] at once (past them a connection is closed). The
+/// tasks end with this one: a pod no longer labelled for the view keeps no
+/// watch open.
+async fn accept(view: Arc<MeshView>, listener: TcpListener, pod: PodRef) {
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%pod, %error, "accepting on the mesh view");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            tracing::warn!(%pod, limit = MAX_CONNECTIONS, "too many connections to the mesh view: one closed");
+            continue;
+        };
+        let view = view.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let view = view.clone();
+                async move { Ok::<_, std::convert::Infallible>(view.answer(request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(place);
+        });
+    }
+}
+
+/// A list of pods, read whole (a page of it, as proxies read lists), each
+/// reduced.
+async fn reduced_list(body: kube::client::Body) -> Result<ViewBody, String> {
+    let collected = Limited::new(body, MAX_POD_LIST)
+        .collect()
+        .await
+        .map_err(|error| format!("reading the list of pods: {error}"))?;
+    let list = serde_json::from_slice(&collected.to_bytes())
+        .map_err(|error| format!("an unreadable list of pods: {error}"))?;
+    let reduced = serde_json::to_vec(&view::reduce_pod_list(list))
+        .map_err(|error| format!("writing the list of pods: {error}"))?;
+    Ok(full(reduced))
+}
+
+/// A watch's events (one JSON document a line), each pod reduced as it
+/// passes; a line that is not JSON is dropped, never passed on whole.
+fn reduced_events(body: kube::client::Body) -> ViewBody {
+    let events =
+        futures_util::stream::unfold((body, Vec::new()), |(mut body, mut pending)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|byte| *byte == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let Ok(event) = serde_json::from_slice(&line) else {
+                        continue;
+                    };
+                    let mut reduced =
+                        serde_json::to_vec(&view::reduce_pod_event(event)).unwrap_or_default();
+                    reduced.push(b'\n');
+                    let frame = Ok(Frame::data(Bytes::from(reduced)));
+                    return Some((frame, (body, pending)));
+                }
+                if pending.len() > MAX_EVENT {
+                    let error: BoxError = format!("a watch event over {MAX_EVENT} bytes").into();
+                    return Some((Err(error), (body, Vec::new())));
+                }
+                match body.frame().await? {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            pending.extend_from_slice(&data);
+                        }
+                    }
+                    Err(error) => return Some((Err(error.into()), (body, Vec::new()))),
+                }
+            }
+        });
+    StreamBody::new(events).boxed_unsync()
+}
+
+fn full(bytes: Vec<u8>) -> ViewBody {
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An answer as the API server words one (a `Status`), which Kubernetes
+/// clients show by its message.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<ViewBody> {
+    let status = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    let mut response = Response::new(full(status.to_string().into_bytes()));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
