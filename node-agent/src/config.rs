@@ -1,7 +1,9 @@
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_admin::AdminAddrs;
+use ambit_config::model::Key;
 use ambit_mesh_source::{Source, SourceArgs};
 use ambit_mesh_tls::config::{CaArgs, CaConfig};
 use anyhow::{bail, Context};
@@ -114,6 +116,13 @@ pub struct Args {
     /// `--cni-uninstall if-daemonset-removed`.
     #[arg(long)]
     pub daemonset: Option<String>,
+
+    /// The service accounts (`NAMESPACE/NAME`, comma-separated) of the
+    /// waypoints and gateways served the mesh view (in Kubernetes): a pod
+    /// labelled `gateway.networking.k8s.io/gateway-name` is served it only
+    /// if it runs as one of them. None by default.
+    #[arg(long, value_delimiter = ',')]
+    pub mesh_view_for: Vec<String>,
 }
 
 /// When a stopping agent takes its CNI plugin out of the node.
@@ -145,6 +154,8 @@ pub struct Config {
     /// The plugin and entry this agent installs, if it does.
     pub cni_install: Option<CniInstall>,
     pub cni_uninstall: Uninstall,
+    /// Who is served the mesh view: service accounts, as (namespace, name).
+    pub mesh_view_for: BTreeSet<Key>,
 }
 
 /// When a stopping agent takes its CNI plugin out, checked.
@@ -206,6 +217,16 @@ impl Config {
                     bail!("--cni-uninstall if-daemonset-removed needs --daemonset NAMESPACE/NAME")
                 }
             },
+            mesh_view_for: args
+                .mesh_view_for
+                .iter()
+                .map(|account| match account.split_once('/') {
+                    Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                        Ok(Key::new(namespace, name))
+                    }
+                    _ => bail!("--mesh-view-for {account:?}: not NAMESPACE/NAME"),
+                })
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }

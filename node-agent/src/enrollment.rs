@@ -17,7 +17,6 @@ use crate::netns::{self, Netns, NetnsError};
 use crate::proxy::{self, PodContext, PodListeners, PodProxy, ProxyInputs, OUTBOUND_LISTENER};
 use crate::redirection::Redirection;
 use ambit_config::model::{Key, Mesh, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL};
-use ambit_mesh_source::view::VIEW_LABEL;
 
 const STATE_FILE: &str = "pods.json";
 
@@ -104,7 +103,7 @@ impl Enrollment {
         self
     }
 
-    /// Serves the mesh view to the pods labelled for it (`VIEW_LABEL`).
+    /// Serves the mesh view to the pods it allows (`view::serves`).
     pub fn with_mesh_view(mut self, mesh_view: Arc<MeshView>) -> Self {
         self.mesh_view = Some(mesh_view);
         self
@@ -321,14 +320,7 @@ impl Enrollment {
             return;
         };
         let pod = &known.sandbox.pod;
-        let wanted = snapshot
-            .workloads
-            .get(&Key::new(&pod.namespace, &pod.name))
-            // Never on the node's own network, where every process of the
-            // node would reach it.
-            .is_some_and(|workload| {
-                workload.labels.contains_key(VIEW_LABEL) && !workload.host_network
-            });
+        let wanted = mesh_view.serves(snapshot, &Key::new(&pod.namespace, &pod.name));
         match (&known.view, wanted) {
             (None, true) => {
                 let served = Netns::open(&known.sandbox.netns)

@@ -4,11 +4,13 @@
 //! agent passes to the API server with its own credentials, pods reduced
 //! to what the mesh model reads. Those proxies need no RBAC for the mesh.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_cni::protocol::PodRef;
+use ambit_config::model::{Key, Mesh};
 use ambit_mesh_source::view::{self, Passed, VIEW_PORT};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -36,9 +38,12 @@ const MAX_POD_LIST: usize = 256 << 20;
 /// The longest watch event passed on (one pod, as JSON).
 const MAX_EVENT: usize = 16 << 20;
 
-/// What the views of this node's pods read the API server with.
+/// What the views of this node's pods read the API server with, and who
+/// may have one.
 pub struct MeshView {
     client: kube::Client,
+    /// The service accounts of the waypoints and gateways (`view::serves`).
+    allowed: BTreeSet<Key>,
 }
 
 /// One pod's view; dropping it closes its listener and connections.
@@ -53,8 +58,15 @@ impl Drop for ViewServer {
 }
 
 impl MeshView {
-    pub fn new(client: kube::Client) -> Arc<Self> {
-        Arc::new(Self { client })
+    pub fn new(client: kube::Client, allowed: BTreeSet<Key>) -> Arc<Self> {
+        Arc::new(Self { client, allowed })
+    }
+
+    /// Whether the pod `key` of `mesh` is to be served the view.
+    pub fn serves(&self, mesh: &Mesh, key: &Key) -> bool {
+        mesh.workloads
+            .get(key)
+            .is_some_and(|workload| view::serves(key, workload, &self.allowed))
     }
 
     /// Starts serving `pod` the view, in its namespace `netns`. Beside a

@@ -40,6 +40,16 @@ fn pod_spec(kind: &str, name: &str) -> Value {
 fn reads_the_mesh_through_its_agent(name: &str, namespace: &str, parsed: &ambit_waypoint::Args) {
     let view = std::net::SocketAddr::from(([127, 0, 0, 1], VIEW_PORT));
     assert_eq!(parsed.mesh_view, Some(view), "{name}");
+    // Its node's agent serves the view to its account.
+    let agent = pod_spec("DaemonSet", "ambit-node-agent");
+    let agent =
+        ambit_node_agent::Args::try_parse_from(args(&agent, "node-agent", "ambit-node-agent"))
+            .unwrap();
+    assert!(
+        agent.mesh_view_for.contains(&format!("{namespace}/{name}")),
+        "{:?}",
+        agent.mesh_view_for
+    );
     let documents = documents();
     let deployment = documents
         .iter()

@@ -494,7 +494,9 @@ fn in_kubernetes_the_gateway_reads_the_mesh_through_its_agent_and_only_the_secre
     api.apply(&config)?;
     let kubeconfig = api.kubeconfig().to_path_buf();
     let agents_source = Source::Kubeconfig(kubeconfig.clone());
-    let (ca, _agents) = mesh::start_secured_from(&cluster, &config, 3600, (&agents_source, &[]))?;
+    let viewer = format!("--mesh-view-for=istio-system/{GATEWAY_POD}");
+    let (ca, _agents) =
+        mesh::start_secured_from(&cluster, &config, 3600, (&agents_source, &[&viewer]))?;
     let _web = Server::new("web", "v1").http(8080).start(&cluster, web)?;
     let work = cluster.work_dir().to_path_buf();
     let pki = TestPki::new("web-ca", &work.join("pki"))?;

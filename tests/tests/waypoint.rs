@@ -34,13 +34,12 @@ fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
             ..mesh::enrolling(&cluster, &[reviews], vec![])
         };
         // As Istio labels a waypoint's pods: its node's agent serves it
-        // the mesh view.
-        for pod in config
-            .pods
-            .iter_mut()
-            .filter(|pod| view && pod.name == "waypoint")
-        {
-            pod.labels.push((VIEW_LABEL.into(), "waypoint".into()));
+        // the mesh view. The reviews pod claims the label too, but does not
+        // run as an account the agents serve.
+        if view {
+            for pod in &mut config.pods {
+                pod.labels.push((VIEW_LABEL.into(), "waypoint".into()));
+            }
         }
         config
     };
@@ -55,7 +54,9 @@ fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
         // The view's agent reads the API server; the waypoint is given no
         // access to it.
         let mut agents = match source {
-            Source::AgentView => Some(mesh::start_agents_from(&cluster, &kubeconfig)?),
+            Source::AgentView => Some(mesh::start_agents_with_args(&cluster, &kubeconfig, |_| {
+                Ok(vec!["--mesh-view-for=default/waypoint".into()])
+            })?),
             _ => None,
         };
         let waypoint = Waypoint::start(&cluster, waypoint_pod, "waypoint", &source, None)?;
@@ -113,7 +114,7 @@ fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
 
 /// The mesh view in the waypoint's pod refuses what the mesh is not read
 /// from, and passes pods on without what the model does not read; a pod
-/// not labelled for it has none.
+/// that only claims the label has none.
 fn the_view_passes_on_only_what_the_mesh_reads(
     cluster: &Cluster,
     api: &ApiServer,
@@ -149,7 +150,7 @@ fn the_view_passes_on_only_what_the_mesh_reads(
     }
     assert!(
         reviews.place().http_get(view, "/api/v1/pods").is_err(),
-        "a pod not labelled for the view reaches one"
+        "a pod labelled for the view, of an account not named for it, reaches one"
     );
     Ok(())
 }

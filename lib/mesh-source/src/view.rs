@@ -10,11 +10,12 @@
 //!
 //! This module decides; the agent does the I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ambit_config::api::core::PodBody;
 use ambit_config::api::meta::ObjectMeta;
 use ambit_config::document::{field_selector, plural, KINDS};
+use ambit_config::model::{Key, Workload};
 use serde_json::Value;
 
 /// Where the view is served, inside the pod (Istio's port for
@@ -24,6 +25,18 @@ pub const VIEW_PORT: u16 = 15010;
 /// The pod label that makes the agent serve a pod the view: Istio's label
 /// on its waypoints' and gateways' pods (the Gateway they run).
 pub const VIEW_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Whether the pod `key` (as the model holds it) is served the view:
+/// labelled for it ([`VIEW_LABEL`]), off the node's own network (where
+/// every process of the node would reach it), and running as one of the
+/// `allowed` service accounts, the operator's list of its waypoints and
+/// gateways. A label alone never is enough: whoever may create a pod may
+/// set it, and the view reads with the agent's rights.
+pub fn serves(key: &Key, workload: &Workload, allowed: &BTreeSet<Key>) -> bool {
+    workload.labels.contains_key(VIEW_LABEL)
+        && !workload.host_network
+        && allowed.contains(&Key::new(&key.namespace, &workload.service_account))
+}
 
 /// What a request that passes reads, for the agent to pass on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +259,43 @@ mod tests {
         assert!(admit("POST", "/api/v1/pods", None)
             .unwrap_err()
             .contains("read-only"));
+    }
+
+    #[test]
+    fn only_a_labelled_pod_of_an_allowed_account_off_the_node_network_is_served() {
+        let allowed = BTreeSet::from([Key::new("shop", "waypoint")]);
+        let pod = |labelled: bool, account: &str, host_network: bool| Workload {
+            uid: None,
+            node: Some("node-1".into()),
+            service_account: account.into(),
+            labels: match labelled {
+                true => [(VIEW_LABEL.to_string(), "waypoint".to_string())].into(),
+                false => Default::default(),
+            },
+            ips: vec![],
+            host_network,
+            istio_sidecar: false,
+        };
+        let key = Key::new("shop", "waypoint-7f9c");
+        assert!(serves(&key, &pod(true, "waypoint", false), &allowed));
+        assert!(!serves(&key, &pod(false, "waypoint", false), &allowed));
+        assert!(
+            !serves(&key, &pod(true, "cart", false), &allowed),
+            "a labelled pod of another account"
+        );
+        assert!(
+            !serves(&key, &pod(true, "waypoint", true), &allowed),
+            "on the node's network"
+        );
+        let elsewhere = Key::new("other", "waypoint-1");
+        assert!(
+            !serves(&elsewhere, &pod(true, "waypoint", false), &allowed),
+            "the same account name in another namespace"
+        );
+        assert!(
+            !serves(&key, &pod(true, "waypoint", false), &BTreeSet::new()),
+            "none allowed"
+        );
     }
 
     #[test]
