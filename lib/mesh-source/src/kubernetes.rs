@@ -48,9 +48,10 @@ pub async fn connect_view(address: std::net::SocketAddr) -> anyhow::Result<kube:
     let url = format!("http://{address}")
         .parse()
         .context("the mesh view's address")?;
-    connect_with(kube::Config::new(url))
-        .await
-        .context("the node agent's mesh view (is this pod labelled for it, and the agent running?)")
+    connect_with(kube::Config::new(url)).await.context(
+        "the node agent's mesh view (is this pod labelled for it, its service account in \
+             the agent's --mesh-view-for, and the agent running?)",
+    )
 }
 
 async fn connect_with(config: kube::Config) -> anyhow::Result<kube::Client> {
