@@ -85,7 +85,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(redirection::annotate(redirection.clone(), client.clone()));
         enrollment = enrollment
             .with_redirection(redirection)
-            .with_mesh_view(MeshView::new(client, config.mesh_view_for.clone()));
+            .with_mesh_view(MeshView::new(
+                client,
+                config.mesh_view_for.clone(),
+                &mut registry,
+            ));
     }
     let enrollment = Arc::new(Mutex::new(enrollment));
     lock(&enrollment)

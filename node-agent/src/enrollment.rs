@@ -36,12 +36,15 @@ pub enum EnrollError {
 
 /// A known pod as the config dump shows it.
 #[derive(serde::Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     #[serde(flatten)]
     pub pod: PodRef,
     pub ips: Vec<Ipv4Addr>,
     pub netns: String,
     pub enrolled: bool,
+    /// Served the mesh view (a waypoint's or gateway's pod).
+    pub mesh_view: bool,
 }
 
 /// A pod the agent knows, enrolled or not.
@@ -167,6 +170,7 @@ impl Enrollment {
                 ips: known.sandbox.ips.clone(),
                 netns: known.sandbox.netns.display().to_string(),
                 enrolled: known.enrolled.is_some(),
+                mesh_view: known.view.is_some(),
             })
             .collect()
     }

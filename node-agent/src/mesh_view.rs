@@ -5,6 +5,7 @@
 //! to what the mesh model reads. Those proxies need no RBAC for the mesh.
 
 use std::collections::BTreeSet;
+use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,10 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -44,6 +49,33 @@ pub struct MeshView {
     client: kube::Client,
     /// The service accounts of the waypoints and gateways (`view::serves`).
     allowed: BTreeSet<Key>,
+    requests: Family<OutcomeLabels, Counter>,
+}
+
+/// What became of a request to a view.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Outcome {
+    /// Passed to the API server (whatever it answered).
+    Passed,
+    /// Not in the view: answered 403.
+    Refused,
+    /// The API server could not be reached, or its answer read.
+    Failed,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Passed => "passed",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
 }
 
 /// One pod's view; dropping it closes its listener and connections.
@@ -58,8 +90,20 @@ impl Drop for ViewServer {
 }
 
 impl MeshView {
-    pub fn new(client: kube::Client, allowed: BTreeSet<Key>) -> Arc<Self> {
-        Arc::new(Self { client, allowed })
+    /// The view, its requests counted in `registry`
+    /// (`ambit_mesh_view_requests_total` by outcome).
+    pub fn new(client: kube::Client, allowed: BTreeSet<Key>, registry: &mut Registry) -> Arc<Self> {
+        let requests = Family::default();
+        registry.register(
+            "ambit_mesh_view_requests",
+            "Requests to the mesh view served to this node's waypoints and gateways, by outcome",
+            requests.clone(),
+        );
+        Arc::new(Self {
+            client,
+            allowed,
+            requests,
+        })
     }
 
     /// Whether the pod `key` of `mesh` is to be served the view.
@@ -81,13 +125,32 @@ impl MeshView {
         Ok(ViewServer { task })
     }
 
-    /// Answers one request: refused (403) unless the view passes it, else
-    /// the API server's answer, pods reduced.
+    /// Answers one request, and counts it by its outcome.
     async fn answer(&self, request: Request<Incoming>) -> Response<ViewBody> {
+        let (outcome, response) = match self.pass(request).await {
+            Ok(response) => (Outcome::Passed, response),
+            Err((outcome, response)) => (outcome, response),
+        };
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        response
+    }
+
+    /// The API server's answer, pods reduced; else the view's own answer
+    /// and why: refused (403) unless the view passes the request, failed
+    /// when the API server cannot be reached.
+    async fn pass(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<ViewBody>, (Outcome, Response<ViewBody>)> {
         let uri = request.uri();
         let passed = match view::admit(request.method().as_str(), uri.path(), uri.query()) {
             Ok(passed) => passed,
-            Err(reason) => return status(StatusCode::FORBIDDEN, "Forbidden", &reason),
+            Err(reason) => {
+                let refused = status(StatusCode::FORBIDDEN, "Forbidden", &reason);
+                return Err((Outcome::Refused, refused));
+            }
         };
         let path = uri.path_and_query().map_or("/", |path| path.as_str());
         let upstream = Request::get(path)
@@ -95,13 +158,17 @@ impl MeshView {
             .body(kube::client::Body::empty());
         let answered = match upstream {
             Ok(upstream) => self.client.send(upstream).await,
-            Err(error) => return status(StatusCode::BAD_REQUEST, "BadRequest", &error.to_string()),
+            Err(error) => {
+                let refused = status(StatusCode::BAD_REQUEST, "BadRequest", &error.to_string());
+                return Err((Outcome::Refused, refused));
+            }
         };
         let response = match answered {
             Ok(response) => response,
             Err(error) => {
                 let reason = format!("the node agent could not reach the API server: {error}");
-                return status(StatusCode::BAD_GATEWAY, "ServiceUnavailable", &reason);
+                let failed = status(StatusCode::BAD_GATEWAY, "ServiceUnavailable", &reason);
+                return Err((Outcome::Failed, failed));
             }
         };
         let (parts, body) = response.into_parts();
@@ -111,7 +178,8 @@ impl MeshView {
                 match reduced_list(body).await {
                     Ok(body) => body,
                     Err(reason) => {
-                        return status(StatusCode::BAD_GATEWAY, "InternalError", &reason)
+                        let failed = status(StatusCode::BAD_GATEWAY, "InternalError", &reason);
+                        return Err((Outcome::Failed, failed));
                     }
                 }
             }
@@ -125,7 +193,7 @@ impl MeshView {
                 .headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, content_type.clone());
         }
-        response
+        Ok(response)
     }
 }
 

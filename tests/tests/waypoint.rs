@@ -12,7 +12,7 @@ use ambit_mesh_source::view::{VIEW_LABEL, VIEW_PORT};
 use ambit_testbed::apiserver::ApiServer;
 use ambit_testbed::bookinfo;
 use ambit_testbed::hbone::get_through;
-use ambit_testbed::mesh::{self, sample, MeshConfig, Source};
+use ambit_testbed::mesh::{self, sample, AgentPort, MeshConfig, Source};
 use ambit_testbed::testapp::{self, HttpLoad, Messages, Server};
 use ambit_testbed::waypoint::Waypoint;
 use ambit_testbed::Cluster;
@@ -20,6 +20,7 @@ use anyhow::Context;
 use serde_json::json;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const VIEW_REQUESTS: &str = "ambit_mesh_view_requests_total";
 
 #[test]
 fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
@@ -78,7 +79,7 @@ fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
             "{source:?}: the whole model is in the dump"
         );
         if let Some(agents) = &mut agents {
-            the_view_passes_on_only_what_the_mesh_reads(&cluster, &api)?;
+            the_view_passes_on_only_what_the_mesh_reads(&cluster, &api, &agents[0])?;
             // The agent is replaced (an upgrade): the waypoint's watches
             // resume through the next one, and the change below reaches it.
             agents[0].restart(&cluster)?;
@@ -118,6 +119,7 @@ fn a_waypoint_follows_its_bindings_from_every_source() -> anyhow::Result<()> {
 fn the_view_passes_on_only_what_the_mesh_reads(
     cluster: &Cluster,
     api: &ApiServer,
+    agent: &mesh::NodeAgent,
 ) -> anyhow::Result<()> {
     let [waypoint, reviews] = cluster.pods_named(["waypoint", "reviews"])?;
     let view = SocketAddr::from((Ipv4Addr::LOCALHOST, VIEW_PORT));
@@ -152,6 +154,22 @@ fn the_view_passes_on_only_what_the_mesh_reads(
         reviews.place().http_get(view, "/api/v1/pods").is_err(),
         "a pod labelled for the view, of an account not named for it, reaches one"
     );
+    // The agent counts them: the four refusals, and the waypoint's reads.
+    let metrics = agent.metrics(cluster)?;
+    let requests = |outcome| sample(&metrics, VIEW_REQUESTS, &[("outcome", outcome)]);
+    assert_eq!(requests("refused"), 4.0, "{metrics}");
+    assert!(requests("passed") > 1.0, "{metrics}");
+    // And shows whom it serves.
+    let (_, dump) = agent.get(cluster, AgentPort::Admin, "/config_dump")?;
+    let dump: serde_json::Value = serde_json::from_str(&dump)?;
+    let served: Vec<&str> = dump["pods"]
+        .as_array()
+        .context("the agent's pods")?
+        .iter()
+        .filter(|pod| pod["meshView"] == true)
+        .filter_map(|pod| pod["name"].as_str())
+        .collect();
+    assert_eq!(served, ["waypoint"], "{dump}");
     Ok(())
 }
 
