@@ -24,7 +24,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::netns::Netns;
@@ -202,10 +201,8 @@ impl MeshView {
 /// tasks end with this one: a pod no longer labelled for the view keeps no
 /// watch open.
 async fn accept(view: Arc<MeshView>, listener: TcpListener, pod: PodRef) {
-    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        while connections.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -214,10 +211,11 @@ async fn accept(view: Arc<MeshView>, listener: TcpListener, pod: PodRef) {
                 continue;
             }
         };
-        let Ok(place) = open.clone().try_acquire_owned() else {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
             tracing::warn!(%pod, limit = MAX_CONNECTIONS, "too many connections to the mesh view: one closed");
             continue;
-        };
+        }
         let view = view.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -229,7 +227,6 @@ async fn accept(view: Arc<MeshView>, listener: TcpListener, pod: PodRef) {
                 .header_read_timeout(HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            drop(place);
         });
     }
 }
@@ -251,11 +248,11 @@ async fn reduced_list(body: kube::client::Body) -> Result<ViewBody, String> {
 /// A watch's events (one JSON document a line), each pod reduced as it
 /// passes; a line that is not JSON is dropped, never passed on whole.
 fn reduced_events(body: kube::client::Body) -> ViewBody {
-    let events =
-        futures_util::stream::unfold((body, Vec::new()), |(mut body, mut pending)| async move {
+    let events = futures_util::stream::unfold(
+        (body, Lines::default()),
+        |(mut body, mut lines)| async move {
             loop {
-                if let Some(end) = pending.iter().position(|byte| *byte == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Some(line) = lines.next_line() {
                     let Ok(event) = serde_json::from_slice(&line) else {
                         continue;
                     };
@@ -263,23 +260,51 @@ fn reduced_events(body: kube::client::Body) -> ViewBody {
                         serde_json::to_vec(&view::reduce_pod_event(event)).unwrap_or_default();
                     reduced.push(b'\n');
                     let frame = Ok(Frame::data(Bytes::from(reduced)));
-                    return Some((frame, (body, pending)));
+                    return Some((frame, (body, lines)));
                 }
-                if pending.len() > MAX_EVENT {
+                if lines.pending.len() > MAX_EVENT {
                     let error: BoxError = format!("a watch event over {MAX_EVENT} bytes").into();
-                    return Some((Err(error), (body, Vec::new())));
+                    return Some((Err(error), (body, Lines::default())));
                 }
                 match body.frame().await? {
                     Ok(frame) => {
                         if let Ok(data) = frame.into_data() {
-                            pending.extend_from_slice(&data);
+                            lines.pending.extend_from_slice(&data);
                         }
                     }
-                    Err(error) => return Some((Err(error.into()), (body, Vec::new()))),
+                    Err(error) => return Some((Err(error.into()), (body, Lines::default()))),
                 }
             }
-        });
+        },
+    );
     StreamBody::new(events).boxed_unsync()
+}
+
+/// Bytes read but not yet passed on, split at newlines; each byte is
+/// looked at once, however many reads a long line takes.
+#[derive(Default)]
+struct Lines {
+    pending: Vec<u8>,
+    /// How far `pending` holds no newline.
+    scanned: usize,
+}
+
+impl Lines {
+    /// The next whole line, its newline included.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let unscanned = &self.pending[self.scanned..];
+        match unscanned.iter().position(|byte| *byte == b'\n') {
+            Some(at) => {
+                let end = self.scanned + at;
+                self.scanned = 0;
+                Some(self.pending.drain(..=end).collect())
+            }
+            None => {
+                self.scanned = self.pending.len();
+                None
+            }
+        }
+    }
 }
 
 fn full(bytes: Vec<u8>) -> ViewBody {
@@ -307,4 +332,26 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<ViewBody> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_whole_however_the_reads_split_them() {
+        let mut lines = Lines::default();
+        let read = |bytes: &[u8], lines: &mut Lines| {
+            lines.pending.extend_from_slice(bytes);
+            std::iter::from_fn(|| lines.next_line()).collect::<Vec<_>>()
+        };
+        assert!(read(b"{\"type\":", &mut lines).is_empty());
+        assert!(read(b"\"ADDED\"}", &mut lines).is_empty());
+        assert_eq!(
+            read(b"\n{\"a\":1}\n{\"b\"", &mut lines),
+            [b"{\"type\":\"ADDED\"}\n".to_vec(), b"{\"a\":1}\n".to_vec()]
+        );
+        assert_eq!(read(b":2}\n", &mut lines), [b"{\"b\":2}\n".to_vec()]);
+        assert!(lines.pending.is_empty());
+    }
 }
