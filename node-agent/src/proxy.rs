@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use ambit_admin::accept::Acceptor;
 use ambit_cni::protocol::PodRef;
 use ambit_config::model::{Key, Mesh, Workload};
+use ambit_hbone::TraceParent;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
@@ -289,6 +290,8 @@ struct Report<'a> {
     peer: SocketAddr,
     target: SocketAddr,
     started: Instant,
+    /// The connection's id: its own, or the one its HBONE stream brought.
+    trace: TraceParent,
 }
 
 impl<'a> Report<'a> {
@@ -306,6 +309,16 @@ impl<'a> Report<'a> {
             peer,
             target,
             started: Instant::now(),
+            trace: TraceParent::random(),
+        }
+    }
+
+    /// Logged under the id the caller's proxy gave the connection, if it
+    /// gave one.
+    fn continuing(self, trace: Option<TraceParent>) -> Self {
+        Self {
+            trace: trace.unwrap_or(self.trace),
+            ..self
         }
     }
 
@@ -376,6 +389,7 @@ impl<'a> Report<'a> {
             target: "access",
             pod = %self.pod.pod,
             reporter = ?l.reporter,
+            trace_id = %self.trace.trace_id_hex(),
             src.addr = %self.peer,
             src.workload = %workload(&l.parties.source_workload_namespace, &l.parties.source_workload),
             src.identity = %l.parties.source_principal,

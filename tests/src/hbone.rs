@@ -151,13 +151,13 @@ pub struct EchoPeer {
 }
 
 /// What an [`EchoPeer`] saw: connections, streams, the most streams one
-/// connection carried at once, and the last stream's `baggage`.
+/// connection carried at once, and the last stream's headers.
 #[derive(Debug, Default)]
 pub struct PeerCounts {
     pub connections: AtomicUsize,
     pub streams: AtomicUsize,
     pub most_at_once: AtomicUsize,
-    pub baggage: std::sync::Mutex<Option<String>>,
+    pub last_headers: std::sync::Mutex<http::HeaderMap>,
 }
 
 impl EchoPeer {
@@ -244,13 +244,10 @@ async fn serve_echo(
     while let Some(accepted) = connection.accept().await {
         let (request, mut respond) = accepted?;
         seen.streams.fetch_add(1, Ordering::Relaxed);
-        let baggage = request.headers().get("baggage");
         *seen
-            .baggage
+            .last_headers
             .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))? = baggage
-            .and_then(|value| value.to_str().ok())
-            .map(String::from);
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = request.headers().clone();
         let now = open.fetch_add(1, Ordering::AcqRel) + 1;
         seen.most_at_once.fetch_max(now, Ordering::Relaxed);
         let open = open.clone();

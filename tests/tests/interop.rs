@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ambit_hbone::Target;
+use ambit_hbone::{Target, TraceParent};
 use ambit_identity::ca::CertificateAuthority;
 use ambit_identity::{Identity, TrustBundle};
 use ambit_testbed::ca::TestCa;
@@ -155,7 +155,7 @@ fn envoy_as_istios_waypoint_carries_the_agents_hbone_both_ways() -> anyhow::Resu
 fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client"], &["peer"])?;
     let [client, peer] = cluster.pods_named(["client", "peer"])?;
-    let (ca, _agents) = mesh_behind_echo_peer(&cluster, client, peer)?;
+    let (ca, agents) = mesh_behind_echo_peer(&cluster, client, peer)?;
     let identity = Identity::new("cluster.local", &peer.namespace, &peer.name);
     let echo_peer = EchoPeer::start(peer, &ca.certify(&identity)?, &ca.bundle()?, 10)?;
 
@@ -179,13 +179,25 @@ fn the_agent_keeps_within_a_stricter_peers_stream_limit() -> anyhow::Result<()> 
         connections >= 2 && most_at_once <= 10,
         "the peer saw {connections} connections, at most {most_at_once} streams at once on one"
     );
-    // Each stream tells the peer who calls, as ztunnel's do.
-    let baggage = seen.baggage.lock().unwrap().clone();
+    // Each stream tells the peer who calls, and the connection's id, as
+    // ztunnel's do.
+    let headers = seen.last_headers.lock().unwrap().clone();
+    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
     ensure!(
-        baggage.as_deref()
+        header("baggage")
             == Some("k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.pod.name=client,service.name=client,service.version=latest"),
-        "the streams' baggage: {baggage:?}"
+        "the streams' headers: {headers:?}"
     );
+    let trace = header("traceparent")
+        .and_then(TraceParent::parse)
+        .with_context(|| format!("the streams' headers: {headers:?}"))?;
+    let logged = format!("trace_id={}", trace.trace_id_hex());
+    wait_for(
+        "the agent's access log names the stream's connection",
+        Duration::from_secs(5),
+        || Ok(agents[0].output().contains(&logged)),
+    )
+    .with_context(|| agents[0].output())?;
     Ok(())
 }
 

@@ -512,21 +512,35 @@ fn tcp_metrics_and_access_log_name_both_sides() -> anyhow::Result<()> {
     }
 
     let log = agents[1].output();
-    let lines = log
-        .lines()
-        .filter(|line| {
-            line.contains("connection complete")
-                && line.contains("src.identity=spiffe://cluster.local/ns/default/sa/client")
-                && line.contains("dst.identity=spiffe://cluster.local/ns/default/sa/server")
-                && line.contains(&format!("src.addr={}:", client.ip))
-                && line.contains("bytes_recv=1000")
-                && line.contains("bytes_sent=1000")
-        })
-        .count();
+    let echoed = |line: &&str| {
+        line.contains("connection complete")
+            && line.contains("src.identity=spiffe://cluster.local/ns/default/sa/client")
+            && line.contains("dst.identity=spiffe://cluster.local/ns/default/sa/server")
+            && line.contains(&format!("src.addr={}:", client.ip))
+            && line.contains("bytes_recv=1000")
+            && line.contains("bytes_sent=1000")
+    };
+    let lines = log.lines().filter(echoed).count();
     assert_eq!(
         lines, CONNECTIONS,
         "one access-log line per connection:\n{log}"
     );
+    // Both sides log a connection under one id, which the client's agent
+    // sent on its CONNECT (`traceparent`, as ztunnel does): one each.
+    let trace_ids = |log: &str| -> std::collections::BTreeSet<String> {
+        log.lines()
+            .filter(echoed)
+            .filter_map(|line| line.split("trace_id=").nth(1)?.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let at_destination = trace_ids(&log);
+    assert_eq!(at_destination.len(), CONNECTIONS, "{at_destination:?}");
+    assert!(
+        at_destination.iter().all(|id| id.len() == 32),
+        "{at_destination:?}"
+    );
+    assert_eq!(trace_ids(&agents[0].output()), at_destination);
     // A connection held open is counted open on both sides while it
     // lasts, its bytes reported as it goes (not only at its end), and no
     // longer open once it ends.

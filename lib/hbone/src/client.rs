@@ -172,6 +172,9 @@ impl Connection {
         if let Some(baggage) = source.baggage {
             request = request.header("baggage", baggage);
         }
+        if let Some(trace) = source.trace {
+            request = request.header("traceparent", trace.to_string());
+        }
         let request = request.body(())?;
         let opened = async {
             let mut sender = self.sender.clone().ready().await?;

@@ -14,9 +14,11 @@ pub mod client;
 pub mod pool;
 pub mod server;
 mod stream;
+mod trace;
 mod transport;
 
 pub use stream::TunnelStream;
+pub use trace::TraceParent;
 pub use transport::Buffered;
 
 /// Istio's HBONE port.
@@ -35,12 +37,14 @@ pub enum Target {
 /// original client (`for=`) and the Service it called (`host=`, as
 /// ztunnel sends it), which the peer's metrics then name; in `baggage`,
 /// the client's workload (as ztunnel sends it, see
-/// `ambit_telemetry::baggage`), for a peer that does not know the client.
+/// `ambit_telemetry::baggage`), for a peer that does not know the client;
+/// in `traceparent`, the connection's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller<'a> {
     pub client: IpAddr,
     pub service: Option<&'a str>,
     pub baggage: Option<&'a str>,
+    pub trace: Option<TraceParent>,
 }
 
 impl From<IpAddr> for Caller<'_> {
@@ -49,6 +53,7 @@ impl From<IpAddr> for Caller<'_> {
             client,
             service: None,
             baggage: None,
+            trace: None,
         }
     }
 }

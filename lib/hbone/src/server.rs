@@ -11,7 +11,7 @@ use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{Target, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::{Target, TraceParent, TunnelStream, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Streams one connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`),
 /// ztunnel's 200: a client with more opens another connection. Without it,
@@ -39,6 +39,8 @@ pub struct ConnectRequest {
     pub service: Option<String>,
     /// The client's `baggage` headers, joined: what it tells of itself.
     pub baggage: Option<String>,
+    /// The connection's id, if the client sent a valid one.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Why a stream is not opened, as the status its client gets.
@@ -163,6 +165,7 @@ pub fn connect_request<T>(request: &Request<T>) -> Result<ConnectRequest, String
             .find_map(|header| forwarded_pair(header, "host"))
             .map(str::to_ascii_lowercase),
         baggage: (!baggage.is_empty()).then(|| baggage.join(",")),
+        traceparent: values("traceparent").find_map(TraceParent::parse),
     })
 }
 
@@ -225,8 +228,26 @@ mod tests {
                 source: Some("10.244.0.7".parse().unwrap()),
                 service: None,
                 baggage: None,
+                traceparent: None,
             })
         );
+        // The connection's id, as ztunnel sends it; a malformed one is
+        // dropped.
+        let traced = |value: &str| {
+            let request = Request::builder()
+                .method(Method::CONNECT)
+                .uri("10.244.1.5:8080")
+                .header("traceparent", value)
+                .body(())
+                .unwrap();
+            connect_request(&request).unwrap().traceparent
+        };
+        let id = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(
+            traced(id).map(|trace| trace.to_string()).as_deref(),
+            Some(id)
+        );
+        assert_eq!(traced("00-zz-00f067aa0ba902b7-00"), None);
         // What the client tells of itself, over one header or several.
         let told = Request::builder()
             .method(Method::CONNECT)

@@ -199,6 +199,7 @@ async fn streams_share_one_mutual_tls_connection_and_carry_bytes_both_ways() {
                 source: Some(source),
                 service: None,
                 baggage: None,
+                traceparent: None,
             }
         );
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{Buffered, Caller, TunnelStream};
+use ambit_hbone::{Buffered, Caller, TraceParent, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
@@ -91,12 +91,13 @@ impl MeshTls {
     /// A stream to `target` for the workload `caller`, through the peer
     /// `peer` (its 15008 at `peer.ip`), on a pooled connection or a new one
     /// whose socket `dial` connects; `service`, the host of the Service
-    /// called, is passed on for the peer's metrics.
+    /// called, is passed on for the peer's metrics, and `trace`, the
+    /// connection's id, for its logs.
     pub async fn open<D, Dialled>(
         &self,
         caller: Party<'_>,
         peer: Party<'_>,
-        (target, service): (SocketAddr, Option<&str>),
+        (target, service, trace): (SocketAddr, Option<&str>, Option<TraceParent>),
         dial: D,
     ) -> std::io::Result<TunnelStream>
     where
@@ -145,6 +146,7 @@ impl MeshTls {
                     client: caller.ip,
                     service,
                     baggage: caller.baggage,
+                    trace,
                 },
                 connect,
             )

@@ -115,6 +115,7 @@ async fn carry(
         target,
         service,
         baggage,
+        traceparent,
         ..
     } = request;
     // The Service the caller called: named as the target, else claimed
@@ -170,7 +171,7 @@ async fn carry(
     };
     // Not held for the connection's life: a config change frees it.
     drop(mesh);
-    let report = Report::new(inputs, pod, labels, peer.addr, target);
+    let report = Report::new(inputs, pod, labels, peer.addr, target).continuing(traceparent);
     if let Err(reason) = admitted {
         responder.refuse(Refusal::Denied);
         return report.refused(ResponseFlags::Denied, &reason);

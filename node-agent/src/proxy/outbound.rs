@@ -422,6 +422,7 @@ pub(super) async fn handle(
                 let called = (
                     SocketAddr::V4(target),
                     service.as_ref().map(|service| service.host.as_str()),
+                    Some(report.trace),
                 );
                 mesh_tls
                     .open(caller, peer, called, |address| async move {

@@ -437,7 +437,7 @@ impl Upstream {
         // requests for any of the Services it backs.
         let tunnel = self
             .mesh_tls
-            .open(caller, peer, (endpoint, None), dial)
+            .open(caller, peer, (endpoint, None, None), dial)
             .await?;
         Ok(Box::new(tunnel))
     }
