@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // links.
     ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
     ("qemu-user", "qemu-aarch64"),
+    // musl's headers and C library for arm64, with Debian's wrapper that
+    // gives them to the cross compiler: the C in aws-lc, ring and mimalloc
+    // is built against the C library the binaries link.
+    ("musl-dev:arm64", "aarch64-linux-musl-gcc"),
     // The observability test's Prometheus, and Graphviz for `ambit graph`.
     ("prometheus", "prometheus"),
     ("graphviz", "dot"),
@@ -28,7 +32,6 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
-    arm64_musl()?;
     nightly_rust_src()?;
     musl_targets()?;
     bpf_linker()?;
@@ -48,6 +51,11 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: installing {}", missing.join(" "));
+    // A package of another architecture (`NAME:ARCH`): dpkg is told of it
+    // first (idempotent).
+    for arch in missing.iter().filter_map(|package| package.split_once(':')) {
+        exec(Command::new("dpkg").args(["--add-architecture", arch.1]))?;
+    }
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
     exec(
         Command::new("apt-get")
@@ -107,31 +115,6 @@ fn pip_install(packages: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// musl's headers and C library for arm64, with Debian's wrapper that
-/// gives them to the cross compiler: the C in aws-lc, ring and mimalloc is
-/// built against the C library the binaries link. A package of the arm64
-/// architecture, which dpkg must be told of first.
-fn arm64_musl() -> anyhow::Result<()> {
-    if on_path("aarch64-linux-musl-gcc") {
-        println!("setup: musl for arm64 present");
-        return Ok(());
-    }
-    println!("setup: installing musl-dev:arm64");
-    exec(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
-    exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "musl-dev:arm64",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 /// The static builds of the images' binaries, for each CPU.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{Buffered, Caller, TraceParent, TunnelStream};
+use ambit_hbone::{Buffered, Caller, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
@@ -41,14 +41,11 @@ const TLS_WRITE_BUFFER: usize = 256 * 1024;
 /// A TLS connection accepted on a 15008 listener.
 pub type Accepted = TlsStream<Buffered<TcpStream>>;
 
-/// One end of an HBONE connection: a workload's identity and address, and
-/// for a caller, what its streams tell the peer of its workload (the
-/// `baggage` header).
+/// The peer end of an HBONE connection: a workload's identity and address.
 #[derive(Debug, Clone, Copy)]
 pub struct Party<'a> {
     pub identity: &'a Identity,
     pub ip: IpAddr,
-    pub baggage: Option<&'a str>,
 }
 
 pub struct MeshTls {
@@ -88,16 +85,15 @@ impl MeshTls {
         }
     }
 
-    /// A stream to `target` for the workload `caller`, through the peer
-    /// `peer` (its 15008 at `peer.ip`), on a pooled connection or a new one
-    /// whose socket `dial` connects; `service`, the host of the Service
-    /// called, is passed on for the peer's metrics, and `trace`, the
-    /// connection's id, for its logs.
+    /// A stream to `target` for the workload of `identity` at
+    /// `caller.client` (what else `caller` holds, the stream's headers
+    /// tell the peer), through the peer `peer` (its 15008 at `peer.ip`), on
+    /// a pooled connection or a new one whose socket `dial` connects.
     pub async fn open<D, Dialled>(
         &self,
-        caller: Party<'_>,
+        (identity, caller): (&Identity, Caller<'_>),
         peer: Party<'_>,
-        (target, service, trace): (SocketAddr, Option<&str>, Option<TraceParent>),
+        target: SocketAddr,
         dial: D,
     ) -> std::io::Result<TunnelStream>
     where
@@ -106,11 +102,9 @@ impl MeshTls {
     {
         let certificate = self
             .certificates
-            .obtain(caller.identity, CERTIFICATE_WAIT)
+            .obtain(identity, CERTIFICATE_WAIT)
             .await
-            .ok_or_else(|| {
-                std::io::Error::other(format!("no certificate for {}", caller.identity))
-            })?;
+            .ok_or_else(|| std::io::Error::other(format!("no certificate for {identity}")))?;
         let connect = || async {
             let address = SocketAddr::new(peer.ip, ambit_hbone::HBONE_PORT);
             let tcp = dial(address).await?;
@@ -132,24 +126,13 @@ impl MeshTls {
             .await
         };
         let key = (
-            caller.identity.clone(),
-            caller.ip,
+            identity.clone(),
+            caller.client,
             peer.identity.clone(),
             peer.ip,
         );
         self.pool
-            .open(
-                &key,
-                &certificate.not_after,
-                target,
-                Caller {
-                    client: caller.ip,
-                    service,
-                    baggage: caller.baggage,
-                    trace,
-                },
-                connect,
-            )
+            .open(&key, &certificate.not_after, target, caller, connect)
             .await
             .map_err(std::io::Error::other)
     }

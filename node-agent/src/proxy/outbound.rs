@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use ambit_config::api::networking::Resolution;
 use ambit_config::model::{dns_targets, EntryAt, Key, Mesh, OutboundMode, WaypointRef};
 use ambit_ebpf_common::AGENT_MARK;
+use ambit_hbone::Caller;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::Party;
@@ -408,24 +409,20 @@ pub(super) async fn handle(
     if let (Some(mesh_tls), Some(destination)) = (mesh_tls, peer_identity) {
         let upstream = match (&source, pod_ip) {
             (Some(source), Some(pod_ip)) => {
-                let caller = Party {
-                    identity: source,
-                    ip: pod_ip,
+                let caller = Caller {
+                    client: pod_ip,
+                    service: service.as_ref().map(|service| service.host.as_str()),
                     baggage: baggage.as_deref(),
+                    trace: Some(report.trace),
                 };
                 let peer = Party {
                     identity: destination,
                     ip: IpAddr::V4(*connect_to.ip()),
-                    baggage: None,
                 };
                 let netns = &pod.netns;
-                let called = (
-                    SocketAddr::V4(target),
-                    service.as_ref().map(|service| service.host.as_str()),
-                    Some(report.trace),
-                );
+                let target = SocketAddr::V4(target);
                 mesh_tls
-                    .open(caller, peer, called, |address| async move {
+                    .open((source, caller), peer, target, |address| async move {
                         connect(agent_socket(netns, AGENT_MARK, None)?, address).await
                     })
                     .await

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use ambit_config::model::{Mesh, WaypointRef};
 use ambit_dns::Resolver;
+use ambit_hbone::Caller;
 use ambit_identity::Identity;
 use ambit_mesh_tls::certificates::{meshed_identity_at, workload_identity};
 use ambit_mesh_tls::hbone::{MeshTls, Party};
@@ -423,22 +424,14 @@ impl Upstream {
                 None => return Ok(Box::new(dial(endpoint).await?)),
             },
         };
-        let caller = Party {
-            identity: &self.identity,
-            ip: from,
-            baggage: None,
-        };
         let peer = Party {
             identity: &peer,
             ip: peer_ip,
-            baggage: None,
         };
         // No Service named: a kept connection to an endpoint may carry
         // requests for any of the Services it backs.
-        let tunnel = self
-            .mesh_tls
-            .open(caller, peer, (endpoint, None, None), dial)
-            .await?;
+        let caller = (&self.identity, Caller::from(from));
+        let tunnel = self.mesh_tls.open(caller, peer, endpoint, dial).await?;
         Ok(Box::new(tunnel))
     }
 }
