@@ -638,7 +638,12 @@ async fn serve_http(
                         let host = host.and_then(|h| h.to_str().ok()).unwrap_or("-");
                         eprintln!("request: {} {host} {}", req.method(), req.uri());
                     }
-                    tokio::time::sleep(server.delay).await;
+                    // Tokio's timer rounds up to its next millisecond tick:
+                    // even a zero sleep would add up to 1 ms to every answer
+                    // and quantize the latencies the bench measures.
+                    if !server.delay.is_zero() {
+                        tokio::time::sleep(server.delay).await;
+                    }
                     if server.failing.now() {
                         return Ok::<_, Infallible>(server.failing.answer(req).await);
                     }
