@@ -117,6 +117,11 @@ fn known_policy(policy: &str) -> Result<(), String> {
 /// X25519MLKEM768 (a post-quantum hybrid); `fips-140-2` only the NIST
 /// curves P-256 and P-384; otherwise X25519MLKEM768 first, then X25519,
 /// P-256 and P-384, so a peer of either kind agrees.
+///
+/// AES-GCM only (FIPS-approved, as ztunnel offers), AES-128 first as
+/// BoringSSL (Envoy, Istio's sidecars) and Go prefer it: four fewer rounds
+/// per block, about a quarter less of the agents' cipher time on bulk
+/// transfer. Under `pqc`, AES-256 first, as quantum-resistant suites ask.
 pub fn compliant_provider(policy: &str) -> CryptoProvider {
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
     let kx_groups = match policy {
@@ -129,8 +134,20 @@ pub fn compliant_provider(policy: &str) -> CryptoProvider {
             kx_group::SECP384R1,
         ],
     };
+    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
+    let cipher_suites = match policy {
+        "pqc" => vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        _ => vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+        ],
+    };
     CryptoProvider {
         kx_groups,
+        cipher_suites,
         ..default_provider()
     }
 }
@@ -393,7 +410,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
     use super::*;
     use crate::{certificate_request, CertificateAuthority};
-    use rustls::NamedGroup;
+    use rustls::{CipherSuite, NamedGroup};
 
     /// A client that takes any server's certificate: only the key
     /// exchange is under test.
@@ -465,7 +482,7 @@ mod tests {
     async fn handshake(
         client: ClientConfig,
         server: ServerConfig,
-    ) -> Result<NamedGroup, (String, String)> {
+    ) -> Result<(NamedGroup, CipherSuite), (String, String)> {
         let (near, far) = tokio::io::duplex(64 * 1024);
         let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
         let (client, server) = tokio::join!(
@@ -473,12 +490,13 @@ mod tests {
             tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(far)
         );
         match (client, server) {
-            (Ok(client), Ok(_)) => Ok(client
-                .get_ref()
-                .1
-                .negotiated_key_exchange_group()
-                .unwrap()
-                .name()),
+            (Ok(client), Ok(_)) => {
+                let session = client.get_ref().1;
+                Ok((
+                    session.negotiated_key_exchange_group().unwrap().name(),
+                    session.negotiated_cipher_suite().unwrap().suite(),
+                ))
+            }
             (client, server) => Err((
                 client.err().map(|e| e.to_string()).unwrap_or_default(),
                 server.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -490,10 +508,14 @@ mod tests {
     async fn peers_under_istios_compliance_policies_agree_with_ambits_default() {
         let (certificate, bundle) = workload();
         // As ztunnel with COMPLIANCE_POLICY=pqc, with FIPS, and as Ambit.
+        let (aes_128, aes_256) = (
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+        );
         for (policy, agreed) in [
-            ("pqc", NamedGroup::X25519MLKEM768),
-            ("fips-140-2", NamedGroup::secp256r1),
-            ("", NamedGroup::X25519MLKEM768),
+            ("pqc", (NamedGroup::X25519MLKEM768, aes_256)),
+            ("fips-140-2", (NamedGroup::secp256r1, aes_128)),
+            ("", (NamedGroup::X25519MLKEM768, aes_128)),
         ] {
             let server = server_config(&certificate, &bundle).unwrap();
             let got = handshake(client_under(policy, &certificate), server).await;
