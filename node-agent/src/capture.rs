@@ -5,17 +5,18 @@ mod btf;
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ambit_ebpf_common::{
-    Addr4, ConnectionKey, RelayState, AGENT_SOURCES_MAP, CONNECT4_PROGRAM, CONNECT6_PROGRAM,
-    DNS_ANSWER_PROGRAM, DNS_QUERY_PROGRAM, INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM,
-    MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP, REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP,
-    RELAY_PEERS_MAP, RELAY_RELEASES_MAP, RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP,
-    RELAY_VERDICT_PROGRAM, RELEASE_PENDING, SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
+    Addr4, Addr6, ConnectionKey, RelayState, AGENT_SOURCES6_MAP, AGENT_SOURCES_MAP,
+    CONNECT4_PROGRAM, CONNECT6_PROGRAM, DNS_ANSWER_PROGRAM, DNS_QUERY_PROGRAM,
+    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
+    REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_RELEASES_MAP,
+    RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM, RELEASE_PENDING,
+    SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::links::{FdLink, LinkError};
@@ -133,6 +134,7 @@ pub struct Capture {
 pub struct ConnectionMaps {
     original_dst: Mutex<HashMap<MapData, ConnectionKey, Addr4>>,
     agent_sources: Mutex<HashMap<MapData, Addr4, u8>>,
+    agent_sources6: Mutex<HashMap<MapData, Addr6, u8>>,
     pub relay: Arc<RelayMaps>,
 }
 
@@ -239,6 +241,7 @@ impl Capture {
         let connection_maps = ConnectionMaps {
             original_dst: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST_MAP)?),
             agent_sources: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES_MAP)?),
+            agent_sources6: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES6_MAP)?),
             relay: Arc::new(RelayMaps {
                 peers: Mutex::new(take_map(&mut ebpf, RELAY_PEERS_MAP)?),
                 members: Mutex::new(relay_members),
@@ -336,9 +339,19 @@ impl ConnectionMaps {
 
     /// Marks `source` as the agent's own connection to a local app until the
     /// returned guard is dropped, so `inbound_lookup` does not steer it back.
-    pub fn agent_source(&self, source: SocketAddrV4) -> Result<AgentSource<'_>, CaptureError> {
-        let key = Addr4::new(source.ip().octets(), source.port());
-        lock(&self.agent_sources).insert(key, 1, 0)?;
+    pub fn agent_source(&self, source: SocketAddr) -> Result<AgentSource<'_>, CaptureError> {
+        let key = match source {
+            SocketAddr::V4(source) => {
+                let key = Addr4::new(source.ip().octets(), source.port());
+                lock(&self.agent_sources).insert(key, 1, 0)?;
+                SourceKey::V4(key)
+            }
+            SocketAddr::V6(source) => {
+                let key = Addr6::new(source.ip().octets(), source.port());
+                lock(&self.agent_sources6).insert(key, 1, 0)?;
+                SourceKey::V6(key)
+            }
+        };
         Ok(AgentSource { maps: self, key })
     }
 }
@@ -603,12 +616,20 @@ fn os_error(error: aya::maps::MapError) -> std::io::Error {
 /// See [`ConnectionMaps::agent_source`].
 pub struct AgentSource<'a> {
     maps: &'a ConnectionMaps,
-    key: Addr4,
+    key: SourceKey,
+}
+
+enum SourceKey {
+    V4(Addr4),
+    V6(Addr6),
 }
 
 impl Drop for AgentSource<'_> {
     fn drop(&mut self) {
-        let _ = lock(&self.maps.agent_sources).remove(&self.key);
+        let _ = match &self.key {
+            SourceKey::V4(key) => lock(&self.maps.agent_sources).remove(key),
+            SourceKey::V6(key) => lock(&self.maps.agent_sources6).remove(key),
+        };
     }
 }
 

@@ -117,7 +117,7 @@ impl MeshView {
     pub fn serve(self: &Arc<Self>, pod: &PodRef, netns: &Netns) -> std::io::Result<ViewServer> {
         let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, VIEW_PORT);
         let socket = netns
-            .run(|| crate::proxy::listener(address, false))
+            .run(|| crate::proxy::listener(address.into(), false))
             .map_err(std::io::Error::other)??;
         let listener = TcpListener::from_std(socket.into())?;
         let task = tokio::spawn(accept(self.clone(), listener, pod.clone()));

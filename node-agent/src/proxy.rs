@@ -14,7 +14,7 @@ pub mod outbound;
 mod source_ports;
 mod splice;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,8 +103,10 @@ impl PodContext {
 pub struct PodListeners {
     pub outbound: TcpListener,
     pub inbound: TcpListener,
-    /// HBONE from other agents, when the agent holds identities.
+    /// HBONE from other agents, when the agent holds identities: over IPv4,
+    /// and over IPv6 where the pod's namespace has it (a dual-stack pod).
     pub hbone: Option<TcpListener>,
+    pub hbone6: Option<TcpListener>,
     /// The DNS proxy, over UDP and TCP.
     pub dns: (tokio::net::UdpSocket, TcpListener),
 }
@@ -113,23 +115,27 @@ impl PodListeners {
     /// Binds the listeners in the pod's namespace. SO_REUSEPORT lets a
     /// restarting agent bind beside the old one and take over.
     pub fn bind(netns: &Netns, with_hbone: bool) -> std::io::Result<Self> {
-        let hbone_any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT);
+        let hbone_any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
+        let hbone6_any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let dns = dns_proxy::address();
-        let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
+        let (outbound, inbound, (hbone, hbone6), dns_udp, dns_tcp) = netns.run(|| {
             let hbone = match with_hbone {
-                true => Some(listener(hbone_any, false)?),
-                false => None,
+                true => (
+                    Some(listener(hbone_any, false)?),
+                    ipv6_listener(hbone6_any)?,
+                ),
+                false => (None, None),
             };
             let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
             dns_udp.set_reuse_address(true)?;
             dns_udp.set_reuse_port(true)?;
             dns_udp.bind(&SocketAddr::V4(dns).into())?;
             std::io::Result::Ok((
-                listener(OUTBOUND_LISTENER, true)?,
-                listener(INBOUND_LISTENER, false)?,
+                listener(OUTBOUND_LISTENER.into(), true)?,
+                listener(INBOUND_LISTENER.into(), false)?,
                 hbone,
                 dns_udp,
-                listener(dns, false)?,
+                listener(dns.into(), false)?,
             ))
         })??;
         let tokio = |socket: Socket| TcpListener::from_std(socket.into());
@@ -137,6 +143,7 @@ impl PodListeners {
             outbound: tokio(outbound)?,
             inbound: tokio(inbound)?,
             hbone: hbone.map(tokio).transpose()?,
+            hbone6: hbone6.map(tokio).transpose()?,
             dns: (
                 tokio::net::UdpSocket::from_std(dns_udp.into())?,
                 tokio(dns_tcp)?,
@@ -145,10 +152,18 @@ impl PodListeners {
     }
 }
 
-/// A listening socket at `addr`; `local_leg` when its connections come from
-/// the pod's own apps (see [`without_pacing`]).
-pub(crate) fn listener(addr: SocketAddrV4, local_leg: bool) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+/// A listening socket at `addr` (an IPv6 one for IPv6 only); `local_leg`
+/// when its connections come from the pod's own apps (see
+/// [`without_pacing`]).
+pub(crate) fn listener(addr: SocketAddr, local_leg: bool) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
@@ -158,6 +173,25 @@ pub(crate) fn listener(addr: SocketAddrV4, local_leg: bool) -> std::io::Result<S
     }
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
+}
+
+/// [`listener`] at an IPv6 `addr`, or none where the namespace has no IPv6
+/// (the kernel's or the pod's own choice): then no IPv6 peer can reach the
+/// pod either.
+fn ipv6_listener(addr: SocketAddr) -> std::io::Result<Option<Socket>> {
+    match listener(addr, false) {
+        Ok(socket) => Ok(Some(socket)),
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            tracing::debug!(%error, "no IPv6 in the pod's namespace: HBONE over IPv4 only");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Congestion control for the agent's legs to and from the pod's own apps,
@@ -224,12 +258,13 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         dns_udp.abort_handle(),
         dns_tcp.abort_handle(),
     ];
-    if let Some(listener) = listeners.hbone {
+    for listener in [listeners.hbone, listeners.hbone6].into_iter().flatten() {
         let over_share = (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
         let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
             .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
             .counting_refusals(over_share);
-        let hbone = tokio::spawn(accept_loop(hbone, tracker, move |stream, peer| {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        let hbone = tokio::spawn(accept_loop(hbone, tracker.clone(), move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())
         }));
         accept_loops.push(hbone.abort_handle());
@@ -259,13 +294,20 @@ where
 fn agent_socket(
     netns: &Netns,
     mark: u32,
-    transparent_source: Option<(Ipv4Addr, &source_ports::SourcePorts)>,
+    transparent_source: Option<(IpAddr, &source_ports::SourcePorts)>,
 ) -> std::io::Result<TcpSocket> {
+    let domain = match transparent_source {
+        Some((IpAddr::V6(_), _)) => Domain::IPV6,
+        _ => Domain::IPV4,
+    };
     let socket = netns.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+        let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
         socket.set_mark(mark)?;
         if let Some((source, ports)) = transparent_source {
-            socket.set_ip_transparent_v4(true)?;
+            match source {
+                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
             ports.bind(&socket, source)?;
         }
         std::io::Result::Ok(socket)
@@ -447,7 +489,8 @@ mod tests {
             &Socket::new(Domain::IPV4, Type::STREAM, None).unwrap(),
         ));
         for (local_leg, expected) in [(true, "reno"), (false, default.as_str())] {
-            let listening = listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), local_leg).unwrap();
+            let listening =
+                listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into(), local_leg).unwrap();
             let port = listening.local_addr().unwrap().as_socket().unwrap().port();
             let _client =
                 std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");

@@ -1,7 +1,7 @@
 //! The mesh a test describes (pods with their enrollment, Services with
 //! their endpoints), written as the Kubernetes objects a cluster would hold.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ambit_config::model::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL};
 use serde_json::{json, Value};
@@ -23,6 +23,8 @@ pub struct PodConfig {
     pub uid: String,
     pub node: String,
     pub ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address, which the test gave it.
+    pub ipv6: Option<Ipv6Addr>,
     pub enrolled: bool,
     /// Labels beside the default `app: <pod name>` (which they may replace).
     pub labels: Vec<(String, String)>,
@@ -37,6 +39,7 @@ impl PodConfig {
             uid: pod.uid.clone(),
             node: pod.node.clone(),
             ip: pod.ip,
+            ipv6: None,
             enrolled,
             labels: Vec::new(),
             annotations: Vec::new(),
@@ -113,6 +116,10 @@ impl MeshConfig {
                 .iter()
                 .map(|(key, value)| (key.clone(), json!(value)))
                 .collect();
+            let pod_ips: Vec<Value> = std::iter::once(IpAddr::from(pod.ip))
+                .chain(pod.ipv6.map(IpAddr::from))
+                .map(|ip| json!({ "ip": ip }))
+                .collect();
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
@@ -120,7 +127,7 @@ impl MeshConfig {
                     "labels": labels, "annotations": annotations,
                 },
                 "spec": { "nodeName": pod.node, "serviceAccountName": pod.name },
-                "status": { "phase": "Running", "podIP": pod.ip, "podIPs": [{ "ip": pod.ip }] },
+                "status": { "phase": "Running", "podIP": pod.ip, "podIPs": pod_ips },
             }));
         }
         for service in &self.services {

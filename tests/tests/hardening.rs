@@ -3,10 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_identity::Identity;
-use ambit_testbed::hbone::tunnel_from;
+use ambit_testbed::hbone::{tunnel_from, tunnel_through};
 use ambit_testbed::mesh::{self, AgentPort, NodeAgent};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
@@ -171,28 +172,37 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
     Ok(())
 }
 
-/// The CNI plugin's answer: its JSON on stdout.
-/// The mesh carries IPv4. Over IPv6 a dual-stack pod would be reached, or
-/// reach out, around mutual TLS and policy (a STRICT PeerAuthentication,
-/// egress): an enrolled pod's TCP over IPv6 is refused both ways, but for
-/// its own loopback, while IPv6 between pods outside the mesh works.
+/// A dual-stack pod of the mesh is reached over IPv6 in mutual TLS only,
+/// as over IPv4: an HBONE caller over IPv6 reaches its app, which sees the
+/// caller's own IPv6 address. Plaintext over IPv6 would go around mutual
+/// TLS and policy (a STRICT PeerAuthentication, egress): it is refused both
+/// ways (an enrolled pod's own IPv6 calls are not carried yet), but for the
+/// pod's loopback, while IPv6 between pods outside the mesh works.
 #[test]
-fn an_enrolled_pod_is_never_reached_nor_reaches_out_around_the_mesh_over_ipv6() -> anyhow::Result<()>
-{
+fn an_enrolled_pod_is_reached_over_ipv6_in_mutual_tls_only_and_never_around_the_mesh(
+) -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&["client", "server", "bystander"])
         .build()?;
     let [client, server, bystander] = cluster.pods_named(["client", "server", "bystander"])?;
+    // IPv6 beside IPv4 on the pods' one link (no router needed), which the
+    // mesh knows of for the server, as Kubernetes lists a dual-stack pod's.
+    let v6 = |n: u16| SocketAddr::from((Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n), 9000));
     let mut config = mesh::enrolling(&cluster, &[server], vec![]);
+    for pod in &mut config.pods {
+        if pod.name == server.name {
+            pod.ipv6 = Some(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 2));
+        }
+    }
     config.istio = vec![json!({
         "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
         "metadata": { "name": "strict", "namespace": "default" },
         "spec": { "mtls": { "mode": "STRICT" } },
     })];
-    let (_ca, _agents) = mesh::start_secured(&cluster, &config, 3600)?;
-    // IPv6 beside IPv4 on the pods' one link (no router needed), and an
-    // echo on it in each pod, and on the server's IPv6 loopback.
-    let v6 = |n: u16| SocketAddr::from((Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n), 9000));
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    // An echo in each pod on its IPv6 address, and on the server's IPv6
+    // loopback; each tells whom it served.
+    let mut served = Vec::new();
     for (n, pod) in (1..).zip([client, server, bystander]) {
         let address = format!("{}/64", v6(n).ip());
         let added = pod.place().in_netns(|| {
@@ -201,7 +211,7 @@ fn an_enrolled_pod_is_never_reached_nor_reaches_out_around_the_mesh_over_ipv6() 
                 .status()
         })??;
         anyhow::ensure!(added.success(), "adding IPv6 to {}", pod.name);
-        echo_in(pod, v6(n))?;
+        served.push(echo_in(pod, v6(n))?);
     }
     let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, 9000));
     echo_in(server, loopback)?;
@@ -216,26 +226,86 @@ fn an_enrolled_pod_is_never_reached_nor_reaches_out_around_the_mesh_over_ipv6() 
         let echoed = echoed(&cluster, from.place(), to, "over IPv6");
         anyhow::ensure!(echoed == works, "{what}: echoed {echoed}");
     }
+
+    // In mutual TLS over IPv6, to the server's 15008 at its IPv6 address,
+    // as a caller of the mesh (a ztunnel's pod, say) dials it.
+    let caller = Identity::new("cluster.local", "default", "client");
+    let server_identity = Identity::new("cluster.local", "default", "server");
+    let tunnel = |target: SocketAddr| {
+        tunnel_through(
+            client,
+            Some(&ca.certify(&caller)?),
+            &ca.bundle()?,
+            (&server_identity, v6(2).ip()),
+            (target.into(), None),
+        )
+    };
+    let server_agent = &agents[0];
+    assert!(tunnel(v6(2))?, "{}", server_agent.output());
+    // The app saw the caller itself, from its own IPv6 address.
+    let seen = served[1]
+        .lock()
+        .map_err(|_| anyhow::anyhow!("echo poisoned"))?
+        .clone();
+    assert_eq!(
+        seen.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+        vec![v6(1).ip()],
+        "the server's app saw {seen:?}"
+    );
+    // Counted as any caller in mutual TLS, by its identity.
+    let metrics = server_agent.metrics(&cluster)?;
+    let opened = mesh::sample(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert_eq!(opened, 1.0, "{metrics}");
+    // Only the pod's own addresses: the bystander's, or an IPv4 target
+    // from an IPv6 caller (the app is reached from the caller's address),
+    // are refused.
+    assert!(
+        !tunnel(v6(3))?,
+        "a stream to another pod's address was carried"
+    );
+    let server_v4 = SocketAddr::new(server.ip.into(), 9000);
+    assert!(
+        !tunnel(server_v4)?,
+        "an IPv4 target was carried from an IPv6 caller"
+    );
     Ok(())
 }
 
 /// Echoes every connection to `address` in `pod`'s namespace, from a
-/// thread of the test (for as long as the test runs).
-fn echo_in(pod: &Pod, address: SocketAddr) -> anyhow::Result<()> {
+/// thread of the test (for as long as the test runs); the callers it
+/// served, as it saw them.
+fn echo_in(pod: &Pod, address: SocketAddr) -> anyhow::Result<Arc<Mutex<Vec<SocketAddr>>>> {
     let listener = pod
         .place()
         .in_netns(|| std::net::TcpListener::bind(address))??;
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let callers = served.clone();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
+            if let (Ok(peer), Ok(mut callers)) = (stream.peer_addr(), callers.lock()) {
+                callers.push(peer);
+            }
             let mut message = Vec::new();
             if stream.read_to_end(&mut message).is_ok() {
                 let _ = stream.write_all(&message);
             }
         }
     });
-    Ok(())
+    Ok(served)
 }
 
+/// The CNI plugin's answer: its JSON on stdout.
 fn cni_answer(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_default()
 }

@@ -51,6 +51,8 @@ pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
 /// local app -> 1. `inbound_lookup` leaves such connections alone: to it they
 /// look like any other caller, since the agent uses the caller's address.
 pub const AGENT_SOURCES_MAP: &str = "AGENT_SOURCES";
+/// Map: [`AGENT_SOURCES_MAP`] for IPv6 sources (`Addr6`).
+pub const AGENT_SOURCES6_MAP: &str = "AGENT_SOURCES6";
 /// Map: socket cookie -> that socket's peer in a relay pair (a sockhash):
 /// where `relay_verdict` sends what the socket receives.
 pub const RELAY_PEERS_MAP: &str = "RELAY_PEERS";
@@ -107,7 +109,9 @@ pub const INBOUND_MARK_BIT: u32 = 0x1000;
 
 /// Ports of the agent's own listeners, never steered to the inbound listener:
 /// admin, outbound, inbound, HBONE, metrics, readiness, DNS.
-pub const AGENT_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15053];
+pub const AGENT_PORTS: [u16; 7] = [15000, 15001, 15006, HBONE_PORT, 15020, 15021, 15053];
+/// The agent's HBONE listener in each pod, as Istio's.
+pub const HBONE_PORT: u16 = 15008;
 
 /// An IPv4 address and port, both in network byte order as the kernel's
 /// socket structures hold them.
@@ -139,6 +143,34 @@ impl Addr4 {
     pub const fn port(&self) -> u16 {
         u16::from_be(self.port)
     }
+}
+
+/// An IPv6 address and port, both in network byte order as the kernel's
+/// socket structures hold them (the address as four 32-bit words).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub ip: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Addr6>() == 20);
+
+impl Addr6 {
+    /// From an address's octets and a host-order port.
+    pub const fn new(ip: [u8; 16], port: u16) -> Self {
+        Self {
+            ip: [word(&ip, 0), word(&ip, 4), word(&ip, 8), word(&ip, 12)],
+            port: port.to_be(),
+            _pad: 0,
+        }
+    }
+}
+
+/// The four bytes of `ip` from `at`, as the kernel's words hold them.
+const fn word(ip: &[u8; 16], at: usize) -> u32 {
+    u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]])
 }
 
 /// What the relay verdict keeps per socket.
@@ -181,10 +213,12 @@ impl ConnectionKey {
     }
 }
 
-// SAFETY: both are `repr(C)`, have no implicit padding, and every bit
+// SAFETY: each is `repr(C)`, has no implicit padding, and every bit
 // pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Addr4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Addr6 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ConnectionKey {}
 #[cfg(feature = "user")]
@@ -200,5 +234,10 @@ mod tests {
         assert_eq!(addr.ip.to_ne_bytes(), [10, 244, 1, 2]);
         assert_eq!(addr.port.to_ne_bytes(), 15001u16.to_be_bytes());
         assert_eq!((addr.octets(), addr.port()), ([10, 244, 1, 2], 15001));
+        let octets: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let addr = Addr6::new(octets, 15008);
+        assert_eq!(addr.ip[0].to_ne_bytes(), [0, 1, 2, 3]);
+        assert_eq!(addr.ip[3].to_ne_bytes(), [12, 13, 14, 15]);
+        assert_eq!(addr.port.to_ne_bytes(), 15008u16.to_be_bytes());
     }
 }

@@ -25,9 +25,9 @@ use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut};
 
 use ambit_ebpf_common::{
-    Addr4, ConnectionKey, RelayState, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, DNS_PORT,
-    DNS_PROXY_PORT, MAX_PENDING_CONNECTIONS, MAX_PODS, MAX_RELAYED_SOCKETS, RELAY_BUDGET,
-    RELEASE_PENDING,
+    Addr4, Addr6, ConnectionKey, RelayState, AGENT_MARK, AGENT_MARK_MASK, AGENT_PORTS, DNS_PORT,
+    DNS_PROXY_PORT, HBONE_PORT, MAX_PENDING_CONNECTIONS, MAX_PODS, MAX_RELAYED_SOCKETS,
+    RELAY_BUDGET, RELEASE_PENDING,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -57,6 +57,9 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 
 #[map]
 static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
+#[map]
+static AGENT_SOURCES6: HashMap<Addr6, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
 #[map]
 static DNS_SERVERS: LruHashMap<u64, Addr4> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
@@ -263,14 +266,8 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     if lookup.protocol != IPPROTO_TCP {
         return SK_PASS;
     }
-    // The mesh carries IPv4: a dual-stack pod's app reached over IPv6 from
-    // elsewhere would be reached around mutual TLS and policy, so such a
-    // connection is refused. The pod calling itself is left alone.
     if lookup.family != AF_INET {
-        return match lookup.remote_ip6 == lookup.local_ip6 {
-            true => SK_PASS,
-            false => SK_DROP,
-        };
+        return inbound_lookup6(lookup);
     }
     // Never steered: the pod calling itself, the agent's own ports, and the
     // agent's connections to the app (recorded by their source address).
@@ -294,6 +291,31 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.local_ip4, 0) {
         Ok(()) => SK_PASS,
         Err(_) => SK_DROP,
+    }
+}
+
+/// Over IPv6, a dual-stack pod is reached in mutual TLS only: at the
+/// agent's HBONE listener (the pod's own 15008), whose streams the agent
+/// carries to the app from the caller's address (recorded). Plaintext to
+/// the app would go around mutual TLS and policy, so it is refused. The pod
+/// calling itself is left alone.
+fn inbound_lookup6(lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> u32 {
+    if lookup.remote_ip6 == lookup.local_ip6 || lookup.local_port == u32::from(HBONE_PORT) {
+        return SK_PASS;
+    }
+    // Word by word: the verifier allows only fixed offsets into the context,
+    // not a copy through a pointer into it.
+    // SAFETY: each is a field of the context the kernel handed in.
+    let word = |i: usize| unsafe { core::ptr::read_volatile(addr_of!(lookup.remote_ip6[i])) };
+    let source = Addr6 {
+        ip: [word(0), word(1), word(2), word(3)],
+        port: lookup.remote_port,
+        _pad: 0,
+    };
+    // SAFETY: only whether the key exists is read.
+    match unsafe { AGENT_SOURCES6.get(source) } {
+        Some(_) => SK_PASS,
+        None => SK_DROP,
     }
 }
 

@@ -5,8 +5,9 @@
 //! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket takes the mark
 //!   of the agent's SYN, so all the app's replies carry `INBOUND_MARK_BIT`;
 //! - a rule `fwmark INBOUND_MARK_BIT lookup INBOUND_TABLE` and, in that table,
-//!   `local 0.0.0.0/0 dev lo`: marked replies are delivered locally, to the
-//!   agent's transparent socket, instead of being routed out to the client;
+//!   `local 0.0.0.0/0 dev lo` (and both for IPv6, `local ::/0`): marked
+//!   replies are delivered locally, to the agent's transparent socket,
+//!   instead of being routed out to the client;
 //! - `net.ipv4.tcp_migrate_req=1`: when a restarting agent closes its
 //!   listeners, connections queued on them move to the new agent's.
 //!
@@ -36,8 +37,17 @@ pub fn prepare_inbound_routing() -> io::Result<()> {
             .map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))?;
     }
     let socket = Netlink::open(nix::libc::NETLINK_ROUTE)?;
-    create(&socket, RTM_NEWRULE, &rule_message())?;
-    create(&socket, RTM_NEWROUTE, &route_message())
+    create(&socket, RTM_NEWRULE, &rule_message(AF_INET))?;
+    create(&socket, RTM_NEWROUTE, &route_message(AF_INET))?;
+    // The same for IPv6 (a dual-stack pod's HBONE callers), where the
+    // namespace has IPv6 at all.
+    match create(&socket, RTM_NEWRULE, &rule_message(AF_INET6)) {
+        Err(error) if error.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => Ok(()),
+        created => {
+            created?;
+            create(&socket, RTM_NEWROUTE, &route_message(AF_INET6))
+        }
+    }
 }
 
 /// Sends one create request and waits for its acknowledgement; "already
@@ -57,6 +67,7 @@ fn create(socket: &Netlink, kind: u16, body: &[u8]) -> io::Result<()> {
 const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWRULE: u16 = 32;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_HOST: u8 = 254;
 const RTN_LOCAL: u8 = 2;
@@ -67,10 +78,10 @@ const FRA_FWMARK: u16 = 10;
 const FRA_FWMASK: u16 = 16;
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// `ip rule add pref 32000 fwmark 0x1000/0x1000 lookup 133`
-fn rule_message() -> Vec<u8> {
+/// `ip [-6] rule add pref 32000 fwmark 0x1000/0x1000 lookup 133`
+fn rule_message(family: u8) -> Vec<u8> {
     // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
-    let mut body = vec![AF_INET, 0, 0, 0, INBOUND_TABLE, 0, 0, FR_ACT_TO_TBL];
+    let mut body = vec![family, 0, 0, 0, INBOUND_TABLE, 0, 0, FR_ACT_TO_TBL];
     body.extend_from_slice(&0u32.to_ne_bytes());
     push_u32_attr(&mut body, FRA_PRIORITY, RULE_PRIORITY);
     push_u32_attr(&mut body, FRA_FWMARK, INBOUND_MARK_BIT);
@@ -78,11 +89,11 @@ fn rule_message() -> Vec<u8> {
     body
 }
 
-/// `ip route add local 0.0.0.0/0 dev lo table 133`
-fn route_message() -> Vec<u8> {
+/// `ip route add local 0.0.0.0/0 dev lo table 133` (`::/0` for IPv6)
+fn route_message(family: u8) -> Vec<u8> {
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
     let mut body = vec![
-        AF_INET,
+        family,
         0,
         0,
         0,

@@ -5,7 +5,7 @@
 //! listener terminates it and connects to the app from the caller's
 //! address. Plain TCP remains for peers outside the mesh.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_config::model::{Mesh, ServicePort};
@@ -68,13 +68,13 @@ pub(super) async fn serve(
         }
     };
     // What every stream of the connection shares, read once.
-    let (Some(caller), IpAddr::V4(source)) = (peer_identity(tls.get_ref().1), peer.ip()) else {
-        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no workload identity, or not IPv4");
+    let Some(caller) = peer_identity(tls.get_ref().1) else {
+        tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no workload identity");
         return;
     };
     let peer_facts = Arc::new(TlsPeer {
         addr: peer,
-        source,
+        source: peer.ip(),
         principal: caller.principal(),
         caller,
         own_identity: identity,
@@ -94,7 +94,7 @@ pub(super) async fn serve(
 struct TlsPeer {
     addr: SocketAddr,
     /// The calling pod's address: the peer agent dials from it.
-    source: Ipv4Addr,
+    source: IpAddr,
     caller: Identity,
     /// The caller's identity as policies name it.
     principal: String,
@@ -175,6 +175,16 @@ async fn carry(
     if let Err(reason) = admitted {
         responder.refuse(Refusal::Denied);
         return report.refused(ResponseFlags::Denied, &reason);
+    }
+    if peer.source.is_ipv4() != target.is_ipv4() {
+        // The app is reached from the caller's own address, which must be
+        // of the target's family (a dual-stack caller dials each family's).
+        responder.refuse(Refusal::Unreachable);
+        let reason = format!(
+            "the caller {} and the target are of different IP families",
+            peer.source
+        );
+        return report.refused(ResponseFlags::ConnectFailed, &reason);
     }
     let mut upstream = match connect_app(inputs, pod, peer.source, target).await {
         Ok(upstream) => upstream,

@@ -2,7 +2,7 @@
 //! `inbound_lookup`. The agent connects to the app from the caller's own
 //! address, so the app sees who really called.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_ebpf_common::{AGENT_MARK, INBOUND_MARK_BIT};
@@ -65,7 +65,7 @@ pub(super) async fn handle(
         let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         return report.refused(ResponseFlags::Denied, &reason);
     }
-    match connect_app(&inputs, &pod, source, target).await {
+    match connect_app(&inputs, &pod, source.into(), target).await {
         Ok(upstream) => {
             let meter = Meter::caller(&client);
             report
@@ -96,11 +96,12 @@ fn opened_by_node(settings: &PolicySettings, peer: SocketAddr, target: SocketAdd
     })
 }
 
-/// Connects to the app at `target` from the caller's own address `source`.
+/// Connects to the app at `target` from the caller's own address `source`
+/// (of the same family).
 pub(super) async fn connect_app(
     inputs: &ProxyInputs,
     pod: &PodContext,
-    source: Ipv4Addr,
+    source: IpAddr,
     target: SocketAddr,
 ) -> std::io::Result<TcpStream> {
     let socket = agent_socket(
@@ -109,16 +110,11 @@ pub(super) async fn connect_app(
         Some((source, &pod.source_ports)),
     )?;
     without_pacing(SockRef::from(&socket));
-    let SocketAddr::V4(bound) = socket.local_addr()? else {
-        return Err(std::io::Error::other(
-            "an IPv4 socket bound to an IPv6 address",
-        ));
-    };
     // Until the app has accepted, inbound capture must not take this
     // connection for another caller's.
     let _own = inputs
         .maps
-        .agent_source(bound)
+        .agent_source(socket.local_addr()?)
         .map_err(std::io::Error::other)?;
     connect(socket, target).await
 }

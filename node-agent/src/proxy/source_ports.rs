@@ -19,7 +19,7 @@
 //!   order they were taken, so the first port tried is nearly always free.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -59,7 +59,7 @@ impl Default for SourcePorts {
 impl SourcePorts {
     /// Binds `socket` to `ip` and a free port of the range. Must run inside
     /// the pod's namespace, whose range it reads.
-    pub fn bind(&self, socket: &Socket, ip: Ipv4Addr) -> io::Result<()> {
+    pub fn bind(&self, socket: &Socket, ip: IpAddr) -> io::Result<()> {
         let range = self.range.get_or_init(|| {
             EphemeralPorts::read()
                 .inspect_err(|error| {
@@ -70,14 +70,14 @@ impl SourcePorts {
         if let Some(range) = range {
             for half in [Half::OtherThanCallers, Half::Callers] {
                 for port in range.ports_from(&self.next, half).take(MAX_TRIES) {
-                    match socket.bind(&SocketAddrV4::new(ip, port).into()) {
+                    match socket.bind(&SocketAddr::new(ip, port).into()) {
                         Err(error) if error.kind() == io::ErrorKind::AddrInUse => continue,
                         bound => return bound,
                     }
                 }
             }
         }
-        socket.bind(&SocketAddrV4::new(ip, 0).into())
+        socket.bind(&SocketAddr::new(ip, 0).into())
     }
 }
 
@@ -217,7 +217,9 @@ mod tests {
             next: AtomicU32::new(0),
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        ports.bind(&socket, Ipv4Addr::LOCALHOST).unwrap();
+        ports
+            .bind(&socket, std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap();
         let bound = socket.local_addr().unwrap().as_socket().unwrap().port();
         assert_ne!(bound, port);
         assert_eq!(ports.next.load(Ordering::Relaxed), 1, "tried once");
