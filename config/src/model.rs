@@ -158,6 +158,7 @@ pub struct Service {
     pub labels: Labels,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// One per address, in address order.
     pub endpoints: Vec<Endpoint>,
     /// Namespaces that see the Service (`*`: all); Istio's exportTo annotation.
     pub export_to: Vec<String>,
@@ -801,7 +802,10 @@ fn qualified_hosts<'a>(
 impl Service {
     /// Whether one of its endpoints is at `ip`.
     pub fn has_endpoint(&self, ip: IpAddr) -> bool {
-        self.endpoints.iter().any(|endpoint| endpoint.ip == ip)
+        // Asked per inbound connection, of Services of thousands of pods.
+        self.endpoints
+            .binary_search_by_key(&ip, |endpoint| endpoint.ip)
+            .is_ok()
     }
 
     /// The addresses of its ready IPv4 endpoints, in address order.

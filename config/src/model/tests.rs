@@ -504,3 +504,23 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
         .service_entry_at(IpAddr::V4(given), 80, "other")
         .is_none());
 }
+
+#[test]
+fn a_services_endpoints_are_found_by_address_from_every_slice_and_family() {
+    let mesh = mesh(
+        r#"
+{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, ports: [{port: 80}]}}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: cart-b, namespace: shop, labels: {kubernetes.io/service-name: cart}}, addressType: IPv4, endpoints: [{addresses: [10.244.9.1]}, {addresses: [10.244.1.7]}]}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: cart-a, namespace: shop, labels: {kubernetes.io/service-name: cart}}, addressType: IPv6, endpoints: [{addresses: ["fd00::7"]}, {addresses: ["fd00::3"]}]}
+"#,
+    );
+    let cart = &mesh.services[&Key::new("shop", "cart")];
+    for ip in ["10.244.9.1", "10.244.1.7", "fd00::7", "fd00::3"] {
+        assert!(cart.has_endpoint(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["10.244.1.8", "10.96.0.42", "fd00::4"] {
+        assert!(!cart.has_endpoint(ip.parse().unwrap()), "{ip}");
+    }
+}
