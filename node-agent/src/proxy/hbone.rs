@@ -74,7 +74,6 @@ pub(super) async fn serve(
     };
     let peer_facts = Arc::new(TlsPeer {
         addr: peer,
-        source: peer.ip(),
         principal: caller.principal(),
         caller,
         own_identity: identity,
@@ -92,9 +91,8 @@ pub(super) async fn serve(
 
 /// What the TLS connection tells of each stream it carries.
 struct TlsPeer {
+    /// The calling pod's address (the peer agent dials from it) and port.
     addr: SocketAddr,
-    /// The calling pod's address: the peer agent dials from it.
-    source: IpAddr,
     caller: Identity,
     /// The caller's identity as policies name it.
     principal: String,
@@ -176,17 +174,17 @@ async fn carry(
         responder.refuse(Refusal::Denied);
         return report.refused(ResponseFlags::Denied, &reason);
     }
-    if peer.source.is_ipv4() != target.is_ipv4() {
+    if peer.addr.is_ipv4() != target.is_ipv4() {
         // The app is reached from the caller's own address, which must be
         // of the target's family (a dual-stack caller dials each family's).
         responder.refuse(Refusal::Unreachable);
         let reason = format!(
             "the caller {} and the target are of different IP families",
-            peer.source
+            peer.addr.ip()
         );
         return report.refused(ResponseFlags::ConnectFailed, &reason);
     }
-    let mut upstream = match connect_app(inputs, pod, peer.source, target).await {
+    let mut upstream = match connect_app(inputs, pod, peer.addr.ip(), target).await {
         Ok(upstream) => upstream,
         Err(error) => {
             responder.refuse(Refusal::Unreachable);
