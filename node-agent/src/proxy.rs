@@ -45,8 +45,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// while bounding what one pod, or its callers, can take of the agent's
 /// descriptors (two to four a connection).
 const MAX_POD_CONNECTIONS: usize = 16384;
-/// Mutual-TLS connections from other agents a pod's 15008 listener holds at
-/// once, and from any one source pod: ztunnel and Ambit open one per source
+/// Mutual-TLS connections from other agents a pod's 15008 listeners (IPv4
+/// and IPv6 together) hold at once, and from any one source pod: ztunnel and Ambit open one per source
 /// pod and 100 streams, so 256 carry 25,600 streams from one pod, while a hostile pod's idle or half-open
 /// connections (each closed after the handshake timeout) never take the
 /// places of the others.
@@ -105,8 +105,7 @@ pub struct PodListeners {
     pub inbound: TcpListener,
     /// HBONE from other agents, when the agent holds identities: over IPv4,
     /// and over IPv6 where the pod's namespace has it (a dual-stack pod).
-    pub hbone: Option<TcpListener>,
-    pub hbone6: Option<TcpListener>,
+    pub hbone: Vec<TcpListener>,
     /// The DNS proxy, over UDP and TCP.
     pub dns: (tokio::net::UdpSocket, TcpListener),
 }
@@ -118,13 +117,13 @@ impl PodListeners {
         let hbone_any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let hbone6_any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let dns = dns_proxy::address();
-        let (outbound, inbound, (hbone, hbone6), dns_udp, dns_tcp) = netns.run(|| {
+        let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
             let hbone = match with_hbone {
-                true => (
+                true => [
                     Some(listener(hbone_any, false)?),
                     ipv6_listener(hbone6_any)?,
-                ),
-                false => (None, None),
+                ],
+                false => [None, None],
             };
             let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
             dns_udp.set_reuse_address(true)?;
@@ -142,8 +141,11 @@ impl PodListeners {
         Ok(Self {
             outbound: tokio(outbound)?,
             inbound: tokio(inbound)?,
-            hbone: hbone.map(tokio).transpose()?,
-            hbone6: hbone6.map(tokio).transpose()?,
+            hbone: hbone
+                .into_iter()
+                .flatten()
+                .map(tokio)
+                .collect::<Result<_, _>>()?,
             dns: (
                 tokio::net::UdpSocket::from_std(dns_udp.into())?,
                 tokio(dns_tcp)?,
@@ -258,11 +260,22 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         dns_udp.abort_handle(),
         dns_tcp.abort_handle(),
     ];
-    for listener in [listeners.hbone, listeners.hbone6].into_iter().flatten() {
-        let over_share = (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
-        let hbone = acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
-            .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
-            .counting_refusals(over_share);
+    // One limit for the pod's HBONE listeners together, whatever the family.
+    let mut hbone_acceptors: Vec<Acceptor> = Vec::new();
+    for listener in listeners.hbone {
+        let hbone = match hbone_acceptors.first() {
+            Some(first) => first.beside(listener),
+            None => {
+                let over_share =
+                    (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
+                acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
+                    .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
+                    .counting_refusals(over_share)
+            }
+        };
+        hbone_acceptors.push(hbone);
+    }
+    for hbone in hbone_acceptors {
         let (pod, inputs) = (pod.clone(), inputs.clone());
         let hbone = tokio::spawn(accept_loop(hbone, tracker.clone(), move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())

@@ -114,6 +114,22 @@ impl Acceptor {
         self
     }
 
+    /// An acceptor of `listener` (the same port over another address
+    /// family, say) that counts against this one's limits and shares: the
+    /// bounds hold for the two together, not for each.
+    pub fn beside(&self, listener: TcpListener) -> Self {
+        Self {
+            listener,
+            open: self.open.clone(),
+            per_source: self.per_source.clone(),
+            refused: self.refused.clone(),
+            failures: AcceptFailures {
+                readiness: self.failures.readiness.clone(),
+                ..AcceptFailures::new(self.failures.what)
+            },
+        }
+    }
+
     /// A place in `peer`'s share, unless it has used it up.
     fn share(&self, peer: IpAddr) -> Result<Option<SourceShare>, ()> {
         let Some((max_open, open)) = &self.per_source else {
@@ -284,6 +300,38 @@ mod tests {
         );
         drop(held);
         drop(next);
+    }
+
+    #[tokio::test]
+    async fn listeners_beside_each_other_share_one_limit_and_each_source_one_share() {
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (first_addr, second_addr) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        let mut one = Acceptor::new(first, "test", 3).per_source(2);
+        let mut other = one.beside(second);
+        let _greedy = [
+            connect_many(first_addr, 1).await,
+            connect_many(second_addr, 2).await,
+        ];
+        let held = one.accept().await;
+        let _also_held = other.accept().await;
+        // The source's third, on the second listener, is past its share of
+        // the two together.
+        let stranger = tokio::net::TcpSocket::new_v4().unwrap();
+        stranger.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let _stranger = stranger.connect(second_addr).await.unwrap();
+        let third = other.accept().await;
+        assert_eq!(third.peer.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+        // Three places taken of three: a newcomer on either waits.
+        let _late = connect_many(first_addr, 1).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(200), one.accept()).await;
+        assert!(waiting.is_err(), "accepted past the limit the two share");
+        drop(held);
+        let freed = tokio::time::timeout(Duration::from_secs(5), one.accept()).await;
+        assert!(
+            freed.is_ok(),
+            "a place freed on either is taken on the other"
+        );
     }
 
     async fn connect_many(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
