@@ -810,13 +810,20 @@ impl Service {
 
     /// The addresses of its ready IPv4 endpoints, in address order.
     pub fn ready_ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter_map(|e| match e.ip {
+        self.ready_like(Ipv4Addr::UNSPECIFIED.into())
+            .filter_map(|ip| match ip {
                 IpAddr::V4(ip) => Some(ip),
                 IpAddr::V6(_) => None,
             })
+    }
+
+    /// The addresses of its ready endpoints of `ip`'s family, in address
+    /// order.
+    pub fn ready_like(&self, ip: IpAddr) -> impl Iterator<Item = IpAddr> + '_ {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.ready && e.ip.is_ipv4() == ip.is_ipv4())
+            .map(|e| e.ip)
     }
 
     fn from_object(object: &Object<ServiceBody>) -> Self {

@@ -5,7 +5,7 @@ mod btf;
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use ambit_ebpf_common::{
     Addr4, Addr6, ConnectionKey, RelayState, AGENT_SOURCES6_MAP, AGENT_SOURCES_MAP,
     CONNECT4_PROGRAM, CONNECT6_PROGRAM, DNS_ANSWER_PROGRAM, DNS_QUERY_PROGRAM,
-    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST_MAP,
-    REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP, RELAY_RELEASES_MAP,
-    RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM, RELEASE_PENDING,
-    SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
+    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST6_MAP,
+    ORIGINAL_DST_MAP, REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP,
+    RELAY_RELEASES_MAP, RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM,
+    RELEASE_PENDING, SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::links::{FdLink, LinkError};
@@ -133,6 +133,7 @@ pub struct Capture {
 /// The maps the data path uses on every connection.
 pub struct ConnectionMaps {
     original_dst: Mutex<HashMap<MapData, ConnectionKey, Addr4>>,
+    original_dst6: Mutex<HashMap<MapData, ConnectionKey, Addr6>>,
     agent_sources: Mutex<HashMap<MapData, Addr4, u8>>,
     agent_sources6: Mutex<HashMap<MapData, Addr6, u8>>,
     pub relay: Arc<RelayMaps>,
@@ -240,6 +241,7 @@ impl Capture {
 
         let connection_maps = ConnectionMaps {
             original_dst: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST_MAP)?),
+            original_dst6: Mutex::new(take_map(&mut ebpf, ORIGINAL_DST6_MAP)?),
             agent_sources: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES_MAP)?),
             agent_sources6: Mutex::new(take_map(&mut ebpf, AGENT_SOURCES6_MAP)?),
             relay: Arc::new(RelayMaps {
@@ -267,7 +269,8 @@ impl Capture {
     }
 
     /// Starts capturing a pod: its outbound connections go to
-    /// `outbound_listener` (an address inside its namespace), new inbound
+    /// `outbound_listener` (an address inside its namespace; those to IPv6
+    /// addresses to its port on `[::1]`), new inbound
     /// connections to its ports go to `inbound_listener`.
     pub fn enroll(
         &mut self,
@@ -324,17 +327,20 @@ impl Capture {
 
 impl ConnectionMaps {
     /// Where a redirected connection was going: the one accepted in the
-    /// namespace with `netns_cookie` from source port `client_port`. Each
-    /// answer is given once.
-    pub fn take_original_dst(&self, netns_cookie: u64, client_port: u16) -> Option<SocketAddrV4> {
-        let key = ConnectionKey::new(netns_cookie, client_port);
-        let mut map = lock(&self.original_dst);
-        let found = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(SocketAddrV4::new(
-            Ipv4Addr::from(found.octets()),
-            found.port(),
-        ))
+    /// namespace with `netns_cookie` from `client` (on loopback, of the
+    /// family it was dialled in). Each answer is given once.
+    pub fn take_original_dst(&self, netns_cookie: u64, client: SocketAddr) -> Option<SocketAddr> {
+        let key = ConnectionKey::new(netns_cookie, client.port());
+        match client {
+            SocketAddr::V4(_) => {
+                let found = take(&mut lock(&self.original_dst), &key)?;
+                Some((Ipv4Addr::from(found.octets()), found.port()).into())
+            }
+            SocketAddr::V6(_) => {
+                let found = take(&mut lock(&self.original_dst6), &key)?;
+                Some((Ipv6Addr::from(found.octets()), found.port()).into())
+            }
+        }
     }
 
     /// Marks `source` as the agent's own connection to a local app until the
@@ -631,6 +637,16 @@ impl Drop for AgentSource<'_> {
             SourceKey::V6(key) => lock(&self.maps.agent_sources6).remove(key),
         };
     }
+}
+
+/// The entry at `key`, removed.
+fn take<V: aya::Pod>(
+    map: &mut HashMap<MapData, ConnectionKey, V>,
+    key: &ConnectionKey,
+) -> Option<V> {
+    let found = map.get(key, 0).ok()?;
+    let _ = map.remove(key);
+    Some(found)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

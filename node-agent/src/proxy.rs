@@ -101,7 +101,9 @@ impl PodContext {
 
 /// A pod's listeners, bound inside its namespace.
 pub struct PodListeners {
-    pub outbound: TcpListener,
+    /// The pod's own connections, as capture sends them: over IPv4, and
+    /// over IPv6 where the namespace has it.
+    pub outbound: Vec<TcpListener>,
     pub inbound: TcpListener,
     /// HBONE from other agents, when the agent holds identities: over IPv4,
     /// and over IPv6 where the pod's namespace has it (a dual-stack pod).
@@ -116,21 +118,26 @@ impl PodListeners {
     pub fn bind(netns: &Netns, with_hbone: bool) -> std::io::Result<Self> {
         let hbone_any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let hbone6_any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
+        let outbound6 = SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_LISTENER.port()));
         let dns = dns_proxy::address();
         let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
             let hbone = match with_hbone {
                 true => [
                     Some(listener(hbone_any, false)?),
-                    ipv6_listener(hbone6_any)?,
+                    ipv6_listener(hbone6_any, false)?,
                 ],
                 false => [None, None],
             };
+            let outbound = [
+                Some(listener(OUTBOUND_LISTENER.into(), true)?),
+                ipv6_listener(outbound6, true)?,
+            ];
             let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
             dns_udp.set_reuse_address(true)?;
             dns_udp.set_reuse_port(true)?;
             dns_udp.bind(&SocketAddr::V4(dns).into())?;
             std::io::Result::Ok((
-                listener(OUTBOUND_LISTENER.into(), true)?,
+                outbound,
                 listener(INBOUND_LISTENER.into(), false)?,
                 hbone,
                 dns_udp,
@@ -138,14 +145,13 @@ impl PodListeners {
             ))
         })??;
         let tokio = |socket: Socket| TcpListener::from_std(socket.into());
+        let all = |sockets: [Option<Socket>; 2]| -> std::io::Result<Vec<TcpListener>> {
+            sockets.into_iter().flatten().map(tokio).collect()
+        };
         Ok(Self {
-            outbound: tokio(outbound)?,
+            outbound: all(outbound)?,
             inbound: tokio(inbound)?,
-            hbone: hbone
-                .into_iter()
-                .flatten()
-                .map(tokio)
-                .collect::<Result<_, _>>()?,
+            hbone: all(hbone)?,
             dns: (
                 tokio::net::UdpSocket::from_std(dns_udp.into())?,
                 tokio(dns_tcp)?,
@@ -180,8 +186,8 @@ pub(crate) fn listener(addr: SocketAddr, local_leg: bool) -> std::io::Result<Soc
 /// [`listener`] at an IPv6 `addr`, or none where the namespace has no IPv6
 /// (the kernel's or the pod's own choice): then no IPv6 peer can reach the
 /// pod either.
-fn ipv6_listener(addr: SocketAddr) -> std::io::Result<Option<Socket>> {
-    match listener(addr, false) {
+fn ipv6_listener(addr: SocketAddr, local_leg: bool) -> std::io::Result<Option<Socket>> {
+    match listener(addr, local_leg) {
         Ok(socket) => Ok(Some(socket)),
         Err(error)
             if matches!(
@@ -189,7 +195,7 @@ fn ipv6_listener(addr: SocketAddr) -> std::io::Result<Option<Socket>> {
                 Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL)
             ) =>
         {
-            tracing::debug!(%error, "no IPv6 in the pod's namespace: HBONE over IPv4 only");
+            tracing::debug!(%error, %addr, "no IPv6 in the pod's namespace: IPv4 only");
             Ok(None)
         }
         Err(error) => Err(error),
@@ -241,11 +247,6 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     let acceptor = |listener, what, max_open| {
         Acceptor::new(listener, what, max_open).reporting_to(inputs.readiness.clone())
     };
-    let outbound = acceptor(listeners.outbound, "pod outbound", MAX_POD_CONNECTIONS);
-    let outbound = tokio::spawn(accept_loop(outbound, tracker.clone(), {
-        let (pod, inputs) = (pod.clone(), inputs.clone());
-        move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone())
-    }));
     let inbound = acceptor(listeners.inbound, "pod inbound", MAX_POD_CONNECTIONS);
     let inbound = tokio::spawn(accept_loop(inbound, tracker.clone(), {
         let (pod, inputs) = (pod.clone(), inputs.clone());
@@ -255,27 +256,29 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     let dns_udp = tokio::spawn(dns_proxy::serve_udp(dns_udp, pod.clone(), inputs.clone()));
     let dns_tcp = tokio::spawn(dns_proxy::serve_tcp(dns_tcp, pod.clone(), inputs.clone()));
     let mut accept_loops = vec![
-        outbound.abort_handle(),
         inbound.abort_handle(),
         dns_udp.abort_handle(),
         dns_tcp.abort_handle(),
     ];
-    // One limit for the pod's HBONE listeners together, whatever the family.
-    let mut hbone_acceptors: Vec<Acceptor> = Vec::new();
-    for listener in listeners.hbone {
-        let hbone = match hbone_acceptors.first() {
-            Some(first) => first.beside(listener),
-            None => {
-                let over_share =
-                    (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
-                acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
-                    .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
-                    .counting_refusals(over_share)
-            }
-        };
-        hbone_acceptors.push(hbone);
+    let outbound = sharing_limits(listeners.outbound, |listener| {
+        acceptor(listener, "pod outbound", MAX_POD_CONNECTIONS)
+    });
+    for outbound in outbound {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        let outbound = tokio::spawn(accept_loop(
+            outbound,
+            tracker.clone(),
+            move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone()),
+        ));
+        accept_loops.push(outbound.abort_handle());
     }
-    for hbone in hbone_acceptors {
+    let hbone = sharing_limits(listeners.hbone, |listener| {
+        let over_share = (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
+        acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
+            .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
+            .counting_refusals(over_share)
+    });
+    for hbone in hbone {
         let (pod, inputs) = (pod.clone(), inputs.clone());
         let hbone = tokio::spawn(accept_loop(hbone, tracker.clone(), move |stream, peer| {
             hbone::serve(stream, peer, pod.clone(), inputs.clone())
@@ -283,6 +286,20 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
         accept_loops.push(hbone.abort_handle());
     }
     PodProxy { accept_loops }
+}
+
+/// Acceptors of one port's listeners (one per address family) under one
+/// set of limits, `first`'s: they bound the pod, not each family.
+fn sharing_limits(
+    listeners: Vec<TcpListener>,
+    first: impl FnOnce(TcpListener) -> Acceptor,
+) -> Vec<Acceptor> {
+    let mut listeners = listeners.into_iter();
+    let Some(first) = listeners.next().map(first) else {
+        return Vec::new();
+    };
+    let others: Vec<Acceptor> = listeners.map(|listener| first.beside(listener)).collect();
+    std::iter::once(first).chain(others).collect()
 }
 
 async fn accept_loop<F, Fut>(mut acceptor: Acceptor, connections: TaskTracker, handler: F)
@@ -301,18 +318,17 @@ where
     }
 }
 
-/// A socket of the agent's inside `netns`, marked so capture never takes it;
-/// with `transparent_source`, it sends from that (foreign) address and a
-/// port the pod's [`source_ports::SourcePorts`] pick.
+/// A socket of the agent's inside `netns` to connect to `to` (of its
+/// family), marked so capture never takes it; with `transparent_source`, it
+/// sends from that (foreign) address and a port the pod's
+/// [`source_ports::SourcePorts`] pick.
 fn agent_socket(
     netns: &Netns,
     mark: u32,
+    to: IpAddr,
     transparent_source: Option<(IpAddr, &source_ports::SourcePorts)>,
 ) -> std::io::Result<TcpSocket> {
-    let domain = match transparent_source {
-        Some((IpAddr::V6(_), _)) => Domain::IPV6,
-        _ => Domain::IPV4,
-    };
+    let domain = Domain::for_address(SocketAddr::new(to, 0));
     let socket = netns.run(|| {
         let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
         socket.set_mark(mark)?;

@@ -172,34 +172,62 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
     Ok(())
 }
 
-/// A dual-stack pod of the mesh is reached over IPv6 in mutual TLS only,
-/// as over IPv4: an HBONE caller over IPv6 reaches its app, which sees the
-/// caller's own IPv6 address. Plaintext over IPv6 would go around mutual
-/// TLS and policy (a STRICT PeerAuthentication, egress): it is refused both
-/// ways (an enrolled pod's own IPv6 calls are not carried yet), but for the
-/// pod's loopback, while IPv6 between pods outside the mesh works.
+/// Dual-stack pods of the mesh talk over IPv6 in mutual TLS, as over IPv4:
+/// an enrolled client's call to an enrolled server's IPv6 address, or to a
+/// dual-stack Service's IPv6 VIP, is carried over HBONE on IPv6, and the
+/// server's app sees the client's own IPv6 address; an HBONE caller over
+/// IPv6 (a ztunnel's pod, say) reaches the app too. Plaintext into the
+/// enrolled server over IPv6 would go around mutual TLS and policy (a
+/// STRICT PeerAuthentication): refused, but for the pod's loopback, while
+/// an enrolled pod's IPv6 calls out of the mesh go out plain, as over IPv4.
 #[test]
-fn an_enrolled_pod_is_reached_over_ipv6_in_mutual_tls_only_and_never_around_the_mesh(
+fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::builder()
         .node(&["client", "server", "bystander"])
         .build()?;
     let [client, server, bystander] = cluster.pods_named(["client", "server", "bystander"])?;
     // IPv6 beside IPv4 on the pods' one link (no router needed), which the
-    // mesh knows of for the server, as Kubernetes lists a dual-stack pod's.
-    let v6 = |n: u16| SocketAddr::from((Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n), 9000));
-    let mut config = mesh::enrolling(&cluster, &[server], vec![]);
-    for pod in &mut config.pods {
-        if pod.name == server.name {
-            pod.ipv6 = Some(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 2));
-        }
+    // mesh knows of, as Kubernetes lists a dual-stack pod's.
+    let ip6 = |n: u16| Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n);
+    let v6 = |n: u16| SocketAddr::from((ip6(n), 9000));
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    for (n, pod) in (1..).zip(&mut config.pods) {
+        pod.ipv6 = Some(ip6(n));
     }
-    config.istio = vec![json!({
-        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-        "metadata": { "name": "strict", "namespace": "default" },
-        "spec": { "mtls": { "mode": "STRICT" } },
-    })];
+    anyhow::ensure!(
+        (config.pods.iter().map(|pod| pod.name.as_str())).eq(["client", "server", "bystander"]),
+        "the pods' addresses follow their order"
+    );
+    // A dual-stack Service of the server, its IPv6 VIP on port 80.
+    let vip6 = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x60), 80));
+    config.istio = vec![
+        json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": { "name": "strict", "namespace": "default" },
+            "spec": { "mtls": { "mode": "STRICT" } },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "server6", "namespace": "default" },
+            "spec": {
+                "clusterIP": "10.96.0.60", "clusterIPs": ["10.96.0.60", vip6.ip()],
+                "ports": [{ "name": "tcp", "port": 80, "targetPort": 9000, "protocol": "TCP" }],
+            },
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": "server6-ipv6", "namespace": "default",
+                "labels": { "kubernetes.io/service-name": "server6" },
+            },
+            "addressType": "IPv6",
+            "endpoints": [{ "addresses": [v6(2).ip()], "conditions": { "ready": true } }],
+            "ports": [{ "name": "tcp", "port": 9000, "protocol": "TCP" }],
+        }),
+    ];
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let agent = &agents[0];
     // An echo in each pod on its IPv6 address, and on the server's IPv6
     // loopback; each tells whom it served.
     let mut served = Vec::new();
@@ -215,58 +243,89 @@ fn an_enrolled_pod_is_reached_over_ipv6_in_mutual_tls_only_and_never_around_the_
     }
     let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, 9000));
     echo_in(server, loopback)?;
+    let seen = |n: usize| -> anyhow::Result<Vec<std::net::IpAddr>> {
+        let seen = served[n]
+            .lock()
+            .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
+        Ok(seen.iter().map(SocketAddr::ip).collect())
+    };
 
     let cases = [
-        (client, v6(3), true, "IPv6 between pods outside the mesh"),
-        (client, v6(2), false, "into the enrolled server"),
-        (server, v6(3), false, "out of the enrolled server"),
+        (
+            client,
+            v6(2),
+            true,
+            "from the enrolled client to the enrolled server",
+        ),
+        (
+            client,
+            vip6,
+            true,
+            "from the enrolled client to the server's IPv6 VIP",
+        ),
+        (
+            client,
+            v6(3),
+            true,
+            "from the enrolled client out of the mesh",
+        ),
+        (
+            bystander,
+            v6(2),
+            false,
+            "plaintext into the enrolled server",
+        ),
         (server, loopback, true, "the enrolled server's own loopback"),
     ];
     for (from, to, works, what) in cases {
         let echoed = echoed(&cluster, from.place(), to, "over IPv6");
-        anyhow::ensure!(echoed == works, "{what}: echoed {echoed}");
+        anyhow::ensure!(
+            echoed == works,
+            "{what}: echoed {echoed}\n{}",
+            agent.output()
+        );
     }
+    // The server's app saw the client itself, from its own IPv6 address,
+    // both times; the bystander saw it too.
+    assert_eq!(seen(1)?, vec![v6(1).ip(); 2], "the server's app");
+    assert_eq!(seen(2)?, vec![v6(1).ip()], "the bystander's app");
+    // In mutual TLS both times, the Service's call counted under it.
+    let metrics = agent.metrics(&cluster)?;
+    let mutual_tls = |reporter: &str, more: &[(&str, &str)]| {
+        let mut labels = vec![
+            ("reporter", reporter),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/server",
+            ),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        labels.extend_from_slice(more);
+        mesh::sample(&metrics, "istio_tcp_connections_opened_total", &labels)
+    };
+    assert_eq!(mutual_tls("destination", &[]), 2.0, "{metrics}");
+    let service = [("destination_service", "server6.default.svc.cluster.local")];
+    assert_eq!(mutual_tls("source", &service), 1.0, "{metrics}");
 
     // In mutual TLS over IPv6, to the server's 15008 at its IPv6 address,
-    // as a caller of the mesh (a ztunnel's pod, say) dials it.
+    // as a caller of the mesh from outside this node (a ztunnel's pod) dials it.
     let caller = Identity::new("cluster.local", "default", "client");
     let server_identity = Identity::new("cluster.local", "default", "server");
     let tunnel = |target: SocketAddr| {
         tunnel_through(
-            client,
+            bystander,
             Some(&ca.certify(&caller)?),
             &ca.bundle()?,
             (&server_identity, v6(2).ip()),
             (target.into(), None),
         )
     };
-    let server_agent = &agents[0];
-    assert!(tunnel(v6(2))?, "{}", server_agent.output());
-    // The app saw the caller itself, from its own IPv6 address.
-    let seen = served[1]
-        .lock()
-        .map_err(|_| anyhow::anyhow!("echo poisoned"))?
-        .clone();
-    assert_eq!(
-        seen.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
-        vec![v6(1).ip()],
-        "the server's app saw {seen:?}"
-    );
-    // Counted as any caller in mutual TLS, by its identity.
-    let metrics = server_agent.metrics(&cluster)?;
-    let opened = mesh::sample(
-        &metrics,
-        "istio_tcp_connections_opened_total",
-        &[
-            ("reporter", "destination"),
-            (
-                "source_principal",
-                "spiffe://cluster.local/ns/default/sa/client",
-            ),
-            ("connection_security_policy", "mutual_tls"),
-        ],
-    );
-    assert_eq!(opened, 1.0, "{metrics}");
+    assert!(tunnel(v6(2))?, "{}", agent.output());
+    assert_eq!(seen(1)?[2..], [v6(3).ip()], "the server's app");
     // Only the pod's own addresses: the bystander's, or an IPv4 target
     // from an IPv6 caller (the app is reached from the caller's address),
     // are refused.

@@ -141,7 +141,7 @@ fn a_service_without_a_ready_endpoint_is_refused_and_counted() -> anyhow::Result
     assert!(
         agents[0]
             .output()
-            .contains("service empty.default has no ready endpoint"),
+            .contains("service empty.default has no ready IPv4 endpoint"),
         "{}",
         agents[0].output()
     );

@@ -8,8 +8,8 @@
 /// Program: cgroup `connect4`, sends enrolled pods' outbound TCP connections
 /// to the agent and records where they were going.
 pub const CONNECT4_PROGRAM: &str = "connect4";
-/// Program: cgroup `connect6`, the same for IPv6 sockets calling IPv4-mapped
-/// addresses.
+/// Program: cgroup `connect6`, the same for IPv6 sockets: IPv4-mapped
+/// addresses as IPv4, native IPv6 to the agent's listener on `[::1]`.
 pub const CONNECT6_PROGRAM: &str = "connect6";
 /// Program: cgroup `sendmsg4`, sends an enrolled pod's DNS queries over
 /// UDP (to any server's port 53) to the agent's DNS proxy in its namespace.
@@ -44,6 +44,12 @@ pub const CONNECTING_MAP: &str = "CONNECTING";
 /// Map: `ConnectionKey` -> original destination of a redirected connection
 /// (`Addr4`); the agent reads and deletes the entry when it accepts.
 pub const ORIGINAL_DST_MAP: &str = "ORIGINAL_DST";
+/// Map: [`CONNECTING_MAP`] for native IPv6 destinations (`Addr6`).
+pub const CONNECTING6_MAP: &str = "CONNECTING6";
+/// Map: [`ORIGINAL_DST_MAP`] for connections accepted on the agent's IPv6
+/// listener (`Addr6`): a source port of `[::1]` may be in use on
+/// `127.0.0.1` by another connection at once.
+pub const ORIGINAL_DST6_MAP: &str = "ORIGINAL_DST6";
 /// Map: pod IPv4 address (network order) -> the agent's inbound listener in
 /// that pod's namespace (a sockhash).
 pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
@@ -166,6 +172,25 @@ impl Addr6 {
             _pad: 0,
         }
     }
+
+    pub const fn octets(&self) -> [u8; 16] {
+        let [a, b, c, d] = self.ip;
+        let (a, b, c, d) = (
+            a.to_ne_bytes(),
+            b.to_ne_bytes(),
+            c.to_ne_bytes(),
+            d.to_ne_bytes(),
+        );
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
+    /// The port in host order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
 }
 
 /// The four bytes of `ip` from `at`, as the kernel's words hold them.
@@ -239,5 +264,6 @@ mod tests {
         assert_eq!(addr.ip[0].to_ne_bytes(), [0, 1, 2, 3]);
         assert_eq!(addr.ip[3].to_ne_bytes(), [12, 13, 14, 15]);
         assert_eq!(addr.port.to_ne_bytes(), 15008u16.to_be_bytes());
+        assert_eq!((addr.octets(), addr.port()), (octets, 15008));
     }
 }

@@ -1,9 +1,9 @@
 //! Ambit's BPF programs: traffic capture for enrolled pods.
 //!
-//! Outbound: `connect4` and `connect6` (cgroup; the latter for IPv4-mapped
-//! addresses) send a TCP connect from an enrolled pod's
-//! network namespace to the node agent's listener in that namespace and
-//! records the original destination under the socket's cookie; `sockops`
+//! Outbound: `connect4` and `connect6` (cgroup) send a TCP connect from an
+//! enrolled pod's network namespace to the node agent's listener in that
+//! namespace (on `127.0.0.1`, or `[::1]` for a native IPv6 destination) and
+//! record the original destination under the socket's cookie; `sockops`
 //! re-files it under the source port once the kernel has picked one, which is
 //! what the agent sees when it accepts.
 //!
@@ -53,6 +53,13 @@ static ORIGINAL_DST: LruHashMap<ConnectionKey, Addr4> =
     LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
 #[map]
+static CONNECTING6: LruHashMap<u64, Addr6> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
+#[map]
+static ORIGINAL_DST6: LruHashMap<ConnectionKey, Addr6> =
+    LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
+#[map]
 static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 
 #[map]
@@ -79,11 +86,10 @@ static RELAY_HANDOVERS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Lets the connect proceed.
 const ALLOW: i32 = 1;
-/// Fails the connect with EPERM.
-const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
 /// `::ffff:0:0/96`: the third 32-bit word of an IPv4-mapped IPv6 address,
 /// in network byte order read as a little-endian u32.
@@ -113,14 +119,15 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 
 /// IPv6 sockets reach IPv4 services through IPv4-mapped addresses
 /// (`::ffff:a.b.c.d`), as Java and dual-stack runtimes do: those are
-/// captured like connect4's. Native IPv6 destinations: see `native_ipv6`.
+/// captured like connect4's. Native IPv6 destinations: see `capture6`.
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands connect6 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
     let ip6 = sock_addr.user_ip6;
     if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_PREFIX {
-        return native_ipv6(&ctx, ip6);
+        capture6(&ctx, ip6);
+        return ALLOW;
     }
     let mut ip = ip6[3];
     if capture(&ctx, &mut ip, &mut sock_addr.user_port) {
@@ -129,12 +136,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// A connect to a native IPv6 address (`ip6` as `bpf_sock_addr` holds
-/// it). The mesh carries IPv4: an enrolled pod's TCP connection over IPv6
-/// would go around mutual TLS and egress policy, so it is refused (EPERM;
-/// a dual-stack client falls back to IPv4). The pod's own loopback, UDP,
-/// the agent's sockets and pods outside the mesh are left alone.
-fn native_ipv6(ctx: &SockAddrContext, ip6: [u32; 4]) -> i32 {
+/// A connect to a native IPv6 address (`ip6` as `bpf_sock_addr` holds it):
+/// an enrolled pod's TCP connection goes to the agent's outbound listener on
+/// the namespace's `[::1]` (connect4's port), its destination recorded, as
+/// connect4 sends IPv4 ones. The pod's own loopback, UDP, the agent's
+/// sockets and pods outside the mesh are left alone.
+fn capture6(ctx: &SockAddrContext, ip6: [u32; 4]) {
     // SAFETY: the kernel hands sock_addr programs a full socket in `sk`.
     let (sock_type, mark) = unsafe {
         let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
@@ -143,15 +150,33 @@ fn native_ipv6(ctx: &SockAddrContext, ip6: [u32; 4]) -> i32 {
     let local =
         ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == IPV6_LOOPBACK_WORD);
     if sock_type != SOCK_STREAM || local || mark & AGENT_MARK_MASK == AGENT_MARK {
-        return ALLOW;
+        return;
     }
     // SAFETY: the helper accepts the program's context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: only whether the key exists is read.
-    match unsafe { REDIRECTS.get(netns_cookie) } {
-        Some(_) => REFUSE,
-        None => ALLOW,
+    // SAFETY: the value is copied out before the map can change.
+    let Some(target) = (unsafe { REDIRECTS.get(netns_cookie) }).copied() else {
+        return;
+    };
+    // SAFETY: the kernel hands connect6 a valid, writable bpf_sock_addr.
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    let original = Addr6 {
+        ip: ip6,
+        // The network-order port is in the low 16 bits.
+        port: sock_addr.user_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: the helper accepts the program's context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A full map only loses the original destination: the agent then
+    // refuses that one connection.
+    let _ = CONNECTING6.insert(socket_cookie, original, 0);
+    // Word by word: the context takes 32-bit stores.
+    for (i, word) in [0, 0, 0, IPV6_LOOPBACK_WORD].into_iter().enumerate() {
+        // SAFETY: a field of the context the kernel handed in.
+        unsafe { core::ptr::write_volatile(addr_of_mut!(sock_addr.user_ip6[i]), word) };
     }
+    sock_addr.user_port = u32::from(target.port);
 }
 
 /// A UDP `sendto`/`sendmsg` with an address: a DNS query is sent to the
@@ -248,15 +273,23 @@ pub fn record_original_dst(ctx: SockOpsContext) -> u32 {
 fn file_original_dst(ctx: &SockOpsContext) {
     // SAFETY: both helpers accept a sock_ops context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(original) = (unsafe { CONNECTING.get(socket_cookie) }).copied() else {
-        return;
-    };
-    let _ = CONNECTING.remove(socket_cookie);
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // local_port is in host byte order.
-    let key = ConnectionKey::new(netns_cookie, ctx.local_port() as u16);
-    let _ = ORIGINAL_DST.insert(key, original, 0);
+    let key = || {
+        ConnectionKey::new(
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            ctx.local_port() as u16,
+        )
+    };
+    // SAFETY: each value is copied out before its entry is removed.
+    if let Some(original) = (unsafe { CONNECTING.get(socket_cookie) }).copied() {
+        let _ = CONNECTING.remove(socket_cookie);
+        let _ = ORIGINAL_DST.insert(key(), original, 0);
+    } else if ctx.family() == AF_INET6 {
+        if let Some(original) = (unsafe { CONNECTING6.get(socket_cookie) }).copied() {
+            let _ = CONNECTING6.remove(socket_cookie);
+            let _ = ORIGINAL_DST6.insert(key(), original, 0);
+        }
+    }
 }
 
 #[sk_lookup]

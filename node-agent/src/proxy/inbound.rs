@@ -107,6 +107,7 @@ pub(super) async fn connect_app(
     let socket = agent_socket(
         &pod.netns,
         AGENT_MARK | INBOUND_MARK_BIT,
+        target.ip(),
         Some((source, &pod.source_ports)),
     )?;
     without_pacing(SockRef::from(&socket));

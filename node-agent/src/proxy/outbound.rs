@@ -1,9 +1,10 @@
-//! Outbound: a connection from an enrolled pod, redirected by `connect4`.
+//! Outbound: a connection from an enrolled pod, redirected by `connect4`
+//! (or `connect6`).
 //! Where it goes is one pure decision ([`plan`], like ztunnel's
 //! `build_request`); the handler then does the socket work.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use ambit_config::api::networking::Resolution;
@@ -26,19 +27,16 @@ use crate::metrics::{
 pub(super) enum Plan {
     /// Plain TCP to the target: a destination outside the mesh, or the
     /// agent holds no identities.
-    Direct { target: SocketAddrV4 },
+    Direct { target: SocketAddr },
     /// HBONE to the agent of the destination pod, which serves `target`.
-    Hbone {
-        target: SocketAddrV4,
-        peer: Identity,
-    },
+    Hbone { target: SocketAddr, peer: Identity },
     /// HBONE to a waypoint pod's own 15008, asking for `target` (the
     /// address the caller dialled: a Service's VIP and port, or a pod's),
-    /// as ztunnel does.
+    /// as ztunnel does (over IPv4, whatever the target's family).
     Waypoint {
         waypoint: Ipv4Addr,
         peer: Identity,
-        target: SocketAddrV4,
+        target: SocketAddr,
     },
     /// To an address of `host` at `port`, as the node's resolver answers
     /// (a ServiceEntry of `resolution: DNS`): each address in turn under
@@ -89,7 +87,7 @@ pub(super) fn plan(
     mesh: &Mesh,
     (trust_domain, outbound): (Option<&str>, OutboundMode),
     caller: &Key,
-    original: Option<SocketAddrV4>,
+    original: Option<SocketAddr>,
     turn: &mut dyn FnMut(&Key) -> usize,
 ) -> Planned {
     let refuse = |reason: String, service: Option<DestinationService>| Planned {
@@ -148,27 +146,23 @@ pub(super) fn plan(
         pods.zip(own)
             .is_some_and(|(pods, own)| own.iter().any(|ip| pods.has_endpoint(*ip)))
     };
-    let service = mesh.service_by_vip(IpAddr::V4(*original.ip()), original.port());
+    let service = mesh.service_by_vip(original.ip(), original.port());
     let name = service.map(|(key, _, _)| DestinationService::service(&key.name, &key.namespace));
     // A Service's waypoint, else for a pod's own address the pod's.
     let bound = match service {
         Some((key, _, _)) => mesh.waypoint_for_service(key),
         None => mesh
-            .workload_by_ip(IpAddr::V4(*original.ip()))
+            .workload_by_ip(original.ip())
             .and_then(|(key, _)| mesh.waypoint_for_workload(key)),
     };
     if let Some(waypoint) = bound.filter(|waypoint| !is_waypoint(waypoint)) {
         return through(waypoint, name, turn);
     }
     // Not a Service nor a pod of the mesh: a ServiceEntry may declare it.
-    let pod = mesh.workload_by_ip(IpAddr::V4(*original.ip()));
+    let pod = mesh.workload_by_ip(original.ip());
     let meshed_pod = pod.is_some_and(|(key, _)| mesh.is_enrolled(&key.namespace, &key.name));
     let entry = match (service, meshed_pod) {
-        (None, false) => mesh.service_entry_at(
-            IpAddr::V4(*original.ip()),
-            original.port(),
-            &caller.namespace,
-        ),
+        (None, false) => mesh.service_entry_at(original.ip(), original.port(), &caller.namespace),
         _ => None,
     };
     if let Some(found) = entry {
@@ -206,16 +200,18 @@ pub(super) fn plan(
         };
     }
     let target = match service {
+        // An endpoint of the family dialled, as kube-proxy picks.
         Some((key, service, target_port)) => {
-            let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+            let ready: Vec<IpAddr> = service.ready_like(original.ip()).collect();
             if ready.is_empty() {
+                let family = if original.is_ipv4() { "IPv4" } else { "IPv6" };
                 let reason = format!(
-                    "service {}.{} has no ready endpoint",
+                    "service {}.{} has no ready {family} endpoint",
                     key.name, key.namespace
                 );
                 return refuse(reason, name);
             }
-            SocketAddrV4::new(ready[turn(key) % ready.len()], target_port)
+            SocketAddr::new(ready[turn(key) % ready.len()], target_port)
         }
         None => original,
     };
@@ -227,9 +223,9 @@ pub(super) fn plan(
 
 /// To `target`: over HBONE when it is a pod of the mesh and the agent
 /// holds identities, else in plain TCP.
-fn direct_or_hbone(mesh: &Mesh, trust_domain: Option<&str>, target: SocketAddrV4) -> Plan {
-    let peer = trust_domain
-        .and_then(|trust_domain| meshed_identity_at(trust_domain, mesh, IpAddr::V4(*target.ip())));
+fn direct_or_hbone(mesh: &Mesh, trust_domain: Option<&str>, target: SocketAddr) -> Plan {
+    let peer =
+        trust_domain.and_then(|trust_domain| meshed_identity_at(trust_domain, mesh, target.ip()));
     match peer {
         Some(peer) => Plan::Hbone { target, peer },
         None => Plan::Direct { target },
@@ -239,13 +235,13 @@ fn direct_or_hbone(mesh: &Mesh, trust_domain: Option<&str>, target: SocketAddrV4
 /// Where a ServiceEntry sends a connection: an address, or a name to
 /// resolve first.
 enum EntryTarget {
-    Address(SocketAddrV4),
+    Address(SocketAddr),
     Resolve(Plan),
 }
 
 /// Where a connection to `original`, an address of the ServiceEntry
-/// `found`, goes: for `resolution: STATIC` one of its endpoints in turn,
-/// those it lists (at the port an endpoint names for the entry's port,
+/// `found`, goes: for `resolution: STATIC` one of its endpoints in turn
+/// (of the family dialled, where it has some), those it lists (at the port an endpoint names for the entry's port,
 /// else its `targetPort`, else the port itself) or the pods of its
 /// namespace its `workloadSelector` picks; for DNS and DNS_ROUND_ROBIN an
 /// address of one of its endpoints' names in turn, or of its host; for
@@ -254,7 +250,7 @@ enum EntryTarget {
 fn entry_target(
     mesh: &Mesh,
     found: EntryAt<'_>,
-    original: SocketAddrV4,
+    original: SocketAddr,
     turn: &mut dyn FnMut(&Key) -> usize,
 ) -> Result<EntryTarget, String> {
     let spec = &found.entry.spec;
@@ -267,8 +263,8 @@ fn entry_target(
         }
         let (host, port) = names[turn(found.key) % names.len()];
         // An endpoint given by address needs no resolving.
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            return Ok(EntryTarget::Address(SocketAddrV4::new(ip, port)));
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(EntryTarget::Address(SocketAddr::new(ip, port)));
         }
         return Ok(EntryTarget::Resolve(Plan::Resolve {
             host: host.to_string(),
@@ -288,16 +284,16 @@ fn entry_target(
     if resolution != Resolution::Static {
         return Ok(EntryTarget::Address(original));
     }
-    let endpoints: Vec<SocketAddrV4> = mesh
-        .service_entry_endpoints(found.key, spec, port)
-        .into_iter()
-        .filter_map(|endpoint| match endpoint {
-            SocketAddr::V4(endpoint) => Some(endpoint),
-            SocketAddr::V6(_) => None,
-        })
+    // Those of the family dialled where it has some (a dual-stack pod is
+    // one endpoint, not two), else any.
+    let endpoints = mesh.service_entry_endpoints(found.key, spec, port);
+    let alike: Vec<SocketAddr> = (endpoints.iter())
+        .filter(|endpoint| endpoint.is_ipv4() == original.is_ipv4())
+        .copied()
         .collect();
+    let endpoints = if alike.is_empty() { endpoints } else { alike };
     if endpoints.is_empty() {
-        return Err(format!("ServiceEntry {} has no IPv4 endpoint", found.key));
+        return Err(format!("ServiceEntry {} has no endpoint", found.key));
     }
     Ok(EntryTarget::Address(
         endpoints[turn(found.key) % endpoints.len()],
@@ -310,9 +306,7 @@ pub(super) async fn handle(
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
 ) {
-    let original = inputs
-        .maps
-        .take_original_dst(pod.netns.cookie(), peer.port());
+    let original = inputs.maps.take_original_dst(pod.netns.cookie(), peer);
     let snapshot = inputs.mesh.snapshot();
     let own = pod.workload(&snapshot);
     let mesh_tls = inputs.mesh_tls.as_ref();
@@ -330,7 +324,7 @@ pub(super) async fn handle(
         Plan::Resolve { host, port, spread } => match inputs.resolver.addresses(&host).await {
             Ok(addresses) if !addresses.is_empty() => {
                 let index = spread.map_or(0, |key| inputs.turns.next(&key) % addresses.len());
-                let target = SocketAddrV4::new(addresses[index], port);
+                let target = SocketAddr::new(addresses[index].into(), port);
                 direct_or_hbone(&snapshot, trust_domain, target)
             }
             Ok(_) => Plan::Refuse {
@@ -357,7 +351,7 @@ pub(super) async fn handle(
             peer,
             target,
         } => (
-            SocketAddrV4::new(*waypoint, ambit_hbone::HBONE_PORT),
+            SocketAddr::new((*waypoint).into(), ambit_hbone::HBONE_PORT),
             *target,
             Some(peer),
         ),
@@ -378,21 +372,20 @@ pub(super) async fn handle(
                 SecurityPolicy::None,
             );
             drop(snapshot);
-            let target = original.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::V4);
+            let target = original.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             // Dropping the client closes it: the caller sees a reset/EOF.
             return Report::new(&inputs, &pod, labels, peer, target).refused(flags, &reason);
         }
     };
-    // The pod's own address: the accepted connection shows only loopback,
-    // where `connect4` sent it.
-    let pod_ip = own.and_then(|(_, workload)| workload.ips.iter().copied().find(IpAddr::is_ipv4));
+    // The pod's own address, of the family it connects in: the accepted
+    // connection shows only loopback, where capture sent it.
+    let pod_ip = own.and_then(|(_, workload)| {
+        (workload.ips.iter().copied()).find(|ip| ip.is_ipv4() == connect_to.is_ipv4())
+    });
     let labels = TcpLabels::new(
         Reporter::Source,
         metrics::Party::known(own, source.as_ref().filter(|_| peer_identity.is_some())),
-        metrics::Party::known(
-            snapshot.workload_by_ip(IpAddr::V4(*connect_to.ip())),
-            peer_identity,
-        ),
+        metrics::Party::known(snapshot.workload_by_ip(connect_to.ip()), peer_identity),
         service.as_ref(),
         match peer_identity {
             Some(_) => SecurityPolicy::MutualTls,
@@ -405,7 +398,7 @@ pub(super) async fn handle(
         .map(|(key, workload)| ambit_telemetry::baggage::header_value(key, workload));
     drop(snapshot);
     let caller = SocketAddr::new(pod_ip.unwrap_or(peer.ip()), peer.port());
-    let report = Report::new(&inputs, &pod, labels, caller, SocketAddr::V4(connect_to));
+    let report = Report::new(&inputs, &pod, labels, caller, connect_to);
     if let (Some(mesh_tls), Some(destination)) = (mesh_tls, peer_identity) {
         let upstream = match (&source, pod_ip) {
             (Some(source), Some(pod_ip)) => {
@@ -417,13 +410,13 @@ pub(super) async fn handle(
                 };
                 let peer = Party {
                     identity: destination,
-                    ip: IpAddr::V4(*connect_to.ip()),
+                    ip: connect_to.ip(),
                 };
                 let netns = &pod.netns;
-                let target = SocketAddr::V4(target);
                 mesh_tls
                     .open((source, caller), peer, target, |address| async move {
-                        connect(agent_socket(netns, AGENT_MARK, None)?, address).await
+                        let socket = agent_socket(netns, AGENT_MARK, address.ip(), None)?;
+                        connect(socket, address).await
                     })
                     .await
             }
@@ -443,8 +436,8 @@ pub(super) async fn handle(
         };
         return report.relay(meter, carry).await;
     }
-    let upstream = match agent_socket(&pod.netns, AGENT_MARK, None) {
-        Ok(socket) => connect(socket, SocketAddr::V4(target)).await,
+    let upstream = match agent_socket(&pod.netns, AGENT_MARK, target.ip(), None) {
+        Ok(socket) => connect(socket, target).await,
         Err(error) => Err(error),
     };
     match upstream {

@@ -15,7 +15,7 @@ const MESH: &str = r#"
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: shop}, spec: {serviceAccountName: client}, status: {podIP: 10.244.0.2}}
 ---
-{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.1.7}}
+{apiVersion: v1, kind: Pod, metadata: {name: cart-1, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.1.7, podIPs: [{ip: 10.244.1.7}, {ip: "fd00:244::1:7"}]}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: cart-2, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.2.8}}
 ---
@@ -25,11 +25,11 @@ const MESH: &str = r#"
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: plain}, status: {podIP: 10.244.3.3}}
 ---
-{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, ports: [{name: http, port: 80, targetPort: 8080}]}}
+{apiVersion: v1, kind: Service, metadata: {name: cart, namespace: shop}, spec: {clusterIP: 10.96.0.42, clusterIPs: [10.96.0.42, "fd00:96::42"], ports: [{name: http, port: 80, targetPort: 8080}]}}
 ---
-{apiVersion: v1, kind: Service, metadata: {name: pay, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.43, ports: [{port: 80, targetPort: 8080}]}}
+{apiVersion: v1, kind: Service, metadata: {name: pay, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.43, clusterIPs: [10.96.0.43, "fd00:96::43"], ports: [{port: 80, targetPort: 8080}]}}
 ---
-{apiVersion: v1, kind: Service, metadata: {name: empty, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.44, ports: [{port: 80}]}}
+{apiVersion: v1, kind: Service, metadata: {name: empty, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {clusterIP: 10.96.0.44, clusterIPs: [10.96.0.44, "fd00:96::44"], ports: [{port: 80}]}}
 ---
 {apiVersion: v1, kind: Service, metadata: {name: catalog, namespace: books, labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: shop}}, spec: {clusterIP: 10.96.0.45, ports: [{port: 80}]}}
 ---
@@ -41,13 +41,17 @@ const MESH: &str = r#"
 ---
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: pay-1, namespace: shop, labels: {kubernetes.io/service-name: pay}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.7]}]}
 ---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: pay-2, namespace: shop, labels: {kubernetes.io/service-name: pay}}, addressType: IPv6, endpoints: [{addresses: ["fd00:244::1:7"]}]}
+---
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-1, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.9]}], ports: [{name: mesh, port: 15008}]}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [api.example.com], addresses: [240.240.0.10], ports: [{number: 80, name: http, targetPort: 8080}], location: MESH_EXTERNAL, resolution: STATIC, endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 9090}}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: partners, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [partners.example.com], addresses: [198.51.100.0/24], ports: [{number: 443, name: tls}], resolution: NONE}}
 ---
-{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: one-partner, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [one.partners.example.com], addresses: [198.51.100.7], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 203.0.113.7}]}}
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: one-partner, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [one.partners.example.com], addresses: [198.51.100.7], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 203.0.113.7}, {address: "2001:db8::7"}]}}
+---
+{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: v6-only, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [v6.example.com], addresses: [240.240.0.70], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: "2001:db8::70"}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: private, namespace: books}, spec: {hosts: [private.example.com], addresses: [240.240.0.20], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.244.1.7, ports: {http: 8080}}], exportTo: ["."]}}
 ---
@@ -72,7 +76,7 @@ fn mesh() -> Mesh {
     Mesh::from_resources(parsed.resources)
 }
 
-fn at(address: &str) -> SocketAddrV4 {
+fn at(address: &str) -> SocketAddr {
     address.parse().unwrap()
 }
 
@@ -139,7 +143,7 @@ fn plans() {
         // A Service: one of its endpoints in turn, at the target port.
         (&client, td, Some("10.96.0.43:80"), 0, hbone("10.244.1.7:8080", "shop", "cart"), Some("pay.shop")),
         (&client, None, Some("10.96.0.43:80"), 0, Plan::Direct { target: at("10.244.1.7:8080") }, Some("pay.shop")),
-        (&client, td, Some("10.96.0.44:80"), 0, refused("service empty.shop has no ready endpoint"), Some("empty.shop")),
+        (&client, td, Some("10.96.0.44:80"), 0, refused("service empty.shop has no ready IPv4 endpoint"), Some("empty.shop")),
         (&client, td, Some("10.96.0.43:81"), 0, Plan::Direct { target: at("10.96.0.43:81") }, None),
         // Bound to a waypoint: its namespace's, or one in another namespace.
         (&client, td, Some("10.96.0.42:80"), 0, waypoint("10.96.0.42:80"), Some("cart.shop")),
@@ -156,10 +160,12 @@ fn plans() {
         (&client, td, Some("240.240.0.10:80"), 1, Plan::Direct { target: at("192.0.2.11:9090") }, Some("api.example.com")),
         (&client, td, Some("198.51.100.9:443"), 0, Plan::Direct { target: at("198.51.100.9:443") }, Some("partners.example.com")),
         (&client, td, Some("198.51.100.7:443"), 0, Plan::Direct { target: at("203.0.113.7:443") }, Some("one.partners.example.com")),
+        (&client, td, Some("198.51.100.7:443"), 1, Plan::Direct { target: at("203.0.113.7:443") }, Some("one.partners.example.com")),
+        (&client, td, Some("240.240.0.70:443"), 0, Plan::Direct { target: at("[2001:db8::70]:443") }, Some("v6.example.com")),
         (&client, td, Some("240.240.0.10:81"), 0, Plan::Direct { target: at("240.240.0.10:81") }, None),
         (&client, td, Some("240.240.0.20:80"), 0, Plan::Direct { target: at("240.240.0.20:80") }, None),
         (&pinned, td, Some("240.240.0.20:80"), 0, hbone("10.244.1.7:8080", "shop", "cart"), Some("private.example.com")),
-        (&client, td, Some("240.240.0.30:80"), 0, refused("ServiceEntry shop/empty has no IPv4 endpoint"), Some("empty.example.com")),
+        (&client, td, Some("240.240.0.30:80"), 0, refused("ServiceEntry shop/empty has no endpoint"), Some("empty.example.com")),
         // A pod outside the mesh may be declared by one; a pod of the mesh
         // is reached as itself.
         (&client, td, Some("10.244.3.3:81"), 0, Plan::Direct { target: at("10.244.3.3:81") }, Some("web.plain.example")),
@@ -182,6 +188,15 @@ fn plans() {
         // The waypoint's own traffic goes to the endpoints, never back to it.
         (&waypoint_pod, td, Some("10.96.0.42:80"), 1, hbone("10.244.2.8:8080", "shop", "cart"), Some("cart.shop")),
         (&waypoint_pod, td, Some("10.244.2.5:9000"), 0, hbone("10.244.2.5:9000", "books", "pinned"), None),
+        // IPv6 as IPv4: pods by their IPv6 addresses; a dual-stack
+        // Service's IPv6 VIP to an endpoint of its IPv6 slices, as
+        // kube-proxy picks; through a waypoint (over IPv4) asking for the
+        // IPv6 address dialled.
+        (&client, td, Some("[fd00:244::1:7]:8080"), 0, hbone("[fd00:244::1:7]:8080", "shop", "cart"), None),
+        (&client, td, Some("[2001:db8::1]:443"), 0, Plan::Direct { target: at("[2001:db8::1]:443") }, None),
+        (&client, td, Some("[fd00:96::43]:80"), 0, hbone("[fd00:244::1:7]:8080", "shop", "cart"), Some("pay.shop")),
+        (&client, td, Some("[fd00:96::44]:80"), 0, refused("service empty.shop has no ready IPv6 endpoint"), Some("empty.shop")),
+        (&client, td, Some("[fd00:96::42]:80"), 0, waypoint("[fd00:96::42]:80"), Some("cart.shop")),
     ];
     for (caller, trust_domain, original, turn, expected, service) in cases {
         let inputs = (trust_domain, OutboundMode::AllowAny);
