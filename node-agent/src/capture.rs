@@ -5,7 +5,7 @@ mod btf;
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use ambit_ebpf_common::{
     Addr4, Addr6, ConnectionKey, RelayState, AGENT_SOURCES6_MAP, AGENT_SOURCES_MAP,
     CONNECT4_PROGRAM, CONNECT6_PROGRAM, DNS_ANSWER_PROGRAM, DNS_QUERY_PROGRAM,
-    INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS, ORIGINAL_DST6_MAP,
-    ORIGINAL_DST_MAP, REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP, RELAY_PEERS_MAP,
-    RELAY_RELEASES_MAP, RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP, RELAY_VERDICT_PROGRAM,
-    RELEASE_PENDING, SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
+    INBOUND_LISTENERS6_MAP, INBOUND_LISTENERS_MAP, INBOUND_LOOKUP_PROGRAM, MAX_RELAYED_SOCKETS,
+    ORIGINAL_DST6_MAP, ORIGINAL_DST_MAP, REDIRECTS_MAP, RELAYED_MAP, RELAY_HANDOVERS_MAP,
+    RELAY_PEERS_MAP, RELAY_RELEASES_MAP, RELAY_RELEASE_PROGRAM, RELAY_STATES_MAP,
+    RELAY_VERDICT_PROGRAM, RELEASE_PENDING, SOCKOPS_PROGRAM, TCP_BYTES_ACKED_OFFSET_GLOBAL,
 };
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::links::{FdLink, LinkError};
@@ -128,6 +128,7 @@ pub struct Capture {
     links_dir: PathBuf,
     redirects: HashMap<MapData, u64, Addr4>,
     inbound_listeners: SockHash<MapData, u32>,
+    inbound_listeners6: SockHash<MapData, [u32; 4]>,
 }
 
 /// The maps the data path uses on every connection.
@@ -168,7 +169,8 @@ pub struct RelaySlot<'a> {
 /// What capture holds for one enrolled pod.
 pub struct PodCapture {
     netns_cookie: u64,
-    ip: Ipv4Addr,
+    /// The addresses steered to the agent's listeners.
+    ips: Vec<IpAddr>,
     /// Where the link of `inbound_lookup` to its namespace is pinned.
     inbound_link: PathBuf,
 }
@@ -263,6 +265,7 @@ impl Capture {
             links_dir,
             redirects: take_map(&mut ebpf, REDIRECTS_MAP)?,
             inbound_listeners: take_map(&mut ebpf, INBOUND_LISTENERS_MAP)?,
+            inbound_listeners6: take_map(&mut ebpf, INBOUND_LISTENERS6_MAP)?,
             ebpf,
         };
         Ok((capture, connection_maps))
@@ -270,21 +273,51 @@ impl Capture {
 
     /// Starts capturing a pod: its outbound connections go to
     /// `outbound_listener` (an address inside its namespace; those to IPv6
-    /// addresses to its port on `[::1]`), new inbound
-    /// connections to its ports go to `inbound_listener`.
+    /// addresses to its port on `[::1]`), new inbound connections to its
+    /// ports at `ips` go to the listener of their family in
+    /// `inbound_listeners` (refused at an address of a family it lacks).
     pub fn enroll(
         &mut self,
         netns: &Netns,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         outbound_listener: SocketAddrV4,
-        inbound_listener: &impl AsRawFd,
+        inbound_listeners: &[tokio::net::TcpListener],
     ) -> Result<PodCapture, CaptureError> {
-        let ip_key = u32::from_ne_bytes(ip.octets());
-        self.inbound_listeners
-            .insert(ip_key, inbound_listener.as_raw_fd(), 0)?;
-        let inbound_link = self
-            .links_dir
-            .join(format!("{INBOUND_LOOKUP_PROGRAM}-{}", netns.cookie()));
+        let mut pod = PodCapture {
+            netns_cookie: netns.cookie(),
+            ips: Vec::new(),
+            inbound_link: self
+                .links_dir
+                .join(format!("{INBOUND_LOOKUP_PROGRAM}-{}", netns.cookie())),
+        };
+        for ip in ips {
+            let listener = (inbound_listeners.iter()).find(|listener| {
+                listener
+                    .local_addr()
+                    .is_ok_and(|at| at.is_ipv4() == ip.is_ipv4())
+            });
+            let Some(listener) = listener else {
+                continue;
+            };
+            let fd = listener.as_raw_fd();
+            let inserted = match ip {
+                IpAddr::V4(ip) => {
+                    self.inbound_listeners
+                        .insert(u32::from_ne_bytes(ip.octets()), fd, 0)
+                }
+                IpAddr::V6(ip) => {
+                    self.inbound_listeners6
+                        .insert(Addr6::new(ip.octets(), 0).ip, fd, 0)
+                }
+            };
+            if let Err(error) = inserted {
+                // Never leave a pod half captured.
+                let _ = self.forget_addresses(&pod.ips);
+                return Err(error.into());
+            }
+            pod.ips.push(*ip);
+        }
+        let inbound_link = pod.inbound_link.clone();
         let inbound: &mut SkLookup = program(&mut self.ebpf, INBOUND_LOOKUP_PROGRAM)?.try_into()?;
         let attached = inbound
             .attach(netns.as_fd())
@@ -292,15 +325,9 @@ impl Capture {
             .map_err(CaptureError::from)
             .and_then(|link| pin_link(link.into(), &inbound_link));
         if let Err(error) = attached {
-            // Never leave a pod half captured.
-            let _ = self.inbound_listeners.remove(&ip_key);
+            let _ = self.forget_addresses(&pod.ips);
             return Err(error);
         }
-        let pod = PodCapture {
-            netns_cookie: netns.cookie(),
-            ip,
-            inbound_link,
-        };
         let target = Addr4::new(outbound_listener.ip().octets(), outbound_listener.port());
         if let Err(error) = self.redirects.insert(netns.cookie(), target, 0) {
             let _ = self.release(pod);
@@ -316,11 +343,23 @@ impl Capture {
         // (Connections steered just before wait in the listener's queue,
         // which stays open a while.)
         unpin(&pod.inbound_link)?;
-        ignore_missing(
-            self.inbound_listeners
-                .remove(&u32::from_ne_bytes(pod.ip.octets())),
-        )?;
+        self.forget_addresses(&pod.ips)?;
         ignore_missing(self.redirects.remove(&pod.netns_cookie))?;
+        Ok(())
+    }
+
+    /// Takes the inbound listeners' entries of a pod's addresses out.
+    fn forget_addresses(&mut self, ips: &[IpAddr]) -> Result<(), CaptureError> {
+        for ip in ips {
+            ignore_missing(match ip {
+                IpAddr::V4(ip) => self
+                    .inbound_listeners
+                    .remove(&u32::from_ne_bytes(ip.octets())),
+                IpAddr::V6(ip) => self
+                    .inbound_listeners6
+                    .remove(&Addr6::new(ip.octets(), 0).ip),
+            })?;
+        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! agent restarts.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,6 +30,8 @@ pub enum EnrollError {
     Routing(std::io::Error),
     #[error("opening the agent's listeners in the pod's namespace: {0}")]
     Listeners(std::io::Error),
+    #[error("reading the IPv6 addresses of the pod's namespace: {0}")]
+    Addresses(std::io::Error),
     #[error(transparent)]
     Capture(#[from] CaptureError),
 }
@@ -344,19 +346,26 @@ impl Enrollment {
     }
 
     fn enroll(&mut self, sandbox: &PodSandbox) -> Result<Enrolled, EnrollError> {
-        let ip: Ipv4Addr = *sandbox
-            .ips
-            .first()
-            .ok_or_else(|| EnrollError::NoAddress(sandbox.pod.clone()))?;
+        if sandbox.ips.is_empty() {
+            return Err(EnrollError::NoAddress(sandbox.pod.clone()));
+        }
         let netns = Arc::new(Netns::open(&sandbox.netns)?);
         netns
             .run(netns::prepare_inbound_routing)?
             .map_err(EnrollError::Routing)?;
+        // The CNI gives IPv4; a dual-stack pod's IPv6 addresses are read
+        // from its namespace (set up before the plugin runs).
+        let ipv6 = netns
+            .run(netns::ipv6_addresses)?
+            .map_err(EnrollError::Addresses)?;
+        let ips: Vec<IpAddr> = (sandbox.ips.iter().copied().map(IpAddr::from))
+            .chain(ipv6.into_iter().map(IpAddr::from))
+            .collect();
         let listeners = PodListeners::bind(&netns, self.inputs.mesh_tls.is_some())
             .map_err(EnrollError::Listeners)?;
         let capture = self
             .capture
-            .enroll(&netns, ip, OUTBOUND_LISTENER, &listeners.inbound)?;
+            .enroll(&netns, &ips, OUTBOUND_LISTENER, &listeners.inbound)?;
         let context = Arc::new(PodContext::new(sandbox.pod.clone(), netns));
         Ok(Enrolled {
             capture,

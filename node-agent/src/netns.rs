@@ -15,6 +15,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
 pub use connections::holds_tcp_connection;
+pub use routing::ipv6_addresses;
 pub use routing::prepare_inbound_routing;
 
 #[derive(Debug, thiserror::Error)]

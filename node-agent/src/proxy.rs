@@ -104,7 +104,8 @@ pub struct PodListeners {
     /// The pod's own connections, as capture sends them: over IPv4, and
     /// over IPv6 where the namespace has it.
     pub outbound: Vec<TcpListener>,
-    pub inbound: TcpListener,
+    /// Callers' plaintext connections, as capture steers them: the same.
+    pub inbound: Vec<TcpListener>,
     /// HBONE from other agents, when the agent holds identities: over IPv4,
     /// and over IPv6 where the pod's namespace has it (a dual-stack pod).
     pub hbone: Vec<TcpListener>,
@@ -119,6 +120,7 @@ impl PodListeners {
         let hbone_any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let hbone6_any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let outbound6 = SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_LISTENER.port()));
+        let inbound6 = SocketAddr::from((Ipv6Addr::LOCALHOST, INBOUND_LISTENER.port()));
         let dns = dns_proxy::address();
         let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
             let hbone = match with_hbone {
@@ -132,13 +134,17 @@ impl PodListeners {
                 Some(listener(OUTBOUND_LISTENER.into(), true)?),
                 ipv6_listener(outbound6, true)?,
             ];
+            let inbound = [
+                Some(listener(INBOUND_LISTENER.into(), false)?),
+                ipv6_listener(inbound6, false)?,
+            ];
             let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
             dns_udp.set_reuse_address(true)?;
             dns_udp.set_reuse_port(true)?;
             dns_udp.bind(&SocketAddr::V4(dns).into())?;
             std::io::Result::Ok((
                 outbound,
-                listener(INBOUND_LISTENER.into(), false)?,
+                inbound,
                 hbone,
                 dns_udp,
                 listener(dns.into(), false)?,
@@ -150,7 +156,7 @@ impl PodListeners {
         };
         Ok(Self {
             outbound: all(outbound)?,
-            inbound: tokio(inbound)?,
+            inbound: all(inbound)?,
             hbone: all(hbone)?,
             dns: (
                 tokio::net::UdpSocket::from_std(dns_udp.into())?,
@@ -247,45 +253,53 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     let acceptor = |listener, what, max_open| {
         Acceptor::new(listener, what, max_open).reporting_to(inputs.readiness.clone())
     };
-    let inbound = acceptor(listeners.inbound, "pod inbound", MAX_POD_CONNECTIONS);
-    let inbound = tokio::spawn(accept_loop(inbound, tracker.clone(), {
-        let (pod, inputs) = (pod.clone(), inputs.clone());
-        move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone())
-    }));
     let (dns_udp, dns_tcp) = listeners.dns;
     let dns_udp = tokio::spawn(dns_proxy::serve_udp(dns_udp, pod.clone(), inputs.clone()));
     let dns_tcp = tokio::spawn(dns_proxy::serve_tcp(dns_tcp, pod.clone(), inputs.clone()));
-    let mut accept_loops = vec![
-        inbound.abort_handle(),
-        dns_udp.abort_handle(),
-        dns_tcp.abort_handle(),
-    ];
+    let mut accept_loops = vec![dns_udp.abort_handle(), dns_tcp.abort_handle()];
+    let inbound = sharing_limits(listeners.inbound, |listener| {
+        acceptor(listener, "pod inbound", MAX_POD_CONNECTIONS)
+    });
+    accept_loops.extend(serve_each(inbound, &tracker, {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        move |stream, peer| inbound::handle(stream, peer, pod.clone(), inputs.clone())
+    }));
     let outbound = sharing_limits(listeners.outbound, |listener| {
         acceptor(listener, "pod outbound", MAX_POD_CONNECTIONS)
     });
-    for outbound in outbound {
+    accept_loops.extend(serve_each(outbound, &tracker, {
         let (pod, inputs) = (pod.clone(), inputs.clone());
-        let outbound = tokio::spawn(accept_loop(
-            outbound,
-            tracker.clone(),
-            move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone()),
-        ));
-        accept_loops.push(outbound.abort_handle());
-    }
+        move |stream, peer| outbound::handle(stream, peer, pod.clone(), inputs.clone())
+    }));
     let hbone = sharing_limits(listeners.hbone, |listener| {
         let over_share = (inputs.metrics).refusals(Reporter::Destination, Refusal::OverSourceLimit);
         acceptor(listener, "pod HBONE", MAX_POD_HBONE_CONNECTIONS)
             .per_source(MAX_POD_HBONE_CONNECTIONS_PER_SOURCE)
             .counting_refusals(over_share)
     });
-    for hbone in hbone {
+    accept_loops.extend(serve_each(hbone, &tracker, {
         let (pod, inputs) = (pod.clone(), inputs.clone());
-        let hbone = tokio::spawn(accept_loop(hbone, tracker.clone(), move |stream, peer| {
-            hbone::serve(stream, peer, pod.clone(), inputs.clone())
-        }));
-        accept_loops.push(hbone.abort_handle());
-    }
+        move |stream, peer| hbone::serve(stream, peer, pod.clone(), inputs.clone())
+    }));
     PodProxy { accept_loops }
+}
+
+/// An accept loop per acceptor, each handing its connections to `handler`.
+fn serve_each<F, Fut>(
+    acceptors: Vec<Acceptor>,
+    connections: &TaskTracker,
+    handler: F,
+) -> Vec<tokio::task::AbortHandle>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    (acceptors.into_iter())
+        .map(|acceptor| {
+            let accepting = accept_loop(acceptor, connections.clone(), handler.clone());
+            tokio::spawn(accepting).abort_handle()
+        })
+        .collect()
 }
 
 /// Acceptors of one port's listeners (one per address family) under one

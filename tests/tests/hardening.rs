@@ -177,9 +177,10 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
 /// dual-stack Service's IPv6 VIP, is carried over HBONE on IPv6, and the
 /// server's app sees the client's own IPv6 address; an HBONE caller over
 /// IPv6 (a ztunnel's pod, say) reaches the app too. Plaintext into the
-/// enrolled server over IPv6 would go around mutual TLS and policy (a
-/// STRICT PeerAuthentication): refused, but for the pod's loopback, while
-/// an enrolled pod's IPv6 calls out of the mesh go out plain, as over IPv4.
+/// enrolled server over IPv6 meets its PeerAuthentication as over IPv4:
+/// refused where STRICT, carried to the app from the caller's address on a
+/// PERMISSIVE port; the pod's loopback is left alone, and an enrolled pod's
+/// IPv6 calls out of the mesh go out plain.
 #[test]
 fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 ) -> anyhow::Result<()> {
@@ -208,6 +209,14 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             "spec": { "mtls": { "mode": "STRICT" } },
         }),
         json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": { "name": "server-open", "namespace": "default" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "server" } },
+                "portLevelMtls": { "9001": { "mode": "PERMISSIVE" } },
+            },
+        }),
+        json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": { "name": "server6", "namespace": "default" },
             "spec": {
@@ -226,23 +235,29 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             "ports": [{ "name": "tcp", "port": 9000, "protocol": "TCP" }],
         }),
     ];
-    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
-    let agent = &agents[0];
-    // An echo in each pod on its IPv6 address, and on the server's IPv6
-    // loopback; each tells whom it served.
-    let mut served = Vec::new();
+    // The pods' IPv6 addresses are set up before they join the mesh, as
+    // the CNI's are.
     for (n, pod) in (1..).zip([client, server, bystander]) {
-        let address = format!("{}/64", v6(n).ip());
+        let address = format!("{}/64", ip6(n));
         let added = pod.place().in_netns(|| {
             std::process::Command::new("ip")
                 .args(["-6", "addr", "add", &address, "dev", "eth0", "nodad"])
                 .status()
         })??;
         anyhow::ensure!(added.success(), "adding IPv6 to {}", pod.name);
+    }
+    let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let agent = &agents[0];
+    // An echo in each pod on its IPv6 address, and on the server's IPv6
+    // loopback and its PERMISSIVE port; each tells whom it served.
+    let mut served = Vec::new();
+    for (n, pod) in (1..).zip([client, server, bystander]) {
         served.push(echo_in(pod, v6(n))?);
     }
     let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, 9000));
     echo_in(server, loopback)?;
+    let open_port = SocketAddr::new(v6(2).ip(), 9001);
+    let served_open = echo_in(server, open_port)?;
     let seen = |n: usize| -> anyhow::Result<Vec<std::net::IpAddr>> {
         let seen = served[n]
             .lock()
@@ -250,31 +265,13 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
         Ok(seen.iter().map(SocketAddr::ip).collect())
     };
 
+    #[rustfmt::skip]
     let cases = [
-        (
-            client,
-            v6(2),
-            true,
-            "from the enrolled client to the enrolled server",
-        ),
-        (
-            client,
-            vip6,
-            true,
-            "from the enrolled client to the server's IPv6 VIP",
-        ),
-        (
-            client,
-            v6(3),
-            true,
-            "from the enrolled client out of the mesh",
-        ),
-        (
-            bystander,
-            v6(2),
-            false,
-            "plaintext into the enrolled server",
-        ),
+        (client, v6(2), true, "from the enrolled client to the enrolled server"),
+        (client, vip6, true, "from the enrolled client to the server's IPv6 VIP"),
+        (client, v6(3), true, "from the enrolled client out of the mesh"),
+        (bystander, v6(2), false, "plaintext into the enrolled server"),
+        (bystander, open_port, true, "plaintext to the server's PERMISSIVE port"),
         (server, loopback, true, "the enrolled server's own loopback"),
     ];
     for (from, to, works, what) in cases {
@@ -289,6 +286,15 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
     // both times; the bystander saw it too.
     assert_eq!(seen(1)?, vec![v6(1).ip(); 2], "the server's app");
     assert_eq!(seen(2)?, vec![v6(1).ip()], "the bystander's app");
+    let seen_open = served_open
+        .lock()
+        .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
+    assert_eq!(
+        seen_open.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+        vec![v6(3).ip()],
+        "the server's app on its PERMISSIVE port"
+    );
+    drop(seen_open);
     // In mutual TLS both times, the Service's call counted under it.
     let metrics = agent.metrics(&cluster)?;
     let mutual_tls = |reporter: &str, more: &[(&str, &str)]| {

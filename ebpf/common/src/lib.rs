@@ -53,6 +53,10 @@ pub const ORIGINAL_DST6_MAP: &str = "ORIGINAL_DST6";
 /// Map: pod IPv4 address (network order) -> the agent's inbound listener in
 /// that pod's namespace (a sockhash).
 pub const INBOUND_LISTENERS_MAP: &str = "INBOUND_LISTENERS";
+/// Map: [`INBOUND_LISTENERS_MAP`] by a pod's IPv6 address (four
+/// network-order words, as `Addr6` holds them) -> the agent's IPv6 inbound
+/// listener in that pod's namespace.
+pub const INBOUND_LISTENERS6_MAP: &str = "INBOUND_LISTENERS6";
 /// Map: source address (`Addr4`) of a connection the agent is opening to a
 /// local app -> 1. `inbound_lookup` leaves such connections alone: to it they
 /// look like any other caller, since the agent uses the caller's address.

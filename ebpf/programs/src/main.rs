@@ -13,7 +13,8 @@
 //!
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
-//! inbound listener, and refuses them while the agent has none.
+//! inbound listener of their family, and refuses them while the agent has
+//! none.
 //!
 //! Relay: `relay_verdict` (sk_skb stream verdict) forwards what a plain
 //! TCP connection's socket receives out of its peer socket, inside the
@@ -61,6 +62,9 @@ static ORIGINAL_DST6: LruHashMap<ConnectionKey, Addr6> =
 
 #[map]
 static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
+
+#[map]
+static INBOUND_LISTENERS6: SockHash<[u32; 4]> = SockHash::pinned(MAX_PODS, 0);
 
 #[map]
 static AGENT_SOURCES: HashMap<Addr4, u8> = HashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
@@ -300,7 +304,7 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     if lookup.family != AF_INET {
-        return inbound_lookup6(lookup);
+        return inbound_lookup6(&ctx, lookup);
     }
     // Never steered: the pod calling itself, the agent's own ports, and the
     // agent's connections to the app (recorded by their source address).
@@ -327,28 +331,32 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     }
 }
 
-/// Over IPv6, a dual-stack pod is reached in mutual TLS only: at the
-/// agent's HBONE listener (the pod's own 15008), whose streams the agent
-/// carries to the app from the caller's address (recorded). Plaintext to
-/// the app would go around mutual TLS and policy, so it is refused. The pod
-/// calling itself is left alone.
-fn inbound_lookup6(lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> u32 {
+/// Over IPv6 as over IPv4 (a dual-stack pod): the pod calling itself, the
+/// agent's HBONE listener (the pod's own 15008) and the agent's connections
+/// to the app (recorded) pass; anything else goes to the agent's IPv6
+/// inbound listener for the address, or is refused without one.
+fn inbound_lookup6(ctx: &SkLookupContext, lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> u32 {
     if lookup.remote_ip6 == lookup.local_ip6 || lookup.local_port == u32::from(HBONE_PORT) {
         return SK_PASS;
     }
     // Word by word: the verifier allows only fixed offsets into the context,
     // not a copy through a pointer into it.
     // SAFETY: each is a field of the context the kernel handed in.
-    let word = |i: usize| unsafe { core::ptr::read_volatile(addr_of!(lookup.remote_ip6[i])) };
+    let remote = |i: usize| unsafe { core::ptr::read_volatile(addr_of!(lookup.remote_ip6[i])) };
+    let local = |i: usize| unsafe { core::ptr::read_volatile(addr_of!(lookup.local_ip6[i])) };
     let source = Addr6 {
-        ip: [word(0), word(1), word(2), word(3)],
+        ip: [remote(0), remote(1), remote(2), remote(3)],
         port: lookup.remote_port,
         _pad: 0,
     };
     // SAFETY: only whether the key exists is read.
-    match unsafe { AGENT_SOURCES6.get(source) } {
-        Some(_) => SK_PASS,
-        None => SK_DROP,
+    if unsafe { AGENT_SOURCES6.get(source) }.is_some() {
+        return SK_PASS;
+    }
+    let pod = [local(0), local(1), local(2), local(3)];
+    match INBOUND_LISTENERS6.redirect_sk_lookup(ctx, pod, 0) {
+        Ok(()) => SK_PASS,
+        Err(_) => SK_DROP,
     }
 }
 

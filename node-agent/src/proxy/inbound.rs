@@ -29,10 +29,6 @@ pub(super) async fn handle(
             return;
         }
     };
-    let IpAddr::V4(source) = peer.ip() else {
-        tracing::warn!(pod = %pod.pod, %peer, "inbound IPv6 connections are not proxied yet");
-        return;
-    };
     let (labels, admitted) = {
         let mesh = inputs.mesh.snapshot();
         let caller = Party::known(mesh.workload_by_ip(peer.ip()), None);
@@ -65,7 +61,7 @@ pub(super) async fn handle(
         let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         return report.refused(ResponseFlags::Denied, &reason);
     }
-    match connect_app(&inputs, &pod, source.into(), target).await {
+    match connect_app(&inputs, &pod, peer.ip(), target).await {
         Ok(upstream) => {
             let meter = Meter::caller(&client);
             report
