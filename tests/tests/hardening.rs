@@ -2,7 +2,7 @@
 //! mesh off, or take the node's other traffic down with them.
 
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,8 +179,9 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
 /// IPv6 (a ztunnel's pod, say) reaches the app too. Plaintext into the
 /// enrolled server over IPv6 meets its PeerAuthentication as over IPv4:
 /// refused where STRICT, carried to the app from the caller's address on a
-/// PERMISSIVE port; the pod's loopback is left alone, and an enrolled pod's
-/// IPv6 calls out of the mesh go out plain.
+/// PERMISSIVE port, passed for the node's own probes; the pod's loopback is
+/// left alone, and an enrolled pod's IPv6 calls out of the mesh go out
+/// plain.
 #[test]
 fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 ) -> anyhow::Result<()> {
@@ -236,15 +237,23 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
         }),
     ];
     // The pods' IPv6 addresses are set up before they join the mesh, as
-    // the CNI's are.
-    for (n, pod) in (1..).zip([client, server, bystander]) {
-        let address = format!("{}/64", ip6(n));
-        let added = pod.place().in_netns(|| {
+    // the CNI's are, and the node's on its pods' bridge.
+    let node = cluster.node("node-1")?;
+    let node_ip = ip6(0xfe);
+    let addresses = [
+        (client.place(), "eth0", ip6(1)),
+        (server.place(), "eth0", ip6(2)),
+        (bystander.place(), "eth0", ip6(3)),
+        (node.place(), "cbr0", node_ip),
+    ];
+    for (place, device, ip) in addresses {
+        let address = format!("{ip}/64");
+        let added = place.in_netns(|| {
             std::process::Command::new("ip")
-                .args(["-6", "addr", "add", &address, "dev", "eth0", "nodad"])
+                .args(["-6", "addr", "add", &address, "dev", device, "nodad"])
                 .status()
         })??;
-        anyhow::ensure!(added.success(), "adding IPv6 to {}", pod.name);
+        anyhow::ensure!(added.success(), "adding {address} to {device}");
     }
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let agent = &agents[0];
@@ -274,6 +283,7 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
         (bystander, open_port, true, "plaintext to the server's PERMISSIVE port"),
         (server, loopback, true, "the enrolled server's own loopback"),
     ];
+
     for (from, to, works, what) in cases {
         let echoed = echoed(&cluster, from.place(), to, "over IPv6");
         anyhow::ensure!(
@@ -295,6 +305,14 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
         "the server's app on its PERMISSIVE port"
     );
     drop(seen_open);
+    // A probe the node itself opens passes STRICT over IPv6 too.
+    let probe = echoed(&cluster, node.place(), v6(2), "over IPv6");
+    anyhow::ensure!(
+        probe,
+        "a probe from the node over IPv6 refused\n{}",
+        agent.output()
+    );
+    assert_eq!(seen(1)?[2..], [IpAddr::V6(node_ip)], "the server's app");
     // In mutual TLS both times, the Service's call counted under it.
     let metrics = agent.metrics(&cluster)?;
     let mutual_tls = |reporter: &str, more: &[(&str, &str)]| {
@@ -331,7 +349,7 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
         )
     };
     assert!(tunnel(v6(2))?, "{}", agent.output());
-    assert_eq!(seen(1)?[2..], [v6(3).ip()], "the server's app");
+    assert_eq!(seen(1)?[3..], [v6(3).ip()], "the server's app");
     // Only the pod's own addresses: the bystander's, or an IPv4 target
     // from an IPv6 caller (the app is reached from the caller's address),
     // are refused.

@@ -83,9 +83,6 @@ fn opened_by_node(settings: &PolicySettings, peer: SocketAddr, target: SocketAdd
     if !settings.node_ips.contains(&peer.ip()) {
         return false;
     }
-    let (SocketAddr::V4(peer), SocketAddr::V4(target)) = (peer, target) else {
-        return false;
-    };
     crate::netns::holds_tcp_connection(peer, target).unwrap_or_else(|error| {
         tracing::warn!(%peer, %target, %error, "could not tell whether the node opened a connection; policy applies to it");
         false
