@@ -40,14 +40,15 @@ pub const OUTBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOS
 pub const INBOUND_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15006);
 const LISTEN_BACKLOG: i32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections one of a pod's plaintext listeners (its own outbound ones,
-/// its callers' inbound ones) holds at once: far more than an app makes,
-/// while bounding what one pod, or its callers, can take of the agent's
-/// descriptors (two to four a connection).
+/// Connections a pod's plaintext listeners of one port (its own outbound
+/// ones, its callers' inbound ones; IPv4 and IPv6 together) hold at once:
+/// far more than an app makes, while bounding what one pod, or its callers,
+/// can take of the agent's descriptors (two to four a connection).
 const MAX_POD_CONNECTIONS: usize = 16384;
 /// Mutual-TLS connections from other agents a pod's 15008 listeners (IPv4
-/// and IPv6 together) hold at once, and from any one source pod: ztunnel and Ambit open one per source
-/// pod and 100 streams, so 256 carry 25,600 streams from one pod, while a hostile pod's idle or half-open
+/// and IPv6 together) hold at once, and from any one source pod: ztunnel
+/// and Ambit open one per source pod and 100 streams, so 256 carry 25,600
+/// streams from one pod, while a hostile pod's idle or half-open
 /// connections (each closed after the handshake timeout) never take the
 /// places of the others.
 const MAX_POD_HBONE_CONNECTIONS: usize = 4096;

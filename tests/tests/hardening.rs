@@ -12,6 +12,7 @@ use ambit_testbed::mesh::{self, AgentPort, NodeAgent};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{Cluster, Place, Pod};
+use anyhow::Context;
 use serde_json::json;
 
 /// The ports of the agent's listeners (admin, outbound, inbound, HBONE,
@@ -172,35 +173,40 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
     Ok(())
 }
 
-/// Dual-stack pods of the mesh talk over IPv6 in mutual TLS, as over IPv4:
-/// an enrolled client's call to an enrolled server's IPv6 address, or to a
-/// dual-stack Service's IPv6 VIP, is carried over HBONE on IPv6, and the
-/// server's app sees the client's own IPv6 address; an HBONE caller over
-/// IPv6 (a ztunnel's pod, say) reaches the app too. Plaintext into the
-/// enrolled server over IPv6 meets its PeerAuthentication as over IPv4:
-/// refused where STRICT, carried to the app from the caller's address on a
-/// PERMISSIVE port, passed for the node's own probes; the pod's loopback is
-/// left alone, and an enrolled pod's IPv6 calls out of the mesh go out
-/// plain.
+/// Dual-stack pods of the mesh talk over IPv6 in mutual TLS, as over IPv4,
+/// across nodes: an enrolled client's call to an enrolled server's IPv6
+/// address, or to a dual-stack Service's IPv6 VIP, is carried by the two
+/// agents over HBONE on IPv6, and the server's app sees the client's own
+/// IPv6 address; an HBONE caller over IPv6 (a ztunnel's pod, say) reaches
+/// the app too. Plaintext into the enrolled server over IPv6 meets its
+/// PeerAuthentication as over IPv4: refused where STRICT, carried to the
+/// app from the caller's address on a PERMISSIVE port, passed for its
+/// node's own probes; the pod's loopback is left alone, and an enrolled
+/// pod's IPv6 calls out of the mesh go out plain.
 #[test]
 fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 ) -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .node(&["client", "server", "bystander"])
-        .build()?;
-    let [client, server, bystander] = cluster.pods_named(["client", "server", "bystander"])?;
-    // IPv6 beside IPv4 on the pods' one link (no router needed), which the
-    // mesh knows of, as Kubernetes lists a dual-stack pod's.
-    let ip6 = |n: u16| Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, n);
-    let v6 = |n: u16| SocketAddr::from((ip6(n), 9000));
+    let cluster = Cluster::two_nodes(&["client", "bystander"], &["server"])?;
+    let [client, bystander, server] = cluster.pods_named(["client", "bystander", "server"])?;
+    let [node_1, node_2] = [cluster.node("node-1")?, cluster.node("node-2")?];
+    // IPv6 beside IPv4, routed as IPv4 is: a /64 of pods per node behind
+    // its bridge, the nodes on one link. The mesh knows the pods' IPv6
+    // addresses, as Kubernetes lists a dual-stack pod's.
+    let on_node = |node: u16, host: u16| Ipv6Addr::new(0xfd00, 0x244, node, 0, 0, 0, 0, host);
+    let underlay = |node: u16| Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, node);
+    let [client_ip, bystander_ip, server_ip] =
+        [on_node(1, 0x11), on_node(1, 0x13), on_node(2, 0x12)];
+    let at = |ip: Ipv6Addr| SocketAddr::from((ip, 9000));
     let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
-    for (n, pod) in (1..).zip(&mut config.pods) {
-        pod.ipv6 = Some(ip6(n));
+    for pod in &mut config.pods {
+        pod.ipv6 = [
+            (client, client_ip),
+            (bystander, bystander_ip),
+            (server, server_ip),
+        ]
+        .into_iter()
+        .find_map(|(named, ip)| (named.name == pod.name).then_some(ip));
     }
-    anyhow::ensure!(
-        (config.pods.iter().map(|pod| pod.name.as_str())).eq(["client", "server", "bystander"]),
-        "the pods' addresses follow their order"
-    );
     // A dual-stack Service of the server, its IPv6 VIP on port 80.
     let vip6 = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x60), 80));
     config.istio = vec![
@@ -232,43 +238,90 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
                 "labels": { "kubernetes.io/service-name": "server6" },
             },
             "addressType": "IPv6",
-            "endpoints": [{ "addresses": [v6(2).ip()], "conditions": { "ready": true } }],
+            "endpoints": [{ "addresses": [server_ip], "conditions": { "ready": true } }],
             "ports": [{ "name": "tcp", "port": 9000, "protocol": "TCP" }],
         }),
     ];
-    // The pods' IPv6 addresses are set up before they join the mesh, as
-    // the CNI's are, and the node's on its pods' bridge.
-    let node = cluster.node("node-1")?;
-    let node_ip = ip6(0xfe);
-    let addresses = [
-        (client.place(), "eth0", ip6(1)),
-        (server.place(), "eth0", ip6(2)),
-        (bystander.place(), "eth0", ip6(3)),
-        (node.place(), "cbr0", node_ip),
-    ];
-    for (place, device, ip) in addresses {
-        let address = format!("{ip}/64");
-        let added = place.in_netns(|| {
+    // Set up before the pods join the mesh, as the CNI's addresses are (and
+    // the nodes' before their agents start).
+    let ip = |place: &Place, args: &[&str]| -> anyhow::Result<()> {
+        let done = place.in_netns(|| {
             std::process::Command::new("ip")
-                .args(["-6", "addr", "add", &address, "dev", device, "nodad"])
+                .arg("-6")
+                .args(args)
                 .status()
         })??;
-        anyhow::ensure!(added.success(), "adding {address} to {device}");
+        anyhow::ensure!(done.success(), "ip -6 {args:?} in {}", place.name());
+        Ok(())
+    };
+    for (node, n, other) in [(node_1, 1, 2), (node_2, 2, 1)] {
+        let place = node.place();
+        ip(
+            place,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", on_node(n, 1)),
+                "dev",
+                "cbr0",
+                "nodad",
+            ],
+        )?;
+        ip(
+            place,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", underlay(n)),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        let pods = format!("{}/64", on_node(other, 0));
+        ip(
+            place,
+            &["route", "add", &pods, "via", &underlay(other).to_string()],
+        )?;
+        let forwarding =
+            place.in_netns(|| std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1"))?;
+        forwarding.context("IPv6 forwarding on a node")?;
+    }
+    for (pod, pod_ip, n) in [
+        (client, client_ip, 1),
+        (bystander, bystander_ip, 1),
+        (server, server_ip, 2),
+    ] {
+        let place = pod.place();
+        ip(
+            place,
+            &[
+                "addr",
+                "add",
+                &format!("{pod_ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ip(
+            place,
+            &["route", "add", "default", "via", &on_node(n, 1).to_string()],
+        )?;
     }
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
-    let agent = &agents[0];
+    let outputs = || format!("{}\n{}", agents[0].output(), agents[1].output());
     // An echo in each pod on its IPv6 address, and on the server's IPv6
     // loopback and its PERMISSIVE port; each tells whom it served.
-    let mut served = Vec::new();
-    for (n, pod) in (1..).zip([client, server, bystander]) {
-        served.push(echo_in(pod, v6(n))?);
-    }
+    let served_client = echo_in(client, at(client_ip))?;
+    let served_bystander = echo_in(bystander, at(bystander_ip))?;
+    let served_server = echo_in(server, at(server_ip))?;
     let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, 9000));
     echo_in(server, loopback)?;
-    let open_port = SocketAddr::new(v6(2).ip(), 9001);
+    let open_port = SocketAddr::new(server_ip.into(), 9001);
     let served_open = echo_in(server, open_port)?;
-    let seen = |n: usize| -> anyhow::Result<Vec<std::net::IpAddr>> {
-        let seen = served[n]
+    let seen = |served: &Arc<Mutex<Vec<SocketAddr>>>| -> anyhow::Result<Vec<IpAddr>> {
+        let seen = served
             .lock()
             .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
         Ok(seen.iter().map(SocketAddr::ip).collect())
@@ -276,46 +329,48 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 
     #[rustfmt::skip]
     let cases = [
-        (client, v6(2), true, "from the enrolled client to the enrolled server"),
+        (client, at(server_ip), true, "from the enrolled client to the enrolled server"),
         (client, vip6, true, "from the enrolled client to the server's IPv6 VIP"),
-        (client, v6(3), true, "from the enrolled client out of the mesh"),
-        (bystander, v6(2), false, "plaintext into the enrolled server"),
+        (client, at(bystander_ip), true, "from the enrolled client out of the mesh"),
+        (bystander, at(server_ip), false, "plaintext into the enrolled server"),
         (bystander, open_port, true, "plaintext to the server's PERMISSIVE port"),
         (server, loopback, true, "the enrolled server's own loopback"),
     ];
-
     for (from, to, works, what) in cases {
         let echoed = echoed(&cluster, from.place(), to, "over IPv6");
-        anyhow::ensure!(
-            echoed == works,
-            "{what}: echoed {echoed}\n{}",
-            agent.output()
-        );
+        anyhow::ensure!(echoed == works, "{what}: echoed {echoed}\n{}", outputs());
     }
     // The server's app saw the client itself, from its own IPv6 address,
-    // both times; the bystander saw it too.
-    assert_eq!(seen(1)?, vec![v6(1).ip(); 2], "the server's app");
-    assert_eq!(seen(2)?, vec![v6(1).ip()], "the bystander's app");
-    let seen_open = served_open
-        .lock()
-        .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
+    // both times; the bystander saw it too, and the server's PERMISSIVE
+    // port the bystander.
+    let client_ip = IpAddr::V6(client_ip);
+    assert_eq!(seen(&served_server)?, [client_ip; 2], "the server's app");
+    assert_eq!(seen(&served_bystander)?, [client_ip], "the bystander's app");
     assert_eq!(
-        seen_open.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
-        vec![v6(3).ip()],
-        "the server's app on its PERMISSIVE port"
+        seen(&served_open)?,
+        [IpAddr::V6(bystander_ip)],
+        "the PERMISSIVE port"
     );
-    drop(seen_open);
-    // A probe the node itself opens passes STRICT over IPv6 too.
-    let probe = echoed(&cluster, node.place(), v6(2), "over IPv6");
+    assert!(
+        seen(&served_client)?.is_empty(),
+        "the client's app was called"
+    );
+    // A probe its node itself opens passes STRICT over IPv6 too.
+    let probe = echoed(&cluster, node_2.place(), at(server_ip), "over IPv6");
     anyhow::ensure!(
         probe,
         "a probe from the node over IPv6 refused\n{}",
-        agent.output()
+        outputs()
     );
-    assert_eq!(seen(1)?[2..], [IpAddr::V6(node_ip)], "the server's app");
-    // In mutual TLS both times, the Service's call counted under it.
-    let metrics = agent.metrics(&cluster)?;
-    let mutual_tls = |reporter: &str, more: &[(&str, &str)]| {
+    assert_eq!(
+        seen(&served_server)?[2..],
+        [IpAddr::V6(on_node(2, 1))],
+        "the server's app"
+    );
+    // In mutual TLS both times, between the two agents, the Service's call
+    // counted under it.
+    let mutual_tls = |agent: &NodeAgent, reporter: &str, more: &[(&str, &str)]| {
+        let metrics = agent.metrics(&cluster)?;
         let mut labels = vec![
             ("reporter", reporter),
             (
@@ -329,14 +384,17 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             ("connection_security_policy", "mutual_tls"),
         ];
         labels.extend_from_slice(more);
-        mesh::sample(&metrics, "istio_tcp_connections_opened_total", &labels)
+        let opened = mesh::sample(&metrics, "istio_tcp_connections_opened_total", &labels);
+        anyhow::Ok((opened, metrics))
     };
-    assert_eq!(mutual_tls("destination", &[]), 2.0, "{metrics}");
+    let (opened, metrics) = mutual_tls(&agents[1], "destination", &[])?;
+    assert_eq!(opened, 2.0, "{metrics}");
     let service = [("destination_service", "server6.default.svc.cluster.local")];
-    assert_eq!(mutual_tls("source", &service), 1.0, "{metrics}");
+    let (opened, metrics) = mutual_tls(&agents[0], "source", &service)?;
+    assert_eq!(opened, 1.0, "{metrics}");
 
     // In mutual TLS over IPv6, to the server's 15008 at its IPv6 address,
-    // as a caller of the mesh from outside this node (a ztunnel's pod) dials it.
+    // as a caller of the mesh from elsewhere (a ztunnel's pod) dials it.
     let caller = Identity::new("cluster.local", "default", "client");
     let server_identity = Identity::new("cluster.local", "default", "server");
     let tunnel = |target: SocketAddr| {
@@ -344,17 +402,21 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             bystander,
             Some(&ca.certify(&caller)?),
             &ca.bundle()?,
-            (&server_identity, v6(2).ip()),
+            (&server_identity, server_ip.into()),
             (target.into(), None),
         )
     };
-    assert!(tunnel(v6(2))?, "{}", agent.output());
-    assert_eq!(seen(1)?[3..], [v6(3).ip()], "the server's app");
+    assert!(tunnel(at(server_ip))?, "{}", outputs());
+    assert_eq!(
+        seen(&served_server)?[3..],
+        [IpAddr::V6(bystander_ip)],
+        "the server's app"
+    );
     // Only the pod's own addresses: the bystander's, or an IPv4 target
     // from an IPv6 caller (the app is reached from the caller's address),
     // are refused.
     assert!(
-        !tunnel(v6(3))?,
+        !tunnel(at(bystander_ip))?,
         "a stream to another pod's address was carried"
     );
     let server_v4 = SocketAddr::new(server.ip.into(), 9000);
