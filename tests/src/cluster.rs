@@ -8,6 +8,9 @@
 //!    └─ node-2 netns: eth0 172.18.0.12, bridge cbr0 10.244.2.1/24
 //! ```
 //!
+//! A test may make it dual-stack ([`Cluster::add_ipv6`]): the same shape in
+//! IPv6, `fd00:18::/64` on the underlay and `fd00:244:N::/64` on node N.
+//!
 //! cgroups: `<cgroup2>/<run>/<node>/system` holds what runs on a node,
 //! `<cgroup2>/<run>/<node>/pods/<pod>` what runs in a pod, so a program
 //! attached to `<node>/pods` sees exactly that node's pods.
@@ -16,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -202,6 +205,33 @@ impl Node {
     fn pod_ip(&self, slot: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.index, slot + 2)
     }
+
+    /// Once [`Cluster::add_ipv6`] has run: the node's IPv6 address on its
+    /// pods' bridge (their gateway).
+    pub fn bridge_ipv6(&self) -> Ipv6Addr {
+        ipv6_twin(self.bridge_ip)
+    }
+}
+
+/// The IPv6 address of a dual-stack cluster that stands beside the IPv4
+/// address `10.244.N.x` (of a pod or a node's bridge): `fd00:244:N::x`.
+pub(crate) fn ipv6_twin(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, node, host] = ip.octets();
+    Ipv6Addr::new(0xfd00, 0x244, node.into(), 0, 0, 0, 0, host.into())
+}
+
+/// A node's IPv6 address on the underlay, beside its `172.18.0.x`.
+fn underlay_ipv6(node: &Node) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x18,
+        0,
+        0,
+        0,
+        0,
+        0,
+        node.underlay_ip.octets()[3].into(),
+    )
 }
 
 /// A pod: its own namespace with one address, and its own cgroup.
@@ -220,6 +250,11 @@ pub struct Pod {
 impl Pod {
     pub fn place(&self) -> &Place {
         &self.place
+    }
+
+    /// Once [`Cluster::add_ipv6`] has run: the pod's IPv6 address.
+    pub fn ipv6(&self) -> Ipv6Addr {
+        ipv6_twin(self.ip)
     }
 }
 
@@ -388,6 +423,52 @@ impl Cluster {
 
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// Makes the cluster dual-stack: every node and pod gets an IPv6 address
+    /// beside its IPv4 one ([`Pod::ipv6`], [`Node::bridge_ipv6`]), routed as
+    /// IPv4 is. Before the pods join the mesh, as a CNI sets addresses up
+    /// (an agent reads a pod's IPv6 addresses when it enrolls it, and its
+    /// node's when it starts).
+    pub fn add_ipv6(&self) -> anyhow::Result<()> {
+        let add = |netns: &str, address: Ipv6Addr, device: &str| {
+            let address = format!("{address}/64");
+            ip(
+                netns,
+                &["-6", "addr", "add", &address, "dev", device, "nodad"],
+            )
+        };
+        for node in &self.nodes {
+            let netns = &node.place.netns;
+            add(netns, node.bridge_ipv6(), "cbr0")?;
+            add(netns, underlay_ipv6(node), "eth0")?;
+            for other in self.nodes.iter().filter(|other| other.index != node.index) {
+                let pods = format!("{}/64", ipv6_twin(Ipv4Addr::new(10, 244, other.index, 0)));
+                let via = underlay_ipv6(other).to_string();
+                ip(netns, &["-6", "route", "add", &pods, "via", &via])?;
+            }
+            sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    netns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.forwarding=1",
+                ],
+            )?;
+        }
+        for pod in &self.pods {
+            let node = self.node(&pod.node)?;
+            add(&pod.place.netns, pod.ipv6(), "eth0")?;
+            let gateway = node.bridge_ipv6().to_string();
+            ip(
+                &pod.place.netns,
+                &["-6", "route", "add", "default", "via", &gateway],
+            )?;
+        }
+        Ok(())
     }
 
     /// The node named `name` (`node-1`, `node-2`, …).

@@ -84,6 +84,15 @@ pub fn service(
 }
 
 impl MeshConfig {
+    /// Lists each pod's IPv6 address too, as Kubernetes lists a dual-stack
+    /// pod's (see [`crate::Cluster::add_ipv6`]).
+    pub fn dual_stack(mut self) -> Self {
+        for pod in &mut self.pods {
+            pod.ipv6 = Some(crate::cluster::ipv6_twin(pod.ip));
+        }
+        self
+    }
+
     /// Labels the pods named `<app>-<version>` as Bookinfo does, `app` and
     /// `version`, so that subsets select by version.
     pub fn versioned(mut self, app: &str) -> Self {

@@ -12,7 +12,6 @@ use ambit_testbed::mesh::{self, AgentPort, NodeAgent};
 use ambit_testbed::sniff::contains;
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::{Cluster, Place, Pod};
-use anyhow::Context;
 use serde_json::json;
 
 /// The ports of the agent's listeners (admin, outbound, inbound, HBONE,
@@ -106,7 +105,9 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
     let cluster = Cluster::two_nodes(&["client", "outsider"], &["server", "bystander"])?;
     let [client, outsider, server, bystander] =
         cluster.pods_named(["client", "outsider", "server", "bystander"])?;
-    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
+    // Dual-stack: neither family may go around the mesh.
+    cluster.add_ipv6()?;
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]).dual_stack();
     config.istio = vec![json!({
         "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
         "metadata": { "name": "strict", "namespace": "default" },
@@ -121,6 +122,9 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
             .echo(9000)
             .start(&cluster, bystander)?,
     ];
+    for pod in [server, bystander] {
+        echo_in(pod, SocketAddr::new(pod.ipv6().into(), 9000))?;
+    }
     // What the enrolled pods say must never cross the underlay in the clear.
     let secret = "words-only-the-mesh-may-carry";
     let expect = |when: &str, cases: [(&Pod, &Pod, bool); 4]| {
@@ -129,14 +133,15 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
                 true => "outside-the-mesh",
                 false => secret,
             };
-            let addr = SocketAddr::new(to.ip.into(), 9000);
-            assert_eq!(
-                echoed(&cluster, from.place(), addr, message),
-                reached,
-                "{when}: {} to {}",
-                from.name,
-                to.name
-            );
+            for ip in [IpAddr::from(to.ip), IpAddr::from(to.ipv6())] {
+                assert_eq!(
+                    echoed(&cluster, from.place(), SocketAddr::new(ip, 9000), message),
+                    reached,
+                    "{when}: {} to {} at {ip}",
+                    from.name,
+                    to.name
+                );
+            }
         }
     };
     let in_service = [
@@ -188,25 +193,10 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::two_nodes(&["client", "bystander"], &["server"])?;
     let [client, bystander, server] = cluster.pods_named(["client", "bystander", "server"])?;
-    let [node_1, node_2] = [cluster.node("node-1")?, cluster.node("node-2")?];
-    // IPv6 beside IPv4, routed as IPv4 is: a /64 of pods per node behind
-    // its bridge, the nodes on one link. The mesh knows the pods' IPv6
-    // addresses, as Kubernetes lists a dual-stack pod's.
-    let on_node = |node: u16, host: u16| Ipv6Addr::new(0xfd00, 0x244, node, 0, 0, 0, 0, host);
-    let underlay = |node: u16| Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, node);
-    let [client_ip, bystander_ip, server_ip] =
-        [on_node(1, 0x11), on_node(1, 0x13), on_node(2, 0x12)];
+    let node_2 = cluster.node("node-2")?;
+    let [client_ip, bystander_ip, server_ip] = [client, bystander, server].map(Pod::ipv6);
     let at = |ip: Ipv6Addr| SocketAddr::from((ip, 9000));
-    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]);
-    for pod in &mut config.pods {
-        pod.ipv6 = [
-            (client, client_ip),
-            (bystander, bystander_ip),
-            (server, server_ip),
-        ]
-        .into_iter()
-        .find_map(|(named, ip)| (named.name == pod.name).then_some(ip));
-    }
+    let mut config = mesh::enrolling(&cluster, &[client, server], vec![]).dual_stack();
     // A dual-stack Service of the server, its IPv6 VIP on port 80.
     let vip6 = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x60), 80));
     config.istio = vec![
@@ -242,73 +232,7 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             "ports": [{ "name": "tcp", "port": 9000, "protocol": "TCP" }],
         }),
     ];
-    // Set up before the pods join the mesh, as the CNI's addresses are (and
-    // the nodes' before their agents start).
-    let ip = |place: &Place, args: &[&str]| -> anyhow::Result<()> {
-        let done = place.in_netns(|| {
-            std::process::Command::new("ip")
-                .arg("-6")
-                .args(args)
-                .status()
-        })??;
-        anyhow::ensure!(done.success(), "ip -6 {args:?} in {}", place.name());
-        Ok(())
-    };
-    for (node, n, other) in [(node_1, 1, 2), (node_2, 2, 1)] {
-        let place = node.place();
-        ip(
-            place,
-            &[
-                "addr",
-                "add",
-                &format!("{}/64", on_node(n, 1)),
-                "dev",
-                "cbr0",
-                "nodad",
-            ],
-        )?;
-        ip(
-            place,
-            &[
-                "addr",
-                "add",
-                &format!("{}/64", underlay(n)),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )?;
-        let pods = format!("{}/64", on_node(other, 0));
-        ip(
-            place,
-            &["route", "add", &pods, "via", &underlay(other).to_string()],
-        )?;
-        let forwarding =
-            place.in_netns(|| std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1"))?;
-        forwarding.context("IPv6 forwarding on a node")?;
-    }
-    for (pod, pod_ip, n) in [
-        (client, client_ip, 1),
-        (bystander, bystander_ip, 1),
-        (server, server_ip, 2),
-    ] {
-        let place = pod.place();
-        ip(
-            place,
-            &[
-                "addr",
-                "add",
-                &format!("{pod_ip}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )?;
-        ip(
-            place,
-            &["route", "add", "default", "via", &on_node(n, 1).to_string()],
-        )?;
-    }
+    cluster.add_ipv6()?;
     let (ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
     let outputs = || format!("{}\n{}", agents[0].output(), agents[1].output());
     // An echo in each pod on its IPv6 address, and on the server's IPv6
@@ -364,7 +288,7 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
     );
     assert_eq!(
         seen(&served_server)?[2..],
-        [IpAddr::V6(on_node(2, 1))],
+        [IpAddr::V6(node_2.bridge_ipv6())],
         "the server's app"
     );
     // In mutual TLS both times, between the two agents, the Service's call
