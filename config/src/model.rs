@@ -456,22 +456,15 @@ impl Mesh {
         self.mesh_configs.get(&key).copied().unwrap_or_default()
     }
 
-    /// The IPv4 addresses of `name` as the mesh knows it, for a pod in
-    /// `from_namespace`: a Service's VIPs (`NAME.NAMESPACE.svc.cluster.local`),
-    /// a ServiceEntry host's own addresses, or the one Ambit gives a host
-    /// of an entry without any; none when the mesh does not know the name.
-    pub fn host_addresses(&self, name: &str, from_namespace: &str) -> Option<Vec<Ipv4Addr>> {
-        let v4 = |ips: &[IpAddr]| -> Vec<Ipv4Addr> {
-            ips.iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(ip) => Some(*ip),
-                    IpAddr::V6(_) => None,
-                })
-                .collect()
-        };
+    /// The addresses of `name` as the mesh knows it, for a pod in
+    /// `from_namespace`: a Service's VIPs (`NAME.NAMESPACE.svc.cluster.local`,
+    /// both families of a dual-stack one), a ServiceEntry host's own
+    /// addresses, or the one Ambit gives a host of an entry without any;
+    /// none when the mesh does not know the name.
+    pub fn host_addresses(&self, name: &str, from_namespace: &str) -> Option<Vec<IpAddr>> {
         if let Some((key, service)) = self.service_named(name) {
             if self.service_visible(key, from_namespace) {
-                return Some(v4(&service.vips));
+                return Some(service.vips.clone());
             }
         }
         let (_, entry, host) = self.service_entry_for_host(name, from_namespace)?;
@@ -480,8 +473,10 @@ impl Mesh {
             // A wildcard has an address (one for every name under it) only
             // when a waypoint resolves each request's host; else the names
             // under it are the DNS's to answer.
-            true => self.auto_address_of(host).map(|address| vec![address]),
-            false => Some(v4(&self.service_entry_addresses(spec))),
+            true => self
+                .auto_address_of(host)
+                .map(|address| vec![address.into()]),
+            false => Some(self.service_entry_addresses(spec)),
         }
     }
 

@@ -2,7 +2,7 @@
 //! starts its server and runs its clients in pods.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -594,6 +594,19 @@ pub fn echo(
             format!("--message={message}"),
         ],
     )
+}
+
+/// The addresses `name` resolves to in `from`, as its system resolver
+/// gives them (A and AAAA).
+pub fn resolve(cluster: &Cluster, from: &Place, name: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let output = run_client(cluster, from, &["resolve".into(), format!("--name={name}")])?;
+    output
+        .lines()
+        .map(|line| {
+            line.parse()
+                .with_context(|| format!("{line:?} is no address"))
+        })
+        .collect()
 }
 
 /// Starts, in the background, one connection from `from` to the echo server

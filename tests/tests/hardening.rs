@@ -180,7 +180,8 @@ fn a_killed_agent_leaves_its_pods_unreachable_never_unprotected() -> anyhow::Res
 
 /// Dual-stack pods of the mesh talk over IPv6 in mutual TLS, as over IPv4,
 /// across nodes: an enrolled client's call to an enrolled server's IPv6
-/// address, or to a dual-stack Service's IPv6 VIP, is carried by the two
+/// address, or to a dual-stack Service's IPv6 VIP (which its agent's DNS
+/// proxy answers AAAA queries with), is carried by the two
 /// agents over HBONE on IPv6, and the server's app sees the client's own
 /// IPv6 address; an HBONE caller over IPv6 (a ztunnel's pod, say) reaches
 /// the app too. Plaintext into the enrolled server over IPv6 meets its
@@ -250,6 +251,19 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
             .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
         Ok(seen.iter().map(SocketAddr::ip).collect())
     };
+
+    // The client's resolver, answered by its agent's DNS proxy, gives the
+    // Service's VIPs of both families, as the cluster's DNS would.
+    let resolved = testapp::resolve(
+        &cluster,
+        client.place(),
+        "server6.default.svc.cluster.local",
+    )?;
+    assert!(
+        resolved.contains(&"10.96.0.60".parse()?) && resolved.contains(&vip6.ip()),
+        "the Service resolved to {resolved:?}\n{}",
+        outputs()
+    );
 
     #[rustfmt::skip]
     let cases = [

@@ -456,6 +456,8 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
 ---
 {apiVersion: v1, kind: Service, metadata: {name: hidden, namespace: shop, annotations: {networking.istio.io/exportTo: "."}}, spec: {clusterIP: 10.96.0.21, ports: [{port: 80}]}}
 ---
+{apiVersion: v1, kind: Service, metadata: {name: dual, namespace: shop}, spec: {clusterIP: 10.96.0.22, clusterIPs: [10.96.0.22, "fd00:96::22"], ports: [{port: 80}]}}
+---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop}, spec: {hosts: [api.example.com], addresses: [240.0.0.1, 10.0.0.0/8], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.1}]}}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: bare, namespace: shop}, spec: {hosts: [bare.example.com], ports: [{number: 443, name: tls}], resolution: DNS}}
@@ -466,12 +468,16 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
 "#,
     );
     let known = |name: &str, from: &str| model.host_addresses(name, from);
-    let ip = |text: &str| text.parse::<Ipv4Addr>().unwrap();
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
     assert_eq!(
         known("reviews.shop.svc.cluster.local", "other"),
         Some(vec![ip("10.96.0.20")])
     );
     assert_eq!(known("hidden.shop.svc.cluster.local", "other"), None);
+    assert_eq!(
+        known("dual.shop.svc.cluster.local", "other"),
+        Some(vec![ip("10.96.0.22"), ip("fd00:96::22")])
+    );
     assert_eq!(
         known("hidden.shop.svc.cluster.local", "shop"),
         Some(vec![ip("10.96.0.21")])
@@ -481,15 +487,21 @@ fn the_mesh_answers_for_its_services_and_service_entry_hosts() {
         Some(vec![ip("240.0.0.1")])
     );
     let given = auto_address("bare.example.com");
-    assert_eq!(known("bare.example.com", "other"), Some(vec![given]));
+    assert_eq!(known("bare.example.com", "other"), Some(vec![given.into()]));
     assert!(given.octets()[..2] == [240, 240] && (1..=254).contains(&given.octets()[3]));
     assert_eq!(known("nothing.example.com", "shop"), None);
     // DYNAMIC_DNS: every name under the wildcard shares one address (a
     // waypoint resolves each request's host); under another wildcard the
     // names are the DNS's to answer.
     let wildcard = auto_address("*.dyn.example.com");
-    assert_eq!(known("a.dyn.example.com", "other"), Some(vec![wildcard]));
-    assert_eq!(known("B.x.dyn.example.com", "other"), Some(vec![wildcard]));
+    assert_eq!(
+        known("a.dyn.example.com", "other"),
+        Some(vec![wildcard.into()])
+    );
+    assert_eq!(
+        known("B.x.dyn.example.com", "other"),
+        Some(vec![wildcard.into()])
+    );
     assert_eq!(known("a.wild.example.com", "other"), None);
     let found = model
         .service_entry_at(IpAddr::V4(wildcard), 80, "other")

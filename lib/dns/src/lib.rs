@@ -4,10 +4,11 @@
 //! a name it knows. The codec is pure, bytes in and bytes out; [`resolve`]
 //! sends the query and [`Resolver`] keeps the answers.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 /// Header flags: a response, recursion desired and available.
 const RESPONSE: u16 = 0x8000;
@@ -25,12 +26,6 @@ pub struct Question {
     pub id: u16,
     pub name: String,
     pub qtype: u16,
-}
-
-impl Question {
-    pub fn is_a(&self) -> bool {
-        self.qtype == TYPE_A
-    }
 }
 
 /// An A query for `name`, recursion desired.
@@ -78,17 +73,25 @@ pub fn parse_query(message: &[u8]) -> Option<Question> {
     })
 }
 
-/// The answer to `query` (its first question, echoed) with these
-/// addresses (none: an empty answer, NOERROR), each for `ttl` seconds.
-pub fn answer(query: &[u8], addresses: &[Ipv4Addr], ttl: u32) -> Option<Vec<u8>> {
+/// The answer to `query` (its first question, echoed) with those of these
+/// addresses it asks for: IPv4 ones for A, IPv6 ones for AAAA (none: an
+/// empty answer, NOERROR, as for any other type), each for `ttl` seconds.
+pub fn answer(query: &[u8], addresses: &[IpAddr], ttl: u32) -> Option<Vec<u8>> {
     let mut reader = Reader::new(query);
     let id = reader.u16()?;
     let flags = reader.u16()?;
     reader.skip(8)?;
     let question_start = reader.at;
     reader.name()?;
-    reader.skip(4)?;
+    let qtype = reader.u16()?;
+    reader.skip(2)?;
     let question = &query[question_start..reader.at];
+    let addresses: Vec<&IpAddr> = (addresses.iter())
+        .filter(|address| match address {
+            IpAddr::V4(_) => qtype == TYPE_A,
+            IpAddr::V6(_) => qtype == TYPE_AAAA,
+        })
+        .collect();
     let count = u16::try_from(addresses.len()).ok()?;
     let mut message = Vec::with_capacity(12 + question.len() + 16 * addresses.len());
     message.extend_from_slice(&id.to_be_bytes());
@@ -99,13 +102,17 @@ pub fn answer(query: &[u8], addresses: &[Ipv4Addr], ttl: u32) -> Option<Vec<u8>>
     message.extend_from_slice(&[0, 0, 0, 0]);
     message.extend_from_slice(question);
     for address in addresses {
+        let (kind, data) = match address {
+            IpAddr::V4(address) => (TYPE_A, address.octets().to_vec()),
+            IpAddr::V6(address) => (TYPE_AAAA, address.octets().to_vec()),
+        };
         // The name, as a pointer to the question's (offset 12).
         message.extend_from_slice(&[0xc0, 12]);
-        message.extend_from_slice(&TYPE_A.to_be_bytes());
+        message.extend_from_slice(&kind.to_be_bytes());
         message.extend_from_slice(&CLASS_IN.to_be_bytes());
         message.extend_from_slice(&ttl.to_be_bytes());
-        message.extend_from_slice(&4u16.to_be_bytes());
-        message.extend_from_slice(&address.octets());
+        message.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        message.extend_from_slice(&data);
     }
     Some(message)
 }
@@ -345,7 +352,12 @@ mod tests {
             }
         );
         let addresses_given = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
-        let answered = answer(&asked, &addresses_given, 30).unwrap();
+        let ipv6: IpAddr = "fd00:96::60".parse().unwrap();
+        let known: Vec<IpAddr> = (addresses_given.iter().copied().map(IpAddr::from))
+            .chain([ipv6])
+            .collect();
+        // An A question gets the IPv4 addresses only.
+        let answered = answer(&asked, &known, 30).unwrap();
         assert_eq!(
             addresses(&answered, 0x1234).unwrap(),
             (addresses_given.to_vec(), 30)
@@ -358,6 +370,20 @@ mod tests {
         assert_eq!(parse_query(&answered), None);
         let empty = answer(&asked, &[], 30).unwrap();
         assert!(addresses(&empty, 0x1234).unwrap().0.is_empty());
+        // An AAAA question gets the IPv6 one, as an AAAA record (type,
+        // class, TTL, length, address at the end of the message).
+        let mut asked6 = asked.clone();
+        let at = asked6.len() - 4;
+        asked6[at..at + 2].copy_from_slice(&TYPE_AAAA.to_be_bytes());
+        let answered6 = answer(&asked6, &known, 30).unwrap();
+        assert_eq!(answered6[6..8], 1u16.to_be_bytes(), "one record");
+        let IpAddr::V6(ipv6) = ipv6 else {
+            unreachable!("an IPv6 address")
+        };
+        let record = &answered6[answered6.len() - 28..];
+        assert_eq!(record[..4], [0xc0, 12, 0, 28]);
+        assert_eq!(record[10..12], 16u16.to_be_bytes());
+        assert_eq!(record[12..], ipv6.octets());
     }
 
     #[test]
@@ -373,7 +399,7 @@ mod tests {
         let mut failed = answer(&asked, &[], 0).unwrap();
         failed[3] |= 3; // NXDOMAIN
         assert_eq!(addresses(&failed, 7).unwrap_err(), "no such name");
-        let answered = answer(&asked, &[Ipv4Addr::LOCALHOST], 5).unwrap();
+        let answered = answer(&asked, &[Ipv4Addr::LOCALHOST.into()], 5).unwrap();
         for cut in [1, 11, 20, answered.len() - 1] {
             assert!(addresses(&answered[..cut], 7).is_err(), "{cut}");
         }

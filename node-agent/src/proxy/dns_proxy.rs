@@ -43,10 +43,9 @@ fn reply(inputs: &ProxyInputs, namespace: &str, query: &[u8]) -> Reply {
     };
     let mesh = inputs.mesh.snapshot();
     match mesh.host_addresses(&question.name, namespace) {
-        // A name the mesh knows has no other record (AAAA included).
+        // A name the mesh knows has its A and AAAA records, no other.
         Some(addresses) => {
-            let addresses = if question.is_a() { &addresses[..] } else { &[] };
-            dns::answer(query, addresses, MESH_TTL).map_or(Reply::Drop, Reply::Answer)
+            dns::answer(query, &addresses, MESH_TTL).map_or(Reply::Drop, Reply::Answer)
         }
         None => Reply::Forward,
     }

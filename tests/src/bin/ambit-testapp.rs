@@ -228,6 +228,12 @@ enum Mode {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Resolve a name as the system's resolver does (A and AAAA) and print
+    /// its addresses, one a line.
+    Resolve {
+        #[arg(long)]
+        name: String,
+    },
     /// A DNS server over UDP that knows these names (`NAME=ADDRESS`,
     /// repeatable) and no others.
     Dns {
@@ -264,10 +270,10 @@ async fn serve_dns(
         let Some(question) = dns::parse_query(query) else {
             continue;
         };
-        let found: Vec<_> = records
+        let found: Vec<std::net::IpAddr> = records
             .iter()
-            .filter(|(name, _)| *name == question.name && question.is_a())
-            .map(|(_, address)| *address)
+            .filter(|(name, _)| *name == question.name)
+            .map(|(_, address)| (*address).into())
             .collect();
         let known = records.iter().any(|(name, _)| *name == question.name);
         if let Some(mut answer) = dns::answer(query, &found, 5) {
@@ -421,6 +427,12 @@ async fn main() -> anyhow::Result<()> {
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Dns { listen, records } => serve_dns(listen, records).await,
+        Mode::Resolve { name } => {
+            for address in tokio::net::lookup_host((name.as_str(), 0)).await? {
+                println!("{}", address.ip());
+            }
+            Ok(())
+        }
         Mode::Otlp { listen } => serve_otlp(listen).await,
         Mode::Upload { url, bytes, http2 } => print_json(&upload(&url, bytes, http2).await?),
         Mode::Trailers { url, echo } => print_json(&trailers(&url, &echo).await?),
