@@ -110,8 +110,9 @@ pub struct PodListeners {
     /// HBONE from other agents, when the agent holds identities: over IPv4,
     /// and over IPv6 where the pod's namespace has it (a dual-stack pod).
     pub hbone: Vec<TcpListener>,
-    /// The DNS proxy, over UDP and TCP.
-    pub dns: (tokio::net::UdpSocket, TcpListener),
+    /// The DNS proxy, over UDP and TCP: on IPv4, and on IPv6 where the
+    /// namespace has it.
+    pub dns: Vec<(tokio::net::UdpSocket, TcpListener)>,
 }
 
 impl PodListeners {
@@ -122,8 +123,9 @@ impl PodListeners {
         let hbone6_any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ambit_hbone::HBONE_PORT));
         let outbound6 = SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_LISTENER.port()));
         let inbound6 = SocketAddr::from((Ipv6Addr::LOCALHOST, INBOUND_LISTENER.port()));
-        let dns = dns_proxy::address();
-        let (outbound, inbound, hbone, dns_udp, dns_tcp) = netns.run(|| {
+        let dns = SocketAddr::V4(dns_proxy::address());
+        let dns6 = SocketAddr::from((Ipv6Addr::LOCALHOST, dns.port()));
+        let (outbound, inbound, hbone, dns) = netns.run(|| {
             let hbone = match with_hbone {
                 true => [
                     Some(listener(hbone_any, false)?),
@@ -139,17 +141,14 @@ impl PodListeners {
                 Some(listener(INBOUND_LISTENER.into(), false)?),
                 ipv6_listener(inbound6, false)?,
             ];
-            let dns_udp = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
-            dns_udp.set_reuse_address(true)?;
-            dns_udp.set_reuse_port(true)?;
-            dns_udp.bind(&SocketAddr::V4(dns).into())?;
-            std::io::Result::Ok((
-                outbound,
-                inbound,
-                hbone,
-                dns_udp,
-                listener(dns.into(), false)?,
-            ))
+            let dns = [
+                Some((udp_socket(dns)?, listener(dns, false)?)),
+                match ipv6_listener(dns6, false)? {
+                    Some(tcp) => Some((udp_socket(dns6)?, tcp)),
+                    None => None,
+                },
+            ];
+            std::io::Result::Ok((outbound, inbound, hbone, dns))
         })??;
         let tokio = |socket: Socket| TcpListener::from_std(socket.into());
         let all = |sockets: [Option<Socket>; 2]| -> std::io::Result<Vec<TcpListener>> {
@@ -159,10 +158,12 @@ impl PodListeners {
             outbound: all(outbound)?,
             inbound: all(inbound)?,
             hbone: all(hbone)?,
-            dns: (
-                tokio::net::UdpSocket::from_std(dns_udp.into())?,
-                tokio(dns_tcp)?,
-            ),
+            dns: (dns.into_iter().flatten())
+                .map(|(udp, tcp)| {
+                    let udp = tokio::net::UdpSocket::from_std(udp.into())?;
+                    Ok((udp, tokio(tcp)?))
+                })
+                .collect::<std::io::Result<_>>()?,
         })
     }
 }
@@ -171,9 +172,26 @@ impl PodListeners {
 /// when its connections come from the pod's own apps (see
 /// [`without_pacing`]).
 pub(crate) fn listener(addr: SocketAddr, local_leg: bool) -> std::io::Result<Socket> {
+    let socket = bound(addr, Type::STREAM)?;
+    if local_leg {
+        // Accepted connections take the listener's congestion control.
+        without_pacing(SockRef::from(&socket));
+    }
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// A UDP socket bound at `addr` (see [`bound`]).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    bound(addr, Type::DGRAM)
+}
+
+/// A socket of `kind` bound at `addr` (an IPv6 one for IPv6 only), beside
+/// a restarting agent's (SO_REUSEPORT).
+fn bound(addr: SocketAddr, kind: Type) -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
+        kind.nonblocking().cloexec(),
         None,
     )?;
     if addr.is_ipv6() {
@@ -182,11 +200,6 @@ pub(crate) fn listener(addr: SocketAddr, local_leg: bool) -> std::io::Result<Soc
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    if local_leg {
-        // Accepted connections take the listener's congestion control.
-        without_pacing(SockRef::from(&socket));
-    }
-    socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
 }
 
@@ -254,10 +267,18 @@ pub fn start(pod: Arc<PodContext>, listeners: PodListeners, inputs: Arc<ProxyInp
     let acceptor = |listener, what, max_open| {
         Acceptor::new(listener, what, max_open).reporting_to(inputs.readiness.clone())
     };
-    let (dns_udp, dns_tcp) = listeners.dns;
-    let dns_udp = tokio::spawn(dns_proxy::serve_udp(dns_udp, pod.clone(), inputs.clone()));
-    let dns_tcp = tokio::spawn(dns_proxy::serve_tcp(dns_tcp, pod.clone(), inputs.clone()));
-    let mut accept_loops = vec![dns_udp.abort_handle(), dns_tcp.abort_handle()];
+    let mut accept_loops = Vec::new();
+    // The pod's DNS limits hold for its proxy's sockets of both families.
+    let dns_limits = dns_proxy::Limits::default();
+    for (udp, tcp) in listeners.dns {
+        let (pod, inputs) = (pod.clone(), inputs.clone());
+        let udp = dns_proxy::serve_udp(udp, dns_limits.clone(), pod.clone(), inputs.clone());
+        let tcp = dns_proxy::serve_tcp(tcp, dns_limits.clone(), pod, inputs);
+        accept_loops.extend([
+            tokio::spawn(udp).abort_handle(),
+            tokio::spawn(tcp).abort_handle(),
+        ]);
+    }
     let inbound = sharing_limits(listeners.inbound, |listener| {
         acceptor(listener, "pod inbound", MAX_POD_CONNECTIONS)
     });

@@ -597,9 +597,16 @@ pub fn echo(
 }
 
 /// The addresses `name` resolves to in `from`, as its system resolver
-/// gives them (A and AAAA).
-pub fn resolve(cluster: &Cluster, from: &Place, name: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let output = run_client(cluster, from, &["resolve".into(), format!("--name={name}")])?;
+/// gives them (A and AAAA), or the A records `server` answers.
+pub fn resolve(
+    cluster: &Cluster,
+    from: &Place,
+    name: &str,
+    server: Option<SocketAddr>,
+) -> anyhow::Result<Vec<IpAddr>> {
+    let mut args = vec!["resolve".into(), format!("--name={name}")];
+    args.extend(server.map(|server| format!("--server={server}")));
+    let output = run_client(cluster, from, &args)?;
     output
         .lines()
         .map(|line| {

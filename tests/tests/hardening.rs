@@ -254,16 +254,18 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
 
     // The client's resolver, answered by its agent's DNS proxy, gives the
     // Service's VIPs of both families, as the cluster's DNS would.
-    let resolved = testapp::resolve(
-        &cluster,
-        client.place(),
-        "server6.default.svc.cluster.local",
-    )?;
+    let service = "server6.default.svc.cluster.local";
+    let resolved = testapp::resolve(&cluster, client.place(), service, None)?;
     assert!(
         resolved.contains(&"10.96.0.60".parse()?) && resolved.contains(&vip6.ip()),
         "the Service resolved to {resolved:?}\n{}",
         outputs()
     );
+    // A query to a nameserver at an IPv6 address (no server is there) is
+    // answered by the proxy too, as from that server.
+    let nameserver = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x53, 0, 0, 0, 0, 0, 0x53), 53));
+    let resolved = testapp::resolve(&cluster, client.place(), service, Some(nameserver))?;
+    assert_eq!(resolved, ["10.96.0.60".parse::<IpAddr>()?], "{}", outputs());
 
     #[rustfmt::skip]
     let cases = [

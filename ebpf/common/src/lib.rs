@@ -17,11 +17,18 @@ pub const DNS_QUERY_PROGRAM: &str = "dns_query4";
 /// Program: cgroup `recvmsg4`, makes the DNS proxy's answers come from the
 /// server the pod asked, as its resolver checks.
 pub const DNS_ANSWER_PROGRAM: &str = "dns_answer4";
+/// Program: cgroup `sendmsg6`, the same for DNS queries to IPv6 servers.
+pub const DNS_QUERY6_PROGRAM: &str = "dns_query6";
+/// Program: cgroup `recvmsg6`, the same as `dns_answer4` for them.
+pub const DNS_ANSWER6_PROGRAM: &str = "dns_answer6";
 /// Map: socket cookie of a pod's UDP socket -> the DNS server it asked
 /// (`Addr4`), for `dns_answer4`.
 pub const DNS_SERVERS_MAP: &str = "DNS_SERVERS";
+/// Map: [`DNS_SERVERS_MAP`] for IPv6 servers (`Addr6`), for `dns_answer6`.
+pub const DNS_SERVERS6_MAP: &str = "DNS_SERVERS6";
 /// The agent's DNS proxy in each enrolled pod's namespace, on the
-/// loopback address of its outbound listener (UDP and TCP).
+/// loopback address of its outbound listener (UDP and TCP), and on `[::1]`
+/// for queries to IPv6 servers.
 pub const DNS_PROXY_PORT: u16 = 15053;
 /// DNS.
 pub const DNS_PORT: u16 = 53;

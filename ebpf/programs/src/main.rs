@@ -8,8 +8,9 @@
 //! what the agent sees when it accepts.
 //!
 //! DNS: a pod's queries to port 53 go to the agent's DNS proxy in its
-//! namespace (UDP by `dns_query4` and `connect4`, TCP by `connect4`), and
-//! `dns_answer4` makes the answers come from the server asked.
+//! namespace (UDP by `dns_query4`/`dns_query6` and `connect4`/`connect6`,
+//! TCP by `connect4`/`connect6`), and `dns_answer4`/`dns_answer6` make the
+//! answers come from the server asked.
 //!
 //! Inbound: `inbound_lookup` (sk_lookup, one attachment per enrolled pod's
 //! namespace) hands new TCP connections to a pod's ports to the agent's
@@ -75,6 +76,9 @@ static AGENT_SOURCES6: HashMap<Addr6, u8> = HashMap::pinned(MAX_PENDING_CONNECTI
 #[map]
 static DNS_SERVERS: LruHashMap<u64, Addr4> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
 
+#[map]
+static DNS_SERVERS6: LruHashMap<u64, Addr6> = LruHashMap::pinned(MAX_PENDING_CONNECTIONS, 0);
+
 // Not pinned: relayed sockets belong to the agent process that holds them.
 #[map]
 static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
@@ -128,8 +132,8 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands connect6 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
-    let ip6 = sock_addr.user_ip6;
-    if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_PREFIX {
+    let ip6 = user_ip6(sock_addr);
+    if !is_v4_mapped(ip6) {
         capture6(&ctx, ip6);
         return ALLOW;
     }
@@ -140,20 +144,31 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// A connect to a native IPv6 address (`ip6` as `bpf_sock_addr` holds it):
-/// an enrolled pod's TCP connection goes to the agent's outbound listener on
-/// the namespace's `[::1]` (connect4's port), its destination recorded, as
-/// connect4 sends IPv4 ones. The pod's own loopback, UDP, the agent's
-/// sockets and pods outside the mesh are left alone.
+fn is_v4_mapped(ip6: [u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_PREFIX
+}
+
+/// A connect (TCP, or UDP to port 53) or a UDP send to port 53 to a native
+/// IPv6 address (`ip6` as `bpf_sock_addr` holds it) from an enrolled
+/// namespace: as `capture` does for IPv4, to the agent's listener (its DNS
+/// proxy for port 53) on the namespace's `[::1]`, the destination recorded.
+/// The pod's own loopback, other UDP, the agent's sockets and pods outside
+/// the mesh are left alone.
 fn capture6(ctx: &SockAddrContext, ip6: [u32; 4]) {
     // SAFETY: the kernel hands sock_addr programs a full socket in `sk`.
-    let (sock_type, mark) = unsafe {
-        let sk = &*(*ctx.sock_addr).__bindgen_anon_1.sk;
-        (sk.type_, sk.mark)
+    let (sock_type, mark, port) = unsafe {
+        let sock_addr = &*ctx.sock_addr;
+        let sk = &*sock_addr.__bindgen_anon_1.sk;
+        (sk.type_, sk.mark, sock_addr.user_port)
     };
+    // The network-order port is in the low 16 bits.
+    let dns = port as u16 == DNS_PORT.to_be();
     let local =
         ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == IPV6_LOOPBACK_WORD);
-    if sock_type != SOCK_STREAM || local || mark & AGENT_MARK_MASK == AGENT_MARK {
+    if !(sock_type == SOCK_STREAM || (sock_type == SOCK_DGRAM && dns))
+        || local
+        || mark & AGENT_MARK_MASK == AGENT_MARK
+    {
         return;
     }
     // SAFETY: the helper accepts the program's context.
@@ -172,15 +187,38 @@ fn capture6(ctx: &SockAddrContext, ip6: [u32; 4]) {
     };
     // SAFETY: the helper accepts the program's context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A full map only loses the original destination: the agent then
-    // refuses that one connection.
-    let _ = CONNECTING6.insert(socket_cookie, original, 0);
-    // Word by word: the context takes 32-bit stores.
-    for (i, word) in [0, 0, 0, IPV6_LOOPBACK_WORD].into_iter().enumerate() {
+    let to_port = if dns {
+        // A full map only loses where an answer shows it came from: the
+        // resolver drops that one answer and asks again.
+        if sock_type == SOCK_DGRAM {
+            let _ = DNS_SERVERS6.insert(socket_cookie, original, 0);
+        }
+        DNS_PROXY_PORT.to_be()
+    } else {
+        // A full map only loses the original destination: the agent then
+        // refuses that one connection.
+        let _ = CONNECTING6.insert(socket_cookie, original, 0);
+        target.port
+    };
+    set_ip6(sock_addr, [0, 0, 0, IPV6_LOOPBACK_WORD]);
+    sock_addr.user_port = u32::from(to_port);
+}
+
+/// Word by word: the verifier allows only fixed offsets into the context,
+/// not a copy through a pointer into it.
+#[inline(always)]
+fn user_ip6(sock_addr: &aya_ebpf::bindings::bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: each is a field of the context the kernel handed in.
+    let word = |i: usize| unsafe { core::ptr::read_volatile(addr_of!(sock_addr.user_ip6[i])) };
+    [word(0), word(1), word(2), word(3)]
+}
+
+/// Word by word: the context takes 32-bit stores.
+fn set_ip6(sock_addr: &mut aya_ebpf::bindings::bpf_sock_addr, ip6: [u32; 4]) {
+    for (i, word) in ip6.into_iter().enumerate() {
         // SAFETY: a field of the context the kernel handed in.
         unsafe { core::ptr::write_volatile(addr_of_mut!(sock_addr.user_ip6[i]), word) };
     }
-    sock_addr.user_port = u32::from(target.port);
 }
 
 /// A UDP `sendto`/`sendmsg` with an address: a DNS query is sent to the
@@ -196,19 +234,53 @@ pub fn dns_query4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// [`dns_query4`] for IPv6 sockets (queries to IPv4-mapped addresses are
+/// left alone).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn dns_query6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands sendmsg6 a valid bpf_sock_addr.
+    let ip6 = user_ip6(unsafe { &*ctx.sock_addr });
+    if !is_v4_mapped(ip6) {
+        capture6(&ctx, ip6);
+    }
+    ALLOW
+}
+
+/// [`dns_answer4`] for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn dns_answer6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands recvmsg6 a valid, writable bpf_sock_addr.
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: the value is copied out before the map can change.
+    let asked = |cookie| unsafe { DNS_SERVERS6.get(cookie) }.copied();
+    if let Some(server) = proxy_answer(&ctx, sock_addr).and_then(asked) {
+        set_ip6(sock_addr, server.ip);
+        sock_addr.user_port = u32::from(server.port);
+    }
+    ALLOW
+}
+
+/// For a receive from the agent's DNS proxy, the socket's cookie.
+fn proxy_answer(
+    ctx: &SockAddrContext,
+    sock_addr: &aya_ebpf::bindings::bpf_sock_addr,
+) -> Option<u64> {
+    if sock_addr.user_port as u16 != DNS_PROXY_PORT.to_be() {
+        return None;
+    }
+    // SAFETY: the helper accepts the program's context.
+    Some(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) })
+}
+
 /// A UDP receive: an answer from the agent's DNS proxy is shown as from
 /// the server the socket asked (resolvers drop answers from elsewhere).
 #[cgroup_sock_addr(recvmsg4)]
 pub fn dns_answer4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands recvmsg4 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
-    if sock_addr.user_port as u16 != DNS_PROXY_PORT.to_be() {
-        return ALLOW;
-    }
-    // SAFETY: the helper accepts the program's context.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out before the map can change.
-    if let Some(server) = (unsafe { DNS_SERVERS.get(socket_cookie) }).copied() {
+    let asked = |cookie| unsafe { DNS_SERVERS.get(cookie) }.copied();
+    if let Some(server) = proxy_answer(&ctx, sock_addr).and_then(asked) {
         sock_addr.user_ip4 = server.ip;
         sock_addr.user_port = u32::from(server.port);
     }

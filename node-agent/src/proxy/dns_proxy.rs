@@ -1,5 +1,6 @@
 //! The agent's DNS proxy in each enrolled pod's namespace (on the
-//! outbound listener's loopback address, port 15053, UDP and TCP), where
+//! outbound listener's loopback address and on `[::1]`, port 15053, UDP and
+//! TCP), where
 //! capture sends the pod's queries: names the mesh knows (Services,
 //! ServiceEntry hosts, with the address Ambit gives a host that has none)
 //! are answered from the mesh in force; the rest are asked of the node's
@@ -63,10 +64,31 @@ async fn forwarded(inputs: &ProxyInputs, query: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// One pod's limits, over its proxy's sockets of both families.
+#[derive(Clone)]
+pub(super) struct Limits {
+    forwarding: Arc<Semaphore>,
+    tcp_connections: Arc<Semaphore>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            forwarding: Arc::new(Semaphore::new(MAX_FORWARDED)),
+            tcp_connections: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
+        }
+    }
+}
+
 /// Serves the pod's UDP queries until the task is dropped.
-pub(super) async fn serve_udp(socket: UdpSocket, pod: Arc<PodContext>, inputs: Arc<ProxyInputs>) {
+pub(super) async fn serve_udp(
+    socket: UdpSocket,
+    limits: Limits,
+    pod: Arc<PodContext>,
+    inputs: Arc<ProxyInputs>,
+) {
+    let forwarding = limits.forwarding;
     let socket = Arc::new(socket);
-    let forwarding = Arc::new(Semaphore::new(MAX_FORWARDED));
     let mut buffer = [0u8; dns::MAX_UDP_MESSAGE];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buffer).await else {
@@ -98,10 +120,11 @@ pub(super) async fn serve_udp(socket: UdpSocket, pod: Arc<PodContext>, inputs: A
 /// until the task is dropped.
 pub(super) async fn serve_tcp(
     listener: TcpListener,
+    limits: Limits,
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
 ) {
-    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let connections = limits.tcp_connections;
     loop {
         let Ok(place) = connections.clone().acquire_owned().await else {
             return;

@@ -228,11 +228,15 @@ enum Mode {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Resolve a name as the system's resolver does (A and AAAA) and print
-    /// its addresses, one a line.
+    /// Resolve a name as the system's resolver does (A and AAAA), or with
+    /// `--server` ask that server for its A records (over an unconnected
+    /// UDP socket, the answer checked to come from the server, then over a
+    /// connected one), and print its addresses, one a line.
     Resolve {
         #[arg(long)]
         name: String,
+        #[arg(long)]
+        server: Option<SocketAddr>,
     },
     /// A DNS server over UDP that knows these names (`NAME=ADDRESS`,
     /// repeatable) and no others.
@@ -242,6 +246,33 @@ enum Mode {
         #[arg(long = "record", value_parser = record_arg)]
         records: Vec<(String, std::net::Ipv4Addr)>,
     },
+}
+
+/// The A records of `name` as `server` answers, asked as both kinds of
+/// resolvers ask: musl's (unconnected, checking where the answer came
+/// from) and glibc's (connected).
+async fn ask_server(server: SocketAddr, name: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    use ambit_dns as dns;
+    let query = dns::query(0x5151, name).map_err(anyhow::Error::msg)?;
+    let any = match server {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await?;
+    socket.send_to(&query, server).await?;
+    let mut buffer = [0u8; dns::MAX_UDP_MESSAGE];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+        .await
+        .context("no answer")??;
+    anyhow::ensure!(from == server, "the answer came from {from}, not {server}");
+    let (unconnected, _) = dns::addresses(&buffer[..n], 0x5151).map_err(anyhow::Error::msg)?;
+    let answer = dns::exchange(server, &query).await?;
+    let (connected, _) = dns::addresses(&answer, 0x5151).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        unconnected == connected,
+        "{unconnected:?} unconnected, {connected:?} connected"
+    );
+    Ok(connected.into_iter().map(Into::into).collect())
 }
 
 /// `NAME=ADDRESS`.
@@ -427,9 +458,15 @@ async fn main() -> anyhow::Result<()> {
         Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Dns { listen, records } => serve_dns(listen, records).await,
-        Mode::Resolve { name } => {
-            for address in tokio::net::lookup_host((name.as_str(), 0)).await? {
-                println!("{}", address.ip());
+        Mode::Resolve { name, server } => {
+            let addresses: Vec<std::net::IpAddr> = match server {
+                Some(server) => ask_server(server, &name).await?,
+                None => (tokio::net::lookup_host((name.as_str(), 0)).await?)
+                    .map(|address| address.ip())
+                    .collect(),
+            };
+            for address in addresses {
+                println!("{address}");
             }
             Ok(())
         }
