@@ -22,7 +22,10 @@ const STATE_FILE: &str = "pods.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("pod {0} has no IPv4 address in the CNI result")]
+    #[error(
+        "pod {0} has no address: no IPv4 address in the CNI result, no IPv6 address in its \
+         network namespace"
+    )]
     NoAddress(PodRef),
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -346,21 +349,22 @@ impl Enrollment {
     }
 
     fn enroll(&mut self, sandbox: &PodSandbox) -> Result<Enrolled, EnrollError> {
-        if sandbox.ips.is_empty() {
-            return Err(EnrollError::NoAddress(sandbox.pod.clone()));
-        }
         let netns = Arc::new(Netns::open(&sandbox.netns)?);
         netns
             .run(netns::prepare_inbound_routing)?
             .map_err(EnrollError::Routing)?;
-        // The CNI gives IPv4; a dual-stack pod's IPv6 addresses are read
-        // from its namespace (set up before the plugin runs).
+        // The CNI gives IPv4; a pod's IPv6 addresses (dual-stack or
+        // IPv6-only) are read from its namespace (set up before the plugin
+        // runs).
         let ipv6 = netns
             .run(netns::ipv6_addresses)?
             .map_err(EnrollError::Addresses)?;
         let ips: Vec<IpAddr> = (sandbox.ips.iter().copied().map(IpAddr::from))
             .chain(ipv6.into_iter().map(IpAddr::from))
             .collect();
+        if ips.is_empty() {
+            return Err(EnrollError::NoAddress(sandbox.pod.clone()));
+        }
         let listeners = PodListeners::bind(&netns, self.inputs.mesh_tls.is_some())
             .map_err(EnrollError::Listeners)?;
         let capture = self

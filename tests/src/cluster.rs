@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -255,6 +255,30 @@ impl Pod {
     /// Once [`Cluster::add_ipv6`] has run: the pod's IPv6 address.
     pub fn ipv6(&self) -> Ipv6Addr {
         ipv6_twin(self.ip)
+    }
+
+    /// The addresses its interface has now, with their prefix lengths, as
+    /// a CNI result lists them (link-local ones left out).
+    pub fn interface_addresses(&self) -> anyhow::Result<Vec<(IpAddr, u8)>> {
+        let netns = &self.place.netns;
+        let output = Command::new("ip")
+            .args(["-n", netns, "-j", "addr", "show", "dev", "eth0"])
+            .output()
+            .context("running ip")?;
+        ensure!(output.status.success(), "`ip addr show` in {netns} failed");
+        let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let addresses = links[0]["addr_info"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(addresses
+            .iter()
+            .filter(|address| address["scope"] == "global")
+            .filter_map(|address| {
+                let ip = address["local"].as_str()?.parse().ok()?;
+                Some((ip, u8::try_from(address["prefixlen"].as_u64()?).ok()?))
+            })
+            .collect())
     }
 }
 

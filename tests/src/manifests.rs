@@ -25,6 +25,8 @@ pub struct PodConfig {
     pub ip: Ipv4Addr,
     /// A dual-stack pod's IPv6 address, which the test gave it.
     pub ipv6: Option<Ipv6Addr>,
+    /// An IPv6-only pod: the test took its IPv4 address away.
+    pub without_ipv4: bool,
     pub enrolled: bool,
     /// Labels beside the default `app: <pod name>` (which they may replace).
     pub labels: Vec<(String, String)>,
@@ -40,6 +42,7 @@ impl PodConfig {
             node: pod.node.clone(),
             ip: pod.ip,
             ipv6: None,
+            without_ipv4: false,
             enrolled,
             labels: Vec::new(),
             annotations: Vec::new(),
@@ -125,10 +128,13 @@ impl MeshConfig {
                 .iter()
                 .map(|(key, value)| (key.clone(), json!(value)))
                 .collect();
-            let pod_ips: Vec<Value> = std::iter::once(IpAddr::from(pod.ip))
+            let pod_ips: Vec<IpAddr> = (!pod.without_ipv4)
+                .then_some(IpAddr::from(pod.ip))
+                .into_iter()
                 .chain(pod.ipv6.map(IpAddr::from))
-                .map(|ip| json!({ "ip": ip }))
                 .collect();
+            let pod_ip = pod_ips.first();
+            let pod_ips: Vec<Value> = pod_ips.iter().map(|ip| json!({ "ip": ip })).collect();
             objects.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
@@ -136,7 +142,7 @@ impl MeshConfig {
                     "labels": labels, "annotations": annotations,
                 },
                 "spec": { "nodeName": pod.node, "serviceAccountName": pod.name },
-                "status": { "phase": "Running", "podIP": pod.ip, "podIPs": pod_ips },
+                "status": { "phase": "Running", "podIP": pod_ip, "podIPs": pod_ips },
             }));
         }
         for service in &self.services {

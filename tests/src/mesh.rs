@@ -403,6 +403,12 @@ impl NodeAgent {
         netns: &std::path::Path,
         container_id: &str,
     ) -> anyhow::Result<Output> {
+        // The pod's addresses, of both families, as its network plugin set
+        // them up (for a namespace already gone, its IPv4 address).
+        let addresses = (pod.interface_addresses()).unwrap_or_else(|_| vec![(pod.ip.into(), 24)]);
+        let ips: Vec<serde_json::Value> = (addresses.iter())
+            .map(|(ip, prefix)| serde_json::json!({ "address": format!("{ip}/{prefix}"), "interface": 0 }))
+            .collect();
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "k8s-pod-network",
@@ -411,7 +417,7 @@ impl NodeAgent {
             "prevResult": {
                 "cniVersion": "1.0.0",
                 "interfaces": [{ "name": "eth0", "sandbox": netns }],
-                "ips": [{ "address": format!("{}/24", pod.ip), "interface": 0 }],
+                "ips": ips,
             },
         });
         let env = [

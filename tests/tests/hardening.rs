@@ -367,6 +367,62 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
     Ok(())
 }
 
+/// An IPv6-only pod, as in an IPv6 cluster (no IPv4 address in its
+/// namespace nor in its CNI result, one IPv6 address in its Pod's status),
+/// joins the mesh and talks in mutual TLS both ways with a pod of the mesh
+/// on another node, each app seeing the other's IPv6 address.
+#[test]
+fn an_ipv6_only_pod_joins_the_mesh_and_talks_in_mutual_tls_both_ways() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["solo"])?;
+    let [client, solo] = cluster.pods_named(["client", "solo"])?;
+    cluster.add_ipv6()?;
+    let flushed = solo.place().in_netns(|| {
+        std::process::Command::new("ip")
+            .args(["-4", "addr", "flush", "dev", "eth0"])
+            .status()
+    })??;
+    anyhow::ensure!(flushed.success(), "taking the IPv4 address away");
+    let mut config = mesh::enrolling(&cluster, &[client, solo], vec![]).dual_stack();
+    for pod in &mut config.pods {
+        pod.without_ipv4 = pod.name == solo.name;
+    }
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let at = |pod: &Pod| SocketAddr::new(pod.ipv6().into(), 9000);
+    let served_client = echo_in(client, at(client))?;
+    let served_solo = echo_in(solo, at(solo))?;
+    for (from, to) in [(client, solo), (solo, client)] {
+        let outputs = format!("{}\n{}", agents[0].output(), agents[1].output());
+        let echoed = echoed(&cluster, from.place(), at(to), "over IPv6 alone");
+        anyhow::ensure!(
+            echoed,
+            "{} to {}: not echoed\n{outputs}",
+            from.name,
+            to.name
+        );
+    }
+    let seen = |served: &Arc<Mutex<Vec<SocketAddr>>>| -> anyhow::Result<Vec<IpAddr>> {
+        let seen = served
+            .lock()
+            .map_err(|_| anyhow::anyhow!("echo poisoned"))?;
+        Ok(seen.iter().map(SocketAddr::ip).collect())
+    };
+    assert_eq!(seen(&served_solo)?, [IpAddr::V6(client.ipv6())]);
+    assert_eq!(seen(&served_client)?, [IpAddr::V6(solo.ipv6())]);
+    // In mutual TLS, each agent counting its pod's caller by its principal.
+    for (agent, caller) in [(&agents[1], "client"), (&agents[0], "solo")] {
+        let metrics = agent.metrics(&cluster)?;
+        let principal = format!("spiffe://cluster.local/ns/default/sa/{caller}");
+        let labels = [
+            ("reporter", "destination"),
+            ("source_principal", principal.as_str()),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        let opened = mesh::sample(&metrics, "istio_tcp_connections_opened_total", &labels);
+        assert_eq!(opened, 1.0, "{metrics}");
+    }
+    Ok(())
+}
+
 /// Echoes every connection to `address` in `pod`'s namespace, from a
 /// thread of the test (for as long as the test runs); the callers it
 /// served, as it saw them.
