@@ -13,7 +13,7 @@ use crate::config::Uninstall;
 use crate::enrollment::Enrollment;
 use crate::mesh_view::MeshView;
 use crate::metrics::Metrics;
-use crate::proxy::admission::{node_addresses, PolicySettings};
+use crate::proxy::admission::PolicySettings;
 use crate::proxy::ProxyInputs;
 use crate::redirection::{self, Redirection};
 use crate::{cni_server, Config};
@@ -59,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mesh_tls,
         policy: PolicySettings {
             root_namespace: config.root_namespace.clone(),
-            node_ips: node_addresses().context("reading the node's addresses")?,
+            node_ips: crate::netns::addresses().context("reading the node's addresses")?,
         },
         readiness: readiness.clone(),
         turns: Default::default(),

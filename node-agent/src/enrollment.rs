@@ -33,7 +33,7 @@ pub enum EnrollError {
     Routing(std::io::Error),
     #[error("opening the agent's listeners in the pod's namespace: {0}")]
     Listeners(std::io::Error),
-    #[error("reading the IPv6 addresses of the pod's namespace: {0}")]
+    #[error("reading the addresses of the pod's namespace: {0}")]
     Addresses(std::io::Error),
     #[error(transparent)]
     Capture(#[from] CaptureError),
@@ -356,11 +356,15 @@ impl Enrollment {
         // The CNI gives IPv4; a pod's IPv6 addresses (dual-stack or
         // IPv6-only) are read from its namespace (set up before the plugin
         // runs).
-        let ipv6 = netns
-            .run(netns::ipv6_addresses)?
+        let in_netns = netns
+            .run(netns::addresses)?
             .map_err(EnrollError::Addresses)?;
+        let reachable_ipv6 = |ip: &IpAddr| match ip {
+            IpAddr::V6(ip) => !ip.is_loopback() && !ip.is_unicast_link_local(),
+            IpAddr::V4(_) => false,
+        };
         let ips: Vec<IpAddr> = (sandbox.ips.iter().copied().map(IpAddr::from))
-            .chain(ipv6.into_iter().map(IpAddr::from))
+            .chain(in_netns.into_iter().filter(reachable_ipv6))
             .collect();
         if ips.is_empty() {
             return Err(EnrollError::NoAddress(sandbox.pod.clone()));

@@ -6,6 +6,7 @@ mod netlink;
 mod routing;
 
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,6 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
 pub use connections::holds_tcp_connection;
-pub use routing::ipv6_addresses;
 pub use routing::prepare_inbound_routing;
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,22 @@ fn getsockopt_u64(fd: &impl AsFd, option: nix::libc::c_int) -> Result<u64, nix::
         )
     };
     nix::Error::result(rc).map(|_| value)
+}
+
+/// The addresses of the current thread's network namespace, of both
+/// families, in order and once each: the agent's own are the node's.
+pub fn addresses() -> std::io::Result<Vec<IpAddr>> {
+    let addresses = nix::ifaddrs::getifaddrs()?;
+    let mut ips: Vec<IpAddr> = addresses
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            let v4 = address.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()));
+            v4.or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
 }
 
 #[cfg(test)]

@@ -50,17 +50,6 @@ pub fn prepare_inbound_routing() -> io::Result<()> {
     }
 }
 
-/// The current thread's namespace's IPv6 addresses callers reach the pod
-/// at: every one but loopback and link-local ones (none where the
-/// namespace has no IPv6).
-pub fn ipv6_addresses() -> io::Result<Vec<std::net::Ipv6Addr>> {
-    let addresses = nix::ifaddrs::getifaddrs()?;
-    Ok(addresses
-        .filter_map(|interface| Some(interface.address?.as_sockaddr_in6()?.ip()))
-        .filter(|ip| !ip.is_loopback() && !ip.is_unicast_link_local())
-        .collect())
-}
-
 /// Sends one create request and waits for its acknowledgement; "already
 /// exists" counts as done.
 fn create(socket: &Netlink, kind: u16, body: &[u8]) -> io::Result<()> {

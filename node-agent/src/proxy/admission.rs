@@ -84,21 +84,6 @@ pub(super) fn admit(
     }
 }
 
-/// The addresses of the agent's own network namespace: the node's.
-pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let addresses = nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)?;
-    let mut ips: Vec<IpAddr> = addresses
-        .filter_map(|interface| interface.address)
-        .filter_map(|address| {
-            let v4 = address.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()));
-            v4.or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
-    Ok(ips)
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
