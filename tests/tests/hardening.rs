@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambit_identity::Identity;
 use ambit_testbed::hbone::{tunnel_from, tunnel_through};
@@ -669,5 +669,36 @@ fn idle_connections_and_an_agent_out_of_descriptors_never_stall_the_node() -> an
     })?;
     served(5)?;
     assert!(agent.output().contains("accepting connections works again"));
+    Ok(())
+}
+
+/// A port of an enrolled pod where its app does not listen is refused at
+/// once, over mutual TLS and in plaintext, in either family, as it would
+/// be without the mesh: the kernel's reset to the agent's connect reaches
+/// the agent, instead of leaving it to wait out its connect timeout.
+#[test]
+fn a_closed_port_of_an_enrolled_pod_is_refused_at_once() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client", "bystander"], &["server"])?;
+    let [client, bystander, server] = cluster.pods_named(["client", "bystander", "server"])?;
+    cluster.add_ipv6()?;
+    let config = mesh::enrolling(&cluster, &[client, server], vec![]).dual_stack();
+    let (_ca, agents) = mesh::start_secured(&cluster, &config, 3600)?;
+    let closed = [
+        SocketAddr::from((server.ip, 9999)),
+        SocketAddr::from((server.ipv6(), 9999)),
+    ];
+    for from in [client, bystander] {
+        for to in closed {
+            let started = Instant::now();
+            let echoed = echoed(&cluster, from.place(), to, "anyone there?");
+            let took = started.elapsed();
+            anyhow::ensure!(
+                !echoed && took < Duration::from_secs(3),
+                "{} to {to}: echoed {echoed} after {took:?}\n{}",
+                from.name,
+                agents[1].output()
+            );
+        }
+    }
     Ok(())
 }

@@ -8,6 +8,12 @@
 //!   `local 0.0.0.0/0 dev lo` (and both for IPv6, `local ::/0`): marked
 //!   replies are delivered locally, to the agent's transparent socket,
 //!   instead of being routed out to the client;
+//! - `net.ipv4.fwmark_reflect=1` and `net.ipv6.fwmark_reflect=1`: the
+//!   kernel's own answers to a marked SYN (a reset from a port where the app
+//!   does not listen, an ICMP error) carry its mark too, so they reach the
+//!   agent at once; unmarked, they were routed out to the client's address
+//!   and lost, and the agent's connect waited for its timeout (10 s) before
+//!   the caller's connection was reset;
 //! - `net.ipv4.tcp_migrate_req=1`: when a restarting agent closes its
 //!   listeners, connections queued on them move to the new agent's.
 //!
@@ -25,16 +31,25 @@ pub const INBOUND_TABLE: u8 = 133;
 /// Rule priority: after `local` (0), before `main` (32766).
 const RULE_PRIORITY: u32 = 32000;
 
-const SYSCTLS: [(&str, &str); 2] = [
+const SYSCTLS: [(&str, &str); 4] = [
     ("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"),
+    ("/proc/sys/net/ipv4/fwmark_reflect", "1"),
+    ("/proc/sys/net/ipv6/fwmark_reflect", "1"),
     ("/proc/sys/net/ipv4/tcp_migrate_req", "1"),
 ];
 
 /// Sets up the current thread's namespace as described above; idempotent.
 pub fn prepare_inbound_routing() -> io::Result<()> {
     for (path, value) in SYSCTLS {
-        std::fs::write(path, value)
-            .map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))?;
+        match std::fs::write(path, value) {
+            // A kernel without IPv6 has no IPv6 settings, and needs none.
+            Err(error)
+                if error.kind() == io::ErrorKind::NotFound
+                    && path.starts_with("/proc/sys/net/ipv6/") => {}
+            written => {
+                written.map_err(|error| io::Error::new(error.kind(), format!("{path}: {error}")))?
+            }
+        }
     }
     let socket = Netlink::open(nix::libc::NETLINK_ROUTE)?;
     create(&socket, RTM_NEWRULE, &rule_message(AF_INET))?;
