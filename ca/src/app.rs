@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_admin::accept::{at_most, Acceptor};
-use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
+use ambit_admin::{listen, AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_identity::{certificate_request, tls, WorkloadCertificate};
 use ambit_mesh_source::MeshHandle;
 use ambit_mesh_tls::ca_protocol::{
@@ -128,8 +128,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
         tls::server_config_for_anonymous_clients(&serving)?,
     ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = listen::tcp_listener(config.listen, listen::BACKLOG, false)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
 

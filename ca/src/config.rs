@@ -43,8 +43,9 @@ pub struct Args {
     #[arg(long, default_value = "ambit-node-agent")]
     pub node_agent_service_account: String,
 
-    /// Where certificate requests are served (istiod's CA port).
-    #[arg(long, default_value = "0.0.0.0:15012")]
+    /// Where certificate requests are served (istiod's CA port); by default
+    /// on every address, of both families.
+    #[arg(long, default_value = "[::]:15012")]
     pub listen: SocketAddr,
 
     /// The CA's Service in NAMESPACE: its serving certificate names

@@ -803,15 +803,6 @@ impl Service {
             .is_ok()
     }
 
-    /// The addresses of its ready IPv4 endpoints, in address order.
-    pub fn ready_ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.ready_like(Ipv4Addr::UNSPECIFIED.into())
-            .filter_map(|ip| match ip {
-                IpAddr::V4(ip) => Some(ip),
-                IpAddr::V6(_) => None,
-            })
-    }
-
     /// The addresses of its ready endpoints of `ip`'s family, in address
     /// order.
     pub fn ready_like(&self, ip: IpAddr) -> impl Iterator<Item = IpAddr> + '_ {
@@ -819,6 +810,21 @@ impl Service {
             .iter()
             .filter(move |e| e.ready && e.ip.is_ipv4() == ip.is_ipv4())
             .map(|e| e.ip)
+    }
+
+    /// The addresses of its ready endpoints of `ip`'s family where it has
+    /// some, else of the other family: a peer reached over either, as a
+    /// waypoint (IPv4-only, dual-stack or IPv6-only).
+    pub fn ready_preferring(&self, ip: IpAddr) -> Vec<IpAddr> {
+        let alike: Vec<IpAddr> = self.ready_like(ip).collect();
+        if !alike.is_empty() {
+            return alike;
+        }
+        let other = match ip {
+            IpAddr::V4(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        self.ready_like(other).collect()
     }
 
     fn from_object(object: &Object<ServiceBody>) -> Self {

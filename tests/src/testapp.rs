@@ -201,6 +201,9 @@ pub struct Server {
     log_requests: bool,
     /// The certificate and key its HTTPS listeners present.
     certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where its listeners bind: IPv4's every address, or IPv6's (which
+    /// takes IPv4 too, its callers then shown as IPv4-mapped).
+    every_address: &'static str,
 }
 
 impl Server {
@@ -216,6 +219,7 @@ impl Server {
             fail_every: (0, 503),
             log_requests: false,
             certificate: None,
+            every_address: "0.0.0.0",
         }
     }
 
@@ -242,6 +246,12 @@ impl Server {
     /// trace headers as Bookinfo's services do.
     pub fn calls(mut self, url: &str) -> Self {
         self.calls.push(url.into());
+        self
+    }
+
+    /// Listens on every address of both families, for a dual-stack pod.
+    pub fn dual_stack(mut self) -> Self {
+        self.every_address = "[::]";
         self
     }
 
@@ -312,7 +322,7 @@ impl Server {
         args.extend(
             self.listeners
                 .iter()
-                .map(|(flag, port)| format!("--{flag}=0.0.0.0:{port}")),
+                .map(|(flag, port)| format!("--{flag}={}:{port}", self.every_address)),
         );
         args.extend(self.calls.iter().map(|url| format!("--call={url}")));
         args.extend(

@@ -607,3 +607,91 @@ fn a_caller_the_waypoint_does_not_know_is_named_by_its_baggage() -> anyhow::Resu
     );
     waypoint.stop()
 }
+
+/// In a dual-stack cluster, a caller of a Service's IPv6 VIP is carried to
+/// the waypoint over IPv6 (its pod has an IPv6 address), which listens on
+/// both families and routes the request as it would over IPv4.
+#[test]
+fn a_request_to_an_ipv6_vip_reaches_the_waypoint_over_ipv6() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client", "waypoint"], &["server"])?;
+    let [client, waypoint_pod, server] = cluster.pods_named(["client", "waypoint", "server"])?;
+    cluster.add_ipv6()?;
+    let vip6 = std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x61);
+    let slice = |name: &str, service: &str, address: std::net::Ipv6Addr, port: u16| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": name, "namespace": "default",
+                "labels": { "kubernetes.io/service-name": service },
+            },
+            "addressType": "IPv6",
+            "endpoints": [{ "addresses": [address], "conditions": { "ready": true } }],
+            "ports": [{ "name": "http", "port": port, "protocol": "TCP" }],
+        })
+    };
+    let mut config = MeshConfig {
+        services: vec![mesh::service(
+            "waypoint",
+            WAYPOINT_VIP,
+            15008,
+            15008,
+            &[waypoint_pod],
+        )],
+        ..mesh::enrolling(&cluster, &[client, server], vec![])
+    }
+    .dual_stack();
+    config.istio = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {
+                "name": "server6", "namespace": "default",
+                "labels": { "istio.io/use-waypoint": "waypoint" },
+            },
+            "spec": {
+                "clusterIP": "10.96.0.61", "clusterIPs": ["10.96.0.61", vip6],
+                "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }],
+            },
+        }),
+        slice("server6-ipv6", "server6", server.ipv6(), 8080),
+        slice("waypoint-ipv6", "waypoint", waypoint_pod.ipv6(), 15008),
+    ];
+    let (_ca, _agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
+    let _server = Server::new("server", "v1")
+        .dual_stack()
+        .http(8080)
+        .start(&cluster, server)?;
+
+    let url = format!("http://[{vip6}]:80/");
+    let answered = HttpLoad::new(5).run(&cluster, client.place(), &url)?;
+    assert_eq!(
+        answered.status(200),
+        5,
+        "{answered:?}\n{}",
+        waypoint.output()
+    );
+    let metrics = waypoint.metrics()?;
+    let routed = sample(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "waypoint"),
+            ("destination_service", "server6.default.svc.cluster.local"),
+            ("response_code", "200"),
+        ],
+    );
+    assert_eq!(routed, 5.0, "{metrics}");
+    // The agent's HBONE connection, kept for the next requests, came from
+    // the client's IPv6 address.
+    let connections = waypoint_pod.place().in_netns(|| {
+        std::process::Command::new("ss")
+            .args(["-Htn", "state", "established", "( sport = :15008 )"])
+            .output()
+    })??;
+    let connections = String::from_utf8_lossy(&connections.stdout).into_owned();
+    let from_client = format!("[{}]:", client.ipv6());
+    assert!(
+        connections.contains(&from_client),
+        "no HBONE connection from {from_client}:\n{connections}"
+    );
+    waypoint.stop()
+}

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ambit_admin::{AdminEndpoints, ConfigDump, Readiness, StopSignal};
+use ambit_admin::{listen, AdminEndpoints, ConfigDump, Readiness, StopSignal};
 use ambit_config::model::Mesh;
 use ambit_identity::Identity;
 use ambit_mesh_source::secrets::SecretWatches;
@@ -246,10 +246,9 @@ fn start_tracer(
 
 /// The waypoint's front: HBONE from the agents.
 async fn serve_hbone(config: Config, parts: Parts<RouteTables>) -> anyhow::Result<JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(config.hbone)
+    let listener = listen::tcp_listener(config.hbone, listen::BACKLOG, false)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("binding HBONE on {}", config.hbone))?;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let shared = Arc::new(Shared {
         mesh_tls: parts.mesh_tls,
         identity: parts.identity,

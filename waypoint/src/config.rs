@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long, env = "SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
 
-    /// Where HBONE from the node agents is accepted.
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    /// Where HBONE from the node agents is accepted; by default on every
+    /// address, of both families.
+    #[arg(long, default_value = "[::]:15008")]
     pub hbone_addr: SocketAddr,
 
     /// Threads that carry traffic; by default one per CPU the waypoint may

@@ -88,15 +88,22 @@ fn a_service_port_resolves_to_its_target_port_and_ready_endpoints() {
     let vip = IpAddr::from([10, 96, 0, 42]);
     let resolve = |mesh: &Mesh, port| {
         let (key, service, target) = mesh.service_by_vip(vip, port)?;
-        let ready: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+        let ready: Vec<IpAddr> = service.ready_like(vip).collect();
         Some((key.to_string(), ready, target))
     };
     // A named target port comes from the slice; absent conditions are ready.
-    let ready = vec![Ipv4Addr::new(10, 244, 1, 7), Ipv4Addr::new(10, 244, 2, 8)];
+    let ready = vec![IpAddr::from([10, 244, 1, 7]), IpAddr::from([10, 244, 2, 8])];
     assert_eq!(
         resolve(&mesh, 80),
         Some(("shop/cart".into(), ready.clone(), 8080))
     );
+    // Asked for IPv6, a Service with none has its IPv4 endpoints to offer.
+    let (_, service, _) = mesh.service_by_vip(vip, 80).unwrap();
+    assert!(service
+        .ready_like("fd00::1".parse().unwrap())
+        .next()
+        .is_none());
+    assert_eq!(service.ready_preferring("fd00::1".parse().unwrap()), ready);
     // A numeric target port, and none (the port itself).
     assert_eq!(resolve(&mesh, 9000).map(|r| r.2), Some(9001));
     assert_eq!(resolve(&mesh, 7000).map(|r| r.2), Some(7000));

@@ -169,6 +169,10 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.failures.recovered();
+                    // An IPv4 caller of a listener on every address (see
+                    // `listen`) shows as IPv4-mapped IPv6: policies, limits
+                    // and logs see it as the IPv4 address it is.
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     let Ok(source) = self.share(peer.ip()) else {
                         // Past its share: closed at once.
                         tracing::debug!(listener = self.failures.what, %peer, "a source over its share of connections refused");
@@ -277,6 +281,20 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_secs(5), acceptor.accept()).await;
         assert!(third.is_ok(), "a place freed is taken by the one queued");
         drop(clients);
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_caller_of_a_listener_on_every_address_is_seen_as_ipv4() {
+        let every = SocketAddr::new(crate::listen::EVERY_ADDRESS, 0);
+        let listener = crate::listen::tcp_listener(every, 16, false).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut acceptor = Acceptor::new(listener, "test", 8).per_source(1);
+        let _v4 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _v6 = TcpStream::connect(("::1", port)).await.unwrap();
+        let peers = [acceptor.accept().await.peer, acceptor.accept().await.peer];
+        let ips = peers.map(|peer| peer.ip().to_string());
+        assert_eq!(ips, ["127.0.0.1", "::1"]);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub mod accept;
 pub mod health;
+pub mod listen;
 mod logging;
 pub mod probe;
 
@@ -215,7 +216,7 @@ pub struct AdminState {
 }
 
 /// Connections an admin port holds waiting to be accepted.
-const ADMIN_BACKLOG: u32 = 128;
+const ADMIN_BACKLOG: i32 = 128;
 
 /// An admin HTTP listener, bound and ready to serve.
 pub struct AdminServer {
@@ -229,17 +230,9 @@ impl AdminServer {
     /// upgrade), and the kernel sends each probe to either until the old
     /// one closes its ports.
     pub async fn bind(addr: SocketAddr, state: AdminState) -> Result<Self, AdminError> {
-        let bind = || -> std::io::Result<TcpListener> {
-            let socket = match addr {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(addr)?;
-            socket.listen(ADMIN_BACKLOG)
-        };
-        let listener = bind().map_err(|source| AdminError::Bind { addr, source })?;
+        let listener = listen::tcp_listener(addr, ADMIN_BACKLOG, true)
+            .and_then(TcpListener::from_std)
+            .map_err(|source| AdminError::Bind { addr, source })?;
         Ok(Self { listener, state })
     }
 
@@ -368,12 +361,14 @@ pub struct AdminAddrs {
     #[arg(long = "admin-addr", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
 
-    /// Where the readiness probe is served (Istio's port).
-    #[arg(long = "readiness-addr", default_value = "0.0.0.0:15021")]
+    /// Where the readiness probe is served (Istio's port); by default on
+    /// every address, of both families.
+    #[arg(long = "readiness-addr", default_value = "[::]:15021")]
     pub readiness: SocketAddr,
 
-    /// Where Prometheus metrics are served (Istio's port).
-    #[arg(long = "metrics-addr", default_value = "0.0.0.0:15020")]
+    /// Where Prometheus metrics are served (Istio's port); by default on
+    /// every address, of both families.
+    #[arg(long = "metrics-addr", default_value = "[::]:15020")]
     pub metrics: SocketAddr,
 
     /// A Unix socket where readiness and liveness are answered for this

@@ -4,7 +4,7 @@
 //! `build_request`); the handler then does the socket work.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use ambit_config::api::networking::Resolution;
@@ -32,9 +32,10 @@ pub(super) enum Plan {
     Hbone { target: SocketAddr, peer: Identity },
     /// HBONE to a waypoint pod's own 15008, asking for `target` (the
     /// address the caller dialled: a Service's VIP and port, or a pod's),
-    /// as ztunnel does (over IPv4, whatever the target's family).
+    /// as ztunnel does; over the target's family where the waypoint has an
+    /// address of it, else over the other.
     Waypoint {
-        waypoint: Ipv4Addr,
+        waypoint: IpAddr,
         peer: Identity,
         target: SocketAddr,
     },
@@ -100,8 +101,8 @@ pub(super) fn plan(
     let Some(original) = original else {
         return refuse("its original destination is unknown".into(), None);
     };
-    let identity = |ip: Ipv4Addr| -> Option<Identity> {
-        let (key, workload) = mesh.workload_by_ip(IpAddr::V4(ip))?;
+    let identity = |ip: IpAddr| -> Option<Identity> {
+        let (key, workload) = mesh.workload_by_ip(ip)?;
         Some(workload_identity(trust_domain?, key, workload))
     };
     // Through a waypoint: to one of its pods, asking for the address the
@@ -117,7 +118,7 @@ pub(super) fn plan(
                 waypoint.0
             ));
         }
-        let pods: Vec<Ipv4Addr> = service.ready_ipv4().collect();
+        let pods = service.ready_preferring(original.ip());
         if pods.is_empty() {
             return Err(format!("its waypoint {} has no ready endpoint", waypoint.0));
         }
@@ -351,7 +352,7 @@ pub(super) async fn handle(
             peer,
             target,
         } => (
-            SocketAddr::new((*waypoint).into(), ambit_hbone::HBONE_PORT),
+            SocketAddr::new(*waypoint, ambit_hbone::HBONE_PORT),
             *target,
             Some(peer),
         ),

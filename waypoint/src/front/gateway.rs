@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_admin::accept::Acceptor;
+use ambit_admin::listen;
 use ambit_config::model::Key;
 use ambit_route::compile::gateway::{
     ClientCertificates, ListenerProtocol, ServerMode, VirtualHost,
@@ -45,8 +46,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Virtual hosts a connection keeps its request context for.
 const CONTEXTS_PER_CONNECTION: usize = 16;
 
-/// Where listeners bind: every address of the pod.
-pub const BIND_ALL: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Where listeners bind: every address of the pod, of both families.
+pub const BIND_ALL: IpAddr = ambit_admin::listen::EVERY_ADDRESS;
 
 /// What every connection reads.
 pub struct Gateway {
@@ -103,7 +104,8 @@ impl Listeners {
                 continue;
             }
             let address = SocketAddr::new(gateway.bind, port);
-            match TcpListener::bind(address).await {
+            let bound = listen::tcp_listener(address, listen::BACKLOG, false);
+            match bound.and_then(TcpListener::from_std) {
                 Ok(listener) => {
                     tracing::info!(%address, "gateway listening");
                     let task = tokio::spawn(listen(listener, port, gateway.clone()));
@@ -156,7 +158,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, gateway: Arc
         // An address is always a valid header value.
         peer_header: HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("")),
-        local_ip: local.ip(),
+        // IPv4 on a listener of both families shows as IPv4-mapped IPv6.
+        local_ip: local.ip().to_canonical(),
         sni: None,
         scheme: "http",
         contexts: Mutex::default(),

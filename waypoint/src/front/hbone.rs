@@ -58,7 +58,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, readiness: Readin
 
 async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local_ip = match stream.local_addr() {
-        Ok(local) => local.ip(),
+        // IPv4 on a listener of both families shows as IPv4-mapped IPv6.
+        Ok(local) => local.ip().to_canonical(),
         Err(_) => return,
     };
     let tls = match shared
@@ -152,10 +153,11 @@ async fn carry(
     crate::http::serve(stream, context).await;
 }
 
-/// A Service named by host (`host:port`): its address, whose table serves it.
+/// A Service named by host (`host:port`): its address, whose table serves
+/// it (its IPv4 VIP, or its IPv6 one if it has only that).
 fn service_address(mesh: &Mesh, name: &str, port: u16) -> Option<SocketAddr> {
     let (_, service) = mesh.service_named(name)?;
-    let vip = service.vips.iter().find(|vip| vip.is_ipv4())?;
+    let vip = (service.vips.iter().find(|vip| vip.is_ipv4())).or(service.vips.first())?;
     Some(SocketAddr::new(*vip, port))
 }
 

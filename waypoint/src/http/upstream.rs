@@ -418,7 +418,7 @@ impl Upstream {
         };
         let trust_domain = &self.identity.trust_domain;
         let (peer, peer_ip) = match through {
-            Some(waypoint) => waypoint_pod(trust_domain, mesh, waypoint)?,
+            Some(waypoint) => waypoint_pod(trust_domain, mesh, waypoint, endpoint.ip())?,
             None => match meshed_identity_at(trust_domain, mesh, endpoint.ip()) {
                 Some(peer) => (peer, endpoint.ip()),
                 None => return Ok(Box::new(dial(endpoint).await?)),
@@ -436,16 +436,18 @@ impl Upstream {
     }
 }
 
-/// A ready pod of `waypoint`, any, with its identity.
+/// A ready pod of `waypoint`, with its identity: any, of `target`'s family
+/// where it has one.
 fn waypoint_pod(
     trust_domain: &str,
     mesh: &Mesh,
     waypoint: &WaypointRef,
+    target: IpAddr,
 ) -> std::io::Result<(Identity, IpAddr)> {
     let pods: Vec<IpAddr> = mesh
         .services
         .get(&waypoint.0)
-        .map(|service| service.ready_ipv4().map(IpAddr::V4).collect())
+        .map(|service| service.ready_preferring(target))
         .unwrap_or_default();
     if pods.is_empty() {
         let why = format!("the waypoint {} has no ready pod", waypoint.0);

@@ -19,7 +19,7 @@ const MESH: &str = r#"
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: cart-2, namespace: shop, labels: {app: cart}}, spec: {serviceAccountName: cart}, status: {podIP: 10.244.2.8}}
 ---
-{apiVersion: v1, kind: Pod, metadata: {name: waypoint-1, namespace: shop, labels: {istio.io/dataplane-mode: none}}, spec: {serviceAccountName: waypoint}, status: {podIP: 10.244.1.9}}
+{apiVersion: v1, kind: Pod, metadata: {name: waypoint-1, namespace: shop, labels: {istio.io/dataplane-mode: none}}, spec: {serviceAccountName: waypoint}, status: {podIP: 10.244.1.9, podIPs: [{ip: 10.244.1.9}, {ip: "fd00:244::1:9"}]}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: pinned, namespace: books, labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: shop}}, spec: {serviceAccountName: pinned}, status: {podIP: 10.244.2.5}}
 ---
@@ -44,6 +44,8 @@ const MESH: &str = r#"
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: pay-2, namespace: shop, labels: {kubernetes.io/service-name: pay}}, addressType: IPv6, endpoints: [{addresses: ["fd00:244::1:7"]}]}
 ---
 {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-1, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.9]}], ports: [{name: mesh, port: 15008}]}
+---
+{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: waypoint-2, namespace: shop, labels: {kubernetes.io/service-name: waypoint}}, addressType: IPv6, endpoints: [{addresses: ["fd00:244::1:9"]}], ports: [{name: mesh, port: 15008}]}
 ---
 {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: api, namespace: shop, labels: {istio.io/use-waypoint: none}}, spec: {hosts: [api.example.com], addresses: [240.240.0.10], ports: [{number: 80, name: http, targetPort: 8080}], location: MESH_EXTERNAL, resolution: STATIC, endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 9090}}]}}
 ---
@@ -91,11 +93,16 @@ fn hbone(target: &str, namespace: &str, service_account: &str) -> Plan {
     }
 }
 
+/// Through the (dual-stack) waypoint, over the target's family.
 fn waypoint(target: &str) -> Plan {
+    let target = at(target);
     Plan::Waypoint {
-        waypoint: Ipv4Addr::new(10, 244, 1, 9),
+        waypoint: match target.ip() {
+            IpAddr::V4(_) => "10.244.1.9".parse().unwrap(),
+            IpAddr::V6(_) => "fd00:244::1:9".parse().unwrap(),
+        },
         peer: id("shop", "waypoint"),
-        target: at(target),
+        target,
     }
 }
 
@@ -190,8 +197,8 @@ fn plans() {
         (&waypoint_pod, td, Some("10.244.2.5:9000"), 0, hbone("10.244.2.5:9000", "books", "pinned"), None),
         // IPv6 as IPv4: pods by their IPv6 addresses; a dual-stack
         // Service's IPv6 VIP to an endpoint of its IPv6 slices, as
-        // kube-proxy picks; through a waypoint (over IPv4) asking for the
-        // IPv6 address dialled.
+        // kube-proxy picks; through a waypoint (over IPv6, as it has an
+        // IPv6 address) asking for the IPv6 address dialled.
         (&client, td, Some("[fd00:244::1:7]:8080"), 0, hbone("[fd00:244::1:7]:8080", "shop", "cart"), None),
         (&client, td, Some("[2001:db8::1]:443"), 0, Plan::Direct { target: at("[2001:db8::1]:443") }, None),
         (&client, td, Some("[fd00:96::43]:80"), 0, hbone("[fd00:244::1:7]:8080", "shop", "cart"), Some("pay.shop")),
