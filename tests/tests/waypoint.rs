@@ -695,3 +695,51 @@ fn a_request_to_an_ipv6_vip_reaches_the_waypoint_over_ipv6() -> anyhow::Result<(
     );
     waypoint.stop()
 }
+
+/// A request whose caller gives up before the answer is counted as Envoy
+/// counts it (response code 0, flag DC), never as a success.
+#[test]
+fn a_request_its_caller_gives_up_on_is_counted_unanswered() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .node(&["client", "waypoint", "slow"])
+        .build()?;
+    let [client, waypoint_pod, slow] = cluster.pods_named(["client", "waypoint", "slow"])?;
+    let config = mesh::enrolling(
+        &cluster,
+        &[client, slow],
+        vec![
+            mesh::ServiceConfig {
+                waypoint: Some("waypoint".to_string()),
+                ..mesh::service("slow", VIP, 9080, 9080, &[slow])
+            },
+            mesh::service("waypoint", WAYPOINT_VIP, 15008, 15008, &[waypoint_pod]),
+        ],
+    );
+    let (_ca, _agents, waypoint) = Waypoint::start_secured(&cluster, &config, waypoint_pod)?;
+    // Slower to answer than the client waits (5 s).
+    let _slow = Server::new("slow", "v1")
+        .answer_delay(Duration::from_secs(8))
+        .http(9080)
+        .start(&cluster, slow)?;
+    let url = format!("http://{VIP}:9080/");
+    let answered = HttpLoad::new(1).run(&cluster, client.place(), &url)?;
+    assert_eq!(answered.errors, 1, "{answered:?}");
+    let counted = |code: &str, flags: &str| -> anyhow::Result<f64> {
+        let labels = [
+            ("reporter", "waypoint"),
+            ("response_code", code),
+            ("response_flags", flags),
+        ];
+        Ok(sample(
+            &waypoint.metrics()?,
+            "istio_requests_total",
+            &labels,
+        ))
+    };
+    wait_for(
+        || Ok(counted("0", "DC")? == 1.0),
+        "the request counted unanswered",
+    )?;
+    assert_eq!(counted("200", "-")?, 0.0, "{}", waypoint.metrics()?);
+    waypoint.stop()
+}

@@ -89,7 +89,9 @@ struct Exchange {
     method: http::Method,
     path: String,
     grpc: bool,
-    status: StatusCode,
+    /// The answer's code; 0 until there is one, as Envoy reports a request
+    /// whose caller went away first.
+    status: u16,
     flags: &'static str,
     upstream: Option<SocketAddr>,
     /// The destination the request was routed to.
@@ -112,7 +114,7 @@ struct Exchange {
 /// What tells one request's metric series from another's on the same
 /// stream: the endpoint, the answer's code and flags, the protocol, and
 /// the destination (by address: the table holds it while the stream lasts).
-pub type SeriesKey = (Option<SocketAddr>, StatusCode, &'static str, bool, usize);
+pub type SeriesKey = (Option<SocketAddr>, u16, &'static str, bool, usize);
 
 impl Exchange {
     /// The series this request is counted in: looked up once per stream
@@ -167,7 +169,7 @@ impl Exchange {
             }),
             self.grpc,
         );
-        labels.response_code = self.status.as_u16().to_string();
+        labels.response_code = self.status.to_string();
         labels.response_flags = self.flags.to_string();
         labels
     }
@@ -175,6 +177,14 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if self.status == 0 {
+            // Dropped unanswered: the caller reset the stream or closed the
+            // connection (Envoy's DC), never a success.
+            self.flags = match self.flags {
+                "DI" => "DI,DC",
+                _ => "DC",
+            };
+        }
         let request = ambit_telemetry::http::Request {
             duration: self.started.elapsed(),
             request_bytes: self.request_bytes.load(Ordering::Relaxed),
@@ -204,7 +214,7 @@ impl Drop for Exchange {
             target: "access",
             method = %self.method,
             path = %self.path,
-            status = self.status.as_u16(),
+            status = self.status,
             flags = self.flags,
             host = %context.table.host,
             upstream = ?self.upstream,
@@ -256,7 +266,7 @@ pub async fn handle(
         method: request.method().clone(),
         path: request.uri().path().to_string(),
         grpc,
-        status: StatusCode::OK,
+        status: 0,
         flags: "-",
         upstream: None,
         backend: None,
@@ -281,7 +291,7 @@ pub async fn handle(
     if let Some(cors) = exchange.cors.take() {
         response.headers_mut().extend(cors);
     }
-    exchange.status = response.status();
+    exchange.status = response.status().as_u16();
     // Counted and recorded as the answer's body passes.
     let (parts, body) = response.into_parts();
     let body = body

@@ -12,7 +12,7 @@ use ambit_telemetry::trace::{self, Formats, Span, SpanContext, SpanKind};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, Uri, Version};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -100,7 +100,8 @@ impl Traced {
 pub struct Ending<'a> {
     /// Istio's operation name: `HOST:PORT/*`.
     pub name: String,
-    pub status: StatusCode,
+    /// The answer's code, 0 for none.
+    pub status: u16,
     pub flags: &'a str,
     /// The Envoy cluster it went to, if routed.
     pub cluster: Option<&'a str>,
@@ -175,7 +176,7 @@ impl Tracer {
             ("http.url", traced.url.clone()),
             ("http.method", traced.method.to_string()),
             ("http.protocol", format!("{:?}", traced.protocol)),
-            ("http.status_code", ending.status.as_u16().to_string()),
+            ("http.status_code", ending.status.to_string()),
             ("response_flags", ending.flags.to_string()),
             (
                 "upstream_cluster",
@@ -203,7 +204,8 @@ impl Tracer {
             start_unix_nanos: unix_nanos(traced.started),
             end_unix_nanos: unix_nanos(SystemTime::now()),
             attributes,
-            error: ending.status.is_server_error(),
+            // As Envoy's: a server error, or no answer at all.
+            error: ending.status == 0 || ending.status >= 500,
         };
         if self.queue.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
