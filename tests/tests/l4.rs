@@ -319,9 +319,9 @@ fn bulk_half_close_and_a_thousand_connections(security: Security) -> anyhow::Res
     ];
     assert_eq!(sample(&source, OPENED, &labels), 1001.0, "{source}");
     assert!(sample(&source, RECEIVED, &labels) >= gib as f64, "{source}");
-    // Plain connections are each carried by one relay: the agent copies a
-    // connection's first moments, and one that lives longer (the transfer)
-    // joins the kernel's.
+    // Plain connections are each carried by one relay. One whose client
+    // has already sent its FIN when the agent pairs it cannot join the
+    // kernel's (as in a burst of short connections) and is copied instead.
     let relayed = |relay| sample(&source, RELAYED, &[("relay", relay)]);
     let (kernel, user_space) = (relayed("kernel"), relayed("user_space"));
     match security {

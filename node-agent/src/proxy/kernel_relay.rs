@@ -1,7 +1,5 @@
-//! The in-kernel relay for plain TCP. The agent copies a connection's first
-//! moments itself (`JOIN_AFTER`: most short exchanges end by then, and cost
-//! less copied than joined), then pairs the two sockets in the relay maps
-//! ([`RelayMaps`]); from then on `relay_verdict` sends what
+//! The in-kernel relay for plain TCP. The agent pairs the two sockets in the
+//! relay maps ([`RelayMaps`]); from then on `relay_verdict` sends what
 //! each receives out of the other inside the kernel, and the agent is not
 //! woken per message: no read, write or epoll round per hop. The agent only
 //! watches for the ends. It passes a half-close on once every byte received
@@ -17,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::libc;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -25,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::splice::{self, Early};
+use super::splice;
 use crate::capture::{PairError, RelayMaps, RelaySlot};
 use crate::metrics::{Metrics, Relay};
 use crate::netns::Netns;
@@ -47,13 +45,6 @@ const DRAIN_PAUSE: (Duration, Duration) = (Duration::from_millis(1), Duration::f
 const RELAY_SEND_BUFFER: libc::c_int = 4 << 20;
 /// The agent's copy buffer for the quiet way of a pair taken back.
 const QUIET_BUFFER: usize = 64 * 1024;
-/// How long a connection is copied by the agent before it joins the relay.
-/// Joining and leaving cost more than copying a short exchange: through the
-/// kernel relay from the first byte, a new connection per request took
-/// 0.88-1.0 ms of the machine's CPU, against 0.78-0.83 ms copied by the
-/// agent throughout, at the same latency. Connections that live longer
-/// (kept alive, streams, bulk) join after this.
-const JOIN_AFTER: Duration = Duration::from_millis(20);
 
 /// Relays both ways until both sides have finished sending, a side's end of
 /// stream passed on as a half-close; the first error ends both ways.
@@ -66,22 +57,16 @@ pub async fn bidirectional(
     netns: &Arc<Netns>,
     metrics: &Metrics,
 ) -> io::Result<(u64, u64)> {
-    // Returned out of tokio's reactor: its registration would wake the
-    // agent for every message the kernel forwards.
-    let (sockets, moved) = match splice::until(a, b, Instant::now() + JOIN_AFTER).await? {
-        Early::Ended(a_to_b, b_to_a) => {
-            metrics.relayed(Relay::UserSpace);
-            return Ok((a_to_b, b_to_a));
-        }
-        Early::Lived(sockets, moved) => (sockets, moved),
-    };
+    // Out of tokio's reactor: its registration would wake the agent for every
+    // message the kernel forwards.
+    let sockets = [a.into_std()?, b.into_std()?];
     let cookie = |socket: &StdTcpStream| socket2::SockRef::from(socket).cookie();
     let cookies = [cookie(&sockets[0])?, cookie(&sockets[1])?];
     let _forget = Forget { maps, cookies };
     let handovers = cookies.map(|cookie| maps.handover_signal(cookie));
-    // Only the agent wrote to either socket before the pair joins, each
-    // byte it read from the other: their output counts start there.
-    let written_before = [moved[1], moved[0]];
+    // Nothing writes to either socket before the pair joins: their output
+    // counts start here.
+    let written_before = [written(&sockets[0])?, written(&sockets[1])?];
     let paired = maps.pair(
         &slot,
         (&sockets[0], cookies[0]),
@@ -95,8 +80,7 @@ pub async fn bidirectional(
             metrics.relayed(Relay::UserSpace);
             drop(slot);
             let [a, b] = sockets.map(TcpStream::from_std);
-            let (a_to_b, b_to_a) = splice::bidirectional(a?, b?).await?;
-            return Ok((moved[0] + a_to_b, moved[1] + b_to_a));
+            return splice::bidirectional(a?, b?).await;
         }
         Err(PairError::Halfway(reason)) => {
             // `b` joined and may have forwarded into `a` already, so the
@@ -235,9 +219,7 @@ impl Direction<'_> {
                 self.switched.notified().await;
                 return self.copy_quiet().await;
             }
-            // What `from` received before the pair joined, the agent wrote.
-            let received = data_received(self.from)?.saturating_sub(self.written_before);
-            if self.written_to()? >= received {
+            if self.written_to()? >= data_received(self.from)? {
                 self.to.shutdown(Shutdown::Write)?;
                 return Ok(());
             }

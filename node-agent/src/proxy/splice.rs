@@ -11,7 +11,6 @@ use std::borrow::Borrow;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
@@ -35,52 +34,6 @@ pub async fn bidirectional(a: TcpStream, b: TcpStream) -> io::Result<(u64, u64)>
     tokio::try_join!(one_way(&a, &b), one_way(&b, &a))
 }
 
-/// What [`until`] leaves of a connection.
-pub enum Early {
-    /// It ended in user space, having moved these bytes from `a` to `b` and
-    /// from `b` to `a`.
-    Ended(u64, u64),
-    /// Both sides were still sending at the deadline. Every byte read has
-    /// been written: the sockets (out of tokio's reactor), and the bytes
-    /// moved each way as in `Ended`.
-    Lived([StdTcpStream; 2], [u64; 2]),
-}
-
-/// Copies both ways through a small buffer until `deadline`, stopping only
-/// between a write and the next read. A side that ends before is passed on
-/// as a half-close, and the other way carried to its end (as
-/// [`bidirectional`] would).
-pub async fn until(a: TcpStream, b: TcpStream, deadline: Instant) -> io::Result<Early> {
-    let (a, b) = (register(a)?, register(b)?);
-    let mut buffer = vec![0u8; BUFFER];
-    let mut moved = [0u64; 2];
-    let ended = loop {
-        let (from, ready) = tokio::select! {
-            biased;
-            () = tokio::time::sleep_until(deadline.into()) => {
-                return Ok(Early::Lived([a.into_inner(), b.into_inner()], moved));
-            }
-            ready = a.readable() => (0, ready?),
-            ready = b.readable() => (1, ready?),
-        };
-        let to = if from == 0 { &b } else { &a };
-        match read_ready(ready, &mut buffer)? {
-            None => continue,
-            Some(0) => break from,
-            Some(read) => {
-                write_all(to, &buffer[..read]).await?;
-                moved[from] += read as u64;
-            }
-        }
-    };
-    drop(buffer);
-    // The way still open, whose `from` is the ended side's peer.
-    let (from, to) = if ended == 0 { (&b, &a) } else { (&a, &b) };
-    end_of_stream(from, 0)?;
-    moved[1 - ended] += one_way(from, to).await?;
-    Ok(Early::Ended(moved[0], moved[1]))
-}
-
 fn register(stream: TcpStream) -> io::Result<Socket<StdTcpStream>> {
     // SAFETY: the `AsyncFd` owns the std stream, whose descriptor stays open
     // and the same until the `AsyncFd` is dropped.
@@ -95,11 +48,18 @@ pub async fn one_way<S: AsRawFd + Borrow<StdTcpStream>>(
     let mut total = 0u64;
     let mut buffer = vec![0u8; BUFFER];
     loop {
-        let Some(read) = read_ready(from.readable().await?, &mut buffer)? else {
-            continue;
+        let mut ready = from.readable().await?;
+        let read = match ready.try_io(|socket| socket.get_ref().borrow().read(&mut buffer)) {
+            Ok(read) => read?,
+            Err(_would_block) => continue,
         };
         if read == 0 {
             return end_of_stream(to, total);
+        }
+        if read < BUFFER {
+            // Drained. Safe against a race: tokio keeps the readiness if an
+            // event arrived after this guard was taken.
+            ready.clear_ready();
         }
         write_all(to, &buffer[..read]).await?;
         total += read as u64;
@@ -126,23 +86,6 @@ pub async fn one_way<S: AsRawFd + Borrow<StdTcpStream>>(
         }
         total += moved as u64;
     }
-}
-
-/// One read from a socket found readable; `None` if it was not after all.
-fn read_ready<S: AsRawFd + Borrow<StdTcpStream>>(
-    mut ready: tokio::io::unix::AsyncFdReadyGuard<'_, S>,
-    buffer: &mut [u8],
-) -> io::Result<Option<usize>> {
-    let Ok(read) = ready.try_io(|socket| socket.get_ref().borrow().read(buffer)) else {
-        return Ok(None);
-    };
-    let read = read?;
-    if read < buffer.len() {
-        // Drained. Safe against a race: tokio keeps the readiness if an
-        // event arrived after this guard was taken.
-        ready.clear_ready();
-    }
-    Ok(Some(read))
 }
 
 async fn write_all<S: AsRawFd + Borrow<StdTcpStream>>(
