@@ -6,7 +6,8 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("probe") {
         std::process::exit(ambit_admin::probe::run(&args[2..]));
     }
-    ambit_admin::limit_heap_retention();
+    // Above what a busy HBONE receiver frees and takes again per frame.
+    ambit_admin::limit_heap_retention(4 << 20);
     let args = ambit_node_agent::Args::parse();
     ambit_admin::init_logging(ambit_admin::AccessLog::Immediate, args.log.log_format);
     let config = ambit_node_agent::Config::from_args(args)?;

@@ -174,19 +174,19 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
 /// its mmap threshold to the size of the largest block freed so far, so the
 /// megabyte buffers of one bulk transfer stay resident for the life of a
 /// proxy, in one arena per thread. Fixed thresholds keep blocks over 2 MiB
-/// in their own mappings and trim free heap tops over 4 MiB; two arenas are
-/// enough for a proxy's few worker threads. The trim threshold is above what
-/// a busy HBONE receiver frees and takes again at each frame (HTTP/2's read
-/// buffer grows to each 256 KiB frame, several of them in flight): at 1 MiB
-/// the heap top went back to the kernel and was faulted in again some
-/// 27,000 times per 2 GiB received, 4% of the agents' CPU in bulk, for
-/// under 2 MiB less resident memory after it.
-pub fn limit_heap_retention() {
+/// in their own mappings and trim free heap tops over `trim_above`; two
+/// arenas are enough for a proxy's few worker threads. A trim threshold
+/// under what a busy HBONE receiver frees and takes again at each frame
+/// (HTTP/2's read buffer grows to each 256 KiB frame, several in flight)
+/// gives the heap top back to the kernel to be faulted in again: at 1 MiB,
+/// some 27,000 times per 2 GiB an agent received, 4% of its CPU in bulk.
+#[cfg_attr(not(target_env = "gnu"), allow(unused_variables))]
+pub fn limit_heap_retention(trim_above: usize) {
     #[cfg(target_env = "gnu")]
     for (option, value) in [
         (libc::M_ARENA_MAX, 2),
         (libc::M_MMAP_THRESHOLD, 2 << 20),
-        (libc::M_TRIM_THRESHOLD, 4 << 20),
+        (libc::M_TRIM_THRESHOLD, trim_above as libc::c_int),
     ] {
         // SAFETY: mallopt only sets allocator parameters; called before any
         // thread exists. A refusal leaves glibc's default, which is only
