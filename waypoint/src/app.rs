@@ -290,7 +290,7 @@ async fn serve_gateway(
         authz: parts.authz,
         credentials: Credentials::new(secrets),
         pod: config.pod.context("gateway mode has a pod")?,
-        bind: gateway::BIND_ALL,
+        bind: ambit_admin::listen::EVERY_ADDRESS,
     });
     let listeners = gateway::Listeners::open(&gateway).await;
     Ok(tokio::spawn(listeners.keep_open(gateway)))

@@ -46,9 +46,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Virtual hosts a connection keeps its request context for.
 const CONTEXTS_PER_CONNECTION: usize = 16;
 
-/// Where listeners bind: every address of the pod, of both families.
-pub const BIND_ALL: IpAddr = ambit_admin::listen::EVERY_ADDRESS;
-
 /// What every connection reads.
 pub struct Gateway {
     pub tables: Arc<Tables<GatewayTables>>,
