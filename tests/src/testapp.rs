@@ -654,6 +654,17 @@ pub fn send(
     addr: SocketAddr,
     bytes: u64,
 ) -> anyhow::Result<TransferSummary> {
+    send_after_idle(cluster, from, addr, bytes, Duration::ZERO)
+}
+
+/// [`send`], the client first staying `idle` after it connects.
+pub fn send_after_idle(
+    cluster: &Cluster,
+    from: &Place,
+    addr: SocketAddr,
+    bytes: u64,
+    idle: Duration,
+) -> anyhow::Result<TransferSummary> {
     last_json(&run_client(
         cluster,
         from,
@@ -661,6 +672,7 @@ pub fn send(
             "send".into(),
             format!("--addr={addr}"),
             format!("--bytes={bytes}"),
+            format!("--idle-first-ms={}", idle.as_millis()),
         ],
     )?)
 }

@@ -188,6 +188,9 @@ enum Mode {
         addr: SocketAddr,
         #[arg(long)]
         bytes: u64,
+        /// Milliseconds to wait between connecting and the first byte.
+        #[arg(long, default_value_t = 0)]
+        idle_first_ms: u64,
     },
     /// Send GET requests at a fixed rate over several kept-alive HTTP/1.1
     /// connections and print latency percentiles (JSON).
@@ -455,7 +458,11 @@ async fn main() -> anyhow::Result<()> {
             lines,
             interval_ms,
         } => print_json(&echo_stream(addr, lines, Duration::from_millis(interval_ms)).await),
-        Mode::Send { addr, bytes } => print_json(&send(addr, bytes).await?),
+        Mode::Send {
+            addr,
+            bytes,
+            idle_first_ms,
+        } => print_json(&send(addr, bytes, Duration::from_millis(idle_first_ms)).await?),
         Mode::EchoMany { addr, connections } => print_json(&echo_many(addr, connections).await),
         Mode::Dns { listen, records } => serve_dns(listen, records).await,
         Mode::Resolve { name, server } => {
@@ -981,11 +988,16 @@ async fn echo_stream(addr: SocketAddr, lines: usize, interval: Duration) -> Stre
 /// Chunks of this size are sent, each made different by its index.
 const CHUNK: usize = 1 << 20;
 
-async fn send(addr: SocketAddr, bytes: u64) -> anyhow::Result<TransferSummary> {
+async fn send(
+    addr: SocketAddr,
+    bytes: u64,
+    idle_first: Duration,
+) -> anyhow::Result<TransferSummary> {
     let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    tokio::time::sleep(idle_first).await;
     let mut chunk = varied_bytes(CHUNK);
     let mut hasher = crc32fast::Hasher::new();
     let mut sent = 0u64;
