@@ -78,6 +78,9 @@ struct Scenario {
     /// the path costs per byte, steadier than the throughput, which also
     /// depends on how the scheduler overlaps the stages on few cores.
     transfer_machine_cpu_seconds_per_gib: f64,
+    /// Each node proxy's own CPU time per GiB of the single stream, the
+    /// sending side's first, where they are in the path.
+    transfer_proxy_cpu_seconds_per_gib: Option<Vec<f64>>,
     /// Requests on kept-alive connections.
     kept_alive: Timed,
     /// A new connection per request: its setup is in the latency.
@@ -597,6 +600,18 @@ fn median(rounds: &[Scenario]) -> Scenario {
         transfer_machine_cpu_seconds_per_gib: mid(rounds
             .iter()
             .map(|r| r.transfer_machine_cpu_seconds_per_gib)),
+        transfer_proxy_cpu_seconds_per_gib: rounds[0]
+            .transfer_proxy_cpu_seconds_per_gib
+            .as_ref()
+            .map(|proxies| {
+                (0..proxies.len())
+                    .map(|i| {
+                        mid(rounds.iter().filter_map(|r| {
+                            r.transfer_proxy_cpu_seconds_per_gib.as_ref().map(|p| p[i])
+                        }))
+                    })
+                    .collect()
+            }),
         kept_alive: median_timed(rounds.iter().map(|r| &r.kept_alive)),
         new_connections: median_timed(rounds.iter().map(|r| &r.new_connections)),
         saturation_requests_per_s: mid(rounds.iter().map(|r| r.saturation_requests_per_s)),
@@ -645,8 +660,18 @@ fn measure(
     target: Target,
     on_path: OnPath,
 ) -> anyhow::Result<Scenario> {
+    let proxies_before = on_path.agents.map(NodeProxies::usage).transpose()?;
     let (transfer, transfer_cpu) =
         with_machine_cpu(|| transfer_intact(cluster, client, target.sink))?;
+    let gib = transfer.bytes_sent as f64 / GIB;
+    let transfer_proxy_cpu_seconds_per_gib = match (on_path.agents, proxies_before) {
+        (Some(proxies), Some(before)) => Some(
+            (proxies.usage()?.iter().zip(&before))
+                .map(|(after, before)| (after.cpu_seconds - before.cpu_seconds) / gib)
+                .collect(),
+        ),
+        _ => None,
+    };
     let url = format!("http://{}/bytes/{RESPONSE_BYTES}", target.http);
     let timed = |rate, connections, seconds| {
         timed(
@@ -667,7 +692,8 @@ fn measure(
     Ok(Scenario {
         name,
         throughput_gbit_per_s: transfer.bytes_sent as f64 * 8.0 / transfer.seconds / 1e9,
-        transfer_machine_cpu_seconds_per_gib: transfer_cpu / (transfer.bytes_sent as f64 / GIB),
+        transfer_machine_cpu_seconds_per_gib: transfer_cpu / gib,
+        transfer_proxy_cpu_seconds_per_gib,
         kept_alive: timed(RATE, Connections::KeptAlive(CONNECTIONS), SECONDS)?,
         new_connections: timed(
             NEW_CONNECTION_RATE,
@@ -882,6 +908,11 @@ fn markdown(paths: &[PathReport], rounds: usize) -> String {
 /// Ambit's agents beside ztunnels on the same mTLS path, medians of the
 /// same rounds, with issue 25's goals.
 fn against_ztunnel(ambit: &PathReport, ztunnel: &PathReport) -> String {
+    let transfer_proxy_cpu = |path: &PathReport, side: usize| {
+        (path.median.transfer_proxy_cpu_seconds_per_gib.as_ref())
+            .and_then(|proxies| proxies.get(side).copied())
+            .unwrap_or(f64::NAN)
+    };
     let proxy_cpu = |path: &PathReport| {
         path.median
             .kept_alive
@@ -900,6 +931,18 @@ fn against_ztunnel(ambit: &PathReport, ztunnel: &PathReport) -> String {
             ambit.median.transfer_machine_cpu_seconds_per_gib,
             ztunnel.median.transfer_machine_cpu_seconds_per_gib,
             "≤ 0.75",
+        ),
+        (
+            "sending proxy CPU s / GiB",
+            transfer_proxy_cpu(ambit, 0),
+            transfer_proxy_cpu(ztunnel, 0),
+            "",
+        ),
+        (
+            "receiving proxy CPU s / GiB",
+            transfer_proxy_cpu(ambit, 1),
+            transfer_proxy_cpu(ztunnel, 1),
+            "",
         ),
         (
             "p99 added at 1000 req/s (µs)",
