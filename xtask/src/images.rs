@@ -30,7 +30,7 @@ pub(crate) struct Platform {
     elf_machine: u16,
     strip: &'static str,
     /// Cargo's environment for a cross build: the linker, and the C
-    /// compiler of the crates with C in them (aws-lc, ring, mimalloc).
+    /// compiler of the crates with C in them (aws-lc, ring, jemalloc).
     cross: &'static [(&'static str, &'static str)],
     /// What runs one of its binaries here (qemu's user mode), if not the
     /// machine itself.
@@ -59,6 +59,14 @@ pub(crate) const PLATFORMS: [Platform; 2] = [
             // Debian's musl-dev:arm64 wrapper: the cross gcc with musl's
             // headers and C library.
             ("CC_aarch64_unknown_linux_musl", "aarch64-linux-musl-gcc"),
+            // jemalloc takes its page size from the build; arm64 nodes run
+            // 4 KiB, 16 KiB or 64 KiB pages, and one built for the largest
+            // runs on all of them.
+            ("JEMALLOC_SYS_WITH_LG_PAGE", "16"),
+            // Atomics inline: gcc's out-of-line ones (libgcc's lse-init)
+            // need glibc's __getauxval, which musl lacks, and jemalloc's
+            // configure links its probes (it found no atomics at all).
+            ("CFLAGS_aarch64_unknown_linux_musl", "-mno-outline-atomics"),
         ],
         runner: Some("qemu-aarch64"),
     },

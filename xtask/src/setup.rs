@@ -17,12 +17,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The images: built with podman from static (musl) binaries.
     ("podman", "podman"),
     ("musl-tools", "musl-gcc"),
+    // jemalloc, the images' allocator, is built with make.
+    ("make", "make"),
     // arm64's images: a cross linker, and qemu's user mode to run what it
     // links.
     ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
     ("qemu-user", "qemu-aarch64"),
     // musl's headers and C library for arm64, with Debian's wrapper that
-    // gives them to the cross compiler: the C in aws-lc, ring and mimalloc
+    // gives them to the cross compiler: the C in aws-lc, ring and jemalloc
     // is built against the C library the binaries link.
     ("musl-dev:arm64", "aarch64-linux-musl-gcc"),
     // The observability test's Prometheus, and Graphviz for `ambit graph`.

@@ -196,11 +196,16 @@ pub fn limit_heap_retention(trim_above: usize) {
 }
 
 /// The proxies' allocator in their static (musl) builds, the images':
-/// musl's own serialises every allocation on one lock. (glibc builds keep
-/// glibc's, tuned by [`limit_heap_retention`].)
+/// musl's own serialises every allocation on one lock. jemalloc, not
+/// mimalloc: with mimalloc the agent's copy of each TLS record's plaintext
+/// into the record rustls allocates for it took a third of the sending
+/// agent's CPU, and a 2 GiB mTLS transfer cost the machine 2.2-2.6 CPU-s/GiB
+/// with agents of 31 and 56 MiB, against 2.0-2.3 and 19 and 24 MiB with
+/// jemalloc. (glibc builds keep glibc's, tuned by
+/// [`limit_heap_retention`]: 1.85-1.93.)
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Produces the effective configuration as JSON, on demand.
 pub type ConfigDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
