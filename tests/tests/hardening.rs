@@ -2,7 +2,7 @@
 //! mesh off, or take the node's other traffic down with them.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -265,6 +265,11 @@ fn dual_stack_pods_of_the_mesh_talk_over_ipv6_in_mutual_tls_and_never_around_it(
     // answered by the proxy too, as from that server.
     let nameserver = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x53, 0, 0, 0, 0, 0, 0x53), 53));
     let resolved = testapp::resolve(&cluster, client.place(), service, Some(nameserver))?;
+    assert_eq!(resolved, ["10.96.0.60".parse::<IpAddr>()?], "{}", outputs());
+    // So is one from an IPv6 socket to an IPv4 nameserver by its mapped
+    // address (`::ffff:a.b.c.d`), as Java's resolver asks the cluster's DNS.
+    let mapped = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 53).to_ipv6_mapped(), 53));
+    let resolved = testapp::resolve(&cluster, client.place(), service, Some(mapped))?;
     assert_eq!(resolved, ["10.96.0.60".parse::<IpAddr>()?], "{}", outputs());
 
     #[rustfmt::skip]

@@ -234,8 +234,9 @@ pub fn dns_query4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// [`dns_query4`] for IPv6 sockets (queries to IPv4-mapped addresses are
-/// left alone).
+/// [`dns_query4`] for IPv6 sockets. The kernel sends a query to an
+/// IPv4-mapped address (a dual-stack socket's to the cluster's DNS) as
+/// IPv4, through sendmsg4: [`dns_query4`] captures it.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn dns_query6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sendmsg6 a valid bpf_sock_addr.
@@ -246,16 +247,26 @@ pub fn dns_query6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// [`dns_answer4`] for IPv6 sockets.
+/// [`dns_answer4`] for IPv6 sockets, whose answers to queries sent to an
+/// IPv4-mapped address come through here too: those servers were recorded
+/// by [`dns_query4`], and answer as their mapped address.
 #[cgroup_sock_addr(recvmsg6)]
 pub fn dns_answer6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands recvmsg6 a valid, writable bpf_sock_addr.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
+    let Some(cookie) = proxy_answer(&ctx, sock_addr) else {
+        return ALLOW;
+    };
     // SAFETY: the value is copied out before the map can change.
-    let asked = |cookie| unsafe { DNS_SERVERS6.get(cookie) }.copied();
-    if let Some(server) = proxy_answer(&ctx, sock_addr).and_then(asked) {
-        set_ip6(sock_addr, server.ip);
-        sock_addr.user_port = u32::from(server.port);
+    let native = unsafe { DNS_SERVERS6.get(cookie) }.copied();
+    let asked = native.map(|server| (server.ip, server.port)).or_else(|| {
+        // SAFETY: as above.
+        let server = unsafe { DNS_SERVERS.get(cookie) }.copied()?;
+        Some(([0, 0, V4_MAPPED_PREFIX, server.ip], server.port))
+    });
+    if let Some((ip, port)) = asked {
+        set_ip6(sock_addr, ip);
+        sock_addr.user_port = u32::from(port);
     }
     ALLOW
 }
