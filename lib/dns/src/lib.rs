@@ -167,18 +167,23 @@ pub async fn resolve(server: SocketAddr, name: &str) -> std::io::Result<(Vec<Ipv
         .map_err(|error| std::io::Error::other(format!("{name} at the resolver {server}: {error}")))
 }
 
-/// Sends the query `message` to `server` over UDP (twice at most, each
-/// within two seconds) and returns its answer (the message with the same
-/// id; anything else is dropped).
-pub async fn exchange(server: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
+/// A UDP socket of `server`'s family, on any address and port of it.
+pub async fn udp_socket_for(server: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     let unspecified = match server {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     };
+    tokio::net::UdpSocket::bind(unspecified).await
+}
+
+/// Sends the query `message` to `server` over UDP (twice at most, each
+/// within two seconds) and returns its answer (the message with the same
+/// id; anything else is dropped).
+pub async fn exchange(server: SocketAddr, message: &[u8]) -> std::io::Result<Vec<u8>> {
     let id = message
         .get(..2)
         .ok_or_else(|| std::io::Error::other("no DNS message"))?;
-    let socket = tokio::net::UdpSocket::bind(unspecified).await?;
+    let socket = udp_socket_for(server).await?;
     socket.connect(server).await?;
     let mut buffer = [0u8; MAX_UDP_MESSAGE];
     for _ in 0..RESOLVE_TRIES {

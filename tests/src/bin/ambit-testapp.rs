@@ -257,11 +257,7 @@ enum Mode {
 async fn ask_server(server: SocketAddr, name: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
     use ambit_dns as dns;
     let query = dns::query(0x5151, name).map_err(anyhow::Error::msg)?;
-    let any = match server {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-    };
-    let socket = tokio::net::UdpSocket::bind(any).await?;
+    let socket = dns::udp_socket_for(server).await?;
     socket.send_to(&query, server).await?;
     let mut buffer = [0u8; dns::MAX_UDP_MESSAGE];
     let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
