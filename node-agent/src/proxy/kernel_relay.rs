@@ -372,10 +372,10 @@ fn written(socket: &StdTcpStream) -> io::Result<u64> {
 /// connecting socket's SYN.
 fn written_exactly(socket: &StdTcpStream) -> io::Result<u64> {
     loop {
-        let total = written(socket)?;
+        let acked = tcp_info(socket)?.tcpi_bytes_acked;
         let queued = splice::queue_length(socket, libc::TIOCOUTQ)?;
-        if tcp_info(socket)?.tcpi_bytes_acked + queued == total {
-            return Ok(total);
+        if tcp_info(socket)?.tcpi_bytes_acked == acked {
+            return Ok(acked + queued);
         }
     }
 }
