@@ -4,9 +4,9 @@
 //! share one mutual-TLS connection. The server answers 200 once the target
 //! is connected, 401 when policy denies, 503 when the target fails.
 //!
-//! This crate is the HTTP/2 part over any established (TLS) connection,
-//! and [`Buffered`], the socket under that TLS; the TLS and identities
-//! come from `ambit-identity`.
+//! This crate is the HTTP/2 part over any established (TLS) connection;
+//! the TLS and its records come from `ambit-mesh-tls`, the identities from
+//! `ambit-identity`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,11 +15,9 @@ pub mod pool;
 pub mod server;
 mod stream;
 mod trace;
-mod transport;
 
 pub use stream::TunnelStream;
 pub use trace::TraceParent;
-pub use transport::Buffered;
 
 /// Istio's HBONE port.
 pub const HBONE_PORT: u16 = 15008;

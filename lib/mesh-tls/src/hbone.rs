@@ -6,23 +6,20 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use ambit_hbone::client::Connection;
 use ambit_hbone::pool::Pool;
-use ambit_hbone::{Buffered, Caller, TunnelStream};
+use ambit_hbone::{Caller, TunnelStream};
 use ambit_identity::tls::{client_config, server_config, TlsError};
 use ambit_identity::{Identity, TrustBundle, WorkloadCertificate};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::certificates::Certificates;
+use crate::records::TlsStream;
 
 /// Connections are pooled per calling workload (its identity and address),
 /// peer identity and peer address: a connection speaks for one workload.
@@ -34,12 +31,9 @@ type PoolKey = (Identity, IpAddr, Identity, IpAddr);
 const IDLE_CONNECTION: Duration = Duration::from_secs(300);
 /// How long a connection waits for its workload's first certificate.
 pub const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
-/// Encrypted bytes rustls may hold for the socket (its default is 64 KiB):
-/// in bulk, each write then carries sixteen records rather than four.
-const TLS_WRITE_BUFFER: usize = 256 * 1024;
 
 /// A TLS connection accepted on a 15008 listener.
-pub type Accepted = TlsStream<Buffered<TcpStream>>;
+pub type Accepted = TlsStream;
 
 /// The peer end of an HBONE connection: a workload's identity and address.
 #[derive(Debug, Clone, Copy)]
@@ -111,19 +105,13 @@ impl MeshTls {
             // Small frames (a request, its answer) leave at once, whoever
             // dialled: Nagle would hold each ~40 ms for an acknowledgement.
             tcp.set_nodelay(true)?;
-            let config = client_config(&certificate, &self.bundle, peer.identity)
+            let mut config = client_config(&certificate, &self.bundle, peer.identity)
                 .map_err(std::io::Error::other)?;
-            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(ServerName::IpAddress(peer.ip.into()), Buffered::new(tcp))
-                .await?;
-            let (socket, session) = tls.get_mut();
-            session.set_buffer_limit(Some(TLS_WRITE_BUFFER));
-            socket.hold_flushes();
-            Connection::handshake(NamesRefusal {
-                tls,
-                read_any: false,
-            })
-            .await
+            config.enable_secret_extraction = true;
+            let tls =
+                TlsStream::connect(Arc::new(config), ServerName::IpAddress(peer.ip.into()), tcp)
+                    .await?;
+            Connection::handshake(tls).await
         };
         let key = (
             identity.clone(),
@@ -155,20 +143,14 @@ impl MeshTls {
         let config = self
             .server_config(&certificate)
             .map_err(std::io::Error::other)?;
-        let accepted = tokio_rustls::TlsAcceptor::from(config).accept(Buffered::new(stream));
-        let mut tls = tokio::time::timeout(timeout, accepted)
+        tokio::time::timeout(timeout, TlsStream::accept(config, stream))
             .await
             .map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("TLS handshake not completed in {timeout:?}"),
                 )
-            })??;
-        let (socket, session) = tls.get_mut();
-        session.set_buffer_limit(Some(TLS_WRITE_BUFFER));
-        // Only HTTP/2 writes from here on.
-        socket.hold_flushes();
-        Ok(tls)
+            })?
     }
 
     /// The server configuration proving `certificate`, made on first use.
@@ -185,7 +167,10 @@ impl MeshTls {
                 return Ok(config.clone());
             }
         }
-        let config = Arc::new(server_config(certificate, &self.bundle)?);
+        let mut config = server_config(certificate, &self.bundle)?;
+        // Its records are sealed and opened by `TlsStream`.
+        config.enable_secret_extraction = true;
+        let config = Arc::new(config);
         // Rare (a new certificate): forget identities no longer held.
         configs.retain(|identity, _| self.certificates.get(identity).is_some());
         configs.insert(
@@ -193,83 +178,5 @@ impl MeshTls {
             (certificate.not_after, config.clone()),
         );
         Ok(config)
-    }
-}
-
-/// A client's TLS connection that names the peer's refusal of its
-/// certificate. In TLS 1.3 the client's handshake is done before the
-/// server has checked the client's certificate, so a refusal arrives as an
-/// alert on the first read; HTTP/2 would pass it on as a bare "received
-/// fatal alert" on whichever stream was open.
-struct NamesRefusal<S> {
-    tls: S,
-    /// Whether any data came from the peer: an alert after that is not
-    /// about the handshake.
-    read_any: bool,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for NamesRefusal<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match ready!(Pin::new(&mut this.tls).poll_read(cx, buf)) {
-            Ok(()) => {
-                this.read_any |= buf.filled().len() > before;
-                Poll::Ready(Ok(()))
-            }
-            Err(error) if !this.read_any => Poll::Ready(Err(named_refusal(error))),
-            Err(error) => Poll::Ready(Err(error)),
-        }
-    }
-}
-
-/// An alert before the peer's first data, named as the refusal it is.
-fn named_refusal(error: std::io::Error) -> std::io::Error {
-    let alert = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match alert {
-        Some(rustls::Error::AlertReceived(alert)) => std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "the peer refused the TLS handshake (alert {alert:?}): \
-                 it does not accept this workload's certificate"
-            ),
-        ),
-        _ => error,
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for NamesRefusal<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, data)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
     }
 }

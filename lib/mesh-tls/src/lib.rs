@@ -9,3 +9,4 @@ pub mod ca_protocol;
 pub mod certificates;
 pub mod config;
 pub mod hbone;
+pub mod records;

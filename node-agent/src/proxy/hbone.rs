@@ -11,7 +11,6 @@ use std::sync::Arc;
 use ambit_config::model::{Mesh, ServicePort};
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::Target;
-use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_telemetry::baggage::Baggage;
 use tokio::net::TcpStream;
@@ -68,7 +67,7 @@ pub(super) async fn serve(
         }
     };
     // What every stream of the connection shares, read once.
-    let Some(caller) = peer_identity(tls.get_ref().1) else {
+    let Some(caller) = tls.peer_identity().cloned() else {
         tracing::warn!(pod = %pod.pod, %peer, "HBONE connection refused: no workload identity");
         return;
     };

@@ -11,7 +11,6 @@ use ambit_admin::Readiness;
 use ambit_config::model::{Key, Mesh};
 use ambit_hbone::server::{ConnectRequest, Refusal, Responder};
 use ambit_hbone::Target;
-use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use ambit_mesh_tls::hbone::MeshTls;
 use ambit_route::{Protocol, RouteTables};
@@ -83,7 +82,7 @@ async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc
             return;
         }
     };
-    let Some(caller) = peer_identity(tls.get_ref().1) else {
+    let Some(caller) = tls.peer_identity().cloned() else {
         tracing::warn!(%peer, "HBONE connection without a workload identity refused");
         return;
     };
