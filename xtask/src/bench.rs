@@ -224,7 +224,7 @@ pub fn run(
     let mut json = serde_json::Map::new();
     if wanted(Part::DataPath) {
         let paths = data_path(&binaries, rounds, ztunnel)?;
-        report.push(markdown(&paths, rounds));
+        report.push(markdown(&paths, rounds) + &kernel_tls());
         json.insert("paths".into(), serde_json::to_value(&paths)?);
     }
     if wanted(Part::Ingress) {
@@ -806,6 +806,24 @@ fn wait_for_capture(
         "the client was not captured after enrolling it"
     ))
     .context("bench")
+}
+
+/// What this machine's kernel offers of TLS, read and never loaded: the
+/// mTLS paths are measured encrypting in user space either way.
+fn kernel_tls() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let listed = |file: &str| {
+        std::fs::read_to_string(format!("/lib/modules/{}/{file}", release.trim()))
+            .is_ok_and(|modules| modules.contains("net/tls/tls.ko"))
+    };
+    let offered = if Path::new("/proc/net/tls_stat").exists() {
+        "loaded in this kernel, not used by the agents yet"
+    } else if listed("modules.dep") || listed("modules.builtin") {
+        "available to this kernel as a module, not loaded"
+    } else {
+        "not in this kernel (no `tls` module, built in or to load)"
+    };
+    format!("\nKernel TLS: {offered}; every mTLS path above encrypts in user space.\n")
 }
 
 fn markdown(paths: &[PathReport], rounds: usize) -> String {

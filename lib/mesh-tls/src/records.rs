@@ -181,39 +181,31 @@ trait Handshaking: Sized {
     fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error>;
 }
 
-impl Handshaking for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Secrets::Client(kernel)))
-    }
+/// The same for either side: rustls's two connection types differ only in
+/// their side's data.
+macro_rules! handshaking {
+    ($connection:ty, $data:ty, $side:ident) => {
+        impl Handshaking for $connection {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, $data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &rustls::CommonState {
+                self
+            }
+            fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error> {
+                let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
+                Ok((secrets, Secrets::$side(kernel)))
+            }
+        }
+    };
 }
 
-impl Handshaking for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Secrets::Server(kernel)))
-    }
-}
+handshaking!(UnbufferedClientConnection, ClientConnectionData, Client);
+handshaking!(UnbufferedServerConnection, ServerConnectionData, Server);
 
 impl TlsStream {
     /// The client's handshake on `socket`. The configuration must allow
@@ -553,23 +545,17 @@ impl TlsStream {
     /// Seals one record of `kind` whose content is `content`, straight
     /// from the caller's bytes into the outgoing buffer.
     fn seal(&mut self, kind: u8, content: &[u8]) -> io::Result<()> {
-        let body = self.reserve_record(content.len());
-        let header = self.header_at(body.start);
+        let (body, aad, nonce) = self.next_record(content.len());
         let (ciphertext, extra_and_tag) = self.outgoing[body.clone()].split_at_mut(content.len());
-        let nonce = self.sending.next_nonce();
-        self.sending
-            .key
-            .seal_out_of_place_scatter(
-                nonce,
-                Aad::from(header),
-                content,
-                ciphertext,
-                &[kind],
-                extra_and_tag,
-            )
-            .map_err(|_| io::Error::other("sealing a TLS record failed"))?;
-        self.filled = body.end;
-        Ok(())
+        let sealed = self.sending.key.seal_out_of_place_scatter(
+            nonce,
+            aad,
+            content,
+            ciphertext,
+            &[kind],
+            extra_and_tag,
+        );
+        self.sealed(body, sealed)
     }
 
     /// Seals one record of application data gathered from several slices
@@ -581,8 +567,7 @@ impl TlsStream {
             .map(|slice| slice.len())
             .sum::<usize>()
             .min(room);
-        let body = self.reserve_record(length);
-        let header = self.header_at(body.start);
+        let (body, aad, nonce) = self.next_record(length);
         let (content, extra_and_tag) = self.outgoing[body.clone()].split_at_mut(length);
         let mut at = 0;
         for slice in slices {
@@ -590,24 +575,21 @@ impl TlsStream {
             content[at..at + taken].copy_from_slice(&slice[..taken]);
             at += taken;
         }
-        let nonce = self.sending.next_nonce();
-        self.sending
-            .key
-            .seal_in_place_scatter(
-                nonce,
-                Aad::from(header),
-                content,
-                &[CONTENT_APPLICATION_DATA],
-                extra_and_tag,
-            )
-            .map_err(|_| io::Error::other("sealing a TLS record failed"))?;
-        self.filled = body.end;
+        let sealed = self.sending.key.seal_in_place_scatter(
+            nonce,
+            aad,
+            content,
+            &[CONTENT_APPLICATION_DATA],
+            extra_and_tag,
+        );
+        self.sealed(body, sealed)?;
         Ok(length)
     }
 
     /// Room for a record of `content` bytes after `filled`, its header
-    /// written: the range of its body.
-    fn reserve_record(&mut self, content: usize) -> Range<usize> {
+    /// written: the range of its body, the header as the record's
+    /// additional data, and its nonce.
+    fn next_record(&mut self, content: usize) -> (Range<usize>, Aad<[u8; HEADER]>, Nonce) {
         let sealed = content + 1 + TAG;
         let end = self.filled + HEADER + sealed;
         if self.outgoing.len() < end {
@@ -623,20 +605,24 @@ impl TlsStream {
         let length = u16::try_from(sealed)
             .expect("a record's length")
             .to_be_bytes();
-        self.outgoing[self.filled..self.filled + HEADER].copy_from_slice(&[
-            CONTENT_APPLICATION_DATA,
-            3,
-            3,
-            length[0],
-            length[1],
-        ]);
-        self.filled + HEADER..end
+        let header = [CONTENT_APPLICATION_DATA, 3, 3, length[0], length[1]];
+        self.outgoing[self.filled..self.filled + HEADER].copy_from_slice(&header);
+        (
+            self.filled + HEADER..end,
+            Aad::from(header),
+            self.sending.next_nonce(),
+        )
     }
 
-    fn header_at(&self, body: usize) -> [u8; HEADER] {
-        self.outgoing[body - HEADER..body]
-            .try_into()
-            .expect("a header's length")
+    /// The record at `body` is complete once sealed.
+    fn sealed(
+        &mut self,
+        body: Range<usize>,
+        sealed: Result<(), aws_lc_rs::error::Unspecified>,
+    ) -> io::Result<()> {
+        sealed.map_err(|_| io::Error::other("sealing a TLS record failed"))?;
+        self.filled = body.end;
+        Ok(())
     }
 
     /// Sends a key update and seals what follows under the next key.

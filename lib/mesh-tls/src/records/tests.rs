@@ -83,6 +83,23 @@ async fn ambit_pair(mesh: &Mesh) -> (TlsStream, TlsStream) {
     )
 }
 
+/// Ambit's client to rustls's own server stream, configured by `server`.
+async fn ambit_to_rustls(
+    mesh: &Mesh,
+    server: ServerConfig,
+) -> (TlsStream, tokio_rustls::server::TlsStream<TcpStream>) {
+    let (near, far) = socket_pair().await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (client, server) = tokio::join!(
+        TlsStream::connect(Arc::new(mesh.client_config()), name(), near),
+        acceptor.accept(far)
+    );
+    (
+        client.expect("client handshake"),
+        server.expect("server handshake"),
+    )
+}
+
 /// Varied bytes, so a record out of place or out of order shows.
 fn pattern(length: usize) -> Vec<u8> {
     (0..length).map(|i| (i * 7 % 251) as u8).collect()
@@ -133,6 +150,23 @@ async fn read_alternating(stream: &mut TlsStream) -> io::Result<Vec<u8>> {
     Ok(received)
 }
 
+/// Reads `stream` to its end, expecting `expected`, then sends `answer`,
+/// which the `peer` task must return as what it read.
+async fn read_then_answer(
+    stream: &mut TlsStream,
+    expected: &[u8],
+    answer: &[u8],
+    peer: tokio::task::JoinHandle<Vec<u8>>,
+) {
+    let received = read_alternating(stream).await.expect("the data");
+    assert!(received == expected, "the data arrived altered");
+    write_in_slices(stream, answer).await;
+    assert!(
+        peer.await.expect("the peer") == answer,
+        "the answer arrived altered"
+    );
+}
+
 #[tokio::test]
 async fn bytes_cross_both_ways_whole_and_each_side_sees_the_others_identity() {
     let mesh = Mesh::new();
@@ -159,15 +193,9 @@ async fn bytes_cross_both_ways_whole_and_each_side_sees_the_others_identity() {
 #[tokio::test]
 async fn rustls_as_server_updates_keys_and_sends_tickets_and_ambit_follows() {
     let mesh = Mesh::new();
-    let (near, far) = socket_pair().await;
     let mut config = mesh.server_config();
     config.send_tls13_tickets = 2;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let (client, server) = tokio::join!(
-        TlsStream::connect(Arc::new(mesh.client_config()), name(), near),
-        acceptor.accept(far)
-    );
-    let (mut client, mut server) = (client.expect("client"), server.expect("server"));
+    let (mut client, mut server) = ambit_to_rustls(&mesh, config).await;
     let first = pattern(300_000);
     let second = pattern(200_000);
     let expected: Vec<u8> = first.iter().chain(&second).copied().collect();
@@ -185,15 +213,8 @@ async fn rustls_as_server_updates_keys_and_sends_tickets_and_ambit_follows() {
         server.read_to_end(&mut answer).await.expect("the answer");
         answer
     });
-    let received = read_alternating(&mut client).await.expect("the data");
-    assert!(received == expected, "the data arrived altered");
-    // Sealed under Ambit's updated key: rustls opens it.
-    let answer = pattern(100_000);
-    write_in_slices(&mut client, &answer).await;
-    assert!(
-        serving.await.expect("the server") == answer,
-        "the answer arrived altered"
-    );
+    // The answer is sealed under Ambit's updated key: rustls opens it.
+    read_then_answer(&mut client, &expected, &pattern(100_000), serving).await;
 }
 
 #[tokio::test]
@@ -221,25 +242,13 @@ async fn rustls_as_client_updates_keys_and_ambit_follows() {
         client.read_to_end(&mut echoed).await.expect("the echo");
         echoed
     });
-    let received = read_alternating(&mut server).await.expect("the data");
-    assert!(received == expected, "the data arrived altered");
-    write_in_slices(&mut server, &received).await;
-    assert!(
-        calling.await.expect("the client") == expected,
-        "the echo arrived altered"
-    );
+    read_then_answer(&mut server, &expected, &expected, calling).await;
 }
 
 #[tokio::test]
 async fn ambit_updates_its_keys_at_the_suites_limit_and_rustls_follows() {
     let mesh = Mesh::new();
-    let (near, far) = socket_pair().await;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(mesh.server_config()));
-    let (client, server) = tokio::join!(
-        TlsStream::connect(Arc::new(mesh.client_config()), name(), near),
-        acceptor.accept(far)
-    );
-    let (mut client, mut server) = (client.expect("client"), server.expect("server"));
+    let (mut client, mut server) = ambit_to_rustls(&mesh, mesh.server_config()).await;
     // A new key every three records.
     client.key_limit = 3;
     let data = pattern(40 * MAX_CONTENT + 5);
