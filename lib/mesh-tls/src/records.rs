@@ -160,6 +160,9 @@ pub struct TlsStream {
     held: u8,
     written_since_flush: bool,
     close_notify_sealed: bool,
+    /// Whether the key update that answers the peer's request is sealed
+    /// but not yet written.
+    key_update_unsent: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -335,6 +338,7 @@ async fn handshake<C: Handshaking>(
         held: 0,
         written_since_flush: false,
         close_notify_sealed: false,
+        key_update_unsent: false,
     })
 }
 
@@ -491,8 +495,11 @@ impl TlsStream {
                     }
                     self.receiving =
                         Keys::new(self.secrets.next(Side::Receiving).map_err(tls_error)?)?;
-                    if requested {
+                    // One answer covers every request before it is sent,
+                    // so a peer asking again and again adds nothing.
+                    if requested && !self.key_update_unsent {
                         self.update_sending_keys()?;
+                        self.key_update_unsent = true;
                     }
                 }
                 (other, _) => {
@@ -657,6 +664,7 @@ impl TlsStream {
         self.sent = 0;
         self.filled = 0;
         self.held = 0;
+        self.key_update_unsent = false;
         Poll::Ready(Ok(()))
     }
 }

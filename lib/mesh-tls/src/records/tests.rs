@@ -201,12 +201,15 @@ async fn rustls_as_server_updates_keys_and_sends_tickets_and_ambit_follows() {
     let expected: Vec<u8> = first.iter().chain(&second).copied().collect();
     let serving = tokio::spawn(async move {
         server.write_all(&first).await.expect("a write");
-        // A key update that asks Ambit to update its own keys too.
-        server
-            .get_mut()
-            .1
-            .refresh_traffic_keys()
-            .expect("a key update");
+        // Key updates that ask Ambit to update its own keys too.
+        for _ in 0..3 {
+            server
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("a key update");
+            server.write_all(b"").await.expect("a write");
+        }
         server.write_all(&second).await.expect("a write");
         server.shutdown().await.expect("a shutdown");
         let mut answer = Vec::new();
