@@ -13,22 +13,23 @@
 //! HTTP/2 flushes after each large frame, and the answers of requests
 //! served in the same turn then leave in one system call.
 
+mod handshake;
+
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use ambit_identity::tls::peer_identity;
 use ambit_identity::Identity;
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use bytes::{Buf, Bytes};
-use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
-use rustls::kernel::KernelConnection;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use handshake::{Handshake, Secrets, Side};
 
 /// A record's header: content type, legacy version, length.
 const HEADER: usize = 5;
@@ -59,30 +60,6 @@ const CONTENT_APPLICATION_DATA: u8 = 23;
 const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
-
-/// rustls's part after the handshake: new secrets at a key update, and
-/// the tickets a server sends its client.
-enum Secrets {
-    Client(KernelConnection<ClientConnectionData>),
-    Server(KernelConnection<ServerConnectionData>),
-}
-
-impl Secrets {
-    fn next(&mut self, direction: Side) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
-        match (self, direction) {
-            (Self::Client(kernel), Side::Sending) => kernel.update_tx_secret(),
-            (Self::Client(kernel), Side::Receiving) => kernel.update_rx_secret(),
-            (Self::Server(kernel), Side::Sending) => kernel.update_tx_secret(),
-            (Self::Server(kernel), Side::Receiving) => kernel.update_rx_secret(),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Sending,
-    Receiving,
-}
 
 /// One direction's key and the sequence number of its next record.
 struct Keys {
@@ -173,43 +150,6 @@ impl std::fmt::Debug for TlsStream {
     }
 }
 
-/// An unbuffered rustls connection of either side.
-trait Handshaking: Sized {
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
-    type Data;
-    fn common(&self) -> &rustls::CommonState;
-    fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error>;
-}
-
-/// The same for either side: rustls's two connection types differ only in
-/// their side's data.
-macro_rules! handshaking {
-    ($connection:ty, $data:ty, $side:ident) => {
-        impl Handshaking for $connection {
-            type Data = $data;
-            fn process<'c, 'i>(
-                &'c mut self,
-                incoming: &'i mut [u8],
-            ) -> UnbufferedStatus<'c, 'i, $data> {
-                self.process_tls_records(incoming)
-            }
-            fn common(&self) -> &rustls::CommonState {
-                self
-            }
-            fn finish(self) -> Result<(ExtractedSecrets, Secrets), rustls::Error> {
-                let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-                Ok((secrets, Secrets::$side(kernel)))
-            }
-        }
-    };
-}
-
-handshaking!(UnbufferedClientConnection, ClientConnectionData, Client);
-handshaking!(UnbufferedServerConnection, ServerConnectionData, Server);
-
 impl TlsStream {
     /// The client's handshake on `socket`. The configuration must allow
     /// secret extraction.
@@ -219,7 +159,7 @@ impl TlsStream {
         socket: TcpStream,
     ) -> io::Result<Self> {
         let connection = UnbufferedClientConnection::new(config, server).map_err(tls_error)?;
-        handshake(connection, socket).await
+        Self::after(handshake::run(connection, socket).await?)
     }
 
     /// The server's handshake on `socket`. The configuration must allow
@@ -229,128 +169,48 @@ impl TlsStream {
         socket: TcpStream,
     ) -> io::Result<Self> {
         let connection = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-        handshake(connection, socket).await
+        Self::after(handshake::run(connection, socket).await?)
+    }
+
+    /// The stream that takes over from rustls once `done`.
+    fn after(done: Handshake) -> io::Result<Self> {
+        let Handshake {
+            socket,
+            secrets,
+            extracted: ExtractedSecrets { tx, rx },
+            peer,
+            key_limit,
+            early,
+            incoming,
+        } = done;
+        let read_any = !early.is_empty();
+        Ok(Self {
+            socket,
+            secrets,
+            peer,
+            key_limit,
+            receiving: Keys::new(rx)?,
+            sending: Keys::new(tx)?,
+            early: early.into(),
+            incoming,
+            start: 0,
+            opened: 0..0,
+            peer_closed: false,
+            read_any,
+            outgoing: Vec::new(),
+            sent: 0,
+            filled: 0,
+            small_writes: 0,
+            held: 0,
+            written_since_flush: false,
+            close_notify_sealed: false,
+            key_update_unsent: false,
+        })
     }
 
     /// The workload identity the peer's certificate proved, if any.
     pub fn peer_identity(&self) -> Option<&Identity> {
         self.peer.as_ref()
-    }
-}
-
-/// Drives rustls through the handshake, then takes over the records.
-async fn handshake<C: Handshaking>(
-    mut connection: C,
-    mut socket: TcpStream,
-) -> io::Result<TlsStream> {
-    let mut incoming = Vec::with_capacity(MAX_SEALED);
-    let mut outgoing = vec![0u8; MAX_SEALED];
-    let mut encoded = 0;
-    let mut early = Vec::new();
-    loop {
-        let UnbufferedStatus { mut discard, state } = connection.process(&mut incoming);
-        let state = match state {
-            Ok(state) => state,
-            Err(error) => {
-                send_alert(&mut connection, &mut socket).await;
-                return Err(tls_error(error));
-            }
-        };
-        let mut read_more = false;
-        match state {
-            ConnectionState::EncodeTlsData(mut data) => loop {
-                match data.encode(&mut outgoing[encoded..]) {
-                    Ok(written) => {
-                        encoded += written;
-                        break;
-                    }
-                    Err(EncodeError::InsufficientSize(size)) => {
-                        outgoing.resize(encoded + size.required_size, 0);
-                    }
-                    Err(EncodeError::AlreadyEncoded) => break,
-                }
-            },
-            ConnectionState::TransmitTlsData(data) => {
-                socket.write_all(&outgoing[..encoded]).await?;
-                encoded = 0;
-                data.done();
-            }
-            ConnectionState::BlockedHandshake => read_more = true,
-            // Data sent with the handshake's last flight (a server's
-            // first HTTP/2 frames): rustls opens it, kept for the reader.
-            ConnectionState::ReadTraffic(mut traffic) => {
-                while let Some(record) = traffic.next_record() {
-                    let record = record.map_err(tls_error)?;
-                    early.extend_from_slice(record.payload);
-                    discard += record.discard;
-                }
-            }
-            // Done once both directions carry data: a server may send
-            // before it has checked the client's certificate.
-            ConnectionState::WriteTraffic(_) => read_more = true,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the TLS connection closed during its handshake",
-                ))
-            }
-        }
-        incoming.drain(..discard);
-        if read_more {
-            if !connection.common().is_handshaking() {
-                break;
-            }
-            incoming.reserve(MAX_SEALED);
-            if socket.read_buf(&mut incoming).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection during the TLS handshake",
-                ));
-            }
-        }
-    }
-    let peer = peer_identity(connection.common());
-    let suite = connection
-        .common()
-        .negotiated_cipher_suite()
-        .and_then(|suite| suite.tls13())
-        .ok_or_else(|| io::Error::other("the TLS handshake did not settle on TLS 1.3"))?;
-    let key_limit = suite.common.confidentiality_limit;
-    let (ExtractedSecrets { tx, rx }, secrets) = connection.finish().map_err(tls_error)?;
-    let read_any = !early.is_empty();
-    Ok(TlsStream {
-        socket,
-        secrets,
-        peer,
-        key_limit,
-        receiving: Keys::new(rx)?,
-        sending: Keys::new(tx)?,
-        early: early.into(),
-        incoming,
-        start: 0,
-        opened: 0..0,
-        peer_closed: false,
-        read_any,
-        outgoing: Vec::new(),
-        sent: 0,
-        filled: 0,
-        small_writes: 0,
-        held: 0,
-        written_since_flush: false,
-        close_notify_sealed: false,
-        key_update_unsent: false,
-    })
-}
-
-/// Sends the alert rustls queued for a failed handshake, if it can.
-async fn send_alert<C: Handshaking>(connection: &mut C, socket: &mut TcpStream) {
-    let mut alert = [0u8; 64];
-    let mut none: [u8; 0] = [];
-    let UnbufferedStatus { state, .. } = connection.process(&mut none);
-    if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
-        if let Ok(written) = data.encode(&mut alert) {
-            let _ = socket.write_all(&alert[..written]).await;
-        }
     }
 }
 
