@@ -350,15 +350,13 @@ impl Enrollment {
 
     fn enroll(&mut self, sandbox: &PodSandbox) -> Result<Enrolled, EnrollError> {
         let netns = Arc::new(Netns::open(&sandbox.netns)?);
-        netns
-            .run(netns::prepare_inbound_routing)?
-            .map_err(EnrollError::Routing)?;
-        // The CNI gives IPv4; a pod's IPv6 addresses (dual-stack or
-        // IPv6-only) are read from its namespace (set up before the plugin
-        // runs).
-        let in_netns = netns
-            .run(netns::addresses)?
-            .map_err(EnrollError::Addresses)?;
+        // One visit to the pod's namespace. The CNI gives IPv4; a pod's
+        // IPv6 addresses (dual-stack or IPv6-only) are read from its
+        // namespace (set up before the plugin runs).
+        let (routing, in_netns) =
+            netns.run(|| (netns::prepare_inbound_routing(), netns::addresses()))?;
+        routing.map_err(EnrollError::Routing)?;
+        let in_netns = in_netns.map_err(EnrollError::Addresses)?;
         let reachable_ipv6 = |ip: &IpAddr| match ip {
             IpAddr::V6(ip) => !ip.is_loopback() && !ip.is_unicast_link_local(),
             IpAddr::V4(_) => false,
