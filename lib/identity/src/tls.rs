@@ -163,7 +163,11 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(certificate.chain(), certificate.key())?;
-    Ok(verified_fully(config, ALPN_H2))
+    let mut config = verified_fully(config, ALPN_H2);
+    // HBONE's records are sealed and opened by `ambit-mesh-tls` once rustls
+    // has made the handshake and handed it the secrets.
+    config.enable_secret_extraction = true;
+    Ok(config)
 }
 
 /// A server whose callers have no certificate yet: the CA's.
@@ -196,7 +200,10 @@ pub fn client_config(
     let key = certificate.certified_key(&provider)?;
     let config = client_builder(bundle, server, provider)?
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    Ok(resuming_nothing(config, ALPN_H2))
+    let mut config = resuming_nothing(config, ALPN_H2);
+    // As the server's: the records are `ambit-mesh-tls`'s.
+    config.enable_secret_extraction = true;
+    Ok(config)
 }
 
 /// A client with no certificate of its own, to a server that must be

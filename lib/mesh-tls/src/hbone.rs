@@ -105,9 +105,8 @@ impl MeshTls {
             // Small frames (a request, its answer) leave at once, whoever
             // dialled: Nagle would hold each ~40 ms for an acknowledgement.
             tcp.set_nodelay(true)?;
-            let mut config = client_config(&certificate, &self.bundle, peer.identity)
+            let config = client_config(&certificate, &self.bundle, peer.identity)
                 .map_err(std::io::Error::other)?;
-            config.enable_secret_extraction = true;
             let tls =
                 TlsStream::connect(Arc::new(config), ServerName::IpAddress(peer.ip.into()), tcp)
                     .await?;
@@ -167,10 +166,7 @@ impl MeshTls {
                 return Ok(config.clone());
             }
         }
-        let mut config = server_config(certificate, &self.bundle)?;
-        // Its records are sealed and opened by `TlsStream`.
-        config.enable_secret_extraction = true;
-        let config = Arc::new(config);
+        let config = Arc::new(server_config(certificate, &self.bundle)?);
         // Rare (a new certificate): forget identities no longer held.
         configs.retain(|identity, _| self.certificates.get(identity).is_some());
         configs.insert(

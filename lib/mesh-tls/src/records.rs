@@ -151,8 +151,8 @@ impl std::fmt::Debug for TlsStream {
 }
 
 impl TlsStream {
-    /// The client's handshake on `socket`. The configuration must allow
-    /// secret extraction.
+    /// The client's handshake on `socket`, with a configuration that lets
+    /// rustls hand over the secrets (`ambit_identity::tls::client_config`).
     pub async fn connect(
         config: std::sync::Arc<rustls::ClientConfig>,
         server: rustls::pki_types::ServerName<'static>,
@@ -162,8 +162,8 @@ impl TlsStream {
         Self::after(handshake::run(connection, socket).await?)
     }
 
-    /// The server's handshake on `socket`. The configuration must allow
-    /// secret extraction.
+    /// The server's handshake on `socket`, with a configuration that lets
+    /// rustls hand over the secrets (`ambit_identity::tls::server_config`).
     pub async fn accept(
         config: std::sync::Arc<rustls::ServerConfig>,
         socket: TcpStream,

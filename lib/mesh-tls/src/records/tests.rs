@@ -36,16 +36,11 @@ impl Mesh {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let mut config =
-            client_config(&self.client, &self.bundle(), &self.server.identity).expect("a config");
-        config.enable_secret_extraction = true;
-        config
+        client_config(&self.client, &self.bundle(), &self.server.identity).expect("a config")
     }
 
     fn server_config(&self) -> ServerConfig {
-        let mut config = server_config(&self.server, &self.bundle()).expect("a config");
-        config.enable_secret_extraction = true;
-        config
+        server_config(&self.server, &self.bundle()).expect("a config")
     }
 }
 
@@ -281,9 +276,8 @@ async fn a_client_whose_certificate_the_server_refuses_is_told_so() {
     let stranger = Mesh::new();
     let (near, far) = socket_pair().await;
     // The server trusts only its own CA; the client's is another.
-    let mut client_config =
+    let client_config =
         client_config(&stranger.client, &mesh.bundle(), &mesh.server.identity).expect("a config");
-    client_config.enable_secret_extraction = true;
     let (client, server) = tokio::join!(
         TlsStream::connect(Arc::new(client_config), name(), near),
         TlsStream::accept(Arc::new(mesh.server_config()), far)
