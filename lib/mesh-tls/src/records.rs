@@ -426,21 +426,17 @@ impl TlsStream {
     }
 
     /// Seals one record of application data gathered from several slices
-    /// (a frame's header and the start of its data): copied, then sealed
-    /// in place. Returns the bytes taken.
-    fn seal_gathered(&mut self, slices: &[&[u8]], room: usize) -> io::Result<usize> {
-        let length = slices
-            .iter()
-            .map(|slice| slice.len())
-            .sum::<usize>()
-            .min(room);
+    /// (a frame's header and the start of its data, cut to one record's
+    /// room by the caller): copied, then sealed in place. Returns the bytes
+    /// taken.
+    fn seal_gathered(&mut self, slices: &[&[u8]]) -> io::Result<usize> {
+        let length = slices.iter().map(|slice| slice.len()).sum::<usize>();
         let (body, aad, nonce) = self.next_record(length);
         let (content, extra_and_tag) = self.outgoing[body.clone()].split_at_mut(length);
         let mut at = 0;
         for slice in slices {
-            let taken = slice.len().min(length - at);
-            content[at..at + taken].copy_from_slice(&slice[..taken]);
-            at += taken;
+            content[at..at + slice.len()].copy_from_slice(slice);
+            at += slice.len();
         }
         let sealed = self.sending.key.seal_in_place_scatter(
             nonce,
@@ -625,7 +621,7 @@ impl AsyncWrite for TlsStream {
                 this.seal(CONTENT_APPLICATION_DATA, slices[0])?;
                 taken += gathered;
             } else {
-                taken += this.seal_gathered(&slices, room)?;
+                taken += this.seal_gathered(&slices)?;
             }
         }
         this.written_since_flush |= taken > 0;
