@@ -8,6 +8,7 @@
 //! the next start.
 
 pub mod apiserver;
+pub mod bare_relay;
 pub mod bookinfo;
 pub mod ca;
 pub mod chart;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use ambit_testbed::bare_relay::{self, PORT_OFFSET};
 use ambit_testbed::testapp::{self, HttpLoad, Server};
 use ambit_testbed::Cluster;
 
@@ -40,6 +41,34 @@ fn pods_on_different_nodes_exchange_http_and_tcp_echo_both_ways() -> anyhow::Res
     assert_eq!(
         testapp::echo(&cluster, server.place(), to_client, "ping from server")?,
         "ping from server"
+    );
+    Ok(())
+}
+
+/// The benchmarks' floor of relaying: requests and a transfer pass through
+/// both bare relays intact, the server seeing the relay in its own
+/// namespace as the caller.
+#[test]
+fn a_bare_relay_pair_carries_requests_and_a_transfer_intact() -> anyhow::Result<()> {
+    let cluster = Cluster::two_nodes(&["client"], &["server"])?;
+    let [client, server] = cluster.pods_named(["client", "server"])?;
+    let _server_app = Server::new("server", "v1")
+        .http(8080)
+        .sink(9100)
+        .start(&cluster, server)?;
+    let _relays = bare_relay::pair(client, server, &[8080, 9100])?;
+    let url = format!("http://127.0.0.1:{}/", 8080 + PORT_OFFSET);
+    HttpLoad::new(REQUESTS)
+        .run(&cluster, client.place(), &url)?
+        .expect_all(REQUESTS, "server/v1", server.ip)?;
+    let sink = SocketAddr::from(([127, 0, 0, 1], 9100 + PORT_OFFSET));
+    let transfer = testapp::send(&cluster, client.place(), sink, 64 << 20)?;
+    assert_eq!(
+        (
+            transfer.bytes_received_by_server,
+            transfer.crc_received_by_server
+        ),
+        (64 << 20, transfer.crc_sent)
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
+use ambit_testbed::bare_relay;
 use ambit_testbed::ca::TestCa;
 use ambit_testbed::envoy::{self, EnvoyWaypoint};
 use ambit_testbed::mesh::{self, sample, NodeAgent};
@@ -258,15 +259,17 @@ fn data_path(
     rounds: usize,
     ztunnel: Option<&Path>,
 ) -> anyhow::Result<Vec<PathReport>> {
-    // Four client/server pairs side by side: no mesh, agents in plain TCP
+    // Five client/server pairs side by side: no mesh, agents in plain TCP
     // relayed in the kernel (nodes 1 and 2), agents with identities from a
-    // CA, in mTLS over HBONE (nodes 3 and 4), and agents in plain TCP that
-    // move the bytes themselves (nodes 5 and 6), so the paths are measured
-    // in turns under the same conditions. The waypoint path is the mTLS
+    // CA, in mTLS over HBONE (nodes 3 and 4), agents in plain TCP that move
+    // the bytes themselves (nodes 5 and 6), and two bare relays between
+    // client and server (nodes 7 and 8: the floor of any relaying proxy,
+    // `bare_relay`), so the paths are measured in turns under the same
+    // conditions. The waypoint path is the mTLS
     // pair again, addressed by a Service bound to the waypoint on node 3:
     // client, agent, waypoint, agent, server; and the same with Envoy, the
     // proxy Istio's waypoints run, as the waypoint beside it. Given a
-    // ztunnel, a pair of pods each proxied by one (nodes 7 and 8).
+    // ztunnel, a pair of pods each proxied by one (nodes 9 and 10).
     let mut builder = Cluster::builder()
         .binaries(binaries.clone())
         .node(&["client", "mesh-client"])
@@ -274,12 +277,14 @@ fn data_path(
         .node(&["tls-client", "waypoint", "envoy"])
         .node(&["tls-server"])
         .node(&["splice-client"])
-        .node(&["splice-server"]);
+        .node(&["splice-server"])
+        .node(&["relayed-client"])
+        .node(&["relayed-server"]);
     if ztunnel.is_some() {
         builder = builder.node(&["zt-client"]).node(&["zt-server"]);
     }
     let cluster = builder.build()?;
-    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod, envoy_pod] =
+    let [client, server, mesh_client, mesh_server, tls_client, tls_server, splice_client, splice_server, waypoint_pod, envoy_pod, relayed_client, relayed_server] =
         cluster.pods_named([
             "client",
             "server",
@@ -291,6 +296,8 @@ fn data_path(
             "splice-server",
             "waypoint",
             "envoy",
+            "relayed-client",
+            "relayed-server",
         ])?;
     let bound = |name: &str, waypoint: &str, vip, port, port_name: &str| mesh::ServiceConfig {
         waypoint: Some(waypoint.into()),
@@ -339,16 +346,22 @@ fn data_path(
         Some(_) => Some(cluster.pods_named(["zt-client", "zt-server"])?),
         None => None,
     };
-    let _servers = [server, mesh_server, tls_server, splice_server]
-        .into_iter()
-        .chain(zt_pods.iter().map(|pods| pods[1]))
-        .map(|pod| {
-            Server::new(&pod.name, "v1")
-                .http(8080)
-                .sink(9100)
-                .start(&cluster, pod)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let _servers = [
+        server,
+        mesh_server,
+        tls_server,
+        splice_server,
+        relayed_server,
+    ]
+    .into_iter()
+    .chain(zt_pods.iter().map(|pods| pods[1]))
+    .map(|pod| {
+        Server::new(&pod.name, "v1")
+            .http(8080)
+            .sink(9100)
+            .start(&cluster, pod)
+    })
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let ztunnels = match (ztunnel, zt_pods) {
         (Some(binary), Some(pods)) => start_ztunnels(&cluster, binary, &ca, pods)?,
         _ => Vec::new(),
@@ -398,6 +411,12 @@ fn data_path(
         );
     }
 
+    let _relays = bare_relay::pair(relayed_client, relayed_server, &[8080, 9100])?;
+    let relayed = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port + bare_relay::PORT_OFFSET));
+    let through_relays = Target {
+        http: relayed(8080),
+        sink: relayed(9100),
+    };
     let agents_only = |agents| OnPath {
         agents: Some(NodeProxies::Ambit(agents)),
         waypoint: None,
@@ -407,6 +426,15 @@ fn data_path(
             "no mesh",
             client,
             Target::pod(server),
+            OnPath {
+                agents: None,
+                waypoint: None,
+            },
+        ),
+        (
+            "two bare relays (accept, connect, copy: nothing else), plaintext L4",
+            relayed_client,
+            through_relays,
             OnPath {
                 agents: None,
                 waypoint: None,
