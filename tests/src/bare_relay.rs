@@ -54,38 +54,14 @@ impl BareRelay {
         let routes = routes.to_vec();
         let (stop, stopped) = oneshot::channel();
         let (ready, listening) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let listeners = (|| {
-                // The thread stays in the namespace: it ends with the relay.
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let listeners = runtime.block_on(async {
-                    let mut listeners = Vec::new();
-                    for (port, to) in routes {
-                        listeners.push((TcpListener::bind(("0.0.0.0", port)).await?, to));
-                    }
-                    anyhow::Ok(listeners)
-                })?;
-                anyhow::Ok((runtime, listeners))
-            })();
-            let (runtime, listeners) = match listeners {
-                Ok(started) => {
-                    let _ = ready.send(Ok(()));
-                    started
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(error));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                for (listener, to) in listeners {
-                    tokio::spawn(relay_from(listener, to));
-                }
-                let _ = stopped.await;
-            });
+        let thread = std::thread::spawn(move || match listen_in(&netns, &routes) {
+            Ok(listeners) => {
+                let _ = ready.send(Ok(()));
+                relay_until(listeners, stopped);
+            }
+            Err(error) => {
+                let _ = ready.send(Err(error));
+            }
         });
         listening
             .recv()
@@ -107,6 +83,38 @@ impl Drop for BareRelay {
             let _ = thread.join();
         }
     }
+}
+
+/// Listeners of one thread's runtime, each with where it relays to.
+type Listening = (tokio::runtime::Runtime, Vec<(TcpListener, SocketAddr)>);
+
+/// Enters `netns` (the calling thread stays there: it ends with the relay)
+/// and listens on each route's port, in a runtime for this thread.
+fn listen_in(netns: &std::fs::File, routes: &[(u16, SocketAddr)]) -> anyhow::Result<Listening> {
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let entered = runtime.enter();
+    let listeners = (routes.iter())
+        .map(|&(port, to)| {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            listener.set_nonblocking(true)?;
+            Ok((TcpListener::from_std(listener)?, to))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    drop(entered);
+    Ok((runtime, listeners))
+}
+
+/// Relays on the calling thread until `stopped`.
+fn relay_until((runtime, listeners): Listening, stopped: oneshot::Receiver<()>) {
+    runtime.block_on(async move {
+        for (listener, to) in listeners {
+            tokio::spawn(relay_from(listener, to));
+        }
+        let _ = stopped.await;
+    });
 }
 
 async fn relay_from(listener: TcpListener, to: SocketAddr) {
