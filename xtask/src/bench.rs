@@ -191,12 +191,22 @@ pub enum Part {
     Memory,
 }
 
-pub fn run(
-    workspace: &Workspace,
-    rounds: usize,
-    only: Option<Part>,
-    ztunnel: Option<&Path>,
-) -> anyhow::Result<()> {
+/// What `cargo xtask bench` is asked for.
+pub struct Bench<'a> {
+    pub rounds: usize,
+    pub only: Option<Part>,
+    pub ztunnel: Option<&'a Path>,
+    /// The images' static builds in place of the release builds.
+    pub image_binaries: bool,
+}
+
+pub fn run(workspace: &Workspace, bench: &Bench) -> anyhow::Result<()> {
+    let &Bench {
+        rounds,
+        only,
+        ztunnel,
+        image_binaries,
+    } = bench;
     let wanted = |part: Part| only.is_none_or(|only| only == part);
     let dir = workspace.target.join("bench");
     if wanted(Part::Scale) {
@@ -220,9 +230,17 @@ pub fn run(
             .cargo()
             .args(["build", "--release", "--workspace", "--bins"]),
     )?;
-    let binaries = Binaries::in_dir(&workspace.target.join("release"))?;
-    let mut report = Vec::new();
+    let (binaries, builds) = if image_binaries {
+        let dir = crate::images::for_the_test_bed(workspace)?;
+        let builds = "the images' static builds (musl, jemalloc)";
+        (Binaries::in_dir(&dir)?, builds)
+    } else {
+        let builds = "release builds for this machine (glibc)";
+        (Binaries::in_dir(&workspace.target.join("release"))?, builds)
+    };
+    let mut report = vec![format!("Ambit's agent, waypoint and CA: {builds}.\n")];
     let mut json = serde_json::Map::new();
+    json.insert("builds".into(), builds.into());
     if wanted(Part::DataPath) {
         let paths = data_path(&binaries, rounds, ztunnel)?;
         report.push(markdown(&paths, rounds) + &kernel_tls());

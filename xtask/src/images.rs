@@ -98,13 +98,7 @@ pub fn build(workspace: &Workspace) -> anyhow::Result<()> {
     );
     let version = env!("CARGO_PKG_VERSION");
     for platform in &PLATFORMS {
-        let mut cargo = workspace.cargo();
-        cargo.args(["build", "--release", "--target", platform.target]);
-        cargo.envs(platform.cross.iter().copied());
-        for binary in BINARIES {
-            cargo.args(["-p", binary]);
-        }
-        run(&mut cargo)?;
+        build_static(workspace, platform)?;
         if let Some(runner) = platform.runner {
             run_on_cpu(workspace, platform, runner)?;
         }
@@ -128,6 +122,46 @@ pub fn build(workspace: &Workspace) -> anyhow::Result<()> {
             .with_context(|| format!("the manifest list of {image}"))?;
     }
     Ok(())
+}
+
+/// Builds the images' static binaries for `platform`, into
+/// `<target>/<platform's target>/release`.
+fn build_static(workspace: &Workspace, platform: &Platform) -> anyhow::Result<()> {
+    let mut cargo = workspace.cargo();
+    cargo.args(["build", "--release", "--target", platform.target]);
+    cargo.envs(platform.cross.iter().copied());
+    for binary in BINARIES {
+        cargo.args(["-p", binary]);
+    }
+    run(&mut cargo)
+}
+
+/// The images' binaries for this machine's CPU (amd64), as a directory
+/// the test bed runs its binaries from: the static builds, with the
+/// release build's test app beside them (it is no part of an image), and
+/// the BPF object where the test bed looks for it. The bench measures what
+/// clusters run with it.
+pub(crate) fn for_the_test_bed(workspace: &Workspace) -> anyhow::Result<PathBuf> {
+    ensure!(
+        cfg!(target_arch = "x86_64"),
+        "the images' binaries are benchmarked on an x86-64 machine"
+    );
+    let platform = &PLATFORMS[0];
+    build_static(workspace, platform)?;
+    let built = workspace.target.join(platform.target).join("release");
+    // Beside `release`, so that the test bed finds `<target>/bpf`.
+    let dir = workspace.target.join("image-binaries");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let test_app = workspace.target.join("release").join("ambit-testapp");
+    let binaries = BINARIES.iter().map(|binary| (built.join(binary), *binary));
+    for (from, name) in binaries.chain([(test_app, "ambit-testapp")]) {
+        std::fs::hard_link(&from, dir.join(name))
+            .with_context(|| format!("linking {} into {}", from.display(), dir.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Runs the tests of the crates whose code differs most by CPU (the

@@ -46,6 +46,11 @@ enum Task {
         /// agents' in the same rounds.
         #[arg(long)]
         ztunnel: Option<PathBuf>,
+        /// Run the images' static (musl) builds of the agent, waypoint, CA
+        /// and CNI plugin, what clusters run, instead of this machine's
+        /// release builds.
+        #[arg(long)]
+        image_binaries: bool,
     },
     /// Connection churn through both agents with attacks beside it; reports whether the agents stay flat (release build; needs root).
     Soak {
@@ -108,9 +113,16 @@ fn main() -> anyhow::Result<()> {
             rounds,
             only,
             ztunnel,
+            image_binaries,
         } => {
             prepare(&workspace)?;
-            bench::run(&workspace, rounds.into(), only, ztunnel.as_deref())
+            let bench = bench::Bench {
+                rounds: rounds.into(),
+                only,
+                ztunnel: ztunnel.as_deref(),
+                image_binaries,
+            };
+            bench::run(&workspace, &bench)
         }
         Task::Soak { minutes } => {
             prepare(&workspace)?;
