@@ -201,8 +201,8 @@ pub fn limit_heap_retention(trim_above: usize) {
 /// record rustls allocated for it (before the agent sealed its records
 /// itself) took a third of the sending agent's CPU, and a 2 GiB mTLS
 /// transfer cost the machine 2.2-2.6 CPU-s/GiB with agents of 31 and
-/// 56 MiB, against 2.0-2.3 and 19 and 24 MiB with jemalloc. (glibc builds keep glibc's, tuned by
-/// [`limit_heap_retention`]: 1.85-1.93.)
+/// 56 MiB, against 2.0-2.3 and 19 and 24 MiB with jemalloc. (glibc builds
+/// keep glibc's, tuned by [`limit_heap_retention`]: 1.85-1.93.)
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
